@@ -1,0 +1,15 @@
+//! yidi-common: everything every party of the federation must agree on bit for bit —
+//! the generated wire types, money, identifiers, clearing periods, digests, the benefit
+//! policy model and the benefit engine. Pure code, no I/O.
+
+pub mod card;
+pub mod digest;
+pub mod error;
+pub mod idnum;
+pub mod money;
+pub mod period;
+pub mod proto;
+pub mod region;
+pub mod types;
+
+pub use error::{Error, Result};

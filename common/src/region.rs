@@ -1,0 +1,137 @@
+//! Region codes: the 6-digit administrative division codes of GB/T 2260. A province is
+//! `PP0000`, a city (the pooling level, 统筹地区) is `PPCC00`. Nodes are cities; the
+//! coordinator carries its province's code.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// A validated 6-digit region code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RegionCode([u8; 6]);
+
+/// Province codes of the People's Republic (GB/T 2260 first two digits).
+const PROVINCES: &[&str] = &[
+    "11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34", "35", "36", "37", "41",
+    "42", "43", "44", "45", "46", "50", "51", "52", "53", "54", "61", "62", "63", "64", "65", "71",
+    "81", "82",
+];
+
+impl RegionCode {
+    /// Parses and checks structure: six digits, a known province, and either a province
+    /// (`PP0000`) or a city/district code.
+    pub fn parse(s: &str, field: &str) -> Result<Self> {
+        let bytes = s.as_bytes();
+        if bytes.len() != 6 || !bytes.iter().all(u8::is_ascii_digit) {
+            return Err(Error::invalid(
+                field,
+                format!("region code must be 6 digits, got {s:?}"),
+            ));
+        }
+        if !PROVINCES.contains(&&s[..2]) {
+            return Err(Error::invalid(
+                field,
+                format!("region code {s:?} names no known province"),
+            ));
+        }
+        if &s[2..4] == "00" && &s[4..] != "00" {
+            return Err(Error::invalid(
+                field,
+                format!("region code {s:?} has a district under no city"),
+            ));
+        }
+        let mut b = [0u8; 6];
+        b.copy_from_slice(bytes);
+        Ok(Self(b))
+    }
+
+    /// Parses a code that must name a city (pooling region): `PPCC00` with `CC != 00`.
+    pub fn parse_city(s: &str, field: &str) -> Result<Self> {
+        let r = Self::parse(s, field)?;
+        if !r.is_city() {
+            return Err(Error::invalid(
+                field,
+                format!("{s:?} is not a city (pooling region) code like \"330100\""),
+            ));
+        }
+        Ok(r)
+    }
+
+    /// The code as a string slice.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        // The bytes are ASCII digits by construction.
+        std::str::from_utf8(&self.0).unwrap_or("000000")
+    }
+
+    /// True for `PP0000`.
+    #[must_use]
+    pub fn is_province(&self) -> bool {
+        &self.0[2..] == b"0000"
+    }
+
+    /// True for `PPCC00` with `CC != 00`.
+    #[must_use]
+    pub fn is_city(&self) -> bool {
+        &self.0[2..4] != b"00" && &self.0[4..] == b"00"
+    }
+
+    /// The province this code belongs to.
+    #[must_use]
+    pub fn province(&self) -> RegionCode {
+        let mut b = self.0;
+        b[2..].copy_from_slice(b"0000");
+        RegionCode(b)
+    }
+}
+
+impl fmt::Display for RegionCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for RegionCode {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        Self::parse(&s, "region")
+    }
+}
+
+impl From<RegionCode> for String {
+    fn from(r: RegionCode) -> Self {
+        r.as_str().to_owned()
+    }
+}
+
+impl std::str::FromStr for RegionCode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s, "region")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn structure() {
+        let hz = RegionCode::parse_city("330100", "r").unwrap();
+        assert!(hz.is_city() && !hz.is_province());
+        assert_eq!(hz.province().as_str(), "330000");
+        assert!(RegionCode::parse("330000", "r").unwrap().is_province());
+        assert!(RegionCode::parse("330102", "r").is_ok());
+        for bad in ["33010", "3301000", "33010a", "990100", "330001", ""] {
+            let e = RegionCode::parse(bad, "home_region")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("invalid home_region"), "{bad} {e}");
+        }
+        assert!(RegionCode::parse_city("330000", "r").is_err());
+        assert!(RegionCode::parse_city("330102", "r").is_err());
+    }
+}

@@ -8,6 +8,7 @@ pub mod error;
 pub mod idnum;
 pub mod money;
 pub mod period;
+pub mod policy;
 pub mod proto;
 pub mod region;
 pub mod types;

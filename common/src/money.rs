@@ -100,6 +100,26 @@ pub fn format_opt(v: Option<Money>) -> String {
     v.map(format).unwrap_or_default()
 }
 
+/// Whole fen (1/100 yuan) for storage: SQLite sums integers exactly and fast. The
+/// amount is rounded to the fen first; every stored amount is within `MAX_ABS`, so the
+/// conversion never overflows.
+#[must_use]
+pub fn to_fen(v: Money) -> i64 {
+    let mut r = round_fen(v);
+    r.rescale(2);
+    i64::try_from(r.mantissa()).unwrap_or(if r.is_sign_negative() {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
+}
+
+/// Yuan from whole fen.
+#[must_use]
+pub fn from_fen(fen: i64) -> Money {
+    Decimal::new(fen, 2)
+}
+
 /// Parses a ratio in `[0, 1]` with at most four decimals ("0.85").
 pub fn parse_ratio(s: &str, field: &str) -> Result<Decimal> {
     let bad = |reason: &str| {
@@ -186,6 +206,14 @@ mod tests {
         assert_eq!(round_fen(dec!(0.0049)), dec!(0.00));
         assert_eq!(round_fen(dec!(-0.005)), dec!(-0.01));
         assert_eq!(round_fen(dec!(2.675)), dec!(2.68));
+    }
+
+    #[test]
+    fn fen_round_trip() {
+        assert_eq!(to_fen(dec!(12.5)), 1250);
+        assert_eq!(to_fen(dec!(-0.07)), -7);
+        assert_eq!(from_fen(1250), dec!(12.50));
+        assert_eq!(format(from_fen(to_fen(MAX_ABS))), "1000000000000.00");
     }
 
     #[test]

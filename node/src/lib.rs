@@ -1,1 +1,15 @@
+//! yidi-node: the node daemon (one per city agency), its SQLite store, its gRPC services,
+//! and the command-line clients of the `yidi` binary. `main.rs` only parses the command
+//! line; everything else lives here so that tests can start nodes in-process through
+//! [`server::serve`].
 
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod idempotency;
+pub mod quote;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use error::{Error, Result};

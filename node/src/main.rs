@@ -1,1 +1,46 @@
-fn main() {}
+//! The `yidi` binary: parses the command line into typed arguments and hands them to the
+//! library. No logic lives here.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "yidi",
+    version,
+    about = "yidi: federated cross-region medical insurance settlement"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a city agency's node daemon.
+    Node(yidi_node::config::NodeArgs),
+    /// Administer a node: persons, filings, policies, catalogue, institutions.
+    Admin(yidi_node::cli::admin::AdminArgs),
+    /// Run the benefit engine offline on files and print the split.
+    Quote(yidi_node::quote::QuoteArgs),
+    /// Benchmark the benefit engine on one core.
+    BenchEngine(yidi_node::quote::EngineBenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Node(args) => {
+            let config = yidi_node::config::NodeConfig::resolve(&args)?;
+            yidi_node::server::init_tracing(config.log_json);
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(yidi_node::server::run(config))?;
+        }
+        Command::Admin(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(yidi_node::cli::admin::run(args))?;
+        }
+        Command::Quote(args) => yidi_node::quote::run(&args)?,
+        Command::BenchEngine(args) => yidi_node::quote::run_engine_bench(&args)?,
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Node configuration: a TOML file (`yidi node --config FILE`), each setting overridable
+//! by a command-line flag or a `YIDI_*` environment variable, resolved once into a typed
+//! [`NodeConfig`] that the library's `serve` takes. Tests build `NodeConfig` directly.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Args;
+use serde::Deserialize;
+use yidi_common::region::RegionCode;
+
+use crate::{Error, Result};
+
+/// Flags of `yidi node`. Every flag falls back to its environment variable, then to the
+/// config file, then to the default.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Node config file (TOML); see deploy/node.example.toml for every setting.
+    #[arg(long, env = "YIDI_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This agency's 6-digit city region code, e.g. 330100.
+    #[arg(long, env = "YIDI_REGION")]
+    pub region: Option<String>,
+    /// Human-readable name of the agency, e.g. "Hangzhou".
+    #[arg(long, env = "YIDI_NAME")]
+    pub name: Option<String>,
+    /// Address to serve gRPC on, e.g. 127.0.0.1:7101.
+    #[arg(long, env = "YIDI_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory holding the SQLite store (created if missing).
+    #[arg(long, env = "YIDI_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Peer directory file (TOML: region code → address, name); reloaded on change.
+    #[arg(long, env = "YIDI_PEERS_FILE")]
+    pub peers_file: Option<PathBuf>,
+    /// The provincial coordinator's address, e.g. http://127.0.0.1:7100.
+    #[arg(long, env = "YIDI_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// Seconds to let in-flight requests finish on SIGINT/SIGTERM before exiting.
+    #[arg(long, env = "YIDI_DRAIN_SECONDS")]
+    pub drain_seconds: Option<u64>,
+    /// Number of read-only SQLite connections.
+    #[arg(long, env = "YIDI_READ_CONNECTIONS")]
+    pub read_connections: Option<usize>,
+    /// Log format: "text" (default) or "json".
+    #[arg(long, env = "YIDI_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The config file's shape; every key optional so flags can fill the rest.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    region: Option<String>,
+    name: Option<String>,
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    peers_file: Option<PathBuf>,
+    coordinator: Option<String>,
+    drain_seconds: Option<u64>,
+    read_connections: Option<usize>,
+    log_format: Option<String>,
+}
+
+/// A node's resolved configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub region: RegionCode,
+    pub name: String,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub peers_file: Option<PathBuf>,
+    pub coordinator: Option<String>,
+    pub drain: Duration,
+    pub read_connections: usize,
+    pub log_json: bool,
+}
+
+impl NodeConfig {
+    /// A config for tests and embedded use: loopback, defaults everywhere.
+    #[must_use]
+    pub fn new(region: RegionCode, name: &str, data_dir: PathBuf) -> Self {
+        Self {
+            region,
+            name: name.to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            peers_file: None,
+            coordinator: None,
+            drain: Duration::from_secs(10),
+            read_connections: 4,
+            log_json: false,
+        }
+    }
+
+    /// Resolves flags, environment and the config file into a config.
+    pub fn resolve(args: &NodeArgs) -> Result<Self> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::invalid("config", format!("cannot read {}: {e}", path.display()))
+                })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| Error::invalid("config", format!("{}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        let region = args.region.clone().or(file.region).ok_or_else(|| {
+            Error::invalid(
+                "region",
+                "missing: set --region, YIDI_REGION or `region` in the config file",
+            )
+        })?;
+        let region = RegionCode::parse_city(&region, "region")?;
+        let log_format = args
+            .log_format
+            .clone()
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".to_owned());
+        if log_format != "text" && log_format != "json" {
+            return Err(Error::invalid(
+                "log_format",
+                format!("expected \"text\" or \"json\", got {log_format:?}"),
+            ));
+        }
+        let read_connections = args.read_connections.or(file.read_connections).unwrap_or(4);
+        if !(1..=64).contains(&read_connections) {
+            return Err(Error::invalid(
+                "read_connections",
+                "must be between 1 and 64",
+            ));
+        }
+        Ok(Self {
+            name: args
+                .name
+                .clone()
+                .or(file.name)
+                .unwrap_or_else(|| region.to_string()),
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7101))),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(format!("yidi-data/{region}"))),
+            peers_file: args.peers_file.clone().or(file.peers_file),
+            coordinator: args.coordinator.clone().or(file.coordinator),
+            drain: Duration::from_secs(args.drain_seconds.or(file.drain_seconds).unwrap_or(10)),
+            read_connections,
+            log_json: log_format == "json",
+            region,
+        })
+    }
+}

@@ -1,0 +1,78 @@
+//! The one error type of the node, and its mapping to gRPC statuses. Messages are
+//! written for the integrator or operator who receives them: they name the field, the
+//! record, or what to do next.
+
+use tonic::Status;
+
+/// Result alias for the node.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a node request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Malformed input; the message names the field.
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Well-formed, but the current state forbids it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A concurrent change won; retrying may succeed.
+    #[error("{0}")]
+    Aborted(String),
+    /// A dependency (peer, store) is unavailable; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A bug or a broken store; logged with detail, reported without it.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// An invalid-field error.
+    pub fn invalid(field: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
+        Error::Invalid {
+            field: field.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl From<yidi_common::Error> for Error {
+    fn from(e: yidi_common::Error) -> Self {
+        match e {
+            yidi_common::Error::Invalid { field, reason } => Error::Invalid { field, reason },
+            yidi_common::Error::Precondition(m) => Error::FailedPrecondition(m),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Internal(format!("store: {e}"))
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let msg = e.to_string();
+        match e {
+            Error::Invalid { .. } => Status::invalid_argument(msg),
+            Error::NotFound(_) => Status::not_found(msg),
+            Error::AlreadyExists(_) => Status::already_exists(msg),
+            Error::FailedPrecondition(_) => Status::failed_precondition(msg),
+            Error::Aborted(_) => Status::aborted(msg),
+            Error::Unavailable(_) => Status::unavailable(msg),
+            Error::PermissionDenied(_) => Status::permission_denied(msg),
+            Error::Internal(_) => {
+                tracing::error!(error = %msg, "internal error");
+                Status::internal(msg)
+            }
+        }
+    }
+}

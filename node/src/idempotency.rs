@@ -1,0 +1,102 @@
+//! Exactly-once handling of state-changing requests. A client-chosen request id is
+//! claimed in the same SQLite transaction as the request's effect, together with a hash
+//! of the payload and the encoded answer: the same id with the same payload replays the
+//! original answer, the same id with another payload is refused, and a request that
+//! failed leaves no claim behind (its savepoint rolled back).
+
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, params};
+use yidi_common::{digest::sha256_hex, period};
+
+use crate::{Error, Result};
+
+/// Checks the shape of a request id: 1–64 characters of `[A-Za-z0-9._:-]`.
+pub fn validate_request_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::invalid(
+            "request_id",
+            "missing: every state-changing request needs a client-chosen id",
+        ));
+    }
+    if id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+    {
+        return Err(Error::invalid(
+            "request_id",
+            "must be 1–64 characters of A-Z a-z 0-9 . _ : -",
+        ));
+    }
+    Ok(())
+}
+
+/// Hash of a request's payload without its request id, so that a retry with the same
+/// content matches whatever id it carries.
+pub fn payload_hash<M: Message + Clone>(msg: &M, clear_request_id: impl FnOnce(&mut M)) -> String {
+    let mut m = msg.clone();
+    clear_request_id(&mut m);
+    sha256_hex(&m.encode_to_vec())
+}
+
+/// Identity of one request for idempotency.
+#[derive(Debug, Clone)]
+pub struct RequestKey {
+    pub scope: String,
+    pub request_id: String,
+    pub method: &'static str,
+    pub payload_hash: String,
+}
+
+impl RequestKey {
+    /// Builds a key after validating the id.
+    pub fn new(
+        scope: &str,
+        request_id: &str,
+        method: &'static str,
+        payload_hash: String,
+    ) -> Result<Self> {
+        validate_request_id(request_id)?;
+        Ok(Self {
+            scope: scope.to_owned(),
+            request_id: request_id.to_owned(),
+            method,
+            payload_hash,
+        })
+    }
+}
+
+/// Runs `effect` exactly once for `key` inside the caller's transaction: replays the
+/// stored answer for a repeat, refuses a reused id with another payload, otherwise runs
+/// the effect and stores its answer.
+pub fn once<R, F>(conn: &Connection, key: &RequestKey, effect: F) -> Result<R>
+where
+    R: Message + Default,
+    F: FnOnce(&Connection) -> Result<R>,
+{
+    let prior: Option<(String, String, Vec<u8>)> = conn
+        .prepare_cached("SELECT method, payload_hash, response FROM requests WHERE scope = ?1 AND request_id = ?2")?
+        .query_row(params![key.scope, key.request_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    if let Some((method, hash, response)) = prior {
+        if method == key.method && hash == key.payload_hash {
+            return R::decode(response.as_slice()).map_err(|e| {
+                Error::Internal(format!(
+                    "stored answer of request {} is unreadable: {e}",
+                    key.request_id
+                ))
+            });
+        }
+        return Err(Error::AlreadyExists(format!(
+            "request_id {:?} was already used by an earlier {method} request with a different payload; \
+             nothing was changed — use a new request id for a new request",
+            key.request_id
+        )));
+    }
+    let answer = effect(conn)?;
+    conn.prepare_cached(
+        "INSERT INTO requests (scope, request_id, method, payload_hash, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![key.scope, key.request_id, key.method, key.payload_hash, answer.encode_to_vec(), period::now_rfc3339()])?;
+    Ok(answer)
+}

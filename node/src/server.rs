@@ -1,0 +1,132 @@
+//! Serving a node: opens the store, assembles the gRPC services (plus the standard health
+//! and reflection services) and runs them on a listener until shutdown, then drains
+//! in-flight requests for at most the configured deadline — tonic alone would wait
+//! forever for a stuck client.
+
+use std::{future::Future, sync::Arc};
+
+use tokio::{net::TcpListener, sync::oneshot};
+use tonic::transport::{Server, server::TcpIncoming};
+use yidi_common::{
+    period,
+    proto::{FILE_DESCRIPTOR_SET, admin_service_server::AdminServiceServer},
+};
+
+use crate::{
+    Error, Result,
+    config::NodeConfig,
+    service::{NodeState, admin::AdminSvc},
+    store::Store,
+};
+
+/// Largest gRPC message a node accepts (bulk imports are the largest legitimate ones).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Installs the global tracing subscriber: text by default, JSON lines when asked;
+/// filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second call (tests) keeps the first subscriber.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Runs a node on `listener` until `shutdown` resolves, then drains for at most
+/// `config.drain`. Tests call this directly with a `127.0.0.1:0` listener.
+pub async fn serve(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    config: NodeConfig,
+) -> Result<()> {
+    let dir = config.data_dir.clone();
+    let readers = config.read_connections;
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir, readers))
+        .await
+        .map_err(|e| Error::Internal(format!("store open task failed: {e}")))??;
+    let state = Arc::new(NodeState {
+        region: config.region,
+        name: config.name.clone(),
+        store,
+        started_at: period::now_rfc3339(),
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AdminServiceServer<AdminSvc>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
+    // Without TCP_NODELAY every small reply waits for the peer's delayed ACK (~40 ms).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let admin = AdminServiceServer::new(AdminSvc::new(Arc::clone(&state)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    tracing::info!(region = %config.region, name = %config.name, %addr, data_dir = %config.data_dir.display(), "node serving");
+
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.map_err(|e| Error::Unavailable(format!("server failed: {e}"))),
+        () = shutdown => {}
+    }
+    tracing::info!(
+        drain_seconds = config.drain.as_secs(),
+        "shutting down; draining in-flight requests"
+    );
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(config.drain, server).await {
+        Ok(result) => result.map_err(|e| Error::Unavailable(format!("server failed: {e}")))?,
+        Err(_) => tracing::warn!("drain deadline passed; abandoning the remaining requests"),
+    }
+    tracing::info!("node stopped");
+    Ok(())
+}
+
+/// Binds the configured address and serves until SIGINT or SIGTERM.
+pub async fn run(config: NodeConfig) -> Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
+    serve(listener, shutdown_signal(), config).await
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

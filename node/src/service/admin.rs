@@ -1,0 +1,1132 @@
+//! AdminService: the agency's operators administer their node's own data. Every write is
+//! validated completely before it is sent to the writer, runs exactly once per request id,
+//! and answers only after it is durable.
+
+use rusqlite::Connection;
+use tonic::{Request, Response, Status};
+use yidi_common::{
+    card,
+    digest::sha256_hex,
+    idnum::IdNumber,
+    money::{self, Sign},
+    period::{self, parse_date, parse_date_opt},
+    policy::Policy,
+    proto::{self, admin_service_server::AdminService},
+    region::RegionCode,
+    types::{
+        AgreementStatus, CatalogueClass, FilingStatus, FilingType, HospitalLevel, InstitutionKind,
+        InsuranceType, ItemCategory, PersonStatus, PersonType,
+    },
+};
+
+use super::{State, page_size};
+use crate::{
+    Error, Result,
+    idempotency::{self, RequestKey, payload_hash},
+    store::{
+        SCHEMA_VERSION, Upsert,
+        catalogue::{self, CatalogueRec},
+        filings::{self, FilingRec},
+        institutions::{self, InstitutionRec},
+        persons::{self, PersonRec, StoredPerson},
+        policies::{self, PolicyRec},
+    },
+};
+
+/// Idempotency scope of operator requests.
+const SCOPE: &str = "admin";
+/// Largest batch a bulk import call accepts.
+const MAX_IMPORT_BATCH: usize = 10_000;
+
+/// The AdminService implementation.
+pub struct AdminSvc {
+    state: State,
+}
+
+impl AdminSvc {
+    #[must_use]
+    pub fn new(state: State) -> Self {
+        Self { state }
+    }
+
+    /// Runs a write exactly once for `key` and answers after the durable commit.
+    async fn once<R, F>(&self, key: RequestKey, effect: F) -> Result<Response<R>, Status>
+    where
+        R: prost::Message + Default + Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let out = self
+            .state
+            .store
+            .write(move |conn| idempotency::once(conn, &key, effect))
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn read<R, F>(&self, f: F) -> Result<Response<R>, Status>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        Ok(Response::new(self.state.store.read(f).await?))
+    }
+}
+
+// ------------------------------------------------------------------ validation
+
+/// Institution and catalogue codes: 1–32 characters of `[A-Za-z0-9._-]`.
+fn validate_code(s: &str, field: &str) -> Result<String> {
+    if s.is_empty()
+        || s.len() > 32
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(Error::invalid(
+            field,
+            format!("must be 1–32 characters of A-Z a-z 0-9 . _ - (got {s:?})"),
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+fn validate_text(s: &str, field: &str, max_chars: usize) -> Result<String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if t.chars().count() > max_chars {
+        return Err(Error::invalid(
+            field,
+            format!("longer than {max_chars} characters"),
+        ));
+    }
+    Ok(t.to_owned())
+}
+
+fn check_date_order(
+    from: chrono::NaiveDate,
+    to: Option<chrono::NaiveDate>,
+    field_to: &str,
+    field_from: &str,
+) -> Result<()> {
+    match to {
+        Some(to) if to < from => Err(Error::invalid(
+            field_to,
+            format!("{to} is before {field_from} {from}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The enum-valued fields of a person, parsed from the wire or from a CSV row.
+struct PersonKinds {
+    insurance_type: InsuranceType,
+    person_type: PersonType,
+    civil_servant: bool,
+    status: PersonStatus,
+}
+
+fn build_person(
+    id_number: &str,
+    name: &str,
+    card_no: &str,
+    kinds: PersonKinds,
+    balance: &str,
+    since: &str,
+) -> Result<PersonRec> {
+    let id = IdNumber::parse(id_number, "id_number")?;
+    let fits = match kinds.insurance_type {
+        InsuranceType::Employee => matches!(
+            kinds.person_type,
+            PersonType::InService | PersonType::Retired
+        ),
+        InsuranceType::Resident => {
+            matches!(
+                kinds.person_type,
+                PersonType::ResidentAdult | PersonType::ResidentMinor | PersonType::ResidentElderly
+            )
+        }
+    };
+    if !fits {
+        return Err(Error::invalid(
+            "person_type",
+            format!(
+                "{} is not a person type of {} insurance",
+                kinds.person_type, kinds.insurance_type
+            ),
+        ));
+    }
+    let balance =
+        money::parse_opt(balance, "account_balance", Sign::NonNegative)?.unwrap_or_default();
+    Ok(PersonRec {
+        id_number: id.as_str().to_owned(),
+        name: validate_text(name, "name", 64)?,
+        card_no: if card_no.is_empty() {
+            None
+        } else {
+            Some(card::parse(card_no, "card_no")?)
+        },
+        insurance_type: kinds.insurance_type,
+        person_type: kinds.person_type,
+        civil_servant: kinds.civil_servant,
+        status: kinds.status,
+        account_fen: money::to_fen(balance),
+        enrolled_since: parse_date_opt(since, "enrolled_since")?.unwrap_or_else(period::today),
+    })
+}
+
+fn person_from_fields(id_number: &str, f: Option<&proto::PersonFields>) -> Result<PersonRec> {
+    let f = f.ok_or_else(|| Error::invalid("fields", "missing"))?;
+    let status = if f.status == 0 {
+        PersonStatus::Active
+    } else {
+        PersonStatus::from_proto(f.status, "fields.status")?
+    };
+    let kinds = PersonKinds {
+        insurance_type: InsuranceType::from_proto(f.insurance_type, "fields.insurance_type")?,
+        person_type: PersonType::from_proto(f.person_type, "fields.person_type")?,
+        civil_servant: f.civil_servant,
+        status,
+    };
+    build_person(
+        id_number,
+        &f.name,
+        &f.card_no,
+        kinds,
+        &f.account_balance,
+        &f.enrolled_since,
+    )
+}
+
+fn parse_bool(s: &str, field: &str) -> Result<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "" | "false" | "0" | "no" | "n" => Ok(false),
+        "true" | "1" | "yes" | "y" => Ok(true),
+        other => Err(Error::invalid(
+            field,
+            format!("expected true or false, got {other:?}"),
+        )),
+    }
+}
+
+fn person_from_row(r: &proto::PersonRow) -> Result<PersonRec> {
+    let status = if r.status.trim().is_empty() {
+        PersonStatus::Active
+    } else {
+        PersonStatus::parse(&r.status, "status")?
+    };
+    let kinds = PersonKinds {
+        insurance_type: InsuranceType::parse(&r.insurance_type, "insurance_type")?,
+        person_type: PersonType::parse(&r.person_type, "person_type")?,
+        civil_servant: parse_bool(&r.civil_servant, "civil_servant")?,
+        status,
+    };
+    build_person(
+        r.id_number.trim(),
+        &r.name,
+        r.card_no.trim(),
+        kinds,
+        r.account_balance.trim(),
+        r.enrolled_since.trim(),
+    )
+}
+
+fn person_to_proto(region: RegionCode, p: &StoredPerson) -> proto::Person {
+    let r = &p.rec;
+    let (birth_date, sex) = IdNumber::parse(&r.id_number, "id_number")
+        .map(|id| (id.birth_date().to_string(), id.sex().to_owned()))
+        .unwrap_or_default();
+    proto::Person {
+        id_number: r.id_number.clone(),
+        fields: Some(proto::PersonFields {
+            name: r.name.clone(),
+            card_no: r.card_no.clone().unwrap_or_default(),
+            insurance_type: r.insurance_type.to_proto(),
+            person_type: r.person_type.to_proto(),
+            civil_servant: r.civil_servant,
+            status: r.status.to_proto(),
+            account_balance: money::format(money::from_fen(r.account_fen)),
+            enrolled_since: r.enrolled_since.to_string(),
+        }),
+        home_region: region.to_string(),
+        birth_date,
+        sex,
+        created_at: p.created_at.clone(),
+        updated_at: p.updated_at.clone(),
+    }
+}
+
+fn filing_to_proto(f: &FilingRec) -> proto::Filing {
+    proto::Filing {
+        filing_id: f.filing_id.clone(),
+        id_number: f.id_number.clone(),
+        filing_type: f.filing_type.to_proto(),
+        treatment_region: f.treatment_region.clone(),
+        institutions: f.institutions.clone(),
+        valid_from: f.valid_from.to_string(),
+        valid_to: f.valid_to.map(|d| d.to_string()).unwrap_or_default(),
+        status: f.status.to_proto(),
+        note: f.note.clone(),
+        applied_at: f.applied_at.clone(),
+        decided_at: f.decided_at.clone().unwrap_or_default(),
+    }
+}
+
+fn policy_to_proto(region: RegionCode, p: &PolicyRec) -> proto::PolicyVersion {
+    proto::PolicyVersion {
+        region: region.to_string(),
+        insurance_type: p.insurance_type.to_proto(),
+        version: p.version,
+        effective_from: p.effective_from.to_string(),
+        policy_json: p.policy_json.clone(),
+        digest: p.digest.clone(),
+        published_at: p.published_at.clone(),
+        note: p.note.clone(),
+    }
+}
+
+/// Catalogue fields shared by the single-item and the CSV paths.
+struct CatalogueKinds {
+    category: ItemCategory,
+    class: CatalogueClass,
+}
+
+fn build_catalogue(i: &proto::CatalogueItem, kinds: CatalogueKinds) -> Result<CatalogueRec> {
+    let ratio = if i.first_selfpay_ratio.trim().is_empty() {
+        rust_decimal::Decimal::ZERO
+    } else {
+        money::parse_ratio(i.first_selfpay_ratio.trim(), "first_selfpay_ratio")?
+    };
+    if kinds.class != CatalogueClass::B && !ratio.is_zero() {
+        return Err(Error::invalid(
+            "first_selfpay_ratio",
+            format!(
+                "only class B items have a first self-pay ratio; class {} must have 0",
+                kinds.class
+            ),
+        ));
+    }
+    let unit = i.unit.trim();
+    if unit.chars().count() > 16 {
+        return Err(Error::invalid("unit", "longer than 16 characters"));
+    }
+    let valid_from = parse_date(i.valid_from.trim(), "valid_from")?;
+    let valid_to = parse_date_opt(i.valid_to.trim(), "valid_to")?;
+    check_date_order(valid_from, valid_to, "valid_to", "valid_from")?;
+    Ok(CatalogueRec {
+        code: validate_code(i.code.trim(), "code")?,
+        name: validate_text(&i.name, "name", 128)?,
+        category: kinds.category,
+        class: kinds.class,
+        first_selfpay_ratio: ratio,
+        price_cap_fen: money::parse_opt(i.price_cap.trim(), "price_cap", Sign::Positive)?
+            .map(money::to_fen),
+        unit: unit.to_owned(),
+        valid_from,
+        valid_to,
+    })
+}
+
+fn catalogue_from_proto(i: Option<&proto::CatalogueItem>) -> Result<CatalogueRec> {
+    let i = i.ok_or_else(|| Error::invalid("item", "missing"))?;
+    let kinds = CatalogueKinds {
+        category: ItemCategory::from_proto(i.category, "item.category")?,
+        class: CatalogueClass::from_proto(i.class, "item.class")?,
+    };
+    build_catalogue(i, kinds)
+}
+
+fn catalogue_from_row(r: &proto::CatalogueRow) -> Result<CatalogueRec> {
+    let kinds = CatalogueKinds {
+        category: ItemCategory::parse(&r.category, "category")?,
+        class: CatalogueClass::parse(&r.class, "class")?,
+    };
+    let item = proto::CatalogueItem {
+        code: r.code.clone(),
+        name: r.name.clone(),
+        category: 0,
+        class: 0,
+        first_selfpay_ratio: r.first_selfpay_ratio.clone(),
+        price_cap: r.price_cap.clone(),
+        unit: r.unit.clone(),
+        valid_from: r.valid_from.clone(),
+        valid_to: r.valid_to.clone(),
+    };
+    build_catalogue(&item, kinds)
+}
+
+fn catalogue_to_proto(c: &CatalogueRec) -> proto::CatalogueItem {
+    proto::CatalogueItem {
+        code: c.code.clone(),
+        name: c.name.clone(),
+        category: c.category.to_proto(),
+        class: c.class.to_proto(),
+        first_selfpay_ratio: money::format_ratio(c.first_selfpay_ratio),
+        price_cap: money::format_opt(c.price_cap_fen.map(money::from_fen)),
+        unit: c.unit.clone(),
+        valid_from: c.valid_from.to_string(),
+        valid_to: c.valid_to.map(|d| d.to_string()).unwrap_or_default(),
+    }
+}
+
+fn institution_from_proto(i: Option<&proto::Institution>) -> Result<InstitutionRec> {
+    let i = i.ok_or_else(|| Error::invalid("institution", "missing"))?;
+    let kind = InstitutionKind::from_proto(i.kind, "institution.kind")?;
+    let level = match (kind, i.level) {
+        (InstitutionKind::Pharmacy, 0) => HospitalLevel::Ungraded,
+        (_, l) => HospitalLevel::from_proto(l, "institution.level")?,
+    };
+    if kind == InstitutionKind::Pharmacy && level != HospitalLevel::Ungraded {
+        return Err(Error::invalid(
+            "institution.level",
+            "a pharmacy has no hospital level; use UNGRADED",
+        ));
+    }
+    let agreement_from = parse_date(&i.agreement_from, "institution.agreement_from")?;
+    let agreement_to = parse_date_opt(&i.agreement_to, "institution.agreement_to")?;
+    check_date_order(
+        agreement_from,
+        agreement_to,
+        "institution.agreement_to",
+        "agreement_from",
+    )?;
+    Ok(InstitutionRec {
+        code: validate_code(&i.code, "institution.code")?,
+        name: validate_text(&i.name, "institution.name", 128)?,
+        kind,
+        level,
+        agreement_status: AgreementStatus::from_proto(
+            i.agreement_status,
+            "institution.agreement_status",
+        )?,
+        agreement_from,
+        agreement_to,
+    })
+}
+
+fn institution_to_proto(i: &InstitutionRec) -> proto::Institution {
+    proto::Institution {
+        code: i.code.clone(),
+        name: i.name.clone(),
+        kind: i.kind.to_proto(),
+        level: i.level.to_proto(),
+        agreement_status: i.agreement_status.to_proto(),
+        agreement_from: i.agreement_from.to_string(),
+        agreement_to: i.agreement_to.map(|d| d.to_string()).unwrap_or_default(),
+    }
+}
+
+fn row_error(row: u64, e: Error) -> proto::RowError {
+    match e {
+        Error::Invalid { field, reason } => proto::RowError { row, field, reason },
+        other => proto::RowError {
+            row,
+            field: String::new(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn tally(result: &mut proto::ImportResult, u: Upsert) {
+    match u {
+        Upsert::Inserted => result.inserted += 1,
+        Upsert::Updated => result.updated += 1,
+        Upsert::Unchanged => result.unchanged += 1,
+    }
+}
+
+fn check_batch(len: usize) -> Result<()> {
+    if len > MAX_IMPORT_BATCH {
+        return Err(Error::invalid(
+            "rows",
+            format!("{len} rows in one batch; send at most {MAX_IMPORT_BATCH}"),
+        ));
+    }
+    Ok(())
+}
+
+fn not_found(what: &str, key: &str) -> Error {
+    Error::NotFound(format!("no {what} {key:?} here"))
+}
+
+// ------------------------------------------------------------------ the service
+
+#[tonic::async_trait]
+impl AdminService for AdminSvc {
+    async fn create_person(
+        &self,
+        req: Request<proto::CreatePersonRequest>,
+    ) -> Result<Response<proto::Person>, Status> {
+        let req = req.into_inner();
+        let key = RequestKey::new(
+            SCOPE,
+            &req.request_id,
+            "CreatePerson",
+            payload_hash(&req, |r| r.request_id.clear()),
+        )?;
+        let rec = person_from_fields(&req.id_number, req.fields.as_ref())?;
+        let region = self.state.region;
+        self.once(key, move |conn| {
+            persons::insert(conn, &rec, &period::now_rfc3339())?;
+            let stored = persons::get(conn, &rec.id_number)?
+                .ok_or_else(|| not_found("person", &rec.id_number))?;
+            Ok(person_to_proto(region, &stored))
+        })
+        .await
+    }
+
+    async fn update_person(
+        &self,
+        req: Request<proto::UpdatePersonRequest>,
+    ) -> Result<Response<proto::Person>, Status> {
+        let req = req.into_inner();
+        let key = RequestKey::new(
+            SCOPE,
+            &req.request_id,
+            "UpdatePerson",
+            payload_hash(&req, |r| r.request_id.clear()),
+        )?;
+        let rec = person_from_fields(&req.id_number, req.fields.as_ref())?;
+        let region = self.state.region;
+        self.once(key, move |conn| {
+            persons::update(conn, &rec, &period::now_rfc3339())?;
+            let stored = persons::get(conn, &rec.id_number)?
+                .ok_or_else(|| not_found("person", &rec.id_number))?;
+            Ok(person_to_proto(region, &stored))
+        })
+        .await
+    }
+
+    async fn get_person(
+        &self,
+        req: Request<proto::GetPersonRequest>,
+    ) -> Result<Response<proto::Person>, Status> {
+        let req = req.into_inner();
+        let region = self.state.region;
+        match (req.id_number.is_empty(), req.card_no.is_empty()) {
+            (false, true) => {
+                let id = IdNumber::parse(&req.id_number, "id_number")?;
+                self.read(move |conn| {
+                    let p = persons::get(conn, id.as_str())?
+                        .ok_or_else(|| not_found("person with id_number", id.as_str()))?;
+                    Ok(person_to_proto(region, &p))
+                })
+                .await
+            }
+            (true, false) => {
+                let card = card::parse(&req.card_no, "card_no")?;
+                self.read(move |conn| {
+                    let p = persons::get_by_card(conn, &card)?
+                        .ok_or_else(|| not_found("person with card_no", &card))?;
+                    Ok(person_to_proto(region, &p))
+                })
+                .await
+            }
+            _ => {
+                Err(Error::invalid("id_number", "give exactly one of id_number or card_no").into())
+            }
+        }
+    }
+
+    async fn list_persons(
+        &self,
+        req: Request<proto::ListPersonsRequest>,
+    ) -> Result<Response<proto::ListPersonsResponse>, Status> {
+        let req = req.into_inner();
+        let page = req.page.unwrap_or_default();
+        let filter = persons::ListFilter {
+            insurance_type: (req.insurance_type != 0)
+                .then(|| InsuranceType::from_proto(req.insurance_type, "insurance_type"))
+                .transpose()?,
+            status: (req.status != 0)
+                .then(|| PersonStatus::from_proto(req.status, "status"))
+                .transpose()?,
+        };
+        let limit = page_size(page.page_size);
+        let region = self.state.region;
+        self.read(move |conn| {
+            let (rows, total) = persons::list(conn, &filter, &page.page_token, limit)?;
+            let next_page_token = if rows.len() == limit as usize {
+                rows.last()
+                    .map(|p| p.rec.id_number.clone())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok(proto::ListPersonsResponse {
+                persons: rows.iter().map(|p| person_to_proto(region, p)).collect(),
+                next_page_token,
+                total,
+            })
+        })
+        .await
+    }
+
+    async fn import_persons(
+        &self,
+        req: Request<proto::ImportPersonsRequest>,
+    ) -> Result<Response<proto::ImportResult>, Status> {
+        let req = req.into_inner();
+        let key = RequestKey::new(
+            SCOPE,
+            &req.request_id,
+            "ImportPersons",
+            payload_hash(&req, |r| r.request_id.clear()),
+        )?;
+        check_batch(req.rows.len())?;
+        let parsed: Vec<(u64, Result<PersonRec>)> = req
+            .rows
+            .iter()
+            .map(|r| (r.row, person_from_row(r)))
+            .collect();
+        self.once(key, move |conn| {
+            let now = period::now_rfc3339();
+            let mut result = proto::ImportResult::default();
+            for (row, rec) in parsed {
+                let rec = match rec {
+                    Ok(rec) => rec,
+                    Err(e) => {
+                        result.errors.push(row_error(row, e));
+                        continue;
+                    }
+                };
+                if let Some(card) = &rec.card_no {
+                    if persons::get_by_card(conn, card)?
+                        .is_some_and(|holder| holder.rec.id_number != rec.id_number)
+                    {
+                        result.errors.push(row_error(
+                            row,
+                            Error::invalid(
+                                "card_no",
+                                format!("{card} already belongs to another person"),
+                            ),
+                        ));
+                        continue;
+                    }
+                }
+                tally(&mut result, persons::upsert(conn, &rec, &now)?);
+            }
+            Ok(result)
+        })
+        .await
+    }
+
+    async fn apply_filing(
+        &self,
+        req: Request<proto::ApplyFilingRequest>,
+    ) -> Result<Response<proto::Filing>, Status> {
+        let req = req.into_inner();
+        let key = RequestKey::new(
+            SCOPE,
+            &req.request_id,
+            "ApplyFiling",
+            payload_hash(&req, |r| r.request_id.clear()),
+        )?;
+        let id = IdNumber::parse(&req.id_number, "id_number")?;
+        let filing_type = FilingType::from_proto(req.filing_type, "filing_type")?;
+        if filing_type == FilingType::Temporary {
+            return Err(Error::invalid(
+                "filing_type",
+                "temporary care needs no filing; choose the filing type that applies",
+            )
+            .into());
+        }
+        let treatment = RegionCode::parse_city(&req.treatment_region, "treatment_region")?;
+        if treatment == self.state.region {
+            return Err(Error::invalid(
+                "treatment_region",
+                "must be another city than the home region",
+            )
+            .into());
+        }
+        if req.institutions.len() > 3 {
+            return Err(Error::invalid(
+                "institutions",
+                format!("at most three may be named, got {}", req.institutions.len()),
+            )
+            .into());
+        }
+        let mut institutions = Vec::with_capacity(req.institutions.len());
+        for (i, code) in req.institutions.iter().enumerate() {
+            let code = validate_code(code, &format!("institutions[{i}]"))?;
+            if institutions.contains(&code) {
+                return Err(Error::invalid(
+                    format!("institutions[{i}]"),
+                    format!("{code} is named twice"),
+                )
+                .into());
+            }
+            institutions.push(code);
+        }
+        let valid_from = parse_date(&req.valid_from, "valid_from")?;
+        let valid_to = parse_date_opt(&req.valid_to, "valid_to")?;
+        check_date_order(valid_from, valid_to, "valid_to", "valid_from")?;
+        let note = req.note.trim().to_owned();
+        if note.chars().count() > 500 {
+            return Err(Error::invalid("note", "longer than 500 characters").into());
+        }
+        let region = self.state.region;
+        self.once(key, move |conn| {
+            let person = persons::get(conn, id.as_str())?
+                .ok_or_else(|| not_found("person with id_number", id.as_str()))?;
+            if person.rec.status != PersonStatus::Active {
+                return Err(Error::FailedPrecondition(format!(
+                    "person {} is {}; only active enrolments can file for cross-region care",
+                    id.as_str(),
+                    person.rec.status
+                )));
+            }
+            let rec = FilingRec {
+                filing_id: String::new(),
+                id_number: id.as_str().to_owned(),
+                filing_type,
+                treatment_region: treatment.to_string(),
+                institutions,
+                valid_from,
+                valid_to,
+                status: FilingStatus::Applied,
+                note,
+                applied_at: period::now_rfc3339(),
+                decided_at: None,
+            };
+            Ok(filing_to_proto(&filings::insert_new(
+                conn,
+                region.as_str(),
+                rec,
+            )?))
+        })
+        .await
+    }
+
+    async fn approve_filing(
+        &self,
+        req: Request<proto::ReviewFilingRequest>,
+    ) -> Result<Response<proto::Filing>, Status> {
+        self.review(
+            req.into_inner(),
+            "ApproveFiling",
+            FilingStatus::Applied,
+            FilingStatus::Approved,
+        )
+        .await
+    }
+
+    async fn reject_filing(
+        &self,
+        req: Request<proto::ReviewFilingRequest>,
+    ) -> Result<Response<proto::Filing>, Status> {
+        self.review(
+            req.into_inner(),
+            "RejectFiling",
+            FilingStatus::Applied,
+            FilingStatus::Rejected,
+        )
+        .await
+    }
+
+    async fn revoke_filing(
+        &self,
+        req: Request<proto::ReviewFilingRequest>,
+    ) -> Result<Response<proto::Filing>, Status> {
+        self.review(
+            req.into_inner(),
+            "RevokeFiling",
+            FilingStatus::Approved,
+            FilingStatus::Revoked,
+        )
+        .await
+    }
+
+    async fn get_filing(
+        &self,
+        req: Request<proto::GetFilingRequest>,
+    ) -> Result<Response<proto::Filing>, Status> {
+        let id = req.into_inner().filing_id;
+        if id.is_empty() {
+            return Err(Error::invalid("filing_id", "missing").into());
+        }
+        self.read(move |conn| {
+            Ok(filing_to_proto(
+                &filings::get(conn, &id)?.ok_or_else(|| not_found("filing", &id))?,
+            ))
+        })
+        .await
+    }
+
+    async fn list_filings(
+        &self,
+        req: Request<proto::ListFilingsRequest>,
+    ) -> Result<Response<proto::ListFilingsResponse>, Status> {
+        let req = req.into_inner();
+        let page = req.page.unwrap_or_default();
+        let filter = filings::ListFilter {
+            id_number: (!req.id_number.is_empty())
+                .then(|| {
+                    IdNumber::parse(&req.id_number, "id_number").map(|i| i.as_str().to_owned())
+                })
+                .transpose()?,
+            status: (req.status != 0)
+                .then(|| FilingStatus::from_proto(req.status, "status"))
+                .transpose()?,
+            treatment_region: (!req.treatment_region.is_empty())
+                .then(|| {
+                    RegionCode::parse(&req.treatment_region, "treatment_region")
+                        .map(|r| r.to_string())
+                })
+                .transpose()?,
+        };
+        let limit = page_size(page.page_size);
+        self.read(move |conn| {
+            let rows = filings::list(conn, &filter, &page.page_token, limit)?;
+            let next_page_token = if rows.len() == limit as usize {
+                rows.last().map(|f| f.filing_id.clone()).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok(proto::ListFilingsResponse {
+                filings: rows.iter().map(filing_to_proto).collect(),
+                next_page_token,
+            })
+        })
+        .await
+    }
+
+    async fn publish_policy(
+        &self,
+        req: Request<proto::PublishPolicyRequest>,
+    ) -> Result<Response<proto::PolicyVersion>, Status> {
+        let req = req.into_inner();
+        let key = RequestKey::new(
+            SCOPE,
+            &req.request_id,
+            "PublishPolicy",
+            payload_hash(&req, |r| r.request_id.clear()),
+        )?;
+        let policy = Policy::from_json(&req.policy_json)
+            .map_err(|e| Error::from(e.in_field("policy_json.")))?;
+        policy
+            .validate()
+            .map_err(|e| Error::from(e.in_field("policy_json.")))?;
+        // The document is self-contained; the request's copies of its key fields are
+        // optional and, when given, must agree so that an operator's typo cannot publish
+        // a policy under the wrong scheme or date.
+        if policy.region != self.state.region.as_str() {
+            return Err(Error::invalid(
+                "policy_json.region",
+                format!(
+                    "the policy is for region {}, this node is {}",
+                    policy.region, self.state.region
+                ),
+            )
+            .into());
+        }
+        let insurance_type = policy.insurance_type;
+        if req.insurance_type != 0
+            && InsuranceType::from_proto(req.insurance_type, "insurance_type")? != insurance_type
+        {
+            return Err(Error::invalid(
+                "insurance_type",
+                format!("the policy document is for {insurance_type} insurance"),
+            )
+            .into());
+        }
+        let effective_from = policy.effective_from;
+        if !req.effective_from.is_empty()
+            && parse_date(&req.effective_from, "effective_from")? != effective_from
+        {
+            return Err(Error::invalid(
+                "effective_from",
+                format!("the policy document takes effect on {effective_from}"),
+            )
+            .into());
+        }
+        let policy_json = policy.to_canonical_json();
+        let rec = PolicyRec {
+            insurance_type,
+            version: 0,
+            effective_from,
+            digest: sha256_hex(policy_json.as_bytes()),
+            policy_json,
+            published_at: period::now_rfc3339(),
+            note: req.note.trim().to_owned(),
+        };
+        let region = self.state.region;
+        self.once(key, move |conn| {
+            if let Some(latest) = policies::list(conn, Some(insurance_type))?.into_iter().max_by_key(|p| p.effective_from) {
+                if latest.effective_from > effective_from {
+                    return Err(Error::FailedPrecondition(format!(
+                        "version {} is already effective from {}; a new version cannot take effect earlier ({effective_from})",
+                        latest.version, latest.effective_from
+                    )));
+                }
+            }
+            Ok(policy_to_proto(region, &policies::publish(conn, rec)?))
+        })
+        .await
+    }
+
+    async fn list_policies(
+        &self,
+        req: Request<proto::ListPoliciesRequest>,
+    ) -> Result<Response<proto::ListPoliciesResponse>, Status> {
+        let req = req.into_inner();
+        let it = (req.insurance_type != 0)
+            .then(|| InsuranceType::from_proto(req.insurance_type, "insurance_type"))
+            .transpose()?;
+        let region = self.state.region;
+        self.read(move |conn| {
+            Ok(proto::ListPoliciesResponse {
+                policies: policies::list(conn, it)?
+                    .iter()
+                    .map(|p| policy_to_proto(region, p))
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get_policy(
+        &self,
+        req: Request<proto::GetPolicyRequest>,
+    ) -> Result<Response<proto::PolicyVersion>, Status> {
+        let req = req.into_inner();
+        let it = InsuranceType::from_proto(req.insurance_type, "insurance_type")?;
+        let region = self.state.region;
+        if req.version > 0 {
+            let v = req.version;
+            return self
+                .read(move |conn| {
+                    let p = policies::get(conn, it, v)?
+                        .ok_or_else(|| Error::NotFound(format!("no {it} policy version {v}")))?;
+                    Ok(policy_to_proto(region, &p))
+                })
+                .await;
+        }
+        let date = parse_date_opt(&req.on_date, "on_date")?.unwrap_or_else(period::today);
+        self.read(move |conn| {
+            let p = policies::in_force(conn, it, date)?.ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no {it} policy is in force on {date}; publish one first"
+                ))
+            })?;
+            Ok(policy_to_proto(region, &p))
+        })
+        .await
+    }
+
+    async fn upsert_catalogue_item(
+        &self,
+        req: Request<proto::UpsertCatalogueItemRequest>,
+    ) -> Result<Response<proto::CatalogueItem>, Status> {
+        let req = req.into_inner();
+        let key = RequestKey::new(
+            SCOPE,
+            &req.request_id,
+            "UpsertCatalogueItem",
+            payload_hash(&req, |r| r.request_id.clear()),
+        )?;
+        let rec = catalogue_from_proto(req.item.as_ref()).map_err(|e| match e {
+            Error::Invalid { field, reason } if !field.starts_with("item.") => Error::Invalid {
+                field: format!("item.{field}"),
+                reason,
+            },
+            other => other,
+        })?;
+        self.once(key, move |conn| {
+            catalogue::upsert(conn, &rec)?;
+            Ok(catalogue_to_proto(&rec))
+        })
+        .await
+    }
+
+    async fn get_catalogue_item(
+        &self,
+        req: Request<proto::GetCatalogueItemRequest>,
+    ) -> Result<Response<proto::CatalogueItem>, Status> {
+        let code = validate_code(&req.into_inner().code, "code")?;
+        self.read(move |conn| {
+            Ok(catalogue_to_proto(
+                &catalogue::get(conn, &code)?.ok_or_else(|| not_found("catalogue item", &code))?,
+            ))
+        })
+        .await
+    }
+
+    async fn list_catalogue(
+        &self,
+        req: Request<proto::ListCatalogueRequest>,
+    ) -> Result<Response<proto::ListCatalogueResponse>, Status> {
+        let req = req.into_inner();
+        let page = req.page.unwrap_or_default();
+        let class = (req.class != 0)
+            .then(|| CatalogueClass::from_proto(req.class, "class"))
+            .transpose()?;
+        let limit = page_size(page.page_size);
+        self.read(move |conn| {
+            let (rows, total) = catalogue::list(conn, class, &page.page_token, limit)?;
+            let next_page_token = if rows.len() == limit as usize {
+                rows.last().map(|c| c.code.clone()).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok(proto::ListCatalogueResponse {
+                items: rows.iter().map(catalogue_to_proto).collect(),
+                next_page_token,
+                total,
+            })
+        })
+        .await
+    }
+
+    async fn import_catalogue(
+        &self,
+        req: Request<proto::ImportCatalogueRequest>,
+    ) -> Result<Response<proto::ImportResult>, Status> {
+        let req = req.into_inner();
+        let key = RequestKey::new(
+            SCOPE,
+            &req.request_id,
+            "ImportCatalogue",
+            payload_hash(&req, |r| r.request_id.clear()),
+        )?;
+        check_batch(req.rows.len())?;
+        let parsed: Vec<(u64, Result<CatalogueRec>)> = req
+            .rows
+            .iter()
+            .map(|r| (r.row, catalogue_from_row(r)))
+            .collect();
+        self.once(key, move |conn| {
+            let mut result = proto::ImportResult::default();
+            for (row, rec) in parsed {
+                match rec {
+                    Ok(rec) => tally(&mut result, catalogue::upsert(conn, &rec)?),
+                    Err(e) => result.errors.push(row_error(row, e)),
+                }
+            }
+            Ok(result)
+        })
+        .await
+    }
+
+    async fn upsert_institution(
+        &self,
+        req: Request<proto::UpsertInstitutionRequest>,
+    ) -> Result<Response<proto::Institution>, Status> {
+        let req = req.into_inner();
+        let key = RequestKey::new(
+            SCOPE,
+            &req.request_id,
+            "UpsertInstitution",
+            payload_hash(&req, |r| r.request_id.clear()),
+        )?;
+        let rec = institution_from_proto(req.institution.as_ref())?;
+        self.once(key, move |conn| {
+            institutions::upsert(conn, &rec)?;
+            Ok(institution_to_proto(&rec))
+        })
+        .await
+    }
+
+    async fn get_institution(
+        &self,
+        req: Request<proto::GetInstitutionRequest>,
+    ) -> Result<Response<proto::Institution>, Status> {
+        let code = validate_code(&req.into_inner().code, "code")?;
+        self.read(move |conn| {
+            Ok(institution_to_proto(
+                &institutions::get(conn, &code)?.ok_or_else(|| not_found("institution", &code))?,
+            ))
+        })
+        .await
+    }
+
+    async fn list_institutions(
+        &self,
+        req: Request<proto::ListInstitutionsRequest>,
+    ) -> Result<Response<proto::ListInstitutionsResponse>, Status> {
+        let page = req.into_inner().page.unwrap_or_default();
+        let limit = page_size(page.page_size);
+        self.read(move |conn| {
+            let rows = institutions::list(conn, &page.page_token, limit)?;
+            let next_page_token = if rows.len() == limit as usize {
+                rows.last().map(|i| i.code.clone()).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok(proto::ListInstitutionsResponse {
+                institutions: rows.iter().map(institution_to_proto).collect(),
+                next_page_token,
+            })
+        })
+        .await
+    }
+
+    async fn get_node_info(
+        &self,
+        _req: Request<proto::GetNodeInfoRequest>,
+    ) -> Result<Response<proto::NodeInfo>, Status> {
+        let mut info = proto::NodeInfo {
+            region: self.state.region.to_string(),
+            name: self.state.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            schema_version: SCHEMA_VERSION,
+            started_at: self.state.started_at.clone(),
+            ..Default::default()
+        };
+        let counts = self
+            .state
+            .store
+            .read(|conn| {
+                let count = |table: &str| -> Result<u64> {
+                    Ok(conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?)
+                };
+                Ok([
+                    count("persons")?,
+                    count("institutions")?,
+                    count("catalogue")?,
+                    count("policies")?,
+                ])
+            })
+            .await?;
+        [
+            info.persons,
+            info.institutions,
+            info.catalogue_items,
+            info.policies,
+        ] = counts;
+        Ok(Response::new(info))
+    }
+}
+
+impl AdminSvc {
+    async fn review(
+        &self,
+        req: proto::ReviewFilingRequest,
+        method: &'static str,
+        from: FilingStatus,
+        to: FilingStatus,
+    ) -> Result<Response<proto::Filing>, Status> {
+        let key = RequestKey::new(
+            SCOPE,
+            &req.request_id,
+            method,
+            payload_hash(&req, |r| r.request_id.clear()),
+        )?;
+        if req.filing_id.is_empty() {
+            return Err(Error::invalid("filing_id", "missing").into());
+        }
+        let note = req.note.trim().to_owned();
+        self.once(key, move |conn| {
+            Ok(filing_to_proto(&filings::transition(
+                conn,
+                &req.filing_id,
+                from,
+                to,
+                &note,
+                &period::now_rfc3339(),
+            )?))
+        })
+        .await
+    }
+}

@@ -1,0 +1,163 @@
+//! The node's embedded SQLite store. One writer thread owns the only write connection
+//! and runs requests sent over a channel, grouping whatever is queued into one
+//! transaction so that one fsync serves many requests (group commit); reads run on a
+//! small pool of read-only connections on blocking threads. Nothing here ever touches
+//! SQLite from an async runtime worker.
+
+pub mod catalogue;
+pub mod filings;
+pub mod institutions;
+mod migrations;
+pub mod persons;
+pub mod policies;
+mod writer;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::Semaphore;
+
+pub use migrations::SCHEMA_VERSION;
+pub use writer::Writer;
+
+use crate::{Error, Result};
+
+/// File name of the node's database inside its data directory.
+pub const DB_FILE: &str = "node.db";
+
+/// What an upsert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    Inserted,
+    Updated,
+    Unchanged,
+}
+
+/// Maps a stored enum name back, reporting a corrupt value as a conversion failure.
+pub(crate) fn column_enum<T>(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+    parse: impl FnOnce(&str, &str) -> yidi_common::Result<T>,
+) -> rusqlite::Result<T> {
+    let s: String = r.get(i)?;
+    parse(&s, "column").map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    writer: Writer,
+    readers: Arc<ReadPool>,
+    path: PathBuf,
+}
+
+struct ReadPool {
+    conns: Mutex<Vec<Connection>>,
+    /// One permit per connection, so a reader waits asynchronously rather than on a lock.
+    permits: Arc<Semaphore>,
+}
+
+/// Applies the pragmas every connection needs. `synchronous=FULL` because what the
+/// writer commits is acknowledged to hospitals and peers and must survive power loss.
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.set_prepared_statement_cache_capacity(128);
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, runs pending migrations and starts
+    /// the writer thread. Blocking: call from `spawn_blocking` or before the runtime.
+    pub fn open(dir: &Path, read_connections: usize) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(DB_FILE);
+        let mut conn = Connection::open(&path)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Internal(format!(
+                "store {} refused WAL mode ({mode})",
+                path.display()
+            )));
+        }
+        configure(&conn)?;
+        migrations::migrate(&mut conn)?;
+        let mut readers = Vec::with_capacity(read_connections);
+        for _ in 0..read_connections.max(1) {
+            let r = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )?;
+            configure(&r)?;
+            readers.push(r);
+        }
+        let permits = Arc::new(Semaphore::new(readers.len()));
+        Ok(Self {
+            writer: Writer::start(conn)?,
+            readers: Arc::new(ReadPool {
+                conns: Mutex::new(readers),
+                permits,
+            }),
+            path,
+        })
+    }
+
+    /// Runs `f` inside the writer's current transaction (its own savepoint: if `f` fails
+    /// only its changes roll back). Resolves after the transaction is durably committed.
+    pub async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.writer.run(f).await
+    }
+
+    /// Runs `f` on a read-only connection on a blocking thread.
+    pub async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let pool = Arc::clone(&self.readers);
+        let permit = Arc::clone(&pool.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Unavailable("store is closed".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = pool
+                .conns
+                .lock()
+                .map_err(|_| Error::Internal("read pool poisoned".into()))?
+                .pop();
+            let conn =
+                conn.ok_or_else(|| Error::Internal("read pool empty despite a permit".into()))?;
+            let out = f(&conn);
+            if let Ok(mut conns) = pool.conns.lock() {
+                conns.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+    }
+
+    /// Path of the database file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

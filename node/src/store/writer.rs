@@ -1,0 +1,116 @@
+//! The single writer thread. Requests queue on a channel; the thread takes the first,
+//! drains whatever else is already queued (up to a bound), runs each in its own
+//! SAVEPOINT inside one `BEGIN IMMEDIATE … COMMIT`, and only after the commit — one
+//! fsync for the whole group — answers every request. A request whose closure fails is
+//! rolled back to its savepoint without disturbing the others in the group.
+
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    thread,
+};
+
+use crossbeam_channel::{Receiver, Sender};
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use crate::{Error, Result};
+
+/// Most requests committed together; bounds latency of the first one in a group.
+const MAX_GROUP: usize = 256;
+
+/// What a job leaves behind after running: a function that delivers its answer once the
+/// group's commit outcome is known.
+type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+/// Handle to the writer thread; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the thread that owns `conn`. The thread ends when every handle is dropped.
+    pub fn start(conn: Connection) -> Result<Self> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        thread::Builder::new()
+            .name("yidi-store-writer".into())
+            .spawn(move || run_loop(&conn, &rx))
+            .map_err(|e| Error::Internal(format!("cannot start the store writer: {e}")))?;
+        Ok(Self { tx })
+    }
+
+    /// Runs `f` in the next group transaction and waits for the durable commit.
+    pub async fn run<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<R>>();
+        let job: Job = Box::new(move |conn: &Connection| {
+            let outcome = run_in_savepoint(conn, f);
+            Box::new(move |commit_error: Option<&str>| {
+                let result = match (outcome, commit_error) {
+                    (Err(e), _) => Err(e),
+                    (Ok(v), None) => Ok(v),
+                    (Ok(_), Some(m)) => Err(Error::Unavailable(format!(
+                        "store commit failed, nothing was saved: {m}"
+                    ))),
+                };
+                // The requester may have gone away (deadline); its answer is moot.
+                let _ = reply.send(result);
+            })
+        });
+        self.tx
+            .send(job)
+            .map_err(|_| Error::Unavailable("store writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Unavailable("store writer has stopped".into()))?
+    }
+}
+
+fn run_in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+    conn.execute_batch("SAVEPOINT job")?;
+    let out = match catch_unwind(AssertUnwindSafe(|| f(conn))) {
+        Ok(out) => out,
+        Err(_) => Err(Error::Internal(
+            "a store operation panicked; it was rolled back".into(),
+        )),
+    };
+    if out.is_ok() {
+        conn.execute_batch("RELEASE job")?;
+    } else {
+        conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+    }
+    out
+}
+
+fn run_loop(conn: &Connection, rx: &Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = Vec::with_capacity(8);
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Never run without a transaction: dropping the group answers each request
+            // with UNAVAILABLE, and nothing was written.
+            tracing::error!(error = %e, requests = group.len(), "store writer cannot begin a transaction");
+            drop(group);
+            continue;
+        }
+        let completions: Vec<Completion> = group.into_iter().map(|job| job(conn)).collect();
+        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        let err = commit.as_ref().err().map(String::as_str);
+        for done in completions {
+            done(err);
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Command-line clients of the `yidi` binary: each talks to a running node over gRPC and
+//! prints tables, or JSON with `--json`.
+
+pub mod admin;
+pub mod import;
+pub mod output;

@@ -4,6 +4,7 @@
 
 pub mod card;
 pub mod digest;
+pub mod engine;
 pub mod error;
 pub mod idnum;
 pub mod money;

@@ -1,0 +1,358 @@
+//! Bad input to the engine: a clear error naming the field, never a split.
+
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use rust_decimal_macros::dec;
+use yidi_common::engine::input::{Format, PersonInput, VisitInput};
+use yidi_common::engine::{self, Accumulators, Line, PersonCtx, VisitCtx};
+use yidi_common::policy::Policy;
+use yidi_common::types::{CatalogueClass, HospitalLevel, InsuranceType, PersonType, VisitKind};
+use yidi_common::{Error, proto};
+
+fn policy() -> Policy {
+    Policy::from_toml(include_str!("../../deploy/policy.sample.toml")).unwrap()
+}
+
+fn person() -> PersonCtx {
+    PersonCtx {
+        insurance_type: InsuranceType::Employee,
+        person_type: PersonType::InService,
+        civil_servant: false,
+        account_balance: dec!(100.00),
+    }
+}
+
+fn visit() -> VisitCtx {
+    VisitCtx {
+        visit_kind: VisitKind::Inpatient,
+        level: HospitalLevel::Level2,
+        institution_code: "330200-H0001".to_owned(),
+        visit_date: NaiveDate::from_ymd_opt(2026, 4, 1).unwrap(),
+        treatment_region: "330200".to_owned(),
+        home_region: "330100".to_owned(),
+        filing: None,
+        use_account: false,
+    }
+}
+
+fn line(no: &str) -> Line {
+    Line {
+        line_no: no.to_owned(),
+        item_code: "X".to_owned(),
+        class: CatalogueClass::A,
+        first_selfpay_ratio: Decimal::ZERO,
+        price_cap: None,
+        quantity: dec!(2),
+        unit_price: dec!(10.00),
+        amount: dec!(20.00),
+    }
+}
+
+fn field_of(r: yidi_common::Result<engine::Quote>) -> String {
+    match r {
+        Err(Error::Invalid { field, .. }) => field,
+        Err(e) => panic!("expected an invalid-field error, got {e}"),
+        Ok(q) => panic!("expected an error, got a split: {:?}", q.trace),
+    }
+}
+
+fn run_lines(lines: &[Line]) -> String {
+    field_of(engine::quote(
+        &policy(),
+        &person(),
+        &Accumulators::new(2026),
+        &visit(),
+        lines,
+    ))
+}
+
+#[test]
+fn well_formed_input_settles() {
+    engine::quote(
+        &policy(),
+        &person(),
+        &Accumulators::new(2026),
+        &visit(),
+        &[line("1")],
+    )
+    .unwrap();
+}
+
+#[test]
+fn bad_lines_name_the_line_and_field() {
+    let neg_qty = Line {
+        quantity: dec!(-2),
+        amount: dec!(0),
+        ..line("2")
+    };
+    assert_eq!(run_lines(&[line("1"), neg_qty]), "lines[1].quantity");
+    let zero_qty = Line {
+        quantity: dec!(0),
+        amount: dec!(0),
+        ..line("1")
+    };
+    assert_eq!(run_lines(&[zero_qty]), "lines[0].quantity");
+    let neg_price = Line {
+        unit_price: dec!(-10.00),
+        amount: dec!(0),
+        ..line("1")
+    };
+    assert_eq!(run_lines(&[neg_price]), "lines[0].unit_price");
+    let neg_amount = Line {
+        amount: dec!(-20.00),
+        ..line("1")
+    };
+    assert_eq!(run_lines(&[neg_amount]), "lines[0].amount");
+    // quantity × price = 20.00; 20.01 is within a fen, 20.02 is not.
+    let close = Line {
+        amount: dec!(20.01),
+        ..line("1")
+    };
+    run_lines_ok(&[close]);
+    let off = Line {
+        amount: dec!(20.02),
+        ..line("1")
+    };
+    assert_eq!(run_lines(&[off]), "lines[0].amount");
+    let fine = Line {
+        amount: dec!(20.001),
+        ..line("1")
+    };
+    assert_eq!(
+        run_lines(&[fine]),
+        "lines[0].amount",
+        "more than two decimals"
+    );
+    let ratio = Line {
+        class: CatalogueClass::B,
+        first_selfpay_ratio: dec!(1.5),
+        ..line("1")
+    };
+    assert_eq!(run_lines(&[ratio]), "lines[0].first_selfpay_ratio");
+    let cap = Line {
+        price_cap: Some(dec!(-1)),
+        ..line("1")
+    };
+    assert_eq!(run_lines(&[cap]), "lines[0].price_cap");
+    assert_eq!(run_lines(&[line("1"), line("1")]), "lines[1].line_no");
+    assert_eq!(run_lines(&[line("")]), "lines[0].line_no");
+    assert_eq!(run_lines(&[]), "lines");
+}
+
+fn run_lines_ok(lines: &[Line]) {
+    engine::quote(
+        &policy(),
+        &person(),
+        &Accumulators::new(2026),
+        &visit(),
+        lines,
+    )
+    .unwrap();
+}
+
+#[test]
+fn uncovered_visits_and_persons_are_refused() {
+    let p = policy();
+    let acc = Accumulators::new(2026);
+    let lines = [line("1")];
+    // The pharmacy kind is covered only at `ungraded` institutions.
+    let v = VisitCtx {
+        visit_kind: VisitKind::Pharmacy,
+        level: HospitalLevel::Level3,
+        ..visit()
+    };
+    assert_eq!(
+        field_of(engine::quote(&p, &person(), &acc, &v, &lines)),
+        "visit.level"
+    );
+    // A policy without chronic coverage.
+    let mut no_chronic = p.clone();
+    no_chronic.visits.remove(&VisitKind::Chronic);
+    no_chronic.caps.chronic = None;
+    no_chronic.account.kinds.remove(&VisitKind::Chronic);
+    no_chronic.validate().unwrap();
+    let v = VisitCtx {
+        visit_kind: VisitKind::Chronic,
+        ..visit()
+    };
+    assert_eq!(
+        field_of(engine::quote(&no_chronic, &person(), &acc, &v, &lines)),
+        "visit.visit_kind"
+    );
+    // Policy not in force on the visit date.
+    let v = VisitCtx {
+        visit_date: NaiveDate::from_ymd_opt(2025, 12, 31).unwrap(),
+        ..visit()
+    };
+    assert_eq!(
+        field_of(engine::quote(
+            &p,
+            &person(),
+            &Accumulators::new(2025),
+            &v,
+            &lines
+        )),
+        "visit.visit_date"
+    );
+    // Accumulators of another year.
+    assert_eq!(
+        field_of(engine::quote(
+            &p,
+            &person(),
+            &Accumulators::new(2025),
+            &visit(),
+            &lines
+        )),
+        "accumulators.year"
+    );
+    let neg = Accumulators {
+        pool_paid: dec!(-1),
+        ..acc.clone()
+    };
+    assert_eq!(
+        field_of(engine::quote(&p, &person(), &neg, &visit(), &lines)),
+        "accumulators.pool_paid"
+    );
+    // Person not of this policy.
+    let resident = PersonCtx {
+        insurance_type: InsuranceType::Resident,
+        person_type: PersonType::ResidentAdult,
+        ..person()
+    };
+    assert_eq!(
+        field_of(engine::quote(&p, &resident, &acc, &visit(), &lines)),
+        "person.insurance_type"
+    );
+    let mut only_retired = p.clone();
+    only_retired.person_types.remove(&PersonType::InService);
+    assert_eq!(
+        field_of(engine::quote(
+            &only_retired,
+            &person(),
+            &acc,
+            &visit(),
+            &lines
+        )),
+        "person.person_type"
+    );
+    let broke = PersonCtx {
+        account_balance: dec!(-5),
+        ..person()
+    };
+    assert_eq!(
+        field_of(engine::quote(&p, &broke, &acc, &visit(), &lines)),
+        "person.account_balance"
+    );
+    // A visit whose home region is not the policy's.
+    let v = VisitCtx {
+        home_region: "330300".to_owned(),
+        ..visit()
+    };
+    assert_eq!(
+        field_of(engine::quote(&p, &person(), &acc, &v, &lines)),
+        "visit.home_region"
+    );
+    // A ratio made invalid after validation is still refused by the engine.
+    let mut bad = p.clone();
+    bad.visits
+        .get_mut(&VisitKind::Inpatient)
+        .unwrap()
+        .pool
+        .as_mut()
+        .unwrap()
+        .ratio
+        .get_mut(&HospitalLevel::Level2)
+        .unwrap()
+        .insert(PersonType::InService, dec!(1.2));
+    assert!(engine::quote(&bad, &person(), &acc, &visit(), &lines).is_err());
+}
+
+#[test]
+fn file_inputs_name_the_field() {
+    let visit_toml = |kind: &str, level: &str, qty: &str| {
+        format!(
+            r#"
+visit_kind = "{kind}"
+level = "{level}"
+institution_code = "330200-H0001"
+visit_date = "2026-04-01"
+treatment_region = "330200"
+home_region = "330100"
+[[lines]]
+line_no = "1"
+class = "a"
+quantity = "{qty}"
+unit_price = "10.00"
+amount = "20.00"
+"#
+        )
+    };
+    let err = |text: String| -> String {
+        match VisitInput::parse(&text, Format::Toml).and_then(|v| v.to_ctx()) {
+            Err(Error::Invalid { field, .. }) => field,
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    };
+    assert_eq!(err(visit_toml("dental", "level2", "2")), "visit.visit_kind");
+    assert_eq!(err(visit_toml("inpatient", "level4", "2")), "visit.level");
+    assert_eq!(
+        err(visit_toml("inpatient", "level2", "-2")),
+        "lines[0].quantity"
+    );
+    assert_eq!(
+        err(visit_toml("inpatient", "level2", "2.00001")),
+        "lines[0].quantity"
+    );
+    let (v, lines) = VisitInput::parse(&visit_toml("住院", "3", "2"), Format::Toml)
+        .unwrap()
+        .to_ctx()
+        .unwrap();
+    assert_eq!(v.visit_kind, VisitKind::Inpatient);
+    assert_eq!(lines[0].quantity, dec!(2));
+
+    let person =
+        r#"{"insurance_type":"employee","person_type":"boss","accumulators":{"year":2026}}"#;
+    match PersonInput::parse(person, Format::Json).and_then(|p| p.to_ctx()) {
+        Err(Error::Invalid { field, .. }) => assert_eq!(field, "person.person_type"),
+        other => panic!("{other:?}"),
+    }
+    let person = r#"{"insurance_type":"employee","person_type":"retired","accumulators":{"year":2026,"pool_paid":"1.005"}}"#;
+    match PersonInput::parse(person, Format::Json).and_then(|p| p.to_ctx()) {
+        Err(Error::Invalid { field, .. }) => assert_eq!(field, "accumulators.pool_paid"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn wire_lines_name_the_field() {
+    let wire = |qty: &str, price: &str, amount: &str, class: i32| proto::ClassifiedLine {
+        line: Some(proto::FeeLine {
+            line_no: "7".to_owned(),
+            item_code: "X".to_owned(),
+            quantity: qty.to_owned(),
+            unit_price: price.to_owned(),
+            amount: amount.to_owned(),
+            service_date: "2026-04-01".to_owned(),
+        }),
+        class,
+        first_selfpay_ratio: String::new(),
+        price_cap: String::new(),
+        item_name: String::new(),
+    };
+    let a = CatalogueClass::A.to_proto();
+    let ok = Line::from_proto(&wire("2", "10.00", "20.00", a)).unwrap();
+    assert_eq!(ok.amount, dec!(20.00));
+    let field = |c: proto::ClassifiedLine| match Line::from_proto(&c)
+        .map_err(|e| e.in_field("lines[3]."))
+    {
+        Err(Error::Invalid { field, .. }) => field,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(field(wire("-2", "10.00", "20.00", a)), "lines[3].quantity");
+    assert_eq!(
+        field(wire("2", "-10.00", "20.00", a)),
+        "lines[3].unit_price"
+    );
+    assert_eq!(field(wire("2", "10.00", "20.001", a)), "lines[3].amount");
+    assert_eq!(field(wire("2", "10.00", "20.00", 0)), "lines[3].class");
+}

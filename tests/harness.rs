@@ -6,7 +6,13 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
-use yidi_common::{proto::admin_service_client::AdminServiceClient, region::RegionCode};
+use yidi_common::{
+    proto::{
+        admin_service_client::AdminServiceClient, hospital_service_client::HospitalServiceClient,
+        peer_service_client::PeerServiceClient,
+    },
+    region::RegionCode,
+};
 use yidi_node::config::NodeConfig;
 
 /// A node running inside the test process.
@@ -21,14 +27,26 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a node for `region` storing into `data_dir`.
     pub async fn start(region: &str, data_dir: PathBuf) -> Self {
-        let region = RegionCode::parse_city(region, "region").expect("test region");
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
+        Self::start_on(listener, region, data_dir, |_| {}).await
+    }
+
+    /// Starts a node on an already bound listener, letting the caller adjust the config.
+    pub async fn start_on(
+        listener: TcpListener,
+        region: &str,
+        data_dir: PathBuf,
+        adjust: impl FnOnce(&mut NodeConfig),
+    ) -> Self {
+        let region = RegionCode::parse_city(region, "region").expect("test region");
         let addr = listener.local_addr().expect("local addr");
         let mut config = NodeConfig::new(region, &format!("test-{region}"), data_dir.clone());
         config.listen = addr;
         config.drain = Duration::from_secs(5);
+        config.peer_timeout = Duration::from_millis(800);
+        adjust(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(yidi_node::server::serve(
             listener,
@@ -66,6 +84,16 @@ impl TestNode {
         AdminServiceClient::new(self.channel().await)
     }
 
+    /// A HospitalService client.
+    pub async fn hospital(&self) -> HospitalServiceClient<Channel> {
+        HospitalServiceClient::new(self.channel().await)
+    }
+
+    /// A PeerService client (as another node would use it).
+    pub async fn peer(&self) -> PeerServiceClient<Channel> {
+        PeerServiceClient::new(self.channel().await)
+    }
+
     /// Stops the node gracefully and waits until it has exited; returns its data dir.
     pub async fn stop(mut self) -> PathBuf {
         if let Some(stop) = self.stop.take() {
@@ -87,4 +115,108 @@ impl Drop for TestNode {
             let _ = stop.send(());
         }
     }
+}
+
+/// Several nodes that know each other: listeners are bound first so that the shared
+/// peer directory file can name every address before any node starts.
+pub struct Federation {
+    pub nodes: Vec<TestNode>,
+    pub peers_file: PathBuf,
+    pub root: PathBuf,
+    addrs: Vec<(String, SocketAddr)>,
+}
+
+impl Federation {
+    /// Starts one node per region under `root` (`root/<region>`), peers file at
+    /// `root/peers.toml`.
+    pub async fn start(root: &std::path::Path, regions: &[&str]) -> Self {
+        Self::start_with(root, regions, |_, _| {}).await
+    }
+
+    /// Like [`Federation::start`], adjusting each node's config.
+    pub async fn start_with(
+        root: &std::path::Path,
+        regions: &[&str],
+        adjust: impl Fn(&str, &mut NodeConfig),
+    ) -> Self {
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for r in regions {
+            let l = TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind loopback");
+            addrs.push(((*r).to_owned(), l.local_addr().expect("addr")));
+            listeners.push(l);
+        }
+        let peers_file = root.join("peers.toml");
+        write_peers(&peers_file, &addrs);
+        let mut nodes = Vec::new();
+        for (l, r) in listeners.into_iter().zip(regions) {
+            let pf = peers_file.clone();
+            nodes.push(
+                TestNode::start_on(l, r, root.join(r), |c| {
+                    c.peers_file = Some(pf);
+                    adjust(r, c);
+                })
+                .await,
+            );
+        }
+        Self {
+            nodes,
+            peers_file,
+            root: root.to_path_buf(),
+            addrs,
+        }
+    }
+
+    /// The node of a region.
+    pub fn node(&self, region: &str) -> &TestNode {
+        self.nodes
+            .iter()
+            .find(|n| n.region.as_str() == region)
+            .expect("region in federation")
+    }
+
+    /// Stops a node (graceful) and returns its index for [`Federation::restart`].
+    pub async fn stop(&mut self, region: &str) -> usize {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.region.as_str() == region)
+            .expect("region");
+        let node = self.nodes.remove(i);
+        node.stop().await;
+        i
+    }
+
+    /// Restarts a stopped node on its old address and data directory.
+    pub async fn restart(&mut self, region: &str, adjust: impl FnOnce(&mut NodeConfig)) {
+        let addr = self
+            .addrs
+            .iter()
+            .find(|(r, _)| r == region)
+            .expect("region")
+            .1;
+        let l = TcpListener::bind(addr)
+            .await
+            .expect("rebind the node's address");
+        let pf = self.peers_file.clone();
+        let node = TestNode::start_on(l, region, self.root.join(region), |c| {
+            c.peers_file = Some(pf);
+            adjust(c);
+        })
+        .await;
+        self.nodes.push(node);
+    }
+}
+
+/// Writes a peer directory file for the given addresses.
+pub fn write_peers(path: &std::path::Path, addrs: &[(String, SocketAddr)]) {
+    let mut text = String::new();
+    for (r, a) in addrs {
+        text.push_str(&format!(
+            "[[peer]]\nregion = \"{r}\"\nname = \"node {r}\"\naddress = \"http://{a}\"\n\n"
+        ));
+    }
+    std::fs::write(path, text).expect("write peers file");
 }

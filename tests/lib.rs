@@ -3,5 +3,6 @@
 //! shutdown future ([`harness`]); or run the real `yidi` binary as separate processes
 //! ([`process`]).
 
+pub mod fixtures;
 pub mod harness;
 pub mod process;

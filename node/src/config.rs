@@ -44,6 +44,9 @@ pub struct NodeArgs {
     /// Log format: "text" (default) or "json".
     #[arg(long, env = "YIDI_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Deadline of every call to a peer node, in milliseconds.
+    #[arg(long, env = "YIDI_PEER_TIMEOUT_MS")]
+    pub peer_timeout_ms: Option<u64>,
 }
 
 /// The config file's shape; every key optional so flags can fill the rest.
@@ -59,6 +62,7 @@ struct FileConfig {
     drain_seconds: Option<u64>,
     read_connections: Option<usize>,
     log_format: Option<String>,
+    peer_timeout_ms: Option<u64>,
 }
 
 /// A node's resolved configuration.
@@ -73,6 +77,10 @@ pub struct NodeConfig {
     pub drain: Duration,
     pub read_connections: usize,
     pub log_json: bool,
+    /// Deadline of every call to a peer.
+    pub peer_timeout: Duration,
+    /// Fault injection (tests only).
+    pub hooks: crate::service::TestHooks,
 }
 
 impl NodeConfig {
@@ -89,6 +97,8 @@ impl NodeConfig {
             drain: Duration::from_secs(10),
             read_connections: 4,
             log_json: false,
+            peer_timeout: Duration::from_secs(3),
+            hooks: crate::service::TestHooks::default(),
         }
     }
 
@@ -149,6 +159,13 @@ impl NodeConfig {
             drain: Duration::from_secs(args.drain_seconds.or(file.drain_seconds).unwrap_or(10)),
             read_connections,
             log_json: log_format == "json",
+            peer_timeout: Duration::from_millis(
+                args.peer_timeout_ms
+                    .or(file.peer_timeout_ms)
+                    .unwrap_or(3000)
+                    .clamp(50, 60_000),
+            ),
+            hooks: crate::service::TestHooks::default(),
             region,
         })
     }

@@ -66,6 +66,57 @@ impl RequestKey {
     }
 }
 
+/// The stored answer for `key`, if this request was already answered; ALREADY_EXISTS if
+/// the id was used for another payload (or was reversed by 冲正 before it arrived).
+pub fn replay<R: Message + Default>(conn: &Connection, key: &RequestKey) -> Result<Option<R>> {
+    let prior: Option<(String, String, Vec<u8>)> = conn
+        .prepare_cached("SELECT method, payload_hash, response FROM requests WHERE scope = ?1 AND request_id = ?2")?
+        .query_row(params![key.scope, key.request_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((method, hash, response)) = prior else {
+        return Ok(None);
+    };
+    if method == REVERSED {
+        return Err(Error::AlreadyExists(format!(
+            "request_id {:?} was reversed (冲正) before it took effect; use a new request id",
+            key.request_id
+        )));
+    }
+    if method == key.method && hash == key.payload_hash {
+        return R::decode(response.as_slice()).map(Some).map_err(|e| {
+            Error::Internal(format!(
+                "stored answer of request {} is unreadable: {e}",
+                key.request_id
+            ))
+        });
+    }
+    Err(Error::AlreadyExists(format!(
+        "request_id {:?} was already used by an earlier {method} request with a different payload; \
+         nothing was changed — use a new request id for a new request",
+        key.request_id
+    )))
+}
+
+/// Claims `key` with its answer, in the caller's transaction.
+pub fn store<R: Message>(conn: &Connection, key: &RequestKey, answer: &R) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO requests (scope, request_id, method, payload_hash, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![key.scope, key.request_id, key.method, key.payload_hash, answer.encode_to_vec(), period::now_rfc3339()])?;
+    Ok(())
+}
+
+/// Method name recorded for a request id that 冲正 reversed before it arrived.
+pub const REVERSED: &str = "Reversed";
+
+/// The method a request id of `scope` was used for, if any.
+pub fn method_of(conn: &Connection, scope: &str, request_id: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT method FROM requests WHERE scope = ?1 AND request_id = ?2")?
+        .query_row(params![scope, request_id], |r| r.get(0))
+        .optional()?)
+}
+
 /// Runs `effect` exactly once for `key` inside the caller's transaction: replays the
 /// stored answer for a repeat, refuses a reused id with another payload, otherwise runs
 /// the effect and stores its answer.
@@ -74,29 +125,10 @@ where
     R: Message + Default,
     F: FnOnce(&Connection) -> Result<R>,
 {
-    let prior: Option<(String, String, Vec<u8>)> = conn
-        .prepare_cached("SELECT method, payload_hash, response FROM requests WHERE scope = ?1 AND request_id = ?2")?
-        .query_row(params![key.scope, key.request_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    if let Some((method, hash, response)) = prior {
-        if method == key.method && hash == key.payload_hash {
-            return R::decode(response.as_slice()).map_err(|e| {
-                Error::Internal(format!(
-                    "stored answer of request {} is unreadable: {e}",
-                    key.request_id
-                ))
-            });
-        }
-        return Err(Error::AlreadyExists(format!(
-            "request_id {:?} was already used by an earlier {method} request with a different payload; \
-             nothing was changed — use a new request id for a new request",
-            key.request_id
-        )));
+    if let Some(answer) = replay(conn, key)? {
+        return Ok(answer);
     }
     let answer = effect(conn)?;
-    conn.prepare_cached(
-        "INSERT INTO requests (scope, request_id, method, payload_hash, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![key.scope, key.request_id, key.method, key.payload_hash, answer.encode_to_vec(), period::now_rfc3339()])?;
+    store(conn, key, &answer)?;
     Ok(answer)
 }

@@ -7,9 +7,12 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod idempotency;
+pub mod peers;
+pub mod policy_cache;
 pub mod quote;
 pub mod server;
 pub mod service;
+pub mod settlement;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -5,19 +5,38 @@
 
 use std::{future::Future, sync::Arc};
 
-use tokio::{net::TcpListener, sync::oneshot};
+use std::time::Duration;
+
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, oneshot, watch},
+};
 use tonic::transport::{Server, server::TcpIncoming};
 use yidi_common::{
     period,
-    proto::{FILE_DESCRIPTOR_SET, admin_service_server::AdminServiceServer},
+    proto::{
+        FILE_DESCRIPTOR_SET, admin_service_server::AdminServiceServer,
+        hospital_service_server::HospitalServiceServer, peer_service_server::PeerServiceServer,
+    },
 };
 
 use crate::{
     Error, Result,
     config::NodeConfig,
-    service::{NodeState, admin::AdminSvc},
+    peers::PeerDirectory,
+    policy_cache::PolicyCache,
+    service::{NodeState, admin::AdminSvc, hospital::HospitalSvc, peer::PeerSvc},
+    settlement::{outbox, treatment},
     store::Store,
 };
+
+/// How often pending intents are re-checked with their home nodes.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A future that resolves once `rx` turns true (the node is stopping).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
 
 /// Largest gRPC message a node accepts (bulk imports are the largest legitimate ones).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -47,18 +66,64 @@ pub async fn serve(
 ) -> Result<()> {
     let dir = config.data_dir.clone();
     let readers = config.read_connections;
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir, readers))
+    let region = config.region.to_string();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir, readers, &region))
         .await
         .map_err(|e| Error::Internal(format!("store open task failed: {e}")))??;
+    let peers = {
+        let (region, path, timeout) = (
+            config.region,
+            config.peers_file.clone(),
+            config.peer_timeout,
+        );
+        tokio::task::spawn_blocking(move || PeerDirectory::load(region, path.as_deref(), timeout))
+            .await
+            .map_err(|e| Error::Internal(format!("peer directory task failed: {e}")))??
+    };
     let state = Arc::new(NodeState {
         region: config.region,
         name: config.name.clone(),
         store,
         started_at: period::now_rfc3339(),
+        peers: Arc::new(peers),
+        policies: Arc::new(PolicyCache::default()),
+        outbox_wake: Notify::new(),
+        hooks: config.hooks.clone(),
     });
+
+    // Background work: peer directory reloads, outbox deliveries, in-doubt recovery.
+    let (stop_bg, bg) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(Arc::clone(&state.peers).watch(Duration::from_secs(2), stopped(bg.clone())));
+    tasks.spawn(outbox::run(Arc::clone(&state), stopped(bg.clone())));
+    {
+        let st = Arc::clone(&state);
+        let stop = stopped(bg.clone());
+        tasks.spawn(async move {
+            tokio::pin!(stop);
+            // At start every pending intent is from before the restart: resolve them all.
+            let mut min_age = Duration::ZERO;
+            loop {
+                match treatment::recover(&st, min_age).await {
+                    Ok(n) if n > 0 => tracing::info!(resolved = n, "in-doubt claims resolved"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "recovery of in-doubt claims failed"),
+                }
+                min_age = treatment::IN_FLIGHT_GRACE;
+                tokio::select! {
+                    () = &mut stop => return,
+                    () = tokio::time::sleep(RECOVERY_INTERVAL) => {}
+                }
+            }
+        });
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AdminServiceServer<AdminSvc>>().await;
+    health
+        .set_serving::<HospitalServiceServer<HospitalSvc>>()
+        .await;
+    health.set_serving::<PeerServiceServer<PeerSvc>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -73,11 +138,20 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
+    let hospital = HospitalServiceServer::new(HospitalSvc::new(Arc::clone(&state)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let peer = PeerServiceServer::new(PeerSvc::new(Arc::clone(&state)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(admin)
+        .add_service(hospital)
+        .add_service(peer)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
@@ -85,9 +159,13 @@ pub async fn serve(
 
     tokio::pin!(server);
     tokio::select! {
-        result = &mut server => return result.map_err(|e| Error::Unavailable(format!("server failed: {e}"))),
+        result = &mut server => {
+            let _ = stop_bg.send(true);
+            return result.map_err(|e| Error::Unavailable(format!("server failed: {e}")));
+        }
         () = shutdown => {}
     }
+    let _ = stop_bg.send(true);
     tracing::info!(
         drain_seconds = config.drain.as_secs(),
         "shutting down; draining in-flight requests"
@@ -97,6 +175,7 @@ pub async fn serve(
         Ok(result) => result.map_err(|e| Error::Unavailable(format!("server failed: {e}")))?,
         Err(_) => tracing::warn!("drain deadline passed; abandoning the remaining requests"),
     }
+    while tasks.join_next().await.is_some() {}
     tracing::info!("node stopped");
     Ok(())
 }

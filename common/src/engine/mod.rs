@@ -42,6 +42,7 @@
 //! version for the first claim of a year), and a year mismatch is an error.
 
 mod convert;
+pub use convert::parse_quantity;
 pub mod input;
 
 use std::fmt::Write as _;
@@ -757,6 +758,22 @@ pub fn quote(
         accumulators: new_acc,
         trace,
     })
+}
+
+/// The filing type that applies to a cross-region visit under `policy` (`Temporary` when
+/// unfiled; `None` for care in the home region), or the error that refuses direct
+/// settlement. Used for eligibility before any fee line exists; [`quote`] applies the
+/// same rule.
+pub fn direct_settlement(policy: &Policy, visit: &VisitCtx) -> Result<Option<FilingType>> {
+    if !policy.visits.contains_key(&visit.visit_kind) {
+        return Err(Error::Precondition(format!(
+            "{} visits are not covered by the home policy {}",
+            visit.visit_kind, policy.name
+        )));
+    }
+    let mut trace = Vec::new();
+    let (applied, _) = cross_region(policy, visit, &mut trace)?;
+    Ok(applied)
 }
 
 /// Decides which filing applies and returns it with the ratio cut; refuses visits the

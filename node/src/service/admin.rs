@@ -28,8 +28,10 @@ use crate::{
         catalogue::{self, CatalogueRec},
         filings::{self, FilingRec},
         institutions::{self, InstitutionRec},
+        outbox,
         persons::{self, PersonRec, StoredPerson},
         policies::{self, PolicyRec},
+        settlements,
     },
 };
 
@@ -257,7 +259,7 @@ fn person_to_proto(region: RegionCode, p: &StoredPerson) -> proto::Person {
     }
 }
 
-fn filing_to_proto(f: &FilingRec) -> proto::Filing {
+pub(crate) fn filing_to_proto(f: &FilingRec) -> proto::Filing {
     proto::Filing {
         filing_id: f.filing_id.clone(),
         id_number: f.id_number.clone(),
@@ -1097,9 +1099,67 @@ impl AdminService for AdminSvc {
         ] = counts;
         Ok(Response::new(info))
     }
+
+    async fn get_outbox(
+        &self,
+        req: Request<proto::GetOutboxRequest>,
+    ) -> Result<Response<proto::OutboxStatus>, Status> {
+        Ok(Response::new(
+            self.outbox_status(req.into_inner().list).await?,
+        ))
+    }
 }
 
 impl AdminSvc {
+    async fn outbox_status(&self, list: u32) -> Result<proto::OutboxStatus> {
+        let list = list.min(1000);
+        let (depth, oldest, per, items, exposure) = self
+            .state
+            .store
+            .read(move |conn| {
+                let (depth, oldest, per) = outbox::stats(conn)?;
+                let items = if list > 0 {
+                    outbox::due(conn, i64::MAX, list)?
+                } else {
+                    Vec::new()
+                };
+                let exposure = settlements::provisional_exposure_by_region(conn)?;
+                Ok((depth, oldest, per, items, exposure))
+            })
+            .await?;
+        Ok(proto::OutboxStatus {
+            depth,
+            oldest: oldest.unwrap_or_default(),
+            targets: per
+                .into_iter()
+                .map(|(region, depth, oldest)| proto::OutboxTarget {
+                    region,
+                    depth,
+                    oldest,
+                })
+                .collect(),
+            items: items
+                .into_iter()
+                .map(|i| proto::OutboxItem {
+                    kind: i.kind,
+                    target_region: i.target_region,
+                    ref_id: i.ref_id,
+                    created_at: i.created_at,
+                    attempts: i.attempts,
+                    last_error: i.last_error,
+                })
+                .collect(),
+            exposure: exposure
+                .into_iter()
+                .map(|(region, fen)| proto::ProvisionalExposure {
+                    region,
+                    amount: money::format(money::from_fen(fen)),
+                    limit: String::new(),
+                })
+                .collect(),
+        })
+    }
+
     async fn review(
         &self,
         req: proto::ReviewFilingRequest,

@@ -1,20 +1,35 @@
 //! gRPC service implementations of the node, and the state they share.
 
 pub mod admin;
+pub mod hospital;
+pub mod peer;
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::AtomicBool};
 
+use tokio::sync::Notify;
 use yidi_common::region::RegionCode;
 
-use crate::store::Store;
+use crate::{peers::PeerDirectory, policy_cache::PolicyCache, store::Store};
+
+/// Fault injection for tests of crash recovery; all off in production.
+#[derive(Debug, Clone, Default)]
+pub struct TestHooks {
+    /// After the home node commits a claim, fail before the local commit, as a crash
+    /// at that instant would.
+    pub crash_after_home_commit: Arc<AtomicBool>,
+}
 
 /// What every service of a node needs.
-#[derive(Clone)]
 pub struct NodeState {
     pub region: RegionCode,
     pub name: String,
     pub store: Store,
     pub started_at: String,
+    pub peers: Arc<PeerDirectory>,
+    pub policies: Arc<PolicyCache>,
+    /// Wakes the outbox worker when something was queued.
+    pub outbox_wake: Notify,
+    pub hooks: TestHooks,
 }
 
 /// Shared handle.

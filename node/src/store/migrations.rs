@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -29,6 +29,7 @@ CREATE TABLE requests (
 
 CREATE TABLE persons (
     id_number       TEXT PRIMARY KEY,
+    lookup_hash     TEXT NOT NULL,   -- SHA-256 of the number, for federated look-ups by hash
     name            TEXT NOT NULL,
     card_no         TEXT UNIQUE,
     insurance_type  TEXT NOT NULL,
@@ -41,6 +42,7 @@ CREATE TABLE persons (
     updated_at      TEXT NOT NULL
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX persons_by_type ON persons (insurance_type, status);
+CREATE UNIQUE INDEX persons_by_lookup_hash ON persons (lookup_hash);
 
 CREATE TABLE filings (
     filing_id        TEXT PRIMARY KEY,
@@ -93,8 +95,157 @@ CREATE TABLE institutions (
 ) STRICT, WITHOUT ROWID;
 ";
 
+const V2_SETTLEMENT: &str = r"
+-- Home side: year-to-date accumulators per person, versioned for compare-and-set.
+CREATE TABLE accumulators (
+    id_number                TEXT NOT NULL REFERENCES persons (id_number),
+    year                     INTEGER NOT NULL,
+    version                  INTEGER NOT NULL,
+    pool_paid                INTEGER NOT NULL,
+    outpatient_pool_paid     INTEGER NOT NULL,
+    chronic_pool_paid        INTEGER NOT NULL,
+    serious_illness_paid     INTEGER NOT NULL,
+    outpatient_deductible_paid INTEGER NOT NULL,
+    admissions               INTEGER NOT NULL,
+    inscope_total            INTEGER NOT NULL,
+    PRIMARY KEY (id_number, year)
+) STRICT, WITHOUT ROWID;
+
+-- Home side: claims committed by treatment regions (and local settlements), owed by
+-- this region. A claim is never edited except to mark it reversed; the reversal is a
+-- ledger record of its own.
+CREATE TABLE claims (
+    claim_id          TEXT PRIMARY KEY,
+    treatment_region  TEXT NOT NULL,
+    id_number         TEXT NOT NULL,
+    institution_code  TEXT NOT NULL,
+    visit_kind        TEXT NOT NULL,
+    settled_at        TEXT NOT NULL,
+    period            TEXT NOT NULL,
+    policy_version    INTEGER NOT NULL,
+    provisional       INTEGER NOT NULL,
+    split             BLOB NOT NULL,      -- encoded yidi.v1.Split, the authoritative one
+    fund_fen          INTEGER NOT NULL,
+    acct_fen          INTEGER NOT NULL,
+    acc_year          INTEGER NOT NULL,
+    acc_delta         TEXT NOT NULL,      -- JSON: what this claim added to the accumulators
+    state             TEXT NOT NULL,      -- committed | reversed
+    reversal_id       TEXT,
+    reversed_at       TEXT
+) STRICT;
+CREATE INDEX claims_by_person ON claims (id_number);
+
+-- A claim id a treatment region gave up on: a late CommitClaim for it is refused.
+CREATE TABLE claim_tombstones (
+    claim_id   TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL
+) STRICT, WITHOUT ROWID;
+
+-- Treatment side: visits, fee lines, settlements.
+CREATE TABLE visits (
+    visit_id          TEXT PRIMARY KEY,
+    seq               INTEGER NOT NULL UNIQUE,
+    institution_code  TEXT NOT NULL REFERENCES institutions (code),
+    id_number         TEXT NOT NULL,
+    home_region       TEXT NOT NULL,
+    visit_kind        TEXT NOT NULL,
+    level             TEXT NOT NULL,
+    external_visit_no TEXT NOT NULL,
+    diagnosis_code    TEXT NOT NULL,
+    state             TEXT NOT NULL,      -- open | closed | settled
+    opened_at         TEXT NOT NULL,
+    visit_date        TEXT NOT NULL,
+    closed_at         TEXT,
+    home_snapshot     BLOB NOT NULL       -- encoded EligibilityResponse at opening, for offline settlement
+) STRICT;
+CREATE INDEX visits_by_institution ON visits (institution_code, external_visit_no);
+
+CREATE TABLE fee_lines (
+    visit_id            TEXT NOT NULL REFERENCES visits (visit_id),
+    line_no             TEXT NOT NULL,
+    item_code           TEXT NOT NULL,
+    item_name           TEXT NOT NULL,
+    class               TEXT NOT NULL,
+    first_selfpay_ratio TEXT NOT NULL,
+    price_cap_fen       INTEGER,
+    quantity            TEXT NOT NULL,
+    unit_price_fen      INTEGER NOT NULL,
+    amount_fen          INTEGER NOT NULL,
+    service_date        TEXT NOT NULL,
+    PRIMARY KEY (visit_id, line_no)
+) STRICT, WITHOUT ROWID;
+
+-- Settlements at the treatment node, and their reversals (cancellations), as records
+-- of their own. `state` of a settlement: pending (intent recorded, home not yet
+-- answered) | settled | provisional (home unreachable, queued) | refused (patient paid
+-- in full) | failed (never took effect) | cancelled (a reversal exists).
+CREATE TABLE settlements (
+    settlement_id     TEXT PRIMARY KEY,
+    seq               INTEGER NOT NULL UNIQUE,
+    visit_id          TEXT NOT NULL REFERENCES visits (visit_id),
+    institution_code  TEXT NOT NULL,
+    id_number         TEXT NOT NULL,
+    home_region       TEXT NOT NULL,
+    visit_kind        TEXT NOT NULL,
+    state             TEXT NOT NULL,
+    reverses          TEXT,               -- set on a reversal record
+    request_scope     TEXT NOT NULL,
+    request_id        TEXT NOT NULL,
+    payload_hash      TEXT NOT NULL,
+    split             BLOB NOT NULL,      -- encoded yidi.v1.Split
+    medfee_fen        INTEGER NOT NULL,
+    fund_fen          INTEGER NOT NULL,
+    acct_fen          INTEGER NOT NULL,
+    cash_fen          INTEGER NOT NULL,
+    policy_version    INTEGER NOT NULL,
+    acc_version       INTEGER NOT NULL,
+    settled_at        TEXT NOT NULL,
+    settle_date       TEXT NOT NULL,      -- UTC+8 calendar date, for reconciliation
+    period            TEXT NOT NULL,
+    note              TEXT NOT NULL
+) STRICT;
+CREATE INDEX settlements_by_institution ON settlements (institution_code, settle_date);
+CREATE INDEX settlements_by_visit ON settlements (visit_id);
+CREATE INDEX settlements_by_state ON settlements (state);
+
+-- Durable outbox of pushes to home nodes that could not be delivered at once.
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind            TEXT NOT NULL,        -- commit | reverse
+    target_region   TEXT NOT NULL,
+    ref_id          TEXT NOT NULL UNIQUE, -- the settlement or reversal id it delivers
+    payload         BLOB NOT NULL,        -- the encoded request
+    created_at      TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,     -- unix millis
+    last_error      TEXT NOT NULL DEFAULT ''
+) STRICT;
+
+-- The ledger (台账): one record per claim, reversal or adjustment, per counterparty and
+-- clearing period. receivable = owed to this region (as treatment region); payable = owed
+-- by this region (as home region). Both sides write the same record id, amount and
+-- period, so their per-pair digests agree.
+CREATE TABLE ledger (
+    entry_id      TEXT NOT NULL,
+    side          TEXT NOT NULL,          -- receivable | payable
+    counterparty  TEXT NOT NULL,
+    period        TEXT NOT NULL,
+    kind          TEXT NOT NULL,          -- claim | reversal | adjustment
+    claim_id      TEXT NOT NULL,
+    amount_fen    INTEGER NOT NULL,
+    created_at    TEXT NOT NULL,
+    PRIMARY KEY (entry_id, side)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX ledger_by_pair ON ledger (counterparty, period, side);
+
+CREATE TABLE sequences (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+";
+
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1_FOUNDATION)])
+    Migrations::new(vec![M::up(V1_FOUNDATION), M::up(V2_SETTLEMENT)])
 }
 
 /// Brings the schema to the latest version. Refuses a store written by a newer yidi.

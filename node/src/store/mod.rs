@@ -4,12 +4,19 @@
 //! small pool of read-only connections on blocking threads. Nothing here ever touches
 //! SQLite from an async runtime worker.
 
+pub mod accumulators;
 pub mod catalogue;
+pub mod claims;
 pub mod filings;
 pub mod institutions;
+pub mod ledger;
 mod migrations;
+pub mod outbox;
 pub mod persons;
 pub mod policies;
+pub mod sequences;
+pub mod settlements;
+pub mod visits;
 mod writer;
 
 use std::{
@@ -48,6 +55,22 @@ pub(crate) fn column_enum<T>(
     })
 }
 
+/// A value of the store's `meta` table.
+pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+/// Sets a value of the store's `meta` table.
+pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")?
+        .execute([key, value])?;
+    Ok(())
+}
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -75,7 +98,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 impl Store {
     /// Opens (creating if needed) the store in `dir`, runs pending migrations and starts
     /// the writer thread. Blocking: call from `spawn_blocking` or before the runtime.
-    pub fn open(dir: &Path, read_connections: usize) -> Result<Self> {
+    pub fn open(dir: &Path, read_connections: usize, region: &str) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::Unavailable(format!(
                 "cannot create data directory {}: {e}",
@@ -93,6 +116,18 @@ impl Store {
         }
         configure(&conn)?;
         migrations::migrate(&mut conn)?;
+        // A data directory belongs to one region for life: starting Ningbo on Hangzhou's
+        // store would silently mix two agencies' books.
+        match meta_get(&conn, "region")? {
+            Some(r) if r != region => {
+                return Err(Error::FailedPrecondition(format!(
+                    "data directory {} belongs to region {r}, not {region}",
+                    dir.display()
+                )));
+            }
+            Some(_) => {}
+            None => meta_set(&conn, "region", region)?,
+        }
         let mut readers = Vec::with_capacity(read_connections);
         for _ in 0..read_connections.max(1) {
             let r = Connection::open_with_flags(

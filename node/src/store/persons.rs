@@ -92,7 +92,7 @@ pub fn insert(conn: &Connection, rec: &PersonRec, now: &str) -> Result<()> {
     }
     check_card_free(conn, rec)?;
     conn.prepare_cached(&format!(
-        "INSERT INTO persons ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)"
+        "INSERT INTO persons (lookup_hash, {COLUMNS}) VALUES (?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)"
     ))?
     .execute(params![
         rec.id_number,
@@ -104,9 +104,20 @@ pub fn insert(conn: &Connection, rec: &PersonRec, now: &str) -> Result<()> {
         rec.status.as_str(),
         rec.account_fen,
         rec.enrolled_since,
-        now
+        now,
+        yidi_common::idnum::lookup_hash(&rec.id_number)
     ])?;
     Ok(())
+}
+
+/// The person whose ID number hashes to `hash` (federated look-up by hash).
+pub fn get_by_lookup_hash(conn: &Connection, hash: &str) -> Result<Option<StoredPerson>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM persons WHERE lookup_hash = ?1"
+        ))?
+        .query_row([hash], from_row)
+        .optional()?)
 }
 
 /// Replaces the mutable fields of an existing person; NOT_FOUND if unknown.

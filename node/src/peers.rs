@@ -1,0 +1,220 @@
+//! The peer directory: region code → address and name of the other nodes, read from a
+//! TOML file and re-read when the file changes (no restart). Each peer gets one lazily
+//! connected HTTP/2 channel that every call reuses, with a connect timeout and a
+//! deadline on every request, so a slow peer never holds up anyone for long.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use serde::Deserialize;
+use tonic::transport::{Channel, Endpoint};
+use yidi_common::{proto::peer_service_client::PeerServiceClient, region::RegionCode};
+
+use crate::{Error, Result};
+
+/// The peer file's shape.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerFile {
+    #[serde(default)]
+    peer: Vec<PeerEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerEntry {
+    region: String,
+    #[serde(default)]
+    name: String,
+    address: String,
+}
+
+/// One reachable peer.
+#[derive(Clone)]
+pub struct Peer {
+    pub region: RegionCode,
+    pub name: String,
+    pub address: String,
+    channel: Channel,
+}
+
+impl Peer {
+    /// A PeerService client on the shared channel.
+    #[must_use]
+    pub fn client(&self) -> PeerServiceClient<Channel> {
+        PeerServiceClient::new(self.channel.clone())
+    }
+}
+
+/// The directory; cheap to share.
+pub struct PeerDirectory {
+    own: RegionCode,
+    path: Option<PathBuf>,
+    call_timeout: Duration,
+    peers: RwLock<Arc<HashMap<RegionCode, Peer>>>,
+    modified: Mutex<Option<SystemTime>>,
+}
+
+fn endpoint(address: &str, call_timeout: Duration) -> Result<Channel> {
+    let ep = Endpoint::from_shared(address.to_owned())
+        .map_err(|e| Error::invalid("peers_file", format!("bad peer address {address:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(call_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    Ok(ep.connect_lazy())
+}
+
+impl PeerDirectory {
+    /// Loads the directory (empty when no file is configured).
+    pub fn load(own: RegionCode, path: Option<&Path>, call_timeout: Duration) -> Result<Self> {
+        let dir = Self {
+            own,
+            path: path.map(Path::to_path_buf),
+            call_timeout,
+            peers: RwLock::new(Arc::new(HashMap::new())),
+            modified: Mutex::new(None),
+        };
+        dir.reload()?;
+        Ok(dir)
+    }
+
+    fn parse(&self, text: &str, path: &Path) -> Result<Vec<(RegionCode, PeerEntry)>> {
+        let file: PeerFile = toml::from_str(text)
+            .map_err(|e| Error::invalid("peers_file", format!("{}: {e}", path.display())))?;
+        let mut out = Vec::new();
+        for (i, p) in file.peer.into_iter().enumerate() {
+            let region =
+                RegionCode::parse_city(&p.region, &format!("peers_file peer[{i}].region"))?;
+            if out.iter().any(|(r, _)| *r == region) {
+                return Err(Error::invalid(
+                    format!("peers_file peer[{i}].region"),
+                    format!("{region} is listed twice"),
+                ));
+            }
+            out.push((region, p));
+        }
+        Ok(out)
+    }
+
+    /// Re-reads the file; channels of unchanged peers are kept. Returns whether anything
+    /// changed. A broken file leaves the previous directory in force.
+    pub fn reload(&self) -> Result<bool> {
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::invalid("peers_file", format!("{}: {e}", path.display())))?;
+        let mtime = meta.modified().ok();
+        {
+            let seen = self
+                .modified
+                .lock()
+                .map_err(|_| Error::Internal("peer directory lock poisoned".into()))?;
+            if mtime.is_some() && *seen == mtime {
+                return Ok(false);
+            }
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::invalid("peers_file", format!("{}: {e}", path.display())))?;
+        let entries = self.parse(&text, path)?;
+        let current = self.snapshot();
+        let mut next = HashMap::new();
+        for (region, e) in entries {
+            if region == self.own {
+                continue;
+            }
+            let peer = match current.get(&region) {
+                Some(p) if p.address == e.address => Peer {
+                    name: e.name.clone(),
+                    ..p.clone()
+                },
+                _ => Peer {
+                    region,
+                    name: if e.name.is_empty() {
+                        region.to_string()
+                    } else {
+                        e.name.clone()
+                    },
+                    channel: endpoint(&e.address, self.call_timeout)?,
+                    address: e.address.clone(),
+                },
+            };
+            next.insert(region, peer);
+        }
+        let changed = next.len() != current.len()
+            || next.iter().any(|(r, p)| {
+                current
+                    .get(r)
+                    .is_none_or(|c| c.address != p.address || c.name != p.name)
+            });
+        *self
+            .peers
+            .write()
+            .map_err(|_| Error::Internal("peer directory lock poisoned".into()))? = Arc::new(next);
+        *self
+            .modified
+            .lock()
+            .map_err(|_| Error::Internal("peer directory lock poisoned".into()))? = mtime;
+        if changed {
+            tracing::info!(peers = self.snapshot().len(), file = %path.display(), "peer directory loaded");
+        }
+        Ok(changed)
+    }
+
+    fn snapshot(&self) -> Arc<HashMap<RegionCode, Peer>> {
+        self.peers
+            .read()
+            .map(|g| Arc::clone(&g))
+            .unwrap_or_default()
+    }
+
+    /// The peer for a home region; UNAVAILABLE when it is not in the directory.
+    pub fn get(&self, region: &str) -> Result<Peer> {
+        let code = RegionCode::parse_city(region, "home_region")?;
+        self.snapshot().get(&code).cloned().ok_or_else(|| {
+            Error::Unavailable(format!(
+                "region {region} is not in this node's peer directory; ask the operator to add it"
+            ))
+        })
+    }
+
+    /// Every peer.
+    #[must_use]
+    pub fn all(&self) -> Vec<Peer> {
+        let mut v: Vec<Peer> = self.snapshot().values().cloned().collect();
+        v.sort_by_key(|p| p.region);
+        v
+    }
+
+    /// Re-reads the file whenever it changes, until `stop` resolves.
+    pub async fn watch(
+        self: Arc<Self>,
+        interval: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        if self.path.is_none() {
+            return;
+        }
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            let me = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || me.reload()).await {
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "peer directory not reloaded; keeping the previous one")
+                }
+                Err(e) => tracing::warn!(error = %e, "peer directory reload task failed"),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}

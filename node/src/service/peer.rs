@@ -1,0 +1,250 @@
+//! PeerService: what other nodes ask of this node as the home region. Every
+//! state-changing call is idempotent per calling region and request id, and every read of
+//! a person's data by a peer is logged.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use yidi_common::{
+    idnum, money, period,
+    proto::{self, peer_service_server::PeerService},
+    region::RegionCode,
+    types::InsuranceType,
+};
+
+use super::State;
+use crate::{
+    Error, Result,
+    idempotency::{self, RequestKey, payload_hash},
+    settlement::{home, treatment},
+    store::{
+        ledger::{self, Side},
+        policies,
+    },
+};
+
+/// The PeerService implementation.
+pub struct PeerSvc {
+    state: State,
+}
+
+impl PeerSvc {
+    #[must_use]
+    pub fn new(state: State) -> Self {
+        Self { state }
+    }
+}
+
+fn caller(region: &str, field: &str) -> Result<RegionCode> {
+    Ok(RegionCode::parse_city(region, field)?)
+}
+
+#[tonic::async_trait]
+impl PeerService for PeerSvc {
+    async fn get_policy(
+        &self,
+        req: Request<proto::PeerGetPolicyRequest>,
+    ) -> Result<Response<proto::PolicyVersion>, Status> {
+        let req = req.into_inner();
+        let it = InsuranceType::from_proto(req.insurance_type, "insurance_type")?;
+        let region = self.state.region;
+        let date = if req.on_date.is_empty() {
+            period::today()
+        } else {
+            period::parse_date(&req.on_date, "on_date").map_err(Error::from)?
+        };
+        let version = req.version;
+        let p = self
+            .state
+            .store
+            .read(move |conn| {
+                let p = if version > 0 {
+                    policies::get(conn, it, version)?
+                } else {
+                    policies::in_force(conn, it, date)?
+                };
+                p.ok_or_else(|| Error::NotFound(format!("region {region} has no such {it} policy")))
+            })
+            .await?;
+        Ok(Response::new(proto::PolicyVersion {
+            region: region.to_string(),
+            insurance_type: p.insurance_type.to_proto(),
+            version: p.version,
+            effective_from: p.effective_from.to_string(),
+            policy_json: p.policy_json,
+            digest: p.digest,
+            published_at: p.published_at,
+            note: p.note,
+        }))
+    }
+
+    async fn lookup_person(
+        &self,
+        req: Request<proto::LookupPersonRequest>,
+    ) -> Result<Response<proto::LookupPersonResponse>, Status> {
+        let req = req.into_inner();
+        if req.card_no.is_empty() == req.id_number_hash.is_empty() {
+            return Err(
+                Error::invalid("card_no", "give exactly one of card_no or id_number_hash").into(),
+            );
+        }
+        if !req.id_number_hash.is_empty()
+            && (req.id_number_hash.len() != 64
+                || !req.id_number_hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(
+                Error::invalid("id_number_hash", "must be 64 hex characters (SHA-256)").into(),
+            );
+        }
+        let region = self.state.region;
+        Ok(Response::new(
+            self.state
+                .store
+                .read(move |conn| treatment::lookup_local(conn, region, &req))
+                .await?,
+        ))
+    }
+
+    async fn check_eligibility(
+        &self,
+        req: Request<proto::CheckEligibilityRequest>,
+    ) -> Result<Response<proto::EligibilityResponse>, Status> {
+        let req = req.into_inner();
+        let treatment = caller(&req.treatment_region, "treatment_region")?;
+        idnum::IdNumber::parse(&req.id_number, "id_number").map_err(Error::from)?;
+        let cache = Arc::clone(&self.state.policies);
+        let region = self.state.region;
+        tracing::info!(peer = %treatment, person = %idnum::lookup_hash(&req.id_number)[..12], institution = %req.institution_code, "peer read of person data (eligibility)");
+        Ok(Response::new(
+            self.state
+                .store
+                .read(move |conn| home::eligibility(conn, &cache, region, treatment.as_str(), &req))
+                .await?,
+        ))
+    }
+
+    async fn commit_claim(
+        &self,
+        req: Request<proto::CommitClaimRequest>,
+    ) -> Result<Response<proto::CommitClaimResponse>, Status> {
+        let req = req.into_inner();
+        let treatment = caller(&req.treatment_region, "treatment_region")?;
+        if treatment == self.state.region {
+            return Err(Error::invalid(
+                "treatment_region",
+                "a node does not commit claims to itself over the network",
+            )
+            .into());
+        }
+        if req.claim_id.is_empty() || !req.claim_id.starts_with(treatment.as_str()) {
+            return Err(
+                Error::invalid("claim_id", format!("must be an id issued by {treatment}")).into(),
+            );
+        }
+        let key = RequestKey::new(
+            &format!("peer:{treatment}"),
+            &req.request_id,
+            "CommitClaim",
+            payload_hash(&req, |r| r.request_id.clear()),
+        )?;
+        let cache = Arc::clone(&self.state.policies);
+        let region = self.state.region;
+        let claim = req.claim_id.clone();
+        let out = self
+            .state
+            .store
+            .write(move |conn| {
+                idempotency::once(conn, &key, |conn| home::commit(conn, &cache, region, &req))
+            })
+            .await?;
+        tracing::info!(peer = %treatment, claim = %claim, "claim committed for a treatment region");
+        Ok(Response::new(out))
+    }
+
+    async fn reverse_claim(
+        &self,
+        req: Request<proto::ReverseClaimRequest>,
+    ) -> Result<Response<proto::CommitClaimResponse>, Status> {
+        let req = req.into_inner();
+        let treatment = caller(&req.treatment_region, "treatment_region")?;
+        if req.claim_id.is_empty() || !req.claim_id.starts_with(treatment.as_str()) {
+            return Err(
+                Error::invalid("claim_id", format!("must be an id issued by {treatment}")).into(),
+            );
+        }
+        period::parse_ts(&req.reversed_at, "reversed_at").map_err(Error::from)?;
+        let key = RequestKey::new(
+            &format!("peer:{treatment}"),
+            &req.request_id,
+            "ReverseClaim",
+            payload_hash(&req, |r| r.request_id.clear()),
+        )?;
+        let out = self
+            .state
+            .store
+            .write(move |conn| {
+                idempotency::once(conn, &key, |conn| {
+                    home::reverse(conn, treatment.as_str(), &req)
+                })
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn claim_status(
+        &self,
+        req: Request<proto::ClaimStatusRequest>,
+    ) -> Result<Response<proto::ClaimStatusResponse>, Status> {
+        let id = req.into_inner().claim_id;
+        if id.is_empty() {
+            return Err(Error::invalid("claim_id", "missing").into());
+        }
+        Ok(Response::new(
+            self.state
+                .store
+                .read(move |conn| home::status(conn, &id))
+                .await?,
+        ))
+    }
+
+    async fn period_digest(
+        &self,
+        req: Request<proto::PeriodDigestRequest>,
+    ) -> Result<Response<proto::PeriodDigestResponse>, Status> {
+        let req = req.into_inner();
+        let counterparty = caller(&req.counterparty, "counterparty")?;
+        let period = yidi_common::period::Period::parse(&req.period, "period")
+            .map_err(Error::from)?
+            .to_string();
+        let side = match req.side.as_str() {
+            "receivable" => Side::Receivable,
+            "payable" => Side::Payable,
+            other => {
+                return Err(Error::invalid(
+                    "side",
+                    format!("expected receivable or payable, got {other:?}"),
+                )
+                .into());
+            }
+        };
+        let out = self
+            .state
+            .store
+            .read(move |conn| {
+                let p = ledger::position(conn, side, counterparty.as_str(), &period)?;
+                let claim_ids = if req.include_ids {
+                    ledger::entry_ids(conn, side, counterparty.as_str(), &period)?
+                } else {
+                    Vec::new()
+                };
+                Ok(proto::PeriodDigestResponse {
+                    count: p.count,
+                    sum: money::format(money::from_fen(p.sum_fen)),
+                    digest: p.digest.to_hex(),
+                    claim_ids,
+                })
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+}

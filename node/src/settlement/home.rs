@@ -1,0 +1,485 @@
+//! The home node's side of a claim. Everything here runs inside one store transaction
+//! (a writer closure) or on a read connection; the home node never trusts the treatment
+//! node's arithmetic: it re-runs the same engine on its own person, filing, policy and
+//! accumulators, and applies the claim with a compare-and-set on the accumulator version.
+
+use std::sync::Arc;
+
+use chrono::{Datelike, NaiveDate};
+use rusqlite::Connection;
+use yidi_common::{
+    engine::{self, FilingCtx, Line, PersonCtx, Quote, VisitCtx},
+    money,
+    period::{self, Period},
+    policy::Policy,
+    proto,
+    region::RegionCode,
+    types::{FilingStatus, FilingType, HospitalLevel, PersonStatus, VisitKind},
+};
+
+use crate::{
+    Error, Result,
+    policy_cache::PolicyCache,
+    store::{
+        accumulators::{self, Delta},
+        claims::{self, ClaimRec},
+        filings::{self, FilingRec},
+        ledger::{self, Side},
+        persons::{self, StoredPerson},
+        policies,
+    },
+};
+
+/// The home node's view of a person for one visit.
+pub struct HomeView {
+    pub person: StoredPerson,
+    pub filing: Option<FilingRec>,
+    pub policy_version: u32,
+    pub policy: Arc<Policy>,
+    pub accumulators: engine::Accumulators,
+}
+
+impl HomeView {
+    /// The engine's person input.
+    #[must_use]
+    pub fn person_ctx(&self) -> PersonCtx {
+        PersonCtx {
+            insurance_type: self.person.rec.insurance_type,
+            person_type: self.person.rec.person_type,
+            civil_servant: self.person.rec.civil_servant,
+            account_balance: money::from_fen(self.person.rec.account_fen),
+        }
+    }
+
+    /// The engine's filing input.
+    #[must_use]
+    pub fn filing_ctx(&self) -> Option<FilingCtx> {
+        self.filing.as_ref().map(filing_ctx)
+    }
+}
+
+fn filing_ctx(f: &FilingRec) -> FilingCtx {
+    FilingCtx {
+        filing_type: f.filing_type,
+        treatment_region: f.treatment_region.clone(),
+        institutions: f.institutions.clone(),
+        valid_from: f.valid_from,
+        valid_to: f.valid_to,
+    }
+}
+
+/// The approved filing of a person that best applies to care in `treatment` on `date`:
+/// one covering the date, long-term filings first, then the most recent.
+pub fn applicable_filing(
+    conn: &Connection,
+    id_number: &str,
+    treatment: &str,
+    date: NaiveDate,
+) -> Result<Option<FilingRec>> {
+    let filter = filings::ListFilter {
+        id_number: Some(id_number.to_owned()),
+        status: Some(FilingStatus::Approved),
+        treatment_region: Some(treatment.to_owned()),
+    };
+    let all = filings::list(conn, &filter, "", 1000)?;
+    Ok(all
+        .into_iter()
+        .filter(|f| f.valid_from <= date && f.valid_to.is_none_or(|to| date <= to))
+        .max_by_key(|f| {
+            (
+                f.filing_type.is_long_term(),
+                f.filing_type != FilingType::Emergency,
+                f.valid_from,
+                f.filing_id.clone(),
+            )
+        }))
+}
+
+/// The policy version in force for the person's insurance type on `date`, parsed.
+pub fn policy_in_force(
+    conn: &Connection,
+    cache: &PolicyCache,
+    region: RegionCode,
+    p: &StoredPerson,
+    date: NaiveDate,
+) -> Result<(u32, Arc<Policy>)> {
+    let it = p.rec.insurance_type;
+    let rec = policies::in_force(conn, it, date)?.ok_or_else(|| {
+        Error::FailedPrecondition(format!(
+            "home region {region} has no {it} policy in force on {date}"
+        ))
+    })?;
+    Ok((
+        rec.version,
+        cache.insert_json(region.as_str(), it, rec.version, &rec.policy_json)?,
+    ))
+}
+
+/// A specific policy version, parsed.
+pub fn policy_version(
+    conn: &Connection,
+    cache: &PolicyCache,
+    region: RegionCode,
+    p: &StoredPerson,
+    version: u32,
+) -> Result<Arc<Policy>> {
+    let it = p.rec.insurance_type;
+    if let Some(policy) = cache.get(region.as_str(), it, version) {
+        return Ok(policy);
+    }
+    let rec = policies::get(conn, it, version)?.ok_or_else(|| {
+        Error::FailedPrecondition(format!(
+            "home region {region} has no {it} policy version {version}"
+        ))
+    })?;
+    cache.insert_json(region.as_str(), it, version, &rec.policy_json)
+}
+
+/// Gathers the home node's view of a person for care in `treatment` on `date`.
+pub fn view(
+    conn: &Connection,
+    cache: &PolicyCache,
+    region: RegionCode,
+    id_number: &str,
+    treatment: &str,
+    date: NaiveDate,
+) -> Result<HomeView> {
+    let person = persons::get(conn, id_number)?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "person {id_number} is not insured in region {region}"
+        ))
+    })?;
+    let (policy_version, policy) = policy_in_force(conn, cache, region, &person, date)?;
+    let filing = if treatment == region.as_str() {
+        None
+    } else {
+        applicable_filing(conn, id_number, treatment, date)?
+    };
+    let accumulators = accumulators::get(conn, id_number, date.year())?;
+    Ok(HomeView {
+        person,
+        filing,
+        policy_version,
+        policy,
+        accumulators,
+    })
+}
+
+/// Why a person cannot settle directly, if they cannot: enrolment status, or the
+/// policy's cross-region rule for the filing that applies.
+#[must_use]
+pub fn ineligibility(view: &HomeView, visit: &VisitCtx) -> Option<String> {
+    if view.person.rec.status != PersonStatus::Active {
+        return Some(format!(
+            "enrolment is {}; direct settlement needs an active enrolment",
+            view.person.rec.status
+        ));
+    }
+    engine::direct_settlement(&view.policy, visit)
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// Answers CheckEligibility.
+pub fn eligibility(
+    conn: &Connection,
+    cache: &PolicyCache,
+    region: RegionCode,
+    treatment: &str,
+    req: &proto::CheckEligibilityRequest,
+) -> Result<proto::EligibilityResponse> {
+    let date = super::wire_date(&req.visit_date, "visit_date")?;
+    let kind = VisitKind::from_proto(req.visit_kind, "visit_kind")?;
+    let level = HospitalLevel::from_proto(req.level, "level")?;
+    let v = view(conn, cache, region, &req.id_number, treatment, date)?;
+    let visit = VisitCtx {
+        visit_kind: kind,
+        level,
+        institution_code: req.institution_code.clone(),
+        visit_date: date,
+        treatment_region: treatment.to_owned(),
+        home_region: region.to_string(),
+        filing: v.filing_ctx(),
+        use_account: false,
+    };
+    let why_not = ineligibility(&v, &visit);
+    let applied = engine::direct_settlement(&v.policy, &visit).ok().flatten();
+    Ok(proto::EligibilityResponse {
+        eligible: why_not.is_none(),
+        reason: why_not.unwrap_or_default(),
+        filing: v
+            .filing
+            .as_ref()
+            .map(crate::service::admin::filing_to_proto),
+        applied_filing_type: applied.map(FilingType::to_proto).unwrap_or_default(),
+        accumulators: Some(v.accumulators.to_proto()),
+        account_balance: money::format(money::from_fen(v.person.rec.account_fen)),
+        policy_version: v.policy_version,
+        person_type: v.person.rec.person_type.to_proto(),
+        civil_servant: v.person.rec.civil_servant,
+        insurance_type: v.person.rec.insurance_type.to_proto(),
+    })
+}
+
+/// The engine inputs of a claim as the treatment node describes the visit.
+pub fn claim_visit(
+    visit: &proto::ClaimVisit,
+    treatment: &str,
+    home: RegionCode,
+    filing: Option<FilingCtx>,
+) -> Result<(VisitCtx, Vec<Line>)> {
+    let ctx = VisitCtx {
+        visit_kind: VisitKind::from_proto(visit.visit_kind, "visit.visit_kind")?,
+        level: HospitalLevel::from_proto(visit.level, "visit.level")?,
+        institution_code: visit.institution_code.clone(),
+        visit_date: super::wire_date(&visit.visit_date, "visit.visit_date")?,
+        treatment_region: treatment.to_owned(),
+        home_region: home.to_string(),
+        filing,
+        use_account: visit.use_account,
+    };
+    let lines = visit
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            Line::from_proto(l).map_err(|e| Error::from(e.in_field(format!("visit.lines[{i}]."))))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((ctx, lines))
+}
+
+/// Commits a claim at the home node: re-runs the engine, checks the accumulator version
+/// (unless provisional: a provisional claim was settled while this node was unreachable
+/// and is applied on top of whatever happened since, the engine's answer being
+/// authoritative), applies accumulators and the account, records the claim and the
+/// ledger entry — in the caller's transaction.
+pub fn commit(
+    conn: &Connection,
+    cache: &PolicyCache,
+    region: RegionCode,
+    req: &proto::CommitClaimRequest,
+) -> Result<proto::CommitClaimResponse> {
+    if let Some(existing) = claims::get(conn, &req.claim_id)? {
+        return Err(Error::AlreadyExists(format!(
+            "claim {} was already committed by another request (state {})",
+            existing.claim_id, existing.state
+        )));
+    }
+    if claims::is_tombstoned(conn, &req.claim_id)? {
+        return Err(Error::FailedPrecondition(format!(
+            "claim {} was abandoned by its treatment region and cannot be committed",
+            req.claim_id
+        )));
+    }
+    let visit = req
+        .visit
+        .as_ref()
+        .ok_or_else(|| Error::invalid("visit", "missing"))?;
+    let date = super::wire_date(&visit.visit_date, "visit.visit_date")?;
+    let settled_at = period::parse_ts(&req.settled_at, "settled_at")?;
+    let v = view(
+        conn,
+        cache,
+        region,
+        &req.id_number,
+        &req.treatment_region,
+        date,
+    )?;
+    if v.person.rec.status != PersonStatus::Active && !req.provisional {
+        return Err(Error::FailedPrecondition(format!(
+            "person {} is {}; no direct settlement",
+            req.id_number, v.person.rec.status
+        )));
+    }
+    if !req.provisional && req.accumulator_version != v.accumulators.version {
+        return Err(Error::Aborted(format!(
+            "accumulators changed since eligibility (version {} now, {} used); retry with fresh eligibility",
+            v.accumulators.version, req.accumulator_version
+        )));
+    }
+    let policy = if req.provisional || req.policy_version == v.policy_version {
+        Arc::clone(&v.policy)
+    } else {
+        return Err(Error::Aborted(format!(
+            "policy version {} is in force for {date}, the claim used {}; retry with the current policy",
+            v.policy_version, req.policy_version
+        )));
+    };
+    let (visit_ctx, lines) = claim_visit(visit, &req.treatment_region, region, v.filing_ctx())?;
+    let quote: Quote = engine::quote(
+        &policy,
+        &v.person_ctx(),
+        &v.accumulators,
+        &visit_ctx,
+        &lines,
+    )?;
+    if !req.provisional {
+        let theirs = req
+            .split
+            .as_ref()
+            .ok_or_else(|| Error::invalid("split", "missing"))?;
+        quote.split_matches(theirs).map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "the home node computes a different split: {e}; nothing was committed"
+            ))
+        })?;
+    }
+    let split = quote.to_proto_split();
+    accumulators::compare_and_set(
+        conn,
+        &req.id_number,
+        v.accumulators.version,
+        &quote.accumulators,
+    )?;
+    let acct_fen = money::to_fen(quote.acct_pay);
+    if acct_fen > 0 {
+        let mut p = v.person.rec.clone();
+        p.account_fen -= acct_fen;
+        persons::update(conn, &p, &period::now_rfc3339())?;
+    }
+    let period = Period::of(settled_at).to_string();
+    let fund_fen = money::to_fen(quote.fund_pay_sumamt);
+    claims::insert(
+        conn,
+        &ClaimRec {
+            claim_id: req.claim_id.clone(),
+            treatment_region: req.treatment_region.clone(),
+            id_number: req.id_number.clone(),
+            institution_code: visit.institution_code.clone(),
+            visit_kind: visit_ctx.visit_kind.to_string(),
+            settled_at: req.settled_at.clone(),
+            period: period.clone(),
+            policy_version: v.policy_version,
+            provisional: req.provisional,
+            split: split.clone(),
+            fund_fen,
+            acct_fen,
+            acc_year: date.year(),
+            acc_delta: Delta::between(&v.accumulators, &quote.accumulators),
+            state: "committed".into(),
+            reversal_id: None,
+            reversed_at: None,
+        },
+    )?;
+    if req.treatment_region != region.as_str() {
+        ledger::record(
+            conn,
+            &ledger::Entry {
+                entry_id: &req.claim_id,
+                side: Side::Payable,
+                counterparty: &req.treatment_region,
+                period: &period,
+                kind: "claim",
+                claim_id: &req.claim_id,
+                amount_fen: fund_fen,
+            },
+            &period::now_rfc3339(),
+        )?;
+    }
+    Ok(proto::CommitClaimResponse {
+        claim_id: req.claim_id.clone(),
+        state: "committed".into(),
+        split: Some(split),
+        accumulators: Some(quote.accumulators.to_proto()),
+        period,
+    })
+}
+
+/// Reverses a committed claim: takes back exactly what it added to the accumulators,
+/// returns the account payment, and records a negative ledger entry in the period of the
+/// reversal. An unknown claim id is tombstoned so that a late commit cannot revive it.
+pub fn reverse(
+    conn: &Connection,
+    caller: &str,
+    req: &proto::ReverseClaimRequest,
+) -> Result<proto::CommitClaimResponse> {
+    let Some(claim) = claims::get(conn, &req.claim_id)? else {
+        claims::tombstone(conn, &req.claim_id, &period::now_rfc3339())?;
+        return Ok(proto::CommitClaimResponse {
+            claim_id: req.claim_id.clone(),
+            state: "abandoned".into(),
+            ..Default::default()
+        });
+    };
+    if claim.treatment_region != caller {
+        return Err(Error::PermissionDenied(format!(
+            "claim {} belongs to treatment region {}",
+            claim.claim_id, claim.treatment_region
+        )));
+    }
+    if claim.state == "reversed" {
+        return Err(Error::FailedPrecondition(format!(
+            "claim {} was already reversed by {}",
+            claim.claim_id,
+            claim.reversal_id.unwrap_or_default()
+        )));
+    }
+    let at = period::parse_ts(&req.reversed_at, "reversed_at")?;
+    let acc = accumulators::get(conn, &claim.id_number, claim.acc_year)?;
+    let back = claim.acc_delta.taken_from(&acc);
+    accumulators::compare_and_set(conn, &claim.id_number, acc.version, &back)?;
+    if claim.acct_fen > 0 {
+        if let Some(p) = persons::get(conn, &claim.id_number)? {
+            let mut rec = p.rec;
+            rec.account_fen += claim.acct_fen;
+            persons::update(conn, &rec, &period::now_rfc3339())?;
+        }
+    }
+    claims::mark_reversed(conn, &claim.claim_id, &req.reversal_id, &req.reversed_at)?;
+    let period = Period::of(at).to_string();
+    if claim.treatment_region != conn_region(conn)? {
+        ledger::record(
+            conn,
+            &ledger::Entry {
+                entry_id: &req.reversal_id,
+                side: Side::Payable,
+                counterparty: &claim.treatment_region,
+                period: &period,
+                kind: "reversal",
+                claim_id: &claim.claim_id,
+                amount_fen: -claim.fund_fen,
+            },
+            &period::now_rfc3339(),
+        )?;
+    }
+    Ok(proto::CommitClaimResponse {
+        claim_id: claim.claim_id,
+        state: "reversed".into(),
+        split: Some(claim.split),
+        accumulators: Some(back.to_proto()),
+        period,
+    })
+}
+
+/// This node's own region as recorded in the store's meta table (set at start).
+fn conn_region(conn: &Connection) -> Result<String> {
+    crate::store::meta_get(conn, "region")?
+        .ok_or_else(|| Error::Internal("store has no region recorded".into()))
+}
+
+/// Answers ClaimStatus.
+pub fn status(conn: &Connection, claim_id: &str) -> Result<proto::ClaimStatusResponse> {
+    if let Some(c) = claims::get(conn, claim_id)? {
+        let state = c.state.clone();
+        return Ok(proto::ClaimStatusResponse {
+            state: state.clone(),
+            claim: Some(proto::CommitClaimResponse {
+                claim_id: c.claim_id,
+                state,
+                split: Some(c.split),
+                accumulators: None,
+                period: c.period,
+            }),
+        });
+    }
+    let state = if claims::is_tombstoned(conn, claim_id)? {
+        "abandoned"
+    } else {
+        "unknown"
+    };
+    Ok(proto::ClaimStatusResponse {
+        state: state.into(),
+        claim: None,
+    })
+}

@@ -1,0 +1,246 @@
+//! Delivers the outbox: provisional claims and reversals queued while a home node was
+//! unreachable (or, for reversals, always: a cancellation is this node's decision and
+//! never waits for the home node). Items go out in order per home region, each after
+//! asking the home node what it already has ("read first"), with exponential backoff
+//! while it stays unreachable.
+
+use std::{collections::HashSet, future::Future, time::Duration};
+
+use prost::Message;
+use tonic::Code;
+use yidi_common::{
+    money::{self, Sign},
+    period::{self, Period},
+    proto,
+};
+
+use super::treatment::{finish_committed, now_ms};
+use crate::{
+    Error, Result,
+    service::NodeState,
+    store::{
+        ledger::{self, Side},
+        outbox::{self, Item},
+        settlements, visits,
+    },
+};
+
+/// Longest wait between two attempts at one item.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1 << attempts.min(8))).min(MAX_BACKOFF)
+}
+
+/// Runs deliveries whenever woken (a new item) and once a second, until `stop`.
+pub async fn run(st: std::sync::Arc<NodeState>, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = st.outbox_wake.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if let Err(e) = deliver_due(&st).await {
+            tracing::warn!(error = %e, "outbox delivery round failed");
+        }
+    }
+}
+
+/// What happened to one delivery attempt.
+enum Outcome {
+    Done,
+    Retry(String),
+}
+
+/// Delivers every due item once; returns how many were delivered.
+pub async fn deliver_due(st: &NodeState) -> Result<usize> {
+    let items = st
+        .store
+        .read(|conn| outbox::due(conn, now_ms(), 256))
+        .await?;
+    let mut blocked: HashSet<String> = HashSet::new();
+    let mut delivered = 0;
+    for item in items {
+        // Keep per-region order: once one item of a region waits, the rest wait too.
+        if blocked.contains(&item.target_region) {
+            continue;
+        }
+        let outcome = match item.kind.as_str() {
+            "commit" => deliver_commit(st, &item).await,
+            "reverse" => deliver_reverse(st, &item).await,
+            other => Err(Error::Internal(format!("unknown outbox kind {other}"))),
+        };
+        match outcome {
+            Ok(Outcome::Done) => delivered += 1,
+            Ok(Outcome::Retry(why)) => {
+                blocked.insert(item.target_region.clone());
+                let next =
+                    now_ms() + i64::try_from(backoff(item.attempts).as_millis()).unwrap_or(60_000);
+                let id = item.id;
+                st.store
+                    .write(move |conn| outbox::retry_later(conn, id, next, &why))
+                    .await?;
+            }
+            Err(e) => {
+                blocked.insert(item.target_region.clone());
+                tracing::error!(item = item.ref_id, error = %e, "outbox item failed");
+            }
+        }
+    }
+    Ok(delivered)
+}
+
+fn unreachable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::ResourceExhausted
+    )
+}
+
+async fn deliver_commit(st: &NodeState, item: &Item) -> Result<Outcome> {
+    let req = proto::CommitClaimRequest::decode(item.payload.as_slice())
+        .map_err(|e| Error::Internal(format!("outbox payload: {e}")))?;
+    let Ok(peer) = st.peers.get(&item.target_region) else {
+        return Ok(Outcome::Retry(format!(
+            "{} is not in the peer directory",
+            item.target_region
+        )));
+    };
+    let mut client = peer.client();
+    let status = match client
+        .claim_status(proto::ClaimStatusRequest {
+            claim_id: req.claim_id.clone(),
+        })
+        .await
+    {
+        Ok(s) => s.into_inner(),
+        Err(s) if unreachable(s.code()) => return Ok(Outcome::Retry(s.message().to_owned())),
+        Err(s) => {
+            return Err(Error::Internal(format!(
+                "claim status of {}: {}",
+                req.claim_id,
+                s.message()
+            )));
+        }
+    };
+    let resp = match status.state.as_str() {
+        "committed" | "reversed" => status.claim.unwrap_or_default(),
+        _ => match client.commit_claim(req.clone()).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if unreachable(s.code()) => return Ok(Outcome::Retry(s.message().to_owned())),
+            Err(s) => {
+                // The home node refuses the claim outright (e.g. the person is unknown):
+                // the advance to the hospital is now the treatment agency's to recover.
+                let note = format!(
+                    "home region {} refused the provisional claim: {}",
+                    item.target_region,
+                    s.message()
+                );
+                tracing::error!(claim = %req.claim_id, %note, "provisional claim refused by its home node");
+                let (id, claim) = (item.id, req.claim_id.clone());
+                st.store
+                    .write(move |conn| {
+                        if let Some(mut rec) = settlements::get(conn, &claim)? {
+                            rec.state = "disputed".into();
+                            rec.note = note;
+                            settlements::update_outcome(conn, &rec)?;
+                        }
+                        outbox::remove(conn, id)
+                    })
+                    .await?;
+                return Ok(Outcome::Done);
+            }
+        },
+    };
+    let (id, region, claim) = (item.id, st.region, req.claim_id.clone());
+    st.store
+        .write(move |conn| {
+            if let Some(rec) = settlements::get(conn, &claim)? {
+                if rec.state == "provisional" || rec.state == "cancelled" {
+                    let rec_visit = rec.visit_id.clone();
+                    let was_cancelled = rec.state == "cancelled";
+                    finish_committed(conn, region, rec, &resp, None)?;
+                    if was_cancelled {
+                        // Cancelled before the home node heard of it: keep it cancelled
+                        // and its visit re-settleable; the queued reversal follows.
+                        settlements::set_state(conn, &claim, "cancelled")?;
+                        if let Some(v) = visits::get(conn, &rec_visit)? {
+                            visits::set_state(
+                                conn,
+                                &v.visit_id,
+                                if v.closed_at.is_some() {
+                                    "closed"
+                                } else {
+                                    "open"
+                                },
+                                None,
+                            )?;
+                        }
+                    }
+                }
+            }
+            outbox::remove(conn, id)
+        })
+        .await?;
+    tracing::info!(claim = %req.claim_id, "provisional claim confirmed by its home node");
+    Ok(Outcome::Done)
+}
+
+async fn deliver_reverse(st: &NodeState, item: &Item) -> Result<Outcome> {
+    let req = proto::ReverseClaimRequest::decode(item.payload.as_slice())
+        .map_err(|e| Error::Internal(format!("outbox payload: {e}")))?;
+    let Ok(peer) = st.peers.get(&item.target_region) else {
+        return Ok(Outcome::Retry(format!(
+            "{} is not in the peer directory",
+            item.target_region
+        )));
+    };
+    let resp = match peer.client().reverse_claim(req.clone()).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if unreachable(s.code()) => return Ok(Outcome::Retry(s.message().to_owned())),
+        Err(s) => {
+            return Err(Error::Internal(format!(
+                "reversal {} refused: {}",
+                req.reversal_id,
+                s.message()
+            )));
+        }
+    };
+    let (id, home) = (item.id, item.target_region.clone());
+    st.store
+        .write(move |conn| {
+            if resp.state == "reversed" {
+                let fund = resp
+                    .split
+                    .as_ref()
+                    .map(|s| {
+                        money::parse(&s.fund_pay_sumamt, "fund_pay_sumamt", Sign::Any)
+                            .map(money::to_fen)
+                    })
+                    .transpose()?
+                    .unwrap_or_default();
+                let at = period::parse_ts(&req.reversed_at, "reversed_at")?;
+                ledger::record(
+                    conn,
+                    &ledger::Entry {
+                        entry_id: &req.reversal_id,
+                        side: Side::Receivable,
+                        counterparty: &home,
+                        period: &Period::of(at).to_string(),
+                        kind: "reversal",
+                        claim_id: &req.claim_id,
+                        amount_fen: -fund,
+                    },
+                    &period::now_rfc3339(),
+                )?;
+            }
+            outbox::remove(conn, id)
+        })
+        .await?;
+    Ok(Outcome::Done)
+}

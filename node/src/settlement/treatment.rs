@@ -1,0 +1,1947 @@
+//! The treatment node's side: what a hospital's system does at its local node. For a
+//! patient insured elsewhere the node applies the home region's policy (cached by
+//! version) to the home node's accumulators, records its intent durably, commits the
+//! claim at the home node, and only then records the settlement and answers ("write
+//! last, read first": an intent whose outcome is unknown is resolved by asking the home
+//! node for the claim's status). Same-city visits take the same API and commit locally in
+//! one transaction.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use rusqlite::Connection;
+use tonic::Code;
+use yidi_common::{
+    engine::{self, Accumulators, FilingCtx, Line, PersonCtx, Quote, VisitCtx},
+    idnum::IdNumber,
+    money::{self, Sign},
+    period::{self, Period},
+    policy::{OfflineMode, Policy},
+    proto,
+    region::RegionCode,
+    types::{AgreementStatus, FilingType, HospitalLevel, InsuranceType, PersonType, VisitKind},
+};
+
+use super::{classified_line, engine_line, home, split_fen, wire_date};
+use crate::{
+    Error, Result,
+    idempotency::{self, RequestKey, payload_hash},
+    service::NodeState,
+    store::{
+        catalogue,
+        institutions::{self, InstitutionRec},
+        ledger::{self, Side},
+        outbox, persons, sequences,
+        settlements::{self, SettlementRec},
+        visits::{self, LineRec, VisitRec},
+    },
+};
+
+/// Attempts at committing a claim when the home node reports a concurrent change.
+const COMMIT_ATTEMPTS: usize = 6;
+/// Intents younger than this belong to a request still in flight; recovery leaves them.
+pub const IN_FLIGHT_GRACE: Duration = Duration::from_secs(30);
+
+/// Idempotency scope of an institution's requests.
+#[must_use]
+pub fn scope(institution: &str) -> String {
+    format!("inst:{institution}")
+}
+
+/// Why a call to a home node did not produce an answer.
+enum PeerFail {
+    /// No answer: the home node is down, unreachable or too slow. The outcome of a
+    /// state-changing call is unknown.
+    Unreachable(String),
+    /// The home node answered with an error.
+    Refused(Error),
+}
+
+impl From<Error> for PeerFail {
+    fn from(e: Error) -> Self {
+        PeerFail::Refused(e)
+    }
+}
+
+fn classify(home: &str, s: &tonic::Status) -> PeerFail {
+    let msg = format!("home region {home}: {}", s.message());
+    match s.code() {
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::ResourceExhausted => PeerFail::Unreachable(msg),
+        Code::InvalidArgument | Code::OutOfRange => PeerFail::Refused(Error::invalid("claim", msg)),
+        Code::NotFound => PeerFail::Refused(Error::NotFound(msg)),
+        Code::AlreadyExists => PeerFail::Refused(Error::AlreadyExists(msg)),
+        Code::Aborted => PeerFail::Refused(Error::Aborted(msg)),
+        Code::PermissionDenied | Code::Unauthenticated => {
+            PeerFail::Refused(Error::PermissionDenied(msg))
+        }
+        Code::FailedPrecondition => PeerFail::Refused(Error::FailedPrecondition(msg)),
+        _ => PeerFail::Refused(Error::Internal(msg)),
+    }
+}
+
+fn fail_to_error(f: PeerFail) -> Error {
+    match f {
+        PeerFail::Unreachable(m) => Error::Unavailable(m),
+        PeerFail::Refused(e) => e,
+    }
+}
+
+// ------------------------------------------------------------------ lookups
+
+/// The institution, which must be designated and in agreement on `today`.
+pub fn check_institution(
+    conn: &Connection,
+    code: &str,
+    today: chrono::NaiveDate,
+) -> Result<InstitutionRec> {
+    let inst = institutions::get(conn, code)?.ok_or_else(|| {
+        Error::PermissionDenied(format!(
+            "institution {code:?} is not registered at this node"
+        ))
+    })?;
+    if inst.agreement_status != AgreementStatus::Active {
+        return Err(Error::FailedPrecondition(format!(
+            "institution {code} has a {} agreement; it cannot settle until the agreement is active",
+            inst.agreement_status
+        )));
+    }
+    if today < inst.agreement_from || inst.agreement_to.is_some_and(|to| today > to) {
+        return Err(Error::FailedPrecondition(format!(
+            "institution {code}'s agreement does not cover {today}"
+        )));
+    }
+    Ok(inst)
+}
+
+async fn institution(st: &NodeState, code: &str) -> Result<InstitutionRec> {
+    if code.is_empty() {
+        return Err(Error::invalid("institution_code", "missing"));
+    }
+    let code = code.to_owned();
+    st.store
+        .read(move |conn| check_institution(conn, &code, period::today()))
+        .await
+}
+
+/// The home node's eligibility answer for a person (local or over the network).
+async fn eligibility(
+    st: &NodeState,
+    home: &str,
+    req: proto::CheckEligibilityRequest,
+) -> Result<proto::EligibilityResponse, PeerFail> {
+    if home == st.region.as_str() {
+        let cache = Arc::clone(&st.policies);
+        let region = st.region;
+        return st
+            .store
+            .read(move |conn| home::eligibility(conn, &cache, region, region.as_str(), &req))
+            .await
+            .map_err(PeerFail::Refused);
+    }
+    let peer = st
+        .peers
+        .get(home)
+        .map_err(|e| PeerFail::Unreachable(e.to_string()))?;
+    peer.client()
+        .check_eligibility(req)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| classify(home, &s))
+}
+
+/// A home region's policy version: cached, or fetched once from the home node.
+async fn home_policy(
+    st: &NodeState,
+    home: &str,
+    it: InsuranceType,
+    version: u32,
+) -> Result<Arc<Policy>, PeerFail> {
+    if let Some(p) = st.policies.get(home, it, version) {
+        return Ok(p);
+    }
+    if home == st.region.as_str() {
+        return Err(PeerFail::Refused(Error::Internal(format!(
+            "own policy {it} v{version} not cached"
+        ))));
+    }
+    let peer = st
+        .peers
+        .get(home)
+        .map_err(|e| PeerFail::Unreachable(e.to_string()))?;
+    let pv = peer
+        .client()
+        .get_policy(proto::PeerGetPolicyRequest {
+            insurance_type: it.to_proto(),
+            on_date: String::new(),
+            version,
+        })
+        .await
+        .map_err(|s| classify(home, &s))?
+        .into_inner();
+    Ok(st
+        .policies
+        .insert_json(home, it, pv.version, &pv.policy_json)?)
+}
+
+fn eligibility_request(
+    visit: &VisitRec,
+    treatment: RegionCode,
+) -> Result<proto::CheckEligibilityRequest> {
+    Ok(proto::CheckEligibilityRequest {
+        id_number: visit.id_number.clone(),
+        institution_code: visit.institution_code.clone(),
+        level: HospitalLevel::parse(&visit.level, "level")?.to_proto(),
+        visit_kind: VisitKind::parse(&visit.visit_kind, "visit_kind")?.to_proto(),
+        visit_date: visit.visit_date.clone(),
+        treatment_region: treatment.to_string(),
+    })
+}
+
+// ------------------------------------------------------------------ identify
+
+/// HospitalService.Identify.
+pub async fn identify(
+    st: &NodeState,
+    req: proto::IdentifyRequest,
+) -> Result<proto::IdentifyResponse> {
+    let inst = institution(st, &req.institution_code).await?;
+    let kind = if req.visit_kind == 0 {
+        VisitKind::Outpatient
+    } else {
+        VisitKind::from_proto(req.visit_kind, "visit_kind")?
+    };
+    let found = if !req.card_no.is_empty() {
+        let card = yidi_common::card::parse(&req.card_no, "card_no")?;
+        let region = RegionCode::parse_city(&req.card_region, "card_region")?;
+        lookup(
+            st,
+            region,
+            proto::LookupPersonRequest {
+                card_no: card,
+                id_number_hash: String::new(),
+            },
+        )
+        .await?
+    } else if !req.id_number.is_empty() {
+        let id = IdNumber::parse(&req.id_number, "id_number")?;
+        lookup_everywhere(st, &id).await?
+    } else {
+        return Err(Error::invalid(
+            "id_number",
+            "give card_no with card_region, or id_number",
+        ));
+    };
+    let person = found
+        .ok_or_else(|| Error::NotFound("no region of the federation insures this person".into()))?;
+    let elig = eligibility(
+        st,
+        &person.home_region,
+        proto::CheckEligibilityRequest {
+            id_number: person.id_number.clone(),
+            institution_code: inst.code.clone(),
+            level: inst.level.to_proto(),
+            visit_kind: kind.to_proto(),
+            visit_date: period::today().to_string(),
+            treatment_region: st.region.to_string(),
+        },
+    )
+    .await
+    .map_err(fail_to_error)?;
+    Ok(proto::IdentifyResponse {
+        id_number: person.id_number,
+        name: person.name,
+        home_region: person.home_region,
+        insurance_type: person.insurance_type,
+        person_type: person.person_type,
+        status: person.status,
+        filing_id: elig
+            .filing
+            .as_ref()
+            .map(|f| f.filing_id.clone())
+            .unwrap_or_default(),
+        filing_type: elig.applied_filing_type,
+        eligible: elig.eligible,
+        ineligible_reason: elig.reason,
+        accumulators: elig.accumulators,
+        account_balance: elig.account_balance,
+    })
+}
+
+/// Answers LookupPerson from this node's own persons.
+pub fn lookup_local(
+    conn: &Connection,
+    region: RegionCode,
+    req: &proto::LookupPersonRequest,
+) -> Result<proto::LookupPersonResponse> {
+    let p = if !req.card_no.is_empty() {
+        persons::get_by_card(conn, &req.card_no)?
+    } else {
+        persons::get_by_lookup_hash(conn, &req.id_number_hash)?
+    };
+    Ok(match p {
+        None => proto::LookupPersonResponse::default(),
+        Some(p) => proto::LookupPersonResponse {
+            found: true,
+            id_number: p.rec.id_number,
+            name: p.rec.name,
+            home_region: region.to_string(),
+            insurance_type: p.rec.insurance_type.to_proto(),
+            person_type: p.rec.person_type.to_proto(),
+            status: p.rec.status.to_proto(),
+            civil_servant: p.rec.civil_servant,
+        },
+    })
+}
+
+async fn lookup(
+    st: &NodeState,
+    region: RegionCode,
+    req: proto::LookupPersonRequest,
+) -> Result<Option<proto::LookupPersonResponse>> {
+    let resp = if region == st.region {
+        let own = st.region;
+        st.store
+            .read(move |conn| lookup_local(conn, own, &req))
+            .await?
+    } else {
+        let peer = st.peers.get(region.as_str())?;
+        peer.client()
+            .lookup_person(req)
+            .await
+            .map_err(|s| fail_to_error(classify(region.as_str(), &s)))?
+            .into_inner()
+    };
+    Ok(resp.found.then_some(resp))
+}
+
+/// With only an ID number: this node first, then every peer at once with the number's
+/// hash (the number itself never travels; the coordinator keeps no person index).
+async fn lookup_everywhere(
+    st: &NodeState,
+    id: &IdNumber,
+) -> Result<Option<proto::LookupPersonResponse>> {
+    let req = proto::LookupPersonRequest {
+        card_no: String::new(),
+        id_number_hash: id.lookup_hash(),
+    };
+    if let Some(p) = lookup(st, st.region, req.clone()).await? {
+        return Ok(Some(p));
+    }
+    let asks = st.peers.all().into_iter().map(|peer| {
+        let req = req.clone();
+        async move {
+            peer.client()
+                .lookup_person(req)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    });
+    let answers = futures::future::join_all(asks).await;
+    let mut unreachable = 0;
+    for a in answers {
+        match a {
+            Ok(r) if r.found => return Ok(Some(r)),
+            Ok(_) => {}
+            Err(_) => unreachable += 1,
+        }
+    }
+    if unreachable > 0 {
+        return Err(Error::Unavailable(format!(
+            "person not found here, and {unreachable} region(s) did not answer; retry, or identify by card with its issuing region"
+        )));
+    }
+    Ok(None)
+}
+
+// ------------------------------------------------------------------ visits and fees
+
+fn visit_to_proto(v: &VisitRec) -> proto::Visit {
+    proto::Visit {
+        visit_id: v.visit_id.clone(),
+        institution_code: v.institution_code.clone(),
+        id_number: v.id_number.clone(),
+        home_region: v.home_region.clone(),
+        visit_kind: VisitKind::parse(&v.visit_kind, "visit_kind")
+            .map(VisitKind::to_proto)
+            .unwrap_or_default(),
+        external_visit_no: v.external_visit_no.clone(),
+        state: v.state.clone(),
+        opened_at: v.opened_at.clone(),
+        closed_at: v.closed_at.clone().unwrap_or_default(),
+    }
+}
+
+/// HospitalService.OpenVisit: registration or admission. The home node is asked for the
+/// person's eligibility now, and its answer kept with the visit for offline settlement.
+pub async fn open_visit(st: &NodeState, req: proto::OpenVisitRequest) -> Result<proto::Visit> {
+    let sc = scope(&req.institution_code);
+    let key = RequestKey::new(
+        &sc,
+        &req.request_id,
+        "OpenVisit",
+        payload_hash(&req, |r| r.request_id.clear()),
+    )?;
+    let inst = institution(st, &req.institution_code).await?;
+    let id = IdNumber::parse(&req.id_number, "id_number")?;
+    let home = RegionCode::parse_city(&req.home_region, "home_region")?;
+    let kind = VisitKind::from_proto(req.visit_kind, "visit_kind")?;
+    if (kind == VisitKind::Pharmacy) != (inst.kind == yidi_common::types::InstitutionKind::Pharmacy)
+    {
+        return Err(Error::invalid(
+            "visit_kind",
+            format!(
+                "{kind} visits happen at pharmacies only; {} is a {}",
+                inst.code, inst.kind
+            ),
+        ));
+    }
+    let ext = req.external_visit_no.trim().to_owned();
+    if ext.is_empty() || ext.chars().count() > 64 {
+        return Err(Error::invalid(
+            "external_visit_no",
+            "must be 1–64 characters (the institution's own visit number)",
+        ));
+    }
+    let opened: DateTime<Utc> = if req.admitted_at.is_empty() {
+        Utc::now()
+    } else {
+        period::parse_ts(&req.admitted_at, "admitted_at")?
+    };
+    let visit_date = opened.with_timezone(&period::cst()).date_naive();
+    if let Some(replayed) = st
+        .store
+        .read({
+            let key = key.clone();
+            move |conn| idempotency::replay::<proto::Visit>(conn, &key)
+        })
+        .await?
+    {
+        return Ok(replayed);
+    }
+    let elig = eligibility(
+        st,
+        home.as_str(),
+        proto::CheckEligibilityRequest {
+            id_number: id.as_str().to_owned(),
+            institution_code: inst.code.clone(),
+            level: inst.level.to_proto(),
+            visit_kind: kind.to_proto(),
+            visit_date: visit_date.to_string(),
+            treatment_region: st.region.to_string(),
+        },
+    )
+    .await;
+    // An unreachable home node does not stop registration; settlement decides later.
+    let snapshot = match elig {
+        Ok(e) => e.encode_to_vec(),
+        Err(PeerFail::Unreachable(m)) => {
+            tracing::warn!(home = %home, error = %m, "home node unreachable at visit opening");
+            Vec::new()
+        }
+        Err(PeerFail::Refused(e)) => return Err(e),
+    };
+    let region = st.region;
+    let diagnosis = req.diagnosis_code.trim().to_owned();
+    st.store
+        .write(move |conn| {
+            idempotency::once(conn, &key, |conn| {
+                let seq = sequences::next(conn, "visit")?;
+                let v = VisitRec {
+                    visit_id: format!("{region}-V-{seq:08}"),
+                    institution_code: inst.code.clone(),
+                    id_number: id.as_str().to_owned(),
+                    home_region: home.to_string(),
+                    visit_kind: kind.to_string(),
+                    level: inst.level.to_string(),
+                    external_visit_no: ext,
+                    diagnosis_code: diagnosis,
+                    state: "open".into(),
+                    opened_at: period::format_ts(opened),
+                    visit_date: visit_date.to_string(),
+                    closed_at: None,
+                    home_snapshot: snapshot,
+                };
+                visits::insert(conn, seq, &v)?;
+                Ok(visit_to_proto(&v))
+            })
+        })
+        .await
+}
+
+/// The visit, which must belong to `institution`.
+fn own_visit(conn: &Connection, institution: &str, visit_id: &str) -> Result<VisitRec> {
+    let v = visits::get(conn, visit_id)?
+        .ok_or_else(|| Error::NotFound(format!("no visit {visit_id:?} at this node")))?;
+    if v.institution_code != institution {
+        return Err(Error::PermissionDenied(format!(
+            "visit {visit_id} belongs to another institution"
+        )));
+    }
+    Ok(v)
+}
+
+/// HospitalService.CloseVisit: discharge.
+pub async fn close_visit(st: &NodeState, req: proto::CloseVisitRequest) -> Result<proto::Visit> {
+    let sc = scope(&req.institution_code);
+    let key = RequestKey::new(
+        &sc,
+        &req.request_id,
+        "CloseVisit",
+        payload_hash(&req, |r| r.request_id.clear()),
+    )?;
+    institution(st, &req.institution_code).await?;
+    let at = if req.discharged_at.is_empty() {
+        Utc::now()
+    } else {
+        period::parse_ts(&req.discharged_at, "discharged_at")?
+    };
+    st.store
+        .write(move |conn| {
+            idempotency::once(conn, &key, |conn| {
+                let v = own_visit(conn, &req.institution_code, &req.visit_id)?;
+                if v.state != "open" {
+                    return Err(Error::FailedPrecondition(format!(
+                        "visit {} is {}, only an open visit can be closed",
+                        v.visit_id, v.state
+                    )));
+                }
+                let ts = period::format_ts(at);
+                visits::set_state(conn, &v.visit_id, "closed", Some(&ts))?;
+                Ok(visit_to_proto(&own_visit(
+                    conn,
+                    &req.institution_code,
+                    &req.visit_id,
+                )?))
+            })
+        })
+        .await
+}
+
+fn fees_response(lines: &[LineRec]) -> proto::UploadFeesResponse {
+    proto::UploadFeesResponse {
+        lines: lines.iter().map(classified_line).collect(),
+        total: money::format(money::from_fen(lines.iter().map(|l| l.amount_fen).sum())),
+    }
+}
+
+fn editable(v: &VisitRec) -> Result<()> {
+    if v.state == "settled" {
+        return Err(Error::FailedPrecondition(format!(
+            "visit {} is settled; cancel the settlement before changing its fees",
+            v.visit_id
+        )));
+    }
+    Ok(())
+}
+
+/// Validates one uploaded line (everything but the catalogue).
+fn check_line(
+    i: usize,
+    l: &proto::FeeLine,
+    visit_date: &str,
+) -> Result<(rust_decimal::Decimal, i64, i64, String)> {
+    let f = |name: &str| format!("lines[{i}].{name}");
+    if l.line_no.is_empty() || l.line_no.len() > 32 {
+        return Err(Error::invalid(f("line_no"), "must be 1–32 characters"));
+    }
+    let quantity = engine::parse_quantity(&l.quantity, &f("quantity"))?;
+    let price = money::parse(&l.unit_price, &f("unit_price"), Sign::NonNegative)?;
+    let amount = money::parse(&l.amount, &f("amount"), Sign::NonNegative)?;
+    let expected = money::round_fen(quantity * price);
+    if (expected - amount).abs() > rust_decimal::Decimal::new(1, 2) {
+        return Err(Error::invalid(
+            f("amount"),
+            format!(
+                "{} is not quantity × unit_price ({} × {} = {})",
+                money::format(amount),
+                quantity,
+                money::format(price),
+                money::format(expected)
+            ),
+        ));
+    }
+    let date = if l.service_date.is_empty() {
+        visit_date.to_owned()
+    } else {
+        wire_date(&l.service_date, &f("service_date"))?.to_string()
+    };
+    Ok((quantity, money::to_fen(price), money::to_fen(amount), date))
+}
+
+/// HospitalService.UploadFees: lines are classified against this node's catalogue.
+pub async fn upload_fees(
+    st: &NodeState,
+    req: proto::UploadFeesRequest,
+) -> Result<proto::UploadFeesResponse> {
+    let sc = scope(&req.institution_code);
+    let key = RequestKey::new(
+        &sc,
+        &req.request_id,
+        "UploadFees",
+        payload_hash(&req, |r| r.request_id.clear()),
+    )?;
+    institution(st, &req.institution_code).await?;
+    if req.lines.is_empty() {
+        return Err(Error::invalid("lines", "no fee lines"));
+    }
+    if req.lines.len() > 2000 {
+        return Err(Error::invalid("lines", "at most 2000 lines per upload"));
+    }
+    let region = st.region;
+    st.store
+        .write(move |conn| {
+            idempotency::once(conn, &key, |conn| {
+                let v = own_visit(conn, &req.institution_code, &req.visit_id)?;
+                editable(&v)?;
+                let existing = visits::lines(conn, &v.visit_id)?;
+                let mut seen = std::collections::HashSet::new();
+                let mut new = Vec::new();
+                for (i, l) in req.lines.iter().enumerate() {
+                    let (quantity, price_fen, amount_fen, date) = check_line(i, l, &v.visit_date)?;
+                    if !seen.insert(l.line_no.clone()) {
+                        return Err(Error::invalid(format!("lines[{i}].line_no"), format!("{} appears twice", l.line_no)));
+                    }
+                    let d = wire_date(&date, "service_date")?;
+                    let item = catalogue::get(conn, &l.item_code)?
+                        .filter(|c| c.valid_from <= d && c.valid_to.is_none_or(|to| d <= to))
+                        .ok_or_else(|| {
+                            Error::invalid(format!("lines[{i}].item_code"), format!("{:?} is not in the catalogue of {region} on {d}", l.item_code))
+                        })?;
+                    let rec = LineRec {
+                        line_no: l.line_no.clone(),
+                        item_code: item.code.clone(),
+                        item_name: item.name.clone(),
+                        class: item.class.to_string(),
+                        first_selfpay_ratio: money::format_ratio(item.first_selfpay_ratio),
+                        price_cap_fen: item.price_cap_fen,
+                        quantity: quantity.normalize().to_string(),
+                        unit_price_fen: price_fen,
+                        amount_fen,
+                        service_date: date,
+                    };
+                    match existing.iter().find(|e| e.line_no == rec.line_no) {
+                        Some(e) if *e == rec => {}
+                        Some(_) => {
+                            return Err(Error::AlreadyExists(format!(
+                                "line {} of visit {} was already uploaded with other values; undo it first",
+                                rec.line_no, v.visit_id
+                            )));
+                        }
+                        None => new.push(rec),
+                    }
+                }
+                for rec in &new {
+                    visits::insert_line(conn, &v.visit_id, rec)?;
+                }
+                Ok(fees_response(&visits::lines(conn, &v.visit_id)?))
+            })
+        })
+        .await
+}
+
+/// HospitalService.UndoFees.
+pub async fn undo_fees(
+    st: &NodeState,
+    req: proto::UndoFeesRequest,
+) -> Result<proto::UploadFeesResponse> {
+    let sc = scope(&req.institution_code);
+    let key = RequestKey::new(
+        &sc,
+        &req.request_id,
+        "UndoFees",
+        payload_hash(&req, |r| r.request_id.clear()),
+    )?;
+    institution(st, &req.institution_code).await?;
+    st.store
+        .write(move |conn| {
+            idempotency::once(conn, &key, |conn| {
+                let v = own_visit(conn, &req.institution_code, &req.visit_id)?;
+                editable(&v)?;
+                let lines = visits::lines(conn, &v.visit_id)?;
+                for (i, no) in req.line_nos.iter().enumerate() {
+                    if !lines.iter().any(|l| &l.line_no == no) {
+                        return Err(Error::invalid(
+                            format!("line_nos[{i}]"),
+                            format!("visit {} has no line {no:?}", v.visit_id),
+                        ));
+                    }
+                }
+                visits::delete_lines(conn, &v.visit_id, &req.line_nos)?;
+                Ok(fees_response(&visits::lines(conn, &v.visit_id)?))
+            })
+        })
+        .await
+}
+
+// ------------------------------------------------------------------ quoting
+
+/// Everything the engine needs, gathered for a visit.
+struct Bill {
+    visit: VisitRec,
+    lines: Vec<LineRec>,
+    engine_lines: Vec<Line>,
+    level: HospitalLevel,
+    kind: VisitKind,
+}
+
+async fn load_bill(
+    st: &NodeState,
+    institution: &str,
+    visit_id: &str,
+    for_settle: bool,
+) -> Result<Bill> {
+    let (inst, vid) = (institution.to_owned(), visit_id.to_owned());
+    let (visit, lines) = st
+        .store
+        .read(move |conn| {
+            let v = own_visit(conn, &inst, &vid)?;
+            let lines = visits::lines(conn, &v.visit_id)?;
+            Ok((v, lines))
+        })
+        .await?;
+    let kind = VisitKind::parse(&visit.visit_kind, "visit_kind")?;
+    if for_settle && visit.state == "settled" {
+        return Err(Error::FailedPrecondition(format!(
+            "visit {} is already settled",
+            visit.visit_id
+        )));
+    }
+    if for_settle && kind == VisitKind::Inpatient && visit.state != "closed" {
+        return Err(Error::FailedPrecondition(format!(
+            "inpatient visit {} must be discharged (CloseVisit) before settlement",
+            visit.visit_id
+        )));
+    }
+    if lines.is_empty() {
+        return Err(Error::FailedPrecondition(format!(
+            "visit {} has no fee lines; upload them first",
+            visit.visit_id
+        )));
+    }
+    let engine_lines = lines.iter().map(engine_line).collect::<Result<Vec<_>>>()?;
+    Ok(Bill {
+        level: HospitalLevel::parse(&visit.level, "level")?,
+        kind,
+        visit,
+        lines,
+        engine_lines,
+    })
+}
+
+impl Bill {
+    fn claim_visit(&self, use_account: bool) -> proto::ClaimVisit {
+        proto::ClaimVisit {
+            visit_id: self.visit.visit_id.clone(),
+            institution_code: self.visit.institution_code.clone(),
+            level: self.level.to_proto(),
+            visit_kind: self.kind.to_proto(),
+            visit_date: self.visit.visit_date.clone(),
+            lines: self.lines.iter().map(classified_line).collect(),
+            use_account,
+        }
+    }
+
+    fn visit_ctx(
+        &self,
+        treatment: RegionCode,
+        filing: Option<FilingCtx>,
+        use_account: bool,
+    ) -> Result<VisitCtx> {
+        Ok(VisitCtx {
+            visit_kind: self.kind,
+            level: self.level,
+            institution_code: self.visit.institution_code.clone(),
+            visit_date: wire_date(&self.visit.visit_date, "visit_date")?,
+            treatment_region: treatment.to_string(),
+            home_region: self.visit.home_region.clone(),
+            filing,
+            use_account,
+        })
+    }
+}
+
+/// The person as the home node described them.
+fn person_from(
+    e: &proto::EligibilityResponse,
+) -> Result<(PersonCtx, Accumulators, Option<FilingCtx>)> {
+    let person = PersonCtx {
+        insurance_type: InsuranceType::from_proto(e.insurance_type, "insurance_type")?,
+        person_type: PersonType::from_proto(e.person_type, "person_type")?,
+        civil_servant: e.civil_servant,
+        account_balance: money::parse(&e.account_balance, "account_balance", Sign::NonNegative)?,
+    };
+    let acc = Accumulators::from_proto(
+        e.accumulators
+            .as_ref()
+            .ok_or_else(|| Error::Internal("eligibility without accumulators".into()))?,
+    )?;
+    let filing = match &e.filing {
+        Some(f) => FilingCtx::from_proto(f)?,
+        None => None,
+    };
+    Ok((person, acc, filing))
+}
+
+/// A quote under the home policy for the current eligibility.
+struct Priced {
+    quote: Quote,
+    elig: proto::EligibilityResponse,
+}
+
+async fn price(st: &NodeState, bill: &Bill, use_account: bool) -> Result<Priced, PeerFail> {
+    let elig = eligibility(
+        st,
+        &bill.visit.home_region,
+        eligibility_request(&bill.visit, st.region)?,
+    )
+    .await?;
+    if !elig.eligible {
+        return Err(PeerFail::Refused(Error::FailedPrecondition(format!(
+            "no direct settlement: {}",
+            elig.reason
+        ))));
+    }
+    let (person, acc, filing) = person_from(&elig)?;
+    let policy = home_policy(
+        st,
+        &bill.visit.home_region,
+        person.insurance_type,
+        elig.policy_version,
+    )
+    .await?;
+    let ctx = bill.visit_ctx(st.region, filing, use_account)?;
+    let quote =
+        engine::quote(&policy, &person, &acc, &ctx, &bill.engine_lines).map_err(Error::from)?;
+    Ok(Priced { quote, elig })
+}
+
+fn settlement_to_proto(s: &SettlementRec, treatment: RegionCode) -> proto::Settlement {
+    proto::Settlement {
+        settlement_id: s.settlement_id.clone(),
+        visit_id: s.visit_id.clone(),
+        institution_code: s.institution_code.clone(),
+        id_number: s.id_number.clone(),
+        home_region: s.home_region.clone(),
+        treatment_region: treatment.to_string(),
+        visit_kind: VisitKind::parse(&s.visit_kind, "visit_kind")
+            .map(VisitKind::to_proto)
+            .unwrap_or_default(),
+        split: Some(s.split.clone()),
+        state: s.state.clone(),
+        settled_at: s.settled_at.clone(),
+        period: s.period.clone(),
+        policy_version: s.policy_version,
+        reverses: s.reverses.clone().unwrap_or_default(),
+        note: s.note.clone(),
+    }
+}
+
+/// HospitalService.PreSettle: the split as it would be now; nothing is recorded.
+pub async fn pre_settle(st: &NodeState, req: proto::SettleRequest) -> Result<proto::Settlement> {
+    institution(st, &req.institution_code).await?;
+    let bill = load_bill(st, &req.institution_code, &req.visit_id, false).await?;
+    let priced = price(st, &bill, req.use_account)
+        .await
+        .map_err(fail_to_error)?;
+    let split = priced.quote.to_proto_split();
+    Ok(proto::Settlement {
+        visit_id: bill.visit.visit_id.clone(),
+        institution_code: bill.visit.institution_code.clone(),
+        id_number: bill.visit.id_number.clone(),
+        home_region: bill.visit.home_region.clone(),
+        treatment_region: st.region.to_string(),
+        visit_kind: bill.kind.to_proto(),
+        split: Some(split),
+        state: "presettled".into(),
+        policy_version: priced.elig.policy_version,
+        ..Default::default()
+    })
+}
+
+// ------------------------------------------------------------------ settle
+
+fn new_record(
+    bill: &Bill,
+    key: &RequestKey,
+    split: proto::Split,
+    state: &str,
+    policy_version: u32,
+    acc_version: u64,
+    now: DateTime<Utc>,
+    note: String,
+) -> Result<SettlementRec> {
+    let (medfee, fund, acct, cash) = split_fen(&split)?;
+    Ok(SettlementRec {
+        settlement_id: String::new(),
+        visit_id: bill.visit.visit_id.clone(),
+        institution_code: bill.visit.institution_code.clone(),
+        id_number: bill.visit.id_number.clone(),
+        home_region: bill.visit.home_region.clone(),
+        visit_kind: bill.kind.to_string(),
+        state: state.into(),
+        reverses: None,
+        request_scope: key.scope.clone(),
+        request_id: key.request_id.clone(),
+        payload_hash: key.payload_hash.clone(),
+        split,
+        medfee_fen: medfee,
+        fund_fen: fund,
+        acct_fen: acct,
+        cash_fen: cash,
+        policy_version,
+        acc_version,
+        settled_at: period::format_ts(now),
+        settle_date: now.with_timezone(&period::cst()).date_naive().to_string(),
+        period: Period::of(now).to_string(),
+        note,
+    })
+}
+
+/// Inserts a record with a fresh id; refuses if the visit already has a live settlement.
+fn insert_record(
+    conn: &Connection,
+    region: RegionCode,
+    mut rec: SettlementRec,
+) -> Result<SettlementRec> {
+    if rec.reverses.is_none() {
+        if let Some(live) = settlements::live_for_visit(conn, &rec.visit_id)? {
+            if live.state != "cancelled" {
+                return Err(Error::FailedPrecondition(format!(
+                    "visit {} already has settlement {} ({}); cancel it before settling again",
+                    rec.visit_id, live.settlement_id, live.state
+                )));
+            }
+        }
+    }
+    let seq = sequences::next(conn, "settlement")?;
+    rec.settlement_id = format!("{region}-S-{seq:010}");
+    settlements::insert(conn, seq, &rec)?;
+    Ok(rec)
+}
+
+/// Finishes a settlement the home node committed: the authoritative split, the ledger's
+/// receivable, the visit, and the request's answer — one transaction.
+pub(crate) fn finish_committed(
+    conn: &Connection,
+    region: RegionCode,
+    mut rec: SettlementRec,
+    resp: &proto::CommitClaimResponse,
+    key: Option<&RequestKey>,
+) -> Result<proto::Settlement> {
+    let split = resp.split.clone().unwrap_or_else(|| rec.split.clone());
+    let provisional_fund = rec.fund_fen;
+    let (medfee, fund, acct, cash) = split_fen(&split)?;
+    if rec.state == "provisional" && fund != provisional_fund {
+        rec.note = format!(
+            "provisional fund share {} corrected by the home node to {} (difference {})",
+            money::format(money::from_fen(provisional_fund)),
+            money::format(money::from_fen(fund)),
+            money::format(money::from_fen(provisional_fund - fund))
+        );
+    }
+    rec.state = "settled".into();
+    rec.split = split;
+    (rec.medfee_fen, rec.fund_fen, rec.acct_fen, rec.cash_fen) = (medfee, fund, acct, cash);
+    settlements::update_outcome(conn, &rec)?;
+    if rec.home_region != region.as_str() {
+        ledger::record(
+            conn,
+            &ledger::Entry {
+                entry_id: &rec.settlement_id,
+                side: Side::Receivable,
+                counterparty: &rec.home_region,
+                period: &resp.period,
+                kind: "claim",
+                claim_id: &rec.settlement_id,
+                amount_fen: fund,
+            },
+            &period::now_rfc3339(),
+        )?;
+    }
+    visits::set_state(conn, &rec.visit_id, "settled", None)?;
+    let answer = settlement_to_proto(&rec, region);
+    if let Some(key) = key {
+        idempotency::store(conn, key, &answer)?;
+    }
+    Ok(answer)
+}
+
+/// HospitalService.Settle.
+pub async fn settle(st: &NodeState, req: proto::SettleRequest) -> Result<proto::Settlement> {
+    let sc = scope(&req.institution_code);
+    let key = RequestKey::new(
+        &sc,
+        &req.request_id,
+        "Settle",
+        payload_hash(&req, |r| r.request_id.clear()),
+    )?;
+    institution(st, &req.institution_code).await?;
+    // A repeat of a finished request gets its answer; a repeat of one in doubt is
+    // resolved with the home node first.
+    let (k, rid) = (key.clone(), req.request_id.clone());
+    let (prior, intent) = st
+        .store
+        .read(move |conn| {
+            Ok((
+                idempotency::replay::<proto::Settlement>(conn, &k)?,
+                settlements::by_request(conn, &k.scope, &rid)?,
+            ))
+        })
+        .await?;
+    if let Some(answer) = prior {
+        return Ok(answer);
+    }
+    if let Some(intent) = intent.filter(|i| i.state == "pending") {
+        if intent.payload_hash != key.payload_hash {
+            return Err(Error::AlreadyExists(format!(
+                "request_id {:?} is in use by a different settlement request",
+                req.request_id
+            )));
+        }
+        return resolve_intent(st, intent).await.and_then(|o| {
+            o.ok_or_else(|| {
+                Error::Aborted("this settlement request is still in progress; retry shortly".into())
+            })
+        });
+    }
+    let bill = load_bill(st, &req.institution_code, &req.visit_id, true).await?;
+    if bill.visit.home_region == st.region.as_str() {
+        return settle_local(st, bill, key, req.use_account).await;
+    }
+    settle_remote(st, bill, key, req.use_account).await
+}
+
+/// A same-city settlement: this node is also the home node; everything in one
+/// transaction, no network.
+async fn settle_local(
+    st: &NodeState,
+    bill: Bill,
+    key: RequestKey,
+    use_account: bool,
+) -> Result<proto::Settlement> {
+    let cache = Arc::clone(&st.policies);
+    let region = st.region;
+    st.store
+        .write(move |conn| {
+            if let Some(answer) = idempotency::replay(conn, &key)? {
+                return Ok(answer);
+            }
+            let date = wire_date(&bill.visit.visit_date, "visit_date")?;
+            let v = home::view(
+                conn,
+                &cache,
+                region,
+                &bill.visit.id_number,
+                region.as_str(),
+                date,
+            )?;
+            let ctx = bill.visit_ctx(region, None, use_account)?;
+            if let Some(why) = home::ineligibility(&v, &ctx) {
+                return Err(Error::FailedPrecondition(format!(
+                    "no direct settlement: {why}"
+                )));
+            }
+            let quote = engine::quote(
+                &v.policy,
+                &v.person_ctx(),
+                &v.accumulators,
+                &ctx,
+                &bill.engine_lines,
+            )?;
+            let now = Utc::now();
+            let rec = insert_record(
+                conn,
+                region,
+                new_record(
+                    &bill,
+                    &key,
+                    quote.to_proto_split(),
+                    "pending",
+                    v.policy_version,
+                    v.accumulators.version,
+                    now,
+                    String::new(),
+                )?,
+            )?;
+            let resp = home::commit(
+                conn,
+                &cache,
+                region,
+                &commit_request(&rec, &bill, region, false, use_account),
+            )?;
+            finish_committed(conn, region, rec, &resp, Some(&key))
+        })
+        .await
+}
+
+fn commit_request(
+    rec: &SettlementRec,
+    bill: &Bill,
+    region: RegionCode,
+    provisional: bool,
+    use_account: bool,
+) -> proto::CommitClaimRequest {
+    proto::CommitClaimRequest {
+        request_id: rec.settlement_id.clone(),
+        claim_id: rec.settlement_id.clone(),
+        treatment_region: region.to_string(),
+        id_number: rec.id_number.clone(),
+        visit: Some(bill.claim_visit(use_account)),
+        split: Some(rec.split.clone()),
+        accumulator_version: rec.acc_version,
+        policy_version: rec.policy_version,
+        settled_at: rec.settled_at.clone(),
+        provisional,
+    }
+}
+
+/// A cross-region settlement.
+async fn settle_remote(
+    st: &NodeState,
+    bill: Bill,
+    key: RequestKey,
+    use_account: bool,
+) -> Result<proto::Settlement> {
+    let region = st.region;
+    let mut intent: Option<SettlementRec> = None;
+    for attempt in 0..COMMIT_ATTEMPTS {
+        let priced = match price(st, &bill, use_account).await {
+            Ok(p) => p,
+            Err(PeerFail::Unreachable(why)) => {
+                return match intent {
+                    // We asked before and the home node then vanished: in doubt.
+                    Some(rec) => settle_in_doubt(st, &bill, rec, use_account, why).await,
+                    None => settle_offline(st, &bill, &key, use_account, why).await,
+                };
+            }
+            Err(PeerFail::Refused(e)) => {
+                if let Some(rec) = intent {
+                    mark_failed(st, rec).await?;
+                }
+                return Err(e);
+            }
+        };
+        let acc_version = priced
+            .elig
+            .accumulators
+            .as_ref()
+            .map(|a| a.version)
+            .unwrap_or_default();
+        let split = priced.quote.to_proto_split();
+        // Record the intent (or refresh it after a conflict) before asking the home node.
+        let rec = match intent.take() {
+            None => {
+                let fresh = new_record(
+                    &bill,
+                    &key,
+                    split,
+                    "pending",
+                    priced.elig.policy_version,
+                    acc_version,
+                    Utc::now(),
+                    String::new(),
+                )?;
+                let k = key.clone();
+                st.store
+                    .write(move |conn| {
+                        if idempotency::replay::<proto::Settlement>(conn, &k)?.is_some() {
+                            return Err(Error::Aborted(
+                                "this request was answered meanwhile; repeat it to get the answer"
+                                    .into(),
+                            ));
+                        }
+                        insert_record(conn, region, fresh)
+                    })
+                    .await?
+            }
+            Some(mut rec) => {
+                let (medfee, fund, acct, cash) = split_fen(&split)?;
+                rec.split = split;
+                (rec.medfee_fen, rec.fund_fen, rec.acct_fen, rec.cash_fen) =
+                    (medfee, fund, acct, cash);
+                rec.policy_version = priced.elig.policy_version;
+                rec.acc_version = acc_version;
+                let r = rec.clone();
+                st.store
+                    .write(move |conn| settlements::update_outcome(conn, &r))
+                    .await?;
+                rec
+            }
+        };
+        let peer = st.peers.get(&bill.visit.home_region)?;
+        let call = peer
+            .client()
+            .commit_claim(commit_request(&rec, &bill, region, false, use_account))
+            .await;
+        match call {
+            Ok(resp) => {
+                if st
+                    .hooks
+                    .crash_after_home_commit
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    return Err(Error::Unavailable(
+                        "injected crash after the home commit (test hook)".into(),
+                    ));
+                }
+                let resp = resp.into_inner();
+                let k = key.clone();
+                return st
+                    .store
+                    .write(move |conn| finish_committed(conn, region, rec, &resp, Some(&k)))
+                    .await;
+            }
+            Err(status) => match classify(&bill.visit.home_region, &status) {
+                PeerFail::Refused(Error::Aborted(m)) => {
+                    tracing::debug!(attempt, claim = %rec.settlement_id, reason = %m, "home reports a concurrent change; repricing");
+                    intent = Some(rec);
+                    tokio::time::sleep(Duration::from_millis(2 + 3 * attempt as u64)).await;
+                }
+                PeerFail::Refused(e) => {
+                    mark_failed(st, rec).await?;
+                    return Err(e);
+                }
+                PeerFail::Unreachable(why) => {
+                    return settle_in_doubt(st, &bill, rec, use_account, why).await;
+                }
+            },
+        }
+    }
+    if let Some(rec) = intent {
+        mark_failed(st, rec).await?;
+    }
+    Err(Error::Aborted("the person's accumulators kept changing during settlement (settled elsewhere at the same time); retry".into()))
+}
+
+async fn mark_failed(st: &NodeState, rec: SettlementRec) -> Result<()> {
+    st.store
+        .write(move |conn| settlements::set_state(conn, &rec.settlement_id, "failed"))
+        .await
+}
+
+/// The home policy's offline rule, from the cached policy.
+fn offline_rule(
+    st: &NodeState,
+    bill: &Bill,
+    snapshot: &proto::EligibilityResponse,
+) -> Option<(u32, Arc<Policy>)> {
+    let it = InsuranceType::from_proto(snapshot.insurance_type, "insurance_type").ok()?;
+    let date = wire_date(&bill.visit.visit_date, "visit_date").ok()?;
+    st.policies
+        .latest_in_force(&bill.visit.home_region, it, date)
+}
+
+/// A split where the patient pays everything (refused direct settlement).
+fn full_self_pay(lines: &[LineRec], why: &str) -> proto::Split {
+    let total = money::format(money::from_fen(lines.iter().map(|l| l.amount_fen).sum()));
+    let zero = money::format(rust_decimal::Decimal::ZERO);
+    proto::Split {
+        medfee_sumamt: total.clone(),
+        fulamt_ownpay_amt: total.clone(),
+        overlmt_selfpay: zero.clone(),
+        preselfpay_amt: zero.clone(),
+        inscp_scp_amt: zero.clone(),
+        act_pay_dedc: zero.clone(),
+        hifp_pay: zero.clone(),
+        hifmi_pay: zero.clone(),
+        hifob_pay: zero.clone(),
+        cvlserv_pay: zero.clone(),
+        maf_pay: zero.clone(),
+        fund_pay_sumamt: zero.clone(),
+        hosp_part_amt: zero.clone(),
+        psn_part_amt: total.clone(),
+        acct_pay: zero.clone(),
+        psn_cash_pay: total,
+        pool_ratio: "0.00".into(),
+        trace: vec![why.to_owned()],
+        applied_filing_type: FilingType::Temporary.to_proto(),
+        ..Default::default()
+    }
+}
+
+/// The home node cannot be reached and nothing was sent yet: apply the home policy's
+/// offline rule with the eligibility kept from the visit's opening.
+async fn settle_offline(
+    st: &NodeState,
+    bill: &Bill,
+    key: &RequestKey,
+    use_account: bool,
+    why: String,
+) -> Result<proto::Settlement> {
+    let snapshot = proto::EligibilityResponse::decode(bill.visit.home_snapshot.as_slice())
+        .ok()
+        .filter(|s| s.accumulators.is_some());
+    let Some(snapshot) = snapshot else {
+        return Err(Error::Unavailable(format!(
+            "{why}; the person's home data was never received, so nothing can be settled offline — retry later"
+        )));
+    };
+    let Some((version, policy)) = offline_rule(st, bill, &snapshot) else {
+        return Err(Error::Unavailable(format!(
+            "{why}; the home policy is not cached here, so nothing can be settled offline — retry later"
+        )));
+    };
+    let region = st.region;
+    let now = Utc::now();
+    let offline = policy.offline.clone();
+    let (state, split, note) = match offline {
+        OfflineMode::Refuse => {
+            let note = format!(
+                "{why}; the home policy refuses offline settlement: the patient pays in full and claims reimbursement at home"
+            );
+            ("refused", full_self_pay(&bill.lines, &note), note)
+        }
+        OfflineMode::Provisional { exposure_limit } => {
+            let (person, acc, filing) = person_from(&snapshot)?;
+            let ctx = bill.visit_ctx(region, filing, use_account)?;
+            let quote = engine::quote(&policy, &person, &acc, &ctx, &bill.engine_lines)?;
+            let fund = money::to_fen(quote.fund_pay_sumamt);
+            let home = bill.visit.home_region.clone();
+            let exposure = st
+                .store
+                .read(move |conn| settlements::provisional_exposure_fen(conn, &home))
+                .await?;
+            if exposure + fund > money::to_fen(exposure_limit) {
+                let note = format!(
+                    "{why}; provisional exposure to {} would exceed its limit {}: the patient pays in full and claims reimbursement at home",
+                    bill.visit.home_region,
+                    money::format(exposure_limit)
+                );
+                ("refused", full_self_pay(&bill.lines, &note), note)
+            } else {
+                let note = format!(
+                    "{why}; settled provisionally from cached policy v{version}, to be confirmed by the home node"
+                );
+                ("provisional", quote.to_proto_split(), note)
+            }
+        }
+    };
+    let acc_version = snapshot
+        .accumulators
+        .as_ref()
+        .map(|a| a.version)
+        .unwrap_or_default();
+    let rec = new_record(bill, key, split, state, version, acc_version, now, note)?;
+    let k = key.clone();
+    let visit = bill.claim_visit(use_account);
+    let answer = st
+        .store
+        .write(move |conn| {
+            if let Some(answer) = idempotency::replay(conn, &k)? {
+                return Ok(answer);
+            }
+            let rec = insert_record(conn, region, rec)?;
+            if rec.state == "provisional" {
+                let push = proto::CommitClaimRequest {
+                    request_id: rec.settlement_id.clone(),
+                    claim_id: rec.settlement_id.clone(),
+                    treatment_region: region.to_string(),
+                    id_number: rec.id_number.clone(),
+                    visit: Some(visit),
+                    split: Some(rec.split.clone()),
+                    accumulator_version: rec.acc_version,
+                    policy_version: rec.policy_version,
+                    settled_at: rec.settled_at.clone(),
+                    provisional: true,
+                };
+                outbox::enqueue(
+                    conn,
+                    "commit",
+                    &rec.home_region,
+                    &rec.settlement_id,
+                    &push.encode_to_vec(),
+                    &rec.settled_at,
+                    now_ms(),
+                )?;
+            }
+            visits::set_state(conn, &rec.visit_id, "settled", None)?;
+            let answer = settlement_to_proto(&rec, region);
+            idempotency::store(conn, &k, &answer)?;
+            Ok(answer)
+        })
+        .await?;
+    st.outbox_wake.notify_one();
+    Ok(answer)
+}
+
+/// The home node was asked to commit and did not answer. If it can be asked for the
+/// claim's status, that decides; otherwise the intent stays pending for recovery and the
+/// hospital is told to retry the same request.
+async fn settle_in_doubt(
+    st: &NodeState,
+    bill: &Bill,
+    rec: SettlementRec,
+    _use_account: bool,
+    why: String,
+) -> Result<proto::Settlement> {
+    tracing::warn!(claim = %rec.settlement_id, home = %bill.visit.home_region, error = %why, "claim in doubt");
+    match resolve_intent(st, rec).await? {
+        Some(answer) => Ok(answer),
+        None => Err(Error::Unavailable(format!(
+            "{why}; the outcome is being confirmed with the home node — repeat this request (same request_id) to get it"
+        ))),
+    }
+}
+
+/// Milliseconds since the epoch, for outbox scheduling.
+#[must_use]
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// Resolves a pending intent by asking the home node ("read first"): committed → finish
+/// locally; unknown → abandon it at the home node (tombstone) and mark it failed. Returns
+/// the settlement when it turned out committed, `None` when it failed or the home node
+/// cannot be reached (then it stays pending).
+pub async fn resolve_intent(
+    st: &NodeState,
+    rec: SettlementRec,
+) -> Result<Option<proto::Settlement>> {
+    let region = st.region;
+    let home = rec.home_region.clone();
+    let peer = match st.peers.get(&home) {
+        Ok(p) => p,
+        Err(_) => return Ok(None),
+    };
+    let status = match peer
+        .client()
+        .claim_status(proto::ClaimStatusRequest {
+            claim_id: rec.settlement_id.clone(),
+        })
+        .await
+    {
+        Ok(s) => s.into_inner(),
+        Err(s) => {
+            return match classify(&home, &s) {
+                PeerFail::Unreachable(_) => Ok(None),
+                PeerFail::Refused(e) => Err(e),
+            };
+        }
+    };
+    match status.state.as_str() {
+        "committed" | "reversed" => {
+            let resp = status.claim.unwrap_or_default();
+            let key = RequestKey::new(
+                &rec.request_scope,
+                &rec.request_id,
+                "Settle",
+                rec.payload_hash.clone(),
+            )?;
+            let answer = st
+                .store
+                .write(move |conn| {
+                    let current = settlements::get(conn, &rec.settlement_id)?
+                        .ok_or_else(|| Error::Internal("intent vanished".into()))?;
+                    if current.state != "pending" {
+                        return Ok(settlement_to_proto(&current, region));
+                    }
+                    let stored = idempotency::replay::<proto::Settlement>(conn, &key)?.is_some();
+                    finish_committed(conn, region, current, &resp, (!stored).then_some(&key))
+                })
+                .await?;
+            tracing::info!(claim = %answer.settlement_id, "in-doubt claim was committed at home; settled");
+            Ok(Some(answer))
+        }
+        _ => {
+            // Not committed: make sure it never will be, then give up on it.
+            let abandon = proto::ReverseClaimRequest {
+                request_id: format!("abandon-{}", rec.settlement_id),
+                claim_id: rec.settlement_id.clone(),
+                reversal_id: format!("abandon-{}", rec.settlement_id),
+                reason: "treatment node gave up on an in-doubt claim".into(),
+                reversed_at: period::now_rfc3339(),
+                treatment_region: region.to_string(),
+            };
+            match peer.client().reverse_claim(abandon).await {
+                Ok(r) if r.get_ref().state == "abandoned" => {
+                    mark_failed(st, rec).await?;
+                    Ok(None)
+                }
+                // It was committed after all (a late delivery): read again.
+                Ok(_) => Box::pin(resolve_intent(st, rec)).await,
+                Err(_) => Ok(None),
+            }
+        }
+    }
+}
+
+/// Resolves every pending intent older than `min_age` (all of them at start-up).
+pub async fn recover(st: &NodeState, min_age: Duration) -> Result<usize> {
+    let pending = st
+        .store
+        .read(|conn| settlements::in_state(conn, "pending"))
+        .await?;
+    let cutoff = Utc::now() - chrono::Duration::from_std(min_age).unwrap_or_default();
+    let mut resolved = 0;
+    for rec in pending {
+        let old = period::parse_ts(&rec.settled_at, "settled_at")
+            .map(|t| t <= cutoff)
+            .unwrap_or(true);
+        if !old {
+            continue;
+        }
+        let id = rec.settlement_id.clone();
+        match resolve_intent(st, rec).await {
+            Ok(Some(_)) => resolved += 1,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(claim = %id, error = %e, "could not resolve an in-doubt claim")
+            }
+        }
+    }
+    Ok(resolved)
+}
+
+// ------------------------------------------------------------------ cancel and 冲正
+
+/// Cancels a settlement with a reversal record. Cross-region, the reversal reaches the
+/// home node through the outbox (it is this node's decision; the home node must accept
+/// it), so a cancellation never waits for, or fails on, an unreachable home node.
+fn cancel_in_tx(
+    conn: &Connection,
+    st_region: RegionCode,
+    original: &SettlementRec,
+    key: &RequestKey,
+    reason: &str,
+) -> Result<SettlementRec> {
+    match original.state.as_str() {
+        "settled" | "provisional" | "refused" => {}
+        "cancelled" => {
+            return Err(Error::FailedPrecondition(format!(
+                "settlement {} is already cancelled",
+                original.settlement_id
+            )));
+        }
+        other => {
+            return Err(Error::FailedPrecondition(format!(
+                "settlement {} is {other}; nothing to cancel",
+                original.settlement_id
+            )));
+        }
+    }
+    let now = Utc::now();
+    let neg = |v: &str| -> String {
+        money::parse(v, "amount", Sign::Any)
+            .map(|d| money::format(-d))
+            .unwrap_or_else(|_| v.to_owned())
+    };
+    let s = &original.split;
+    let split = proto::Split {
+        medfee_sumamt: neg(&s.medfee_sumamt),
+        fulamt_ownpay_amt: neg(&s.fulamt_ownpay_amt),
+        overlmt_selfpay: neg(&s.overlmt_selfpay),
+        preselfpay_amt: neg(&s.preselfpay_amt),
+        inscp_scp_amt: neg(&s.inscp_scp_amt),
+        act_pay_dedc: neg(&s.act_pay_dedc),
+        hifp_pay: neg(&s.hifp_pay),
+        hifmi_pay: neg(&s.hifmi_pay),
+        hifob_pay: neg(&s.hifob_pay),
+        cvlserv_pay: neg(&s.cvlserv_pay),
+        maf_pay: neg(&s.maf_pay),
+        fund_pay_sumamt: neg(&s.fund_pay_sumamt),
+        hosp_part_amt: neg(&s.hosp_part_amt),
+        psn_part_amt: neg(&s.psn_part_amt),
+        acct_pay: neg(&s.acct_pay),
+        psn_cash_pay: neg(&s.psn_cash_pay),
+        pool_ratio: s.pool_ratio.clone(),
+        funds: Vec::new(),
+        lines: Vec::new(),
+        trace: vec![format!(
+            "reverses settlement {}: {reason}",
+            original.settlement_id
+        )],
+        applied_filing_type: s.applied_filing_type,
+    };
+    let rec = SettlementRec {
+        settlement_id: String::new(),
+        state: "reversal".into(),
+        reverses: Some(original.settlement_id.clone()),
+        request_scope: key.scope.clone(),
+        request_id: key.request_id.clone(),
+        payload_hash: key.payload_hash.clone(),
+        split,
+        medfee_fen: -original.medfee_fen,
+        fund_fen: -original.fund_fen,
+        acct_fen: -original.acct_fen,
+        cash_fen: -original.cash_fen,
+        settled_at: period::format_ts(now),
+        settle_date: now.with_timezone(&period::cst()).date_naive().to_string(),
+        period: Period::of(now).to_string(),
+        note: reason.to_owned(),
+        ..original.clone()
+    };
+    let rec = insert_record(conn, st_region, rec)?;
+    settlements::set_state(conn, &original.settlement_id, "cancelled")?;
+    let visit = visits::get(conn, &original.visit_id)?
+        .ok_or_else(|| Error::Internal("visit vanished".into()))?;
+    visits::set_state(
+        conn,
+        &visit.visit_id,
+        if visit.closed_at.is_some() {
+            "closed"
+        } else {
+            "open"
+        },
+        None,
+    )?;
+    if original.state == "refused" {
+        return Ok(rec);
+    }
+    let reverse = proto::ReverseClaimRequest {
+        request_id: rec.settlement_id.clone(),
+        claim_id: original.settlement_id.clone(),
+        reversal_id: rec.settlement_id.clone(),
+        reason: reason.to_owned(),
+        reversed_at: rec.settled_at.clone(),
+        treatment_region: st_region.to_string(),
+    };
+    if original.home_region == st_region.as_str() {
+        home::reverse(conn, st_region.as_str(), &reverse)?;
+    } else {
+        outbox::enqueue(
+            conn,
+            "reverse",
+            &original.home_region,
+            &rec.settlement_id,
+            &reverse.encode_to_vec(),
+            &rec.settled_at,
+            now_ms(),
+        )?;
+    }
+    Ok(rec)
+}
+
+/// HospitalService.CancelSettlement.
+pub async fn cancel(
+    st: &NodeState,
+    req: proto::CancelSettlementRequest,
+) -> Result<proto::Settlement> {
+    let sc = scope(&req.institution_code);
+    let key = RequestKey::new(
+        &sc,
+        &req.request_id,
+        "CancelSettlement",
+        payload_hash(&req, |r| r.request_id.clear()),
+    )?;
+    institution(st, &req.institution_code).await?;
+    let region = st.region;
+    let reason = if req.reason.trim().is_empty() {
+        "cancelled by the institution".to_owned()
+    } else {
+        req.reason.trim().to_owned()
+    };
+    let answer = st
+        .store
+        .write(move |conn| {
+            idempotency::once(conn, &key, |conn| {
+                let original = settlements::get(conn, &req.settlement_id)?
+                    .filter(|s| s.reverses.is_none())
+                    .ok_or_else(|| {
+                        Error::NotFound(format!(
+                            "no settlement {:?} at this node",
+                            req.settlement_id
+                        ))
+                    })?;
+                if original.institution_code != req.institution_code {
+                    return Err(Error::PermissionDenied(format!(
+                        "settlement {} belongs to another institution",
+                        original.settlement_id
+                    )));
+                }
+                let rec = cancel_in_tx(conn, region, &original, &key, &reason)?;
+                Ok(settlement_to_proto(&rec, region))
+            })
+        })
+        .await?;
+    st.outbox_wake.notify_one();
+    Ok(answer)
+}
+
+/// HospitalService.ReverseRequest (冲正): undo whatever a request the institution never
+/// heard back from did. A request that never arrived is barred from taking effect later.
+pub async fn reverse_request(
+    st: &NodeState,
+    req: proto::ReverseRequestRequest,
+) -> Result<proto::ReverseRequestResponse> {
+    let sc = scope(&req.institution_code);
+    let key = RequestKey::new(
+        &sc,
+        &req.request_id,
+        "ReverseRequest",
+        payload_hash(&req, |r| r.request_id.clear()),
+    )?;
+    idempotency::validate_request_id(&req.original_request_id)
+        .map_err(|_| Error::invalid("original_request_id", "missing or malformed"))?;
+    institution(st, &req.institution_code).await?;
+    // An original still in doubt is settled with the home node first.
+    let (s2, o2) = (sc.clone(), req.original_request_id.clone());
+    if let Some(intent) = st
+        .store
+        .read(move |conn| settlements::by_request(conn, &s2, &o2))
+        .await?
+        .filter(|r| r.state == "pending")
+    {
+        if resolve_intent(st, intent).await?.is_none() {
+            let (s3, o3) = (sc.clone(), req.original_request_id.clone());
+            if st
+                .store
+                .read(move |conn| settlements::by_request(conn, &s3, &o3))
+                .await?
+                .is_some_and(|r| r.state == "pending")
+            {
+                return Err(Error::Unavailable("the original request is still being confirmed with the home node; retry the 冲正 shortly".into()));
+            }
+        }
+    }
+    let region = st.region;
+    let answer = st
+        .store
+        .write(move |conn| {
+            idempotency::once(conn, &key, |conn| {
+                let original = settlements::by_request(conn, &key.scope, &req.original_request_id)?.filter(|s| s.reverses.is_none());
+                match original {
+                    Some(o) if o.state == "cancelled" => Ok(proto::ReverseRequestResponse {
+                        outcome: "already_reversed".into(),
+                        reversal: settlements::reversal_of(conn, &o.settlement_id)?.map(|r| settlement_to_proto(&r, region)),
+                    }),
+                    Some(o) if o.state != "failed" => {
+                        let rec = cancel_in_tx(conn, region, &o, &key, "冲正 (request reversal) by the institution")?;
+                        Ok(proto::ReverseRequestResponse { outcome: "reversed".into(), reversal: Some(settlement_to_proto(&rec, region)) })
+                    }
+                    _ => match idempotency::method_of(conn, &key.scope, &req.original_request_id)? {
+                        Some(m) if m != "Settle" && m != idempotency::REVERSED => Err(Error::FailedPrecondition(format!(
+                            "request {} was a {m}; only settlements are reversed by 冲正 (use UndoFees or CancelSettlement)",
+                            req.original_request_id
+                        ))),
+                        Some(_) => Ok(proto::ReverseRequestResponse { outcome: "not_found".into(), reversal: None }),
+                        None => {
+                            // Bar the original from taking effect if it arrives late.
+                            let bar = RequestKey { scope: key.scope.clone(), request_id: req.original_request_id.clone(), method: idempotency::REVERSED, payload_hash: String::new() };
+                            idempotency::store(conn, &bar, &proto::ReverseRequestResponse::default())?;
+                            Ok(proto::ReverseRequestResponse { outcome: "not_found".into(), reversal: None })
+                        }
+                    },
+                }
+            })
+        })
+        .await?;
+    st.outbox_wake.notify_one();
+    Ok(answer)
+}
+
+// ------------------------------------------------------------------ queries and reconciliation
+
+/// HospitalService.GetSettlement.
+pub async fn get_settlement(
+    st: &NodeState,
+    req: proto::GetSettlementRequest,
+) -> Result<proto::Settlement> {
+    institution(st, &req.institution_code).await?;
+    let region = st.region;
+    st.store
+        .read(move |conn| {
+            let s = settlements::get(conn, &req.settlement_id)?
+                .filter(|s| s.state != "pending" && s.state != "failed")
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "no settlement {:?} at this node",
+                        req.settlement_id
+                    ))
+                })?;
+            if s.institution_code != req.institution_code {
+                return Err(Error::PermissionDenied(format!(
+                    "settlement {} belongs to another institution",
+                    s.settlement_id
+                )));
+            }
+            Ok(settlement_to_proto(&s, region))
+        })
+        .await
+}
+
+fn date_range(from: &str, to: &str) -> Result<(String, String)> {
+    let from = wire_date(from, "from_date")?;
+    let to = wire_date(to, "to_date")?;
+    if to < from {
+        return Err(Error::invalid(
+            "to_date",
+            format!("{to} is before from_date {from}"),
+        ));
+    }
+    Ok((from.to_string(), to.to_string()))
+}
+
+/// HospitalService.ListSettlements.
+pub async fn list_settlements(
+    st: &NodeState,
+    req: proto::ListSettlementsRequest,
+) -> Result<proto::ListSettlementsResponse> {
+    institution(st, &req.institution_code).await?;
+    let (from, to) = date_range(&req.from_date, &req.to_date)?;
+    let page = req.page.unwrap_or_default();
+    let limit = crate::service::page_size(page.page_size);
+    let region = st.region;
+    st.store
+        .read(move |conn| {
+            let rows = settlements::for_institution(
+                conn,
+                &req.institution_code,
+                &from,
+                &to,
+                &page.page_token,
+                limit,
+            )?;
+            let next = if rows.len() == limit as usize {
+                rows.last()
+                    .map(|s| s.settlement_id.clone())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok(proto::ListSettlementsResponse {
+                settlements: rows
+                    .iter()
+                    .map(|s| settlement_to_proto(s, region))
+                    .collect(),
+                next_page_token: next,
+            })
+        })
+        .await
+}
+
+fn all_for_institution(
+    conn: &Connection,
+    institution: &str,
+    from: &str,
+    to: &str,
+) -> Result<Vec<SettlementRec>> {
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = settlements::for_institution(conn, institution, from, to, &after, 1000)?;
+        let done = page.len() < 1000;
+        if let Some(last) = page.last() {
+            after = last.settlement_id.clone();
+        }
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+/// HospitalService.ReconcileTotals (NHSA 3201).
+pub async fn reconcile_totals(
+    st: &NodeState,
+    req: proto::ReconcileTotalsRequest,
+) -> Result<proto::ReconcileTotalsResponse> {
+    institution(st, &req.institution_code).await?;
+    let (from, to) = date_range(&req.from_date, &req.to_date)?;
+    let theirs = (
+        req.count,
+        money::to_fen(money::parse(
+            &req.medfee_sumamt,
+            "medfee_sumamt",
+            Sign::Any,
+        )?),
+        money::to_fen(money::parse(
+            &req.fund_pay_sumamt,
+            "fund_pay_sumamt",
+            Sign::Any,
+        )?),
+        money::to_fen(money::parse(&req.acct_pay, "acct_pay", Sign::Any)?),
+    );
+    let rows = st
+        .store
+        .read(move |conn| all_for_institution(conn, &req.institution_code, &from, &to))
+        .await?;
+    let ours = (
+        rows.len() as u64,
+        rows.iter().map(|r| r.medfee_fen).sum::<i64>(),
+        rows.iter().map(|r| r.fund_fen).sum::<i64>(),
+        rows.iter().map(|r| r.acct_fen).sum::<i64>(),
+    );
+    let f = |fen: i64| money::format(money::from_fen(fen));
+    Ok(proto::ReconcileTotalsResponse {
+        matches: ours == theirs,
+        count: ours.0,
+        medfee_sumamt: f(ours.1),
+        fund_pay_sumamt: f(ours.2),
+        acct_pay: f(ours.3),
+    })
+}
+
+/// HospitalService.ReconcileDetail (NHSA 3202): differences record by record.
+pub async fn reconcile_detail(
+    st: &NodeState,
+    req: proto::ReconcileDetailRequest,
+) -> Result<proto::ReconcileDetailResponse> {
+    institution(st, &req.institution_code).await?;
+    let (from, to) = date_range(&req.from_date, &req.to_date)?;
+    let mut theirs = std::collections::BTreeMap::new();
+    for (i, e) in req.entries.iter().enumerate() {
+        let medfee = money::to_fen(money::parse(
+            &e.medfee_sumamt,
+            &format!("entries[{i}].medfee_sumamt"),
+            Sign::Any,
+        )?);
+        let fund = money::to_fen(money::parse(
+            &e.fund_pay_sumamt,
+            &format!("entries[{i}].fund_pay_sumamt"),
+            Sign::Any,
+        )?);
+        if theirs
+            .insert(e.settlement_id.clone(), (medfee, fund, e.clone()))
+            .is_some()
+        {
+            return Err(Error::invalid(
+                format!("entries[{i}].settlement_id"),
+                format!("{} is listed twice", e.settlement_id),
+            ));
+        }
+    }
+    let rows = st
+        .store
+        .read(move |conn| all_for_institution(conn, &req.institution_code, &from, &to))
+        .await?;
+    let f = |fen: i64| money::format(money::from_fen(fen));
+    let mut differences = Vec::new();
+    for r in &rows {
+        let node = proto::ReconcileEntry {
+            settlement_id: r.settlement_id.clone(),
+            medfee_sumamt: f(r.medfee_fen),
+            fund_pay_sumamt: f(r.fund_fen),
+        };
+        match theirs.remove(&r.settlement_id) {
+            None => differences.push(proto::ReconcileDifference {
+                settlement_id: r.settlement_id.clone(),
+                kind: "missing_at_institution".into(),
+                node: Some(node),
+                institution: None,
+            }),
+            Some((m, fu, e)) if (m, fu) != (r.medfee_fen, r.fund_fen) => {
+                differences.push(proto::ReconcileDifference {
+                    settlement_id: r.settlement_id.clone(),
+                    kind: "amount_differs".into(),
+                    node: Some(node),
+                    institution: Some(e),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    for (id, (_, _, e)) in theirs {
+        differences.push(proto::ReconcileDifference {
+            settlement_id: id,
+            kind: "missing_at_node".into(),
+            node: None,
+            institution: Some(e),
+        });
+    }
+    Ok(proto::ReconcileDetailResponse { differences })
+}

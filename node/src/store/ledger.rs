@@ -1,0 +1,99 @@
+//! The ledger (台账) of cross-region money: one record per claim, reversal or adjustment
+//! per counterparty and clearing period, on both sides of every pair.
+
+use rusqlite::{Connection, params};
+use yidi_common::digest::SetDigest;
+
+use crate::Result;
+
+/// Which way money is owed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Owed to this region, as treatment region.
+    Receivable,
+    /// Owed by this region, as home region.
+    Payable,
+}
+
+impl Side {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Receivable => "receivable",
+            Side::Payable => "payable",
+        }
+    }
+}
+
+/// One ledger record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry<'a> {
+    pub entry_id: &'a str,
+    pub side: Side,
+    pub counterparty: &'a str,
+    pub period: &'a str,
+    /// claim | reversal | adjustment
+    pub kind: &'a str,
+    pub claim_id: &'a str,
+    pub amount_fen: i64,
+}
+
+/// The canonical bytes of a record for the pair digest: both sides hash the same thing.
+#[must_use]
+pub fn record_bytes(entry_id: &str, kind: &str, claim_id: &str, amount_fen: i64) -> Vec<u8> {
+    format!("{entry_id}|{kind}|{claim_id}|{amount_fen}").into_bytes()
+}
+
+/// Records an entry; recording the same entry twice is a no-op (deliveries repeat).
+pub fn record(conn: &Connection, e: &Entry<'_>, now: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO ledger (entry_id, side, counterparty, period, kind, claim_id, amount_fen, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![e.entry_id, e.side.as_str(), e.counterparty, e.period, e.kind, e.claim_id, e.amount_fen, now])?;
+    Ok(())
+}
+
+/// Count, sum and order-independent digest of one side toward one counterparty in one
+/// period.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Position {
+    pub count: u64,
+    pub sum_fen: i64,
+    pub digest: SetDigest,
+}
+
+/// The position of `side` toward `counterparty` in `period`.
+pub fn position(
+    conn: &Connection,
+    side: Side,
+    counterparty: &str,
+    period: &str,
+) -> Result<Position> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT entry_id, kind, claim_id, amount_fen FROM ledger WHERE counterparty = ?1 AND period = ?2 AND side = ?3",
+    )?;
+    let mut rows = stmt.query(params![counterparty, period, side.as_str()])?;
+    let mut p = Position::default();
+    while let Some(r) = rows.next()? {
+        let (id, kind, claim, amount): (String, String, String, i64) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        p.count += 1;
+        p.sum_fen += amount;
+        p.digest.add(&record_bytes(&id, &kind, &claim, amount));
+    }
+    Ok(p)
+}
+
+/// Ids of the records of `side` toward `counterparty` in `period`, sorted.
+pub fn entry_ids(
+    conn: &Connection,
+    side: Side,
+    counterparty: &str,
+    period: &str,
+) -> Result<Vec<String>> {
+    Ok(conn
+        .prepare_cached("SELECT entry_id FROM ledger WHERE counterparty = ?1 AND period = ?2 AND side = ?3 ORDER BY entry_id")?
+        .query_map(params![counterparty, period, side.as_str()], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}

@@ -1,0 +1,87 @@
+//! The durable outbox: pushes to home nodes (provisional claims, reversals) that are
+//! acknowledged locally first and delivered later, with exponential backoff, until the
+//! home node answers.
+
+use rusqlite::{Connection, params};
+
+use crate::Result;
+
+/// One queued push.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub id: i64,
+    /// commit | reverse
+    pub kind: String,
+    pub target_region: String,
+    pub ref_id: String,
+    pub payload: Vec<u8>,
+    pub created_at: String,
+    pub attempts: u32,
+    pub last_error: String,
+}
+
+/// Queues a push for immediate delivery; the same `ref_id` is queued once.
+pub fn enqueue(
+    conn: &Connection,
+    kind: &str,
+    target: &str,
+    ref_id: &str,
+    payload: &[u8],
+    now: &str,
+    now_ms: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO outbox (kind, target_region, ref_id, payload, created_at, next_attempt_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![kind, target, ref_id, payload, now, now_ms])?;
+    Ok(())
+}
+
+/// Items due at `now_ms`, oldest first.
+pub fn due(conn: &Connection, now_ms: i64, limit: u32) -> Result<Vec<Item>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, kind, target_region, ref_id, payload, created_at, attempts, last_error FROM outbox \
+             WHERE next_attempt_ms <= ?1 ORDER BY id LIMIT ?2",
+        )?
+        .query_map(params![now_ms, limit], |r| {
+            Ok(Item {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                target_region: r.get(2)?,
+                ref_id: r.get(3)?,
+                payload: r.get(4)?,
+                created_at: r.get(5)?,
+                attempts: r.get(6)?,
+                last_error: r.get(7)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Removes a delivered item.
+pub fn remove(conn: &Connection, id: i64) -> Result<()> {
+    conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
+}
+
+/// Records a failed attempt and when to try next.
+pub fn retry_later(conn: &Connection, id: i64, next_ms: i64, error: &str) -> Result<()> {
+    conn.prepare_cached("UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?1")?
+        .execute(params![id, next_ms, error])?;
+    Ok(())
+}
+
+/// Depth, oldest item's creation time, and per-target depth.
+pub fn stats(conn: &Connection) -> Result<(u64, Option<String>, Vec<(String, u64, String)>)> {
+    let (depth, oldest): (u64, Option<String>) = conn
+        .prepare_cached("SELECT COUNT(*), MIN(created_at) FROM outbox")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let per = conn
+        .prepare_cached("SELECT target_region, COUNT(*), MIN(created_at) FROM outbox GROUP BY target_region ORDER BY target_region")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok((depth, oldest, per))
+}

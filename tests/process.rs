@@ -1,0 +1,228 @@
+//! Real `yidi` processes for multi-process tests: find (and build) the binary, start a
+//! node on a free loopback port in a temporary directory, wait until it answers (by
+//! asking it, never by sleeping a fixed time), run CLI commands and capture their
+//! output, and kill the node when the test ends — also when it panics.
+
+use std::{
+    fs::File,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use tempfile::TempDir;
+use yidi_common::proto::{GetNodeInfoRequest, admin_service_client::AdminServiceClient};
+
+/// The workspace root (the tests crate lives one level below it).
+#[must_use]
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// The `yidi` binary of the profile this test was built with, rebuilt once per test
+/// process so that a test never runs a stale binary. `CARGO_BIN_EXE_*` only exists in
+/// the package that owns the binary, so the path is derived from the test executable:
+/// `target/<profile>/deps/<test>` → `target/<profile>/yidi`.
+pub fn yidi_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executable lives in target/<profile>/deps")
+            .to_path_buf();
+        let target_dir = profile_dir
+            .parent()
+            .expect("target dir above the profile dir");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "yidi-node",
+                "--bin",
+                "yidi",
+                "--target-dir",
+            ])
+            .arg(target_dir);
+        match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => {}
+            Some("release") => {
+                cmd.arg("--release");
+            }
+            Some(other) => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        let status = cmd.status().expect("run cargo build for the yidi binary");
+        let bin = profile_dir.join(format!("yidi{}", std::env::consts::EXE_SUFFIX));
+        assert!(
+            status.success(),
+            "cargo build -p yidi-node --bin yidi failed"
+        );
+        assert!(
+            bin.exists(),
+            "built yidi binary not found at {}",
+            bin.display()
+        );
+        bin
+    })
+}
+
+/// A port on 127.0.0.1 that was free a moment ago. A process started with `--listen`
+/// needs a number up front; the window in which another process could take it is tiny.
+#[must_use]
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A `yidi node` process with its own data directory.
+pub struct NodeProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT`, for `--node`.
+    pub url: String,
+    /// Holds the data directory and the node's log until the guard is dropped.
+    pub dir: TempDir,
+}
+
+impl NodeProcess {
+    /// Starts `yidi node --region REGION` on a free port and waits until it answers
+    /// GetNodeInfo.
+    pub fn start(region: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let log = File::create(dir.path().join("node.log")).expect("node log");
+        let child = Command::new(yidi_bin())
+            .args([
+                "node",
+                "--region",
+                region,
+                "--name",
+                &format!("test-{region}"),
+            ])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env_remove("YIDI_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn yidi node");
+        let mut node = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+        };
+        node.wait_ready(Duration::from_secs(30));
+        node
+    }
+
+    fn wait_ready(&mut self, within: Duration) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "yidi node exited before answering ({status}):\n{}",
+                    self.log()
+                );
+            }
+            let url = self.url.clone();
+            let answered = rt.block_on(async move {
+                let mut client = AdminServiceClient::connect(url).await.ok()?;
+                client.get_node_info(GetNodeInfoRequest {}).await.ok()
+            });
+            if answered.is_some() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "yidi node did not answer within {within:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// What the node has logged so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    /// Runs `yidi admin --node <this node> ARGS…`.
+    pub fn admin(&self, args: &[&str]) -> Run {
+        let mut full = vec!["admin", "--node", self.url.as_str()];
+        full.extend_from_slice(args);
+        yidi(&full)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- yidi node log ----\n{}", self.log());
+        }
+    }
+}
+
+/// A finished CLI invocation.
+#[derive(Debug)]
+pub struct Run {
+    pub args: Vec<String>,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from_output(args: &[&str], out: Output) -> Self {
+        Self {
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts exit code `code` and returns self for further checks.
+    #[track_caller]
+    pub fn expect_code(self, code: i32) -> Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "yidi {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.args,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `yidi ARGS…` to completion, with no stdin and `YIDI_NODE` unset so only the
+/// explicit flags count.
+pub fn yidi(args: &[&str]) -> Run {
+    let out = Command::new(yidi_bin())
+        .args(args)
+        .env_remove("YIDI_NODE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run yidi");
+    Run::from_output(args, out)
+}

@@ -45,7 +45,7 @@ mod convert;
 pub use convert::parse_quantity;
 pub mod input;
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use chrono::{Datelike, NaiveDate};
 use rust_decimal::Decimal;
@@ -430,11 +430,11 @@ pub fn quote(
     let medfee = t.fulamt + t.overlmt + t.preselfpay + t.inscope;
     trace.push(format!(
         "bill {}: class C {} + above price cap {} + class-B first self-pay {} + in scope {}",
-        money::format(medfee),
-        money::format(t.fulamt),
-        money::format(t.overlmt),
-        money::format(t.preselfpay),
-        money::format(t.inscope)
+        Yuan(medfee),
+        Yuan(t.fulamt),
+        Yuan(t.overlmt),
+        Yuan(t.preselfpay),
+        Yuan(t.inscope)
     ));
 
     let zero = Decimal::ZERO;
@@ -466,11 +466,11 @@ pub fn quote(
                 };
                 let mut s = format!(
                     "deductible {}: {}, {when}",
-                    money::format(amount),
+                    Yuan(amount),
                     level_desc(visit.level)
                 );
                 if dedc < amount {
-                    let _ = write!(s, "; in scope covers {} of it", money::format(dedc));
+                    let _ = write!(s, "; in scope covers {} of it", Yuan(dedc));
                 }
                 trace.push(s);
             }
@@ -491,10 +491,10 @@ pub fn quote(
                 new_acc.outpatient_deductible_paid += dedc;
                 trace.push(format!(
                     "annual outpatient deductible {} for {}: {} met before, {} applied now",
-                    money::format(total),
+                    Yuan(total),
                     person.person_type,
-                    money::format(acc.outpatient_deductible_paid.min(total)),
-                    money::format(dedc)
+                    Yuan(acc.outpatient_deductible_paid.min(total)),
+                    Yuan(dedc)
                 ));
             }
         }
@@ -518,7 +518,7 @@ pub fn quote(
         pool_ratio = (base_ratio - cut).max(zero);
         let mut s = format!(
             "ratio {} ({kind}, {}, {})",
-            pct(base_ratio),
+            Pct(base_ratio),
             visit.level,
             person.person_type
         );
@@ -526,9 +526,9 @@ pub fn quote(
             let _ = write!(
                 s,
                 " − {} pp {} = {}",
-                (cut * Decimal::ONE_HUNDRED).normalize(),
+                Pp(cut),
                 applied_filing_type.map_or("", FilingType::as_str),
-                pct(pool_ratio)
+                Pct(pool_ratio)
             );
         }
         trace.push(s);
@@ -536,9 +536,9 @@ pub fn quote(
         let raw = money::round_fen(pool_ratio * base);
         let mut s = format!(
             "pooled fund {} × {} = {}",
-            pct(pool_ratio),
-            money::format(base),
-            money::format(raw)
+            Pct(pool_ratio),
+            Yuan(base),
+            Yuan(raw)
         );
         hifp = raw;
         let annual_left = (policy.caps.annual - acc.pool_paid).max(zero);
@@ -547,9 +547,9 @@ pub fn quote(
             let _ = write!(
                 s,
                 "; annual cap {} with {} paid this year leaves {}",
-                money::format(policy.caps.annual),
-                money::format(acc.pool_paid),
-                money::format(annual_left)
+                Yuan(policy.caps.annual),
+                Yuan(acc.pool_paid),
+                Yuan(annual_left)
             );
         }
         let kind_cap = match kind {
@@ -570,14 +570,14 @@ pub fn quote(
                 let _ = write!(
                     s,
                     "; {what} cap {} with {} paid this year leaves {}",
-                    money::format(cap),
-                    money::format(paid),
-                    money::format(left)
+                    Yuan(cap),
+                    Yuan(paid),
+                    Yuan(left)
                 );
             }
         }
         if hifp != raw {
-            let _ = write!(s, " → pays {}", money::format(hifp));
+            let _ = write!(s, " → pays {}", Yuan(hifp));
         }
         trace.push(s);
         new_acc.pool_paid += hifp;
@@ -594,7 +594,7 @@ pub fn quote(
             funds.push(FundRow {
                 fund: Fund::Hifp,
                 amount: hifp,
-                description: format!("pooled fund {}", pct(pool_ratio)),
+                description: format!("pooled fund {}", Pct(pool_ratio)),
             });
         }
 
@@ -606,8 +606,8 @@ pub fn quote(
             let mut s = format!(
                 "serious illness ({}): year-to-date in-scope personal share {} → {}",
                 si.fund.as_str(),
-                money::format(before),
-                money::format(after)
+                Yuan(before),
+                Yuan(after)
             );
             let mut touched = false;
             for tier in &si.tiers {
@@ -619,10 +619,10 @@ pub fn quote(
                     let _ = write!(
                         s,
                         "; tier {}–{} at {} on {}",
-                        money::format(tier.from),
+                        Yuan(tier.from),
                         tier.to.map_or_else(|| "".to_owned(), money::format),
-                        pct(tier.ratio),
-                        money::format(hi - lo)
+                        Pct(tier.ratio),
+                        Yuan(hi - lo)
                     );
                 }
             }
@@ -634,13 +634,13 @@ pub fn quote(
                 let _ = write!(
                     s,
                     "; cap {} with {} paid this year leaves {}",
-                    money::format(si.cap),
-                    money::format(acc.serious_illness_paid),
-                    money::format(left)
+                    Yuan(si.cap),
+                    Yuan(acc.serious_illness_paid),
+                    Yuan(left)
                 );
             }
             if touched {
-                let _ = write!(s, " → pays {}", money::format(serious));
+                let _ = write!(s, " → pays {}", Yuan(serious));
             } else {
                 s.push_str("; below the first tier");
             }
@@ -668,15 +668,15 @@ pub fn quote(
                     cvlserv = money::round_fen(cs.ratio * share);
                     trace.push(format!(
                         "civil-servant subsidy {} × in-scope personal share {} = {}",
-                        pct(cs.ratio),
-                        money::format(share),
-                        money::format(cvlserv)
+                        Pct(cs.ratio),
+                        Yuan(share),
+                        Yuan(cvlserv)
                     ));
                     if !cvlserv.is_zero() {
                         funds.push(FundRow {
                             fund: Fund::Cvlserv,
                             amount: cvlserv,
-                            description: format!("civil-servant subsidy {}", pct(cs.ratio)),
+                            description: format!("civil-servant subsidy {}", Pct(cs.ratio)),
                         });
                     }
                 }
@@ -699,8 +699,8 @@ pub fn quote(
     let psn_part = medfee - fund_sum - hosp_part;
     trace.push(format!(
         "funds pay {}; personal share {}",
-        money::format(fund_sum),
-        money::format(psn_part)
+        Yuan(fund_sum),
+        Yuan(psn_part)
     ));
 
     // 8. Personal account, then cash.
@@ -714,9 +714,9 @@ pub fn quote(
             acct = eligible.min(person.account_balance).max(zero);
             trace.push(format!(
                 "personal account pays {} (balance {}, may pay {})",
-                money::format(acct),
-                money::format(person.account_balance),
-                money::format(eligible)
+                Yuan(acct),
+                Yuan(person.account_balance),
+                Yuan(eligible)
             ));
             if !acct.is_zero() {
                 funds.push(FundRow {
@@ -732,7 +732,7 @@ pub fn quote(
         }
     }
     let cash = psn_part - acct;
-    trace.push(format!("patient pays {} in cash", money::format(cash)));
+    trace.push(format!("patient pays {} in cash", Yuan(cash)));
 
     Ok(Quote {
         medfee_sumamt: medfee,
@@ -854,11 +854,7 @@ fn cross_region(
     if rule.ratio_cut.is_zero() {
         s.push_str("; no ratio cut");
     } else {
-        let _ = write!(
-            s,
-            "; ratio cut {} pp",
-            (rule.ratio_cut * Decimal::ONE_HUNDRED).normalize()
-        );
+        let _ = write!(s, "; ratio cut {} pp", Pp(rule.ratio_cut));
     }
     trace.push(s);
     Ok((Some(applied), rule.ratio_cut))
@@ -894,13 +890,15 @@ fn split_lines(lines: &[Line]) -> Result<(Vec<LineSplit>, Totals)> {
         if l.line_no.is_empty() {
             return Err(Error::invalid(field("line_no"), "missing"));
         }
-        if l.quantity <= zero {
+        if l.quantity.is_sign_negative() || l.quantity.is_zero() {
             return Err(Error::invalid(
                 field("quantity"),
                 format!("{} must be greater than zero", l.quantity),
             ));
         }
-        check_money(l.amount, &field("amount"))?;
+        if let Some(reason) = money_problem(l.amount) {
+            return Err(Error::invalid(field("amount"), reason));
+        }
         if l.unit_price.is_sign_negative() && !l.unit_price.is_zero() {
             return Err(Error::invalid(
                 field("unit_price"),
@@ -916,18 +914,19 @@ fn split_lines(lines: &[Line]) -> Result<(Vec<LineSplit>, Totals)> {
                 format!("{cap} must not be negative"),
             ));
         }
-        check_ratio(l.first_selfpay_ratio, &field("first_selfpay_ratio"))?;
+        if let Some(reason) = ratio_problem(l.first_selfpay_ratio) {
+            return Err(Error::invalid(field("first_selfpay_ratio"), reason));
+        }
         let product = l
             .quantity
             .checked_mul(l.unit_price)
-            .filter(|p| *p <= money::MAX_ABS)
             .ok_or_else(|| Error::invalid(field("quantity"), "quantity × unit_price too large"))?;
         if (l.amount - product).abs() > fen {
             return Err(Error::invalid(
                 field("amount"),
                 format!(
                     "{} differs from quantity {} × unit_price {} = {} by more than one fen (line {:?})",
-                    money::format(l.amount),
+                    Yuan(l.amount),
                     l.quantity,
                     l.unit_price,
                     product,
@@ -990,34 +989,92 @@ fn lookup_level(
 }
 
 fn check_money(v: Money, field: &str) -> Result<()> {
+    match money_problem(v) {
+        Some(reason) => Err(Error::invalid(field, reason)),
+        None => Ok(()),
+    }
+}
+
+/// Why `v` is not a valid non-negative amount, if it is not. Cheap on the good path:
+/// sign and scale are bit tests, the range check compares mantissas.
+fn money_problem(v: Money) -> Option<String> {
     if v.is_sign_negative() && !v.is_zero() {
-        return Err(Error::invalid(field, format!("{v} must not be negative")));
+        return Some(format!("{v} must not be negative"));
     }
     if v.scale() > 2 && v.normalize().scale() > 2 {
-        return Err(Error::invalid(
-            field,
-            format!("{v} has more than 2 decimals"),
-        ));
+        return Some(format!("{v} has more than 2 decimals"));
     }
-    if v > money::MAX_ABS {
-        return Err(Error::invalid(field, format!("{v} is too large")));
+    // MAX_ABS (10^12 yuan) as a mantissa at the value's scale (0, 1 or 2 here).
+    const LIMITS: [u128; 3] = [1_000_000_000_000, 10_000_000_000_000, 100_000_000_000_000];
+    let too_large = match LIMITS.get(v.scale() as usize) {
+        Some(limit) => v.mantissa().unsigned_abs() > *limit,
+        None => v > money::MAX_ABS,
+    };
+    if too_large {
+        return Some(format!("{v} is too large"));
     }
-    Ok(())
+    None
 }
 
 fn check_ratio(r: Decimal, field: &str) -> Result<()> {
-    if r < Decimal::ZERO || r > Decimal::ONE {
-        return Err(Error::invalid(
-            field,
-            format!("ratio {r} must be between 0 and 1"),
-        ));
+    match ratio_problem(r) {
+        Some(reason) => Err(Error::invalid(field, reason)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
-/// "85%", "87.5%".
-fn pct(r: Decimal) -> String {
-    format!("{}%", (r * Decimal::ONE_HUNDRED).normalize())
+fn ratio_problem(r: Decimal) -> Option<String> {
+    if r.is_sign_negative() && !r.is_zero() || r > Decimal::ONE {
+        return Some(format!("ratio {r} must be between 0 and 1"));
+    }
+    None
+}
+
+/// Trace formatting of an amount ("1234.50") straight from the fen integer: the trace
+/// is built on every quote, and `Decimal`'s own `Display` would dominate the engine's
+/// time.
+struct Yuan(Decimal);
+
+impl fmt::Display for Yuan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut r = self.0;
+        if r.scale() > 2 {
+            r = money::round_fen(r);
+        }
+        r.rescale(2);
+        let m = r.mantissa();
+        let a = u64::try_from(m.unsigned_abs()).unwrap_or(u64::MAX);
+        let sign = if m < 0 { "-" } else { "" };
+        write!(f, "{sign}{}.{:02}", a / 100, a % 100)
+    }
+}
+
+/// A ratio as percentage points without the sign: 0.85 → "85", 0.875 → "87.5".
+struct Pp(Decimal);
+
+impl fmt::Display for Pp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut r = self.0;
+        r.rescale(4);
+        let bp = r.mantissa();
+        let (whole, frac) = (bp / 100, (bp % 100).unsigned_abs());
+        if frac == 0 {
+            write!(f, "{whole}")
+        } else if frac % 10 == 0 {
+            write!(f, "{whole}.{}", frac / 10)
+        } else {
+            write!(f, "{whole}.{frac:02}")
+        }
+    }
+}
+
+/// A ratio as a percentage: "85%", "87.5%".
+struct Pct(Decimal);
+
+impl fmt::Display for Pct {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", Pp(self.0))
+    }
 }
 
 fn level_desc(level: HospitalLevel) -> &'static str {

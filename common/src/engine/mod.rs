@@ -41,6 +41,16 @@
 //! resets a year: the caller passes the visit year's accumulators (zeros with the stored
 //! version for the first claim of a year), and a year mismatch is an error.
 
+/// `format!` for a trace line: one buffer sized for a typical line, so formatting does
+/// not regrow it (the trace is built on every quote).
+macro_rules! tline {
+    ($($arg:tt)*) => {{
+        let mut s = String::with_capacity(144);
+        let _ = write!(s, $($arg)*);
+        s
+    }};
+}
+
 mod convert;
 pub use convert::parse_quantity;
 pub mod input;
@@ -407,7 +417,7 @@ pub fn quote(
             ),
         ));
     }
-    trace.push(format!(
+    trace.push(tline!(
         "policy {} {} \"{}\" in force from {}; {} {}{}",
         policy.region,
         policy.insurance_type,
@@ -428,7 +438,7 @@ pub fn quote(
     // 3. Lines.
     let (line_splits, t) = split_lines(lines)?;
     let medfee = t.fulamt + t.overlmt + t.preselfpay + t.inscope;
-    trace.push(format!(
+    trace.push(tline!(
         "bill {}: class C {} + above price cap {} + class-B first self-pay {} + in scope {}",
         Yuan(medfee),
         Yuan(t.fulamt),
@@ -448,7 +458,7 @@ pub fn quote(
     if let Some(pool) = &rule.pool {
         // 4. Deductible.
         match &pool.deductible {
-            Deductible::None => trace.push(format!("no deductible for {kind} visits")),
+            Deductible::None => trace.push(tline!("no deductible for {kind} visits")),
             Deductible::PerVisit { first, later } => {
                 let later_admission = kind == VisitKind::Inpatient && acc.admissions > 0;
                 let table = match later {
@@ -464,7 +474,7 @@ pub fn quote(
                 } else {
                     "first admission this year".to_owned()
                 };
-                let mut s = format!(
+                let mut s = tline!(
                     "deductible {}: {}, {when}",
                     Yuan(amount),
                     level_desc(visit.level)
@@ -489,7 +499,7 @@ pub fn quote(
                 let remaining = (total - acc.outpatient_deductible_paid).max(zero);
                 dedc = remaining.min(t.inscope);
                 new_acc.outpatient_deductible_paid += dedc;
-                trace.push(format!(
+                trace.push(tline!(
                     "annual outpatient deductible {} for {}: {} met before, {} applied now",
                     Yuan(total),
                     person.person_type,
@@ -516,7 +526,7 @@ pub fn quote(
             })?;
         check_ratio(base_ratio, "policy ratio")?;
         pool_ratio = (base_ratio - cut).max(zero);
-        let mut s = format!(
+        let mut s = tline!(
             "ratio {} ({kind}, {}, {})",
             Pct(base_ratio),
             visit.level,
@@ -534,7 +544,7 @@ pub fn quote(
         trace.push(s);
         let base = t.inscope - dedc;
         let raw = money::round_fen(pool_ratio * base);
-        let mut s = format!(
+        let mut s = tline!(
             "pooled fund {} × {} = {}",
             Pct(pool_ratio),
             Yuan(base),
@@ -603,7 +613,7 @@ pub fn quote(
             let before = (acc.inscope_total - acc.pool_paid).max(zero);
             let after = before + (t.inscope - hifp);
             let mut exact = zero;
-            let mut s = format!(
+            let mut s = tline!(
                 "serious illness ({}): year-to-date in-scope personal share {} → {}",
                 si.fund.as_str(),
                 Yuan(before),
@@ -666,7 +676,7 @@ pub fn quote(
                 Some(cs) => {
                     let share = t.inscope - hifp - serious;
                     cvlserv = money::round_fen(cs.ratio * share);
-                    trace.push(format!(
+                    trace.push(tline!(
                         "civil-servant subsidy {} × in-scope personal share {} = {}",
                         Pct(cs.ratio),
                         Yuan(share),
@@ -684,7 +694,7 @@ pub fn quote(
             }
         }
     } else {
-        trace.push(format!(
+        trace.push(tline!(
             "{kind} visits are not pooled under this policy: no fund pays"
         ));
     }
@@ -697,7 +707,7 @@ pub fn quote(
     let hosp_part = zero;
     let fund_sum = hifp + hifmi + hifob + cvlserv + maf;
     let psn_part = medfee - fund_sum - hosp_part;
-    trace.push(format!(
+    trace.push(tline!(
         "funds pay {}; personal share {}",
         Yuan(fund_sum),
         Yuan(psn_part)
@@ -712,7 +722,7 @@ pub fn quote(
                 AccountScope::InScopeShare => psn_part - t.fulamt - t.overlmt,
             };
             acct = eligible.min(person.account_balance).max(zero);
-            trace.push(format!(
+            trace.push(tline!(
                 "personal account pays {} (balance {}, may pay {})",
                 Yuan(acct),
                 Yuan(person.account_balance),
@@ -726,13 +736,13 @@ pub fn quote(
                 });
             }
         } else {
-            trace.push(format!(
+            trace.push(tline!(
                 "personal account may not pay for {kind} visits under this policy"
             ));
         }
     }
     let cash = psn_part - acct;
-    trace.push(format!("patient pays {} in cash", Yuan(cash)));
+    trace.push(tline!("patient pays {} in cash", Yuan(cash)));
 
     Ok(Quote {
         medfee_sumamt: medfee,
@@ -784,7 +794,7 @@ fn cross_region(
     trace: &mut Vec<String>,
 ) -> Result<(Option<FilingType>, Decimal)> {
     if visit.treatment_region == visit.home_region {
-        trace.push(format!(
+        trace.push(tline!(
             "visit in the home region {}: no cross-region rule",
             visit.home_region
         ));
@@ -836,9 +846,10 @@ fn cross_region(
         Error::invalid(format!("policy.cross_region.filing.{applied}"), "missing")
     })?;
     check_ratio(rule.ratio_cut, "policy ratio_cut")?;
-    let mut s = format!(
+    let mut s = tline!(
         "cross-region care in {} (home {}): {why}",
-        visit.treatment_region, visit.home_region
+        visit.treatment_region,
+        visit.home_region
     );
     if applied == FilingType::Temporary {
         s.push_str(" → unfiled, settled as temporary");
@@ -872,13 +883,10 @@ fn split_lines(lines: &[Line]) -> Result<(Vec<LineSplit>, Totals)> {
     if lines.is_empty() {
         return Err(Error::invalid("lines", "a bill needs at least one line"));
     }
-    let mut nos: Vec<&str> = lines.iter().map(|l| l.line_no.as_str()).collect();
-    nos.sort_unstable();
-    if let Some(w) = nos.windows(2).find(|w| w[0] == w[1]) {
-        let i = lines.iter().rposition(|l| l.line_no == w[0]).unwrap_or(0);
+    if let Some(i) = duplicate_line_no(lines) {
         return Err(Error::invalid(
             format!("lines[{i}].line_no"),
-            format!("{:?} appears twice in the bill", w[0]),
+            format!("{:?} appears twice in the bill", lines[i].line_no),
         ));
     }
     let zero = Decimal::ZERO;
@@ -968,13 +976,57 @@ fn split_lines(lines: &[Line]) -> Result<(Vec<LineSplit>, Totals)> {
             }
             s.inscp_scp_amt = rest - s.preselfpay_amt;
         }
-        t.fulamt += s.fulamt_ownpay_amt;
-        t.overlmt += s.overlmt_selfpay;
-        t.preselfpay += s.preselfpay_amt;
-        t.inscope += s.inscp_scp_amt;
+        // Most parts of most lines are zero; skipping them saves Decimal additions on
+        // the hot path.
+        for (sum, part) in [
+            (&mut t.fulamt, s.fulamt_ownpay_amt),
+            (&mut t.overlmt, s.overlmt_selfpay),
+            (&mut t.preselfpay, s.preselfpay_amt),
+            (&mut t.inscope, s.inscp_scp_amt),
+        ] {
+            if !part.is_zero() {
+                *sum += part;
+            }
+        }
         out.push(s);
     }
     Ok((out, t))
+}
+
+/// The index of a line whose number an earlier line already has. Sorts 64-bit hashes
+/// rather than the strings (the engine's hot path), comparing strings only within a run
+/// of equal hashes, so a hash collision can never hide a duplicate.
+fn duplicate_line_no(lines: &[Line]) -> Option<usize> {
+    fn fnv1a(b: &[u8]) -> u64 {
+        b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &x| {
+            (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+    let mut keys: Vec<(u64, usize)> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (fnv1a(l.line_no.as_bytes()), i))
+        .collect();
+    keys.sort_unstable();
+    let mut found: Option<usize> = None;
+    let mut start = 0;
+    while start < keys.len() {
+        let mut end = start + 1;
+        while end < keys.len() && keys[end].0 == keys[start].0 {
+            end += 1;
+        }
+        let run = &keys[start..end];
+        for (a, &(_, i)) in run.iter().enumerate() {
+            for &(_, j) in &run[a + 1..] {
+                if lines[i].line_no == lines[j].line_no {
+                    let later = i.max(j);
+                    found = Some(found.map_or(later, |f| f.min(later)));
+                }
+            }
+        }
+        start = end;
+    }
+    found
 }
 
 fn lookup_level(
@@ -1024,7 +1076,13 @@ fn check_ratio(r: Decimal, field: &str) -> Result<()> {
 }
 
 fn ratio_problem(r: Decimal) -> Option<String> {
-    if r.is_sign_negative() && !r.is_zero() || r > Decimal::ONE {
+    if r.is_zero() {
+        return None;
+    }
+    // r <= 1 exactly when its mantissa is at most 10^scale (cheaper than a Decimal
+    // comparison, which rescales).
+    let one = 10_i128.checked_pow(r.scale()).unwrap_or(i128::MAX);
+    if r.is_sign_negative() || r.mantissa() > one {
         return Some(format!("ratio {r} must be between 0 and 1"));
     }
     None
@@ -1043,9 +1101,26 @@ impl fmt::Display for Yuan {
         }
         r.rescale(2);
         let m = r.mantissa();
-        let a = u64::try_from(m.unsigned_abs()).unwrap_or(u64::MAX);
-        let sign = if m < 0 { "-" } else { "" };
-        write!(f, "{sign}{}.{:02}", a / 100, a % 100)
+        let mut fen = m.unsigned_abs();
+        // Digits right to left into a stack buffer: "-", up to 27 digits, ".".
+        let mut buf = [0u8; 40];
+        let mut at = buf.len();
+        let mut digits = 0;
+        while digits < 3 || fen > 0 {
+            if digits == 2 {
+                at -= 1;
+                buf[at] = b'.';
+            }
+            at -= 1;
+            buf[at] = b'0' + (fen % 10) as u8;
+            fen /= 10;
+            digits += 1;
+        }
+        if m < 0 {
+            at -= 1;
+            buf[at] = b'-';
+        }
+        f.write_str(std::str::from_utf8(&buf[at..]).unwrap_or("?"))
     }
 }
 
@@ -1083,5 +1158,57 @@ fn level_desc(level: HospitalLevel) -> &'static str {
         HospitalLevel::Level2 => "level-2 hospital",
         HospitalLevel::Level3 => "level-3 hospital",
         HospitalLevel::Ungraded => "ungraded institution",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_formatting_matches_money_format() {
+        for s in [
+            "0",
+            "0.05",
+            "0.5",
+            "1",
+            "12.34",
+            "-0.07",
+            "-12.5",
+            "1234567.89",
+            "0.004",
+            "0.005",
+            "999999999999.99",
+            "20.000",
+        ] {
+            let v: Decimal = s.parse().unwrap();
+            assert_eq!(Yuan(v).to_string(), money::format(v), "{s}");
+        }
+        assert_eq!(Pct(Decimal::new(85, 2)).to_string(), "85%");
+        assert_eq!(Pct(Decimal::new(875, 3)).to_string(), "87.5%");
+        assert_eq!(Pct(Decimal::new(8755, 4)).to_string(), "87.55%");
+        assert_eq!(Pct(Decimal::ONE).to_string(), "100%");
+        assert_eq!(Pct(Decimal::ZERO).to_string(), "0%");
+        assert_eq!(Pp(Decimal::new(1, 1)).to_string(), "10");
+    }
+
+    #[test]
+    fn duplicate_line_numbers_are_found() {
+        let line = |no: &str| Line {
+            line_no: no.to_owned(),
+            item_code: String::new(),
+            class: CatalogueClass::A,
+            first_selfpay_ratio: Decimal::ZERO,
+            price_cap: None,
+            quantity: Decimal::ONE,
+            unit_price: Decimal::ONE,
+            amount: Decimal::ONE,
+        };
+        let lines: Vec<Line> = ["3", "1", "2", "10", "1", "3"]
+            .into_iter()
+            .map(line)
+            .collect();
+        assert_eq!(duplicate_line_no(&lines), Some(4));
+        assert_eq!(duplicate_line_no(&lines[..4]), None);
     }
 }

@@ -220,3 +220,87 @@ pub fn write_peers(path: &std::path::Path, addrs: &[(String, SocketAddr)]) {
     }
     std::fs::write(path, text).expect("write peers file");
 }
+
+/// A coordinator running inside the test process.
+pub struct TestCoordinator {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<yidi_node::Result<()>>>,
+}
+
+impl TestCoordinator {
+    /// Starts the Zhejiang coordinator (330000) over the federation's peers file.
+    pub async fn start(data_dir: PathBuf, participants_file: PathBuf) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        Self::start_on(listener, data_dir, participants_file).await
+    }
+
+    /// Starts on a bound listener (a restart reuses the old address).
+    pub async fn start_on(
+        listener: TcpListener,
+        data_dir: PathBuf,
+        participants_file: PathBuf,
+    ) -> Self {
+        let addr = listener.local_addr().expect("local addr");
+        let region = RegionCode::parse("330000", "region").expect("province");
+        let mut config = yidi_node::coordinator::CoordinatorConfig::new(
+            region,
+            data_dir.clone(),
+            participants_file,
+        );
+        config.listen = addr;
+        config.call_timeout = Duration::from_millis(800);
+        // Tests drive rounds explicitly; the background loop still runs, but rarely.
+        config.run_interval = Duration::from_secs(3600);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(yidi_node::coordinator::serve(
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+            config,
+        ));
+        Self {
+            addr,
+            data_dir,
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+
+    /// A CoordinatorService client.
+    pub async fn client(
+        &self,
+    ) -> yidi_common::proto::coordinator_service_client::CoordinatorServiceClient<Channel> {
+        let ch = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect coordinator");
+        yidi_common::proto::coordinator_service_client::CoordinatorServiceClient::new(ch)
+    }
+
+    /// Stops the coordinator and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle
+                .await
+                .expect("coordinator task")
+                .expect("coordinator exited cleanly");
+        }
+    }
+}
+
+impl Drop for TestCoordinator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod idnum;
 pub mod money;
+pub mod netting;
 pub mod period;
 pub mod policy;
 pub mod proto;

@@ -47,6 +47,10 @@ pub struct NodeArgs {
     /// Deadline of every call to a peer node, in milliseconds.
     #[arg(long, env = "YIDI_PEER_TIMEOUT_MS")]
     pub peer_timeout_ms: Option<u64>,
+    /// Confirm clearing statements automatically when they match this node's ledger
+    /// (true by default); false leaves confirmation to the operator.
+    #[arg(long, env = "YIDI_CLEARING_AUTO_CONFIRM")]
+    pub clearing_auto_confirm: Option<bool>,
 }
 
 /// The config file's shape; every key optional so flags can fill the rest.
@@ -63,6 +67,7 @@ struct FileConfig {
     read_connections: Option<usize>,
     log_format: Option<String>,
     peer_timeout_ms: Option<u64>,
+    clearing_auto_confirm: Option<bool>,
 }
 
 /// A node's resolved configuration.
@@ -79,6 +84,8 @@ pub struct NodeConfig {
     pub log_json: bool,
     /// Deadline of every call to a peer.
     pub peer_timeout: Duration,
+    /// Confirm matching clearing statements without the operator.
+    pub clearing_auto_confirm: bool,
     /// Fault injection (tests only).
     pub hooks: crate::service::TestHooks,
 }
@@ -98,6 +105,7 @@ impl NodeConfig {
             read_connections: 4,
             log_json: false,
             peer_timeout: Duration::from_secs(3),
+            clearing_auto_confirm: true,
             hooks: crate::service::TestHooks::default(),
         }
     }
@@ -165,6 +173,10 @@ impl NodeConfig {
                     .unwrap_or(3000)
                     .clamp(50, 60_000),
             ),
+            clearing_auto_confirm: args
+                .clearing_auto_confirm
+                .or(file.clearing_auto_confirm)
+                .unwrap_or(true),
             hooks: crate::service::TestHooks::default(),
             region,
         })

@@ -5,7 +5,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod coordinator;
 pub mod error;
+pub mod funds;
 pub mod idempotency;
 pub mod peers;
 pub mod policy_cache;

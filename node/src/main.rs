@@ -18,8 +18,13 @@ struct Cli {
 enum Command {
     /// Run a city agency's node daemon.
     Node(yidi_node::config::NodeArgs),
+    /// Run the provincial clearing coordinator.
+    Coordinator(yidi_node::coordinator::CoordinatorArgs),
     /// Administer a node: persons, filings, policies, catalogue, institutions.
     Admin(yidi_node::cli::admin::AdminArgs),
+    /// Act as a hospital's or pharmacy's system at its local node: identify, visits,
+    /// fees, pre-settle, settle, cancel, 冲正, reconcile.
+    Hospital(yidi_node::cli::hospital::HospitalArgs),
     /// Run the benefit engine offline on files and print the split.
     Quote(yidi_node::quote::QuoteArgs),
     /// Benchmark the benefit engine on one core.
@@ -35,9 +40,19 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(yidi_node::server::run(config))?;
         }
+        Command::Coordinator(args) => {
+            let config = yidi_node::coordinator::CoordinatorConfig::resolve(&args)?;
+            yidi_node::server::init_tracing(config.log_json);
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(yidi_node::coordinator::run(config))?;
+        }
         Command::Admin(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(yidi_node::cli::admin::run(args))?;
+        }
+        Command::Hospital(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(yidi_node::cli::hospital::run(args))?;
         }
         Command::Quote(args) => yidi_node::quote::run(&args)?,
         Command::BenchEngine(args) => yidi_node::quote::run_engine_bench(&args)?,

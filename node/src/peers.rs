@@ -48,6 +48,12 @@ impl Peer {
     pub fn client(&self) -> PeerServiceClient<Channel> {
         PeerServiceClient::new(self.channel.clone())
     }
+
+    /// The shared channel, for other services of the same node.
+    #[must_use]
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
 }
 
 /// The directory; cheap to share.

@@ -16,6 +16,7 @@ use yidi_common::{
     period,
     proto::{
         FILE_DESCRIPTOR_SET, admin_service_server::AdminServiceServer,
+        clearing_participant_server::ClearingParticipantServer,
         hospital_service_server::HospitalServiceServer, peer_service_server::PeerServiceServer,
     },
 };
@@ -25,7 +26,9 @@ use crate::{
     config::NodeConfig,
     peers::PeerDirectory,
     policy_cache::PolicyCache,
-    service::{NodeState, admin::AdminSvc, hospital::HospitalSvc, peer::PeerSvc},
+    service::{
+        NodeState, admin::AdminSvc, clearing::ClearingSvc, hospital::HospitalSvc, peer::PeerSvc,
+    },
     settlement::{outbox, treatment},
     store::Store,
 };
@@ -124,6 +127,9 @@ pub async fn serve(
         .set_serving::<HospitalServiceServer<HospitalSvc>>()
         .await;
     health.set_serving::<PeerServiceServer<PeerSvc>>().await;
+    health
+        .set_serving::<ClearingParticipantServer<ClearingSvc>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -141,6 +147,10 @@ pub async fn serve(
     let hospital = HospitalServiceServer::new(HospitalSvc::new(Arc::clone(&state)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let clearing = ClearingParticipantServer::new(ClearingSvc::new(
+        Arc::clone(&state),
+        config.clearing_auto_confirm,
+    ));
     let peer = PeerServiceServer::new(PeerSvc::new(Arc::clone(&state)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -152,6 +162,7 @@ pub async fn serve(
         .add_service(admin)
         .add_service(hospital)
         .add_service(peer)
+        .add_service(clearing)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });

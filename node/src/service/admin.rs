@@ -1108,6 +1108,78 @@ impl AdminService for AdminSvc {
             self.outbox_status(req.into_inner().list).await?,
         ))
     }
+
+    async fn record_deduction(
+        &self,
+        req: Request<proto::RecordDeductionRequest>,
+    ) -> Result<Response<proto::Deduction>, Status> {
+        Ok(Response::new(
+            super::funds::record_deduction(&self.state, req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_deductions(
+        &self,
+        req: Request<proto::ListDeductionsRequest>,
+    ) -> Result<Response<proto::ListDeductionsResponse>, Status> {
+        Ok(Response::new(
+            super::funds::list_deductions(&self.state, req.into_inner()).await?,
+        ))
+    }
+
+    async fn record_reserve(
+        &self,
+        req: Request<proto::RecordReserveRequest>,
+    ) -> Result<Response<proto::ReserveMovement>, Status> {
+        Ok(Response::new(
+            super::funds::record_reserve(&self.state, req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_reserves(
+        &self,
+        _req: Request<proto::ListReservesRequest>,
+    ) -> Result<Response<proto::ListReservesResponse>, Status> {
+        Ok(Response::new(
+            super::funds::list_reserves(&self.state).await?,
+        ))
+    }
+
+    async fn hospital_statement(
+        &self,
+        req: Request<proto::HospitalStatementRequest>,
+    ) -> Result<Response<proto::HospitalStatementResponse>, Status> {
+        Ok(Response::new(
+            super::funds::hospital_statement(&self.state, req.into_inner()).await?,
+        ))
+    }
+
+    async fn get_ledger(
+        &self,
+        req: Request<proto::GetLedgerRequest>,
+    ) -> Result<Response<proto::GetLedgerResponse>, Status> {
+        Ok(Response::new(
+            super::funds::get_ledger(&self.state, req.into_inner()).await?,
+        ))
+    }
+
+    async fn confirm_clearing(
+        &self,
+        req: Request<proto::ConfirmClearingRequest>,
+    ) -> Result<Response<proto::ClearingRound>, Status> {
+        Ok(Response::new(
+            super::funds::confirm_clearing(&self.state, req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_clearing_rounds(
+        &self,
+        _req: Request<proto::ListClearingRoundsRequest>,
+    ) -> Result<Response<proto::ListClearingRoundsResponse>, Status> {
+        Ok(Response::new(
+            super::funds::list_clearing_rounds(&self.state).await?,
+        ))
+    }
 }
 
 impl AdminSvc {

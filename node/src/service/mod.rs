@@ -1,6 +1,8 @@
 //! gRPC service implementations of the node, and the state they share.
 
 pub mod admin;
+pub mod clearing;
+pub mod funds;
 pub mod hospital;
 pub mod peer;
 

@@ -247,4 +247,53 @@ impl PeerService for PeerSvc {
             .await?;
         Ok(Response::new(out))
     }
+
+    async fn push_adjustment(
+        &self,
+        req: Request<proto::AdjustmentRequest>,
+    ) -> Result<Response<proto::AdjustmentResponse>, Status> {
+        let req = req.into_inner();
+        let from = caller(&req.from_region, "from_region")?;
+        if from == self.state.region || (req.payer != from.as_str() && req.payee != from.as_str()) {
+            return Err(Error::invalid(
+                "from_region",
+                "the sender must be the other party of the adjustment",
+            )
+            .into());
+        }
+        if !matches!(
+            req.kind.as_str(),
+            "deduction" | "reserve_topup" | "reserve_use"
+        ) {
+            return Err(
+                Error::invalid("kind", format!("unknown adjustment kind {:?}", req.kind)).into(),
+            );
+        }
+        if !req.entry_id.starts_with(from.as_str()) {
+            return Err(
+                Error::invalid("entry_id", format!("must be an id issued by {from}")).into(),
+            );
+        }
+        let key = RequestKey::new(
+            &format!("peer:{from}"),
+            &req.request_id,
+            "PushAdjustment",
+            payload_hash(&req, |r| r.request_id.clear()),
+        )?;
+        let region = self.state.region;
+        let out = self
+            .state
+            .store
+            .write(move |conn| {
+                idempotency::once(conn, &key, |conn| {
+                    let period = crate::funds::apply(conn, region, &req)?;
+                    Ok(proto::AdjustmentResponse {
+                        entry_id: req.entry_id.clone(),
+                        period,
+                    })
+                })
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
 }

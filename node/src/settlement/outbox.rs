@@ -69,6 +69,7 @@ pub async fn deliver_due(st: &NodeState) -> Result<usize> {
         let outcome = match item.kind.as_str() {
             "commit" => deliver_commit(st, &item).await,
             "reverse" => deliver_reverse(st, &item).await,
+            "adjust" => deliver_adjustment(st, &item).await,
             other => Err(Error::Internal(format!("unknown outbox kind {other}"))),
         };
         match outcome {
@@ -242,5 +243,30 @@ async fn deliver_reverse(st: &NodeState, item: &Item) -> Result<Outcome> {
             outbox::remove(conn, id)
         })
         .await?;
+    Ok(Outcome::Done)
+}
+
+async fn deliver_adjustment(st: &NodeState, item: &Item) -> Result<Outcome> {
+    let req = proto::AdjustmentRequest::decode(item.payload.as_slice())
+        .map_err(|e| Error::Internal(format!("outbox payload: {e}")))?;
+    let Ok(peer) = st.peers.get(&item.target_region) else {
+        return Ok(Outcome::Retry(format!(
+            "{} is not in the peer directory",
+            item.target_region
+        )));
+    };
+    match peer.client().push_adjustment(req.clone()).await {
+        Ok(_) => {}
+        Err(s) if unreachable(s.code()) => return Ok(Outcome::Retry(s.message().to_owned())),
+        Err(s) => {
+            return Err(Error::Internal(format!(
+                "adjustment {} refused: {}",
+                req.entry_id,
+                s.message()
+            )));
+        }
+    }
+    let id = item.id;
+    st.store.write(move |conn| outbox::remove(conn, id)).await?;
     Ok(Outcome::Done)
 }

@@ -97,3 +97,20 @@ pub fn entry_ids(
         .query_map(params![counterparty, period, side.as_str()], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
+
+/// Counterparties with records in a period.
+pub fn counterparties(conn: &Connection, period: &str) -> Result<Vec<String>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT DISTINCT counterparty FROM ledger WHERE period = ?1 ORDER BY counterparty",
+        )?
+        .query_map([period], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Records toward a counterparty in a period that a settled round has cleared.
+pub fn cleared_count(conn: &Connection, counterparty: &str, period: &str) -> Result<u64> {
+    Ok(conn
+        .prepare_cached("SELECT COUNT(*) FROM ledger WHERE counterparty = ?1 AND period = ?2 AND cleared_round IS NOT NULL")?
+        .query_row(params![counterparty, period], |r| r.get(0))?)
+}

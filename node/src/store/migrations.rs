@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -244,27 +244,165 @@ CREATE TABLE sequences (
 ) STRICT, WITHOUT ROWID;
 ";
 
-fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1_FOUNDATION), M::up(V2_SETTLEMENT)])
+const V3_CLEARING: &str = r"
+-- Which clearing round a ledger record is frozen into, excluded from (dispute carried
+-- to the next round), or cleared by.
+ALTER TABLE ledger ADD COLUMN round_id TEXT;
+ALTER TABLE ledger ADD COLUMN excluded_round TEXT;
+ALTER TABLE ledger ADD COLUMN cleared_round TEXT;
+CREATE INDEX ledger_by_round ON ledger (round_id);
+CREATE INDEX ledger_uncleared ON ledger (cleared_round, period);
+
+CREATE TABLE clearing_rounds (
+    round_id          TEXT PRIMARY KEY,
+    period            TEXT NOT NULL,
+    state             TEXT NOT NULL,      -- frozen | confirmed | cleared | released
+    statement_digest  TEXT NOT NULL DEFAULT '',
+    confirmed_by      TEXT NOT NULL DEFAULT '',
+    operator_digest   TEXT NOT NULL DEFAULT '', -- statement digest the operator confirmed
+    frozen_at         TEXT NOT NULL,
+    cleared_at        TEXT
+) STRICT;
+
+-- Reserves (储备金) prepaid by a home region to a treatment region.
+CREATE TABLE reserves (
+    home_region      TEXT NOT NULL,
+    treatment_region TEXT NOT NULL,
+    balance_fen      INTEGER NOT NULL,
+    alarm_fen        INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (home_region, treatment_region)
+) STRICT, WITHOUT ROWID;
+
+-- Audit deductions (审核扣款) on settlements treated here.
+CREATE TABLE deductions (
+    deduction_id     TEXT PRIMARY KEY,
+    settlement_id    TEXT NOT NULL REFERENCES settlements (settlement_id),
+    institution_code TEXT NOT NULL,
+    home_region      TEXT NOT NULL,
+    amount_fen       INTEGER NOT NULL CHECK (amount_fen > 0),
+    reason           TEXT NOT NULL,
+    created_at       TEXT NOT NULL,
+    period           TEXT NOT NULL
+) STRICT;
+CREATE INDEX deductions_by_institution ON deductions (institution_code, period);
+";
+
+const COORDINATOR_V1: &str = r"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE requests (
+    scope        TEXT NOT NULL,
+    request_id   TEXT NOT NULL,
+    method       TEXT NOT NULL,
+    payload_hash TEXT NOT NULL,
+    response     BLOB NOT NULL,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (scope, request_id)
+) STRICT, WITHOUT ROWID;
+
+-- Clearing rounds and everything a round learned; only regions, ids, counts, sums and
+-- digests: the coordinator never stores personal data.
+CREATE TABLE rounds (
+    round_id   TEXT PRIMARY KEY,
+    period     TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    statement  BLOB,              -- encoded yidi.v1.Statement once issued
+    note       TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE round_reports (
+    round_id TEXT NOT NULL REFERENCES rounds (round_id),
+    region   TEXT NOT NULL,
+    report   BLOB NOT NULL,       -- encoded ReportPositionsResponse
+    PRIMARY KEY (round_id, region)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE round_disputes (
+    round_id TEXT NOT NULL REFERENCES rounds (round_id),
+    creditor TEXT NOT NULL,
+    debtor   TEXT NOT NULL,
+    dispute  BLOB NOT NULL,       -- encoded Dispute
+    PRIMARY KEY (round_id, creditor, debtor)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE round_confirmations (
+    round_id     TEXT NOT NULL REFERENCES rounds (round_id),
+    region       TEXT NOT NULL,
+    confirmed_by TEXT NOT NULL,
+    at           TEXT NOT NULL,
+    PRIMARY KEY (round_id, region)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE round_transfers (
+    round_id    TEXT NOT NULL REFERENCES rounds (round_id),
+    from_region TEXT NOT NULL,
+    to_region   TEXT NOT NULL,
+    amount_fen  INTEGER NOT NULL,
+    reference   TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (round_id, from_region, to_region)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE round_cleared (
+    round_id TEXT NOT NULL REFERENCES rounds (round_id),
+    region   TEXT NOT NULL,
+    at       TEXT NOT NULL,
+    PRIMARY KEY (round_id, region)
+) STRICT, WITHOUT ROWID;
+";
+
+/// Which database a store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    Node,
+    Coordinator,
+}
+
+fn migrations(schema: Schema) -> Migrations<'static> {
+    match schema {
+        Schema::Node => Migrations::new(vec![
+            M::up(V1_FOUNDATION),
+            M::up(V2_SETTLEMENT),
+            M::up(V3_CLEARING),
+        ]),
+        Schema::Coordinator => Migrations::new(vec![M::up(COORDINATOR_V1)]),
+    }
 }
 
 /// Brings the schema to the latest version. Refuses a store written by a newer yidi.
-pub fn migrate(conn: &mut Connection) -> Result<()> {
+pub fn migrate(conn: &mut Connection, schema: Schema) -> Result<()> {
     let current: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if current > SCHEMA_VERSION {
+    let latest = match schema {
+        Schema::Node => SCHEMA_VERSION,
+        Schema::Coordinator => COORDINATOR_SCHEMA_VERSION,
+    };
+    if current > latest {
         return Err(Error::FailedPrecondition(format!(
-            "the store has schema version {current}, newer than this yidi ({SCHEMA_VERSION}); upgrade yidi"
+            "the store has schema version {current}, newer than this yidi ({latest}); upgrade yidi"
         )));
     }
-    migrations()
+    migrations(schema)
         .to_latest(conn)
         .map_err(|e| Error::Internal(format!("schema migration failed: {e}")))
 }
+
+/// Coordinator schema version after all migrations.
+pub const COORDINATOR_SCHEMA_VERSION: u32 = 1;
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn migrations_are_valid() {
-        assert!(super::migrations().validate().is_ok());
+        assert!(super::migrations(super::Schema::Node).validate().is_ok());
+        assert!(
+            super::migrations(super::Schema::Coordinator)
+                .validate()
+                .is_ok()
+        );
     }
 }

@@ -7,7 +7,9 @@
 pub mod accumulators;
 pub mod catalogue;
 pub mod claims;
+pub mod clearing;
 pub mod filings;
+pub mod funds;
 pub mod institutions;
 pub mod ledger;
 mod migrations;
@@ -96,16 +98,43 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `dir`, runs pending migrations and starts
-    /// the writer thread. Blocking: call from `spawn_blocking` or before the runtime.
+    /// Opens (creating if needed) a node's store in `dir`, runs pending migrations and
+    /// starts the writer thread. Blocking: call from `spawn_blocking` or before the runtime.
     pub fn open(dir: &Path, read_connections: usize, region: &str) -> Result<Self> {
+        Self::open_schema(
+            dir,
+            DB_FILE,
+            read_connections,
+            region,
+            migrations::Schema::Node,
+        )
+    }
+
+    /// Opens the coordinator's store (`coordinator.db`) in `dir`.
+    pub fn open_coordinator(dir: &Path, read_connections: usize, region: &str) -> Result<Self> {
+        Self::open_schema(
+            dir,
+            "coordinator.db",
+            read_connections,
+            region,
+            migrations::Schema::Coordinator,
+        )
+    }
+
+    fn open_schema(
+        dir: &Path,
+        file: &str,
+        read_connections: usize,
+        region: &str,
+        schema: migrations::Schema,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::Unavailable(format!(
                 "cannot create data directory {}: {e}",
                 dir.display()
             ))
         })?;
-        let path = dir.join(DB_FILE);
+        let path = dir.join(file);
         let mut conn = Connection::open(&path)?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -115,7 +144,7 @@ impl Store {
             )));
         }
         configure(&conn)?;
-        migrations::migrate(&mut conn)?;
+        migrations::migrate(&mut conn, schema)?;
         // A data directory belongs to one region for life: starting Ningbo on Hangzhou's
         // store would silently mix two agencies' books.
         match meta_get(&conn, "region")? {

@@ -222,3 +222,19 @@ pub fn provisional_exposure_by_region(conn: &Connection) -> Result<Vec<(String, 
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
+
+/// An institution's settlement and reversal records of a clearing period that count for
+/// what it is paid.
+pub fn for_institution_period(
+    conn: &Connection,
+    institution: &str,
+    period: &str,
+) -> Result<Vec<SettlementRec>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM settlements WHERE institution_code = ?1 AND period = ?2 \
+             AND state IN ('settled', 'provisional', 'cancelled', 'reversal') ORDER BY seq"
+        ))?
+        .query_map(params![institution, period], from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}

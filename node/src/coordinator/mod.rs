@@ -1,0 +1,291 @@
+//! The provincial coordinator: nothing but multilateral net clearing. It holds no person
+//! index and no personal data — only the participants' addresses and, per round, the
+//! counts, sums and digests they report. Rounds are persisted in its own SQLite store
+//! and driven both by the operator (CoordinatorService) and by a background loop that
+//! retries whatever waits on an unreachable participant.
+
+mod round;
+mod service;
+pub mod store;
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use clap::Args;
+use serde::Deserialize;
+use tokio::{
+    net::TcpListener,
+    sync::{Mutex, oneshot},
+};
+use tonic::transport::{Server, server::TcpIncoming};
+use yidi_common::{
+    proto::{FILE_DESCRIPTOR_SET, coordinator_service_server::CoordinatorServiceServer},
+    region::RegionCode,
+};
+
+pub use round::state;
+
+use crate::{Error, Result, peers::PeerDirectory, store::Store};
+
+/// Flags of `yidi coordinator`; each falls back to its environment variable, then the
+/// config file.
+#[derive(Debug, Clone, Args)]
+pub struct CoordinatorArgs {
+    /// Coordinator config file (TOML); see deploy/coordinator.example.toml.
+    #[arg(long, env = "YIDI_COORDINATOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The province's 6-digit code, e.g. 330000; also the clearing account's name.
+    #[arg(long, env = "YIDI_COORDINATOR_REGION")]
+    pub region: Option<String>,
+    /// Address to serve CoordinatorService on, e.g. 127.0.0.1:7100.
+    #[arg(long, env = "YIDI_COORDINATOR_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the coordinator's SQLite store.
+    #[arg(long, env = "YIDI_COORDINATOR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Participants file: the nodes of the province (same format as a node's peers file).
+    #[arg(long, env = "YIDI_PARTICIPANTS_FILE")]
+    pub participants_file: Option<PathBuf>,
+    /// Seconds between background attempts to advance unfinished rounds.
+    #[arg(long, env = "YIDI_RUN_INTERVAL_SECONDS")]
+    pub run_interval_seconds: Option<u64>,
+    /// Deadline of every call to a participant, in milliseconds.
+    #[arg(long, env = "YIDI_CALL_TIMEOUT_MS")]
+    pub call_timeout_ms: Option<u64>,
+    /// Seconds to drain in-flight requests on SIGINT/SIGTERM.
+    #[arg(long, env = "YIDI_DRAIN_SECONDS")]
+    pub drain_seconds: Option<u64>,
+    /// Log format: "text" (default) or "json".
+    #[arg(long, env = "YIDI_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    region: Option<String>,
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    participants_file: Option<PathBuf>,
+    run_interval_seconds: Option<u64>,
+    call_timeout_ms: Option<u64>,
+    drain_seconds: Option<u64>,
+    log_format: Option<String>,
+}
+
+/// The coordinator's resolved configuration.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub region: RegionCode,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub participants_file: PathBuf,
+    pub run_interval: Duration,
+    pub call_timeout: Duration,
+    pub drain: Duration,
+    pub log_json: bool,
+}
+
+impl CoordinatorConfig {
+    /// A config for tests and embedded use.
+    #[must_use]
+    pub fn new(region: RegionCode, data_dir: PathBuf, participants_file: PathBuf) -> Self {
+        Self {
+            region,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            participants_file,
+            run_interval: Duration::from_secs(3),
+            call_timeout: Duration::from_secs(5),
+            drain: Duration::from_secs(10),
+            log_json: false,
+        }
+    }
+
+    /// Resolves flags, environment and the config file.
+    pub fn resolve(args: &CoordinatorArgs) -> Result<Self> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::invalid("config", format!("cannot read {}: {e}", path.display()))
+                })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| Error::invalid("config", format!("{}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        let region =
+            args.region.clone().or(file.region).ok_or_else(|| {
+                Error::invalid("region", "missing: the province code, e.g. 330000")
+            })?;
+        let region = RegionCode::parse(&region, "region")?;
+        if !region.is_province() {
+            return Err(Error::invalid(
+                "region",
+                format!("{region} is not a province code like 330000"),
+            ));
+        }
+        let log_format = args
+            .log_format
+            .clone()
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".to_owned());
+        Ok(Self {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7100))),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(format!("yidi-data/{region}"))),
+            participants_file: args
+                .participants_file
+                .clone()
+                .or(file.participants_file)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "participants_file",
+                        "missing: the list of the province's nodes",
+                    )
+                })?,
+            run_interval: Duration::from_secs(
+                args.run_interval_seconds
+                    .or(file.run_interval_seconds)
+                    .unwrap_or(3)
+                    .max(1),
+            ),
+            call_timeout: Duration::from_millis(
+                args.call_timeout_ms
+                    .or(file.call_timeout_ms)
+                    .unwrap_or(5000)
+                    .clamp(50, 120_000),
+            ),
+            drain: Duration::from_secs(args.drain_seconds.or(file.drain_seconds).unwrap_or(10)),
+            log_json: log_format == "json",
+            region,
+        })
+    }
+}
+
+/// What the coordinator's services share.
+pub struct CoordState {
+    pub region: RegionCode,
+    pub store: Store,
+    pub participants: Arc<PeerDirectory>,
+    /// One round step at a time: the background loop and the operator never interleave.
+    advancing: Mutex<()>,
+}
+
+impl CoordState {
+    /// The participating regions, sorted.
+    #[must_use]
+    pub fn participant_regions(&self) -> Vec<String> {
+        self.participants
+            .all()
+            .into_iter()
+            .map(|p| p.region.to_string())
+            .collect()
+    }
+}
+
+/// Runs the coordinator on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    config: CoordinatorConfig,
+) -> Result<()> {
+    let (dir, region) = (config.data_dir.clone(), config.region.to_string());
+    let store = tokio::task::spawn_blocking(move || Store::open_coordinator(&dir, 2, &region))
+        .await
+        .map_err(|e| Error::Internal(format!("store open task failed: {e}")))??;
+    let participants = {
+        let (region, path, timeout) = (
+            config.region,
+            config.participants_file.clone(),
+            config.call_timeout,
+        );
+        tokio::task::spawn_blocking(move || PeerDirectory::load(region, Some(&path), timeout))
+            .await
+            .map_err(|e| Error::Internal(format!("participants task failed: {e}")))??
+    };
+    let state = Arc::new(CoordState {
+        region: config.region,
+        store,
+        participants: Arc::new(participants),
+        advancing: Mutex::new(()),
+    });
+
+    let (stop_bg, bg) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let mut rx = bg.clone();
+        tasks.spawn(
+            Arc::clone(&state.participants).watch(Duration::from_secs(2), async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }),
+        );
+    }
+    {
+        let st = Arc::clone(&state);
+        let mut rx = bg.clone();
+        let interval = config.run_interval;
+        tasks.spawn(async move {
+            loop {
+                service::advance_unfinished(&st).await;
+                tokio::select! {
+                    _ = rx.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<CoordinatorServiceServer<service::CoordinatorSvc>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(CoordinatorServiceServer::new(service::CoordinatorSvc::new(
+            Arc::clone(&state),
+        )))
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    tracing::info!(region = %config.region, %addr, participants = state.participant_regions().len(), "coordinator serving");
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => {
+            let _ = stop_bg.send(true);
+            return result.map_err(|e| Error::Unavailable(format!("server failed: {e}")));
+        }
+        () = shutdown => {}
+    }
+    let _ = stop_bg.send(true);
+    let _ = stop_tx.send(());
+    if tokio::time::timeout(config.drain, server).await.is_err() {
+        tracing::warn!("drain deadline passed; abandoning the remaining requests");
+    }
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+/// Binds the configured address and serves until SIGINT or SIGTERM.
+pub async fn run(config: CoordinatorConfig) -> Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
+    serve(listener, crate::server::shutdown_signal(), config).await
+}

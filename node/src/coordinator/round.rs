@@ -1,0 +1,621 @@
+//! The clearing round state machine. A round moves OPEN → COLLECTING → RECONCILING →
+//! (DISPUTED → COLLECTING …) → STATEMENT_ISSUED → CONFIRMED → SETTLED, or ABORTED before
+//! any confirmation. Every step is persisted before the next, so a restarted coordinator
+//! resumes where it was; a step that needs an unreachable participant waits and is
+//! retried, and the round's `missing` names who is holding it up.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use yidi_common::{
+    money::{self, Sign},
+    netting::{self, Gross},
+    period, proto,
+    proto::clearing_participant_client::ClearingParticipantClient,
+};
+
+use super::{CoordState, store};
+use crate::{Error, Result};
+
+/// Round states.
+pub mod state {
+    pub const OPEN: &str = "OPEN";
+    pub const COLLECTING: &str = "COLLECTING";
+    pub const RECONCILING: &str = "RECONCILING";
+    pub const DISPUTED: &str = "DISPUTED";
+    pub const STATEMENT_ISSUED: &str = "STATEMENT_ISSUED";
+    pub const CONFIRMED: &str = "CONFIRMED";
+    pub const SETTLED: &str = "SETTLED";
+    pub const ABORTED: &str = "ABORTED";
+}
+
+type Client = ClearingParticipantClient<tonic::transport::Channel>;
+
+fn client(st: &CoordState, region: &str) -> Result<Client> {
+    Ok(ClearingParticipantClient::new(
+        st.participants.get(region)?.channel(),
+    ))
+}
+
+fn now() -> String {
+    period::now_rfc3339()
+}
+
+async fn set_state(st: &CoordState, id: &str, s: &'static str, note: String) -> Result<()> {
+    let id = id.to_owned();
+    st.store
+        .write(move |conn| store::set_state(conn, &id, s, &note, &now()))
+        .await
+}
+
+/// The round as its operator sees it.
+pub async fn view(st: &CoordState, id: &str) -> Result<proto::Round> {
+    let id = id.to_owned();
+    let regions = st.participant_regions();
+    st.store
+        .read(move |conn| {
+            let r = store::round(conn, &id)?
+                .ok_or_else(|| Error::NotFound(format!("no round {id}")))?;
+            let confirmed = store::confirmed(conn, &id)?;
+            let cleared = store::cleared(conn, &id)?;
+            let reported: BTreeSet<String> = store::reports(conn, &id)?
+                .into_iter()
+                .map(|r| r.region)
+                .collect();
+            let missing: Vec<String> = match r.state.as_str() {
+                state::OPEN | state::COLLECTING => regions
+                    .iter()
+                    .filter(|p| !reported.contains(*p))
+                    .cloned()
+                    .collect(),
+                state::STATEMENT_ISSUED => regions
+                    .iter()
+                    .filter(|p| !confirmed.contains(p))
+                    .cloned()
+                    .collect(),
+                state::SETTLED => regions
+                    .iter()
+                    .filter(|p| !cleared.contains(p))
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let expected = r.statement.as_ref().map_or(0, |s| s.instructions.len());
+            Ok(proto::Round {
+                round_id: r.round_id,
+                period: r.period,
+                state: r.state,
+                missing,
+                confirmed,
+                updated_at: r.updated_at,
+                transfers_recorded: u32::try_from(store::transfers(conn, &id)?.len())
+                    .unwrap_or(u32::MAX),
+                transfers_expected: u32::try_from(expected).unwrap_or(u32::MAX),
+                cleared,
+                note: r.note,
+            })
+        })
+        .await
+}
+
+/// Advances a round as far as it can go now.
+pub async fn advance(st: &CoordState, id: &str) -> Result<proto::Round> {
+    let _guard = st.advancing.lock().await;
+    for _ in 0..8 {
+        let row = {
+            let owned = id.to_owned();
+            st.store
+                .read(move |conn| store::round(conn, &owned))
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("no round {id}")))?
+        };
+        let moved = match row.state.as_str() {
+            state::OPEN => {
+                set_state(st, id, state::COLLECTING, String::new()).await?;
+                true
+            }
+            state::COLLECTING => collect(st, &row).await?,
+            state::RECONCILING => reconcile(st, &row).await?,
+            state::STATEMENT_ISSUED => confirm(st, &row).await?,
+            state::CONFIRMED => settle_if_paid(st, &row).await?,
+            state::SETTLED => {
+                mark_cleared(st, &row).await?;
+                false
+            }
+            _ => false,
+        };
+        if !moved {
+            break;
+        }
+    }
+    view(st, id).await
+}
+
+async fn collect(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
+    let have: BTreeSet<String> = {
+        let id = row.round_id.clone();
+        st.store
+            .read(move |conn| {
+                Ok(store::reports(conn, &id)?
+                    .into_iter()
+                    .map(|r| r.region)
+                    .collect())
+            })
+            .await?
+    };
+    let mut missing = Vec::new();
+    for region in st.participant_regions() {
+        if have.contains(&region) {
+            continue;
+        }
+        let answer = match client(st, &region) {
+            Ok(mut c) => c
+                .report_positions(proto::ReportPositionsRequest {
+                    round_id: row.round_id.clone(),
+                    period: row.period.clone(),
+                })
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| s.message().to_owned()),
+            Err(e) => Err(e.to_string()),
+        };
+        match answer {
+            Ok(r) if r.region == region => {
+                let id = row.round_id.clone();
+                st.store
+                    .write(move |conn| store::put_report(conn, &id, &r))
+                    .await?;
+            }
+            Ok(r) => missing.push(format!("{region} (answered as {})", r.region)),
+            Err(e) => missing.push(format!("{region} ({e})")),
+        }
+    }
+    if missing.is_empty() {
+        set_state(st, &row.round_id, state::RECONCILING, String::new()).await?;
+        return Ok(true);
+    }
+    set_state(
+        st,
+        &row.round_id,
+        state::COLLECTING,
+        format!("waiting for {}", missing.join(", ")),
+    )
+    .await?;
+    Ok(false)
+}
+
+/// One side of a pair as reported.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Side {
+    count: u64,
+    sum: String,
+    digest: String,
+}
+
+fn zero_side() -> Side {
+    Side {
+        count: 0,
+        sum: money::format(rust_decimal::Decimal::ZERO),
+        digest: yidi_common::digest::SetDigest::default().to_hex(),
+    }
+}
+
+async fn drill(
+    st: &CoordState,
+    round: &str,
+    creditor: &str,
+    debtor: &str,
+) -> Result<proto::Dispute> {
+    let list = |region: &str, counterparty: &str, side: &str| {
+        let req = proto::ListClaimIdsRequest {
+            round_id: round.to_owned(),
+            counterparty: counterparty.to_owned(),
+            side: side.to_owned(),
+        };
+        let c = client(st, region);
+        async move {
+            let mut c = c?;
+            c.list_claim_ids(req)
+                .await
+                .map(|r| r.into_inner().claims)
+                .map_err(|s| Error::Unavailable(s.message().to_owned()))
+        }
+    };
+    let at_creditor: BTreeMap<String, proto::ClaimAmount> = list(creditor, debtor, "receivable")
+        .await?
+        .into_iter()
+        .map(|c| (c.entry_id.clone(), c))
+        .collect();
+    let at_debtor: BTreeMap<String, proto::ClaimAmount> = list(debtor, creditor, "payable")
+        .await?
+        .into_iter()
+        .map(|c| (c.entry_id.clone(), c))
+        .collect();
+    let sum = |m: &BTreeMap<String, proto::ClaimAmount>| {
+        money::format(
+            m.values()
+                .map(|c| money::parse(&c.amount, "amount", Sign::Any).unwrap_or_default())
+                .sum(),
+        )
+    };
+    Ok(proto::Dispute {
+        creditor: creditor.to_owned(),
+        debtor: debtor.to_owned(),
+        only_at_creditor: at_creditor
+            .keys()
+            .filter(|k| !at_debtor.contains_key(*k))
+            .cloned()
+            .collect(),
+        only_at_debtor: at_debtor
+            .keys()
+            .filter(|k| !at_creditor.contains_key(*k))
+            .cloned()
+            .collect(),
+        creditor_sum: sum(&at_creditor),
+        debtor_sum: sum(&at_debtor),
+        amount_differs: at_creditor
+            .iter()
+            .filter(|(k, c)| {
+                at_debtor.get(*k).is_some_and(|d| {
+                    (d.amount.as_str(), d.kind.as_str()) != (c.amount.as_str(), c.kind.as_str())
+                })
+            })
+            .map(|(k, _)| k.clone())
+            .collect(),
+    })
+}
+
+async fn reconcile(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
+    let reports = {
+        let id = row.round_id.clone();
+        st.store.read(move |conn| store::reports(conn, &id)).await?
+    };
+    // side[(creditor, debtor)] as the creditor reports it (receivable) and as the debtor does (payable).
+    let mut as_creditor: BTreeMap<(String, String), Side> = BTreeMap::new();
+    let mut as_debtor: BTreeMap<(String, String), Side> = BTreeMap::new();
+    for r in &reports {
+        for p in &r.positions {
+            as_creditor.insert(
+                (r.region.clone(), p.counterparty.clone()),
+                Side {
+                    count: p.receivable_count,
+                    sum: p.receivable_sum.clone(),
+                    digest: p.receivable_digest.clone(),
+                },
+            );
+            as_debtor.insert(
+                (p.counterparty.clone(), r.region.clone()),
+                Side {
+                    count: p.payable_count,
+                    sum: p.payable_sum.clone(),
+                    digest: p.payable_digest.clone(),
+                },
+            );
+        }
+    }
+    let participants = st.participant_regions();
+    let pairs: BTreeSet<(String, String)> = as_creditor
+        .keys()
+        .chain(as_debtor.keys())
+        .cloned()
+        .collect();
+    let mut gross = Vec::new();
+    let mut disputes = Vec::new();
+    for (creditor, debtor) in pairs {
+        let c = as_creditor
+            .get(&(creditor.clone(), debtor.clone()))
+            .cloned()
+            .unwrap_or_else(zero_side);
+        let d = as_debtor
+            .get(&(creditor.clone(), debtor.clone()))
+            .cloned()
+            .unwrap_or_else(zero_side);
+        let same = c.count == d.count
+            && money::parse(&c.sum, "sum", Sign::Any).ok()
+                == money::parse(&d.sum, "sum", Sign::Any).ok()
+            && c.digest == d.digest;
+        if !participants.contains(&creditor) || !participants.contains(&debtor) {
+            disputes.push(proto::Dispute {
+                creditor: creditor.clone(),
+                debtor: debtor.clone(),
+                creditor_sum: c.sum.clone(),
+                debtor_sum: d.sum.clone(),
+                ..Default::default()
+            });
+            continue;
+        }
+        if !same {
+            match drill(st, &row.round_id, &creditor, &debtor).await {
+                Ok(dispute) => disputes.push(dispute),
+                Err(e) => {
+                    set_state(
+                        st,
+                        &row.round_id,
+                        state::RECONCILING,
+                        format!("drill-down {creditor}/{debtor} waiting: {e}"),
+                    )
+                    .await?;
+                    return Ok(false);
+                }
+            }
+            continue;
+        }
+        let amount = money::parse(&c.sum, "sum", Sign::Any)?;
+        if c.count > 0 {
+            gross.push(Gross {
+                debtor,
+                creditor,
+                amount,
+                count: c.count,
+            });
+        }
+    }
+    if !disputes.is_empty() {
+        let (id, n) = (row.round_id.clone(), disputes.len());
+        st.store
+            .write(move |conn| {
+                for d in &disputes {
+                    store::put_dispute(conn, &id, d)?;
+                }
+                store::set_state(
+                    conn,
+                    &id,
+                    state::DISPUTED,
+                    &format!("{n} pair(s) disagree; see disputes"),
+                    &now(),
+                )
+            })
+            .await?;
+        tracing::warn!(round = %row.round_id, pairs = n, "clearing round disputed");
+        return Ok(false);
+    }
+    let result = netting::net(&participants, &gross, st.region.as_str())?;
+    let f = money::format;
+    let mut reserves: Vec<proto::ReserveBalance> =
+        reports.iter().flat_map(|r| r.reserves.clone()).collect();
+    reserves.sort_by(|a, b| {
+        (&a.home_region, &a.treatment_region).cmp(&(&b.home_region, &b.treatment_region))
+    });
+    reserves.dedup_by(|a, b| {
+        a.home_region == b.home_region && a.treatment_region == b.treatment_region
+    });
+    let mut statement = proto::Statement {
+        round_id: row.round_id.clone(),
+        period: row.period.clone(),
+        nets: result
+            .nets
+            .iter()
+            .map(|n| proto::NetPosition {
+                region: n.region.clone(),
+                receivable: f(n.receivable),
+                payable: f(n.payable),
+                net: f(n.net),
+            })
+            .collect(),
+        instructions: result
+            .instructions
+            .iter()
+            .map(|i| proto::PaymentInstruction {
+                from_region: i.from.clone(),
+                to_region: i.to.clone(),
+                amount: f(i.amount),
+            })
+            .collect(),
+        digest: String::new(),
+        gross: gross
+            .iter()
+            .map(|g| proto::GrossEntry {
+                debtor: g.debtor.clone(),
+                creditor: g.creditor.clone(),
+                amount: f(g.amount),
+                count: g.count,
+            })
+            .collect(),
+        bilateral_transfers: result.bilateral_transfers,
+        netted_transfers: result.netted_transfers,
+        clearing_account: st.region.to_string(),
+        reserves,
+    };
+    statement.digest = netting::statement_digest(&statement);
+    let id = row.round_id.clone();
+    st.store
+        .write(move |conn| {
+            store::set_statement(conn, &id, &statement)?;
+            store::set_state(conn, &id, state::STATEMENT_ISSUED, "Σ net = 0", &now())
+        })
+        .await?;
+    tracing::info!(round = %row.round_id, "clearing statement issued");
+    Ok(true)
+}
+
+async fn confirm(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
+    let statement = row
+        .statement
+        .clone()
+        .ok_or_else(|| Error::Internal("issued round without a statement".into()))?;
+    let done: BTreeSet<String> = {
+        let id = row.round_id.clone();
+        st.store
+            .read(move |conn| store::confirmed(conn, &id))
+            .await?
+            .into_iter()
+            .collect()
+    };
+    let mut waiting = Vec::new();
+    for region in st.participant_regions() {
+        if done.contains(&region) {
+            continue;
+        }
+        let req = proto::StatementRequest {
+            request_id: format!("{}-confirm", row.round_id),
+            statement: Some(statement.clone()),
+        };
+        let answer = match client(st, &region) {
+            Ok(mut c) => c
+                .confirm_statement(req)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| s.message().to_owned()),
+            Err(e) => Err(e.to_string()),
+        };
+        match answer {
+            Ok(a) if a.confirmed => {
+                let (id, by) = (row.round_id.clone(), a.confirmed_by);
+                let r = region.clone();
+                st.store
+                    .write(move |conn| store::put_confirmation(conn, &id, &r, &by, &now()))
+                    .await?;
+            }
+            Ok(a) => waiting.push(format!("{region}: {}", a.confirmed_by)),
+            Err(e) => waiting.push(format!("{region}: {e}")),
+        }
+    }
+    if waiting.is_empty() {
+        set_state(
+            st,
+            &row.round_id,
+            state::CONFIRMED,
+            "every participant confirmed; record the transfers".into(),
+        )
+        .await?;
+        return Ok(true);
+    }
+    set_state(
+        st,
+        &row.round_id,
+        state::STATEMENT_ISSUED,
+        format!("awaiting confirmation — {}", waiting.join("; ")),
+    )
+    .await?;
+    Ok(false)
+}
+
+async fn settle_if_paid(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
+    let expected = row.statement.as_ref().map_or(0, |s| s.instructions.len());
+    let recorded = {
+        let id = row.round_id.clone();
+        st.store
+            .read(move |conn| store::transfers(conn, &id))
+            .await?
+            .len()
+    };
+    if recorded < expected {
+        return Ok(false);
+    }
+    set_state(
+        st,
+        &row.round_id,
+        state::SETTLED,
+        "every transfer recorded".into(),
+    )
+    .await?;
+    Ok(true)
+}
+
+async fn mark_cleared(st: &CoordState, row: &store::RoundRow) -> Result<()> {
+    let done: BTreeSet<String> = {
+        let id = row.round_id.clone();
+        st.store
+            .read(move |conn| store::cleared(conn, &id))
+            .await?
+            .into_iter()
+            .collect()
+    };
+    for region in st.participant_regions() {
+        if done.contains(&region) {
+            continue;
+        }
+        let req = proto::MarkClearedRequest {
+            request_id: format!("{}-cleared", row.round_id),
+            round_id: row.round_id.clone(),
+            period: row.period.clone(),
+        };
+        let ok = match client(st, &region) {
+            Ok(mut c) => c.mark_cleared(req).await.is_ok(),
+            Err(_) => false,
+        };
+        if ok {
+            let (id, r) = (row.round_id.clone(), region.clone());
+            st.store
+                .write(move |conn| store::put_cleared(conn, &id, &r, &now()))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Carries every disputed record to the next round on both sides, then re-collects.
+pub async fn resolve(st: &CoordState, id: &str) -> Result<proto::Round> {
+    {
+        let _guard = st.advancing.lock().await;
+        let row = {
+            let owned = id.to_owned();
+            st.store
+                .read(move |conn| store::round(conn, &owned))
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("no round {id}")))?
+        };
+        if row.state != state::DISPUTED {
+            return Err(Error::FailedPrecondition(format!(
+                "round {id} is {}; only a DISPUTED round is resolved",
+                row.state
+            )));
+        }
+        let disputes = {
+            let id = id.to_owned();
+            st.store
+                .read(move |conn| store::disputes(conn, &id))
+                .await?
+        };
+        for d in &disputes {
+            for (region, counterparty, side, ids) in [
+                (
+                    &d.creditor,
+                    &d.debtor,
+                    "receivable",
+                    d.only_at_creditor.iter().chain(&d.amount_differs),
+                ),
+                (
+                    &d.debtor,
+                    &d.creditor,
+                    "payable",
+                    d.only_at_debtor.iter().chain(&d.amount_differs),
+                ),
+            ] {
+                let entry_ids: Vec<String> = ids.cloned().collect();
+                if entry_ids.is_empty() || !st.participant_regions().contains(region) {
+                    continue;
+                }
+                let mut c = client(st, region)?;
+                c.exclude_claims(proto::ExcludeClaimsRequest {
+                    request_id: format!("{id}-exclude-{region}-{counterparty}-{side}"),
+                    round_id: id.to_owned(),
+                    counterparty: counterparty.clone(),
+                    side: side.to_owned(),
+                    entry_ids,
+                })
+                .await
+                .map_err(|s| {
+                    Error::Unavailable(format!(
+                        "{region} could not exclude disputed records: {}",
+                        s.message()
+                    ))
+                })?;
+            }
+        }
+        let id2 = id.to_owned();
+        st.store
+            .write(move |conn| {
+                store::clear_collection(conn, &id2)?;
+                store::set_state(
+                    conn,
+                    &id2,
+                    state::COLLECTING,
+                    "disputed records carried to the next round",
+                    &now(),
+                )
+            })
+            .await?;
+        tracing::info!(round = %id, pairs = disputes.len(), "disputes resolved by carrying records forward");
+    }
+    advance(st, id).await
+}

@@ -1,0 +1,192 @@
+//! The coordinator's persistent round state: rounds, the reports and disputes they
+//! collected, confirmations, transfers and clear marks. Only regions, ids, counts, sums
+//! and digests.
+
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, params};
+use yidi_common::proto;
+
+use crate::{Error, Result};
+
+/// A round row.
+#[derive(Debug, Clone)]
+pub struct RoundRow {
+    pub round_id: String,
+    pub period: String,
+    pub state: String,
+    pub statement: Option<proto::Statement>,
+    pub note: String,
+    pub updated_at: String,
+}
+
+fn decode<M: Message + Default>(b: &[u8], what: &str) -> Result<M> {
+    M::decode(b).map_err(|e| Error::Internal(format!("stored {what} unreadable: {e}")))
+}
+
+/// A round by id.
+pub fn round(conn: &Connection, id: &str) -> Result<Option<RoundRow>> {
+    let row: Option<(String, String, String, Option<Vec<u8>>, String, String)> = conn
+        .prepare_cached("SELECT round_id, period, state, statement, note, updated_at FROM rounds WHERE round_id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+        .optional()?;
+    row.map(|(round_id, period, state, st, note, updated_at)| {
+        Ok(RoundRow {
+            round_id,
+            period,
+            state,
+            statement: st.map(|b| decode(&b, "statement")).transpose()?,
+            note,
+            updated_at,
+        })
+    })
+    .transpose()
+}
+
+/// Every round id, oldest first.
+pub fn round_ids(conn: &Connection) -> Result<Vec<String>> {
+    Ok(conn
+        .prepare_cached("SELECT round_id FROM rounds ORDER BY created_at, round_id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// Inserts a new round.
+pub fn insert_round(conn: &Connection, id: &str, period: &str, now: &str) -> Result<()> {
+    conn.prepare_cached("INSERT INTO rounds (round_id, period, state, created_at, updated_at) VALUES (?1, ?2, 'OPEN', ?3, ?3)")?
+        .execute(params![id, period, now])?;
+    Ok(())
+}
+
+/// Sets a round's state and note.
+pub fn set_state(conn: &Connection, id: &str, state: &str, note: &str, now: &str) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE rounds SET state = ?2, note = ?3, updated_at = ?4 WHERE round_id = ?1",
+    )?
+    .execute(params![id, state, note, now])?;
+    Ok(())
+}
+
+/// Stores the issued statement.
+pub fn set_statement(conn: &Connection, id: &str, s: &proto::Statement) -> Result<()> {
+    conn.prepare_cached("UPDATE rounds SET statement = ?2 WHERE round_id = ?1")?
+        .execute(params![id, s.encode_to_vec()])?;
+    Ok(())
+}
+
+/// Stores a participant's report.
+pub fn put_report(conn: &Connection, id: &str, r: &proto::ReportPositionsResponse) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO round_reports (round_id, region, report) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![id, r.region, r.encode_to_vec()])?;
+    Ok(())
+}
+
+/// The reports collected for a round.
+pub fn reports(conn: &Connection, id: &str) -> Result<Vec<proto::ReportPositionsResponse>> {
+    let blobs: Vec<Vec<u8>> = conn
+        .prepare_cached("SELECT report FROM round_reports WHERE round_id = ?1 ORDER BY region")?
+        .query_map([id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    blobs.iter().map(|b| decode(b, "report")).collect()
+}
+
+/// Forgets reports and disputes (a dispute resolution re-collects).
+pub fn clear_collection(conn: &Connection, id: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM round_reports WHERE round_id = ?1")?
+        .execute([id])?;
+    conn.prepare_cached("DELETE FROM round_disputes WHERE round_id = ?1")?
+        .execute([id])?;
+    Ok(())
+}
+
+/// Stores a dispute.
+pub fn put_dispute(conn: &Connection, id: &str, d: &proto::Dispute) -> Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO round_disputes (round_id, creditor, debtor, dispute) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![id, d.creditor, d.debtor, d.encode_to_vec()])?;
+    Ok(())
+}
+
+/// A round's disputes.
+pub fn disputes(conn: &Connection, id: &str) -> Result<Vec<proto::Dispute>> {
+    let blobs: Vec<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT dispute FROM round_disputes WHERE round_id = ?1 ORDER BY creditor, debtor",
+        )?
+        .query_map([id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    blobs.iter().map(|b| decode(b, "dispute")).collect()
+}
+
+fn regions(conn: &Connection, sql: &str, id: &str) -> Result<Vec<String>> {
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_map([id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// Regions that confirmed the round's statement.
+pub fn confirmed(conn: &Connection, id: &str) -> Result<Vec<String>> {
+    regions(
+        conn,
+        "SELECT region FROM round_confirmations WHERE round_id = ?1 ORDER BY region",
+        id,
+    )
+}
+
+/// Records a confirmation.
+pub fn put_confirmation(
+    conn: &Connection,
+    id: &str,
+    region: &str,
+    by: &str,
+    now: &str,
+) -> Result<()> {
+    conn.prepare_cached("INSERT OR IGNORE INTO round_confirmations (round_id, region, confirmed_by, at) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![id, region, by, now])?;
+    Ok(())
+}
+
+/// Regions that marked the round cleared.
+pub fn cleared(conn: &Connection, id: &str) -> Result<Vec<String>> {
+    regions(
+        conn,
+        "SELECT region FROM round_cleared WHERE round_id = ?1 ORDER BY region",
+        id,
+    )
+}
+
+/// Records a clear mark.
+pub fn put_cleared(conn: &Connection, id: &str, region: &str, now: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO round_cleared (round_id, region, at) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![id, region, now])?;
+    Ok(())
+}
+
+/// A recorded transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub from: String,
+    pub to: String,
+    pub amount_fen: i64,
+    pub reference: String,
+}
+
+/// The transfers recorded for a round.
+pub fn transfers(conn: &Connection, id: &str) -> Result<Vec<Transfer>> {
+    Ok(conn
+        .prepare_cached("SELECT from_region, to_region, amount_fen, reference FROM round_transfers WHERE round_id = ?1 ORDER BY from_region, to_region")?
+        .query_map([id], |r| Ok(Transfer { from: r.get(0)?, to: r.get(1)?, amount_fen: r.get(2)?, reference: r.get(3)? }))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// Records a transfer.
+pub fn put_transfer(conn: &Connection, id: &str, t: &Transfer, now: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO round_transfers (round_id, from_region, to_region, amount_fen, reference, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![id, t.from, t.to, t.amount_fen, t.reference, now])?;
+    Ok(())
+}

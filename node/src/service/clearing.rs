@@ -1,0 +1,400 @@
+//! ClearingParticipant: what the coordinator asks of this node in a clearing round.
+//! Only region codes, record ids, counts, sums and digests leave the node here.
+
+use tonic::{Request, Response, Status};
+use yidi_common::{
+    money::{self, Sign},
+    netting::statement_digest,
+    period::{self, Period},
+    proto::{self, clearing_participant_server::ClearingParticipant},
+    region::RegionCode,
+};
+
+use super::State;
+use crate::{
+    Error, Result,
+    idempotency::{self, RequestKey, payload_hash},
+    store::{
+        clearing::{self, RoundRec},
+        funds,
+        ledger::Side,
+    },
+};
+
+/// Idempotency scope of the coordinator's requests.
+const SCOPE: &str = "coordinator";
+
+/// The ClearingParticipant implementation.
+pub struct ClearingSvc {
+    state: State,
+    auto_confirm: bool,
+}
+
+impl ClearingSvc {
+    #[must_use]
+    pub fn new(state: State, auto_confirm: bool) -> Self {
+        Self {
+            state,
+            auto_confirm,
+        }
+    }
+}
+
+fn round_id(s: &str) -> Result<String> {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+    {
+        return Err(Error::invalid(
+            "round_id",
+            "must be 1–64 characters of A-Z a-z 0-9 . _ : -",
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+fn side(s: &str) -> Result<Side> {
+    match s {
+        "receivable" => Ok(Side::Receivable),
+        "payable" => Ok(Side::Payable),
+        other => Err(Error::invalid(
+            "side",
+            format!("expected receivable or payable, got {other:?}"),
+        )),
+    }
+}
+
+fn known_round(conn: &rusqlite::Connection, id: &str) -> Result<RoundRec> {
+    clearing::get(conn, id)?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "round {id} has not collected positions at this node"
+        ))
+    })
+}
+
+/// Reserve balances as reported for statements.
+pub fn reserve_balances(conn: &rusqlite::Connection) -> Result<Vec<proto::ReserveBalance>> {
+    Ok(funds::reserves(conn)?
+        .into_iter()
+        .map(|r| proto::ReserveBalance {
+            alarm: r.alarm(),
+            home_region: r.home_region,
+            treatment_region: r.treatment_region,
+            balance: money::format(money::from_fen(r.balance_fen)),
+            alarm_threshold: money::format(money::from_fen(r.alarm_fen)),
+        })
+        .collect())
+}
+
+/// Compares a statement with this node's frozen ledger.
+fn verify(
+    conn: &rusqlite::Connection,
+    own: RegionCode,
+    s: &proto::Statement,
+) -> Result<Vec<String>> {
+    let mut diffs = Vec::new();
+    if statement_digest(s) != s.digest {
+        diffs.push("the statement's digest does not match its content".to_owned());
+    }
+    let (recv, pay) = clearing::totals(conn, &s.round_id)?;
+    let f = |fen: i64| money::format(money::from_fen(fen));
+    match s.nets.iter().find(|n| n.region == own.as_str()) {
+        None if recv != 0 || pay != 0 => {
+            diffs.push(format!("the statement has no position for {own}"))
+        }
+        None => {}
+        Some(n) => {
+            let expect = [
+                ("receivable", &n.receivable, recv),
+                ("payable", &n.payable, pay),
+                ("net", &n.net, recv - pay),
+            ];
+            for (name, theirs, ours) in expect {
+                let theirs_fen = money::parse(theirs, name, Sign::Any).map(money::to_fen)?;
+                if theirs_fen != ours {
+                    diffs.push(format!("{name}: statement {theirs}, ledger {}", f(ours)));
+                }
+            }
+            // What the instructions move for this region must equal its net.
+            let moved: i64 = s
+                .instructions
+                .iter()
+                .map(|i| {
+                    let a = money::parse(&i.amount, "amount", Sign::Any)
+                        .map(money::to_fen)
+                        .unwrap_or_default();
+                    if i.to_region == own.as_str() {
+                        a
+                    } else if i.from_region == own.as_str() {
+                        -a
+                    } else {
+                        0
+                    }
+                })
+                .sum();
+            if moved != recv - pay {
+                diffs.push(format!(
+                    "instructions move {} for {own}, its net is {}",
+                    f(moved),
+                    f(recv - pay)
+                ));
+            }
+        }
+    }
+    Ok(diffs)
+}
+
+#[tonic::async_trait]
+impl ClearingParticipant for ClearingSvc {
+    async fn report_positions(
+        &self,
+        req: Request<proto::ReportPositionsRequest>,
+    ) -> Result<Response<proto::ReportPositionsResponse>, Status> {
+        let req = req.into_inner();
+        let id = round_id(&req.round_id)?;
+        let period = Period::parse(&req.period, "period")
+            .map_err(Error::from)?
+            .to_string();
+        let region = self.state.region;
+        let out = self
+            .state
+            .store
+            .write(move |conn| {
+                clearing::freeze(conn, &id, &period, &period::now_rfc3339())?;
+                let round = known_round(conn, &id)?;
+                if round.period != period {
+                    return Err(Error::invalid(
+                        "period",
+                        format!("round {id} is for {}", round.period),
+                    ));
+                }
+                let mut positions = Vec::new();
+                for cp in clearing::counterparties(conn, &id)? {
+                    let r = clearing::position(conn, &id, &cp, Side::Receivable)?;
+                    let p = clearing::position(conn, &id, &cp, Side::Payable)?;
+                    positions.push(proto::Position {
+                        counterparty: cp,
+                        receivable_count: r.count,
+                        receivable_sum: money::format(money::from_fen(r.sum_fen)),
+                        receivable_digest: r.digest.to_hex(),
+                        payable_count: p.count,
+                        payable_sum: money::format(money::from_fen(p.sum_fen)),
+                        payable_digest: p.digest.to_hex(),
+                    });
+                }
+                Ok(proto::ReportPositionsResponse {
+                    region: region.to_string(),
+                    period,
+                    positions,
+                    reserves: reserve_balances(conn)?,
+                })
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn list_claim_ids(
+        &self,
+        req: Request<proto::ListClaimIdsRequest>,
+    ) -> Result<Response<proto::ListClaimIdsResponse>, Status> {
+        let req = req.into_inner();
+        let id = round_id(&req.round_id)?;
+        let side = side(&req.side)?;
+        let cp = RegionCode::parse_city(&req.counterparty, "counterparty")
+            .map_err(Error::from)?
+            .to_string();
+        let out = self
+            .state
+            .store
+            .read(move |conn| {
+                known_round(conn, &id)?;
+                Ok(proto::ListClaimIdsResponse {
+                    claims: clearing::frozen(conn, &id, &cp, side)?
+                        .into_iter()
+                        .map(|f| proto::ClaimAmount {
+                            entry_id: f.entry_id,
+                            claim_id: f.claim_id,
+                            kind: f.kind,
+                            amount: money::format(money::from_fen(f.amount_fen)),
+                            period: f.period,
+                        })
+                        .collect(),
+                })
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn exclude_claims(
+        &self,
+        req: Request<proto::ExcludeClaimsRequest>,
+    ) -> Result<Response<proto::ExcludeClaimsResponse>, Status> {
+        let req = req.into_inner();
+        let key = RequestKey::new(
+            SCOPE,
+            &req.request_id,
+            "ExcludeClaims",
+            payload_hash(&req, |r| r.request_id.clear()),
+        )?;
+        let id = round_id(&req.round_id)?;
+        let side = side(&req.side)?;
+        let cp = RegionCode::parse_city(&req.counterparty, "counterparty")
+            .map_err(Error::from)?
+            .to_string();
+        let out = self
+            .state
+            .store
+            .write(move |conn| {
+                idempotency::once(conn, &key, |conn| {
+                    let round = known_round(conn, &id)?;
+                    if round.state != "frozen" {
+                        return Err(Error::FailedPrecondition(format!(
+                            "round {id} is {} here; records can no longer be excluded",
+                            round.state
+                        )));
+                    }
+                    Ok(proto::ExcludeClaimsResponse {
+                        excluded: clearing::exclude(conn, &id, &cp, side, &req.entry_ids)?,
+                    })
+                })
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn verify_statement(
+        &self,
+        req: Request<proto::StatementRequest>,
+    ) -> Result<Response<proto::VerifyStatementResponse>, Status> {
+        let s = req
+            .into_inner()
+            .statement
+            .ok_or_else(|| Error::invalid("statement", "missing"))?;
+        let region = self.state.region;
+        let diffs = self
+            .state
+            .store
+            .read(move |conn| {
+                known_round(conn, &s.round_id)?;
+                verify(conn, region, &s)
+            })
+            .await?;
+        Ok(Response::new(proto::VerifyStatementResponse {
+            matches: diffs.is_empty(),
+            differences: diffs,
+        }))
+    }
+
+    async fn confirm_statement(
+        &self,
+        req: Request<proto::StatementRequest>,
+    ) -> Result<Response<proto::ConfirmStatementResponse>, Status> {
+        let s = req
+            .into_inner()
+            .statement
+            .ok_or_else(|| Error::invalid("statement", "missing"))?;
+        let region = self.state.region;
+        let auto = self.auto_confirm;
+        let out = self
+            .state
+            .store
+            .write(move |conn| {
+                let round = known_round(conn, &s.round_id)?;
+                if round.state == "confirmed" || round.state == "cleared" {
+                    return Ok(proto::ConfirmStatementResponse {
+                        confirmed: round.statement_digest == s.digest,
+                        confirmed_by: round.confirmed_by,
+                    });
+                }
+                let diffs = verify(conn, region, &s)?;
+                if !diffs.is_empty() {
+                    return Ok(proto::ConfirmStatementResponse {
+                        confirmed: false,
+                        confirmed_by: format!("does not match: {}", diffs.join("; ")),
+                    });
+                }
+                let by = if auto {
+                    "auto"
+                } else if round.operator_digest == s.digest {
+                    "operator"
+                } else {
+                    return Ok(proto::ConfirmStatementResponse {
+                        confirmed: false,
+                        confirmed_by: format!(
+                            "awaiting the operator's confirmation of statement {}",
+                            s.digest
+                        ),
+                    });
+                };
+                clearing::confirm(conn, &s.round_id, &s.digest, by)?;
+                Ok(proto::ConfirmStatementResponse {
+                    confirmed: true,
+                    confirmed_by: by.to_owned(),
+                })
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn mark_cleared(
+        &self,
+        req: Request<proto::MarkClearedRequest>,
+    ) -> Result<Response<proto::MarkClearedResponse>, Status> {
+        let req = req.into_inner();
+        let key = RequestKey::new(
+            SCOPE,
+            &req.request_id,
+            "MarkCleared",
+            payload_hash(&req, |r| r.request_id.clear()),
+        )?;
+        let id = round_id(&req.round_id)?;
+        let out = self
+            .state
+            .store
+            .write(move |conn| {
+                idempotency::once(conn, &key, |conn| {
+                    let round = known_round(conn, &id)?;
+                    if round.state != "confirmed" {
+                        return Err(Error::FailedPrecondition(format!(
+                            "round {id} is {} here; only a confirmed round is cleared",
+                            round.state
+                        )));
+                    }
+                    let n = clearing::mark_cleared(conn, &id, &period::now_rfc3339())?;
+                    Ok(proto::MarkClearedResponse {
+                        cleared: true,
+                        records: n,
+                    })
+                })
+            })
+            .await?;
+        tracing::info!(round = %req.round_id, period = %req.period, records = out.records, "clearing round settled; records cleared");
+        Ok(Response::new(out))
+    }
+
+    async fn release_round(
+        &self,
+        req: Request<proto::ReleaseRoundRequest>,
+    ) -> Result<Response<proto::ReleaseRoundResponse>, Status> {
+        let id = round_id(&req.into_inner().round_id)?;
+        let out = self
+            .state
+            .store
+            .write(move |conn| {
+                if let Some(r) = clearing::get(conn, &id)? {
+                    if r.state == "cleared" {
+                        return Err(Error::FailedPrecondition(format!(
+                            "round {id} is already cleared here"
+                        )));
+                    }
+                }
+                Ok(proto::ReleaseRoundResponse {
+                    released: clearing::release(conn, &id)?,
+                })
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+}

@@ -1,0 +1,531 @@
+//! Clearing end to end: three in-process nodes and the coordinator. A full round with
+//! exact amounts (claims in both directions, an audit deduction, a reserve top-up), an
+//! injected mismatch → dispute → resolution carrying it to the next round, a node down
+//! during collection, the coordinator restarted mid-round with an operator confirmation,
+//! late claims landing in the next round, and no personal data at the coordinator.
+
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use tonic::{Code, transport::Channel};
+use yidi_common::{
+    money,
+    proto::{
+        self, CatalogueClass as Cc, FilingType as Ft, HospitalLevel as Hl, InstitutionKind as Ik,
+        InsuranceType as It, PersonType as Pt,
+        coordinator_service_client::CoordinatorServiceClient,
+    },
+};
+use yidi_tests::{
+    fixtures::{filing, id_number, institution, item, person, publish_policies},
+    harness::{Federation, TestCoordinator},
+};
+
+const HZ: &str = "330100";
+const NB: &str = "330200";
+const WZ: &str = "330300";
+
+fn m(s: &str) -> Decimal {
+    money::parse(s, "amount", money::Sign::Any).unwrap()
+}
+
+/// Every node has a level-3 hospital `H<region>` and the same three catalogue items.
+async fn prepare(fed: &Federation) {
+    for n in &fed.nodes {
+        publish_policies(n).await;
+        institution(
+            n,
+            &format!("H{}", n.region),
+            Ik::Hospital,
+            Hl::HospitalLevel3,
+        )
+        .await;
+        item(n, "DRUG-A", Cc::A, "0", "").await;
+        item(n, "DRUG-B", Cc::B, "0.10", "").await;
+        item(n, "SELF-C", Cc::C, "0", "").await;
+    }
+}
+
+/// A retired employee of `home`, resettled in `treatment`, is admitted and discharged
+/// there and settles a bill; returns the settlement.
+async fn inpatient(
+    fed: &Federation,
+    home: &str,
+    treatment: &str,
+    seq: u16,
+    amount_a: &str,
+) -> proto::Settlement {
+    let id = person(
+        fed.node(home),
+        &id_number(home, "1948-06-01", seq),
+        It::Employee,
+        Pt::Retired,
+        "0.00",
+        false,
+    )
+    .await;
+    filing(
+        fed.node(home),
+        &id,
+        Ft::ResettledRetiree,
+        treatment,
+        &[],
+        "2026-01-01",
+    )
+    .await;
+    let t = fed.node(treatment);
+    let inst = format!("H{treatment}");
+    let mut h = t.hospital().await;
+    let rid = |s: &str| format!("{s}-{home}-{treatment}-{seq}");
+    let v = h
+        .open_visit(proto::OpenVisitRequest {
+            request_id: rid("open"),
+            institution_code: inst.clone(),
+            id_number: id.clone(),
+            home_region: home.into(),
+            visit_kind: proto::VisitKind::Inpatient as i32,
+            external_visit_no: rid("ext"),
+            admitted_at: "2026-05-02T08:00:00+08:00".into(),
+            diagnosis_code: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    h.upload_fees(proto::UploadFeesRequest {
+        request_id: rid("fees"),
+        institution_code: inst.clone(),
+        visit_id: v.visit_id.clone(),
+        lines: vec![proto::FeeLine {
+            line_no: "1".into(),
+            item_code: "DRUG-A".into(),
+            quantity: "1".into(),
+            unit_price: amount_a.into(),
+            amount: amount_a.into(),
+            service_date: String::new(),
+        }],
+    })
+    .await
+    .unwrap();
+    h.close_visit(proto::CloseVisitRequest {
+        request_id: rid("close"),
+        institution_code: inst.clone(),
+        visit_id: v.visit_id.clone(),
+        discharged_at: String::new(),
+    })
+    .await
+    .unwrap();
+    h.settle(proto::SettleRequest {
+        request_id: rid("settle"),
+        institution_code: inst,
+        visit_id: v.visit_id,
+        use_account: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+fn fund(s: &proto::Settlement) -> Decimal {
+    m(&s.split.as_ref().unwrap().fund_pay_sumamt)
+}
+
+async fn wait_outboxes(fed: &Federation) {
+    for n in &fed.nodes {
+        let mut admin = n.admin().await;
+        for _ in 0..300 {
+            if admin
+                .get_outbox(proto::GetOutboxRequest { list: 0 })
+                .await
+                .unwrap()
+                .into_inner()
+                .depth
+                == 0
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn rr(id: &str) -> proto::RoundRequest {
+    proto::RoundRequest {
+        request_id: String::new(),
+        round_id: id.into(),
+    }
+}
+
+async fn open(c: &mut CoordinatorServiceClient<Channel>, rid: &str, period: &str) -> proto::Round {
+    c.open_round(proto::OpenRoundRequest {
+        request_id: rid.into(),
+        period: period.into(),
+        early: true,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+async fn pay_all(c: &mut CoordinatorServiceClient<Channel>, round: &str) -> proto::Round {
+    let st = c.get_statement(rr(round)).await.unwrap().into_inner();
+    let mut last = None;
+    for (i, ins) in st.instructions.iter().enumerate() {
+        last = Some(
+            c.record_transfer(proto::RecordTransferRequest {
+                request_id: format!("{round}-t{i}"),
+                round_id: round.into(),
+                from_region: ins.from_region.clone(),
+                to_region: ins.to_region.clone(),
+                amount: ins.amount.clone(),
+                reference: format!("BANK-{round}-{i}"),
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+        );
+    }
+    last.unwrap_or_else(|| proto::Round::default())
+}
+
+/// Writes a ledger record straight into a node's store, as a delivery that has reached
+/// only one side would leave it.
+fn inject(node_dir: &std::path::Path, side: &str, counterparty: &str, period: &str) {
+    let db = rusqlite::Connection::open(node_dir.join("node.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute(
+        "INSERT INTO ledger (entry_id, side, counterparty, period, kind, claim_id, amount_fen, created_at) \
+         VALUES ('330200-S-INJECTED', ?1, ?2, ?3, 'claim', '330200-S-INJECTED', 12345, '2026-05-03T00:00:00+08:00')",
+        [side, counterparty, period],
+    )
+    .unwrap();
+}
+
+fn net_of(st: &proto::Statement, region: &str) -> Decimal {
+    st.nets
+        .iter()
+        .find(|n| n.region == region)
+        .map(|n| m(&n.net))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_round_dispute_late_claims_and_privacy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = Federation::start(dir.path(), &[HZ, NB, WZ]).await;
+    prepare(&fed).await;
+
+    // Claims: Hangzhou's and Wenzhou's retirees treated in Ningbo, Ningbo's in Hangzhou.
+    let hz_at_nb = inpatient(&fed, HZ, NB, 1, "10000.00").await;
+    let wz_at_nb = inpatient(&fed, WZ, NB, 2, "6000.00").await;
+    let nb_at_hz = inpatient(&fed, NB, HZ, 3, "3000.00").await;
+    // 10000 in scope − 800 deductible (Hangzhou level 3, first admission) = 9200 × 88% (retiree).
+    assert_eq!(hz_at_nb.split.as_ref().unwrap().fund_pay_sumamt, "8096.00");
+    let period = hz_at_nb.period.clone();
+
+    // Ningbo's audit deducts 96.00 from the Hangzhou claim; Hangzhou tops up its reserve
+    // in Ningbo by 5000.00 (paid through this round), alarm below 6000.00.
+    let nb = fed.node(NB);
+    let d = nb
+        .admin()
+        .await
+        .record_deduction(proto::RecordDeductionRequest {
+            request_id: "ded-1".into(),
+            settlement_id: hz_at_nb.settlement_id.clone(),
+            amount: "96.00".into(),
+            reason: "duplicate lab test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((d.amount.as_str(), d.home_region.as_str()), ("96.00", HZ));
+    let over = nb
+        .admin()
+        .await
+        .record_deduction(proto::RecordDeductionRequest {
+            request_id: "ded-2".into(),
+            settlement_id: hz_at_nb.settlement_id.clone(),
+            amount: "8000.01".into(),
+            reason: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(over.code(), Code::InvalidArgument);
+    let r = fed
+        .node(HZ)
+        .admin()
+        .await
+        .record_reserve(proto::RecordReserveRequest {
+            request_id: "res-1".into(),
+            counterparty: NB.into(),
+            kind: "topup".into(),
+            amount: "5000.00".into(),
+            alarm_threshold: "6000.00".into(),
+            note: "2026 reserve".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.balance.as_str(), r.alarm), ("5000.00", true));
+    wait_outboxes(&fed).await;
+
+    // The hospital statement: fund share minus deductions.
+    let hs = nb
+        .admin()
+        .await
+        .hospital_statement(proto::HospitalStatementRequest {
+            institution_code: "H330200".into(),
+            period: period.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let nb_fund = fund(&hz_at_nb) + fund(&wz_at_nb);
+    assert_eq!(m(&hs.fund_pay_sumamt), nb_fund);
+    assert_eq!(
+        (hs.deductions.as_str(), m(&hs.payable)),
+        ("96.00", nb_fund - m("96.00"))
+    );
+
+    // Inject a mismatch: a record Ningbo has and Hangzhou has not received yet.
+    inject(&dir.path().join(NB), "receivable", HZ, &period);
+
+    // Wenzhou is down when the round starts: collection waits and names it.
+    fed.stop(WZ).await;
+    let coord =
+        TestCoordinator::start(dir.path().join("coordinator"), fed.peers_file.clone()).await;
+    let mut c = coord.client().await;
+    let round = open(&mut c, "open-1", &period).await;
+    let r = c.run_round(rr(&round.round_id)).await.unwrap().into_inner();
+    assert_eq!(
+        (r.state.as_str(), r.missing.as_slice()),
+        ("COLLECTING", [WZ.to_owned()].as_slice())
+    );
+    assert_eq!(
+        c.open_round(proto::OpenRoundRequest {
+            request_id: "open-2".into(),
+            period: period.clone(),
+            early: true
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::FailedPrecondition
+    );
+    fed.restart(WZ, |_| {}).await;
+
+    // The mismatch: disputed, drilled down to the one record, resolved by carrying it.
+    let r = c.run_round(rr(&round.round_id)).await.unwrap().into_inner();
+    assert_eq!(r.state, "DISPUTED", "{r:?}");
+    let disputes = c
+        .list_disputes(rr(&round.round_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .disputes;
+    assert_eq!(disputes.len(), 1);
+    assert_eq!(
+        (disputes[0].creditor.as_str(), disputes[0].debtor.as_str()),
+        (NB, HZ)
+    );
+    assert_eq!(
+        disputes[0].only_at_creditor,
+        vec!["330200-S-INJECTED".to_owned()]
+    );
+    assert!(disputes[0].only_at_debtor.is_empty());
+    let r = c
+        .resolve_disputes(rr(&round.round_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.state, "CONFIRMED", "{r:?}");
+
+    // The statement, to the fen: Ningbo is owed (Hangzhou's claim − deduction + reserve
+    // top-up) by Hangzhou and Wenzhou's claim by Wenzhou; it owes Hangzhou its own claim.
+    let st = c
+        .get_statement(rr(&round.round_id))
+        .await
+        .unwrap()
+        .into_inner();
+    let hz_owes_nb = fund(&hz_at_nb) - m("96.00") + m("5000.00");
+    assert_eq!(
+        net_of(&st, NB),
+        hz_owes_nb + fund(&wz_at_nb) - fund(&nb_at_hz)
+    );
+    assert_eq!(net_of(&st, HZ), fund(&nb_at_hz) - hz_owes_nb);
+    assert_eq!(net_of(&st, WZ), -fund(&wz_at_nb));
+    assert_eq!(
+        st.nets.iter().map(|n| m(&n.net)).sum::<Decimal>(),
+        Decimal::ZERO
+    );
+    assert_eq!(
+        (st.bilateral_transfers, st.netted_transfers),
+        (2, st.instructions.len() as u32)
+    );
+    assert_eq!(st.clearing_account, "330000");
+    assert!(st.reserves.iter().any(|r| r.home_region == HZ
+        && r.treatment_region == NB
+        && r.balance == "5000.00"
+        && r.alarm));
+    let paid_in: Decimal = st
+        .instructions
+        .iter()
+        .filter(|i| i.to_region == "330000")
+        .map(|i| m(&i.amount))
+        .sum();
+    let paid_out: Decimal = st
+        .instructions
+        .iter()
+        .filter(|i| i.from_region == "330000")
+        .map(|i| m(&i.amount))
+        .sum();
+    assert_eq!(paid_in, paid_out);
+
+    // A transfer that is not an instruction is refused; recording them all settles.
+    let bad = c
+        .record_transfer(proto::RecordTransferRequest {
+            request_id: "bad".into(),
+            round_id: round.round_id.clone(),
+            from_region: HZ.into(),
+            to_region: "330000".into(),
+            amount: "1.00".into(),
+            reference: "X".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let r = pay_all(&mut c, &round.round_id).await;
+    assert_eq!(r.state, "SETTLED");
+    assert_eq!(r.cleared, vec![HZ.to_owned(), NB.to_owned(), WZ.to_owned()]);
+
+    // Every node's ledger matches the statement; only the injected record is uncleared.
+    for n in &fed.nodes {
+        let l = n
+            .admin()
+            .await
+            .get_ledger(proto::GetLedgerRequest {
+                period: period.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let injected = if n.region.as_str() == NB {
+            m("123.45")
+        } else {
+            Decimal::ZERO
+        };
+        assert_eq!(
+            m(&l.net) - injected,
+            net_of(&st, n.region.as_str()),
+            "ledger of {}",
+            n.region
+        );
+        let rounds = n
+            .admin()
+            .await
+            .list_clearing_rounds(proto::ListClearingRoundsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .rounds;
+        assert_eq!(
+            (
+                rounds[0].state.as_str(),
+                rounds[0].statement_digest.as_str()
+            ),
+            ("cleared", st.digest.as_str())
+        );
+    }
+
+    // The carried record reaches Hangzhou after the round: both sides now have it.
+    inject(&dir.path().join(HZ), "payable", NB, &period);
+
+    // A late claim of the cleared period goes into the next round, with the carried record.
+    let late = inpatient(&fed, HZ, NB, 4, "2000.00").await;
+    assert_eq!(late.period, period);
+    let next = yidi_common::period::Period::parse(&period, "p")
+        .unwrap()
+        .next()
+        .to_string();
+    assert_eq!(
+        c.open_round(proto::OpenRoundRequest {
+            request_id: "open-3".into(),
+            period: period.clone(),
+            early: true
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::FailedPrecondition
+    );
+
+    // The coordinator restarts mid-round; Ningbo's operator confirms by hand.
+    fed.stop(NB).await;
+    fed.restart(NB, |c| c.clearing_auto_confirm = false).await;
+    let round2 = open(&mut c, "open-4", &next).await;
+    let r = c
+        .run_round(rr(&round2.round_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.state.as_str(), r.missing.as_slice()),
+        ("STATEMENT_ISSUED", [NB.to_owned()].as_slice()),
+        "{r:?}"
+    );
+    let st2 = c
+        .get_statement(rr(&round2.round_id))
+        .await
+        .unwrap()
+        .into_inner();
+    // Carried and late: Hangzhou owes Ningbo the injected 123.45 and the late claim.
+    assert_eq!(net_of(&st2, NB), fund(&late) + m("123.45"));
+    coord.stop().await;
+    let coord =
+        TestCoordinator::start(dir.path().join("coordinator"), fed.peers_file.clone()).await;
+    let mut c = coord.client().await;
+    assert_eq!(
+        c.get_round(rr(&round2.round_id))
+            .await
+            .unwrap()
+            .into_inner()
+            .state,
+        "STATEMENT_ISSUED"
+    );
+    fed.node(NB)
+        .admin()
+        .await
+        .confirm_clearing(proto::ConfirmClearingRequest {
+            request_id: "ok".into(),
+            round_id: round2.round_id.clone(),
+            statement_digest: st2.digest.clone(),
+            note: "checked".into(),
+        })
+        .await
+        .unwrap();
+    let r = c
+        .run_round(rr(&round2.round_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.state, "CONFIRMED");
+    assert_eq!(pay_all(&mut c, &round2.round_id).await.state, "SETTLED");
+
+    // The coordinator's store holds no personal data: no ID number, name or card.
+    let coord_db = std::fs::read(dir.path().join("coordinator").join("coordinator.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("coordinator").join("coordinator.db-wal"))
+        .unwrap_or_default();
+    for s in [&hz_at_nb, &wz_at_nb, &nb_at_hz, &late] {
+        for needle in [
+            s.id_number.clone(),
+            format!("测试{}", &s.id_number[14..]),
+            format!("C{}", &s.id_number[6..]),
+        ] {
+            let b = needle.as_bytes();
+            assert!(
+                !coord_db.windows(b.len()).any(|w| w == b) && !wal.windows(b.len()).any(|w| w == b),
+                "coordinator stores {needle}"
+            );
+        }
+    }
+    coord.stop().await;
+}

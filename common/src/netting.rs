@@ -141,6 +141,30 @@ pub fn strangers(participants: &[String], gross: &[Gross]) -> BTreeSet<String> {
         .collect()
 }
 
+/// The digest a statement is confirmed by: SHA-256 over its canonical lines (round,
+/// period, every net position and instruction in order), so that every participant can
+/// recompute it from the statement it was sent.
+#[must_use]
+pub fn statement_digest(s: &crate::proto::Statement) -> String {
+    let mut text = format!(
+        "yidi-statement-v1\n{}\n{}\n{}\n",
+        s.round_id, s.period, s.clearing_account
+    );
+    for n in &s.nets {
+        text.push_str(&format!(
+            "net {} {} {} {}\n",
+            n.region, n.receivable, n.payable, n.net
+        ));
+    }
+    for i in &s.instructions {
+        text.push_str(&format!(
+            "pay {} {} {}\n",
+            i.from_region, i.to_region, i.amount
+        ));
+    }
+    crate::digest::sha256_hex(text.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,28 +275,4 @@ mod tests {
             prop_assert_eq!(net(&p, &rev, "330000").unwrap(), r);
         }
     }
-}
-
-/// The digest a statement is confirmed by: SHA-256 over its canonical lines (round,
-/// period, every net position and instruction in order), so that every participant can
-/// recompute it from the statement it was sent.
-#[must_use]
-pub fn statement_digest(s: &crate::proto::Statement) -> String {
-    let mut text = format!(
-        "yidi-statement-v1\n{}\n{}\n{}\n",
-        s.round_id, s.period, s.clearing_account
-    );
-    for n in &s.nets {
-        text.push_str(&format!(
-            "net {} {} {} {}\n",
-            n.region, n.receivable, n.payable, n.net
-        ));
-    }
-    for i in &s.instructions {
-        text.push_str(&format!(
-            "pay {} {} {}\n",
-            i.from_region, i.to_region, i.amount
-        ));
-    }
-    crate::digest::sha256_hex(text.as_bytes())
 }

@@ -184,7 +184,7 @@ async fn pay_all(c: &mut CoordinatorServiceClient<Channel>, round: &str) -> prot
             .into_inner(),
         );
     }
-    last.unwrap_or_else(|| proto::Round::default())
+    last.unwrap_or_default()
 }
 
 /// Writes a ledger record straight into a node's store, as a delivery that has reached

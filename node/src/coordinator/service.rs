@@ -103,13 +103,12 @@ impl CoordinatorService for CoordinatorSvc {
             .filter(|r| r.state == state::SETTLED)
             .map(|r| r.period.clone())
             .max()
+            && p.to_string() <= done
         {
-            if p.to_string() <= done {
-                return Err(Error::FailedPrecondition(format!(
+            return Err(Error::FailedPrecondition(format!(
                     "period {done} is already cleared; records arriving late are carried into the next period's round"
                 ))
                 .into());
-            }
         }
         let n = views.iter().filter(|r| r.period == p.to_string()).count() + 1;
         let id = format!("{p}-r{n}");

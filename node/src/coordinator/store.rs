@@ -25,19 +25,19 @@ fn decode<M: Message + Default>(b: &[u8], what: &str) -> Result<M> {
 
 /// A round by id.
 pub fn round(conn: &Connection, id: &str) -> Result<Option<RoundRow>> {
-    let row: Option<(String, String, String, Option<Vec<u8>>, String, String)> = conn
+    let raw = conn
         .prepare_cached("SELECT round_id, period, state, statement, note, updated_at FROM rounds WHERE round_id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
-        .optional()?;
-    row.map(|(round_id, period, state, st, note, updated_at)| {
-        Ok(RoundRow {
-            round_id,
-            period,
-            state,
-            statement: st.map(|b| decode(&b, "statement")).transpose()?,
-            note,
-            updated_at,
+        .query_row([id], |r| {
+            let statement: Option<Vec<u8>> = r.get(3)?;
+            Ok((
+                RoundRow { round_id: r.get(0)?, period: r.get(1)?, state: r.get(2)?, statement: None, note: r.get(4)?, updated_at: r.get(5)? },
+                statement,
+            ))
         })
+        .optional()?;
+    raw.map(|(mut row, statement)| {
+        row.statement = statement.map(|b| decode(&b, "statement")).transpose()?;
+        Ok(row)
     })
     .transpose()
 }

@@ -593,19 +593,18 @@ impl AdminService for AdminSvc {
                         continue;
                     }
                 };
-                if let Some(card) = &rec.card_no {
-                    if persons::get_by_card(conn, card)?
+                if let Some(card) = &rec.card_no
+                    && persons::get_by_card(conn, card)?
                         .is_some_and(|holder| holder.rec.id_number != rec.id_number)
-                    {
-                        result.errors.push(row_error(
-                            row,
-                            Error::invalid(
-                                "card_no",
-                                format!("{card} already belongs to another person"),
-                            ),
-                        ));
-                        continue;
-                    }
+                {
+                    result.errors.push(row_error(
+                        row,
+                        Error::invalid(
+                            "card_no",
+                            format!("{card} already belongs to another person"),
+                        ),
+                    ));
+                    continue;
                 }
                 tally(&mut result, persons::upsert(conn, &rec, &now)?);
             }
@@ -855,14 +854,13 @@ impl AdminService for AdminSvc {
         };
         let region = self.state.region;
         self.once(key, move |conn| {
-            if let Some(latest) = policies::list(conn, Some(insurance_type))?.into_iter().max_by_key(|p| p.effective_from) {
-                if latest.effective_from > effective_from {
+            if let Some(latest) = policies::list(conn, Some(insurance_type))?.into_iter().max_by_key(|p| p.effective_from)
+                && latest.effective_from > effective_from {
                     return Err(Error::FailedPrecondition(format!(
                         "version {} is already effective from {}; a new version cannot take effect earlier ({effective_from})",
                         latest.version, latest.effective_from
                     )));
                 }
-            }
             Ok(policy_to_proto(region, &policies::publish(conn, rec)?))
         })
         .await
@@ -1189,7 +1187,11 @@ impl AdminSvc {
             .state
             .store
             .read(move |conn| {
-                let (depth, oldest, per) = outbox::stats(conn)?;
+                let outbox::Stats {
+                    depth,
+                    oldest,
+                    targets: per,
+                } = outbox::stats(conn)?;
                 let items = if list > 0 {
                     outbox::due(conn, i64::MAX, list)?
                 } else {
@@ -1204,10 +1206,10 @@ impl AdminSvc {
             oldest: oldest.unwrap_or_default(),
             targets: per
                 .into_iter()
-                .map(|(region, depth, oldest)| proto::OutboxTarget {
-                    region,
-                    depth,
-                    oldest,
+                .map(|t| proto::OutboxTarget {
+                    region: t.region,
+                    depth: t.depth,
+                    oldest: t.oldest,
                 })
                 .collect(),
             items: items

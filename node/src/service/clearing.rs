@@ -383,12 +383,12 @@ impl ClearingParticipant for ClearingSvc {
             .state
             .store
             .write(move |conn| {
-                if let Some(r) = clearing::get(conn, &id)? {
-                    if r.state == "cleared" {
-                        return Err(Error::FailedPrecondition(format!(
-                            "round {id} is already cleared here"
-                        )));
-                    }
+                if let Some(r) = clearing::get(conn, &id)?
+                    && r.state == "cleared"
+                {
+                    return Err(Error::FailedPrecondition(format!(
+                        "round {id} is already cleared here"
+                    )));
                 }
                 Ok(proto::ReleaseRoundResponse {
                     released: clearing::release(conn, &id)?,

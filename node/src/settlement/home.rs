@@ -419,12 +419,12 @@ pub fn reverse(
     let acc = accumulators::get(conn, &claim.id_number, claim.acc_year)?;
     let back = claim.acc_delta.taken_from(&acc);
     accumulators::compare_and_set(conn, &claim.id_number, acc.version, &back)?;
-    if claim.acct_fen > 0 {
-        if let Some(p) = persons::get(conn, &claim.id_number)? {
-            let mut rec = p.rec;
-            rec.account_fen += claim.acct_fen;
-            persons::update(conn, &rec, &period::now_rfc3339())?;
-        }
+    if claim.acct_fen > 0
+        && let Some(p) = persons::get(conn, &claim.id_number)?
+    {
+        let mut rec = p.rec;
+        rec.account_fen += claim.acct_fen;
+        persons::update(conn, &rec, &period::now_rfc3339())?;
     }
     claims::mark_reversed(conn, &claim.claim_id, &req.reversal_id, &req.reversed_at)?;
     let period = Period::of(at).to_string();

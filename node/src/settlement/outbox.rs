@@ -161,27 +161,27 @@ async fn deliver_commit(st: &NodeState, item: &Item) -> Result<Outcome> {
     let (id, region, claim) = (item.id, st.region, req.claim_id.clone());
     st.store
         .write(move |conn| {
-            if let Some(rec) = settlements::get(conn, &claim)? {
-                if rec.state == "provisional" || rec.state == "cancelled" {
-                    let rec_visit = rec.visit_id.clone();
-                    let was_cancelled = rec.state == "cancelled";
-                    finish_committed(conn, region, rec, &resp, None)?;
-                    if was_cancelled {
-                        // Cancelled before the home node heard of it: keep it cancelled
-                        // and its visit re-settleable; the queued reversal follows.
-                        settlements::set_state(conn, &claim, "cancelled")?;
-                        if let Some(v) = visits::get(conn, &rec_visit)? {
-                            visits::set_state(
-                                conn,
-                                &v.visit_id,
-                                if v.closed_at.is_some() {
-                                    "closed"
-                                } else {
-                                    "open"
-                                },
-                                None,
-                            )?;
-                        }
+            if let Some(rec) = settlements::get(conn, &claim)?
+                && (rec.state == "provisional" || rec.state == "cancelled")
+            {
+                let rec_visit = rec.visit_id.clone();
+                let was_cancelled = rec.state == "cancelled";
+                finish_committed(conn, region, rec, &resp, None)?;
+                if was_cancelled {
+                    // Cancelled before the home node heard of it: keep it cancelled
+                    // and its visit re-settleable; the queued reversal follows.
+                    settlements::set_state(conn, &claim, "cancelled")?;
+                    if let Some(v) = visits::get(conn, &rec_visit)? {
+                        visits::set_state(
+                            conn,
+                            &v.visit_id,
+                            if v.closed_at.is_some() {
+                                "closed"
+                            } else {
+                                "open"
+                            },
+                            None,
+                        )?;
                     }
                 }
             }

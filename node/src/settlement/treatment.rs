@@ -865,16 +865,26 @@ pub async fn pre_settle(st: &NodeState, req: proto::SettleRequest) -> Result<pro
 
 // ------------------------------------------------------------------ settle
 
+/// The home policy version and accumulator version a split was computed with.
+#[derive(Debug, Clone, Copy)]
+struct Basis {
+    policy_version: u32,
+    acc_version: u64,
+}
+
 fn new_record(
     bill: &Bill,
     key: &RequestKey,
     split: proto::Split,
     state: &str,
-    policy_version: u32,
-    acc_version: u64,
+    basis: Basis,
     now: DateTime<Utc>,
     note: String,
 ) -> Result<SettlementRec> {
+    let Basis {
+        policy_version,
+        acc_version,
+    } = basis;
     let (medfee, fund, acct, cash) = split_fen(&split)?;
     Ok(SettlementRec {
         settlement_id: String::new(),
@@ -908,15 +918,14 @@ fn insert_record(
     region: RegionCode,
     mut rec: SettlementRec,
 ) -> Result<SettlementRec> {
-    if rec.reverses.is_none() {
-        if let Some(live) = settlements::live_for_visit(conn, &rec.visit_id)? {
-            if live.state != "cancelled" {
-                return Err(Error::FailedPrecondition(format!(
-                    "visit {} already has settlement {} ({}); cancel it before settling again",
-                    rec.visit_id, live.settlement_id, live.state
-                )));
-            }
-        }
+    if rec.reverses.is_none()
+        && let Some(live) = settlements::live_for_visit(conn, &rec.visit_id)?
+        && live.state != "cancelled"
+    {
+        return Err(Error::FailedPrecondition(format!(
+            "visit {} already has settlement {} ({}); cancel it before settling again",
+            rec.visit_id, live.settlement_id, live.state
+        )));
     }
     let seq = sequences::next(conn, "settlement")?;
     rec.settlement_id = format!("{region}-S-{seq:010}");
@@ -1062,8 +1071,10 @@ async fn settle_local(
                     &key,
                     quote.to_proto_split(),
                     "pending",
-                    v.policy_version,
-                    v.accumulators.version,
+                    Basis {
+                        policy_version: v.policy_version,
+                        acc_version: v.accumulators.version,
+                    },
                     now,
                     String::new(),
                 )?,
@@ -1141,8 +1152,10 @@ async fn settle_remote(
                     &key,
                     split,
                     "pending",
-                    priced.elig.policy_version,
-                    acc_version,
+                    Basis {
+                        policy_version: priced.elig.policy_version,
+                        acc_version,
+                    },
                     Utc::now(),
                     String::new(),
                 )?;
@@ -1326,7 +1339,18 @@ async fn settle_offline(
         .as_ref()
         .map(|a| a.version)
         .unwrap_or_default();
-    let rec = new_record(bill, key, split, state, version, acc_version, now, note)?;
+    let rec = new_record(
+        bill,
+        key,
+        split,
+        state,
+        Basis {
+            policy_version: version,
+            acc_version,
+        },
+        now,
+        note,
+    )?;
     let k = key.clone();
     let visit = bill.claim_visit(use_account);
     let answer = st
@@ -1685,17 +1709,16 @@ pub async fn reverse_request(
         .read(move |conn| settlements::by_request(conn, &s2, &o2))
         .await?
         .filter(|r| r.state == "pending")
+        && resolve_intent(st, intent).await?.is_none()
     {
-        if resolve_intent(st, intent).await?.is_none() {
-            let (s3, o3) = (sc.clone(), req.original_request_id.clone());
-            if st
-                .store
-                .read(move |conn| settlements::by_request(conn, &s3, &o3))
-                .await?
-                .is_some_and(|r| r.state == "pending")
-            {
-                return Err(Error::Unavailable("the original request is still being confirmed with the home node; retry the 冲正 shortly".into()));
-            }
+        let (s3, o3) = (sc.clone(), req.original_request_id.clone());
+        if st
+            .store
+            .read(move |conn| settlements::by_request(conn, &s3, &o3))
+            .await?
+            .is_some_and(|r| r.state == "pending")
+        {
+            return Err(Error::Unavailable("the original request is still being confirmed with the home node; retry the 冲正 shortly".into()));
         }
     }
     let region = st.region;

@@ -74,14 +74,34 @@ pub fn retry_later(conn: &Connection, id: i64, next_ms: i64, error: &str) -> Res
     Ok(())
 }
 
+/// Queue depth toward one home region.
+#[derive(Debug, Clone)]
+pub struct TargetStats {
+    pub region: String,
+    pub depth: u64,
+    pub oldest: String,
+}
+
+/// Depth and age of the whole outbox and per target.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub depth: u64,
+    pub oldest: Option<String>,
+    pub targets: Vec<TargetStats>,
+}
+
 /// Depth, oldest item's creation time, and per-target depth.
-pub fn stats(conn: &Connection) -> Result<(u64, Option<String>, Vec<(String, u64, String)>)> {
+pub fn stats(conn: &Connection) -> Result<Stats> {
     let (depth, oldest): (u64, Option<String>) = conn
         .prepare_cached("SELECT COUNT(*), MIN(created_at) FROM outbox")?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let per = conn
+    let targets = conn
         .prepare_cached("SELECT target_region, COUNT(*), MIN(created_at) FROM outbox GROUP BY target_region ORDER BY target_region")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map([], |r| Ok(TargetStats { region: r.get(0)?, depth: r.get(1)?, oldest: r.get(2)? }))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok((depth, oldest, per))
+    Ok(Stats {
+        depth,
+        oldest,
+        targets,
+    })
 }

@@ -70,14 +70,13 @@ pub fn get_by_card(conn: &Connection, card_no: &str) -> Result<Option<StoredPers
 }
 
 fn check_card_free(conn: &Connection, rec: &PersonRec) -> Result<()> {
-    if let Some(card) = &rec.card_no {
-        if let Some(holder) = get_by_card(conn, card)? {
-            if holder.rec.id_number != rec.id_number {
-                return Err(Error::AlreadyExists(format!(
-                    "card_no {card} already belongs to another person"
-                )));
-            }
-        }
+    if let Some(card) = &rec.card_no
+        && let Some(holder) = get_by_card(conn, card)?
+        && holder.rec.id_number != rec.id_number
+    {
+        return Err(Error::AlreadyExists(format!(
+            "card_no {card} already belongs to another person"
+        )));
     }
     Ok(())
 }

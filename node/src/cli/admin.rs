@@ -70,12 +70,19 @@ pub enum AdminCommand {
     Institution(InstitutionCommand),
     /// Show the node's region, version and record counts.
     Info,
+    /// Show the outbox of pushes queued for unreachable home nodes and the exposure of
+    /// provisional settlements.
+    Outbox {
+        /// Also list up to this many queued items, oldest first.
+        #[arg(long, default_value_t = 20)]
+        list: u32,
+    },
 }
 
 /// Builds a clap value parser from a yidi-common `parse(&str, field)` function, so that
 /// flags accept exactly the names (and Chinese aliases) the CSV files and the wire use,
 /// and clap's error names the flag and lists the allowed values.
-fn domain<T: 'static>(
+pub fn domain<T: 'static>(
     parse: fn(&str, &str) -> yidi_common::Result<T>,
 ) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
     move |s| {
@@ -104,14 +111,14 @@ pub struct PageArgs {
 const MAX_PAGE: u32 = 1000;
 
 /// One page as a list RPC returns it.
-struct Page<R> {
-    items: Vec<R>,
-    next_page_token: String,
-    total: Option<u64>,
+pub struct Page<R> {
+    pub items: Vec<R>,
+    pub next_page_token: String,
+    pub total: Option<u64>,
 }
 
 /// Fetches pages until `--limit` items (or, with `--all`, every item) are collected.
-async fn collect<R, F, Fut>(paging: &PageArgs, mut fetch: F) -> Result<Listing<R>, Status>
+pub async fn collect<R, F, Fut>(paging: &PageArgs, mut fetch: F) -> Result<Listing<R>, Status>
 where
     F: FnMut(proto::PageRequest) -> Fut,
     Fut: Future<Output = Result<Page<R>, Status>>,
@@ -864,6 +871,12 @@ impl Globals {
 
 /// Connects to the node, failing fast (UNAVAILABLE) when nothing listens there.
 pub async fn connect(node: &str) -> anyhow::Result<Client> {
+    Ok(AdminServiceClient::new(channel(node).await?))
+}
+
+/// A channel to the node's gRPC address, shared by every command-line client: fails
+/// fast (UNAVAILABLE, before anything is sent) when nothing listens there.
+pub async fn channel(node: &str) -> anyhow::Result<Channel> {
     let endpoint = Channel::from_shared(node.to_owned())
         .with_context(|| {
             format!("--node {node:?} is not a valid URL (expected e.g. http://127.0.0.1:7101)")
@@ -875,7 +888,7 @@ pub async fn connect(node: &str) -> anyhow::Result<Client> {
             "cannot reach the node at {node}: {e} (is `yidi node` running there?)"
         ))
     })?;
-    Ok(AdminServiceClient::new(channel))
+    Ok(channel)
 }
 
 async fn execute(args: AdminArgs) -> anyhow::Result<i32> {
@@ -895,6 +908,10 @@ async fn execute(args: AdminArgs) -> anyhow::Result<i32> {
                 .get_node_info(Request::new(proto::GetNodeInfoRequest {}))
                 .await?;
             g.one(info.into_inner())
+        }
+        AdminCommand::Outbox { list } => {
+            let outbox = client.get_outbox(proto::GetOutboxRequest { list }).await?;
+            g.one(outbox.into_inner())
         }
     }
 }

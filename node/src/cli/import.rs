@@ -69,7 +69,8 @@ const PERSON_COLUMNS: &[&str] = &[
     "account_balance",
     "enrolled_since",
 ];
-const CATALOGUE_COLUMNS: &[&str] = &[
+/// Also the columns of `catalogue list`: the table reads like the file.
+pub(crate) const CATALOGUE_COLUMNS: &[&str] = &[
     "code",
     "name",
     "category",
@@ -80,7 +81,8 @@ const CATALOGUE_COLUMNS: &[&str] = &[
     "valid_from",
     "valid_to",
 ];
-const INSTITUTION_COLUMNS: &[&str] = &[
+/// Also the columns of `institution list`.
+pub(crate) const INSTITUTION_COLUMNS: &[&str] = &[
     "code",
     "name",
     "kind",
@@ -374,9 +376,9 @@ impl Report {
                 for e in &r.errors {
                     t.add_row([e.row.to_string(), e.field.clone(), e.reason.clone()]);
                 }
-                println!("{t}");
+                output::emit(format_args!("{t}"));
             }
-            println!(
+            output::emit(format_args!(
                 "{}: {} rows of {} in {:.1?} ({per_second} rows/s): {} inserted, {} updated, {} unchanged, {} rejected",
                 self.file.display(),
                 self.rows,
@@ -386,9 +388,9 @@ impl Report {
                 r.updated,
                 r.unchanged,
                 r.errors.len(),
-            );
+            ));
             if let Some(path) = errors_file {
-                println!("rejected rows written to {}", path.display());
+                output::emit(format_args!("rejected rows written to {}", path.display()));
             }
         }
         Ok(if r.errors.is_empty() { 0 } else { 2 })

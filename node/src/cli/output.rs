@@ -24,6 +24,47 @@ pub enum Field {
     List(Vec<String>),
     /// A nested document (a policy): printed below the table, embedded in JSON.
     Doc(Value),
+    /// Nested records (an outbox's targets): a sub-table below the table, a JSON array.
+    Records(Nested),
+}
+
+/// Records nested in another, kept with the columns to show them under.
+#[derive(Debug, Clone)]
+pub struct Nested {
+    columns: &'static [&'static str],
+    rows: Vec<Vec<(&'static str, Field)>>,
+}
+
+/// Nests a list of records as one field of their parent.
+fn nested<R: Record>(items: &[R]) -> Field {
+    Field::Records(Nested {
+        columns: R::LIST_COLUMNS,
+        rows: items.iter().map(Record::fields).collect(),
+    })
+}
+
+fn object(fields: Vec<(&'static str, Field)>) -> Value {
+    Value::Object(
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_json()))
+            .collect(),
+    )
+}
+
+/// A table of `columns` picked out of each row's fields.
+fn rows_table(columns: &[&str], rows: &[Vec<(&'static str, Field)>]) -> Table {
+    let mut t = table();
+    t.set_header(columns.iter().copied());
+    for fields in rows {
+        t.add_row(columns.iter().map(|col| {
+            fields
+                .iter()
+                .find(|(k, _)| k == col)
+                .map_or_else(|| comfy_table::Cell::new(""), |(_, v)| v.cell())
+        }));
+    }
+    t
 }
 
 impl Field {
@@ -34,6 +75,7 @@ impl Field {
             Field::Bool(b) => json!(b),
             Field::List(v) => json!(v),
             Field::Doc(v) => v.clone(),
+            Field::Records(n) => n.rows.iter().cloned().map(object).collect(),
         }
     }
 
@@ -45,6 +87,7 @@ impl Field {
             Field::Bool(b) => (if *b { "yes" } else { "no" }.to_owned(), false),
             Field::List(v) => (v.join(", "), false),
             Field::Doc(v) => (v.to_string(), false),
+            Field::Records(n) => (format!("{} rows", n.rows.len()), false),
         };
         let cell = comfy_table::Cell::new(text);
         if right {
@@ -183,17 +226,7 @@ impl Record for proto::PolicyVersion {
 
 impl Record for proto::CatalogueItem {
     const PLURAL: &'static str = "items";
-    const LIST_COLUMNS: &'static [&'static str] = &[
-        "code",
-        "name",
-        "category",
-        "class",
-        "first_selfpay_ratio",
-        "price_cap",
-        "unit",
-        "valid_from",
-        "valid_to",
-    ];
+    const LIST_COLUMNS: &'static [&'static str] = super::import::CATALOGUE_COLUMNS;
     fn fields(&self) -> Vec<(&'static str, Field)> {
         vec![
             ("code", text(&self.code)),
@@ -225,15 +258,7 @@ impl Record for proto::CatalogueItem {
 
 impl Record for proto::Institution {
     const PLURAL: &'static str = "institutions";
-    const LIST_COLUMNS: &'static [&'static str] = &[
-        "code",
-        "name",
-        "kind",
-        "level",
-        "agreement_status",
-        "agreement_from",
-        "agreement_to",
-    ];
+    const LIST_COLUMNS: &'static [&'static str] = super::import::INSTITUTION_COLUMNS;
     fn fields(&self) -> Vec<(&'static str, Field)> {
         vec![
             ("code", text(&self.code)),
@@ -279,12 +304,7 @@ impl Record for proto::NodeInfo {
 
 /// The JSON object of one record.
 pub fn to_json<R: Record>(record: &R) -> Value {
-    let map: Map<String, Value> = record
-        .fields()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_json()))
-        .collect();
-    Value::Object(map)
+    object(record.fields())
 }
 
 /// A table with the house style: compact UTF-8 borders, wrapped to the terminal.
@@ -295,34 +315,116 @@ pub fn table() -> Table {
     t
 }
 
-/// Prints a JSON value, pretty, on stdout.
-pub fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
+impl Record for proto::OutboxStatus {
+    const PLURAL: &'static str = "outboxes";
+    const LIST_COLUMNS: &'static [&'static str] = &["depth", "oldest"];
+    fn fields(&self) -> Vec<(&'static str, Field)> {
+        vec![
+            ("depth", Field::Int(self.depth)),
+            ("oldest", text(&self.oldest)),
+            ("targets", nested(&self.targets)),
+            ("exposure", nested(&self.exposure)),
+            ("items", nested(&self.items)),
+        ]
+    }
 }
 
-/// Prints one record: a field/value table (nested documents follow it), or JSON.
+impl Record for proto::OutboxTarget {
+    const PLURAL: &'static str = "targets";
+    const LIST_COLUMNS: &'static [&'static str] = &["region", "depth", "oldest"];
+    fn fields(&self) -> Vec<(&'static str, Field)> {
+        vec![
+            ("region", text(&self.region)),
+            ("depth", Field::Int(self.depth)),
+            ("oldest", text(&self.oldest)),
+        ]
+    }
+}
+
+impl Record for proto::ProvisionalExposure {
+    const PLURAL: &'static str = "exposure";
+    const LIST_COLUMNS: &'static [&'static str] = &["region", "amount", "limit"];
+    fn fields(&self) -> Vec<(&'static str, Field)> {
+        vec![
+            ("region", text(&self.region)),
+            ("amount", Field::Num(self.amount.clone())),
+            ("limit", Field::Num(self.limit.clone())),
+        ]
+    }
+}
+
+impl Record for proto::OutboxItem {
+    const PLURAL: &'static str = "items";
+    const LIST_COLUMNS: &'static [&'static str] = &[
+        "kind",
+        "target_region",
+        "ref_id",
+        "created_at",
+        "attempts",
+        "last_error",
+    ];
+    fn fields(&self) -> Vec<(&'static str, Field)> {
+        vec![
+            ("kind", text(&self.kind)),
+            ("target_region", text(&self.target_region)),
+            ("ref_id", text(&self.ref_id)),
+            ("created_at", text(&self.created_at)),
+            ("attempts", Field::Int(u64::from(self.attempts))),
+            ("last_error", text(&self.last_error)),
+        ]
+    }
+}
+
+/// Writes a line to stdout. When the reader has gone away (`yidi … | head`), stops
+/// quietly with exit code 0 instead of panicking as `println!` would: the output was cut
+/// short by the reader's choice, not by a failure.
+pub fn emit(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Prints a JSON value, pretty, on stdout.
+pub fn print_json(v: &Value) {
+    emit(format_args!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    ));
+}
+
+/// Prints one record: a field/value table (nested documents and records follow it), or
+/// JSON.
 pub fn print_one<R: Record>(record: &R, as_json: bool) {
     if as_json {
         return print_json(&to_json(record));
     }
     let mut t = table();
     t.set_header(["field", "value"]);
-    let mut docs = Vec::new();
+    let mut below = Vec::new();
     for (k, v) in record.fields() {
         match v {
-            Field::Doc(doc) => docs.push((k, doc)),
+            Field::Doc(_) | Field::Records(_) => below.push((k, v)),
             other => {
                 t.add_row(vec![comfy_table::Cell::new(k), other.cell()]);
             }
         }
     }
-    println!("{t}");
-    for (k, doc) in docs {
-        println!("{k}:");
-        print_json(&doc);
+    emit(format_args!("{t}"));
+    for (k, v) in below {
+        match v {
+            Field::Records(n) if n.rows.is_empty() => emit(format_args!("{k}: none")),
+            Field::Records(n) => emit(format_args!("{k}:\n{}", rows_table(n.columns, &n.rows))),
+            other => {
+                emit(format_args!("{k}:"));
+                print_json(&other.to_json());
+            }
+        }
     }
 }
 
@@ -351,18 +453,8 @@ pub fn print_list<R: Record>(list: &Listing<R>, as_json: bool) {
         }
         return print_json(&Value::Object(obj));
     }
-    let mut t = table();
-    t.set_header(R::LIST_COLUMNS.iter().copied());
-    for item in &list.items {
-        let fields = item.fields();
-        t.add_row(R::LIST_COLUMNS.iter().map(|col| {
-            fields
-                .iter()
-                .find(|(k, _)| k == col)
-                .map_or_else(|| comfy_table::Cell::new(""), |(_, v)| v.cell())
-        }));
-    }
-    println!("{t}");
+    let rows: Vec<_> = list.items.iter().map(Record::fields).collect();
+    emit(format_args!("{}", rows_table(R::LIST_COLUMNS, &rows)));
     let mut footer = format!("{} {}", list.items.len(), R::PLURAL);
     if let Some(total) = list.total {
         footer.push_str(&format!(" of {total}"));
@@ -373,7 +465,7 @@ pub fn print_list<R: Record>(list: &Listing<R>, as_json: bool) {
             list.next_page_token
         ));
     }
-    println!("{footer}");
+    emit(format_args!("{footer}"));
 }
 
 /// The canonical upper-case name of a gRPC status code, as grpcurl and the gRPC spec
@@ -432,9 +524,47 @@ mod tests {
         assert_eq!(v["person_type"], "retired");
         assert_eq!(v["account_balance"], "1234.50");
         assert_eq!(v["civil_servant"], true);
-        for col in proto::Person::LIST_COLUMNS {
-            assert!(v.get(*col).is_some(), "list column {col} is not a field");
+    }
+
+    fn list_columns_are_fields<R: Record + Default>() {
+        let names: Vec<_> = R::default().fields().into_iter().map(|(k, _)| k).collect();
+        for col in R::LIST_COLUMNS {
+            assert!(
+                names.contains(col),
+                "{}: list column {col} is not a field",
+                R::PLURAL
+            );
         }
+    }
+
+    #[test]
+    fn every_list_column_is_a_field() {
+        list_columns_are_fields::<proto::Person>();
+        list_columns_are_fields::<proto::Filing>();
+        list_columns_are_fields::<proto::PolicyVersion>();
+        list_columns_are_fields::<proto::CatalogueItem>();
+        list_columns_are_fields::<proto::Institution>();
+        list_columns_are_fields::<proto::NodeInfo>();
+        list_columns_are_fields::<proto::OutboxStatus>();
+        list_columns_are_fields::<proto::OutboxTarget>();
+        list_columns_are_fields::<proto::OutboxItem>();
+        list_columns_are_fields::<proto::ProvisionalExposure>();
+    }
+
+    #[test]
+    fn nested_records_become_json_arrays() {
+        let status = proto::OutboxStatus {
+            depth: 2,
+            targets: vec![proto::OutboxTarget {
+                region: "330200".into(),
+                depth: 2,
+                oldest: "t".into(),
+            }],
+            ..Default::default()
+        };
+        let v = to_json(&status);
+        assert_eq!(v["targets"][0]["region"], "330200");
+        assert_eq!(v["items"], json!([]));
     }
 
     #[test]

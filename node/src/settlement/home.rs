@@ -462,6 +462,13 @@ fn conn_region(conn: &Connection) -> Result<String> {
 pub fn status(conn: &Connection, claim_id: &str) -> Result<proto::ClaimStatusResponse> {
     if let Some(c) = claims::get(conn, claim_id)? {
         let state = c.state.clone();
+        // The reversal's period is derived from its time exactly as `reverse` did.
+        let reversal_period = c
+            .reversed_at
+            .as_deref()
+            .map(|at| period::parse_ts(at, "reversed_at").map(|t| Period::of(t).to_string()))
+            .transpose()?
+            .unwrap_or_default();
         return Ok(proto::ClaimStatusResponse {
             state: state.clone(),
             claim: Some(proto::CommitClaimResponse {
@@ -471,6 +478,8 @@ pub fn status(conn: &Connection, claim_id: &str) -> Result<proto::ClaimStatusRes
                 accumulators: None,
                 period: c.period,
             }),
+            reversal_id: c.reversal_id.unwrap_or_default(),
+            reversal_period,
         });
     }
     let state = if claims::is_tombstoned(conn, claim_id)? {
@@ -480,6 +489,6 @@ pub fn status(conn: &Connection, claim_id: &str) -> Result<proto::ClaimStatusRes
     };
     Ok(proto::ClaimStatusResponse {
         state: state.into(),
-        claim: None,
+        ..Default::default()
     })
 }

@@ -1448,7 +1448,7 @@ pub async fn resolve_intent(
         }
     };
     match status.state.as_str() {
-        "committed" | "reversed" => {
+        "committed" => {
             let resp = status.claim.unwrap_or_default();
             let key = RequestKey::new(
                 &rec.request_scope,
@@ -1471,6 +1471,17 @@ pub async fn resolve_intent(
             tracing::info!(claim = %answer.settlement_id, "in-doubt claim was committed at home; settled");
             Ok(Some(answer))
         }
+        // Committed late and then reversed by an earlier abandonment: the hospital never
+        // had a success, so the intent failed; both of the home node's ledger records are
+        // mirrored so that the pair still reconciles.
+        "reversed" => {
+            mirror_reversed(st, rec, &status).await?;
+            Ok(None)
+        }
+        "abandoned" => {
+            mark_failed(st, rec).await?;
+            Ok(None)
+        }
         _ => {
             // Not committed: make sure it never will be, then give up on it.
             let abandon = proto::ReverseClaimRequest {
@@ -1486,12 +1497,66 @@ pub async fn resolve_intent(
                     mark_failed(st, rec).await?;
                     Ok(None)
                 }
-                // It was committed after all (a late delivery): read again.
+                // It was committed after all (a late delivery), and is now reversed:
+                // read its status again to mirror both records.
                 Ok(_) => Box::pin(resolve_intent(st, rec)).await,
                 Err(_) => Ok(None),
             }
         }
     }
+}
+
+/// Records the claim and its reversal as the home node has them, and fails the intent.
+async fn mirror_reversed(
+    st: &NodeState,
+    rec: SettlementRec,
+    status: &proto::ClaimStatusResponse,
+) -> Result<()> {
+    let claim = status.claim.clone().unwrap_or_default();
+    let fund = claim
+        .split
+        .as_ref()
+        .map(|s| money::parse(&s.fund_pay_sumamt, "fund_pay_sumamt", Sign::Any).map(money::to_fen))
+        .transpose()?
+        .unwrap_or_default();
+    let (reversal_id, reversal_period) =
+        (status.reversal_id.clone(), status.reversal_period.clone());
+    tracing::warn!(claim = %rec.settlement_id, "in-doubt claim was committed late at home and reversed; mirrored, intent failed");
+    st.store
+        .write(move |conn| {
+            let now = period::now_rfc3339();
+            let home = rec.home_region.as_str();
+            for (entry, kind, period, amount) in [
+                (
+                    rec.settlement_id.as_str(),
+                    "claim",
+                    claim.period.as_str(),
+                    fund,
+                ),
+                (
+                    reversal_id.as_str(),
+                    "reversal",
+                    reversal_period.as_str(),
+                    -fund,
+                ),
+            ] {
+                ledger::record(
+                    conn,
+                    &ledger::Entry {
+                        entry_id: entry,
+                        side: Side::Receivable,
+                        counterparty: home,
+                        period,
+                        kind,
+                        claim_id: &rec.settlement_id,
+                        amount_fen: amount,
+                    },
+                    &now,
+                )?;
+            }
+            settlements::set_state(conn, &rec.settlement_id, "failed")
+        })
+        .await
 }
 
 /// Resolves every pending intent older than `min_age` (all of them at start-up).

@@ -319,9 +319,13 @@ pub fn commit(
             .split
             .as_ref()
             .ok_or_else(|| Error::invalid("split", "missing"))?;
+        // The treatment node priced with eligibility read a moment ago; a different
+        // split here means home data changed since (an account balance, a filing) or the
+        // caller is wrong. Either way nothing is committed, and the caller reprices with
+        // fresh eligibility — it gives up after a few attempts.
         quote.split_matches(theirs).map_err(|e| {
-            Error::FailedPrecondition(format!(
-                "the home node computes a different split: {e}; nothing was committed"
+            Error::Aborted(format!(
+                "the home node computes a different split: {e}; nothing was committed — reprice with fresh eligibility"
             ))
         })?;
     }

@@ -1168,6 +1168,14 @@ async fn settle_remote(
                                     .into(),
                             ));
                         }
+                        // The same request is being settled by a concurrent call.
+                        if settlements::by_request(conn, &k.scope, &k.request_id)?
+                            .is_some_and(|r| r.state == "pending")
+                        {
+                            return Err(Error::Aborted(
+                                "this request is already being settled; repeat it shortly to get the answer".into(),
+                            ));
+                        }
                         insert_record(conn, region, fresh)
                     })
                     .await?

@@ -449,6 +449,48 @@ fn admin_cli_end_to_end() {
         Some(institutions.len())
     );
 
+    // ---- funds and clearing: nothing settled yet, so the figures are zero and the
+    // lists empty; a reserve top-up is recorded and listed
+    let statement = admin_json(
+        &node,
+        &format!("statement {} --period 2026-11", inst["code"]),
+    );
+    assert_eq!(
+        (statement["records"].as_u64(), statement["payable"].as_str()),
+        (Some(0), Some("0.00"))
+    );
+    let ledger = admin_json(&node, "ledger --period 2026-11");
+    assert_eq!(
+        (ledger["period"].as_str(), len(&ledger["positions"])),
+        (Some("2026-11"), Some(0))
+    );
+    assert_eq!(
+        len(&admin_json(&node, "deduction list")["deductions"]),
+        Some(0)
+    );
+    assert_eq!(len(&admin_json(&node, "clearing list")["rounds"]), Some(0));
+    let topup = admin_json(
+        &node,
+        "reserve record --counterparty 330200 --kind topup --amount 50000.00",
+    );
+    assert_eq!(
+        (
+            topup["treatment_region"].as_str(),
+            topup["balance"].as_str()
+        ),
+        (Some("330200"), Some("50000.00"))
+    );
+    let reserves = admin_json(&node, "reserve list");
+    assert_eq!(reserves["reserves"][0]["balance"], "50000.00");
+    refused(
+        admin(
+            &node,
+            "deduction record 330100-S-404 --amount 10.00 --reason x",
+        ),
+        "NOT_FOUND",
+        "",
+    );
+
     // ---- tables (the default output) name what they show
     let table = admin(&node, &format!("person get {id0}")).expect_code(0);
     assert!(

@@ -77,6 +77,9 @@ pub enum AdminCommand {
         #[arg(long, default_value_t = 20)]
         list: u32,
     },
+    /// Funds and clearing: deduction, reserve, statement, ledger, clearing.
+    #[command(flatten)]
+    Funds(FundsCommand),
 }
 
 /// Builds a clap value parser from a yidi-common `parse(&str, field)` function, so that
@@ -359,7 +362,7 @@ pub enum FilingCommand {
         #[arg(long)]
         valid_to: Option<String>,
         /// Supporting note: diagnosis for a referral, address for resettlement, ...
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", hide_default_value = true)]
         note: String,
     },
     /// Approve an applied filing.
@@ -395,7 +398,7 @@ pub struct ReviewArgs {
     /// Filing id, e.g. 330100-F-000042.
     pub filing_id: String,
     /// Reviewer's note, kept with the decision.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub note: String,
 }
 
@@ -482,7 +485,7 @@ pub enum PolicyCommand {
         #[arg(long)]
         effective_from: Option<String>,
         /// Note kept with the version (e.g. the decree number).
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", hide_default_value = true)]
         note: String,
     },
     /// List published versions.
@@ -563,11 +566,7 @@ async fn policy(client: &mut Client, g: &Globals, cmd: PolicyCommand) -> anyhow:
                 insurance_type: insurance_type.map_or(0, InsuranceType::to_proto),
             };
             let policies = client.list_policies(req).await?.into_inner().policies;
-            return g.list(&Listing {
-                items: policies,
-                next_page_token: String::new(),
-                total: None,
-            });
+            return g.list(&listing(policies));
         }
         PolicyCommand::Get {
             insurance_type,
@@ -840,6 +839,206 @@ async fn institution(
     }
 }
 
+// ---------------------------------------------------------------- funds and clearing
+
+/// The node's side of funds and clearing (issue 5's AdminService calls); flattened into
+/// `yidi admin` so that they read like the other commands.
+#[derive(Debug, Subcommand)]
+pub enum FundsCommand {
+    /// Audit deductions (审核扣款) on claims treated here.
+    #[command(subcommand)]
+    Deduction(DeductionCommand),
+    /// Reserve funds (储备金) held with other regions.
+    #[command(subcommand)]
+    Reserve(ReserveCommand),
+    /// What the agency pays an institution for a period (按月结算).
+    Statement {
+        /// Institution code, e.g. H33010001.
+        institution_code: String,
+        /// Clearing period, YYYY-MM.
+        #[arg(long)]
+        period: String,
+    },
+    /// This node's ledger positions toward every counterparty for a period (台账).
+    Ledger {
+        /// Clearing period, YYYY-MM.
+        #[arg(long)]
+        period: String,
+    },
+    /// Clearing rounds as this node sees them; confirm a statement.
+    #[command(subcommand)]
+    Clearing(ClearingCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeductionCommand {
+    /// Deduct an amount found unreasonable from a settled claim treated here.
+    Record {
+        /// The settlement the deduction applies to.
+        settlement_id: String,
+        /// Amount in yuan, > 0, at most the fund share not yet deducted.
+        #[arg(long)]
+        amount: String,
+        /// Why, for the institution and the home region.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List deductions.
+    List {
+        /// Only deductions on this settlement.
+        #[arg(long)]
+        settlement_id: Option<String>,
+        /// Only deductions of this institution.
+        #[arg(long)]
+        institution: Option<String>,
+        /// Only deductions of this clearing period, YYYY-MM.
+        #[arg(long)]
+        period: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReserveCommand {
+    /// Record a reserve movement toward another region.
+    Record {
+        /// The other region of the reserve, e.g. 330200.
+        #[arg(long)]
+        counterparty: String,
+        /// topup: this node (home region) prepays; use: this node (treatment region)
+        /// draws on the reserve.
+        #[arg(long, value_parser = ["topup", "use"])]
+        kind: String,
+        /// Amount in yuan, > 0.
+        #[arg(long)]
+        amount: String,
+        /// Alarm when the balance falls below this amount.
+        #[arg(long, default_value = "", hide_default_value = true)]
+        alarm_threshold: String,
+        /// Note kept with the movement.
+        #[arg(long, default_value = "", hide_default_value = true)]
+        note: String,
+    },
+    /// Show every reserve balance this node knows.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClearingCommand {
+    /// Confirm a clearing statement after checking it.
+    Confirm {
+        /// The round id.
+        round_id: String,
+        /// The statement digest that was checked (from `yidi clearing statement`).
+        #[arg(long)]
+        digest: String,
+        /// Note kept with the confirmation.
+        #[arg(long, default_value = "", hide_default_value = true)]
+        note: String,
+    },
+    /// List the clearing rounds this node took part in.
+    List,
+}
+
+fn listing<R>(items: Vec<R>) -> Listing<R> {
+    Listing {
+        items,
+        next_page_token: String::new(),
+        total: None,
+    }
+}
+
+async fn funds(client: &mut Client, g: &Globals, cmd: FundsCommand) -> anyhow::Result<i32> {
+    match cmd {
+        FundsCommand::Deduction(DeductionCommand::Record {
+            settlement_id,
+            amount,
+            reason,
+        }) => {
+            let req = proto::RecordDeductionRequest {
+                request_id: g.request_id(),
+                settlement_id,
+                amount,
+                reason,
+            };
+            g.one(client.record_deduction(req).await?.into_inner())
+        }
+        FundsCommand::Deduction(DeductionCommand::List {
+            settlement_id,
+            institution,
+            period,
+        }) => {
+            let req = proto::ListDeductionsRequest {
+                settlement_id: settlement_id.unwrap_or_default(),
+                institution_code: institution.unwrap_or_default(),
+                period: period.unwrap_or_default(),
+            };
+            g.list(&listing(
+                client.list_deductions(req).await?.into_inner().deductions,
+            ))
+        }
+        FundsCommand::Reserve(ReserveCommand::Record {
+            counterparty,
+            kind,
+            amount,
+            alarm_threshold,
+            note,
+        }) => {
+            let req = proto::RecordReserveRequest {
+                request_id: g.request_id(),
+                counterparty,
+                kind,
+                amount,
+                alarm_threshold,
+                note,
+            };
+            g.one(client.record_reserve(req).await?.into_inner())
+        }
+        FundsCommand::Reserve(ReserveCommand::List) => {
+            let reserves = client
+                .list_reserves(proto::ListReservesRequest {})
+                .await?
+                .into_inner()
+                .reserves;
+            g.list(&listing(reserves))
+        }
+        FundsCommand::Statement {
+            institution_code,
+            period,
+        } => {
+            let req = proto::HospitalStatementRequest {
+                institution_code,
+                period,
+            };
+            g.one(client.hospital_statement(req).await?.into_inner())
+        }
+        FundsCommand::Ledger { period } => g.one(
+            client
+                .get_ledger(proto::GetLedgerRequest { period })
+                .await?
+                .into_inner(),
+        ),
+        FundsCommand::Clearing(ClearingCommand::Confirm {
+            round_id,
+            digest,
+            note,
+        }) => {
+            let req = proto::ConfirmClearingRequest {
+                request_id: g.request_id(),
+                round_id,
+                statement_digest: digest,
+                note,
+            };
+            g.one(client.confirm_clearing(req).await?.into_inner())
+        }
+        FundsCommand::Clearing(ClearingCommand::List) => {
+            let rounds = client
+                .list_clearing_rounds(proto::ListClearingRoundsRequest {})
+                .await?;
+            g.list(&listing(rounds.into_inner().rounds))
+        }
+    }
+}
+
 // ---------------------------------------------------------------- running
 
 /// The global flags every subcommand needs.
@@ -913,6 +1112,7 @@ async fn execute(args: AdminArgs) -> anyhow::Result<i32> {
             let outbox = client.get_outbox(proto::GetOutboxRequest { list }).await?;
             g.one(outbox.into_inner())
         }
+        AdminCommand::Funds(cmd) => funds(&mut client, &g, cmd).await,
     }
 }
 

@@ -284,23 +284,107 @@ impl Record for proto::Institution {
     }
 }
 
-impl Record for proto::NodeInfo {
-    const PLURAL: &'static str = "nodes";
-    const LIST_COLUMNS: &'static [&'static str] = &["region", "name", "version"];
-    fn fields(&self) -> Vec<(&'static str, Field)> {
-        vec![
-            ("region", text(&self.region)),
-            ("name", text(&self.name)),
-            ("version", text(&self.version)),
-            ("schema_version", Field::Int(u64::from(self.schema_version))),
-            ("persons", Field::Int(self.persons)),
-            ("institutions", Field::Int(self.institutions)),
-            ("catalogue_items", Field::Int(self.catalogue_items)),
-            ("policies", Field::Int(self.policies)),
-            ("started_at", text(&self.started_at)),
-        ]
-    }
+/// Implements [`Record`] for a message whose fields print as they are: each field is
+/// named with its kind — `text`, `num` (decimal string, right-aligned), `int`, `bool` or
+/// `records` (a nested list) — in display order.
+macro_rules! flat_record {
+    (@text $v:expr) => { Field::Text($v.clone()) };
+    (@num $v:expr) => { Field::Num($v.clone()) };
+    (@int $v:expr) => { Field::Int(u64::from($v)) };
+    (@bool $v:expr) => { Field::Bool($v) };
+    (@records $v:expr) => { nested(&$v) };
+    ($ty:path, $plural:literal, [$($col:literal),* $(,)?], { $($kind:ident $field:ident),* $(,)? }) => {
+        impl Record for $ty {
+            const PLURAL: &'static str = $plural;
+            const LIST_COLUMNS: &'static [&'static str] = &[$($col),*];
+            fn fields(&self) -> Vec<(&'static str, Field)> {
+                vec![$((stringify!($field), flat_record!(@$kind self.$field))),*]
+            }
+        }
+    };
 }
+
+flat_record!(proto::NodeInfo, "nodes", ["region", "name", "version"], {
+    text region, text name, text version, int schema_version, int persons, int institutions,
+    int catalogue_items, int policies, text started_at,
+});
+
+flat_record!(proto::OutboxStatus, "outboxes", ["depth", "oldest"], {
+    int depth, text oldest, records targets, records exposure, records items,
+});
+
+flat_record!(proto::OutboxTarget, "targets", ["region", "depth", "oldest"], {
+    text region, int depth, text oldest,
+});
+
+flat_record!(proto::ProvisionalExposure, "exposure", ["region", "amount", "limit"], {
+    text region, num amount, num limit,
+});
+
+flat_record!(
+    proto::OutboxItem,
+    "items",
+    ["kind", "target_region", "ref_id", "created_at", "attempts", "last_error"],
+    { text kind, text target_region, text ref_id, text created_at, int attempts, text last_error }
+);
+
+flat_record!(
+    proto::Deduction,
+    "deductions",
+    ["deduction_id", "settlement_id", "institution_code", "home_region", "amount", "period", "reason"],
+    {
+        text deduction_id, text settlement_id, text institution_code, text home_region, num amount,
+        text reason, text created_at, text period,
+    }
+);
+
+flat_record!(
+    proto::ReserveMovement,
+    "movements",
+    ["entry_id", "home_region", "treatment_region", "kind", "amount", "balance", "alarm"],
+    {
+        text entry_id, text home_region, text treatment_region, text kind, num amount, num balance,
+        bool alarm, text created_at,
+    }
+);
+
+flat_record!(
+    proto::ReserveBalance,
+    "reserves",
+    ["home_region", "treatment_region", "balance", "alarm_threshold", "alarm"],
+    { text home_region, text treatment_region, num balance, num alarm_threshold, bool alarm }
+);
+
+flat_record!(
+    proto::HospitalStatementResponse,
+    "statements",
+    ["institution_code", "period", "records", "fund_pay_sumamt", "deductions", "payable"],
+    {
+        text institution_code, text period, int records, num medfee_sumamt, num fund_pay_sumamt,
+        num acct_pay, num deductions, num payable, num cross_region_fund, num local_fund,
+    }
+);
+
+flat_record!(
+    proto::LedgerPosition,
+    "positions",
+    ["counterparty", "receivable_count", "receivable_sum", "payable_count", "payable_sum", "net", "cleared"],
+    {
+        text counterparty, int receivable_count, num receivable_sum, int payable_count,
+        num payable_sum, num net, int cleared,
+    }
+);
+
+flat_record!(proto::GetLedgerResponse, "ledgers", ["period", "net"], {
+    text period, num net, records positions,
+});
+
+flat_record!(
+    proto::ClearingRound,
+    "rounds",
+    ["round_id", "period", "state", "records", "statement_digest", "confirmed_by"],
+    { text round_id, text period, text state, text statement_digest, text confirmed_by, int records }
+);
 
 /// The JSON object of one record.
 pub fn to_json<R: Record>(record: &R) -> Value {
@@ -313,66 +397,6 @@ pub fn table() -> Table {
     t.load_preset(presets::UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic);
     t
-}
-
-impl Record for proto::OutboxStatus {
-    const PLURAL: &'static str = "outboxes";
-    const LIST_COLUMNS: &'static [&'static str] = &["depth", "oldest"];
-    fn fields(&self) -> Vec<(&'static str, Field)> {
-        vec![
-            ("depth", Field::Int(self.depth)),
-            ("oldest", text(&self.oldest)),
-            ("targets", nested(&self.targets)),
-            ("exposure", nested(&self.exposure)),
-            ("items", nested(&self.items)),
-        ]
-    }
-}
-
-impl Record for proto::OutboxTarget {
-    const PLURAL: &'static str = "targets";
-    const LIST_COLUMNS: &'static [&'static str] = &["region", "depth", "oldest"];
-    fn fields(&self) -> Vec<(&'static str, Field)> {
-        vec![
-            ("region", text(&self.region)),
-            ("depth", Field::Int(self.depth)),
-            ("oldest", text(&self.oldest)),
-        ]
-    }
-}
-
-impl Record for proto::ProvisionalExposure {
-    const PLURAL: &'static str = "exposure";
-    const LIST_COLUMNS: &'static [&'static str] = &["region", "amount", "limit"];
-    fn fields(&self) -> Vec<(&'static str, Field)> {
-        vec![
-            ("region", text(&self.region)),
-            ("amount", Field::Num(self.amount.clone())),
-            ("limit", Field::Num(self.limit.clone())),
-        ]
-    }
-}
-
-impl Record for proto::OutboxItem {
-    const PLURAL: &'static str = "items";
-    const LIST_COLUMNS: &'static [&'static str] = &[
-        "kind",
-        "target_region",
-        "ref_id",
-        "created_at",
-        "attempts",
-        "last_error",
-    ];
-    fn fields(&self) -> Vec<(&'static str, Field)> {
-        vec![
-            ("kind", text(&self.kind)),
-            ("target_region", text(&self.target_region)),
-            ("ref_id", text(&self.ref_id)),
-            ("created_at", text(&self.created_at)),
-            ("attempts", Field::Int(u64::from(self.attempts))),
-            ("last_error", text(&self.last_error)),
-        ]
-    }
 }
 
 /// Writes a line to stdout. When the reader has gone away (`yidi … | head`), stops
@@ -549,6 +573,13 @@ mod tests {
         list_columns_are_fields::<proto::OutboxTarget>();
         list_columns_are_fields::<proto::OutboxItem>();
         list_columns_are_fields::<proto::ProvisionalExposure>();
+        list_columns_are_fields::<proto::Deduction>();
+        list_columns_are_fields::<proto::ReserveMovement>();
+        list_columns_are_fields::<proto::ReserveBalance>();
+        list_columns_are_fields::<proto::HospitalStatementResponse>();
+        list_columns_are_fields::<proto::LedgerPosition>();
+        list_columns_are_fields::<proto::GetLedgerResponse>();
+        list_columns_are_fields::<proto::ClearingRound>();
     }
 
     #[test]

@@ -2,5 +2,6 @@
 //! prints tables, or JSON with `--json`.
 
 pub mod admin;
+pub mod hospital;
 pub mod import;
 pub mod output;

@@ -4,7 +4,6 @@
 //! output, and kill the node when the test ends — also when it panics.
 
 use std::{
-    fs::File,
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -87,10 +86,41 @@ pub fn free_port() -> u16 {
 /// A `yidi node` process with its own data directory.
 pub struct NodeProcess {
     child: Child,
+    region: String,
+    port: u16,
     /// `http://127.0.0.1:PORT`, for `--node`.
     pub url: String,
     /// Holds the data directory and the node's log until the guard is dropped.
     pub dir: TempDir,
+}
+
+/// Starts `yidi node` with its log appended to `<dir>/node.log`.
+fn spawn_node(region: &str, port: u16, dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))
+        .expect("node log");
+    Command::new(yidi_bin())
+        // Plain text on loopback: these tests are about the CLI, not the transport.
+        .args([
+            "node",
+            "--insecure",
+            "--region",
+            region,
+            "--name",
+            &format!("test-{region}"),
+        ])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env_remove("YIDI_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn yidi node")
 }
 
 impl NodeProcess {
@@ -99,32 +129,30 @@ impl NodeProcess {
     pub fn start(region: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let log = File::create(dir.path().join("node.log")).expect("node log");
-        let child = Command::new(yidi_bin())
-            .args([
-                "node",
-                "--region",
-                region,
-                "--name",
-                &format!("test-{region}"),
-            ])
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env_remove("YIDI_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn yidi node");
+        let child = spawn_node(region, port, dir.path());
         let mut node = Self {
             child,
+            region: region.to_owned(),
+            port,
             url: format!("http://127.0.0.1:{port}"),
             dir,
         };
         node.wait_ready(Duration::from_secs(30));
         node
+    }
+
+    /// Kills the node with SIGKILL (no graceful shutdown) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the node again on the same port and data directory (after [`Self::kill`])
+    /// and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_node(&self.region, self.port, self.dir.path());
+        self.wait_ready(Duration::from_secs(30));
     }
 
     fn wait_ready(&mut self, within: Duration) {
@@ -169,6 +197,15 @@ impl NodeProcess {
         full.extend_from_slice(args);
         yidi(&full)
     }
+
+    /// `yidi admin --node <this node> ARGS…` as a command to spawn, for a client that
+    /// must run while the test does something to the node.
+    #[must_use]
+    pub fn admin_command(&self, args: &[&str]) -> Command {
+        let mut cmd = yidi_command();
+        cmd.args(["admin", "--node", self.url.as_str()]).args(args);
+        cmd
+    }
 }
 
 impl Drop for NodeProcess {
@@ -191,7 +228,9 @@ pub struct Run {
 }
 
 impl Run {
-    fn from_output(args: &[&str], out: Output) -> Self {
+    /// Captures a finished process's output.
+    #[must_use]
+    pub fn from_output(args: &[&str], out: Output) -> Self {
         Self {
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             code: out.status.code(),
@@ -218,11 +257,14 @@ impl Run {
 /// Runs `yidi ARGS…` to completion, with no stdin and `YIDI_NODE` unset so only the
 /// explicit flags count.
 pub fn yidi(args: &[&str]) -> Run {
-    let out = Command::new(yidi_bin())
-        .args(args)
-        .env_remove("YIDI_NODE")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run yidi");
+    let out = yidi_command().args(args).output().expect("run yidi");
     Run::from_output(args, out)
+}
+
+/// The `yidi` binary with no stdin and `YIDI_NODE` unset.
+#[must_use]
+pub fn yidi_command() -> Command {
+    let mut cmd = Command::new(yidi_bin());
+    cmd.env_remove("YIDI_NODE").stdin(Stdio::null());
+    cmd
 }

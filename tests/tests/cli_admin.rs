@@ -8,6 +8,7 @@ use std::{collections::HashSet, path::PathBuf};
 
 use chrono::{Datelike, NaiveDate};
 use serde_json::Value;
+use std::{io::Write as _, time::Duration};
 use yidi_common::idnum::IdNumber;
 use yidi_tests::process::{NodeProcess, Run, workspace_root, yidi};
 
@@ -594,4 +595,75 @@ fn admin_cli_end_to_end() {
         "info",
     ]);
     refused(unreachable, "UNAVAILABLE", "cannot reach");
+}
+
+/// A node killed with SIGKILL in the middle of an import: the CLI stops (after its
+/// retries) saying how to resume, nothing committed is lost, and re-running the same
+/// command completes the import with the summary of an uninterrupted run.
+#[test]
+fn killed_node_mid_import_then_rerun_completes_it() {
+    let mut node = NodeProcess::start("330100");
+    let rows: u64 = 40_000;
+    let file = node.dir.path().join("many.csv");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&file).expect("csv"));
+    writeln!(
+        w,
+        "id_number,name,insurance_type,person_type,account_balance"
+    )
+    .expect("write");
+    let first_day = NaiveDate::from_ymd_opt(1950, 1, 1).expect("date");
+    for i in 0..rows {
+        let birth = first_day + chrono::Days::new(i / 1000);
+        let id = yidi_common::idnum::make("330106", birth, u16::try_from(i % 1000).expect("seq"));
+        writeln!(w, "{id},参保人{i},resident,resident_adult,0").expect("write");
+    }
+    w.into_inner().expect("flush").sync_all().expect("sync");
+    let file = path_str(&file).to_owned();
+    let args = [
+        "person",
+        "import",
+        file.as_str(),
+        "--batch-size",
+        "200",
+        "--json",
+    ];
+
+    let mut import = node
+        .admin_command(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn import");
+    // Kill the node once some batches are in, while the import still runs.
+    loop {
+        if let Some(status) = import.try_wait().expect("poll import") {
+            panic!(
+                "the import finished ({status}) before the node could be killed; make the file larger"
+            );
+        }
+        if admin_json(&node, "info")["persons"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    node.kill();
+    let out = import.wait_with_output().expect("import exits");
+    let failed = Run::from_output(&args, out).expect_code(1);
+    assert!(
+        failed.stderr.contains("UNAVAILABLE") && failed.stderr.contains("re-run the same command"),
+        "{}",
+        failed.stderr
+    );
+
+    node.restart();
+    let committed = admin_json(&node, "info")["persons"]
+        .as_u64()
+        .expect("persons");
+    assert!(
+        committed > 0 && committed < rows,
+        "{committed} of {rows} committed before the kill"
+    );
+    let resumed = json(node.admin(&args));
+    assert_eq!(counts(&resumed), [rows, 0, 0, 0], "{resumed}");
+    assert_eq!(admin_json(&node, "info")["persons"], rows);
 }

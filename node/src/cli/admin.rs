@@ -47,6 +47,9 @@ pub struct AdminArgs {
     /// `import-<file digest>` prefix of the per-batch ids.
     #[arg(long, global = true)]
     pub request_id: Option<String>,
+    /// Mutual TLS: --ca, --cert (an operator certificate of this node's region), --key.
+    #[command(flatten)]
+    pub tls: crate::tls::ClientArgs,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -80,6 +83,9 @@ pub enum AdminCommand {
     /// Funds and clearing: deduction, reserve, statement, ledger, clearing.
     #[command(flatten)]
     Funds(FundsCommand),
+    /// The audit log: every read of this node's person data by a peer node and every
+    /// claim a peer committed or reversed here (newest first).
+    Audit(super::audit::AuditArgs),
 }
 
 /// Builds a clap value parser from a yidi-common `parse(&str, field)` function, so that
@@ -1069,14 +1075,16 @@ impl Globals {
 }
 
 /// Connects to the node, failing fast (UNAVAILABLE) when nothing listens there.
-pub async fn connect(node: &str) -> anyhow::Result<Client> {
-    Ok(AdminServiceClient::new(channel(node).await?))
+pub async fn connect(node: &str, tls: &crate::tls::ClientArgs) -> anyhow::Result<Client> {
+    Ok(AdminServiceClient::new(channel(node, tls).await?))
 }
 
-/// A channel to the node's gRPC address, shared by every command-line client: fails
-/// fast (UNAVAILABLE, before anything is sent) when nothing listens there.
-pub async fn channel(node: &str) -> anyhow::Result<Channel> {
-    let endpoint = Channel::from_shared(node.to_owned())
+/// A channel to the node's gRPC address, shared by every command-line client: mutual
+/// TLS when `tls` names the files, plain text otherwise; fails fast (UNAVAILABLE,
+/// before anything is sent) when nothing listens there.
+pub async fn channel(node: &str, tls: &crate::tls::ClientArgs) -> anyhow::Result<Channel> {
+    let endpoint = tls
+        .endpoint(node)
         .with_context(|| {
             format!("--node {node:?} is not a valid URL (expected e.g. http://127.0.0.1:7101)")
         })?
@@ -1095,7 +1103,7 @@ async fn execute(args: AdminArgs) -> anyhow::Result<i32> {
         json: args.json,
         request_id: args.request_id,
     };
-    let mut client = connect(&args.node).await?;
+    let mut client = connect(&args.node, &args.tls).await?;
     match args.command {
         AdminCommand::Person(cmd) => person(&mut client, &g, cmd).await,
         AdminCommand::Filing(cmd) => filing(&mut client, &g, cmd).await,
@@ -1113,6 +1121,7 @@ async fn execute(args: AdminArgs) -> anyhow::Result<i32> {
             g.one(outbox.into_inner())
         }
         AdminCommand::Funds(cmd) => funds(&mut client, &g, cmd).await,
+        AdminCommand::Audit(args) => super::audit::run(&mut client, &g, args).await,
     }
 }
 
@@ -1124,7 +1133,14 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         Ok(code) => code,
         Err(e) => {
             match e.downcast_ref::<Status>() {
-                Some(status) => eprintln!("error: {}", output::status_line(status)),
+                // The status comes first so that scripts can match `error: <CODE>:`;
+                // what the CLI was doing (e.g. which import batch) follows as notes.
+                Some(status) => {
+                    eprintln!("error: {}", output::status_line(status));
+                    for context in e.chain().take_while(|c| !c.is::<Status>()) {
+                        eprintln!("note: {context}");
+                    }
+                }
                 None => eprintln!("error: {e:#}"),
             }
             1

@@ -409,6 +409,12 @@ fn write_errors(path: &Path, errors: &[RowError]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a failed call may succeed if sent again: the node unreachable, restarting
+/// or busy.
+fn transient(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::Aborted) || output::is_connection_lost(s)
+}
+
 /// Retries a call that failed with a transient status (the node restarting, a busy
 /// store). Safe only because every retried call carries the same request id.
 async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, Status>
@@ -420,7 +426,7 @@ where
     let mut attempt = 1;
     loop {
         match call().await {
-            Err(s) if matches!(s.code(), Code::Unavailable | Code::Aborted) && attempt < 6 => {
+            Err(s) if transient(&s) && attempt < 6 => {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
                 attempt += 1;
@@ -653,7 +659,7 @@ pub async fn run_institutions(
         .await;
         let result = match outcome {
             Ok(r) => r,
-            Err(s) if matches!(s.code(), Code::Unavailable | Code::Aborted | Code::Internal) => {
+            Err(s) if transient(&s) || s.code() == Code::Internal => {
                 return Err(anyhow::Error::new(s).context(format!(
                     "line {} failed; the lines before it are imported, re-run the same command to resume",
                     line.line

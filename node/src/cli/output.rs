@@ -518,9 +518,26 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// `CODE: message` for a status, the form the CLI prints after `error: `.
+/// True when a call failed because the connection to the node broke (the node died or
+/// restarted mid-call), not because the node answered: tonic reports that as UNKNOWN
+/// "transport error", whose source is the transport's error.
+#[must_use]
+pub fn is_connection_lost(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unknown
+        && std::iter::successors(std::error::Error::source(status), |e| e.source())
+            .any(|e| e.is::<tonic::transport::Error>())
+}
+
+/// `CODE: message` for a status, the form the CLI prints after `error: `. A lost
+/// connection is shown as the UNAVAILABLE it is, with its innermost cause.
 #[must_use]
 pub fn status_line(status: &tonic::Status) -> String {
+    if is_connection_lost(status) {
+        let cause = std::iter::successors(std::error::Error::source(status), |e| e.source())
+            .last()
+            .map_or_else(String::new, |e| format!(": {e}"));
+        return format!("UNAVAILABLE: lost the connection to the node{cause}");
+    }
     format!("{}: {}", code_name(status.code()), status.message())
 }
 

@@ -55,15 +55,27 @@ enum Outcome {
 
 /// Delivers every due item once; returns how many were delivered.
 pub async fn deliver_due(st: &NodeState) -> Result<usize> {
-    let items = st
+    let now = now_ms();
+    let (items, waiting) = st
         .store
-        .read(|conn| outbox::due(conn, now_ms(), 256))
+        .read(move |conn| {
+            Ok((
+                outbox::due(conn, now, 256)?,
+                outbox::first_waiting(conn, now)?,
+            ))
+        })
         .await?;
     let mut blocked: HashSet<String> = HashSet::new();
     let mut delivered = 0;
     for item in items {
-        // Keep per-region order: once one item of a region waits, the rest wait too.
-        if blocked.contains(&item.target_region) {
+        // Keep per-region order: once one item of a region waits, the rest wait too —
+        // also behind an older item still backing off (a reversal must never overtake
+        // the commit of its claim, or the home node would tombstone the claim first).
+        if blocked.contains(&item.target_region)
+            || waiting
+                .get(&item.target_region)
+                .is_some_and(|&head| head < item.id)
+        {
             continue;
         }
         let outcome = match item.kind.as_str() {

@@ -60,6 +60,20 @@ pub fn due(conn: &Connection, now_ms: i64, limit: u32) -> Result<Vec<Item>> {
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
+/// Per target region, the id of the oldest item not yet due at `now_ms`: the items
+/// queued after it wait for it, so that each region's pushes go out in order.
+pub fn first_waiting(
+    conn: &Connection,
+    now_ms: i64,
+) -> Result<std::collections::HashMap<String, i64>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT target_region, MIN(id) FROM outbox WHERE next_attempt_ms > ?1 GROUP BY target_region",
+        )?
+        .query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
 /// Removes a delivered item.
 pub fn remove(conn: &Connection, id: i64) -> Result<()> {
     conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?

@@ -1,0 +1,832 @@
+//! Settlement when things go wrong, on three in-process nodes (Hangzhou 330100, Ningbo
+//! 330200, Wenzhou 330300): the home node down under both offline rules (Hangzhou
+//! refuses; Wenzhou settles provisionally under an exposure limit) and its recovery
+//! through the outbox; a crash between the home commit and the local commit, resolved by
+//! recovery, by a repeated request or by 冲正; and bad input, each refused with its status
+//! code and nothing changed. Amounts are worked out by hand from `deploy/policies`.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use tonic::Code;
+use yidi_common::proto::{
+    self, AgreementStatus as As, FilingType as Ft, HospitalLevel as Hl, InstitutionKind as Ik,
+    InsuranceType as It, PersonType as Pt, VisitKind as Vk,
+};
+use yidi_node::service::TestHooks;
+use yidi_tests::{
+    fixtures::{
+        Desk, acc_tuple, account_balance, accumulators, assert_split, fee_line as line, filing,
+        filing_until, id_number, inst, institution_with_agreement, outbox, period_digest, person,
+        three_cities, wait_outbox_drained,
+    },
+    harness::TestNode,
+};
+
+const HZ: &str = "330100";
+const NB: &str = "330200";
+const WZ: &str = "330300";
+const ADMITTED: &str = "2026-03-10T09:00:00+08:00";
+
+/// (count, sum) of both ledgers of a pair, asserting they agree (count, sum, digest, ids).
+async fn ledgers(treatment: &TestNode, home: &TestNode, period: &str) -> (u64, String) {
+    let recv = period_digest(treatment, period, home.region.as_str(), "receivable").await;
+    let pay = period_digest(home, period, treatment.region.as_str(), "payable").await;
+    assert_eq!(
+        (recv.count, &recv.sum, &recv.digest, &recv.claim_ids),
+        (pay.count, &pay.sum, &pay.digest, &pay.claim_ids),
+        "receivable of {} and payable of {} differ",
+        treatment.region,
+        home.region
+    );
+    (recv.count, recv.sum)
+}
+
+/// The current clearing period ("YYYY-MM", China Standard Time).
+fn this_period() -> String {
+    (chrono::Utc::now() + chrono::Duration::hours(8))
+        .format("%Y-%m")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_down_and_policy_refuses_offline_settlement() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = three_cities(dir.path(), |_, _| {}).await;
+    let id = person(
+        fed.node(HZ),
+        &id_number(HZ, "1980-01-01", 40),
+        It::Employee,
+        Pt::InService,
+        "1000.00",
+        false,
+    )
+    .await;
+    filing(
+        fed.node(HZ),
+        &id,
+        Ft::LongTermResident,
+        NB,
+        &[],
+        "2026-01-01",
+    )
+    .await;
+    let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
+    // Opened while Hangzhou answers (eligibility kept with the visit), and pre-settled
+    // (Hangzhou's policy cached): 2000.00, deductible 1000.00, pooled 70% = 700.00.
+    let v = desk
+        .open("ov-1", &id, HZ, Vk::Outpatient, ADMITTED)
+        .await
+        .unwrap();
+    desk.fees(
+        "fees-1",
+        &v.visit_id,
+        vec![line("1", "NB-A", "1", "2000.00", "2000.00")],
+    )
+    .await
+    .unwrap();
+    let pre = desk.pre_settle(&v.visit_id, true).await.unwrap();
+    assert_eq!(pre.split.unwrap().fund_pay_sumamt, "700.00");
+    // A second visit opened while Hangzhou is down has no eligibility to go on.
+    fed.stop(HZ).await;
+    let nb = fed.node(NB);
+    let blind = desk
+        .open("ov-2", &id, HZ, Vk::Outpatient, ADMITTED)
+        .await
+        .unwrap();
+    desk.fees(
+        "fees-2",
+        &blind.visit_id,
+        vec![line("1", "NB-A", "1", "100.00", "100.00")],
+    )
+    .await
+    .unwrap();
+    let e = desk
+        .settle("settle-2", &blind.visit_id, true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+
+    // Hangzhou refuses offline settlement: the patient pays the whole 2000.00.
+    let s = desk.settle("settle-1", &v.visit_id, true).await.unwrap();
+    assert_eq!(s.state, "refused");
+    assert!(s.note.contains("refuses offline settlement"), "{}", s.note);
+    assert_split(
+        s.split.as_ref().unwrap(),
+        &[
+            ("medfee_sumamt", "2000.00"),
+            ("fulamt_ownpay_amt", "2000.00"),
+            ("inscp_scp_amt", "0.00"),
+            ("fund_pay_sumamt", "0.00"),
+            ("psn_part_amt", "2000.00"),
+            ("acct_pay", "0.00"),
+            ("psn_cash_pay", "2000.00"),
+        ],
+    );
+    assert_eq!(desk.settle("settle-1", &v.visit_id, true).await.unwrap(), s);
+    assert_eq!(desk.get(&s.settlement_id).await.unwrap(), s);
+    // Nothing to push to Hangzhou, nothing provisional.
+    let ob = outbox(nb).await;
+    assert_eq!((ob.depth, ob.exposure.len()), (0, 0), "{ob:?}");
+
+    // Hangzhou back: nothing reached it, and nothing is owed.
+    fed.restart(HZ, |_| {}).await;
+    let (hz, nb) = (fed.node(HZ), fed.node(NB));
+    assert_eq!(outbox(nb).await.depth, 0);
+    assert_eq!(account_balance(hz, &id).await, "1000.00");
+    let acc = accumulators(hz, &id, NB, inst::NB_H3).await;
+    assert_eq!(
+        acc_tuple(&acc),
+        ("0.00", "0.00", "0.00", "0.00", "0.00", 0, "0.00", 0)
+    );
+    assert_eq!(ledgers(nb, hz, &s.period).await, (0, "0.00".into()));
+    // The refused record stays refused; the request keeps its answer.
+    assert_eq!(desk.get(&s.settlement_id).await.unwrap().state, "refused");
+    assert_eq!(desk.settle("settle-1", &v.visit_id, true).await.unwrap(), s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_down_provisional_under_exposure_limit_then_outbox_confirms() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = three_cities(dir.path(), |_, _| {}).await;
+    let id = person(
+        fed.node(WZ),
+        &id_number(WZ, "1966-05-05", 41),
+        It::Employee,
+        Pt::InService,
+        "0.00",
+        false,
+    )
+    .await;
+    filing(
+        fed.node(WZ),
+        &id,
+        Ft::LongTermResident,
+        NB,
+        &[],
+        "2026-01-01",
+    )
+    .await;
+    let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
+    // Three admissions at Ningbo's level-3 hospital, each 135000.00 in scope, opened,
+    // billed, discharged and pre-settled while Wenzhou answers. Wenzhou at level 3:
+    // first-admission deductible 700.00, 82%: pooled 82% × 134300.00 = 110126.00; the
+    // personal share 24874.00 stays below the serious-illness threshold 25000.00.
+    let mut visits = Vec::new();
+    for i in 1..=3 {
+        let v = desk
+            .open(&format!("adm-{i}"), &id, WZ, Vk::Inpatient, ADMITTED)
+            .await
+            .unwrap();
+        desk.fees(
+            &format!("fees-{i}"),
+            &v.visit_id,
+            vec![line("1", "NB-A", "1", "135000.00", "135000.00")],
+        )
+        .await
+        .unwrap();
+        desk.discharge(&format!("dis-{i}"), &v.visit_id)
+            .await
+            .unwrap();
+        let pre = desk.pre_settle(&v.visit_id, false).await.unwrap();
+        assert_eq!(pre.split.unwrap().fund_pay_sumamt, "110126.00");
+        visits.push(v);
+    }
+    fed.stop(WZ).await;
+    let nb = fed.node(NB);
+
+    // Wenzhou settles provisionally from its cached policy and the eligibility kept at
+    // admission, up to an exposure of 300000.00.
+    let s1 = desk
+        .settle("settle-1", &visits[0].visit_id, false)
+        .await
+        .unwrap();
+    assert_eq!(s1.state, "provisional");
+    assert!(s1.note.contains("provisionally"), "{}", s1.note);
+    assert_split(
+        s1.split.as_ref().unwrap(),
+        &[
+            ("medfee_sumamt", "135000.00"),
+            ("inscp_scp_amt", "135000.00"),
+            ("act_pay_dedc", "700.00"),
+            ("pool_ratio", "0.82"),
+            ("hifp_pay", "110126.00"),
+            ("fund_pay_sumamt", "110126.00"),
+            ("psn_part_amt", "24874.00"),
+            ("psn_cash_pay", "24874.00"),
+        ],
+    );
+    let ob = outbox(nb).await;
+    assert_eq!(ob.depth, 1, "{ob:?}");
+    assert!(!ob.oldest.is_empty());
+    assert_eq!(
+        (
+            ob.targets[0].region.as_str(),
+            ob.targets[0].depth,
+            ob.items[0].kind.as_str(),
+            ob.items[0].ref_id.as_str()
+        ),
+        (WZ, 1, "commit", s1.settlement_id.as_str())
+    );
+    assert_eq!(
+        (
+            ob.exposure[0].region.as_str(),
+            ob.exposure[0].amount.as_str()
+        ),
+        (WZ, "110126.00")
+    );
+    // Same snapshot (admissions 0), same split: exposure 220252.00 ≤ 300000.00.
+    let s2 = desk
+        .settle("settle-2", &visits[1].visit_id, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            s2.state.as_str(),
+            s2.split.as_ref().unwrap().fund_pay_sumamt.as_str()
+        ),
+        ("provisional", "110126.00")
+    );
+    let ob = outbox(nb).await;
+    assert_eq!(
+        (ob.depth, ob.exposure[0].amount.as_str()),
+        (2, "220252.00"),
+        "{ob:?}"
+    );
+    // The third would take it to 330378.00 > 300000.00: refused, the patient pays all.
+    let s3 = desk
+        .settle("settle-3", &visits[2].visit_id, false)
+        .await
+        .unwrap();
+    assert_eq!(s3.state, "refused");
+    assert!(s3.note.contains("exposure"), "{}", s3.note);
+    assert_split(
+        s3.split.as_ref().unwrap(),
+        &[
+            ("medfee_sumamt", "135000.00"),
+            ("fulamt_ownpay_amt", "135000.00"),
+            ("fund_pay_sumamt", "0.00"),
+            ("psn_part_amt", "135000.00"),
+            ("psn_cash_pay", "135000.00"),
+        ],
+    );
+    assert_eq!(outbox(nb).await.depth, 2);
+
+    // Wenzhou back: the outbox delivers in order; Wenzhou re-runs its engine on its own
+    // accumulators. Claim 1 as computed. Claim 2 is now a second admission: deductible
+    // 350.00, pooled 82% × 134650.00 = 110413.00; personal share this year 24874.00 +
+    // (135000.00 − 110413.00) = 49461.00, of which 49461.00 − 25000.00 = 24461.00 in the
+    // 60% tier: serious illness 14676.60; funds 125089.60 (the provisional 110126.00 is
+    // corrected by 14963.60).
+    fed.restart(WZ, |_| {}).await;
+    let (nb, wz) = (fed.node(NB), fed.node(WZ));
+    wait_outbox_drained(nb, Duration::from_secs(30)).await;
+    let f1 = desk.get(&s1.settlement_id).await.unwrap();
+    assert_eq!(
+        (
+            f1.state.as_str(),
+            f1.split.as_ref().unwrap().fund_pay_sumamt.as_str(),
+            f1.note.as_str()
+        ),
+        ("settled", "110126.00", s1.note.as_str())
+    );
+    let f2 = desk.get(&s2.settlement_id).await.unwrap();
+    assert_eq!(f2.state, "settled");
+    assert_split(
+        f2.split.as_ref().unwrap(),
+        &[
+            ("medfee_sumamt", "135000.00"),
+            ("inscp_scp_amt", "135000.00"),
+            ("act_pay_dedc", "350.00"),
+            ("pool_ratio", "0.82"),
+            ("hifp_pay", "110413.00"),
+            ("hifmi_pay", "14676.60"),
+            ("fund_pay_sumamt", "125089.60"),
+            ("psn_part_amt", "9910.40"),
+            ("psn_cash_pay", "9910.40"),
+        ],
+    );
+    assert!(
+        f2.note
+            .contains("110126.00 corrected by the home node to 125089.60"),
+        "{}",
+        f2.note
+    );
+    assert_eq!(desk.get(&s3.settlement_id).await.unwrap().state, "refused");
+    let ob = outbox(nb).await;
+    assert_eq!((ob.depth, ob.exposure.len()), (0, 0), "{ob:?}");
+    // Home: both claims, nothing of the refused one.
+    let acc = accumulators(wz, &id, NB, inst::NB_H3).await;
+    assert_eq!(
+        acc_tuple(&acc),
+        (
+            "220539.00",
+            "0.00",
+            "0.00",
+            "14676.60",
+            "0.00",
+            2,
+            "270000.00",
+            2
+        )
+    );
+    // 110126.00 + 125089.60 = 235215.60 on both sides.
+    assert_eq!(ledgers(nb, wz, &s1.period).await, (2, "235215.60".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisional_settlement_cancelled_while_home_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = three_cities(dir.path(), |_, _| {}).await;
+    let id = person(
+        fed.node(WZ),
+        &id_number(WZ, "1967-06-06", 42),
+        It::Employee,
+        Pt::InService,
+        "500.00",
+        false,
+    )
+    .await;
+    filing(
+        fed.node(WZ),
+        &id,
+        Ft::LongTermResident,
+        NB,
+        &[],
+        "2026-01-01",
+    )
+    .await;
+    let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
+    // Wenzhou outpatient at level 3: deductible 800.00, 65% × 1000.00 = 650.00; personal
+    // 1150.00: account 500.00, cash 650.00.
+    let v = desk
+        .open("ov-1", &id, WZ, Vk::Outpatient, ADMITTED)
+        .await
+        .unwrap();
+    desk.fees(
+        "fees-1",
+        &v.visit_id,
+        vec![line("1", "NB-A", "1", "1800.00", "1800.00")],
+    )
+    .await
+    .unwrap();
+    desk.pre_settle(&v.visit_id, true).await.unwrap();
+    fed.stop(WZ).await;
+    let s = desk.settle("settle-1", &v.visit_id, true).await.unwrap();
+    assert_eq!(s.state, "provisional");
+    assert_split(
+        s.split.as_ref().unwrap(),
+        &[
+            ("medfee_sumamt", "1800.00"),
+            ("inscp_scp_amt", "1800.00"),
+            ("act_pay_dedc", "800.00"),
+            ("pool_ratio", "0.65"),
+            ("hifp_pay", "650.00"),
+            ("fund_pay_sumamt", "650.00"),
+            ("psn_part_amt", "1150.00"),
+            ("acct_pay", "500.00"),
+            ("psn_cash_pay", "650.00"),
+        ],
+    );
+    // Let the commit fail three times (its next attempt is then 2 s away) before
+    // cancelling, so that the reversal queued behind it is due before it is: delivery
+    // must still keep their order.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ob = outbox(fed.node(NB)).await;
+        if ob.items.first().is_some_and(|i| i.attempts >= 3) {
+            break;
+        }
+        assert!(Instant::now() < until, "commit never attempted: {ob:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = desk.cancel("cancel-1", &s.settlement_id, "").await.unwrap();
+    assert_eq!(c.state, "reversal");
+    assert_eq!(outbox(fed.node(NB)).await.depth, 2);
+
+    fed.restart(WZ, |_| {}).await;
+    let (nb, wz) = (fed.node(NB), fed.node(WZ));
+    wait_outbox_drained(nb, Duration::from_secs(30)).await;
+    // The claim reached Wenzhou and was reversed there: the account is whole again,
+    // the accumulators are back to zero (two versions later), the ledgers net to zero.
+    assert_eq!(desk.get(&s.settlement_id).await.unwrap().state, "cancelled");
+    assert_eq!(account_balance(wz, &id).await, "500.00");
+    let acc = accumulators(wz, &id, NB, inst::NB_H3).await;
+    assert_eq!(
+        acc_tuple(&acc),
+        ("0.00", "0.00", "0.00", "0.00", "0.00", 0, "0.00", 2)
+    );
+    assert_eq!(ledgers(nb, wz, &s.period).await, (2, "0.00".into()));
+    // The visit can be settled again, now online.
+    let again = desk.settle("settle-2", &v.visit_id, true).await.unwrap();
+    assert_eq!(
+        (
+            again.state.as_str(),
+            again.split.as_ref().unwrap().fund_pay_sumamt.as_str()
+        ),
+        ("settled", "650.00")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_home_commit_is_recovered_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = TestHooks::default();
+    let crash = Arc::clone(&hooks.crash_after_home_commit);
+    let mut fed = three_cities(dir.path(), move |r, c| {
+        if r == NB {
+            c.hooks = hooks.clone();
+        }
+    })
+    .await;
+    let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
+    let mut ids = Vec::new();
+    let mut visits = Vec::new();
+    for (i, seq) in [(1, 43), (2, 44), (3, 45)] {
+        let id = person(
+            fed.node(HZ),
+            &id_number(HZ, "1979-09-09", seq),
+            It::Employee,
+            Pt::InService,
+            "1000.00",
+            false,
+        )
+        .await;
+        filing(
+            fed.node(HZ),
+            &id,
+            Ft::LongTermResident,
+            NB,
+            &[],
+            "2026-01-01",
+        )
+        .await;
+        let v = desk
+            .open(&format!("ov-{i}"), &id, HZ, Vk::Outpatient, ADMITTED)
+            .await
+            .unwrap();
+        desk.fees(
+            &format!("fees-{i}"),
+            &v.visit_id,
+            vec![line("1", "NB-A", "1", "2000.00", "2000.00")],
+        )
+        .await
+        .unwrap();
+        ids.push(id);
+        visits.push(v);
+    }
+    // Each settles to: deductible 1000.00, pooled 70% × 1000.00 = 700.00, account
+    // 1000.00, cash 300.00.
+    let expect = |s: &proto::Settlement| {
+        assert_eq!(s.state, "settled");
+        assert_split(
+            s.split.as_ref().unwrap(),
+            &[
+                ("medfee_sumamt", "2000.00"),
+                ("inscp_scp_amt", "2000.00"),
+                ("act_pay_dedc", "1000.00"),
+                ("pool_ratio", "0.70"),
+                ("hifp_pay", "700.00"),
+                ("fund_pay_sumamt", "700.00"),
+                ("psn_part_amt", "1300.00"),
+                ("acct_pay", "1000.00"),
+                ("psn_cash_pay", "300.00"),
+            ],
+        );
+    };
+
+    // 1. The hospital repeats the request: the node asks Hangzhou and finishes.
+    crash.store(true, Ordering::SeqCst);
+    let e = desk
+        .settle("settle-1", &visits[0].visit_id, true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    // Hangzhou committed; Ningbo has not recorded anything yet.
+    let acc = accumulators(fed.node(HZ), &ids[0], NB, inst::NB_H3).await;
+    assert_eq!((acc.version, acc.pool_paid.as_str()), (1, "700.00"));
+    assert_eq!(desk.list().await.len(), 0);
+    crash.store(false, Ordering::SeqCst);
+    let s1 = desk
+        .settle("settle-1", &visits[0].visit_id, true)
+        .await
+        .unwrap();
+    expect(&s1);
+    assert_eq!(
+        desk.settle("settle-1", &visits[0].visit_id, true)
+            .await
+            .unwrap(),
+        s1
+    );
+
+    // 2. The hospital gives up on the request with 冲正: the node learns it was
+    // committed, then reverses it.
+    crash.store(true, Ordering::SeqCst);
+    let e = desk
+        .settle("settle-2", &visits[1].visit_id, true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    crash.store(false, Ordering::SeqCst);
+    let r = desk.reverse("rev-2", "settle-2").await.unwrap();
+    assert_eq!(r.outcome, "reversed");
+    let reversal = r.reversal.unwrap();
+    assert_eq!(reversal.split.as_ref().unwrap().fund_pay_sumamt, "-700.00");
+    wait_outbox_drained(fed.node(NB), Duration::from_secs(10)).await;
+    assert_eq!(account_balance(fed.node(HZ), &ids[1]).await, "1000.00");
+    let acc = accumulators(fed.node(HZ), &ids[1], NB, inst::NB_H3).await;
+    assert_eq!(
+        acc_tuple(&acc),
+        ("0.00", "0.00", "0.00", "0.00", "0.00", 0, "0.00", 2)
+    );
+
+    // 3. The node itself goes down in between and recovers on restart.
+    crash.store(true, Ordering::SeqCst);
+    let e = desk
+        .settle("settle-3", &visits[2].visit_id, true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    fed.stop(NB).await;
+    fed.restart(NB, |_| {}).await;
+    let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
+    // Recovery at start-up asks Hangzhou and records the settlement, before the
+    // hospital asks again.
+    let until = Instant::now() + Duration::from_secs(10);
+    let recovered = loop {
+        let found = desk
+            .list()
+            .await
+            .into_iter()
+            .find(|s| s.visit_id == visits[2].visit_id);
+        if let Some(s) = found {
+            break s;
+        }
+        assert!(Instant::now() < until, "in-doubt claim not recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    expect(&recovered);
+    let s3 = desk
+        .settle("settle-3", &visits[2].visit_id, true)
+        .await
+        .unwrap();
+    assert_eq!(s3, recovered);
+
+    // Exactly once everywhere: per person one claim at home (the reversed one two
+    // versions), and both ledgers: 700.00 + 700.00 − 700.00 + 700.00 = 1400.00 in four
+    // entries.
+    let (hz, nb) = (fed.node(HZ), fed.node(NB));
+    for (id, version) in [(&ids[0], 1), (&ids[2], 1)] {
+        let acc = accumulators(hz, id, NB, inst::NB_H3).await;
+        assert_eq!(
+            acc_tuple(&acc),
+            (
+                "700.00", "700.00", "0.00", "0.00", "1000.00", 0, "2000.00", version
+            )
+        );
+        assert_eq!(account_balance(hz, id).await, "0.00");
+    }
+    assert_eq!(ledgers(nb, hz, &s3.period).await, (4, "1400.00".into()));
+    let records = desk.list().await;
+    assert_eq!(
+        records.len(),
+        4,
+        "settle-1, settle-2 (cancelled), its reversal, settle-3"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = three_cities(dir.path(), |_, _| {}).await;
+    let (hz, nb, wz) = (fed.node(HZ), fed.node(NB), fed.node(WZ));
+    institution_with_agreement(
+        wz,
+        "H33030009",
+        Ik::Hospital,
+        Hl::HospitalLevel2,
+        As::Suspended,
+        "2024-01-01",
+        "",
+    )
+    .await;
+    institution_with_agreement(
+        wz,
+        "H33030008",
+        Ik::Hospital,
+        Hl::HospitalLevel2,
+        As::Active,
+        "2024-01-01",
+        "2025-12-31",
+    )
+    .await;
+    // A Ningbo employee: Ningbo settles unfiled care directly for inpatient and
+    // emergency care only. An expired filing for Wenzhou counts as none.
+    let nb_person = person(
+        nb,
+        &id_number(NB, "1977-07-07", 50),
+        It::Employee,
+        Pt::InService,
+        "1000.00",
+        false,
+    )
+    .await;
+    filing_until(
+        nb,
+        &nb_person,
+        Ft::LongTermResident,
+        WZ,
+        &[],
+        "2025-01-01",
+        "2026-02-28",
+    )
+    .await;
+    let hz_person = person(
+        hz,
+        &id_number(HZ, "1978-08-08", 51),
+        It::Employee,
+        Pt::InService,
+        "1000.00",
+        false,
+    )
+    .await;
+    let mut desk = Desk::at(wz, inst::WZ_H2).await;
+    let first = desk
+        .open("ov-0", &hz_person, HZ, Vk::Outpatient, ADMITTED)
+        .await
+        .unwrap();
+    let seq = |v: &proto::Visit| -> u64 { v.visit_id.rsplit('-').next().unwrap().parse().unwrap() };
+
+    // Institutions: unknown → PERMISSION_DENIED; suspended or expired agreement →
+    // FAILED_PRECONDITION.
+    let mut unknown = Desk::at(wz, "H33039999").await;
+    let e = unknown
+        .open("ov-x", &hz_person, HZ, Vk::Outpatient, ADMITTED)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = unknown
+        .client
+        .identify(proto::IdentifyRequest {
+            institution_code: "H33039999".into(),
+            id_number: hz_person.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    for code in ["H33030009", "H33030008"] {
+        let mut d = Desk::at(wz, code).await;
+        let e = d
+            .open("ov-x", &hz_person, HZ, Vk::Outpatient, ADMITTED)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{code}: {e:?}");
+        assert!(e.message().contains(code), "{e:?}");
+        let e = d.settle("s-x", &first.visit_id, false).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{code}: {e:?}");
+    }
+
+    // Unknown person → NOT_FOUND (from the home node, and when identifying).
+    let stranger = id_number(HZ, "1999-09-09", 52);
+    let e = desk
+        .open("ov-x", &stranger, HZ, Vk::Outpatient, ADMITTED)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = desk
+        .client
+        .identify(proto::IdentifyRequest {
+            institution_code: inst::WZ_H2.into(),
+            id_number: stranger.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    // None of the refused requests created a visit: the next one takes the next number,
+    // and a refused request id is free for a good request.
+    let v = desk
+        .open("ov-x", &nb_person, NB, Vk::Outpatient, ADMITTED)
+        .await
+        .unwrap();
+    assert_eq!(seq(&v), seq(&first) + 1);
+
+    // Fee lines: unknown item, negative quantity, amount ≠ quantity × price — each
+    // INVALID_ARGUMENT naming the line's field; no line of the upload is kept.
+    for (lines, field) in [
+        (
+            vec![
+                line("1", "WZ-A", "1", "100.00", "100.00"),
+                line("2", "WZ-NOPE", "1", "5.00", "5.00"),
+            ],
+            "lines[1].item_code",
+        ),
+        (
+            vec![line("1", "WZ-A", "-1", "100.00", "-100.00")],
+            "lines[0].quantity",
+        ),
+        (
+            vec![line("1", "WZ-A", "2", "10.00", "25.00")],
+            "lines[0].amount",
+        ),
+        (
+            vec![line("1", "WZ-A", "0", "10.00", "0.00")],
+            "lines[0].quantity",
+        ),
+    ] {
+        let e = desk.fees("fees-x", &v.visit_id, lines).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{field}: {e:?}");
+        assert!(e.message().contains(field), "{field}: {e:?}");
+        let e = desk.pre_settle(&v.visit_id, false).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "no fee lines: {e:?}");
+    }
+    let up = desk
+        .fees(
+            "fees-x",
+            &v.visit_id,
+            vec![line("1", "WZ-A", "1", "1000.00", "1000.00")],
+        )
+        .await
+        .unwrap();
+    assert_eq!((up.lines.len(), up.total.as_str()), (1, "1000.00"));
+
+    // Unfiled (expired filing) outpatient care of a Ningbo employee: no direct
+    // settlement → FAILED_PRECONDITION, at identification already and on settling.
+    let who = desk
+        .client
+        .identify(proto::IdentifyRequest {
+            institution_code: inst::WZ_H2.into(),
+            id_number: nb_person.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!who.eligible);
+    assert!(
+        who.ineligible_reason.contains("no direct settlement"),
+        "{who:?}"
+    );
+    let e = desk.pre_settle(&v.visit_id, false).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = desk
+        .settle("settle-x", &v.visit_id, false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("no direct settlement"), "{e:?}");
+    // Nothing recorded, nothing at home, nothing queued or owed.
+    assert_eq!(desk.list().await.len(), 0);
+    assert_eq!(outbox(wz).await.depth, 0);
+    let acc = accumulators(nb, &nb_person, WZ, inst::WZ_H2).await;
+    assert_eq!(acc.version, 0);
+    assert_eq!(account_balance(nb, &nb_person).await, "1000.00");
+    let period = this_period();
+    assert_eq!(ledgers(wz, nb, &period).await, (0, "0.00".into()));
+
+    // The same person admitted as an inpatient: settled directly as unfiled, 88% −
+    // 15 pp = 73% at level 2; deductible 600.00; 10600.00 → pooled 73% × 10000.00 =
+    // 7300.00; personal 3300.00 in cash.
+    let adm = desk
+        .open("adm-1", &nb_person, NB, Vk::Inpatient, ADMITTED)
+        .await
+        .unwrap();
+    desk.fees(
+        "fees-adm",
+        &adm.visit_id,
+        vec![line("1", "WZ-A", "1", "10600.00", "10600.00")],
+    )
+    .await
+    .unwrap();
+    desk.discharge("dis-1", &adm.visit_id).await.unwrap();
+    let s = desk
+        .settle("settle-adm", &adm.visit_id, false)
+        .await
+        .unwrap();
+    let split = s.split.clone().unwrap();
+    assert_eq!(split.applied_filing_type, Ft::Temporary as i32);
+    assert_split(
+        &split,
+        &[
+            ("medfee_sumamt", "10600.00"),
+            ("inscp_scp_amt", "10600.00"),
+            ("act_pay_dedc", "600.00"),
+            ("pool_ratio", "0.73"),
+            ("hifp_pay", "7300.00"),
+            ("fund_pay_sumamt", "7300.00"),
+            ("psn_part_amt", "3300.00"),
+            ("psn_cash_pay", "3300.00"),
+        ],
+    );
+    // The refused request id "settle-x" left nothing behind: it is free.
+    let e = desk
+        .settle("settle-x", &v.visit_id, false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(desk.list().await.len(), 1);
+    assert_eq!(ledgers(wz, nb, &s.period).await, (1, "7300.00".into()));
+}

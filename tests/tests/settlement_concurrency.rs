@@ -1,0 +1,310 @@
+//! Concurrency on three in-process nodes: one Hangzhou person settled at the same moment
+//! in Ningbo and Wenzhou against one cap (the home node's compare-and-set keeps the
+//! total within it), and the same request sent several times at once (one effect, one
+//! answer).
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use tokio::task::JoinSet;
+use tonic::Code;
+use yidi_common::{
+    money::{self, Money},
+    proto::{self, FilingType as Ft, InsuranceType as It, PersonType as Pt, VisitKind as Vk},
+};
+use yidi_tests::{
+    fixtures::{
+        Desk, acc_tuple, accumulators, fee_line as line, filing, id_number, inst, period_digest,
+        person, three_cities,
+    },
+    harness::TestNode,
+};
+
+const HZ: &str = "330100";
+const NB: &str = "330200";
+const WZ: &str = "330300";
+const ADMITTED: &str = "2026-03-10T09:00:00+08:00";
+/// Chronic visits per treatment city.
+const PER_CITY: usize = 12;
+
+fn dec(s: &str) -> Money {
+    money::parse(s, "amount", money::Sign::Any).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+}
+
+/// Opens `PER_CITY` chronic visits of 5000.00 (one class-A line) at `desk`'s institution.
+async fn chronic_visits(desk: &Desk, id: &str, item: &str) -> Vec<String> {
+    let mut set = JoinSet::new();
+    for i in 0..PER_CITY {
+        let mut d = Desk {
+            client: desk.client.clone(),
+            inst: desk.inst.clone(),
+        };
+        let (id, item) = (id.to_owned(), item.to_owned());
+        set.spawn(async move {
+            let v = d
+                .open(&format!("ov-{i}"), &id, HZ, Vk::Chronic, ADMITTED)
+                .await
+                .unwrap();
+            d.fees(
+                &format!("fees-{i}"),
+                &v.visit_id,
+                vec![line("1", &item, "1", "5000.00", "5000.00")],
+            )
+            .await
+            .unwrap();
+            v.visit_id
+        });
+    }
+    set.join_all().await
+}
+
+/// Settles a visit, repeating the same request while the node reports a concurrent
+/// change (ABORTED: the home node's compare-and-set lost and the retries ran out).
+async fn settle_until_done(mut d: Desk, rid: String, visit: String) -> proto::Settlement {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        match d.settle(&rid, &visit, false).await {
+            Ok(s) => return s,
+            Err(e) if e.code() == Code::Aborted && Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            Err(e) => panic!("{rid}: {e:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_person_settled_at_once_in_two_cities_never_exceeds_the_chronic_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = three_cities(dir.path(), |_, _| {}).await;
+    let (hz, nb, wz) = (fed.node(HZ), fed.node(NB), fed.node(WZ));
+    let id = person(
+        hz,
+        &id_number(HZ, "1958-12-12", 60),
+        It::Employee,
+        Pt::InService,
+        "0.00",
+        false,
+    )
+    .await;
+    filing(hz, &id, Ft::LongTermResident, NB, &[], "2026-01-01").await;
+    filing(hz, &id, Ft::LongTermResident, WZ, &[], "2026-01-01").await;
+    let nb_desk = Desk::at(nb, inst::NB_H3).await;
+    let wz_desk = Desk::at(wz, inst::WZ_H2).await;
+    let nb_visits = chronic_visits(&nb_desk, &id, "NB-A").await;
+    let wz_visits = chronic_visits(&wz_desk, &id, "WZ-A").await;
+
+    // Hangzhou chronic care: no deductible; 85% at level 3 (Ningbo), 88% at level 2
+    // (Wenzhou); chronic cap 30000.00. Alone, each 5000.00 visit would get 4250.00 or
+    // 4400.00 from the pooled fund: 12 × 4250.00 + 12 × 4400.00 = 103800.00, far above
+    // the cap. All 24 go at once.
+    let mut set = JoinSet::new();
+    for (desk, visits, city) in [(&nb_desk, &nb_visits, NB), (&wz_desk, &wz_visits, WZ)] {
+        for (i, v) in visits.iter().enumerate() {
+            let d = Desk {
+                client: desk.client.clone(),
+                inst: desk.inst.clone(),
+            };
+            let (rid, v) = (format!("settle-{i}"), v.clone());
+            set.spawn(async move { (city, settle_until_done(d, rid, v).await) });
+        }
+    }
+    let answers = set.join_all().await;
+    assert_eq!(answers.len(), 2 * PER_CITY);
+
+    // Every answer is a settlement whose split adds up: funds = pooled + serious illness,
+    // personal = 5000.00 − funds; the pooled share is the visit's own ratio, what the cap
+    // left, or nothing.
+    let (mut hifp, mut hifmi) = (Money::ZERO, Money::ZERO);
+    let mut fund_by_city = [Money::ZERO, Money::ZERO];
+    let mut ids_by_city = [BTreeSet::new(), BTreeSet::new()];
+    for (city, s) in &answers {
+        assert_eq!(s.state, "settled", "{s:?}");
+        let sp = s.split.as_ref().unwrap();
+        let (p, m, f) = (
+            dec(&sp.hifp_pay),
+            dec(&sp.hifmi_pay),
+            dec(&sp.fund_pay_sumamt),
+        );
+        assert_eq!(p + m, f, "{sp:?}");
+        assert_eq!(dec(&sp.psn_part_amt), dec("5000.00") - f, "{sp:?}");
+        let full = if *city == NB { "4250.00" } else { "4400.00" };
+        assert!(p <= dec(full), "{sp:?}");
+        hifp += p;
+        hifmi += m;
+        let c = usize::from(*city == WZ);
+        fund_by_city[c] += f;
+        ids_by_city[c].insert(s.settlement_id.clone());
+    }
+    // The cap holds exactly: 30000.00 from the pooled fund. The year's in-scope personal
+    // share is 24 × 5000.00 − 30000.00 = 90000.00, of which the part above 20000.00 is in
+    // the 60% serious-illness tier: 60% × 70000.00 = 42000.00 (every share is a multiple
+    // of 50.00, so no claim rounds), whatever the order of the claims.
+    assert_eq!(hifp, dec("30000.00"));
+    assert_eq!(hifmi, dec("42000.00"));
+    let acc = accumulators(hz, &id, NB, inst::NB_H3).await;
+    assert_eq!(
+        acc_tuple(&acc),
+        (
+            "30000.00",
+            "0.00",
+            "30000.00",
+            "42000.00",
+            "0.00",
+            0,
+            "120000.00",
+            24
+        )
+    );
+
+    // Both ledgers of each pair hold exactly the acknowledged claims, with their fund
+    // shares; together 30000.00 + 42000.00 = 72000.00.
+    let period = answers[0].1.period.clone();
+    for (node, c) in [(nb, 0), (wz, 1)] {
+        let recv = period_digest(node, &period, HZ, "receivable").await;
+        let pay = period_digest(hz, &period, node.region.as_str(), "payable").await;
+        assert_eq!(
+            (recv.count, &recv.sum, &recv.digest),
+            (pay.count, &pay.sum, &pay.digest)
+        );
+        assert_eq!(
+            (recv.count, dec(&recv.sum)),
+            (PER_CITY as u64, fund_by_city[c])
+        );
+        let ids: BTreeSet<String> = recv.claim_ids.iter().cloned().collect();
+        assert_eq!(ids, ids_by_city[c]);
+        let ids: BTreeSet<String> = pay.claim_ids.iter().cloned().collect();
+        assert_eq!(ids, ids_by_city[c]);
+    }
+    assert_eq!(fund_by_city[0] + fund_by_city[1], dec("72000.00"));
+
+    // Each acknowledged settlement is present at both nodes with the same split.
+    let mut hz_peer = hz.peer().await;
+    for (city, s) in &answers {
+        let node: &TestNode = if *city == NB { nb } else { wz };
+        let inst = if *city == NB {
+            inst::NB_H3
+        } else {
+            inst::WZ_H2
+        };
+        let mut d = Desk::at(node, inst).await;
+        assert_eq!(&d.get(&s.settlement_id).await.unwrap(), s);
+        let st = hz_peer
+            .claim_status(proto::ClaimStatusRequest {
+                claim_id: s.settlement_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.state, "committed");
+        assert_eq!(st.claim.unwrap().split.as_ref(), s.split.as_ref());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_request_sent_several_times_at_once_takes_effect_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = three_cities(dir.path(), |_, _| {}).await;
+    let (hz, nb) = (fed.node(HZ), fed.node(NB));
+    let id = person(
+        hz,
+        &id_number(HZ, "1981-03-03", 61),
+        It::Employee,
+        Pt::InService,
+        "1000.00",
+        false,
+    )
+    .await;
+    filing(hz, &id, Ft::LongTermResident, NB, &[], "2026-01-01").await;
+    let desk = Desk::at(nb, inst::NB_H3).await;
+    let copies = |n: usize| {
+        (0..n)
+            .map(|_| Desk {
+                client: desk.client.clone(),
+                inst: desk.inst.clone(),
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // OpenVisit ×4 at once: one visit.
+    let mut set = JoinSet::new();
+    for mut d in copies(4) {
+        let id = id.clone();
+        set.spawn(async move { d.open("ov-1", &id, HZ, Vk::Outpatient, ADMITTED).await });
+    }
+    let opened: Vec<proto::Visit> = set
+        .join_all()
+        .await
+        .into_iter()
+        .map(|r| r.expect("open visit"))
+        .collect();
+    assert!(opened.iter().all(|v| *v == opened[0]), "{opened:?}");
+    let visit = opened[0].visit_id.clone();
+
+    // UploadFees ×4 at once: one set of lines.
+    let mut set = JoinSet::new();
+    for mut d in copies(4) {
+        let visit = visit.clone();
+        set.spawn(async move {
+            d.fees(
+                "fees-1",
+                &visit,
+                vec![line("1", "NB-A", "1", "2000.00", "2000.00")],
+            )
+            .await
+        });
+    }
+    for r in set.join_all().await {
+        let up = r.expect("upload fees");
+        assert_eq!((up.lines.len(), up.total.as_str()), (1, "2000.00"));
+    }
+
+    // Settle ×4 at once: one settlement. A copy that finds the first still in flight may
+    // be told to retry (ABORTED / UNAVAILABLE), never anything else; retried, it gets the
+    // one answer. 2000.00: deductible 1000.00, pooled 70% = 700.00, account 1000.00.
+    let mut set = JoinSet::new();
+    for mut d in copies(4) {
+        let visit = visit.clone();
+        set.spawn(async move {
+            let until = Instant::now() + Duration::from_secs(20);
+            loop {
+                match d.settle("settle-1", &visit, true).await {
+                    Ok(s) => return s,
+                    Err(e)
+                        if matches!(e.code(), Code::Aborted | Code::Unavailable)
+                            && Instant::now() < until =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(e) => panic!("a concurrent duplicate got {e:?}"),
+                }
+            }
+        });
+    }
+    let answers = set.join_all().await;
+    assert!(answers.iter().all(|s| *s == answers[0]), "{answers:?}");
+    let s = &answers[0];
+    assert_eq!(
+        (
+            s.state.as_str(),
+            s.split.as_ref().unwrap().fund_pay_sumamt.as_str(),
+            s.split.as_ref().unwrap().acct_pay.as_str()
+        ),
+        ("settled", "700.00", "1000.00")
+    );
+    let mut d = copies(1).pop().unwrap();
+    assert_eq!(d.list().await.len(), 1);
+    let acc = accumulators(hz, &id, NB, inst::NB_H3).await;
+    assert_eq!(
+        acc_tuple(&acc),
+        (
+            "700.00", "700.00", "0.00", "0.00", "1000.00", 0, "2000.00", 1
+        )
+    );
+    let recv = period_digest(nb, &s.period, HZ, "receivable").await;
+    let pay = period_digest(hz, &s.period, NB, "payable").await;
+    assert_eq!((recv.count, recv.sum.as_str()), (1, "700.00"));
+    assert_eq!((recv.digest, recv.claim_ids), (pay.digest, pay.claim_ids));
+}

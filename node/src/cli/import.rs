@@ -296,6 +296,8 @@ struct Report {
     rows: u64,
     requests: u64,
     result: proto::ImportResult,
+    /// Rows of batches an earlier run already imported (replayed answers).
+    replayed: u64,
     bar: ProgressBar,
 }
 
@@ -321,6 +323,7 @@ impl Report {
             rows: 0,
             requests: 0,
             result: proto::ImportResult::default(),
+            replayed: 0,
             bar,
         }
     }
@@ -328,9 +331,14 @@ impl Report {
     fn add(&mut self, rows: u64, r: proto::ImportResult, byte: u64) {
         self.rows += rows;
         self.requests += 1;
-        self.result.inserted += r.inserted;
-        self.result.updated += r.updated;
-        self.result.unchanged += r.unchanged;
+        if r.replayed {
+            // Imported by an earlier run of this file: nothing was written now.
+            self.replayed += r.inserted + r.updated + r.unchanged;
+        } else {
+            self.result.inserted += r.inserted;
+            self.result.updated += r.updated;
+            self.result.unchanged += r.unchanged;
+        }
         self.result.errors.extend(r.errors);
         self.bar.set_position(byte);
         self.bar.set_message(format!(
@@ -364,6 +372,7 @@ impl Report {
                 "inserted": r.inserted,
                 "updated": r.updated,
                 "unchanged": r.unchanged,
+                "already_imported": self.replayed,
                 "rejected": r.errors.len(),
                 "errors": r.errors.iter().map(|e| json!({"row": e.row, "field": e.field, "reason": e.reason})).collect::<Vec<_>>(),
                 "elapsed_ms": millis,
@@ -379,7 +388,7 @@ impl Report {
                 output::emit(format_args!("{t}"));
             }
             output::emit(format_args!(
-                "{}: {} rows of {} in {:.1?} ({per_second} rows/s): {} inserted, {} updated, {} unchanged, {} rejected",
+                "{}: {} rows of {} in {:.1?} ({per_second} rows/s): {} inserted, {} updated, {} unchanged, {} rejected{}",
                 self.file.display(),
                 self.rows,
                 self.noun,
@@ -388,6 +397,14 @@ impl Report {
                 r.updated,
                 r.unchanged,
                 r.errors.len(),
+                if self.replayed > 0 {
+                    format!(
+                        "; {} rows already imported by an earlier run (nothing written)",
+                        self.replayed
+                    )
+                } else {
+                    String::new()
+                },
             ));
             if let Some(path) = errors_file {
                 output::emit(format_args!("rejected rows written to {}", path.display()));

@@ -65,6 +65,30 @@ impl AdminSvc {
         Ok(Response::new(out))
     }
 
+    /// Like `once` for bulk imports, marking a replayed batch so that a re-run import
+    /// can say it wrote nothing.
+    async fn once_import<F>(
+        &self,
+        key: RequestKey,
+        effect: F,
+    ) -> Result<Response<proto::ImportResult>, Status>
+    where
+        F: FnOnce(&Connection) -> Result<proto::ImportResult> + Send + 'static,
+    {
+        let out = self
+            .state
+            .store
+            .write(move |conn| {
+                if let Some(mut earlier) = idempotency::replay::<proto::ImportResult>(conn, &key)? {
+                    earlier.replayed = true;
+                    return Ok(earlier);
+                }
+                idempotency::once(conn, &key, effect)
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
     async fn read<R, F>(&self, f: F) -> Result<Response<R>, Status>
     where
         R: Send + 'static,
@@ -582,7 +606,7 @@ impl AdminService for AdminSvc {
             .iter()
             .map(|r| (r.row, person_from_row(r)))
             .collect();
-        self.once(key, move |conn| {
+        self.once_import(key, move |conn| {
             let now = period::now_rfc3339();
             let mut result = proto::ImportResult::default();
             for (row, rec) in parsed {
@@ -996,7 +1020,7 @@ impl AdminService for AdminSvc {
             .iter()
             .map(|r| (r.row, catalogue_from_row(r)))
             .collect();
-        self.once(key, move |conn| {
+        self.once_import(key, move |conn| {
             let mut result = proto::ImportResult::default();
             for (row, rec) in parsed {
                 match rec {
@@ -1176,6 +1200,15 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<proto::ListClearingRoundsResponse>, Status> {
         Ok(Response::new(
             super::funds::list_clearing_rounds(&self.state).await?,
+        ))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<proto::ListAuditRequest>,
+    ) -> Result<Response<proto::ListAuditResponse>, Status> {
+        Ok(Response::new(
+            super::audit::list_audit(&self.state, req.into_inner()).await?,
         ))
     }
 }

@@ -20,6 +20,9 @@ pub struct TestNode {
     pub addr: SocketAddr,
     pub region: RegionCode,
     pub data_dir: PathBuf,
+    /// Client TLS of the helper clients (`admin()`, `hospital()`, `peer()`) for a node
+    /// serving mutual TLS (see `crate::pki`); `None`: plain text.
+    pub client_tls: Option<tonic::transport::ClientTlsConfig>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<yidi_node::Result<()>>>,
 }
@@ -59,6 +62,7 @@ impl TestNode {
             addr,
             region,
             data_dir,
+            client_tls: None,
             stop: Some(stop),
             handle: Some(handle),
         }
@@ -70,9 +74,9 @@ impl TestNode {
         format!("http://{}", self.addr)
     }
 
-    /// A connected channel.
+    /// A connected channel (mutual TLS with [`TestNode::client_tls`] when set).
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
+        yidi_node::tls::endpoint(&self.url(), self.client_tls.clone())
             .expect("url")
             .connect()
             .await
@@ -225,6 +229,8 @@ pub fn write_peers(path: &std::path::Path, addrs: &[(String, SocketAddr)]) {
 pub struct TestCoordinator {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// Client TLS of [`TestCoordinator::client`] when it serves mutual TLS.
+    pub client_tls: Option<tonic::transport::ClientTlsConfig>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<yidi_node::Result<()>>>,
 }
@@ -244,6 +250,16 @@ impl TestCoordinator {
         data_dir: PathBuf,
         participants_file: PathBuf,
     ) -> Self {
+        Self::start_with(listener, data_dir, participants_file, |_| {}).await
+    }
+
+    /// Starts on a bound listener, letting the caller adjust the config (e.g. TLS).
+    pub async fn start_with(
+        listener: TcpListener,
+        data_dir: PathBuf,
+        participants_file: PathBuf,
+        adjust: impl FnOnce(&mut yidi_node::coordinator::CoordinatorConfig),
+    ) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let region = RegionCode::parse("330000", "region").expect("province");
         let mut config = yidi_node::coordinator::CoordinatorConfig::new(
@@ -255,6 +271,7 @@ impl TestCoordinator {
         config.call_timeout = Duration::from_millis(800);
         // Tests drive rounds explicitly; the background loop still runs, but rarely.
         config.run_interval = Duration::from_secs(3600);
+        adjust(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(yidi_node::coordinator::serve(
             listener,
@@ -266,6 +283,7 @@ impl TestCoordinator {
         Self {
             addr,
             data_dir,
+            client_tls: None,
             stop: Some(stop),
             handle: Some(handle),
         }
@@ -275,7 +293,7 @@ impl TestCoordinator {
     pub async fn client(
         &self,
     ) -> yidi_common::proto::coordinator_service_client::CoordinatorServiceClient<Channel> {
-        let ch = Channel::from_shared(format!("http://{}", self.addr))
+        let ch = yidi_node::tls::endpoint(&format!("http://{}", self.addr), self.client_tls.clone())
             .expect("url")
             .connect()
             .await

@@ -51,6 +51,28 @@ pub struct NodeArgs {
     /// (true by default); false leaves confirmation to the operator.
     #[arg(long, env = "YIDI_CLEARING_AUTO_CONFIRM")]
     pub clearing_auto_confirm: Option<bool>,
+    /// This node's certificate (PEM, from `yidi certs node`); with --tls-key and
+    /// --tls-ca every connection is mutual TLS.
+    #[arg(long, env = "YIDI_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "YIDI_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The federation CA certificate (PEM): callers and peers must chain to it.
+    #[arg(long, env = "YIDI_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Revocation list: certificate serials (hex), one per line; re-read on change.
+    #[arg(long, env = "YIDI_REVOKED_FILE")]
+    pub revoked_file: Option<PathBuf>,
+    /// Serve plain text without TLS: loopback addresses only, for development.
+    #[arg(long, env = "YIDI_INSECURE")]
+    pub insecure: bool,
+    /// Sustained HospitalService requests per second per institution (0: unlimited).
+    #[arg(long, env = "YIDI_HOSPITAL_RATE_PER_SECOND")]
+    pub hospital_rate_per_second: Option<u32>,
+    /// Burst of HospitalService requests per institution above the sustained rate.
+    #[arg(long, env = "YIDI_HOSPITAL_BURST")]
+    pub hospital_burst: Option<u32>,
 }
 
 /// The config file's shape; every key optional so flags can fill the rest.
@@ -68,6 +90,13 @@ struct FileConfig {
     log_format: Option<String>,
     peer_timeout_ms: Option<u64>,
     clearing_auto_confirm: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    revoked_file: Option<PathBuf>,
+    insecure: Option<bool>,
+    hospital_rate_per_second: Option<u32>,
+    hospital_burst: Option<u32>,
 }
 
 /// A node's resolved configuration.
@@ -86,6 +115,10 @@ pub struct NodeConfig {
     pub peer_timeout: Duration,
     /// Confirm matching clearing statements without the operator.
     pub clearing_auto_confirm: bool,
+    /// Transport: mutual TLS files, or insecure loopback.
+    pub security: crate::tls::SecurityConfig,
+    /// Per-institution HospitalService rate limit (TLS only: it keys on certificates).
+    pub hospital_rate: crate::auth::RateLimit,
     /// Fault injection (tests only).
     pub hooks: crate::service::TestHooks,
 }
@@ -106,6 +139,8 @@ impl NodeConfig {
             log_json: false,
             peer_timeout: Duration::from_secs(3),
             clearing_auto_confirm: true,
+            security: crate::tls::SecurityConfig::insecure_loopback(),
+            hospital_rate: crate::auth::RateLimit::default(),
             hooks: crate::service::TestHooks::default(),
         }
     }
@@ -147,7 +182,7 @@ impl NodeConfig {
                 "must be between 1 and 64",
             ));
         }
-        Ok(Self {
+        let config = Self {
             name: args
                 .name
                 .clone()
@@ -177,8 +212,32 @@ impl NodeConfig {
                 .clearing_auto_confirm
                 .or(file.clearing_auto_confirm)
                 .unwrap_or(true),
+            security: crate::tls::SecurityConfig {
+                tls_cert: args.tls_cert.clone().or(file.tls_cert),
+                tls_key: args.tls_key.clone().or(file.tls_key),
+                tls_ca: args.tls_ca.clone().or(file.tls_ca),
+                revoked_file: args.revoked_file.clone().or(file.revoked_file),
+                insecure: args.insecure || file.insecure.unwrap_or(false),
+            },
+            hospital_rate: {
+                let d = crate::auth::RateLimit::default();
+                crate::auth::RateLimit {
+                    per_second: args
+                        .hospital_rate_per_second
+                        .or(file.hospital_rate_per_second)
+                        .unwrap_or(d.per_second),
+                    burst: args
+                        .hospital_burst
+                        .or(file.hospital_burst)
+                        .unwrap_or(d.burst)
+                        .max(1),
+                }
+            },
             hooks: crate::service::TestHooks::default(),
             region,
-        })
+        };
+        // Refuse plain text off loopback (and TLS without its files) before anything starts.
+        config.security.transport(config.listen)?;
+        Ok(config)
     }
 }

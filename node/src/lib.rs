@@ -3,12 +3,15 @@
 //! line; everything else lives here so that tests can start nodes in-process through
 //! [`server::serve`].
 
+pub mod auth;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod error;
 pub mod funds;
 pub mod idempotency;
+pub mod identity;
 pub mod peers;
 pub mod policy_cache;
 pub mod quote;
@@ -16,5 +19,6 @@ pub mod server;
 pub mod service;
 pub mod settlement;
 pub mod store;
+pub mod tls;
 
 pub use error::{Error, Result};

@@ -25,6 +25,9 @@ enum Command {
     /// Act as a hospital's or pharmacy's system at its local node: identify, visits,
     /// fees, pre-settle, settle, cancel, 冲正, reconcile.
     Hospital(yidi_node::cli::hospital::HospitalArgs),
+    /// The federation's certificates: create the CA, issue node, hospital, coordinator
+    /// and operator certificates, revoke, show.
+    Certs(yidi_node::certs::CertsArgs),
     /// Run the benefit engine offline on files and print the split.
     Quote(yidi_node::quote::QuoteArgs),
     /// Benchmark the benefit engine on one core.
@@ -54,6 +57,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(yidi_node::cli::hospital::run(args))?;
         }
+        Command::Certs(args) => yidi_node::certs::run(args)?,
         Command::Quote(args) => yidi_node::quote::run(&args)?,
         Command::BenchEngine(args) => yidi_node::quote::run_engine_bench(&args)?,
     }

@@ -11,8 +11,10 @@ use std::{
 };
 
 use serde::Deserialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 use yidi_common::{proto::peer_service_client::PeerServiceClient, region::RegionCode};
+
+use crate::tls::TlsState;
 
 use crate::{Error, Result};
 
@@ -63,10 +65,21 @@ pub struct PeerDirectory {
     call_timeout: Duration,
     peers: RwLock<Arc<HashMap<RegionCode, Peer>>>,
     modified: Mutex<Option<SystemTime>>,
+    /// The TLS material channels are built with (`None`: plain text, insecure mode),
+    /// and the generation of it the current channels use.
+    tls: Option<Arc<TlsState>>,
+    tls_generation: Mutex<u64>,
 }
 
-fn endpoint(address: &str, call_timeout: Duration) -> Result<Channel> {
-    let ep = Endpoint::from_shared(address.to_owned())
+/// A lazily connected channel to a node. With TLS, the peer must present the
+/// certificate of `node-<region>.yidi` (whatever address it is dialled at) and this
+/// party's own certificate is its client identity.
+fn endpoint(
+    address: &str,
+    call_timeout: Duration,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Channel> {
+    let ep = crate::tls::endpoint(address, tls)
         .map_err(|e| Error::invalid("peers_file", format!("bad peer address {address:?}: {e}")))?
         .connect_timeout(Duration::from_secs(1))
         .timeout(call_timeout)
@@ -77,9 +90,23 @@ fn endpoint(address: &str, call_timeout: Duration) -> Result<Channel> {
 }
 
 impl PeerDirectory {
-    /// Loads the directory (empty when no file is configured).
+    /// Loads the directory (empty when no file is configured), plain text.
     pub fn load(own: RegionCode, path: Option<&Path>, call_timeout: Duration) -> Result<Self> {
+        Self::load_secure(own, path, call_timeout, None)
+    }
+
+    /// Loads the directory; with `tls`, every channel is mutual TLS and is rebuilt when
+    /// the TLS material is reloaded.
+    pub fn load_secure(
+        own: RegionCode,
+        path: Option<&Path>,
+        call_timeout: Duration,
+        tls: Option<Arc<TlsState>>,
+    ) -> Result<Self> {
+        let tls_generation = Mutex::new(tls.as_ref().map_or(0, |t| *t.subscribe().borrow()));
         let dir = Self {
+            tls,
+            tls_generation,
             own,
             path: path.map(Path::to_path_buf),
             call_timeout,
@@ -147,7 +174,7 @@ impl PeerDirectory {
                     } else {
                         e.name.clone()
                     },
-                    channel: endpoint(&e.address, self.call_timeout)?,
+                    channel: endpoint(&e.address, self.call_timeout, self.client_tls(region))?,
                     address: e.address.clone(),
                 },
             };
@@ -198,6 +225,51 @@ impl PeerDirectory {
         v
     }
 
+    /// The client TLS for calling the node of `region`, from the material in force.
+    fn client_tls(&self, region: RegionCode) -> Option<ClientTlsConfig> {
+        self.tls.as_ref().map(|t| {
+            t.current()
+                .client_config(&crate::identity::node_server_name(region))
+        })
+    }
+
+    /// Rebuilds every channel if the TLS material changed since they were built, so
+    /// that new connections present the new certificate. Calls in flight finish on the
+    /// old channels.
+    pub fn refresh_tls(&self) -> Result<bool> {
+        let Some(tls) = &self.tls else {
+            return Ok(false);
+        };
+        let generation = *tls.subscribe().borrow();
+        {
+            let mut seen = self
+                .tls_generation
+                .lock()
+                .map_err(|_| Error::Internal("peer directory lock poisoned".into()))?;
+            if *seen == generation {
+                return Ok(false);
+            }
+            *seen = generation;
+        }
+        let current = self.snapshot();
+        let mut next = HashMap::with_capacity(current.len());
+        for (region, p) in current.iter() {
+            next.insert(
+                *region,
+                Peer {
+                    channel: endpoint(&p.address, self.call_timeout, self.client_tls(*region))?,
+                    ..p.clone()
+                },
+            );
+        }
+        *self
+            .peers
+            .write()
+            .map_err(|_| Error::Internal("peer directory lock poisoned".into()))? = Arc::new(next);
+        tracing::info!(peers = current.len(), "peer channels rebuilt with the reloaded certificate");
+        Ok(true)
+    }
+
     /// Re-reads the file whenever it changes, until `stop` resolves.
     pub async fn watch(
         self: Arc<Self>,
@@ -220,6 +292,9 @@ impl PeerDirectory {
                 }
                 Err(e) => tracing::warn!(error = %e, "peer directory reload task failed"),
                 Ok(Ok(_)) => {}
+            }
+            if let Err(e) = self.refresh_tls() {
+                tracing::warn!(error = %e, "peer channels not rebuilt after a TLS reload");
             }
         }
     }

@@ -11,7 +11,7 @@ use tokio::{
     net::TcpListener,
     sync::{Notify, oneshot, watch},
 };
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use yidi_common::{
     period,
     proto::{
@@ -43,6 +43,10 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 /// Largest gRPC message a node accepts (bulk imports are the largest legitimate ones).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest request a hospital or a peer node may send: a long inpatient stay's fee
+/// lines fit many times over; anything bigger is refused (OUT_OF_RANGE) before it is
+/// decoded into memory.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// Installs the global tracing subscriber: text by default, JSON lines when asked;
 /// filtered by `RUST_LOG` (default `info`).
@@ -67,6 +71,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
     config: NodeConfig,
 ) -> Result<()> {
+    // Transport first: a node that may not serve (plain text off loopback, missing or
+    // wrong certificate) must fail before it opens its store.
+    let listen = listener
+        .local_addr()
+        .map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
+    let tls = crate::tls::start(
+        &config.security,
+        listen,
+        crate::identity::Identity::Node {
+            region: config.region,
+        },
+        "node",
+    )
+    .await?;
     let dir = config.data_dir.clone();
     let readers = config.read_connections;
     let region = config.region.to_string();
@@ -79,7 +97,10 @@ pub async fn serve(
             config.peers_file.clone(),
             config.peer_timeout,
         );
-        tokio::task::spawn_blocking(move || PeerDirectory::load(region, path.as_deref(), timeout))
+        let peer_tls = tls.clone();
+        tokio::task::spawn_blocking(move || {
+            PeerDirectory::load_secure(region, path.as_deref(), timeout, peer_tls)
+        })
             .await
             .map_err(|e| Error::Internal(format!("peer directory task failed: {e}")))??
     };
@@ -99,6 +120,10 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(Arc::clone(&state.peers).watch(Duration::from_secs(2), stopped(bg.clone())));
     tasks.spawn(outbox::run(Arc::clone(&state), stopped(bg.clone())));
+    if let Some(t) = &tls {
+        // Certificate, CA and revocation list: re-read on change or SIGHUP.
+        tasks.spawn(Arc::clone(t).watch(crate::tls::RELOAD_CHECK, stopped(bg.clone())));
+    }
     {
         let st = Arc::clone(&state);
         let stop = stopped(bg.clone());
@@ -138,34 +163,40 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
-    // Without TCP_NODELAY every small reply waits for the peer's delayed ACK (~40 ms).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let admin = AdminServiceServer::new(AdminSvc::new(Arc::clone(&state)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     let hospital = HospitalServiceServer::new(HospitalSvc::new(Arc::clone(&state)))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let clearing = ClearingParticipantServer::new(ClearingSvc::new(
         Arc::clone(&state),
         config.clearing_auto_confirm,
     ));
     let peer = PeerServiceServer::new(PeerSvc::new(Arc::clone(&state)))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = Server::builder()
+    let router = Server::builder()
+        // Who may call what: from the caller's certificate (see crate::auth).
+        .layer(crate::auth::AuthLayer::new(
+            crate::auth::Server::Node {
+                region: config.region,
+            },
+            tls.clone(),
+            config.hospital_rate,
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(admin)
         .add_service(hospital)
         .add_service(peer)
-        .add_service(clearing)
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
+        .add_service(clearing);
+    let server = crate::tls::serve_router(router, listener, tls.clone(), async {
+        let _ = stop_rx.await;
+    });
     tracing::info!(region = %config.region, name = %config.name, %addr, data_dir = %config.data_dir.display(), "node serving");
 
     tokio::pin!(server);

@@ -308,3 +308,80 @@ async fn the_same_request_sent_several_times_at_once_takes_effect_once() {
     assert_eq!((recv.count, recv.sum.as_str()), (1, "700.00"));
     assert_eq!((recv.digest, recv.claim_ids), (pay.digest, pay.claim_ids));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_provisional_settlements_stay_within_the_exposure_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = three_cities(dir.path(), |_, _| {}).await;
+    let id = person(
+        fed.node(WZ),
+        &id_number(WZ, "1964-04-04", 62),
+        It::Employee,
+        Pt::InService,
+        "0.00",
+        false,
+    )
+    .await;
+    filing(
+        fed.node(WZ),
+        &id,
+        Ft::LongTermResident,
+        NB,
+        &[],
+        "2026-01-01",
+    )
+    .await;
+    let desk = Desk::at(fed.node(NB), inst::NB_H3).await;
+    // Four admissions of 135000.00 at Ningbo's level-3 hospital, prepared while Wenzhou
+    // answers. From the eligibility kept at admission (no admission yet this year) each
+    // settles to: deductible 700.00, pooled 82% × 134300.00 = 110126.00.
+    let mut visits = Vec::new();
+    for i in 0..4 {
+        let mut d = Desk {
+            client: desk.client.clone(),
+            inst: desk.inst.clone(),
+        };
+        let v = d
+            .open(&format!("adm-{i}"), &id, WZ, Vk::Inpatient, ADMITTED)
+            .await
+            .unwrap();
+        d.fees(
+            &format!("fees-{i}"),
+            &v.visit_id,
+            vec![line("1", "NB-A", "1", "135000.00", "135000.00")],
+        )
+        .await
+        .unwrap();
+        d.discharge(&format!("dis-{i}"), &v.visit_id).await.unwrap();
+        let pre = d.pre_settle(&v.visit_id, false).await.unwrap();
+        assert_eq!(pre.split.unwrap().fund_pay_sumamt, "110126.00");
+        visits.push(v.visit_id);
+    }
+    fed.stop(WZ).await;
+
+    // All four at once while Wenzhou is down. Its exposure limit is 300000.00: two
+    // (220252.00) fit, a third (330378.00) does not — whatever the interleaving.
+    let mut set = JoinSet::new();
+    for (i, v) in visits.iter().enumerate() {
+        let mut d = Desk {
+            client: desk.client.clone(),
+            inst: desk.inst.clone(),
+        };
+        let v = v.clone();
+        set.spawn(async move { d.settle(&format!("settle-{i}"), &v, false).await.unwrap() });
+    }
+    let answers = set.join_all().await;
+    let mut states: Vec<&str> = answers.iter().map(|s| s.state.as_str()).collect();
+    states.sort_unstable();
+    assert_eq!(
+        states,
+        ["provisional", "provisional", "refused", "refused"],
+        "{answers:#?}"
+    );
+    let ob = yidi_tests::fixtures::outbox(fed.node(NB)).await;
+    assert_eq!(
+        (ob.depth, ob.exposure[0].amount.as_str()),
+        (2, "220252.00"),
+        "{ob:?}"
+    );
+}

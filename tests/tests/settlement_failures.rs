@@ -830,3 +830,92 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
     assert_eq!(desk.list().await.len(), 1);
     assert_eq!(ledgers(wz, nb, &s.period).await, (1, "7300.00".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_down_never_settles_a_person_the_home_node_found_ineligible() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = three_cities(dir.path(), |_, _| {}).await;
+    let wz = fed.node(WZ);
+    let ok = person(
+        wz,
+        &id_number(WZ, "1971-01-01", 53),
+        It::Employee,
+        Pt::InService,
+        "0.00",
+        false,
+    )
+    .await;
+    let arrears = person(
+        wz,
+        &id_number(WZ, "1971-01-01", 54),
+        It::Employee,
+        Pt::InService,
+        "0.00",
+        false,
+    )
+    .await;
+    for id in [&ok, &arrears] {
+        filing(wz, id, Ft::LongTermResident, NB, &[], "2026-01-01").await;
+    }
+    // Contributions in arrears: enrolment suspended.
+    let mut admin = wz.admin().await;
+    let mut fields = admin
+        .get_person(proto::GetPersonRequest {
+            id_number: arrears.clone(),
+            card_no: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .fields
+        .unwrap();
+    fields.status = proto::PersonStatus::Suspended as i32;
+    admin
+        .update_person(proto::UpdatePersonRequest {
+            request_id: "suspend-1".into(),
+            id_number: arrears.clone(),
+            fields: Some(fields),
+        })
+        .await
+        .unwrap();
+    let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
+    // Wenzhou's policy is cached at Ningbo through another person's pre-settlement.
+    let v = desk
+        .open("ov-ok", &ok, WZ, Vk::Outpatient, ADMITTED)
+        .await
+        .unwrap();
+    desk.fees(
+        "fees-ok",
+        &v.visit_id,
+        vec![line("1", "NB-A", "1", "1800.00", "1800.00")],
+    )
+    .await
+    .unwrap();
+    desk.pre_settle(&v.visit_id, false).await.unwrap();
+    // The suspended person: registered, but Wenzhou says no direct settlement.
+    let v = desk
+        .open("ov-arrears", &arrears, WZ, Vk::Outpatient, ADMITTED)
+        .await
+        .unwrap();
+    desk.fees(
+        "fees-arrears",
+        &v.visit_id,
+        vec![line("1", "NB-A", "1", "1800.00", "1800.00")],
+    )
+    .await
+    .unwrap();
+    let online = desk.pre_settle(&v.visit_id, false).await.unwrap_err();
+    assert_eq!(online.code(), Code::FailedPrecondition, "{online:?}");
+
+    // With Wenzhou down the answer is the same: nothing settled, nothing queued.
+    fed.stop(WZ).await;
+    let e = desk
+        .settle("settle-arrears", &v.visit_id, false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("no direct settlement"), "{e:?}");
+    assert_eq!(desk.list().await.len(), 0);
+    let ob = outbox(fed.node(NB)).await;
+    assert_eq!((ob.depth, ob.exposure.len()), (0, 0), "{ob:?}");
+}

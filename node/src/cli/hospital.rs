@@ -69,6 +69,9 @@ pub struct HospitalArgs {
     #[arg(long, global = true, default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=600))]
     pub timeout: u64,
+    /// Mutual TLS: --ca, --cert (this institution's certificate), --key.
+    #[command(flatten)]
+    pub tls: crate::tls::ClientArgs,
     #[command(subcommand)]
     pub command: HospitalCommand,
 }
@@ -316,8 +319,8 @@ impl Ctx {
 }
 
 /// Connects to the node. A failure here means nothing was sent.
-async fn connect(node: &str) -> anyhow::Result<Client> {
-    Ok(HospitalServiceClient::new(admin::channel(node).await?))
+async fn connect(node: &str, tls: &crate::tls::ClientArgs) -> anyhow::Result<Client> {
+    Ok(HospitalServiceClient::new(admin::channel(node, tls).await?))
 }
 
 /// Runs `yidi hospital …`. Exits the process itself with the documented codes (0 done,
@@ -329,7 +332,7 @@ pub async fn run(args: HospitalArgs) -> anyhow::Result<()> {
         );
         std::process::exit(2);
     };
-    let code = match connect(&args.node).await {
+    let code = match connect(&args.node, &args.tls).await {
         Err(e) => {
             eprintln!("error: {}", describe(&e));
             1

@@ -2,6 +2,7 @@
 //! prints tables, or JSON with `--json`.
 
 pub mod admin;
+pub mod audit;
 pub mod hospital;
 pub mod import;
 pub mod output;

@@ -16,7 +16,7 @@ use tokio::{
     net::TcpListener,
     sync::{Mutex, oneshot},
 };
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use yidi_common::{
     proto::{FILE_DESCRIPTOR_SET, coordinator_service_server::CoordinatorServiceServer},
     region::RegionCode,
@@ -57,6 +57,22 @@ pub struct CoordinatorArgs {
     /// Log format: "text" (default) or "json".
     #[arg(long, env = "YIDI_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// The coordinator's certificate (PEM, from `yidi certs coordinator`); with
+    /// --tls-key and --tls-ca every connection is mutual TLS.
+    #[arg(long, env = "YIDI_COORDINATOR_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The coordinator's private key (PEM).
+    #[arg(long, env = "YIDI_COORDINATOR_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The federation CA certificate (PEM).
+    #[arg(long, env = "YIDI_COORDINATOR_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Revocation list: certificate serials (hex), one per line; re-read on change.
+    #[arg(long, env = "YIDI_COORDINATOR_REVOKED_FILE")]
+    pub revoked_file: Option<PathBuf>,
+    /// Serve plain text without TLS: loopback addresses only, for development.
+    #[arg(long, env = "YIDI_COORDINATOR_INSECURE")]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +86,11 @@ struct FileConfig {
     call_timeout_ms: Option<u64>,
     drain_seconds: Option<u64>,
     log_format: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    revoked_file: Option<PathBuf>,
+    insecure: Option<bool>,
 }
 
 /// The coordinator's resolved configuration.
@@ -83,6 +104,8 @@ pub struct CoordinatorConfig {
     pub call_timeout: Duration,
     pub drain: Duration,
     pub log_json: bool,
+    /// Transport: mutual TLS files, or insecure loopback.
+    pub security: crate::tls::SecurityConfig,
 }
 
 impl CoordinatorConfig {
@@ -98,6 +121,7 @@ impl CoordinatorConfig {
             call_timeout: Duration::from_secs(5),
             drain: Duration::from_secs(10),
             log_json: false,
+            security: crate::tls::SecurityConfig::insecure_loopback(),
         }
     }
 
@@ -129,7 +153,7 @@ impl CoordinatorConfig {
             .clone()
             .or(file.log_format)
             .unwrap_or_else(|| "text".to_owned());
-        Ok(Self {
+        let config = Self {
             listen: args
                 .listen
                 .or(file.listen)
@@ -163,8 +187,18 @@ impl CoordinatorConfig {
             ),
             drain: Duration::from_secs(args.drain_seconds.or(file.drain_seconds).unwrap_or(10)),
             log_json: log_format == "json",
+            security: crate::tls::SecurityConfig {
+                tls_cert: args.tls_cert.clone().or(file.tls_cert),
+                tls_key: args.tls_key.clone().or(file.tls_key),
+                tls_ca: args.tls_ca.clone().or(file.tls_ca),
+                revoked_file: args.revoked_file.clone().or(file.revoked_file),
+                insecure: args.insecure || file.insecure.unwrap_or(false),
+            },
             region,
-        })
+        };
+        // Refuse plain text off loopback (and TLS without its files) before anything starts.
+        config.security.transport(config.listen)?;
+        Ok(config)
     }
 }
 
@@ -195,6 +229,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
     config: CoordinatorConfig,
 ) -> Result<()> {
+    let listen = listener
+        .local_addr()
+        .map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
+    let tls = crate::tls::start(
+        &config.security,
+        listen,
+        crate::identity::Identity::Coordinator {
+            province: config.region,
+        },
+        "coordinator",
+    )
+    .await?;
     let (dir, region) = (config.data_dir.clone(), config.region.to_string());
     let store = tokio::task::spawn_blocking(move || Store::open_coordinator(&dir, 2, &region))
         .await
@@ -205,7 +251,10 @@ pub async fn serve(
             config.participants_file.clone(),
             config.call_timeout,
         );
-        tokio::task::spawn_blocking(move || PeerDirectory::load(region, Some(&path), timeout))
+        let peer_tls = tls.clone();
+        tokio::task::spawn_blocking(move || {
+            PeerDirectory::load_secure(region, Some(&path), timeout, peer_tls)
+        })
             .await
             .map_err(|e| Error::Internal(format!("participants task failed: {e}")))??
     };
@@ -225,6 +274,13 @@ pub async fn serve(
                 let _ = rx.wait_for(|s| *s).await;
             }),
         );
+    }
+    if let Some(t) = &tls {
+        // Certificate, CA and revocation list: re-read on change or SIGHUP.
+        let mut rx = bg.clone();
+        tasks.spawn(Arc::clone(t).watch(crate::tls::RELOAD_CHECK, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
     }
     {
         let st = Arc::clone(&state);
@@ -252,17 +308,25 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = Server::builder()
+    let router = Server::builder()
+        // Only the province's operators and its registered nodes (crate::auth).
+        .layer(crate::auth::AuthLayer::new(
+            crate::auth::Server::Coordinator {
+                province: config.region,
+                participants: Arc::clone(&state.participants),
+            },
+            tls.clone(),
+            crate::auth::RateLimit::default(),
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(CoordinatorServiceServer::new(service::CoordinatorSvc::new(
             Arc::clone(&state),
-        )))
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
+        )));
+    let server = crate::tls::serve_router(router, listener, tls.clone(), async {
+        let _ = stop_rx.await;
+    });
     tracing::info!(region = %config.region, %addr, participants = state.participant_regions().len(), "coordinator serving");
     tokio::pin!(server);
     tokio::select! {

@@ -24,7 +24,10 @@ impl HospitalSvc {
 /// Runs a treatment-side call inside a span naming who asked for what.
 macro_rules! call {
     ($self:ident, $req:ident, $method:literal, $f:path, $inst:expr, $rid:expr) => {{
+        // The institution a request names must be the one its certificate names.
+        let caller = crate::auth::caller(&$req)?;
         let req = $req.into_inner();
+        caller.check_institution(&$inst(&req))?;
         let span = tracing::info_span!($method, institution = %$inst(&req), request_id = %$rid(&req));
         let out = $f(&$self.state, req).instrument(span).await;
         out.map(Response::new).map_err(Status::from)

@@ -17,7 +17,10 @@ use crate::{
     Error, Result,
     idempotency::{self, RequestKey, payload_hash},
     settlement::{home, treatment},
+    identity::Identity,
     store::{
+        audit::{self, Action, Entry},
+        claims,
         ledger::{self, Side},
         policies,
     },
@@ -82,7 +85,158 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::LookupPersonRequest>,
     ) -> Result<Response<proto::LookupPersonResponse>, Status> {
+        let who = crate::auth::caller(&req)?;
         let req = req.into_inner();
+        let entry = Entry::about(
+            who.peer_region(""),
+            who.serial(),
+            Action::LookupPerson,
+            "",
+            &req.card_no,
+            "",
+        )
+        .person_hash(&req.id_number_hash);
+        let answer = self.lookup_person_checked(req).await;
+        audit::record_detached(
+            &self.state.store,
+            match &answer {
+                Ok(found) if found.found => entry.person(&found.id_number),
+                Ok(_) => entry.outcome("NOT_FOUND"),
+                Err(status) => entry.refused(status),
+            },
+        );
+        answer.map(Response::new)
+    }
+
+    async fn check_eligibility(
+        &self,
+        req: Request<proto::CheckEligibilityRequest>,
+    ) -> Result<Response<proto::EligibilityResponse>, Status> {
+        let who = crate::auth::caller(&req)?;
+        let req = req.into_inner();
+        let entry = Entry::about(
+            who.peer_region(&req.treatment_region),
+            who.serial(),
+            Action::CheckEligibility,
+            &req.id_number,
+            "",
+            &req.institution_code,
+        );
+        let answer = match who.check_region("treatment_region", &req.treatment_region) {
+            Ok(()) => self.check_eligibility_checked(req).await,
+            Err(status) => Err(status),
+        };
+        audit::record_detached(
+            &self.state.store,
+            match &answer {
+                Ok(_) => entry,
+                Err(status) => entry.refused(status),
+            },
+        );
+        answer.map(Response::new)
+    }
+
+    async fn commit_claim(
+        &self,
+        req: Request<proto::CommitClaimRequest>,
+    ) -> Result<Response<proto::CommitClaimResponse>, Status> {
+        let who = crate::auth::caller(&req)?;
+        let req = req.into_inner();
+        let entry = Entry::about(
+            who.peer_region(&req.treatment_region),
+            who.serial(),
+            Action::CommitClaim,
+            &req.id_number,
+            &req.claim_id,
+            req.visit.as_ref().map_or("", |v| v.institution_code.as_str()),
+        );
+        let answer = match who.check_region("treatment_region", &req.treatment_region) {
+            Ok(()) => self.commit_claim_checked(req, entry.clone()).await,
+            Err(status) => Err(status),
+        };
+        // A committed claim's entry is part of its transaction; a refusal is noted apart.
+        if let Err(status) = &answer {
+            audit::record_detached(&self.state.store, entry.refused(status));
+        }
+        answer.map(Response::new)
+    }
+
+    async fn reverse_claim(
+        &self,
+        req: Request<proto::ReverseClaimRequest>,
+    ) -> Result<Response<proto::CommitClaimResponse>, Status> {
+        let who = crate::auth::caller(&req)?;
+        let req = req.into_inner();
+        let entry = Entry::about(
+            who.peer_region(&req.treatment_region),
+            who.serial(),
+            Action::ReverseClaim,
+            "",
+            &req.claim_id,
+            "",
+        );
+        let answer = match who.check_region("treatment_region", &req.treatment_region) {
+            Ok(()) => self.reverse_claim_checked(req, entry.clone()).await,
+            Err(status) => Err(status),
+        };
+        if let Err(status) = &answer {
+            audit::record_detached(&self.state.store, entry.refused(status));
+        }
+        answer.map(Response::new)
+    }
+
+    async fn claim_status(
+        &self,
+        req: Request<proto::ClaimStatusRequest>,
+    ) -> Result<Response<proto::ClaimStatusResponse>, Status> {
+        let who = crate::auth::caller(&req)?;
+        let id = req.into_inner().claim_id;
+        if id.is_empty() {
+            return Err(Error::invalid("claim_id", "missing").into());
+        }
+        // A node asks only about claims it issued (claim ids start with the issuer).
+        if let Some(Identity::Node { region }) = who.identity()
+            && !id.starts_with(region.as_str())
+        {
+            return Err(Status::permission_denied(format!(
+                "claim {id} was not issued by the calling node {region}"
+            )));
+        }
+        Ok(Response::new(
+            self.state
+                .store
+                .read(move |conn| home::status(conn, &id))
+                .await?,
+        ))
+    }
+
+    async fn period_digest(
+        &self,
+        req: Request<proto::PeriodDigestRequest>,
+    ) -> Result<Response<proto::PeriodDigestResponse>, Status> {
+        let who = crate::auth::caller(&req)?;
+        let req = req.into_inner();
+        who.check_region("counterparty", &req.counterparty)?;
+        self.period_digest_checked(req).await.map(Response::new)
+    }
+
+    async fn push_adjustment(
+        &self,
+        req: Request<proto::AdjustmentRequest>,
+    ) -> Result<Response<proto::AdjustmentResponse>, Status> {
+        let who = crate::auth::caller(&req)?;
+        let req = req.into_inner();
+        who.check_region("from_region", &req.from_region)?;
+        self.push_adjustment_checked(req).await.map(Response::new)
+    }
+}
+
+/// The calls after the caller's identity was checked against the payload.
+impl PeerSvc {
+    async fn lookup_person_checked(
+        &self,
+        req: proto::LookupPersonRequest,
+    ) -> Result<proto::LookupPersonResponse, Status> {
         if req.card_no.is_empty() == req.id_number_hash.is_empty() {
             return Err(
                 Error::invalid("card_no", "give exactly one of card_no or id_number_hash").into(),
@@ -97,37 +251,34 @@ impl PeerService for PeerSvc {
             );
         }
         let region = self.state.region;
-        Ok(Response::new(
-            self.state
-                .store
-                .read(move |conn| treatment::lookup_local(conn, region, &req))
-                .await?,
-        ))
+        Ok(self
+            .state
+            .store
+            .read(move |conn| treatment::lookup_local(conn, region, &req))
+            .await?)
     }
 
-    async fn check_eligibility(
+    async fn check_eligibility_checked(
         &self,
-        req: Request<proto::CheckEligibilityRequest>,
-    ) -> Result<Response<proto::EligibilityResponse>, Status> {
-        let req = req.into_inner();
+        req: proto::CheckEligibilityRequest,
+    ) -> Result<proto::EligibilityResponse, Status> {
         let treatment = caller(&req.treatment_region, "treatment_region")?;
         idnum::IdNumber::parse(&req.id_number, "id_number").map_err(Error::from)?;
         let cache = Arc::clone(&self.state.policies);
         let region = self.state.region;
         tracing::info!(peer = %treatment, person = %idnum::lookup_hash(&req.id_number)[..12], institution = %req.institution_code, "peer read of person data (eligibility)");
-        Ok(Response::new(
-            self.state
-                .store
-                .read(move |conn| home::eligibility(conn, &cache, region, treatment.as_str(), &req))
-                .await?,
-        ))
+        Ok(self
+            .state
+            .store
+            .read(move |conn| home::eligibility(conn, &cache, region, treatment.as_str(), &req))
+            .await?)
     }
 
-    async fn commit_claim(
+    async fn commit_claim_checked(
         &self,
-        req: Request<proto::CommitClaimRequest>,
-    ) -> Result<Response<proto::CommitClaimResponse>, Status> {
-        let req = req.into_inner();
+        req: proto::CommitClaimRequest,
+        entry: Entry,
+    ) -> Result<proto::CommitClaimResponse, Status> {
         let treatment = caller(&req.treatment_region, "treatment_region")?;
         if treatment == self.state.region {
             return Err(Error::invalid(
@@ -154,18 +305,22 @@ impl PeerService for PeerSvc {
             .state
             .store
             .write(move |conn| {
-                idempotency::once(conn, &key, |conn| home::commit(conn, &cache, region, &req))
+                let out =
+                    idempotency::once(conn, &key, |conn| home::commit(conn, &cache, region, &req))?;
+                // In the claim's own transaction: no claim without its audit entry.
+                audit::record(conn, &entry)?;
+                Ok(out)
             })
             .await?;
         tracing::info!(peer = %treatment, claim = %claim, "claim committed for a treatment region");
-        Ok(Response::new(out))
+        Ok(out)
     }
 
-    async fn reverse_claim(
+    async fn reverse_claim_checked(
         &self,
-        req: Request<proto::ReverseClaimRequest>,
-    ) -> Result<Response<proto::CommitClaimResponse>, Status> {
-        let req = req.into_inner();
+        req: proto::ReverseClaimRequest,
+        entry: Entry,
+    ) -> Result<proto::CommitClaimResponse, Status> {
         let treatment = caller(&req.treatment_region, "treatment_region")?;
         if req.claim_id.is_empty() || !req.claim_id.starts_with(treatment.as_str()) {
             return Err(
@@ -183,35 +338,23 @@ impl PeerService for PeerSvc {
             .state
             .store
             .write(move |conn| {
-                idempotency::once(conn, &key, |conn| {
+                let out = idempotency::once(conn, &key, |conn| {
                     home::reverse(conn, treatment.as_str(), &req)
-                })
+                })?;
+                let person = claims::get(conn, &req.claim_id)?
+                    .map(|c| c.id_number)
+                    .unwrap_or_default();
+                audit::record(conn, &entry.person(&person))?;
+                Ok(out)
             })
             .await?;
-        Ok(Response::new(out))
+        Ok(out)
     }
 
-    async fn claim_status(
+    async fn period_digest_checked(
         &self,
-        req: Request<proto::ClaimStatusRequest>,
-    ) -> Result<Response<proto::ClaimStatusResponse>, Status> {
-        let id = req.into_inner().claim_id;
-        if id.is_empty() {
-            return Err(Error::invalid("claim_id", "missing").into());
-        }
-        Ok(Response::new(
-            self.state
-                .store
-                .read(move |conn| home::status(conn, &id))
-                .await?,
-        ))
-    }
-
-    async fn period_digest(
-        &self,
-        req: Request<proto::PeriodDigestRequest>,
-    ) -> Result<Response<proto::PeriodDigestResponse>, Status> {
-        let req = req.into_inner();
+        req: proto::PeriodDigestRequest,
+    ) -> Result<proto::PeriodDigestResponse, Status> {
         let counterparty = caller(&req.counterparty, "counterparty")?;
         let period = yidi_common::period::Period::parse(&req.period, "period")
             .map_err(Error::from)?
@@ -245,14 +388,13 @@ impl PeerService for PeerSvc {
                 })
             })
             .await?;
-        Ok(Response::new(out))
+        Ok(out)
     }
 
-    async fn push_adjustment(
+    async fn push_adjustment_checked(
         &self,
-        req: Request<proto::AdjustmentRequest>,
-    ) -> Result<Response<proto::AdjustmentResponse>, Status> {
-        let req = req.into_inner();
+        req: proto::AdjustmentRequest,
+    ) -> Result<proto::AdjustmentResponse, Status> {
         let from = caller(&req.from_region, "from_region")?;
         if from == self.state.region || (req.payer != from.as_str() && req.payee != from.as_str()) {
             return Err(Error::invalid(
@@ -294,6 +436,6 @@ impl PeerService for PeerSvc {
                 })
             })
             .await?;
-        Ok(Response::new(out))
+        Ok(out)
     }
 }

@@ -1302,6 +1302,13 @@ async fn settle_offline(
             "{why}; the person's home data was never received, so nothing can be settled offline — retry later"
         )));
     };
+    // The home node's answer at registration decides, as it would online.
+    if !snapshot.eligible {
+        return Err(Error::FailedPrecondition(format!(
+            "no direct settlement: {}",
+            snapshot.reason
+        )));
+    }
     let Some((version, policy)) = offline_rule(st, bill, &snapshot) else {
         return Err(Error::Unavailable(format!(
             "{why}; the home policy is not cached here, so nothing can be settled offline — retry later"
@@ -1310,36 +1317,32 @@ async fn settle_offline(
     let region = st.region;
     let now = Utc::now();
     let offline = policy.offline.clone();
-    let (state, split, note) = match offline {
-        OfflineMode::Refuse => {
-            let note = format!(
+    // The provisional record (if the policy allows one) and the refused one it falls back
+    // to; which one is recorded is decided in the writing transaction.
+    let (provisional, limit_fen, refused_note) = match offline {
+        OfflineMode::Refuse => (
+            None,
+            0,
+            format!(
                 "{why}; the home policy refuses offline settlement: the patient pays in full and claims reimbursement at home"
-            );
-            ("refused", full_self_pay(&bill.lines, &note), note)
-        }
+            ),
+        ),
         OfflineMode::Provisional { exposure_limit } => {
             let (person, acc, filing) = person_from(&snapshot)?;
             let ctx = bill.visit_ctx(region, filing, use_account)?;
             let quote = engine::quote(&policy, &person, &acc, &ctx, &bill.engine_lines)?;
-            let fund = money::to_fen(quote.fund_pay_sumamt);
-            let home = bill.visit.home_region.clone();
-            let exposure = st
-                .store
-                .read(move |conn| settlements::provisional_exposure_fen(conn, &home))
-                .await?;
-            if exposure + fund > money::to_fen(exposure_limit) {
-                let note = format!(
+            let note = format!(
+                "{why}; settled provisionally from cached policy v{version}, to be confirmed by the home node"
+            );
+            (
+                Some((quote.to_proto_split(), note)),
+                money::to_fen(exposure_limit),
+                format!(
                     "{why}; provisional exposure to {} would exceed its limit {}: the patient pays in full and claims reimbursement at home",
                     bill.visit.home_region,
                     money::format(exposure_limit)
-                );
-                ("refused", full_self_pay(&bill.lines, &note), note)
-            } else {
-                let note = format!(
-                    "{why}; settled provisionally from cached policy v{version}, to be confirmed by the home node"
-                );
-                ("provisional", quote.to_proto_split(), note)
-            }
+                ),
+            )
         }
     };
     let acc_version = snapshot
@@ -1347,18 +1350,22 @@ async fn settle_offline(
         .as_ref()
         .map(|a| a.version)
         .unwrap_or_default();
-    let rec = new_record(
+    let basis = Basis {
+        policy_version: version,
+        acc_version,
+    };
+    let refused = new_record(
         bill,
         key,
-        split,
-        state,
-        Basis {
-            policy_version: version,
-            acc_version,
-        },
+        full_self_pay(&bill.lines, &refused_note),
+        "refused",
+        basis,
         now,
-        note,
+        refused_note,
     )?;
+    let provisional = provisional
+        .map(|(split, note)| new_record(bill, key, split, "provisional", basis, now, note))
+        .transpose()?;
     let k = key.clone();
     let visit = bill.claim_visit(use_account);
     let answer = st
@@ -1367,6 +1374,18 @@ async fn settle_offline(
             if let Some(answer) = idempotency::replay(conn, &k)? {
                 return Ok(answer);
             }
+            // The exposure is checked in the transaction that adds to it, so that
+            // provisional settlements made at the same moment cannot together exceed it.
+            let rec = match provisional {
+                Some(p)
+                    if settlements::provisional_exposure_fen(conn, &p.home_region)?
+                        + p.fund_fen
+                        <= limit_fen =>
+                {
+                    p
+                }
+                _ => refused,
+            };
             let rec = insert_record(conn, region, rec)?;
             if rec.state == "provisional" {
                 let push = proto::CommitClaimRequest {

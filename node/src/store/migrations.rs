@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -287,6 +287,35 @@ CREATE TABLE deductions (
 CREATE INDEX deductions_by_institution ON deductions (institution_code, period);
 ";
 
+const V4_AUDIT: &str = r"
+-- Every read of a person's data by a peer node and every claim a peer committed or
+-- reversed here: who (the peer's region and certificate serial), what, when, about whom,
+-- with what outcome. Append-only: the triggers refuse any change or removal, so that
+-- not even a bug in this program can rewrite what happened.
+CREATE TABLE audit_log (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    at               TEXT NOT NULL,              -- RFC 3339, UTC+8
+    at_ms            INTEGER NOT NULL,           -- the same instant, ms since the epoch
+    peer_region      TEXT NOT NULL,
+    peer_serial      TEXT NOT NULL DEFAULT '',   -- '' on an --insecure loopback node
+    action           TEXT NOT NULL,              -- LookupPerson | CheckEligibility | CommitClaim | ReverseClaim
+    id_number        TEXT NOT NULL DEFAULT '',
+    person_hash      TEXT NOT NULL DEFAULT '',
+    reference        TEXT NOT NULL DEFAULT '',   -- claim id, or the card number looked up
+    institution_code TEXT NOT NULL DEFAULT '',
+    outcome          TEXT NOT NULL,              -- ok, or a gRPC code name (NOT_FOUND, ...)
+    detail           TEXT NOT NULL DEFAULT ''
+) STRICT;
+CREATE INDEX audit_by_peer ON audit_log (peer_region, seq);
+CREATE INDEX audit_by_person ON audit_log (id_number, seq);
+CREATE INDEX audit_by_hash ON audit_log (person_hash, seq);
+CREATE INDEX audit_by_time ON audit_log (at_ms);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+";
+
 const COORDINATOR_V1: &str = r"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
@@ -369,6 +398,7 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V1_FOUNDATION),
             M::up(V2_SETTLEMENT),
             M::up(V3_CLEARING),
+            M::up(V4_AUDIT),
         ]),
         Schema::Coordinator => Migrations::new(vec![M::up(COORDINATOR_V1)]),
     }

@@ -5,6 +5,7 @@
 //! SQLite from an async runtime worker.
 
 pub mod accumulators;
+pub mod audit;
 pub mod catalogue;
 pub mod claims;
 pub mod clearing;
@@ -187,6 +188,16 @@ impl Store {
         R: Send + 'static,
     {
         self.writer.run(f).await
+    }
+
+    /// Queues `f` for the writer at once and returns a future of its durable outcome
+    /// (see [`Writer::submit`]).
+    pub fn submit<R, F>(&self, f: F) -> impl std::future::Future<Output = Result<R>> + Send + 'static
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.writer.submit(f)
     }
 
     /// Runs `f` on a read-only connection on a blocking thread.

@@ -46,6 +46,16 @@ impl Writer {
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
+        self.submit(f).await
+    }
+
+    /// Queues `f` now (before returning) and gives a future of its outcome, for a
+    /// caller that must not wait for the commit but needs the job queued in order.
+    pub fn submit<R, F>(&self, f: F) -> impl std::future::Future<Output = Result<R>> + Send + 'static
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
         let (reply, answer) = oneshot::channel::<Result<R>>();
         let job: Job = Box::new(move |conn: &Connection| {
             let outcome = run_in_savepoint(conn, f);
@@ -61,12 +71,16 @@ impl Writer {
                 let _ = reply.send(result);
             })
         });
-        self.tx
+        let sent = self
+            .tx
             .send(job)
-            .map_err(|_| Error::Unavailable("store writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| Error::Unavailable("store writer has stopped".into()))?
+            .map_err(|_| Error::Unavailable("store writer has stopped".into()));
+        async move {
+            sent?;
+            answer
+                .await
+                .map_err(|_| Error::Unavailable("store writer has stopped".into()))?
+        }
     }
 }
 

@@ -736,6 +736,17 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
             vec![line("1", "WZ-A", "0", "10.00", "0.00")],
             "lines[0].quantity",
         ),
+        (
+            vec![line("1", "WZ-A", "1", "-10.00", "-10.00")],
+            "lines[0].unit_price",
+        ),
+        (
+            vec![
+                line("1", "WZ-A", "1", "10.00", "10.00"),
+                line("1", "WZ-A", "1", "20.00", "20.00"),
+            ],
+            "lines[1].line_no",
+        ),
     ] {
         let e = desk.fees("fees-x", &v.visit_id, lines).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{field}: {e:?}");
@@ -743,6 +754,17 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
         let e = desk.pre_settle(&v.visit_id, false).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "no fee lines: {e:?}");
     }
+    // Another institution's visit: not theirs to bill.
+    let mut other = Desk::at(wz, inst::WZ_P).await;
+    let e = other
+        .fees(
+            "fees-x",
+            &v.visit_id,
+            vec![line("1", "WZ-A", "1", "1000.00", "1000.00")],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     let up = desk
         .fees(
             "fees-x",

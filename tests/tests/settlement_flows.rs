@@ -1371,3 +1371,64 @@ async fn reconciliation_totals_and_detail() {
         .unwrap();
     assert_eq!(missing.node.as_ref().unwrap().medfee_sumamt, "-2000.00");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admitted_unfiled_then_filed_before_discharge_settles_directly() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = federation(dir.path()).await;
+    let (nb, wz) = (fed.node(NB), fed.node(WZ));
+    // Ningbo residents are not settled directly for unfiled inpatient care.
+    let id = person(
+        nb,
+        &id_number(NB, "1992-05-05", 24),
+        It::Resident,
+        Pt::ResidentAdult,
+        "0.00",
+        false,
+    )
+    .await;
+    let mut desk = Desk::at(wz, inst::WZ_H2).await;
+    let v = desk
+        .open("adm-1", &id, NB, Vk::Inpatient, ADMITTED)
+        .await
+        .unwrap();
+    desk.fees(
+        "fees-1",
+        &v.visit_id,
+        vec![line("1", "WZ-A", "1", "10800.00", "10800.00")],
+    )
+    .await
+    .unwrap();
+    desk.discharge("dis-1", &v.visit_id).await.unwrap();
+    let e = desk.pre_settle(&v.visit_id, false).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("no direct settlement"), "{e:?}");
+
+    // The home agency records a long-term filing covering the admission; settlement
+    // asks Ningbo afresh and applies it. Level 2, adult resident: deductible 800.00,
+    // 70% with no cut: 70% × 10000.00 = 7000.00; personal 3800.00.
+    filing(nb, &id, Ft::LongTermResident, WZ, &[], "2026-01-01").await;
+    let s = desk.settle("settle-1", &v.visit_id, false).await.unwrap();
+    let split = s.split.clone().unwrap();
+    assert_eq!(split.applied_filing_type, Ft::LongTermResident as i32);
+    assert_split(
+        &split,
+        &[
+            ("medfee_sumamt", "10800.00"),
+            ("inscp_scp_amt", "10800.00"),
+            ("act_pay_dedc", "800.00"),
+            ("pool_ratio", "0.70"),
+            ("hifp_pay", "7000.00"),
+            ("fund_pay_sumamt", "7000.00"),
+            ("psn_part_amt", "3800.00"),
+            ("psn_cash_pay", "3800.00"),
+        ],
+    );
+    let acc = accumulators(nb, &id, WZ, inst::WZ_H2).await;
+    assert_eq!(
+        acc_tuple(&acc),
+        ("7000.00", "0.00", "0.00", "0.00", "0.00", 1, "10800.00", 1)
+    );
+    let (count, sum, _) = ledgers_agree(wz, nb, &s.period).await;
+    assert_eq!((count, sum.as_str()), (1, "7000.00"));
+}

@@ -515,6 +515,23 @@ async fn inpatient_with_large_amount_subsidy_and_civil_servant_subsidy() {
         (count, sum.as_str(), ids),
         (1, "149308.80", vec![s.settlement_id.clone()])
     );
+
+    // Cancelled: the admission, the serious-illness tier and the account come back, so
+    // settling again is a first admission with the same amounts.
+    desk.cancel("cancel-1", &s.settlement_id, "").await.unwrap();
+    wait_outbox_drained(wz, Duration::from_secs(10)).await;
+    assert_eq!(account_balance(nb, &id).await, "3000.00");
+    let acc = accumulators(nb, &id, WZ, inst::WZ_H2).await;
+    assert_eq!(
+        acc_tuple(&acc),
+        ("0.00", "0.00", "0.00", "0.00", "0.00", 0, "0.00", 2)
+    );
+    let again = desk.settle("settle-2", &v.visit_id, true).await.unwrap();
+    assert_eq!(again.split, s.split);
+    let acc = accumulators(nb, &id, WZ, inst::WZ_H2).await;
+    assert_eq!((acc.admissions, acc.version), (1, 3));
+    let (count, sum, _) = ledgers_agree(wz, nb, &again.period).await;
+    assert_eq!((count, sum.as_str()), (3, "149308.80"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

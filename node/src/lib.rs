@@ -4,6 +4,7 @@
 //! [`server::serve`].
 
 pub mod auth;
+pub mod bench;
 pub mod certs;
 pub mod cli;
 pub mod config;

@@ -32,6 +32,13 @@ enum Command {
     Quote(yidi_node::quote::QuoteArgs),
     /// Benchmark the benefit engine on one core.
     BenchEngine(yidi_node::quote::EngineBenchArgs),
+    /// Load-test the settlement hot path: a three-node federation (in-process, or the
+    /// running nodes given with --node) driven through the real HospitalService; prints
+    /// throughput, latency percentiles, errors, the floor ratio, and verifies both nodes.
+    Bench(Box<yidi_node::bench::BenchArgs>),
+    /// Benchmark the person store: import of millions of persons, node start time and
+    /// look-up latency.
+    BenchPersons(yidi_node::bench::persons::PersonsBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +67,8 @@ fn main() -> anyhow::Result<()> {
         Command::Certs(args) => yidi_node::certs::run(args)?,
         Command::Quote(args) => yidi_node::quote::run(&args)?,
         Command::BenchEngine(args) => yidi_node::quote::run_engine_bench(&args)?,
+        Command::Bench(args) => yidi_node::bench::run(*args)?,
+        Command::BenchPersons(args) => yidi_node::bench::persons::run(&args)?,
     }
     Ok(())
 }

@@ -295,7 +295,8 @@ async fn the_same_request_sent_several_times_at_once_takes_effect_once() {
         ("settled", "700.00", "1000.00")
     );
     let mut d = copies(1).pop().unwrap();
-    assert_eq!(d.list().await.len(), 1);
+    let records = d.list().await;
+    assert_eq!(records.len(), 1, "{records:#?}");
     let acc = accumulators(hz, &id, NB, inst::NB_H3).await;
     assert_eq!(
         acc_tuple(&acc),

@@ -1214,7 +1214,21 @@ async fn settle_remote(
                 let k = key.clone();
                 return st
                     .store
-                    .write(move |conn| finish_committed(conn, region, rec, &resp, Some(&k)))
+                    .write(move |conn| {
+                        // A concurrent repeat of this request may have finished it from
+                        // the home node's claim status meanwhile: its answer stands.
+                        if let Some(answer) = idempotency::replay(conn, &k)? {
+                            return Ok(answer);
+                        }
+                        if settlements::get(conn, &rec.settlement_id)?
+                            .is_none_or(|r| r.state != "pending")
+                        {
+                            return Err(Error::Aborted(
+                                "this settlement was resolved concurrently; repeat the request to get its outcome".into(),
+                            ));
+                        }
+                        finish_committed(conn, region, rec, &resp, Some(&k))
+                    })
                     .await;
             }
             Err(status) => match classify(&bill.visit.home_region, &status) {
@@ -1509,6 +1523,11 @@ pub async fn resolve_intent(
             mark_failed(st, rec).await?;
             Ok(None)
         }
+        // Not committed yet, and the call that recorded the intent may still be waiting
+        // for the home node's answer (a repeat of the request came in meanwhile):
+        // abandoning now could undo a commit about to be acknowledged. Recovery takes it
+        // once it is older than the grace period.
+        _ if may_be_in_flight(st, &rec) => Ok(None),
         _ => {
             // Not committed: make sure it never will be, then give up on it.
             let abandon = proto::ReverseClaimRequest {
@@ -1531,6 +1550,19 @@ pub async fn resolve_intent(
             }
         }
     }
+}
+
+/// Whether the call that recorded `rec` may still be running: recorded since this
+/// process started, less than [`IN_FLIGHT_GRACE`] ago.
+fn may_be_in_flight(st: &NodeState, rec: &SettlementRec) -> bool {
+    let (Ok(at), Ok(started)) = (
+        period::parse_ts(&rec.settled_at, "settled_at"),
+        period::parse_ts(&st.started_at, "started_at"),
+    ) else {
+        return false;
+    };
+    at >= started
+        && Utc::now() - at < chrono::Duration::from_std(IN_FLIGHT_GRACE).unwrap_or_default()
 }
 
 /// Records the claim and its reversal as the home node has them, and fails the intent.

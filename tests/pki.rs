@@ -106,6 +106,15 @@ impl Pki {
         }
     }
 
+    /// The serial of the certificate last issued for `id` by this CA.
+    #[must_use]
+    pub fn serial_of(&self, id: &Identity) -> String {
+        let stem = id.file_stem();
+        certs::show(&self.dir.join(&stem).join(format!("{stem}.crt")))
+            .expect("issued certificate")
+            .serial
+    }
+
     /// Appends a serial to the revocation list.
     pub fn revoke(&self, serial: &str) {
         certs::revoke(&self.ca, serial, "test").expect("revoke");

@@ -113,6 +113,7 @@ pub async fn serve(
         policies: Arc::new(PolicyCache::default()),
         outbox_wake: Notify::new(),
         hooks: config.hooks.clone(),
+        presettle_eligibility: Default::default(),
     });
 
     // Background work: peer directory reloads, outbox deliveries, in-doubt recovery.

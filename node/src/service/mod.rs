@@ -33,6 +33,8 @@ pub struct NodeState {
     /// Wakes the outbox worker when something was queued.
     pub outbox_wake: Notify,
     pub hooks: TestHooks,
+    /// PreSettle's short-lived cache of home nodes' eligibility answers.
+    pub presettle_eligibility: crate::settlement::treatment::EligibilityCache,
 }
 
 /// Shared handle.

@@ -14,7 +14,7 @@ use yidi_common::{
     policy::Policy,
     proto,
     region::RegionCode,
-    types::{FilingStatus, FilingType, HospitalLevel, PersonStatus, VisitKind},
+    types::{FilingType, HospitalLevel, PersonStatus, VisitKind},
 };
 
 use crate::{
@@ -76,12 +76,7 @@ pub fn applicable_filing(
     treatment: &str,
     date: NaiveDate,
 ) -> Result<Option<FilingRec>> {
-    let filter = filings::ListFilter {
-        id_number: Some(id_number.to_owned()),
-        status: Some(FilingStatus::Approved),
-        treatment_region: Some(treatment.to_owned()),
-    };
-    let all = filings::list(conn, &filter, "", 1000)?;
+    let all = filings::approved_for(conn, id_number, treatment)?;
     Ok(all
         .into_iter()
         .filter(|f| f.valid_from <= date && f.valid_to.is_none_or(|to| date <= to))

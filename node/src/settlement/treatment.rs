@@ -154,6 +154,82 @@ async fn eligibility(
         .map_err(|s| classify(home, &s))
 }
 
+/// How long PreSettle reuses a home node's eligibility answer. PreSettle is a dry run
+/// that a desk may repeat while a patient watches; a few seconds of staleness only
+/// shifts an estimate, because Settle never uses this cache: it asks the home node
+/// afresh, and the home node re-verifies everything in the commit anyway. This node's
+/// own settlements and cancellations drop the person's entries at once; a claim settled
+/// for the same person in another city shows up here within this time.
+pub const PRESETTLE_ELIGIBILITY_TTL: Duration = Duration::from_secs(2);
+/// Entries kept at most; past it expired ones are dropped (all, if none expired).
+const PRESETTLE_CACHE_ENTRIES: usize = 100_000;
+
+/// PreSettle's short-lived cache of home nodes' eligibility answers, keyed by the
+/// exact request (see [`PRESETTLE_ELIGIBILITY_TTL`]).
+#[derive(Default)]
+pub struct EligibilityCache {
+    entries: std::sync::Mutex<
+        std::collections::HashMap<Vec<u8>, (std::time::Instant, proto::EligibilityResponse)>,
+    >,
+}
+
+impl EligibilityCache {
+    fn get(&self, key: &[u8]) -> Option<proto::EligibilityResponse> {
+        let m = self.entries.lock().ok()?;
+        m.get(key)
+            .filter(|(at, _)| at.elapsed() < PRESETTLE_ELIGIBILITY_TTL)
+            .map(|(_, e)| e.clone())
+    }
+
+    fn put(&self, key: Vec<u8>, answer: &proto::EligibilityResponse) {
+        if let Ok(mut m) = self.entries.lock() {
+            if m.len() >= PRESETTLE_CACHE_ENTRIES {
+                m.retain(|_, (at, _)| at.elapsed() < PRESETTLE_ELIGIBILITY_TTL);
+                if m.len() >= PRESETTLE_CACHE_ENTRIES {
+                    m.clear();
+                }
+            }
+            m.insert(key, (std::time::Instant::now(), answer.clone()));
+        }
+    }
+
+    /// Drops every entry of a person (this node just changed their accumulators).
+    fn forget(&self, id_number: &str) {
+        if let Ok(mut m) = self.entries.lock() {
+            m.retain(|k, _| {
+                proto::CheckEligibilityRequest::decode(k.as_slice())
+                    .is_ok_and(|r| r.id_number != id_number)
+            });
+        }
+    }
+
+    /// Drops everything.
+    fn clear(&self) {
+        if let Ok(mut m) = self.entries.lock() {
+            m.clear();
+        }
+    }
+}
+
+/// The home node's eligibility answer for PreSettle: from the cache when fresh.
+async fn eligibility_for_presettle(
+    st: &NodeState,
+    home: &str,
+    req: proto::CheckEligibilityRequest,
+) -> Result<proto::EligibilityResponse, PeerFail> {
+    if home == st.region.as_str() {
+        // Our own store: as cheap as the cache, and never stale.
+        return eligibility(st, home, req).await;
+    }
+    let key = req.encode_to_vec();
+    if let Some(e) = st.presettle_eligibility.get(&key) {
+        return Ok(e);
+    }
+    let answer = eligibility(st, home, req).await?;
+    st.presettle_eligibility.put(key, &answer);
+    Ok(answer)
+}
+
 /// A home region's policy version: cached, or fetched once from the home node.
 async fn home_policy(
     st: &NodeState,
@@ -689,21 +765,19 @@ struct Bill {
     kind: VisitKind,
 }
 
-async fn load_bill(
-    st: &NodeState,
+/// The visit (of `institution`) and its fee lines.
+fn read_bill(
+    conn: &Connection,
     institution: &str,
     visit_id: &str,
-    for_settle: bool,
-) -> Result<Bill> {
-    let (inst, vid) = (institution.to_owned(), visit_id.to_owned());
-    let (visit, lines) = st
-        .store
-        .read(move |conn| {
-            let v = own_visit(conn, &inst, &vid)?;
-            let lines = visits::lines(conn, &v.visit_id)?;
-            Ok((v, lines))
-        })
-        .await?;
+) -> Result<(VisitRec, Vec<LineRec>)> {
+    let v = own_visit(conn, institution, visit_id)?;
+    let lines = visits::lines(conn, &v.visit_id)?;
+    Ok((v, lines))
+}
+
+/// The bill of a visit, which must be ready to settle (`for_settle`) or to quote.
+fn bill_from(visit: VisitRec, lines: Vec<LineRec>, for_settle: bool) -> Result<Bill> {
     let kind = VisitKind::parse(&visit.visit_kind, "visit_kind")?;
     if for_settle && visit.state == "settled" {
         return Err(Error::FailedPrecondition(format!(
@@ -794,12 +868,22 @@ struct Priced {
 }
 
 async fn price(st: &NodeState, bill: &Bill, use_account: bool) -> Result<Priced, PeerFail> {
-    let elig = eligibility(
-        st,
-        &bill.visit.home_region,
-        eligibility_request(&bill.visit, st.region)?,
-    )
-    .await?;
+    price_with(st, bill, use_account, false).await
+}
+
+/// Prices a bill; `presettle` lets the eligibility answer come from PreSettle's cache.
+async fn price_with(
+    st: &NodeState,
+    bill: &Bill,
+    use_account: bool,
+    presettle: bool,
+) -> Result<Priced, PeerFail> {
+    let req = eligibility_request(&bill.visit, st.region)?;
+    let elig = if presettle {
+        eligibility_for_presettle(st, &bill.visit.home_region, req).await?
+    } else {
+        eligibility(st, &bill.visit.home_region, req).await?
+    };
     if !elig.eligible {
         return Err(PeerFail::Refused(Error::FailedPrecondition(format!(
             "no direct settlement: {}",
@@ -843,9 +927,20 @@ fn settlement_to_proto(s: &SettlementRec, treatment: RegionCode) -> proto::Settl
 
 /// HospitalService.PreSettle: the split as it would be now; nothing is recorded.
 pub async fn pre_settle(st: &NodeState, req: proto::SettleRequest) -> Result<proto::Settlement> {
-    institution(st, &req.institution_code).await?;
-    let bill = load_bill(st, &req.institution_code, &req.visit_id, false).await?;
-    let priced = price(st, &bill, req.use_account)
+    if req.institution_code.is_empty() {
+        return Err(Error::invalid("institution_code", "missing"));
+    }
+    // One trip to the read pool for the institution and the bill.
+    let (inst, vid) = (req.institution_code.clone(), req.visit_id.clone());
+    let (visit, lines) = st
+        .store
+        .read(move |conn| {
+            check_institution(conn, &inst, period::today())?;
+            read_bill(conn, &inst, &vid)
+        })
+        .await?;
+    let bill = bill_from(visit, lines, false)?;
+    let priced = price_with(st, &bill, req.use_account, true)
         .await
         .map_err(fail_to_error)?;
     let split = priced.quote.to_proto_split();
@@ -989,17 +1084,34 @@ pub async fn settle(st: &NodeState, req: proto::SettleRequest) -> Result<proto::
         "Settle",
         payload_hash(&req, |r| r.request_id.clear()),
     )?;
-    institution(st, &req.institution_code).await?;
+    if req.institution_code.is_empty() {
+        return Err(Error::invalid("institution_code", "missing"));
+    }
     // A repeat of a finished request gets its answer; a repeat of one in doubt is
-    // resolved with the home node first.
-    let (k, rid) = (key.clone(), req.request_id.clone());
-    let (prior, intent) = st
+    // resolved with the home node first. One trip to the read pool gathers the
+    // institution, the request's history and, for a new request, the bill.
+    let (k, rid, inst, vid) = (
+        key.clone(),
+        req.request_id.clone(),
+        req.institution_code.clone(),
+        req.visit_id.clone(),
+    );
+    let (prior, intent, rows) = st
         .store
         .read(move |conn| {
-            Ok((
-                idempotency::replay::<proto::Settlement>(conn, &k)?,
-                settlements::by_request(conn, &k.scope, &rid)?,
-            ))
+            check_institution(conn, &inst, period::today())?;
+            let prior = idempotency::replay::<proto::Settlement>(conn, &k)?;
+            if prior.is_some() {
+                return Ok((prior, None, None));
+            }
+            let intent = settlements::by_request(conn, &k.scope, &rid)?;
+            // Errors of the bill count only for a new request: keep them for later.
+            let rows = if intent.as_ref().is_some_and(|i| i.state == "pending") {
+                None
+            } else {
+                Some(read_bill(conn, &inst, &vid))
+            };
+            Ok((None, intent, rows))
         })
         .await?;
     if let Some(answer) = prior {
@@ -1018,11 +1130,17 @@ pub async fn settle(st: &NodeState, req: proto::SettleRequest) -> Result<proto::
             })
         });
     }
-    let bill = load_bill(st, &req.institution_code, &req.visit_id, true).await?;
+    let (visit, lines) =
+        rows.ok_or_else(|| Error::Internal("settlement bill was not read".into()))??;
+    let bill = bill_from(visit, lines, true)?;
     if bill.visit.home_region == st.region.as_str() {
         return settle_local(st, bill, key, req.use_account).await;
     }
-    settle_remote(st, bill, key, req.use_account).await
+    let person = bill.visit.id_number.clone();
+    let out = settle_remote(st, bill, key, req.use_account).await;
+    // The person's accumulators changed (or may have): PreSettle asks afresh.
+    st.presettle_eligibility.forget(&person);
+    out
 }
 
 /// A same-city settlement: this node is also the home node; everything in one
@@ -1806,6 +1924,7 @@ pub async fn cancel(
             })
         })
         .await?;
+    st.presettle_eligibility.clear();
     st.outbox_wake.notify_one();
     Ok(answer)
 }
@@ -1877,6 +1996,7 @@ pub async fn reverse_request(
             })
         })
         .await?;
+    st.presettle_eligibility.clear();
     st.outbox_wake.notify_one();
     Ok(answer)
 }

@@ -115,6 +115,22 @@ pub struct ListFilter {
     pub treatment_region: Option<String>,
 }
 
+/// A person's approved filings for care in `treatment`. Every eligibility check and
+/// every claim asks this, so it goes through the `(id_number, status)` index: the
+/// optional filters of [`list`] (`?1 IS NULL OR …`) make SQLite scan every filing.
+pub fn approved_for(conn: &Connection, id_number: &str, treatment: &str) -> Result<Vec<FilingRec>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM filings WHERE id_number = ?1 AND status = ?2 AND treatment_region = ?3 \
+             ORDER BY filing_id"
+        ))?
+        .query_map(
+            params![id_number, FilingStatus::Approved.as_str(), treatment],
+            from_row,
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 /// One page of filings in id order after `after`.
 pub fn list(
     conn: &Connection,

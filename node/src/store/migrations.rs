@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -385,6 +385,13 @@ CREATE TABLE round_cleared (
 ) STRICT, WITHOUT ROWID;
 ";
 
+// Every Settle looks its request up among the settlements (a repeat, or one in doubt);
+// without this index SQLite walks the whole table in `seq` order for each of them, so
+// settling got slower with every settlement stored.
+const V5_SETTLEMENT_BY_REQUEST: &str = r"
+CREATE INDEX settlements_by_request ON settlements (request_scope, request_id, seq);
+";
+
 /// Which database a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -399,6 +406,7 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V2_SETTLEMENT),
             M::up(V3_CLEARING),
             M::up(V4_AUDIT),
+            M::up(V5_SETTLEMENT_BY_REQUEST),
         ]),
         Schema::Coordinator => Migrations::new(vec![M::up(COORDINATOR_V1)]),
     }

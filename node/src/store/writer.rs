@@ -51,7 +51,10 @@ impl Writer {
 
     /// Queues `f` now (before returning) and gives a future of its outcome, for a
     /// caller that must not wait for the commit but needs the job queued in order.
-    pub fn submit<R, F>(&self, f: F) -> impl std::future::Future<Output = Result<R>> + Send + 'static
+    pub fn submit<R, F>(
+        &self,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<R>> + Send + 'static
     where
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
         R: Send + 'static,
@@ -100,7 +103,23 @@ fn run_in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<
     out
 }
 
+/// What the writer did over a window, logged at debug level: whether requests really
+/// share transactions (jobs per commit) and where the thread's time goes.
+#[derive(Default)]
+struct Window {
+    transactions: u64,
+    jobs: u64,
+    largest: usize,
+    run: std::time::Duration,
+    commit: std::time::Duration,
+}
+
+/// How often the writer logs its window.
+const WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn run_loop(conn: &Connection, rx: &Receiver<Job>) {
+    let mut window = Window::default();
+    let mut since = std::time::Instant::now();
     while let Ok(first) = rx.recv() {
         let mut group = Vec::with_capacity(8);
         group.push(first);
@@ -117,8 +136,29 @@ fn run_loop(conn: &Connection, rx: &Receiver<Job>) {
             drop(group);
             continue;
         }
+        let jobs = group.len();
+        let started = std::time::Instant::now();
         let completions: Vec<Completion> = group.into_iter().map(|job| job(conn)).collect();
+        let ran = started.elapsed();
         let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        window.transactions += 1;
+        window.jobs += jobs as u64;
+        window.largest = window.largest.max(jobs);
+        window.run += ran;
+        window.commit += started.elapsed() - ran;
+        if since.elapsed() >= WINDOW {
+            let w = std::mem::take(&mut window);
+            tracing::debug!(
+                transactions = w.transactions,
+                jobs = w.jobs,
+                jobs_per_transaction = w.jobs / w.transactions.max(1),
+                largest_group = w.largest,
+                run_ms = w.run.as_millis() as u64,
+                commit_ms = w.commit.as_millis() as u64,
+                "store writer window"
+            );
+            since = std::time::Instant::now();
+        }
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }

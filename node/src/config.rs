@@ -73,6 +73,10 @@ pub struct NodeArgs {
     /// Burst of HospitalService requests per institution above the sustained rate.
     #[arg(long, env = "YIDI_HOSPITAL_BURST")]
     pub hospital_burst: Option<u32>,
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9101), path
+    /// /metrics. Off when unset.
+    #[arg(long, env = "YIDI_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The config file's shape; every key optional so flags can fill the rest.
@@ -97,6 +101,7 @@ struct FileConfig {
     insecure: Option<bool>,
     hospital_rate_per_second: Option<u32>,
     hospital_burst: Option<u32>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// A node's resolved configuration.
@@ -119,6 +124,8 @@ pub struct NodeConfig {
     pub security: crate::tls::SecurityConfig,
     /// Per-institution HospitalService rate limit (TLS only: it keys on certificates).
     pub hospital_rate: crate::auth::RateLimit,
+    /// Where to serve Prometheus metrics; None: not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// Fault injection (tests only).
     pub hooks: crate::service::TestHooks,
 }
@@ -141,6 +148,7 @@ impl NodeConfig {
             clearing_auto_confirm: true,
             security: crate::tls::SecurityConfig::insecure_loopback(),
             hospital_rate: crate::auth::RateLimit::default(),
+            metrics_listen: None,
             hooks: crate::service::TestHooks::default(),
         }
     }
@@ -233,6 +241,7 @@ impl NodeConfig {
                         .max(1),
                 }
             },
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
             hooks: crate::service::TestHooks::default(),
             region,
         };

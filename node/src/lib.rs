@@ -13,6 +13,7 @@ pub mod error;
 pub mod funds;
 pub mod idempotency;
 pub mod identity;
+pub mod metrics;
 pub mod peers;
 pub mod policy_cache;
 pub mod quote;

@@ -19,7 +19,12 @@ enum Command {
     /// Run a city agency's node daemon.
     Node(yidi_node::config::NodeArgs),
     /// Run the provincial clearing coordinator.
-    Coordinator(yidi_node::coordinator::CoordinatorArgs),
+    Coordinator {
+        #[command(flatten)]
+        args: yidi_node::coordinator::CoordinatorArgs,
+        #[command(flatten)]
+        metrics: yidi_node::metrics::MetricsArgs,
+    },
     /// Administer a node: persons, filings, policies, catalogue, institutions.
     Admin(yidi_node::cli::admin::AdminArgs),
     /// Act as a hospital's or pharmacy's system at its local node: identify, visits,
@@ -50,11 +55,14 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(yidi_node::server::run(config))?;
         }
-        Command::Coordinator(args) => {
+        Command::Coordinator { args, metrics } => {
             let config = yidi_node::coordinator::CoordinatorConfig::resolve(&args)?;
             yidi_node::server::init_tracing(config.log_json);
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(yidi_node::coordinator::run(config))?;
+            rt.block_on(yidi_node::metrics::run_coordinator(
+                config,
+                metrics.metrics_listen,
+            ))?;
         }
         Command::Admin(args) => {
             let rt = tokio::runtime::Runtime::new()?;

@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, OnceLock, RwLock},
     time::{Duration, SystemTime},
 };
 
@@ -16,7 +16,10 @@ use yidi_common::{proto::peer_service_client::PeerServiceClient, region::RegionC
 
 use crate::tls::TlsState;
 
-use crate::{Error, Result};
+use crate::{
+    Error, Result,
+    metrics::{ObservedChannel, PeerCalls},
+};
 
 /// The peer file's shape.
 #[derive(Debug, Deserialize)]
@@ -42,13 +45,20 @@ pub struct Peer {
     pub name: String,
     pub address: String,
     channel: Channel,
+    /// The node's peer-call counters, once the node has set them.
+    observer: Arc<OnceLock<PeerCalls>>,
 }
 
 impl Peer {
-    /// A PeerService client on the shared channel.
+    /// A PeerService client on the shared channel; its calls are counted in the node's
+    /// metrics.
     #[must_use]
-    pub fn client(&self) -> PeerServiceClient<Channel> {
-        PeerServiceClient::new(self.channel.clone())
+    pub fn client(&self) -> PeerServiceClient<ObservedChannel> {
+        PeerServiceClient::new(ObservedChannel::new(
+            self.channel.clone(),
+            self.region,
+            self.observer.get().cloned(),
+        ))
     }
 
     /// The shared channel, for other services of the same node.
@@ -65,6 +75,8 @@ pub struct PeerDirectory {
     call_timeout: Duration,
     peers: RwLock<Arc<HashMap<RegionCode, Peer>>>,
     modified: Mutex<Option<SystemTime>>,
+    /// The node's peer-call counters (see [`PeerDirectory::observe`]).
+    observer: Arc<OnceLock<PeerCalls>>,
     /// The TLS material channels are built with (`None`: plain text, insecure mode),
     /// and the generation of it the current channels use.
     tls: Option<Arc<TlsState>>,
@@ -112,6 +124,7 @@ impl PeerDirectory {
             call_timeout,
             peers: RwLock::new(Arc::new(HashMap::new())),
             modified: Mutex::new(None),
+            observer: Arc::new(OnceLock::new()),
         };
         dir.reload()?;
         Ok(dir)
@@ -176,6 +189,7 @@ impl PeerDirectory {
                     },
                     channel: endpoint(&e.address, self.call_timeout, self.client_tls(region))?,
                     address: e.address.clone(),
+                    observer: Arc::clone(&self.observer),
                 },
             };
             next.insert(region, peer);
@@ -215,6 +229,12 @@ impl PeerDirectory {
                 "region {region} is not in this node's peer directory; ask the operator to add it"
             ))
         })
+    }
+
+    /// Counts every call made through [`Peer::client`] in `calls` from now on (peers
+    /// loaded later included). Only the first call has an effect.
+    pub fn observe(&self, calls: PeerCalls) {
+        let _ = self.observer.set(calls);
     }
 
     /// Every peer.

@@ -104,6 +104,13 @@ pub async fn serve(
             .await
             .map_err(|e| Error::Internal(format!("peer directory task failed: {e}")))??
     };
+    let metrics = Arc::new(crate::metrics::NodeMetrics::new(config.region.as_str()));
+    peers.observe(metrics.peer_calls());
+    // Bound before anything is served so that a taken port fails the start, not later.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let state = Arc::new(NodeState {
         region: config.region,
         name: config.name.clone(),
@@ -113,6 +120,7 @@ pub async fn serve(
         policies: Arc::new(PolicyCache::default()),
         outbox_wake: Notify::new(),
         hooks: config.hooks.clone(),
+        metrics,
         presettle_eligibility: Default::default(),
     });
 
@@ -121,6 +129,13 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(Arc::clone(&state.peers).watch(Duration::from_secs(2), stopped(bg.clone())));
     tasks.spawn(outbox::run(Arc::clone(&state), stopped(bg.clone())));
+    if let Some(l) = metrics_listener {
+        tasks.spawn(crate::metrics::serve_node(
+            l,
+            stopped(bg.clone()),
+            Arc::clone(&state),
+        ));
+    }
     if let Some(t) = &tls {
         // Certificate, CA and revocation list: re-read on change or SIGHUP.
         tasks.spawn(Arc::clone(t).watch(crate::tls::RELOAD_CHECK, stopped(bg.clone())));

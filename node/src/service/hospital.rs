@@ -1,13 +1,16 @@
 //! HospitalService: the calls an institution's system (HIS) makes at its local node.
 //! Thin: each call is traced with its institution, visit and request id and delegated to
-//! `settlement::treatment`.
+//! `settlement::treatment`; Settle and PreSettle are also counted and timed here, the
+//! one place every answer passes (metrics).
+
+use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use yidi_common::proto::{self, hospital_service_server::HospitalService};
 
 use super::State;
-use crate::settlement::treatment;
+use crate::{metrics::Op, settlement::treatment};
 
 /// The HospitalService implementation.
 pub struct HospitalSvc {
@@ -110,28 +113,38 @@ impl HospitalService for HospitalSvc {
         &self,
         req: Request<proto::SettleRequest>,
     ) -> Result<Response<proto::Settlement>, Status> {
-        call!(
+        let started = Instant::now();
+        let answer = call!(
             self,
             req,
             "pre_settle",
             treatment::pre_settle,
             |r: &proto::SettleRequest| r.institution_code.clone(),
             |r: &proto::SettleRequest| r.request_id.clone()
-        )
+        );
+        self.state
+            .metrics
+            .settlement(Op::PreSettle, &answer, started.elapsed());
+        answer
     }
 
     async fn settle(
         &self,
         req: Request<proto::SettleRequest>,
     ) -> Result<Response<proto::Settlement>, Status> {
-        call!(
+        let started = Instant::now();
+        let answer = call!(
             self,
             req,
             "settle",
             treatment::settle,
             |r: &proto::SettleRequest| r.institution_code.clone(),
             |r: &proto::SettleRequest| r.request_id.clone()
-        )
+        );
+        self.state
+            .metrics
+            .settlement(Op::Settle, &answer, started.elapsed());
+        answer
     }
 
     async fn cancel_settlement(

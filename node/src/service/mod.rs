@@ -33,6 +33,9 @@ pub struct NodeState {
     /// Wakes the outbox worker when something was queued.
     pub outbox_wake: Notify,
     pub hooks: TestHooks,
+    /// Prometheus counters of this node (served only when `metrics_listen` is set, but
+    /// always counted: counting is a few atomic increments).
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
     /// PreSettle's short-lived cache of home nodes' eligibility answers.
     pub presettle_eligibility: crate::settlement::treatment::EligibilityCache,
 }

@@ -1,0 +1,821 @@
+//! Prometheus metrics of a node and of the coordinator, served as text (OpenMetrics
+//! exposition, which Prometheus scrapes natively) on their own HTTP port, off unless
+//! `metrics_listen` is set — an agency's monitoring usually lives on a separate network
+//! from the hospitals' gRPC traffic, so the two never share a port.
+//!
+//! Each node has its own registry (several nodes share one process in the demo and in
+//! tests, and must not mix their counts); every series carries the node's `region`.
+//! Counters are bumped where the work happens — the thin HospitalService wrapper for
+//! settle and pre-settle, the peer channel for calls to other nodes — while values that
+//! live in the store (outbox depth, clearing rounds) are read fresh on every scrape, so
+//! they can never drift from what `yidi admin outbox` shows.
+
+use std::{
+    borrow::Cow,
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+use tonic::{Code, Status, codegen::Service, transport::Channel};
+use yidi_common::{proto, region::RegionCode, types::VisitKind};
+
+use crate::{Error, Result, service::State, store::outbox};
+
+/// The content type of the exposition (OpenMetrics text; Prometheus asks for it).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Latency buckets in seconds: an unloaded local settle takes well under a millisecond of
+/// server time plus an fsync; a cross-region one two round trips and two fsyncs; the
+/// design's p99 target is 25 ms, so the buckets are densest around it.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_5, 0.001, 0.002, 0.003, 0.005, 0.007_5, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
+/// Flags of a process that serves metrics without a config-file key for them (the
+/// coordinator).
+#[derive(Debug, Clone, Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9100),
+    /// path /metrics. Off when unset.
+    #[arg(long, env = "YIDI_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Which HospitalService call a settlement metric is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Settle,
+    PreSettle,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Settle => "settle",
+            Op::PreSettle => "pre_settle",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SettleLabels {
+    op: &'static str,
+    kind: &'static str,
+    /// settled | provisional | refused | presettled | error
+    outcome: String,
+    /// "ok", or the gRPC code of the error in snake case.
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerErrorLabels {
+    peer: String,
+    method: String,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoundLabels {
+    round: String,
+    period: String,
+    state: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// The snake-case name of a gRPC code, as a label value.
+#[must_use]
+pub fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+fn region_labels(region: &str) -> impl Iterator<Item = (Cow<'static, str>, Cow<'static, str>)> {
+    std::iter::once((Cow::Borrowed("region"), Cow::Owned(region.to_owned())))
+}
+
+/// Calls to peer nodes: counted per peer and method, errors also per code. Cheap to
+/// clone (the families are shared).
+#[derive(Clone, Default)]
+pub struct PeerCalls {
+    calls: Family<PeerLabels, Counter>,
+    errors: Family<PeerErrorLabels, Counter>,
+}
+
+impl PeerCalls {
+    /// Counts one finished call; `code` is `Ok` for a success.
+    pub fn observe(&self, peer: &str, method: &str, code: Code) {
+        let labels = PeerLabels {
+            peer: peer.to_owned(),
+            method: method.to_owned(),
+        };
+        self.calls.get_or_create(&labels).inc();
+        if code != Code::Ok {
+            self.errors
+                .get_or_create(&PeerErrorLabels {
+                    peer: labels.peer,
+                    method: labels.method,
+                    code: code_label(code),
+                })
+                .inc();
+        }
+    }
+}
+
+/// A node's metrics.
+pub struct NodeMetrics {
+    registry: Registry,
+    settlements: Family<SettleLabels, Counter>,
+    latency: HistogramFamily<OpLabels>,
+    peer_calls: PeerCalls,
+    outbox_depth: Gauge,
+    outbox_oldest_age: Gauge,
+    outbox_by_target: Family<TargetLabels, Gauge>,
+    scrape_errors: Counter,
+}
+
+impl NodeMetrics {
+    /// A fresh registry for the node of `region`.
+    #[must_use]
+    pub fn new(region: &str) -> Self {
+        let mut registry = Registry::with_labels(region_labels(region));
+        let settlements = Family::<SettleLabels, Counter>::default();
+        registry.register(
+            "yidi_settlements",
+            "HospitalService Settle and PreSettle answers by visit kind, outcome (settled, provisional, refused, presettled, error) and gRPC code",
+            settlements.clone(),
+        );
+        let latency: HistogramFamily<OpLabels> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "yidi_settle_duration_seconds",
+            "Server-side latency of HospitalService Settle and PreSettle, from request to answer",
+            latency.clone(),
+        );
+        let peer_calls = PeerCalls::default();
+        registry.register(
+            "yidi_peer_calls",
+            "Calls this node made to peer nodes, by peer region and method",
+            peer_calls.calls.clone(),
+        );
+        registry.register(
+            "yidi_peer_call_errors",
+            "Calls to peer nodes that failed, by peer region, method and gRPC code (unavailable and deadline_exceeded: the peer was not reached in time)",
+            peer_calls.errors.clone(),
+        );
+        let outbox_depth = Gauge::default();
+        registry.register(
+            "yidi_outbox_depth",
+            "Pushes to home nodes waiting in the durable outbox (provisional claims, reversals, adjustments)",
+            outbox_depth.clone(),
+        );
+        let outbox_oldest_age = Gauge::default();
+        registry.register(
+            "yidi_outbox_oldest_age_seconds",
+            "Age of the oldest outbox item; 0 when the outbox is empty",
+            outbox_oldest_age.clone(),
+        );
+        let outbox_by_target = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "yidi_outbox_target_depth",
+            "Outbox items per home region they wait for",
+            outbox_by_target.clone(),
+        );
+        let scrape_errors = Counter::default();
+        registry.register(
+            "yidi_metrics_scrape_errors",
+            "Scrapes that could not read the store (the store-derived gauges then keep their previous values)",
+            scrape_errors.clone(),
+        );
+        Self {
+            registry,
+            settlements,
+            latency,
+            peer_calls,
+            outbox_depth,
+            outbox_oldest_age,
+            outbox_by_target,
+            scrape_errors,
+        }
+    }
+
+    /// The peer-call counters, for the peer directory's channels.
+    #[must_use]
+    pub fn peer_calls(&self) -> PeerCalls {
+        self.peer_calls.clone()
+    }
+
+    /// Records one Settle or PreSettle answer and its latency.
+    pub fn settlement(
+        &self,
+        op: Op,
+        answer: &std::result::Result<tonic::Response<proto::Settlement>, Status>,
+        elapsed: Duration,
+    ) {
+        let labels = match answer {
+            Ok(s) => {
+                let s = s.get_ref();
+                SettleLabels {
+                    op: op.as_str(),
+                    kind: VisitKind::from_proto(s.visit_kind, "visit_kind")
+                        .map_or("unknown", VisitKind::as_str),
+                    outcome: s.state.clone(),
+                    code: "ok",
+                }
+            }
+            // The visit kind of a failed request is not known without a store read,
+            // which a metric must not add to the hot path.
+            Err(status) => SettleLabels {
+                op: op.as_str(),
+                kind: "unknown",
+                outcome: "error".to_owned(),
+                code: code_label(status.code()),
+            },
+        };
+        self.settlements.get_or_create(&labels).inc();
+        self.latency
+            .get_or_create(&OpLabels { op: op.as_str() })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Refreshes the store-derived gauges and encodes everything.
+    pub async fn render(&self, state: &State) -> String {
+        match state.store.read(outbox::stats).await {
+            Ok(stats) => {
+                self.outbox_depth
+                    .set(i64::try_from(stats.depth).unwrap_or(i64::MAX));
+                self.outbox_oldest_age
+                    .set(stats.oldest.as_deref().map_or(0, age_seconds));
+                self.outbox_by_target.clear();
+                for t in stats.targets {
+                    self.outbox_by_target
+                        .get_or_create(&TargetLabels { target: t.region })
+                        .set(i64::try_from(t.depth).unwrap_or(i64::MAX));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: outbox stats unreadable");
+                self.scrape_errors.inc();
+            }
+        }
+        self.encode()
+    }
+
+    /// Encodes the registry as it is (no store reads): for tests and for callers that
+    /// hold no node state.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Seconds since an RFC 3339 timestamp (0 if unparsable or in the future).
+fn age_seconds(ts: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(ts)
+        .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds())
+        .unwrap_or(0)
+        .max(0)
+}
+
+// ------------------------------------------------------------------ peer channel
+
+/// A peer's channel that counts every call and its outcome. Errors are read without
+/// touching the body: tonic answers a failed unary call with a trailers-only response
+/// (grpc-status in the headers), and an unreachable peer fails the call itself.
+#[derive(Clone)]
+pub struct ObservedChannel {
+    inner: Channel,
+    peer: RegionCode,
+    calls: Option<PeerCalls>,
+}
+
+impl ObservedChannel {
+    /// Wraps `inner`; with `calls` None it only forwards.
+    #[must_use]
+    pub fn new(inner: Channel, peer: RegionCode, calls: Option<PeerCalls>) -> Self {
+        Self { inner, peer, calls }
+    }
+}
+
+type ChannelError = <Channel as Service<http::Request<tonic::body::Body>>>::Error;
+
+/// The gRPC code a transport failure amounts to (as tonic would map it, except that a
+/// passed deadline is named as such rather than "cancelled").
+fn transport_code(e: &(dyn std::error::Error + 'static)) -> Code {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<tonic::TimeoutExpired>() {
+            return Code::DeadlineExceeded;
+        }
+        if let Some(s) = err.downcast_ref::<Status>() {
+            return s.code();
+        }
+        cur = err.source();
+    }
+    Code::Unavailable
+}
+
+impl Service<http::Request<tonic::body::Body>> for ObservedChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = ChannelError;
+    type Future =
+        Pin<Box<dyn Future<Output = std::result::Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let Some(calls) = self.calls.clone() else {
+            return Box::pin(self.inner.call(req));
+        };
+        // "/yidi.v1.PeerService/CommitClaim" → "CommitClaim"
+        let method = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let peer = self.peer;
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let out = fut.await;
+            let code = match &out {
+                Ok(resp) => resp
+                    .headers()
+                    .get("grpc-status")
+                    .map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes())),
+                Err(e) => transport_code(e),
+            };
+            calls.observe(peer.as_str(), &method, code);
+            out
+        })
+    }
+}
+
+// ------------------------------------------------------------------ coordinator
+
+/// The coordinator's metrics: clearing rounds by state, read from its store on every
+/// scrape through a read-only connection of its own (the coordinator's services are
+/// untouched by monitoring).
+pub struct CoordinatorMetrics {
+    registry: Registry,
+    db: PathBuf,
+    rounds: Family<StateLabels, Gauge>,
+    latest: Family<RoundLabels, Gauge>,
+    latest_age: Gauge,
+    scrape_errors: Counter,
+}
+
+/// Round states, so that a state with no round still shows as 0.
+const ROUND_STATES: [&str; 8] = [
+    "OPEN",
+    "COLLECTING",
+    "RECONCILING",
+    "DISPUTED",
+    "STATEMENT_ISSUED",
+    "CONFIRMED",
+    "SETTLED",
+    "ABORTED",
+];
+
+impl CoordinatorMetrics {
+    /// Metrics of the coordinator whose store lives in `data_dir`.
+    #[must_use]
+    pub fn new(region: &str, data_dir: &Path) -> Self {
+        let mut registry = Registry::with_labels(region_labels(region));
+        let rounds = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "yidi_clearing_rounds",
+            "Clearing rounds by state",
+            rounds.clone(),
+        );
+        let latest = Family::<RoundLabels, Gauge>::default();
+        registry.register(
+            "yidi_clearing_latest_round",
+            "The most recent clearing round (value 1), its period and state",
+            latest.clone(),
+        );
+        let latest_age = Gauge::default();
+        registry.register(
+            "yidi_clearing_latest_round_unchanged_seconds",
+            "Seconds since the most recent round last changed state; a round that is not SETTLED or ABORTED and does not move is waiting on a participant or the operator",
+            latest_age.clone(),
+        );
+        let scrape_errors = Counter::default();
+        registry.register(
+            "yidi_metrics_scrape_errors",
+            "Scrapes that could not read the coordinator's store",
+            scrape_errors.clone(),
+        );
+        Self {
+            registry,
+            db: data_dir.join("coordinator.db"),
+            rounds,
+            latest,
+            latest_age,
+            scrape_errors,
+        }
+    }
+
+    fn read_rounds(db: &Path) -> Result<Vec<crate::coordinator::store::RoundRow>> {
+        let conn = rusqlite::Connection::open_with_flags(
+            db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(2))?;
+        let mut rows = Vec::new();
+        for id in crate::coordinator::store::round_ids(&conn)? {
+            if let Some(r) = crate::coordinator::store::round(&conn, &id)? {
+                rows.push(r);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Reads the rounds and encodes everything.
+    pub async fn render(&self) -> String {
+        let db = self.db.clone();
+        let rows = tokio::task::spawn_blocking(move || Self::read_rounds(&db))
+            .await
+            .map_err(|e| Error::Internal(format!("metrics task failed: {e}")))
+            .and_then(|r| r);
+        match rows {
+            Ok(rows) => {
+                self.rounds.clear();
+                for s in ROUND_STATES {
+                    let n = rows.iter().filter(|r| r.state == s).count();
+                    self.rounds
+                        .get_or_create(&StateLabels {
+                            state: s.to_owned(),
+                        })
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+                self.latest.clear();
+                if let Some(r) = rows.last() {
+                    self.latest
+                        .get_or_create(&RoundLabels {
+                            round: r.round_id.clone(),
+                            period: r.period.clone(),
+                            state: r.state.clone(),
+                        })
+                        .set(1);
+                    self.latest_age.set(age_seconds(&r.updated_at));
+                } else {
+                    self.latest_age.set(0);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: clearing rounds unreadable");
+                self.scrape_errors.inc();
+            }
+        }
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+// ------------------------------------------------------------------ HTTP
+
+/// Produces the exposition text on each scrape.
+pub type Render = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
+
+async fn handle(
+    req: Request<Incoming>,
+    render: Render,
+) -> std::result::Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let reply = |status: StatusCode, ctype: &'static str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ctype),
+        );
+        r
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "GET /metrics\n".into(),
+        ));
+    }
+    Ok(match req.uri().path() {
+        "/metrics" => reply(StatusCode::OK, CONTENT_TYPE, render().await),
+        "/" => reply(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "yidi metrics: GET /metrics\n".into(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found; metrics are at /metrics\n".into(),
+        ),
+    })
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`; open scrape connections are
+/// dropped at shutdown rather than waited for (a scraper retries on its next interval).
+pub async fn serve(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    render: Render,
+) {
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, "metrics serving on /metrics");
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let render = Arc::clone(&render);
+                    conns.spawn(async move {
+                        let svc = service_fn(move |req| handle(req, Arc::clone(&render)));
+                        if let Err(e) = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await
+                        {
+                            tracing::debug!(error = %e, "metrics connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "metrics listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
+}
+
+/// Serves a node's metrics.
+pub async fn serve_node(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    state: State,
+) {
+    let render: Render = Arc::new(move || {
+        let st = Arc::clone(&state);
+        Box::pin(async move { st.metrics.render(&st).await })
+    });
+    serve(listener, shutdown, render).await;
+}
+
+/// Serves the coordinator's metrics.
+pub async fn serve_coordinator(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    metrics: Arc<CoordinatorMetrics>,
+) {
+    let render: Render = Arc::new(move || {
+        let m = Arc::clone(&metrics);
+        Box::pin(async move { m.render().await })
+    });
+    serve(listener, shutdown, render).await;
+}
+
+/// Binds a metrics address, naming it in the error.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot listen for metrics on {addr}: {e}")))
+}
+
+/// Runs the coordinator (until SIGINT/SIGTERM) and, when `metrics_listen` is set, its
+/// metrics beside it; the metrics stop with the coordinator.
+pub async fn run_coordinator(
+    config: crate::coordinator::CoordinatorConfig,
+    metrics_listen: Option<SocketAddr>,
+) -> Result<()> {
+    let Some(addr) = metrics_listen else {
+        return crate::coordinator::run(config).await;
+    };
+    let listener = bind(addr).await?;
+    let metrics = Arc::new(CoordinatorMetrics::new(
+        config.region.as_str(),
+        &config.data_dir,
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve_coordinator(
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+        metrics,
+    ));
+    let out = crate::coordinator::run(config).await;
+    let _ = stop.send(());
+    let _ = task.await;
+    out
+}
+
+/// A minimal scrape over plain HTTP/1.0 (for the demo's self-check and tests): the
+/// body of `GET /metrics` at `addr`.
+pub async fn scrape(addr: SocketAddr) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fail = |e: std::io::Error| Error::Unavailable(format!("metrics at {addr}: {e}"));
+    let mut s = tokio::net::TcpStream::connect(addr).await.map_err(fail)?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: yidi\r\n\r\n")
+        .await
+        .map_err(fail)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.map_err(fail)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| Error::Unavailable(format!("metrics at {addr}: malformed answer")))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(Error::Unavailable(format!(
+            "metrics at {addr}: {}",
+            head.lines().next().unwrap_or_default()
+        )));
+    }
+    Ok(body.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settlement(kind: proto::VisitKind, state: &str) -> tonic::Response<proto::Settlement> {
+        tonic::Response::new(proto::Settlement {
+            visit_kind: kind as i32,
+            state: state.into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn settlements_are_counted_by_kind_outcome_and_code() {
+        let m = NodeMetrics::new("330100");
+        let ms = Duration::from_millis(3);
+        m.settlement(
+            Op::Settle,
+            &Ok(settlement(proto::VisitKind::Inpatient, "settled")),
+            ms,
+        );
+        m.settlement(
+            Op::Settle,
+            &Ok(settlement(proto::VisitKind::Inpatient, "settled")),
+            ms,
+        );
+        m.settlement(
+            Op::PreSettle,
+            &Ok(settlement(proto::VisitKind::Pharmacy, "presettled")),
+            ms,
+        );
+        m.settlement(
+            Op::Settle,
+            &Err(Status::failed_precondition("no direct settlement")),
+            ms,
+        );
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"yidi_settlements_total{region="330100",op="settle",kind="inpatient",outcome="settled",code="ok"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"yidi_settlements_total{region="330100",op="pre_settle",kind="pharmacy",outcome="presettled",code="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"yidi_settlements_total{region="330100",op="settle",kind="unknown",outcome="error",code="failed_precondition"} 1"#),
+            "{text}"
+        );
+        // 3 ms falls into the 3 ms bucket (upper bounds are inclusive).
+        assert!(
+            text.contains(
+                r#"yidi_settle_duration_seconds_bucket{region="330100",le="0.003",op="settle"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"yidi_settle_duration_seconds_count{region="330100",op="settle"} 3"#)
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn peer_errors_by_peer_method_and_code() {
+        let m = NodeMetrics::new("330200");
+        let calls = m.peer_calls();
+        calls.observe("330100", "CommitClaim", Code::Ok);
+        calls.observe("330100", "CommitClaim", Code::Unavailable);
+        calls.observe("330300", "CheckEligibility", Code::DeadlineExceeded);
+        let text = m.encode();
+        assert!(text.contains(
+            r#"yidi_peer_calls_total{region="330200",peer="330100",method="CommitClaim"} 2"#
+        ));
+        assert!(text.contains(r#"yidi_peer_call_errors_total{region="330200",peer="330100",method="CommitClaim",code="unavailable"} 1"#));
+        assert!(text.contains(r#"yidi_peer_call_errors_total{region="330200",peer="330300",method="CheckEligibility",code="deadline_exceeded"} 1"#));
+    }
+
+    #[test]
+    fn transport_failures_are_classified() {
+        let timeout: Box<dyn std::error::Error + Send + Sync> = Box::new(tonic::TimeoutExpired(()));
+        assert_eq!(transport_code(&*timeout), Code::DeadlineExceeded);
+        let io = std::io::Error::other("connection refused");
+        assert_eq!(transport_code(&io), Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn http_exposition() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let m = Arc::new(NodeMetrics::new("330300"));
+        m.settlement(
+            Op::Settle,
+            &Ok(settlement(proto::VisitKind::Outpatient, "settled")),
+            Duration::from_millis(1),
+        );
+        let m2 = Arc::clone(&m);
+        let render: Render = Arc::new(move || {
+            let m = Arc::clone(&m2);
+            Box::pin(async move { m.encode() })
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+            render,
+        ));
+        let body = scrape(addr).await.unwrap();
+        assert!(body.contains(r#"yidi_settlements_total{region="330300",op="settle",kind="outpatient",outcome="settled",code="ok"} 1"#), "{body}");
+        let _ = stop.send(());
+        server.await.unwrap();
+    }
+}

@@ -4,6 +4,7 @@
 //! [`server::serve`].
 
 pub mod auth;
+pub mod backup;
 pub mod bench;
 pub mod certs;
 pub mod cli;

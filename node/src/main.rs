@@ -33,6 +33,8 @@ enum Command {
     /// The federation's certificates: create the CA, issue node, hospital, coordinator
     /// and operator certificates, revoke, show.
     Certs(yidi_node::certs::CertsArgs),
+    /// Copy a running node's or coordinator's SQLite store to a file (online backup).
+    Backup(yidi_node::backup::BackupArgs),
     /// Run the benefit engine offline on files and print the split.
     Quote(yidi_node::quote::QuoteArgs),
     /// Benchmark the benefit engine on one core.
@@ -73,6 +75,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(yidi_node::cli::hospital::run(args))?;
         }
         Command::Certs(args) => yidi_node::certs::run(args)?,
+        Command::Backup(args) => yidi_node::backup::run(&args)?,
         Command::Quote(args) => yidi_node::quote::run(&args)?,
         Command::BenchEngine(args) => yidi_node::quote::run_engine_bench(&args)?,
         Command::Bench(args) => yidi_node::bench::run(*args)?,

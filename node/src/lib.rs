@@ -10,6 +10,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod coordinator;
+pub mod demo;
 pub mod error;
 pub mod funds;
 pub mod idempotency;

@@ -35,6 +35,9 @@ enum Command {
     Certs(yidi_node::certs::CertsArgs),
     /// Copy a running node's or coordinator's SQLite store to a file (online backup).
     Backup(yidi_node::backup::BackupArgs),
+    /// Start the Zhejiang demo federation on loopback (three city nodes and the
+    /// coordinator), load and generate data, drive settlements, run a clearing round.
+    Demo(yidi_node::demo::DemoArgs),
     /// Run the benefit engine offline on files and print the split.
     Quote(yidi_node::quote::QuoteArgs),
     /// Benchmark the benefit engine on one core.
@@ -76,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Certs(args) => yidi_node::certs::run(args)?,
         Command::Backup(args) => yidi_node::backup::run(&args)?,
+        Command::Demo(args) => yidi_node::demo::main(&args)?,
         Command::Quote(args) => yidi_node::quote::run(&args)?,
         Command::BenchEngine(args) => yidi_node::quote::run_engine_bench(&args)?,
         Command::Bench(args) => yidi_node::bench::run(*args)?,

@@ -4,8 +4,9 @@
 //! resumes where it was; a step that needs an unreachable participant waits and is
 //! retried, and the round's `missing` names who is holding it up.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use futures::{StreamExt, stream};
 use yidi_common::{
     money::{self, Sign},
     netting::{self, Gross},
@@ -30,6 +31,12 @@ pub mod state {
 
 type Client = ClearingParticipantClient<tonic::transport::Channel>;
 
+/// Participants asked at once in a step (collect, confirm, mark cleared). Calls to a
+/// province's nodes one after another would add up their round trips and fsyncs; all
+/// at once would hold every answer in memory together. Answers that arrive together
+/// are also stored together (the writer's group commit).
+const PARALLEL_CALLS: usize = 32;
+
 fn client(st: &CoordState, region: &str) -> Result<Client> {
     Ok(ClearingParticipantClient::new(
         st.participants.get(region)?.channel(),
@@ -53,14 +60,16 @@ pub async fn view(st: &CoordState, id: &str) -> Result<proto::Round> {
     let regions = st.participant_regions();
     st.store
         .read(move |conn| {
-            let r = store::round(conn, &id)?
+            let r = store::round_head(conn, &id)?
                 .ok_or_else(|| Error::NotFound(format!("no round {id}")))?;
             let confirmed = store::confirmed(conn, &id)?;
             let cleared = store::cleared(conn, &id)?;
-            let reported: BTreeSet<String> = store::reports(conn, &id)?
-                .into_iter()
-                .map(|r| r.region)
-                .collect();
+            let reported: BTreeSet<String> = match r.state.as_str() {
+                state::OPEN | state::COLLECTING => {
+                    store::reported(conn, &id)?.into_iter().collect()
+                }
+                _ => BTreeSet::new(),
+            };
             let missing: Vec<String> = match r.state.as_str() {
                 state::OPEN | state::COLLECTING => regions
                     .iter()
@@ -79,7 +88,7 @@ pub async fn view(st: &CoordState, id: &str) -> Result<proto::Round> {
                     .collect(),
                 _ => Vec::new(),
             };
-            let expected = r.statement.as_ref().map_or(0, |s| s.instructions.len());
+            let expected = store::instructions(conn, &id)?.len();
             Ok(proto::Round {
                 round_id: r.round_id,
                 period: r.period,
@@ -104,7 +113,7 @@ pub async fn advance(st: &CoordState, id: &str) -> Result<proto::Round> {
         let row = {
             let owned = id.to_owned();
             st.store
-                .read(move |conn| store::round(conn, &owned))
+                .read(move |conn| store::round_head(conn, &owned))
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("no round {id}")))?
         };
@@ -134,41 +143,50 @@ async fn collect(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
     let have: BTreeSet<String> = {
         let id = row.round_id.clone();
         st.store
-            .read(move |conn| {
-                Ok(store::reports(conn, &id)?
-                    .into_iter()
-                    .map(|r| r.region)
-                    .collect())
-            })
+            .read(move |conn| store::reported(conn, &id))
             .await?
+            .into_iter()
+            .collect()
     };
+    let todo: Vec<String> = st
+        .participant_regions()
+        .into_iter()
+        .filter(|r| !have.contains(r))
+        .collect();
+    let answers: Vec<Result<Option<String>>> = stream::iter(todo)
+        .map(|region| async move {
+            let answer = match client(st, &region) {
+                Ok(mut c) => c
+                    .report_positions(proto::ReportPositionsRequest {
+                        round_id: row.round_id.clone(),
+                        period: row.period.clone(),
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| s.message().to_owned()),
+                Err(e) => Err(e.to_string()),
+            };
+            Ok(match answer {
+                Ok(r) if r.region == region => {
+                    let id = row.round_id.clone();
+                    st.store
+                        .write(move |conn| store::put_report(conn, &id, &r))
+                        .await?;
+                    None
+                }
+                Ok(r) => Some(format!("{region} (answered as {})", r.region)),
+                Err(e) => Some(format!("{region} ({e})")),
+            })
+        })
+        .buffer_unordered(PARALLEL_CALLS)
+        .collect()
+        .await;
     let mut missing = Vec::new();
-    for region in st.participant_regions() {
-        if have.contains(&region) {
-            continue;
-        }
-        let answer = match client(st, &region) {
-            Ok(mut c) => c
-                .report_positions(proto::ReportPositionsRequest {
-                    round_id: row.round_id.clone(),
-                    period: row.period.clone(),
-                })
-                .await
-                .map(tonic::Response::into_inner)
-                .map_err(|s| s.message().to_owned()),
-            Err(e) => Err(e.to_string()),
-        };
-        match answer {
-            Ok(r) if r.region == region => {
-                let id = row.round_id.clone();
-                st.store
-                    .write(move |conn| store::put_report(conn, &id, &r))
-                    .await?;
-            }
-            Ok(r) => missing.push(format!("{region} (answered as {})", r.region)),
-            Err(e) => missing.push(format!("{region} ({e})")),
-        }
+    for a in answers {
+        missing.extend(a?);
     }
+    // Answers arrive in any order; the note names the missing in region order.
+    missing.sort();
     if missing.is_empty() {
         set_state(st, &row.round_id, state::RECONCILING, String::new()).await?;
         return Ok(true);
@@ -427,11 +445,62 @@ async fn reconcile(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
     Ok(true)
 }
 
+/// The statement as one participant is asked to confirm it: whole, except that the
+/// gross matrix and the reserves keep only the rows the participant is party to. The
+/// digest covers the round, the nets and the instructions, which are sent whole; the
+/// other pairs' rows are for reference, cannot be checked against this participant's
+/// ledger, and province-wide (one row per pair of regions) would make every
+/// confirmation megabytes to build, send and decode.
+struct Trimmer<'a> {
+    statement: &'a proto::Statement,
+    gross: HashMap<&'a str, Vec<usize>>,
+}
+
+impl<'a> Trimmer<'a> {
+    fn new(statement: &'a proto::Statement) -> Self {
+        let mut gross: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, g) in statement.gross.iter().enumerate() {
+            gross.entry(g.debtor.as_str()).or_default().push(i);
+            gross.entry(g.creditor.as_str()).or_default().push(i);
+        }
+        Self { statement, gross }
+    }
+
+    fn for_participant(&self, region: &str) -> proto::Statement {
+        let s = self.statement;
+        proto::Statement {
+            round_id: s.round_id.clone(),
+            period: s.period.clone(),
+            nets: s.nets.clone(),
+            instructions: s.instructions.clone(),
+            digest: s.digest.clone(),
+            gross: self
+                .gross
+                .get(region)
+                .map(|rows| rows.iter().map(|&i| s.gross[i].clone()).collect())
+                .unwrap_or_default(),
+            bilateral_transfers: s.bilateral_transfers,
+            netted_transfers: s.netted_transfers,
+            clearing_account: s.clearing_account.clone(),
+            reserves: s
+                .reserves
+                .iter()
+                .filter(|r| r.home_region == region || r.treatment_region == region)
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
 async fn confirm(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
-    let statement = row
-        .statement
-        .clone()
-        .ok_or_else(|| Error::Internal("issued round without a statement".into()))?;
+    let statement = {
+        let id = row.round_id.clone();
+        st.store
+            .read(move |conn| store::round(conn, &id))
+            .await?
+            .and_then(|r| r.statement)
+            .ok_or_else(|| Error::Internal("issued round without a statement".into()))?
+    };
     let done: BTreeSet<String> = {
         let id = row.round_id.clone();
         st.store
@@ -440,35 +509,49 @@ async fn confirm(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
             .into_iter()
             .collect()
     };
-    let mut waiting = Vec::new();
-    for region in st.participant_regions() {
-        if done.contains(&region) {
-            continue;
-        }
-        let req = proto::StatementRequest {
-            request_id: format!("{}-confirm", row.round_id),
-            statement: Some(statement.clone()),
-        };
-        let answer = match client(st, &region) {
-            Ok(mut c) => c
-                .confirm_statement(req)
-                .await
-                .map(tonic::Response::into_inner)
-                .map_err(|s| s.message().to_owned()),
-            Err(e) => Err(e.to_string()),
-        };
-        match answer {
-            Ok(a) if a.confirmed => {
-                let (id, by) = (row.round_id.clone(), a.confirmed_by);
-                let r = region.clone();
-                st.store
-                    .write(move |conn| store::put_confirmation(conn, &id, &r, &by, &now()))
-                    .await?;
+    let trimmer = Trimmer::new(&statement);
+    let todo: Vec<String> = st
+        .participant_regions()
+        .into_iter()
+        .filter(|r| !done.contains(r))
+        .collect();
+    let answers: Vec<Result<Option<String>>> = stream::iter(todo)
+        .map(|region| {
+            let req = proto::StatementRequest {
+                request_id: format!("{}-confirm", row.round_id),
+                statement: Some(trimmer.for_participant(&region)),
+            };
+            async move {
+                let answer = match client(st, &region) {
+                    Ok(mut c) => c
+                        .confirm_statement(req)
+                        .await
+                        .map(tonic::Response::into_inner)
+                        .map_err(|s| s.message().to_owned()),
+                    Err(e) => Err(e.to_string()),
+                };
+                Ok(match answer {
+                    Ok(a) if a.confirmed => {
+                        let (id, by) = (row.round_id.clone(), a.confirmed_by);
+                        let r = region.clone();
+                        st.store
+                            .write(move |conn| store::put_confirmation(conn, &id, &r, &by, &now()))
+                            .await?;
+                        None
+                    }
+                    Ok(a) => Some(format!("{region}: {}", a.confirmed_by)),
+                    Err(e) => Some(format!("{region}: {e}")),
+                })
             }
-            Ok(a) => waiting.push(format!("{region}: {}", a.confirmed_by)),
-            Err(e) => waiting.push(format!("{region}: {e}")),
-        }
+        })
+        .buffer_unordered(PARALLEL_CALLS)
+        .collect()
+        .await;
+    let mut waiting = Vec::new();
+    for a in answers {
+        waiting.extend(a?);
     }
+    waiting.sort();
     if waiting.is_empty() {
         set_state(
             st,
@@ -490,13 +573,16 @@ async fn confirm(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
 }
 
 async fn settle_if_paid(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
-    let expected = row.statement.as_ref().map_or(0, |s| s.instructions.len());
-    let recorded = {
+    let (expected, recorded) = {
         let id = row.round_id.clone();
         st.store
-            .read(move |conn| store::transfers(conn, &id))
+            .read(move |conn| {
+                Ok((
+                    store::instructions(conn, &id)?.len(),
+                    store::transfers(conn, &id)?.len(),
+                ))
+            })
             .await?
-            .len()
     };
     if recorded < expected {
         return Ok(false);
@@ -520,27 +606,34 @@ async fn mark_cleared(st: &CoordState, row: &store::RoundRow) -> Result<()> {
             .into_iter()
             .collect()
     };
-    for region in st.participant_regions() {
-        if done.contains(&region) {
-            continue;
-        }
-        let req = proto::MarkClearedRequest {
-            request_id: format!("{}-cleared", row.round_id),
-            round_id: row.round_id.clone(),
-            period: row.period.clone(),
-        };
-        let ok = match client(st, &region) {
-            Ok(mut c) => c.mark_cleared(req).await.is_ok(),
-            Err(_) => false,
-        };
-        if ok {
-            let (id, r) = (row.round_id.clone(), region.clone());
-            st.store
-                .write(move |conn| store::put_cleared(conn, &id, &r, &now()))
-                .await?;
-        }
-    }
-    Ok(())
+    let todo: Vec<String> = st
+        .participant_regions()
+        .into_iter()
+        .filter(|r| !done.contains(r))
+        .collect();
+    let marked: Vec<Result<()>> = stream::iter(todo)
+        .map(|region| async move {
+            let req = proto::MarkClearedRequest {
+                request_id: format!("{}-cleared", row.round_id),
+                round_id: row.round_id.clone(),
+                period: row.period.clone(),
+            };
+            let ok = match client(st, &region) {
+                Ok(mut c) => c.mark_cleared(req).await.is_ok(),
+                Err(_) => false,
+            };
+            if ok {
+                let id = row.round_id.clone();
+                st.store
+                    .write(move |conn| store::put_cleared(conn, &id, &region, &now()))
+                    .await?;
+            }
+            Ok(())
+        })
+        .buffer_unordered(PARALLEL_CALLS)
+        .collect()
+        .await;
+    marked.into_iter().collect()
 }
 
 /// Carries every disputed record to the next round on both sides, then re-collects.
@@ -550,7 +643,7 @@ pub async fn resolve(st: &CoordState, id: &str) -> Result<proto::Round> {
         let row = {
             let owned = id.to_owned();
             st.store
-                .read(move |conn| store::round(conn, &owned))
+                .read(move |conn| store::round_head(conn, &owned))
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("no round {id}")))?
         };

@@ -230,7 +230,10 @@ impl CoordinatorService for CoordinatorSvc {
             .store
             .write(move |conn| {
                 idempotency::once(conn, &key, |conn| {
-                    let row = store::round(conn, &req.round_id)?
+                    // The head and the instructions only: this runs on the writer
+                    // thread, once per transfer, and the full statement of a large
+                    // province is megabytes to decode.
+                    let row = store::round_head(conn, &req.round_id)?
                         .ok_or_else(|| Error::NotFound(format!("no round {}", req.round_id)))?;
                     if row.state != state::CONFIRMED {
                         return Err(Error::FailedPrecondition(format!(
@@ -238,8 +241,8 @@ impl CoordinatorService for CoordinatorSvc {
                             row.round_id, row.state
                         )));
                     }
-                    let s = row.statement.unwrap_or_default();
-                    let matches = s.instructions.iter().any(|i| {
+                    let instructions = store::instructions(conn, &row.round_id)?;
+                    let matches = instructions.iter().any(|i| {
                         i.from_region == req.from_region
                             && i.to_region == req.to_region
                             && money::parse(&i.amount, "amount", Sign::Any)

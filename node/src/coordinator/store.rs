@@ -42,6 +42,51 @@ pub fn round(conn: &Connection, id: &str) -> Result<Option<RoundRow>> {
     .transpose()
 }
 
+/// A round without its statement (`statement` is `None`): most steps only need the
+/// state, and a province-wide statement is megabytes to decode.
+pub fn round_head(conn: &Connection, id: &str) -> Result<Option<RoundRow>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT round_id, period, state, note, updated_at FROM rounds WHERE round_id = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok(RoundRow {
+                round_id: r.get(0)?,
+                period: r.get(1)?,
+                state: r.get(2)?,
+                statement: None,
+                note: r.get(3)?,
+                updated_at: r.get(4)?,
+            })
+        })
+        .optional()?)
+}
+
+/// A statement's payment instructions and nothing else, with the Statement's field
+/// number: the `instructions` column holds this encoding, and a whole encoded Statement
+/// decodes as it too (prost skips undeclared fields without allocating) — the fallback
+/// for rounds issued before that column existed.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StatementInstructions {
+    #[prost(message, repeated, tag = "4")]
+    instructions: Vec<proto::PaymentInstruction>,
+}
+
+/// The issued statement's payment instructions (empty before it is issued), without
+/// reading the statement's gross matrix.
+pub fn instructions(conn: &Connection, id: &str) -> Result<Vec<proto::PaymentInstruction>> {
+    let blob: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT COALESCE(instructions, statement) FROM rounds WHERE round_id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .flatten();
+    Ok(blob
+        .map(|b| decode::<StatementInstructions>(&b, "statement"))
+        .transpose()?
+        .map(|s| s.instructions)
+        .unwrap_or_default())
+}
+
 /// Every round id, oldest first.
 pub fn round_ids(conn: &Connection) -> Result<Vec<String>> {
     Ok(conn
@@ -66,10 +111,13 @@ pub fn set_state(conn: &Connection, id: &str, state: &str, note: &str, now: &str
     Ok(())
 }
 
-/// Stores the issued statement.
+/// Stores the issued statement, and its instructions on their own.
 pub fn set_statement(conn: &Connection, id: &str, s: &proto::Statement) -> Result<()> {
-    conn.prepare_cached("UPDATE rounds SET statement = ?2 WHERE round_id = ?1")?
-        .execute(params![id, s.encode_to_vec()])?;
+    let instructions = StatementInstructions {
+        instructions: s.instructions.clone(),
+    };
+    conn.prepare_cached("UPDATE rounds SET statement = ?2, instructions = ?3 WHERE round_id = ?1")?
+        .execute(params![id, s.encode_to_vec(), instructions.encode_to_vec()])?;
     Ok(())
 }
 
@@ -80,6 +128,15 @@ pub fn put_report(conn: &Connection, id: &str, r: &proto::ReportPositionsRespons
     )?
     .execute(params![id, r.region, r.encode_to_vec()])?;
     Ok(())
+}
+
+/// The regions whose reports a round has collected, without decoding the reports.
+pub fn reported(conn: &Connection, id: &str) -> Result<Vec<String>> {
+    regions(
+        conn,
+        "SELECT region FROM round_reports WHERE round_id = ?1 ORDER BY region",
+        id,
+    )
 }
 
 /// The reports collected for a round.

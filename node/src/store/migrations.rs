@@ -385,6 +385,14 @@ CREATE TABLE round_cleared (
 ) STRICT, WITHOUT ROWID;
 ";
 
+// The payment instructions of an issued statement on their own (an encoded message with
+// the Statement's `instructions` field): every recorded transfer checks them, and the
+// statement they come from holds the gross matrix, one row per pair of regions —
+// megabytes for a province — that SQLite would read in full each time.
+const COORDINATOR_V2: &str = r"
+ALTER TABLE rounds ADD COLUMN instructions BLOB;
+";
+
 // Every Settle looks its request up among the settlements (a repeat, or one in doubt);
 // without this index SQLite walks the whole table in `seq` order for each of them, so
 // settling got slower with every settlement stored.
@@ -408,7 +416,7 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V4_AUDIT),
             M::up(V5_SETTLEMENT_BY_REQUEST),
         ]),
-        Schema::Coordinator => Migrations::new(vec![M::up(COORDINATOR_V1)]),
+        Schema::Coordinator => Migrations::new(vec![M::up(COORDINATOR_V1), M::up(COORDINATOR_V2)]),
     }
 }
 
@@ -430,7 +438,7 @@ pub fn migrate(conn: &mut Connection, schema: Schema) -> Result<()> {
 }
 
 /// Coordinator schema version after all migrations.
-pub const COORDINATOR_SCHEMA_VERSION: u32 = 1;
+pub const COORDINATOR_SCHEMA_VERSION: u32 = 2;
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod clearing;
 pub mod hospital;
 pub mod import;
 pub mod output;

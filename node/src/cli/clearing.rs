@@ -1,0 +1,1042 @@
+//! `yidi clearing …`: the provincial operator's client of the coordinator's
+//! CoordinatorService — open a round for a period, drive it, look at its disputes and
+//! statement (tables, `--json`, or a CSV export), record the bank transfers, abort.
+//! The node's side (ledger, deductions, reserves, confirming a statement by hand) is
+//! `yidi admin`'s.
+//!
+//! Refused calls print `error: <CODE>: <message>` on stderr and exit 1, like every
+//! other client of the `yidi` binary.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use comfy_table::{Cell, CellAlignment};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use tonic::{Code, Request, Status, transport::Channel};
+use yidi_common::{
+    money::{self, Sign},
+    netting,
+    period::Period,
+    proto::{self, coordinator_service_client::CoordinatorServiceClient},
+};
+
+use super::output::{self, Field, Listing, Record, emit};
+
+/// The connected coordinator client.
+pub type Client = CoordinatorServiceClient<Channel>;
+
+/// Above this many participants the gross matrix no longer fits a terminal; the
+/// statement then prints a note and `--csv` carries the matrix.
+const MATRIX_MAX_REGIONS: usize = 12;
+
+/// Flags of `yidi clearing`. The global flags may appear before or after the subcommand.
+#[derive(Debug, Args)]
+pub struct ClearingArgs {
+    /// The coordinator's gRPC address.
+    #[arg(
+        long,
+        env = "YIDI_COORDINATOR",
+        default_value = "http://127.0.0.1:7100",
+        global = true
+    )]
+    pub coordinator: String,
+    /// Print the coordinator's answer as JSON on stdout instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Request id of `open` or `record-transfer` (1–64 of A-Z a-z 0-9 . _ : -).
+    /// Repeating a call with the same id returns the original answer and never acts
+    /// twice. Default: a fresh UUID for `open`; for `record-transfer`
+    /// `xfer:<round>:<from>:<to>`, since a round has one transfer per instruction. The
+    /// id is printed on stderr as `request_id: …` before the call goes out.
+    #[arg(long, global = true)]
+    pub request_id: Option<String>,
+    /// Seconds to wait for the coordinator's answer. `run` and `resolve` call every
+    /// participant, each with the coordinator's own per-call deadline, so they can take
+    /// a while when nodes are down.
+    #[arg(long, global = true, default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+    /// Mutual TLS: --ca, --cert (an operator certificate of the province), --key.
+    #[command(flatten)]
+    pub tls: crate::tls::ClientArgs,
+    #[command(subcommand)]
+    pub command: ClearingCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClearingCommand {
+    /// Open a clearing round for a period (YYYY-MM, calendar month UTC+8). One live round
+    /// at a time; a period already cleared cannot be opened again (its late records go
+    /// into the next period's round).
+    Open {
+        /// The period to clear, e.g. 2026-05.
+        period: String,
+        /// Clear a period that is not over yet (a demo, a test, a mid-month settlement):
+        /// records of the period that arrive after the round freezes are carried into
+        /// the next round. Without it only past periods can be opened.
+        #[arg(long)]
+        early: bool,
+    },
+    /// Advance a round as far as it can go now: collect positions, reconcile, issue the
+    /// statement, collect confirmations, and once every transfer is recorded mark the
+    /// period cleared at every node. (The coordinator also retries by itself every
+    /// few seconds.)
+    Run {
+        /// Round id, e.g. 2026-05-r1.
+        round_id: String,
+    },
+    /// Show one round (state, who is missing, confirmations, transfers), or every round.
+    Status {
+        /// Round id; omit to list every round, oldest first.
+        round_id: Option<String>,
+    },
+    /// The pairs whose two sides disagree, drilled down to ledger entry ids (ids and
+    /// amounts only, never personal data).
+    Disputes {
+        /// Round id.
+        round_id: String,
+    },
+    /// Resolve a DISPUTED round the documented way: the entries only one side has (or
+    /// whose amounts differ) are excluded from this round on both sides and carried to
+    /// the next one; the round then collects again.
+    Resolve {
+        /// Round id.
+        round_id: String,
+    },
+    /// The round's statement: net positions, payment instructions through the provincial
+    /// clearing account, the bilateral gross matrix, reserves and alarms, Σ net = 0, how
+    /// many transfers netting saved, and the digest nodes confirm.
+    Statement {
+        /// Round id.
+        round_id: String,
+        /// Also write the statement as CSV to FILE: one row per net position,
+        /// instruction and gross pair (columns: round_id, section, region,
+        /// counterparty, receivable, payable, net, amount, count).
+        #[arg(long, value_name = "FILE")]
+        csv: Option<PathBuf>,
+    },
+    /// Record a bank transfer of a CONFIRMED round. It must match one payment
+    /// instruction of the statement exactly (from, to, amount); once every instruction
+    /// is recorded the round is SETTLED and every node marks the period cleared.
+    RecordTransfer {
+        /// Round id.
+        round_id: String,
+        /// Paying region: a net debtor, or the clearing account (the coordinator's
+        /// province code) when it pays a creditor.
+        #[arg(long)]
+        from: String,
+        /// Receiving region: the clearing account, or a net creditor.
+        #[arg(long)]
+        to: String,
+        /// Amount in yuan, exactly as the instruction states it, e.g. 8000.00.
+        #[arg(long)]
+        amount: String,
+        /// The bank's reference of the transfer (kept with the round for audit).
+        #[arg(long)]
+        reference: String,
+    },
+    /// Abort a round (only before the first confirmation): every node unfreezes its
+    /// records, which go into the next round.
+    Abort {
+        /// Round id.
+        round_id: String,
+    },
+}
+
+// ---------------------------------------------------------------- records
+
+fn text(s: &str) -> Field {
+    Field::Text(s.to_owned())
+}
+
+fn num(s: &str) -> Field {
+    Field::Num(s.to_owned())
+}
+
+fn int(n: impl TryInto<u64>) -> Field {
+    Field::Int(n.try_into().unwrap_or(u64::MAX))
+}
+
+impl Record for proto::Round {
+    const PLURAL: &'static str = "rounds";
+    const LIST_COLUMNS: &'static [&'static str] = &[
+        "round_id",
+        "period",
+        "state",
+        "missing",
+        "transfers",
+        "updated_at",
+        "note",
+    ];
+    fn fields(&self) -> Vec<(&'static str, Field)> {
+        vec![
+            ("round_id", text(&self.round_id)),
+            ("period", text(&self.period)),
+            ("state", text(&self.state)),
+            ("missing", Field::List(self.missing.clone())),
+            ("confirmed", Field::List(self.confirmed.clone())),
+            (
+                "transfers",
+                text(&format!(
+                    "{}/{}",
+                    self.transfers_recorded, self.transfers_expected
+                )),
+            ),
+            ("cleared", Field::List(self.cleared.clone())),
+            ("updated_at", text(&self.updated_at)),
+            ("note", text(&self.note)),
+        ]
+    }
+}
+
+/// A round as JSON: the wire fields, with the counts of transfers as numbers instead of
+/// the table's `recorded/expected` text.
+fn round_json(r: &proto::Round) -> Value {
+    let mut v = output::to_json(r);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("transfers");
+        o.insert("transfers_recorded".into(), json!(r.transfers_recorded));
+        o.insert("transfers_expected".into(), json!(r.transfers_expected));
+    }
+    v
+}
+
+impl Record for proto::Dispute {
+    const PLURAL: &'static str = "disputes";
+    const LIST_COLUMNS: &'static [&'static str] = &[
+        "creditor",
+        "debtor",
+        "creditor_sum",
+        "debtor_sum",
+        "only_at_creditor",
+        "only_at_debtor",
+        "amount_differs",
+    ];
+    fn fields(&self) -> Vec<(&'static str, Field)> {
+        vec![
+            ("creditor", text(&self.creditor)),
+            ("debtor", text(&self.debtor)),
+            ("creditor_sum", num(&self.creditor_sum)),
+            ("debtor_sum", num(&self.debtor_sum)),
+            (
+                "only_at_creditor",
+                Field::List(self.only_at_creditor.clone()),
+            ),
+            ("only_at_debtor", Field::List(self.only_at_debtor.clone())),
+            ("amount_differs", Field::List(self.amount_differs.clone())),
+        ]
+    }
+}
+
+impl Record for proto::NetPosition {
+    const PLURAL: &'static str = "nets";
+    const LIST_COLUMNS: &'static [&'static str] = &["region", "receivable", "payable", "net"];
+    fn fields(&self) -> Vec<(&'static str, Field)> {
+        vec![
+            ("region", text(&self.region)),
+            ("receivable", num(&self.receivable)),
+            ("payable", num(&self.payable)),
+            ("net", num(&self.net)),
+        ]
+    }
+}
+
+impl Record for proto::PaymentInstruction {
+    const PLURAL: &'static str = "instructions";
+    const LIST_COLUMNS: &'static [&'static str] = &["from_region", "to_region", "amount"];
+    fn fields(&self) -> Vec<(&'static str, Field)> {
+        vec![
+            ("from_region", text(&self.from_region)),
+            ("to_region", text(&self.to_region)),
+            ("amount", num(&self.amount)),
+        ]
+    }
+}
+
+impl Record for proto::GrossEntry {
+    const PLURAL: &'static str = "gross";
+    const LIST_COLUMNS: &'static [&'static str] = &["debtor", "creditor", "count", "amount"];
+    fn fields(&self) -> Vec<(&'static str, Field)> {
+        vec![
+            ("debtor", text(&self.debtor)),
+            ("creditor", text(&self.creditor)),
+            ("count", int(self.count)),
+            ("amount", num(&self.amount)),
+        ]
+    }
+}
+
+/// Prints records as a table with a count footer, or as `{"<plural>": [...]}`.
+fn print_rows<R: Record + Clone>(items: &[R], as_json: bool) {
+    if as_json {
+        return output::print_json(&json!({
+            R::PLURAL: items.iter().map(output::to_json).collect::<Vec<_>>(),
+        }));
+    }
+    output::print_list(
+        &Listing {
+            items: items.to_vec(),
+            next_page_token: String::new(),
+            total: None,
+        },
+        false,
+    );
+}
+
+// ---------------------------------------------------------------- statement
+
+fn amount(s: &str, what: &str) -> anyhow::Result<Decimal> {
+    money::parse(s, what, Sign::Any)
+        .map_err(|e| anyhow::anyhow!("the coordinator sent an unreadable amount: {e}"))
+}
+
+/// What the client checks of a statement on its own, so that the operator does not
+/// have to trust the coordinator's arithmetic either.
+struct Checks {
+    sum_net: Decimal,
+    paid_in: Decimal,
+    paid_out: Decimal,
+    digest_ok: bool,
+}
+
+fn check(s: &proto::Statement) -> anyhow::Result<Checks> {
+    let mut sum_net = Decimal::ZERO;
+    for n in &s.nets {
+        sum_net += amount(&n.net, "net")?;
+    }
+    let (mut paid_in, mut paid_out) = (Decimal::ZERO, Decimal::ZERO);
+    for i in &s.instructions {
+        if i.to_region == s.clearing_account {
+            paid_in += amount(&i.amount, "amount")?;
+        }
+        if i.from_region == s.clearing_account {
+            paid_out += amount(&i.amount, "amount")?;
+        }
+    }
+    Ok(Checks {
+        sum_net,
+        paid_in,
+        paid_out,
+        digest_ok: netting::statement_digest(s) == s.digest,
+    })
+}
+
+fn statement_json(s: &proto::Statement, c: &Checks) -> Value {
+    let list = |v: Vec<Value>| Value::Array(v);
+    json!({
+        "round_id": s.round_id,
+        "period": s.period,
+        "clearing_account": s.clearing_account,
+        "digest": s.digest,
+        "digest_verified": c.digest_ok,
+        "sum_net": money::format(c.sum_net),
+        "paid_in": money::format(c.paid_in),
+        "paid_out": money::format(c.paid_out),
+        "bilateral_transfers": s.bilateral_transfers,
+        "netted_transfers": s.netted_transfers,
+        "nets": list(s.nets.iter().map(output::to_json).collect()),
+        "instructions": list(s.instructions.iter().map(output::to_json).collect()),
+        "gross": list(s.gross.iter().map(output::to_json).collect()),
+        "reserves": list(s.reserves.iter().map(output::to_json).collect()),
+    })
+}
+
+fn right(s: impl Into<String>) -> Cell {
+    Cell::new(s.into()).set_alignment(CellAlignment::Right)
+}
+
+/// The bilateral gross amounts as a region × region table: row owes column, with the
+/// row's total payable at the right and each column's total receivable at the bottom.
+fn gross_matrix(s: &proto::Statement) -> anyhow::Result<comfy_table::Table> {
+    let regions: Vec<&str> = s.nets.iter().map(|n| n.region.as_str()).collect();
+    let mut cells: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    for g in &s.gross {
+        cells.insert((g.debtor.as_str(), g.creditor.as_str()), g.amount.as_str());
+    }
+    let mut t = output::table();
+    let mut header = vec![Cell::new("owes ↓ / to →")];
+    header.extend(regions.iter().map(|r| right(*r)));
+    header.push(right("Σ payable"));
+    t.set_header(header);
+    let mut col_sum = vec![Decimal::ZERO; regions.len()];
+    let mut total = Decimal::ZERO;
+    for debtor in &regions {
+        let mut row = vec![Cell::new(*debtor)];
+        let mut row_sum = Decimal::ZERO;
+        for (j, creditor) in regions.iter().enumerate() {
+            match cells.get(&(*debtor, *creditor)) {
+                Some(a) => {
+                    let v = amount(a, "gross")?;
+                    row_sum += v;
+                    col_sum[j] += v;
+                    row.push(right(*a));
+                }
+                None if debtor == creditor => row.push(right("—")),
+                None => row.push(right("")),
+            }
+        }
+        total += row_sum;
+        row.push(right(money::format(row_sum)));
+        t.add_row(row);
+    }
+    let mut last = vec![Cell::new("Σ receivable")];
+    last.extend(col_sum.into_iter().map(|v| right(money::format(v))));
+    last.push(right(money::format(total)));
+    t.add_row(last);
+    Ok(t)
+}
+
+fn print_statement(s: &proto::Statement, c: &Checks) -> anyhow::Result<()> {
+    emit(format_args!(
+        "statement of round {} — period {} — clearing account {}",
+        s.round_id, s.period, s.clearing_account
+    ));
+    emit(format_args!(
+        "\nnet positions (positive: is paid; negative: pays)"
+    ));
+    let mut t = output::table();
+    t.set_header(vec![
+        Cell::new("region"),
+        right("receivable"),
+        right("payable"),
+        right("net"),
+    ]);
+    let (mut recv, mut pay) = (Decimal::ZERO, Decimal::ZERO);
+    for n in &s.nets {
+        recv += amount(&n.receivable, "receivable")?;
+        pay += amount(&n.payable, "payable")?;
+        t.add_row(vec![
+            Cell::new(&n.region),
+            right(&n.receivable),
+            right(&n.payable),
+            right(&n.net),
+        ]);
+    }
+    t.add_row(vec![
+        Cell::new("Σ"),
+        right(money::format(recv)),
+        right(money::format(pay)),
+        right(money::format(c.sum_net)),
+    ]);
+    emit(format_args!("{t}"));
+    if c.sum_net.is_zero() {
+        emit(format_args!("Σ net = 0.00 ✓"));
+    } else {
+        emit(format_args!(
+            "Σ net = {} — THE STATEMENT DOES NOT BALANCE; do not confirm it",
+            money::format(c.sum_net)
+        ));
+    }
+
+    emit(format_args!(
+        "\npayment instructions (debtors pay into the clearing account {}, which pays the creditors)",
+        s.clearing_account
+    ));
+    if s.instructions.is_empty() {
+        emit(format_args!("none: every net position is zero"));
+    } else {
+        let mut t = output::table();
+        t.set_header(vec![
+            right("#"),
+            Cell::new("from"),
+            Cell::new("to"),
+            right("amount"),
+        ]);
+        for (i, ins) in s.instructions.iter().enumerate() {
+            t.add_row(vec![
+                right((i + 1).to_string()),
+                Cell::new(&ins.from_region),
+                Cell::new(&ins.to_region),
+                right(&ins.amount),
+            ]);
+        }
+        emit(format_args!("{t}"));
+        emit(format_args!(
+            "paid in {}, paid out {}{}",
+            money::format(c.paid_in),
+            money::format(c.paid_out),
+            if c.paid_in == c.paid_out {
+                " ✓"
+            } else {
+                " — MISMATCH"
+            }
+        ));
+    }
+    emit(format_args!(
+        "{} transfers with netting instead of {} bilateral",
+        s.netted_transfers, s.bilateral_transfers
+    ));
+
+    emit(format_args!(
+        "\nbilateral gross, for reference ({} pairs)",
+        s.gross.len()
+    ));
+    if s.gross.is_empty() {
+        emit(format_args!("none: no region owes another anything"));
+    } else if s.nets.len() <= MATRIX_MAX_REGIONS {
+        emit(format_args!("{}", gross_matrix(s)?));
+    } else {
+        emit(format_args!(
+            "{} regions: the {}×{} matrix does not fit a terminal; export it with --csv FILE or --json",
+            s.nets.len(),
+            s.nets.len(),
+            s.nets.len()
+        ));
+    }
+
+    emit(format_args!("\nreserves (储备金)"));
+    if s.reserves.is_empty() {
+        emit(format_args!("none"));
+    } else {
+        let mut t = output::table();
+        t.set_header(vec![
+            Cell::new("home"),
+            Cell::new("treatment"),
+            right("balance"),
+            right("alarm below"),
+            Cell::new("alarm"),
+        ]);
+        for r in &s.reserves {
+            t.add_row(vec![
+                Cell::new(&r.home_region),
+                Cell::new(&r.treatment_region),
+                right(&r.balance),
+                right(&r.alarm_threshold),
+                Cell::new(if r.alarm { "ALARM" } else { "" }),
+            ]);
+        }
+        emit(format_args!("{t}"));
+        let alarms = s.reserves.iter().filter(|r| r.alarm).count();
+        if alarms > 0 {
+            emit(format_args!(
+                "{alarms} reserve(s) below the alarm threshold: the home region tops up with `yidi admin reserve record --kind topup`"
+            ));
+        }
+    }
+
+    emit(format_args!(
+        "\ndigest {} ({})",
+        s.digest,
+        if c.digest_ok {
+            "verified against the statement's content"
+        } else {
+            "DOES NOT MATCH the statement's content"
+        }
+    ));
+    Ok(())
+}
+
+/// Writes the statement as one CSV table (see `--csv`); returns the number of rows.
+fn write_csv(s: &proto::Statement, path: &Path) -> anyhow::Result<usize> {
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
+    w.write_record([
+        "round_id",
+        "section",
+        "region",
+        "counterparty",
+        "receivable",
+        "payable",
+        "net",
+        "amount",
+        "count",
+    ])?;
+    let id = s.round_id.as_str();
+    for n in &s.nets {
+        w.write_record([
+            id,
+            "net",
+            &n.region,
+            "",
+            &n.receivable,
+            &n.payable,
+            &n.net,
+            "",
+            "",
+        ])?;
+    }
+    for i in &s.instructions {
+        w.write_record([
+            id,
+            "instruction",
+            &i.from_region,
+            &i.to_region,
+            "",
+            "",
+            "",
+            &i.amount,
+            "",
+        ])?;
+    }
+    for g in &s.gross {
+        w.write_record([
+            id,
+            "gross",
+            &g.debtor,
+            &g.creditor,
+            "",
+            "",
+            "",
+            &g.amount,
+            &g.count.to_string(),
+        ])?;
+    }
+    w.flush()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(s.nets.len() + s.instructions.len() + s.gross.len())
+}
+
+// ---------------------------------------------------------------- rounds
+
+/// What the operator does next, by state; printed under a round's table.
+fn next_step(r: &proto::Round) -> Option<String> {
+    let id = &r.round_id;
+    let waiting = r.missing.join(", ");
+    Some(match r.state.as_str() {
+        "OPEN" | "COLLECTING" if !r.missing.is_empty() => format!(
+            "waiting for the positions of {waiting}; the coordinator retries every few seconds, or run `yidi clearing run {id}` once they are back"
+        ),
+        "OPEN" | "COLLECTING" | "RECONCILING" => format!("next: yidi clearing run {id}"),
+        "DISPUTED" => format!(
+            "pairs disagree: `yidi clearing disputes {id}` shows the entries; `yidi clearing resolve {id}` carries the one-sided entries to the next round on both sides"
+        ),
+        "STATEMENT_ISSUED" => format!(
+            "awaiting confirmation by {waiting}; a node with clearing_auto_confirm = false confirms with `yidi admin --node <its URL> clearing confirm {id} --digest <digest from yidi clearing statement {id}>`, then `yidi clearing run {id}`"
+        ),
+        "CONFIRMED" => format!(
+            "{} of {} transfers recorded; record each bank transfer with `yidi clearing record-transfer {id} --from … --to … --amount … --reference …` (instructions: yidi clearing statement {id})",
+            r.transfers_recorded, r.transfers_expected
+        ),
+        "SETTLED" if !r.missing.is_empty() => format!(
+            "settled; waiting for {waiting} to mark the period cleared (retried automatically, or `yidi clearing run {id}`)"
+        ),
+        _ => return None,
+    })
+}
+
+fn print_round(r: &proto::Round, as_json: bool) {
+    if as_json {
+        return output::print_json(&round_json(r));
+    }
+    output::print_one(r, false);
+    if let Some(hint) = next_step(r) {
+        emit(format_args!("{hint}"));
+    }
+}
+
+/// The default request id of a transfer: a round has at most one transfer per
+/// instruction, so repeating the command after a lost answer returns that answer.
+fn transfer_request_id(round: &str, from: &str, to: &str) -> String {
+    let id = format!("xfer:{round}:{from}:{to}");
+    let valid = id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if valid {
+        id
+    } else {
+        uuid::Uuid::new_v4().to_string()
+    }
+}
+
+struct Ctx {
+    client: Client,
+    json: bool,
+    request_id: Option<String>,
+    timeout: Duration,
+    /// The request id of the state-changing call this invocation sent, for the hint
+    /// printed when its outcome is unknown.
+    sent: Option<String>,
+}
+
+impl Ctx {
+    fn req<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.set_timeout(self.timeout);
+        r
+    }
+
+    /// Chooses the request id of a state-changing call and announces it on stderr
+    /// before the call goes out, so that a lost answer can be fetched again.
+    fn issue(&mut self, default: impl FnOnce() -> String) -> String {
+        let id = self.request_id.clone().unwrap_or_else(default);
+        eprintln!("request_id: {id}");
+        self.sent = Some(id.clone());
+        id
+    }
+
+    fn round(id: &str) -> proto::RoundRequest {
+        proto::RoundRequest {
+            request_id: String::new(),
+            round_id: id.to_owned(),
+        }
+    }
+}
+
+async fn execute(ctx: &mut Ctx, cmd: ClearingCommand) -> anyhow::Result<i32> {
+    let mut c = ctx.client.clone();
+    match cmd {
+        ClearingCommand::Open { period, early } => {
+            // Checked here too so that a typo is refused before a request id is spent.
+            let p = Period::parse(&period, "period").map_err(|e| anyhow::anyhow!("{e}"))?;
+            let request_id = ctx.issue(|| uuid::Uuid::new_v4().to_string());
+            let req = proto::OpenRoundRequest {
+                request_id,
+                period: p.to_string(),
+                early,
+            };
+            let r = c.open_round(ctx.req(req)).await?.into_inner();
+            print_round(&r, ctx.json);
+        }
+        ClearingCommand::Run { round_id } => {
+            let r = c.run_round(ctx.req(Ctx::round(&round_id))).await?;
+            print_round(&r.into_inner(), ctx.json);
+        }
+        ClearingCommand::Status { round_id: Some(id) } => {
+            let r = c.get_round(ctx.req(Ctx::round(&id))).await?;
+            print_round(&r.into_inner(), ctx.json);
+        }
+        ClearingCommand::Status { round_id: None } => {
+            let rounds = c
+                .list_rounds(ctx.req(proto::ListRoundsRequest {}))
+                .await?
+                .into_inner()
+                .rounds;
+            if ctx.json {
+                output::print_json(&json!({
+                    "rounds": rounds.iter().map(round_json).collect::<Vec<_>>(),
+                }));
+            } else if rounds.is_empty() {
+                emit(format_args!(
+                    "no rounds yet; open one with `yidi clearing open YYYY-MM`"
+                ));
+            } else {
+                print_rows(&rounds, false);
+            }
+        }
+        ClearingCommand::Disputes { round_id } => {
+            let disputes = c
+                .list_disputes(ctx.req(Ctx::round(&round_id)))
+                .await?
+                .into_inner()
+                .disputes;
+            if ctx.json {
+                output::print_json(&json!({
+                    "round_id": round_id,
+                    "disputes": disputes.iter().map(output::to_json).collect::<Vec<_>>(),
+                }));
+            } else if disputes.is_empty() {
+                emit(format_args!("round {round_id} has no disputes"));
+            } else {
+                print_rows(&disputes, false);
+                emit(format_args!(
+                    "resolve with `yidi clearing resolve {round_id}`: the entries one side lacks (or whose amounts differ) are carried to the next round on both sides"
+                ));
+            }
+        }
+        ClearingCommand::Resolve { round_id } => {
+            let r = c.resolve_disputes(ctx.req(Ctx::round(&round_id))).await?;
+            print_round(&r.into_inner(), ctx.json);
+        }
+        ClearingCommand::Statement { round_id, csv } => {
+            let s = c
+                .get_statement(ctx.req(Ctx::round(&round_id)))
+                .await?
+                .into_inner();
+            let checks = check(&s)?;
+            if let Some(path) = &csv {
+                let rows = write_csv(&s, path)?;
+                // stderr, so that `--json` output on stdout stays one document.
+                eprintln!(
+                    "wrote {rows} rows to {} (statement digest {})",
+                    path.display(),
+                    s.digest
+                );
+            }
+            if ctx.json {
+                output::print_json(&statement_json(&s, &checks));
+            } else {
+                print_statement(&s, &checks)?;
+            }
+            if !checks.sum_net.is_zero() || !checks.digest_ok || checks.paid_in != checks.paid_out {
+                bail!(
+                    "the statement of round {round_id} failed the client's checks (Σ net {}, digest {}); report it to the coordinator's operator",
+                    money::format(checks.sum_net),
+                    if checks.digest_ok { "ok" } else { "wrong" }
+                );
+            }
+        }
+        ClearingCommand::RecordTransfer {
+            round_id,
+            from,
+            to,
+            amount,
+            reference,
+        } => {
+            let request_id = ctx.issue(|| transfer_request_id(&round_id, &from, &to));
+            let req = proto::RecordTransferRequest {
+                request_id,
+                round_id,
+                from_region: from,
+                to_region: to,
+                amount,
+                reference,
+            };
+            let r = c.record_transfer(ctx.req(req)).await?;
+            print_round(&r.into_inner(), ctx.json);
+        }
+        ClearingCommand::Abort { round_id } => {
+            let r = c.abort_round(ctx.req(Ctx::round(&round_id))).await?;
+            print_round(&r.into_inner(), ctx.json);
+        }
+    }
+    Ok(0)
+}
+
+/// A channel to the coordinator; fails fast (UNAVAILABLE, before anything is sent)
+/// when nothing listens there.
+async fn connect(url: &str, tls: &crate::tls::ClientArgs) -> anyhow::Result<Client> {
+    let endpoint = tls
+        .endpoint(url)
+        .with_context(|| {
+            format!(
+                "--coordinator {url:?} is not a valid URL (expected e.g. http://127.0.0.1:7100)"
+            )
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    let channel = endpoint.connect().await.map_err(|e| {
+        Status::unavailable(format!(
+            "cannot reach the coordinator at {url}: {e} (is `yidi coordinator` running there?)"
+        ))
+    })?;
+    // Statements of a large province exceed tonic's 4 MiB default.
+    Ok(CoordinatorServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
+}
+
+/// `CODE: message` for a gRPC status, the full chain for anything else.
+fn describe(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<Status>() {
+        Some(status) => output::status_line(status),
+        None => format!("{e:#}"),
+    }
+}
+
+/// Runs `yidi clearing …`. Exits the process itself with the documented codes (0 done,
+/// 1 refused or failed, 2 bad command line — clap's own).
+pub async fn run(args: ClearingArgs) -> anyhow::Result<()> {
+    let code = match connect(&args.coordinator, &args.tls).await {
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            1
+        }
+        Ok(client) => {
+            let mut ctx = Ctx {
+                client,
+                json: args.json,
+                request_id: args.request_id,
+                timeout: Duration::from_secs(args.timeout),
+                sent: None,
+            };
+            match execute(&mut ctx, args.command).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {}", describe(&e));
+                    let in_doubt = e.downcast_ref::<Status>().is_some_and(|s| {
+                        matches!(
+                            s.code(),
+                            Code::Unavailable
+                                | Code::DeadlineExceeded
+                                | Code::Cancelled
+                                | Code::Unknown
+                                | Code::Internal
+                        )
+                    });
+                    if let (true, Some(id)) = (in_doubt, &ctx.sent) {
+                        eprintln!(
+                            "hint: the outcome of request {id} is not known here; repeat the same command with --request-id {id} to get it (a repeat never acts twice)"
+                        );
+                    }
+                    1
+                }
+            }
+        }
+    };
+    if code != 0 {
+        let _ = std::io::stdout().flush();
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statement() -> proto::Statement {
+        let mut s = proto::Statement {
+            round_id: "2026-05-r1".into(),
+            period: "2026-05".into(),
+            clearing_account: "330000".into(),
+            nets: vec![
+                proto::NetPosition {
+                    region: "330100".into(),
+                    receivable: "30.00".into(),
+                    payable: "100.00".into(),
+                    net: "-70.00".into(),
+                },
+                proto::NetPosition {
+                    region: "330200".into(),
+                    receivable: "100.00".into(),
+                    payable: "30.00".into(),
+                    net: "70.00".into(),
+                },
+            ],
+            instructions: vec![
+                proto::PaymentInstruction {
+                    from_region: "330100".into(),
+                    to_region: "330000".into(),
+                    amount: "70.00".into(),
+                },
+                proto::PaymentInstruction {
+                    from_region: "330000".into(),
+                    to_region: "330200".into(),
+                    amount: "70.00".into(),
+                },
+            ],
+            gross: vec![
+                proto::GrossEntry {
+                    debtor: "330100".into(),
+                    creditor: "330200".into(),
+                    amount: "100.00".into(),
+                    count: 3,
+                },
+                proto::GrossEntry {
+                    debtor: "330200".into(),
+                    creditor: "330100".into(),
+                    amount: "30.00".into(),
+                    count: 1,
+                },
+            ],
+            bilateral_transfers: 1,
+            netted_transfers: 2,
+            ..Default::default()
+        };
+        s.digest = netting::statement_digest(&s);
+        s
+    }
+
+    #[test]
+    fn checks_balance_and_digest() {
+        let s = statement();
+        let c = check(&s).unwrap();
+        assert!(c.sum_net.is_zero() && c.digest_ok);
+        assert_eq!(
+            (c.paid_in, c.paid_out),
+            (Decimal::new(7000, 2), Decimal::new(7000, 2))
+        );
+        let mut bad = s.clone();
+        bad.nets[0].net = "-69.99".into();
+        let c = check(&bad).unwrap();
+        assert!(!c.sum_net.is_zero() && !c.digest_ok);
+        let v = statement_json(&s, &check(&s).unwrap());
+        assert_eq!(v["sum_net"], "0.00");
+        assert_eq!(v["gross"][0]["count"], 3);
+        assert_eq!(v["nets"][1]["net"], "70.00");
+    }
+
+    #[test]
+    fn matrix_rows_owe_columns_with_totals() {
+        let t = gross_matrix(&statement()).unwrap().to_string();
+        let lines: Vec<&str> = t.lines().collect();
+        let row = |name: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(name) && !l.contains("owes"))
+                .copied()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(row("330100 ").contains("100.00"), "{t}");
+        assert!(row("Σ receivable").contains("130.00"), "{t}");
+    }
+
+    #[test]
+    fn csv_has_one_row_per_net_instruction_and_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.csv");
+        assert_eq!(write_csv(&statement(), &path).unwrap(), 6);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("round_id,section,region,counterparty,"));
+        assert!(text.contains("2026-05-r1,gross,330100,330200,,,,100.00,3"));
+        assert!(text.contains("2026-05-r1,instruction,330100,330000,,,,70.00,"));
+    }
+
+    #[test]
+    fn transfer_ids_are_deterministic_and_valid() {
+        assert_eq!(
+            transfer_request_id("2026-05-r1", "330100", "330000"),
+            "xfer:2026-05-r1:330100:330000"
+        );
+        let long = "r".repeat(70);
+        assert_eq!(transfer_request_id(&long, "a", "b").len(), 36);
+    }
+
+    #[test]
+    fn every_list_column_is_a_field() {
+        fn check<R: Record + Default>() {
+            let names: Vec<_> = R::default().fields().into_iter().map(|(k, _)| k).collect();
+            for col in R::LIST_COLUMNS {
+                assert!(names.contains(col), "{}: {col}", R::PLURAL);
+            }
+        }
+        check::<proto::Round>();
+        check::<proto::Dispute>();
+        check::<proto::NetPosition>();
+        check::<proto::PaymentInstruction>();
+        check::<proto::GrossEntry>();
+    }
+
+    #[test]
+    fn next_steps_name_the_commands() {
+        let r = proto::Round {
+            round_id: "2026-05-r1".into(),
+            state: "STATEMENT_ISSUED".into(),
+            missing: vec!["330200".into()],
+            ..Default::default()
+        };
+        let hint = next_step(&r).unwrap();
+        assert!(hint.contains("330200") && hint.contains("clearing confirm 2026-05-r1"));
+        let done = proto::Round {
+            state: "SETTLED".into(),
+            ..Default::default()
+        };
+        assert_eq!(next_step(&done), None);
+    }
+
+    #[test]
+    fn round_json_counts_transfers_as_numbers() {
+        let r = proto::Round {
+            state: "CONFIRMED".into(),
+            transfers_recorded: 1,
+            transfers_expected: 3,
+            confirmed: vec!["330100".into()],
+            ..Default::default()
+        };
+        let v = round_json(&r);
+        assert_eq!(
+            (&v["transfers_recorded"], &v["transfers_expected"]),
+            (&json!(1), &json!(3))
+        );
+        assert_eq!(v["confirmed"], json!(["330100"]));
+        assert!(v.get("transfers").is_none());
+    }
+}

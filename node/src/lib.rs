@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod backup;
 pub mod bench;
+pub mod bench_clearing;
 pub mod certs;
 pub mod cli;
 pub mod config;

@@ -30,6 +30,9 @@ enum Command {
     /// Act as a hospital's or pharmacy's system at its local node: identify, visits,
     /// fees, pre-settle, settle, cancel, 冲正, reconcile.
     Hospital(yidi_node::cli::hospital::HospitalArgs),
+    /// Drive the coordinator's clearing rounds: open, run, status, disputes, resolve,
+    /// statement (tables, --json, --csv), record-transfer, abort.
+    Clearing(yidi_node::cli::clearing::ClearingArgs),
     /// The federation's certificates: create the CA, issue node, hospital, coordinator
     /// and operator certificates, revoke, show.
     Certs(yidi_node::certs::CertsArgs),
@@ -42,6 +45,9 @@ enum Command {
     Quote(yidi_node::quote::QuoteArgs),
     /// Benchmark the benefit engine on one core.
     BenchEngine(yidi_node::quote::EngineBenchArgs),
+    /// Benchmark a clearing round at the coordinator: simulated participants (default
+    /// 333) and claims (default 10 million), driven to SETTLED.
+    BenchClearing(yidi_node::bench_clearing::ClearingBenchArgs),
     /// Load-test the settlement hot path: a three-node federation (in-process, or the
     /// running nodes given with --node) driven through the real HospitalService; prints
     /// throughput, latency percentiles, errors, the floor ratio, and verifies both nodes.
@@ -77,11 +83,16 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(yidi_node::cli::hospital::run(args))?;
         }
+        Command::Clearing(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(yidi_node::cli::clearing::run(args))?;
+        }
         Command::Certs(args) => yidi_node::certs::run(args)?,
         Command::Backup(args) => yidi_node::backup::run(&args)?,
         Command::Demo(args) => yidi_node::demo::main(&args)?,
         Command::Quote(args) => yidi_node::quote::run(&args)?,
         Command::BenchEngine(args) => yidi_node::quote::run_engine_bench(&args)?,
+        Command::BenchClearing(args) => yidi_node::bench_clearing::run(&args)?,
         Command::Bench(args) => yidi_node::bench::run(*args)?,
         Command::BenchPersons(args) => yidi_node::bench::persons::run(&args)?,
     }

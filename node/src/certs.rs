@@ -551,7 +551,7 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
         )?;
         print_issued(
             &format!(
-                "issued a {} certificate valid for {} days",
+                "issued a certificate ({}), valid for {} days",
                 identity.kind(),
                 issue.days
             ),

@@ -3,6 +3,12 @@
 
 use clap::{Parser, Subcommand};
 
+// mimalloc rather than glibc's malloc: under load a node allocates and frees many small
+// buffers across threads (gRPC frames, rows, protobuf messages), where glibc spent about
+// 15% of the CPU in its arenas (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "yidi",

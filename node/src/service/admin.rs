@@ -617,20 +617,19 @@ impl AdminService for AdminSvc {
                         continue;
                     }
                 };
-                if let Some(card) = &rec.card_no
-                    && persons::get_by_card(conn, card)?
-                        .is_some_and(|holder| holder.rec.id_number != rec.id_number)
-                {
-                    result.errors.push(row_error(
+                match persons::import(conn, &rec, &now)? {
+                    persons::Imported::Done(u) => tally(&mut result, u),
+                    persons::Imported::CardTaken => result.errors.push(row_error(
                         row,
                         Error::invalid(
                             "card_no",
-                            format!("{card} already belongs to another person"),
+                            format!(
+                                "{} already belongs to another person",
+                                rec.card_no.as_deref().unwrap_or_default()
+                            ),
                         ),
-                    ));
-                    continue;
+                    )),
                 }
-                tally(&mut result, persons::upsert(conn, &rec, &now)?);
             }
             Ok(result)
         })

@@ -157,6 +157,70 @@ pub fn upsert(conn: &Connection, rec: &PersonRec, now: &str) -> Result<Upsert> {
     }
 }
 
+/// What [`import`] did with one row: an upsert, or the card number belongs to someone
+/// else (a row error; nothing changed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    Done(Upsert),
+    CardTaken,
+}
+
+/// Bulk-import upsert: one look-up by ID number, then at most one INSERT or UPDATE. The
+/// card's uniqueness is left to its UNIQUE index (a violation is reported as
+/// [`Imported::CardTaken`]) instead of being looked up first, so a row costs one read
+/// and one write — the import of millions of persons is bound by this.
+pub fn import(conn: &Connection, rec: &PersonRec, now: &str) -> Result<Imported> {
+    let written = match get(conn, &rec.id_number)? {
+        Some(existing) if existing.rec == *rec => return Ok(Imported::Done(Upsert::Unchanged)),
+        Some(_) => conn
+            .prepare_cached(
+                "UPDATE persons SET name = ?2, card_no = ?3, insurance_type = ?4, person_type = ?5, civil_servant = ?6, \
+                 status = ?7, account_fen = ?8, enrolled_since = ?9, updated_at = ?10 WHERE id_number = ?1",
+            )?
+            .execute(params![
+                rec.id_number,
+                rec.name,
+                rec.card_no,
+                rec.insurance_type.as_str(),
+                rec.person_type.as_str(),
+                rec.civil_servant,
+                rec.status.as_str(),
+                rec.account_fen,
+                rec.enrolled_since,
+                now
+            ])
+            .map(|_| Upsert::Updated),
+        None => conn
+            .prepare_cached(&format!(
+                "INSERT INTO persons (lookup_hash, {COLUMNS}) VALUES (?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)"
+            ))?
+            .execute(params![
+                rec.id_number,
+                rec.name,
+                rec.card_no,
+                rec.insurance_type.as_str(),
+                rec.person_type.as_str(),
+                rec.civil_servant,
+                rec.status.as_str(),
+                rec.account_fen,
+                rec.enrolled_since,
+                now,
+                yidi_common::idnum::lookup_hash(&rec.id_number)
+            ])
+            .map(|_| Upsert::Inserted),
+    };
+    match written {
+        Ok(u) => Ok(Imported::Done(u)),
+        Err(rusqlite::Error::SqliteFailure(e, Some(msg)))
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                && msg.contains("persons.card_no") =>
+        {
+            Ok(Imported::CardTaken)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Filters of a person listing.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {

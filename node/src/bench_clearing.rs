@@ -449,6 +449,9 @@ fn ms(d: Duration) -> String {
 }
 
 fn mib(kib: u64) -> String {
+    if kib < 1024 {
+        return format!("{kib} KiB");
+    }
     format!("{}.{} MiB", kib / 1024, (kib % 1024) * 10 / 1024)
 }
 

@@ -1032,7 +1032,7 @@ pub(super) fn print_explore(layout: &Layout, ctx: &Ctx) {
     println!("  yidi admin --node {hz} info");
     println!("  yidi admin --node {hz} person list --limit 5");
     println!("  yidi admin --node {hz} filing list --limit 5");
-    println!("  yidi admin --node {nb} funds ledger --period {period}");
+    println!("  yidi admin --node {nb} ledger --period {period}");
     println!("  yidi admin --node {nb} outbox");
     if let Some(p) = patient {
         println!(

@@ -293,11 +293,12 @@ impl TestCoordinator {
     pub async fn client(
         &self,
     ) -> yidi_common::proto::coordinator_service_client::CoordinatorServiceClient<Channel> {
-        let ch = yidi_node::tls::endpoint(&format!("http://{}", self.addr), self.client_tls.clone())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect coordinator");
+        let ch =
+            yidi_node::tls::endpoint(&format!("http://{}", self.addr), self.client_tls.clone())
+                .expect("url")
+                .connect()
+                .await
+                .expect("connect coordinator");
         yidi_common::proto::coordinator_service_client::CoordinatorServiceClient::new(ch)
     }
 

@@ -286,7 +286,10 @@ impl PeerDirectory {
             .peers
             .write()
             .map_err(|_| Error::Internal("peer directory lock poisoned".into()))? = Arc::new(next);
-        tracing::info!(peers = current.len(), "peer channels rebuilt with the reloaded certificate");
+        tracing::info!(
+            peers = current.len(),
+            "peer channels rebuilt with the reloaded certificate"
+        );
         Ok(true)
     }
 

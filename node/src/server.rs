@@ -101,8 +101,8 @@ pub async fn serve(
         tokio::task::spawn_blocking(move || {
             PeerDirectory::load_secure(region, path.as_deref(), timeout, peer_tls)
         })
-            .await
-            .map_err(|e| Error::Internal(format!("peer directory task failed: {e}")))??
+        .await
+        .map_err(|e| Error::Internal(format!("peer directory task failed: {e}")))??
     };
     let metrics = Arc::new(crate::metrics::NodeMetrics::new(config.region.as_str()));
     peers.observe(metrics.peer_calls());

@@ -255,8 +255,8 @@ pub async fn serve(
         tokio::task::spawn_blocking(move || {
             PeerDirectory::load_secure(region, Some(&path), timeout, peer_tls)
         })
-            .await
-            .map_err(|e| Error::Internal(format!("participants task failed: {e}")))??
+        .await
+        .map_err(|e| Error::Internal(format!("participants task failed: {e}")))??
     };
     let state = Arc::new(CoordState {
         region: config.region,

@@ -16,8 +16,8 @@ use super::State;
 use crate::{
     Error, Result,
     idempotency::{self, RequestKey, payload_hash},
-    settlement::{home, treatment},
     identity::Identity,
+    settlement::{home, treatment},
     store::{
         audit::{self, Action, Entry},
         claims,
@@ -148,7 +148,9 @@ impl PeerService for PeerSvc {
             Action::CommitClaim,
             &req.id_number,
             &req.claim_id,
-            req.visit.as_ref().map_or("", |v| v.institution_code.as_str()),
+            req.visit
+                .as_ref()
+                .map_or("", |v| v.institution_code.as_str()),
         );
         let answer = match who.check_region("treatment_region", &req.treatment_region) {
             Ok(()) => self.commit_claim_checked(req, entry.clone()).await,

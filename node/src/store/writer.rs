@@ -138,9 +138,39 @@ fn run_loop(conn: &Connection, rx: &Receiver<Job>) {
         }
         let jobs = group.len();
         let started = std::time::Instant::now();
-        let completions: Vec<Completion> = group.into_iter().map(|job| job(conn)).collect();
+        let mut completions: Vec<Completion> = Vec::with_capacity(jobs);
+        let mut lost: Vec<Completion> = Vec::new();
+        let mut rest = group.into_iter();
+        while let Some(job) = rest.next() {
+            completions.push(job(conn));
+            if conn.is_autocommit() {
+                // SQLite rolled the whole transaction back by itself (a full disk, an I/O
+                // error): what ran in it is gone and must be reported so, and a job run
+                // now would commit on its own, outside any group. The rest gets a fresh
+                // transaction, or is dropped (UNAVAILABLE) like a group that cannot begin.
+                tracing::error!(
+                    requests = completions.len(),
+                    "store transaction rolled back by SQLite; its requests fail"
+                );
+                lost.append(&mut completions);
+                if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                    tracing::error!(error = %e, requests = rest.len(), "store writer cannot begin a transaction");
+                    rest.by_ref().for_each(drop);
+                }
+            }
+        }
+        for done in lost {
+            done(Some(
+                "the transaction was rolled back (disk full or I/O error)",
+            ));
+        }
         let ran = started.elapsed();
-        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        let commit = if conn.is_autocommit() {
+            // Nothing left to commit: every job was in a rolled-back transaction.
+            Ok(())
+        } else {
+            conn.execute_batch("COMMIT").map_err(|e| e.to_string())
+        };
         window.transactions += 1;
         window.jobs += jobs as u64;
         window.largest = window.largest.max(jobs);
@@ -166,5 +196,51 @@ fn run_loop(conn: &Connection, rx: &Receiver<Job>) {
         for done in completions {
             done(err);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transaction that SQLite rolls back by itself in the middle of a group fails
+    /// every request that ran in it, and the requests after it still commit in a
+    /// transaction of their own.
+    #[tokio::test]
+    async fn a_transaction_rolled_back_by_sqlite_fails_what_ran_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("w.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
+            .unwrap();
+        let w = Writer::start(conn).unwrap();
+        // Hold the writer in a first group so that the next three queue as one group.
+        let (hold, held) = std::sync::mpsc::channel::<()>();
+        let (running, is_running) = oneshot::channel::<()>();
+        let first = w.submit(move |_| {
+            let _ = running.send(());
+            let _ = held.recv();
+            Ok(())
+        });
+        is_running.await.unwrap();
+        let before = w.submit(|c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?));
+        // What SQLite does on SQLITE_FULL or an I/O error: the transaction ends.
+        let rolled_back = w.submit(|c| Ok(c.execute_batch("ROLLBACK")?));
+        let after = w.submit(|c| Ok(c.execute("INSERT INTO t (v) VALUES (3)", [])?));
+        hold.send(()).unwrap();
+        first.await.unwrap();
+        assert!(before.await.is_err(), "its transaction was rolled back");
+        assert!(rolled_back.await.is_err());
+        assert_eq!(after.await.unwrap(), 1);
+        let rows: Vec<i64> = w
+            .run(|c| {
+                let mut st = c.prepare("SELECT v FROM t ORDER BY v")?;
+                let v = st
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok(v)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, vec![3]);
     }
 }

@@ -56,6 +56,16 @@ fn field_of(r: yidi_common::Result<engine::Quote>) -> String {
     }
 }
 
+/// A well-formed visit the policy does not provide for is refused (FAILED_PRECONDITION
+/// on the wire), not reported as malformed input.
+fn refusal_of(r: yidi_common::Result<engine::Quote>) -> String {
+    match r {
+        Err(Error::Precondition(m)) => m,
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(q) => panic!("expected a refusal, got a split: {:?}", q.trace),
+    }
+}
+
 fn run_lines(lines: &[Line]) -> String {
     field_of(engine::quote(
         &policy(),
@@ -162,8 +172,8 @@ fn uncovered_visits_and_persons_are_refused() {
         ..visit()
     };
     assert_eq!(
-        field_of(engine::quote(&p, &person(), &acc, &v, &lines)),
-        "visit.level"
+        refusal_of(engine::quote(&p, &person(), &acc, &v, &lines)),
+        "policy 330100 employee does not cover pharmacy visits at level-3 hospital"
     );
     // A policy without chronic coverage.
     let mut no_chronic = p.clone();
@@ -176,8 +186,8 @@ fn uncovered_visits_and_persons_are_refused() {
         ..visit()
     };
     assert_eq!(
-        field_of(engine::quote(&no_chronic, &person(), &acc, &v, &lines)),
-        "visit.visit_kind"
+        refusal_of(engine::quote(&no_chronic, &person(), &acc, &v, &lines)),
+        "policy 330100 employee does not cover chronic visits"
     );
     // Policy not in force on the visit date.
     let v = VisitCtx {
@@ -355,4 +365,56 @@ fn wire_lines_name_the_field() {
     );
     assert_eq!(field(wire("2", "10.00", "20.001", a)), "lines[3].amount");
     assert_eq!(field(wire("2", "10.00", "20.00", 0)), "lines[3].class");
+}
+
+#[test]
+fn a_filing_dated_after_the_visit_start_covers_only_a_stay() {
+    let p = policy();
+    let acc = Accumulators::new(2026);
+    let lines = [line("1")];
+    // Filed on 2026-04-05, after the visit of 2026-04-01.
+    let filed_late = |kind| VisitCtx {
+        visit_kind: kind,
+        filing: Some(engine::FilingCtx {
+            filing_type: yidi_common::types::FilingType::LongTermResident,
+            treatment_region: "330200".to_owned(),
+            institutions: Vec::new(),
+            valid_from: NaiveDate::from_ymd_opt(2026, 4, 5).unwrap(),
+            valid_to: None,
+        }),
+        ..visit()
+    };
+    // An inpatient admitted unfiled may file before discharge settlement: applies.
+    let q = engine::quote(
+        &p,
+        &person(),
+        &acc,
+        &filed_late(VisitKind::Inpatient),
+        &lines,
+    )
+    .unwrap();
+    assert_eq!(
+        q.applied_filing_type,
+        Some(yidi_common::types::FilingType::LongTermResident)
+    );
+    // An outpatient visit before the filing's first day is unfiled care.
+    let q = engine::quote(
+        &p,
+        &person(),
+        &acc,
+        &filed_late(VisitKind::Outpatient),
+        &lines,
+    )
+    .unwrap();
+    assert_eq!(
+        q.applied_filing_type,
+        Some(yidi_common::types::FilingType::Temporary)
+    );
+    assert!(
+        q.trace
+            .iter()
+            .any(|t| t.contains("does not cover 2026-04-01")),
+        "{:?}",
+        q.trace
+    );
 }

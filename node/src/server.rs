@@ -104,6 +104,7 @@ pub async fn serve(
         .await
         .map_err(|e| Error::Internal(format!("peer directory task failed: {e}")))??
     };
+    let policies = load_peer_policies(&store).await?;
     let metrics = Arc::new(crate::metrics::NodeMetrics::new(config.region.as_str()));
     peers.observe(metrics.peer_calls());
     // Bound before anything is served so that a taken port fails the start, not later.
@@ -117,7 +118,7 @@ pub async fn serve(
         store,
         started_at: period::now_rfc3339(),
         peers: Arc::new(peers),
-        policies: Arc::new(PolicyCache::default()),
+        policies: Arc::new(policies),
         outbox_wake: Notify::new(),
         hooks: config.hooks.clone(),
         metrics,
@@ -266,4 +267,18 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {}
         () = term => {}
     }
+}
+
+/// The policy cache, primed with the home regions' policy versions fetched before the
+/// last stop: provisional (offline) settlement works right after a restart.
+async fn load_peer_policies(store: &Store) -> Result<PolicyCache> {
+    let kept = store.read(crate::store::policies::peer_policies).await?;
+    let cache = PolicyCache::default();
+    for (region, it, version, json) in kept {
+        if let Err(e) = cache.insert_json(&region, it, version, &json) {
+            // Not fatal: the version is fetched again when the home node answers.
+            tracing::warn!(%region, %it, version, error = %e, "a kept peer policy does not parse; skipped");
+        }
+    }
+    Ok(cache)
 }

@@ -398,24 +398,20 @@ pub fn quote(
     acc.check()?;
     let kind = visit.visit_kind;
     let Some(rule) = policy.visits.get(&kind) else {
-        return Err(Error::invalid(
-            "visit.visit_kind",
-            format!(
-                "policy {} {} does not cover {kind} visits",
-                policy.region, policy.insurance_type
-            ),
-        ));
+        // Well-formed input the home policy does not provide for: a refusal
+        // (FAILED_PRECONDITION), not a malformed request.
+        return Err(Error::Precondition(format!(
+            "policy {} {} does not cover {kind} visits",
+            policy.region, policy.insurance_type
+        )));
     };
     if !rule.levels.contains(&visit.level) {
-        return Err(Error::invalid(
-            "visit.level",
-            format!(
-                "policy {} {} does not cover {kind} visits at {}",
-                policy.region,
-                policy.insurance_type,
-                level_desc(visit.level)
-            ),
-        ));
+        return Err(Error::Precondition(format!(
+            "policy {} {} does not cover {kind} visits at {}",
+            policy.region,
+            policy.insurance_type,
+            level_desc(visit.level)
+        )));
     }
     trace.push(tline!(
         "policy {} {} \"{}\" in force from {}; {} {}{}",
@@ -807,8 +803,12 @@ fn cross_region(
             "filing {} is for {}, not {}",
             f.filing_type, f.treatment_region, visit.treatment_region
         ),
+        // An inpatient admitted unfiled may file before the discharge settlement and
+        // still settle as filed (DOMAIN.md): for a stay, only a filing that expired
+        // before the admission fails to cover it. (The node hands the engine only
+        // filings valid by the day of settlement.)
         Some(f)
-            if visit.visit_date < f.valid_from
+            if (visit.visit_date < f.valid_from && visit.visit_kind != VisitKind::Inpatient)
                 || f.valid_to.is_some_and(|to| visit.visit_date > to) =>
         {
             format!(

@@ -50,6 +50,12 @@ pub struct AdminArgs {
     /// Mutual TLS: --ca, --cert (an operator certificate of this node's region), --key.
     #[command(flatten)]
     pub tls: crate::tls::ClientArgs,
+    /// Deadline of each call in seconds (an import applies it to every batch): a node
+    /// that stops answering fails the command with DEADLINE_EXCEEDED instead of
+    /// hanging it.
+    #[arg(long, env = "YIDI_ADMIN_TIMEOUT", default_value_t = 120, global = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -1076,20 +1082,28 @@ impl Globals {
 
 /// Connects to the node, failing fast (UNAVAILABLE) when nothing listens there.
 pub async fn connect(node: &str, tls: &crate::tls::ClientArgs) -> anyhow::Result<Client> {
-    Ok(AdminServiceClient::new(channel(node, tls).await?))
+    Ok(AdminServiceClient::new(channel(node, tls, None).await?))
 }
 
 /// A channel to the node's gRPC address, shared by every command-line client: mutual
 /// TLS when `tls` names the files, plain text otherwise; fails fast (UNAVAILABLE,
-/// before anything is sent) when nothing listens there.
-pub async fn channel(node: &str, tls: &crate::tls::ClientArgs) -> anyhow::Result<Channel> {
-    let endpoint = tls
+/// before anything is sent) when nothing listens there. With `deadline`, every call on
+/// the channel fails with DEADLINE_EXCEEDED when it takes longer.
+pub async fn channel(
+    node: &str,
+    tls: &crate::tls::ClientArgs,
+    deadline: Option<Duration>,
+) -> anyhow::Result<Channel> {
+    let mut endpoint = tls
         .endpoint(node)
         .with_context(|| {
             format!("--node {node:?} is not a valid URL (expected e.g. http://127.0.0.1:7101)")
         })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
+    if let Some(d) = deadline {
+        endpoint = endpoint.timeout(d);
+    }
     let channel = endpoint.connect().await.map_err(|e| {
         Status::unavailable(format!(
             "cannot reach the node at {node}: {e} (is `yidi node` running there?)"
@@ -1103,7 +1117,8 @@ async fn execute(args: AdminArgs) -> anyhow::Result<i32> {
         json: args.json,
         request_id: args.request_id,
     };
-    let mut client = connect(&args.node, &args.tls).await?;
+    let deadline = Duration::from_secs(args.timeout);
+    let mut client = AdminServiceClient::new(channel(&args.node, &args.tls, Some(deadline)).await?);
     match args.command {
         AdminCommand::Person(cmd) => person(&mut client, &g, cmd).await,
         AdminCommand::Filing(cmd) => filing(&mut client, &g, cmd).await,

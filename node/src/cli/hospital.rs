@@ -320,7 +320,9 @@ impl Ctx {
 
 /// Connects to the node. A failure here means nothing was sent.
 async fn connect(node: &str, tls: &crate::tls::ClientArgs) -> anyhow::Result<Client> {
-    Ok(HospitalServiceClient::new(admin::channel(node, tls).await?))
+    Ok(HospitalServiceClient::new(
+        admin::channel(node, tls, None).await?,
+    ))
 }
 
 /// Runs `yidi hospital …`. Exits the process itself with the documented codes (0 done,

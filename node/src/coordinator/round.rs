@@ -38,9 +38,10 @@ type Client = ClearingParticipantClient<tonic::transport::Channel>;
 const PARALLEL_CALLS: usize = 32;
 
 fn client(st: &CoordState, region: &str) -> Result<Client> {
-    Ok(ClearingParticipantClient::new(
-        st.participants.get(region)?.channel(),
-    ))
+    Ok(
+        ClearingParticipantClient::new(st.participants.get(region)?.channel())
+            .max_decoding_message_size(crate::server::MAX_MESSAGE_BYTES),
+    )
 }
 
 fn now() -> String {
@@ -223,19 +224,31 @@ async fn drill(
     creditor: &str,
     debtor: &str,
 ) -> Result<proto::Dispute> {
+    // Page by page: a disputed pair of a busy month holds millions of records.
     let list = |region: &str, counterparty: &str, side: &str| {
-        let req = proto::ListClaimIdsRequest {
+        let mut req = proto::ListClaimIdsRequest {
             round_id: round.to_owned(),
             counterparty: counterparty.to_owned(),
             side: side.to_owned(),
+            after: String::new(),
+            limit: 0,
         };
         let c = client(st, region);
         async move {
             let mut c = c?;
-            c.list_claim_ids(req)
-                .await
-                .map(|r| r.into_inner().claims)
-                .map_err(|s| Error::Unavailable(s.message().to_owned()))
+            let mut all = Vec::new();
+            loop {
+                let page = c
+                    .list_claim_ids(req.clone())
+                    .await
+                    .map_err(|s| Error::Unavailable(s.message().to_owned()))?
+                    .into_inner();
+                all.extend(page.claims);
+                if page.next_after.is_empty() {
+                    return Ok::<_, Error>(all);
+                }
+                req.after = page.next_after;
+            }
         }
     };
     let at_creditor: BTreeMap<String, proto::ClaimAmount> = list(creditor, debtor, "receivable")

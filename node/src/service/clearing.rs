@@ -21,6 +21,11 @@ use crate::{
     },
 };
 
+/// ListClaimIds records per page by default, and at most: a page of 10,000 is ~1 MB on
+/// the wire, well inside the message limit even at the maximum.
+const CLAIM_IDS_PAGE: u32 = 10_000;
+const CLAIM_IDS_PAGE_MAX: u32 = 50_000;
+
 /// Idempotency scope of the coordinator's requests.
 const SCOPE: &str = "coordinator";
 
@@ -205,13 +210,31 @@ impl ClearingParticipant for ClearingSvc {
         let cp = RegionCode::parse_city(&req.counterparty, "counterparty")
             .map_err(Error::from)?
             .to_string();
+        let limit = match req.limit {
+            0 => CLAIM_IDS_PAGE,
+            n if n <= CLAIM_IDS_PAGE_MAX => n,
+            n => {
+                return Err(Error::invalid(
+                    "limit",
+                    format!("{n} is more than {CLAIM_IDS_PAGE_MAX} records per page"),
+                )
+                .into());
+            }
+        };
+        let after = req.after;
         let out = self
             .state
             .store
             .read(move |conn| {
                 known_round(conn, &id)?;
+                let page = clearing::frozen_page(conn, &id, &cp, side, &after, limit)?;
+                let next_after = if page.len() == limit as usize {
+                    page.last().map(|f| f.entry_id.clone()).unwrap_or_default()
+                } else {
+                    String::new()
+                };
                 Ok(proto::ListClaimIdsResponse {
-                    claims: clearing::frozen(conn, &id, &cp, side)?
+                    claims: page
                         .into_iter()
                         .map(|f| proto::ClaimAmount {
                             entry_id: f.entry_id,
@@ -221,6 +244,7 @@ impl ClearingParticipant for ClearingSvc {
                             period: f.period,
                         })
                         .collect(),
+                    next_after,
                 })
             })
             .await?;

@@ -68,22 +68,31 @@ fn filing_ctx(f: &FilingRec) -> FilingCtx {
     }
 }
 
-/// The approved filing of a person that best applies to care in `treatment` on `date`:
-/// one covering the date, long-term filings first, then the most recent.
+/// The approved filing of a person that best applies to care in `treatment` that began
+/// on `date`: long-term filings first, then the most recent.
+///
+/// A filing applies when it covers the visit's start. A stay (`late_until`: the day of
+/// the discharge settlement) is also covered by a filing that had not expired by the
+/// admission and is valid by that day: a patient admitted unfiled may file before the
+/// discharge settlement and still settle directly as filed (DOMAIN.md, "Filing").
 pub fn applicable_filing(
     conn: &Connection,
     id_number: &str,
     treatment: &str,
     date: NaiveDate,
+    late_until: Option<NaiveDate>,
 ) -> Result<Option<FilingRec>> {
     let all = filings::approved_for(conn, id_number, treatment)?;
+    let by = late_until.map_or(date, |d| d.max(date));
     Ok(all
         .into_iter()
-        .filter(|f| f.valid_from <= date && f.valid_to.is_none_or(|to| date <= to))
+        .filter(|f| f.valid_from <= by && f.valid_to.is_none_or(|to| date <= to))
         .max_by_key(|f| {
             (
                 f.filing_type.is_long_term(),
                 f.filing_type != FilingType::Emergency,
+                // One covering the visit's start ranks before one filed during the stay.
+                f.valid_from <= date,
                 f.valid_from,
                 f.filing_id.clone(),
             )
@@ -130,14 +139,18 @@ pub fn policy_version(
     cache.insert_json(region.as_str(), it, version, &rec.policy_json)
 }
 
-/// Gathers the home node's view of a person for care in `treatment` on `date`.
+/// Gathers the home node's view of a person for care of `kind` in `treatment` that
+/// began on `date` and is settled (or checked) on `settle_day`.
+#[allow(clippy::too_many_arguments)]
 pub fn view(
     conn: &Connection,
     cache: &PolicyCache,
     region: RegionCode,
     id_number: &str,
     treatment: &str,
+    kind: VisitKind,
     date: NaiveDate,
+    settle_day: NaiveDate,
 ) -> Result<HomeView> {
     let person = persons::get(conn, id_number)?.ok_or_else(|| {
         Error::NotFound(format!(
@@ -148,7 +161,13 @@ pub fn view(
     let filing = if treatment == region.as_str() {
         None
     } else {
-        applicable_filing(conn, id_number, treatment, date)?
+        applicable_filing(
+            conn,
+            id_number,
+            treatment,
+            date,
+            (kind == VisitKind::Inpatient).then_some(settle_day),
+        )?
     };
     let accumulators = accumulators::get(conn, id_number, date.year())?;
     Ok(HomeView {
@@ -186,7 +205,16 @@ pub fn eligibility(
     let date = super::wire_date(&req.visit_date, "visit_date")?;
     let kind = VisitKind::from_proto(req.visit_kind, "visit_kind")?;
     let level = HospitalLevel::from_proto(req.level, "level")?;
-    let v = view(conn, cache, region, &req.id_number, treatment, date)?;
+    let v = view(
+        conn,
+        cache,
+        region,
+        &req.id_number,
+        treatment,
+        kind,
+        date,
+        period::today(),
+    )?;
     let visit = VisitCtx {
         visit_kind: kind,
         level,
@@ -279,7 +307,9 @@ pub fn commit(
         region,
         &req.id_number,
         &req.treatment_region,
+        VisitKind::from_proto(visit.visit_kind, "visit.visit_kind")?,
         date,
+        settled_at.with_timezone(&period::cst()).date_naive(),
     )?;
     if v.person.rec.status != PersonStatus::Active && !req.provisional {
         return Err(Error::FailedPrecondition(format!(

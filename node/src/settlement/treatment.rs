@@ -32,7 +32,7 @@ use crate::{
         catalogue,
         institutions::{self, InstitutionRec},
         ledger::{self, Side},
-        outbox, persons, sequences,
+        outbox, persons, policies, sequences,
         settlements::{self, SettlementRec},
         visits::{self, LineRec, VisitRec},
     },
@@ -259,9 +259,18 @@ async fn home_policy(
         .await
         .map_err(|s| classify(home, &s))?
         .into_inner();
-    Ok(st
+    let policy = st
         .policies
-        .insert_json(home, it, pv.version, &pv.policy_json)?)
+        .insert_json(home, it, pv.version, &pv.policy_json)?;
+    // Kept durably so that after a restart the node can still settle provisionally
+    // under this version while the home node is unreachable.
+    let (region, json) = (home.to_owned(), pv.policy_json);
+    st.store
+        .write(move |conn| {
+            policies::keep_peer_policy(conn, &region, it, pv.version, &json, &period::now_rfc3339())
+        })
+        .await?;
+    Ok(policy)
 }
 
 fn eligibility_request(
@@ -779,9 +788,11 @@ fn read_bill(
 /// The bill of a visit, which must be ready to settle (`for_settle`) or to quote.
 fn bill_from(visit: VisitRec, lines: Vec<LineRec>, for_settle: bool) -> Result<Bill> {
     let kind = VisitKind::parse(&visit.visit_kind, "visit_kind")?;
-    if for_settle && visit.state == "settled" {
+    // A settled visit has nothing left to quote either: its claim is already in the
+    // accumulators a pre-settle would use, so the estimate would be wrong.
+    if visit.state == "settled" {
         return Err(Error::FailedPrecondition(format!(
-            "visit {} is already settled",
+            "visit {} is already settled; reverse the settlement (冲正) before settling it again",
             visit.visit_id
         )));
     }
@@ -1165,7 +1176,9 @@ async fn settle_local(
                 region,
                 &bill.visit.id_number,
                 region.as_str(),
+                bill.kind,
                 date,
+                period::today(),
             )?;
             let ctx = bill.visit_ctx(region, None, use_account)?;
             if let Some(why) = home::ineligibility(&v, &ctx) {

@@ -125,12 +125,24 @@ pub fn frozen(
     counterparty: &str,
     side: Side,
 ) -> Result<Vec<Frozen>> {
+    frozen_page(conn, round_id, counterparty, side, "", u32::MAX)
+}
+
+/// One page of [`frozen`]: records with an entry id after `after`, at most `limit`.
+pub fn frozen_page(
+    conn: &Connection,
+    round_id: &str,
+    counterparty: &str,
+    side: Side,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<Frozen>> {
     Ok(conn
         .prepare_cached(
             "SELECT entry_id, claim_id, kind, amount_fen, period FROM ledger WHERE round_id = ?1 AND counterparty = ?2 AND side = ?3 \
-             ORDER BY entry_id",
+             AND entry_id > ?4 ORDER BY entry_id LIMIT ?5",
         )?
-        .query_map(params![round_id, counterparty, side.as_str()], |r| {
+        .query_map(params![round_id, counterparty, side.as_str(), after, limit], |r| {
             Ok(Frozen { entry_id: r.get(0)?, claim_id: r.get(1)?, kind: r.get(2)?, amount_fen: r.get(3)?, period: r.get(4)? })
         })?
         .collect::<rusqlite::Result<_>>()?)

@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -400,6 +400,20 @@ const V5_SETTLEMENT_BY_REQUEST: &str = r"
 CREATE INDEX settlements_by_request ON settlements (request_scope, request_id, seq);
 ";
 
+// Home regions' policy versions fetched from their nodes. Versions are immutable, so a
+// copy never goes stale; kept so that a restarted node can still settle provisionally
+// (offline) under the home policy before the home node answers again.
+const V6_PEER_POLICIES: &str = r"
+CREATE TABLE peer_policies (
+    region          TEXT NOT NULL,
+    insurance_type  TEXT NOT NULL,
+    version         INTEGER NOT NULL,
+    policy_json     TEXT NOT NULL,
+    fetched_at      TEXT NOT NULL,
+    PRIMARY KEY (region, insurance_type, version)
+) WITHOUT ROWID;
+";
+
 /// Which database a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -415,6 +429,7 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V3_CLEARING),
             M::up(V4_AUDIT),
             M::up(V5_SETTLEMENT_BY_REQUEST),
+            M::up(V6_PEER_POLICIES),
         ]),
         Schema::Coordinator => Migrations::new(vec![M::up(COORDINATOR_V1), M::up(COORDINATOR_V2)]),
     }

@@ -92,3 +92,39 @@ pub fn list(conn: &Connection, it: Option<InsuranceType>) -> Result<Vec<PolicyRe
         .query_map([it.map(InsuranceType::as_str)], from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
+
+/// Keeps a home region's policy version fetched from its node (idempotent: versions are
+/// immutable).
+pub fn keep_peer_policy(
+    conn: &Connection,
+    region: &str,
+    it: InsuranceType,
+    version: u32,
+    policy_json: &str,
+    fetched_at: &str,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO peer_policies (region, insurance_type, version, policy_json, fetched_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![region, it.as_str(), version, policy_json, fetched_at])?;
+    Ok(())
+}
+
+/// Every kept peer policy version: (region, insurance type, version, JSON).
+pub fn peer_policies(conn: &Connection) -> Result<Vec<(String, InsuranceType, u32, String)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT region, insurance_type, version, policy_json FROM peer_policies \
+             ORDER BY region, insurance_type, version",
+        )?
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                column_enum(r, 1, InsuranceType::parse)?,
+                r.get(2)?,
+                r.get(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}

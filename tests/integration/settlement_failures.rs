@@ -374,6 +374,11 @@ async fn provisional_settlement_cancelled_while_home_is_down() {
     .unwrap();
     desk.pre_settle(&v.visit_id, true).await.unwrap();
     fed.stop(WZ).await;
+    // Ningbo restarts while Wenzhou is down: the Wenzhou policy it fetched for the
+    // pre-settle was kept in its store, so it can still settle provisionally.
+    fed.stop(NB).await;
+    fed.restart(NB, |_| {}).await;
+    let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
     let s = desk.settle("settle-1", &v.visit_id, true).await.unwrap();
     assert_eq!(s.state, "provisional");
     assert_split(

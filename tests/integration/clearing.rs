@@ -13,6 +13,7 @@ use yidi_common::{
     proto::{
         self, CatalogueClass as Cc, FilingType as Ft, HospitalLevel as Hl, InstitutionKind as Ik,
         InsuranceType as It, PersonType as Pt,
+        clearing_participant_client::ClearingParticipantClient,
         coordinator_service_client::CoordinatorServiceClient,
     },
 };
@@ -332,6 +333,44 @@ async fn full_round_dispute_late_claims_and_privacy() {
         vec!["330200-S-INJECTED".to_owned()]
     );
     assert!(disputes[0].only_at_debtor.is_empty());
+
+    // The drill-down pages through a node's frozen records: one record per page gives
+    // the same records, in order, as one default page.
+    let mut cp = ClearingParticipantClient::new(fed.node(NB).channel().await);
+    let req = |after: &str, limit: u32| proto::ListClaimIdsRequest {
+        round_id: round.round_id.clone(),
+        counterparty: HZ.into(),
+        side: "receivable".into(),
+        after: after.into(),
+        limit,
+    };
+    let whole = cp.list_claim_ids(req("", 0)).await.unwrap().into_inner();
+    assert!(whole.next_after.is_empty());
+    assert!(whole.claims.len() >= 2, "{whole:?}");
+    assert!(
+        whole
+            .claims
+            .iter()
+            .any(|c| c.entry_id == "330200-S-INJECTED")
+    );
+    let (mut paged, mut after) = (Vec::new(), String::new());
+    loop {
+        let page = cp
+            .list_claim_ids(req(&after, 1))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.claims.len() <= 1);
+        paged.extend(page.claims);
+        if page.next_after.is_empty() {
+            break;
+        }
+        after = page.next_after;
+    }
+    assert_eq!(paged, whole.claims);
+    let too_many = cp.list_claim_ids(req("", 50_001)).await.unwrap_err();
+    assert_eq!(too_many.code(), Code::InvalidArgument, "{too_many:?}");
+
     let r = c
         .resolve_disputes(rr(&round.round_id))
         .await

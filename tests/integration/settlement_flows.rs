@@ -1449,3 +1449,62 @@ async fn admitted_unfiled_then_filed_before_discharge_settles_directly() {
     let (count, sum, _) = ledgers_agree(wz, nb, &s.period).await;
     assert_eq!((count, sum.as_str()), (1, "7000.00"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filing_dated_during_the_stay_applies_at_discharge_settlement() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = federation(dir.path()).await;
+    let (nb, wz) = (fed.node(NB), fed.node(WZ));
+    let id = person(
+        nb,
+        &id_number(NB, "1990-07-07", 25),
+        It::Resident,
+        Pt::ResidentAdult,
+        "0.00",
+        false,
+    )
+    .await;
+    let mut desk = Desk::at(wz, inst::WZ_H2).await;
+    let v = desk
+        .open("adm-1", &id, NB, Vk::Inpatient, ADMITTED)
+        .await
+        .unwrap();
+    desk.fees(
+        "fees-1",
+        &v.visit_id,
+        vec![line("1", "WZ-A", "1", "10800.00", "10800.00")],
+    )
+    .await
+    .unwrap();
+    desk.discharge("dis-1", &v.visit_id).await.unwrap();
+
+    // The patient files during the stay: the filing is valid only from today, well
+    // after the admission on 2026-03-10, and still applies to this stay.
+    let today = yidi_common::period::today().to_string();
+    filing(nb, &id, Ft::LongTermResident, WZ, &[], &today).await;
+    let s = desk.settle("settle-1", &v.visit_id, false).await.unwrap();
+    let split = s.split.clone().unwrap();
+    assert_eq!(split.applied_filing_type, Ft::LongTermResident as i32);
+    assert_split(
+        &split,
+        &[
+            ("medfee_sumamt", "10800.00"),
+            ("inscp_scp_amt", "10800.00"),
+            ("act_pay_dedc", "800.00"),
+            ("hifp_pay", "7000.00"),
+            ("fund_pay_sumamt", "7000.00"),
+            ("psn_part_amt", "3800.00"),
+            ("psn_cash_pay", "3800.00"),
+        ],
+    );
+
+    // A settled visit is neither settled nor pre-settled again.
+    let e = desk.pre_settle(&v.visit_id, false).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("already settled"), "{e:?}");
+    let e = desk
+        .settle("settle-2", &v.visit_id, false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+}

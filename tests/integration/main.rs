@@ -1,0 +1,16 @@
+//! The workspace's end-to-end tests, one binary: each module starts real nodes (in
+//! process or as `yidi` child processes) and drives them over gRPC or the command line.
+//! One binary rather than one per file keeps the debug build small and links once.
+
+mod admin;
+mod clearing;
+mod cli_admin;
+mod cli_clearing;
+mod cli_hospital;
+mod cli_security;
+mod demo;
+mod security;
+mod settlement;
+mod settlement_concurrency;
+mod settlement_failures;
+mod settlement_flows;

@@ -68,6 +68,20 @@ impl TestNode {
         }
     }
 
+    /// A handle on a node served elsewhere (a `yidi node` child process): the same
+    /// clients and fixtures, nothing to stop.
+    #[must_use]
+    pub fn remote(addr: SocketAddr, region: &str, data_dir: PathBuf) -> Self {
+        Self {
+            addr,
+            region: RegionCode::parse_city(region, "region").expect("test region"),
+            data_dir,
+            client_tls: None,
+            stop: None,
+            handle: None,
+        }
+    }
+
     /// `http://127.0.0.1:PORT`.
     #[must_use]
     pub fn url(&self) -> String {

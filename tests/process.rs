@@ -40,6 +40,26 @@ pub fn yidi_bin() -> &'static Path {
             .expect("target dir above the profile dir");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut cmd = Command::new(cargo);
+        // The variables `cargo test` sets for this test process are not the outer
+        // build's: some build scripts (ring's) re-run when one of them differs, and
+        // half the dependency tree would be rebuilt on every run.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy().into_owned();
+            if name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_BIN_EXE_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "OUT_DIR",
+                ]
+                .contains(&name.as_str())
+            {
+                cmd.env_remove(&name);
+            }
+        }
         cmd.current_dir(workspace_root())
             .args([
                 "build",
@@ -88,6 +108,8 @@ pub struct NodeProcess {
     child: Child,
     region: String,
     port: u16,
+    /// Further `yidi node` arguments, kept for restarts.
+    extra: Vec<String>,
     /// `http://127.0.0.1:PORT`, for `--node`.
     pub url: String,
     /// Holds the data directory and the node's log until the guard is dropped.
@@ -95,7 +117,7 @@ pub struct NodeProcess {
 }
 
 /// Starts `yidi node` with its log appended to `<dir>/node.log`.
-fn spawn_node(region: &str, port: u16, dir: &Path) -> Child {
+fn spawn_node(region: &str, port: u16, dir: &Path, extra: &[String]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -115,6 +137,7 @@ fn spawn_node(region: &str, port: u16, dir: &Path) -> Child {
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(dir.join("data"))
+        .args(extra)
         .env_remove("YIDI_CONFIG")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log handle"))
@@ -127,18 +150,62 @@ impl NodeProcess {
     /// Starts `yidi node --region REGION` on a free port and waits until it answers
     /// GetNodeInfo.
     pub fn start(region: &str) -> Self {
+        Self::start_with(region, free_port(), Vec::new())
+    }
+
+    /// Starts `yidi node --region REGION --listen 127.0.0.1:PORT EXTRA…` and waits until
+    /// it answers.
+    pub fn start_with(region: &str, port: u16, extra: Vec<String>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let child = spawn_node(region, port, dir.path());
+        let child = spawn_node(region, port, dir.path(), &extra);
         let mut node = Self {
             child,
             region: region.to_owned(),
             port,
+            extra,
             url: format!("http://127.0.0.1:{port}"),
             dir,
         };
         node.wait_ready(Duration::from_secs(30));
         node
+    }
+
+    /// One node per region that know each other through a shared peer directory file
+    /// (kept in `peers_dir`).
+    pub fn federation(regions: &[&str], peers_dir: &Path) -> Vec<Self> {
+        let ports: Vec<u16> = regions.iter().map(|_| free_port()).collect();
+        let peers = peers_dir.join("peers.toml");
+        let addrs: Vec<(String, std::net::SocketAddr)> = regions
+            .iter()
+            .zip(&ports)
+            .map(|(r, p)| ((*r).to_owned(), ([127, 0, 0, 1], *p).into()))
+            .collect();
+        crate::harness::write_peers(&peers, &addrs);
+        regions
+            .iter()
+            .zip(ports)
+            .map(|(r, port)| {
+                let extra = vec![
+                    "--peers-file".to_owned(),
+                    peers.display().to_string(),
+                    "--peer-timeout-ms".to_owned(),
+                    "1000".to_owned(),
+                ];
+                Self::start_with(r, port, extra)
+            })
+            .collect()
+    }
+
+    /// The node's data directory (its SQLite store).
+    #[must_use]
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The node's loopback address.
+    #[must_use]
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
     }
 
     /// Kills the node with SIGKILL (no graceful shutdown) and reaps it.
@@ -151,7 +218,7 @@ impl NodeProcess {
     /// and waits until it answers.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = spawn_node(&self.region, self.port, self.dir.path());
+        self.child = spawn_node(&self.region, self.port, self.dir.path(), &self.extra);
         self.wait_ready(Duration::from_secs(30));
     }
 

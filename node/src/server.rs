@@ -123,6 +123,7 @@ pub async fn serve(
         hooks: config.hooks.clone(),
         metrics,
         presettle_eligibility: Default::default(),
+        settling: Default::default(),
     });
 
     // Background work: peer directory reloads, outbox deliveries, in-doubt recovery.
@@ -154,7 +155,7 @@ pub async fn serve(
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "recovery of in-doubt claims failed"),
                 }
-                min_age = treatment::IN_FLIGHT_GRACE;
+                min_age = treatment::RECOVERY_MIN_AGE;
                 tokio::select! {
                     () = &mut stop => return,
                     () = tokio::time::sleep(RECOVERY_INTERVAL) => {}

@@ -9,6 +9,7 @@ mod cli_clearing;
 mod cli_hospital;
 mod cli_security;
 mod demo;
+mod kill;
 mod security;
 mod settlement;
 mod settlement_concurrency;

@@ -38,6 +38,8 @@ pub struct NodeState {
     pub metrics: Arc<crate::metrics::NodeMetrics>,
     /// PreSettle's short-lived cache of home nodes' eligibility answers.
     pub presettle_eligibility: crate::settlement::treatment::EligibilityCache,
+    /// Settle calls still running, by intent (see `settlement::treatment::InFlight`).
+    pub settling: crate::settlement::treatment::InFlight,
 }
 
 /// Shared handle.

@@ -40,8 +40,47 @@ use crate::{
 
 /// Attempts at committing a claim when the home node reports a concurrent change.
 const COMMIT_ATTEMPTS: usize = 6;
-/// Intents younger than this belong to a request still in flight; recovery leaves them.
-pub const IN_FLIGHT_GRACE: Duration = Duration::from_secs(30);
+/// The background recovery looks at intents at least this old: younger ones are nearly
+/// always a call still running (those are known exactly, see [`InFlight`]), and a repeat
+/// of the hospital's request resolves its own intent at once anyway.
+pub const RECOVERY_MIN_AGE: Duration = Duration::from_secs(5);
+
+/// The intents whose Settle call is still running in this process. A repeat of the
+/// request (or recovery) must not abandon such an intent at the home node while its
+/// CommitClaim may be on the way; any other pending intent — from before a restart, or
+/// left in doubt by a call that has returned — is resolved at once.
+#[derive(Default)]
+pub struct InFlight(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl InFlight {
+    fn enter(&self, settlement_id: &str) -> InFlightGuard<'_> {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(settlement_id.to_owned());
+        }
+        InFlightGuard {
+            set: self,
+            settlement_id: settlement_id.to_owned(),
+        }
+    }
+
+    fn contains(&self, settlement_id: &str) -> bool {
+        self.0.lock().is_ok_and(|s| s.contains(settlement_id))
+    }
+}
+
+/// Removes its intent from [`InFlight`] when the call ends (however it ends).
+struct InFlightGuard<'a> {
+    set: &'a InFlight,
+    settlement_id: String,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.set.0.lock() {
+            s.remove(&self.settlement_id);
+        }
+    }
+}
 
 /// Idempotency scope of an institution's requests.
 #[must_use]
@@ -1251,10 +1290,14 @@ async fn settle_remote(
 ) -> Result<proto::Settlement> {
     let region = st.region;
     let mut intent: Option<SettlementRec> = None;
+    let mut _running: Option<InFlightGuard<'_>> = None;
     for attempt in 0..COMMIT_ATTEMPTS {
         let priced = match price(st, &bill, use_account).await {
             Ok(p) => p,
             Err(PeerFail::Unreachable(why)) => {
+                // This call is no longer waiting on a CommitClaim: its own intent may be
+                // resolved right away.
+                _running = None;
                 return match intent {
                     // We asked before and the home node then vanished: in doubt.
                     Some(rec) => settle_in_doubt(st, &bill, rec, use_account, why).await,
@@ -1309,7 +1352,8 @@ async fn settle_remote(
                         }
                         insert_record(conn, region, fresh)
                     })
-                    .await?
+                    .await
+                    .inspect(|rec| _running = Some(st.settling.enter(&rec.settlement_id)))?
             }
             Some(mut rec) => {
                 let (medfee, fund, acct, cash) = split_fen(&split)?;
@@ -1373,6 +1417,7 @@ async fn settle_remote(
                     return Err(e);
                 }
                 PeerFail::Unreachable(why) => {
+                    _running = None;
                     return settle_in_doubt(st, &bill, rec, use_account, why).await;
                 }
             },
@@ -1654,11 +1699,10 @@ pub async fn resolve_intent(
             mark_failed(st, rec).await?;
             Ok(None)
         }
-        // Not committed yet, and the call that recorded the intent may still be waiting
-        // for the home node's answer (a repeat of the request came in meanwhile):
-        // abandoning now could undo a commit about to be acknowledged. Recovery takes it
-        // once it is older than the grace period.
-        _ if may_be_in_flight(st, &rec) => Ok(None),
+        // Not committed yet, and the call that recorded the intent is still waiting for
+        // the home node's answer (a repeat of the request came in meanwhile): abandoning
+        // now could undo a commit about to be acknowledged.
+        _ if st.settling.contains(&rec.settlement_id) => Ok(None),
         _ => {
             // Not committed: make sure it never will be, then give up on it.
             let abandon = proto::ReverseClaimRequest {
@@ -1681,19 +1725,6 @@ pub async fn resolve_intent(
             }
         }
     }
-}
-
-/// Whether the call that recorded `rec` may still be running: recorded since this
-/// process started, less than [`IN_FLIGHT_GRACE`] ago.
-fn may_be_in_flight(st: &NodeState, rec: &SettlementRec) -> bool {
-    let (Ok(at), Ok(started)) = (
-        period::parse_ts(&rec.settled_at, "settled_at"),
-        period::parse_ts(&st.started_at, "started_at"),
-    ) else {
-        return false;
-    };
-    at >= started
-        && Utc::now() - at < chrono::Duration::from_std(IN_FLIGHT_GRACE).unwrap_or_default()
 }
 
 /// Records the claim and its reversal as the home node has them, and fails the intent.

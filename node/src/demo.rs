@@ -18,10 +18,11 @@
 
 mod data;
 mod drive;
+mod pki;
 mod report;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
@@ -34,7 +35,7 @@ use clap::Args;
 use futures::{StreamExt, stream};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use yidi_common::{
     period,
     proto::{
@@ -45,7 +46,13 @@ use yidi_common::{
     region::RegionCode,
 };
 
-use crate::{config::NodeConfig, coordinator::CoordinatorConfig, metrics};
+use crate::{
+    config::NodeConfig,
+    coordinator::CoordinatorConfig,
+    identity::{Identity, Role},
+    metrics,
+    tls::ClientArgs,
+};
 use data::{CITIES, CityData, LoadCounts, PROVINCE, Person};
 
 /// Flags of `yidi demo`.
@@ -105,30 +112,31 @@ pub fn main(args: &DemoArgs) -> anyhow::Result<()> {
 
 // ------------------------------------------------------------------ transport
 
-/// The URL of a party of the demo. Plain text: loopback development only.
+/// The URL of a party of the demo: mutual TLS, as in production.
 fn url(addr: SocketAddr) -> String {
-    format!("http://{addr}")
+    format!("https://{addr}")
 }
 
-/// A client channel to a party of the demo.
-async fn channel(addr: SocketAddr) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(url(addr))?
+/// A client channel to a party of the demo, as the party `tls` names.
+fn channel(addr: SocketAddr, tls: &ClientArgs) -> anyhow::Result<Channel> {
+    Ok(tls
+        .endpoint(&url(addr))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {addr}"))
+        .connect_lazy())
+}
+
+fn region(code: &str) -> anyhow::Result<RegionCode> {
+    Ok(RegionCode::parse(code, "region")?)
 }
 
 /// The configuration of one city node of the demo.
-fn node_config(layout: &Layout, i: usize) -> anyhow::Result<NodeConfig> {
+fn node_config(layout: &Layout, pki: &pki::Pki, i: usize) -> anyhow::Result<NodeConfig> {
     let city = CITIES[i];
-    let mut c = NodeConfig::new(
-        RegionCode::parse_city(city.region, "region")?,
-        city.name,
-        layout.dir.join(city.region),
-    );
+    let region = RegionCode::parse_city(city.region, "region")?;
+    let mut c = NodeConfig::new(region, city.name, layout.dir.join(city.region));
+    c.security = pki.server(&Identity::Node { region })?;
     c.listen = layout.nodes[i];
     c.peers_file = Some(layout.peers_file());
     c.coordinator = Some(url(layout.coordinator));
@@ -256,11 +264,15 @@ impl Federation {
     }
 }
 
-async fn start(layout: &Layout, listeners: Listeners) -> anyhow::Result<Federation> {
+async fn start(
+    layout: &Layout,
+    pki: &pki::Pki,
+    listeners: Listeners,
+) -> anyhow::Result<Federation> {
     let (stop, rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for (i, l) in listeners.nodes.into_iter().enumerate() {
-        let cfg = node_config(layout, i)?;
+        let cfg = node_config(layout, pki, i)?;
         tasks.push((
             format!("node {} {}", CITIES[i].region, CITIES[i].name),
             tokio::spawn(crate::server::serve(l, stopped(rx.clone()), cfg)),
@@ -270,6 +282,7 @@ async fn start(layout: &Layout, listeners: Listeners) -> anyhow::Result<Federati
     let coord_dir = layout.dir.join(PROVINCE);
     let mut cc = CoordinatorConfig::new(province, coord_dir.clone(), layout.peers_file());
     cc.listen = layout.coordinator;
+    cc.security = pki.server(&Identity::Coordinator { province })?;
     cc.drain = Duration::from_secs(5);
     cc.run_interval = Duration::from_secs(2);
     tasks.push((
@@ -306,12 +319,33 @@ pub(crate) struct Node {
     pub(crate) addr: SocketAddr,
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) admin: AdminServiceClient<Channel>,
-    pub(crate) hospital: HospitalServiceClient<Channel>,
+    /// Each institution's own connection, with its own certificate (a node serves an
+    /// institution only under that institution's identity).
+    hospitals: std::sync::Mutex<HashMap<String, HospitalServiceClient<Channel>>>,
+    pki: Arc<pki::Pki>,
 }
 
 impl Node {
     pub(crate) fn region(&self) -> &'static str {
         CITIES[self.index].region
+    }
+
+    /// The HospitalService as institution `code` of this city calls it.
+    pub(crate) fn hospital(&self, code: &str) -> anyhow::Result<HospitalServiceClient<Channel>> {
+        let mut m = self
+            .hospitals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(h) = m.get(code) {
+            return Ok(h.clone());
+        }
+        let id = Identity::Institution {
+            region: region(self.region())?,
+            code: code.to_owned(),
+        };
+        let h = HospitalServiceClient::new(channel(self.addr, &self.pki.client(&id)?)?);
+        m.insert(code.to_owned(), h.clone());
+        Ok(h)
     }
 }
 
@@ -322,16 +356,22 @@ pub(crate) struct Ctx {
     pub(crate) cities: Vec<CityData>,
     pub(crate) nodes: Vec<Node>,
     pub(crate) coordinator: CoordinatorServiceClient<Channel>,
+    pub(crate) pki: Arc<pki::Pki>,
 }
 
 async fn connect(
     layout: &Layout,
+    pki: &Arc<pki::Pki>,
     fed: &mut Federation,
 ) -> anyhow::Result<(Vec<Node>, CoordinatorServiceClient<Channel>)> {
     let mut nodes = Vec::new();
     for (i, addr) in layout.nodes.iter().enumerate() {
-        let ch = channel(*addr).await?;
-        let mut admin = AdminServiceClient::new(ch.clone())
+        let operator = Identity::Operator {
+            region: region(CITIES[i].region)?,
+            role: Role::Admin,
+        };
+        let ch = channel(*addr, &pki.client(&operator)?)?;
+        let mut admin = AdminServiceClient::new(ch)
             .max_decoding_message_size(crate::server::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(crate::server::MAX_MESSAGE_BYTES);
         // Ready when it answers (its store is open and migrated), never after a sleep.
@@ -352,10 +392,17 @@ async fn connect(
             addr: *addr,
             metrics: layout.node_metrics.map(|m| m[i]),
             admin,
-            hospital: HospitalServiceClient::new(ch),
+            hospitals: std::sync::Mutex::new(HashMap::new()),
+            pki: Arc::clone(pki),
         });
     }
-    let coordinator = CoordinatorServiceClient::new(channel(layout.coordinator).await?);
+    // The provincial operator runs the rounds: the coordinator's clearing role.
+    let operator = Identity::Operator {
+        region: region(PROVINCE)?,
+        role: Role::Clearing,
+    };
+    let coordinator =
+        CoordinatorServiceClient::new(channel(layout.coordinator, &pki.client(&operator)?)?);
     Ok((nodes, coordinator))
 }
 
@@ -410,9 +457,14 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "yidi demo — the Zhejiang federation on loopback (run {run_no}, data in {})",
         layout.dir.display()
     );
-    println!("plain-text gRPC on 127.0.0.1 only: a development setup; production uses mTLS\n");
+    let pki = Arc::new(pki::Pki::open(&layout.dir)?);
+    println!(
+        "mutual TLS between every party, certificates in {}\n",
+        layout.dir.join("certs").display()
+    );
     let mut fed = start(
         &layout,
+        &pki,
         Listeners {
             coordinator,
             nodes,
@@ -420,7 +472,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let (nodes, coordinator) = match connect(&layout, &mut fed).await {
+    let (nodes, coordinator) = match connect(&layout, &pki, &mut fed).await {
         Ok(c) => c,
         Err(e) => {
             let _ = fed.shutdown().await;
@@ -440,6 +492,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         cities,
         nodes,
         coordinator,
+        pki,
     };
 
     let outcome = tokio::select! {
@@ -762,10 +815,17 @@ async fn settle(
     let t = Instant::now();
     let outcomes: Vec<drive::Outcome> = stream::iter(plan)
         .map(|sc| {
-            let h = ctx.nodes[sc.treatment].hospital.clone();
+            let h = ctx.nodes[sc.treatment].hospital(&sc.institution);
             let (tally, pb) = (&tally, &pb);
             async move {
-                let o = drive::visit(h, tally, ctx.run, sc.clone(), ctx.today).await;
+                let o = match h {
+                    Ok(h) => drive::visit(h, tally, ctx.run, sc.clone(), ctx.today).await,
+                    Err(e) => drive::Outcome::Failed {
+                        stage: "connect",
+                        code: tonic::Code::Internal,
+                        message: format!("{e:#}"),
+                    },
+                };
                 pb.set_message(tally.record(&sc, &o));
                 pb.inc(1);
                 o

@@ -12,8 +12,11 @@ use yidi_common::{
     money::{self, Sign},
     period::Period,
     proto,
+    region::RegionCode,
     types::{FilingType, VisitKind},
 };
+
+use crate::identity::{Identity, Role};
 
 use super::{
     Ctx, Layout, Loaded, Node,
@@ -1029,21 +1032,59 @@ pub(super) fn print_explore(layout: &Layout, ctx: &Ctx) {
         "\nThe federation keeps running until Ctrl-C. Explore it from another terminal \
          (`yidi` is target/release/yidi, or `cargo run --release --`):\n"
     );
-    println!("  yidi admin --node {hz} info");
-    println!("  yidi admin --node {hz} person list --limit 5");
-    println!("  yidi admin --node {hz} filing list --limit 5");
-    println!("  yidi admin --node {nb} ledger --period {period}");
-    println!("  yidi admin --node {nb} outbox");
+    // Every command names its party's certificate: the demo serves mutual TLS only.
+    let flags = |id: Identity| {
+        ctx.pki
+            .flags(&id)
+            .unwrap_or_else(|e| format!("<no certificate: {e:#}>"))
+    };
+    let operator = |r: &str, role| {
+        flags(Identity::Operator {
+            region: RegionCode::parse(r, "region").expect("demo region"),
+            role,
+        })
+    };
+    let (hz_op, nb_op) = (
+        operator(CITIES[0].region, Role::Admin),
+        operator(CITIES[1].region, Role::Admin),
+    );
+    println!("  yidi admin --node {hz} {hz_op} info");
+    println!("  yidi admin --node {hz} {hz_op} person list --limit 5");
+    println!("  yidi admin --node {hz} {hz_op} filing list --limit 5");
+    println!("  yidi admin --node {nb} {nb_op} ledger --period {period}");
+    println!("  yidi admin --node {nb} {nb_op} outbox");
     if let Some(p) = patient {
+        let desk = flags(Identity::Institution {
+            region: RegionCode::parse(CITIES[1].region, "region").expect("demo region"),
+            code: nb_hospital.to_owned(),
+        });
         println!(
-            "  yidi hospital --node {nb} --institution {nb_hospital} identify --card-no {} --card-region {}",
+            "  yidi hospital --node {nb} {desk} --institution {nb_hospital} identify --card-no {} --card-region {}",
             p.card_no, CITIES[0].region
         );
     }
-    println!("  yidi clearing --coordinator {coord} status");
+    println!(
+        "  yidi clearing --coordinator {coord} {} status",
+        operator(PROVINCE, Role::Clearing)
+    );
     if let Some(a) = layout.node_metrics {
         println!("  curl -s http://{}/metrics | grep yidi_settlements", a[1]);
     }
-    println!("  grpcurl -plaintext {} list", layout.nodes[0]);
+    println!(
+        "  grpcurl {} {} list",
+        ctx.pki
+            .party(&Identity::Operator {
+                region: RegionCode::parse(CITIES[0].region, "region").expect("demo region"),
+                role: Role::Admin,
+            })
+            .map(|p| format!(
+                "-cacert {} -cert {} -key {}",
+                p.ca.display(),
+                p.cert.display(),
+                p.key.display()
+            ))
+            .unwrap_or_default(),
+        layout.nodes[0]
+    );
     println!("\nCtrl-C stops every node and the coordinator gracefully.");
 }

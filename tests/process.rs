@@ -189,7 +189,7 @@ impl NodeProcess {
                     "--peers-file".to_owned(),
                     peers.display().to_string(),
                     "--peer-timeout-ms".to_owned(),
-                    "1000".to_owned(),
+                    "3000".to_owned(),
                 ];
                 Self::start_with(r, port, extra)
             })

@@ -39,7 +39,7 @@ pub struct NodeState {
     /// PreSettle's short-lived cache of home nodes' eligibility answers.
     pub presettle_eligibility: crate::settlement::treatment::EligibilityCache,
     /// Settle calls still running, by intent (see `settlement::treatment::InFlight`).
-    pub settling: crate::settlement::treatment::InFlight,
+    pub settling: Arc<crate::settlement::treatment::InFlight>,
 }
 
 /// Shared handle.

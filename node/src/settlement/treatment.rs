@@ -45,40 +45,50 @@ const COMMIT_ATTEMPTS: usize = 6;
 /// of the hospital's request resolves its own intent at once anyway.
 pub const RECOVERY_MIN_AGE: Duration = Duration::from_secs(5);
 
-/// The intents whose Settle call is still running in this process. A repeat of the
-/// request (or recovery) must not abandon such an intent at the home node while its
-/// CommitClaim may be on the way; any other pending intent — from before a restart, or
-/// left in doubt by a call that has returned — is resolved at once.
+/// The intents someone in this process is working on: a Settle call whose CommitClaim
+/// may be on the way, or a resolver asking the home node about it. Only one may act on an
+/// intent at a time — a repeat of the request (or recovery) must not abandon an intent
+/// at the home node while its CommitClaim is in flight, and two resolvers must not race
+/// (one finishing it as committed while the other abandons it). Any other pending
+/// intent — from before a restart, or left in doubt by a call that has returned — is
+/// resolved at once.
 #[derive(Default)]
 pub struct InFlight(std::sync::Mutex<std::collections::HashSet<String>>);
 
 impl InFlight {
-    fn enter(&self, settlement_id: &str) -> InFlightGuard<'_> {
-        if let Ok(mut s) = self.0.lock() {
-            s.insert(settlement_id.to_owned());
-        }
-        InFlightGuard {
-            set: self,
-            settlement_id: settlement_id.to_owned(),
-        }
+    /// Claims the intent: `false` when someone else holds it.
+    fn claim(&self, settlement_id: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(settlement_id.to_owned())
     }
 
-    fn contains(&self, settlement_id: &str) -> bool {
-        self.0.lock().is_ok_and(|s| s.contains(settlement_id))
+    fn release(&self, settlement_id: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(settlement_id);
+    }
+
+    /// Claims the intent for the life of the guard, unless someone else holds it.
+    fn try_enter(self: &Arc<Self>, settlement_id: &str) -> Option<InFlightGuard> {
+        self.claim(settlement_id).then(|| InFlightGuard {
+            set: Arc::clone(self),
+            settlement_id: settlement_id.to_owned(),
+        })
     }
 }
 
-/// Removes its intent from [`InFlight`] when the call ends (however it ends).
-struct InFlightGuard<'a> {
-    set: &'a InFlight,
+/// Releases its intent in [`InFlight`] when the call ends (however it ends).
+struct InFlightGuard {
+    set: Arc<InFlight>,
     settlement_id: String,
 }
 
-impl Drop for InFlightGuard<'_> {
+impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.set.0.lock() {
-            s.remove(&self.settlement_id);
-        }
+        self.set.release(&self.settlement_id);
     }
 }
 
@@ -303,12 +313,17 @@ async fn home_policy(
         .insert_json(home, it, pv.version, &pv.policy_json)?;
     // Kept durably so that after a restart the node can still settle provisionally
     // under this version while the home node is unreachable.
+    // A failure to keep it costs only that: this settlement goes on with the policy.
     let (region, json) = (home.to_owned(), pv.policy_json);
-    st.store
+    if let Err(e) = st
+        .store
         .write(move |conn| {
             policies::keep_peer_policy(conn, &region, it, pv.version, &json, &period::now_rfc3339())
         })
-        .await?;
+        .await
+    {
+        tracing::warn!(%home, %it, version = pv.version, error = %e, "could not keep the fetched home policy");
+    }
     Ok(policy)
 }
 
@@ -1290,7 +1305,7 @@ async fn settle_remote(
 ) -> Result<proto::Settlement> {
     let region = st.region;
     let mut intent: Option<SettlementRec> = None;
-    let mut _running: Option<InFlightGuard<'_>> = None;
+    let mut _running: Option<InFlightGuard> = None;
     for attempt in 0..COMMIT_ATTEMPTS {
         let priced = match price(st, &bill, use_account).await {
             Ok(p) => p,
@@ -1334,7 +1349,9 @@ async fn settle_remote(
                     String::new(),
                 )?;
                 let k = key.clone();
-                st.store
+                let settling = Arc::clone(&st.settling);
+                let rec = st
+                    .store
                     .write(move |conn| {
                         if idempotency::replay::<proto::Settlement>(conn, &k)?.is_some() {
                             return Err(Error::Aborted(
@@ -1350,10 +1367,20 @@ async fn settle_remote(
                                 "this request is already being settled; repeat it shortly to get the answer".into(),
                             ));
                         }
-                        insert_record(conn, region, fresh)
+                        let rec = insert_record(conn, region, fresh)?;
+                        // Claimed before the transaction commits, so that no resolver can
+                        // see this intent pending without seeing that its call is running.
+                        // (Should the commit then fail, the id stays claimed: it names
+                        // nothing, and is a few bytes.)
+                        settling.claim(&rec.settlement_id);
+                        Ok(rec)
                     })
-                    .await
-                    .inspect(|rec| _running = Some(st.settling.enter(&rec.settlement_id)))?
+                    .await?;
+                _running = Some(InFlightGuard {
+                    set: Arc::clone(&st.settling),
+                    settlement_id: rec.settlement_id.clone(),
+                });
+                rec
             }
             Some(mut rec) => {
                 let (medfee, fund, acct, cash) = split_fen(&split)?;
@@ -1431,7 +1458,7 @@ async fn settle_remote(
 
 async fn mark_failed(st: &NodeState, rec: SettlementRec) -> Result<()> {
     st.store
-        .write(move |conn| settlements::set_state(conn, &rec.settlement_id, "failed"))
+        .write(move |conn| settlements::fail_pending(conn, &rec.settlement_id).map(drop))
         .await
 }
 
@@ -1643,6 +1670,15 @@ pub async fn resolve_intent(
     st: &NodeState,
     rec: SettlementRec,
 ) -> Result<Option<proto::Settlement>> {
+    // Its Settle call is still running, or another resolver is at it: leave it to them.
+    let Some(_resolving) = st.settling.try_enter(&rec.settlement_id) else {
+        return Ok(None);
+    };
+    resolve_claimed(st, rec).await
+}
+
+/// [`resolve_intent`] for an intent this caller holds in [`InFlight`].
+async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Result<Option<proto::Settlement>> {
     let region = st.region;
     let home = rec.home_region.clone();
     let peer = match st.peers.get(&home) {
@@ -1699,10 +1735,6 @@ pub async fn resolve_intent(
             mark_failed(st, rec).await?;
             Ok(None)
         }
-        // Not committed yet, and the call that recorded the intent is still waiting for
-        // the home node's answer (a repeat of the request came in meanwhile): abandoning
-        // now could undo a commit about to be acknowledged.
-        _ if st.settling.contains(&rec.settlement_id) => Ok(None),
         _ => {
             // Not committed: make sure it never will be, then give up on it.
             let abandon = proto::ReverseClaimRequest {
@@ -1720,7 +1752,7 @@ pub async fn resolve_intent(
                 }
                 // It was committed after all (a late delivery), and is now reversed:
                 // read its status again to mirror both records.
-                Ok(_) => Box::pin(resolve_intent(st, rec)).await,
+                Ok(_) => Box::pin(resolve_claimed(st, rec)).await,
                 Err(_) => Ok(None),
             }
         }
@@ -1745,6 +1777,10 @@ async fn mirror_reversed(
     tracing::warn!(claim = %rec.settlement_id, "in-doubt claim was committed late at home and reversed; mirrored, intent failed");
     st.store
         .write(move |conn| {
+            // Only a pending intent is mirrored: one resolved meanwhile keeps its outcome.
+            if settlements::get(conn, &rec.settlement_id)?.is_none_or(|r| r.state != "pending") {
+                return Ok(());
+            }
             let now = period::now_rfc3339();
             let home = rec.home_region.as_str();
             for (entry, kind, period, amount) in [
@@ -1775,7 +1811,7 @@ async fn mirror_reversed(
                     &now,
                 )?;
             }
-            settlements::set_state(conn, &rec.settlement_id, "failed")
+            settlements::fail_pending(conn, &rec.settlement_id).map(drop)
         })
         .await
 }

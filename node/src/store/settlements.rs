@@ -176,6 +176,17 @@ pub fn set_state(conn: &Connection, id: &str, state: &str) -> Result<()> {
     Ok(())
 }
 
+/// Marks an intent failed, unless it is no longer pending (resolved meanwhile): returns
+/// whether it was.
+pub fn fail_pending(conn: &Connection, id: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE settlements SET state = 'failed' WHERE settlement_id = ?1 AND state = 'pending'",
+        )?
+        .execute([id])?
+        == 1)
+}
+
 /// Records in a state (e.g. every `pending` intent, for recovery).
 pub fn in_state(conn: &Connection, state: &str) -> Result<Vec<SettlementRec>> {
     Ok(conn

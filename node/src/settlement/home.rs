@@ -91,7 +91,8 @@ pub fn applicable_filing(
             (
                 f.filing_type.is_long_term(),
                 f.filing_type != FilingType::Emergency,
-                // One covering the visit's start ranks before one filed during the stay.
+                // Of filings of the same standing, one covering the visit's start ranks
+                // before one filed during the stay.
                 f.valid_from <= date,
                 f.valid_from,
                 f.filing_id.clone(),

@@ -219,10 +219,24 @@ fn sigkill_of_either_node_mid_load_loses_and_duplicates_nothing() {
         })
         .collect();
     let acked = || acks.lock().unwrap().len();
-    let wait_for = |more: usize| {
+    let mut clients = clients;
+    let mut wait_for = |more: usize| {
         let target = acked() + more;
         let deadline = Instant::now() + Duration::from_secs(60);
         while acked() < target {
+            // A client that stopped has panicked: surface its message, not a timeout.
+            if let Some(i) = clients
+                .iter()
+                .position(tokio::task::JoinHandle::is_finished)
+            {
+                let c = clients.swap_remove(i);
+                if let Err(e) = rt.block_on(c)
+                    && e.is_panic()
+                {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+                panic!("a client stopped before the end");
+            }
             assert!(Instant::now() < deadline, "no progress: {} acks", acked());
             std::thread::sleep(Duration::from_millis(10));
         }

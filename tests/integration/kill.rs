@@ -295,8 +295,10 @@ fn sigkill_of_either_node_mid_load_loses_and_duplicates_nothing() {
             e.1 += 1;
         }
         // A CommitClaim that outlived its caller's deadline may land after the treatment
-        // node gave up on it: the home node then reverses it at once (the abandonment),
-        // so such a claim is never acknowledged and its pair nets to zero. Find them.
+        // node began to give up on it; the abandonment then finds it committed and the
+        // claim is finished and acknowledged on the repeat. Should a claim ever be
+        // reversed instead, it must be one never acknowledged, with its reversal, and
+        // its pair must net to zero. Find any.
         let acked: HashSet<&str> = acks.iter().map(|a| a.settlement_id.as_str()).collect();
         let mut periods: Vec<&str> = acks.iter().map(|a| a.period.as_str()).collect();
         periods.sort_unstable();

@@ -946,3 +946,79 @@ async fn home_down_never_settles_a_person_the_home_node_found_ineligible() {
     let ob = outbox(fed.node(NB)).await;
     assert_eq!((ob.depth, ob.exposure.len()), (0, 0), "{ob:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoning_a_claim_that_was_committed_after_all_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = three_cities(dir.path(), |_, _| {}).await;
+    let (nb, wz) = (fed.node(NB), fed.node(WZ));
+    let id = person(
+        wz,
+        &id_number(WZ, "1968-07-07", 43),
+        It::Employee,
+        Pt::InService,
+        "0.00",
+        false,
+    )
+    .await;
+    filing(wz, &id, Ft::LongTermResident, NB, &[], "2026-01-01").await;
+    let mut desk = Desk::at(nb, inst::NB_H3).await;
+    let v = desk
+        .open("ov-1", &id, WZ, Vk::Outpatient, ADMITTED)
+        .await
+        .unwrap();
+    desk.fees(
+        "fees-1",
+        &v.visit_id,
+        vec![line("1", "NB-A", "1", "1800.00", "1800.00")],
+    )
+    .await
+    .unwrap();
+    let s = desk.settle("settle-1", &v.visit_id, false).await.unwrap();
+    assert_eq!(s.state, "settled");
+    let before = accumulators(wz, &id, NB, inst::NB_H3).await;
+
+    // The treatment node gives up on a claim the home node committed after all (a late
+    // delivery): the home node leaves it committed and says so.
+    let abandon = |claim: &str| proto::ReverseClaimRequest {
+        request_id: format!("abandon-{claim}"),
+        claim_id: claim.into(),
+        reversal_id: format!("abandon-{claim}"),
+        reason: "treatment node gave up on an in-doubt claim".into(),
+        reversed_at: yidi_common::period::now_rfc3339(),
+        treatment_region: NB.into(),
+        abandon_only: true,
+    };
+    let mut peer = wz.peer().await;
+    let r = peer
+        .reverse_claim(abandon(&s.settlement_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.state, "committed");
+    assert_eq!(accumulators(wz, &id, NB, inst::NB_H3).await, before);
+    let st = peer
+        .claim_status(proto::ClaimStatusRequest {
+            claim_id: s.settlement_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.state, "committed");
+
+    // An unknown claim is tombstoned: it can never be committed later.
+    let r = peer
+        .reverse_claim(abandon("330200-S-9999999999"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.state, "abandoned");
+    let st = peer
+        .claim_status(proto::ClaimStatusRequest {
+            claim_id: "330200-S-9999999999".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.state, "abandoned");
+}

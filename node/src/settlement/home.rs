@@ -438,6 +438,16 @@ pub fn reverse(
             claim.claim_id, claim.treatment_region
         )));
     }
+    if req.abandon_only {
+        // Committed after all (a late delivery): the caller finishes it from its status.
+        return Ok(proto::CommitClaimResponse {
+            claim_id: claim.claim_id.clone(),
+            state: claim.state.clone(),
+            split: Some(claim.split.clone()),
+            period: claim.period.clone(),
+            ..Default::default()
+        });
+    }
     if claim.state == "reversed" {
         return Err(Error::FailedPrecondition(format!(
             "claim {} was already reversed by {}",

@@ -1744,14 +1744,15 @@ async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Result<Option<pr
                 reason: "treatment node gave up on an in-doubt claim".into(),
                 reversed_at: period::now_rfc3339(),
                 treatment_region: region.to_string(),
+                abandon_only: true,
             };
             match peer.client().reverse_claim(abandon).await {
                 Ok(r) if r.get_ref().state == "abandoned" => {
                     mark_failed(st, rec).await?;
                     Ok(None)
                 }
-                // It was committed after all (a late delivery), and is now reversed:
-                // read its status again to mirror both records.
+                // It was committed after all (a late delivery): read its status again
+                // and finish it (or mirror it, had it been reversed meanwhile).
                 Ok(_) => Box::pin(resolve_claimed(st, rec)).await,
                 Err(_) => Ok(None),
             }
@@ -1945,6 +1946,7 @@ fn cancel_in_tx(
         reason: reason.to_owned(),
         reversed_at: rec.settled_at.clone(),
         treatment_region: st_region.to_string(),
+        abandon_only: false,
     };
     if original.home_region == st_region.as_str() {
         home::reverse(conn, st_region.as_str(), &reverse)?;

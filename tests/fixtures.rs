@@ -297,6 +297,7 @@ pub async fn accumulators(
     home.peer()
         .await
         .check_eligibility(proto::CheckEligibilityRequest {
+            settle_date: String::new(),
             id_number: id_number.into(),
             institution_code: institution.into(),
             level: proto::HospitalLevel::HospitalLevel1 as i32,

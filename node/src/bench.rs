@@ -1356,6 +1356,7 @@ async fn accumulators(ctx: &Ctx, home: usize, person: u32) -> Result<proto::Accu
     let r = ctx.targets[home]
         .peer(person as usize)
         .check_eligibility(proto::CheckEligibilityRequest {
+            settle_date: String::new(),
             id_number: person_id(&ctx.targets[home].region, person),
             institution_code: institutions(&t.region)[0].0.clone(),
             level: proto::HospitalLevel::HospitalLevel3 as i32,

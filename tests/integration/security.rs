@@ -580,6 +580,7 @@ async fn hospitals_act_only_as_themselves_and_only_at_their_node() {
     // ... and at the person's home node.
     let err = peer(hz, pki.client(&institution(NB, inst::NB_H3)))
         .check_eligibility(proto::CheckEligibilityRequest {
+            settle_date: String::new(),
             id_number: id.clone(),
             institution_code: inst::NB_H3.into(),
             level: proto::HospitalLevel::HospitalLevel3 as i32,
@@ -720,6 +721,7 @@ async fn a_node_commits_and_reverses_claims_only_as_itself() {
 async fn acc_version(home: &TestNode, pki: &Pki, id: &str) -> u64 {
     peer(home, pki.client(&node(NB)))
         .check_eligibility(proto::CheckEligibilityRequest {
+            settle_date: String::new(),
             id_number: id.into(),
             institution_code: inst::NB_H3.into(),
             level: proto::HospitalLevel::HospitalLevel3 as i32,

@@ -248,6 +248,7 @@ async fn inpatient_cross_region_settle_and_cancel() {
         .peer()
         .await
         .check_eligibility(proto::CheckEligibilityRequest {
+            settle_date: String::new(),
             id_number: id.clone(),
             institution_code: "H33020001".into(),
             level: Hl::HospitalLevel3 as i32,

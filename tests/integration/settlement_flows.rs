@@ -1508,3 +1508,59 @@ async fn filing_dated_during_the_stay_applies_at_discharge_settlement() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eligibility_judges_a_filing_made_during_a_stay_on_the_settle_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = federation(dir.path()).await;
+    let nb = fed.node(NB);
+    let id = person(
+        nb,
+        &id_number(NB, "1991-08-08", 26),
+        It::Resident,
+        Pt::ResidentAdult,
+        "0.00",
+        false,
+    )
+    .await;
+    // Filed on 2026-03-15, during a stay that began on 2026-03-10.
+    filing(nb, &id, Ft::LongTermResident, WZ, &[], "2026-03-15").await;
+    let ask = |kind: Vk, settle_date: &str| proto::CheckEligibilityRequest {
+        id_number: id.clone(),
+        institution_code: inst::WZ_H2.into(),
+        level: proto::HospitalLevel::HospitalLevel2 as i32,
+        visit_kind: kind as i32,
+        visit_date: "2026-03-10".into(),
+        treatment_region: WZ.into(),
+        settle_date: settle_date.into(),
+    };
+    let mut peer = nb.peer().await;
+    let filing_of = |r: proto::EligibilityResponse| r.filing.map(|f| f.filing_type);
+    // Settled before the filing's first day: unfiled.
+    let before = peer
+        .check_eligibility(ask(Vk::Inpatient, "2026-03-14"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(filing_of(before), None);
+    // Settled on or after it: the stay is covered.
+    let after = peer
+        .check_eligibility(ask(Vk::Inpatient, "2026-03-15"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(filing_of(after), Some(Ft::LongTermResident as i32));
+    // An outpatient visit of 2026-03-10 is not covered by a later filing.
+    let outpatient = peer
+        .check_eligibility(ask(Vk::Outpatient, "2026-03-15"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(filing_of(outpatient), None);
+    // A malformed settle day is refused.
+    let e = peer
+        .check_eligibility(ask(Vk::Inpatient, "15/03/2026"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+}

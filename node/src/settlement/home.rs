@@ -214,7 +214,11 @@ pub fn eligibility(
         treatment,
         kind,
         date,
-        period::today(),
+        if req.settle_date.is_empty() {
+            period::today()
+        } else {
+            super::wire_date(&req.settle_date, "settle_date")?
+        },
     )?;
     let visit = VisitCtx {
         visit_kind: kind,

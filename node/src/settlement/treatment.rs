@@ -8,7 +8,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use prost::Message;
 use rusqlite::Connection;
 use tonic::Code;
@@ -330,6 +330,7 @@ async fn home_policy(
 fn eligibility_request(
     visit: &VisitRec,
     treatment: RegionCode,
+    settle_day: NaiveDate,
 ) -> Result<proto::CheckEligibilityRequest> {
     Ok(proto::CheckEligibilityRequest {
         id_number: visit.id_number.clone(),
@@ -338,6 +339,7 @@ fn eligibility_request(
         visit_kind: VisitKind::parse(&visit.visit_kind, "visit_kind")?.to_proto(),
         visit_date: visit.visit_date.clone(),
         treatment_region: treatment.to_string(),
+        settle_date: settle_day.to_string(),
     })
 }
 
@@ -381,6 +383,7 @@ pub async fn identify(
         st,
         &person.home_region,
         proto::CheckEligibilityRequest {
+            settle_date: String::new(),
             id_number: person.id_number.clone(),
             institution_code: inst.code.clone(),
             level: inst.level.to_proto(),
@@ -566,6 +569,7 @@ pub async fn open_visit(st: &NodeState, req: proto::OpenVisitRequest) -> Result<
         st,
         home.as_str(),
         proto::CheckEligibilityRequest {
+            settle_date: String::new(),
             id_number: id.as_str().to_owned(),
             institution_code: inst.code.clone(),
             level: inst.level.to_proto(),
@@ -932,8 +936,13 @@ struct Priced {
     elig: proto::EligibilityResponse,
 }
 
-async fn price(st: &NodeState, bill: &Bill, use_account: bool) -> Result<Priced, PeerFail> {
-    price_with(st, bill, use_account, false).await
+async fn price(
+    st: &NodeState,
+    bill: &Bill,
+    use_account: bool,
+    settle_day: NaiveDate,
+) -> Result<Priced, PeerFail> {
+    price_with(st, bill, use_account, false, settle_day).await
 }
 
 /// Prices a bill; `presettle` lets the eligibility answer come from PreSettle's cache.
@@ -942,8 +951,9 @@ async fn price_with(
     bill: &Bill,
     use_account: bool,
     presettle: bool,
+    settle_day: NaiveDate,
 ) -> Result<Priced, PeerFail> {
-    let req = eligibility_request(&bill.visit, st.region)?;
+    let req = eligibility_request(&bill.visit, st.region, settle_day)?;
     let elig = if presettle {
         eligibility_for_presettle(st, &bill.visit.home_region, req).await?
     } else {
@@ -1005,7 +1015,7 @@ pub async fn pre_settle(st: &NodeState, req: proto::SettleRequest) -> Result<pro
         })
         .await?;
     let bill = bill_from(visit, lines, false)?;
-    let priced = price_with(st, &bill, req.use_account, true)
+    let priced = price_with(st, &bill, req.use_account, true, period::today())
         .await
         .map_err(fail_to_error)?;
     let split = priced.quote.to_proto_split();
@@ -1304,10 +1314,14 @@ async fn settle_remote(
     use_account: bool,
 ) -> Result<proto::Settlement> {
     let region = st.region;
+    // One moment for the whole settlement: its claim's settled_at, and the day the home
+    // node judges filings on, in every attempt.
+    let now = Utc::now();
+    let settle_day = now.with_timezone(&period::cst()).date_naive();
     let mut intent: Option<SettlementRec> = None;
     let mut _running: Option<InFlightGuard> = None;
     for attempt in 0..COMMIT_ATTEMPTS {
-        let priced = match price(st, &bill, use_account).await {
+        let priced = match price(st, &bill, use_account, settle_day).await {
             Ok(p) => p,
             Err(PeerFail::Unreachable(why)) => {
                 // This call is no longer waiting on a CommitClaim: its own intent may be
@@ -1345,7 +1359,7 @@ async fn settle_remote(
                         policy_version: priced.elig.policy_version,
                         acc_version,
                     },
-                    Utc::now(),
+                    now,
                     String::new(),
                 )?;
                 let k = key.clone();

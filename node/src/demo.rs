@@ -801,6 +801,12 @@ async fn settle(
         &pools,
         ctx.today,
     );
+    // Each institution's certificate and connection before the clock starts: issuing is
+    // key generation and file writes, blocking work that does not belong in the stream.
+    tokio::task::block_in_place(|| {
+        plan.iter()
+            .try_for_each(|sc| ctx.nodes[sc.treatment].hospital(&sc.institution).map(drop))
+    })?;
     let total = plan.len() as u64;
     println!(
         "driving {total} visits through HospitalService ({} at a time): identify → open visit → upload fees → (discharge) → pre-settle → settle",

@@ -1080,11 +1080,6 @@ impl Globals {
     }
 }
 
-/// Connects to the node, failing fast (UNAVAILABLE) when nothing listens there.
-pub async fn connect(node: &str, tls: &crate::tls::ClientArgs) -> anyhow::Result<Client> {
-    Ok(AdminServiceClient::new(channel(node, tls, None).await?))
-}
-
 /// A channel to the node's gRPC address, shared by every command-line client: mutual
 /// TLS when `tls` names the files, plain text otherwise; fails fast (UNAVAILABLE,
 /// before anything is sent) when nothing listens there. With `deadline`, every call on

@@ -312,8 +312,8 @@ async fn home_policy(
         .policies
         .insert_json(home, it, pv.version, &pv.policy_json)?;
     // Kept durably so that after a restart the node can still settle provisionally
-    // under this version while the home node is unreachable.
-    // A failure to keep it costs only that: this settlement goes on with the policy.
+    // under this version while the home node is unreachable. A failure to keep it costs
+    // only that: this settlement goes on with the policy.
     let (region, json) = (home.to_owned(), pv.policy_json);
     if let Err(e) = st
         .store

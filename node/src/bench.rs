@@ -1230,6 +1230,47 @@ async fn load_phase(
 }
 
 /// Prepares `n` visits with `--concurrency` clients (cross-region only when asked).
+/// Pre-settles random visits of `visits` from every client for the configured seconds;
+/// the elapsed seconds and the clients' statistics.
+async fn presettle_phase(ctx: &Arc<Ctx>, visits: Vec<Prepared>) -> (f64, Stats) {
+    let visits = Arc::new(visits);
+    let deadline = Instant::now() + Duration::from_secs(ctx.args.presettle_seconds);
+    let began = Instant::now();
+    let mut handles = Vec::new();
+    for w in 0..ctx.args.concurrency.max(1) {
+        let (ctx, visits) = (Arc::clone(ctx), Arc::clone(&visits));
+        handles.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(ctx.args.seed ^ mix64(w as u64 + 99));
+            let mut stats = Stats::default();
+            while Instant::now() < deadline {
+                let p = &visits[rng.random_range(0..visits.len())];
+                let mut h = ctx.targets[p.treatment].hospital(w);
+                let started = Instant::now();
+                match h
+                    .pre_settle(proto::SettleRequest {
+                        request_id: "presettle".into(),
+                        institution_code: p.institution.clone(),
+                        visit_id: p.visit_id.clone(),
+                        use_account: true,
+                    })
+                    .await
+                {
+                    Ok(_) => stats.record("PreSettle", started.elapsed()),
+                    Err(s) => stats.error("PreSettle", &s),
+                }
+            }
+            stats
+        }));
+    }
+    let mut stats = Stats::default();
+    for h in handles {
+        if let Ok(s) = h.await {
+            stats.merge(s);
+        }
+    }
+    (began.elapsed().as_secs_f64(), stats)
+}
+
 async fn prepare_many(
     ctx: &Arc<Ctx>,
     n: u64,
@@ -1714,69 +1755,40 @@ async fn drive(
         );
     }
 
-    // Pre-settle throughput on prepared visits.
+    // Pre-settle throughput on prepared visits: same-city visits (the target's case: a
+    // local pre-settle with the policy cached) and cross-region ones (the home node's
+    // eligibility answer cached for a short while), each on its own.
     if args.presettle_seconds > 0 {
-        let (visits, _) = prepare_many(&ctx, u64::from(args.presettle_visits), None, "p").await;
-        if visits.is_empty() {
-            bail!("no visit could be prepared for the pre-settle phase");
-        }
-        let visits = Arc::new(visits);
-        let done = Arc::new(AtomicU64::new(0));
-        let deadline = Instant::now() + Duration::from_secs(args.presettle_seconds);
-        let began = Instant::now();
-        let mut handles = Vec::new();
-        for w in 0..args.concurrency.max(1) {
-            let (ctx, visits, done) = (Arc::clone(&ctx), Arc::clone(&visits), Arc::clone(&done));
-            handles.push(tokio::spawn(async move {
-                let mut rng = SmallRng::seed_from_u64(ctx.args.seed ^ mix64(w as u64 + 99));
-                let mut stats = Stats::default();
-                while Instant::now() < deadline {
-                    let p = &visits[rng.random_range(0..visits.len())];
-                    let mut h = ctx.targets[p.treatment].hospital(w);
-                    let started = Instant::now();
-                    match h
-                        .pre_settle(proto::SettleRequest {
-                            request_id: "presettle".into(),
-                            institution_code: p.institution.clone(),
-                            visit_id: p.visit_id.clone(),
-                            use_account: true,
-                        })
-                        .await
-                    {
-                        Ok(_) => {
-                            stats.record("PreSettle", started.elapsed());
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(s) => stats.error("PreSettle", &s),
-                    }
-                }
-                stats
-            }));
-        }
-        let mut stats = Stats::default();
-        for h in handles {
-            if let Ok(s) = h.await {
-                stats.merge(s);
+        let mut phases = serde_json::Map::new();
+        for (label, cross, key) in [
+            ("same-city", false, "local"),
+            ("cross-region", true, "cross_region"),
+        ] {
+            let (visits, _) =
+                prepare_many(&ctx, u64::from(args.presettle_visits), Some(cross), "p").await;
+            if visits.is_empty() {
+                bail!("no {label} visit could be prepared for the pre-settle phase");
             }
+            let n = visits.len();
+            let (secs, stats) = presettle_phase(&ctx, visits).await;
+            let ps = stats.get("PreSettle");
+            let rate = ps.len() as f64 / secs;
+            println!(
+                "pre-settle, {label} ({n} visits; {} clients, {secs:.1} s)",
+                args.concurrency
+            );
+            println!("{}", line("PreSettle", &ps));
+            println!(
+                "  {rate:.0} pre-settles/s{}; errors {:?}",
+                if cross { "" } else { " (target ≥ 20,000)" },
+                stats.errors
+            );
+            phases.insert(
+                key.into(),
+                json!({"per_second": rate, "latency": summary(&ps), "errors": stats.errors_json(), "seconds": secs, "visits": n}),
+            );
         }
-        let secs = began.elapsed().as_secs_f64();
-        let ps = stats.get("PreSettle");
-        let rate = ps.len() as f64 / secs;
-        let cross = visits.iter().filter(|p| p.treatment != p.home).count();
-        println!(
-            "pre-settle ({} visits, {cross} cross-region; {} clients, {secs:.1} s)",
-            visits.len(),
-            args.concurrency
-        );
-        println!("{}", line("PreSettle", &ps));
-        println!(
-            "  {rate:.0} pre-settles/s (target ≥ 20,000); errors {:?}",
-            stats.errors
-        );
-        report.insert(
-            "presettle".into(),
-            json!({"per_second": rate, "latency": summary(&ps), "errors": stats.errors_json(), "seconds": secs}),
-        );
+        report.insert("presettle".into(), serde_json::Value::Object(phases));
     }
 
     // The accumulators of the verification sample before the load.

@@ -519,6 +519,9 @@ async fn crash_after_home_commit_is_recovered_exactly_once() {
         .await
         .unwrap();
     expect(&s1);
+    // The intent held only a placeholder while Hangzhou was asked; the policy version
+    // comes from Hangzhou's claim status.
+    assert_eq!(s1.policy_version, 1, "{s1:?}");
     assert_eq!(
         desk.settle("settle-1", &visits[0].visit_id, true)
             .await

@@ -109,15 +109,12 @@ pub fn policy_in_force(
     date: NaiveDate,
 ) -> Result<(u32, Arc<Policy>)> {
     let it = p.rec.insurance_type;
-    let rec = policies::in_force(conn, it, date)?.ok_or_else(|| {
+    let version = policies::version_in_force(conn, it, date)?.ok_or_else(|| {
         Error::FailedPrecondition(format!(
             "home region {region} has no {it} policy in force on {date}"
         ))
     })?;
-    Ok((
-        rec.version,
-        cache.insert_json(region.as_str(), it, rec.version, &rec.policy_json)?,
-    ))
+    Ok((version, policy_version(conn, cache, region, p, version)?))
 }
 
 /// A specific policy version, parsed.
@@ -417,6 +414,7 @@ pub fn commit(
         split: Some(split),
         accumulators: Some(quote.accumulators.to_proto()),
         period,
+        policy_version: v.policy_version,
     })
 }
 
@@ -449,6 +447,7 @@ pub fn reverse(
             state: claim.state.clone(),
             split: Some(claim.split.clone()),
             period: claim.period.clone(),
+            policy_version: claim.policy_version,
             ..Default::default()
         });
     }
@@ -493,6 +492,7 @@ pub fn reverse(
         split: Some(claim.split),
         accumulators: Some(back.to_proto()),
         period,
+        policy_version: claim.policy_version,
     })
 }
 
@@ -521,6 +521,7 @@ pub fn status(conn: &Connection, claim_id: &str) -> Result<proto::ClaimStatusRes
                 split: Some(c.split),
                 accumulators: None,
                 period: c.period,
+                policy_version: c.policy_version,
             }),
             reversal_id: c.reversal_id.unwrap_or_default(),
             reversal_period,

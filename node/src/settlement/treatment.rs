@@ -959,6 +959,16 @@ async fn price_with(
     } else {
         eligibility(st, &bill.visit.home_region, req).await?
     };
+    price_from(st, bill, use_account, elig).await
+}
+
+/// Prices a bill with the home node's eligibility answer.
+async fn price_from(
+    st: &NodeState,
+    bill: &Bill,
+    use_account: bool,
+    elig: proto::EligibilityResponse,
+) -> Result<Priced, PeerFail> {
     if !elig.eligible {
         return Err(PeerFail::Refused(Error::FailedPrecondition(format!(
             "no direct settlement: {}",
@@ -1005,19 +1015,29 @@ pub async fn pre_settle(st: &NodeState, req: proto::SettleRequest) -> Result<pro
     if req.institution_code.is_empty() {
         return Err(Error::invalid("institution_code", "missing"));
     }
-    // One trip to the read pool for the institution and the bill.
+    // One trip to the read pool for the institution and the bill — and, for a patient
+    // of this city, for the eligibility too: this node is their home node.
     let (inst, vid) = (req.institution_code.clone(), req.visit_id.clone());
-    let (visit, lines) = st
+    let (cache, region, today) = (Arc::clone(&st.policies), st.region, period::today());
+    let (visit, lines, own) = st
         .store
         .read(move |conn| {
-            check_institution(conn, &inst, period::today())?;
-            read_bill(conn, &inst, &vid)
+            check_institution(conn, &inst, today)?;
+            let (visit, lines) = read_bill(conn, &inst, &vid)?;
+            // Its refusal counts only after the bill's own checks: kept for later.
+            let own = (visit.home_region == region.as_str()).then(|| {
+                let req = eligibility_request(&visit, region, today)?;
+                home::eligibility(conn, &cache, region, region.as_str(), &req)
+            });
+            Ok((visit, lines, own))
         })
         .await?;
     let bill = bill_from(visit, lines, false)?;
-    let priced = price_with(st, &bill, req.use_account, true, period::today())
-        .await
-        .map_err(fail_to_error)?;
+    let priced = match own {
+        Some(elig) => price_from(st, &bill, req.use_account, elig?).await,
+        None => price_with(st, &bill, req.use_account, true, today).await,
+    }
+    .map_err(fail_to_error)?;
     let split = priced.quote.to_proto_split();
     Ok(proto::Settlement {
         visit_id: bill.visit.visit_id.clone(),
@@ -1125,6 +1145,9 @@ pub(crate) fn finish_committed(
     }
     rec.state = "settled".into();
     rec.split = split;
+    if resp.policy_version != 0 {
+        rec.policy_version = resp.policy_version;
+    }
     (rec.medfee_fen, rec.fund_fen, rec.acct_fen, rec.cash_fen) = (medfee, fund, acct, cash);
     settlements::update_outcome(conn, &rec)?;
     if rec.home_region != region.as_str() {
@@ -1318,28 +1341,61 @@ async fn settle_remote(
     // node judges filings on, in every attempt.
     let now = Utc::now();
     let settle_day = now.with_timezone(&period::cst()).date_naive();
-    let mut intent: Option<SettlementRec> = None;
-    let mut _running: Option<InFlightGuard> = None;
+    // The intent is recorded while the home node is asked for eligibility, so that its
+    // durable write costs no time of its own. Recovery needs only its claim id (it asks
+    // the home node by it), and no CommitClaim is sent before both are done; its split
+    // is a placeholder until then — the patient paying everything, nothing from the
+    // fund — and the outcome's write (or a retry's) records the real one.
+    let placeholder = new_record(
+        &bill,
+        &key,
+        full_self_pay(&bill.lines, "awaiting the home node's eligibility"),
+        "pending",
+        Basis {
+            policy_version: 0,
+            acc_version: 0,
+        },
+        now,
+        String::new(),
+    )?;
+    let recording = record_intent(st, &key, placeholder);
+    let first = price(st, &bill, use_account, settle_day).await;
+    let mut rec = recording.await?;
+    let mut running = Some(InFlightGuard {
+        set: Arc::clone(&st.settling),
+        settlement_id: rec.settlement_id.clone(),
+    });
+    let mut priced = match first {
+        Ok(p) => p,
+        Err(PeerFail::Unreachable(why)) => {
+            // Nothing was sent to the home node for this intent: it simply failed, and
+            // the offline rule settles the request under a record of its own.
+            mark_failed(st, rec).await?;
+            drop(running.take());
+            return settle_offline(st, &bill, &key, use_account, why).await;
+        }
+        Err(PeerFail::Refused(e)) => {
+            mark_failed(st, rec).await?;
+            return Err(e);
+        }
+    };
     for attempt in 0..COMMIT_ATTEMPTS {
-        let priced = match price(st, &bill, use_account, settle_day).await {
-            Ok(p) => p,
-            Err(PeerFail::Unreachable(why)) => {
-                // This call is no longer waiting on a CommitClaim: its own intent may be
-                // resolved right away.
-                _running = None;
-                return match intent {
-                    // We asked before and the home node then vanished: in doubt.
-                    Some(rec) => settle_in_doubt(st, &bill, rec, use_account, why).await,
-                    None => settle_offline(st, &bill, &key, use_account, why).await,
-                };
-            }
-            Err(PeerFail::Refused(e)) => {
-                if let Some(rec) = intent {
-                    mark_failed(st, rec).await?;
+        if attempt > 0 {
+            priced = match price(st, &bill, use_account, settle_day).await {
+                Ok(p) => p,
+                Err(PeerFail::Unreachable(why)) => {
+                    // We asked before and the home node then vanished: in doubt. This
+                    // call is no longer waiting on a CommitClaim, so the intent may be
+                    // resolved right away.
+                    drop(running.take());
+                    return settle_in_doubt(st, &bill, rec, use_account, why).await;
                 }
-                return Err(e);
-            }
-        };
+                Err(PeerFail::Refused(e)) => {
+                    mark_failed(st, rec).await?;
+                    return Err(e);
+                }
+            };
+        }
         let acc_version = priced
             .elig
             .accumulators
@@ -1347,69 +1403,18 @@ async fn settle_remote(
             .map(|a| a.version)
             .unwrap_or_default();
         let split = priced.quote.to_proto_split();
-        // Record the intent (or refresh it after a conflict) before asking the home node.
-        let rec = match intent.take() {
-            None => {
-                let fresh = new_record(
-                    &bill,
-                    &key,
-                    split,
-                    "pending",
-                    Basis {
-                        policy_version: priced.elig.policy_version,
-                        acc_version,
-                    },
-                    now,
-                    String::new(),
-                )?;
-                let k = key.clone();
-                let settling = Arc::clone(&st.settling);
-                let rec = st
-                    .store
-                    .write(move |conn| {
-                        if idempotency::replay::<proto::Settlement>(conn, &k)?.is_some() {
-                            return Err(Error::Aborted(
-                                "this request was answered meanwhile; repeat it to get the answer"
-                                    .into(),
-                            ));
-                        }
-                        // The same request is being settled by a concurrent call.
-                        if settlements::by_request(conn, &k.scope, &k.request_id)?
-                            .is_some_and(|r| r.state == "pending")
-                        {
-                            return Err(Error::Aborted(
-                                "this request is already being settled; repeat it shortly to get the answer".into(),
-                            ));
-                        }
-                        let rec = insert_record(conn, region, fresh)?;
-                        // Claimed before the transaction commits, so that no resolver can
-                        // see this intent pending without seeing that its call is running.
-                        // (Should the commit then fail, the id stays claimed: it names
-                        // nothing, and is a few bytes.)
-                        settling.claim(&rec.settlement_id);
-                        Ok(rec)
-                    })
-                    .await?;
-                _running = Some(InFlightGuard {
-                    set: Arc::clone(&st.settling),
-                    settlement_id: rec.settlement_id.clone(),
-                });
-                rec
-            }
-            Some(mut rec) => {
-                let (medfee, fund, acct, cash) = split_fen(&split)?;
-                rec.split = split;
-                (rec.medfee_fen, rec.fund_fen, rec.acct_fen, rec.cash_fen) =
-                    (medfee, fund, acct, cash);
-                rec.policy_version = priced.elig.policy_version;
-                rec.acc_version = acc_version;
-                let r = rec.clone();
-                st.store
-                    .write(move |conn| settlements::update_outcome(conn, &r))
-                    .await?;
-                rec
-            }
-        };
+        let (medfee, fund, acct, cash) = split_fen(&split)?;
+        rec.split = split;
+        (rec.medfee_fen, rec.fund_fen, rec.acct_fen, rec.cash_fen) = (medfee, fund, acct, cash);
+        rec.policy_version = priced.elig.policy_version;
+        rec.acc_version = acc_version;
+        if attempt > 0 {
+            // A retry after a concurrent change: the intent shows what is being tried.
+            let r = rec.clone();
+            st.store
+                .write(move |conn| settlements::update_outcome(conn, &r))
+                .await?;
+        }
         let peer = st.peers.get(&bill.visit.home_region)?;
         let call = peer
             .client()
@@ -1450,7 +1455,6 @@ async fn settle_remote(
             Err(status) => match classify(&bill.visit.home_region, &status) {
                 PeerFail::Refused(Error::Aborted(m)) => {
                     tracing::debug!(attempt, claim = %rec.settlement_id, reason = %m, "home reports a concurrent change; repricing");
-                    intent = Some(rec);
                     tokio::time::sleep(Duration::from_millis(2 + 3 * attempt as u64)).await;
                 }
                 PeerFail::Refused(e) => {
@@ -1458,16 +1462,45 @@ async fn settle_remote(
                     return Err(e);
                 }
                 PeerFail::Unreachable(why) => {
-                    _running = None;
+                    drop(running.take());
                     return settle_in_doubt(st, &bill, rec, use_account, why).await;
                 }
             },
         }
     }
-    if let Some(rec) = intent {
-        mark_failed(st, rec).await?;
-    }
+    mark_failed(st, rec).await?;
     Err(Error::Aborted("the person's accumulators kept changing during settlement (settled elsewhere at the same time); retry".into()))
+}
+
+/// Queues the intent's record at once (see [`Store::submit`]) and claims its id for this
+/// call inside the same transaction, so that no resolver sees it pending without seeing
+/// that its call is running. (Should the commit then fail, the id stays claimed: it names
+/// nothing, and is a few bytes.)
+fn record_intent(
+    st: &NodeState,
+    key: &RequestKey,
+    fresh: SettlementRec,
+) -> impl std::future::Future<Output = Result<SettlementRec>> + Send + 'static {
+    let (k, region) = (key.clone(), st.region);
+    let settling = Arc::clone(&st.settling);
+    st.store.submit(move |conn| {
+        if idempotency::replay::<proto::Settlement>(conn, &k)?.is_some() {
+            return Err(Error::Aborted(
+                "this request was answered meanwhile; repeat it to get the answer".into(),
+            ));
+        }
+        // The same request is being settled by a concurrent call.
+        if settlements::by_request(conn, &k.scope, &k.request_id)?
+            .is_some_and(|r| r.state == "pending")
+        {
+            return Err(Error::Aborted(
+                "this request is already being settled; repeat it shortly to get the answer".into(),
+            ));
+        }
+        let rec = insert_record(conn, region, fresh)?;
+        settling.claim(&rec.settlement_id);
+        Ok(rec)
+    })
 }
 
 async fn mark_failed(st: &NodeState, rec: SettlementRec) -> Result<()> {

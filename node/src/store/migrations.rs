@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -414,6 +414,14 @@ CREATE TABLE peer_policies (
 ) WITHOUT ROWID;
 ";
 
+// Every eligibility check and claim asks which policy version is in force on a date
+// (the latest effective_from, ties to the higher version). With the version in the
+// index, that is one descent of this index read backwards: no table row, no sort.
+const V7_POLICY_IN_FORCE: &str = r"
+DROP INDEX policies_in_force;
+CREATE INDEX policies_in_force ON policies (insurance_type, effective_from, version);
+";
+
 /// Which database a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -430,6 +438,7 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V4_AUDIT),
             M::up(V5_SETTLEMENT_BY_REQUEST),
             M::up(V6_PEER_POLICIES),
+            M::up(V7_POLICY_IN_FORCE),
         ]),
         Schema::Coordinator => Migrations::new(vec![M::up(COORDINATOR_V1), M::up(COORDINATOR_V2)]),
     }

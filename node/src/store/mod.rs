@@ -74,6 +74,23 @@ pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` inside one deferred (read) transaction of a reader connection, and ends it
+/// whatever `f` returned: a reader left inside a transaction would pin an old snapshot
+/// for every later read and keep the log from being checkpointed.
+fn read_transaction<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+    let run = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+    };
+    run("BEGIN")?;
+    let out = f(conn);
+    if !conn.is_autocommit() && run("COMMIT").is_err() {
+        conn.execute_batch("ROLLBACK")?;
+    }
+    out
+}
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -90,15 +107,17 @@ struct ReadPool {
 
 /// Applies the pragmas every connection needs. `synchronous=FULL` because what the
 /// writer commits is acknowledged to hospitals and peers and must survive power loss.
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
+fn configure(conn: &Connection, reader: bool) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    // Reads through a memory map instead of a read() per page: in WAL mode a reader's
-    // page cache is dropped whenever the writer committed, so under load every read
-    // otherwise re-reads its B-tree pages with a system call each. SQLite caps the
-    // size at its compile-time maximum; the mapping costs address space, not memory.
-    conn.pragma_update(None, "mmap_size", 4_i64 << 30)?;
+    // The writer reads through a memory map instead of a read() per page (SQLite caps
+    // the size at its compile-time maximum; the mapping costs address space, not
+    // memory). A reader does not: in WAL mode it drops its map — an munmap and page
+    // faults for every page afterwards — each time it finds that the writer committed,
+    // which under load is at almost every read; its few pages per read cost less as
+    // read() calls from the kernel's page cache (measured: `docs/performance.md`).
+    conn.pragma_update(None, "mmap_size", if reader { 0 } else { 4_i64 << 30 })?;
     // 32 MiB of page cache (default 2 MiB): the writer's cache survives between
     // transactions and holds the hot indexes of a large store.
     conn.pragma_update(None, "cache_size", -32_768)?;
@@ -152,7 +171,7 @@ impl Store {
                 path.display()
             )));
         }
-        configure(&conn)?;
+        configure(&conn, false)?;
         migrations::migrate(&mut conn, schema)?;
         // A data directory belongs to one region for life: starting Ningbo on Hangzhou's
         // store would silently mix two agencies' books.
@@ -174,7 +193,7 @@ impl Store {
                     | OpenFlags::SQLITE_OPEN_NO_MUTEX
                     | OpenFlags::SQLITE_OPEN_URI,
             )?;
-            configure(&r)?;
+            configure(&r, true)?;
             readers.push(r);
         }
         let permits = Arc::new(Semaphore::new(readers.len()));
@@ -211,7 +230,9 @@ impl Store {
         self.writer.submit(f)
     }
 
-    /// Runs `f` on a read-only connection on a blocking thread.
+    /// Runs `f` on a read-only connection on a blocking thread, in one read transaction:
+    /// everything `f` reads is of the same moment, and the transaction's locks are taken
+    /// once rather than per statement.
     pub async fn read<R, F>(&self, f: F) -> Result<R>
     where
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
@@ -231,7 +252,7 @@ impl Store {
                 .pop();
             let conn =
                 conn.ok_or_else(|| Error::Internal("read pool empty despite a permit".into()))?;
-            let out = f(&conn);
+            let out = read_transaction(&conn, f);
             if let Ok(mut conns) = pool.conns.lock() {
                 conns.push(conn);
             }

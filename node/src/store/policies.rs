@@ -73,6 +73,23 @@ pub fn in_force(
         .optional()?)
 }
 
+/// The number of the version in force on `date`, without its text: the hot path finds
+/// the parsed policy in the cache by it and reads the JSON (kilobytes, on overflow
+/// pages) only the first time.
+pub fn version_in_force(
+    conn: &Connection,
+    it: InsuranceType,
+    date: NaiveDate,
+) -> Result<Option<u32>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT version FROM policies WHERE insurance_type = ?1 AND effective_from <= ?2 \
+             ORDER BY effective_from DESC, version DESC LIMIT 1",
+        )?
+        .query_row(params![it.as_str(), date], |r| r.get(0))
+        .optional()?)
+}
+
 /// A specific version.
 pub fn get(conn: &Connection, it: InsuranceType, version: u32) -> Result<Option<PolicyRec>> {
     Ok(conn

@@ -87,8 +87,13 @@ impl Writer {
     }
 }
 
+/// Runs one fixed statement through the statement cache (parsed once, not per job).
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 fn run_in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
-    conn.execute_batch("SAVEPOINT job")?;
+    exec(conn, "SAVEPOINT job")?;
     let out = match catch_unwind(AssertUnwindSafe(|| f(conn))) {
         Ok(out) => out,
         Err(_) => Err(Error::Internal(
@@ -96,9 +101,10 @@ fn run_in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<
         )),
     };
     if out.is_ok() {
-        conn.execute_batch("RELEASE job")?;
+        exec(conn, "RELEASE job")?;
     } else {
-        conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+        exec(conn, "ROLLBACK TO job")?;
+        exec(conn, "RELEASE job")?;
     }
     out
 }
@@ -129,7 +135,7 @@ fn run_loop(conn: &Connection, rx: &Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
             // Never run without a transaction: dropping the group answers each request
             // with UNAVAILABLE, and nothing was written.
             tracing::error!(error = %e, requests = group.len(), "store writer cannot begin a transaction");
@@ -169,7 +175,7 @@ fn run_loop(conn: &Connection, rx: &Receiver<Job>) {
             // Nothing left to commit: every job was in a rolled-back transaction.
             Ok(())
         } else {
-            conn.execute_batch("COMMIT").map_err(|e| e.to_string())
+            exec(conn, "COMMIT").map_err(|e| e.to_string())
         };
         window.transactions += 1;
         window.jobs += jobs as u64;

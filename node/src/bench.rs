@@ -1230,6 +1230,27 @@ async fn load_phase(
 }
 
 /// Prepares `n` visits with `--concurrency` clients (cross-region only when asked).
+/// CPU time this process has used (user + system, all threads), from `/proc/self/stat`
+/// in clock ticks of 1/100 s (Linux's USER_HZ); `None` where there is no such file.
+/// With the nodes in this process it is the whole federation's and the load
+/// generator's CPU: divided by the operations it is the cost of one, a figure that
+/// moves far less than throughput when the host's other tenants come and go.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Milliseconds of CPU per operation between two [`cpu_seconds`] readings.
+fn cpu_ms_per(before: Option<f64>, ops: usize) -> Option<f64> {
+    let used = cpu_seconds()? - before?;
+    (ops > 0).then(|| used * 1000.0 / ops as f64)
+}
+
 /// Pre-settles random visits of `visits` from every client for the configured seconds;
 /// the elapsed seconds and the clients' statistics.
 async fn presettle_phase(ctx: &Arc<Ctx>, visits: Vec<Prepared>) -> (f64, Stats) {
@@ -1770,9 +1791,13 @@ async fn drive(
                 bail!("no {label} visit could be prepared for the pre-settle phase");
             }
             let n = visits.len();
+            let cpu = cpu_seconds();
             let (secs, stats) = presettle_phase(&ctx, visits).await;
             let ps = stats.get("PreSettle");
             let rate = ps.len() as f64 / secs;
+            let cpu_ms = in_process
+                .then(|| cpu_ms_per(cpu, ps.len() as usize))
+                .flatten();
             println!(
                 "pre-settle, {label} ({n} visits; {} clients, {secs:.1} s)",
                 args.concurrency
@@ -1783,9 +1808,12 @@ async fn drive(
                 if cross { "" } else { " (target ≥ 20,000)" },
                 stats.errors
             );
+            if let Some(ms) = cpu_ms {
+                println!("  CPU per pre-settle (nodes and load generator): {ms:.3} ms");
+            }
             phases.insert(
                 key.into(),
-                json!({"per_second": rate, "latency": summary(&ps), "errors": stats.errors_json(), "seconds": secs, "visits": n}),
+                json!({"per_second": rate, "latency": summary(&ps), "errors": stats.errors_json(), "seconds": secs, "visits": n, "cpu_ms_per_op": cpu_ms}),
             );
         }
         report.insert("presettle".into(), serde_json::Value::Object(phases));
@@ -1822,7 +1850,9 @@ async fn drive(
         args.count
             .map_or_else(|| format!("{} s", args.duration), |c| format!("{c} visits"))
     );
+    let cpu = cpu_seconds();
     let (stats, acks, elapsed, windows) = load_phase(&ctx, prepared).await;
+    let cpu_ms = in_process.then(|| cpu_ms_per(cpu, acks.len())).flatten();
     let secs = elapsed.as_secs_f64();
     let cross = stats.get("Settle(cross-region)");
     let local = stats.get("Settle(local)");
@@ -1858,6 +1888,9 @@ async fn drive(
         *by_kind.entry(a.kind.name()).or_default() += 1;
     }
     println!("  settled by kind: {by_kind:?}");
+    if let Some(ms) = cpu_ms {
+        println!("  CPU per settlement (three nodes and load generator): {ms:.3} ms");
+    }
     if stats.errors.is_empty() {
         println!("  errors: none");
     } else {
@@ -1885,6 +1918,7 @@ async fn drive(
             "calls": stats.calls.iter().map(|(k, h)| ((*k).to_owned(), summary(h))).collect::<serde_json::Map<_, _>>(),
             "errors": stats.errors_json(),
             "settle_errors": stats.error_count("Settle(cross-region)") + stats.error_count("Settle(local)"),
+            "cpu_ms_per_settlement": cpu_ms,
         }),
     );
 

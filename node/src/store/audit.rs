@@ -208,44 +208,66 @@ pub fn list(
     limit: u32,
 ) -> Result<Vec<proto::AuditEntry>> {
     let before = if before <= 0 { i64::MAX } else { before };
+    // Only the filters given go into the statement, so that SQLite can walk the index
+    // that serves them — the person's `(person_hash, seq)`, the peer's `(peer_region,
+    // seq)` — instead of the whole log ("?n IS NULL OR …" defeats every index). An entry
+    // about an ID number always carries the number's lookup hash too, so a person is
+    // found by hash whether the filter gives the number or the hash.
+    let mut sql = String::from(
+        "SELECT seq, at, peer_region, peer_serial, action, id_number, person_hash, reference, institution_code, outcome, detail
+         FROM audit_log WHERE seq < ?1",
+    );
+    let mut args: Vec<rusqlite::types::Value> = vec![before.into()];
+    let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+        args.push(v);
+        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+    };
+    if let Some(peer) = &filter.peer_region {
+        arg(&mut sql, " AND peer_region = ?", peer.clone().into());
+    }
+    if let Some(person) = &filter.person {
+        arg(
+            &mut sql,
+            " AND person_hash IN (?",
+            person.to_ascii_lowercase().into(),
+        );
+        arg(&mut sql, ", ?)", idnum::lookup_hash(person).into());
+    }
+    if let Some(from) = filter.from_ms {
+        arg(&mut sql, " AND at_ms >= ?", from.into());
+    }
+    if let Some(to) = filter.to_ms {
+        arg(&mut sql, " AND at_ms < ?", to.into());
+    }
+    if let Some(action) = filter.action {
+        arg(
+            &mut sql,
+            " AND action = ?",
+            action.as_str().to_owned().into(),
+        );
+    }
+    arg(
+        &mut sql,
+        " ORDER BY seq DESC LIMIT ?",
+        i64::from(limit).into(),
+    );
     let rows = conn
-        .prepare_cached(
-            "SELECT seq, at, peer_region, peer_serial, action, id_number, person_hash, reference, institution_code, outcome, detail
-             FROM audit_log
-             WHERE seq < ?1
-               AND (?2 IS NULL OR peer_region = ?2)
-               AND (?3 IS NULL OR id_number = ?3 OR person_hash = ?3)
-               AND (?4 IS NULL OR at_ms >= ?4)
-               AND (?5 IS NULL OR at_ms < ?5)
-               AND (?6 IS NULL OR action = ?6)
-             ORDER BY seq DESC LIMIT ?7",
-        )?
-        .query_map(
-            params![
-                before,
-                filter.peer_region,
-                filter.person,
-                filter.from_ms,
-                filter.to_ms,
-                filter.action.map(Action::as_str),
-                limit
-            ],
-            |r| {
-                Ok(proto::AuditEntry {
-                    seq: r.get::<_, i64>(0)?.try_into().unwrap_or_default(),
-                    at: r.get(1)?,
-                    peer_region: r.get(2)?,
-                    peer_serial: r.get(3)?,
-                    action: r.get(4)?,
-                    id_number: r.get(5)?,
-                    person_hash: r.get(6)?,
-                    reference: r.get(7)?,
-                    institution_code: r.get(8)?,
-                    outcome: r.get(9)?,
-                    detail: r.get(10)?,
-                })
-            },
-        )?
+        .prepare_cached(&sql)?
+        .query_map(rusqlite::params_from_iter(args), |r| {
+            Ok(proto::AuditEntry {
+                seq: r.get::<_, i64>(0)?.try_into().unwrap_or_default(),
+                at: r.get(1)?,
+                peer_region: r.get(2)?,
+                peer_serial: r.get(3)?,
+                action: r.get(4)?,
+                id_number: r.get(5)?,
+                person_hash: r.get(6)?,
+                reference: r.get(7)?,
+                institution_code: r.get(8)?,
+                outcome: r.get(9)?,
+                detail: r.get(10)?,
+            })
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }
@@ -281,6 +303,28 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(list(&conn, &by_hash, 0, 10).expect("by hash").len(), 1);
+        let by_number = Filter {
+            person: Some("330106199001011234".into()),
+            ..Filter::default()
+        };
+        assert_eq!(list(&conn, &by_number, 0, 10).expect("by number").len(), 1);
+        let other = Filter {
+            person: Some("330106199001011242".into()),
+            ..Filter::default()
+        };
+        assert!(list(&conn, &other, 0, 10).expect("other").is_empty());
+        // A person's entries come from the hash index, not from a walk of the log.
+        let plan: Vec<String> = conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT seq FROM audit_log WHERE seq < ?1 \
+                 AND person_hash IN (?2, ?3) ORDER BY seq DESC LIMIT ?4",
+            )
+            .expect("plan")
+            .query_map(params![i64::MAX, "a", "b", 10], |r| r.get::<_, String>(3))
+            .expect("plan rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("plan text");
+        assert!(plan.iter().any(|p| p.contains("audit_by_hash")), "{plan:?}");
         let upd = conn.execute("UPDATE audit_log SET outcome = 'x'", []);
         assert!(upd.is_err(), "update refused");
         let del = conn.execute("DELETE FROM audit_log", []);

@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -422,6 +422,13 @@ DROP INDEX policies_in_force;
 CREATE INDEX policies_in_force ON policies (insurance_type, effective_from, version);
 ";
 
+// The peer audit log is searched for a person by lookup hash (an entry about an ID number
+// carries its hash too), so the index by ID number served no query — and cost a randomly
+// placed index entry on every eligibility check and claim a peer makes.
+const V8_AUDIT_BY_HASH_ONLY: &str = r"
+DROP INDEX audit_by_person;
+";
+
 /// Which database a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -439,6 +446,7 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V5_SETTLEMENT_BY_REQUEST),
             M::up(V6_PEER_POLICIES),
             M::up(V7_POLICY_IN_FORCE),
+            M::up(V8_AUDIT_BY_HASH_ONLY),
         ]),
         Schema::Coordinator => Migrations::new(vec![M::up(COORDINATOR_V1), M::up(COORDINATOR_V2)]),
     }

@@ -1025,3 +1025,91 @@ async fn abandoning_a_claim_that_was_committed_after_all_changes_nothing() {
         .into_inner();
     assert_eq!(st.state, "abandoned");
 }
+
+/// A hospital whose Settle call is dropped (its deadline passed) while the home node is
+/// still answering eligibility leaves an intent behind that nothing holds: a repeat of
+/// the same request resolves it and settles, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_dropped_during_eligibility_is_settled_by_its_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = TestHooks::default();
+    let delay = Arc::clone(&hooks.eligibility_delay_ms);
+    let fed = three_cities(dir.path(), move |r, c| {
+        if r == HZ {
+            c.hooks = hooks.clone();
+        }
+    })
+    .await;
+    let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
+    let id = person(
+        fed.node(HZ),
+        &id_number(HZ, "1979-09-09", 61),
+        It::Employee,
+        Pt::InService,
+        "1000.00",
+        false,
+    )
+    .await;
+    filing(
+        fed.node(HZ),
+        &id,
+        Ft::LongTermResident,
+        NB,
+        &[],
+        "2026-01-01",
+    )
+    .await;
+    let v = desk
+        .open("ov-d", &id, HZ, Vk::Outpatient, ADMITTED)
+        .await
+        .unwrap();
+    desk.fees(
+        "fees-d",
+        &v.visit_id,
+        vec![line("1", "NB-A", "1", "2000.00", "2000.00")],
+    )
+    .await
+    .unwrap();
+
+    // Hangzhou answers eligibility after 1.5 s; the hospital gives up after 0.3 s.
+    delay.store(1500, Ordering::SeqCst);
+    let mut req = tonic::Request::new(desk.settle_req("settle-d", &v.visit_id, true));
+    req.set_timeout(Duration::from_millis(300));
+    let e = desk.client.settle(req).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e:?}"
+    );
+    delay.store(0, Ordering::SeqCst);
+
+    // The same request again until it has a definite answer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        match desk.settle("settle-d", &v.visit_id, true).await {
+            Ok(s) => break s,
+            Err(e) if matches!(e.code(), Code::Aborted | Code::Unavailable) => {
+                assert!(Instant::now() < deadline, "still not settled: {e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    assert_eq!(s.state, "settled");
+    assert_split(
+        s.split.as_ref().unwrap(),
+        &[
+            ("medfee_sumamt", "2000.00"),
+            ("inscp_scp_amt", "2000.00"),
+            ("act_pay_dedc", "1000.00"),
+            ("hifp_pay", "700.00"),
+            ("fund_pay_sumamt", "700.00"),
+            ("psn_part_amt", "1300.00"),
+            ("acct_pay", "1000.00"),
+            ("psn_cash_pay", "300.00"),
+        ],
+    );
+    // Committed once at home.
+    let acc = accumulators(fed.node(HZ), &id, NB, inst::NB_H3).await;
+    assert_eq!((acc.version, acc.pool_paid.as_str()), (1, "700.00"));
+    assert_eq!(desk.list().await.len(), 1);
+}

@@ -20,6 +20,9 @@ pub struct TestHooks {
     /// After the home node commits a claim, fail before the local commit, as a crash
     /// at that instant would.
     pub crash_after_home_commit: Arc<AtomicBool>,
+    /// Milliseconds this node, as a home node, waits before answering CheckEligibility
+    /// (0: none), as a slow home node would.
+    pub eligibility_delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What every service of a node needs.

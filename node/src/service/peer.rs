@@ -114,6 +114,14 @@ impl PeerService for PeerSvc {
     ) -> Result<Response<proto::EligibilityResponse>, Status> {
         let who = crate::auth::caller(&req)?;
         let req = req.into_inner();
+        let delay = self
+            .state
+            .hooks
+            .eligibility_delay_ms
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
         let entry = Entry::about(
             who.peer_region(&req.treatment_region),
             who.serial(),

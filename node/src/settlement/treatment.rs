@@ -1360,11 +1360,8 @@ async fn settle_remote(
     )?;
     let recording = record_intent(st, &key, placeholder);
     let first = price(st, &bill, use_account, settle_day).await;
-    let mut rec = recording.await?;
-    let mut running = Some(InFlightGuard {
-        set: Arc::clone(&st.settling),
-        settlement_id: rec.settlement_id.clone(),
-    });
+    let (mut rec, guard) = recording.await?;
+    let mut running = Some(guard);
     let mut priced = match first {
         Ok(p) => p,
         Err(PeerFail::Unreachable(why)) => {
@@ -1472,15 +1469,17 @@ async fn settle_remote(
     Err(Error::Aborted("the person's accumulators kept changing during settlement (settled elsewhere at the same time); retry".into()))
 }
 
-/// Queues the intent's record at once (see [`Store::submit`]) and claims its id for this
+/// Queues the intent's record at once (see `Store::submit`) and claims its id for this
 /// call inside the same transaction, so that no resolver sees it pending without seeing
-/// that its call is running. (Should the commit then fail, the id stays claimed: it names
-/// nothing, and is a few bytes.)
+/// that its call is running. The claim is held by the guard returned with the record:
+/// should this call be dropped before it takes the answer (the hospital went away), or
+/// the commit fail, the guard is dropped with the answer and the id released, and the
+/// pending intent is left to recovery.
 fn record_intent(
     st: &NodeState,
     key: &RequestKey,
     fresh: SettlementRec,
-) -> impl std::future::Future<Output = Result<SettlementRec>> + Send + 'static {
+) -> impl std::future::Future<Output = Result<(SettlementRec, InFlightGuard)>> + Send + 'static {
     let (k, region) = (key.clone(), st.region);
     let settling = Arc::clone(&st.settling);
     st.store.submit(move |conn| {
@@ -1498,8 +1497,13 @@ fn record_intent(
             ));
         }
         let rec = insert_record(conn, region, fresh)?;
-        settling.claim(&rec.settlement_id);
-        Ok(rec)
+        let guard = settling.try_enter(&rec.settlement_id).ok_or_else(|| {
+            Error::Internal(format!(
+                "new intent {} is already claimed",
+                rec.settlement_id
+            ))
+        })?;
+        Ok((rec, guard))
     })
 }
 
@@ -1749,7 +1753,17 @@ async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Result<Option<pr
     };
     match status.state.as_str() {
         "committed" => {
-            let resp = status.claim.unwrap_or_default();
+            // The stored intent may hold only its placeholder split: the home node's
+            // split is the one to record, and without it nothing is finished.
+            let resp = status
+                .claim
+                .filter(|c| c.split.is_some())
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "home node {home} reports claim {} committed without its split; it stays pending",
+                        rec.settlement_id
+                    ))
+                })?;
             let key = RequestKey::new(
                 &rec.request_scope,
                 &rec.request_id,

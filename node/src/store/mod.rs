@@ -74,21 +74,27 @@ pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` inside one deferred (read) transaction of a reader connection, and ends it
-/// whatever `f` returned: a reader left inside a transaction would pin an old snapshot
-/// for every later read and keep the log from being checkpointed.
-fn read_transaction<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+/// Runs `f` inside one deferred (read) transaction of a reader connection and ends it
+/// whatever `f` returned; `false` beside the result when the transaction could not be
+/// ended — a reader left inside a transaction would pin an old snapshot for every later
+/// read and keep the log from being checkpointed, so the caller retires it.
+fn read_transaction<R>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<R>,
+) -> (Result<R>, bool) {
     let run = |sql: &str| {
         conn.prepare_cached(sql)
             .and_then(|mut s| s.execute([]))
             .map(drop)
     };
-    run("BEGIN")?;
+    if let Err(e) = run("BEGIN") {
+        return (Err(e.into()), conn.is_autocommit());
+    }
     let out = f(conn);
     if !conn.is_autocommit() && run("COMMIT").is_err() {
-        conn.execute_batch("ROLLBACK")?;
+        let _ = conn.execute_batch("ROLLBACK");
     }
-    out
+    (out, conn.is_autocommit())
 }
 
 /// Handle to the store; cheap to clone.
@@ -244,7 +250,6 @@ impl Store {
             .await
             .map_err(|_| Error::Unavailable("store is closed".into()))?;
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
             let conn = pool
                 .conns
                 .lock()
@@ -252,9 +257,15 @@ impl Store {
                 .pop();
             let conn =
                 conn.ok_or_else(|| Error::Internal("read pool empty despite a permit".into()))?;
-            let out = read_transaction(&conn, f);
-            if let Ok(mut conns) = pool.conns.lock() {
-                conns.push(conn);
+            let (out, reusable) = read_transaction(&conn, f);
+            if reusable {
+                if let Ok(mut conns) = pool.conns.lock() {
+                    conns.push(conn);
+                }
+            } else {
+                // Retired with its permit, so that permits still match connections.
+                tracing::error!("a read connection could not end its transaction; retired");
+                permit.forget();
             }
             out
         })

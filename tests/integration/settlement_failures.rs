@@ -51,28 +51,87 @@ fn this_period() -> String {
         .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn home_down_and_policy_refuses_offline_settlement() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut fed = three_cities(dir.path(), |_, _| {}).await;
+/// An employee in service of `home`'s region (account `account`), filed long-term
+/// resident in `filed_for` from 2026-01-01: the patient most of these tests treat in
+/// another city.
+async fn filed_employee(
+    home: &TestNode,
+    birth: &str,
+    seq: u16,
+    account: &str,
+    filed_for: &str,
+) -> String {
+    let region = home.region.as_str().to_owned();
     let id = person(
-        fed.node(HZ),
-        &id_number(HZ, "1980-01-01", 40),
+        home,
+        &id_number(&region, birth, seq),
         It::Employee,
         Pt::InService,
-        "1000.00",
+        account,
         false,
     )
     .await;
     filing(
-        fed.node(HZ),
+        home,
         &id,
         Ft::LongTermResident,
-        NB,
+        filed_for,
         &[],
         "2026-01-01",
     )
     .await;
+    id
+}
+
+/// An outpatient visit of `id` (insured in `home`) at the desk, billed one line of
+/// `amount` of catalogue item NB-A.
+async fn billed_visit(
+    desk: &mut Desk,
+    tag: &str,
+    id: &str,
+    home: &str,
+    amount: &str,
+) -> proto::Visit {
+    let v = desk
+        .open(&format!("ov-{tag}"), id, home, Vk::Outpatient, ADMITTED)
+        .await
+        .unwrap();
+    desk.fees(
+        &format!("fees-{tag}"),
+        &v.visit_id,
+        vec![line("1", "NB-A", "1", amount, amount)],
+    )
+    .await
+    .unwrap();
+    v
+}
+
+/// A Hangzhou employee's 2000.00 outpatient bill at Ningbo's level-3 hospital, account
+/// 1000.00: deductible 1000.00, pooled 70% × 1000.00 = 700.00, account 1000.00, cash
+/// 300.00.
+fn settled_2000_at_hz_rates(s: &proto::Settlement) {
+    assert_eq!(s.state, "settled");
+    assert_split(
+        s.split.as_ref().unwrap(),
+        &[
+            ("medfee_sumamt", "2000.00"),
+            ("inscp_scp_amt", "2000.00"),
+            ("act_pay_dedc", "1000.00"),
+            ("pool_ratio", "0.70"),
+            ("hifp_pay", "700.00"),
+            ("fund_pay_sumamt", "700.00"),
+            ("psn_part_amt", "1300.00"),
+            ("acct_pay", "1000.00"),
+            ("psn_cash_pay", "300.00"),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_down_and_policy_refuses_offline_settlement() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = three_cities(dir.path(), |_, _| {}).await;
+    let id = filed_employee(fed.node(HZ), "1980-01-01", 40, "1000.00", NB).await;
     let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
     // Opened while Hangzhou answers (eligibility kept with the visit), and pre-settled
     // (Hangzhou's policy cached): 2000.00, deductible 1000.00, pooled 70% = 700.00.
@@ -151,24 +210,7 @@ async fn home_down_and_policy_refuses_offline_settlement() {
 async fn home_down_provisional_under_exposure_limit_then_outbox_confirms() {
     let dir = tempfile::tempdir().unwrap();
     let mut fed = three_cities(dir.path(), |_, _| {}).await;
-    let id = person(
-        fed.node(WZ),
-        &id_number(WZ, "1966-05-05", 41),
-        It::Employee,
-        Pt::InService,
-        "0.00",
-        false,
-    )
-    .await;
-    filing(
-        fed.node(WZ),
-        &id,
-        Ft::LongTermResident,
-        NB,
-        &[],
-        "2026-01-01",
-    )
-    .await;
+    let id = filed_employee(fed.node(WZ), "1966-05-05", 41, "0.00", NB).await;
     let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
     // Three admissions at Ningbo's level-3 hospital, each 135000.00 in scope, opened,
     // billed, discharged and pre-settled while Wenzhou answers. Wenzhou at level 3:
@@ -340,24 +382,7 @@ async fn home_down_provisional_under_exposure_limit_then_outbox_confirms() {
 async fn provisional_settlement_cancelled_while_home_is_down() {
     let dir = tempfile::tempdir().unwrap();
     let mut fed = three_cities(dir.path(), |_, _| {}).await;
-    let id = person(
-        fed.node(WZ),
-        &id_number(WZ, "1967-06-06", 42),
-        It::Employee,
-        Pt::InService,
-        "500.00",
-        false,
-    )
-    .await;
-    filing(
-        fed.node(WZ),
-        &id,
-        Ft::LongTermResident,
-        NB,
-        &[],
-        "2026-01-01",
-    )
-    .await;
+    let id = filed_employee(fed.node(WZ), "1967-06-06", 42, "500.00", NB).await;
     let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
     // Wenzhou outpatient at level 3: deductible 800.00, 65% × 1000.00 = 650.00; personal
     // 1150.00: account 500.00, cash 650.00.
@@ -450,57 +475,12 @@ async fn crash_after_home_commit_is_recovered_exactly_once() {
     let mut ids = Vec::new();
     let mut visits = Vec::new();
     for (i, seq) in [(1, 43), (2, 44), (3, 45)] {
-        let id = person(
-            fed.node(HZ),
-            &id_number(HZ, "1979-09-09", seq),
-            It::Employee,
-            Pt::InService,
-            "1000.00",
-            false,
-        )
-        .await;
-        filing(
-            fed.node(HZ),
-            &id,
-            Ft::LongTermResident,
-            NB,
-            &[],
-            "2026-01-01",
-        )
-        .await;
-        let v = desk
-            .open(&format!("ov-{i}"), &id, HZ, Vk::Outpatient, ADMITTED)
-            .await
-            .unwrap();
-        desk.fees(
-            &format!("fees-{i}"),
-            &v.visit_id,
-            vec![line("1", "NB-A", "1", "2000.00", "2000.00")],
-        )
-        .await
-        .unwrap();
+        let id = filed_employee(fed.node(HZ), "1979-09-09", seq, "1000.00", NB).await;
+        let v = billed_visit(&mut desk, &i.to_string(), &id, HZ, "2000.00").await;
         ids.push(id);
         visits.push(v);
     }
-    // Each settles to: deductible 1000.00, pooled 70% × 1000.00 = 700.00, account
-    // 1000.00, cash 300.00.
-    let expect = |s: &proto::Settlement| {
-        assert_eq!(s.state, "settled");
-        assert_split(
-            s.split.as_ref().unwrap(),
-            &[
-                ("medfee_sumamt", "2000.00"),
-                ("inscp_scp_amt", "2000.00"),
-                ("act_pay_dedc", "1000.00"),
-                ("pool_ratio", "0.70"),
-                ("hifp_pay", "700.00"),
-                ("fund_pay_sumamt", "700.00"),
-                ("psn_part_amt", "1300.00"),
-                ("acct_pay", "1000.00"),
-                ("psn_cash_pay", "300.00"),
-            ],
-        );
-    };
+    let expect = settled_2000_at_hz_rates;
 
     // 1. The hospital repeats the request: the node asks Hangzhou and finishes.
     crash.store(true, Ordering::SeqCst);
@@ -1041,35 +1021,8 @@ async fn a_settle_dropped_during_eligibility_is_settled_by_its_repeat() {
     })
     .await;
     let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
-    let id = person(
-        fed.node(HZ),
-        &id_number(HZ, "1979-09-09", 61),
-        It::Employee,
-        Pt::InService,
-        "1000.00",
-        false,
-    )
-    .await;
-    filing(
-        fed.node(HZ),
-        &id,
-        Ft::LongTermResident,
-        NB,
-        &[],
-        "2026-01-01",
-    )
-    .await;
-    let v = desk
-        .open("ov-d", &id, HZ, Vk::Outpatient, ADMITTED)
-        .await
-        .unwrap();
-    desk.fees(
-        "fees-d",
-        &v.visit_id,
-        vec![line("1", "NB-A", "1", "2000.00", "2000.00")],
-    )
-    .await
-    .unwrap();
+    let id = filed_employee(fed.node(HZ), "1979-09-09", 61, "1000.00", NB).await;
+    let v = billed_visit(&mut desk, "d", &id, HZ, "2000.00").await;
 
     // Hangzhou answers eligibility after 1.5 s; the hospital gives up after 0.3 s.
     delay.store(1500, Ordering::SeqCst);
@@ -1094,20 +1047,7 @@ async fn a_settle_dropped_during_eligibility_is_settled_by_its_repeat() {
             Err(e) => panic!("{e:?}"),
         }
     };
-    assert_eq!(s.state, "settled");
-    assert_split(
-        s.split.as_ref().unwrap(),
-        &[
-            ("medfee_sumamt", "2000.00"),
-            ("inscp_scp_amt", "2000.00"),
-            ("act_pay_dedc", "1000.00"),
-            ("hifp_pay", "700.00"),
-            ("fund_pay_sumamt", "700.00"),
-            ("psn_part_amt", "1300.00"),
-            ("acct_pay", "1000.00"),
-            ("psn_cash_pay", "300.00"),
-        ],
-    );
+    settled_2000_at_hz_rates(&s);
     // Committed once at home.
     let acc = accumulators(fed.node(HZ), &id, NB, inst::NB_H3).await;
     assert_eq!((acc.version, acc.pool_paid.as_str()), (1, "700.00"));

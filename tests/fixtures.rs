@@ -672,3 +672,90 @@ pub fn acc_tuple(a: &proto::Accumulators) -> (&str, &str, &str, &str, &str, u32,
         a.version,
     )
 }
+
+// ------------------------------------------------------------------ settlement scenes
+
+/// When the settlement tests' outpatient visits are opened.
+pub const VISIT_OPENED: &str = "2026-03-10T09:00:00+08:00";
+
+/// An employee in service of `home`'s region (account `account`), filed long-term
+/// resident in `filed_for` from 2026-01-01: the patient most of these tests treat in
+/// another city.
+pub async fn filed_employee(
+    home: &TestNode,
+    birth: &str,
+    seq: u16,
+    account: &str,
+    filed_for: &str,
+) -> String {
+    let region = home.region.as_str().to_owned();
+    let id = person(
+        home,
+        &id_number(&region, birth, seq),
+        proto::InsuranceType::Employee,
+        proto::PersonType::InService,
+        account,
+        false,
+    )
+    .await;
+    filing(
+        home,
+        &id,
+        proto::FilingType::LongTermResident,
+        filed_for,
+        &[],
+        "2026-01-01",
+    )
+    .await;
+    id
+}
+
+/// An outpatient visit of `id` (insured in `home`) opened at the desk at
+/// [`VISIT_OPENED`], billed one line of `amount` of catalogue item NB-A.
+pub async fn billed_visit(
+    desk: &mut Desk,
+    tag: &str,
+    id: &str,
+    home: &str,
+    amount: &str,
+) -> proto::Visit {
+    let v = desk
+        .open(
+            &format!("ov-{tag}"),
+            id,
+            home,
+            proto::VisitKind::Outpatient,
+            VISIT_OPENED,
+        )
+        .await
+        .unwrap();
+    desk.fees(
+        &format!("fees-{tag}"),
+        &v.visit_id,
+        vec![fee_line("1", "NB-A", "1", amount, amount)],
+    )
+    .await
+    .unwrap();
+    v
+}
+
+/// A Hangzhou employee's 2000.00 outpatient bill at Ningbo's level-3 hospital, account
+/// 1000.00: deductible 1000.00, pooled 70% × 1000.00 = 700.00, account 1000.00, cash
+/// 300.00.
+pub fn settled_2000_at_hz_rates(s: &proto::Settlement) {
+    assert_eq!(s.state, "settled");
+    assert_split(
+        s.split.as_ref().unwrap(),
+        &[
+            ("medfee_sumamt", "2000.00"),
+            ("inscp_scp_amt", "2000.00"),
+            ("act_pay_dedc", "1000.00"),
+            ("pool_ratio", "0.70"),
+            ("hifp_pay", "700.00"),
+            ("fund_pay_sumamt", "700.00"),
+            ("psn_part_amt", "1300.00"),
+            ("acct_pay", "1000.00"),
+            ("psn_cash_pay", "300.00"),
+        ],
+    );
+}

@@ -16,8 +16,8 @@ use yidi_common::{
 };
 use yidi_tests::{
     fixtures::{
-        Desk, acc_tuple, accumulators, fee_line as line, filing, id_number, inst, period_digest,
-        person, three_cities,
+        Desk, VISIT_OPENED as ADMITTED, acc_tuple, accumulators, fee_line as line, filed_employee,
+        filing, id_number, inst, period_digest, person, three_cities,
     },
     harness::TestNode,
 };
@@ -25,7 +25,6 @@ use yidi_tests::{
 const HZ: &str = "330100";
 const NB: &str = "330200";
 const WZ: &str = "330300";
-const ADMITTED: &str = "2026-03-10T09:00:00+08:00";
 /// Chronic visits per treatment city.
 const PER_CITY: usize = 12;
 
@@ -208,16 +207,7 @@ async fn the_same_request_sent_several_times_at_once_takes_effect_once() {
     let dir = tempfile::tempdir().unwrap();
     let fed = three_cities(dir.path(), |_, _| {}).await;
     let (hz, nb) = (fed.node(HZ), fed.node(NB));
-    let id = person(
-        hz,
-        &id_number(HZ, "1981-03-03", 61),
-        It::Employee,
-        Pt::InService,
-        "1000.00",
-        false,
-    )
-    .await;
-    filing(hz, &id, Ft::LongTermResident, NB, &[], "2026-01-01").await;
+    let id = filed_employee(hz, "1981-03-03", 61, "1000.00", NB).await;
     let desk = Desk::at(nb, inst::NB_H3).await;
     let copies = |n: usize| {
         (0..n)

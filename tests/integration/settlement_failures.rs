@@ -18,8 +18,9 @@ use yidi_common::proto::{
 use yidi_node::service::TestHooks;
 use yidi_tests::{
     fixtures::{
-        Desk, acc_tuple, account_balance, accumulators, assert_split, fee_line as line, filing,
-        filing_until, id_number, inst, institution_with_agreement, outbox, period_digest, person,
+        Desk, VISIT_OPENED as ADMITTED, acc_tuple, account_balance, accumulators, assert_split,
+        billed_visit, fee_line as line, filed_employee, filing, filing_until, id_number, inst,
+        institution_with_agreement, outbox, period_digest, person, settled_2000_at_hz_rates,
         three_cities, wait_outbox_drained,
     },
     harness::TestNode,
@@ -28,7 +29,6 @@ use yidi_tests::{
 const HZ: &str = "330100";
 const NB: &str = "330200";
 const WZ: &str = "330300";
-const ADMITTED: &str = "2026-03-10T09:00:00+08:00";
 
 /// (count, sum) of both ledgers of a pair, asserting they agree (count, sum, digest, ids).
 async fn ledgers(treatment: &TestNode, home: &TestNode, period: &str) -> (u64, String) {
@@ -49,82 +49,6 @@ fn this_period() -> String {
     (chrono::Utc::now() + chrono::Duration::hours(8))
         .format("%Y-%m")
         .to_string()
-}
-
-/// An employee in service of `home`'s region (account `account`), filed long-term
-/// resident in `filed_for` from 2026-01-01: the patient most of these tests treat in
-/// another city.
-async fn filed_employee(
-    home: &TestNode,
-    birth: &str,
-    seq: u16,
-    account: &str,
-    filed_for: &str,
-) -> String {
-    let region = home.region.as_str().to_owned();
-    let id = person(
-        home,
-        &id_number(&region, birth, seq),
-        It::Employee,
-        Pt::InService,
-        account,
-        false,
-    )
-    .await;
-    filing(
-        home,
-        &id,
-        Ft::LongTermResident,
-        filed_for,
-        &[],
-        "2026-01-01",
-    )
-    .await;
-    id
-}
-
-/// An outpatient visit of `id` (insured in `home`) at the desk, billed one line of
-/// `amount` of catalogue item NB-A.
-async fn billed_visit(
-    desk: &mut Desk,
-    tag: &str,
-    id: &str,
-    home: &str,
-    amount: &str,
-) -> proto::Visit {
-    let v = desk
-        .open(&format!("ov-{tag}"), id, home, Vk::Outpatient, ADMITTED)
-        .await
-        .unwrap();
-    desk.fees(
-        &format!("fees-{tag}"),
-        &v.visit_id,
-        vec![line("1", "NB-A", "1", amount, amount)],
-    )
-    .await
-    .unwrap();
-    v
-}
-
-/// A Hangzhou employee's 2000.00 outpatient bill at Ningbo's level-3 hospital, account
-/// 1000.00: deductible 1000.00, pooled 70% × 1000.00 = 700.00, account 1000.00, cash
-/// 300.00.
-fn settled_2000_at_hz_rates(s: &proto::Settlement) {
-    assert_eq!(s.state, "settled");
-    assert_split(
-        s.split.as_ref().unwrap(),
-        &[
-            ("medfee_sumamt", "2000.00"),
-            ("inscp_scp_amt", "2000.00"),
-            ("act_pay_dedc", "1000.00"),
-            ("pool_ratio", "0.70"),
-            ("hifp_pay", "700.00"),
-            ("fund_pay_sumamt", "700.00"),
-            ("psn_part_amt", "1300.00"),
-            ("acct_pay", "1000.00"),
-            ("psn_cash_pay", "300.00"),
-        ],
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,17 +310,7 @@ async fn provisional_settlement_cancelled_while_home_is_down() {
     let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
     // Wenzhou outpatient at level 3: deductible 800.00, 65% × 1000.00 = 650.00; personal
     // 1150.00: account 500.00, cash 650.00.
-    let v = desk
-        .open("ov-1", &id, WZ, Vk::Outpatient, ADMITTED)
-        .await
-        .unwrap();
-    desk.fees(
-        "fees-1",
-        &v.visit_id,
-        vec![line("1", "NB-A", "1", "1800.00", "1800.00")],
-    )
-    .await
-    .unwrap();
+    let v = billed_visit(&mut desk, "1", &id, WZ, "1800.00").await;
     desk.pre_settle(&v.visit_id, true).await.unwrap();
     fed.stop(WZ).await;
     // Ningbo restarts while Wenzhou is down: the Wenzhou policy it fetched for the
@@ -935,28 +849,9 @@ async fn abandoning_a_claim_that_was_committed_after_all_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let fed = three_cities(dir.path(), |_, _| {}).await;
     let (nb, wz) = (fed.node(NB), fed.node(WZ));
-    let id = person(
-        wz,
-        &id_number(WZ, "1968-07-07", 43),
-        It::Employee,
-        Pt::InService,
-        "0.00",
-        false,
-    )
-    .await;
-    filing(wz, &id, Ft::LongTermResident, NB, &[], "2026-01-01").await;
+    let id = filed_employee(wz, "1968-07-07", 43, "0.00", NB).await;
     let mut desk = Desk::at(nb, inst::NB_H3).await;
-    let v = desk
-        .open("ov-1", &id, WZ, Vk::Outpatient, ADMITTED)
-        .await
-        .unwrap();
-    desk.fees(
-        "fees-1",
-        &v.visit_id,
-        vec![line("1", "NB-A", "1", "1800.00", "1800.00")],
-    )
-    .await
-    .unwrap();
+    let v = billed_visit(&mut desk, "1", &id, WZ, "1800.00").await;
     let s = desk.settle("settle-1", &v.visit_id, false).await.unwrap();
     assert_eq!(s.state, "settled");
     let before = accumulators(wz, &id, NB, inst::NB_H3).await;

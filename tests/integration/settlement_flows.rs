@@ -15,8 +15,9 @@ use yidi_common::proto::{
 };
 use yidi_tests::{
     fixtures::{
-        Desk, acc_tuple, account_balance, accumulators, assert_split, fee_line as line, filing,
-        id_number, inst, outbox, period_digest, person, three_cities, wait_outbox_drained,
+        Desk, VISIT_OPENED as ADMITTED, acc_tuple, account_balance, accumulators, assert_split,
+        billed_visit, fee_line as line, filed_employee, filing, id_number, inst, outbox,
+        period_digest, person, settled_2000_at_hz_rates, three_cities, wait_outbox_drained,
     },
     harness::{Federation, TestNode},
 };
@@ -24,7 +25,6 @@ use yidi_tests::{
 const HZ: &str = "330100";
 const NB: &str = "330200";
 const WZ: &str = "330300";
-const ADMITTED: &str = "2026-03-10T09:00:00+08:00";
 
 async fn federation(root: &std::path::Path) -> Federation {
     three_cities(root, |_, _| {}).await
@@ -902,42 +902,10 @@ async fn settled_2000(
     seq: u16,
     rid: &str,
 ) -> (String, proto::Visit, proto::Settlement) {
-    let id = person(
-        hz,
-        &id_number(HZ, "1982-10-11", seq),
-        It::Employee,
-        Pt::InService,
-        "1000.00",
-        false,
-    )
-    .await;
-    filing(hz, &id, Ft::LongTermResident, NB, &[], "2026-01-01").await;
-    let v = desk
-        .open(&format!("ov-{rid}"), &id, HZ, Vk::Outpatient, ADMITTED)
-        .await
-        .unwrap();
-    desk.fees(
-        &format!("fees-{rid}"),
-        &v.visit_id,
-        vec![line("1", "NB-A", "1", "2000.00", "2000.00")],
-    )
-    .await
-    .unwrap();
+    let id = filed_employee(hz, "1982-10-11", seq, "1000.00", NB).await;
+    let v = billed_visit(desk, rid, &id, HZ, "2000.00").await;
     let s = desk.settle(rid, &v.visit_id, true).await.unwrap();
-    assert_split(
-        s.split.as_ref().unwrap(),
-        &[
-            ("medfee_sumamt", "2000.00"),
-            ("inscp_scp_amt", "2000.00"),
-            ("act_pay_dedc", "1000.00"),
-            ("pool_ratio", "0.70"),
-            ("hifp_pay", "700.00"),
-            ("fund_pay_sumamt", "700.00"),
-            ("psn_part_amt", "1300.00"),
-            ("acct_pay", "1000.00"),
-            ("psn_cash_pay", "300.00"),
-        ],
-    );
+    settled_2000_at_hz_rates(&s);
     (id, v, s)
 }
 

@@ -107,10 +107,16 @@ fn birth_date_of(s: &str) -> Option<NaiveDate> {
 /// SHA-256 hex of `"yidi-person-v1:" + number` (see `LookupPersonRequest`).
 #[must_use]
 pub fn lookup_hash(number: &str) -> String {
+    hex::encode(lookup_digest(number))
+}
+
+/// The bytes of [`lookup_hash`], for callers that keep millions of them in memory.
+#[must_use]
+pub fn lookup_digest(number: &str) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"yidi-person-v1:");
     h.update(number.as_bytes());
-    hex::encode(h.finalize())
+    h.finalize().into()
 }
 
 /// Builds a valid number from region, birth date and a sequence 0..=999 (test data,

@@ -44,6 +44,9 @@ enum Command {
     Certs(yidi_node::certs::CertsArgs),
     /// Copy a running node's or coordinator's SQLite store to a file (online backup).
     Backup(yidi_node::backup::BackupArgs),
+    /// Load a new node's person register from the agency's CSV file, straight into the
+    /// stopped node's store (its first load; changes go through `admin person import`).
+    LoadPersons(yidi_node::cli::load::LoadArgs),
     /// Start the Zhejiang demo federation on loopback (three city nodes and the
     /// coordinator), load and generate data, drive settlements, run a clearing round.
     Demo(yidi_node::demo::DemoArgs),
@@ -95,6 +98,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Certs(args) => yidi_node::certs::run(args)?,
         Command::Backup(args) => yidi_node::backup::run(&args)?,
+        Command::LoadPersons(args) => {
+            let code = yidi_node::cli::load::run(&args)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+        }
         Command::Demo(args) => yidi_node::demo::main(&args)?,
         Command::Quote(args) => yidi_node::quote::run(&args)?,
         Command::BenchEngine(args) => yidi_node::quote::run_engine_bench(&args)?,

@@ -85,6 +85,9 @@ pub async fn serve(
         "node",
     )
     .await?;
+    // Held until this function returns: no second node and no load-persons on this
+    // directory meanwhile.
+    let _dir_lock = crate::store::lock::lock_dir(&config.data_dir)?;
     let dir = config.data_dir.clone();
     let readers = config.read_connections;
     let region = config.region.to_string();

@@ -10,6 +10,7 @@ mod cli_hospital;
 mod cli_security;
 mod demo;
 mod kill;
+mod load_persons;
 mod security;
 mod settlement;
 mod settlement_concurrency;

@@ -1,7 +1,8 @@
 //! `yidi bench-persons`: the person store at scale. Starts a real `yidi node` process
 //! (this binary) on loopback over its own data directory, imports generated persons —
 //! through ImportPersons in large pipelined batches, or by writing a CSV file and running
-//! the operator's own `yidi admin person import` on it — and measures the import rate;
+//! the operator's own `yidi admin person import` on it, or `yidi load-persons` into the
+//! store before the node starts — and measures the import rate;
 //! then stops the node (SIGTERM), starts it again and measures the time until it answers
 //! a person look-up, and the latency of random look-ups by ID number and by card.
 //!
@@ -35,6 +36,9 @@ pub enum Via {
     Rpc,
     /// A CSV file written first, then imported by `yidi admin person import`.
     Csv,
+    /// A CSV file written first, then loaded by `yidi load-persons` into the store
+    /// before the node starts (a new node's first load).
+    Load,
 }
 
 /// Flags of `yidi bench-persons`.
@@ -246,6 +250,40 @@ fn write_csv(path: &Path, persons: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts the node and waits until it answers.
+async fn started_node(dir: &Path, probe: &str) -> anyhow::Result<NodeProcess> {
+    let mut node = NodeProcess::start(dir)?;
+    node.ready(probe).await?;
+    Ok(node)
+}
+
+/// Writes the generated persons to `DIR/persons.csv`, timing it apart from the import.
+async fn csv_file(
+    dir: &Path,
+    persons: u32,
+    report: &mut serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<PathBuf> {
+    let csv = dir.join("persons.csv");
+    eprintln!("writing {} …", csv.display());
+    let started = Instant::now();
+    let path = csv.clone();
+    tokio::task::spawn_blocking(move || write_csv(&path, persons)).await??;
+    let written = started.elapsed().as_secs_f64();
+    report.insert("csv_write_seconds".into(), json!(written));
+    eprintln!("written in {written:.1} s");
+    Ok(csv)
+}
+
+/// Runs one of this binary's commands with its report discarded; fails unless it
+/// exits 0 (every row accepted).
+fn run_quietly(mut command: Command, what: &str) -> anyhow::Result<()> {
+    let status = command.stdout(Stdio::null()).status()?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
 /// `yidi bench-persons`.
 pub fn run(args: &PersonsBenchArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -278,40 +316,45 @@ async fn measure(args: &PersonsBenchArgs, dir: &Path) -> anyhow::Result<()> {
     let probe = person_id(REGION, 0);
 
     if !args.skip_import {
-        let mut node = NodeProcess::start(dir)?;
-        node.ready(&probe).await?;
         let (secs, rows) = match args.via {
             Via::Rpc => {
+                let node = started_node(dir, &probe).await?;
                 eprintln!(
                     "importing {} persons with ImportPersons ({} per call, {} in flight) …",
                     args.persons, args.batch, args.inflight
                 );
                 let started = Instant::now();
                 let rows = import_rpc(&node.url, args).await?;
-                (started.elapsed().as_secs_f64(), rows)
+                let secs = started.elapsed().as_secs_f64();
+                node.stop()?;
+                (secs, rows)
             }
             Via::Csv => {
-                let csv = dir.join("persons.csv");
-                eprintln!("writing {} …", csv.display());
+                let csv = csv_file(dir, args.persons, &mut report).await?;
+                let node = started_node(dir, &probe).await?;
+                eprintln!("importing with `yidi admin person import` …");
                 let started = Instant::now();
-                let n = args.persons;
-                let path = csv.clone();
-                tokio::task::spawn_blocking(move || write_csv(&path, n)).await??;
-                let written = started.elapsed().as_secs_f64();
-                report.insert("csv_write_seconds".into(), json!(written));
-                eprintln!("written in {written:.1} s; importing with `yidi admin person import` …");
-                let started = Instant::now();
-                let status = Command::new(std::env::current_exe()?)
+                let mut import = Command::new(std::env::current_exe()?);
+                import
                     .args(["admin", "--node", &node.url, "person", "import"])
                     .arg(&csv)
                     .arg("--batch-size")
-                    .arg(args.batch.to_string())
-                    .stdout(Stdio::null())
-                    .status()?;
-                if !status.success() {
-                    bail!("yidi admin person import failed ({status})");
-                }
-                (started.elapsed().as_secs_f64(), u64::from(n))
+                    .arg(args.batch.to_string());
+                run_quietly(import, "yidi admin person import")?;
+                let secs = started.elapsed().as_secs_f64();
+                node.stop()?;
+                (secs, u64::from(args.persons))
+            }
+            Via::Load => {
+                let csv = csv_file(dir, args.persons, &mut report).await?;
+                eprintln!("loading with `yidi load-persons` …");
+                let started = Instant::now();
+                let mut load = Command::new(std::env::current_exe()?);
+                load.args(["load-persons", "--region", REGION, "--data-dir"])
+                    .arg(dir.join(REGION))
+                    .arg(&csv);
+                run_quietly(load, "yidi load-persons")?;
+                (started.elapsed().as_secs_f64(), u64::from(args.persons))
             }
         };
         let rate = rows as f64 / secs;
@@ -323,7 +366,6 @@ async fn measure(args: &PersonsBenchArgs, dir: &Path) -> anyhow::Result<()> {
             "import".into(),
             json!({"via": format!("{:?}", args.via), "rows": rows, "seconds": secs, "rows_per_second": rate, "batch": args.batch, "inflight": args.inflight}),
         );
-        node.stop()?;
     }
 
     let db = dir.join(REGION).join(crate::store::DB_FILE);

@@ -58,7 +58,7 @@ pub enum Target {
     Catalogue,
 }
 
-const PERSON_COLUMNS: &[&str] = &[
+pub(super) const PERSON_COLUMNS: &[&str] = &[
     "id_number",
     "name",
     "card_no",
@@ -116,21 +116,7 @@ impl Target {
     ) -> Result<proto::ImportResult, Status> {
         let answer = match self {
             Target::Persons => {
-                let rows = batch
-                    .iter()
-                    .map(|l| proto::PersonRow {
-                        row: l.line,
-                        id_number: cols.get(l, "id_number"),
-                        name: cols.get(l, "name"),
-                        card_no: cols.get(l, "card_no"),
-                        insurance_type: cols.get(l, "insurance_type"),
-                        person_type: cols.get(l, "person_type"),
-                        civil_servant: cols.get(l, "civil_servant"),
-                        status: cols.get(l, "status"),
-                        account_balance: cols.get(l, "account_balance"),
-                        enrolled_since: cols.get(l, "enrolled_since"),
-                    })
-                    .collect();
+                let rows = batch.iter().map(|l| cols.person_row(l)).collect();
                 client
                     .import_persons(proto::ImportPersonsRequest { request_id, rows })
                     .await?
@@ -162,8 +148,8 @@ impl Target {
 
 /// One data record and the line it starts on (the header is line 1).
 #[derive(Debug)]
-struct Line {
-    line: u64,
+pub(super) struct Line {
+    pub(super) line: u64,
     record: csv::StringRecord,
 }
 
@@ -171,13 +157,13 @@ struct Line {
 /// missing optional column reads as empty, and an unknown one is refused up front so
 /// that a misspelt header cannot silently drop a field from every row.
 #[derive(Debug)]
-struct Columns {
+pub(super) struct Columns {
     index: HashMap<&'static str, usize>,
     width: usize,
 }
 
 impl Columns {
-    fn from_header(
+    pub(super) fn from_header(
         header: &csv::StringRecord,
         known: &'static [&'static str],
         file: &Path,
@@ -225,8 +211,24 @@ impl Columns {
             .to_owned()
     }
 
+    /// A line of the persons file as the row ImportPersons takes.
+    pub(super) fn person_row(&self, l: &Line) -> proto::PersonRow {
+        proto::PersonRow {
+            row: l.line,
+            id_number: self.get(l, "id_number"),
+            name: self.get(l, "name"),
+            card_no: self.get(l, "card_no"),
+            insurance_type: self.get(l, "insurance_type"),
+            person_type: self.get(l, "person_type"),
+            civil_servant: self.get(l, "civil_servant"),
+            status: self.get(l, "status"),
+            account_balance: self.get(l, "account_balance"),
+            enrolled_since: self.get(l, "enrolled_since"),
+        }
+    }
+
     /// A row with the wrong number of fields is reported rather than guessed at.
-    fn check_width(&self, line: &Line) -> Option<RowError> {
+    pub(super) fn check_width(&self, line: &Line) -> Option<RowError> {
         (line.record.len() != self.width).then(|| RowError {
             row: line.line,
             field: String::new(),
@@ -256,7 +258,7 @@ fn file_digest(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(hasher.finalize())[..16].to_owned())
 }
 
-fn open_csv(path: &Path) -> anyhow::Result<csv::Reader<File>> {
+pub(super) fn open_csv(path: &Path) -> anyhow::Result<csv::Reader<File>> {
     csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(true)
@@ -266,7 +268,7 @@ fn open_csv(path: &Path) -> anyhow::Result<csv::Reader<File>> {
 
 /// Reads the next record; a record that is not valid UTF-8 becomes a row error so that
 /// one bad line does not stop the import, while an I/O error does.
-fn next_line(
+pub(super) fn next_line(
     reader: &mut csv::Reader<File>,
     errors: &mut Vec<RowError>,
 ) -> anyhow::Result<Option<Line>> {
@@ -289,20 +291,20 @@ fn next_line(
 }
 
 /// Running totals, the progress bar and the final report of one import.
-struct Report {
+pub(super) struct Report {
     noun: &'static str,
     file: PathBuf,
     started: Instant,
     rows: u64,
     requests: u64,
-    result: proto::ImportResult,
+    pub(super) result: proto::ImportResult,
     /// Rows of batches an earlier run already imported (replayed answers).
     replayed: u64,
-    bar: ProgressBar,
+    pub(super) bar: ProgressBar,
 }
 
 impl Report {
-    fn new(noun: &'static str, file: &Path, json: bool) -> Self {
+    pub(super) fn new(noun: &'static str, file: &Path, json: bool) -> Self {
         let len = std::fs::metadata(file).map_or(0, |m| m.len());
         // Progress goes to stderr; keep it off when stdout is machine-read or nobody
         // watches, so logs and pipes stay clean.
@@ -329,7 +331,6 @@ impl Report {
     }
 
     fn add(&mut self, rows: u64, r: proto::ImportResult, byte: u64) {
-        self.rows += rows;
         self.requests += 1;
         if r.replayed {
             // Imported by an earlier run of this file: nothing was written now.
@@ -339,7 +340,13 @@ impl Report {
             self.result.updated += r.updated;
             self.result.unchanged += r.unchanged;
         }
-        self.result.errors.extend(r.errors);
+        self.read(rows, r.errors, byte);
+    }
+
+    /// Counts rows read up to `byte` of the file and the rows rejected among them.
+    pub(super) fn read(&mut self, rows: u64, errors: Vec<RowError>, byte: u64) {
+        self.rows += rows;
+        self.result.errors.extend(errors);
         self.bar.set_position(byte);
         self.bar.set_message(format!(
             "{} rows, {} rejected",
@@ -350,7 +357,7 @@ impl Report {
 
     /// Prints the summary and the rejected rows, writes `--errors`, and returns the
     /// exit code (0 all accepted, 2 some rejected).
-    fn finish(mut self, json: bool, errors_file: Option<&Path>) -> anyhow::Result<i32> {
+    pub(super) fn finish(mut self, json: bool, errors_file: Option<&Path>) -> anyhow::Result<i32> {
         self.bar.finish_and_clear();
         let elapsed = self.started.elapsed();
         let millis = u64::try_from(elapsed.as_millis())

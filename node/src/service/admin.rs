@@ -236,7 +236,7 @@ fn parse_bool(s: &str, field: &str) -> Result<bool> {
     }
 }
 
-fn person_from_row(r: &proto::PersonRow) -> Result<PersonRec> {
+pub(crate) fn person_from_row(r: &proto::PersonRow) -> Result<PersonRec> {
     let status = if r.status.trim().is_empty() {
         PersonStatus::Active
     } else {
@@ -443,7 +443,7 @@ fn institution_to_proto(i: &InstitutionRec) -> proto::Institution {
     }
 }
 
-fn row_error(row: u64, e: Error) -> proto::RowError {
+pub(crate) fn row_error(row: u64, e: Error) -> proto::RowError {
     match e {
         Error::Invalid { field, reason } => proto::RowError { row, field, reason },
         other => proto::RowError {

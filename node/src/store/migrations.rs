@@ -2,13 +2,13 @@
 //! migration is append-only: a released migration is never edited, a change is a new
 //! one. Money is stored as INTEGER fen so that SQL sums are exact.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use rusqlite_migration::{M, Migrations};
 
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -429,6 +429,38 @@ const V8_AUDIT_BY_HASH_ONLY: &str = r"
 DROP INDEX audit_by_person;
 ";
 
+// The card's uniqueness as a named index instead of a column constraint, so that
+// `yidi load-persons` can drop it and build it by sorting like the other indexes of the
+// register (an automatic index of a constraint cannot be dropped). SQLite cannot drop a
+// constraint in place: the table is rebuilt (the copy runs in ID order, so its pages are
+// filled one after another) with foreign keys off, which `migrate` arranges.
+const V9_CARD_INDEX: &str = r"
+CREATE TABLE persons_v9 (
+    id_number       TEXT PRIMARY KEY,
+    lookup_hash     TEXT NOT NULL,   -- SHA-256 of the number, for federated look-ups by hash
+    name            TEXT NOT NULL,
+    card_no         TEXT,            -- unique: persons_by_card
+    insurance_type  TEXT NOT NULL,
+    person_type     TEXT NOT NULL,
+    civil_servant   INTEGER NOT NULL,
+    status          TEXT NOT NULL,
+    account_fen     INTEGER NOT NULL CHECK (account_fen >= 0),
+    enrolled_since  TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL
+) STRICT, WITHOUT ROWID;
+INSERT INTO persons_v9 (id_number, lookup_hash, name, card_no, insurance_type, person_type, civil_servant,
+                        status, account_fen, enrolled_since, created_at, updated_at)
+    SELECT id_number, lookup_hash, name, card_no, insurance_type, person_type, civil_servant,
+           status, account_fen, enrolled_since, created_at, updated_at
+    FROM persons ORDER BY id_number;
+DROP TABLE persons;
+ALTER TABLE persons_v9 RENAME TO persons;
+CREATE UNIQUE INDEX persons_by_lookup_hash ON persons (lookup_hash);
+CREATE INDEX persons_by_type ON persons (insurance_type, status);
+CREATE UNIQUE INDEX persons_by_card ON persons (card_no);
+";
+
 /// Which database a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -447,6 +479,7 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V6_PEER_POLICIES),
             M::up(V7_POLICY_IN_FORCE),
             M::up(V8_AUDIT_BY_HASH_ONLY),
+            M::up(V9_CARD_INDEX),
         ]),
         Schema::Coordinator => Migrations::new(vec![M::up(COORDINATOR_V1), M::up(COORDINATOR_V2)]),
     }
@@ -464,9 +497,31 @@ pub fn migrate(conn: &mut Connection, schema: Schema) -> Result<()> {
             "the store has schema version {current}, newer than this yidi ({latest}); upgrade yidi"
         )));
     }
-    migrations(schema)
+    if current == latest {
+        return Ok(());
+    }
+    // Foreign keys off while migrating: a migration that rebuilds a table others refer
+    // to (V9) drops the old one first, which enforcement would refuse. The pragma does
+    // nothing inside a transaction, hence here; the references are checked afterwards.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let migrated = migrations(schema)
         .to_latest(conn)
-        .map_err(|e| Error::Internal(format!("schema migration failed: {e}")))
+        .map_err(|e| Error::Internal(format!("schema migration failed: {e}")));
+    let broken: Option<String> = conn
+        .query_row(
+            "SELECT \"table\" FROM pragma_foreign_key_check LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrated?;
+    match broken {
+        Some(table) => Err(Error::Internal(format!(
+            "after the schema migration a row of {table} refers to a missing row"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Coordinator schema version after all migrations.
@@ -474,6 +529,72 @@ pub const COORDINATOR_SCHEMA_VERSION: u32 = 2;
 
 #[cfg(test)]
 mod tests {
+    use rusqlite::Connection;
+
+    use super::{Schema, migrate, migrations};
+
+    const PERSON: &str = "INSERT INTO persons (id_number, lookup_hash, name, card_no, insurance_type, person_type, \
+        civil_servant, status, account_fen, enrolled_since, created_at, updated_at) \
+        VALUES (?1, ?2, '甲', ?3, 'employee', 'in_service', 0, 'active', 100, '2020-01-01', 't', 't')";
+    const FILING: &str = "INSERT INTO filings (filing_id, seq, id_number, filing_type, treatment_region, institutions, \
+        valid_from, status, note, applied_at) VALUES (?1, ?2, ?3, 'referral', '330200', '', '2026-01-01', 'applied', '', 't')";
+
+    #[test]
+    fn v9_rebuilds_the_register_keeping_persons_references_and_card_uniqueness() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.pragma_update(None, "foreign_keys", "ON").expect("fk");
+        migrations(Schema::Node)
+            .to_version(&mut conn, 8)
+            .expect("to V8");
+        conn.execute(PERSON, ["330106199003150417", "h1", "A00000001"])
+            .expect("person");
+        conn.execute(PERSON, ["330106199003150433", "h2", "A00000002"])
+            .expect("person");
+        conn.execute(FILING, ["330100-F-000001", "1", "330106199003150417"])
+            .expect("filing");
+
+        migrate(&mut conn, Schema::Node).expect("to the latest");
+
+        let v: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, super::SCHEMA_VERSION);
+        let fk: bool = conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .expect("fk");
+        assert!(fk, "foreign keys are enforced again after migrating");
+        let cards: Vec<(String, String)> = conn
+            .prepare("SELECT id_number, card_no FROM persons ORDER BY id_number")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(
+            cards,
+            [
+                ("330106199003150417".to_owned(), "A00000001".to_owned()),
+                ("330106199003150433".to_owned(), "A00000002".to_owned())
+            ]
+        );
+        let taken = conn
+            .execute(PERSON, ["33010619900315045X", "h3", "A00000001"])
+            .expect_err("a card is still unique");
+        assert!(taken.to_string().contains("persons.card_no"), "{taken}");
+        let orphan = conn
+            .execute(FILING, ["330100-F-000002", "2", "110105194912310029"])
+            .expect_err("filings still refer to persons");
+        assert!(orphan.to_string().contains("FOREIGN KEY"), "{orphan}");
+        let filed: String = conn
+            .query_row(
+                "SELECT p.name FROM filings f JOIN persons p USING (id_number)",
+                [],
+                |r| r.get(0),
+            )
+            .expect("the filing's person");
+        assert_eq!(filed, "甲");
+    }
+
     #[test]
     fn migrations_are_valid() {
         assert!(super::migrations(super::Schema::Node).validate().is_ok());

@@ -13,8 +13,10 @@ pub mod filings;
 pub mod funds;
 pub mod institutions;
 pub mod ledger;
+pub mod lock;
 mod migrations;
 pub mod outbox;
+pub mod person_load;
 pub mod persons;
 pub mod policies;
 pub mod sequences;
@@ -131,6 +133,45 @@ fn configure(conn: &Connection, reader: bool) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Opens (creating if needed) the store at `path` in WAL mode, configured as the writer,
+/// migrated, and checked to belong to `region` (recorded on first open).
+fn open_migrated(
+    path: &Path,
+    dir: &Path,
+    region: &str,
+    schema: migrations::Schema,
+) -> Result<Connection> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::Unavailable(format!(
+            "cannot create data directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let mut conn = Connection::open(path)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Internal(format!(
+            "store {} refused WAL mode ({mode})",
+            path.display()
+        )));
+    }
+    configure(&conn, false)?;
+    migrations::migrate(&mut conn, schema)?;
+    // A data directory belongs to one region for life: starting Ningbo on Hangzhou's
+    // store would silently mix two agencies' books.
+    match meta_get(&conn, "region")? {
+        Some(r) if r != region => {
+            return Err(Error::FailedPrecondition(format!(
+                "data directory {} belongs to region {r}, not {region}",
+                dir.display()
+            )));
+        }
+        Some(_) => {}
+        None => meta_set(&conn, "region", region)?,
+    }
+    Ok(conn)
+}
+
 impl Store {
     /// Opens (creating if needed) a node's store in `dir`, runs pending migrations and
     /// starts the writer thread. Blocking: call from `spawn_blocking` or before the runtime.
@@ -155,6 +196,13 @@ impl Store {
         )
     }
 
+    /// Opens a node's store in `dir` for `yidi load-persons`: the one connection,
+    /// migrated and checked like the node's writer, and no writer thread. The caller
+    /// holds the data directory lock.
+    pub fn open_connection(dir: &Path, region: &str) -> Result<Connection> {
+        open_migrated(&dir.join(DB_FILE), dir, region, migrations::Schema::Node)
+    }
+
     fn open_schema(
         dir: &Path,
         file: &str,
@@ -162,35 +210,8 @@ impl Store {
         region: &str,
         schema: migrations::Schema,
     ) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            Error::Unavailable(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
-        })?;
         let path = dir.join(file);
-        let mut conn = Connection::open(&path)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::Internal(format!(
-                "store {} refused WAL mode ({mode})",
-                path.display()
-            )));
-        }
-        configure(&conn, false)?;
-        migrations::migrate(&mut conn, schema)?;
-        // A data directory belongs to one region for life: starting Ningbo on Hangzhou's
-        // store would silently mix two agencies' books.
-        match meta_get(&conn, "region")? {
-            Some(r) if r != region => {
-                return Err(Error::FailedPrecondition(format!(
-                    "data directory {} belongs to region {r}, not {region}",
-                    dir.display()
-                )));
-            }
-            Some(_) => {}
-            None => meta_set(&conn, "region", region)?,
-        }
+        let conn = open_migrated(&path, dir, region, schema)?;
         let mut readers = Vec::with_capacity(read_connections);
         for _ in 0..read_connections.max(1) {
             let r = Connection::open_with_flags(

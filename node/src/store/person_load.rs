@@ -1,0 +1,679 @@
+//! The first load of a node's person register (`yidi load-persons`): millions of
+//! persons written into an empty register in one transaction, sorted in memory and
+//! indexed by SQLite's sorting `CREATE INDEX` instead of row by row.
+//!
+//! Why a separate path from ImportPersons: the register's keys (ID number, card, the
+//! SHA-256 look-up hash) are random, so a row-by-row insert into a large register
+//! touches a different page of every B-tree for every row, and each touched page is
+//! written out again at every commit; at ten million persons that caps the online
+//! import at a few ten thousand rows per second whatever the CPU. Rows inserted in ID
+//! order fill the table's pages one after another, and `CREATE INDEX` sorts its keys
+//! first and writes each index page once. That needs the register to itself: the node
+//! stopped (the data directory lock, [`super::lock`]) and no person in it yet (changes
+//! to a populated register go through the online import, which keeps the node serving).
+//!
+//! The rows wait in memory in a compact encoding ([`Rows`], about 100 bytes a person:
+//! a gigabyte for ten million) rather than in a staging table, because sorting whole
+//! rows through SQLite's external sorter cost more than everything else together
+//! (measured in docs/performance.md). Repeated ID numbers and cards are found there too,
+//! so that the rows reaching SQLite are exactly the ones loaded.
+//!
+//! The load is one transaction in rollback-journal mode: a new store's pages are
+//! written once (in WAL mode they would be written to the log and then copied back),
+//! and an interrupted load leaves a hot journal that the next open rolls back — all
+//! persons or none. The caller switches the store back to WAL afterwards
+//! ([`restore_wal`]); the node also does so on every start.
+
+use std::{collections::hash_map::RandomState, fmt::Write as _, hash::BuildHasher};
+
+use chrono::{Datelike, NaiveDate};
+use rusqlite::{Connection, TransactionBehavior, params};
+use yidi_common::{
+    idnum,
+    types::{InsuranceType, PersonStatus, PersonType},
+};
+
+use super::persons::PersonRec;
+use crate::{Error, Result};
+
+/// A row the load refused after reading: a second row for a person or a card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub line: u64,
+    pub field: &'static str,
+    pub reason: String,
+}
+
+/// What a load wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    pub inserted: u64,
+    pub rejected: Vec<Rejected>,
+}
+
+/// Where a load is after the file has been read; these steps take a while on a large
+/// file and report nothing in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Sorting the rows by ID number and finding repeats.
+    Sorting { rows: u64 },
+    /// Writing the persons into the register in ID number order.
+    Writing { rows: u64 },
+    /// Building one index (what it is by).
+    Indexing(&'static str),
+    /// Writing the new register to disk.
+    Committing,
+}
+
+/// The secondary indexes of `persons` with the very text of their migrations, so that
+/// a loaded store has the schema a migrated one has (asserted in the tests). They are
+/// dropped for the load and built again from the loaded rows.
+const SECONDARY_INDEXES: [(&str, &str, &str); 3] = [
+    (
+        "persons_by_lookup_hash",
+        "lookup hash",
+        "CREATE UNIQUE INDEX persons_by_lookup_hash ON persons (lookup_hash)",
+    ),
+    (
+        "persons_by_type",
+        "insurance type and status",
+        "CREATE INDEX persons_by_type ON persons (insurance_type, status)",
+    ),
+    (
+        "persons_by_card",
+        "card",
+        "CREATE UNIQUE INDEX persons_by_card ON persons (card_no)",
+    ),
+];
+
+/// Valid rows of the file in a compact encoding, filled by one reading thread each and
+/// handed to [`load`] together.
+#[derive(Debug, Default)]
+pub struct Rows {
+    /// Encoded rows, back to back (see [`Rows::push`]).
+    arena: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+/// One row: its sort key, its line, and where its encoding starts.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// The ID number as a number that sorts like the text (17 digits, then the check
+    /// character with `X` as 10).
+    key: u64,
+    line: u64,
+    /// Part (which [`Rows`]) in the top 16 bits, offset in its arena below.
+    at: u64,
+}
+
+const PART_SHIFT: u32 = 48;
+
+fn id_key(id: &str) -> u64 {
+    let b = id.as_bytes();
+    let digits = b
+        .iter()
+        .take(17)
+        .fold(0u64, |k, d| k * 10 + u64::from(d.wrapping_sub(b'0')));
+    digits * 11
+        + match b.get(17) {
+            Some(b'X') => 10,
+            Some(d) => u64::from(d.wrapping_sub(b'0')),
+            None => 0,
+        }
+}
+
+fn position<T: PartialEq>(all: &[T], v: &T) -> u8 {
+    all.iter()
+        .position(|x| x == v)
+        .and_then(|i| u8::try_from(i).ok())
+        .unwrap_or(u8::MAX)
+}
+
+impl Rows {
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no row is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Adds a validated row. Encoding: ID number (18 bytes), look-up digest (32),
+    /// name (u16 length + bytes), card (u8 length + bytes, 0 = none), the three enums as
+    /// positions in their `ALL`, civil servant (1), balance in fen (8), enrolment date
+    /// as days from the common era (4).
+    pub fn push(&mut self, line: u64, rec: &PersonRec) {
+        let at = self.arena.len() as u64;
+        let a = &mut self.arena;
+        a.extend_from_slice(rec.id_number.as_bytes());
+        a.extend_from_slice(&idnum::lookup_digest(&rec.id_number));
+        let name = rec.name.as_bytes();
+        a.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        a.extend_from_slice(name);
+        let card = rec.card_no.as_deref().unwrap_or_default().as_bytes();
+        a.push(card.len() as u8);
+        a.extend_from_slice(card);
+        a.push(position(InsuranceType::ALL, &rec.insurance_type));
+        a.push(position(PersonType::ALL, &rec.person_type));
+        a.push(position(PersonStatus::ALL, &rec.status));
+        a.push(u8::from(rec.civil_servant));
+        a.extend_from_slice(&rec.account_fen.to_le_bytes());
+        a.extend_from_slice(&rec.enrolled_since.num_days_from_ce().to_le_bytes());
+        self.entries.push(Entry {
+            key: id_key(&rec.id_number),
+            line,
+            at,
+        });
+    }
+}
+
+/// A decoded row, borrowing from its arena.
+struct Row<'a> {
+    id_number: &'a str,
+    digest: &'a [u8],
+    name: &'a str,
+    card_no: Option<&'a str>,
+    insurance_type: InsuranceType,
+    person_type: PersonType,
+    status: PersonStatus,
+    civil_servant: bool,
+    account_fen: i64,
+    enrolled_since: NaiveDate,
+}
+
+/// Cuts `n` bytes off the front of `b`.
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
+    if b.len() < n {
+        return Err(Error::Internal(
+            "a loaded row's encoding is cut short".into(),
+        ));
+    }
+    let (head, tail) = b.split_at(n);
+    *b = tail;
+    Ok(head)
+}
+
+fn text(b: &[u8]) -> Result<&str> {
+    std::str::from_utf8(b).map_err(|e| Error::Internal(format!("a loaded row is not UTF-8: {e}")))
+}
+
+fn nth<T: Copy>(all: &[T], i: u8) -> Result<T> {
+    all.get(usize::from(i))
+        .copied()
+        .ok_or_else(|| Error::Internal(format!("a loaded row has enum position {i}")))
+}
+
+fn decode(mut b: &[u8]) -> Result<Row<'_>> {
+    let b = &mut b;
+    let id_number = text(take(b, 18)?)?;
+    let digest = take(b, 32)?;
+    let len = take(b, 2)?;
+    let name_len = u16::from_le_bytes([len[0], len[1]]);
+    let name = text(take(b, usize::from(name_len))?)?;
+    let card_len = take(b, 1)?[0];
+    let card = text(take(b, usize::from(card_len))?)?;
+    let kinds = take(b, 4)?;
+    let mut fen = [0u8; 8];
+    fen.copy_from_slice(take(b, 8)?);
+    let mut days = [0u8; 4];
+    days.copy_from_slice(take(b, 4)?);
+    Ok(Row {
+        id_number,
+        digest,
+        name,
+        card_no: (!card.is_empty()).then_some(card),
+        insurance_type: nth(InsuranceType::ALL, kinds[0])?,
+        person_type: nth(PersonType::ALL, kinds[1])?,
+        status: nth(PersonStatus::ALL, kinds[2])?,
+        civil_servant: kinds[3] != 0,
+        account_fen: i64::from_le_bytes(fen),
+        enrolled_since: NaiveDate::from_num_days_from_ce_opt(i32::from_le_bytes(days))
+            .ok_or_else(|| Error::Internal("a loaded row has an impossible date".into()))?,
+    })
+}
+
+fn row_of<'a>(parts: &'a [Rows], e: &Entry) -> Result<Row<'a>> {
+    let part = &parts[(e.at >> PART_SHIFT) as usize];
+    let offset = (e.at & ((1 << PART_SHIFT) - 1)) as usize;
+    decode(&part.arena[offset..])
+}
+
+/// Sets the connection up for a load: rollback journal (the caller holds the data
+/// directory lock, so no other connection has the store open), and SQLite's sorter
+/// (for `CREATE INDEX`) with a helper thread and sort runs of 64 MiB — larger runs sort
+/// slower (measured: the look-up hash index of ten million persons took 29 s with
+/// 512 MiB, 15 s with 64 MiB).
+fn prepare(conn: &Connection) -> Result<()> {
+    let mode: String = conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("delete") {
+        return Err(Error::FailedPrecondition(format!(
+            "the store stayed in {mode} journal mode; is another process using it?"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "cache_size", -65_536)?;
+    conn.pragma_update(None, "threads", 2)?;
+    conn.pragma_update(None, "temp_store", "FILE")?;
+    Ok(())
+}
+
+/// Switches the store back to WAL mode after a load (or a failed one).
+pub fn restore_wal(conn: &Connection) -> Result<()> {
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        Ok(())
+    } else {
+        Err(Error::Internal(format!(
+            "the store refused to return to WAL mode ({mode})"
+        )))
+    }
+}
+
+/// FAILED_PRECONDITION unless the register is empty; checked before the file is read
+/// (to fail at once) and again inside the load's transaction.
+pub fn ensure_empty(conn: &Connection) -> Result<()> {
+    let existing: u64 = conn.query_row("SELECT COUNT(*) FROM persons", [], |r| r.get(0))?;
+    if existing > 0 {
+        return Err(Error::FailedPrecondition(format!(
+            "the store already has {existing} persons; load-persons fills an empty register \
+             (a new node's first load). Import changes into the running node with \
+             `yidi admin person import FILE`"
+        )));
+    }
+    Ok(())
+}
+
+/// Loads the rows read (one [`Rows`] per reading thread) into the empty register and
+/// commits. A second row for an ID number, or a card already on an earlier row, is
+/// refused and the earlier row loaded: a register has one row per person. `now` is the
+/// creation time written on every person.
+pub fn load(
+    conn: &mut Connection,
+    now: &str,
+    mut parts: Vec<Rows>,
+    progress: &mut dyn FnMut(Phase),
+) -> Result<Loaded> {
+    prepare(conn)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+    ensure_empty(&tx)?;
+    let total: usize = parts.iter().map(Rows::len).sum();
+    progress(Phase::Sorting { rows: total as u64 });
+    let mut entries = Vec::with_capacity(total);
+    for (i, part) in parts.iter_mut().enumerate() {
+        let tag = (i as u64) << PART_SHIFT;
+        entries.extend(
+            std::mem::take(&mut part.entries)
+                .into_iter()
+                .map(|e| Entry {
+                    at: e.at | tag,
+                    ..e
+                }),
+        );
+    }
+    entries.sort_unstable_by_key(|e| (e.key, e.line));
+    let mut rejected = remove_repeated_ids(&parts, &mut entries)?;
+    rejected.extend(remove_repeated_cards(&parts, &mut entries)?);
+
+    for (name, _, _) in SECONDARY_INDEXES {
+        tx.execute_batch(&format!("DROP INDEX {name}"))?;
+    }
+    progress(Phase::Writing {
+        rows: entries.len() as u64,
+    });
+    {
+        let mut insert = tx.prepare(
+            "INSERT INTO persons (id_number, lookup_hash, name, card_no, insurance_type, person_type, \
+             civil_servant, status, account_fen, enrolled_since, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+        )?;
+        let (mut hash, mut date) = (String::with_capacity(64), String::with_capacity(10));
+        for e in &entries {
+            let r = row_of(&parts, e)?;
+            hash.clear();
+            for b in r.digest {
+                let _ = write!(hash, "{b:02x}");
+            }
+            date.clear();
+            let d = r.enrolled_since;
+            let _ = write!(date, "{:04}-{:02}-{:02}", d.year(), d.month(), d.day());
+            insert.execute(params![
+                r.id_number,
+                hash,
+                r.name,
+                r.card_no,
+                r.insurance_type.as_str(),
+                r.person_type.as_str(),
+                r.civil_servant,
+                r.status.as_str(),
+                r.account_fen,
+                date,
+                now,
+            ])?;
+        }
+    }
+    drop(parts);
+    for (_, what, ddl) in SECONDARY_INDEXES {
+        progress(Phase::Indexing(what));
+        tx.execute_batch(ddl)?;
+    }
+    progress(Phase::Committing);
+    tx.commit()?;
+    rejected.sort_by_key(|r| r.line);
+    Ok(Loaded {
+        inserted: entries.len() as u64,
+        rejected,
+    })
+}
+
+/// Drops every entry whose ID number an earlier line already has (entries are sorted by
+/// key, then line, so the earliest line of an ID number comes first).
+fn remove_repeated_ids(parts: &[Rows], entries: &mut Vec<Entry>) -> Result<Vec<Rejected>> {
+    let mut rejected = Vec::new();
+    let mut first: Option<Entry> = None;
+    let mut failed = None;
+    entries.retain(|e| match first {
+        Some(f) if f.key == e.key => {
+            match row_of(parts, e) {
+                Ok(r) => rejected.push(Rejected {
+                    line: e.line,
+                    field: "id_number",
+                    reason: format!(
+                        "{} is already on line {}; the file must have one row per person",
+                        r.id_number, f.line
+                    ),
+                }),
+                Err(err) => failed = Some(err),
+            }
+            false
+        }
+        _ => {
+            first = Some(*e);
+            true
+        }
+    });
+    match failed {
+        Some(err) => Err(err),
+        None => Ok(rejected),
+    }
+}
+
+/// Drops every entry whose card an earlier line already has. Cards are grouped by a
+/// hash (entries stay sorted by ID number); within a group the cards are compared.
+fn remove_repeated_cards(parts: &[Rows], entries: &mut Vec<Entry>) -> Result<Vec<Rejected>> {
+    let hasher = RandomState::new();
+    let mut cards: Vec<(u64, u64, usize)> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(card) = row_of(parts, e)?.card_no {
+            cards.push((hasher.hash_one(card), e.line, i));
+        }
+    }
+    cards.sort_unstable();
+    let mut rejected = Vec::new();
+    let mut drop = vec![false; entries.len()];
+    for group in cards.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
+        // In line order; each card is kept by the first line that has it.
+        let mut holders: Vec<(&str, u64)> = Vec::new();
+        for &(_, line, i) in group {
+            let card = row_of(parts, &entries[i])?.card_no.unwrap_or_default();
+            match holders.iter().find(|(c, _)| *c == card) {
+                Some(&(_, first)) => {
+                    drop[i] = true;
+                    rejected.push(Rejected {
+                        line,
+                        field: "card_no",
+                        reason: format!("{card} already belongs to the person on line {first}"),
+                    });
+                }
+                None => holders.push((card, line)),
+            }
+        }
+    }
+    if !rejected.is_empty() {
+        let mut i = 0;
+        entries.retain(|_| {
+            i += 1;
+            !drop[i - 1]
+        });
+    }
+    Ok(rejected)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::NaiveDate;
+    use yidi_common::{
+        idnum,
+        types::{InsuranceType, PersonStatus, PersonType},
+    };
+
+    use super::*;
+    use crate::store::{Store, persons};
+
+    const NOW: &str = "2026-11-30T08:00:00+08:00";
+
+    fn id(year: i32, seq: u16) -> String {
+        idnum::make(
+            "330106",
+            NaiveDate::from_ymd_opt(year, 3, 4).expect("date"),
+            seq,
+        )
+    }
+
+    fn rec(id_number: &str, name: &str, card: Option<&str>) -> PersonRec {
+        PersonRec {
+            id_number: id_number.to_owned(),
+            name: name.to_owned(),
+            card_no: card.map(str::to_owned),
+            insurance_type: InsuranceType::Resident,
+            person_type: PersonType::ResidentAdult,
+            civil_servant: false,
+            status: PersonStatus::Active,
+            account_fen: 12_345,
+            enrolled_since: NaiveDate::from_ymd_opt(2024, 1, 1).expect("date"),
+        }
+    }
+
+    fn schema(conn: &Connection) -> Vec<(String, String, Option<String>)> {
+        conn.prepare("SELECT type, name, sql FROM sqlite_master ORDER BY name")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    }
+
+    /// Loads `parts` (each a reading thread's rows: line and person).
+    fn run(conn: &mut Connection, parts: &[&[(u64, &PersonRec)]]) -> (Result<Loaded>, Vec<Phase>) {
+        let parts = parts
+            .iter()
+            .map(|rows| {
+                let mut part = Rows::default();
+                for (line, rec) in *rows {
+                    part.push(*line, rec);
+                }
+                part
+            })
+            .collect();
+        let mut phases = Vec::new();
+        let outcome = load(conn, NOW, parts, &mut |p| phases.push(p));
+        restore_wal(conn).expect("back to WAL");
+        (outcome, phases)
+    }
+
+    #[test]
+    fn a_load_fills_the_register_with_the_schema_of_a_migrated_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fresh_dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = Store::open_connection(dir.path(), "330100").expect("open");
+        // Out of ID order, read by two threads, one person without a card, one with an
+        // X check character and every field away from its default.
+        let (a, b, c) = (id(1990, 1), id(1950, 2), id(1970, 3));
+        let x = (0..1000)
+            .map(|seq| id(1985, seq))
+            .find(|n| n.ends_with('X'))
+            .expect("an ID number ending in X");
+        let ra = rec(&a, "甲", Some("A00000001"));
+        let rb = rec(&b, "乙", None);
+        let rc = rec(&c, "丙", Some("A00000003"));
+        let rx = PersonRec {
+            insurance_type: InsuranceType::Employee,
+            person_type: PersonType::Retired,
+            civil_servant: true,
+            status: PersonStatus::Suspended,
+            account_fen: 0,
+            enrolled_since: NaiveDate::from_ymd_opt(1999, 12, 31).expect("date"),
+            ..rec(&x, "Ünïcode·名字", Some("X12345678901234567Z"))
+        };
+        let (loaded, phases) = run(&mut conn, &[&[(2, &ra), (3, &rb)], &[(4, &rc), (5, &rx)]]);
+        assert_eq!(
+            loaded.expect("load"),
+            Loaded {
+                inserted: 4,
+                rejected: Vec::new()
+            }
+        );
+        assert_eq!(
+            phases,
+            [
+                Phase::Sorting { rows: 4 },
+                Phase::Writing { rows: 4 },
+                Phase::Indexing("lookup hash"),
+                Phase::Indexing("insurance type and status"),
+                Phase::Indexing("card"),
+                Phase::Committing
+            ]
+        );
+        for r in [&ra, &rb, &rc, &rx] {
+            let stored = persons::get(&conn, &r.id_number)
+                .expect("get")
+                .expect("loaded");
+            assert_eq!(&stored.rec, r);
+            assert_eq!(
+                (stored.created_at.as_str(), stored.updated_at.as_str()),
+                (NOW, NOW)
+            );
+            let by_hash = persons::get_by_lookup_hash(&conn, &idnum::lookup_hash(&r.id_number))
+                .expect("get")
+                .expect("by hash");
+            assert_eq!(&by_hash.rec, r);
+        }
+        let by_card = persons::get_by_card(&conn, "X12345678901234567Z")
+            .expect("get")
+            .expect("by card");
+        assert_eq!(by_card.rec, rx);
+        let order: Vec<String> = conn
+            .prepare("SELECT id_number FROM persons ORDER BY id_number")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        let mut want = vec![a.clone(), b.clone(), c.clone(), x.clone()];
+        want.sort();
+        assert_eq!(order, want);
+
+        let migrated = Store::open_connection(fresh_dir.path(), "330100").expect("open fresh");
+        assert_eq!(schema(&conn), schema(&migrated));
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("mode");
+        assert_eq!(mode, "wal");
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("check");
+        assert_eq!(check, "ok");
+    }
+
+    #[test]
+    fn ids_sort_like_their_text() {
+        let mut ids: Vec<String> = (0..400)
+            .map(|i| id(1900 + (i * 37 % 120), (i * 7 % 1000) as u16))
+            .collect();
+        ids.push("11010519491231002X".to_owned());
+        ids.push("110105194912310029".to_owned());
+        let mut by_text = ids.clone();
+        by_text.sort();
+        ids.sort_by_key(|i| id_key(i));
+        assert_eq!(ids, by_text);
+    }
+
+    #[test]
+    fn a_repeated_person_or_card_is_refused_and_the_earlier_line_loaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = Store::open_connection(dir.path(), "330100").expect("open");
+        // `late` sorts before `early` by ID number: the card still goes to the earlier
+        // line of the file, not to the smaller ID number. The repeats come from
+        // different reading threads.
+        let (early, other, late, last) = (id(1980, 1), id(1985, 2), id(1950, 3), id(1999, 4));
+        let first = rec(&early, "先", Some("C00000001"));
+        let again = rec(&early, "重", None);
+        let card_taken = rec(&late, "后", Some("C00000001"));
+        let (ro, rl) = (rec(&other, "他", None), rec(&last, "末", Some("C00000006")));
+        let (loaded, _) = run(
+            &mut conn,
+            &[
+                &[(5, &card_taken), (2, &first)],
+                &[(3, &ro), (4, &again), (6, &rl)],
+            ],
+        );
+        assert_eq!(
+            loaded.expect("load"),
+            Loaded {
+                inserted: 3,
+                rejected: vec![
+                    Rejected {
+                        line: 4,
+                        field: "id_number",
+                        reason: format!(
+                            "{early} is already on line 2; the file must have one row per person"
+                        ),
+                    },
+                    Rejected {
+                        line: 5,
+                        field: "card_no",
+                        reason: "C00000001 already belongs to the person on line 2".to_owned(),
+                    },
+                ],
+            }
+        );
+        let kept = persons::get(&conn, &early).expect("get").expect("early");
+        assert_eq!(kept.rec, first);
+        assert!(persons::get(&conn, &late).expect("get").is_none());
+        let by_card = persons::get_by_card(&conn, "C00000001")
+            .expect("get")
+            .expect("card");
+        assert_eq!(by_card.rec.id_number, early);
+        let count: u64 = conn
+            .query_row("SELECT COUNT(*) FROM persons", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(count, 3);
+    }
+
+    #[test]
+    fn a_register_that_has_persons_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = Store::open_connection(dir.path(), "330100").expect("open");
+        let present = rec(&id(1960, 1), "在", Some("D00000001"));
+        persons::insert(&conn, &present, NOW).expect("insert");
+        assert!(ensure_empty(&conn).is_err());
+        let newcomer = rec(&id(1961, 2), "新", None);
+        let (loaded, phases) = run(&mut conn, &[&[(2, &newcomer)]]);
+        let err = loaded.expect_err("refused");
+        assert!(
+            matches!(&err, Error::FailedPrecondition(m) if m.contains("already has 1 persons")),
+            "{err:?}"
+        );
+        assert!(phases.is_empty());
+        let ids: Vec<String> = conn
+            .prepare("SELECT id_number FROM persons")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(ids, [present.id_number.as_str()]);
+    }
+}

@@ -126,6 +126,24 @@ fn load_persons_fills_a_new_register_and_the_node_serves_it() {
         (&Value::from(0), &Value::from(0))
     );
     assert_eq!(report["rejected"], 4, "{report}");
+    let mut steps: Vec<&str> = report["phases_ms"]
+        .as_object()
+        .expect("phases_ms")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    steps.sort_unstable();
+    let mut want = vec![
+        "commit",
+        "persons_by_card",
+        "persons_by_lookup_hash",
+        "persons_by_type",
+        "read",
+        "sort",
+        "write",
+    ];
+    want.sort_unstable();
+    assert_eq!(steps, want, "{report}");
     let rejected: Vec<(u64, &str, &str)> = report["errors"]
         .as_array()
         .expect("errors")

@@ -21,7 +21,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -93,14 +93,29 @@ fn load(conn: &mut rusqlite::Connection, args: &LoadArgs) -> anyhow::Result<i32>
     report.read(lines, errors, report.bar.length().unwrap_or(0));
     let bar = report.bar.clone();
     let now = period::now_rfc3339();
+    // Each step's duration, for the report: an operator plans the next load's window.
+    let mut steps = vec![("read", Instant::now())];
     let loaded = person_load::load(conn, &now, parts, &mut |phase| {
-        bar.set_message(match phase {
-            Phase::Sorting { rows } => format!("sorting {rows} persons by ID number"),
-            Phase::Writing { rows } => format!("writing {rows} persons"),
-            Phase::Indexing(what) => format!("indexing by {what}"),
-            Phase::Committing => "writing the register to disk".to_owned(),
-        });
+        let (step, message) = match phase {
+            Phase::Sorting { rows } => ("sort", format!("sorting {rows} persons by ID number")),
+            Phase::Writing { rows } => ("write", format!("writing {rows} persons")),
+            Phase::Indexing { index, by } => (index, format!("indexing by {by}")),
+            Phase::Committing => ("commit", "writing the register to disk".to_owned()),
+        };
+        steps.push((step, Instant::now()));
+        bar.set_message(message);
     })?;
+    steps.push(("", Instant::now()));
+    let mut phases: Vec<(&'static str, Duration)> =
+        vec![("read", steps[0].1.duration_since(report.started()))];
+    for pair in steps.windows(2).skip(1) {
+        let took = pair[1].1.duration_since(pair[0].1);
+        match phases.last_mut() {
+            Some((name, d)) if *name == pair[0].0 => *d += took,
+            _ => phases.push((pair[0].0, took)),
+        }
+    }
+    report.phases = phases;
     report.result.inserted = loaded.inserted;
     report
         .result

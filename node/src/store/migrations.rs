@@ -431,13 +431,15 @@ DROP INDEX audit_by_person;
 
 // The card's uniqueness as a named index instead of a column constraint, so that
 // `yidi load-persons` can drop it and build it by sorting like the other indexes of the
-// register (an automatic index of a constraint cannot be dropped). SQLite cannot drop a
+// register (an automatic index of a constraint cannot be dropped). The look-up hash as
+// its 32 bytes instead of 64 hex characters: its index — one randomly placed entry per
+// person — shrinks by 40 %, and with it the cost of building or updating it. SQLite cannot drop a
 // constraint in place: the table is rebuilt (the copy runs in ID order, so its pages are
 // filled one after another) with foreign keys off, which `migrate` arranges.
 const V9_CARD_INDEX: &str = r"
 CREATE TABLE persons_v9 (
     id_number       TEXT PRIMARY KEY,
-    lookup_hash     TEXT NOT NULL,   -- SHA-256 of the number, for federated look-ups by hash
+    lookup_hash     BLOB NOT NULL,   -- SHA-256 of the number (32 bytes), for federated look-ups by hash
     name            TEXT NOT NULL,
     card_no         TEXT,            -- unique: persons_by_card
     insurance_type  TEXT NOT NULL,
@@ -451,7 +453,7 @@ CREATE TABLE persons_v9 (
 ) STRICT, WITHOUT ROWID;
 INSERT INTO persons_v9 (id_number, lookup_hash, name, card_no, insurance_type, person_type, civil_servant,
                         status, account_fen, enrolled_since, created_at, updated_at)
-    SELECT id_number, lookup_hash, name, card_no, insurance_type, person_type, civil_servant,
+    SELECT id_number, unhex(lookup_hash), name, card_no, insurance_type, person_type, civil_servant,
            status, account_fen, enrolled_since, created_at, updated_at
     FROM persons ORDER BY id_number;
 DROP TABLE persons;
@@ -546,10 +548,13 @@ mod tests {
         migrations(Schema::Node)
             .to_version(&mut conn, 8)
             .expect("to V8");
-        conn.execute(PERSON, ["330106199003150417", "h1", "A00000001"])
-            .expect("person");
-        conn.execute(PERSON, ["330106199003150433", "h2", "A00000002"])
-            .expect("person");
+        for (id, card) in [
+            ("330106199003150417", "A00000001"),
+            ("330106199003150433", "A00000002"),
+        ] {
+            conn.execute(PERSON, [id, &yidi_common::idnum::lookup_hash(id), card])
+                .expect("person");
+        }
         conn.execute(FILING, ["330100-F-000001", "1", "330106199003150417"])
             .expect("filing");
 
@@ -577,8 +582,12 @@ mod tests {
                 ("330106199003150433".to_owned(), "A00000002".to_owned())
             ]
         );
+        // After V9 the hash is stored as bytes (a text value is refused: STRICT).
         let taken = conn
-            .execute(PERSON, ["33010619900315045X", "h3", "A00000001"])
+            .execute(
+                &PERSON.replace("?2", "unhex(?2)"),
+                ["33010619900315045X", "00", "A00000001"],
+            )
             .expect_err("a card is still unique");
         assert!(taken.to_string().contains("persons.card_no"), "{taken}");
         let orphan = conn
@@ -593,6 +602,14 @@ mod tests {
             )
             .expect("the filing's person");
         assert_eq!(filed, "甲");
+        let by_hash: String = conn
+            .query_row(
+                "SELECT id_number FROM persons WHERE lookup_hash = ?1",
+                [&yidi_common::idnum::lookup_digest("330106199003150433")[..]],
+                |r| r.get(0),
+            )
+            .expect("found by the hash's bytes");
+        assert_eq!(by_hash, "330106199003150433");
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! persons or none. The caller switches the store back to WAL afterwards
 //! ([`restore_wal`]); the node also does so on every start.
 
-use std::{collections::hash_map::RandomState, fmt::Write as _, hash::BuildHasher};
+use std::{collections::hash_map::RandomState, hash::BuildHasher};
 
 use chrono::{Datelike, NaiveDate};
 use rusqlite::{Connection, TransactionBehavior, params};
@@ -59,8 +59,11 @@ pub enum Phase {
     Sorting { rows: u64 },
     /// Writing the persons into the register in ID number order.
     Writing { rows: u64 },
-    /// Building one index (what it is by).
-    Indexing(&'static str),
+    /// Building one index: its name, and what it is by.
+    Indexing {
+        index: &'static str,
+        by: &'static str,
+    },
     /// Writing the new register to disk.
     Committing,
 }
@@ -90,10 +93,18 @@ const SECONDARY_INDEXES: [(&str, &str, &str); 3] = [
 /// handed to [`load`] together.
 #[derive(Debug, Default)]
 pub struct Rows {
-    /// Encoded rows, back to back (see [`Rows::push`]).
-    arena: Vec<u8>,
+    /// Encoded rows (see [`Rows::push`]) in blocks of [`BLOCK`] bytes: a block is never
+    /// reallocated, so the memory held is the rows' size, not up to twice it as a
+    /// doubling vector's would be.
+    blocks: Vec<Vec<u8>>,
     entries: Vec<Entry>,
+    /// One row's encoding before it is copied into a block.
+    scratch: Vec<u8>,
 }
+
+/// Size of an arena block (bits of the offset in [`Entry::at`]).
+const BLOCK_BITS: u32 = 22;
+const BLOCK: usize = 1 << BLOCK_BITS;
 
 /// One row: its sort key, its line, and where its encoding starts.
 #[derive(Debug, Clone, Copy)]
@@ -102,7 +113,8 @@ struct Entry {
     /// character with `X` as 10).
     key: u64,
     line: u64,
-    /// Part (which [`Rows`]) in the top 16 bits, offset in its arena below.
+    /// Part (which [`Rows`]) in the top 16 bits, then the block, then the offset in the
+    /// block ([`BLOCK_BITS`]).
     at: u64,
 }
 
@@ -145,8 +157,8 @@ impl Rows {
     /// positions in their `ALL`, civil servant (1), balance in fen (8), enrolment date
     /// as days from the common era (4).
     pub fn push(&mut self, line: u64, rec: &PersonRec) {
-        let at = self.arena.len() as u64;
-        let a = &mut self.arena;
+        let a = &mut self.scratch;
+        a.clear();
         a.extend_from_slice(rec.id_number.as_bytes());
         a.extend_from_slice(&idnum::lookup_digest(&rec.id_number));
         let name = rec.name.as_bytes();
@@ -161,11 +173,42 @@ impl Rows {
         a.push(u8::from(rec.civil_servant));
         a.extend_from_slice(&rec.account_fen.to_le_bytes());
         a.extend_from_slice(&rec.enrolled_since.num_days_from_ce().to_le_bytes());
+        let fits = self
+            .blocks
+            .last()
+            .is_some_and(|b| b.len() + a.len() <= BLOCK);
+        if !fits {
+            self.blocks.push(Vec::with_capacity(BLOCK));
+        }
+        let block_index = self.blocks.len() - 1;
+        let block = &mut self.blocks[block_index];
+        let at = ((block_index as u64) << BLOCK_BITS) | block.len() as u64;
+        block.extend_from_slice(a);
         self.entries.push(Entry {
             key: id_key(&rec.id_number),
             line,
             at,
         });
+    }
+}
+
+/// The date as chrono writes it into SQLite (`YYYY-MM-DD`), without chrono's format
+/// parser for the years of four digits (it showed in the profile of a load).
+fn date_text(d: NaiveDate, out: &mut String) {
+    out.clear();
+    let y = d.year();
+    if (0..=9999).contains(&y) {
+        let y = y.unsigned_abs();
+        for n in [y / 1000, y / 100, y / 10, y] {
+            out.push(char::from(b'0' + (n % 10) as u8));
+        }
+        for (sep, n) in [('-', d.month()), ('-', d.day())] {
+            out.push(sep);
+            out.push(char::from(b'0' + (n / 10) as u8));
+            out.push(char::from(b'0' + (n % 10) as u8));
+        }
+    } else {
+        out.push_str(&d.to_string());
     }
 }
 
@@ -234,17 +277,40 @@ fn decode(mut b: &[u8]) -> Result<Row<'_>> {
     })
 }
 
-fn row_of<'a>(parts: &'a [Rows], e: &Entry) -> Result<Row<'a>> {
+fn encoded<'a>(parts: &'a [Rows], e: &Entry) -> &'a [u8] {
     let part = &parts[(e.at >> PART_SHIFT) as usize];
-    let offset = (e.at & ((1 << PART_SHIFT) - 1)) as usize;
-    decode(&part.arena[offset..])
+    let block = ((e.at & ((1 << PART_SHIFT) - 1)) >> BLOCK_BITS) as usize;
+    let offset = (e.at & ((1 << BLOCK_BITS) - 1)) as usize;
+    &part.blocks[block][offset..]
 }
 
+fn row_of<'a>(parts: &'a [Rows], e: &Entry) -> Result<Row<'a>> {
+    decode(encoded(parts, e))
+}
+
+/// Only the card of a row (the repeat check reads every row's card).
+fn card_of<'a>(parts: &'a [Rows], e: &Entry) -> Result<Option<&'a str>> {
+    let b = &mut encoded(parts, e);
+    take(b, 18 + 32)?;
+    let len = take(b, 2)?;
+    take(b, usize::from(u16::from_le_bytes([len[0], len[1]])))?;
+    let card_len = take(b, 1)?[0];
+    let card = text(take(b, usize::from(card_len))?)?;
+    Ok((!card.is_empty()).then_some(card))
+}
+
+/// Page cache while the rows are written (negative: KiB): 256 MiB, so that fewer dirty
+/// pages are spilled to the file in the middle of the write.
+const WRITE_CACHE_KIB: i64 = -262_144;
+
+/// Page cache while the indexes are built: SQLite's sorter sizes its in-memory runs by
+/// it, and larger runs sort slower (measured: the look-up hash index of ten million
+/// persons took 29 s with 512 MiB, 15 s with 64 MiB).
+const SORT_CACHE_KIB: i64 = -65_536;
+
 /// Sets the connection up for a load: rollback journal (the caller holds the data
-/// directory lock, so no other connection has the store open), and SQLite's sorter
-/// (for `CREATE INDEX`) with a helper thread and sort runs of 64 MiB — larger runs sort
-/// slower (measured: the look-up hash index of ten million persons took 29 s with
-/// 512 MiB, 15 s with 64 MiB).
+/// directory lock, so no other connection has the store open), the write's page cache,
+/// and helper threads for SQLite's sorter (`CREATE INDEX`).
 fn prepare(conn: &Connection) -> Result<()> {
     let mode: String = conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("delete") {
@@ -254,7 +320,7 @@ fn prepare(conn: &Connection) -> Result<()> {
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.pragma_update(None, "cache_size", -65_536)?;
+    conn.pragma_update(None, "cache_size", WRITE_CACHE_KIB)?;
     conn.pragma_update(None, "threads", 2)?;
     conn.pragma_update(None, "temp_store", "FILE")?;
     Ok(())
@@ -301,19 +367,7 @@ pub fn load(
     ensure_empty(&tx)?;
     let total: usize = parts.iter().map(Rows::len).sum();
     progress(Phase::Sorting { rows: total as u64 });
-    let mut entries = Vec::with_capacity(total);
-    for (i, part) in parts.iter_mut().enumerate() {
-        let tag = (i as u64) << PART_SHIFT;
-        entries.extend(
-            std::mem::take(&mut part.entries)
-                .into_iter()
-                .map(|e| Entry {
-                    at: e.at | tag,
-                    ..e
-                }),
-        );
-    }
-    entries.sort_unstable_by_key(|e| (e.key, e.line));
+    let mut entries = sorted_entries(&mut parts);
     let mut rejected = remove_repeated_ids(&parts, &mut entries)?;
     rejected.extend(remove_repeated_cards(&parts, &mut entries)?);
 
@@ -329,19 +383,13 @@ pub fn load(
              civil_servant, status, account_fen, enrolled_since, created_at, updated_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
         )?;
-        let (mut hash, mut date) = (String::with_capacity(64), String::with_capacity(10));
+        let mut date = String::with_capacity(10);
         for e in &entries {
             let r = row_of(&parts, e)?;
-            hash.clear();
-            for b in r.digest {
-                let _ = write!(hash, "{b:02x}");
-            }
-            date.clear();
-            let d = r.enrolled_since;
-            let _ = write!(date, "{:04}-{:02}-{:02}", d.year(), d.month(), d.day());
+            date_text(r.enrolled_since, &mut date);
             insert.execute(params![
                 r.id_number,
-                hash,
+                r.digest,
                 r.name,
                 r.card_no,
                 r.insurance_type.as_str(),
@@ -355,8 +403,9 @@ pub fn load(
         }
     }
     drop(parts);
-    for (_, what, ddl) in SECONDARY_INDEXES {
-        progress(Phase::Indexing(what));
+    tx.pragma_update(None, "cache_size", SORT_CACHE_KIB)?;
+    for (index, by, ddl) in SECONDARY_INDEXES {
+        progress(Phase::Indexing { index, by });
         tx.execute_batch(ddl)?;
     }
     progress(Phase::Committing);
@@ -366,6 +415,48 @@ pub fn load(
         inserted: entries.len() as u64,
         rejected,
     })
+}
+
+/// All parts' entries tagged with their part and sorted by ID number, then line: each
+/// part sorted on its own thread, then the two runs merged.
+fn sorted_entries(parts: &mut [Rows]) -> Vec<Entry> {
+    let mut runs: Vec<Vec<Entry>> = parts
+        .iter_mut()
+        .enumerate()
+        .map(|(i, part)| {
+            let tag = (i as u64) << PART_SHIFT;
+            let mut run = std::mem::take(&mut part.entries);
+            for e in &mut run {
+                e.at |= tag;
+            }
+            run
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for run in &mut runs {
+            scope.spawn(move || run.sort_unstable_by_key(|e| (e.key, e.line)));
+        }
+    });
+    let mut merged = runs.pop().unwrap_or_default();
+    while let Some(run) = runs.pop() {
+        merged = merge(run, merged);
+    }
+    merged
+}
+
+/// Merges two runs sorted by (key, line) into one.
+fn merge(a: Vec<Entry>, b: Vec<Entry>) -> Vec<Entry> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if (x.key, x.line) <= (y.key, y.line) => a.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, None) => return out,
+        };
+        out.extend(next);
+    }
 }
 
 /// Drops every entry whose ID number an earlier line already has (entries are sorted by
@@ -404,10 +495,12 @@ fn remove_repeated_ids(parts: &[Rows], entries: &mut Vec<Entry>) -> Result<Vec<R
 /// hash (entries stay sorted by ID number); within a group the cards are compared.
 fn remove_repeated_cards(parts: &[Rows], entries: &mut Vec<Entry>) -> Result<Vec<Rejected>> {
     let hasher = RandomState::new();
-    let mut cards: Vec<(u64, u64, usize)> = Vec::new();
+    let mut cards: Vec<(u64, u32)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        if let Some(card) = row_of(parts, e)?.card_no {
-            cards.push((hasher.hash_one(card), e.line, i));
+        if let Some(card) = card_of(parts, e)? {
+            let i = u32::try_from(i)
+                .map_err(|_| Error::FailedPrecondition("more than 4 billion rows".into()))?;
+            cards.push((hasher.hash_one(card), i));
         }
     }
     cards.sort_unstable();
@@ -415,9 +508,14 @@ fn remove_repeated_cards(parts: &[Rows], entries: &mut Vec<Entry>) -> Result<Vec
     let mut drop = vec![false; entries.len()];
     for group in cards.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
         // In line order; each card is kept by the first line that has it.
+        let mut group: Vec<(u64, usize)> = group
+            .iter()
+            .map(|&(_, i)| (entries[i as usize].line, i as usize))
+            .collect();
+        group.sort_unstable();
         let mut holders: Vec<(&str, u64)> = Vec::new();
-        for &(_, line, i) in group {
-            let card = row_of(parts, &entries[i])?.card_no.unwrap_or_default();
+        for (line, i) in group {
+            let card = card_of(parts, &entries[i])?.unwrap_or_default();
             match holders.iter().find(|(c, _)| *c == card) {
                 Some(&(_, first)) => {
                     drop[i] = true;
@@ -540,9 +638,18 @@ mod tests {
             [
                 Phase::Sorting { rows: 4 },
                 Phase::Writing { rows: 4 },
-                Phase::Indexing("lookup hash"),
-                Phase::Indexing("insurance type and status"),
-                Phase::Indexing("card"),
+                Phase::Indexing {
+                    index: "persons_by_lookup_hash",
+                    by: "lookup hash"
+                },
+                Phase::Indexing {
+                    index: "persons_by_type",
+                    by: "insurance type and status"
+                },
+                Phase::Indexing {
+                    index: "persons_by_card",
+                    by: "card"
+                },
                 Phase::Committing
             ]
         );
@@ -585,6 +692,23 @@ mod tests {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .expect("check");
         assert_eq!(check, "ok");
+    }
+
+    #[test]
+    fn dates_are_written_as_chrono_writes_them() {
+        let mut out = String::new();
+        for (y, m, d) in [
+            (2024, 1, 1),
+            (1999, 12, 31),
+            (905, 7, 4),
+            (10_000, 2, 29),
+            (-3, 5, 6),
+        ] {
+            if let Some(date) = NaiveDate::from_ymd_opt(y, m, d) {
+                date_text(date, &mut out);
+                assert_eq!(out, date.format("%F").to_string());
+            }
+        }
     }
 
     #[test]

@@ -104,18 +104,22 @@ pub fn insert(conn: &Connection, rec: &PersonRec, now: &str) -> Result<()> {
         rec.account_fen,
         rec.enrolled_since,
         now,
-        yidi_common::idnum::lookup_hash(&rec.id_number)
+        &yidi_common::idnum::lookup_digest(&rec.id_number)[..]
     ])?;
     Ok(())
 }
 
-/// The person whose ID number hashes to `hash` (federated look-up by hash).
+/// The person whose ID number hashes to `hash` (federated look-up by hash: 64 hex
+/// characters; anything else finds no one).
 pub fn get_by_lookup_hash(conn: &Connection, hash: &str) -> Result<Option<StoredPerson>> {
+    let Ok(digest) = hex::decode(hash) else {
+        return Ok(None);
+    };
     Ok(conn
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM persons WHERE lookup_hash = ?1"
         ))?
-        .query_row([hash], from_row)
+        .query_row([digest], from_row)
         .optional()?)
 }
 
@@ -205,7 +209,7 @@ pub fn import(conn: &Connection, rec: &PersonRec, now: &str) -> Result<Imported>
                 rec.account_fen,
                 rec.enrolled_since,
                 now,
-                yidi_common::idnum::lookup_hash(&rec.id_number)
+                &yidi_common::idnum::lookup_digest(&rec.id_number)[..]
             ])
             .map(|_| Upsert::Inserted),
     };

@@ -506,6 +506,9 @@ pub fn migrate(conn: &mut Connection, schema: Schema) -> Result<()> {
     // to (V9) drops the old one first, which enforcement would refuse. The pragma does
     // nothing inside a transaction, hence here; the references are checked afterwards.
     conn.pragma_update(None, "foreign_keys", "OFF")?;
+    // Helper threads for SQLite's sorter: a migration that builds an index over
+    // millions of rows (V9) sorts its keys.
+    conn.pragma_update(None, "threads", 2)?;
     let migrated = migrations(schema)
         .to_latest(conn)
         .map_err(|e| Error::Internal(format!("schema migration failed: {e}")));

@@ -129,6 +129,12 @@ fn configure(conn: &Connection, reader: bool) -> rusqlite::Result<()> {
     // 32 MiB of page cache (default 2 MiB): the writer's cache survives between
     // transactions and holds the hot indexes of a large store.
     conn.pragma_update(None, "cache_size", -32_768)?;
+    // A large transaction (a schema migration over millions of persons) grows the
+    // write-ahead log to gigabytes; without a limit SQLite keeps the file at that size
+    // for good and reuses it. With one, the log is cut back to 64 MiB when it restarts.
+    if !reader {
+        conn.pragma_update(None, "journal_size_limit", 64_i64 << 20)?;
+    }
     conn.set_prepared_statement_cache_capacity(128);
     Ok(())
 }

@@ -69,6 +69,12 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<i32> {
     let region = RegionCode::parse_city(&args.region, "region")
         .map_err(|e| anyhow::anyhow!("--region: {e}"))?;
     let _lock = lock::lock_dir(&args.data_dir)?;
+    // A store with persons is refused before anything is changed (opening it for the
+    // load would first bring its schema up to date, which can take minutes).
+    let existing = args.data_dir.join(crate::store::DB_FILE);
+    if existing.exists() {
+        person_load::ensure_empty(&rusqlite::Connection::open(&existing)?)?;
+    }
     let mut conn = Store::open_connection(&args.data_dir, region.as_str())?;
     let outcome = load(&mut conn, args);
     // Back to WAL whether or not the load went through (a failed one has been rolled
@@ -165,6 +171,9 @@ fn read(
                 scope.spawn(move || check(&rx, cols))
             })
             .collect();
+        // Only the checking threads hold the receiver: should they all stop, the
+        // parsing thread's next send fails and it stops too, instead of waiting forever.
+        drop(rx);
         while !(parsing.is_finished() && checking.iter().all(|c| c.is_finished())) {
             report.bar.set_position(byte.load(Ordering::Relaxed));
             std::thread::sleep(Duration::from_millis(100));

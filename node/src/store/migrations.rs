@@ -2,7 +2,7 @@
 //! migration is append-only: a released migration is never edited, a change is a new
 //! one. Money is stored as INTEGER fen so that SQL sums are exact.
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 use rusqlite_migration::{M, Migrations};
 
 use crate::{Error, Result};
@@ -481,7 +481,8 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V6_PEER_POLICIES),
             M::up(V7_POLICY_IN_FORCE),
             M::up(V8_AUDIT_BY_HASH_ONLY),
-            M::up(V9_CARD_INDEX),
+            // Checked inside the migration's transaction: a broken reference rolls it back.
+            M::up(V9_CARD_INDEX).foreign_key_check(),
         ]),
         Schema::Coordinator => Migrations::new(vec![M::up(COORDINATOR_V1), M::up(COORDINATOR_V2)]),
     }
@@ -504,29 +505,21 @@ pub fn migrate(conn: &mut Connection, schema: Schema) -> Result<()> {
     }
     // Foreign keys off while migrating: a migration that rebuilds a table others refer
     // to (V9) drops the old one first, which enforcement would refuse. The pragma does
-    // nothing inside a transaction, hence here; the references are checked afterwards.
+    // nothing inside a transaction, hence here; such a migration checks the references
+    // itself before it commits (`M::foreign_key_check`).
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     // Helper threads for SQLite's sorter: a migration that builds an index over
     // millions of rows (V9) sorts its keys.
-    conn.pragma_update(None, "threads", 2)?;
-    let migrated = migrations(schema)
-        .to_latest(conn)
-        .map_err(|e| Error::Internal(format!("schema migration failed: {e}")));
-    let broken: Option<String> = conn
-        .query_row(
-            "SELECT \"table\" FROM pragma_foreign_key_check LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let migrated = conn
+        .pragma_update(None, "threads", 2)
+        .map_err(Error::from)
+        .and_then(|()| {
+            migrations(schema)
+                .to_latest(conn)
+                .map_err(|e| Error::Internal(format!("schema migration failed: {e}")))
+        });
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    migrated?;
-    match broken {
-        Some(table) => Err(Error::Internal(format!(
-            "after the schema migration a row of {table} refers to a missing row"
-        ))),
-        None => Ok(()),
-    }
+    migrated
 }
 
 /// Coordinator schema version after all migrations.

@@ -353,9 +353,9 @@ pub fn ensure_empty(conn: &Connection) -> Result<()> {
 }
 
 /// Loads the rows read (one [`Rows`] per reading thread) into the empty register and
-/// commits. A second row for an ID number, or a card already on an earlier row, is
-/// refused and the earlier row loaded: a register has one row per person. `now` is the
-/// creation time written on every person.
+/// commits. Rows repeating a person or a card are refused as [`resolve_repeats`] says:
+/// a register has one row per person. `now` is the creation time written on every
+/// person.
 pub fn load(
     conn: &mut Connection,
     now: &str,
@@ -368,8 +368,7 @@ pub fn load(
     let total: usize = parts.iter().map(Rows::len).sum();
     progress(Phase::Sorting { rows: total as u64 });
     let mut entries = sorted_entries(&mut parts);
-    let mut rejected = remove_repeated_ids(&parts, &mut entries)?;
-    rejected.extend(remove_repeated_cards(&parts, &mut entries)?);
+    let mut rejected = resolve_repeats(&parts, &mut entries)?;
 
     for (name, _, _) in SECONDARY_INDEXES {
         tx.execute_batch(&format!("DROP INDEX {name}"))?;
@@ -459,41 +458,19 @@ fn merge(a: Vec<Entry>, b: Vec<Entry>) -> Vec<Entry> {
     }
 }
 
-/// Drops every entry whose ID number an earlier line already has (entries are sorted by
-/// key, then line, so the earliest line of an ID number comes first).
-fn remove_repeated_ids(parts: &[Rows], entries: &mut Vec<Entry>) -> Result<Vec<Rejected>> {
-    let mut rejected = Vec::new();
-    let mut first: Option<Entry> = None;
-    let mut failed = None;
-    entries.retain(|e| match first {
-        Some(f) if f.key == e.key => {
-            match row_of(parts, e) {
-                Ok(r) => rejected.push(Rejected {
-                    line: e.line,
-                    field: "id_number",
-                    reason: format!(
-                        "{} is already on line {}; the file must have one row per person",
-                        r.id_number, f.line
-                    ),
-                }),
-                Err(err) => failed = Some(err),
-            }
-            false
-        }
-        _ => {
-            first = Some(*e);
-            true
-        }
-    });
-    match failed {
-        Some(err) => Err(err),
-        None => Ok(rejected),
-    }
-}
-
-/// Drops every entry whose card an earlier line already has. Cards are grouped by a
-/// hash (entries stay sorted by ID number); within a group the cards are compared.
-fn remove_repeated_cards(parts: &[Rows], entries: &mut Vec<Entry>) -> Result<Vec<Rejected>> {
+/// Decides which rows load when rows repeat an ID number or a card, as a reader going
+/// down the file one row at a time would: a row loads unless its person already has a
+/// loaded row on an earlier line, or its card belongs to a loaded row on an earlier line.
+/// Drops the others from `entries` (sorted by key, then line) and says why.
+///
+/// Only rows sharing an ID number or a card (by hash) with another row are "contested";
+/// the rest load as they are. Among the contested, each person's candidate is its
+/// earliest row not yet refused for its card; among the candidates each card stays with
+/// the earliest line, and a candidate that loses its card is refused for good (its card
+/// can only end with an even earlier line). Refusing a candidate makes the person's next
+/// row the candidate, which may claim a card in turn, so this repeats until no card is
+/// lost — a few rounds over the contested rows only.
+fn resolve_repeats(parts: &[Rows], entries: &mut Vec<Entry>) -> Result<Vec<Rejected>> {
     let hasher = RandomState::new();
     let mut cards: Vec<(u64, u32)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
@@ -504,38 +481,122 @@ fn remove_repeated_cards(parts: &[Rows], entries: &mut Vec<Entry>) -> Result<Vec
         }
     }
     cards.sort_unstable();
-    let mut rejected = Vec::new();
-    let mut drop = vec![false; entries.len()];
+    let mut contested = vec![false; entries.len()];
     for group in cards.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
-        // In line order; each card is kept by the first line that has it.
-        let mut group: Vec<(u64, usize)> = group
-            .iter()
-            .map(|&(_, i)| (entries[i as usize].line, i as usize))
-            .collect();
-        group.sort_unstable();
-        let mut holders: Vec<(&str, u64)> = Vec::new();
-        for (line, i) in group {
-            let card = card_of(parts, &entries[i])?.unwrap_or_default();
-            match holders.iter().find(|(c, _)| *c == card) {
-                Some(&(_, first)) => {
-                    drop[i] = true;
-                    rejected.push(Rejected {
-                        line,
-                        field: "card_no",
-                        reason: format!("{card} already belongs to the person on line {first}"),
-                    });
-                }
-                None => holders.push((card, line)),
-            }
+        for &(_, i) in group {
+            contested[i as usize] = true;
         }
     }
-    if !rejected.is_empty() {
-        let mut i = 0;
-        entries.retain(|_| {
-            i += 1;
-            !drop[i - 1]
-        });
+    drop(cards);
+    // The card and its hash of a contested row (few: recomputed rather than kept for all).
+    let card_hash = |i: usize| -> Result<Option<(u64, &str)>> {
+        Ok(card_of(parts, &entries[i])?.map(|c| (hasher.hash_one(c), c)))
+    };
+    let mut start = 0;
+    for group in entries.chunk_by(|a, b| a.key == b.key) {
+        if group.len() > 1 {
+            contested[start..start + group.len()].fill(true);
+        }
+        start += group.len();
     }
+    let contested: Vec<usize> = (0..entries.len()).filter(|&i| contested[i]).collect();
+    if contested.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let mut refused_for_card = vec![false; entries.len()];
+    let candidates = loop {
+        let candidates: Vec<usize> = {
+            let mut picked: Vec<usize> = Vec::new();
+            for &i in &contested {
+                let new_person = picked
+                    .last()
+                    .is_none_or(|&p| entries[p].key != entries[i].key);
+                if !refused_for_card[i] && new_person {
+                    picked.push(i);
+                }
+            }
+            picked
+        };
+        let mut by_card: Vec<(u64, u64, usize)> = Vec::new();
+        for &i in &candidates {
+            if let Some((h, _)) = card_hash(i)? {
+                by_card.push((h, entries[i].line, i));
+            }
+        }
+        by_card.sort_unstable();
+        let mut lost = false;
+        for group in by_card.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
+            let mut held: Vec<&str> = Vec::new();
+            for &(_, _, i) in group {
+                let card = card_of(parts, &entries[i])?.unwrap_or_default();
+                if held.contains(&card) {
+                    refused_for_card[i] = true;
+                    lost = true;
+                } else {
+                    held.push(card);
+                }
+            }
+        }
+        if !lost {
+            break candidates;
+        }
+    };
+
+    // Why each other contested row is refused, naming the line that loaded.
+    let mut holders: Vec<(u64, &str, u64)> = Vec::new();
+    for &i in &candidates {
+        if let Some((h, card)) = card_hash(i)? {
+            holders.push((h, card, entries[i].line));
+        }
+    }
+    holders.sort_unstable();
+    let mut loads = vec![true; entries.len()];
+    let mut rejected = Vec::new();
+    let mut person: Option<usize> = None;
+    for &i in &contested {
+        let e = entries[i];
+        let candidate = candidates.binary_search(&i).is_ok();
+        if person.is_none_or(|p| entries[p].key != e.key) {
+            person = None;
+        }
+        if candidate {
+            person = Some(i);
+            continue;
+        }
+        loads[i] = false;
+        if refused_for_card[i] {
+            let (h, card) = card_hash(i)?.unwrap_or_default();
+            let first = holders
+                .iter()
+                .filter(|(hh, c, _)| *hh == h && *c == card)
+                .map(|(_, _, line)| *line)
+                .next()
+                .ok_or_else(|| Error::Internal(format!("no loaded row holds card {card}")))?;
+            rejected.push(Rejected {
+                line: e.line,
+                field: "card_no",
+                reason: format!("{card} already belongs to the person on line {first}"),
+            });
+        } else {
+            let first = person.map(|p| entries[p].line).ok_or_else(|| {
+                Error::Internal("a repeated row without the row that loaded".into())
+            })?;
+            rejected.push(Rejected {
+                line: e.line,
+                field: "id_number",
+                reason: format!(
+                    "{} is already on line {first}; the file must have one row per person",
+                    row_of(parts, &e)?.id_number
+                ),
+            });
+        }
+    }
+    let mut i = 0;
+    entries.retain(|_| {
+        i += 1;
+        loads[i - 1]
+    });
     Ok(rejected)
 }
 
@@ -774,6 +835,60 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM persons", [], |r| r.get(0))
             .expect("count");
         assert_eq!(count, 3);
+    }
+
+    #[test]
+    fn a_person_whose_first_row_loses_its_card_loads_from_the_next_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = Store::open_connection(dir.path(), "330100").expect("open");
+        // Row by row: line 2 takes card C; line 3 (B) is refused for C; line 4 is then
+        // B's first loadable row and takes D; line 5 (E) is refused for D, so E loads
+        // from line 6; line 7 repeats B.
+        let (a, b, e) = (id(1970, 1), id(1960, 2), id(1950, 3));
+        let l2 = rec(&a, "甲", Some("C00000001"));
+        let l3 = rec(&b, "乙", Some("C00000001"));
+        let l4 = rec(&b, "乙二", Some("D00000001"));
+        let l5 = rec(&e, "戊", Some("D00000001"));
+        let l6 = rec(&e, "戊二", None);
+        let l7 = rec(&b, "乙三", None);
+        let (loaded, _) = run(
+            &mut conn,
+            &[
+                &[(2, &l2), (5, &l5), (7, &l7)],
+                &[(3, &l3), (4, &l4), (6, &l6)],
+            ],
+        );
+        assert_eq!(
+            loaded.expect("load"),
+            Loaded {
+                inserted: 3,
+                rejected: vec![
+                    Rejected {
+                        line: 3,
+                        field: "card_no",
+                        reason: "C00000001 already belongs to the person on line 2".to_owned(),
+                    },
+                    Rejected {
+                        line: 5,
+                        field: "card_no",
+                        reason: "D00000001 already belongs to the person on line 4".to_owned(),
+                    },
+                    Rejected {
+                        line: 7,
+                        field: "id_number",
+                        reason: format!(
+                            "{b} is already on line 4; the file must have one row per person"
+                        ),
+                    },
+                ],
+            }
+        );
+        for want in [&l2, &l4, &l6] {
+            let got = persons::get(&conn, &want.id_number)
+                .expect("get")
+                .expect("loaded");
+            assert_eq!(&got.rec, want);
+        }
     }
 
     #[test]

@@ -69,8 +69,9 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<i32> {
     let region = RegionCode::parse_city(&args.region, "region")
         .map_err(|e| anyhow::anyhow!("--region: {e}"))?;
     let _lock = lock::lock_dir(&args.data_dir)?;
-    // A store with persons is refused before anything is changed (opening it for the
-    // load would first bring its schema up to date, which can take minutes).
+    // A store with persons is refused before anything is changed or read (opening it
+    // for the load would first bring its schema up to date, which can take minutes).
+    // The load checks again inside its transaction.
     let existing = args.data_dir.join(crate::store::DB_FILE);
     if existing.exists() {
         person_load::ensure_empty(&rusqlite::Connection::open(&existing)?)?;
@@ -86,8 +87,6 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<i32> {
 }
 
 fn load(conn: &mut rusqlite::Connection, args: &LoadArgs) -> anyhow::Result<i32> {
-    // Before reading what may be gigabytes: a register with persons is refused anyway.
-    person_load::ensure_empty(conn)?;
     let mut reader = open_csv(&args.file)?;
     let header = reader
         .headers()

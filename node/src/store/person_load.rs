@@ -635,6 +635,16 @@ mod tests {
         }
     }
 
+    /// The ID numbers in the register, in order.
+    fn stored_ids(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT id_number FROM persons ORDER BY id_number")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    }
+
     fn schema(conn: &Connection) -> Vec<(String, String, Option<String>)> {
         conn.prepare("SELECT type, name, sql FROM sqlite_master ORDER BY name")
             .expect("prepare")
@@ -732,13 +742,7 @@ mod tests {
             .expect("get")
             .expect("by card");
         assert_eq!(by_card.rec, rx);
-        let order: Vec<String> = conn
-            .prepare("SELECT id_number FROM persons ORDER BY id_number")
-            .expect("prepare")
-            .query_map([], |r| r.get(0))
-            .expect("query")
-            .collect::<rusqlite::Result<_>>()
-            .expect("rows");
+        let order = stored_ids(&conn);
         let mut want = vec![a.clone(), b.clone(), c.clone(), x.clone()];
         want.sort();
         assert_eq!(order, want);
@@ -906,13 +910,6 @@ mod tests {
             "{err:?}"
         );
         assert!(phases.is_empty());
-        let ids: Vec<String> = conn
-            .prepare("SELECT id_number FROM persons")
-            .expect("prepare")
-            .query_map([], |r| r.get(0))
-            .expect("query")
-            .collect::<rusqlite::Result<_>>()
-            .expect("rows");
-        assert_eq!(ids, [present.id_number.as_str()]);
+        assert_eq!(stored_ids(&conn), [present.id_number.as_str()]);
     }
 }

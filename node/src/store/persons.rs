@@ -90,6 +90,12 @@ pub fn insert(conn: &Connection, rec: &PersonRec, now: &str) -> Result<()> {
         )));
     }
     check_card_free(conn, rec)?;
+    insert_row(conn, rec, now)?;
+    Ok(())
+}
+
+/// The INSERT of a person (with its look-up digest), checks left to the caller.
+fn insert_row(conn: &Connection, rec: &PersonRec, now: &str) -> rusqlite::Result<usize> {
     conn.prepare_cached(&format!(
         "INSERT INTO persons (lookup_hash, {COLUMNS}) VALUES (?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)"
     ))?
@@ -105,8 +111,7 @@ pub fn insert(conn: &Connection, rec: &PersonRec, now: &str) -> Result<()> {
         rec.enrolled_since,
         now,
         &yidi_common::idnum::lookup_digest(&rec.id_number)[..]
-    ])?;
-    Ok(())
+    ])
 }
 
 /// The person whose ID number hashes to `hash` (federated look-up by hash: 64 hex
@@ -194,24 +199,7 @@ pub fn import(conn: &Connection, rec: &PersonRec, now: &str) -> Result<Imported>
                 now
             ])
             .map(|_| Upsert::Updated),
-        None => conn
-            .prepare_cached(&format!(
-                "INSERT INTO persons (lookup_hash, {COLUMNS}) VALUES (?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)"
-            ))?
-            .execute(params![
-                rec.id_number,
-                rec.name,
-                rec.card_no,
-                rec.insurance_type.as_str(),
-                rec.person_type.as_str(),
-                rec.civil_servant,
-                rec.status.as_str(),
-                rec.account_fen,
-                rec.enrolled_since,
-                now,
-                &yidi_common::idnum::lookup_digest(&rec.id_number)[..]
-            ])
-            .map(|_| Upsert::Inserted),
+        None => insert_row(conn, rec, now).map(|_| Upsert::Inserted),
     };
     match written {
         Ok(u) => Ok(Imported::Done(u)),

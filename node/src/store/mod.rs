@@ -126,9 +126,12 @@ fn configure(conn: &Connection, reader: bool) -> rusqlite::Result<()> {
     // which under load is at almost every read; its few pages per read cost less as
     // read() calls from the kernel's page cache (measured: `docs/performance.md`).
     conn.pragma_update(None, "mmap_size", if reader { 0 } else { 4_i64 << 30 })?;
-    // 32 MiB of page cache (default 2 MiB): the writer's cache survives between
-    // transactions and holds the hot indexes of a large store.
-    conn.pragma_update(None, "cache_size", -32_768)?;
+    if reader {
+        // 32 MiB (default 2 MiB): the upper levels of a large store's indexes.
+        conn.pragma_update(None, "cache_size", -32_768)?;
+    } else {
+        size_writer_cache(conn)?;
+    }
     // A large transaction (a schema migration over millions of persons) grows the
     // write-ahead log to gigabytes; without a limit SQLite keeps the file at that size
     // for good and reuses it. With one, the log is cut back to 64 MiB when it restarts.
@@ -137,6 +140,32 @@ fn configure(conn: &Connection, reader: bool) -> rusqlite::Result<()> {
     }
     conn.set_prepared_statement_cache_capacity(128);
     Ok(())
+}
+
+/// Sizes the writer's page cache for the store's size: 32 MiB (SQLite's default is
+/// 2 MiB) so that the hot index pages of a large store survive between transactions,
+/// but only 4 MiB while the database is smaller than 1 GiB. The reason is a quirk of
+/// SQLite's page cache: when balancing a B-tree swaps two pages' numbers it parks one
+/// under the number of the page at the 1 GiB mark, and at the next commit the cache
+/// drops every page above the database's end — which, while the database ends below
+/// that mark, means walking the cache's whole hash table, at every commit that
+/// followed such a swap. With 32 MiB that walk took ~10 % of the writer's time and the
+/// small cache cut the CPU per settlement by ~15 % (measured: `docs/performance.md`);
+/// above 1 GiB the mark lies inside the database and nothing is walked. The writer
+/// re-applies this as the store grows (its upkeep, `Writer::start`).
+fn size_writer_cache(conn: &Connection) -> rusqlite::Result<()> {
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    conn.pragma_update(
+        None,
+        "cache_size",
+        -writer_cache_kib(pages.saturating_mul(page_size)),
+    )
+}
+
+/// The writer's page cache in KiB for a database of `bytes` (see `size_writer_cache`).
+fn writer_cache_kib(bytes: i64) -> i64 {
+    if bytes < 1 << 30 { 4_096 } else { 32_768 }
 }
 
 /// Opens (creating if needed) the store at `path` in WAL mode, configured as the writer,
@@ -231,7 +260,7 @@ impl Store {
         }
         let permits = Arc::new(Semaphore::new(readers.len()));
         Ok(Self {
-            writer: Writer::start(conn)?,
+            writer: Writer::start(conn, size_writer_cache)?,
             readers: Arc::new(ReadPool {
                 conns: Mutex::new(readers),
                 permits,
@@ -304,5 +333,32 @@ impl Store {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer's cache is small below the 1 GiB mark (where a large one costs a walk
+    /// of the whole cache at commits) and large above it.
+    #[test]
+    fn writer_cache_follows_the_store_size() {
+        assert_eq!(writer_cache_kib(0), 4_096);
+        assert_eq!(writer_cache_kib((1 << 30) - 4_096), 4_096);
+        assert_eq!(writer_cache_kib(1 << 30), 32_768);
+        assert_eq!(writer_cache_kib(10 << 30), 32_768);
+    }
+
+    /// A new store's writer runs with the small cache, readers with the large one.
+    #[tokio::test]
+    async fn a_new_store_has_the_small_writer_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1, "330100").unwrap();
+        let pragma = |c: &Connection| -> Result<i64> {
+            Ok(c.query_row("PRAGMA cache_size", [], |r| r.get(0))?)
+        };
+        assert_eq!(store.write(pragma).await.unwrap(), -4_096);
+        assert_eq!(store.read(pragma).await.unwrap(), -32_768);
     }
 }

@@ -23,6 +23,10 @@ const MAX_GROUP: usize = 256;
 type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
 
+/// Upkeep the writer runs between transactions, once per window (`WINDOW`): settings
+/// that follow the store's size.
+pub type Upkeep = fn(&Connection) -> rusqlite::Result<()>;
+
 /// Handle to the writer thread; cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
@@ -31,11 +35,11 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the thread that owns `conn`. The thread ends when every handle is dropped.
-    pub fn start(conn: Connection) -> Result<Self> {
+    pub fn start(conn: Connection, upkeep: Upkeep) -> Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         thread::Builder::new()
             .name("yidi-store-writer".into())
-            .spawn(move || run_loop(&conn, &rx))
+            .spawn(move || run_loop(&conn, &rx, upkeep))
             .map_err(|e| Error::Internal(format!("cannot start the store writer: {e}")))?;
         Ok(Self { tx })
     }
@@ -120,10 +124,10 @@ struct Window {
     commit: std::time::Duration,
 }
 
-/// How often the writer logs its window.
+/// How often the writer logs its window and runs its upkeep.
 const WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn run_loop(conn: &Connection, rx: &Receiver<Job>) {
+fn run_loop(conn: &Connection, rx: &Receiver<Job>, upkeep: Upkeep) {
     let mut window = Window::default();
     let mut since = std::time::Instant::now();
     while let Ok(first) = rx.recv() {
@@ -182,6 +186,13 @@ fn run_loop(conn: &Connection, rx: &Receiver<Job>) {
         window.largest = window.largest.max(jobs);
         window.run += ran;
         window.commit += started.elapsed() - ran;
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        let err = commit.as_ref().err().map(String::as_str);
+        for done in completions {
+            done(err);
+        }
         if since.elapsed() >= WINDOW {
             let w = std::mem::take(&mut window);
             tracing::debug!(
@@ -193,14 +204,10 @@ fn run_loop(conn: &Connection, rx: &Receiver<Job>) {
                 commit_ms = w.commit.as_millis() as u64,
                 "store writer window"
             );
+            if let Err(e) = upkeep(conn) {
+                tracing::warn!(error = %e, "store writer upkeep failed");
+            }
             since = std::time::Instant::now();
-        }
-        if commit.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        let err = commit.as_ref().err().map(String::as_str);
-        for done in completions {
-            done(err);
         }
     }
 }
@@ -218,7 +225,7 @@ mod tests {
         let conn = Connection::open(dir.path().join("w.db")).unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
             .unwrap();
-        let w = Writer::start(conn).unwrap();
+        let w = Writer::start(conn, |_| Ok(())).unwrap();
         // Hold the writer in a first group so that the next three queue as one group.
         let (hold, held) = std::sync::mpsc::channel::<()>();
         let (running, is_running) = oneshot::channel::<()>();

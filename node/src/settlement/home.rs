@@ -364,10 +364,13 @@ pub fn commit(
         &quote.accumulators,
     )?;
     let acct_fen = money::to_fen(quote.acct_pay);
-    if acct_fen > 0 {
-        let mut p = v.person.rec.clone();
-        p.account_fen -= acct_fen;
-        persons::update(conn, &p, &period::now_rfc3339())?;
+    if acct_fen > 0
+        && !persons::move_account(conn, &req.id_number, -acct_fen, &period::now_rfc3339())?
+    {
+        return Err(Error::NotFound(format!(
+            "no person with ID number {}",
+            req.id_number
+        )));
     }
     let period = Period::of(settled_at).to_string();
     let fund_fen = money::to_fen(quote.fund_pay_sumamt);
@@ -462,12 +465,14 @@ pub fn reverse(
     let acc = accumulators::get(conn, &claim.id_number, claim.acc_year)?;
     let back = claim.acc_delta.taken_from(&acc);
     accumulators::compare_and_set(conn, &claim.id_number, acc.version, &back)?;
-    if claim.acct_fen > 0
-        && let Some(p) = persons::get(conn, &claim.id_number)?
-    {
-        let mut rec = p.rec;
-        rec.account_fen += claim.acct_fen;
-        persons::update(conn, &rec, &period::now_rfc3339())?;
+    if claim.acct_fen > 0 {
+        // A person no longer in the register has no account to give back to.
+        persons::move_account(
+            conn,
+            &claim.id_number,
+            claim.acct_fen,
+            &period::now_rfc3339(),
+        )?;
     }
     claims::mark_reversed(conn, &claim.claim_id, &req.reversal_id, &req.reversed_at)?;
     let period = Period::of(at).to_string();

@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 9;
+pub const SCHEMA_VERSION: u32 = 10;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -463,6 +463,15 @@ CREATE INDEX persons_by_type ON persons (insurance_type, status);
 CREATE UNIQUE INDEX persons_by_card ON persons (card_no);
 ";
 
+// A ledger entry has no clearing round until a round freezes it, yet every entry —
+// two per cross-region claim, one at each node — put a (NULL, entry) key into the
+// index by round, a page written at every commit for an index that is only ever
+// searched for a given round. Only entries in a round are indexed now.
+const V10_LEDGER_BY_ROUND_PARTIAL: &str = r"
+DROP INDEX ledger_by_round;
+CREATE INDEX ledger_by_round ON ledger (round_id) WHERE round_id IS NOT NULL;
+";
+
 /// Which database a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -483,6 +492,7 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V8_AUDIT_BY_HASH_ONLY),
             // Checked inside the migration's transaction: a broken reference rolls it back.
             M::up(V9_CARD_INDEX).foreign_key_check(),
+            M::up(V10_LEDGER_BY_ROUND_PARTIAL),
         ]),
         Schema::Coordinator => Migrations::new(vec![M::up(COORDINATOR_V1), M::up(COORDINATOR_V2)]),
     }
@@ -606,6 +616,36 @@ mod tests {
             )
             .expect("found by the hash's bytes");
         assert_eq!(by_hash, "330106199003150433");
+    }
+
+    /// V10: only entries frozen in a round are in the index by round, and the clearing
+    /// statements that look entries up by round still go through it.
+    #[test]
+    fn v10_indexes_only_entries_in_a_round() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate(&mut conn, Schema::Node).expect("to the latest");
+        conn.execute_batch(
+            "INSERT INTO ledger (entry_id, side, counterparty, period, kind, claim_id, amount_fen, created_at, round_id) VALUES \
+             ('e1', 'receivable', '330200', '2026-11', 'claim', 'e1', 100, 't', NULL), \
+             ('e2', 'receivable', '330200', '2026-11', 'claim', 'e2', 200, 't', 'R1')",
+        )
+        .expect("entries");
+        let indexed: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM ledger INDEXED BY ledger_by_round WHERE round_id IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count through the index");
+        assert_eq!(indexed, 1);
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN UPDATE ledger SET round_id = NULL WHERE round_id = ?1",
+                ["R1"],
+                |r| r.get(3),
+            )
+            .expect("plan");
+        assert!(plan.contains("ledger_by_round"), "{plan}");
     }
 
     #[test]

@@ -128,6 +128,20 @@ pub fn get_by_lookup_hash(conn: &Connection, hash: &str) -> Result<Option<Stored
         .optional()?)
 }
 
+/// Moves a person's personal account by `delta_fen` (negative: paid from it). Only the
+/// balance and the time change: a statement naming the other columns would rewrite the
+/// person's entries in the card and type indexes too — two more randomly placed pages
+/// in every claim's commit. The table's check refuses a negative balance. False if the
+/// person is not in the register.
+pub fn move_account(conn: &Connection, id_number: &str, delta_fen: i64, now: &str) -> Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE persons SET account_fen = account_fen + ?2, updated_at = ?3 WHERE id_number = ?1",
+        )?
+        .execute(params![id_number, delta_fen, now])?;
+    Ok(n > 0)
+}
+
 /// Replaces the mutable fields of an existing person; NOT_FOUND if unknown.
 pub fn update(conn: &Connection, rec: &PersonRec, now: &str) -> Result<()> {
     check_card_free(conn, rec)?;

@@ -276,7 +276,9 @@ impl PeerSvc {
         idnum::IdNumber::parse(&req.id_number, "id_number").map_err(Error::from)?;
         let cache = Arc::clone(&self.state.policies);
         let region = self.state.region;
-        tracing::info!(peer = %treatment, person = %idnum::lookup_hash(&req.id_number)[..12], institution = %req.institution_code, "peer read of person data (eligibility)");
+        // Debug, not info: one line per cross-region settlement would drown a busy
+        // node's log, and the audit log keeps every read for good.
+        tracing::debug!(peer = %treatment, person = %idnum::lookup_hash(&req.id_number)[..12], institution = %req.institution_code, "peer read of person data (eligibility)");
         Ok(self
             .state
             .store
@@ -322,7 +324,7 @@ impl PeerSvc {
                 Ok(out)
             })
             .await?;
-        tracing::info!(peer = %treatment, claim = %claim, "claim committed for a treatment region");
+        tracing::debug!(peer = %treatment, claim = %claim, "claim committed for a treatment region");
         Ok(out)
     }
 

@@ -86,6 +86,22 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// Ends the running step — its time added to `phases`, to the last entry if that is
+/// the same step reported again — and starts `next`.
+fn next_step(
+    phases: &mut Vec<(&'static str, Duration)>,
+    current: &mut (&'static str, Instant),
+    next: &'static str,
+) {
+    let now = Instant::now();
+    let took = now.duration_since(current.1);
+    match phases.last_mut() {
+        Some((name, d)) if *name == current.0 => *d += took,
+        _ => phases.push((current.0, took)),
+    }
+    *current = (next, now);
+}
+
 fn load(conn: &mut rusqlite::Connection, args: &LoadArgs) -> anyhow::Result<i32> {
     let mut reader = open_csv(&args.file)?;
     let header = reader
@@ -99,7 +115,9 @@ fn load(conn: &mut rusqlite::Connection, args: &LoadArgs) -> anyhow::Result<i32>
     let bar = report.bar.clone();
     let now = period::now_rfc3339();
     // Each step's duration, for the report: an operator plans the next load's window.
-    let mut steps = vec![("read", Instant::now())];
+    // Reading runs from the report's start until the load's first step.
+    let mut phases = Vec::new();
+    let mut current = ("read", report.started());
     let loaded = person_load::load(conn, &now, parts, &mut |phase| {
         let (step, message) = match phase {
             Phase::Sorting { rows } => ("sort", format!("sorting {rows} persons by ID number")),
@@ -107,19 +125,10 @@ fn load(conn: &mut rusqlite::Connection, args: &LoadArgs) -> anyhow::Result<i32>
             Phase::Indexing { index, by } => (index, format!("indexing by {by}")),
             Phase::Committing => ("commit", "writing the register to disk".to_owned()),
         };
-        steps.push((step, Instant::now()));
+        next_step(&mut phases, &mut current, step);
         bar.set_message(message);
     })?;
-    steps.push(("", Instant::now()));
-    let mut phases: Vec<(&'static str, Duration)> =
-        vec![("read", steps[0].1.duration_since(report.started()))];
-    for pair in steps.windows(2).skip(1) {
-        let took = pair[1].1.duration_since(pair[0].1);
-        match phases.last_mut() {
-            Some((name, d)) if *name == pair[0].0 => *d += took,
-            _ => phases.push((pair[0].0, took)),
-        }
-    }
+    next_step(&mut phases, &mut current, "");
     report.phases = phases;
     report.result.inserted = loaded.inserted;
     report

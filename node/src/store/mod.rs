@@ -131,11 +131,10 @@ fn configure(conn: &Connection, reader: bool) -> rusqlite::Result<()> {
         conn.pragma_update(None, "cache_size", -32_768)?;
     } else {
         size_writer_cache(conn)?;
-    }
-    // A large transaction (a schema migration over millions of persons) grows the
-    // write-ahead log to gigabytes; without a limit SQLite keeps the file at that size
-    // for good and reuses it. With one, the log is cut back to 64 MiB when it restarts.
-    if !reader {
+        // A large transaction (a schema migration over millions of persons) grows the
+        // write-ahead log to gigabytes; without a limit SQLite keeps the file at that
+        // size for good and reuses it. With one, the log is cut back to 64 MiB when it
+        // restarts.
         conn.pragma_update(None, "journal_size_limit", 64_i64 << 20)?;
     }
     conn.set_prepared_statement_cache_capacity(128);

@@ -248,24 +248,43 @@ fn nth<T: Copy>(all: &[T], i: u8) -> Result<T> {
         .ok_or_else(|| Error::Internal(format!("a loaded row has enum position {i}")))
 }
 
-fn decode(mut b: &[u8]) -> Result<Row<'_>> {
-    let b = &mut b;
-    let id_number = text(take(b, 18)?)?;
+/// The variable-length front of an encoded row, as raw bytes: ID number, digest, name
+/// and card (empty: none); `b` is left at the fixed-size rest.
+struct Front<'a> {
+    id_number: &'a [u8],
+    digest: &'a [u8],
+    name: &'a [u8],
+    card: &'a [u8],
+}
+
+fn front<'a>(b: &mut &'a [u8]) -> Result<Front<'a>> {
+    let id_number = take(b, 18)?;
     let digest = take(b, 32)?;
     let len = take(b, 2)?;
-    let name_len = u16::from_le_bytes([len[0], len[1]]);
-    let name = text(take(b, usize::from(name_len))?)?;
+    let name = take(b, usize::from(u16::from_le_bytes([len[0], len[1]])))?;
     let card_len = take(b, 1)?[0];
-    let card = text(take(b, usize::from(card_len))?)?;
+    let card = take(b, usize::from(card_len))?;
+    Ok(Front {
+        id_number,
+        digest,
+        name,
+        card,
+    })
+}
+
+fn decode(mut b: &[u8]) -> Result<Row<'_>> {
+    let b = &mut b;
+    let f = front(b)?;
+    let card = text(f.card)?;
     let kinds = take(b, 4)?;
     let mut fen = [0u8; 8];
     fen.copy_from_slice(take(b, 8)?);
     let mut days = [0u8; 4];
     days.copy_from_slice(take(b, 4)?);
     Ok(Row {
-        id_number,
-        digest,
-        name,
+        id_number: text(f.id_number)?,
+        digest: f.digest,
+        name: text(f.name)?,
         card_no: (!card.is_empty()).then_some(card),
         insurance_type: nth(InsuranceType::ALL, kinds[0])?,
         person_type: nth(PersonType::ALL, kinds[1])?,
@@ -290,12 +309,7 @@ fn row_of<'a>(parts: &'a [Rows], e: &Entry) -> Result<Row<'a>> {
 
 /// Only the card of a row (the repeat check reads every row's card).
 fn card_of<'a>(parts: &'a [Rows], e: &Entry) -> Result<Option<&'a str>> {
-    let b = &mut encoded(parts, e);
-    take(b, 18 + 32)?;
-    let len = take(b, 2)?;
-    take(b, usize::from(u16::from_le_bytes([len[0], len[1]])))?;
-    let card_len = take(b, 1)?[0];
-    let card = text(take(b, usize::from(card_len))?)?;
+    let card = text(front(&mut encoded(parts, e))?.card)?;
     Ok((!card.is_empty()).then_some(card))
 }
 
@@ -567,11 +581,13 @@ fn resolve_repeats(parts: &[Rows], entries: &mut Vec<Entry>) -> Result<Vec<Rejec
         loads[i] = false;
         if refused_for_card[i] {
             let (h, card) = card_hash(i)?.unwrap_or_default();
+            // Sorted: the earliest holder of the card is found by bisection (a file with
+            // many taken cards must not make this quadratic).
+            let at = holders.partition_point(|&(hh, c, _)| (hh, c) < (h, card));
             let first = holders
-                .iter()
-                .filter(|(hh, c, _)| *hh == h && *c == card)
-                .map(|(_, _, line)| *line)
-                .next()
+                .get(at)
+                .filter(|&&(hh, c, _)| hh == h && c == card)
+                .map(|&(_, _, line)| line)
                 .ok_or_else(|| Error::Internal(format!("no loaded row holds card {card}")))?;
             rejected.push(Rejected {
                 line: e.line,
@@ -632,6 +648,26 @@ mod tests {
             status: PersonStatus::Active,
             account_fen: 12_345,
             enrolled_since: NaiveDate::from_ymd_opt(2024, 1, 1).expect("date"),
+        }
+    }
+
+    /// The refusal of a row whose card a row on line `by` holds.
+    fn card_taken(line: u64, card: &str, by: u64) -> Rejected {
+        Rejected {
+            line,
+            field: "card_no",
+            reason: format!("{card} already belongs to the person on line {by}"),
+        }
+    }
+
+    /// The refusal of a row repeating the person of line `first`.
+    fn repeated(line: u64, id_number: &str, first: u64) -> Rejected {
+        Rejected {
+            line,
+            field: "id_number",
+            reason: format!(
+                "{id_number} is already on line {first}; the file must have one row per person"
+            ),
         }
     }
 
@@ -799,12 +835,12 @@ mod tests {
         let (early, other, late, last) = (id(1980, 1), id(1985, 2), id(1950, 3), id(1999, 4));
         let first = rec(&early, "先", Some("C00000001"));
         let again = rec(&early, "重", None);
-        let card_taken = rec(&late, "后", Some("C00000001"));
+        let takes_card = rec(&late, "后", Some("C00000001"));
         let (ro, rl) = (rec(&other, "他", None), rec(&last, "末", Some("C00000006")));
         let (loaded, _) = run(
             &mut conn,
             &[
-                &[(5, &card_taken), (2, &first)],
+                &[(5, &takes_card), (2, &first)],
                 &[(3, &ro), (4, &again), (6, &rl)],
             ],
         );
@@ -812,20 +848,7 @@ mod tests {
             loaded.expect("load"),
             Loaded {
                 inserted: 3,
-                rejected: vec![
-                    Rejected {
-                        line: 4,
-                        field: "id_number",
-                        reason: format!(
-                            "{early} is already on line 2; the file must have one row per person"
-                        ),
-                    },
-                    Rejected {
-                        line: 5,
-                        field: "card_no",
-                        reason: "C00000001 already belongs to the person on line 2".to_owned(),
-                    },
-                ],
+                rejected: vec![repeated(4, &early, 2), card_taken(5, "C00000001", 2)],
             }
         );
         let kept = persons::get(&conn, &early).expect("get").expect("early");
@@ -867,23 +890,9 @@ mod tests {
             Loaded {
                 inserted: 3,
                 rejected: vec![
-                    Rejected {
-                        line: 3,
-                        field: "card_no",
-                        reason: "C00000001 already belongs to the person on line 2".to_owned(),
-                    },
-                    Rejected {
-                        line: 5,
-                        field: "card_no",
-                        reason: "D00000001 already belongs to the person on line 4".to_owned(),
-                    },
-                    Rejected {
-                        line: 7,
-                        field: "id_number",
-                        reason: format!(
-                            "{b} is already on line 4; the file must have one row per person"
-                        ),
-                    },
+                    card_taken(3, "C00000001", 2),
+                    card_taken(5, "D00000001", 4),
+                    repeated(7, &b, 4),
                 ],
             }
         );

@@ -1177,14 +1177,20 @@ async fn load_phase(
             client
         }));
     }
-    // Progress, and the settle rate of every 5-second window (is it sustained?).
-    let windows = {
-        let (stop, settled) = (Arc::clone(&stop), Arc::clone(&settled));
+    // Progress, and the settle rate of every 5-second window (is it sustained?). The task
+    // is stopped as soon as the clients are done: a --count run ends mid-window, and that
+    // partial window must not count as a slow one.
+    let windows = Arc::new(Mutex::new(Vec::new()));
+    let progress = {
+        let (stop, settled, windows) = (
+            Arc::clone(&stop),
+            Arc::clone(&settled),
+            Arc::clone(&windows),
+        );
         let deadline = count
             .is_none()
             .then(|| began + Duration::from_secs(args.duration));
         tokio::spawn(async move {
-            let mut windows = Vec::new();
             let mut last = (Instant::now(), 0u64);
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             tick.tick().await;
@@ -1195,7 +1201,9 @@ async fn load_phase(
                     _ = tick.tick() => {
                         let now = (Instant::now(), settled.load(Ordering::Relaxed));
                         let rate = (now.1 - last.1) as f64 / (now.0 - last.0).as_secs_f64();
-                        windows.push(rate);
+                        if let Ok(mut w) = windows.lock() {
+                            w.push(rate);
+                        }
                         eprintln!(
                             "  {:>5.0} s  {:>9} settled  {:>8.0}/s",
                             began.elapsed().as_secs_f64(),
@@ -1206,11 +1214,8 @@ async fn load_phase(
                     }
                     () = tokio::time::sleep_until(sleep_until.into()) => {
                         stop.store(true, Ordering::Relaxed);
-                        return windows;
+                        return;
                     }
-                }
-                if stop.load(Ordering::Relaxed) {
-                    return windows;
                 }
             }
         })
@@ -1225,30 +1230,125 @@ async fn load_phase(
     }
     let elapsed = began.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let windows = windows.await.unwrap_or_default();
+    progress.abort();
+    let windows = windows.lock().map(|w| w.clone()).unwrap_or_default();
     (stats, acks, elapsed, windows)
 }
 
-/// Prepares `n` visits with `--concurrency` clients (cross-region only when asked).
-/// CPU time this process has used (user + system, all threads), from `/proc/self/stat`
-/// in clock ticks of 1/100 s (Linux's USER_HZ); `None` where there is no such file.
-/// With the nodes in this process it is the whole federation's and the load
-/// generator's CPU: divided by the operations it is the cost of one, a figure that
-/// moves far less than throughput when the host's other tenants come and go.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split_ascii_whitespace().skip(11);
-    let utime: f64 = fields.next()?.parse().ok()?;
-    let stime: f64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+/// CPU time this process has used (user + system, in seconds): the whole process, and
+/// by thread group ([`thread_group`]), from `/proc/self/stat` and `/proc/self/task/*/stat`
+/// in clock ticks of 1/100 s (Linux's USER_HZ). With the nodes in this process it is the
+/// whole federation's and the load generator's CPU: divided by the operations it is the
+/// cost of one, a figure that moves far less than throughput when the host's other
+/// tenants come and go; by group it says which side a change made cheaper.
+#[derive(Debug, Clone, Default)]
+struct CpuSample {
+    total: f64,
+    groups: BTreeMap<&'static str, f64>,
 }
 
-/// Milliseconds of CPU per operation between two [`cpu_seconds`] readings.
-fn cpu_ms_per(before: Option<f64>, ops: usize) -> Option<f64> {
-    let used = cpu_seconds()? - before?;
-    (ops > 0).then(|| used * 1000.0 / ops as f64)
+/// The thread groups of an in-process run, in the order they are printed: the nodes'
+/// store writers, the nodes' runtime and read-pool threads, the load generator's runtime,
+/// and the rest. Threads that ended during a phase (idle read-pool threads retire) count
+/// in the process total only, so "other" is the total less the named groups.
+const THREAD_GROUPS: [&str; 4] = [
+    "writers",
+    "node runtimes and read pools",
+    "load generator",
+    "other",
+];
+
+/// A thread's group in [`THREAD_GROUPS`], by its name (Linux keeps 15 bytes of it).
+fn thread_group(comm: &str) -> &'static str {
+    let i = if comm.starts_with("yidi-store-writ") {
+        0
+    } else if comm.starts_with("node-") {
+        1
+    } else if comm.starts_with("bench-client") {
+        2
+    } else {
+        3
+    };
+    THREAD_GROUPS[i]
+}
+
+/// The command name and user + system seconds of one `/proc/…/stat` line.
+fn stat_cpu(stat: &str) -> Option<(&str, f64)> {
+    // The command name sits in parentheses and may hold spaces.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let comm = &stat[open + 1..close];
+    let mut fields = stat.get(close + 2..)?.split_ascii_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((comm, (utime + stime) / 100.0))
+}
+
+fn cpu_sample() -> Option<CpuSample> {
+    let (_, total) = stat_cpu(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    let mut groups = BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue; // ended between the listing and the read
+        };
+        if let Some((comm, secs)) = stat_cpu(&stat) {
+            *groups.entry(thread_group(comm)).or_insert(0.0) += secs;
+        }
+    }
+    Some(CpuSample { total, groups })
+}
+
+/// CPU per operation between two [`cpu_sample`]s, in milliseconds: the total and by
+/// thread group (a group's "other" takes what ended threads used).
+#[derive(Debug, Clone)]
+struct CpuPerOp {
+    total_ms: f64,
+    /// In the order of [`THREAD_GROUPS`].
+    groups_ms: Vec<(&'static str, f64)>,
+}
+
+impl CpuPerOp {
+    fn between(before: Option<CpuSample>, ops: usize) -> Option<Self> {
+        let (before, after) = (before?, cpu_sample()?);
+        if ops == 0 {
+            return None;
+        }
+        let per = |secs: f64| secs.max(0.0) * 1000.0 / ops as f64;
+        let used = |s: &CpuSample, g| s.groups.get(g).copied().unwrap_or(0.0);
+        let total = after.total - before.total;
+        let mut named = 0.0;
+        let mut groups_ms = Vec::new();
+        for g in THREAD_GROUPS {
+            let secs = if g == "other" {
+                total - named
+            } else {
+                (used(&after, g) - used(&before, g)).max(0.0)
+            };
+            named += secs;
+            groups_ms.push((g, per(secs)));
+        }
+        Some(Self {
+            total_ms: per(total),
+            groups_ms,
+        })
+    }
+
+    /// One line, e.g. `1.980 ms (writers 0.950, node runtimes and read pools 0.800, …)`.
+    fn text(&self) -> String {
+        let groups: Vec<String> = self
+            .groups_ms
+            .iter()
+            .map(|(g, ms)| format!("{g} {ms:.3}"))
+            .collect();
+        format!("{:.3} ms ({})", self.total_ms, groups.join(", "))
+    }
+
+    fn groups_json(&self) -> serde_json::Value {
+        self.groups_ms
+            .iter()
+            .map(|&(g, ms)| (g.to_owned(), json!(ms)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
 }
 
 /// Pre-settles random visits of `visits` from every client for the configured seconds;
@@ -1292,6 +1392,7 @@ async fn presettle_phase(ctx: &Arc<Ctx>, visits: Vec<Prepared>) -> (f64, Stats) 
     (began.elapsed().as_secs_f64(), stats)
 }
 
+/// Prepares `n` visits with `--concurrency` clients (cross-region only when asked).
 async fn prepare_many(
     ctx: &Arc<Ctx>,
     n: u64,
@@ -1791,12 +1892,12 @@ async fn drive(
                 bail!("no {label} visit could be prepared for the pre-settle phase");
             }
             let n = visits.len();
-            let cpu = cpu_seconds();
+            let cpu = cpu_sample();
             let (secs, stats) = presettle_phase(&ctx, visits).await;
             let ps = stats.get("PreSettle");
             let rate = ps.len() as f64 / secs;
             let cpu_ms = in_process
-                .then(|| cpu_ms_per(cpu, ps.len() as usize))
+                .then(|| CpuPerOp::between(cpu, ps.len() as usize))
                 .flatten();
             println!(
                 "pre-settle, {label} ({n} visits; {} clients, {secs:.1} s)",
@@ -1808,12 +1909,14 @@ async fn drive(
                 if cross { "" } else { " (target ≥ 20,000)" },
                 stats.errors
             );
-            if let Some(ms) = cpu_ms {
-                println!("  CPU per pre-settle (nodes and load generator): {ms:.3} ms");
+            if let Some(cpu) = &cpu_ms {
+                println!("  CPU per pre-settle: {}", cpu.text());
             }
             phases.insert(
                 key.into(),
-                json!({"per_second": rate, "latency": summary(&ps), "errors": stats.errors_json(), "seconds": secs, "visits": n, "cpu_ms_per_op": cpu_ms}),
+                json!({"per_second": rate, "latency": summary(&ps), "errors": stats.errors_json(), "seconds": secs, "visits": n,
+                    "cpu_ms_per_op": cpu_ms.as_ref().map(|c| c.total_ms),
+                    "cpu_ms_per_op_by_threads": cpu_ms.as_ref().map(CpuPerOp::groups_json)}),
             );
         }
         report.insert("presettle".into(), serde_json::Value::Object(phases));
@@ -1850,9 +1953,11 @@ async fn drive(
         args.count
             .map_or_else(|| format!("{} s", args.duration), |c| format!("{c} visits"))
     );
-    let cpu = cpu_seconds();
+    let cpu = cpu_sample();
     let (stats, acks, elapsed, windows) = load_phase(&ctx, prepared).await;
-    let cpu_ms = in_process.then(|| cpu_ms_per(cpu, acks.len())).flatten();
+    let cpu_ms = in_process
+        .then(|| CpuPerOp::between(cpu, acks.len()))
+        .flatten();
     let secs = elapsed.as_secs_f64();
     let cross = stats.get("Settle(cross-region)");
     let local = stats.get("Settle(local)");
@@ -1888,8 +1993,8 @@ async fn drive(
         *by_kind.entry(a.kind.name()).or_default() += 1;
     }
     println!("  settled by kind: {by_kind:?}");
-    if let Some(ms) = cpu_ms {
-        println!("  CPU per settlement (three nodes and load generator): {ms:.3} ms");
+    if let Some(cpu) = &cpu_ms {
+        println!("  CPU per settlement: {}", cpu.text());
     }
     if stats.errors.is_empty() {
         println!("  errors: none");
@@ -1918,7 +2023,8 @@ async fn drive(
             "calls": stats.calls.iter().map(|(k, h)| ((*k).to_owned(), summary(h))).collect::<serde_json::Map<_, _>>(),
             "errors": stats.errors_json(),
             "settle_errors": stats.error_count("Settle(cross-region)") + stats.error_count("Settle(local)"),
-            "cpu_ms_per_settlement": cpu_ms,
+            "cpu_ms_per_settlement": cpu_ms.as_ref().map(|c| c.total_ms),
+            "cpu_ms_per_settlement_by_threads": cpu_ms.as_ref().map(CpuPerOp::groups_json),
         }),
     );
 

@@ -1,0 +1,132 @@
+//! The project's benchmark, `yidi bench`, run as the real binary on a small federation
+//! of in-process nodes: every acknowledged settlement must verify at both nodes, the
+//! JSON report must hold the figures the performance report quotes (floor, unloaded
+//! ratio, pre-settle phases, settle throughput, CPU per operation by thread group),
+//! and they must agree with the run's own counts.
+
+use serde_json::Value;
+use yidi_tests::process::yidi_command;
+
+fn number(v: &Value, path: &[&str]) -> f64 {
+    let mut at = v;
+    for key in path {
+        at = &at[*key];
+    }
+    at.as_f64()
+        .unwrap_or_else(|| panic!("{} is not a number in {v:#}", path.join(".")))
+}
+
+#[test]
+fn a_small_settle_only_run_verifies_and_reports_its_figures() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("bench.json");
+    let out = yidi_command()
+        .args([
+            "bench",
+            "--persons",
+            "200",
+            "--settle-only",
+            "--count",
+            "48",
+            "--concurrency",
+            "6",
+            "--presettle-seconds",
+            "1",
+            "--presettle-visits",
+            "12",
+            "--unloaded",
+            "5",
+            "--verify-persons",
+            "12",
+            "--node-threads",
+            "1",
+            "--client-threads",
+            "1",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("stores"))
+        .arg("--json")
+        .arg(&json)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run yidi bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "yidi bench failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("verification"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
+
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("bench JSON written"))
+            .expect("bench JSON parses");
+
+    // Every acknowledgement found at both nodes; the sampled persons' accumulators exact.
+    let v = &report["verification"];
+    assert_eq!(v["ok"], Value::Bool(true), "{v:#}");
+    assert_eq!(v["acknowledged"], 48, "{v:#}");
+    assert_eq!(v["present_at_treatment"], 48, "{v:#}");
+    assert_eq!(v["committed_at_home"], 48, "{v:#}");
+    assert_eq!(v["persons_checked"], v["persons_delta_ok"], "{v:#}");
+    assert_eq!(v["persons_store_checked"], v["persons_store_ok"], "{v:#}");
+    assert_eq!(v["problems"], Value::Array(vec![]), "{v:#}");
+
+    // The load: exactly the asked count, no errors, rates consistent with the counts.
+    let load = &report["load"];
+    assert_eq!(load["settled"], 48, "{load:#}");
+    assert_eq!(load["settle_errors"], 0, "{load:#}");
+    assert_eq!(load["settle"]["count"], 48, "{load:#}");
+    let kinds = load["settled_by_kind"]
+        .as_object()
+        .expect("settled_by_kind");
+    assert_eq!(
+        kinds.values().filter_map(Value::as_u64).sum::<u64>(),
+        48,
+        "{load:#}"
+    );
+    let (secs, rate) = (
+        number(load, &["seconds"]),
+        number(load, &["settled_per_second"]),
+    );
+    assert!((rate * secs - 48.0).abs() < 0.5, "{load:#}");
+    // A run this short ends inside its first 5-s window: no partial window may be
+    // reported as the lowest sustained rate.
+    assert_eq!(load["windows_per_second"], Value::Array(vec![]), "{load:#}");
+
+    // CPU per settlement, and by thread group summing to it.
+    let cpu = number(load, &["cpu_ms_per_settlement"]);
+    assert!(cpu > 0.0, "{load:#}");
+    let groups = load["cpu_ms_per_settlement_by_threads"]
+        .as_object()
+        .expect("CPU by thread group");
+    for g in [
+        "writers",
+        "node runtimes and read pools",
+        "load generator",
+        "other",
+    ] {
+        assert!(groups.contains_key(g), "no {g} in {groups:?}");
+    }
+    let sum: f64 = groups.values().filter_map(Value::as_f64).sum();
+    assert!((sum - cpu).abs() < 1e-6, "{sum} vs {cpu}: {groups:?}");
+    assert!(number(load, &["cpu_ms_per_settlement_by_threads", "writers"]) > 0.0);
+
+    // Floor and unloaded ratio measured in the same run.
+    let floor = number(&report["floor"], &["two_rtt_two_commits_ms"]);
+    assert!(floor > 0.0, "{:#}", report["floor"]);
+    let unloaded = &report["unloaded"];
+    assert_eq!(unloaded["settle"]["count"], 5, "{unloaded:#}");
+    let ratio = number(unloaded, &["ratio_to_floor"]);
+    let p50 = number(unloaded, &["settle", "p50_ms"]);
+    assert!((ratio - p50 / floor).abs() < 0.01, "{unloaded:#}");
+
+    // Both pre-settle phases ran without errors.
+    for phase in ["local", "cross_region"] {
+        let p = &report["presettle"][phase];
+        assert!(number(p, &["per_second"]) > 0.0, "{p:#}");
+        assert_eq!(p["errors"], serde_json::json!({}), "{p:#}");
+        assert!(p["cpu_ms_per_op_by_threads"].is_object(), "{p:#}");
+    }
+}

@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 10;
+pub const SCHEMA_VERSION: u32 = 11;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -472,6 +472,29 @@ DROP INDEX ledger_by_round;
 CREATE INDEX ledger_by_round ON ledger (round_id) WHERE round_id IS NOT NULL;
 ";
 
+// The stored answers of Settle and CommitClaim (1.2–2.5 KB) are larger than a row of a
+// WITHOUT ROWID table keeps on its page (~1,000 bytes at 4 KiB pages): each spilled to an
+// overflow page of its own, a leaf held about three rows and split every few inserts —
+// pages in both nodes' commits of every claim. In a rowid table a row keeps up to ~4 KB
+// on its page and new rows are appended at the table's end (one page shared by a
+// group's inserts); the request's key lives in a small index. Same columns and
+// statements; the table is copied once.
+const V11_REQUESTS_BY_ROWID: &str = r"
+CREATE TABLE requests_v11 (
+    scope        TEXT NOT NULL,   -- who may reuse ids independently (admin, an institution, a peer)
+    request_id   TEXT NOT NULL,
+    method       TEXT NOT NULL,
+    payload_hash TEXT NOT NULL,
+    response     BLOB NOT NULL,   -- the encoded original answer
+    created_at   TEXT NOT NULL
+) STRICT;
+INSERT INTO requests_v11 (scope, request_id, method, payload_hash, response, created_at)
+    SELECT scope, request_id, method, payload_hash, response, created_at FROM requests;
+DROP TABLE requests;
+ALTER TABLE requests_v11 RENAME TO requests;
+CREATE UNIQUE INDEX requests_by_request ON requests (scope, request_id);
+";
+
 /// Which database a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -493,6 +516,7 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             // Checked inside the migration's transaction: a broken reference rolls it back.
             M::up(V9_CARD_INDEX).foreign_key_check(),
             M::up(V10_LEDGER_BY_ROUND_PARTIAL),
+            M::up(V11_REQUESTS_BY_ROWID),
         ]),
         Schema::Coordinator => Migrations::new(vec![M::up(COORDINATOR_V1), M::up(COORDINATOR_V2)]),
     }
@@ -646,6 +670,87 @@ mod tests {
             )
             .expect("plan");
         assert!(plan.contains("ledger_by_round"), "{plan}");
+    }
+
+    /// V11: the request records are copied into a rowid table, found by their key
+    /// through the new unique index, and a repeat still replays its stored answer.
+    #[test]
+    fn v11_keeps_every_request_and_its_uniqueness() {
+        use prost::Message;
+        use yidi_common::proto;
+
+        use crate::idempotency::{RequestKey, replay};
+
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrations(Schema::Node)
+            .to_version(&mut conn, 10)
+            .expect("to V10");
+        // An answer as large as a Settle's with a long explanation (over what a row of
+        // the old table kept on its page).
+        let answer = proto::Settlement {
+            settlement_id: "330200-S-0000000001".into(),
+            note: "说明".repeat(400),
+            ..Default::default()
+        };
+        let insert = "INSERT INTO requests (scope, request_id, method, payload_hash, response, created_at)                       VALUES (?1, ?2, ?3, ?4, ?5, 't')";
+        conn.execute(
+            insert,
+            rusqlite::params!["inst:H1", "r-1", "Settle", "h1", answer.encode_to_vec()],
+        )
+        .expect("request 1");
+        conn.execute(
+            insert,
+            rusqlite::params!["admin", "r-1", "OpenVisit", "h2", vec![1u8, 2, 3]],
+        )
+        .expect("request 2");
+
+        migrate(&mut conn, Schema::Node).expect("to the latest");
+
+        let rows: Vec<(i64, String, String, String, usize)> = conn
+            .prepare("SELECT rowid, scope, request_id, method, length(response) FROM requests ORDER BY scope")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(
+            (
+                rows[0].1.as_str(),
+                rows[0].2.as_str(),
+                rows[0].3.as_str(),
+                rows[0].4
+            ),
+            ("admin", "r-1", "OpenVisit", 3)
+        );
+        assert_eq!(
+            (rows[1].1.as_str(), rows[1].3.as_str(), rows[1].4),
+            ("inst:H1", "Settle", answer.encoded_len())
+        );
+        let key = RequestKey::new("inst:H1", "r-1", "Settle", "h1".into()).expect("key");
+        let replayed: proto::Settlement = replay(&conn, &key).expect("replay").expect("stored");
+        assert_eq!(replayed, answer);
+        let other = RequestKey::new("inst:H1", "r-1", "Settle", "h9".into()).expect("key");
+        let refused = replay::<proto::Settlement>(&conn, &other).expect_err("another payload");
+        assert!(
+            refused.to_string().contains("different payload"),
+            "{refused}"
+        );
+        let again = conn
+            .execute(
+                insert,
+                rusqlite::params!["admin", "r-1", "X", "h", vec![0u8]],
+            )
+            .expect_err("a request id is still claimed once per scope");
+        assert!(again.to_string().contains("UNIQUE"), "{again}");
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT method, payload_hash, response FROM requests WHERE scope = ?1 AND request_id = ?2",
+                ["admin", "r-1"],
+                |r| r.get(3),
+            )
+            .expect("plan");
+        assert!(plan.contains("requests_by_request"), "{plan}");
     }
 
     #[test]

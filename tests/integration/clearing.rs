@@ -2,7 +2,9 @@
 //! exact amounts (claims in both directions, an audit deduction, a reserve top-up), an
 //! injected mismatch → dispute → resolution carrying it to the next round, a node down
 //! during collection, the coordinator restarted mid-round with an operator confirmation,
-//! late claims landing in the next round, and no personal data at the coordinator.
+//! late claims landing in the next round, and no personal data at the coordinator; a
+//! round aborted before confirmation, its records released (at a node that was down, by
+//! the next round) and cleared by the next round to the fen.
 
 use std::time::Duration;
 
@@ -566,5 +568,121 @@ async fn full_round_dispute_late_claims_and_privacy() {
             );
         }
     }
+    coord.stop().await;
+}
+
+/// AbortRound before any confirmation: every reachable node releases the round's
+/// records at once, a node that was down releases them when the next round freezes, the
+/// round ends ABORTED for good, and the next round of the period clears the very same
+/// records to the fen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_round_releases_its_records_for_the_next_round() {
+    let dir = tempfile::tempdir().unwrap();
+    // Operators confirm by hand, so that the round waits at its statement.
+    let mut fed = Federation::start_with(dir.path(), &[HZ, NB, WZ], |_, c| {
+        c.clearing_auto_confirm = false;
+    })
+    .await;
+    prepare(&fed).await;
+    let hz_at_nb = inpatient(&fed, HZ, NB, 21, "10000.00").await;
+    let nb_at_wz = inpatient(&fed, NB, WZ, 22, "4000.00").await;
+    // 10000 − 800 deductible = 9200 × 88 % (retiree, Hangzhou's policy).
+    assert_eq!(fund(&hz_at_nb), m("8096.00"));
+    wait_outboxes(&fed).await;
+    let period = hz_at_nb.period.clone();
+
+    let coord =
+        TestCoordinator::start(dir.path().join("coordinator"), fed.peers_file.clone()).await;
+    let mut c = coord.client().await;
+    let first = open(&mut c, "open-a", &period).await;
+    let r = c.run_round(rr(&first.round_id)).await.unwrap().into_inner();
+    assert_eq!(r.state, "STATEMENT_ISSUED", "{r:?}");
+    let st1 = c
+        .get_statement(rr(&first.round_id))
+        .await
+        .unwrap()
+        .into_inner();
+    let expected = [
+        (HZ, -fund(&hz_at_nb)),
+        (NB, fund(&hz_at_nb) - fund(&nb_at_wz)),
+        (WZ, fund(&nb_at_wz)),
+    ];
+    for (region, net) in expected {
+        assert_eq!(net_of(&st1, region), net, "{region} in {st1:?}");
+    }
+
+    // Wenzhou is down when the operator aborts: best effort, the round still ends.
+    fed.stop(WZ).await;
+    let aborted = c
+        .abort_round(rr(&first.round_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(aborted.state, "ABORTED", "{aborted:?}");
+    let round_at = |rounds: &[proto::ClearingRound], id: &str| {
+        rounds
+            .iter()
+            .find(|r| r.round_id == id)
+            .map(|r| (r.state.clone(), r.records))
+    };
+    for region in [HZ, NB] {
+        let rounds = fed
+            .node(region)
+            .admin()
+            .await
+            .list_clearing_rounds(proto::ListClearingRoundsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .rounds;
+        assert_eq!(
+            round_at(&rounds, &first.round_id),
+            Some(("released".to_owned(), 0)),
+            "{region}: {rounds:?}"
+        );
+    }
+    // Aborted is final: not aborted again, and running it only shows it.
+    let again = c.abort_round(rr(&first.round_id)).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    let shown = c.run_round(rr(&first.round_id)).await.unwrap().into_inner();
+    assert_eq!(shown.state, "ABORTED", "{shown:?}");
+
+    // Wenzhou returns still holding the first round's records; the next round frees
+    // them there and clears the same records.
+    fed.restart(WZ, |c| c.clearing_auto_confirm = false).await;
+    let second = open(&mut c, "open-b", &period).await;
+    let r = c
+        .run_round(rr(&second.round_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.state, "STATEMENT_ISSUED", "{r:?}");
+    let st2 = c
+        .get_statement(rr(&second.round_id))
+        .await
+        .unwrap()
+        .into_inner();
+    for (region, net) in expected {
+        assert_eq!(net_of(&st2, region), net, "{region} in {st2:?}");
+    }
+    let rounds = fed
+        .node(WZ)
+        .admin()
+        .await
+        .list_clearing_rounds(proto::ListClearingRoundsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .rounds;
+    assert_eq!(
+        round_at(&rounds, &first.round_id),
+        Some(("released".to_owned(), 0)),
+        "{rounds:?}"
+    );
+    assert_eq!(
+        round_at(&rounds, &second.round_id),
+        Some(("frozen".to_owned(), 1)),
+        "{rounds:?}"
+    );
     coord.stop().await;
 }

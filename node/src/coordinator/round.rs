@@ -35,7 +35,7 @@ type Client = ClearingParticipantClient<tonic::transport::Channel>;
 /// province's nodes one after another would add up their round trips and fsyncs; all
 /// at once would hold every answer in memory together. Answers that arrive together
 /// are also stored together (the writer's group commit).
-const PARALLEL_CALLS: usize = 32;
+pub(crate) const PARALLEL_CALLS: usize = 32;
 
 fn client(st: &CoordState, region: &str) -> Result<Client> {
     Ok(

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use futures::{StreamExt, stream};
+
 use tonic::{Request, Response, Status};
 use yidi_common::{
     money::{self, Sign},
@@ -311,15 +313,21 @@ impl CoordinatorService for CoordinatorSvc {
             ))
             .into());
         }
-        for p in self.state.participants.all() {
-            // Best effort: a participant that misses this releases the stale round when
-            // the next round freezes.
-            let _ = ClearingParticipantClient::new(p.channel())
-                .release_round(proto::ReleaseRoundRequest {
-                    round_id: id.clone(),
-                })
-                .await;
-        }
+        // Best effort: a participant that misses this releases the stale round when the
+        // next round freezes. In parallel, as the round's other calls: one after another,
+        // a province's unreachable nodes would add up their timeouts.
+        stream::iter(self.state.participants.all())
+            .map(|p| {
+                let round_id = id.clone();
+                async move {
+                    let _ = ClearingParticipantClient::new(p.channel())
+                        .release_round(proto::ReleaseRoundRequest { round_id })
+                        .await;
+                }
+            })
+            .buffer_unordered(round::PARALLEL_CALLS)
+            .collect::<Vec<()>>()
+            .await;
         let id2 = id.clone();
         self.state
             .store

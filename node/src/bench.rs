@@ -1241,7 +1241,7 @@ async fn load_phase(
 /// whole federation's and the load generator's CPU: divided by the operations it is the
 /// cost of one, a figure that moves far less than throughput when the host's other
 /// tenants come and go; by group it says which side a change made cheaper.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 struct CpuSample {
     total: f64,
     groups: BTreeMap<&'static str, f64>,
@@ -1283,6 +1283,7 @@ fn stat_cpu(stat: &str) -> Option<(&str, f64)> {
     Some((comm, (utime + stime) / 100.0))
 }
 
+/// The process's [`CpuSample`] now; `None` where there is no `/proc`.
 fn cpu_sample() -> Option<CpuSample> {
     let (_, total) = stat_cpu(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
     let mut groups = BTreeMap::new();
@@ -1298,8 +1299,8 @@ fn cpu_sample() -> Option<CpuSample> {
 }
 
 /// CPU per operation between two [`cpu_sample`]s, in milliseconds: the total and by
-/// thread group (a group's "other" takes what ended threads used).
-#[derive(Debug, Clone)]
+/// thread group (what threads that ended in between used counts as "other").
+#[derive(Debug)]
 struct CpuPerOp {
     total_ms: f64,
     /// In the order of [`THREAD_GROUPS`].

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use futures::{StreamExt, stream};
-
 use tonic::{Request, Response, Status};
 use yidi_common::{
     money::{self, Sign},

@@ -91,9 +91,14 @@ fn a_small_settle_only_run_verifies_and_reports_its_figures() {
         number(load, &["settled_per_second"]),
     );
     assert!((rate * secs - 48.0).abs() < 0.5, "{load:#}");
-    // A run this short ends inside its first 5-s window: no partial window may be
-    // reported as the lowest sustained rate.
-    assert_eq!(load["windows_per_second"], Value::Array(vec![]), "{load:#}");
+    // Only whole 5-s windows count towards the lowest sustained rate: a run of a few
+    // tenths of a second has none, and none may end after the run did.
+    let windows = load["windows_per_second"].as_array().expect("windows");
+    assert!(
+        windows.len() as f64 <= (secs / 5.0).floor(),
+        "{} windows in {secs} s: {load:#}",
+        windows.len()
+    );
 
     // CPU per settlement, and by thread group summing to it.
     let cpu = number(load, &["cpu_ms_per_settlement"]);
@@ -111,7 +116,6 @@ fn a_small_settle_only_run_verifies_and_reports_its_figures() {
     }
     let sum: f64 = groups.values().filter_map(Value::as_f64).sum();
     assert!((sum - cpu).abs() < 1e-6, "{sum} vs {cpu}: {groups:?}");
-    assert!(number(load, &["cpu_ms_per_settlement_by_threads", "writers"]) > 0.0);
 
     // Floor and unloaded ratio measured in the same run.
     let floor = number(&report["floor"], &["two_rtt_two_commits_ms"]);

@@ -203,6 +203,21 @@ fn inject(node_dir: &std::path::Path, side: &str, counterparty: &str, period: &s
     .unwrap();
 }
 
+/// A round as a node's store has it: its state there and the records it holds.
+async fn round_at(fed: &Federation, region: &str, round_id: &str) -> Option<(String, u64)> {
+    fed.node(region)
+        .admin()
+        .await
+        .list_clearing_rounds(proto::ListClearingRoundsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .rounds
+        .into_iter()
+        .find(|r| r.round_id == round_id)
+        .map(|r| (r.state, r.records))
+}
+
 fn net_of(st: &proto::Statement, region: &str) -> Decimal {
     st.nets
         .iter()
@@ -619,26 +634,11 @@ async fn an_aborted_round_releases_its_records_for_the_next_round() {
         .unwrap()
         .into_inner();
     assert_eq!(aborted.state, "ABORTED", "{aborted:?}");
-    let round_at = |rounds: &[proto::ClearingRound], id: &str| {
-        rounds
-            .iter()
-            .find(|r| r.round_id == id)
-            .map(|r| (r.state.clone(), r.records))
-    };
     for region in [HZ, NB] {
-        let rounds = fed
-            .node(region)
-            .admin()
-            .await
-            .list_clearing_rounds(proto::ListClearingRoundsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .rounds;
         assert_eq!(
-            round_at(&rounds, &first.round_id),
+            round_at(&fed, region, &first.round_id).await,
             Some(("released".to_owned(), 0)),
-            "{region}: {rounds:?}"
+            "{region}"
         );
     }
     // Aborted is final: not aborted again, and running it only shows it.
@@ -665,24 +665,13 @@ async fn an_aborted_round_releases_its_records_for_the_next_round() {
     for (region, net) in expected {
         assert_eq!(net_of(&st2, region), net, "{region} in {st2:?}");
     }
-    let rounds = fed
-        .node(WZ)
-        .admin()
-        .await
-        .list_clearing_rounds(proto::ListClearingRoundsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .rounds;
     assert_eq!(
-        round_at(&rounds, &first.round_id),
-        Some(("released".to_owned(), 0)),
-        "{rounds:?}"
+        round_at(&fed, WZ, &first.round_id).await,
+        Some(("released".to_owned(), 0))
     );
     assert_eq!(
-        round_at(&rounds, &second.round_id),
-        Some(("frozen".to_owned(), 1)),
-        "{rounds:?}"
+        round_at(&fed, WZ, &second.round_id).await,
+        Some(("frozen".to_owned(), 1))
     );
     coord.stop().await;
 }

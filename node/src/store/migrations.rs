@@ -692,7 +692,8 @@ mod tests {
             note: "说明".repeat(400),
             ..Default::default()
         };
-        let insert = "INSERT INTO requests (scope, request_id, method, payload_hash, response, created_at)                       VALUES (?1, ?2, ?3, ?4, ?5, 't')";
+        let insert = "INSERT INTO requests (scope, request_id, method, payload_hash, response, created_at) \
+                      VALUES (?1, ?2, ?3, ?4, ?5, 't')";
         conn.execute(
             insert,
             rusqlite::params!["inst:H1", "r-1", "Settle", "h1", answer.encode_to_vec()],

@@ -249,8 +249,8 @@ impl Store {
         // Each writer job runs in a savepoint, so SQLite copies every page a job is first
         // to touch into the savepoint's journal; by default that journal moves to a
         // temporary file past 64 KiB, and a group's jobs then cost a pwrite per page —
-        // ~10 % of the writer's time under load, and ~15 % less writer CPU per
-        // settlement kept in memory (measured: `docs/performance.md`). Set only once the
+        // ~10 % of the writer's time under load; kept in memory, the writers used ~15 %
+        // less CPU per settlement (measured: `docs/performance.md`). Set only once the
         // migrations are done: it also keeps sorts in memory, and a migration's index
         // build over millions of persons must be able to sort through temporary files.
         // The serving writer's jobs sort small sets.

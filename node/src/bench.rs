@@ -1327,8 +1327,11 @@ impl CpuPerOp {
             named += secs;
             groups_ms.push((g, per(secs)));
         }
+        // The process total and the threads are read a moment apart, in clock ticks:
+        // when the named groups come out a tick above the total, "other" is 0 and the
+        // total their sum, so that the groups always add up to it.
         Some(Self {
-            total_ms: per(total),
+            total_ms: groups_ms.iter().map(|(_, ms)| ms).sum(),
             groups_ms,
         })
     }

@@ -609,6 +609,24 @@ impl Desk {
     }
 }
 
+/// A node's count of calls to a peer in its metrics text (`yidi_peer_calls_total`), or
+/// with `code` (`"aborted"`, …) of the calls that failed with it.
+#[must_use]
+pub fn peer_calls(metrics: &str, peer: &str, method: &str, code: Option<&str>) -> u64 {
+    let (family, code) = match code {
+        None => ("yidi_peer_calls_total{", String::new()),
+        Some(c) => ("yidi_peer_call_errors_total{", format!(r#"code="{c}""#)),
+    };
+    let (peer, method) = (format!(r#"peer="{peer}""#), format!(r#"method="{method}""#));
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with(family) && l.contains(&peer) && l.contains(&method) && l.contains(&code)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// The amounts of a split by NHSA field name, for compact exact assertions.
 #[must_use]
 pub fn split_amounts(s: &proto::Split) -> Vec<(&'static str, String)> {

@@ -125,7 +125,7 @@ pub async fn serve(
         outbox_wake: Notify::new(),
         hooks: config.hooks.clone(),
         metrics,
-        presettle_eligibility: Default::default(),
+        eligibility_cache: Default::default(),
         settling: Default::default(),
     });
 

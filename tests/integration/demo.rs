@@ -21,7 +21,7 @@ use yidi_common::{
     },
 };
 use yidi_tests::{
-    fixtures::{filing, id_number, institution, item, person, publish_policies},
+    fixtures::{filing, id_number, institution, item, peer_calls, person, publish_policies},
     harness::Federation,
     process::yidi_bin,
 };
@@ -376,16 +376,10 @@ async fn metrics_count_settlements_latency_and_peer_calls() {
     ] {
         assert!(body.contains(line), "missing {line}\n{body}");
     }
-    // The settlement asked Hangzhou for eligibility and committed the claim there.
-    let commits: u64 = body
-        .lines()
-        .filter(|l| {
-            l.starts_with("yidi_peer_calls_total{")
-                && l.contains(r#"peer="330100""#)
-                && l.contains(r#"method="CommitClaim""#)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    assert_eq!(commits, 1, "{body}");
+    // Hangzhou was asked for eligibility when the visit was opened and at the
+    // PreSettle; the settlement priced with the PreSettle's answer and committed the
+    // claim there.
+    assert_eq!(peer_calls(&body, HZ, "CheckEligibility", None), 2, "{body}");
+    assert_eq!(peer_calls(&body, HZ, "CommitClaim", None), 1, "{body}");
     assert!(!body.contains("yidi_peer_call_errors_total{"), "{body}");
 }

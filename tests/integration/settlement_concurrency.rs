@@ -16,8 +16,8 @@ use yidi_common::{
 };
 use yidi_tests::{
     fixtures::{
-        Desk, VISIT_OPENED as ADMITTED, acc_tuple, accumulators, fee_line as line, filed_employee,
-        filing, id_number, inst, period_digest, person, three_cities,
+        Desk, VISIT_OPENED as ADMITTED, acc_tuple, accumulators, assert_split, fee_line as line,
+        filed_employee, filing, id_number, inst, peer_calls, period_digest, person, three_cities,
     },
     harness::TestNode,
 };
@@ -375,4 +375,122 @@ async fn concurrent_provisional_settlements_stay_within_the_exposure_limit() {
         (2, "220252.00"),
         "{ob:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_prices_with_an_answer_it_has_and_reprices_when_another_city_settled_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], yidi_tests::process::free_port()));
+    let fed = three_cities(dir.path(), |r, c| {
+        if r == NB {
+            c.metrics_listen = Some(metrics);
+        }
+    })
+    .await;
+    let (hz, nb, wz) = (fed.node(HZ), fed.node(NB), fed.node(WZ));
+    let id = person(
+        hz,
+        &id_number(HZ, "1961-06-06", 61),
+        It::Employee,
+        Pt::InService,
+        "0.00",
+        false,
+    )
+    .await;
+    filing(hz, &id, Ft::LongTermResident, NB, &[], "2026-01-01").await;
+    filing(hz, &id, Ft::LongTermResident, WZ, &[], "2026-01-01").await;
+    let mut nb_desk = Desk::at(nb, inst::NB_H3).await;
+    let mut wz_desk = Desk::at(wz, inst::WZ_H2).await;
+    // Opening a visit asks the home node for eligibility (kept with the visit).
+    let chronic = async |d: &mut Desk, tag: &str, item: &str, amount: &str| {
+        let v = d
+            .open(&format!("ov-{tag}"), &id, HZ, Vk::Chronic, ADMITTED)
+            .await
+            .unwrap();
+        d.fees(
+            &format!("fees-{tag}"),
+            &v.visit_id,
+            vec![line("1", item, "1", amount, amount)],
+        )
+        .await
+        .unwrap();
+        v.visit_id
+    };
+    // Ningbo's calls to Hangzhou: eligibility, commits, commits refused as stale.
+    let calls = async || {
+        let body = yidi_node::metrics::scrape(metrics).await.unwrap();
+        (
+            peer_calls(&body, HZ, "CheckEligibility", None),
+            peer_calls(&body, HZ, "CommitClaim", None),
+            peer_calls(&body, HZ, "CommitClaim", Some("aborted")),
+        )
+    };
+    // Every claim below is 5000.00 at Ningbo: its personal share, with nothing from the
+    // pooled fund once the cap is used up (the year's personal share stays within the
+    // serious-illness threshold of 20000.00).
+    let all_personal = |s: &proto::Settlement| {
+        assert_eq!(s.state, "settled");
+        assert_split(
+            s.split.as_ref().unwrap(),
+            &[
+                ("medfee_sumamt", "5000.00"),
+                ("inscp_scp_amt", "5000.00"),
+                ("fund_pay_sumamt", "0.00"),
+                ("psn_part_amt", "5000.00"),
+                ("psn_cash_pay", "5000.00"),
+            ],
+        );
+    };
+
+    // Hangzhou chronic care: no deductible, 85% at Ningbo's level 3, 88% at Wenzhou's
+    // level 2, pooled cap 30000.00. A 5000.00 visit opened, pre-settled and settled at
+    // Ningbo: 4250.00 from the fund. The Settle priced with the PreSettle's answer.
+    let v1 = chronic(&mut nb_desk, "nb-1", "NB-A", "5000.00").await;
+    let pre = nb_desk.pre_settle(&v1, false).await.unwrap();
+    let s1 = nb_desk.settle("settle-nb-1", &v1, false).await.unwrap();
+    assert_eq!(s1.split, pre.split);
+    assert_eq!(s1.split.as_ref().unwrap().fund_pay_sumamt, "4250.00");
+    assert_eq!(calls().await, (2, 1, 0));
+
+    // Two more Ningbo visits, the first pre-settled at 4250.00 — then Wenzhou settles
+    // 30000.00 for the same person: 88% would be 26400.00, the cap leaves 25750.00.
+    let v2 = chronic(&mut nb_desk, "nb-2", "NB-A", "5000.00").await;
+    let pre = nb_desk.pre_settle(&v2, false).await.unwrap();
+    assert_eq!(pre.split.unwrap().fund_pay_sumamt, "4250.00");
+    let v3 = chronic(&mut nb_desk, "nb-3", "NB-A", "5000.00").await;
+    let w = chronic(&mut wz_desk, "wz-1", "WZ-A", "30000.00").await;
+    let sw = wz_desk.settle("settle-wz-1", &w, false).await.unwrap();
+    assert_eq!(sw.split.as_ref().unwrap().hifp_pay, "25750.00");
+    assert_eq!(calls().await, (5, 1, 0));
+
+    // Ningbo settles the pre-settled visit with the PreSettle's answer; Hangzhou
+    // refuses it (the accumulators moved), Ningbo asks afresh and settles what the cap
+    // leaves: nothing from the fund.
+    let s2 = nb_desk.settle("settle-nb-2", &v2, false).await.unwrap();
+    all_personal(&s2);
+    assert_eq!(calls().await, (6, 3, 1));
+    // The visit never pre-settled goes the same way from the answer kept at its opening.
+    let s3 = nb_desk.settle("settle-nb-3", &v3, false).await.unwrap();
+    all_personal(&s3);
+    assert_eq!(calls().await, (7, 5, 2));
+    // A visit opened after all that settles from its opening's answer, which is current:
+    // no eligibility call at settlement.
+    let v4 = chronic(&mut nb_desk, "nb-4", "NB-A", "5000.00").await;
+    let s4 = nb_desk.settle("settle-nb-4", &v4, false).await.unwrap();
+    all_personal(&s4);
+    assert_eq!(calls().await, (8, 6, 2));
+
+    let acc = accumulators(hz, &id, NB, inst::NB_H3).await;
+    assert_eq!((acc.pool_paid.as_str(), acc.version), ("30000.00", 5));
+    let mut hz_peer = hz.peer().await;
+    for s in [&s1, &s2, &s3, &s4] {
+        let st = hz_peer
+            .claim_status(proto::ClaimStatusRequest {
+                claim_id: s.settlement_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.state, "committed");
+    }
 }

@@ -917,10 +917,11 @@ async fn a_settle_dropped_during_eligibility_is_settled_by_its_repeat() {
     .await;
     let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
     let id = filed_employee(fed.node(HZ), "1979-09-09", 61, "1000.00", NB).await;
-    let v = billed_visit(&mut desk, "d", &id, HZ, "2000.00").await;
-
-    // Hangzhou answers eligibility after 1.5 s; the hospital gives up after 0.3 s.
+    // Hangzhou answers eligibility after 1.5 s. The visit is opened all the same (past
+    // Ningbo's peer timeout of 0.8 s) but keeps no answer of the home node, so the
+    // Settle has to ask; the hospital gives up after 0.3 s.
     delay.store(1500, Ordering::SeqCst);
+    let v = billed_visit(&mut desk, "d", &id, HZ, "2000.00").await;
     let mut req = tonic::Request::new(desk.settle_req("settle-d", &v.visit_id, true));
     req.set_timeout(Duration::from_millis(300));
     let e = desk.client.settle(req).await.unwrap_err();

@@ -39,8 +39,9 @@ pub struct NodeState {
     /// Prometheus counters of this node (served only when `metrics_listen` is set, but
     /// always counted: counting is a few atomic increments).
     pub metrics: Arc<crate::metrics::NodeMetrics>,
-    /// PreSettle's short-lived cache of home nodes' eligibility answers.
-    pub presettle_eligibility: crate::settlement::treatment::EligibilityCache,
+    /// Home nodes' eligibility answers got by PreSettle, reused by a repeated PreSettle
+    /// and by the Settle that follows.
+    pub eligibility_cache: crate::settlement::eligibility_cache::EligibilityCache,
     /// Settle calls still running, by intent (see `settlement::treatment::InFlight`).
     pub settling: Arc<crate::settlement::treatment::InFlight>,
 }

@@ -23,7 +23,11 @@ use yidi_common::{
     types::{AgreementStatus, FilingType, HospitalLevel, InsuranceType, PersonType, VisitKind},
 };
 
-use super::{classified_line, engine_line, home, split_fen, wire_date};
+use super::{
+    classified_line,
+    eligibility_cache::{PRESETTLE_REUSE, SETTLE_REUSE},
+    engine_line, home, split_fen, wire_date,
+};
 use crate::{
     Error, Result,
     idempotency::{self, RequestKey, payload_hash},
@@ -133,6 +137,21 @@ fn classify(home: &str, s: &tonic::Status) -> PeerFail {
     }
 }
 
+/// Whether a failed call never left this node: tonic wraps every failure to open the
+/// connection (refused, connect timeout, TLS handshake) in [`tonic::ConnectError`], and
+/// sends a request only over an open connection. Any other failure may have reached
+/// the home node.
+fn never_sent(s: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 fn fail_to_error(f: PeerFail) -> Error {
     match f {
         PeerFail::Unreachable(m) => Error::Unavailable(m),
@@ -203,63 +222,6 @@ async fn eligibility(
         .map_err(|s| classify(home, &s))
 }
 
-/// How long PreSettle reuses a home node's eligibility answer. PreSettle is a dry run
-/// that a desk may repeat while a patient watches; a few seconds of staleness only
-/// shifts an estimate, because Settle never uses this cache: it asks the home node
-/// afresh, and the home node re-verifies everything in the commit anyway. This node's
-/// own settlements and cancellations drop the person's entries at once; a claim settled
-/// for the same person in another city shows up here within this time.
-pub const PRESETTLE_ELIGIBILITY_TTL: Duration = Duration::from_secs(2);
-/// Entries kept at most; past it expired ones are dropped (all, if none expired).
-const PRESETTLE_CACHE_ENTRIES: usize = 100_000;
-
-/// PreSettle's short-lived cache of home nodes' eligibility answers, keyed by the
-/// exact request (see [`PRESETTLE_ELIGIBILITY_TTL`]).
-#[derive(Default)]
-pub struct EligibilityCache {
-    entries: std::sync::Mutex<
-        std::collections::HashMap<Vec<u8>, (std::time::Instant, proto::EligibilityResponse)>,
-    >,
-}
-
-impl EligibilityCache {
-    fn get(&self, key: &[u8]) -> Option<proto::EligibilityResponse> {
-        let m = self.entries.lock().ok()?;
-        m.get(key)
-            .filter(|(at, _)| at.elapsed() < PRESETTLE_ELIGIBILITY_TTL)
-            .map(|(_, e)| e.clone())
-    }
-
-    fn put(&self, key: Vec<u8>, answer: &proto::EligibilityResponse) {
-        if let Ok(mut m) = self.entries.lock() {
-            if m.len() >= PRESETTLE_CACHE_ENTRIES {
-                m.retain(|_, (at, _)| at.elapsed() < PRESETTLE_ELIGIBILITY_TTL);
-                if m.len() >= PRESETTLE_CACHE_ENTRIES {
-                    m.clear();
-                }
-            }
-            m.insert(key, (std::time::Instant::now(), answer.clone()));
-        }
-    }
-
-    /// Drops every entry of a person (this node just changed their accumulators).
-    fn forget(&self, id_number: &str) {
-        if let Ok(mut m) = self.entries.lock() {
-            m.retain(|k, _| {
-                proto::CheckEligibilityRequest::decode(k.as_slice())
-                    .is_ok_and(|r| r.id_number != id_number)
-            });
-        }
-    }
-
-    /// Drops everything.
-    fn clear(&self) {
-        if let Ok(mut m) = self.entries.lock() {
-            m.clear();
-        }
-    }
-}
-
 /// The home node's eligibility answer for PreSettle: from the cache when fresh.
 async fn eligibility_for_presettle(
     st: &NodeState,
@@ -271,12 +233,34 @@ async fn eligibility_for_presettle(
         return eligibility(st, home, req).await;
     }
     let key = req.encode_to_vec();
-    if let Some(e) = st.presettle_eligibility.get(&key) {
+    if let Some(e) = st
+        .eligibility_cache
+        .get(&req.id_number, &key, PRESETTLE_REUSE)
+    {
         return Ok(e);
     }
+    let id_number = req.id_number.clone();
     let answer = eligibility(st, home, req).await?;
-    st.presettle_eligibility.put(key, &answer);
+    st.eligibility_cache.put(&id_number, key, &answer);
     Ok(answer)
+}
+
+/// An eligibility answer a Settle may price its first attempt with instead of asking
+/// the home node: the one its PreSettle got within [`SETTLE_REUSE`], else the one kept
+/// when the visit was opened. Only answers that found the person eligible: a refusal
+/// is always asked afresh. The home node re-verifies everything in CommitClaim and
+/// refuses a stale answer (see `eligibility_cache`); the Settle then reprices with a
+/// fresh one.
+fn reusable_eligibility(
+    st: &NodeState,
+    bill: &Bill,
+    settle_day: NaiveDate,
+) -> Option<proto::EligibilityResponse> {
+    let req = eligibility_request(&bill.visit, st.region, settle_day).ok()?;
+    st.eligibility_cache
+        .get(&req.id_number, &req.encode_to_vec(), SETTLE_REUSE)
+        .or_else(|| proto::EligibilityResponse::decode(bill.visit.home_snapshot.as_slice()).ok())
+        .filter(|e| e.eligible && e.accumulators.is_some())
 }
 
 /// A home region's policy version: cached, or fetched once from the home node.
@@ -1237,7 +1221,7 @@ pub async fn settle(st: &NodeState, req: proto::SettleRequest) -> Result<proto::
     let person = bill.visit.id_number.clone();
     let out = settle_remote(st, bill, key, req.use_account).await;
     // The person's accumulators changed (or may have): PreSettle asks afresh.
-    st.presettle_eligibility.forget(&person);
+    st.eligibility_cache.forget(&person);
     out
 }
 
@@ -1359,7 +1343,14 @@ async fn settle_remote(
         String::new(),
     )?;
     let recording = record_intent(st, &key, placeholder);
-    let first = price(st, &bill, use_account, settle_day).await;
+    // The first attempt prices with an answer this node already has when it can,
+    // saving the home node a call; CommitClaim refuses it if anything has changed.
+    let reused = reusable_eligibility(st, &bill, settle_day);
+    let mut reused_answer = reused.is_some();
+    let first = match reused {
+        Some(elig) => price_from(st, &bill, use_account, elig).await,
+        None => price(st, &bill, use_account, settle_day).await,
+    };
     let (mut rec, guard) = recording.await?;
     let mut running = Some(guard);
     let mut priced = match first {
@@ -1450,9 +1441,20 @@ async fn settle_remote(
                     .await;
             }
             Err(status) => match classify(&bill.visit.home_region, &status) {
+                PeerFail::Unreachable(why) if never_sent(&status) => {
+                    // The home node got nothing (every earlier attempt it refused): the
+                    // claim is not in doubt, and the offline rule applies as when the
+                    // eligibility call cannot connect.
+                    mark_failed(st, rec).await?;
+                    drop(running.take());
+                    return settle_offline(st, &bill, &key, use_account, why).await;
+                }
                 PeerFail::Refused(Error::Aborted(m)) => {
-                    tracing::debug!(attempt, claim = %rec.settlement_id, reason = %m, "home reports a concurrent change; repricing");
-                    tokio::time::sleep(Duration::from_millis(2 + 3 * attempt as u64)).await;
+                    tracing::debug!(attempt, reused_answer, claim = %rec.settlement_id, reason = %m, "home reports a change; repricing");
+                    // A change since the answer was got is no contention: reprice at once.
+                    if !std::mem::take(&mut reused_answer) {
+                        tokio::time::sleep(Duration::from_millis(2 + 3 * attempt as u64)).await;
+                    }
                 }
                 PeerFail::Refused(e) => {
                     mark_failed(st, rec).await?;
@@ -2067,7 +2069,7 @@ pub async fn cancel(
             })
         })
         .await?;
-    st.presettle_eligibility.clear();
+    st.eligibility_cache.clear();
     st.outbox_wake.notify_one();
     Ok(answer)
 }
@@ -2139,7 +2141,7 @@ pub async fn reverse_request(
             })
         })
         .await?;
-    st.presettle_eligibility.clear();
+    st.eligibility_cache.clear();
     st.outbox_wake.notify_one();
     Ok(answer)
 }
@@ -2354,4 +2356,27 @@ pub async fn reconcile_detail(
         });
     }
     Ok(proto::ReconcileDetailResponse { differences })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_failure_to_connect_counts_as_never_sent() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let connect = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))));
+        assert_eq!(connect.code(), Code::Unavailable);
+        assert!(never_sent(&connect));
+        // A connection that broke while the call was on it, a timeout, a bare status:
+        // the home node may have received the call.
+        let broken = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(!never_sent(&tonic::Status::from_error(Box::new(broken))));
+        assert!(!never_sent(&tonic::Status::from_error(Box::new(
+            tonic::TimeoutExpired(())
+        ))));
+        assert!(!never_sent(&tonic::Status::unavailable(
+            "tcp connect error"
+        )));
+    }
 }

@@ -425,9 +425,9 @@ async fn a_settle_prices_with_an_answer_it_has_and_reprices_when_another_city_se
             peer_calls(&body, HZ, "CommitClaim", Some("aborted")),
         )
     };
-    // Every claim below is 5000.00 at Ningbo: its personal share, with nothing from the
-    // pooled fund once the cap is used up (the year's personal share stays within the
-    // serious-illness threshold of 20000.00).
+    // A 5000.00 claim at Ningbo once the pooled cap is used up, while the year's
+    // personal share stays within the serious-illness threshold of 20000.00: all of it
+    // is the patient's.
     let all_personal = |s: &proto::Settlement| {
         assert_eq!(s.state, "settled");
         assert_split(
@@ -458,8 +458,8 @@ async fn a_settle_prices_with_an_answer_it_has_and_reprices_when_another_city_se
     let pre = nb_desk.pre_settle(&v2, false).await.unwrap();
     assert_eq!(pre.split.unwrap().fund_pay_sumamt, "4250.00");
     let v3 = chronic(&mut nb_desk, "nb-3", "NB-A", "5000.00").await;
-    let w = chronic(&mut wz_desk, "wz-1", "WZ-A", "30000.00").await;
-    let sw = wz_desk.settle("settle-wz-1", &w, false).await.unwrap();
+    let w1 = chronic(&mut wz_desk, "wz-1", "WZ-A", "30000.00").await;
+    let sw = wz_desk.settle("settle-wz-1", &w1, false).await.unwrap();
     assert_eq!(sw.split.as_ref().unwrap().hifp_pay, "25750.00");
     assert_eq!(calls().await, (5, 1, 0));
 
@@ -469,21 +469,64 @@ async fn a_settle_prices_with_an_answer_it_has_and_reprices_when_another_city_se
     let s2 = nb_desk.settle("settle-nb-2", &v2, false).await.unwrap();
     all_personal(&s2);
     assert_eq!(calls().await, (6, 3, 1));
-    // The visit never pre-settled goes the same way from the answer kept at its opening.
+    // The third visit's opening answer predates a claim Ningbo itself committed since:
+    // known to be stale, it is not tried — Ningbo asks afresh.
     let s3 = nb_desk.settle("settle-nb-3", &v3, false).await.unwrap();
     all_personal(&s3);
-    assert_eq!(calls().await, (7, 5, 2));
-    // A visit opened after all that settles from its opening's answer, which is current:
-    // no eligibility call at settlement.
+    assert_eq!(calls().await, (7, 4, 1));
+
+    // The year's personal share is 750.00 + 4250.00 + 2 × 5000.00 = 15000.00. A fourth
+    // Ningbo visit is opened; then Wenzhou settles 3000.00 (nothing from the fund: the
+    // share, 18000.00 now, is still below the serious-illness threshold of 20000.00).
+    // Priced from the opening's answer the visit's 5000.00 would stay within the
+    // threshold; Hangzhou refuses that price, and the fresh one pays 60% of the
+    // 3000.00 above it.
     let v4 = chronic(&mut nb_desk, "nb-4", "NB-A", "5000.00").await;
+    let w2 = chronic(&mut wz_desk, "wz-2", "WZ-A", "3000.00").await;
+    let sw = wz_desk.settle("settle-wz-2", &w2, false).await.unwrap();
+    assert_eq!(sw.split.as_ref().unwrap().fund_pay_sumamt, "0.00");
     let s4 = nb_desk.settle("settle-nb-4", &v4, false).await.unwrap();
-    all_personal(&s4);
-    assert_eq!(calls().await, (8, 6, 2));
+    assert_split(
+        s4.split.as_ref().unwrap(),
+        &[
+            ("medfee_sumamt", "5000.00"),
+            ("inscp_scp_amt", "5000.00"),
+            ("hifmi_pay", "1800.00"),
+            ("fund_pay_sumamt", "1800.00"),
+            ("psn_part_amt", "3200.00"),
+            ("psn_cash_pay", "3200.00"),
+        ],
+    );
+    assert_eq!(calls().await, (9, 6, 2));
+
+    // A visit opened now settles from its opening's answer, which is current: no
+    // eligibility call at settlement. All of it is above the threshold: 60% × 5000.00.
+    let v5 = chronic(&mut nb_desk, "nb-5", "NB-A", "5000.00").await;
+    let s5 = nb_desk.settle("settle-nb-5", &v5, false).await.unwrap();
+    assert_split(
+        s5.split.as_ref().unwrap(),
+        &[
+            ("medfee_sumamt", "5000.00"),
+            ("inscp_scp_amt", "5000.00"),
+            ("hifmi_pay", "3000.00"),
+            ("fund_pay_sumamt", "3000.00"),
+            ("psn_part_amt", "2000.00"),
+            ("psn_cash_pay", "2000.00"),
+        ],
+    );
+    assert_eq!(calls().await, (10, 7, 2));
 
     let acc = accumulators(hz, &id, NB, inst::NB_H3).await;
-    assert_eq!((acc.pool_paid.as_str(), acc.version), ("30000.00", 5));
+    assert_eq!(
+        (
+            acc.pool_paid.as_str(),
+            acc.serious_illness_paid.as_str(),
+            acc.version
+        ),
+        ("30000.00", "4800.00", 7)
+    );
     let mut hz_peer = hz.peer().await;
-    for s in [&s1, &s2, &s3, &s4] {
+    for s in [&s1, &s2, &s3, &s4, &s5] {
         let st = hz_peer
             .claim_status(proto::ClaimStatusRequest {
                 claim_id: s.settlement_id.clone(),

@@ -13,6 +13,10 @@
 //! (their accumulators just changed) without looking at anybody else's: the first
 //! version scanned and decoded every key of the cache on each settlement, which grew
 //! with the day's pre-settles.
+//!
+//! It also remembers the accumulator version each person's last claim committed from
+//! here left behind: an answer older than that (a visit opened before this node settled
+//! another of the person's visits) is known to be stale and is not tried at all.
 
 use std::{
     collections::HashMap,
@@ -38,6 +42,10 @@ pub const SETTLE_REUSE: Duration = Duration::from_secs(60);
 /// Entries kept at most (about a kilobyte each). Past it the expired ones go, and if
 /// none had expired, all of them: the cache only saves calls.
 const MAX_ENTRIES: usize = 100_000;
+
+/// Persons whose last accumulator version is remembered, at most (a few dozen bytes
+/// each); past it they are forgotten, which costs at most one refused attempt each.
+const MAX_VERSIONS: usize = 1_000_000;
 
 struct Entry {
     /// The encoded CheckEligibilityRequest: the same person, visit, institution,
@@ -72,6 +80,9 @@ impl Entries {
 #[derive(Default)]
 pub struct EligibilityCache {
     entries: Mutex<Entries>,
+    /// Per person: the accumulator year and version their last claim committed from
+    /// this node left.
+    versions: Mutex<HashMap<String, (i32, u64)>>,
 }
 
 impl EligibilityCache {
@@ -122,6 +133,30 @@ impl EligibilityCache {
         }
     }
 
+    /// A claim of the person committed from this node left their accumulators at
+    /// `acc`: their answers go, and answers older than `acc` are stale from now on.
+    pub fn settled(&self, id_number: &str, acc: &proto::Accumulators) {
+        self.forget(id_number);
+        if let Ok(mut m) = self.versions.lock() {
+            if m.len() >= MAX_VERSIONS && !m.contains_key(id_number) {
+                m.clear();
+            }
+            let known = m.entry(id_number.to_owned()).or_insert((acc.year, 0));
+            if known.0 != acc.year || known.1 < acc.version {
+                *known = (acc.year, acc.version);
+            }
+        }
+    }
+
+    /// Whether an answer showing `acc` is older than what a claim committed from here
+    /// left (the same accumulator year, a lower version).
+    pub fn is_stale(&self, id_number: &str, acc: &proto::Accumulators) -> bool {
+        self.versions.lock().is_ok_and(|m| {
+            m.get(id_number)
+                .is_some_and(|&(year, version)| year == acc.year && version > acc.version)
+        })
+    }
+
     /// Drops every entry of a person (this node just changed their accumulators).
     pub fn forget(&self, id_number: &str) {
         if let Ok(mut m) = self.entries.lock()
@@ -131,10 +166,14 @@ impl EligibilityCache {
         }
     }
 
-    /// Drops everything.
+    /// Drops everything, the remembered versions too (a reversal lowers no version but
+    /// changes accumulators this node does not see).
     pub fn clear(&self) {
         if let Ok(mut m) = self.entries.lock() {
             *m = Entries::default();
+        }
+        if let Ok(mut m) = self.versions.lock() {
+            m.clear();
         }
     }
 
@@ -153,13 +192,18 @@ impl EligibilityCache {
 mod tests {
     use super::*;
 
+    fn acc(year: i32, version: u64) -> proto::Accumulators {
+        proto::Accumulators {
+            year,
+            version,
+            ..Default::default()
+        }
+    }
+
     fn answer(version: u64) -> proto::EligibilityResponse {
         proto::EligibilityResponse {
             eligible: true,
-            accumulators: Some(proto::Accumulators {
-                version,
-                ..Default::default()
-            }),
+            accumulators: Some(acc(2026, version)),
             ..Default::default()
         }
     }
@@ -250,5 +294,31 @@ mod tests {
         c.put("one more", b"k".to_vec(), &answer(4));
         assert_eq!(c.len(), 1);
         assert_eq!(version(c.get("one more", b"k", LONG)), Some(4));
+    }
+
+    #[test]
+    fn a_claim_committed_from_here_makes_older_answers_stale() {
+        let c = EligibilityCache::default();
+        c.put("A", b"visit-1".to_vec(), &answer(3));
+        assert!(!c.is_stale("A", &acc(2026, 3)));
+        c.settled("A", &acc(2026, 4));
+        // Its answers went with the claim; older versions are stale, not newer ones,
+        // nor another year's, nor anybody else's.
+        assert_eq!(version(c.get("A", b"visit-1", LONG)), None);
+        assert!(c.is_stale("A", &acc(2026, 3)));
+        assert!(!c.is_stale("A", &acc(2026, 4)));
+        assert!(!c.is_stale("A", &acc(2026, 5)));
+        assert!(!c.is_stale("A", &acc(2027, 0)));
+        assert!(!c.is_stale("B", &acc(2026, 0)));
+        // Claims finishing out of order never lower what is known.
+        c.settled("A", &acc(2026, 2));
+        assert!(c.is_stale("A", &acc(2026, 3)));
+        // A new year starts over.
+        c.settled("A", &acc(2027, 1));
+        assert!(!c.is_stale("A", &acc(2026, 3)));
+        assert!(c.is_stale("A", &acc(2027, 0)));
+        // A cancellation clears everything.
+        c.clear();
+        assert!(!c.is_stale("A", &acc(2027, 0)));
     }
 }

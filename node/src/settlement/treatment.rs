@@ -247,8 +247,8 @@ async fn eligibility_for_presettle(
 
 /// An eligibility answer a Settle may price its first attempt with instead of asking
 /// the home node: the one its PreSettle got within [`SETTLE_REUSE`], else the one kept
-/// when the visit was opened. Only answers that found the person eligible: a refusal
-/// is always asked afresh. The home node re-verifies everything in CommitClaim and
+/// when the visit was opened. Only answers that found the person eligible (a refusal
+/// is always asked afresh) and not older than a claim of theirs committed from here. The home node re-verifies everything in CommitClaim and
 /// refuses a stale answer (see `eligibility_cache`); the Settle then reprices with a
 /// fresh one.
 fn reusable_eligibility(
@@ -260,7 +260,12 @@ fn reusable_eligibility(
     st.eligibility_cache
         .get(&req.id_number, &req.encode_to_vec(), SETTLE_REUSE)
         .or_else(|| proto::EligibilityResponse::decode(bill.visit.home_snapshot.as_slice()).ok())
-        .filter(|e| e.eligible && e.accumulators.is_some())
+        .filter(|e| {
+            e.eligible
+                && e.accumulators
+                    .as_ref()
+                    .is_some_and(|a| !st.eligibility_cache.is_stale(&req.id_number, a))
+        })
 }
 
 /// A home region's policy version: cached, or fetched once from the home node.
@@ -1420,6 +1425,9 @@ async fn settle_remote(
                     ));
                 }
                 let resp = resp.into_inner();
+                if let Some(acc) = &resp.accumulators {
+                    st.eligibility_cache.settled(&bill.visit.id_number, acc);
+                }
                 let k = key.clone();
                 return st
                     .store

@@ -40,7 +40,8 @@ pub struct NodeState {
     /// always counted: counting is a few atomic increments).
     pub metrics: Arc<crate::metrics::NodeMetrics>,
     /// Home nodes' eligibility answers got by PreSettle, reused by a repeated PreSettle
-    /// and by the Settle that follows.
+    /// and by the Settle that follows, and the accumulator versions this node's claims
+    /// left (see `settlement::eligibility_cache`).
     pub eligibility_cache: crate::settlement::eligibility_cache::EligibilityCache,
     /// Settle calls still running, by intent (see `settlement::treatment::InFlight`).
     pub settling: Arc<crate::settlement::treatment::InFlight>,

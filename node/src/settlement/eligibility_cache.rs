@@ -166,14 +166,11 @@ impl EligibilityCache {
         }
     }
 
-    /// Drops everything, the remembered versions too (a reversal lowers no version but
-    /// changes accumulators this node does not see).
+    /// Drops every answer. The remembered versions stay: a version only grows, so what
+    /// a claim left is still a lower bound after any change at the home node.
     pub fn clear(&self) {
         if let Ok(mut m) = self.entries.lock() {
             *m = Entries::default();
-        }
-        if let Ok(mut m) = self.versions.lock() {
-            m.clear();
         }
     }
 
@@ -317,8 +314,8 @@ mod tests {
         c.settled("A", &acc(2027, 1));
         assert!(!c.is_stale("A", &acc(2026, 3)));
         assert!(c.is_stale("A", &acc(2027, 0)));
-        // A cancellation clears everything.
+        // Dropping every answer (a cancellation) keeps what is known.
         c.clear();
-        assert!(!c.is_stale("A", &acc(2027, 0)));
+        assert!(c.is_stale("A", &acc(2027, 0)));
     }
 }

@@ -248,9 +248,9 @@ async fn eligibility_for_presettle(
 /// An eligibility answer a Settle may price its first attempt with instead of asking
 /// the home node: the one its PreSettle got within [`SETTLE_REUSE`], else the one kept
 /// when the visit was opened. Only answers that found the person eligible (a refusal
-/// is always asked afresh) and not older than a claim of theirs committed from here. The home node re-verifies everything in CommitClaim and
-/// refuses a stale answer (see `eligibility_cache`); the Settle then reprices with a
-/// fresh one.
+/// is always asked afresh) and not older than a claim of theirs committed from here.
+/// The home node re-verifies everything in CommitClaim and refuses a stale answer (see
+/// `eligibility_cache`); the Settle then reprices with a fresh one.
 fn reusable_eligibility(
     st: &NodeState,
     bill: &Bill,

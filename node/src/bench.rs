@@ -521,8 +521,8 @@ impl LocalNode {
     }
 }
 
-/// The in-process nodes and their addresses by region.
-type Federation = (Vec<LocalNode>, Vec<(String, SocketAddr)>);
+/// The in-process nodes, their addresses by region and their metrics addresses.
+type Federation = (Vec<LocalNode>, Vec<(String, SocketAddr)>, Vec<SocketAddr>);
 
 /// Starts the three cities in `root`: listeners first, so the shared peers file names
 /// every address before any node starts.
@@ -542,6 +542,7 @@ fn start_federation(root: &Path, threads: usize) -> anyhow::Result<Federation> {
     std::fs::write(&peers_file, text)?;
     let mut nodes = Vec::new();
     let mut addrs = Vec::new();
+    let mut metrics = Vec::new();
     for (region, name, l, addr) in listeners {
         let mut config = NodeConfig::new(
             RegionCode::parse_city(region, "region")?,
@@ -551,10 +552,62 @@ fn start_federation(root: &Path, threads: usize) -> anyhow::Result<Federation> {
         config.listen = addr;
         config.peers_file = Some(peers_file.clone());
         config.drain = Duration::from_secs(5);
+        // Metrics on a free loopback port: the bench reads the peer-call counters.
+        let m = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        config.metrics_listen = Some(m);
         nodes.push(LocalNode::start(config, l, threads)?);
         addrs.push((region.to_owned(), addr));
+        metrics.push(m);
     }
-    Ok((nodes, addrs))
+    Ok((nodes, addrs, metrics))
+}
+
+/// Calls from node to node by method, summed over the nodes' metrics: (calls, failed).
+async fn peer_calls(metrics: &[SocketAddr]) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for &addr in metrics {
+        let Ok(text) = crate::metrics::scrape(addr).await else {
+            continue;
+        };
+        for l in text.lines() {
+            let failed = if l.starts_with("yidi_peer_calls_total{") {
+                false
+            } else if l.starts_with("yidi_peer_call_errors_total{") {
+                true
+            } else {
+                continue;
+            };
+            let method = l
+                .split_once("method=\"")
+                .and_then(|(_, r)| r.split_once('"'));
+            let n = l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok());
+            if let (Some((method, _)), Some(n)) = (method, n) {
+                let e = out.entry(method.to_owned()).or_default();
+                if failed { e.1 += n } else { e.0 += n }
+            }
+        }
+    }
+    out
+}
+
+/// The peer calls made between two readings of [`peer_calls`], per settlement:
+/// `(method, calls, failed)`.
+fn peer_calls_per(
+    before: &BTreeMap<String, (u64, u64)>,
+    after: &BTreeMap<String, (u64, u64)>,
+    settled: usize,
+) -> Vec<(String, f64, f64)> {
+    if settled == 0 {
+        return Vec::new();
+    }
+    after
+        .iter()
+        .filter_map(|(m, &(c, e))| {
+            let (c0, e0) = before.get(m).copied().unwrap_or_default();
+            let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / settled as f64;
+            (c > c0).then(|| (m.clone(), per(c, c0), per(e, e0)))
+        })
+        .collect()
 }
 
 async fn connect(url: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
@@ -1738,9 +1791,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let mut local = Vec::new();
     let mut urls = Vec::new();
+    let mut metrics = Vec::new();
     if args.nodes.is_empty() {
-        let (nodes, addrs) = start_federation(&root, args.node_threads.unwrap_or(cores))?;
+        let (nodes, addrs, m) = start_federation(&root, args.node_threads.unwrap_or(cores))?;
         local = nodes;
+        metrics = m;
         for (region, addr) in addrs {
             urls.push((
                 format!("http://{addr}"),
@@ -1755,7 +1810,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .thread_name("bench-client")
         .enable_all()
         .build()?;
-    let outcome = rt.block_on(drive(args.clone(), urls, !local.is_empty(), &root));
+    let outcome = rt.block_on(drive(args.clone(), urls, &metrics, &root));
     drop(rt);
     for n in local {
         if let Err(e) = n.stop() {
@@ -1766,12 +1821,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     outcome
 }
 
+/// Runs the phases against the nodes at `urls`; `metrics` are the in-process nodes'
+/// metrics addresses (empty when driving running daemons).
 async fn drive(
     args: BenchArgs,
     urls: Vec<(String, Option<PathBuf>)>,
-    in_process: bool,
+    metrics: &[SocketAddr],
     root: &Path,
 ) -> anyhow::Result<()> {
+    let in_process = !metrics.is_empty();
     let mut targets = Vec::new();
     for (url, db) in urls {
         let channels = connect(&url, args.connections).await?;
@@ -1957,11 +2015,13 @@ async fn drive(
         args.count
             .map_or_else(|| format!("{} s", args.duration), |c| format!("{c} visits"))
     );
+    let calls_before = peer_calls(metrics).await;
     let cpu = cpu_sample();
     let (stats, acks, elapsed, windows) = load_phase(&ctx, prepared).await;
     let cpu_ms = in_process
         .then(|| CpuPerOp::between(cpu, acks.len()))
         .flatten();
+    let calls = peer_calls_per(&calls_before, &peer_calls(metrics).await, acks.len());
     let secs = elapsed.as_secs_f64();
     let cross = stats.get("Settle(cross-region)");
     let local = stats.get("Settle(local)");
@@ -2000,6 +2060,19 @@ async fn drive(
     if let Some(cpu) = &cpu_ms {
         println!("  CPU per settlement: {}", cpu.text());
     }
+    if !calls.is_empty() {
+        let text: Vec<String> = calls
+            .iter()
+            .map(|(m, c, e)| {
+                if *e > 0.0 {
+                    format!("{m} {c:.3} (failed {e:.3})")
+                } else {
+                    format!("{m} {c:.3}")
+                }
+            })
+            .collect();
+        println!("  node-to-node calls per settlement: {}", text.join(", "));
+    }
     if stats.errors.is_empty() {
         println!("  errors: none");
     } else {
@@ -2027,6 +2100,8 @@ async fn drive(
             "calls": stats.calls.iter().map(|(k, h)| ((*k).to_owned(), summary(h))).collect::<serde_json::Map<_, _>>(),
             "errors": stats.errors_json(),
             "settle_errors": stats.error_count("Settle(cross-region)") + stats.error_count("Settle(local)"),
+            "peer_calls_per_settlement": calls.iter().map(|(m, c, _)| (m.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
+            "failed_peer_calls_per_settlement": calls.iter().map(|(m, _, e)| (m.clone(), json!(e))).collect::<serde_json::Map<_, _>>(),
             "cpu_ms_per_settlement": cpu_ms.as_ref().map(|c| c.total_ms),
             "cpu_ms_per_settlement_by_threads": cpu_ms.as_ref().map(CpuPerOp::groups_json),
         }),

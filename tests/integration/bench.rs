@@ -1,8 +1,8 @@
 //! The project's benchmark, `yidi bench`, run as the real binary on a small federation
 //! of in-process nodes: every acknowledged settlement must verify at both nodes, the
 //! JSON report must hold the figures the performance report quotes (floor, unloaded
-//! ratio, pre-settle phases, settle throughput, CPU per operation by thread group),
-//! and they must agree with the run's own counts.
+//! ratio, pre-settle phases, settle throughput, CPU per operation by thread group,
+//! node-to-node calls per settlement), and they must agree with the run's own counts.
 
 use serde_json::Value;
 use yidi_tests::process::yidi_command;
@@ -99,6 +99,26 @@ fn a_small_settle_only_run_verifies_and_reports_its_figures() {
         "{} windows in {secs} s: {load:#}",
         windows.len()
     );
+
+    // Node-to-node calls per settlement, from the nodes' own counters: every
+    // cross-region settlement committed its claim at the home node at least once (more
+    // when the home node refused a stale price), with no call failing but those.
+    let cross = number(load, &["settle_cross_region", "count"]);
+    assert!(cross > 0.0, "{load:#}");
+    let commits = number(load, &["peer_calls_per_settlement", "CommitClaim"]) * 48.0;
+    let refused = number(load, &["failed_peer_calls_per_settlement", "CommitClaim"]) * 48.0;
+    assert!(
+        (commits - refused - cross).abs() < 0.01,
+        "{commits} commits, {refused} refused, {cross} cross-region: {load:#}"
+    );
+    let failed: f64 = load["failed_peer_calls_per_settlement"]
+        .as_object()
+        .expect("failed peer calls")
+        .iter()
+        .filter(|(m, _)| *m != "CommitClaim")
+        .filter_map(|(_, v)| v.as_f64())
+        .sum();
+    assert_eq!(failed, 0.0, "{load:#}");
 
     // CPU per settlement, and by thread group summing to it.
     let cpu = number(load, &["cpu_ms_per_settlement"]);

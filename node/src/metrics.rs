@@ -16,7 +16,10 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering as AtomicOrdering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -347,13 +350,25 @@ pub struct ObservedChannel {
     inner: Channel,
     peer: RegionCode,
     calls: Option<PeerCalls>,
+    /// Stamped with [`crate::peers::clock_ms`] whenever the peer answers.
+    answered: Arc<AtomicU64>,
 }
 
 impl ObservedChannel {
-    /// Wraps `inner`; with `calls` None it only forwards.
+    /// Wraps `inner`; with `calls` None it counts nothing.
     #[must_use]
-    pub fn new(inner: Channel, peer: RegionCode, calls: Option<PeerCalls>) -> Self {
-        Self { inner, peer, calls }
+    pub fn new(
+        inner: Channel,
+        peer: RegionCode,
+        calls: Option<PeerCalls>,
+        answered: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            inner,
+            peer,
+            calls,
+            answered,
+        }
     }
 }
 
@@ -386,8 +401,16 @@ impl Service<http::Request<tonic::body::Body>> for ObservedChannel {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let answered = Arc::clone(&self.answered);
         let Some(calls) = self.calls.clone() else {
-            return Box::pin(self.inner.call(req));
+            let fut = self.inner.call(req);
+            return Box::pin(async move {
+                let out = fut.await;
+                if out.is_ok() {
+                    answered.store(crate::peers::clock_ms(), AtomicOrdering::Relaxed);
+                }
+                out
+            });
         };
         // "/yidi.v1.PeerService/CommitClaim" → "CommitClaim"
         let method = req
@@ -401,6 +424,9 @@ impl Service<http::Request<tonic::body::Body>> for ObservedChannel {
         let fut = self.inner.call(req);
         Box::pin(async move {
             let out = fut.await;
+            if out.is_ok() {
+                answered.store(crate::peers::clock_ms(), AtomicOrdering::Relaxed);
+            }
             let code = match &out {
                 Ok(resp) => resp
                     .headers()

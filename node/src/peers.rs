@@ -6,8 +6,11 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, OnceLock, RwLock},
-    time::{Duration, SystemTime},
+    sync::{
+        Arc, Mutex, OnceLock, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde::Deserialize;
@@ -47,6 +50,8 @@ pub struct Peer {
     channel: Channel,
     /// The node's peer-call counters, once the node has set them.
     observer: Arc<OnceLock<PeerCalls>>,
+    /// When the peer last answered a call (see [`Peer::answered_within`]).
+    answered: Arc<AtomicU64>,
 }
 
 impl Peer {
@@ -58,7 +63,15 @@ impl Peer {
             self.channel.clone(),
             self.region,
             self.observer.get().cloned(),
+            Arc::clone(&self.answered),
         ))
+    }
+
+    /// Whether the peer answered a call (any answer, errors included) within `d`.
+    #[must_use]
+    pub fn answered_within(&self, d: Duration) -> bool {
+        let at = self.answered.load(Ordering::Relaxed);
+        at != 0 && clock_ms().saturating_sub(at) <= u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The shared channel, for other services of the same node.
@@ -66,6 +79,15 @@ impl Peer {
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }
+}
+
+/// Milliseconds on a monotonic clock that starts at this process's first reading (so
+/// that 0 can mean "never"); what [`Peer::answered_within`] compares.
+#[must_use]
+pub fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let since = START.get_or_init(Instant::now).elapsed().as_millis();
+    u64::try_from(since).unwrap_or(u64::MAX).saturating_add(1)
 }
 
 /// The directory; cheap to share.
@@ -190,6 +212,7 @@ impl PeerDirectory {
                     channel: endpoint(&e.address, self.call_timeout, self.client_tls(region))?,
                     address: e.address.clone(),
                     observer: Arc::clone(&self.observer),
+                    answered: Arc::default(),
                 },
             };
             next.insert(region, peer);

@@ -14,6 +14,7 @@ use yidi_common::{
     money::{self, Money},
     proto::{self, FilingType as Ft, InsuranceType as It, PersonType as Pt, VisitKind as Vk},
 };
+use yidi_node::settlement::eligibility_cache::HOME_ANSWERED_WITHIN;
 use yidi_tests::{
     fixtures::{
         Desk, VISIT_OPENED as ADMITTED, acc_tuple, accumulators, assert_split, fee_line as line,
@@ -516,6 +517,15 @@ async fn a_settle_prices_with_an_answer_it_has_and_reprices_when_another_city_se
     );
     assert_eq!(calls().await, (10, 7, 2));
 
+    // A home node that has not answered Ningbo for a while is asked first (had it hung,
+    // a failed eligibility call would let the offline rule settle rather than leave a
+    // CommitClaim in doubt): the opening's answer is not used.
+    let v6 = chronic(&mut nb_desk, "nb-6", "NB-A", "5000.00").await;
+    tokio::time::sleep(HOME_ANSWERED_WITHIN + Duration::from_millis(300)).await;
+    let s6 = nb_desk.settle("settle-nb-6", &v6, false).await.unwrap();
+    assert_eq!(s6.split.as_ref().unwrap().fund_pay_sumamt, "3000.00");
+    assert_eq!(calls().await, (12, 8, 2));
+
     let acc = accumulators(hz, &id, NB, inst::NB_H3).await;
     assert_eq!(
         (
@@ -523,10 +533,10 @@ async fn a_settle_prices_with_an_answer_it_has_and_reprices_when_another_city_se
             acc.serious_illness_paid.as_str(),
             acc.version
         ),
-        ("30000.00", "4800.00", 7)
+        ("30000.00", "7800.00", 8)
     );
     let mut hz_peer = hz.peer().await;
-    for s in [&s1, &s2, &s3, &s4, &s5] {
+    for s in [&s1, &s2, &s3, &s4, &s5, &s6] {
         let st = hz_peer
             .claim_status(proto::ClaimStatusRequest {
                 claim_id: s.settlement_id.clone(),

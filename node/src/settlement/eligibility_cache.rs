@@ -39,17 +39,27 @@ pub const PRESETTLE_REUSE: Duration = Duration::from_secs(2);
 /// module header).
 pub const SETTLE_REUSE: Duration = Duration::from_secs(60);
 
+/// How recently the home node must have answered a call of this node for a Settle to
+/// reuse an answer: a CommitClaim sent first to a home node that has hung leaves its
+/// claim in doubt until the node is back, where a failed eligibility call would have
+/// let the offline rule settle it. A busy node calls its peers all the time; a quiet
+/// one asks first, as before.
+pub const HOME_ANSWERED_WITHIN: Duration = Duration::from_secs(3);
+
 /// Entries kept at most (about a kilobyte each). Past it the expired ones go, and if
 /// none had expired, all of them: the cache only saves calls.
 const MAX_ENTRIES: usize = 100_000;
 
-/// Persons whose last accumulator version is remembered, at most (a few dozen bytes
-/// each); past it they are forgotten, which costs at most one refused attempt each.
-const MAX_VERSIONS: usize = 1_000_000;
+/// Persons whose last accumulator version is remembered, at most (about 80 bytes each
+/// with the map's overhead: 16 MB); past it they are forgotten, which costs at most one
+/// refused attempt each.
+const MAX_VERSIONS: usize = 200_000;
 
 struct Entry {
-    /// The encoded CheckEligibilityRequest: the same person, visit, institution,
-    /// treatment region and settlement day.
+    /// The encoded CheckEligibilityRequest: the same person, institution and level,
+    /// visit kind and date, treatment region and settlement day (visits of a person
+    /// alike in all of these share their answers, which is harmless: the answer is
+    /// about the person).
     key: Vec<u8>,
     at: Instant,
     answer: proto::EligibilityResponse,
@@ -264,9 +274,12 @@ mod tests {
         {
             // Fill it with answers older than any reuse time.
             let mut m = c.entries.lock().unwrap();
-            let old = Instant::now()
-                .checked_sub(SETTLE_REUSE + Duration::from_secs(1))
-                .expect("a monotonic clock past a minute");
+            // (A monotonic clock may start at boot: on a machine up for less than a
+            // minute there is no instant that old to write, and nothing to test.)
+            let Some(old) = Instant::now().checked_sub(SETTLE_REUSE + Duration::from_secs(1))
+            else {
+                return;
+            };
             for i in 0..MAX_ENTRIES {
                 m.by_person.entry(format!("P{i}")).or_default().push(Entry {
                     key: b"k".to_vec(),

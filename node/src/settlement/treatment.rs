@@ -25,7 +25,7 @@ use yidi_common::{
 
 use super::{
     classified_line,
-    eligibility_cache::{PRESETTLE_REUSE, SETTLE_REUSE},
+    eligibility_cache::{HOME_ANSWERED_WITHIN, PRESETTLE_REUSE, SETTLE_REUSE},
     engine_line, home, split_fen, wire_date,
 };
 use crate::{
@@ -248,7 +248,8 @@ async fn eligibility_for_presettle(
 /// An eligibility answer a Settle may price its first attempt with instead of asking
 /// the home node: the one its PreSettle got within [`SETTLE_REUSE`], else the one kept
 /// when the visit was opened. Only answers that found the person eligible (a refusal
-/// is always asked afresh) and not older than a claim of theirs committed from here.
+/// is always asked afresh) and not older than a claim of theirs committed from here,
+/// and only while the home node has answered a call within [`HOME_ANSWERED_WITHIN`].
 /// The home node re-verifies everything in CommitClaim and refuses a stale answer (see
 /// `eligibility_cache`); the Settle then reprices with a fresh one.
 fn reusable_eligibility(
@@ -256,6 +257,17 @@ fn reusable_eligibility(
     bill: &Bill,
     settle_day: NaiveDate,
 ) -> Option<proto::EligibilityResponse> {
+    // The eligibility call is also what finds a home node gone: asked first, its
+    // failure leaves nothing in doubt and the offline rule applies. A CommitClaim
+    // that hangs leaves the claim in doubt instead, so it goes first only to a home
+    // node known to be answering.
+    if !st
+        .peers
+        .get(&bill.visit.home_region)
+        .is_ok_and(|p| p.answered_within(HOME_ANSWERED_WITHIN))
+    {
+        return None;
+    }
     let req = eligibility_request(&bill.visit, st.region, settle_day).ok()?;
     st.eligibility_cache
         .get(&req.id_number, &req.encode_to_vec(), SETTLE_REUSE)
@@ -1353,7 +1365,15 @@ async fn settle_remote(
     let reused = reusable_eligibility(st, &bill, settle_day);
     let mut reused_answer = reused.is_some();
     let first = match reused {
-        Some(elig) => price_from(st, &bill, use_account, elig).await,
+        Some(elig) => match price_from(st, &bill, use_account, elig).await {
+            // Pricing refused what the answer says (a policy version the home node no
+            // longer serves, say): a fresh answer decides.
+            Err(PeerFail::Refused(_)) => {
+                reused_answer = false;
+                price(st, &bill, use_account, settle_day).await
+            }
+            other => other,
+        },
         None => price(st, &bill, use_account, settle_day).await,
     };
     let (mut rec, guard) = recording.await?;
@@ -1365,23 +1385,40 @@ async fn settle_remote(
             // the offline rule settles the request under a record of its own.
             mark_failed(st, rec).await?;
             drop(running.take());
-            return settle_offline(st, &bill, &key, use_account, why).await;
+            return settle_offline(st, &bill, &key, use_account, why, None).await;
         }
         Err(PeerFail::Refused(e)) => {
             mark_failed(st, rec).await?;
             return Err(e);
         }
     };
-    for attempt in 0..COMMIT_ATTEMPTS {
+    // Whether `priced` rests on an answer the home node gave this call (the offline
+    // rule goes by this visit's own answers: this call's, else its opening's — a
+    // reused answer may be another visit's PreSettle).
+    let mut fresh_answer = !reused_answer;
+    // A reused answer refused as stale takes an attempt of its own.
+    for attempt in 0..COMMIT_ATTEMPTS + usize::from(reused_answer) {
         if attempt > 0 {
             priced = match price(st, &bill, use_account, settle_day).await {
-                Ok(p) => p,
+                Ok(p) => {
+                    fresh_answer = true;
+                    p
+                }
                 Err(PeerFail::Unreachable(why)) => {
-                    // We asked before and the home node then vanished: in doubt. This
-                    // call is no longer waiting on a CommitClaim, so the intent may be
-                    // resolved right away.
+                    // The home node answered every CommitClaim of this intent with a
+                    // refusal (its transaction rolled back) and now cannot be reached:
+                    // nothing is committed there, so the offline rule applies.
+                    mark_failed(st, rec).await?;
                     drop(running.take());
-                    return settle_in_doubt(st, &bill, rec, use_account, why).await;
+                    return settle_offline(
+                        st,
+                        &bill,
+                        &key,
+                        use_account,
+                        why,
+                        fresh_answer.then_some(&priced.elig),
+                    )
+                    .await;
                 }
                 Err(PeerFail::Refused(e)) => {
                     mark_failed(st, rec).await?;
@@ -1455,7 +1492,15 @@ async fn settle_remote(
                     // eligibility call cannot connect.
                     mark_failed(st, rec).await?;
                     drop(running.take());
-                    return settle_offline(st, &bill, &key, use_account, why).await;
+                    return settle_offline(
+                        st,
+                        &bill,
+                        &key,
+                        use_account,
+                        why,
+                        fresh_answer.then_some(&priced.elig),
+                    )
+                    .await;
                 }
                 PeerFail::Refused(Error::Aborted(m)) => {
                     tracing::debug!(attempt, reused_answer, claim = %rec.settlement_id, reason = %m, "home reports a change; repricing");
@@ -1563,17 +1608,21 @@ fn full_self_pay(lines: &[LineRec], why: &str) -> proto::Split {
     }
 }
 
-/// The home node cannot be reached and nothing was sent yet: apply the home policy's
-/// offline rule with the eligibility kept from the visit's opening.
+/// The home node cannot be reached and nothing of this claim is committed there: apply
+/// the home policy's offline rule with the newest eligibility answer for this visit
+/// (`newest`, one the home node gave this call, else the one kept from the visit's
+/// opening).
 async fn settle_offline(
     st: &NodeState,
     bill: &Bill,
     key: &RequestKey,
     use_account: bool,
     why: String,
+    newest: Option<&proto::EligibilityResponse>,
 ) -> Result<proto::Settlement> {
-    let snapshot = proto::EligibilityResponse::decode(bill.visit.home_snapshot.as_slice())
-        .ok()
+    let snapshot = newest
+        .cloned()
+        .or_else(|| proto::EligibilityResponse::decode(bill.visit.home_snapshot.as_slice()).ok())
         .filter(|s| s.accumulators.is_some());
     let Some(snapshot) = snapshot else {
         return Err(Error::Unavailable(format!(

@@ -1,9 +1,10 @@
 //! Settlement when things go wrong, on three in-process nodes (Hangzhou 330100, Ningbo
 //! 330200, Wenzhou 330300): the home node down under both offline rules (Hangzhou
-//! refuses; Wenzhou settles provisionally under an exposure limit) and its recovery
-//! through the outbox; a crash between the home commit and the local commit, resolved by
-//! recovery, by a repeated request or by 冲正; and bad input, each refused with its status
-//! code and nothing changed. Amounts are worked out by hand from `deploy/policies`.
+//! refuses; Wenzhou settles provisionally under an exposure limit), also when it falls
+//! silent after refusing a stale price, and its recovery through the outbox; a crash
+//! between the home commit and the local commit, resolved by recovery, by a repeated
+//! request or by 冲正; and bad input, each refused with its status code and nothing
+//! changed. Amounts are worked out by hand from `deploy/policies`.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -20,8 +21,8 @@ use yidi_tests::{
     fixtures::{
         Desk, VISIT_OPENED as ADMITTED, acc_tuple, account_balance, accumulators, assert_split,
         billed_visit, fee_line as line, filed_employee, filing, filing_until, id_number, inst,
-        institution_with_agreement, outbox, period_digest, person, settled_2000_at_hz_rates,
-        three_cities, wait_outbox_drained,
+        institution_with_agreement, outbox, peer_calls, period_digest, person,
+        settled_2000_at_hz_rates, three_cities, wait_outbox_drained,
     },
     harness::TestNode,
 };
@@ -948,4 +949,87 @@ async fn a_settle_dropped_during_eligibility_is_settled_by_its_repeat() {
     let acc = accumulators(fed.node(HZ), &id, NB, inst::NB_H3).await;
     assert_eq!((acc.version, acc.pool_paid.as_str()), (1, "700.00"));
     assert_eq!(desk.list().await.len(), 1);
+}
+
+/// A Settle whose first price (from the visit's opening answer) Hangzhou refuses as
+/// stale — the patient was treated in Wenzhou since — and which then cannot get a fresh
+/// answer (Hangzhou stops answering in time) leaves nothing in doubt: Hangzhou rolled
+/// back the refused commit, so the offline rule decides at once (Hangzhou refuses offline
+/// settlement: the patient pays in full), and Hangzhou holds nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_node_silent_after_refusing_a_stale_price_leaves_nothing_in_doubt() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = TestHooks::default();
+    let delay = Arc::clone(&hooks.eligibility_delay_ms);
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], yidi_tests::process::free_port()));
+    let fed = three_cities(dir.path(), move |r, c| match r {
+        HZ => c.hooks = hooks.clone(),
+        NB => c.metrics_listen = Some(metrics),
+        _ => {}
+    })
+    .await;
+    let (hz, nb, wz) = (fed.node(HZ), fed.node(NB), fed.node(WZ));
+    let id = filed_employee(hz, "1983-03-03", 63, "1000.00", NB).await;
+    filing(hz, &id, Ft::LongTermResident, WZ, &[], "2026-01-01").await;
+    let mut desk = Desk::at(nb, inst::NB_H3).await;
+    let v = billed_visit(&mut desk, "n", &id, HZ, "2000.00").await;
+    let mut wz_desk = Desk::at(wz, inst::WZ_H2).await;
+    let w = wz_desk
+        .open("ov-w", &id, HZ, Vk::Outpatient, ADMITTED)
+        .await
+        .unwrap();
+    wz_desk
+        .fees(
+            "fees-w",
+            &w.visit_id,
+            vec![line("1", "WZ-A", "1", "300.00", "300.00")],
+        )
+        .await
+        .unwrap();
+    let sw = wz_desk
+        .settle("settle-w", &w.visit_id, false)
+        .await
+        .unwrap();
+    assert_eq!(sw.state, "settled");
+
+    // Hangzhou now answers eligibility only after Ningbo's peer timeout (0.8 s).
+    delay.store(1500, Ordering::SeqCst);
+    let s = desk.settle("settle-n", &v.visit_id, true).await.unwrap();
+    assert_eq!(s.state, "refused", "{s:?}");
+    assert!(s.note.contains("refuses offline settlement"), "{}", s.note);
+    assert_split(
+        s.split.as_ref().unwrap(),
+        &[
+            ("medfee_sumamt", "2000.00"),
+            ("fulamt_ownpay_amt", "2000.00"),
+            ("inscp_scp_amt", "0.00"),
+            ("fund_pay_sumamt", "0.00"),
+            ("psn_part_amt", "2000.00"),
+            ("acct_pay", "0.00"),
+            ("psn_cash_pay", "2000.00"),
+        ],
+    );
+    // The path: the opening's answer priced and committed (refused as stale), the fresh
+    // eligibility call timed out.
+    let body = yidi_node::metrics::scrape(metrics).await.unwrap();
+    let calls = |m: &str, code: Option<&str>| peer_calls(&body, HZ, m, code);
+    assert_eq!(
+        (
+            calls("CommitClaim", None),
+            calls("CommitClaim", Some("aborted")),
+            calls("CheckEligibility", None),
+            calls("CheckEligibility", Some("deadline_exceeded")),
+        ),
+        (1, 1, 2, 1),
+        "{body}"
+    );
+    delay.store(0, Ordering::SeqCst);
+    // The answer stands on repeat; Hangzhou holds only Wenzhou's claim, and nothing of
+    // Ningbo's is owed.
+    assert_eq!(desk.settle("settle-n", &v.visit_id, true).await.unwrap(), s);
+    let acc = accumulators(hz, &id, NB, inst::NB_H3).await;
+    assert_eq!(acc.version, 1, "{acc:?}");
+    assert_eq!(account_balance(hz, &id).await, "1000.00");
+    assert_eq!(ledgers(nb, hz, &s.period).await, (0, "0.00".into()));
+    assert_eq!(outbox(nb).await.depth, 0);
 }

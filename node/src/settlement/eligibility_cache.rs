@@ -117,8 +117,9 @@ impl EligibilityCache {
         let Ok(mut m) = self.entries.lock() else {
             return;
         };
-        // Expired entries go once per reuse time (so that a quiet cache does not keep
-        // a busy hour's answers), or when the cache is full.
+        // Expired entries go at the first put after each reuse time (so that the cache
+        // holds about a minute of answers instead of growing to its bound), or when
+        // the cache is full.
         if m.swept.is_none_or(|at| at.elapsed() >= SETTLE_REUSE) || m.len >= MAX_ENTRIES {
             m.drop_older_than(SETTLE_REUSE);
             m.swept = Some(Instant::now());

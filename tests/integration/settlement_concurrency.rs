@@ -60,6 +60,19 @@ async fn chronic_visits(desk: &Desk, id: &str, item: &str) -> Vec<String> {
     set.join_all().await
 }
 
+/// The home node's status of a claim, asked as a peer would.
+async fn claim_at_home(
+    peer: &mut proto::peer_service_client::PeerServiceClient<tonic::transport::Channel>,
+    claim_id: &str,
+) -> proto::ClaimStatusResponse {
+    peer.claim_status(proto::ClaimStatusRequest {
+        claim_id: claim_id.to_owned(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 /// Settles a visit, repeating the same request while the node reports a concurrent
 /// change (ABORTED: the home node's compare-and-set lost and the retries ran out).
 async fn settle_until_done(mut d: Desk, rid: String, visit: String) -> proto::Settlement {
@@ -191,13 +204,7 @@ async fn one_person_settled_at_once_in_two_cities_never_exceeds_the_chronic_cap(
         };
         let mut d = Desk::at(node, inst).await;
         assert_eq!(&d.get(&s.settlement_id).await.unwrap(), s);
-        let st = hz_peer
-            .claim_status(proto::ClaimStatusRequest {
-                claim_id: s.settlement_id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let st = claim_at_home(&mut hz_peer, &s.settlement_id).await;
         assert_eq!(st.state, "committed");
         assert_eq!(st.claim.unwrap().split.as_ref(), s.split.as_ref());
     }
@@ -426,19 +433,20 @@ async fn a_settle_prices_with_an_answer_it_has_and_reprices_when_another_city_se
             peer_calls(&body, HZ, "CommitClaim", Some("aborted")),
         )
     };
-    // A 5000.00 claim at Ningbo once the pooled cap is used up, while the year's
-    // personal share stays within the serious-illness threshold of 20000.00: all of it
-    // is the patient's.
-    let all_personal = |s: &proto::Settlement| {
+    // A 5000.00 claim at Ningbo once the pooled cap is used up: the serious-illness
+    // fund pays `hifmi` (nothing while the year's personal share stays within its
+    // threshold of 20000.00), the patient `psn` = 5000.00 − `hifmi`.
+    let after_the_cap = |s: &proto::Settlement, hifmi: &str, psn: &str| {
         assert_eq!(s.state, "settled");
         assert_split(
             s.split.as_ref().unwrap(),
             &[
                 ("medfee_sumamt", "5000.00"),
                 ("inscp_scp_amt", "5000.00"),
-                ("fund_pay_sumamt", "0.00"),
-                ("psn_part_amt", "5000.00"),
-                ("psn_cash_pay", "5000.00"),
+                ("hifmi_pay", hifmi),
+                ("fund_pay_sumamt", hifmi),
+                ("psn_part_amt", psn),
+                ("psn_cash_pay", psn),
             ],
         );
     };
@@ -468,12 +476,12 @@ async fn a_settle_prices_with_an_answer_it_has_and_reprices_when_another_city_se
     // refuses it (the accumulators moved), Ningbo asks afresh and settles what the cap
     // leaves: nothing from the fund.
     let s2 = nb_desk.settle("settle-nb-2", &v2, false).await.unwrap();
-    all_personal(&s2);
+    after_the_cap(&s2, "0.00", "5000.00");
     assert_eq!(calls().await, (6, 3, 1));
     // The third visit's opening answer predates a claim Ningbo itself committed since:
     // known to be stale, it is not tried — Ningbo asks afresh.
     let s3 = nb_desk.settle("settle-nb-3", &v3, false).await.unwrap();
-    all_personal(&s3);
+    after_the_cap(&s3, "0.00", "5000.00");
     assert_eq!(calls().await, (7, 4, 1));
 
     // The year's personal share is 750.00 + 4250.00 + 2 × 5000.00 = 15000.00. A fourth
@@ -487,34 +495,14 @@ async fn a_settle_prices_with_an_answer_it_has_and_reprices_when_another_city_se
     let sw = wz_desk.settle("settle-wz-2", &w2, false).await.unwrap();
     assert_eq!(sw.split.as_ref().unwrap().fund_pay_sumamt, "0.00");
     let s4 = nb_desk.settle("settle-nb-4", &v4, false).await.unwrap();
-    assert_split(
-        s4.split.as_ref().unwrap(),
-        &[
-            ("medfee_sumamt", "5000.00"),
-            ("inscp_scp_amt", "5000.00"),
-            ("hifmi_pay", "1800.00"),
-            ("fund_pay_sumamt", "1800.00"),
-            ("psn_part_amt", "3200.00"),
-            ("psn_cash_pay", "3200.00"),
-        ],
-    );
+    after_the_cap(&s4, "1800.00", "3200.00");
     assert_eq!(calls().await, (9, 6, 2));
 
     // A visit opened now settles from its opening's answer, which is current: no
     // eligibility call at settlement. All of it is above the threshold: 60% × 5000.00.
     let v5 = chronic(&mut nb_desk, "nb-5", "NB-A", "5000.00").await;
     let s5 = nb_desk.settle("settle-nb-5", &v5, false).await.unwrap();
-    assert_split(
-        s5.split.as_ref().unwrap(),
-        &[
-            ("medfee_sumamt", "5000.00"),
-            ("inscp_scp_amt", "5000.00"),
-            ("hifmi_pay", "3000.00"),
-            ("fund_pay_sumamt", "3000.00"),
-            ("psn_part_amt", "2000.00"),
-            ("psn_cash_pay", "2000.00"),
-        ],
-    );
+    after_the_cap(&s5, "3000.00", "2000.00");
     assert_eq!(calls().await, (10, 7, 2));
 
     // A home node that has not answered Ningbo for a while is asked first (had it hung,
@@ -523,7 +511,7 @@ async fn a_settle_prices_with_an_answer_it_has_and_reprices_when_another_city_se
     let v6 = chronic(&mut nb_desk, "nb-6", "NB-A", "5000.00").await;
     tokio::time::sleep(HOME_ANSWERED_WITHIN + Duration::from_millis(300)).await;
     let s6 = nb_desk.settle("settle-nb-6", &v6, false).await.unwrap();
-    assert_eq!(s6.split.as_ref().unwrap().fund_pay_sumamt, "3000.00");
+    after_the_cap(&s6, "3000.00", "2000.00");
     assert_eq!(calls().await, (12, 8, 2));
 
     let acc = accumulators(hz, &id, NB, inst::NB_H3).await;
@@ -537,13 +525,8 @@ async fn a_settle_prices_with_an_answer_it_has_and_reprices_when_another_city_se
     );
     let mut hz_peer = hz.peer().await;
     for s in [&s1, &s2, &s3, &s4, &s5, &s6] {
-        let st = hz_peer
-            .claim_status(proto::ClaimStatusRequest {
-                claim_id: s.settlement_id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let st = claim_at_home(&mut hz_peer, &s.settlement_id).await;
         assert_eq!(st.state, "committed");
+        assert_eq!(st.claim.unwrap().split.as_ref(), s.split.as_ref());
     }
 }

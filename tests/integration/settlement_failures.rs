@@ -45,6 +45,24 @@ async fn ledgers(treatment: &TestNode, home: &TestNode, period: &str) -> (u64, S
     (recv.count, recv.sum)
 }
 
+/// A 2000.00 bill refused under Hangzhou's offline rule: the patient pays all of it.
+fn refused_2000_paid_in_full(s: &proto::Settlement) {
+    assert_eq!(s.state, "refused", "{s:?}");
+    assert!(s.note.contains("refuses offline settlement"), "{}", s.note);
+    assert_split(
+        s.split.as_ref().unwrap(),
+        &[
+            ("medfee_sumamt", "2000.00"),
+            ("fulamt_ownpay_amt", "2000.00"),
+            ("inscp_scp_amt", "0.00"),
+            ("fund_pay_sumamt", "0.00"),
+            ("psn_part_amt", "2000.00"),
+            ("acct_pay", "0.00"),
+            ("psn_cash_pay", "2000.00"),
+        ],
+    );
+}
+
 /// The current clearing period ("YYYY-MM", China Standard Time).
 fn this_period() -> String {
     (chrono::Utc::now() + chrono::Duration::hours(8))
@@ -95,20 +113,7 @@ async fn home_down_and_policy_refuses_offline_settlement() {
 
     // Hangzhou refuses offline settlement: the patient pays the whole 2000.00.
     let s = desk.settle("settle-1", &v.visit_id, true).await.unwrap();
-    assert_eq!(s.state, "refused");
-    assert!(s.note.contains("refuses offline settlement"), "{}", s.note);
-    assert_split(
-        s.split.as_ref().unwrap(),
-        &[
-            ("medfee_sumamt", "2000.00"),
-            ("fulamt_ownpay_amt", "2000.00"),
-            ("inscp_scp_amt", "0.00"),
-            ("fund_pay_sumamt", "0.00"),
-            ("psn_part_amt", "2000.00"),
-            ("acct_pay", "0.00"),
-            ("psn_cash_pay", "2000.00"),
-        ],
-    );
+    refused_2000_paid_in_full(&s);
     assert_eq!(desk.settle("settle-1", &v.visit_id, true).await.unwrap(), s);
     assert_eq!(desk.get(&s.settlement_id).await.unwrap(), s);
     // Nothing to push to Hangzhou, nothing provisional.
@@ -995,20 +1000,7 @@ async fn a_home_node_silent_after_refusing_a_stale_price_leaves_nothing_in_doubt
     // Hangzhou now answers eligibility only after Ningbo's peer timeout (0.8 s).
     delay.store(1500, Ordering::SeqCst);
     let s = desk.settle("settle-n", &v.visit_id, true).await.unwrap();
-    assert_eq!(s.state, "refused", "{s:?}");
-    assert!(s.note.contains("refuses offline settlement"), "{}", s.note);
-    assert_split(
-        s.split.as_ref().unwrap(),
-        &[
-            ("medfee_sumamt", "2000.00"),
-            ("fulamt_ownpay_amt", "2000.00"),
-            ("inscp_scp_amt", "0.00"),
-            ("fund_pay_sumamt", "0.00"),
-            ("psn_part_amt", "2000.00"),
-            ("acct_pay", "0.00"),
-            ("psn_cash_pay", "2000.00"),
-        ],
-    );
+    refused_2000_paid_in_full(&s);
     // The path: the opening's answer priced and committed (refused as stale), the fresh
     // eligibility call timed out.
     let body = yidi_node::metrics::scrape(metrics).await.unwrap();

@@ -1396,77 +1396,69 @@ async fn settle_remote(
     // rule goes by this visit's own answers: this call's, else its opening's — a
     // reused answer may be another visit's PreSettle).
     let mut fresh_answer = !reused_answer;
-    // A reused answer refused as stale takes an attempt of its own.
-    for attempt in 0..COMMIT_ATTEMPTS + usize::from(reused_answer) {
-        if attempt > 0 {
-            priced = match price(st, &bill, use_account, settle_day).await {
-                Ok(p) => {
-                    fresh_answer = true;
-                    p
-                }
-                Err(PeerFail::Unreachable(why)) => {
-                    // The home node answered every CommitClaim of this intent with a
-                    // refusal (its transaction rolled back) and now cannot be reached:
-                    // nothing is committed there, so the offline rule applies.
-                    mark_failed(st, rec).await?;
-                    drop(running.take());
-                    return settle_offline(
-                        st,
-                        &bill,
-                        &key,
-                        use_account,
-                        why,
-                        fresh_answer.then_some(&priced.elig),
-                    )
-                    .await;
-                }
-                Err(PeerFail::Refused(e)) => {
-                    mark_failed(st, rec).await?;
-                    return Err(e);
-                }
-            };
-        }
-        let acc_version = priced
-            .elig
-            .accumulators
-            .as_ref()
-            .map(|a| a.version)
-            .unwrap_or_default();
-        let split = priced.quote.to_proto_split();
-        let (medfee, fund, acct, cash) = split_fen(&split)?;
-        rec.split = split;
-        (rec.medfee_fen, rec.fund_fen, rec.acct_fen, rec.cash_fen) = (medfee, fund, acct, cash);
-        rec.policy_version = priced.elig.policy_version;
-        rec.acc_version = acc_version;
-        if attempt > 0 {
-            // A retry after a concurrent change: the intent shows what is being tried.
-            let r = rec.clone();
-            st.store
-                .write(move |conn| settlements::update_outcome(conn, &r))
-                .await?;
-        }
-        let peer = st.peers.get(&bill.visit.home_region)?;
-        let call = peer
-            .client()
-            .commit_claim(commit_request(&rec, &bill, region, false, use_account))
-            .await;
-        match call {
-            Ok(resp) => {
-                if st
-                    .hooks
-                    .crash_after_home_commit
-                    .load(std::sync::atomic::Ordering::SeqCst)
-                {
-                    return Err(Error::Unavailable(
-                        "injected crash after the home commit (test hook)".into(),
-                    ));
-                }
-                let resp = resp.into_inner();
-                if let Some(acc) = &resp.accumulators {
-                    st.eligibility_cache.settled(&bill.visit.id_number, acc);
-                }
-                let k = key.clone();
-                return st
+    // Leaves the loop with the reason the offline rule applies: nothing of this claim
+    // is committed at the home node, which cannot be reached.
+    let offline = 'attempts: {
+        // A reused answer refused as stale takes an attempt of its own.
+        for attempt in 0..COMMIT_ATTEMPTS + usize::from(reused_answer) {
+            if attempt > 0 {
+                priced = match price(st, &bill, use_account, settle_day).await {
+                    Ok(p) => {
+                        fresh_answer = true;
+                        p
+                    }
+                    Err(PeerFail::Unreachable(why)) => {
+                        // The home node answered every CommitClaim of this intent with a
+                        // refusal (its transaction rolled back) and now cannot be reached.
+                        break 'attempts why;
+                    }
+                    Err(PeerFail::Refused(e)) => {
+                        mark_failed(st, rec).await?;
+                        return Err(e);
+                    }
+                };
+            }
+            let acc_version = priced
+                .elig
+                .accumulators
+                .as_ref()
+                .map(|a| a.version)
+                .unwrap_or_default();
+            let split = priced.quote.to_proto_split();
+            let (medfee, fund, acct, cash) = split_fen(&split)?;
+            rec.split = split;
+            (rec.medfee_fen, rec.fund_fen, rec.acct_fen, rec.cash_fen) = (medfee, fund, acct, cash);
+            rec.policy_version = priced.elig.policy_version;
+            rec.acc_version = acc_version;
+            if attempt > 0 {
+                // A retry after a concurrent change: the intent shows what is being tried.
+                let r = rec.clone();
+                st.store
+                    .write(move |conn| settlements::update_outcome(conn, &r))
+                    .await?;
+            }
+            let peer = st.peers.get(&bill.visit.home_region)?;
+            let call = peer
+                .client()
+                .commit_claim(commit_request(&rec, &bill, region, false, use_account))
+                .await;
+            match call {
+                Ok(resp) => {
+                    if st
+                        .hooks
+                        .crash_after_home_commit
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                    {
+                        return Err(Error::Unavailable(
+                            "injected crash after the home commit (test hook)".into(),
+                        ));
+                    }
+                    let resp = resp.into_inner();
+                    if let Some(acc) = &resp.accumulators {
+                        st.eligibility_cache.settled(&bill.visit.id_number, acc);
+                    }
+                    let k = key.clone();
+                    return st
                     .store
                     .write(move |conn| {
                         // A concurrent repeat of this request may have finished it from
@@ -1484,44 +1476,45 @@ async fn settle_remote(
                         finish_committed(conn, region, rec, &resp, Some(&k))
                     })
                     .await;
-            }
-            Err(status) => match classify(&bill.visit.home_region, &status) {
-                PeerFail::Unreachable(why) if never_sent(&status) => {
-                    // The home node got nothing (every earlier attempt it refused): the
-                    // claim is not in doubt, and the offline rule applies as when the
-                    // eligibility call cannot connect.
-                    mark_failed(st, rec).await?;
-                    drop(running.take());
-                    return settle_offline(
-                        st,
-                        &bill,
-                        &key,
-                        use_account,
-                        why,
-                        fresh_answer.then_some(&priced.elig),
-                    )
-                    .await;
                 }
-                PeerFail::Refused(Error::Aborted(m)) => {
-                    tracing::debug!(attempt, reused_answer, claim = %rec.settlement_id, reason = %m, "home reports a change; repricing");
-                    // A change since the answer was got is no contention: reprice at once.
-                    if !std::mem::take(&mut reused_answer) {
-                        tokio::time::sleep(Duration::from_millis(2 + 3 * attempt as u64)).await;
+                Err(status) => match classify(&bill.visit.home_region, &status) {
+                    PeerFail::Unreachable(why) if never_sent(&status) => {
+                        // The home node got nothing (every earlier attempt it refused): the
+                        // claim is not in doubt, as when the eligibility call cannot connect.
+                        break 'attempts why;
                     }
-                }
-                PeerFail::Refused(e) => {
-                    mark_failed(st, rec).await?;
-                    return Err(e);
-                }
-                PeerFail::Unreachable(why) => {
-                    drop(running.take());
-                    return settle_in_doubt(st, &bill, rec, use_account, why).await;
-                }
-            },
+                    PeerFail::Refused(Error::Aborted(m)) => {
+                        tracing::debug!(attempt, reused_answer, claim = %rec.settlement_id, reason = %m, "home reports a change; repricing");
+                        // A change since the answer was got is no contention: reprice at once.
+                        if !std::mem::take(&mut reused_answer) {
+                            tokio::time::sleep(Duration::from_millis(2 + 3 * attempt as u64)).await;
+                        }
+                    }
+                    PeerFail::Refused(e) => {
+                        mark_failed(st, rec).await?;
+                        return Err(e);
+                    }
+                    PeerFail::Unreachable(why) => {
+                        drop(running.take());
+                        return settle_in_doubt(st, &bill, rec, use_account, why).await;
+                    }
+                },
+            }
         }
-    }
+        mark_failed(st, rec).await?;
+        return Err(Error::Aborted("the person's accumulators kept changing during settlement (settled elsewhere at the same time); retry".into()));
+    };
     mark_failed(st, rec).await?;
-    Err(Error::Aborted("the person's accumulators kept changing during settlement (settled elsewhere at the same time); retry".into()))
+    drop(running.take());
+    settle_offline(
+        st,
+        &bill,
+        &key,
+        use_account,
+        offline,
+        fresh_answer.then_some(&priced.elig),
+    )
+    .await
 }
 
 /// Queues the intent's record at once (see `Store::submit`) and claims its id for this

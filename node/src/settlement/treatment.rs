@@ -31,6 +31,7 @@ use super::{
 use crate::{
     Error, Result,
     idempotency::{self, RequestKey, payload_hash},
+    policy_cache::PolicyCache,
     service::NodeState,
     store::{
         catalogue,
@@ -1186,127 +1187,179 @@ pub async fn settle(st: &NodeState, req: proto::SettleRequest) -> Result<proto::
     if req.institution_code.is_empty() {
         return Err(Error::invalid("institution_code", "missing"));
     }
-    // A repeat of a finished request gets its answer; a repeat of one in doubt is
-    // resolved with the home node first. One trip to the read pool gathers the
-    // institution, the request's history and, for a new request, the bill.
-    let (k, rid, inst, vid) = (
-        key.clone(),
-        req.request_id.clone(),
-        req.institution_code.clone(),
-        req.visit_id.clone(),
-    );
-    let (prior, intent, rows) = st
-        .store
-        .read(move |conn| {
-            check_institution(conn, &inst, period::today())?;
-            let prior = idempotency::replay::<proto::Settlement>(conn, &k)?;
-            if prior.is_some() {
-                return Ok((prior, None, None));
+    // One moment for the whole settlement: its claim's settled_at, and the day the home
+    // node judges filings on, in every attempt.
+    let now = Utc::now();
+    let (bill_out, bill_in) = tokio::sync::oneshot::channel();
+    let opening = open_settlement(st, &req, &key, now, bill_out);
+    // A cross-region bill is handed out as soon as the writer has read it and recorded
+    // the intent, before the commit: pricing runs while the intent is made durable.
+    // Everything else (a repeat's answer, a pending intent, a same-city settlement, an
+    // error) comes with the job's outcome.
+    let Ok(bill) = bill_in.await else {
+        return match opening.await? {
+            Opened::Answered(answer) => Ok(answer),
+            Opened::Pending(intent) => {
+                if intent.payload_hash != key.payload_hash {
+                    return Err(Error::AlreadyExists(format!(
+                        "request_id {:?} is in use by a different settlement request",
+                        req.request_id
+                    )));
+                }
+                resolve_intent(st, intent).await.and_then(|o| {
+                    o.ok_or_else(|| {
+                        Error::Aborted(
+                            "this settlement request is still in progress; retry shortly".into(),
+                        )
+                    })
+                })
             }
-            let intent = settlements::by_request(conn, &k.scope, &rid)?;
-            // Errors of the bill count only for a new request: keep them for later.
-            let rows = if intent.as_ref().is_some_and(|i| i.state == "pending") {
-                None
-            } else {
-                Some(read_bill(conn, &inst, &vid))
-            };
-            Ok((None, intent, rows))
-        })
-        .await?;
-    if let Some(answer) = prior {
-        return Ok(answer);
-    }
-    if let Some(intent) = intent.filter(|i| i.state == "pending") {
-        if intent.payload_hash != key.payload_hash {
-            return Err(Error::AlreadyExists(format!(
-                "request_id {:?} is in use by a different settlement request",
-                req.request_id
-            )));
-        }
-        return resolve_intent(st, intent).await.and_then(|o| {
-            o.ok_or_else(|| {
-                Error::Aborted("this settlement request is still in progress; retry shortly".into())
-            })
-        });
-    }
-    let (visit, lines) =
-        rows.ok_or_else(|| Error::Internal("settlement bill was not read".into()))??;
-    let bill = bill_from(visit, lines, true)?;
-    if bill.visit.home_region == st.region.as_str() {
-        return settle_local(st, bill, key, req.use_account).await;
-    }
+            Opened::Intent(..) => Err(Error::Internal(
+                "a settlement intent was recorded without its bill".into(),
+            )),
+        };
+    };
     let person = bill.visit.id_number.clone();
-    let out = settle_remote(st, bill, key, req.use_account).await;
+    let out = settle_remote(st, bill, key, req.use_account, now, opening).await;
     // The person's accumulators changed (or may have): PreSettle asks afresh.
     st.eligibility_cache.forget(&person);
     out
 }
 
-/// A same-city settlement: this node is also the home node; everything in one
-/// transaction, no network.
-async fn settle_local(
+/// What the opening of a Settle found, in the writer's transaction.
+enum Opened {
+    /// A repeat of a finished request (its stored answer), or a same-city settlement
+    /// done in the same transaction.
+    Answered(proto::Settlement),
+    /// An intent of this request whose outcome is not known yet.
+    Pending(SettlementRec),
+    /// A new cross-region intent, claimed by this call (its bill went out apart).
+    Intent(SettlementRec, InFlightGuard),
+}
+
+/// Opens a Settle in one writer job — a single trip to the store instead of a read
+/// followed by a write that had to check everything again: the institution, a stored
+/// answer of the request, a pending intent of it, and, for a new request, the bill
+/// (whose errors count only then). A same-city bill is settled in the same job; a
+/// cross-region one gets its intent, claimed for this call in the same transaction (so
+/// no resolver sees it pending without seeing that its call is running), and is sent on
+/// `bill_out` at once. The claim is held by the guard returned with the intent: should
+/// this call be dropped before it takes the outcome (the hospital went away), or the
+/// commit fail, the guard is dropped with it and the id released, and the pending intent
+/// is left to recovery.
+fn open_settlement(
     st: &NodeState,
-    bill: Bill,
-    key: RequestKey,
-    use_account: bool,
-) -> Result<proto::Settlement> {
+    req: &proto::SettleRequest,
+    key: &RequestKey,
+    now: DateTime<Utc>,
+    bill_out: tokio::sync::oneshot::Sender<Bill>,
+) -> impl std::future::Future<Output = Result<Opened>> + Send + 'static {
+    let (k, region, use_account) = (key.clone(), st.region, req.use_account);
+    let (inst, vid) = (req.institution_code.clone(), req.visit_id.clone());
     let cache = Arc::clone(&st.policies);
-    let region = st.region;
-    st.store
-        .write(move |conn| {
-            if let Some(answer) = idempotency::replay(conn, &key)? {
-                return Ok(answer);
-            }
-            let date = wire_date(&bill.visit.visit_date, "visit_date")?;
-            let v = home::view(
-                conn,
-                &cache,
-                region,
-                &bill.visit.id_number,
-                region.as_str(),
-                bill.kind,
-                date,
-                period::today(),
-            )?;
-            let ctx = bill.visit_ctx(region, None, use_account)?;
-            if let Some(why) = home::ineligibility(&v, &ctx) {
-                return Err(Error::FailedPrecondition(format!(
-                    "no direct settlement: {why}"
-                )));
-            }
-            let quote = engine::quote(
-                &v.policy,
-                &v.person_ctx(),
-                &v.accumulators,
-                &ctx,
-                &bill.engine_lines,
-            )?;
-            let now = Utc::now();
-            let rec = insert_record(
-                conn,
-                region,
-                new_record(
-                    &bill,
-                    &key,
-                    quote.to_proto_split(),
-                    "pending",
-                    Basis {
-                        policy_version: v.policy_version,
-                        acc_version: v.accumulators.version,
-                    },
-                    now,
-                    String::new(),
-                )?,
-            )?;
-            let resp = home::commit(
-                conn,
-                &cache,
-                region,
-                &commit_request(&rec, &bill, region, false, use_account),
-            )?;
-            finish_committed(conn, region, rec, &resp, Some(&key))
-        })
-        .await
+    let settling = Arc::clone(&st.settling);
+    st.store.submit(move |conn| {
+        check_institution(conn, &inst, period::today())?;
+        if let Some(answer) = idempotency::replay::<proto::Settlement>(conn, &k)? {
+            return Ok(Opened::Answered(answer));
+        }
+        if let Some(intent) =
+            settlements::by_request(conn, &k.scope, &k.request_id)?.filter(|i| i.state == "pending")
+        {
+            return Ok(Opened::Pending(intent));
+        }
+        let (visit, lines) = read_bill(conn, &inst, &vid)?;
+        let bill = bill_from(visit, lines, true)?;
+        if bill.visit.home_region == region.as_str() {
+            return settle_local(conn, &cache, region, &bill, &k, use_account, now)
+                .map(Opened::Answered);
+        }
+        // The intent's split is a placeholder until the home node has priced the claim
+        // — the patient paying everything, nothing from the fund — and the outcome's
+        // write (or a retry's) records the real one. Recovery needs only its claim id.
+        let placeholder = new_record(
+            &bill,
+            &k,
+            full_self_pay(&bill.lines, "awaiting the home node's eligibility"),
+            "pending",
+            Basis {
+                policy_version: 0,
+                acc_version: 0,
+            },
+            now,
+            String::new(),
+        )?;
+        let rec = insert_record(conn, region, placeholder)?;
+        let guard = settling.try_enter(&rec.settlement_id).ok_or_else(|| {
+            Error::Internal(format!(
+                "new intent {} is already claimed",
+                rec.settlement_id
+            ))
+        })?;
+        // Nothing fails after this: the caller, pricing meanwhile, waits for the commit.
+        let _ = bill_out.send(bill);
+        Ok(Opened::Intent(rec, guard))
+    })
+}
+
+/// A same-city settlement: this node is also the home node; everything in the opening's
+/// transaction, no network.
+fn settle_local(
+    conn: &Connection,
+    cache: &PolicyCache,
+    region: RegionCode,
+    bill: &Bill,
+    key: &RequestKey,
+    use_account: bool,
+    now: DateTime<Utc>,
+) -> Result<proto::Settlement> {
+    let date = wire_date(&bill.visit.visit_date, "visit_date")?;
+    let v = home::view(
+        conn,
+        cache,
+        region,
+        &bill.visit.id_number,
+        region.as_str(),
+        bill.kind,
+        date,
+        period::today(),
+    )?;
+    let ctx = bill.visit_ctx(region, None, use_account)?;
+    if let Some(why) = home::ineligibility(&v, &ctx) {
+        return Err(Error::FailedPrecondition(format!(
+            "no direct settlement: {why}"
+        )));
+    }
+    let quote = engine::quote(
+        &v.policy,
+        &v.person_ctx(),
+        &v.accumulators,
+        &ctx,
+        &bill.engine_lines,
+    )?;
+    let rec = insert_record(
+        conn,
+        region,
+        new_record(
+            bill,
+            key,
+            quote.to_proto_split(),
+            "pending",
+            Basis {
+                policy_version: v.policy_version,
+                acc_version: v.accumulators.version,
+            },
+            now,
+            String::new(),
+        )?,
+    )?;
+    let resp = home::commit(
+        conn,
+        cache,
+        region,
+        &commit_request(&rec, bill, region, false, use_account),
+    )?;
+    finish_committed(conn, region, rec, &resp, Some(key))
 }
 
 fn commit_request(
@@ -1336,32 +1389,14 @@ async fn settle_remote(
     bill: Bill,
     key: RequestKey,
     use_account: bool,
+    now: DateTime<Utc>,
+    opening: impl std::future::Future<Output = Result<Opened>>,
 ) -> Result<proto::Settlement> {
     let region = st.region;
-    // One moment for the whole settlement: its claim's settled_at, and the day the home
-    // node judges filings on, in every attempt.
-    let now = Utc::now();
     let settle_day = now.with_timezone(&period::cst()).date_naive();
-    // The intent is recorded while the home node is asked for eligibility, so that its
-    // durable write costs no time of its own. Recovery needs only its claim id (it asks
-    // the home node by it), and no CommitClaim is sent before both are done; its split
-    // is a placeholder until then — the patient paying everything, nothing from the
-    // fund — and the outcome's write (or a retry's) records the real one.
-    let placeholder = new_record(
-        &bill,
-        &key,
-        full_self_pay(&bill.lines, "awaiting the home node's eligibility"),
-        "pending",
-        Basis {
-            policy_version: 0,
-            acc_version: 0,
-        },
-        now,
-        String::new(),
-    )?;
-    let recording = record_intent(st, &key, placeholder);
     // The first attempt prices with an answer this node already has when it can,
-    // saving the home node a call; CommitClaim refuses it if anything has changed.
+    // saving the home node a call; CommitClaim refuses it if anything has changed. No
+    // CommitClaim is sent before the intent is durable.
     let reused = reusable_eligibility(st, &bill, settle_day);
     let mut reused_answer = reused.is_some();
     let first = match reused {
@@ -1376,7 +1411,11 @@ async fn settle_remote(
         },
         None => price(st, &bill, use_account, settle_day).await,
     };
-    let (mut rec, guard) = recording.await?;
+    let Opened::Intent(mut rec, guard) = opening.await? else {
+        return Err(Error::Internal(
+            "a settlement's bill was handed out without its intent".into(),
+        ));
+    };
     let mut running = Some(guard);
     let mut priced = match first {
         Ok(p) => p,
@@ -1515,44 +1554,6 @@ async fn settle_remote(
         fresh_answer.then_some(&priced.elig),
     )
     .await
-}
-
-/// Queues the intent's record at once (see `Store::submit`) and claims its id for this
-/// call inside the same transaction, so that no resolver sees it pending without seeing
-/// that its call is running. The claim is held by the guard returned with the record:
-/// should this call be dropped before it takes the answer (the hospital went away), or
-/// the commit fail, the guard is dropped with the answer and the id released, and the
-/// pending intent is left to recovery.
-fn record_intent(
-    st: &NodeState,
-    key: &RequestKey,
-    fresh: SettlementRec,
-) -> impl std::future::Future<Output = Result<(SettlementRec, InFlightGuard)>> + Send + 'static {
-    let (k, region) = (key.clone(), st.region);
-    let settling = Arc::clone(&st.settling);
-    st.store.submit(move |conn| {
-        if idempotency::replay::<proto::Settlement>(conn, &k)?.is_some() {
-            return Err(Error::Aborted(
-                "this request was answered meanwhile; repeat it to get the answer".into(),
-            ));
-        }
-        // The same request is being settled by a concurrent call.
-        if settlements::by_request(conn, &k.scope, &k.request_id)?
-            .is_some_and(|r| r.state == "pending")
-        {
-            return Err(Error::Aborted(
-                "this request is already being settled; repeat it shortly to get the answer".into(),
-            ));
-        }
-        let rec = insert_record(conn, region, fresh)?;
-        let guard = settling.try_enter(&rec.settlement_id).ok_or_else(|| {
-            Error::Internal(format!(
-                "new intent {} is already claimed",
-                rec.settlement_id
-            ))
-        })?;
-        Ok((rec, guard))
-    })
 }
 
 async fn mark_failed(st: &NodeState, rec: SettlementRec) -> Result<()> {

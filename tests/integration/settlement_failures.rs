@@ -585,6 +585,47 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // The visit's other calls check the institution first too (before the visit, which
+    // is another institution's): its own error, and nothing changes.
+    let fee_and_discharge = |d: &mut Desk| {
+        let mut client = d.client.clone();
+        let inst = d.inst.clone();
+        let visit_id = first.visit_id.clone();
+        async move {
+            let fees = client
+                .upload_fees(proto::UploadFeesRequest {
+                    request_id: "fx".into(),
+                    institution_code: inst.clone(),
+                    visit_id: visit_id.clone(),
+                    lines: vec![line("1", "WZ-A", "1", "100.00", "100.00")],
+                })
+                .await
+                .unwrap_err();
+            let undo = client
+                .undo_fees(proto::UndoFeesRequest {
+                    request_id: "ux".into(),
+                    institution_code: inst.clone(),
+                    visit_id: visit_id.clone(),
+                    line_nos: vec!["1".into()],
+                })
+                .await
+                .unwrap_err();
+            let close = client
+                .close_visit(proto::CloseVisitRequest {
+                    request_id: "cx".into(),
+                    institution_code: inst,
+                    visit_id,
+                    discharged_at: String::new(),
+                })
+                .await
+                .unwrap_err();
+            [fees, undo, close]
+        }
+    };
+    for e in fee_and_discharge(&mut unknown).await {
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("H33039999"), "{e:?}");
+    }
     for code in ["H33030009", "H33030008"] {
         let mut d = Desk::at(wz, code).await;
         let e = d
@@ -595,7 +636,26 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
         assert!(e.message().contains(code), "{e:?}");
         let e = d.settle("s-x", &first.visit_id, false).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{code}: {e:?}");
+        for e in fee_and_discharge(&mut d).await {
+            assert_eq!(e.code(), Code::FailedPrecondition, "{code}: {e:?}");
+            assert!(e.message().contains(code), "{e:?}");
+        }
     }
+    // Nothing of the refused calls reached the visit: its line 1 is free for other
+    // values, and it is still open.
+    let fees = desk
+        .fees(
+            "f-0",
+            &first.visit_id,
+            vec![line("1", "WZ-A", "2", "100.00", "200.00")],
+        )
+        .await
+        .unwrap();
+    assert_eq!((fees.lines.len(), fees.total.as_str()), (1, "200.00"));
+    assert_eq!(
+        desk.discharge("d-0", &first.visit_id).await.unwrap().state,
+        "closed"
+    );
 
     // Unknown person → NOT_FOUND (from the home node, and when identifying).
     let stranger = id_number(HZ, "1999-09-09", 52);

@@ -520,17 +520,18 @@ fn visit_to_proto(v: &VisitRec) -> proto::Visit {
     }
 }
 
-/// HospitalService.OpenVisit: registration or admission. The home node is asked for the
-/// person's eligibility now, and its answer kept with the visit for offline settlement.
-pub async fn open_visit(st: &NodeState, req: proto::OpenVisitRequest) -> Result<proto::Visit> {
-    let sc = scope(&req.institution_code);
-    let key = RequestKey::new(
-        &sc,
-        &req.request_id,
-        "OpenVisit",
-        payload_hash(&req, |r| r.request_id.clear()),
-    )?;
-    let inst = institution(st, &req.institution_code).await?;
+/// An OpenVisit request checked against its institution.
+struct Opening {
+    inst: InstitutionRec,
+    id: IdNumber,
+    home: RegionCode,
+    kind: VisitKind,
+    ext: String,
+    opened: DateTime<Utc>,
+    visit_date: NaiveDate,
+}
+
+fn check_opening(inst: InstitutionRec, req: &proto::OpenVisitRequest) -> Result<Opening> {
     let id = IdNumber::parse(&req.id_number, "id_number")?;
     let home = RegionCode::parse_city(&req.home_region, "home_region")?;
     let kind = VisitKind::from_proto(req.visit_kind, "visit_kind")?;
@@ -557,44 +558,104 @@ pub async fn open_visit(st: &NodeState, req: proto::OpenVisitRequest) -> Result<
         period::parse_ts(&req.admitted_at, "admitted_at")?
     };
     let visit_date = opened.with_timezone(&period::cst()).date_naive();
-    if let Some(replayed) = st
+    Ok(Opening {
+        inst,
+        id,
+        home,
+        kind,
+        ext,
+        opened,
+        visit_date,
+    })
+}
+
+impl Opening {
+    fn eligibility_request(&self, treatment: RegionCode) -> proto::CheckEligibilityRequest {
+        proto::CheckEligibilityRequest {
+            settle_date: String::new(),
+            id_number: self.id.as_str().to_owned(),
+            institution_code: self.inst.code.clone(),
+            level: self.inst.level.to_proto(),
+            visit_kind: self.kind.to_proto(),
+            visit_date: self.visit_date.to_string(),
+            treatment_region: treatment.to_string(),
+        }
+    }
+}
+
+/// HospitalService.OpenVisit: registration or admission. The home node is asked for the
+/// person's eligibility now, and its answer kept with the visit for offline settlement.
+pub async fn open_visit(st: &NodeState, req: proto::OpenVisitRequest) -> Result<proto::Visit> {
+    let sc = scope(&req.institution_code);
+    let key = RequestKey::new(
+        &sc,
+        &req.request_id,
+        "OpenVisit",
+        payload_hash(&req, |r| r.request_id.clear()),
+    )?;
+    if req.institution_code.is_empty() {
+        return Err(Error::invalid("institution_code", "missing"));
+    }
+    // One trip to the read pool for the institution, a stored answer of the request and,
+    // for a patient of this city, the eligibility: this node is their home node.
+    let (k, cache, region) = (key.clone(), Arc::clone(&st.policies), st.region);
+    let diagnosis = req.diagnosis_code.trim().to_owned();
+    let (opening, own) = match st
         .store
-        .read({
-            let key = key.clone();
-            move |conn| idempotency::replay::<proto::Visit>(conn, &key)
+        .read(move |conn| {
+            let inst = check_institution(conn, &req.institution_code, period::today())?;
+            if let Some(replayed) = idempotency::replay::<proto::Visit>(conn, &k)? {
+                return Ok(Err(replayed));
+            }
+            let opening = check_opening(inst, &req)?;
+            let own = (opening.home == region).then(|| {
+                home::eligibility(
+                    conn,
+                    &cache,
+                    region,
+                    region.as_str(),
+                    &opening.eligibility_request(region),
+                )
+            });
+            Ok(Ok((opening, own)))
         })
         .await?
     {
-        return Ok(replayed);
-    }
-    let elig = eligibility(
-        st,
-        home.as_str(),
-        proto::CheckEligibilityRequest {
-            settle_date: String::new(),
-            id_number: id.as_str().to_owned(),
-            institution_code: inst.code.clone(),
-            level: inst.level.to_proto(),
-            visit_kind: kind.to_proto(),
-            visit_date: visit_date.to_string(),
-            treatment_region: st.region.to_string(),
-        },
-    )
-    .await;
+        Ok(found) => found,
+        Err(replayed) => return Ok(replayed),
+    };
+    let elig = match own {
+        Some(answer) => answer.map_err(PeerFail::Refused),
+        None => {
+            eligibility(
+                st,
+                opening.home.as_str(),
+                opening.eligibility_request(region),
+            )
+            .await
+        }
+    };
     // An unreachable home node does not stop registration; settlement decides later.
     let snapshot = match elig {
         Ok(e) => e.encode_to_vec(),
         Err(PeerFail::Unreachable(m)) => {
-            tracing::warn!(home = %home, error = %m, "home node unreachable at visit opening");
+            tracing::warn!(home = %opening.home, error = %m, "home node unreachable at visit opening");
             Vec::new()
         }
         Err(PeerFail::Refused(e)) => return Err(e),
     };
-    let region = st.region;
-    let diagnosis = req.diagnosis_code.trim().to_owned();
     st.store
         .write(move |conn| {
             idempotency::once(conn, &key, |conn| {
+                let Opening {
+                    inst,
+                    id,
+                    home,
+                    kind,
+                    ext,
+                    opened,
+                    visit_date,
+                } = opening;
                 let seq = sequences::next(conn, "visit")?;
                 let v = VisitRec {
                     visit_id: format!("{region}-V-{seq:08}"),
@@ -639,14 +700,18 @@ pub async fn close_visit(st: &NodeState, req: proto::CloseVisitRequest) -> Resul
         "CloseVisit",
         payload_hash(&req, |r| r.request_id.clear()),
     )?;
-    institution(st, &req.institution_code).await?;
-    let at = if req.discharged_at.is_empty() {
-        Utc::now()
-    } else {
-        period::parse_ts(&req.discharged_at, "discharged_at")?
-    };
+    if req.institution_code.is_empty() {
+        return Err(Error::invalid("institution_code", "missing"));
+    }
+    let now = Utc::now();
     st.store
         .write(move |conn| {
+            check_institution(conn, &req.institution_code, period::today())?;
+            let at = if req.discharged_at.is_empty() {
+                now
+            } else {
+                period::parse_ts(&req.discharged_at, "discharged_at")?
+            };
             idempotency::once(conn, &key, |conn| {
                 let v = own_visit(conn, &req.institution_code, &req.visit_id)?;
                 if v.state != "open" {
@@ -730,16 +795,19 @@ pub async fn upload_fees(
         "UploadFees",
         payload_hash(&req, |r| r.request_id.clear()),
     )?;
-    institution(st, &req.institution_code).await?;
-    if req.lines.is_empty() {
-        return Err(Error::invalid("lines", "no fee lines"));
-    }
-    if req.lines.len() > 2000 {
-        return Err(Error::invalid("lines", "at most 2000 lines per upload"));
+    if req.institution_code.is_empty() {
+        return Err(Error::invalid("institution_code", "missing"));
     }
     let region = st.region;
     st.store
         .write(move |conn| {
+            check_institution(conn, &req.institution_code, period::today())?;
+            if req.lines.is_empty() {
+                return Err(Error::invalid("lines", "no fee lines"));
+            }
+            if req.lines.len() > 2000 {
+                return Err(Error::invalid("lines", "at most 2000 lines per upload"));
+            }
             idempotency::once(conn, &key, |conn| {
                 let v = own_visit(conn, &req.institution_code, &req.visit_id)?;
                 editable(&v)?;
@@ -801,9 +869,12 @@ pub async fn undo_fees(
         "UndoFees",
         payload_hash(&req, |r| r.request_id.clear()),
     )?;
-    institution(st, &req.institution_code).await?;
+    if req.institution_code.is_empty() {
+        return Err(Error::invalid("institution_code", "missing"));
+    }
     st.store
         .write(move |conn| {
+            check_institution(conn, &req.institution_code, period::today())?;
             idempotency::once(conn, &key, |conn| {
                 let v = own_visit(conn, &req.institution_code, &req.visit_id)?;
                 editable(&v)?;

@@ -33,10 +33,14 @@ pub fn validate_request_id(id: &str) -> Result<()> {
 
 /// Hash of a request's payload without its request id, so that a retry with the same
 /// content matches whatever id it carries.
-pub fn payload_hash<M: Message + Clone>(msg: &M, clear_request_id: impl FnOnce(&mut M)) -> String {
-    let mut m = msg.clone();
-    clear_request_id(&mut m);
-    sha256_hex(&m.encode_to_vec())
+/// The id is taken out for the encoding and put back, rather than the request cloned
+/// without it: a claim or fee upload is kilobytes of nested messages, and every write
+/// request is hashed.
+pub fn payload_hash<M: Message>(msg: &mut M, request_id: impl Fn(&mut M) -> &mut String) -> String {
+    let id = std::mem::take(request_id(msg));
+    let hash = sha256_hex(&msg.encode_to_vec());
+    *request_id(msg) = id;
+    hash
 }
 
 /// Identity of one request for idempotency.
@@ -131,4 +135,40 @@ where
     let answer = effect(conn)?;
     store(conn, key, &answer)?;
     Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yidi_common::proto;
+
+    /// The hash ignores the request id and leaves it in place, and is the hash of the
+    /// request encoded without its id — the value stored by every earlier version, so a
+    /// repeat across an upgrade still matches its record.
+    #[test]
+    fn the_payload_hash_leaves_out_the_request_id_only() {
+        let mut req = proto::SettleRequest {
+            request_id: "desk-7".into(),
+            institution_code: "H33020001".into(),
+            visit_id: "330200-V-00000001".into(),
+            use_account: true,
+        };
+        let hash = payload_hash(&mut req, |r| &mut r.request_id);
+        assert_eq!(req.request_id, "desk-7");
+        let without_id = proto::SettleRequest {
+            request_id: String::new(),
+            ..req.clone()
+        };
+        assert_eq!(hash, sha256_hex(&without_id.encode_to_vec()));
+        let mut retry = proto::SettleRequest {
+            request_id: "desk-8".into(),
+            ..req.clone()
+        };
+        assert_eq!(payload_hash(&mut retry, |r| &mut r.request_id), hash);
+        let mut other = proto::SettleRequest {
+            use_account: false,
+            ..req
+        };
+        assert_ne!(payload_hash(&mut other, |r| &mut r.request_id), hash);
+    }
 }

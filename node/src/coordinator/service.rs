@@ -67,13 +67,9 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::OpenRoundRequest>,
     ) -> Result<Response<proto::Round>, Status> {
-        let req = req.into_inner();
-        let key = RequestKey::new(
-            SCOPE,
-            &req.request_id,
-            "OpenRound",
-            payload_hash(&req, |r| r.request_id.clear()),
-        )?;
+        let mut req = req.into_inner();
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
+        let key = RequestKey::new(SCOPE, &req.request_id, "OpenRound", payload)?;
         let p = Period::parse(&req.period, "period").map_err(Error::from)?;
         if p >= Period::of(chrono::Utc::now()) && !req.early {
             return Err(Error::FailedPrecondition(format!(
@@ -209,13 +205,9 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RecordTransferRequest>,
     ) -> Result<Response<proto::Round>, Status> {
-        let req = req.into_inner();
-        let key = RequestKey::new(
-            SCOPE,
-            &req.request_id,
-            "RecordTransfer",
-            payload_hash(&req, |r| r.request_id.clear()),
-        )?;
+        let mut req = req.into_inner();
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
+        let key = RequestKey::new(SCOPE, &req.request_id, "RecordTransfer", payload)?;
         let amount = money::to_fen(
             money::parse(&req.amount, "amount", Sign::Positive).map_err(Error::from)?,
         );

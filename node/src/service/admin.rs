@@ -484,13 +484,9 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::CreatePersonRequest>,
     ) -> Result<Response<proto::Person>, Status> {
-        let req = req.into_inner();
-        let key = RequestKey::new(
-            SCOPE,
-            &req.request_id,
-            "CreatePerson",
-            payload_hash(&req, |r| r.request_id.clear()),
-        )?;
+        let mut req = req.into_inner();
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
+        let key = RequestKey::new(SCOPE, &req.request_id, "CreatePerson", payload)?;
         let rec = person_from_fields(&req.id_number, req.fields.as_ref())?;
         let region = self.state.region;
         self.once(key, move |conn| {
@@ -506,13 +502,9 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::UpdatePersonRequest>,
     ) -> Result<Response<proto::Person>, Status> {
-        let req = req.into_inner();
-        let key = RequestKey::new(
-            SCOPE,
-            &req.request_id,
-            "UpdatePerson",
-            payload_hash(&req, |r| r.request_id.clear()),
-        )?;
+        let mut req = req.into_inner();
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
+        let key = RequestKey::new(SCOPE, &req.request_id, "UpdatePerson", payload)?;
         let rec = person_from_fields(&req.id_number, req.fields.as_ref())?;
         let region = self.state.region;
         self.once(key, move |conn| {
@@ -593,13 +585,9 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ImportPersonsRequest>,
     ) -> Result<Response<proto::ImportResult>, Status> {
-        let req = req.into_inner();
-        let key = RequestKey::new(
-            SCOPE,
-            &req.request_id,
-            "ImportPersons",
-            payload_hash(&req, |r| r.request_id.clear()),
-        )?;
+        let mut req = req.into_inner();
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
+        let key = RequestKey::new(SCOPE, &req.request_id, "ImportPersons", payload)?;
         check_batch(req.rows.len())?;
         let parsed: Vec<(u64, Result<PersonRec>)> = req
             .rows
@@ -640,13 +628,9 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ApplyFilingRequest>,
     ) -> Result<Response<proto::Filing>, Status> {
-        let req = req.into_inner();
-        let key = RequestKey::new(
-            SCOPE,
-            &req.request_id,
-            "ApplyFiling",
-            payload_hash(&req, |r| r.request_id.clear()),
-        )?;
+        let mut req = req.into_inner();
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
+        let key = RequestKey::new(SCOPE, &req.request_id, "ApplyFiling", payload)?;
         let id = IdNumber::parse(&req.id_number, "id_number")?;
         let filing_type = FilingType::from_proto(req.filing_type, "filing_type")?;
         if filing_type == FilingType::Temporary {
@@ -820,13 +804,9 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::PublishPolicyRequest>,
     ) -> Result<Response<proto::PolicyVersion>, Status> {
-        let req = req.into_inner();
-        let key = RequestKey::new(
-            SCOPE,
-            &req.request_id,
-            "PublishPolicy",
-            payload_hash(&req, |r| r.request_id.clear()),
-        )?;
+        let mut req = req.into_inner();
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
+        let key = RequestKey::new(SCOPE, &req.request_id, "PublishPolicy", payload)?;
         let policy = Policy::from_json(&req.policy_json)
             .map_err(|e| Error::from(e.in_field("policy_json.")))?;
         policy
@@ -942,13 +922,9 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::UpsertCatalogueItemRequest>,
     ) -> Result<Response<proto::CatalogueItem>, Status> {
-        let req = req.into_inner();
-        let key = RequestKey::new(
-            SCOPE,
-            &req.request_id,
-            "UpsertCatalogueItem",
-            payload_hash(&req, |r| r.request_id.clear()),
-        )?;
+        let mut req = req.into_inner();
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
+        let key = RequestKey::new(SCOPE, &req.request_id, "UpsertCatalogueItem", payload)?;
         let rec = catalogue_from_proto(req.item.as_ref()).map_err(|e| match e {
             Error::Invalid { field, reason } if !field.starts_with("item.") => Error::Invalid {
                 field: format!("item.{field}"),
@@ -1006,13 +982,9 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ImportCatalogueRequest>,
     ) -> Result<Response<proto::ImportResult>, Status> {
-        let req = req.into_inner();
-        let key = RequestKey::new(
-            SCOPE,
-            &req.request_id,
-            "ImportCatalogue",
-            payload_hash(&req, |r| r.request_id.clear()),
-        )?;
+        let mut req = req.into_inner();
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
+        let key = RequestKey::new(SCOPE, &req.request_id, "ImportCatalogue", payload)?;
         check_batch(req.rows.len())?;
         let parsed: Vec<(u64, Result<CatalogueRec>)> = req
             .rows
@@ -1036,13 +1008,9 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::UpsertInstitutionRequest>,
     ) -> Result<Response<proto::Institution>, Status> {
-        let req = req.into_inner();
-        let key = RequestKey::new(
-            SCOPE,
-            &req.request_id,
-            "UpsertInstitution",
-            payload_hash(&req, |r| r.request_id.clear()),
-        )?;
+        let mut req = req.into_inner();
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
+        let key = RequestKey::new(SCOPE, &req.request_id, "UpsertInstitution", payload)?;
         let rec = institution_from_proto(req.institution.as_ref())?;
         self.once(key, move |conn| {
             institutions::upsert(conn, &rec)?;
@@ -1268,17 +1236,13 @@ impl AdminSvc {
 
     async fn review(
         &self,
-        req: proto::ReviewFilingRequest,
+        mut req: proto::ReviewFilingRequest,
         method: &'static str,
         from: FilingStatus,
         to: FilingStatus,
     ) -> Result<Response<proto::Filing>, Status> {
-        let key = RequestKey::new(
-            SCOPE,
-            &req.request_id,
-            method,
-            payload_hash(&req, |r| r.request_id.clear()),
-        )?;
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
+        let key = RequestKey::new(SCOPE, &req.request_id, method, payload)?;
         if req.filing_id.is_empty() {
             return Err(Error::invalid("filing_id", "missing").into());
         }

@@ -255,13 +255,9 @@ impl ClearingParticipant for ClearingSvc {
         &self,
         req: Request<proto::ExcludeClaimsRequest>,
     ) -> Result<Response<proto::ExcludeClaimsResponse>, Status> {
-        let req = req.into_inner();
-        let key = RequestKey::new(
-            SCOPE,
-            &req.request_id,
-            "ExcludeClaims",
-            payload_hash(&req, |r| r.request_id.clear()),
-        )?;
+        let mut req = req.into_inner();
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
+        let key = RequestKey::new(SCOPE, &req.request_id, "ExcludeClaims", payload)?;
         let id = round_id(&req.round_id)?;
         let side = side(&req.side)?;
         let cp = RegionCode::parse_city(&req.counterparty, "counterparty")
@@ -366,13 +362,9 @@ impl ClearingParticipant for ClearingSvc {
         &self,
         req: Request<proto::MarkClearedRequest>,
     ) -> Result<Response<proto::MarkClearedResponse>, Status> {
-        let req = req.into_inner();
-        let key = RequestKey::new(
-            SCOPE,
-            &req.request_id,
-            "MarkCleared",
-            payload_hash(&req, |r| r.request_id.clear()),
-        )?;
+        let mut req = req.into_inner();
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
+        let key = RequestKey::new(SCOPE, &req.request_id, "MarkCleared", payload)?;
         let id = round_id(&req.round_id)?;
         let out = self
             .state

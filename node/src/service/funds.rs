@@ -40,14 +40,10 @@ fn deduction_to_proto(d: &DeductionRec) -> proto::Deduction {
 /// AdminService.RecordDeduction.
 pub async fn record_deduction(
     st: &NodeState,
-    req: proto::RecordDeductionRequest,
+    mut req: proto::RecordDeductionRequest,
 ) -> Result<proto::Deduction> {
-    let key = RequestKey::new(
-        SCOPE,
-        &req.request_id,
-        "RecordDeduction",
-        payload_hash(&req, |r| r.request_id.clear()),
-    )?;
+    let payload = payload_hash(&mut req, |r| &mut r.request_id);
+    let key = RequestKey::new(SCOPE, &req.request_id, "RecordDeduction", payload)?;
     let amount = money::to_fen(money::parse(&req.amount, "amount", Sign::Positive)?);
     let reason = req.reason.trim().to_owned();
     if reason.is_empty() {
@@ -156,14 +152,10 @@ pub async fn list_deductions(
 /// AdminService.RecordReserve.
 pub async fn record_reserve(
     st: &NodeState,
-    req: proto::RecordReserveRequest,
+    mut req: proto::RecordReserveRequest,
 ) -> Result<proto::ReserveMovement> {
-    let key = RequestKey::new(
-        SCOPE,
-        &req.request_id,
-        "RecordReserve",
-        payload_hash(&req, |r| r.request_id.clear()),
-    )?;
+    let payload = payload_hash(&mut req, |r| &mut r.request_id);
+    let key = RequestKey::new(SCOPE, &req.request_id, "RecordReserve", payload)?;
     let other = RegionCode::parse_city(&req.counterparty, "counterparty")?;
     if other == st.region {
         return Err(Error::invalid(
@@ -338,14 +330,10 @@ fn round_to_proto(r: &clearing::RoundRec, records: u64) -> proto::ClearingRound 
 /// coordinator's next confirmation request then succeeds if the statement matches.
 pub async fn confirm_clearing(
     st: &NodeState,
-    req: proto::ConfirmClearingRequest,
+    mut req: proto::ConfirmClearingRequest,
 ) -> Result<proto::ClearingRound> {
-    let key = RequestKey::new(
-        SCOPE,
-        &req.request_id,
-        "ConfirmClearing",
-        payload_hash(&req, |r| r.request_id.clear()),
-    )?;
+    let payload = payload_hash(&mut req, |r| &mut r.request_id);
+    let key = RequestKey::new(SCOPE, &req.request_id, "ConfirmClearing", payload)?;
     if req.statement_digest.len() != 64 {
         return Err(Error::invalid(
             "statement_digest",

@@ -288,7 +288,7 @@ impl PeerSvc {
 
     async fn commit_claim_checked(
         &self,
-        req: proto::CommitClaimRequest,
+        mut req: proto::CommitClaimRequest,
         entry: Entry,
     ) -> Result<proto::CommitClaimResponse, Status> {
         let treatment = caller(&req.treatment_region, "treatment_region")?;
@@ -304,11 +304,12 @@ impl PeerSvc {
                 Error::invalid("claim_id", format!("must be an id issued by {treatment}")).into(),
             );
         }
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(
             &format!("peer:{treatment}"),
             &req.request_id,
             "CommitClaim",
-            payload_hash(&req, |r| r.request_id.clear()),
+            payload,
         )?;
         let cache = Arc::clone(&self.state.policies);
         let region = self.state.region;
@@ -330,7 +331,7 @@ impl PeerSvc {
 
     async fn reverse_claim_checked(
         &self,
-        req: proto::ReverseClaimRequest,
+        mut req: proto::ReverseClaimRequest,
         entry: Entry,
     ) -> Result<proto::CommitClaimResponse, Status> {
         let treatment = caller(&req.treatment_region, "treatment_region")?;
@@ -340,11 +341,12 @@ impl PeerSvc {
             );
         }
         period::parse_ts(&req.reversed_at, "reversed_at").map_err(Error::from)?;
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(
             &format!("peer:{treatment}"),
             &req.request_id,
             "ReverseClaim",
-            payload_hash(&req, |r| r.request_id.clear()),
+            payload,
         )?;
         let out = self
             .state
@@ -405,7 +407,7 @@ impl PeerSvc {
 
     async fn push_adjustment_checked(
         &self,
-        req: proto::AdjustmentRequest,
+        mut req: proto::AdjustmentRequest,
     ) -> Result<proto::AdjustmentResponse, Status> {
         let from = caller(&req.from_region, "from_region")?;
         if from == self.state.region || (req.payer != from.as_str() && req.payee != from.as_str()) {
@@ -428,11 +430,12 @@ impl PeerSvc {
                 Error::invalid("entry_id", format!("must be an id issued by {from}")).into(),
             );
         }
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(
             &format!("peer:{from}"),
             &req.request_id,
             "PushAdjustment",
-            payload_hash(&req, |r| r.request_id.clear()),
+            payload,
         )?;
         let region = self.state.region;
         let out = self

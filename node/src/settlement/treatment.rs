@@ -585,14 +585,10 @@ impl Opening {
 
 /// HospitalService.OpenVisit: registration or admission. The home node is asked for the
 /// person's eligibility now, and its answer kept with the visit for offline settlement.
-pub async fn open_visit(st: &NodeState, req: proto::OpenVisitRequest) -> Result<proto::Visit> {
+pub async fn open_visit(st: &NodeState, mut req: proto::OpenVisitRequest) -> Result<proto::Visit> {
     let sc = scope(&req.institution_code);
-    let key = RequestKey::new(
-        &sc,
-        &req.request_id,
-        "OpenVisit",
-        payload_hash(&req, |r| r.request_id.clear()),
-    )?;
+    let payload = payload_hash(&mut req, |r| &mut r.request_id);
+    let key = RequestKey::new(&sc, &req.request_id, "OpenVisit", payload)?;
     if req.institution_code.is_empty() {
         return Err(Error::invalid("institution_code", "missing"));
     }
@@ -692,14 +688,13 @@ fn own_visit(conn: &Connection, institution: &str, visit_id: &str) -> Result<Vis
 }
 
 /// HospitalService.CloseVisit: discharge.
-pub async fn close_visit(st: &NodeState, req: proto::CloseVisitRequest) -> Result<proto::Visit> {
+pub async fn close_visit(
+    st: &NodeState,
+    mut req: proto::CloseVisitRequest,
+) -> Result<proto::Visit> {
     let sc = scope(&req.institution_code);
-    let key = RequestKey::new(
-        &sc,
-        &req.request_id,
-        "CloseVisit",
-        payload_hash(&req, |r| r.request_id.clear()),
-    )?;
+    let payload = payload_hash(&mut req, |r| &mut r.request_id);
+    let key = RequestKey::new(&sc, &req.request_id, "CloseVisit", payload)?;
     if req.institution_code.is_empty() {
         return Err(Error::invalid("institution_code", "missing"));
     }
@@ -786,15 +781,11 @@ fn check_line(
 /// HospitalService.UploadFees: lines are classified against this node's catalogue.
 pub async fn upload_fees(
     st: &NodeState,
-    req: proto::UploadFeesRequest,
+    mut req: proto::UploadFeesRequest,
 ) -> Result<proto::UploadFeesResponse> {
     let sc = scope(&req.institution_code);
-    let key = RequestKey::new(
-        &sc,
-        &req.request_id,
-        "UploadFees",
-        payload_hash(&req, |r| r.request_id.clear()),
-    )?;
+    let payload = payload_hash(&mut req, |r| &mut r.request_id);
+    let key = RequestKey::new(&sc, &req.request_id, "UploadFees", payload)?;
     if req.institution_code.is_empty() {
         return Err(Error::invalid("institution_code", "missing"));
     }
@@ -860,15 +851,11 @@ pub async fn upload_fees(
 /// HospitalService.UndoFees.
 pub async fn undo_fees(
     st: &NodeState,
-    req: proto::UndoFeesRequest,
+    mut req: proto::UndoFeesRequest,
 ) -> Result<proto::UploadFeesResponse> {
     let sc = scope(&req.institution_code);
-    let key = RequestKey::new(
-        &sc,
-        &req.request_id,
-        "UndoFees",
-        payload_hash(&req, |r| r.request_id.clear()),
-    )?;
+    let payload = payload_hash(&mut req, |r| &mut r.request_id);
+    let key = RequestKey::new(&sc, &req.request_id, "UndoFees", payload)?;
     if req.institution_code.is_empty() {
         return Err(Error::invalid("institution_code", "missing"));
     }
@@ -1247,14 +1234,10 @@ pub(crate) fn finish_committed(
 }
 
 /// HospitalService.Settle.
-pub async fn settle(st: &NodeState, req: proto::SettleRequest) -> Result<proto::Settlement> {
+pub async fn settle(st: &NodeState, mut req: proto::SettleRequest) -> Result<proto::Settlement> {
     let sc = scope(&req.institution_code);
-    let key = RequestKey::new(
-        &sc,
-        &req.request_id,
-        "Settle",
-        payload_hash(&req, |r| r.request_id.clear()),
-    )?;
+    let payload = payload_hash(&mut req, |r| &mut r.request_id);
+    let key = RequestKey::new(&sc, &req.request_id, "Settle", payload)?;
     if req.institution_code.is_empty() {
         return Err(Error::invalid("institution_code", "missing"));
     }
@@ -2152,15 +2135,11 @@ fn cancel_in_tx(
 /// HospitalService.CancelSettlement.
 pub async fn cancel(
     st: &NodeState,
-    req: proto::CancelSettlementRequest,
+    mut req: proto::CancelSettlementRequest,
 ) -> Result<proto::Settlement> {
     let sc = scope(&req.institution_code);
-    let key = RequestKey::new(
-        &sc,
-        &req.request_id,
-        "CancelSettlement",
-        payload_hash(&req, |r| r.request_id.clear()),
-    )?;
+    let payload = payload_hash(&mut req, |r| &mut r.request_id);
+    let key = RequestKey::new(&sc, &req.request_id, "CancelSettlement", payload)?;
     institution(st, &req.institution_code).await?;
     let region = st.region;
     let reason = if req.reason.trim().is_empty() {
@@ -2200,15 +2179,11 @@ pub async fn cancel(
 /// heard back from did. A request that never arrived is barred from taking effect later.
 pub async fn reverse_request(
     st: &NodeState,
-    req: proto::ReverseRequestRequest,
+    mut req: proto::ReverseRequestRequest,
 ) -> Result<proto::ReverseRequestResponse> {
     let sc = scope(&req.institution_code);
-    let key = RequestKey::new(
-        &sc,
-        &req.request_id,
-        "ReverseRequest",
-        payload_hash(&req, |r| r.request_id.clear()),
-    )?;
+    let payload = payload_hash(&mut req, |r| &mut r.request_id);
+    let key = RequestKey::new(&sc, &req.request_id, "ReverseRequest", payload)?;
     idempotency::validate_request_id(&req.original_request_id)
         .map_err(|_| Error::invalid("original_request_id", "missing or malformed"))?;
     institution(st, &req.institution_code).await?;

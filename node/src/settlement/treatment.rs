@@ -600,10 +600,10 @@ pub async fn open_visit(st: &NodeState, mut req: proto::OpenVisitRequest) -> Res
         .store
         .read(move |conn| {
             let inst = check_institution(conn, &req.institution_code, period::today())?;
+            let opening = check_opening(inst, &req)?;
             if let Some(replayed) = idempotency::replay::<proto::Visit>(conn, &k)? {
                 return Ok(Err(replayed));
             }
-            let opening = check_opening(inst, &req)?;
             let own = (opening.home == region).then(|| {
                 home::eligibility(
                     conn,
@@ -1298,9 +1298,10 @@ enum Opened {
 /// cross-region one gets its intent, claimed for this call in the same transaction (so
 /// no resolver sees it pending without seeing that its call is running), and is sent on
 /// `bill_out` at once. The claim is held by the guard returned with the intent: should
-/// this call be dropped before it takes the outcome (the hospital went away), or the
-/// commit fail, the guard is dropped with it and the id released, and the pending intent
-/// is left to recovery.
+/// the commit fail, the guard is dropped with the outcome and nothing is recorded;
+/// should this call be dropped after the job ran (the hospital went away), the guard is
+/// dropped with the outcome too and the pending intent is left to recovery. A job whose
+/// caller is already gone does nothing.
 fn open_settlement(
     st: &NodeState,
     req: &proto::SettleRequest,
@@ -1312,7 +1313,14 @@ fn open_settlement(
     let (inst, vid) = (req.institution_code.clone(), req.visit_id.clone());
     let cache = Arc::clone(&st.policies);
     let settling = Arc::clone(&st.settling);
+    // The caller may have gone away (its deadline passed) while the job queued: then
+    // nothing is settled or recorded for it — a pending intent would block the visit
+    // until recovery.
+    let gone = || Error::Unavailable("the Settle call ended before it was processed".into());
     st.store.submit(move |conn| {
+        if bill_out.is_closed() {
+            return Err(gone());
+        }
         check_institution(conn, &inst, period::today())?;
         if let Some(answer) = idempotency::replay::<proto::Settlement>(conn, &k)? {
             return Ok(Opened::Answered(answer));
@@ -1343,6 +1351,9 @@ fn open_settlement(
             now,
             String::new(),
         )?;
+        if bill_out.is_closed() {
+            return Err(gone());
+        }
         let rec = insert_record(conn, region, placeholder)?;
         let guard = settling.try_enter(&rec.settlement_id).ok_or_else(|| {
             Error::Internal(format!(
@@ -1350,7 +1361,9 @@ fn open_settlement(
                 rec.settlement_id
             ))
         })?;
-        // Nothing fails after this: the caller, pricing meanwhile, waits for the commit.
+        // The caller may price meanwhile, but sends nothing to the home node before
+        // this job's durable outcome (the savepoint's release or the group's commit can
+        // still fail it).
         let _ = bill_out.send(bill);
         Ok(Opened::Intent(rec, guard))
     })
@@ -1368,6 +1381,9 @@ fn settle_local(
     now: DateTime<Utc>,
 ) -> Result<proto::Settlement> {
     let date = wire_date(&bill.visit.visit_date, "visit_date")?;
+    // The day of the settlement's own moment (its settled_at), which the commit below
+    // judges the filings on too — not the day the job happens to run.
+    let settle_day = now.with_timezone(&period::cst()).date_naive();
     let v = home::view(
         conn,
         cache,
@@ -1376,7 +1392,7 @@ fn settle_local(
         region.as_str(),
         bill.kind,
         date,
-        period::today(),
+        settle_day,
     )?;
     let ctx = bill.visit_ctx(region, None, use_account)?;
     if let Some(why) = home::ineligibility(&v, &ctx) {

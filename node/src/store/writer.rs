@@ -105,7 +105,12 @@ fn run_in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<
         )),
     };
     if out.is_ok() {
-        exec(conn, "RELEASE job")?;
+        if let Err(e) = exec(conn, "RELEASE job") {
+            // The job is reported failed, so none of its changes may stay in the group.
+            let _ = exec(conn, "ROLLBACK TO job");
+            let _ = exec(conn, "RELEASE job");
+            return Err(e.into());
+        }
     } else {
         exec(conn, "ROLLBACK TO job")?;
         exec(conn, "RELEASE job")?;
@@ -149,7 +154,6 @@ fn run_loop(conn: &Connection, rx: &Receiver<Job>, upkeep: Upkeep) {
         let jobs = group.len();
         let started = std::time::Instant::now();
         let mut completions: Vec<Completion> = Vec::with_capacity(jobs);
-        let mut lost: Vec<Completion> = Vec::new();
         let mut rest = group.into_iter();
         while let Some(job) = rest.next() {
             completions.push(job(conn));
@@ -162,17 +166,19 @@ fn run_loop(conn: &Connection, rx: &Receiver<Job>, upkeep: Upkeep) {
                     requests = completions.len(),
                     "store transaction rolled back by SQLite; its requests fail"
                 );
-                lost.append(&mut completions);
+                // Answered at once, before the rest runs: what their answers hold (a
+                // claimed settlement id, say) must be released before a later job of
+                // the group can take the same id from the rolled-back sequence.
+                for done in completions.drain(..) {
+                    done(Some(
+                        "the transaction was rolled back (disk full or I/O error)",
+                    ));
+                }
                 if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
                     tracing::error!(error = %e, requests = rest.len(), "store writer cannot begin a transaction");
                     rest.by_ref().for_each(drop);
                 }
             }
-        }
-        for done in lost {
-            done(Some(
-                "the transaction was rolled back (disk full or I/O error)",
-            ));
         }
         let ran = started.elapsed();
         let commit = if conn.is_autocommit() {
@@ -217,7 +223,8 @@ mod tests {
     use super::*;
 
     /// A transaction that SQLite rolls back by itself in the middle of a group fails
-    /// every request that ran in it, and the requests after it still commit in a
+    /// every request that ran in it — answered at once, so that what their answers hold
+    /// is released before the rest runs — and the requests after it still commit in a
     /// transaction of their own.
     #[tokio::test]
     async fn a_transaction_rolled_back_by_sqlite_fails_what_ran_in_it() {
@@ -235,10 +242,31 @@ mod tests {
             Ok(())
         });
         is_running.await.unwrap();
-        let before = w.submit(|c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?));
+        // What a job's answer may hold (a claimed settlement id): released on drop.
+        struct Claim(std::sync::Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Claim {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let claim = Claim(std::sync::Arc::clone(&released));
+        let before = w.submit(move |c| {
+            c.execute("INSERT INTO t (v) VALUES (1)", [])?;
+            Ok(claim)
+        });
         // What SQLite does on SQLITE_FULL or an I/O error: the transaction ends.
         let rolled_back = w.submit(|c| Ok(c.execute_batch("ROLLBACK")?));
-        let after = w.submit(|c| Ok(c.execute("INSERT INTO t (v) VALUES (3)", [])?));
+        // The lost requests are answered (their claims released) before the rest runs.
+        let seen = std::sync::Arc::clone(&released);
+        let after = w.submit(move |c| {
+            if !seen.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::Internal(
+                    "a lost request still holds its claim".into(),
+                ));
+            }
+            Ok(c.execute("INSERT INTO t (v) VALUES (3)", [])?)
+        });
         hold.send(()).unwrap();
         first.await.unwrap();
         assert!(before.await.is_err(), "its transaction was rolled back");

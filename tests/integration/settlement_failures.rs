@@ -1016,6 +1016,89 @@ async fn a_settle_dropped_during_eligibility_is_settled_by_its_repeat() {
     assert_eq!(desk.list().await.len(), 1);
 }
 
+/// A Settle whose caller has gone (its deadline passed) before its job reached Ningbo's
+/// busy store records nothing: no pending intent is left to block the visit until
+/// recovery, and the hospital's next request settles it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_whose_caller_left_while_it_queued_records_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = three_cities(dir.path(), |_, _| {}).await;
+    let (hz, nb) = (fed.node(HZ), fed.node(NB));
+    let mut desk = Desk::at(nb, inst::NB_H3).await;
+    let id = filed_employee(hz, "1984-04-04", 64, "1000.00", NB).await;
+    let v = billed_visit(&mut desk, "q", &id, HZ, "2000.00").await;
+    // Keep Ningbo's single writer busy: six imports of 10,000 persons.
+    let mut imports = Vec::new();
+    for batch in 0..6_u32 {
+        let mut admin = nb.admin().await;
+        let rows = (0..10_000_u32)
+            .map(|n| {
+                let k = batch * 10_000 + n;
+                let birth = chrono::NaiveDate::from_ymd_opt(1950, 1, 1).unwrap()
+                    + chrono::Days::new(u64::from(k / 1000));
+                proto::PersonRow {
+                    row: u64::from(n) + 2,
+                    id_number: yidi_common::idnum::make("330203", birth, (k % 1000) as u16),
+                    name: format!("P{k}"),
+                    card_no: String::new(),
+                    insurance_type: "resident".into(),
+                    person_type: "resident_adult".into(),
+                    civil_servant: String::new(),
+                    status: "active".into(),
+                    account_balance: "0".into(),
+                    enrolled_since: "2021-07-01".into(),
+                }
+            })
+            .collect();
+        imports.push(tokio::spawn(async move {
+            admin
+                .import_persons(proto::ImportPersonsRequest {
+                    request_id: format!("busy-{batch}"),
+                    rows,
+                })
+                .await
+                .map(|r| r.into_inner().inserted)
+        }));
+    }
+    // The writer is busy once a repeat of the visit's fee upload (answered by the
+    // writer, changing nothing) gets no answer within 20 ms.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut probe = tonic::Request::new(proto::UploadFeesRequest {
+            request_id: "fees-q".into(),
+            institution_code: inst::NB_H3.into(),
+            visit_id: v.visit_id.clone(),
+            lines: vec![line("1", "NB-A", "1", "2000.00", "2000.00")],
+        });
+        probe.set_timeout(Duration::from_millis(20));
+        match desk.client.upload_fees(probe).await {
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "Ningbo's writer never got busy");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) if matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled) => break,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let mut req = tonic::Request::new(desk.settle_req("settle-q", &v.visit_id, true));
+    req.set_timeout(Duration::from_millis(100));
+    let e = desk.client.settle(req).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e:?}"
+    );
+    for import in imports {
+        assert_eq!(import.await.unwrap().unwrap(), 10_000);
+    }
+    // Under another request id (a desk that gave up on the first): settled at once —
+    // a pending intent of the first would refuse it (FAILED_PRECONDITION).
+    let s = desk.settle("settle-q2", &v.visit_id, true).await.unwrap();
+    settled_2000_at_hz_rates(&s);
+    assert_eq!(desk.list().await.len(), 1);
+    let acc = accumulators(hz, &id, NB, inst::NB_H3).await;
+    assert_eq!((acc.version, acc.pool_paid.as_str()), (1, "700.00"));
+}
+
 /// A Settle whose first price (from the visit's opening answer) Hangzhou refuses as
 /// stale — the patient was treated in Wenzhou since — and which then cannot get a fresh
 /// answer (Hangzhou stops answering in time) leaves nothing in doubt: Hangzhou rolled

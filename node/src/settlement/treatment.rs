@@ -187,10 +187,16 @@ pub fn check_institution(
     Ok(inst)
 }
 
-async fn institution(st: &NodeState, code: &str) -> Result<InstitutionRec> {
+/// Refuses a request without an institution code before anything is looked up.
+fn institution_given(code: &str) -> Result<()> {
     if code.is_empty() {
         return Err(Error::invalid("institution_code", "missing"));
     }
+    Ok(())
+}
+
+async fn institution(st: &NodeState, code: &str) -> Result<InstitutionRec> {
+    institution_given(code)?;
     let code = code.to_owned();
     st.store
         .read(move |conn| check_institution(conn, &code, period::today()))
@@ -589,9 +595,7 @@ pub async fn open_visit(st: &NodeState, mut req: proto::OpenVisitRequest) -> Res
     let sc = scope(&req.institution_code);
     let payload = payload_hash(&mut req, |r| &mut r.request_id);
     let key = RequestKey::new(&sc, &req.request_id, "OpenVisit", payload)?;
-    if req.institution_code.is_empty() {
-        return Err(Error::invalid("institution_code", "missing"));
-    }
+    institution_given(&req.institution_code)?;
     // One trip to the read pool for the institution, a stored answer of the request and,
     // for a patient of this city, the eligibility: this node is their home node.
     let (k, cache, region) = (key.clone(), Arc::clone(&st.policies), st.region);
@@ -695,9 +699,7 @@ pub async fn close_visit(
     let sc = scope(&req.institution_code);
     let payload = payload_hash(&mut req, |r| &mut r.request_id);
     let key = RequestKey::new(&sc, &req.request_id, "CloseVisit", payload)?;
-    if req.institution_code.is_empty() {
-        return Err(Error::invalid("institution_code", "missing"));
-    }
+    institution_given(&req.institution_code)?;
     let now = Utc::now();
     st.store
         .write(move |conn| {
@@ -786,9 +788,7 @@ pub async fn upload_fees(
     let sc = scope(&req.institution_code);
     let payload = payload_hash(&mut req, |r| &mut r.request_id);
     let key = RequestKey::new(&sc, &req.request_id, "UploadFees", payload)?;
-    if req.institution_code.is_empty() {
-        return Err(Error::invalid("institution_code", "missing"));
-    }
+    institution_given(&req.institution_code)?;
     let region = st.region;
     st.store
         .write(move |conn| {
@@ -856,9 +856,7 @@ pub async fn undo_fees(
     let sc = scope(&req.institution_code);
     let payload = payload_hash(&mut req, |r| &mut r.request_id);
     let key = RequestKey::new(&sc, &req.request_id, "UndoFees", payload)?;
-    if req.institution_code.is_empty() {
-        return Err(Error::invalid("institution_code", "missing"));
-    }
+    institution_given(&req.institution_code)?;
     st.store
         .write(move |conn| {
             check_institution(conn, &req.institution_code, period::today())?;
@@ -1072,9 +1070,7 @@ fn settlement_to_proto(s: &SettlementRec, treatment: RegionCode) -> proto::Settl
 
 /// HospitalService.PreSettle: the split as it would be now; nothing is recorded.
 pub async fn pre_settle(st: &NodeState, req: proto::SettleRequest) -> Result<proto::Settlement> {
-    if req.institution_code.is_empty() {
-        return Err(Error::invalid("institution_code", "missing"));
-    }
+    institution_given(&req.institution_code)?;
     // One trip to the read pool for the institution and the bill — and, for a patient
     // of this city, for the eligibility too: this node is their home node.
     let (inst, vid) = (req.institution_code.clone(), req.visit_id.clone());
@@ -1238,9 +1234,7 @@ pub async fn settle(st: &NodeState, mut req: proto::SettleRequest) -> Result<pro
     let sc = scope(&req.institution_code);
     let payload = payload_hash(&mut req, |r| &mut r.request_id);
     let key = RequestKey::new(&sc, &req.request_id, "Settle", payload)?;
-    if req.institution_code.is_empty() {
-        return Err(Error::invalid("institution_code", "missing"));
-    }
+    institution_given(&req.institution_code)?;
     // One moment for the whole settlement: its claim's settled_at, and the day the home
     // node judges filings on, in every attempt.
     let now = Utc::now();

@@ -590,6 +590,29 @@ async fn peer_calls(metrics: &[SocketAddr]) -> BTreeMap<String, (u64, u64)> {
     out
 }
 
+/// The store writers' totals summed over the nodes' metrics: (transactions, requests,
+/// seconds committing).
+async fn store_totals(metrics: &[SocketAddr]) -> (f64, f64, f64) {
+    let mut out = (0.0, 0.0, 0.0);
+    for &addr in metrics {
+        let Ok(text) = crate::metrics::scrape(addr).await else {
+            continue;
+        };
+        for l in text.lines() {
+            let n = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+            let Some(n) = n else { continue };
+            if l.starts_with("yidi_store_transactions_total{") {
+                out.0 += n;
+            } else if l.starts_with("yidi_store_requests_total{") {
+                out.1 += n;
+            } else if l.starts_with("yidi_store_commit_seconds_total{") {
+                out.2 += n;
+            }
+        }
+    }
+    out
+}
+
 /// The peer calls made between two readings of [`peer_calls`], per settlement:
 /// `(method, calls, failed)`.
 fn peer_calls_per(
@@ -2016,12 +2039,23 @@ async fn drive(
             .map_or_else(|| format!("{} s", args.duration), |c| format!("{c} visits"))
     );
     let calls_before = peer_calls(metrics).await;
+    let store_before = store_totals(metrics).await;
     let cpu = cpu_sample();
     let (stats, acks, elapsed, windows) = load_phase(&ctx, prepared).await;
     let cpu_ms = in_process
         .then(|| CpuPerOp::between(cpu, acks.len()))
         .flatten();
     let calls = peer_calls_per(&calls_before, &peer_calls(metrics).await, acks.len());
+    // The nodes' group commits during the phase: requests per transaction and the time
+    // a commit took (writing the log and the disk's fsync).
+    let store_after = store_totals(metrics).await;
+    let commits = store_after.0 - store_before.0;
+    let group_commit = (commits > 0.0).then(|| {
+        (
+            (store_after.1 - store_before.1) / commits,
+            1e3 * (store_after.2 - store_before.2) / commits,
+        )
+    });
     let secs = elapsed.as_secs_f64();
     let cross = stats.get("Settle(cross-region)");
     let local = stats.get("Settle(local)");
@@ -2073,6 +2107,9 @@ async fn drive(
             .collect();
         println!("  node-to-node calls per settlement: {}", text.join(", "));
     }
+    if let Some((per, ms)) = group_commit {
+        println!("  store writers: {per:.1} requests per transaction, {ms:.2} ms per commit");
+    }
     if stats.errors.is_empty() {
         println!("  errors: none");
     } else {
@@ -2102,6 +2139,8 @@ async fn drive(
             "settle_errors": stats.error_count("Settle(cross-region)") + stats.error_count("Settle(local)"),
             "peer_calls_per_settlement": calls.iter().map(|(m, c, _)| (m.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
             "failed_peer_calls_per_settlement": calls.iter().map(|(m, _, e)| (m.clone(), json!(e))).collect::<serde_json::Map<_, _>>(),
+            "store_requests_per_transaction": group_commit.map(|g| g.0),
+            "store_ms_per_commit": group_commit.map(|g| g.1),
             "cpu_ms_per_settlement": cpu_ms.as_ref().map(|c| c.total_ms),
             "cpu_ms_per_settlement_by_threads": cpu_ms.as_ref().map(CpuPerOp::groups_json),
         }),

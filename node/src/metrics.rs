@@ -38,7 +38,11 @@ use tokio::net::TcpListener;
 use tonic::{Code, Status, codegen::Service, transport::Channel};
 use yidi_common::{proto, region::RegionCode, types::VisitKind};
 
-use crate::{Error, Result, service::State, store::outbox};
+use crate::{
+    Error, Result,
+    service::State,
+    store::{WriterTotals, outbox},
+};
 
 /// The content type of the exposition (OpenMetrics text; Prometheus asks for it).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -193,6 +197,57 @@ pub struct NodeMetrics {
     outbox_oldest_age: Gauge,
     outbox_by_target: Family<TargetLabels, Gauge>,
     scrape_errors: Counter,
+    store: StoreCounters,
+}
+
+/// The store writer's totals as counters, brought up to date at each scrape.
+#[derive(Default)]
+struct StoreCounters {
+    transactions: Counter,
+    requests: Counter,
+    run_seconds: Counter<f64, AtomicU64>,
+    commit_seconds: Counter<f64, AtomicU64>,
+    /// The totals at the last scrape (counters only go up by what happened since).
+    seen: std::sync::Mutex<WriterTotals>,
+}
+
+impl StoreCounters {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "yidi_store_transactions",
+            "Transactions the store's single writer committed (group commit: one fsync each)",
+            self.transactions.clone(),
+        );
+        registry.register(
+            "yidi_store_requests",
+            "Write requests run in them; requests per transaction shows how well concurrent requests share a commit",
+            self.requests.clone(),
+        );
+        registry.register(
+            "yidi_store_run_seconds",
+            "Time the writer spent running the requests",
+            self.run_seconds.clone(),
+        );
+        registry.register(
+            "yidi_store_commit_seconds",
+            "Time the writer spent committing (writing the log and waiting for the disk's fsync)",
+            self.commit_seconds.clone(),
+        );
+    }
+
+    fn update(&self, now: WriterTotals) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        self.transactions
+            .inc_by(now.transactions.saturating_sub(seen.transactions));
+        self.requests.inc_by(now.jobs.saturating_sub(seen.jobs));
+        self.run_seconds
+            .inc_by(now.run.saturating_sub(seen.run).as_secs_f64());
+        self.commit_seconds
+            .inc_by(now.commit.saturating_sub(seen.commit).as_secs_f64());
+        *seen = now;
+    }
 }
 
 impl NodeMetrics {
@@ -247,6 +302,8 @@ impl NodeMetrics {
             "Scrapes that could not read the store (the store-derived gauges then keep their previous values)",
             scrape_errors.clone(),
         );
+        let store = StoreCounters::default();
+        store.register(&mut registry);
         Self {
             registry,
             settlements,
@@ -256,6 +313,7 @@ impl NodeMetrics {
             outbox_oldest_age,
             outbox_by_target,
             scrape_errors,
+            store,
         }
     }
 
@@ -300,6 +358,7 @@ impl NodeMetrics {
 
     /// Refreshes the store-derived gauges and encodes everything.
     pub async fn render(&self, state: &State) -> String {
+        self.store.update(state.store.writer_totals());
         match state.store.read(outbox::stats).await {
             Ok(stats) => {
                 self.outbox_depth
@@ -791,6 +850,36 @@ mod tests {
             text.contains(r#"yidi_settle_duration_seconds_count{region="330100",op="settle"} 3"#)
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// The writer's totals are exported as counters that move by what happened between
+    /// scrapes: transactions, requests (their ratio is the group size), run and commit
+    /// time.
+    #[test]
+    fn store_writer_totals_become_counters() {
+        let m = NodeMetrics::new("330200");
+        let ms = Duration::from_millis;
+        m.store.update(WriterTotals {
+            transactions: 3,
+            jobs: 10,
+            run: ms(2),
+            commit: ms(5),
+        });
+        m.store.update(WriterTotals {
+            transactions: 5,
+            jobs: 16,
+            run: ms(3),
+            commit: ms(9),
+        });
+        let text = m.encode();
+        for line in [
+            r#"yidi_store_transactions_total{region="330200"} 5"#,
+            r#"yidi_store_requests_total{region="330200"} 16"#,
+            r#"yidi_store_run_seconds_total{region="330200"} 0.003"#,
+            r#"yidi_store_commit_seconds_total{region="330200"} 0.009"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 
     #[test]

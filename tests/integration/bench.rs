@@ -120,6 +120,14 @@ fn a_small_settle_only_run_verifies_and_reports_its_figures() {
         .sum();
     assert_eq!(failed, 0.0, "{load:#}");
 
+    // The nodes' group commits, from their store counters: a transaction runs at least
+    // one request, and a durable commit takes time.
+    assert!(
+        number(load, &["store_requests_per_transaction"]) >= 1.0,
+        "{load:#}"
+    );
+    assert!(number(load, &["store_ms_per_commit"]) > 0.0, "{load:#}");
+
     // CPU per settlement, and by thread group summing to it.
     let cpu = number(load, &["cpu_ms_per_settlement"]);
     assert!(cpu > 0.0, "{load:#}");

@@ -33,7 +33,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
 
 pub use migrations::SCHEMA_VERSION;
-pub use writer::Writer;
+pub use writer::{Writer, WriterTotals};
 
 use crate::{Error, Result};
 
@@ -335,6 +335,13 @@ impl Store {
         })
         .await
         .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+    }
+
+    /// What the store's writer has done since it started (transactions, requests, time
+    /// running them and committing), for the metrics.
+    #[must_use]
+    pub fn writer_totals(&self) -> WriterTotals {
+        self.writer.totals()
     }
 
     /// Path of the database file.

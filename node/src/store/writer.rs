@@ -6,6 +6,10 @@
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     thread,
 };
 
@@ -31,17 +35,55 @@ pub type Upkeep = fn(&Connection) -> rusqlite::Result<()>;
 #[derive(Clone)]
 pub struct Writer {
     tx: Sender<Job>,
+    totals: Arc<Totals>,
+}
+
+/// What the writer has done since it started, kept for the node's metrics: whether
+/// requests share transactions (jobs per transaction) and how long the commits take.
+#[derive(Default)]
+struct Totals {
+    transactions: AtomicU64,
+    jobs: AtomicU64,
+    run_micros: AtomicU64,
+    commit_micros: AtomicU64,
+}
+
+/// A reading of the writer's totals (see [`Writer::totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterTotals {
+    /// Transactions committed (or attempted).
+    pub transactions: u64,
+    /// Requests run in them.
+    pub jobs: u64,
+    /// Time spent running the requests.
+    pub run: std::time::Duration,
+    /// Time spent in COMMIT (the write-ahead log written and synced to disk).
+    pub commit: std::time::Duration,
 }
 
 impl Writer {
     /// Starts the thread that owns `conn`. The thread ends when every handle is dropped.
     pub fn start(conn: Connection, upkeep: Upkeep) -> Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let totals = Arc::new(Totals::default());
+        let kept = Arc::clone(&totals);
         thread::Builder::new()
             .name("yidi-store-writer".into())
-            .spawn(move || run_loop(&conn, &rx, upkeep))
+            .spawn(move || run_loop(&conn, &rx, upkeep, &kept))
             .map_err(|e| Error::Internal(format!("cannot start the store writer: {e}")))?;
-        Ok(Self { tx })
+        Ok(Self { tx, totals })
+    }
+
+    /// What the writer has done since it started.
+    #[must_use]
+    pub fn totals(&self) -> WriterTotals {
+        let t = &self.totals;
+        WriterTotals {
+            transactions: t.transactions.load(Ordering::Relaxed),
+            jobs: t.jobs.load(Ordering::Relaxed),
+            run: std::time::Duration::from_micros(t.run_micros.load(Ordering::Relaxed)),
+            commit: std::time::Duration::from_micros(t.commit_micros.load(Ordering::Relaxed)),
+        }
     }
 
     /// Runs `f` in the next group transaction and waits for the durable commit.
@@ -132,7 +174,7 @@ struct Window {
 /// How often the writer logs its window and runs its upkeep.
 const WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn run_loop(conn: &Connection, rx: &Receiver<Job>, upkeep: Upkeep) {
+fn run_loop(conn: &Connection, rx: &Receiver<Job>, upkeep: Upkeep, totals: &Totals) {
     let mut window = Window::default();
     let mut since = std::time::Instant::now();
     while let Ok(first) = rx.recv() {
@@ -187,11 +229,19 @@ fn run_loop(conn: &Connection, rx: &Receiver<Job>, upkeep: Upkeep) {
         } else {
             exec(conn, "COMMIT").map_err(|e| e.to_string())
         };
+        let committing = started.elapsed() - ran;
         window.transactions += 1;
         window.jobs += jobs as u64;
         window.largest = window.largest.max(jobs);
         window.run += ran;
-        window.commit += started.elapsed() - ran;
+        window.commit += committing;
+        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        totals.transactions.fetch_add(1, Ordering::Relaxed);
+        totals.jobs.fetch_add(jobs as u64, Ordering::Relaxed);
+        totals.run_micros.fetch_add(micros(ran), Ordering::Relaxed);
+        totals
+            .commit_micros
+            .fetch_add(micros(committing), Ordering::Relaxed);
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }

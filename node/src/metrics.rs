@@ -215,7 +215,7 @@ impl StoreCounters {
     fn register(&self, registry: &mut Registry) {
         registry.register(
             "yidi_store_transactions",
-            "Transactions the store's single writer committed (group commit: one fsync each)",
+            "Transactions the store's single writer ran (group commit: one fsync each; a failed commit counts too)",
             self.transactions.clone(),
         );
         registry.register(

@@ -562,13 +562,22 @@ fn start_federation(root: &Path, threads: usize) -> anyhow::Result<Federation> {
     Ok((nodes, addrs, metrics))
 }
 
-/// Calls from node to node by method, summed over the nodes' metrics: (calls, failed).
-async fn peer_calls(metrics: &[SocketAddr]) -> BTreeMap<String, (u64, u64)> {
-    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+/// The metrics exposition of every in-process node (one that does not answer is left
+/// out), read once for all the figures taken from it.
+async fn scrape_nodes(metrics: &[SocketAddr]) -> Vec<String> {
+    let mut out = Vec::with_capacity(metrics.len());
     for &addr in metrics {
-        let Ok(text) = crate::metrics::scrape(addr).await else {
-            continue;
-        };
+        if let Ok(text) = crate::metrics::scrape(addr).await {
+            out.push(text);
+        }
+    }
+    out
+}
+
+/// Calls from node to node by method, summed over the nodes' metrics: (calls, failed).
+fn peer_calls(scraped: &[String]) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for text in scraped {
         for l in text.lines() {
             let failed = if l.starts_with("yidi_peer_calls_total{") {
                 false
@@ -592,12 +601,9 @@ async fn peer_calls(metrics: &[SocketAddr]) -> BTreeMap<String, (u64, u64)> {
 
 /// The store writers' totals summed over the nodes' metrics: (transactions, requests,
 /// seconds committing).
-async fn store_totals(metrics: &[SocketAddr]) -> (f64, f64, f64) {
+fn store_totals(scraped: &[String]) -> (f64, f64, f64) {
     let mut out = (0.0, 0.0, 0.0);
-    for &addr in metrics {
-        let Ok(text) = crate::metrics::scrape(addr).await else {
-            continue;
-        };
+    for text in scraped {
         for l in text.lines() {
             let n = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
             let Some(n) = n else { continue };
@@ -2038,17 +2044,18 @@ async fn drive(
         args.count
             .map_or_else(|| format!("{} s", args.duration), |c| format!("{c} visits"))
     );
-    let calls_before = peer_calls(metrics).await;
-    let store_before = store_totals(metrics).await;
+    let scraped = scrape_nodes(metrics).await;
+    let (calls_before, store_before) = (peer_calls(&scraped), store_totals(&scraped));
     let cpu = cpu_sample();
     let (stats, acks, elapsed, windows) = load_phase(&ctx, prepared).await;
     let cpu_ms = in_process
         .then(|| CpuPerOp::between(cpu, acks.len()))
         .flatten();
-    let calls = peer_calls_per(&calls_before, &peer_calls(metrics).await, acks.len());
+    let scraped = scrape_nodes(metrics).await;
+    let calls = peer_calls_per(&calls_before, &peer_calls(&scraped), acks.len());
     // The nodes' group commits during the phase: requests per transaction and the time
     // a commit took (writing the log and the disk's fsync).
-    let store_after = store_totals(metrics).await;
+    let store_after = store_totals(&scraped);
     let commits = store_after.0 - store_before.0;
     let group_commit = (commits > 0.0).then(|| {
         (

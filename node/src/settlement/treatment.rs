@@ -647,28 +647,20 @@ pub async fn open_visit(st: &NodeState, mut req: proto::OpenVisitRequest) -> Res
     st.store
         .write(move |conn| {
             idempotency::once(conn, &key, |conn| {
-                let Opening {
-                    inst,
-                    id,
-                    home,
-                    kind,
-                    ext,
-                    opened,
-                    visit_date,
-                } = opening;
+                let o = opening;
                 let seq = sequences::next(conn, "visit")?;
                 let v = VisitRec {
                     visit_id: format!("{region}-V-{seq:08}"),
-                    institution_code: inst.code.clone(),
-                    id_number: id.as_str().to_owned(),
-                    home_region: home.to_string(),
-                    visit_kind: kind.to_string(),
-                    level: inst.level.to_string(),
-                    external_visit_no: ext,
+                    institution_code: o.inst.code,
+                    id_number: o.id.as_str().to_owned(),
+                    home_region: o.home.to_string(),
+                    visit_kind: o.kind.to_string(),
+                    level: o.inst.level.to_string(),
+                    external_visit_no: o.ext,
                     diagnosis_code: diagnosis,
                     state: "open".into(),
-                    opened_at: period::format_ts(opened),
-                    visit_date: visit_date.to_string(),
+                    opened_at: period::format_ts(o.opened),
+                    visit_date: o.visit_date.to_string(),
                     closed_at: None,
                     home_snapshot: snapshot,
                 };

@@ -9,8 +9,9 @@
 //!
 //! One run measures, in order: the floor (a bare gRPC round trip to a node and a bare
 //! durable SQLite commit on the same disk), the unloaded settle latency (one client) as a
-//! ratio to two round trips plus two commits, pre-settle throughput, and the loaded
-//! settle throughput with latency percentiles and errors by status code. At the end it
+//! ratio to two round trips plus two commits, pre-settle throughput (also as a share of
+//! its ceiling: bare gRPC calls from the same clients), and the loaded settle
+//! throughput with latency percentiles and errors by status code. At the end it
 //! checks that every acknowledged settlement exists at its treatment node
 //! (HospitalService.GetSettlement) and as a committed claim at its home node
 //! (PeerService.ClaimStatus), and that the home node's accumulators of a sample of
@@ -169,8 +170,9 @@ pub struct BenchArgs {
     /// the Settle call is timed); 0 skips the phase.
     #[arg(long, default_value_t = 200)]
     pub unloaded: u32,
-    /// Seconds of the pre-settle phase (concurrent PreSettle calls on prepared
-    /// visits); 0 skips it.
+    /// Seconds of each pre-settle phase (concurrent PreSettle calls on prepared
+    /// visits, same-city and cross-region) and of their ceiling (bare gRPC calls from
+    /// the same clients); 0 skips them.
     #[arg(long, default_value_t = 10)]
     pub presettle_seconds: u64,
     /// Visits prepared for the pre-settle phase.
@@ -1437,33 +1439,28 @@ impl CpuPerOp {
     }
 }
 
-/// Pre-settles random visits of `visits` from every client for the configured seconds;
-/// the elapsed seconds and the clients' statistics.
-async fn presettle_phase(ctx: &Arc<Ctx>, visits: Vec<Prepared>) -> (f64, Stats) {
-    let visits = Arc::new(visits);
-    let deadline = Instant::now() + Duration::from_secs(ctx.args.presettle_seconds);
+/// Runs `call` from every client, one call at a time, for `seconds`; the elapsed
+/// seconds and the clients' statistics. `call` gets the client's number and a random
+/// draw, and names the call it made with its outcome.
+async fn timed_clients<F, Fut>(ctx: &Arc<Ctx>, seconds: u64, salt: u64, call: F) -> (f64, Stats)
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = (&'static str, Result<(), Status>)> + Send,
+{
+    let call = Arc::new(call);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
     let began = Instant::now();
     let mut handles = Vec::new();
     for w in 0..ctx.args.concurrency.max(1) {
-        let (ctx, visits) = (Arc::clone(ctx), Arc::clone(&visits));
+        let call = Arc::clone(&call);
+        let mut rng = SmallRng::seed_from_u64(ctx.args.seed ^ mix64(w as u64 + salt));
         handles.push(tokio::spawn(async move {
-            let mut rng = SmallRng::seed_from_u64(ctx.args.seed ^ mix64(w as u64 + 99));
             let mut stats = Stats::default();
             while Instant::now() < deadline {
-                let p = &visits[rng.random_range(0..visits.len())];
-                let mut h = ctx.targets[p.treatment].hospital(w);
                 let started = Instant::now();
-                match h
-                    .pre_settle(proto::SettleRequest {
-                        request_id: "presettle".into(),
-                        institution_code: p.institution.clone(),
-                        visit_id: p.visit_id.clone(),
-                        use_account: true,
-                    })
-                    .await
-                {
-                    Ok(_) => stats.record("PreSettle", started.elapsed()),
-                    Err(s) => stats.error("PreSettle", &s),
+                match call(w, rng.random()).await {
+                    (name, Ok(())) => stats.record(name, started.elapsed()),
+                    (name, Err(s)) => stats.error(name, &s),
                 }
             }
             stats
@@ -1476,6 +1473,42 @@ async fn presettle_phase(ctx: &Arc<Ctx>, visits: Vec<Prepared>) -> (f64, Stats) 
         }
     }
     (began.elapsed().as_secs_f64(), stats)
+}
+
+/// Pre-settles random visits of `visits` from every client for the configured seconds.
+async fn presettle_phase(ctx: &Arc<Ctx>, visits: Vec<Prepared>) -> (f64, Stats) {
+    let (visits, c) = (Arc::new(visits), Arc::clone(ctx));
+    timed_clients(ctx, ctx.args.presettle_seconds, 99, move |w, draw| {
+        let p = &visits[(draw % visits.len() as u64) as usize];
+        let mut h = c.targets[p.treatment].hospital(w);
+        let req = proto::SettleRequest {
+            request_id: "presettle".into(),
+            institution_code: p.institution.clone(),
+            visit_id: p.visit_id.clone(),
+            use_account: true,
+        };
+        async move { ("PreSettle", h.pre_settle(req).await.map(drop)) }
+    })
+    .await
+}
+
+/// The ceiling of the pre-settle phase: bare gRPC calls (health Check: no store, no
+/// engine) from the same clients over the same connections to random nodes for the
+/// configured seconds. A PreSettle is one such call plus its own work, so the rate of
+/// these is the most pre-settles this machine's cores could serve with this gRPC stack.
+async fn bare_call_phase(ctx: &Arc<Ctx>) -> (f64, Stats) {
+    let c = Arc::clone(ctx);
+    timed_clients(ctx, ctx.args.presettle_seconds, 4242, move |w, draw| {
+        let t = &c.targets[(draw % c.targets.len() as u64) as usize];
+        let mut h = tonic_health::pb::health_client::HealthClient::new(t.channel(w));
+        async move {
+            let req = tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            };
+            ("bare call", h.check(req).await.map(drop))
+        }
+    })
+    .await
 }
 
 /// Prepares `n` visits with `--concurrency` clients (cross-region only when asked).
@@ -1973,6 +2006,28 @@ async fn drive(
     // eligibility answer cached for a short while), each on its own.
     if args.presettle_seconds > 0 {
         let mut phases = serde_json::Map::new();
+        let cpu = cpu_sample();
+        let (secs, stats) = bare_call_phase(&ctx).await;
+        let bare = stats.get("bare call");
+        let bare_rate = bare.len() as f64 / secs;
+        let cpu_ms = in_process
+            .then(|| CpuPerOp::between(cpu, bare.len() as usize))
+            .flatten();
+        println!(
+            "pre-settle ceiling: bare gRPC calls, health Check ({} clients, {secs:.1} s)",
+            args.concurrency
+        );
+        println!("{}", line("bare call", &bare));
+        println!("  {bare_rate:.0} calls/s; errors {:?}", stats.errors);
+        if let Some(cpu) = &cpu_ms {
+            println!("  CPU per call: {}", cpu.text());
+        }
+        phases.insert(
+            "bare_calls".into(),
+            json!({"per_second": bare_rate, "latency": summary(&bare), "errors": stats.errors_json(), "seconds": secs,
+                "cpu_ms_per_op": cpu_ms.as_ref().map(|c| c.total_ms),
+                "cpu_ms_per_op_by_threads": cpu_ms.as_ref().map(CpuPerOp::groups_json)}),
+        );
         for (label, cross, key) in [
             ("same-city", false, "local"),
             ("cross-region", true, "cross_region"),
@@ -1995,9 +2050,10 @@ async fn drive(
                 args.concurrency
             );
             println!("{}", line("PreSettle", &ps));
+            let share = 100.0 * rate / bare_rate.max(f64::MIN_POSITIVE);
             println!(
-                "  {rate:.0} pre-settles/s{}; errors {:?}",
-                if cross { "" } else { " (target ≥ 20,000)" },
+                "  {rate:.0} pre-settles/s ({share:.0} % of the bare call rate{}); errors {:?}",
+                if cross { "" } else { "; target ≥ 20,000" },
                 stats.errors
             );
             if let Some(cpu) = &cpu_ms {
@@ -2005,7 +2061,7 @@ async fn drive(
             }
             phases.insert(
                 key.into(),
-                json!({"per_second": rate, "latency": summary(&ps), "errors": stats.errors_json(), "seconds": secs, "visits": n,
+                json!({"per_second": rate, "share_of_bare_call_rate": rate / bare_rate.max(f64::MIN_POSITIVE), "latency": summary(&ps), "errors": stats.errors_json(), "seconds": secs, "visits": n,
                     "cpu_ms_per_op": cpu_ms.as_ref().map(|c| c.total_ms),
                     "cpu_ms_per_op_by_threads": cpu_ms.as_ref().map(CpuPerOp::groups_json)}),
             );

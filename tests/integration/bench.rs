@@ -1,8 +1,9 @@
 //! The project's benchmark, `yidi bench`, run as the real binary on a small federation
 //! of in-process nodes: every acknowledged settlement must verify at both nodes, the
 //! JSON report must hold the figures the performance report quotes (floor, unloaded
-//! ratio, pre-settle phases, settle throughput, CPU per operation by thread group,
-//! node-to-node calls per settlement), and they must agree with the run's own counts.
+//! ratio, pre-settle phases and their bare-call ceiling, settle throughput, CPU per
+//! operation by thread group, node-to-node calls per settlement), and they must agree
+//! with the run's own counts.
 
 use serde_json::Value;
 use yidi_tests::process::yidi_command;
@@ -154,11 +155,23 @@ fn a_small_settle_only_run_verifies_and_reports_its_figures() {
     let p50 = number(unloaded, &["settle", "p50_ms"]);
     assert!((ratio - p50 / floor).abs() < 0.01, "{unloaded:#}");
 
-    // Both pre-settle phases ran without errors.
+    // The bare-call ceiling and both pre-settle phases ran without errors, and each
+    // pre-settle rate is reported as its share of the bare call rate.
+    let bare = &report["presettle"]["bare_calls"];
+    let bare_rate = number(bare, &["per_second"]);
+    assert!(bare_rate > 0.0, "{bare:#}");
+    assert_eq!(bare["errors"], serde_json::json!({}), "{bare:#}");
+    let calls = number(bare, &["latency", "count"]);
+    let secs = number(bare, &["seconds"]);
+    assert!((bare_rate * secs - calls).abs() < 0.5, "{bare:#}");
+    assert!(bare["cpu_ms_per_op_by_threads"].is_object(), "{bare:#}");
     for phase in ["local", "cross_region"] {
         let p = &report["presettle"][phase];
-        assert!(number(p, &["per_second"]) > 0.0, "{p:#}");
+        let rate = number(p, &["per_second"]);
+        assert!(rate > 0.0, "{p:#}");
         assert_eq!(p["errors"], serde_json::json!({}), "{p:#}");
         assert!(p["cpu_ms_per_op_by_threads"].is_object(), "{p:#}");
+        let share = number(p, &["share_of_bare_call_rate"]);
+        assert!((share - rate / bare_rate).abs() < 1e-9, "{p:#}");
     }
 }

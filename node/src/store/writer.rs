@@ -1,7 +1,7 @@
-//! The single writer thread. Requests queue on a channel; the thread takes the first,
-//! drains whatever else is already queued (up to a bound), runs each in its own
-//! SAVEPOINT inside one `BEGIN IMMEDIATE … COMMIT`, and only after the commit — one
-//! fsync for the whole group — answers every request. A request whose closure fails is
+//! The single writer thread. Requests queue on a channel; the thread takes the first
+//! and then, one after another, whatever is queued by the time the one before has run
+//! (up to a bound), each in its own SAVEPOINT inside one `BEGIN IMMEDIATE … COMMIT`,
+//! and only after the commit — one fsync for the whole group — answers every request. A request whose closure fails is
 //! rolled back to its savepoint without disturbing the others in the group.
 
 use std::{
@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::{Error, Result};
 
-/// Most requests committed together; bounds latency of the first one in a group.
+/// Most requests committed together; bounds the latency of the first one in a group.
 const MAX_GROUP: usize = 256;
 
 /// What a job leaves behind after running: a function that delivers its answer once the
@@ -178,32 +178,28 @@ fn run_loop(conn: &Connection, rx: &Receiver<Job>, upkeep: Upkeep, totals: &Tota
     let mut window = Window::default();
     let mut since = std::time::Instant::now();
     while let Ok(first) = rx.recv() {
-        let mut group = Vec::with_capacity(8);
-        group.push(first);
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
         if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
-            // Never run without a transaction: dropping the group answers each request
-            // with UNAVAILABLE, and nothing was written.
-            tracing::error!(error = %e, requests = group.len(), "store writer cannot begin a transaction");
-            drop(group);
+            // Never run without a transaction: dropping the request answers it with
+            // UNAVAILABLE, and nothing was written.
+            tracing::error!(error = %e, "store writer cannot begin a transaction");
+            drop(first);
             continue;
         }
-        let jobs = group.len();
         let started = std::time::Instant::now();
-        let mut completions: Vec<Completion> = Vec::with_capacity(jobs);
-        let mut rest = group.into_iter();
-        while let Some(job) = rest.next() {
+        let mut completions: Vec<Completion> = Vec::with_capacity(8);
+        let mut jobs = 0;
+        let mut next = Some(first);
+        // The group is every request queued by the time the one before it has run, so
+        // those that arrive while the group runs share its commit instead of waiting
+        // for it and then paying a commit of their own.
+        while let Some(job) = next.take() {
             completions.push(job(conn));
+            jobs += 1;
             if conn.is_autocommit() {
                 // SQLite rolled the whole transaction back by itself (a full disk, an I/O
                 // error): what ran in it is gone and must be reported so, and a job run
                 // now would commit on its own, outside any group. The rest gets a fresh
-                // transaction, or is dropped (UNAVAILABLE) like a group that cannot begin.
+                // transaction, or stays queued for the next one if none can begin.
                 tracing::error!(
                     requests = completions.len(),
                     "store transaction rolled back by SQLite; its requests fail"
@@ -217,9 +213,12 @@ fn run_loop(conn: &Connection, rx: &Receiver<Job>, upkeep: Upkeep, totals: &Tota
                     ));
                 }
                 if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-                    tracing::error!(error = %e, requests = rest.len(), "store writer cannot begin a transaction");
-                    rest.by_ref().for_each(drop);
+                    tracing::error!(error = %e, "store writer cannot begin a transaction");
+                    break;
                 }
+            }
+            if jobs < MAX_GROUP {
+                next = rx.try_recv().ok();
             }
         }
         let ran = started.elapsed();
@@ -272,6 +271,35 @@ fn run_loop(conn: &Connection, rx: &Receiver<Job>, upkeep: Upkeep, totals: &Tota
 mod tests {
     use super::*;
 
+    /// Requests that arrive while a group runs join its transaction: one commit for all,
+    /// rather than a second commit after the first.
+    #[tokio::test]
+    async fn requests_queued_while_a_group_runs_share_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("w.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
+            .unwrap();
+        let w = Writer::start(conn, |_| Ok(())).unwrap();
+        let (hold, held) = std::sync::mpsc::channel::<()>();
+        let (running, is_running) = oneshot::channel::<()>();
+        let first = w.submit(move |c| {
+            let _ = running.send(());
+            let _ = held.recv();
+            Ok(c.execute("INSERT INTO t (v) VALUES (0)", [])?)
+        });
+        is_running.await.unwrap();
+        let later: Vec<_> = (1..=3)
+            .map(|v| w.submit(move |c| Ok(c.execute("INSERT INTO t (v) VALUES (?1)", [v])?)))
+            .collect();
+        hold.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), 1);
+        for l in later {
+            assert_eq!(l.await.unwrap(), 1);
+        }
+        let t = w.totals();
+        assert_eq!((t.transactions, t.jobs), (1, 4));
+    }
+
     /// A transaction that SQLite rolls back by itself in the middle of a group fails
     /// every request that ran in it — answered at once, so that what their answers hold
     /// is released before the rest runs — and the requests after it still commit in a
@@ -283,7 +311,8 @@ mod tests {
         conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
             .unwrap();
         let w = Writer::start(conn, |_| Ok(())).unwrap();
-        // Hold the writer in a first group so that the next three queue as one group.
+        // Hold the writer in a first job so that the next three are queued by the time
+        // it has run: all four share one transaction.
         let (hold, held) = std::sync::mpsc::channel::<()>();
         let (running, is_running) = oneshot::channel::<()>();
         let first = w.submit(move |_| {
@@ -318,7 +347,7 @@ mod tests {
             Ok(c.execute("INSERT INTO t (v) VALUES (3)", [])?)
         });
         hold.send(()).unwrap();
-        first.await.unwrap();
+        assert!(first.await.is_err(), "its transaction was rolled back");
         assert!(before.await.is_err(), "its transaction was rolled back");
         assert!(rolled_back.await.is_err());
         assert_eq!(after.await.unwrap(), 1);

@@ -9,8 +9,10 @@
 //!
 //! One run measures, in order: the floor (a bare gRPC round trip to a node and a bare
 //! durable SQLite commit on the same disk), the unloaded settle latency (one client) as a
-//! ratio to two round trips plus two commits, pre-settle throughput (also as a share of
-//! its ceiling: bare gRPC calls from the same clients), and the loaded settle
+//! ratio to two round trips plus two commits, the ceilings (bare gRPC calls and bare
+//! writes through a store writer from the same clients, with their CPU: what a
+//! settlement's two calls and three writes cost before any work of its own),
+//! pre-settle throughput (also as a share of the bare call rate), and the loaded settle
 //! throughput with latency percentiles and errors by status code. At the end it
 //! checks that every acknowledged settlement exists at its treatment node
 //! (HospitalService.GetSettlement) and as a committed claim at its home node
@@ -171,10 +173,14 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 200)]
     pub unloaded: u32,
     /// Seconds of each pre-settle phase (concurrent PreSettle calls on prepared
-    /// visits, same-city and cross-region) and of their ceiling (bare gRPC calls from
-    /// the same clients); 0 skips them.
+    /// visits, same-city and cross-region); 0 skips them.
     #[arg(long, default_value_t = 10)]
     pub presettle_seconds: u64,
+    /// Seconds of each ceiling phase (bare gRPC calls, and bare writes through a store
+    /// writer, from --concurrency clients: what a settlement's calls and writes cost on
+    /// this machine before any of its own work); 0 skips them.
+    #[arg(long, default_value_t = 5)]
+    pub ceiling_seconds: u64,
     /// Visits prepared for the pre-settle phase.
     #[arg(long, default_value_t = 2_000)]
     pub presettle_visits: u32,
@@ -1492,13 +1498,13 @@ async fn presettle_phase(ctx: &Arc<Ctx>, visits: Vec<Prepared>) -> (f64, Stats) 
     .await
 }
 
-/// The ceiling of the pre-settle phase: bare gRPC calls (health Check: no store, no
-/// engine) from the same clients over the same connections to random nodes for the
-/// configured seconds. A PreSettle is one such call plus its own work, so the rate of
-/// these is the most pre-settles this machine's cores could serve with this gRPC stack.
+/// Bare gRPC calls (health Check: no store, no engine) from every client over the
+/// load's connections to random nodes for `--ceiling-seconds`. A PreSettle is one such
+/// call plus its own work, so their rate is the most pre-settles this machine's cores
+/// could serve with this gRPC stack.
 async fn bare_call_phase(ctx: &Arc<Ctx>) -> (f64, Stats) {
     let c = Arc::clone(ctx);
-    timed_clients(ctx, ctx.args.presettle_seconds, 4242, move |w, draw| {
+    timed_clients(ctx, ctx.args.ceiling_seconds, 4242, move |w, draw| {
         let t = &c.targets[(draw % c.targets.len() as u64) as usize];
         let mut h = tonic_health::pb::health_client::HealthClient::new(t.channel(w));
         async move {
@@ -1509,6 +1515,140 @@ async fn bare_call_phase(ctx: &Arc<Ctx>) -> (f64, Stats) {
         }
     })
     .await
+}
+
+/// Bare writes from every client for `--ceiling-seconds`: a one-row insert each,
+/// through the writer of a store opened in `dir` exactly as a node opens its own (same
+/// settings, its own savepoint per write, group commit, `synchronous=FULL`). A
+/// settlement's writes are such writes plus their own work.
+async fn bare_write_phase(
+    ctx: &Arc<Ctx>,
+    dir: &Path,
+) -> anyhow::Result<(f64, Stats, crate::store::WriterTotals)> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let store = {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || crate::store::Store::open(&dir, 1, "330100")).await??
+    };
+    store
+        .write(|conn| {
+            conn.execute_batch(
+                "CREATE TABLE bench_ceiling (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+            )?;
+            Ok(())
+        })
+        .await?;
+    let s = store.clone();
+    let out = timed_clients(ctx, ctx.args.ceiling_seconds, 4343, move |w, draw| {
+        let s = s.clone();
+        async move {
+            let write = s.write(move |conn| {
+                conn.prepare_cached("INSERT INTO bench_ceiling (v) VALUES (?1)")?
+                    .execute([format!("client {w} draw {draw}")])?;
+                Ok(())
+            });
+            ("bare write", write.await.map_err(Status::from))
+        }
+    })
+    .await;
+    let totals = store.writer_totals();
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok((out.0, out.1, totals))
+}
+
+/// What the ceiling phases found.
+struct Ceilings {
+    /// Bare calls per second.
+    call_rate: f64,
+    /// CPU of a bare call and of a bare write, in ms (in-process nodes only).
+    cpu_ms: Option<(f64, f64)>,
+    json: Value,
+}
+
+impl Ceilings {
+    /// The least CPU a cross-region settlement can take (hospital → treatment node and
+    /// treatment → home node: two calls; the intent, the claim at the home node and the
+    /// outcome: three writes), in ms, and the most settlements per second the machine's
+    /// cores could then carry.
+    fn cross_region_settle(&self) -> Option<(f64, f64)> {
+        let (call, write) = self.cpu_ms?;
+        let ms = 2.0 * call + 3.0 * write;
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        (ms > 0.0).then(|| (ms, cores as f64 * 1e3 / ms))
+    }
+}
+
+/// The ceiling phases: bare calls, then bare writes (see [`bare_call_phase`] and
+/// [`bare_write_phase`]), each with its CPU per operation; printed and as JSON.
+async fn ceilings(ctx: &Arc<Ctx>, dir: &Path, in_process: bool) -> anyhow::Result<Ceilings> {
+    let per_op = |cpu, n: u64| {
+        in_process
+            .then(|| CpuPerOp::between(cpu, n as usize))
+            .flatten()
+    };
+    let cpu = cpu_sample();
+    let (call_secs, call_stats) = bare_call_phase(ctx).await;
+    let calls = call_stats.get("bare call");
+    let call_cpu = per_op(cpu, calls.len());
+    let cpu = cpu_sample();
+    let (write_secs, write_stats, totals) = bare_write_phase(ctx, dir).await?;
+    let writes = write_stats.get("bare write");
+    let write_cpu = per_op(cpu, writes.len());
+    let (call_rate, write_rate) = (
+        calls.len() as f64 / call_secs,
+        writes.len() as f64 / write_secs,
+    );
+    // The table's creation is one transaction of one request of its own.
+    let per_tx =
+        totals.jobs.saturating_sub(1) as f64 / totals.transactions.saturating_sub(1).max(1) as f64;
+    println!(
+        "ceilings ({} clients; bare gRPC calls, health Check, over the load's connections; bare one-row writes through a store writer)",
+        ctx.args.concurrency
+    );
+    println!("{}", line("bare call", &calls));
+    println!("{}", line("bare write", &writes));
+    println!(
+        "  {call_rate:.0} calls/s, {write_rate:.0} writes/s ({per_tx:.1} per transaction); errors: calls {:?}, writes {:?}",
+        call_stats.errors, write_stats.errors
+    );
+    if let (Some(c), Some(w)) = (&call_cpu, &write_cpu) {
+        println!("  CPU per call: {}", c.text());
+        println!("  CPU per write: {}", w.text());
+    }
+    let mut out = Ceilings {
+        call_rate: call_rate.max(f64::MIN_POSITIVE),
+        cpu_ms: call_cpu
+            .as_ref()
+            .zip(write_cpu.as_ref())
+            .map(|(c, w)| (c.total_ms, w.total_ms)),
+        json: Value::Null,
+    };
+    let settle = out.cross_region_settle();
+    if let Some((ms, rate)) = settle {
+        println!(
+            "  a cross-region settlement (2 calls, 3 writes) takes at least {ms:.3} ms of CPU: at most {rate:.0}/s on these cores"
+        );
+    }
+    let phase = |secs: f64,
+                 rate: f64,
+                 h: &Histogram<u64>,
+                 stats: &Stats,
+                 cpu: &Option<CpuPerOp>| {
+        json!({"per_second": rate, "seconds": secs, "latency": summary(h), "errors": stats.errors_json(),
+            "cpu_ms_per_op": cpu.as_ref().map(|c| c.total_ms),
+            "cpu_ms_per_op_by_threads": cpu.as_ref().map(CpuPerOp::groups_json)})
+    };
+    let mut w = phase(write_secs, write_rate, &writes, &write_stats, &write_cpu);
+    w["requests_per_transaction"] = json!(per_tx);
+    out.json = json!({
+        "bare_calls": phase(call_secs, call_rate, &calls, &call_stats, &call_cpu),
+        "bare_writes": w,
+        "cross_region_settle_min_cpu_ms": settle.map(|s| s.0),
+        "cross_region_settle_max_per_second": settle.map(|s| s.1),
+    });
+    Ok(out)
 }
 
 /// Prepares `n` visits with `--concurrency` clients (cross-region only when asked).
@@ -2004,30 +2144,16 @@ async fn drive(
     // Pre-settle throughput on prepared visits: same-city visits (the target's case: a
     // local pre-settle with the policy cached) and cross-region ones (the home node's
     // eligibility answer cached for a short while), each on its own.
+    let ceilings = if args.ceiling_seconds > 0 {
+        let c = ceilings(&ctx, &root.join("ceiling-store"), in_process).await?;
+        report.insert("ceilings".into(), c.json.clone());
+        Some(c)
+    } else {
+        None
+    };
+
     if args.presettle_seconds > 0 {
         let mut phases = serde_json::Map::new();
-        let cpu = cpu_sample();
-        let (secs, stats) = bare_call_phase(&ctx).await;
-        let bare = stats.get("bare call");
-        let bare_rate = bare.len() as f64 / secs;
-        let cpu_ms = in_process
-            .then(|| CpuPerOp::between(cpu, bare.len() as usize))
-            .flatten();
-        println!(
-            "pre-settle ceiling: bare gRPC calls, health Check ({} clients, {secs:.1} s)",
-            args.concurrency
-        );
-        println!("{}", line("bare call", &bare));
-        println!("  {bare_rate:.0} calls/s; errors {:?}", stats.errors);
-        if let Some(cpu) = &cpu_ms {
-            println!("  CPU per call: {}", cpu.text());
-        }
-        phases.insert(
-            "bare_calls".into(),
-            json!({"per_second": bare_rate, "latency": summary(&bare), "errors": stats.errors_json(), "seconds": secs,
-                "cpu_ms_per_op": cpu_ms.as_ref().map(|c| c.total_ms),
-                "cpu_ms_per_op_by_threads": cpu_ms.as_ref().map(CpuPerOp::groups_json)}),
-        );
         for (label, cross, key) in [
             ("same-city", false, "local"),
             ("cross-region", true, "cross_region"),
@@ -2050,10 +2176,19 @@ async fn drive(
                 args.concurrency
             );
             println!("{}", line("PreSettle", &ps));
-            let share = 100.0 * rate / bare_rate.max(f64::MIN_POSITIVE);
+            let share = ceilings.as_ref().map(|c| rate / c.call_rate);
+            let notes: Vec<String> = share
+                .map(|s| format!("{:.0} % of the bare call rate", 100.0 * s))
+                .into_iter()
+                .chain((!cross).then(|| "target ≥ 20,000".to_owned()))
+                .collect();
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", notes.join("; "))
+            };
             println!(
-                "  {rate:.0} pre-settles/s ({share:.0} % of the bare call rate{}); errors {:?}",
-                if cross { "" } else { "; target ≥ 20,000" },
+                "  {rate:.0} pre-settles/s{notes}; errors {:?}",
                 stats.errors
             );
             if let Some(cpu) = &cpu_ms {
@@ -2061,7 +2196,7 @@ async fn drive(
             }
             phases.insert(
                 key.into(),
-                json!({"per_second": rate, "share_of_bare_call_rate": rate / bare_rate.max(f64::MIN_POSITIVE), "latency": summary(&ps), "errors": stats.errors_json(), "seconds": secs, "visits": n,
+                json!({"per_second": rate, "share_of_bare_call_rate": share, "latency": summary(&ps), "errors": stats.errors_json(), "seconds": secs, "visits": n,
                     "cpu_ms_per_op": cpu_ms.as_ref().map(|c| c.total_ms),
                     "cpu_ms_per_op_by_threads": cpu_ms.as_ref().map(CpuPerOp::groups_json)}),
             );

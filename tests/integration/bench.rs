@@ -1,8 +1,8 @@
 //! The project's benchmark, `yidi bench`, run as the real binary on a small federation
 //! of in-process nodes: every acknowledged settlement must verify at both nodes, the
 //! JSON report must hold the figures the performance report quotes (floor, unloaded
-//! ratio, pre-settle phases and their bare-call ceiling, settle throughput, CPU per
-//! operation by thread group, node-to-node calls per settlement), and they must agree
+//! ratio, ceilings (bare calls and writes), pre-settle phases, settle throughput, CPU
+//! per operation by thread group, node-to-node calls per settlement), and they must agree
 //! with the run's own counts.
 
 use serde_json::Value;
@@ -35,6 +35,8 @@ fn a_small_settle_only_run_verifies_and_reports_its_figures() {
             "1",
             "--presettle-visits",
             "12",
+            "--ceiling-seconds",
+            "1",
             "--unloaded",
             "5",
             "--verify-persons",
@@ -155,16 +157,36 @@ fn a_small_settle_only_run_verifies_and_reports_its_figures() {
     let p50 = number(unloaded, &["settle", "p50_ms"]);
     assert!((ratio - p50 / floor).abs() < 0.01, "{unloaded:#}");
 
-    // The bare-call ceiling and both pre-settle phases ran without errors, and each
-    // pre-settle rate is reported as its share of the bare call rate.
-    let bare = &report["presettle"]["bare_calls"];
-    let bare_rate = number(bare, &["per_second"]);
-    assert!(bare_rate > 0.0, "{bare:#}");
-    assert_eq!(bare["errors"], serde_json::json!({}), "{bare:#}");
-    let calls = number(bare, &["latency", "count"]);
-    let secs = number(bare, &["seconds"]);
-    assert!((bare_rate * secs - calls).abs() < 0.5, "{bare:#}");
-    assert!(bare["cpu_ms_per_op_by_threads"].is_object(), "{bare:#}");
+    // The ceilings: bare calls and bare writes without errors, their rates consistent
+    // with their counts, writes grouped into transactions, and the least CPU of a
+    // cross-region settlement (2 calls, 3 writes) with the rate it allows.
+    let c = &report["ceilings"];
+    let mut cpu_of = Vec::new();
+    for phase in ["bare_calls", "bare_writes"] {
+        let p = &c[phase];
+        let rate = number(p, &["per_second"]);
+        assert!(rate > 0.0, "{p:#}");
+        assert_eq!(p["errors"], serde_json::json!({}), "{p:#}");
+        let (n, secs) = (number(p, &["latency", "count"]), number(p, &["seconds"]));
+        assert!((rate * secs - n).abs() < 0.5, "{p:#}");
+        cpu_of.push(number(p, &["cpu_ms_per_op"]));
+    }
+    assert!(
+        number(&c["bare_writes"], &["requests_per_transaction"]) >= 1.0,
+        "{c:#}"
+    );
+    let least = number(c, &["cross_region_settle_min_cpu_ms"]);
+    assert!(
+        (least - (2.0 * cpu_of[0] + 3.0 * cpu_of[1])).abs() < 1e-9,
+        "{c:#}"
+    );
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let most = number(c, &["cross_region_settle_max_per_second"]);
+    assert!((most - cores as f64 * 1e3 / least).abs() < 1e-6, "{c:#}");
+
+    // Both pre-settle phases ran without errors, each also reported as its share of the
+    // bare call rate.
+    let bare_rate = number(&c["bare_calls"], &["per_second"]);
     for phase in ["local", "cross_region"] {
         let p = &report["presettle"][phase];
         let rate = number(p, &["per_second"]);

@@ -1517,14 +1517,9 @@ async fn bare_call_phase(ctx: &Arc<Ctx>) -> (f64, Stats) {
     .await
 }
 
-/// Bare writes from every client for `--ceiling-seconds`: a one-row insert each,
-/// through the writer of a store opened in `dir` exactly as a node opens its own (same
-/// settings, its own savepoint per write, group commit, `synchronous=FULL`). A
-/// settlement's writes are such writes plus their own work.
-async fn bare_write_phase(
-    ctx: &Arc<Ctx>,
-    dir: &Path,
-) -> anyhow::Result<(f64, Stats, crate::store::WriterTotals)> {
+/// A store opened in `dir` exactly as a node opens its own (same settings, group
+/// commit, `synchronous=FULL`), with a table for the bare writes.
+async fn ceiling_store(dir: &Path) -> anyhow::Result<crate::store::Store> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let store = {
@@ -1539,8 +1534,15 @@ async fn bare_write_phase(
             Ok(())
         })
         .await?;
+    Ok(store)
+}
+
+/// Bare writes from every client for `--ceiling-seconds`: a one-row insert each,
+/// through `store`'s writer (its own savepoint per write, group commit). A
+/// settlement's writes are such writes plus their own work.
+async fn bare_write_phase(ctx: &Arc<Ctx>, store: &crate::store::Store) -> (f64, Stats) {
     let s = store.clone();
-    let out = timed_clients(ctx, ctx.args.ceiling_seconds, 4343, move |w, draw| {
+    timed_clients(ctx, ctx.args.ceiling_seconds, 4343, move |w, draw| {
         let s = s.clone();
         async move {
             let write = s.write(move |conn| {
@@ -1551,11 +1553,7 @@ async fn bare_write_phase(
             ("bare write", write.await.map_err(Status::from))
         }
     })
-    .await;
-    let totals = store.writer_totals();
-    drop(store);
-    let _ = std::fs::remove_dir_all(dir);
-    Ok((out.0, out.1, totals))
+    .await
 }
 
 /// What the ceiling phases found.
@@ -1592,17 +1590,23 @@ async fn ceilings(ctx: &Arc<Ctx>, dir: &Path, in_process: bool) -> anyhow::Resul
     let (call_secs, call_stats) = bare_call_phase(ctx).await;
     let calls = call_stats.get("bare call");
     let call_cpu = per_op(cpu, calls.len());
+    let store = ceiling_store(dir).await?;
+    let before = store.writer_totals();
     let cpu = cpu_sample();
-    let (write_secs, write_stats, totals) = bare_write_phase(ctx, dir).await?;
+    let (write_secs, write_stats) = bare_write_phase(ctx, &store).await;
     let writes = write_stats.get("bare write");
+    // Sampled while the store's writer thread still runs, so that its CPU counts as a
+    // writer's.
     let write_cpu = per_op(cpu, writes.len());
+    let after = store.writer_totals();
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
     let (call_rate, write_rate) = (
         calls.len() as f64 / call_secs,
         writes.len() as f64 / write_secs,
     );
-    // The table's creation is one transaction of one request of its own.
-    let per_tx =
-        totals.jobs.saturating_sub(1) as f64 / totals.transactions.saturating_sub(1).max(1) as f64;
+    let per_tx = (after.jobs - before.jobs) as f64
+        / (after.transactions - before.transactions).max(1) as f64;
     println!(
         "ceilings ({} clients; bare gRPC calls, health Check, over the load's connections; bare one-row writes through a store writer)",
         ctx.args.concurrency

@@ -1539,7 +1539,8 @@ async fn ceiling_store(dir: &Path) -> anyhow::Result<crate::store::Store> {
 
 /// Bare writes from every client for `--ceiling-seconds`: a one-row insert each,
 /// through `store`'s writer (its own savepoint per write, group commit). A
-/// settlement's writes are such writes plus their own work.
+/// settlement's writes are such writes plus their own work. The store lies in the
+/// bench's data directory: with `--node`, on the nodes' disk only if they share it.
 async fn bare_write_phase(ctx: &Arc<Ctx>, store: &crate::store::Store) -> (f64, Stats) {
     let s = store.clone();
     timed_clients(ctx, ctx.args.ceiling_seconds, 4343, move |w, draw| {
@@ -2145,9 +2146,7 @@ async fn drive(
         );
     }
 
-    // Pre-settle throughput on prepared visits: same-city visits (the target's case: a
-    // local pre-settle with the policy cached) and cross-region ones (the home node's
-    // eligibility answer cached for a short while), each on its own.
+    // What the machine's cores carry of bare calls and writes, before any work of ours.
     let ceilings = if args.ceiling_seconds > 0 {
         let c = ceilings(&ctx, &root.join("ceiling-store"), in_process).await?;
         report.insert("ceilings".into(), c.json.clone());
@@ -2156,6 +2155,9 @@ async fn drive(
         None
     };
 
+    // Pre-settle throughput on prepared visits: same-city visits (the target's case: a
+    // local pre-settle with the policy cached) and cross-region ones (the home node's
+    // eligibility answer cached for a short while), each on its own.
     if args.presettle_seconds > 0 {
         let mut phases = serde_json::Map::new();
         for (label, cross, key) in [

@@ -1559,8 +1559,8 @@ async fn bare_write_phase(ctx: &Arc<Ctx>, store: &crate::store::Store) -> (f64, 
 
 /// What the ceiling phases found.
 struct Ceilings {
-    /// Bare calls per second.
-    call_rate: f64,
+    /// Bare calls per second (none when no call succeeded).
+    call_rate: Option<f64>,
     /// CPU of a bare call and of a bare write, in ms (in-process nodes only).
     cpu_ms: Option<(f64, f64)>,
     json: Value,
@@ -1568,9 +1568,11 @@ struct Ceilings {
 
 impl Ceilings {
     /// The least CPU a cross-region settlement can take (hospital → treatment node and
-    /// treatment → home node: two calls; the intent, the claim at the home node and the
-    /// outcome: three writes), in ms, and the most settlements per second the machine's
-    /// cores could then carry.
+    /// treatment → home node: two calls, when the home node's eligibility answer is
+    /// reused, else three; the intent, the claim at the home node and the outcome:
+    /// three writes), in ms, and the most settlements per second the machine's cores
+    /// could then carry. Like every CPU figure of an in-process run, a call's includes
+    /// the load generator's side of it.
     fn cross_region_settle(&self) -> Option<(f64, f64)> {
         let (call, write) = self.cpu_ms?;
         let ms = 2.0 * call + 3.0 * write;
@@ -1623,7 +1625,7 @@ async fn ceilings(ctx: &Arc<Ctx>, dir: &Path, in_process: bool) -> anyhow::Resul
         println!("  CPU per write: {}", w.text());
     }
     let mut out = Ceilings {
-        call_rate: call_rate.max(f64::MIN_POSITIVE),
+        call_rate: (call_rate > 0.0).then_some(call_rate),
         cpu_ms: call_cpu
             .as_ref()
             .zip(write_cpu.as_ref())
@@ -2182,7 +2184,10 @@ async fn drive(
                 args.concurrency
             );
             println!("{}", line("PreSettle", &ps));
-            let share = ceilings.as_ref().map(|c| rate / c.call_rate);
+            let share = ceilings
+                .as_ref()
+                .and_then(|c| c.call_rate)
+                .map(|r| rate / r);
             let notes: Vec<String> = share
                 .map(|s| format!("{:.0} % of the bare call rate", 100.0 * s))
                 .into_iter()

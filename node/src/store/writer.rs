@@ -1,8 +1,9 @@
 //! The single writer thread. Requests queue on a channel; the thread takes the first
 //! and then, one after another, whatever is queued by the time the one before has run
-//! (up to a bound), each in its own SAVEPOINT inside one `BEGIN IMMEDIATE … COMMIT`,
-//! and only after the commit — one fsync for the whole group — answers every request. A request whose closure fails is
-//! rolled back to its savepoint without disturbing the others in the group.
+//! (up to a count and a time bound), each in its own SAVEPOINT inside one
+//! `BEGIN IMMEDIATE … COMMIT`, and only after the commit — one fsync for the whole
+//! group — answers every request. A request whose closure fails is rolled back to its
+//! savepoint without disturbing the others in the group.
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
@@ -21,6 +22,11 @@ use crate::{Error, Result};
 
 /// Most requests committed together; bounds the latency of the first one in a group.
 const MAX_GROUP: usize = 256;
+
+/// A group takes further requests only while it has run for less than this, so that a
+/// steady stream of arrivals cannot hold back the answers of its first requests for
+/// long (about what running 256 queued requests used to take).
+const GROUP_RUN_BUDGET: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What a job leaves behind after running: a function that delivers its answer once the
 /// group's commit outcome is known.
@@ -51,7 +57,7 @@ struct Totals {
 /// A reading of the writer's totals (see [`Writer::totals`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriterTotals {
-    /// Transactions committed (or attempted).
+    /// Transactions begun (committed, failed at their commit, or rolled back by SQLite).
     pub transactions: u64,
     /// Requests run in them.
     pub jobs: u64,
@@ -64,12 +70,21 @@ pub struct WriterTotals {
 impl Writer {
     /// Starts the thread that owns `conn`. The thread ends when every handle is dropped.
     pub fn start(conn: Connection, upkeep: Upkeep) -> Result<Self> {
+        Self::start_with_budget(conn, upkeep, GROUP_RUN_BUDGET)
+    }
+
+    /// [`Writer::start`] with another run budget for a group (tests).
+    fn start_with_budget(
+        conn: Connection,
+        upkeep: Upkeep,
+        budget: std::time::Duration,
+    ) -> Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let totals = Arc::new(Totals::default());
         let kept = Arc::clone(&totals);
         thread::Builder::new()
             .name("yidi-store-writer".into())
-            .spawn(move || run_loop(&conn, &rx, upkeep, &kept))
+            .spawn(move || run_loop(&conn, &rx, upkeep, budget, &kept))
             .map_err(|e| Error::Internal(format!("cannot start the store writer: {e}")))?;
         Ok(Self { tx, totals })
     }
@@ -126,9 +141,12 @@ impl Writer {
             .map_err(|_| Error::Unavailable("store writer has stopped".into()));
         async move {
             sent?;
-            answer
-                .await
-                .map_err(|_| Error::Unavailable("store writer has stopped".into()))?
+            answer.await.map_err(|_| {
+                Error::Unavailable(
+                    "the store could not run the request (no transaction could begin, or the writer has stopped); nothing was written"
+                        .into(),
+                )
+            })?
         }
     }
 }
@@ -174,24 +192,32 @@ struct Window {
 /// How often the writer logs its window and runs its upkeep.
 const WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn run_loop(conn: &Connection, rx: &Receiver<Job>, upkeep: Upkeep, totals: &Totals) {
+fn run_loop(
+    conn: &Connection,
+    rx: &Receiver<Job>,
+    upkeep: Upkeep,
+    budget: std::time::Duration,
+    totals: &Totals,
+) {
     let mut window = Window::default();
     let mut since = std::time::Instant::now();
     while let Ok(first) = rx.recv() {
         if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
-            // Never run without a transaction: dropping the request answers it with
-            // UNAVAILABLE, and nothing was written.
-            tracing::error!(error = %e, "store writer cannot begin a transaction");
+            // Never run without a transaction: dropping the requests answers them with
+            // UNAVAILABLE, and nothing was written. What is queued now goes with the
+            // first, rather than each waiting out a failing BEGIN of its own.
+            let dropped = 1 + rx.try_iter().take(MAX_GROUP - 1).count();
+            tracing::error!(error = %e, requests = dropped, "store writer cannot begin a transaction");
             drop(first);
             continue;
         }
         let started = std::time::Instant::now();
         let mut completions: Vec<Completion> = Vec::with_capacity(8);
-        let mut jobs = 0;
+        let (mut jobs, mut begun) = (0_usize, 1_u64);
         let mut next = Some(first);
-        // The group is every request queued by the time the one before it has run, so
-        // those that arrive while the group runs share its commit instead of waiting
-        // for it and then paying a commit of their own.
+        // The group is every request queued by the time the one before it has run (up
+        // to the bounds above), so those that arrive while the group runs share its
+        // commit instead of waiting for it and then paying a commit of their own.
         while let Some(job) = next.take() {
             completions.push(job(conn));
             jobs += 1;
@@ -216,8 +242,9 @@ fn run_loop(conn: &Connection, rx: &Receiver<Job>, upkeep: Upkeep, totals: &Tota
                     tracing::error!(error = %e, "store writer cannot begin a transaction");
                     break;
                 }
+                begun += 1;
             }
-            if jobs < MAX_GROUP {
+            if jobs < MAX_GROUP && started.elapsed() < budget {
                 next = rx.try_recv().ok();
             }
         }
@@ -229,13 +256,13 @@ fn run_loop(conn: &Connection, rx: &Receiver<Job>, upkeep: Upkeep, totals: &Tota
             exec(conn, "COMMIT").map_err(|e| e.to_string())
         };
         let committing = started.elapsed() - ran;
-        window.transactions += 1;
+        window.transactions += begun;
         window.jobs += jobs as u64;
         window.largest = window.largest.max(jobs);
         window.run += ran;
         window.commit += committing;
         let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        totals.transactions.fetch_add(1, Ordering::Relaxed);
+        totals.transactions.fetch_add(begun, Ordering::Relaxed);
         totals.jobs.fetch_add(jobs as u64, Ordering::Relaxed);
         totals.run_micros.fetch_add(micros(ran), Ordering::Relaxed);
         totals
@@ -279,7 +306,7 @@ mod tests {
         let conn = Connection::open(dir.path().join("w.db")).unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
             .unwrap();
-        let w = Writer::start(conn, |_| Ok(())).unwrap();
+        let w = unhurried(conn);
         let (hold, held) = std::sync::mpsc::channel::<()>();
         let (running, is_running) = oneshot::channel::<()>();
         let first = w.submit(move |c| {
@@ -300,6 +327,123 @@ mod tests {
         assert_eq!((t.transactions, t.jobs), (1, 4));
     }
 
+    /// A writer whose groups take late arrivals however long they have run: the tests
+    /// hold a group's first request while they queue the next ones.
+    fn unhurried(conn: Connection) -> Writer {
+        Writer::start_with_budget(conn, |_| Ok(()), std::time::Duration::from_secs(3600)).unwrap()
+    }
+
+    /// A group that has run for its budget takes no more requests: the ones queued
+    /// meanwhile commit in the next transaction.
+    #[tokio::test]
+    async fn a_group_past_its_run_budget_takes_no_more_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("w.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
+            .unwrap();
+        let w = Writer::start_with_budget(conn, |_| Ok(()), std::time::Duration::from_millis(50))
+            .unwrap();
+        let (hold, held) = std::sync::mpsc::channel::<()>();
+        let (running, is_running) = oneshot::channel::<()>();
+        let first = w.submit(move |_| {
+            let _ = running.send(());
+            let _ = held.recv();
+            std::thread::sleep(std::time::Duration::from_millis(60));
+            Ok(())
+        });
+        is_running.await.unwrap();
+        let later: Vec<_> = (1..=3)
+            .map(|v| w.submit(move |c| Ok(c.execute("INSERT INTO t (v) VALUES (?1)", [v])?)))
+            .collect();
+        hold.send(()).unwrap();
+        first.await.unwrap();
+        for l in later {
+            assert_eq!(l.await.unwrap(), 1);
+        }
+        let t = w.totals();
+        assert_eq!((t.transactions, t.jobs), (2, 4));
+    }
+
+    /// A writer whose store is locked by another connection and does not wait for it.
+    fn locked_writer(dir: &std::path::Path) -> (Writer, std::path::PathBuf) {
+        let path = dir.join("w.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
+            .unwrap();
+        conn.busy_timeout(std::time::Duration::ZERO).unwrap();
+        (unhurried(conn), path)
+    }
+
+    fn values(path: &std::path::Path) -> Vec<i64> {
+        let conn = Connection::open(path).unwrap();
+        let mut st = conn.prepare("SELECT v FROM t ORDER BY v").unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// While no transaction can begin, requests fail with UNAVAILABLE, nothing runs,
+    /// and the writer serves the next request once the store is free again.
+    #[tokio::test]
+    async fn a_request_fails_unrun_when_no_transaction_can_begin() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, path) = locked_writer(dir.path());
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let refused = w
+            .run(|c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?))
+            .await;
+        assert!(
+            matches!(&refused, Err(Error::Unavailable(m)) if m.contains("no transaction could begin")),
+            "{refused:?}"
+        );
+        other.execute_batch("COMMIT").unwrap();
+        let ran = w.run(|c| Ok(c.execute("INSERT INTO t (v) VALUES (2)", [])?));
+        assert_eq!(ran.await.unwrap(), 1);
+        assert_eq!(values(&path), vec![2]);
+    }
+
+    /// When SQLite rolls a group back and no new transaction can begin, the rest of the
+    /// group stays queued: it is not run outside a transaction, it fails while the
+    /// store stays locked, and later requests run once it is free.
+    #[tokio::test]
+    async fn the_rest_of_a_rolled_back_group_never_runs_outside_a_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, path) = locked_writer(dir.path());
+        let (hold, held) = std::sync::mpsc::channel::<()>();
+        let (running, is_running) = oneshot::channel::<()>();
+        let first = w.submit(move |c| {
+            let _ = running.send(());
+            let _ = held.recv();
+            Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?)
+        });
+        is_running.await.unwrap();
+        // Ends the transaction as SQLite would, then takes the store's lock elsewhere.
+        let (lock_tx, lock_rx) = std::sync::mpsc::channel::<Connection>();
+        let lock_path = path.clone();
+        let rolled_back = w.submit(move |c| {
+            c.execute_batch("ROLLBACK")?;
+            let other = Connection::open(&lock_path)?;
+            other.execute_batch("BEGIN IMMEDIATE")?;
+            let _ = lock_tx.send(other);
+            Ok(())
+        });
+        let rest = w.submit(|c| Ok(c.execute("INSERT INTO t (v) VALUES (3)", [])?));
+        hold.send(()).unwrap();
+        assert!(first.await.is_err(), "its transaction was rolled back");
+        assert!(rolled_back.await.is_err());
+        assert!(
+            matches!(&rest.await, Err(Error::Unavailable(_))),
+            "the rest fails unrun while the store is locked"
+        );
+        let other = lock_rx.recv().unwrap();
+        other.execute_batch("COMMIT").unwrap();
+        let later = w.run(|c| Ok(c.execute("INSERT INTO t (v) VALUES (4)", [])?));
+        assert_eq!(later.await.unwrap(), 1);
+        assert_eq!(values(&path), vec![4]);
+    }
+
     /// A transaction that SQLite rolls back by itself in the middle of a group fails
     /// every request that ran in it — answered at once, so that what their answers hold
     /// is released before the rest runs — and the requests after it still commit in a
@@ -310,7 +454,7 @@ mod tests {
         let conn = Connection::open(dir.path().join("w.db")).unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
             .unwrap();
-        let w = Writer::start(conn, |_| Ok(())).unwrap();
+        let w = unhurried(conn);
         // Hold the writer in a first job so that the next three are queued by the time
         // it has run: all four share one transaction.
         let (hold, held) = std::sync::mpsc::channel::<()>();

@@ -297,27 +297,73 @@ fn run_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::{
+        future::Future,
+        path::{Path, PathBuf},
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+            mpsc,
+        },
+        time::Duration,
+    };
+
+    /// A store file with one table `t (v)`, and a connection to it.
+    fn table_db(dir: &Path) -> (Connection, PathBuf) {
+        let path = dir.join("w.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
+            .unwrap();
+        (conn, path)
+    }
+
+    /// The values in `t`, read through a connection of its own.
+    fn values(path: &Path) -> Vec<i64> {
+        let conn = Connection::open(path).unwrap();
+        let mut st = conn.prepare("SELECT v FROM t ORDER BY v").unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// A writer whose groups take late arrivals however long they have run: the tests
+    /// hold a group's first request while they queue the next ones.
+    fn unhurried(conn: Connection) -> Writer {
+        Writer::start_with_budget(conn, |_| Ok(()), Duration::from_secs(3600)).unwrap()
+    }
+
+    /// Submits a first request that holds the writer until the returned sender is
+    /// used, then does `then`; returns once it runs, so that what is submitted next
+    /// queues behind it.
+    async fn held_first<'w, R: Send + 'static>(
+        w: &'w Writer,
+        then: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> (impl Future<Output = Result<R>> + 'w, mpsc::Sender<()>) {
+        let (hold, held) = mpsc::channel::<()>();
+        let (running, is_running) = oneshot::channel::<()>();
+        let first = w.submit(move |c| {
+            let _ = running.send(());
+            let _ = held.recv();
+            then(c)
+        });
+        is_running.await.unwrap();
+        (first, hold)
+    }
+
+    fn insert(w: &Writer, v: i64) -> impl Future<Output = Result<usize>> + '_ {
+        w.submit(move |c| Ok(c.execute("INSERT INTO t (v) VALUES (?1)", [v])?))
+    }
 
     /// Requests that arrive while a group runs join its transaction: one commit for all,
     /// rather than a second commit after the first.
     #[tokio::test]
     async fn requests_queued_while_a_group_runs_share_its_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("w.db")).unwrap();
-        conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
-            .unwrap();
-        let w = unhurried(conn);
-        let (hold, held) = std::sync::mpsc::channel::<()>();
-        let (running, is_running) = oneshot::channel::<()>();
-        let first = w.submit(move |c| {
-            let _ = running.send(());
-            let _ = held.recv();
-            Ok(c.execute("INSERT INTO t (v) VALUES (0)", [])?)
-        });
-        is_running.await.unwrap();
-        let later: Vec<_> = (1..=3)
-            .map(|v| w.submit(move |c| Ok(c.execute("INSERT INTO t (v) VALUES (?1)", [v])?)))
-            .collect();
+        let w = unhurried(table_db(dir.path()).0);
+        let (first, hold) =
+            held_first(&w, |c| Ok(c.execute("INSERT INTO t (v) VALUES (0)", [])?)).await;
+        let later: Vec<_> = (1..=3).map(|v| insert(&w, v)).collect();
         hold.send(()).unwrap();
         assert_eq!(first.await.unwrap(), 1);
         for l in later {
@@ -327,34 +373,19 @@ mod tests {
         assert_eq!((t.transactions, t.jobs), (1, 4));
     }
 
-    /// A writer whose groups take late arrivals however long they have run: the tests
-    /// hold a group's first request while they queue the next ones.
-    fn unhurried(conn: Connection) -> Writer {
-        Writer::start_with_budget(conn, |_| Ok(()), std::time::Duration::from_secs(3600)).unwrap()
-    }
-
     /// A group that has run for its budget takes no more requests: the ones queued
     /// meanwhile commit in the next transaction.
     #[tokio::test]
     async fn a_group_past_its_run_budget_takes_no_more_requests() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("w.db")).unwrap();
-        conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
-            .unwrap();
-        let w = Writer::start_with_budget(conn, |_| Ok(()), std::time::Duration::from_millis(50))
-            .unwrap();
-        let (hold, held) = std::sync::mpsc::channel::<()>();
-        let (running, is_running) = oneshot::channel::<()>();
-        let first = w.submit(move |_| {
-            let _ = running.send(());
-            let _ = held.recv();
-            std::thread::sleep(std::time::Duration::from_millis(60));
+        let (conn, _) = table_db(dir.path());
+        let w = Writer::start_with_budget(conn, |_| Ok(()), Duration::from_millis(50)).unwrap();
+        let (first, hold) = held_first(&w, |_| {
+            std::thread::sleep(Duration::from_millis(60));
             Ok(())
-        });
-        is_running.await.unwrap();
-        let later: Vec<_> = (1..=3)
-            .map(|v| w.submit(move |c| Ok(c.execute("INSERT INTO t (v) VALUES (?1)", [v])?)))
-            .collect();
+        })
+        .await;
+        let later: Vec<_> = (1..=3).map(|v| insert(&w, v)).collect();
         hold.send(()).unwrap();
         first.await.unwrap();
         for l in later {
@@ -365,22 +396,10 @@ mod tests {
     }
 
     /// A writer whose store is locked by another connection and does not wait for it.
-    fn locked_writer(dir: &std::path::Path) -> (Writer, std::path::PathBuf) {
-        let path = dir.join("w.db");
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
-            .unwrap();
-        conn.busy_timeout(std::time::Duration::ZERO).unwrap();
+    fn locked_writer(dir: &Path) -> (Writer, PathBuf) {
+        let (conn, path) = table_db(dir);
+        conn.busy_timeout(Duration::ZERO).unwrap();
         (unhurried(conn), path)
-    }
-
-    fn values(path: &std::path::Path) -> Vec<i64> {
-        let conn = Connection::open(path).unwrap();
-        let mut st = conn.prepare("SELECT v FROM t ORDER BY v").unwrap();
-        st.query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap()
     }
 
     /// While no transaction can begin, requests fail with UNAVAILABLE, nothing runs,
@@ -391,16 +410,13 @@ mod tests {
         let (w, path) = locked_writer(dir.path());
         let other = Connection::open(&path).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let refused = w
-            .run(|c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?))
-            .await;
+        let refused = insert(&w, 1).await;
         assert!(
             matches!(&refused, Err(Error::Unavailable(m)) if m.contains("no transaction could begin")),
             "{refused:?}"
         );
         other.execute_batch("COMMIT").unwrap();
-        let ran = w.run(|c| Ok(c.execute("INSERT INTO t (v) VALUES (2)", [])?));
-        assert_eq!(ran.await.unwrap(), 1);
+        assert_eq!(insert(&w, 2).await.unwrap(), 1);
         assert_eq!(values(&path), vec![2]);
     }
 
@@ -411,16 +427,10 @@ mod tests {
     async fn the_rest_of_a_rolled_back_group_never_runs_outside_a_transaction() {
         let dir = tempfile::tempdir().unwrap();
         let (w, path) = locked_writer(dir.path());
-        let (hold, held) = std::sync::mpsc::channel::<()>();
-        let (running, is_running) = oneshot::channel::<()>();
-        let first = w.submit(move |c| {
-            let _ = running.send(());
-            let _ = held.recv();
-            Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?)
-        });
-        is_running.await.unwrap();
+        let (first, hold) =
+            held_first(&w, |c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?)).await;
         // Ends the transaction as SQLite would, then takes the store's lock elsewhere.
-        let (lock_tx, lock_rx) = std::sync::mpsc::channel::<Connection>();
+        let (lock_tx, lock_rx) = mpsc::channel::<Connection>();
         let lock_path = path.clone();
         let rolled_back = w.submit(move |c| {
             c.execute_batch("ROLLBACK")?;
@@ -429,7 +439,7 @@ mod tests {
             let _ = lock_tx.send(other);
             Ok(())
         });
-        let rest = w.submit(|c| Ok(c.execute("INSERT INTO t (v) VALUES (3)", [])?));
+        let rest = insert(&w, 3);
         hold.send(()).unwrap();
         assert!(first.await.is_err(), "its transaction was rolled back");
         assert!(rolled_back.await.is_err());
@@ -439,8 +449,7 @@ mod tests {
         );
         let other = lock_rx.recv().unwrap();
         other.execute_batch("COMMIT").unwrap();
-        let later = w.run(|c| Ok(c.execute("INSERT INTO t (v) VALUES (4)", [])?));
-        assert_eq!(later.await.unwrap(), 1);
+        assert_eq!(insert(&w, 4).await.unwrap(), 1);
         assert_eq!(values(&path), vec![4]);
     }
 
@@ -451,29 +460,20 @@ mod tests {
     #[tokio::test]
     async fn a_transaction_rolled_back_by_sqlite_fails_what_ran_in_it() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("w.db")).unwrap();
-        conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
-            .unwrap();
+        let (conn, path) = table_db(dir.path());
         let w = unhurried(conn);
-        // Hold the writer in a first job so that the next three are queued by the time
-        // it has run: all four share one transaction.
-        let (hold, held) = std::sync::mpsc::channel::<()>();
-        let (running, is_running) = oneshot::channel::<()>();
-        let first = w.submit(move |_| {
-            let _ = running.send(());
-            let _ = held.recv();
-            Ok(())
-        });
-        is_running.await.unwrap();
+        // The next three are queued by the time the held first has run: all four share
+        // one transaction.
+        let (first, hold) = held_first(&w, |_| Ok(())).await;
         // What a job's answer may hold (a claimed settlement id): released on drop.
-        struct Claim(std::sync::Arc<std::sync::atomic::AtomicBool>);
+        struct Claim(Arc<AtomicBool>);
         impl Drop for Claim {
             fn drop(&mut self) {
-                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.0.store(true, Ordering::SeqCst);
             }
         }
-        let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let claim = Claim(std::sync::Arc::clone(&released));
+        let released = Arc::new(AtomicBool::new(false));
+        let claim = Claim(Arc::clone(&released));
         let before = w.submit(move |c| {
             c.execute("INSERT INTO t (v) VALUES (1)", [])?;
             Ok(claim)
@@ -481,9 +481,9 @@ mod tests {
         // What SQLite does on SQLITE_FULL or an I/O error: the transaction ends.
         let rolled_back = w.submit(|c| Ok(c.execute_batch("ROLLBACK")?));
         // The lost requests are answered (their claims released) before the rest runs.
-        let seen = std::sync::Arc::clone(&released);
+        let seen = Arc::clone(&released);
         let after = w.submit(move |c| {
-            if !seen.load(std::sync::atomic::Ordering::SeqCst) {
+            if !seen.load(Ordering::SeqCst) {
                 return Err(Error::Internal(
                     "a lost request still holds its claim".into(),
                 ));
@@ -495,16 +495,6 @@ mod tests {
         assert!(before.await.is_err(), "its transaction was rolled back");
         assert!(rolled_back.await.is_err());
         assert_eq!(after.await.unwrap(), 1);
-        let rows: Vec<i64> = w
-            .run(|c| {
-                let mut st = c.prepare("SELECT v FROM t ORDER BY v")?;
-                let v = st
-                    .query_map([], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
-                Ok(v)
-            })
-            .await
-            .unwrap();
-        assert_eq!(rows, vec![3]);
+        assert_eq!(values(&path), vec![3]);
     }
 }

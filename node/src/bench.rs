@@ -1557,33 +1557,26 @@ async fn bare_write_phase(ctx: &Arc<Ctx>, store: &crate::store::Store) -> (f64, 
     .await
 }
 
-/// What the ceiling phases found.
-struct Ceilings {
-    /// Bare calls per second (none when no call succeeded).
-    call_rate: Option<f64>,
-    /// CPU of a bare call and of a bare write, in ms (in-process nodes only).
-    cpu_ms: Option<(f64, f64)>,
-    json: Value,
-}
-
-impl Ceilings {
-    /// The least CPU a cross-region settlement can take (hospital → treatment node and
-    /// treatment → home node: two calls, when the home node's eligibility answer is
-    /// reused, else three; the intent, the claim at the home node and the outcome:
-    /// three writes), in ms, and the most settlements per second the machine's cores
-    /// could then carry. Like every CPU figure of an in-process run, a call's includes
-    /// the load generator's side of it.
-    fn cross_region_settle(&self) -> Option<(f64, f64)> {
-        let (call, write) = self.cpu_ms?;
-        let ms = 2.0 * call + 3.0 * write;
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        (ms > 0.0).then(|| (ms, cores as f64 * 1e3 / ms))
-    }
+/// The least CPU a cross-region settlement can take, from a bare call's and a bare
+/// write's (hospital → treatment node and treatment → home node: two calls, when the
+/// home node's eligibility answer is reused, else three; the intent, the claim at the
+/// home node and the outcome: three writes), in ms, and the most settlements per second
+/// the machine's cores could then carry. Like every CPU figure of an in-process run, a
+/// call's includes the load generator's side of it.
+fn least_cross_region_settle(call_ms: f64, write_ms: f64) -> Option<(f64, f64)> {
+    let ms = 2.0 * call_ms + 3.0 * write_ms;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    (ms > 0.0).then(|| (ms, cores as f64 * 1e3 / ms))
 }
 
 /// The ceiling phases: bare calls, then bare writes (see [`bare_call_phase`] and
-/// [`bare_write_phase`]), each with its CPU per operation; printed and as JSON.
-async fn ceilings(ctx: &Arc<Ctx>, dir: &Path, in_process: bool) -> anyhow::Result<Ceilings> {
+/// [`bare_write_phase`]), each with its CPU per operation; printed, and returned as
+/// JSON beside the bare call rate (none when no call succeeded).
+async fn ceilings(
+    ctx: &Arc<Ctx>,
+    dir: &Path,
+    in_process: bool,
+) -> anyhow::Result<(Option<f64>, Value)> {
     let per_op = |cpu, n: u64| {
         in_process
             .then(|| CpuPerOp::between(cpu, n as usize))
@@ -1624,15 +1617,10 @@ async fn ceilings(ctx: &Arc<Ctx>, dir: &Path, in_process: bool) -> anyhow::Resul
         println!("  CPU per call: {}", c.text());
         println!("  CPU per write: {}", w.text());
     }
-    let mut out = Ceilings {
-        call_rate: (call_rate > 0.0).then_some(call_rate),
-        cpu_ms: call_cpu
-            .as_ref()
-            .zip(write_cpu.as_ref())
-            .map(|(c, w)| (c.total_ms, w.total_ms)),
-        json: Value::Null,
-    };
-    let settle = out.cross_region_settle();
+    let settle = call_cpu
+        .as_ref()
+        .zip(write_cpu.as_ref())
+        .and_then(|(c, w)| least_cross_region_settle(c.total_ms, w.total_ms));
     if let Some((ms, rate)) = settle {
         println!(
             "  a cross-region settlement (2 calls, 3 writes) takes at least {ms:.3} ms of CPU: at most {rate:.0}/s on these cores"
@@ -1649,13 +1637,13 @@ async fn ceilings(ctx: &Arc<Ctx>, dir: &Path, in_process: bool) -> anyhow::Resul
     };
     let mut w = phase(write_secs, write_rate, &writes, &write_stats, &write_cpu);
     w["requests_per_transaction"] = json!(per_tx);
-    out.json = json!({
+    let json = json!({
         "bare_calls": phase(call_secs, call_rate, &calls, &call_stats, &call_cpu),
         "bare_writes": w,
         "cross_region_settle_min_cpu_ms": settle.map(|s| s.0),
         "cross_region_settle_max_per_second": settle.map(|s| s.1),
     });
-    Ok(out)
+    Ok(((call_rate > 0.0).then_some(call_rate), json))
 }
 
 /// Prepares `n` visits with `--concurrency` clients (cross-region only when asked).
@@ -2149,10 +2137,10 @@ async fn drive(
     }
 
     // What the machine's cores carry of bare calls and writes, before any work of ours.
-    let ceilings = if args.ceiling_seconds > 0 {
-        let c = ceilings(&ctx, &root.join("ceiling-store"), in_process).await?;
-        report.insert("ceilings".into(), c.json.clone());
-        Some(c)
+    let bare_call_rate = if args.ceiling_seconds > 0 {
+        let (rate, json) = ceilings(&ctx, &root.join("ceiling-store"), in_process).await?;
+        report.insert("ceilings".into(), json);
+        rate
     } else {
         None
     };
@@ -2184,10 +2172,7 @@ async fn drive(
                 args.concurrency
             );
             println!("{}", line("PreSettle", &ps));
-            let share = ceilings
-                .as_ref()
-                .and_then(|c| c.call_rate)
-                .map(|r| rate / r);
+            let share = bare_call_rate.map(|r| rate / r);
             let notes: Vec<String> = share
                 .map(|s| format!("{:.0} % of the bare call rate", 100.0 * s))
                 .into_iter()

@@ -215,7 +215,7 @@ impl StoreCounters {
     fn register(&self, registry: &mut Registry) {
         registry.register(
             "yidi_store_transactions",
-            "Transactions the store's single writer ran (group commit: one fsync each; a failed commit counts too)",
+            "Transactions the store's single writer began (group commit: one fsync each; a failed commit, or one SQLite rolled back, counts too)",
             self.transactions.clone(),
         );
         registry.register(

@@ -239,6 +239,14 @@ pub fn write_peers(path: &std::path::Path, addrs: &[(String, SocketAddr)]) {
     std::fs::write(path, text).expect("write peers file");
 }
 
+/// Noon (UTC+8) on the 15th of `period` (YYYY-MM): a coordinator clock for which that
+/// period is the current one.
+pub fn mid_period(period: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(&format!("{period}-15T12:00:00+08:00"))
+        .expect("a period like 2026-05")
+        .with_timezone(&chrono::Utc)
+}
+
 /// A coordinator running inside the test process.
 pub struct TestCoordinator {
     pub addr: SocketAddr,
@@ -256,6 +264,22 @@ impl TestCoordinator {
             .await
             .expect("bind loopback");
         Self::start_on(listener, data_dir, participants_file).await
+    }
+
+    /// Starts with the coordinator's clock fixed at `now`: which periods it takes for
+    /// past, current and future.
+    pub async fn start_at(
+        data_dir: PathBuf,
+        participants_file: PathBuf,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        Self::start_with(listener, data_dir, participants_file, |c| {
+            c.clock = yidi_node::coordinator::Clock::fixed(now);
+        })
+        .await
     }
 
     /// Starts on a bound listener (a restart reuses the old address).

@@ -71,8 +71,13 @@ pub const CLEARING_ROLE_ADMIN_METHODS: &[&str] = &[
 
 /// CoordinatorService calls that only read: open to the province's `admin` operators
 /// and to the registered nodes; everything else needs a `clearing` operator.
-pub const COORDINATOR_READ_METHODS: &[&str] =
-    &["GetRound", "ListRounds", "ListDisputes", "GetStatement"];
+pub const COORDINATOR_READ_METHODS: &[&str] = &[
+    "GetRound",
+    "ListRounds",
+    "ListDisputes",
+    "GetStatement",
+    "ListTransfers",
+];
 
 /// Who is calling, as the request's extensions carry it.
 #[derive(Debug, Clone)]

@@ -619,6 +619,7 @@ async fn round(args: &ClearingBenchArgs, shape: &Shape, agg: &[PairAgg]) -> anyh
             request_id: "bench-open".into(),
             period: period.clone(),
             early: true,
+            allow_empty: false,
         })
         .await?
         .into_inner();

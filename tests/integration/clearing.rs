@@ -21,7 +21,7 @@ use yidi_common::{
 };
 use yidi_tests::{
     fixtures::{filing, id_number, institution, item, person, publish_policies},
-    harness::{Federation, TestCoordinator},
+    harness::{Federation, TestCoordinator, mid_period},
 };
 
 const HZ: &str = "330100";
@@ -163,6 +163,7 @@ async fn open(c: &mut CoordinatorServiceClient<Channel>, rid: &str, period: &str
         request_id: rid.into(),
         period: period.into(),
         early: true,
+        allow_empty: false,
     })
     .await
     .unwrap()
@@ -322,7 +323,8 @@ async fn full_round_dispute_late_claims_and_privacy() {
         c.open_round(proto::OpenRoundRequest {
             request_id: "open-2".into(),
             period: period.clone(),
-            early: true
+            early: true,
+            allow_empty: false,
         })
         .await
         .unwrap_err()
@@ -506,7 +508,8 @@ async fn full_round_dispute_late_claims_and_privacy() {
         c.open_round(proto::OpenRoundRequest {
             request_id: "open-3".into(),
             period: period.clone(),
-            early: true
+            early: true,
+            allow_empty: false,
         })
         .await
         .unwrap_err()
@@ -514,7 +517,37 @@ async fn full_round_dispute_late_claims_and_privacy() {
         Code::FailedPrecondition
     );
 
-    // The coordinator restarts mid-round; Ningbo's operator confirms by hand.
+    // The next period cannot be opened before it begins, early or not.
+    let future = c
+        .open_round(proto::OpenRoundRequest {
+            request_id: "open-next-too-soon".into(),
+            period: next.clone(),
+            early: true,
+            allow_empty: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(future.code(), Code::FailedPrecondition, "{future:?}");
+    assert!(
+        future
+            .message()
+            .contains(&format!("period {next} is in the future"))
+            && future
+                .message()
+                .contains(&format!("current period is {period}")),
+        "{future:?}"
+    );
+
+    // A month on (the coordinator's clock in the next period), the coordinator restarts
+    // mid-round; Ningbo's operator confirms by hand.
+    coord.stop().await;
+    let coord = TestCoordinator::start_at(
+        dir.path().join("coordinator"),
+        fed.peers_file.clone(),
+        mid_period(&next),
+    )
+    .await;
+    let mut c = coord.client().await;
     fed.stop(NB).await;
     fed.restart(NB, |c| c.clearing_auto_confirm = false).await;
     let round2 = open(&mut c, "open-4", &next).await;
@@ -673,5 +706,310 @@ async fn an_aborted_round_releases_its_records_for_the_next_round() {
         round_at(&fed, WZ, &second.round_id).await,
         Some(("frozen".to_owned(), 1))
     );
+    coord.stop().await;
+}
+
+fn open_req(rid: &str, period: &str, early: bool, allow_empty: bool) -> proto::OpenRoundRequest {
+    proto::OpenRoundRequest {
+        request_id: rid.into(),
+        period: period.into(),
+        early,
+        allow_empty,
+    }
+}
+
+/// The coordinator's own clock decides what is in the future: a future period is
+/// refused early or not (naming the coordinator's current period), the current one
+/// needs `early`. A period without a single record ends ABORTED with a note and clears
+/// nothing (an earlier period can still be opened); with `allow_empty` it settles with
+/// no transfers, and the periods before it count as cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn future_periods_are_refused_and_empty_periods_need_allow_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = Federation::start(dir.path(), &[HZ, NB]).await;
+    let coord = TestCoordinator::start_at(
+        dir.path().join("coordinator"),
+        fed.peers_file.clone(),
+        mid_period("2026-12"),
+    )
+    .await;
+    let mut c = coord.client().await;
+
+    for (period, early) in [("2027-01", true), ("2031-07", true), ("2027-01", false)] {
+        let e = c
+            .open_round(open_req(
+                &format!("f-{period}-{early}"),
+                period,
+                early,
+                false,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{period}: {e:?}");
+        assert!(
+            e.message().starts_with(&format!(
+                "period {period} is in the future: the coordinator's current period is 2026-12"
+            )),
+            "{e:?}"
+        );
+    }
+    let e = c
+        .open_round(open_req("now-not-early", "2026-12", false, false))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("period 2026-12 is not over yet"),
+        "{e:?}"
+    );
+    let rounds = c.list_rounds(proto::ListRoundsRequest {}).await.unwrap();
+    assert!(
+        rounds.into_inner().rounds.is_empty(),
+        "refusals open nothing"
+    );
+
+    // An empty period without allow_empty: aborted, nothing cleared.
+    let r = c
+        .open_round(open_req("empty-1", "2026-11", false, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.allow_empty);
+    let r = c.run_round(rr(&r.round_id)).await.unwrap().into_inner();
+    assert_eq!(r.state, "ABORTED", "{r:?}");
+    assert!(
+        r.note.starts_with(
+            "empty period: no participant has a record of 2026-11; nothing was cleared"
+        ) && r.note.contains("yidi clearing open 2026-11 --allow-empty"),
+        "{r:?}"
+    );
+    for region in [HZ, NB] {
+        assert_eq!(
+            round_at(&fed, region, &r.round_id).await,
+            Some(("released".to_owned(), 0)),
+            "{region}"
+        );
+    }
+
+    // An earlier period is not blocked by it; with allow_empty the empty period settles
+    // with no transfers and says so.
+    let r = c
+        .open_round(open_req("empty-2", "2026-10", false, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        r.allow_empty && r.note.contains("opened with allow_empty"),
+        "{r:?}"
+    );
+    let r = c.run_round(rr(&r.round_id)).await.unwrap().into_inner();
+    assert_eq!(
+        (r.state.as_str(), r.note.as_str(), r.transfers_expected),
+        (
+            "SETTLED",
+            "empty period settled with no transfers (opened with allow_empty)",
+            0
+        ),
+        "{r:?}"
+    );
+    assert!(r.cleared.is_empty() || r.cleared == [HZ.to_owned(), NB.to_owned()]);
+    let e = c
+        .open_round(open_req("before", "2026-09", false, false))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("period 2026-10 is already cleared"),
+        "{e:?}"
+    );
+    assert!(
+        c.list_transfers(rr(&r.round_id))
+            .await
+            .unwrap()
+            .into_inner()
+            .transfers
+            .is_empty()
+    );
+    let e = c.list_transfers(rr("2026-01-r9")).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    coord.stop().await;
+}
+
+/// A recorded transfer reads back; a second recording of the same pair is refused with
+/// advice that works, whatever its request id; a correction keeps the old reference as
+/// version 1, is idempotent by request id, and checks its fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_transfers_read_back_and_corrections_keep_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = Federation::start(dir.path(), &[HZ, NB]).await;
+    prepare(&fed).await;
+    let s = inpatient(&fed, HZ, NB, 31, "10000.00").await;
+    wait_outboxes(&fed).await;
+    let coord =
+        TestCoordinator::start(dir.path().join("coordinator"), fed.peers_file.clone()).await;
+    let mut c = coord.client().await;
+    let round = open(&mut c, "open-t", &s.period).await.round_id;
+    let r = c.run_round(rr(&round)).await.unwrap().into_inner();
+    assert_eq!(r.state, "CONFIRMED", "{r:?}");
+    let st = c.get_statement(rr(&round)).await.unwrap().into_inner();
+    // Hangzhou pays the clearing account, which pays Ningbo: the claim's fund share.
+    assert_eq!(st.instructions.len(), 2, "{st:?}");
+    let ins = st.instructions[0].clone();
+    assert_eq!(m(&ins.amount), fund(&s));
+    let record = |rid: &str, reference: &str| proto::RecordTransferRequest {
+        request_id: rid.into(),
+        round_id: round.clone(),
+        from_region: ins.from_region.clone(),
+        to_region: ins.to_region.clone(),
+        amount: ins.amount.clone(),
+        reference: reference.into(),
+    };
+    let r = c
+        .record_transfer(record("x1", "BANK-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.transfers_recorded, r.transfers_expected), (1, 2));
+    // The same request again: the same answer.
+    assert_eq!(
+        c.record_transfer(record("x1", "BANK-1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .transfers_recorded,
+        1
+    );
+    let before = c.list_transfers(rr(&round)).await.unwrap().into_inner();
+    assert_eq!(before.transfers.len(), 1);
+    let t = &before.transfers[0];
+    assert_eq!(
+        (t.amount.as_str(), t.reference.as_str(), t.history.len()),
+        (ins.amount.as_str(), "BANK-1", 1)
+    );
+    assert_eq!(
+        (
+            t.history[0].version,
+            t.history[0].request_id.as_str(),
+            t.history[0].reason.as_str()
+        ),
+        (1, "x1", "")
+    );
+    // Another reference, under the same id and under a new one: both refused the same
+    // way, pointing at the correction; nothing changes.
+    for rid in ["x1", "x2"] {
+        let e = c.record_transfer(record(rid, "BANK-2")).await.unwrap_err();
+        assert_eq!(e.code(), Code::AlreadyExists, "{rid}: {e:?}");
+        assert!(
+            e.message().contains(&format!(
+                "the transfer {} → {} of round {round} is already recorded (amount {}, reference \"BANK-1\")",
+                ins.from_region, ins.to_region, ins.amount
+            )) && e.message().contains("CorrectTransfer")
+                && !e.message().contains("new request id"),
+            "{rid}: {e:?}"
+        );
+    }
+    assert_eq!(
+        c.list_transfers(rr(&round)).await.unwrap().into_inner(),
+        before
+    );
+
+    let correct =
+        |rid: &str, from: &str, reference: &str, reason: &str| proto::CorrectTransferRequest {
+            request_id: rid.into(),
+            round_id: round.clone(),
+            from_region: from.into(),
+            to_region: ins.to_region.clone(),
+            reference: reference.into(),
+            reason: reason.into(),
+        };
+    for (req, code, needle) in [
+        (
+            correct("k0", &ins.from_region, "BANK-2", " "),
+            Code::InvalidArgument,
+            "reason",
+        ),
+        (
+            correct("k0", &ins.from_region, "", "typo"),
+            Code::InvalidArgument,
+            "reference",
+        ),
+        (
+            correct("k0", &ins.from_region, "BANK-1", "typo"),
+            Code::InvalidArgument,
+            "nothing to correct",
+        ),
+        (
+            correct("k0", WZ, "BANK-2", "typo"),
+            Code::NotFound,
+            "has no recorded transfer",
+        ),
+    ] {
+        let e = c.correct_transfer(req).await.unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+        assert!(e.message().contains(needle), "{e:?}");
+    }
+    assert_eq!(
+        c.list_transfers(rr(&round)).await.unwrap().into_inner(),
+        before
+    );
+    let fixed = c
+        .correct_transfer(correct("k1", &ins.from_region, "BANK-2", "typo"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        c.correct_transfer(correct("k1", &ins.from_region, "BANK-2", "typo"))
+            .await
+            .unwrap()
+            .into_inner(),
+        fixed,
+        "a repeat replays"
+    );
+    assert_eq!(
+        (fixed.reference.as_str(), fixed.amount.as_str()),
+        ("BANK-2", ins.amount.as_str())
+    );
+    assert_eq!(
+        fixed
+            .history
+            .iter()
+            .map(|v| (
+                v.version,
+                v.reference.as_str(),
+                v.reason.as_str(),
+                v.request_id.as_str()
+            ))
+            .collect::<Vec<_>>(),
+        [(1, "BANK-1", "", "x1"), (2, "BANK-2", "typo", "k1")]
+    );
+    assert!(
+        fixed
+            .history
+            .iter()
+            .all(|v| v.operator == "loopback (insecure mode)" && v.amount == ins.amount)
+    );
+    assert_eq!(
+        c.list_transfers(rr(&round))
+            .await
+            .unwrap()
+            .into_inner()
+            .transfers,
+        [fixed]
+    );
+    // The round still settles on its instructions.
+    let last = st.instructions[1].clone();
+    let r = c
+        .record_transfer(proto::RecordTransferRequest {
+            request_id: "x3".into(),
+            round_id: round.clone(),
+            from_region: last.from_region,
+            to_region: last.to_region,
+            amount: last.amount,
+            reference: "BANK-3".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.state, "SETTLED", "{r:?}");
     coord.stop().await;
 }

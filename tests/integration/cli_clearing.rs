@@ -21,7 +21,7 @@ use yidi_tests::{
     fixtures::{
         filing, id_number, institution, item, person, publish_policies, wait_outbox_drained,
     },
-    harness::{Federation, TestCoordinator},
+    harness::{Federation, TestCoordinator, mid_period},
     process::{Run, yidi},
 };
 
@@ -473,6 +473,128 @@ async fn clearing_and_funds_commands_through_the_real_binary() {
     let settled = pay_all(&url, &round, &st).await;
     assert_eq!(settled["state"], "SETTLED", "{settled}");
     assert_eq!(settled["cleared"], serde_json::json!([HZ, NB, WZ]));
+
+    // A recorded transfer reads back with its history; recording it again with another
+    // reference is refused with advice that works (a fresh request id does not: the
+    // transfer is recorded once), and the correction keeps the old reference.
+    let first = &st["instructions"][0];
+    let (from, to, amount) = (
+        first["from_region"].as_str().unwrap(),
+        first["to_region"].as_str().unwrap(),
+        first["amount"].as_str().unwrap(),
+    );
+    let recorded = clearing(&url, &["transfers", &round]).await;
+    assert_eq!(recorded["transfers"].as_array().map(Vec::len), Some(3));
+    // Listed in (from, to) order.
+    let at = recorded["transfers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|t| t["from_region"] == from && t["to_region"] == to)
+        .expect("the first instruction's transfer");
+    let t0 = &recorded["transfers"][at];
+    assert_eq!(
+        (&t0["from_region"], &t0["to_region"], &t0["amount"]),
+        (&Value::from(from), &Value::from(to), &Value::from(amount))
+    );
+    assert_eq!(t0["reference"], format!("BANK-{round}-0"));
+    assert_eq!(t0["history"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        t0["history"][0]["request_id"],
+        format!("xfer:{round}:{from}:{to}")
+    );
+    for extra in [&[][..], &["--request-id", "xfer-fresh-id"][..]] {
+        let mut line = vec![
+            "record-transfer",
+            &round,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--amount",
+            amount,
+            "--reference",
+            "BANK-FIXED",
+        ];
+        line.extend_from_slice(extra);
+        let again = run(argv(&["clearing", "--coordinator", &url], &line))
+            .await
+            .expect_code(1);
+        assert!(
+            again.stderr.contains("error: ALREADY_EXISTS: ")
+                && again.stderr.contains("is already recorded")
+                && again
+                    .stderr
+                    .contains(&format!("yidi clearing correct-transfer {round}"))
+                && !again.stderr.contains("new request id"),
+            "{}",
+            again.stderr
+        );
+    }
+    assert_eq!(clearing(&url, &["transfers", &round]).await, recorded);
+    let corrected = clearing(
+        &url,
+        &[
+            "correct-transfer",
+            &round,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--reference",
+            "BANK-FIXED",
+            "--reason",
+            "typo in the bank reference",
+        ],
+    )
+    .await;
+    let c0 = &corrected["transfers"][0];
+    assert_eq!(
+        (&c0["reference"], &c0["amount"]),
+        (&Value::from("BANK-FIXED"), &Value::from(amount))
+    );
+    let history = c0["history"].as_array().unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|v| (
+                v["version"].as_u64().unwrap(),
+                v["reference"].as_str().unwrap(),
+                v["reason"].as_str().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        [
+            (1, format!("BANK-{round}-0").as_str(), ""),
+            (2, "BANK-FIXED", "typo in the bank reference")
+        ]
+    );
+    assert!(
+        history
+            .iter()
+            .all(|v| v["operator"] == "loopback (insecure mode)"
+                && !v["at"].as_str().unwrap().is_empty()),
+        "{corrected}"
+    );
+    let listed = clearing(&url, &["transfers", &round]).await;
+    for i in 0..3 {
+        let want = if i == at {
+            c0
+        } else {
+            &recorded["transfers"][i]
+        };
+        assert_eq!(listed["transfers"][i], *want, "transfer {i}");
+    }
+    let table = run(argv(
+        &["clearing", "--coordinator", &url],
+        &["transfers", &round],
+    ))
+    .await
+    .expect_code(0);
+    assert!(
+        table.stdout.contains("2 (current)") && table.stdout.contains("typo in the bank reference"),
+        "{}",
+        table.stdout
+    );
     let rounds = admin(&nb, &["clearing", "list"]).await;
     assert_eq!(
         (
@@ -512,6 +634,30 @@ async fn clearing_and_funds_commands_through_the_real_binary() {
     .await
     .expect_code(1);
     assert!(again.stderr.contains("already cleared"), "{}", again.stderr);
+    // The next period is in the future until it begins: refused, early or not.
+    let too_soon = run(argv(
+        &["clearing", "--coordinator", &url],
+        &["open", &next, "--early"],
+    ))
+    .await
+    .expect_code(1);
+    assert!(
+        too_soon.stderr.contains("error: FAILED_PRECONDITION: ")
+            && too_soon
+                .stderr
+                .contains(&format!("period {next} is in the future")),
+        "{}",
+        too_soon.stderr
+    );
+    // A month on: the coordinator's clock in the next period.
+    coord.stop().await;
+    let coord = TestCoordinator::start_at(
+        dir.path().join("coordinator"),
+        fed.peers_file.clone(),
+        mid_period(&next),
+    )
+    .await;
+    let url = format!("http://{}", coord.addr);
     let round2 = clearing(&url, &["open", &next, "--early"]).await["round_id"]
         .as_str()
         .unwrap()

@@ -961,10 +961,13 @@ async fn the_coordinator_clears_over_mutual_tls_for_its_operators_only() {
                 .connect_lazy(),
         )
     };
+    // The current period, which holds the claim just settled (a period without a record
+    // would end ABORTED as empty).
     let open = proto::OpenRoundRequest {
         request_id: "open-1".into(),
-        period: "2026-03".into(),
+        period: yidi_common::period::Period::of(chrono::Utc::now()).to_string(),
         early: true,
+        allow_empty: false,
     };
     // Not the province's clearing operator: refused, no round opened.
     for who in [

@@ -79,11 +79,18 @@ pub enum ClearingCommand {
     Open {
         /// The period to clear, e.g. 2026-05.
         period: String,
-        /// Clear a period that is not over yet (a demo, a test, a mid-month settlement):
-        /// records of the period that arrive after the round freezes are carried into
-        /// the next round. Without it only past periods can be opened.
+        /// Clear the current period before it is over (a demo, a test, a mid-month
+        /// settlement): records of the period that arrive after the round freezes are
+        /// carried into the next round. Without it only past periods can be opened; a
+        /// future period is refused either way.
         #[arg(long)]
         early: bool,
+        /// Settle the round even if no node has a record of the period: it settles
+        /// with no transfers, and the period and every earlier one can no longer be
+        /// opened. Without it a round that finds no record is aborted and nothing is
+        /// cleared.
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Advance a round as far as it can go now: collect positions, reconcile, issue the
     /// statement, collect confirmations, and once every transfer is recorded mark the
@@ -142,6 +149,31 @@ pub enum ClearingCommand {
         /// The bank's reference of the transfer (kept with the round for audit).
         #[arg(long)]
         reference: String,
+    },
+    /// The transfers recorded for a round, with every version of each record (the
+    /// recording and each correction: time, operator, reason, request id).
+    Transfers {
+        /// Round id.
+        round_id: String,
+    },
+    /// Correct the bank reference of a recorded transfer; the old reference stays in
+    /// the transfer's history (`yidi clearing transfers`). The amount and the regions
+    /// are the statement's and cannot change.
+    CorrectTransfer {
+        /// Round id.
+        round_id: String,
+        /// Paying region of the recorded transfer.
+        #[arg(long)]
+        from: String,
+        /// Receiving region of the recorded transfer.
+        #[arg(long)]
+        to: String,
+        /// The corrected bank reference.
+        #[arg(long)]
+        reference: String,
+        /// Why the recorded reference was wrong (kept in the history).
+        #[arg(long)]
+        reason: String,
     },
     /// Abort a round (only before the first confirmation): every node unfreezes its
     /// records, which go into the next round.
@@ -594,6 +626,78 @@ fn write_csv(s: &proto::Statement, path: &Path) -> anyhow::Result<usize> {
     Ok(s.nets.len() + s.instructions.len() + s.gross.len())
 }
 
+// ---------------------------------------------------------------- transfers
+
+fn transfer_json(t: &proto::RecordedTransfer) -> Value {
+    json!({
+        "from_region": t.from_region,
+        "to_region": t.to_region,
+        "amount": t.amount,
+        "reference": t.reference,
+        "history": t.history.iter().map(|v| json!({
+            "version": v.version,
+            "amount": v.amount,
+            "reference": v.reference,
+            "reason": v.reason,
+            "operator": v.operator,
+            "request_id": v.request_id,
+            "at": v.at,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// One row per version of each transfer (the current one last), or as JSON
+/// `{"round_id", "transfers": [{…, "history": [...]}]}`.
+fn print_transfers(round_id: &str, transfers: &[proto::RecordedTransfer], as_json: bool) {
+    if as_json {
+        return output::print_json(&json!({
+            "round_id": round_id,
+            "transfers": transfers.iter().map(transfer_json).collect::<Vec<_>>(),
+        }));
+    }
+    if transfers.is_empty() {
+        return emit(format_args!(
+            "round {round_id} has no recorded transfers; record them with `yidi clearing record-transfer {round_id} …`"
+        ));
+    }
+    let mut t = output::table();
+    t.set_header(vec![
+        Cell::new("from"),
+        Cell::new("to"),
+        right("amount"),
+        right("version"),
+        Cell::new("reference"),
+        Cell::new("at"),
+        Cell::new("operator"),
+        Cell::new("reason"),
+    ]);
+    for tr in transfers {
+        for v in &tr.history {
+            let current = v.reference == tr.reference
+                && tr.history.last().map(|l| l.version) == Some(v.version);
+            t.add_row(vec![
+                Cell::new(&tr.from_region),
+                Cell::new(&tr.to_region),
+                right(&v.amount),
+                right(if current {
+                    format!("{} (current)", v.version)
+                } else {
+                    v.version.to_string()
+                }),
+                Cell::new(&v.reference),
+                Cell::new(&v.at),
+                Cell::new(&v.operator),
+                Cell::new(&v.reason),
+            ]);
+        }
+    }
+    emit(format_args!("{t}"));
+    emit(format_args!(
+        "{} transfer(s) recorded; correct a reference with `yidi clearing correct-transfer {round_id} --from … --to … --reference … --reason …`",
+        transfers.len()
+    ));
+}
+
 // ---------------------------------------------------------------- rounds
 
 /// What the operator does next, by state; printed under a round's table.
@@ -684,14 +788,24 @@ impl Ctx {
 async fn execute(ctx: &mut Ctx, cmd: ClearingCommand) -> anyhow::Result<i32> {
     let mut c = ctx.client.clone();
     match cmd {
-        ClearingCommand::Open { period, early } => {
+        ClearingCommand::Open {
+            period,
+            early,
+            allow_empty,
+        } => {
             // Checked here too so that a typo is refused before a request id is spent.
             let p = Period::parse(&period, "period").map_err(|e| anyhow::anyhow!("{e}"))?;
+            if allow_empty {
+                eprintln!(
+                    "allow-empty: if no node has a record of {p}, the round settles with no transfers and {p} (with every earlier period) can no longer be opened"
+                );
+            }
             let request_id = ctx.issue(|| uuid::Uuid::new_v4().to_string());
             let req = proto::OpenRoundRequest {
                 request_id,
                 period: p.to_string(),
                 early,
+                allow_empty,
             };
             let r = c.open_round(ctx.req(req)).await?.into_inner();
             print_round(&r, ctx.json);
@@ -792,6 +906,33 @@ async fn execute(ctx: &mut Ctx, cmd: ClearingCommand) -> anyhow::Result<i32> {
             };
             let r = c.record_transfer(ctx.req(req)).await?;
             print_round(&r.into_inner(), ctx.json);
+        }
+        ClearingCommand::Transfers { round_id } => {
+            let transfers = c
+                .list_transfers(ctx.req(Ctx::round(&round_id)))
+                .await?
+                .into_inner()
+                .transfers;
+            print_transfers(&round_id, &transfers, ctx.json);
+        }
+        ClearingCommand::CorrectTransfer {
+            round_id,
+            from,
+            to,
+            reference,
+            reason,
+        } => {
+            let request_id = ctx.issue(|| uuid::Uuid::new_v4().to_string());
+            let req = proto::CorrectTransferRequest {
+                request_id,
+                round_id: round_id.clone(),
+                from_region: from,
+                to_region: to,
+                reference,
+                reason,
+            };
+            let t = c.correct_transfer(ctx.req(req)).await?.into_inner();
+            print_transfers(&round_id, std::slice::from_ref(&t), ctx.json);
         }
         ClearingCommand::Abort { round_id } => {
             let r = c.abort_round(ctx.req(Ctx::round(&round_id))).await?;

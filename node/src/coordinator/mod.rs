@@ -10,6 +10,7 @@ pub mod store;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+use chrono::{DateTime, Utc};
 use clap::Args;
 use serde::Deserialize;
 use tokio::{
@@ -93,6 +94,37 @@ struct FileConfig {
     insecure: Option<bool>,
 }
 
+/// The coordinator's clock. It decides which periods are over, current or in the
+/// future; tests (and a drill on a copy of the store) set a fixed instant.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    #[must_use]
+    pub fn system() -> Self {
+        Self(Arc::new(Utc::now))
+    }
+
+    /// Always `t`.
+    #[must_use]
+    pub fn fixed(t: DateTime<Utc>) -> Self {
+        Self(Arc::new(move || t))
+    }
+
+    /// Now, by this clock.
+    #[must_use]
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now())
+    }
+}
+
 /// The coordinator's resolved configuration.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -106,6 +138,8 @@ pub struct CoordinatorConfig {
     pub log_json: bool,
     /// Transport: mutual TLS files, or insecure loopback.
     pub security: crate::tls::SecurityConfig,
+    /// Which period is current (the system clock but in tests).
+    pub clock: Clock,
 }
 
 impl CoordinatorConfig {
@@ -122,6 +156,7 @@ impl CoordinatorConfig {
             drain: Duration::from_secs(10),
             log_json: false,
             security: crate::tls::SecurityConfig::insecure_loopback(),
+            clock: Clock::system(),
         }
     }
 
@@ -194,6 +229,7 @@ impl CoordinatorConfig {
                 revoked_file: args.revoked_file.clone().or(file.revoked_file),
                 insecure: args.insecure || file.insecure.unwrap_or(false),
             },
+            clock: Clock::system(),
             region,
         };
         // Refuse plain text off loopback (and TLS without its files) before anything starts.
@@ -207,6 +243,8 @@ pub struct CoordState {
     pub region: RegionCode,
     pub store: Store,
     pub participants: Arc<PeerDirectory>,
+    /// Which period is current.
+    pub clock: Clock,
     /// One round step at a time: the background loop and the operator never interleave.
     advancing: Mutex<()>,
 }
@@ -262,6 +300,7 @@ pub async fn serve(
         region: config.region,
         store,
         participants: Arc::new(participants),
+        clock: config.clock.clone(),
         advancing: Mutex::new(()),
     });
 

@@ -102,6 +102,7 @@ pub async fn view(st: &CoordState, id: &str) -> Result<proto::Round> {
                 transfers_expected: u32::try_from(expected).unwrap_or(u32::MAX),
                 cleared,
                 note: r.note,
+                allow_empty: r.allow_empty,
             })
         })
         .await
@@ -295,11 +296,53 @@ async fn drill(
     })
 }
 
+/// Asks every participant to unfreeze a round's records. Best effort: a participant
+/// that misses this releases the stale round when the next round freezes. In parallel,
+/// as the round's other calls: one after another, a province's unreachable nodes would
+/// add up their timeouts.
+pub(crate) async fn release_all(st: &CoordState, id: &str) {
+    stream::iter(st.participants.all())
+        .map(|p| {
+            let round_id = id.to_owned();
+            async move {
+                let _ = ClearingParticipantClient::new(p.channel())
+                    .release_round(proto::ReleaseRoundRequest { round_id })
+                    .await;
+            }
+        })
+        .buffer_unordered(PARALLEL_CALLS)
+        .collect::<Vec<()>>()
+        .await;
+}
+
 async fn reconcile(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
     let reports = {
         let id = row.round_id.clone();
         st.store.read(move |conn| store::reports(conn, &id)).await?
     };
+    // A period in which no participant has a single record: settling it would mark the
+    // period (and so every earlier one) cleared for good with nothing in it, which is
+    // what an operator who mistyped a period gets. Only on request (allow_empty).
+    let records: u64 = reports
+        .iter()
+        .flat_map(|r| &r.positions)
+        .map(|p| p.receivable_count.saturating_add(p.payable_count))
+        .fold(0, u64::saturating_add);
+    if records == 0 && !row.allow_empty {
+        release_all(st, &row.round_id).await;
+        set_state(
+            st,
+            &row.round_id,
+            state::ABORTED,
+            format!(
+                "empty period: no participant has a record of {}; nothing was cleared. To record {} as cleared with no transfers, open it again with allow_empty (yidi clearing open {} --allow-empty)",
+                row.period, row.period, row.period
+            ),
+        )
+        .await?;
+        tracing::warn!(round = %row.round_id, period = %row.period, "clearing round aborted: empty period");
+        return Ok(false);
+    }
     // side[(creditor, debtor)] as the creditor reports it (receivable) and as the debtor does (payable).
     let mut as_creditor: BTreeMap<(String, String), Side> = BTreeMap::new();
     let mut as_debtor: BTreeMap<(String, String), Side> = BTreeMap::new();
@@ -447,11 +490,16 @@ async fn reconcile(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
         reserves,
     };
     statement.digest = netting::statement_digest(&statement);
+    let note = if records == 0 {
+        "empty period (allow_empty): no participant has a record; settles with no transfers"
+    } else {
+        "Σ net = 0"
+    };
     let id = row.round_id.clone();
     st.store
         .write(move |conn| {
             store::set_statement(conn, &id, &statement)?;
-            store::set_state(conn, &id, state::STATEMENT_ISSUED, "Σ net = 0", &now())
+            store::set_state(conn, &id, state::STATEMENT_ISSUED, note, &now())
         })
         .await?;
     tracing::info!(round = %row.round_id, "clearing statement issued");
@@ -600,13 +648,12 @@ async fn settle_if_paid(st: &CoordState, row: &store::RoundRow) -> Result<bool> 
     if recorded < expected {
         return Ok(false);
     }
-    set_state(
-        st,
-        &row.round_id,
-        state::SETTLED,
-        "every transfer recorded".into(),
-    )
-    .await?;
+    let note = if expected == 0 && row.allow_empty {
+        "empty period settled with no transfers (opened with allow_empty)"
+    } else {
+        "every transfer recorded"
+    };
+    set_state(st, &row.round_id, state::SETTLED, note.into()).await?;
     Ok(true)
 }
 

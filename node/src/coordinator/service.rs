@@ -2,15 +2,11 @@
 
 use std::sync::Arc;
 
-use futures::{StreamExt, stream};
 use tonic::{Request, Response, Status};
 use yidi_common::{
     money::{self, Sign},
     period::{self, Period},
-    proto::{
-        self, clearing_participant_client::ClearingParticipantClient,
-        coordinator_service_server::CoordinatorService,
-    },
+    proto::{self, coordinator_service_server::CoordinatorService},
 };
 
 use super::{
@@ -71,7 +67,16 @@ impl CoordinatorService for CoordinatorSvc {
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "OpenRound", payload)?;
         let p = Period::parse(&req.period, "period").map_err(Error::from)?;
-        if p >= Period::of(chrono::Utc::now()) && !req.early {
+        let now = self.state.clock.now();
+        let current = Period::of(now);
+        if p > current {
+            return Err(Error::FailedPrecondition(format!(
+                "period {p} is in the future: the coordinator's current period is {current} (its clock reads {}); a period can be opened early from its first day (UTC+8) on, and without early once it is over",
+                period::format_ts(now)
+            ))
+            .into());
+        }
+        if p == current && !req.early {
             return Err(Error::FailedPrecondition(format!(
                 "period {p} is not over yet; clear it from {} on (or open it early: later records then go to the next round)",
                 p.next()
@@ -110,11 +115,26 @@ impl CoordinatorService for CoordinatorSvc {
         let n = views.iter().filter(|r| r.period == p.to_string()).count() + 1;
         let id = format!("{p}-r{n}");
         let id2 = id.clone();
+        let allow_empty = req.allow_empty;
+        let note = if allow_empty {
+            format!(
+                "opened with allow_empty: if no participant has a record of {p}, the round settles with no transfers and {p} counts as cleared"
+            )
+        } else {
+            String::new()
+        };
         self.state
             .store
             .write(move |conn| {
                 idempotency::once(conn, &key, |conn| {
-                    store::insert_round(conn, &id2, &p.to_string(), &period::now_rfc3339())?;
+                    store::insert_round(
+                        conn,
+                        &id2,
+                        &p.to_string(),
+                        allow_empty,
+                        &note,
+                        &period::now_rfc3339(),
+                    )?;
                     Ok(proto::Round {
                         round_id: id2.clone(),
                         period: p.to_string(),
@@ -124,7 +144,7 @@ impl CoordinatorService for CoordinatorSvc {
                 })
             })
             .await?;
-        tracing::info!(round = %id, period = %p, "clearing round opened");
+        tracing::info!(round = %id, period = %p, allow_empty, "clearing round opened");
         Ok(Response::new(round::view(&self.state, &id).await?))
     }
 
@@ -205,6 +225,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RecordTransferRequest>,
     ) -> Result<Response<proto::Round>, Status> {
+        let operator = crate::auth::caller(&req)?.describe();
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "RecordTransfer", payload)?;
@@ -222,7 +243,43 @@ impl CoordinatorService for CoordinatorSvc {
         self.state
             .store
             .write(move |conn| {
+                // A transfer is recorded once: whatever the request id, a second
+                // recording of the same pair is refused, and the way to change what
+                // was recorded is a correction (CorrectTransfer).
+                let recorded = |conn: &rusqlite::Connection| -> Result<Option<store::Transfer>> {
+                    Ok(store::transfers(conn, &req.round_id)?
+                        .into_iter()
+                        .find(|t| t.from == req.from_region && t.to == req.to_region))
+                };
+                let already = |t: &store::Transfer| {
+                    Error::AlreadyExists(format!(
+                        "the transfer {} → {} of round {} is already recorded (amount {}, reference {:?}); it is recorded once — to change its reference, correct it (CorrectTransfer; yidi clearing correct-transfer {} --from {} --to {} --reference … --reason …), which keeps the old one in its history",
+                        t.from,
+                        t.to,
+                        req.round_id,
+                        money::format(money::from_fen(t.amount_fen)),
+                        t.reference,
+                        req.round_id,
+                        t.from,
+                        t.to
+                    ))
+                };
+                // The id was used before with another payload: when this pair is
+                // recorded, the caller is after a correction, and a fresh id would
+                // only meet the refusal below.
+                match idempotency::replay::<proto::Round>(conn, &key) {
+                    Err(Error::AlreadyExists(msg)) => {
+                        return Err(recorded(conn)?.map_or(Error::AlreadyExists(msg), |t| already(&t)));
+                    }
+                    Err(e) => return Err(e),
+                    Ok(_) => {}
+                }
                 idempotency::once(conn, &key, |conn| {
+                    // Before the state: a settled round's transfers are all recorded,
+                    // and "not CONFIRMED" would not tell the caller what to do.
+                    if let Some(t) = recorded(conn)? {
+                        return Err(already(&t));
+                    }
                     // The head and the instructions only: this runs on the writer
                     // thread, once per transfer, and the full statement of a large
                     // province is megabytes to decode.
@@ -255,15 +312,6 @@ impl CoordinatorService for CoordinatorSvc {
                             ),
                         ));
                     }
-                    if store::transfers(conn, &row.round_id)?
-                        .iter()
-                        .any(|t| t.from == req.from_region && t.to == req.to_region)
-                    {
-                        return Err(Error::AlreadyExists(format!(
-                            "the transfer {} → {} is already recorded",
-                            req.from_region, req.to_region
-                        )));
-                    }
                     store::put_transfer(
                         conn,
                         &row.round_id,
@@ -273,7 +321,12 @@ impl CoordinatorService for CoordinatorSvc {
                             amount_fen: amount,
                             reference: req.reference.trim().to_owned(),
                         },
-                        &period::now_rfc3339(),
+                        &store::Change {
+                            operator: &operator,
+                            request_id: &req.request_id,
+                            reason: "",
+                            at: &period::now_rfc3339(),
+                        },
                     )?;
                     Ok(proto::Round {
                         round_id: row.round_id,
@@ -283,6 +336,108 @@ impl CoordinatorService for CoordinatorSvc {
             })
             .await?;
         Ok(Response::new(round::advance(&self.state, &id).await?))
+    }
+
+    async fn list_transfers(
+        &self,
+        req: Request<proto::RoundRequest>,
+    ) -> Result<Response<proto::ListTransfersResponse>, Status> {
+        let id = req.into_inner().round_id;
+        round::view(&self.state, &id).await?;
+        let transfers = self
+            .state
+            .store
+            .read(move |conn| {
+                let current = store::transfers(conn, &id)?;
+                let versions = store::transfer_versions(conn, &id)?;
+                Ok(recorded_transfers(&id, &current, &versions))
+            })
+            .await?;
+        Ok(Response::new(proto::ListTransfersResponse { transfers }))
+    }
+
+    async fn correct_transfer(
+        &self,
+        req: Request<proto::CorrectTransferRequest>,
+    ) -> Result<Response<proto::RecordedTransfer>, Status> {
+        let operator = crate::auth::caller(&req)?.describe();
+        let mut req = req.into_inner();
+        let payload = payload_hash(&mut req, |r| &mut r.request_id);
+        let key = RequestKey::new(SCOPE, &req.request_id, "CorrectTransfer", payload)?;
+        let reference = req.reference.trim().to_owned();
+        if reference.is_empty() {
+            return Err(
+                Error::invalid("reference", "the corrected bank reference is required").into(),
+            );
+        }
+        if req.reason.trim().is_empty() {
+            return Err(Error::invalid(
+                "reason",
+                "required: why the recorded reference was wrong (kept in the transfer's history)",
+            )
+            .into());
+        }
+        let answer = self
+            .state
+            .store
+            .write(move |conn| {
+                idempotency::once(conn, &key, |conn| {
+                    store::round_head(conn, &req.round_id)?
+                        .ok_or_else(|| Error::NotFound(format!("no round {}", req.round_id)))?;
+                    let current = store::transfers(conn, &req.round_id)?;
+                    let before = current
+                        .iter()
+                        .find(|t| t.from == req.from_region && t.to == req.to_region)
+                        .ok_or_else(|| {
+                            Error::NotFound(format!(
+                                "round {} has no recorded transfer {} → {}; recorded: {}",
+                                req.round_id,
+                                req.from_region,
+                                req.to_region,
+                                if current.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    current
+                                        .iter()
+                                        .map(|t| format!("{} → {}", t.from, t.to))
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                }
+                            ))
+                        })?;
+                    if before.reference == reference {
+                        return Err(Error::invalid(
+                            "reference",
+                            format!(
+                                "the transfer {} → {} of round {} already has reference {reference:?}; nothing to correct",
+                                req.from_region, req.to_region, req.round_id
+                            ),
+                        ));
+                    }
+                    store::correct_transfer(
+                        conn,
+                        &req.round_id,
+                        &req.from_region,
+                        &req.to_region,
+                        &reference,
+                        &store::Change {
+                            operator: &operator,
+                            request_id: &req.request_id,
+                            reason: req.reason.trim(),
+                            at: &period::now_rfc3339(),
+                        },
+                    )?;
+                    let current = store::transfers(conn, &req.round_id)?;
+                    let versions = store::transfer_versions(conn, &req.round_id)?;
+                    recorded_transfers(&req.round_id, &current, &versions)
+                        .into_iter()
+                        .find(|t| t.from_region == req.from_region && t.to_region == req.to_region)
+                        .ok_or_else(|| Error::Internal("corrected transfer not found".into()))
+                })
+            })
+            .await?;
+        tracing::info!(round = %answer.round_id, from = %answer.from_region, to = %answer.to_region, "transfer reference corrected");
+        Ok(Response::new(answer))
     }
 
     async fn abort_round(
@@ -304,21 +459,7 @@ impl CoordinatorService for CoordinatorSvc {
             ))
             .into());
         }
-        // Best effort: a participant that misses this releases the stale round when the
-        // next round freezes. In parallel, as the round's other calls: one after another,
-        // a province's unreachable nodes would add up their timeouts.
-        stream::iter(self.state.participants.all())
-            .map(|p| {
-                let round_id = id.clone();
-                async move {
-                    let _ = ClearingParticipantClient::new(p.channel())
-                        .release_round(proto::ReleaseRoundRequest { round_id })
-                        .await;
-                }
-            })
-            .buffer_unordered(round::PARALLEL_CALLS)
-            .collect::<Vec<()>>()
-            .await;
+        round::release_all(&self.state, &id).await;
         let id2 = id.clone();
         self.state
             .store
@@ -334,4 +475,36 @@ impl CoordinatorService for CoordinatorSvc {
             .await?;
         Ok(Response::new(round::view(&self.state, &id).await?))
     }
+}
+
+/// The recorded transfers of a round with their histories, in (from, to) order.
+fn recorded_transfers(
+    round_id: &str,
+    current: &[store::Transfer],
+    versions: &[store::TransferVersion],
+) -> Vec<proto::RecordedTransfer> {
+    let amount = |fen| money::format(money::from_fen(fen));
+    current
+        .iter()
+        .map(|t| proto::RecordedTransfer {
+            round_id: round_id.to_owned(),
+            from_region: t.from.clone(),
+            to_region: t.to.clone(),
+            amount: amount(t.amount_fen),
+            reference: t.reference.clone(),
+            history: versions
+                .iter()
+                .filter(|v| v.from == t.from && v.to == t.to)
+                .map(|v| proto::TransferVersion {
+                    version: v.version,
+                    amount: amount(v.amount_fen),
+                    reference: v.reference.clone(),
+                    reason: v.reason.clone(),
+                    operator: v.operator.clone(),
+                    request_id: v.request_id.clone(),
+                    at: v.at.clone(),
+                })
+                .collect(),
+        })
+        .collect()
 }

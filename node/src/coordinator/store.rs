@@ -17,6 +17,8 @@ pub struct RoundRow {
     pub statement: Option<proto::Statement>,
     pub note: String,
     pub updated_at: String,
+    /// Opened with `allow_empty`: settles even when no participant has a record.
+    pub allow_empty: bool,
 }
 
 fn decode<M: Message + Default>(b: &[u8], what: &str) -> Result<M> {
@@ -26,11 +28,11 @@ fn decode<M: Message + Default>(b: &[u8], what: &str) -> Result<M> {
 /// A round by id.
 pub fn round(conn: &Connection, id: &str) -> Result<Option<RoundRow>> {
     let raw = conn
-        .prepare_cached("SELECT round_id, period, state, statement, note, updated_at FROM rounds WHERE round_id = ?1")?
+        .prepare_cached("SELECT round_id, period, state, statement, note, updated_at, allow_empty FROM rounds WHERE round_id = ?1")?
         .query_row([id], |r| {
             let statement: Option<Vec<u8>> = r.get(3)?;
             Ok((
-                RoundRow { round_id: r.get(0)?, period: r.get(1)?, state: r.get(2)?, statement: None, note: r.get(4)?, updated_at: r.get(5)? },
+                RoundRow { round_id: r.get(0)?, period: r.get(1)?, state: r.get(2)?, statement: None, note: r.get(4)?, updated_at: r.get(5)?, allow_empty: r.get(6)? },
                 statement,
             ))
         })
@@ -47,7 +49,7 @@ pub fn round(conn: &Connection, id: &str) -> Result<Option<RoundRow>> {
 pub fn round_head(conn: &Connection, id: &str) -> Result<Option<RoundRow>> {
     Ok(conn
         .prepare_cached(
-            "SELECT round_id, period, state, note, updated_at FROM rounds WHERE round_id = ?1",
+            "SELECT round_id, period, state, note, updated_at, allow_empty FROM rounds WHERE round_id = ?1",
         )?
         .query_row([id], |r| {
             Ok(RoundRow {
@@ -57,6 +59,7 @@ pub fn round_head(conn: &Connection, id: &str) -> Result<Option<RoundRow>> {
                 statement: None,
                 note: r.get(3)?,
                 updated_at: r.get(4)?,
+                allow_empty: r.get(5)?,
             })
         })
         .optional()?)
@@ -96,9 +99,16 @@ pub fn round_ids(conn: &Connection) -> Result<Vec<String>> {
 }
 
 /// Inserts a new round.
-pub fn insert_round(conn: &Connection, id: &str, period: &str, now: &str) -> Result<()> {
-    conn.prepare_cached("INSERT INTO rounds (round_id, period, state, created_at, updated_at) VALUES (?1, ?2, 'OPEN', ?3, ?3)")?
-        .execute(params![id, period, now])?;
+pub fn insert_round(
+    conn: &Connection,
+    id: &str,
+    period: &str,
+    allow_empty: bool,
+    note: &str,
+    now: &str,
+) -> Result<()> {
+    conn.prepare_cached("INSERT INTO rounds (round_id, period, state, allow_empty, note, created_at, updated_at) VALUES (?1, ?2, 'OPEN', ?3, ?4, ?5, ?5)")?
+        .execute(params![id, period, allow_empty, note, now])?;
     Ok(())
 }
 
@@ -239,11 +249,105 @@ pub fn transfers(conn: &Connection, id: &str) -> Result<Vec<Transfer>> {
         .collect::<rusqlite::Result<_>>()?)
 }
 
-/// Records a transfer.
-pub fn put_transfer(conn: &Connection, id: &str, t: &Transfer, now: &str) -> Result<()> {
+/// Who recorded or corrected a transfer, and under which request.
+#[derive(Debug, Clone)]
+pub struct Change<'a> {
+    pub operator: &'a str,
+    pub request_id: &'a str,
+    pub reason: &'a str,
+    pub at: &'a str,
+}
+
+/// Records a transfer, and its first version.
+pub fn put_transfer(conn: &Connection, id: &str, t: &Transfer, by: &Change<'_>) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO round_transfers (round_id, from_region, to_region, amount_fen, reference, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![id, t.from, t.to, t.amount_fen, t.reference, now])?;
+    .execute(params![id, t.from, t.to, t.amount_fen, t.reference, by.at])?;
+    put_version(conn, id, t, 1, by)
+}
+
+fn put_version(
+    conn: &Connection,
+    id: &str,
+    t: &Transfer,
+    version: u32,
+    by: &Change<'_>,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO round_transfer_versions (round_id, from_region, to_region, version, amount_fen, reference, reason, operator, request_id, at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![id, t.from, t.to, version, t.amount_fen, t.reference, by.reason, by.operator, by.request_id, by.at])?;
     Ok(())
+}
+
+/// Replaces a recorded transfer's reference, keeping the old one as an earlier version.
+/// NOT_FOUND when the round has no such transfer.
+pub fn correct_transfer(
+    conn: &Connection,
+    id: &str,
+    from: &str,
+    to: &str,
+    reference: &str,
+    by: &Change<'_>,
+) -> Result<Transfer> {
+    let current = transfers(conn, id)?
+        .into_iter()
+        .find(|t| t.from == from && t.to == to)
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "round {id} has no recorded transfer {from} → {to}; record it with RecordTransfer first"
+            ))
+        })?;
+    let last: u32 = conn
+        .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM round_transfer_versions WHERE round_id = ?1 AND from_region = ?2 AND to_region = ?3")?
+        .query_row(params![id, from, to], |r| r.get(0))?;
+    let corrected = Transfer {
+        reference: reference.to_owned(),
+        ..current
+    };
+    conn.prepare_cached(
+        "UPDATE round_transfers SET reference = ?4 WHERE round_id = ?1 AND from_region = ?2 AND to_region = ?3",
+    )?
+    .execute(params![id, from, to, reference])?;
+    put_version(conn, id, &corrected, last + 1, by)?;
+    Ok(corrected)
+}
+
+/// One stored version of a transfer's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferVersion {
+    pub from: String,
+    pub to: String,
+    pub version: u32,
+    pub amount_fen: i64,
+    pub reference: String,
+    pub reason: String,
+    pub operator: String,
+    pub request_id: String,
+    pub at: String,
+}
+
+/// Every version of every transfer of a round, by (from, to, version).
+pub fn transfer_versions(conn: &Connection, id: &str) -> Result<Vec<TransferVersion>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT from_region, to_region, version, amount_fen, reference, reason, operator, request_id, at \
+             FROM round_transfer_versions WHERE round_id = ?1 ORDER BY from_region, to_region, version",
+        )?
+        .query_map([id], |r| {
+            Ok(TransferVersion {
+                from: r.get(0)?,
+                to: r.get(1)?,
+                version: r.get(2)?,
+                amount_fen: r.get(3)?,
+                reference: r.get(4)?,
+                reason: r.get(5)?,
+                operator: r.get(6)?,
+                request_id: r.get(7)?,
+                at: r.get(8)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?)
 }

@@ -683,6 +683,7 @@ pub(super) async fn clear(ctx: &Ctx) -> anyhow::Result<Cleared> {
             request_id: format!("demo-open-{period}-r{}", ctx.run),
             period: period.to_string(),
             early: true,
+            allow_empty: false,
         })
         .await
         .context("opening the clearing round")?

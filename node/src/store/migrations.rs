@@ -393,6 +393,35 @@ const COORDINATOR_V2: &str = r"
 ALTER TABLE rounds ADD COLUMN instructions BLOB;
 ";
 
+// Empty periods settle only when the operator asked for it at OpenRound (`allow_empty`).
+// A recorded transfer's bank reference can be corrected; every version of the record —
+// the recording and each correction, with time, operator and reason — is kept here,
+// append-only, while `round_transfers` holds the current one. Transfers recorded before
+// this migration become their version 1 (operator unknown).
+const COORDINATOR_V3: &str = r"
+ALTER TABLE rounds ADD COLUMN allow_empty INTEGER NOT NULL DEFAULT 0 CHECK (allow_empty IN (0, 1));
+CREATE TABLE round_transfer_versions (
+    round_id    TEXT NOT NULL REFERENCES rounds (round_id),
+    from_region TEXT NOT NULL,
+    to_region   TEXT NOT NULL,
+    version     INTEGER NOT NULL CHECK (version >= 1),
+    amount_fen  INTEGER NOT NULL,
+    reference   TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    operator    TEXT NOT NULL,
+    request_id  TEXT NOT NULL,
+    at          TEXT NOT NULL,
+    PRIMARY KEY (round_id, from_region, to_region, version)
+) STRICT, WITHOUT ROWID;
+INSERT INTO round_transfer_versions
+    SELECT round_id, from_region, to_region, 1, amount_fen, reference, '', '', '', recorded_at
+    FROM round_transfers;
+CREATE TRIGGER round_transfer_versions_no_update BEFORE UPDATE ON round_transfer_versions
+BEGIN SELECT RAISE(ABORT, 'round_transfer_versions is append-only'); END;
+CREATE TRIGGER round_transfer_versions_no_delete BEFORE DELETE ON round_transfer_versions
+BEGIN SELECT RAISE(ABORT, 'round_transfer_versions is append-only'); END;
+";
+
 // Every Settle looks its request up among the settlements (a repeat, or one in doubt);
 // without this index SQLite walks the whole table in `seq` order for each of them, so
 // settling got slower with every settlement stored.
@@ -518,7 +547,11 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V10_LEDGER_BY_ROUND_PARTIAL),
             M::up(V11_REQUESTS_BY_ROWID),
         ]),
-        Schema::Coordinator => Migrations::new(vec![M::up(COORDINATOR_V1), M::up(COORDINATOR_V2)]),
+        Schema::Coordinator => Migrations::new(vec![
+            M::up(COORDINATOR_V1),
+            M::up(COORDINATOR_V2),
+            M::up(COORDINATOR_V3),
+        ]),
     }
 }
 
@@ -557,7 +590,7 @@ pub fn migrate(conn: &mut Connection, schema: Schema) -> Result<()> {
 }
 
 /// Coordinator schema version after all migrations.
-pub const COORDINATOR_SCHEMA_VERSION: u32 = 2;
+pub const COORDINATOR_SCHEMA_VERSION: u32 = 3;
 
 #[cfg(test)]
 mod tests {
@@ -752,6 +785,42 @@ mod tests {
             )
             .expect("plan");
         assert!(plan.contains("requests_by_request"), "{plan}");
+    }
+
+    #[test]
+    fn coordinator_v3_keeps_recorded_transfers_as_their_first_version() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrations(Schema::Coordinator)
+            .to_version(&mut conn, 2)
+            .expect("to V2");
+        conn.execute_batch(
+            "INSERT INTO rounds (round_id, period, state, created_at, updated_at) VALUES ('2026-05-r1', '2026-05', 'SETTLED', 't0', 't1');
+             INSERT INTO round_transfers VALUES ('2026-05-r1', '330100', '330000', 12345, 'BANK-1', 't2');",
+        )
+        .expect("a round and its transfer");
+        migrate(&mut conn, Schema::Coordinator).expect("to the latest");
+        let (allow_empty, version): (bool, (u32, i64, String, String, String)) = (
+            conn.query_row("SELECT allow_empty FROM rounds", [], |r| r.get(0))
+                .expect("round"),
+            conn.query_row(
+                "SELECT version, amount_fen, reference, reason, at FROM round_transfer_versions",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .expect("version"),
+        );
+        assert!(!allow_empty);
+        assert_eq!(
+            version,
+            (1, 12345, "BANK-1".into(), String::new(), "t2".into())
+        );
+        for sql in [
+            "UPDATE round_transfer_versions SET reference = 'X'",
+            "DELETE FROM round_transfer_versions",
+        ] {
+            let e = conn.execute(sql, []).expect_err("append-only");
+            assert!(e.to_string().contains("append-only"), "{e}");
+        }
     }
 
     #[test]

@@ -339,6 +339,127 @@ async fn person_import_reports_rows_and_is_idempotent() {
     node.stop().await;
 }
 
+/// A key twice in one import request: the later row is refused naming both rows, the
+/// first row is what is stored, and importing the same rows again updates nothing.
+#[tokio::test]
+async fn an_import_refuses_a_repeated_person_or_code_naming_both_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start("330200", dir.path().to_path_buf()).await;
+    let mut admin = node.admin().await;
+    // A valid ID number ending in X, written with a lower-case x on its second row.
+    let with_x = (1..999)
+        .map(id)
+        .find(|n| n.ends_with('X'))
+        .expect("an ID number with check digit X");
+    let lower_x = with_x.to_ascii_lowercase();
+    let lower_x = lower_x.as_str();
+    let rows = vec![
+        row(2, &id(1), "甲", "", "10.00"),
+        row(3, &id(2), "乙", "", "0"),
+        row(4, &id(1), "丙", "", "99.00"),
+        row(5, &lower_x.to_ascii_uppercase(), "丁", "", "0"),
+        row(6, lower_x, "戊", "", "0"),
+    ];
+    let import = |rid: &str| proto::ImportPersonsRequest {
+        request_id: rid.into(),
+        rows: rows.clone(),
+    };
+    let expect_errors = |r: &proto::ImportResult| {
+        let errs: Vec<(u64, &str, &str)> = r
+            .errors
+            .iter()
+            .map(|e| (e.row, e.field.as_str(), e.reason.as_str()))
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                (
+                    4,
+                    "id_number",
+                    format!("{} is already on line 2; the file must have one row per person (this line was not imported)", id(1)).as_str()
+                ),
+                (
+                    6,
+                    "id_number",
+                    format!("{} is already on line 5; the file must have one row per person (this line was not imported)", lower_x.to_ascii_uppercase()).as_str()
+                ),
+            ]
+        );
+    };
+    let r = admin
+        .import_persons(import("dup-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.inserted, r.updated, r.unchanged), (3, 0, 0), "{r:?}");
+    expect_errors(&r);
+    let stored = admin
+        .get_person(proto::GetPersonRequest {
+            id_number: id(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let f = stored.fields.unwrap();
+    assert_eq!(
+        (f.name.as_str(), f.account_balance.as_str()),
+        ("甲", "10.00")
+    );
+    // The same rows again under a new id: nothing updated.
+    let r = admin
+        .import_persons(import("dup-2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.inserted, r.updated, r.unchanged), (0, 0, 3), "{r:?}");
+    expect_errors(&r);
+
+    let item = |n: u64, code: &str, name: &str| proto::CatalogueRow {
+        row: n,
+        code: code.into(),
+        name: name.into(),
+        category: "service".into(),
+        class: "A".into(),
+        valid_from: "2026-01-01".into(),
+        ..Default::default()
+    };
+    let items = vec![item(2, "S01", "CT"), item(3, "S01", "CT 增强")];
+    for (rid, inserted, unchanged) in [("cat-1", 1, 0), ("cat-2", 0, 1)] {
+        let r = admin
+            .import_catalogue(proto::ImportCatalogueRequest {
+                request_id: rid.into(),
+                rows: items.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (r.inserted, r.updated, r.unchanged),
+            (inserted, 0, unchanged),
+            "{r:?}"
+        );
+        assert_eq!(
+            r.errors
+                .iter()
+                .map(|e| (e.row, e.field.as_str(), e.reason.as_str()))
+                .collect::<Vec<_>>(),
+            [(
+                3,
+                "code",
+                "S01 is already on line 2; the file must have one row per catalogue item (this line was not imported)"
+            )]
+        );
+    }
+    let s01 = admin
+        .get_catalogue_item(proto::GetCatalogueItemRequest { code: "S01".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s01.name, "CT");
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn filings_lifecycle_and_validation() {
     let dir = tempfile::tempdir().unwrap();

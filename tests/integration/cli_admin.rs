@@ -671,3 +671,134 @@ fn killed_node_mid_import_then_rerun_completes_it() {
     assert_eq!(resumed["already_imported"], committed, "{resumed}");
     assert_eq!(admin_json(&node, "info")["persons"], rows);
 }
+
+/// An import that finishes with rejected rows: exit 2 and the JSON report.
+fn import_rejecting(
+    node: &NodeProcess,
+    what: &str,
+    file: &std::path::Path,
+    extra: &[&str],
+) -> Value {
+    let mut args = vec![what, "import", path_str(file), "--json"];
+    args.extend_from_slice(extra);
+    let run = node.admin(&args).expect_code(2);
+    serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("yidi {:?} printed no JSON ({e}):\n{}", run.args, run.stdout))
+}
+
+fn errors_of(report: &Value) -> Vec<(u64, String, String)> {
+    report["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| {
+            (
+                e["row"].as_u64().unwrap(),
+                e["field"].as_str().unwrap().to_owned(),
+                e["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A person, catalogue item or institution twice in one file: the later line is a row
+/// error naming both lines (even when batches split the two), the first line is what
+/// is stored, and importing the unchanged file again updates nothing.
+#[test]
+fn a_key_repeated_in_a_csv_file_is_refused_naming_both_lines() {
+    let node = NodeProcess::start("330100");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let born = NaiveDate::from_ymd_opt(1970, 3, 1).expect("date");
+    let (a, b) = (
+        yidi_common::idnum::make("330106", born, 31),
+        yidi_common::idnum::make("330106", born, 32),
+    );
+    let persons_csv = dir.path().join("persons.csv");
+    std::fs::write(
+        &persons_csv,
+        format!(
+            "id_number,name,insurance_type,person_type,status,account_balance,enrolled_since\n\
+             {a},甲,employee,in_service,active,10.00,2020-01-01\n\
+             {b},乙,employee,in_service,active,0,2020-01-01\n\
+             {a},丙,employee,retired,active,99.00,2020-01-01\n"
+        ),
+    )
+    .expect("write persons");
+    let dup_a = vec![(
+        4,
+        "id_number".to_owned(),
+        format!(
+            "{a} is already on line 2; the file must have one row per person (this line was not imported)"
+        ),
+    )];
+    // One row per batch: the repeat is in another request than its first line.
+    let first = import_rejecting(&node, "person", &persons_csv, &["--batch-size", "1"]);
+    assert_eq!(counts(&first), [2, 0, 0, 1], "{first}");
+    assert_eq!(errors_of(&first), dup_a);
+    let stored = admin_json(&node, &format!("person get {a}"));
+    assert_eq!(
+        (&stored["name"], &stored["account_balance"]),
+        (&Value::from("甲"), &Value::from("10.00")),
+        "{stored}"
+    );
+    // The unchanged file again, as new requests (another batch size) and as the very
+    // same ones: 0 updated either way, the same row error.
+    let again = import_rejecting(&node, "person", &persons_csv, &["--batch-size", "2"]);
+    assert_eq!(counts(&again), [0, 0, 2, 1], "{again}");
+    assert_eq!(errors_of(&again), dup_a);
+    let replay = import_rejecting(&node, "person", &persons_csv, &["--batch-size", "1"]);
+    assert_eq!(counts(&replay), [0, 0, 0, 1], "{replay}");
+    assert_eq!(replay["already_imported"], 2);
+
+    let catalogue_csv = dir.path().join("catalogue.csv");
+    std::fs::write(
+        &catalogue_csv,
+        "code,name,category,class,first_selfpay_ratio,price_cap,unit,valid_from,valid_to\n\
+         T-01,阿莫西林胶囊,drug,A,0,12.60,盒,2024-01-01,\n\
+         T-02,头孢呋辛酯片,drug,B,0.10,31.30,盒,2024-01-01,\n\
+         T-01,阿莫西林胶囊,drug,A,0,15.00,盒,2024-01-01,\n",
+    )
+    .expect("write catalogue");
+    let dup_item = vec![(
+        4,
+        "code".to_owned(),
+        "T-01 is already on line 2; the file must have one row per catalogue item (this line was not imported)".to_owned(),
+    )];
+    let first = import_rejecting(&node, "catalogue", &catalogue_csv, &[]);
+    assert_eq!(counts(&first), [2, 0, 0, 1], "{first}");
+    assert_eq!(errors_of(&first), dup_item);
+    assert_eq!(
+        admin_json(&node, "catalogue get T-01")["price_cap"],
+        "12.60"
+    );
+    let again = import_rejecting(
+        &node,
+        "catalogue",
+        &catalogue_csv,
+        &["--request-id", "cat-again"],
+    );
+    assert_eq!(counts(&again), [0, 0, 2, 1], "{again}");
+    assert_eq!(errors_of(&again), dup_item);
+
+    let institutions_csv = dir.path().join("institutions.csv");
+    std::fs::write(
+        &institutions_csv,
+        "code,name,kind,level,agreement_status,agreement_from,agreement_to\n\
+         HX1,第一医院,hospital,level3,active,2024-07-01,\n\
+         HX1,第一医院,hospital,level2,active,2024-07-01,\n\
+         HX2,第二医院,hospital,level2,active,2024-07-01,\n",
+    )
+    .expect("write institutions");
+    let dup_inst = vec![(
+        3,
+        "code".to_owned(),
+        "HX1 is already on line 2; the file must have one row per institution (this line was not imported)".to_owned(),
+    )];
+    let first = import_rejecting(&node, "institution", &institutions_csv, &[]);
+    assert_eq!(counts(&first), [2, 0, 0, 1], "{first}");
+    assert_eq!(errors_of(&first), dup_inst);
+    assert_eq!(admin_json(&node, "institution get HX1")["level"], "level3");
+    let again = import_rejecting(&node, "institution", &institutions_csv, &[]);
+    assert_eq!(counts(&again), [0, 0, 2, 1], "{again}");
+    assert_eq!(errors_of(&again), dup_inst);
+}

@@ -92,6 +92,13 @@ pub(crate) const INSTITUTION_COLUMNS: &[&str] = &[
 ];
 
 impl Target {
+    fn one(self) -> &'static str {
+        match self {
+            Target::Persons => "person",
+            Target::Catalogue => "catalogue item",
+        }
+    }
+
     fn noun(self) -> &'static str {
         match self {
             Target::Persons => "persons",
@@ -241,6 +248,58 @@ impl Columns {
                 line.record.len()
             ),
         })
+    }
+}
+
+/// The first line of each key (ID number or code) in the file. A key on a second line
+/// is refused as a row error naming both lines: otherwise the last row would silently
+/// win, and every later run of the file would write both rows again (each "updated").
+/// The key column is the first known column; ID numbers compare with an upper-case X,
+/// as the node stores them. Held for the whole file, as batches may split the repeat.
+pub(super) struct FirstLines {
+    column: &'static str,
+    what: &'static str,
+    upper: bool,
+    seen: std::collections::HashMap<String, u64>,
+}
+
+impl FirstLines {
+    pub(super) fn new(known: &'static [&'static str], what: &'static str) -> Self {
+        Self {
+            column: known[0],
+            what,
+            upper: known[0] == "id_number",
+            seen: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The row error of a line whose key an earlier line has; records a new key.
+    pub(super) fn check(&mut self, line: &Line, cols: &Columns) -> Option<RowError> {
+        let raw = cols.get(line, self.column);
+        if raw.is_empty() {
+            // The node names the missing key.
+            return None;
+        }
+        let key = if self.upper {
+            raw.to_ascii_uppercase()
+        } else {
+            raw
+        };
+        match self.seen.entry(key) {
+            std::collections::hash_map::Entry::Occupied(first) => Some(RowError {
+                row: line.line,
+                field: self.column.to_owned(),
+                reason: crate::service::admin::repeated_reason(
+                    first.key(),
+                    *first.get(),
+                    self.what,
+                ),
+            }),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(line.line);
+                None
+            }
+        }
     }
 }
 
@@ -508,6 +567,7 @@ pub async fn run(
         .context("cannot read the CSV header")?
         .clone();
     let cols = Columns::from_header(&header, target.columns(), &args.file)?;
+    let mut first_lines = FirstLines::new(target.columns(), target.one());
     let mut report = Report::new(target.noun(), &args.file, g.json);
     let batch_size = args.batch_size as usize;
     let mut batch: Vec<Line> = Vec::with_capacity(batch_size);
@@ -518,7 +578,10 @@ pub async fn run(
         report.result.errors.extend(local_errors);
         let done = next.is_none();
         if let Some(line) = next {
-            match cols.check_width(&line) {
+            match cols
+                .check_width(&line)
+                .or_else(|| first_lines.check(&line, &cols))
+            {
                 Some(e) => report.result.errors.push(e),
                 None => batch.push(line),
             }
@@ -684,6 +747,7 @@ pub async fn run_institutions(
         .context("cannot read the CSV header")?
         .clone();
     let cols = Columns::from_header(&header, INSTITUTION_COLUMNS, &args.file)?;
+    let mut first_lines = FirstLines::new(INSTITUTION_COLUMNS, "institution");
     let mut report = Report::new("institutions", &args.file, g.json);
     loop {
         let mut errors = Vec::new();
@@ -692,6 +756,7 @@ pub async fn run_institutions(
         let Some(line) = next else { break };
         let inst = match cols
             .check_width(&line)
+            .or_else(|| first_lines.check(&line, &cols))
             .map_or_else(|| institution_of(&line, &cols), Err)
         {
             Ok(inst) => inst,

@@ -443,6 +443,39 @@ fn institution_to_proto(i: &InstitutionRec) -> proto::Institution {
     }
 }
 
+/// The reason of an import row repeating the key of row `first`: the CLI (across a
+/// whole file) and the node (within one request) refuse the later row in these words.
+pub(crate) fn repeated_reason(key: &str, first: u64, what: &str) -> String {
+    format!(
+        "{key} is already on line {first}; the file must have one row per {what} (this line was not imported)"
+    )
+}
+
+/// Refuses, in place, every row whose key (`key` of the raw row) an earlier row of the
+/// same request has: otherwise the last row would silently win and every later import
+/// of the file would write both rows again.
+fn refuse_repeats<R, T>(
+    rows: &[R],
+    parsed: &mut [(u64, Result<T>)],
+    field: &'static str,
+    what: &str,
+    key: impl Fn(&R) -> String,
+) {
+    let mut first: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for (raw, (row, rec)) in rows.iter().zip(parsed.iter_mut()) {
+        let k = key(raw);
+        if k.is_empty() {
+            continue;
+        }
+        match first.get(&k) {
+            Some(&line) => *rec = Err(Error::invalid(field, repeated_reason(&k, line, what))),
+            None => {
+                first.insert(k, *row);
+            }
+        }
+    }
+}
+
 pub(crate) fn row_error(row: u64, e: Error) -> proto::RowError {
     match e {
         Error::Invalid { field, reason } => proto::RowError { row, field, reason },
@@ -589,11 +622,14 @@ impl AdminService for AdminSvc {
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "ImportPersons", payload)?;
         check_batch(req.rows.len())?;
-        let parsed: Vec<(u64, Result<PersonRec>)> = req
+        let mut parsed: Vec<(u64, Result<PersonRec>)> = req
             .rows
             .iter()
             .map(|r| (r.row, person_from_row(r)))
             .collect();
+        refuse_repeats(&req.rows, &mut parsed, "id_number", "person", |r| {
+            r.id_number.trim().to_ascii_uppercase()
+        });
         self.once_import(key, move |conn| {
             let now = period::now_rfc3339();
             let mut result = proto::ImportResult::default();
@@ -986,11 +1022,14 @@ impl AdminService for AdminSvc {
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "ImportCatalogue", payload)?;
         check_batch(req.rows.len())?;
-        let parsed: Vec<(u64, Result<CatalogueRec>)> = req
+        let mut parsed: Vec<(u64, Result<CatalogueRec>)> = req
             .rows
             .iter()
             .map(|r| (r.row, catalogue_from_row(r)))
             .collect();
+        refuse_repeats(&req.rows, &mut parsed, "code", "catalogue item", |r| {
+            r.code.trim().to_owned()
+        });
         self.once_import(key, move |conn| {
             let mut result = proto::ImportResult::default();
             for (row, rec) in parsed {

@@ -418,3 +418,63 @@ fn a_filing_dated_after_the_visit_start_covers_only_a_stay() {
         q.trace
     );
 }
+
+/// The file form of a visit: region codes are city codes (a malformed one would be
+/// priced as unfiled care), and each line's first self-pay ratio fits its class.
+#[test]
+fn visit_files_refuse_bad_regions_and_ratios_by_class() {
+    use yidi_common::engine::input::{Format, VisitInput, class_ratio};
+    use yidi_common::types::CatalogueClass;
+    let toml = |treatment: &str, filing_region: &str, b_ratio: &str| {
+        format!(
+            "visit_kind = \"inpatient\"\nlevel = \"level3\"\ninstitution_code = \"H1\"\nvisit_date = \"2026-03-14\"\n\
+             treatment_region = \"{treatment}\"\nhome_region = \"330100\"\n\
+             [filing]\nfiling_type = \"referral\"\ntreatment_region = \"{filing_region}\"\nvalid_from = \"2026-03-01\"\n\
+             [[lines]]\nline_no = \"1\"\nclass = \"b\"\n{b_ratio}quantity = \"1\"\nunit_price = \"10.00\"\namount = \"10.00\"\n"
+        )
+    };
+    let field = |text: String| match VisitInput::parse(&text, Format::Toml).and_then(|v| v.to_ctx())
+    {
+        Err(yidi_common::Error::Invalid { field, .. }) => field,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let ratio = "first_selfpay_ratio = \"0.10\"\n";
+    let (visit, lines) = VisitInput::parse(&toml("330200", "330200", ratio), Format::Toml)
+        .and_then(|v| v.to_ctx())
+        .expect("a good visit");
+    assert_eq!(
+        (
+            visit.treatment_region.as_str(),
+            lines[0].first_selfpay_ratio
+        ),
+        ("330200", Decimal::new(10, 2))
+    );
+    assert_eq!(
+        field(toml("3302", "330200", ratio)),
+        "visit.treatment_region"
+    );
+    assert_eq!(
+        field(toml("330200", "33020", ratio)),
+        "visit.filing.treatment_region"
+    );
+    assert_eq!(
+        field(toml("330200", "330200", "")),
+        "lines[0].first_selfpay_ratio"
+    );
+
+    assert_eq!(class_ratio(CatalogueClass::B, Some("0")), Ok(Decimal::ZERO));
+    assert_eq!(class_ratio(CatalogueClass::A, None), Ok(Decimal::ZERO));
+    assert_eq!(class_ratio(CatalogueClass::C, Some(" ")), Ok(Decimal::ZERO));
+    for (class, r) in [
+        (CatalogueClass::B, None),
+        (CatalogueClass::B, Some("")),
+        (CatalogueClass::C, Some("0.2")),
+    ] {
+        match class_ratio(class, r) {
+            Err(yidi_common::Error::Invalid { field, .. }) => {
+                assert_eq!(field, "first_selfpay_ratio")
+            }
+            other => panic!("{class:?} {r:?}: {other:?}"),
+        }
+    }
+}

@@ -50,7 +50,8 @@ enum Command {
     /// Start the Zhejiang demo federation on loopback (three city nodes and the
     /// coordinator), load and generate data, drive settlements, run a clearing round.
     Demo(yidi_node::demo::DemoArgs),
-    /// Run the benefit engine offline on files and print the split.
+    /// Run the benefit engine offline on files and print the split. Exit codes: 0 the
+    /// split, 3 refused by the policy, 2 bad input, 1 internal error (docs/quote.md).
     Quote(yidi_node::quote::QuoteArgs),
     /// Benchmark the benefit engine on one core.
     BenchEngine(yidi_node::quote::EngineBenchArgs),
@@ -105,7 +106,12 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Demo(args) => yidi_node::demo::main(&args)?,
-        Command::Quote(args) => yidi_node::quote::run(&args)?,
+        Command::Quote(args) => {
+            let code = yidi_node::quote::run(&args);
+            if code != 0 {
+                std::process::exit(code);
+            }
+        }
         Command::BenchEngine(args) => yidi_node::quote::run_engine_bench(&args)?,
         Command::BenchClearing(args) => yidi_node::bench_clearing::run(&args)?,
         Command::Bench(args) => yidi_node::bench::run(*args)?,

@@ -74,27 +74,142 @@ pub fn load_policy(path: &Path) -> anyhow::Result<Policy> {
     p.with_context(|| format!("policy {}", path.display()))
 }
 
-/// Runs `yidi quote`.
-pub fn run(args: &QuoteArgs) -> anyhow::Result<()> {
-    let policy = load_policy(&args.policy)?;
-    let (text, format) = read(&args.person)?;
+/// Exit codes of `yidi quote`: a split, refused by the policy, bad input, internal
+/// error. Scripts tell a patient who must pay in full (refused) from a file to fix.
+pub mod exit {
+    pub const SPLIT: i32 = 0;
+    pub const INTERNAL: i32 = 1;
+    pub const BAD_INPUT: i32 = 2;
+    pub const REFUSED: i32 = 3;
+}
+
+/// Why `yidi quote` gives no split.
+#[derive(Debug)]
+enum Failure {
+    /// A file cannot be read, or a field is malformed or inconsistent.
+    Input { file: PathBuf, error: anyhow::Error },
+    /// Well-formed input the policy does not settle (not covered, no direct settlement).
+    Refused { policy: Box<Policy>, reason: String },
+    /// A bug: the engine panicked.
+    Internal(String),
+}
+
+fn input(file: &Path) -> impl FnOnce(anyhow::Error) -> Failure + '_ {
+    move |error| Failure::Input {
+        file: file.to_owned(),
+        error,
+    }
+}
+
+/// Reads the three files and runs the engine.
+fn evaluate(args: &QuoteArgs) -> Result<(Policy, Accumulators, Quote), Failure> {
+    let policy = load_policy(&args.policy).map_err(input(&args.policy))?;
+    let (text, format) = read(&args.person).map_err(input(&args.person))?;
     let (person, acc) = PersonInput::parse(&text, format)
         .and_then(|p| p.to_ctx())
-        .with_context(|| format!("person {}", args.person.display()))?;
-    let (text, format) = read(&args.visit)?;
+        .map_err(|e| input(&args.person)(e.into()))?;
+    let (text, format) = read(&args.visit).map_err(input(&args.visit))?;
     let (visit, lines) = VisitInput::parse(&text, format)
         .and_then(|v| v.to_ctx())
-        .with_context(|| format!("visit {}", args.visit.display()))?;
-    let q = engine::quote(&policy, &person, &acc, &visit, &lines)?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&to_json(&policy, &acc, &q))?
-        );
-    } else {
-        print_tables(&policy, &acc, &q);
+        .map_err(|e| input(&args.visit)(e.into()))?;
+    // The engine is pure: a panic inside it leaves nothing half-done, and is reported
+    // as what it is (an internal error) rather than as the process's crash.
+    let quoted = std::panic::catch_unwind(|| engine::quote(&policy, &person, &acc, &visit, &lines))
+        .map_err(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Failure::Internal(format!("the benefit engine failed: {what}"))
+        })?;
+    match quoted {
+        Ok(q) => Ok((policy, acc, q)),
+        Err(yidi_common::Error::Precondition(reason)) => Err(Failure::Refused {
+            policy: Box::new(policy),
+            reason,
+        }),
+        // The engine names `visit.`, `person.`, `lines[i].` or `policy.` fields.
+        Err(e) => Err(input(&args.visit)(e.into())),
     }
-    Ok(())
+}
+
+fn policy_json(policy: &Policy) -> Value {
+    json!({
+        "region": policy.region,
+        "insurance_type": policy.insurance_type.as_str(),
+        "name": policy.name,
+        "effective_from": policy.effective_from.to_string(),
+        "digest": policy.digest(),
+    })
+}
+
+/// Runs `yidi quote` and returns its exit code ([`exit`]). With `--json` every outcome
+/// is one JSON document on stdout; a refusal or an error is also one line on stderr.
+#[must_use]
+pub fn run(args: &QuoteArgs) -> i32 {
+    let printed = match evaluate(args) {
+        Ok((policy, acc, q)) => {
+            if args.json {
+                serde_json::to_string_pretty(&to_json(&policy, &acc, &q))
+                    .map(|text| println!("{text}"))
+                    .map_err(anyhow::Error::from)
+            } else {
+                print_tables(&policy, &acc, &q);
+                Ok(())
+            }
+        }
+        Err(Failure::Refused { policy, reason }) => {
+            eprintln!("refused by the policy: {reason}");
+            if args.json {
+                println!(
+                    "{}",
+                    json!({
+                        "outcome": "refused",
+                        "refused_by": "policy",
+                        "reason": reason,
+                        "policy": policy_json(&policy),
+                    })
+                );
+            }
+            return exit::REFUSED;
+        }
+        Err(Failure::Input { file, error }) => {
+            eprintln!("error: {}: {error:#}", file.display());
+            if args.json {
+                let (field, reason) = match error.downcast_ref::<yidi_common::Error>() {
+                    Some(yidi_common::Error::Invalid { field, reason }) => {
+                        (field.clone(), reason.clone())
+                    }
+                    _ => (String::new(), format!("{error:#}")),
+                };
+                println!(
+                    "{}",
+                    json!({
+                        "outcome": "bad_input",
+                        "file": file.display().to_string(),
+                        "field": field,
+                        "reason": reason,
+                    })
+                );
+            }
+            return exit::BAD_INPUT;
+        }
+        Err(Failure::Internal(reason)) => Err(anyhow::anyhow!(reason)),
+    };
+    match printed {
+        Ok(()) => exit::SPLIT,
+        Err(e) => {
+            eprintln!("internal error: {e:#} (a bug: please report it with the three files)");
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"outcome": "internal_error", "reason": format!("{e:#}")})
+                );
+            }
+            exit::INTERNAL
+        }
+    }
 }
 
 /// The split's fields with their NHSA names and Chinese labels, in wire order.
@@ -174,6 +289,7 @@ fn to_json(policy: &Policy, before: &Accumulators, q: &Quote) -> Value {
         Value::Object(m)
     };
     json!({
+        "outcome": "split",
         "policy": {
             "region": policy.region,
             "insurance_type": policy.insurance_type.as_str(),

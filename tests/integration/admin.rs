@@ -460,6 +460,97 @@ async fn an_import_refuses_a_repeated_person_or_code_naming_both_rows() {
     node.stop().await;
 }
 
+/// The catalogue's class rule, for single items and CSV rows alike: a class-B item
+/// states its first self-pay ratio (left out it would be 0 % and the fund would pay
+/// more), class A and C items have none. Refused rows write nothing.
+#[tokio::test]
+async fn catalogue_ratios_must_fit_the_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start("330200", dir.path().to_path_buf()).await;
+    let mut admin = node.admin().await;
+    let row = |n: u64, code: &str, class: &str, ratio: &str| proto::CatalogueRow {
+        row: n,
+        code: code.into(),
+        name: "药".into(),
+        category: "drug".into(),
+        class: class.into(),
+        first_selfpay_ratio: ratio.into(),
+        valid_from: "2026-01-01".into(),
+        ..Default::default()
+    };
+    let r = admin
+        .import_catalogue(proto::ImportCatalogueRequest {
+            request_id: "ratios".into(),
+            rows: vec![
+                row(2, "B-NONE", "B", ""),
+                row(3, "A-TEN", "A", "0.10"),
+                row(4, "C-TEN", "C", "0.1"),
+                row(5, "B-ZERO", "B", "0"),
+                row(6, "B-TEN", "B", "0.10"),
+                row(7, "A-ZERO", "A", "0"),
+                row(8, "C-NONE", "C", ""),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.inserted, r.updated, r.unchanged), (4, 0, 0), "{r:?}");
+    assert_eq!(
+        r.errors
+            .iter()
+            .map(|e| (e.row, e.field.as_str(), e.reason.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (
+                2,
+                "first_selfpay_ratio",
+                "required for a class B (乙类) item: its first self-pay share, e.g. 0.10 (0 if it has none)"
+            ),
+            (
+                3,
+                "first_selfpay_ratio",
+                "only class B items have a first self-pay ratio; class A must have none or 0, got 0.10"
+            ),
+            (
+                4,
+                "first_selfpay_ratio",
+                "only class B items have a first self-pay ratio; class C must have none or 0, got 0.1"
+            ),
+        ]
+    );
+    let list = admin
+        .list_catalogue(proto::ListCatalogueRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<&str> = list.items.iter().map(|i| i.code.as_str()).collect();
+    assert_eq!(codes, ["A-ZERO", "B-TEN", "B-ZERO", "C-NONE"]);
+    assert_status(
+        admin
+            .upsert_catalogue_item(proto::UpsertCatalogueItemRequest {
+                request_id: "b-none".into(),
+                item: Some(proto::CatalogueItem {
+                    code: "B-2".into(),
+                    name: "药".into(),
+                    category: proto::ItemCategory::Drug as i32,
+                    class: proto::CatalogueClass::B as i32,
+                    valid_from: "2026-01-01".into(),
+                    ..Default::default()
+                }),
+            })
+            .await,
+        Code::InvalidArgument,
+        "invalid item.first_selfpay_ratio: required for a class B",
+    );
+    let after = admin
+        .list_catalogue(proto::ListCatalogueRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.total, 4);
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn filings_lifecycle_and_validation() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,6 +8,7 @@ mod clearing;
 mod cli_admin;
 mod cli_clearing;
 mod cli_hospital;
+mod cli_quote;
 mod cli_security;
 mod demo;
 mod kill;

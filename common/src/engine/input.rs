@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::convert::parse_quantity;
 use super::{Accumulators, FilingCtx, Line, PersonCtx, VisitCtx};
 use crate::money::{self, Sign};
+use crate::region::RegionCode;
 use crate::types::{
     CatalogueClass, FilingType, HospitalLevel, InsuranceType, PersonType, VisitKind,
 };
@@ -184,7 +185,7 @@ impl VisitInput {
             .map(|f| {
                 Ok::<_, Error>(FilingCtx {
                     filing_type: FilingType::parse(&f.filing_type, "visit.filing.filing_type")?,
-                    treatment_region: f.treatment_region.clone(),
+                    treatment_region: city(&f.treatment_region, "visit.filing.treatment_region")?,
                     institutions: f.institutions.clone(),
                     valid_from: period::parse_date(&f.valid_from, "visit.filing.valid_from")?,
                     valid_to: f
@@ -200,8 +201,10 @@ impl VisitInput {
             level: HospitalLevel::parse(&self.level, "visit.level")?,
             institution_code: self.institution_code.clone(),
             visit_date: period::parse_date(&self.visit_date, "visit.visit_date")?,
-            treatment_region: self.treatment_region.clone(),
-            home_region: self.home_region.clone(),
+            // A malformed code would only differ from every filing's and be priced as
+            // unfiled care: refused instead.
+            treatment_region: city(&self.treatment_region, "visit.treatment_region")?,
+            home_region: city(&self.home_region, "visit.home_region")?,
             filing,
             use_account: self.use_account,
         };
@@ -216,18 +219,44 @@ impl VisitInput {
     }
 }
 
+/// A city (pooling region) code, as a string.
+fn city(code: &str, field: &str) -> Result<String> {
+    Ok(RegionCode::parse_city(code, field)?.to_string())
+}
+
+/// A line's first self-pay ratio by its class, the catalogue's rule: a class-B line
+/// states it (`"0"` when the item has none) — left out it would silently be 0 % and the
+/// fund would pay more; a class-A or C line has none, as the ratio would be ignored.
+pub fn class_ratio(class: CatalogueClass, ratio: Option<&str>) -> Result<rust_decimal::Decimal> {
+    let field = "first_selfpay_ratio";
+    let raw = ratio.map(str::trim).filter(|r| !r.is_empty());
+    let ratio = raw.map(|r| money::parse_ratio(r, field)).transpose()?;
+    match (class, ratio) {
+        (CatalogueClass::B, Some(r)) => Ok(r),
+        (CatalogueClass::B, None) => Err(Error::invalid(
+            field,
+            "required for a class B (乙类) item: its first self-pay share, e.g. 0.10 (0 if it has none)",
+        )),
+        (_, Some(r)) if !r.is_zero() => Err(Error::invalid(
+            field,
+            format!(
+                "only class B items have a first self-pay ratio; class {} must have none or 0, got {}",
+                class.as_str().to_ascii_uppercase(),
+                raw.unwrap_or_default()
+            ),
+        )),
+        (_, _) => Ok(rust_decimal::Decimal::ZERO),
+    }
+}
+
 impl LineInput {
     fn to_line(&self) -> Result<Line> {
+        let class = CatalogueClass::parse(&self.class, "class")?;
         Ok(Line {
             line_no: self.line_no.clone(),
             item_code: self.item_code.clone(),
-            class: CatalogueClass::parse(&self.class, "class")?,
-            first_selfpay_ratio: self
-                .first_selfpay_ratio
-                .as_deref()
-                .map(|r| money::parse_ratio(r, "first_selfpay_ratio"))
-                .transpose()?
-                .unwrap_or_default(),
+            class,
+            first_selfpay_ratio: class_ratio(class, self.first_selfpay_ratio.as_deref())?,
             price_cap: self
                 .price_cap
                 .as_deref()

@@ -636,7 +636,8 @@ pub struct CatalogueFieldArgs {
     /// A | B | C (甲 | 乙 | 丙; required for a new item).
     #[arg(long, value_parser = domain(CatalogueClass::parse))]
     pub class: Option<CatalogueClass>,
-    /// First self-pay ratio of a class-B item, e.g. 0.10 (new item default: 0).
+    /// First self-pay ratio of a class-B item, e.g. 0.10 (0 if it has none): required
+    /// for class B; class A and C items have none.
     #[arg(long)]
     pub first_selfpay_ratio: Option<String>,
     /// Price cap per unit in yuan; "" removes the cap.
@@ -693,7 +694,6 @@ async fn catalogue(client: &mut Client, g: &Globals, cmd: CatalogueCommand) -> a
                     require(fields.class.as_ref(), "--class", &what)?;
                     proto::CatalogueItem {
                         code,
-                        first_selfpay_ratio: "0".to_owned(),
                         valid_from: period::today().to_string(),
                         ..Default::default()
                     }

@@ -319,20 +319,9 @@ struct CatalogueKinds {
 }
 
 fn build_catalogue(i: &proto::CatalogueItem, kinds: CatalogueKinds) -> Result<CatalogueRec> {
-    let ratio = if i.first_selfpay_ratio.trim().is_empty() {
-        rust_decimal::Decimal::ZERO
-    } else {
-        money::parse_ratio(i.first_selfpay_ratio.trim(), "first_selfpay_ratio")?
-    };
-    if kinds.class != CatalogueClass::B && !ratio.is_zero() {
-        return Err(Error::invalid(
-            "first_selfpay_ratio",
-            format!(
-                "only class B items have a first self-pay ratio; class {} must have 0",
-                kinds.class
-            ),
-        ));
-    }
+    // The same rule as `yidi quote`'s lines: class B states its ratio, A and C have none.
+    let ratio =
+        yidi_common::engine::input::class_ratio(kinds.class, Some(i.first_selfpay_ratio.as_str()))?;
     let unit = i.unit.trim();
     if unit.chars().count() > 16 {
         return Err(Error::invalid("unit", "longer than 16 characters"));

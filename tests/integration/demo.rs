@@ -230,7 +230,8 @@ fn demo_once_clears_a_confirmed_statement_matching_every_ledger_and_reruns() {
     );
     assert!(stdout2.contains("(run 2,"), "{stdout2}");
     assert!(
-        stdout2.contains("was cleared by an earlier run"),
+        stdout2.contains("was cleared by an earlier run")
+            && stdout2.contains("the demo coordinator's clock is moved on to"),
         "{stdout2}"
     );
     let persons = |out: &str| {

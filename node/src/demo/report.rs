@@ -675,6 +675,22 @@ pub(super) async fn clear(ctx: &Ctx) -> anyhow::Result<Cleared> {
         }
         _ => now,
     };
+    if period > now {
+        // The coordinator refuses future periods. The demo moves its coordinator's clock
+        // to the first day of that period (and says so); in production the round is
+        // opened once the period has begun.
+        let start = chrono::NaiveDate::from_ymd_opt(period.year(), period.month(), 1)
+            .and_then(|d| d.and_hms_opt(12, 0, 0))
+            .and_then(|t| t.and_local_timezone(yidi_common::period::cst()).single())
+            .context("the first day of the period")?;
+        let ahead = (start.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds();
+        ctx.coordinator_ahead
+            .store(ahead.max(0), std::sync::atomic::Ordering::Relaxed);
+        notes.push(format!(
+            "the demo coordinator's clock is moved on to {} so that the round for {period} can be opened now (a coordinator refuses future periods)",
+            yidi_common::period::format_ts(start.with_timezone(&chrono::Utc))
+        ));
+    }
     println!(
         "clearing: opening a round for {period} (early: the month is not over; later records go to the next round)"
     );

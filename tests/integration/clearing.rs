@@ -775,6 +775,21 @@ async fn future_periods_are_refused_and_empty_periods_need_allow_empty() {
         .unwrap()
         .into_inner();
     assert!(!r.allow_empty);
+    // A repeat of the same request (its answer lost) gets the same round, not a refusal.
+    let again = c
+        .open_round(open_req("empty-1", "2026-11", false, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (again.round_id.as_str(), again.state.as_str()),
+        (r.round_id.as_str(), "OPEN")
+    );
+    let e = c
+        .open_round(open_req("empty-1", "2026-10", false, false))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
     let r = c.run_round(rr(&r.round_id)).await.unwrap().into_inner();
     assert_eq!(r.state, "ABORTED", "{r:?}");
     assert!(

@@ -66,6 +66,20 @@ impl CoordinatorService for CoordinatorSvc {
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "OpenRound", payload)?;
+        // A repeat (an answer lost on the way) gets the round it opened, before the checks
+        // below, which the round it opened now fails ("still OPEN").
+        let prior = {
+            let key = key.clone();
+            self.state
+                .store
+                .read(move |conn| idempotency::replay::<proto::Round>(conn, &key))
+                .await?
+        };
+        if let Some(opened) = prior {
+            return Ok(Response::new(
+                round::view(&self.state, &opened.round_id).await?,
+            ));
+        }
         let p = Period::parse(&req.period, "period").map_err(Error::from)?;
         let now = self.state.clock.now();
         let current = Period::of(now);

@@ -692,4 +692,70 @@ async fn clearing_and_funds_commands_through_the_real_binary() {
         .collect();
     assert_eq!(states, ["SETTLED", "SETTLED"]);
     coord.stop().await;
+
+    // A period without a record, at a coordinator of its own: aborted with a note that
+    // names the flag; with --allow-empty (announced on stderr) it settles with no
+    // transfers.
+    let coord = TestCoordinator::start_at(
+        dir.path().join("coordinator-empty"),
+        fed.peers_file.clone(),
+        mid_period(&next),
+    )
+    .await;
+    let url = format!("http://{}", coord.addr);
+    let empty = clearing(&url, &["open", "2026-01"]).await;
+    let ran = clearing(&url, &["run", empty["round_id"].as_str().unwrap()]).await;
+    assert_eq!(ran["state"], "ABORTED", "{ran}");
+    assert!(
+        ran["note"]
+            .as_str()
+            .unwrap()
+            .contains("yidi clearing open 2026-01 --allow-empty"),
+        "{ran}"
+    );
+    let opened = run(argv(
+        &["clearing", "--coordinator", &url],
+        &["open", "2026-01", "--allow-empty", "--json"],
+    ))
+    .await
+    .expect_code(0);
+    assert!(
+        opened.stderr.contains(
+            "allow-empty: if no node has a record of 2026-01, the round settles with no transfers"
+        ),
+        "{}",
+        opened.stderr
+    );
+    let opened: Value = serde_json::from_str(&opened.stdout).unwrap();
+    assert_eq!(opened["allow_empty"], true);
+    let empty_round = opened["round_id"].as_str().unwrap().to_owned();
+    let waiting = clearing(&url, &["run", &empty_round]).await;
+    // Ningbo confirms by hand, an empty statement too.
+    assert_eq!(waiting["state"], "STATEMENT_ISSUED", "{waiting}");
+    let st3 = clearing(&url, &["statement", &empty_round]).await;
+    assert_eq!(st3["instructions"], serde_json::json!([]));
+    admin(
+        &nb,
+        &[
+            "clearing",
+            "confirm",
+            &empty_round,
+            "--digest",
+            st3["digest"].as_str().unwrap(),
+            "--note",
+            "empty",
+        ],
+    )
+    .await;
+    let ran = clearing(&url, &["run", &empty_round]).await;
+    assert_eq!(
+        (&ran["state"], &ran["transfers_expected"], &ran["note"]),
+        (
+            &Value::from("SETTLED"),
+            &Value::from(0),
+            &Value::from("empty period settled with no transfers (opened with allow_empty)")
+        ),
+        "{ran}"
+    );
+    coord.stop().await;
 }

@@ -223,6 +223,7 @@ impl Record for proto::Round {
                 )),
             ),
             ("cleared", Field::List(self.cleared.clone())),
+            ("allow_empty", Field::Bool(self.allow_empty)),
             ("updated_at", text(&self.updated_at)),
             ("note", text(&self.note)),
         ]

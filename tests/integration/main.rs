@@ -17,3 +17,4 @@ mod settlement;
 mod settlement_concurrency;
 mod settlement_failures;
 mod settlement_flows;
+mod store_files;

@@ -15,6 +15,9 @@
 //!   may hold acknowledged transactions that are not in `node.db` yet; a missing log is
 //!   then refused.
 //!
+//! A damaged page met while serving stops the writer (`super::writer`) and is recorded
+//! in the running marker at the stop, so that the next start checks every page.
+//!
 //! What runs at each start costs a few file reads, whatever the store's size: the
 //! markers, the database header (page size and page count against the file's size), the
 //! schema version and the region. `PRAGMA quick_check` reads every page, so it runs
@@ -98,6 +101,8 @@ pub struct Preflight {
     /// A start after that unclean stop already applied the log to the database file
     /// (and then refused the store): a missing log is no loss any more.
     pub log_applied: bool,
+    /// The last run found the store damaged while serving.
+    pub damaged_seen: bool,
     /// Bytes of the database and its log, to bound `quick_check` in auto mode.
     pub bytes: u64,
 }
@@ -185,6 +190,9 @@ pub fn mark_running(files: &StoreFiles) -> Result<()> {
 /// The running marker's line saying the log of the unclean stop was applied.
 const LOG_APPLIED: &str = "log_applied = true";
 
+/// The running marker's line saying a node found the store damaged while serving.
+const DAMAGED: &str = "damaged = true";
+
 /// Records, in the running marker of an unclean stop, that its log is now in the
 /// database file, while the marker stays (so that the page check runs again at the
 /// next start) until the store passes its checks.
@@ -194,6 +202,18 @@ fn mark_log_applied(files: &StoreFiles) -> Result<()> {
         &format!(
             "# The node using this store did not stop cleanly; its log has since been applied.\n\
              {LOG_APPLIED}\n"
+        ),
+    )
+}
+
+/// Records at a stop that the node found the store damaged while serving (its log
+/// applied): the next start runs `quick_check` whatever the store's size.
+pub fn mark_damaged(files: &StoreFiles) -> Result<()> {
+    write_durably(
+        &files.running,
+        &format!(
+            "# The node using this store found it damaged; every page is checked at the next start.\n\
+             {LOG_APPLIED}\n{DAMAGED}\n"
         ),
     )
 }
@@ -291,7 +311,8 @@ pub fn preflight(dir: &Path, file: &str) -> Result<Preflight> {
     let wal_present = files.wal.exists();
     let running = std::fs::read_to_string(&files.running).ok();
     let unclean = running.is_some();
-    let log_applied = running.is_some_and(|t| t.contains(LOG_APPLIED));
+    let log_applied = running.as_ref().is_some_and(|t| t.contains(LOG_APPLIED));
+    let damaged_seen = running.as_ref().is_some_and(|t| t.contains(DAMAGED));
     if let Some(len) = len.filter(|l| *l > 0) {
         let mut h = [0_u8; 100];
         if len < 100 {
@@ -331,7 +352,9 @@ pub fn preflight(dir: &Path, file: &str) -> Result<Preflight> {
         // A file last written in WAL mode by a node that did not stop cleanly has its
         // log beside it for as long as the node ran: SQLite deletes the log only when
         // the last connection closes after a complete checkpoint. (A restored backup is
-        // in rollback-journal mode and needs none.)
+        // in rollback-journal mode and needs none.) That close may also be another
+        // program's (sqlite3) after the crash, which lost nothing; it cannot be told
+        // apart from a deleted log, so both are refused and the message says so.
         if unclean && !log_applied && header.wal_mode && !wal_present {
             return Err(Error::FailedPrecondition(format!(
                 "store {} was in use when its node last stopped without a clean shutdown \
@@ -339,7 +362,9 @@ pub fn preflight(dir: &Path, file: &str) -> Result<Preflight> {
                  acknowledged since the last checkpoint were only in that file. Put the \
                  -wal file back beside the store (never delete a stopped node's -wal or \
                  -shm files), or {}. To start anyway, accepting the loss of whatever the \
-                 log held, delete {}",
+                 log held, delete {} (nothing was lost if another program, e.g. sqlite3, \
+                 opened and closed the store since: SQLite then applies the log and \
+                 removes it itself)",
                 files.db.display(),
                 files.running.display(),
                 files.wal.display(),
@@ -354,6 +379,7 @@ pub fn preflight(dir: &Path, file: &str) -> Result<Preflight> {
         marker,
         unclean,
         log_applied,
+        damaged_seen,
         bytes,
     })
 }
@@ -453,7 +479,9 @@ pub fn check_contents(conn: &Connection, pre: &Preflight, mode: CheckStore) -> R
     let quick = match mode {
         CheckStore::Quick => true,
         CheckStore::Off => false,
-        CheckStore::Auto => pre.unclean && pre.bytes <= AUTO_QUICK_CHECK_LIMIT,
+        CheckStore::Auto => {
+            pre.damaged_seen || (pre.unclean && pre.bytes <= AUTO_QUICK_CHECK_LIMIT)
+        }
     };
     if quick {
         let started = std::time::Instant::now();

@@ -130,7 +130,7 @@ struct ReadPool {
     /// Keeps the writer running until the read connections above are closed (fields
     /// drop in order): the writer's connection must be the last one, so that its
     /// closing checkpoint, not a reader's, is what empties the log.
-    _writer: Writer,
+    writer: Writer,
 }
 
 /// Applies the pragmas every connection needs. `synchronous=FULL` because what the
@@ -310,8 +310,16 @@ impl Store {
         // database file does not (the log exists: WAL mode was set above).
         integrity::mark_running(&pre.files)?;
         let running = pre.files.running.clone();
-        let closing: writer::Closing = Box::new(move |conn| {
+        let files = pre.files.clone();
+        let closing: writer::Closing = Box::new(move |conn, damaged| {
             match integrity::checkpoint_truncate(conn) {
+                // The marker stays, saying so: the next start checks every page.
+                Ok(true) if damaged => {
+                    if let Err(e) = integrity::mark_damaged(&files) {
+                        tracing::warn!(error = %e, "cannot record the store's damage in its running marker");
+                    }
+                    false
+                }
                 Ok(true) => match integrity::mark_stopped(&running) {
                     Ok(()) => true,
                     Err(e) => {
@@ -360,7 +368,7 @@ impl Store {
                 conns: Mutex::new(readers),
                 permits,
                 live,
-                _writer: writer,
+                writer,
             }),
             path,
         })
@@ -420,6 +428,9 @@ impl Store {
                 tracing::error!("a read connection could not end its transaction; retired");
                 pool.live.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 permit.forget();
+            }
+            if let Err(e) = &out {
+                pool.writer.note_error(e);
             }
             out
         })
@@ -524,6 +535,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::OptionalExtension;
 
     /// The writer's cache is small below the 1 GiB mark (where a large one costs a walk
     /// of the whole cache at commits) and large above it.
@@ -818,5 +830,78 @@ mod tests {
         );
         let check = Store::check_offline(dir.path()).expect_err("check-store finds it too");
         assert!(check.to_string().contains("quick_check"), "{check}");
+    }
+
+    /// Garbage pages a start did not check: the first request that meets them fails,
+    /// and from then on the store takes no write at all (nothing written), even one
+    /// that touches only healthy pages; the stop leaves the marker saying so, and the
+    /// next start checks every page and refuses the store.
+    #[tokio::test]
+    async fn a_store_found_damaged_while_serving_takes_no_more_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = integrity::StoreFiles::new(dir.path(), DB_FILE);
+        let s = filled_store(dir.path(), 3000).await;
+        assert!(s.close(std::time::Duration::from_secs(5)).await);
+        drop(s);
+        let mut bytes = std::fs::read(&files.db).unwrap();
+        let at = bytes.len() * 3 / 4 / 4096 * 4096;
+        bytes[at..at + 4096].fill(0xA5);
+        std::fs::write(&files.db, &bytes).unwrap();
+        let store = Store::open_checked(dir.path(), 1, "330100", CheckStore::Off).unwrap();
+        let healthy = |c: &Connection| meta_set(c, "probe", "1");
+        let sum = |c: &Connection| -> Result<i64> {
+            Ok(c.query_row("SELECT SUM(length(v)) FROM filler", [], |r| r.get(0))?)
+        };
+        // A read meets the damage first.
+        let read = store.read(sum).await;
+        assert!(
+            matches!(&read, Err(Error::Internal(m)) if m.contains("malformed")),
+            "{read:?}"
+        );
+        let refused = store.write(healthy).await;
+        assert!(
+            matches!(&refused, Err(Error::Unavailable(m)) if m.contains("store is damaged") && m.contains("yidi backup")),
+            "{refused:?}"
+        );
+        assert!(!store.close(std::time::Duration::from_secs(5)).await);
+        drop(store);
+        let marker = std::fs::read_to_string(&files.running).unwrap();
+        assert!(marker.contains("damaged = true"), "{marker}");
+        let probe: Option<String> = Connection::open(&files.db)
+            .unwrap()
+            .query_row("SELECT value FROM meta WHERE key = 'probe'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .unwrap();
+        assert_eq!(probe, None, "nothing written after the damage was seen");
+        assert!(refusal(dir.path(), CheckStore::Auto).contains("quick_check"));
+    }
+
+    /// A write that meets the damage itself stops the writes after it too.
+    #[tokio::test]
+    async fn a_write_that_meets_damage_stops_the_writes_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = integrity::StoreFiles::new(dir.path(), DB_FILE);
+        let s = filled_store(dir.path(), 3000).await;
+        assert!(s.close(std::time::Duration::from_secs(5)).await);
+        drop(s);
+        let mut bytes = std::fs::read(&files.db).unwrap();
+        let at = bytes.len() * 3 / 4 / 4096 * 4096;
+        bytes[at..at + 4096].fill(0xA5);
+        std::fs::write(&files.db, &bytes).unwrap();
+        let store = Store::open_checked(dir.path(), 1, "330100", CheckStore::Off).unwrap();
+        let touch = store
+            .write(|c| Ok(c.execute("UPDATE filler SET v = zeroblob(10)", [])?))
+            .await;
+        assert!(
+            matches!(&touch, Err(Error::Internal(m)) if m.contains("malformed")),
+            "{touch:?}"
+        );
+        let next = store.write(|c| meta_set(c, "probe", "1")).await;
+        assert!(
+            matches!(&next, Err(Error::Unavailable(m)) if m.contains("damaged")),
+            "{next:?}"
+        );
     }
 }

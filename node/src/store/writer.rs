@@ -8,7 +8,7 @@
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     thread,
@@ -42,8 +42,22 @@ enum Msg {
 
 /// The writer's last step before its connection closes, whether it was told to close
 /// or every handle was dropped: for the store, a complete checkpoint of the log and
-/// the running marker removed (see `super::integrity`). True when it succeeded.
-pub type Closing = Box<dyn FnOnce(&Connection) -> bool + Send>;
+/// the running marker removed (see `super::integrity`). Given whether the store was
+/// found damaged; true when it succeeded.
+pub type Closing = Box<dyn FnOnce(&Connection, bool) -> bool + Send>;
+
+/// Whether an error is SQLite reporting a damaged file (`SQLITE_CORRUPT`,
+/// `SQLITE_NOTADB`), as the store's errors carry it in their message.
+fn corruption(e: &Error) -> Option<&str> {
+    match e {
+        Error::Internal(m) => corruption_message(m).then_some(m.as_str()),
+        _ => None,
+    }
+}
+
+fn corruption_message(m: &str) -> bool {
+    m.contains("database disk image is malformed") || m.contains("file is not a database")
+}
 
 /// Upkeep the writer runs between transactions, once per window (`WINDOW`): settings
 /// that follow the store's size.
@@ -54,6 +68,10 @@ pub type Upkeep = fn(&Connection) -> rusqlite::Result<()>;
 pub struct Writer {
     tx: Sender<Msg>,
     totals: Arc<Totals>,
+    /// Set at the first sign of a damaged file: what SQLite said. From then on the
+    /// writer runs nothing, so that a node never goes on acknowledging writes into a
+    /// store whose pages are garbage.
+    damaged: Arc<OnceLock<String>>,
 }
 
 /// What the writer has done since it started, kept for the node's metrics: whether
@@ -96,21 +114,35 @@ impl Writer {
         let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
         let totals = Arc::new(Totals::default());
         let kept = Arc::clone(&totals);
+        let damaged = Arc::new(OnceLock::new());
+        let seen = Arc::clone(&damaged);
         thread::Builder::new()
             .name("yidi-store-writer".into())
             .spawn(move || {
-                let closer = run_loop(&conn, &rx, upkeep, budget, &kept);
+                let closer = run_loop(&conn, &rx, upkeep, budget, &kept, &seen);
                 // Requests still queued are dropped unanswered (UNAVAILABLE, nothing
                 // written) rather than run after the close.
                 drop(rx);
-                let closed = closing(&conn);
+                let closed = closing(&conn, seen.get().is_some());
                 drop(conn);
                 if let Some(reply) = closer {
                     let _ = reply.send(closed);
                 }
             })
             .map_err(|e| Error::Internal(format!("cannot start the store writer: {e}")))?;
-        Ok(Self { tx, totals })
+        Ok(Self {
+            tx,
+            totals,
+            damaged,
+        })
+    }
+
+    /// Records that the store's file is damaged (SQLite said `what`) if `e` says so;
+    /// for errors met outside the writer (reads).
+    pub fn note_error(&self, e: &Error) {
+        if let Some(what) = corruption(e) {
+            note_damage(&self.damaged, what);
+        }
     }
 
     /// Stops the writer: what is running commits, what is queued behind the close is
@@ -156,8 +188,17 @@ impl Writer {
         R: Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<R>>();
+        let damaged = Arc::clone(&self.damaged);
         let job: Job = Box::new(move |conn: &Connection| {
-            let outcome = run_in_savepoint(conn, f);
+            let outcome = match damaged.get() {
+                Some(what) => Err(refusal(what)),
+                None => run_in_savepoint(conn, f),
+            };
+            if let Err(e) = &outcome
+                && let Some(what) = corruption(e)
+            {
+                note_damage(&damaged, what);
+            }
             Box::new(move |commit_error: Option<&str>| {
                 let result = match (outcome, commit_error) {
                     (Err(e), _) => Err(e),
@@ -184,6 +225,21 @@ impl Writer {
             })?
         }
     }
+}
+
+/// Records the first damage seen, loudly.
+fn note_damage(damaged: &OnceLock<String>, what: &str) {
+    if damaged.set(what.to_owned()).is_ok() {
+        tracing::error!(error = %what, "the store's file is damaged; it takes no more writes. Stop the node and restore the store from a `yidi backup` copy");
+    }
+}
+
+/// The answer to every write once the store was found damaged.
+fn refusal(what: &str) -> Error {
+    Error::Unavailable(format!(
+        "the node's store is damaged ({what}) and takes no more writes; nothing was \
+         written. The agency must restore it from a `yidi backup` copy"
+    ))
 }
 
 /// Runs one fixed statement through the statement cache (parsed once, not per job).
@@ -235,6 +291,7 @@ fn run_loop(
     upkeep: Upkeep,
     budget: std::time::Duration,
     totals: &Totals,
+    damaged: &OnceLock<String>,
 ) -> Option<oneshot::Sender<bool>> {
     let mut window = Window::default();
     let mut since = std::time::Instant::now();
@@ -327,7 +384,10 @@ fn run_loop(
         totals
             .commit_micros
             .fetch_add(micros(committing), Ordering::Relaxed);
-        if commit.is_err() {
+        if let Err(m) = &commit {
+            if corruption_message(m) {
+                note_damage(damaged, m);
+            }
             let _ = conn.execute_batch("ROLLBACK");
         }
         let err = commit.as_ref().err().map(String::as_str);
@@ -394,7 +454,7 @@ mod tests {
             conn,
             |_| Ok(()),
             Duration::from_secs(3600),
-            Box::new(|_| true),
+            Box::new(|_, _| true),
         )
         .unwrap()
     }
@@ -449,7 +509,7 @@ mod tests {
             conn,
             |_| Ok(()),
             Duration::from_millis(50),
-            Box::new(|_| true),
+            Box::new(|_, _| true),
         )
         .unwrap();
         let (first, hold) = held_first(&w, |_| {
@@ -582,7 +642,7 @@ mod tests {
             conn,
             |_| Ok(()),
             Duration::from_secs(3600),
-            Box::new(move |c| {
+            Box::new(move |c, _| {
                 let n: i64 = c
                     .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
                     .unwrap();

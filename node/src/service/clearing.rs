@@ -15,7 +15,7 @@ use crate::{
     Error, Result,
     idempotency::{self, RequestKey, payload_hash},
     store::{
-        clearing::{self, RoundRec},
+        clearing::{self, FreezeStep, RoundRec},
         funds,
         ledger::Side,
     },
@@ -93,6 +93,22 @@ pub fn reserve_balances(conn: &rusqlite::Connection) -> Result<Vec<proto::Reserv
         .collect())
 }
 
+/// Lets go, in bounded writer jobs, the entries a released or cleared round still
+/// holds; returns how many.
+async fn tidy(store: &crate::store::Store, round_id: &str) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        let id = round_id.to_owned();
+        let n = store
+            .write(move |conn| clearing::tidy_step(conn, &id))
+            .await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n;
+    }
+}
+
 /// Compares a statement with this node's frozen ledger.
 fn verify(
     conn: &rusqlite::Connection,
@@ -163,11 +179,27 @@ impl ClearingParticipant for ClearingSvc {
             .map_err(Error::from)?
             .to_string();
         let region = self.state.region;
+        // Frozen in steps of bounded writer jobs (see `clearing::freeze_step`), then
+        // reported from a read: a large node's round must not hold the writer.
+        let mut cursor = None;
+        loop {
+            let (id, period) = (id.clone(), period.clone());
+            let step = self
+                .state
+                .store
+                .write(move |conn| {
+                    clearing::freeze_step(conn, &id, &period, &period::now_rfc3339(), cursor)
+                })
+                .await?;
+            match step {
+                FreezeStep::Continue(next) => cursor = next,
+                FreezeStep::Done => break,
+            }
+        }
         let out = self
             .state
             .store
-            .write(move |conn| {
-                clearing::freeze(conn, &id, &period, &period::now_rfc3339())?;
+            .read(move |conn| {
                 let round = known_round(conn, &id)?;
                 if round.period != period {
                     return Err(Error::invalid(
@@ -366,26 +398,38 @@ impl ClearingParticipant for ClearingSvc {
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "MarkCleared", payload)?;
         let id = round_id(&req.round_id)?;
+        // Counted from a read: a confirmed round's entries no longer change (exclusions
+        // end at confirmation), and counting millions would hold the writer.
+        let counted = id.clone();
+        let records = self
+            .state
+            .store
+            .read(move |conn| clearing::records_of(conn, &counted))
+            .await?;
+        let marked = id.clone();
         let out = self
             .state
             .store
             .write(move |conn| {
                 idempotency::once(conn, &key, |conn| {
-                    let round = known_round(conn, &id)?;
+                    let round = known_round(conn, &marked)?;
                     if round.state != "confirmed" {
                         return Err(Error::FailedPrecondition(format!(
-                            "round {id} is {} here; only a confirmed round is cleared",
+                            "round {marked} is {} here; only a confirmed round is cleared",
                             round.state
                         )));
                     }
-                    let n = clearing::mark_cleared(conn, &id, &period::now_rfc3339())?;
+                    clearing::mark_cleared(conn, &marked, &period::now_rfc3339())?;
                     Ok(proto::MarkClearedResponse {
                         cleared: true,
-                        records: n,
+                        records,
                     })
                 })
             })
             .await?;
+        // The round is cleared from here on; its entries are marked so in steps (also
+        // on a repeat, in case a stop cut the first one short).
+        tidy(&self.state.store, &id).await?;
         tracing::info!(round = %req.round_id, period = %req.period, records = out.records, "clearing round settled; records cleared");
         Ok(Response::new(out))
     }
@@ -395,10 +439,11 @@ impl ClearingParticipant for ClearingSvc {
         req: Request<proto::ReleaseRoundRequest>,
     ) -> Result<Response<proto::ReleaseRoundResponse>, Status> {
         let id = round_id(&req.into_inner().round_id)?;
-        let out = self
-            .state
+        let released = id.clone();
+        self.state
             .store
             .write(move |conn| {
+                let id = released;
                 if let Some(r) = clearing::get(conn, &id)?
                     && r.state == "cleared"
                 {
@@ -406,11 +451,10 @@ impl ClearingParticipant for ClearingSvc {
                         "round {id} is already cleared here"
                     )));
                 }
-                Ok(proto::ReleaseRoundResponse {
-                    released: clearing::release(conn, &id)?,
-                })
+                clearing::release(conn, &id)
             })
             .await?;
-        Ok(Response::new(out))
+        let released = tidy(&self.state.store, &id).await?;
+        Ok(Response::new(proto::ReleaseRoundResponse { released }))
     }
 }

@@ -5,6 +5,7 @@
 mod admin;
 mod bench;
 mod clearing;
+mod clearing_steps;
 mod cli_admin;
 mod cli_clearing;
 mod cli_hospital;

@@ -360,6 +360,14 @@ impl ClearingParticipant for ClearingSvc {
                         confirmed_by: round.confirmed_by,
                     });
                 }
+                if round.state == "freezing" {
+                    // Its totals are not final until the last step of the freeze.
+                    return Err(Error::FailedPrecondition(format!(
+                        "round {} is still being frozen here; confirm once its positions \
+                         have been reported",
+                        s.round_id
+                    )));
+                }
                 let diffs = verify(conn, region, &s)?;
                 if !diffs.is_empty() {
                     return Ok(proto::ConfirmStatementResponse {

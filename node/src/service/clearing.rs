@@ -1,6 +1,11 @@
 //! ClearingParticipant: what the coordinator asks of this node in a clearing round.
 //! Only region codes, record ids, counts, sums and digests leave the node here.
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
 use tonic::{Request, Response, Status};
 use yidi_common::{
     money::{self, Sign},
@@ -33,6 +38,9 @@ const SCOPE: &str = "coordinator";
 pub struct ClearingSvc {
     state: State,
     auto_confirm: bool,
+    /// Counts exclusions, bumped inside their writer jobs: a confirmation verified from
+    /// a read re-verifies in its writer job only if an exclusion ran in between.
+    exclusions: Arc<AtomicU64>,
 }
 
 impl ClearingSvc {
@@ -41,6 +49,7 @@ impl ClearingSvc {
         Self {
             state,
             auto_confirm,
+            exclusions: Arc::default(),
         }
     }
 }
@@ -295,10 +304,12 @@ impl ClearingParticipant for ClearingSvc {
         let cp = RegionCode::parse_city(&req.counterparty, "counterparty")
             .map_err(Error::from)?
             .to_string();
+        let exclusions = Arc::clone(&self.exclusions);
         let out = self
             .state
             .store
             .write(move |conn| {
+                exclusions.fetch_add(1, Ordering::SeqCst);
                 idempotency::once(conn, &key, |conn| {
                     let round = known_round(conn, &id)?;
                     if round.state != "frozen" {
@@ -349,6 +360,30 @@ impl ClearingParticipant for ClearingSvc {
             .ok_or_else(|| Error::invalid("statement", "missing"))?;
         let region = self.state.region;
         let auto = self.auto_confirm;
+        // The statement is verified from a read (the round's totals go through all its
+        // records, too many for a writer job at a large node). The exclusion count is
+        // taken by a writer job first, so that the read sees every exclusion run before
+        // it, and any run after it shows in the count when the confirmation runs.
+        let exclusions = Arc::clone(&self.exclusions);
+        let seen = {
+            let exclusions = Arc::clone(&exclusions);
+            self.state
+                .store
+                .write(move |_| Ok(exclusions.load(Ordering::SeqCst)))
+                .await?
+        };
+        let verified = {
+            let s = s.clone();
+            self.state
+                .store
+                .read(move |conn| {
+                    let round = known_round(conn, &s.round_id)?;
+                    (round.state == "frozen")
+                        .then(|| verify(conn, region, &s))
+                        .transpose()
+                })
+                .await?
+        };
         let out = self
             .state
             .store
@@ -368,7 +403,10 @@ impl ClearingParticipant for ClearingSvc {
                         s.round_id
                     )));
                 }
-                let diffs = verify(conn, region, &s)?;
+                let diffs = match verified {
+                    Some(d) if exclusions.load(Ordering::SeqCst) == seen => d,
+                    _ => verify(conn, region, &s)?,
+                };
                 if !diffs.is_empty() {
                     return Ok(proto::ConfirmStatementResponse {
                         confirmed: false,

@@ -172,18 +172,15 @@ pub fn freeze_step(
 }
 
 /// Releases a round (abort): it is `released` at once — nothing can be confirmed or
-/// cleared in it any more — and its exclusions are dropped; its entries are let go by
-/// [`tidy_step`]. A cleared round is left as it is.
+/// cleared in it any more — and its entries are let go by [`tidy_step`]. A cleared
+/// round is left as it is. Entries excluded from it keep the mark: it only ever kept
+/// them out of this round, which is never frozen again (finding them would take a
+/// scan of the whole ledger).
 pub fn release(conn: &Connection, round_id: &str) -> Result<()> {
-    let n = conn
-        .prepare_cached(
-            "UPDATE clearing_rounds SET state = 'released' WHERE round_id = ?1 AND state <> 'cleared'",
-        )?
-        .execute([round_id])?;
-    if n > 0 {
-        conn.prepare_cached("UPDATE ledger SET excluded_round = NULL WHERE excluded_round = ?1")?
-            .execute([round_id])?;
-    }
+    conn.prepare_cached(
+        "UPDATE clearing_rounds SET state = 'released' WHERE round_id = ?1 AND state <> 'cleared'",
+    )?
+    .execute([round_id])?;
     Ok(())
 }
 

@@ -222,7 +222,51 @@ impl NodeProcess {
         self.wait_ready(Duration::from_secs(30));
     }
 
+    /// Stops the node with SIGTERM (a clean stop) and waits until it has exited.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the node") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "yidi node did not stop within 30 s of SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the node again (after [`Self::kill`] or [`Self::terminate`]) with
+    /// `more` arguments for this start only. `Err` when it exits instead of answering:
+    /// its exit code and what it logged in this start.
+    pub fn try_restart(&mut self, more: &[&str]) -> Result<(), (Option<i32>, String)> {
+        self.kill();
+        let logged = self.log().len();
+        let mut extra = self.extra.clone();
+        extra.extend(more.iter().map(|a| (*a).to_owned()));
+        self.child = spawn_node(&self.region, self.port, self.dir.path(), &extra);
+        self.wait_answering(Duration::from_secs(30))
+            .map_err(|code| (code, self.log()[logged..].to_owned()))
+    }
+
     fn wait_ready(&mut self, within: Duration) {
+        if let Err(code) = self.wait_answering(within) {
+            panic!(
+                "yidi node exited before answering ({code:?}):\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// Waits until the node answers; `Err` with its exit code if it exits first.
+    fn wait_answering(&mut self, within: Duration) -> Result<(), Option<i32>> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -230,10 +274,7 @@ impl NodeProcess {
         let deadline = Instant::now() + within;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "yidi node exited before answering ({status}):\n{}",
-                    self.log()
-                );
+                return Err(status.code());
             }
             let url = self.url.clone();
             let answered = rt.block_on(async move {
@@ -241,7 +282,7 @@ impl NodeProcess {
                 client.get_node_info(GetNodeInfoRequest {}).await.ok()
             });
             if answered.is_some() {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,

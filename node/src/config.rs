@@ -77,6 +77,11 @@ pub struct NodeArgs {
     /// /metrics. Off when unset.
     #[arg(long, env = "YIDI_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// How much of the store to verify at start: "auto" (default: file checks always,
+    /// `PRAGMA quick_check` after an unclean stop of a store up to 256 MiB), "quick"
+    /// (quick_check at every start; reads the whole store) or "off" (file checks only).
+    #[arg(long, env = "YIDI_CHECK_STORE", value_enum)]
+    pub check_store: Option<crate::store::CheckStore>,
 }
 
 /// The config file's shape; every key optional so flags can fill the rest.
@@ -102,6 +107,7 @@ struct FileConfig {
     hospital_rate_per_second: Option<u32>,
     hospital_burst: Option<u32>,
     metrics_listen: Option<SocketAddr>,
+    check_store: Option<crate::store::CheckStore>,
 }
 
 /// A node's resolved configuration.
@@ -126,6 +132,8 @@ pub struct NodeConfig {
     pub hospital_rate: crate::auth::RateLimit,
     /// Where to serve Prometheus metrics; None: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// How much of the store is verified before serving.
+    pub check_store: crate::store::CheckStore,
     /// Fault injection (tests only).
     pub hooks: crate::service::TestHooks,
 }
@@ -149,6 +157,7 @@ impl NodeConfig {
             security: crate::tls::SecurityConfig::insecure_loopback(),
             hospital_rate: crate::auth::RateLimit::default(),
             metrics_listen: None,
+            check_store: crate::store::CheckStore::Auto,
             hooks: crate::service::TestHooks::default(),
         }
     }
@@ -242,6 +251,7 @@ impl NodeConfig {
                 }
             },
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            check_store: args.check_store.or(file.check_store).unwrap_or_default(),
             hooks: crate::service::TestHooks::default(),
             region,
         };

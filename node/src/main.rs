@@ -44,6 +44,9 @@ enum Command {
     Certs(yidi_node::certs::CertsArgs),
     /// Copy a running node's or coordinator's SQLite store to a file (online backup).
     Backup(yidi_node::backup::BackupArgs),
+    /// Check a stopped node's or coordinator's store: its files, header, schema and
+    /// every page (PRAGMA quick_check); exits non-zero naming the damage and the repair.
+    CheckStore(yidi_node::backup::CheckStoreArgs),
     /// Load a new node's person register from the agency's CSV file, straight into the
     /// stopped node's store (its first load; changes go through `admin person import`).
     LoadPersons(yidi_node::cli::load::LoadArgs),
@@ -99,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Certs(args) => yidi_node::certs::run(args)?,
         Command::Backup(args) => yidi_node::backup::run(&args)?,
+        Command::CheckStore(args) => yidi_node::backup::check_store(&args)?,
         Command::LoadPersons(args) => {
             let code = yidi_node::cli::load::run(&args)?;
             if code != 0 {

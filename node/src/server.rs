@@ -91,9 +91,11 @@ pub async fn serve(
     let dir = config.data_dir.clone();
     let readers = config.read_connections;
     let region = config.region.to_string();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir, readers, &region))
-        .await
-        .map_err(|e| Error::Internal(format!("store open task failed: {e}")))??;
+    let check = config.check_store;
+    let store =
+        tokio::task::spawn_blocking(move || Store::open_checked(&dir, readers, &region, check))
+            .await
+            .map_err(|e| Error::Internal(format!("store open task failed: {e}")))??;
     let peers = {
         let (region, path, timeout) = (
             config.region,
@@ -224,6 +226,7 @@ pub async fn serve(
     tokio::select! {
         result = &mut server => {
             let _ = stop_bg.send(true);
+            close_store(&state.store).await;
             return result.map_err(|e| Error::Unavailable(format!("server failed: {e}")));
         }
         () = shutdown => {}
@@ -234,13 +237,32 @@ pub async fn serve(
         "shutting down; draining in-flight requests"
     );
     let _ = stop_tx.send(());
-    match tokio::time::timeout(config.drain, server).await {
-        Ok(result) => result.map_err(|e| Error::Unavailable(format!("server failed: {e}")))?,
-        Err(_) => tracing::warn!("drain deadline passed; abandoning the remaining requests"),
-    }
+    let served = match tokio::time::timeout(config.drain, server).await {
+        Ok(result) => result.map_err(|e| Error::Unavailable(format!("server failed: {e}"))),
+        Err(_) => {
+            tracing::warn!("drain deadline passed; abandoning the remaining requests");
+            Ok(())
+        }
+    };
     while tasks.join_next().await.is_some() {}
+    close_store(&state.store).await;
+    served?;
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// How long a clean stop waits for reads still running before closing the store.
+const STORE_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Closes the store before the process ends: without it the process exits with the
+/// writer's and readers' connections open, and everything committed since the last
+/// checkpoint stays only in `node.db-wal` — lost by whoever copies `node.db` alone.
+async fn close_store(store: &Store) {
+    if store.close(STORE_CLOSE_WAIT).await {
+        tracing::info!(store = %store.path().display(), "store checkpointed and closed");
+    } else {
+        tracing::warn!(store = %store.path().display(), "store closed without a complete checkpoint; its -wal file holds the rest and the next start checks it");
+    }
 }
 
 /// Binds the configured address and serves until SIGINT or SIGTERM.

@@ -5,6 +5,7 @@
 mod admin;
 mod bench;
 mod clearing;
+mod clearing_steps;
 mod cli_admin;
 mod cli_clearing;
 mod cli_hospital;
@@ -18,3 +19,4 @@ mod settlement;
 mod settlement_concurrency;
 mod settlement_failures;
 mod settlement_flows;
+mod store_files;

@@ -74,7 +74,12 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<i32> {
     // The load checks again inside its transaction.
     let existing = args.data_dir.join(crate::store::DB_FILE);
     if existing.exists() {
-        person_load::ensure_empty(&rusqlite::Connection::open(&existing)?)?;
+        // Read-only: a read-write connection's close would apply and remove the log of
+        // a node that did not stop cleanly, before the store's checks have looked at it.
+        person_load::ensure_empty(&rusqlite::Connection::open_with_flags(
+            &existing,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?)?;
     }
     let mut conn = Store::open_connection(&args.data_dir, region.as_str())?;
     let outcome = load(&mut conn, args);

@@ -390,6 +390,10 @@ pub async fn serve(
         tracing::warn!("drain deadline passed; abandoning the remaining requests");
     }
     while tasks.join_next().await.is_some() {}
+    // As a node's: the log copied into coordinator.db before the process ends.
+    if !state.store.close(Duration::from_secs(5)).await {
+        tracing::warn!("store closed without a complete checkpoint; the next start checks it");
+    }
     tracing::info!("coordinator stopped");
     Ok(())
 }

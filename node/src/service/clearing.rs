@@ -1,6 +1,11 @@
 //! ClearingParticipant: what the coordinator asks of this node in a clearing round.
 //! Only region codes, record ids, counts, sums and digests leave the node here.
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
 use tonic::{Request, Response, Status};
 use yidi_common::{
     money::{self, Sign},
@@ -15,7 +20,7 @@ use crate::{
     Error, Result,
     idempotency::{self, RequestKey, payload_hash},
     store::{
-        clearing::{self, RoundRec},
+        clearing::{self, FreezeStep, RoundRec},
         funds,
         ledger::Side,
     },
@@ -33,6 +38,9 @@ const SCOPE: &str = "coordinator";
 pub struct ClearingSvc {
     state: State,
     auto_confirm: bool,
+    /// Counts exclusions, bumped inside their writer jobs: a confirmation verified from
+    /// a read re-verifies in its writer job only if an exclusion ran in between.
+    exclusions: Arc<AtomicU64>,
 }
 
 impl ClearingSvc {
@@ -41,6 +49,7 @@ impl ClearingSvc {
         Self {
             state,
             auto_confirm,
+            exclusions: Arc::default(),
         }
     }
 }
@@ -91,6 +100,22 @@ pub fn reserve_balances(conn: &rusqlite::Connection) -> Result<Vec<proto::Reserv
             alarm_threshold: money::format(money::from_fen(r.alarm_fen)),
         })
         .collect())
+}
+
+/// Lets go, in bounded writer jobs, the entries a released or cleared round still
+/// holds; returns how many.
+async fn tidy(store: &crate::store::Store, round_id: &str) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        let id = round_id.to_owned();
+        let n = store
+            .write(move |conn| clearing::tidy_step(conn, &id))
+            .await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n;
+    }
 }
 
 /// Compares a statement with this node's frozen ledger.
@@ -163,11 +188,27 @@ impl ClearingParticipant for ClearingSvc {
             .map_err(Error::from)?
             .to_string();
         let region = self.state.region;
+        // Frozen in steps of bounded writer jobs (see `clearing::freeze_step`), then
+        // reported from a read: a large node's round must not hold the writer.
+        let mut cursor = None;
+        loop {
+            let (id, period) = (id.clone(), period.clone());
+            let step = self
+                .state
+                .store
+                .write(move |conn| {
+                    clearing::freeze_step(conn, &id, &period, &period::now_rfc3339(), cursor)
+                })
+                .await?;
+            match step {
+                FreezeStep::Continue(next) => cursor = next,
+                FreezeStep::Done => break,
+            }
+        }
         let out = self
             .state
             .store
-            .write(move |conn| {
-                clearing::freeze(conn, &id, &period, &period::now_rfc3339())?;
+            .read(move |conn| {
                 let round = known_round(conn, &id)?;
                 if round.period != period {
                     return Err(Error::invalid(
@@ -263,10 +304,12 @@ impl ClearingParticipant for ClearingSvc {
         let cp = RegionCode::parse_city(&req.counterparty, "counterparty")
             .map_err(Error::from)?
             .to_string();
+        let exclusions = Arc::clone(&self.exclusions);
         let out = self
             .state
             .store
             .write(move |conn| {
+                exclusions.fetch_add(1, Ordering::SeqCst);
                 idempotency::once(conn, &key, |conn| {
                     let round = known_round(conn, &id)?;
                     if round.state != "frozen" {
@@ -317,6 +360,30 @@ impl ClearingParticipant for ClearingSvc {
             .ok_or_else(|| Error::invalid("statement", "missing"))?;
         let region = self.state.region;
         let auto = self.auto_confirm;
+        // The statement is verified from a read (the round's totals go through all its
+        // records, too many for a writer job at a large node). The exclusion count is
+        // taken by a writer job first, so that the read sees every exclusion run before
+        // it, and any run after it shows in the count when the confirmation runs.
+        let exclusions = Arc::clone(&self.exclusions);
+        let seen = {
+            let exclusions = Arc::clone(&exclusions);
+            self.state
+                .store
+                .write(move |_| Ok(exclusions.load(Ordering::SeqCst)))
+                .await?
+        };
+        let verified = {
+            let s = s.clone();
+            self.state
+                .store
+                .read(move |conn| {
+                    let round = known_round(conn, &s.round_id)?;
+                    (round.state == "frozen")
+                        .then(|| verify(conn, region, &s))
+                        .transpose()
+                })
+                .await?
+        };
         let out = self
             .state
             .store
@@ -328,7 +395,18 @@ impl ClearingParticipant for ClearingSvc {
                         confirmed_by: round.confirmed_by,
                     });
                 }
-                let diffs = verify(conn, region, &s)?;
+                if round.state == "freezing" {
+                    // Its totals are not final until the last step of the freeze.
+                    return Err(Error::FailedPrecondition(format!(
+                        "round {} is still being frozen here; confirm once its positions \
+                         have been reported",
+                        s.round_id
+                    )));
+                }
+                let diffs = match verified {
+                    Some(d) if exclusions.load(Ordering::SeqCst) == seen => d,
+                    _ => verify(conn, region, &s)?,
+                };
                 if !diffs.is_empty() {
                     return Ok(proto::ConfirmStatementResponse {
                         confirmed: false,
@@ -366,26 +444,38 @@ impl ClearingParticipant for ClearingSvc {
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "MarkCleared", payload)?;
         let id = round_id(&req.round_id)?;
+        // Counted from a read: a confirmed round's entries no longer change (exclusions
+        // end at confirmation), and counting millions would hold the writer.
+        let counted = id.clone();
+        let records = self
+            .state
+            .store
+            .read(move |conn| clearing::records_of(conn, &counted))
+            .await?;
+        let marked = id.clone();
         let out = self
             .state
             .store
             .write(move |conn| {
                 idempotency::once(conn, &key, |conn| {
-                    let round = known_round(conn, &id)?;
+                    let round = known_round(conn, &marked)?;
                     if round.state != "confirmed" {
                         return Err(Error::FailedPrecondition(format!(
-                            "round {id} is {} here; only a confirmed round is cleared",
+                            "round {marked} is {} here; only a confirmed round is cleared",
                             round.state
                         )));
                     }
-                    let n = clearing::mark_cleared(conn, &id, &period::now_rfc3339())?;
+                    clearing::mark_cleared(conn, &marked, &period::now_rfc3339())?;
                     Ok(proto::MarkClearedResponse {
                         cleared: true,
-                        records: n,
+                        records,
                     })
                 })
             })
             .await?;
+        // The round is cleared from here on; its entries are marked so in steps (also
+        // on a repeat, in case a stop cut the first one short).
+        tidy(&self.state.store, &id).await?;
         tracing::info!(round = %req.round_id, period = %req.period, records = out.records, "clearing round settled; records cleared");
         Ok(Response::new(out))
     }
@@ -395,10 +485,11 @@ impl ClearingParticipant for ClearingSvc {
         req: Request<proto::ReleaseRoundRequest>,
     ) -> Result<Response<proto::ReleaseRoundResponse>, Status> {
         let id = round_id(&req.into_inner().round_id)?;
-        let out = self
-            .state
+        let released = id.clone();
+        self.state
             .store
             .write(move |conn| {
+                let id = released;
                 if let Some(r) = clearing::get(conn, &id)?
                     && r.state == "cleared"
                 {
@@ -406,11 +497,10 @@ impl ClearingParticipant for ClearingSvc {
                         "round {id} is already cleared here"
                     )));
                 }
-                Ok(proto::ReleaseRoundResponse {
-                    released: clearing::release(conn, &id)?,
-                })
+                clearing::release(conn, &id)
             })
             .await?;
-        Ok(Response::new(out))
+        let released = tidy(&self.state.store, &id).await?;
+        Ok(Response::new(proto::ReleaseRoundResponse { released }))
     }
 }

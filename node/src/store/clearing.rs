@@ -51,7 +51,8 @@ pub fn list(conn: &Connection) -> Result<Vec<(RoundRec, u64)>> {
     Ok(out)
 }
 
-fn records_of(conn: &Connection, round_id: &str) -> Result<u64> {
+/// Entries frozen in or cleared by a round.
+pub fn records_of(conn: &Connection, round_id: &str) -> Result<u64> {
     Ok(conn
         // Two counts, each through its index (an entry is frozen in a round or cleared
         // by it, never both: clearing moves it from the one to the other); an OR would
@@ -63,45 +64,146 @@ fn records_of(conn: &Connection, round_id: &str) -> Result<u64> {
         .query_row([round_id], |r| r.get(0))?)
 }
 
-/// Freezes, on the first report of a round, every uncleared record of `period` or
-/// earlier that is not frozen elsewhere or excluded from this round. A live round left
-/// over from an abort the node never heard of is released first: the coordinator runs
-/// one round at a time.
-pub fn freeze(conn: &Connection, round_id: &str, period: &str, now: &str) -> Result<()> {
-    if get(conn, round_id)?.is_some() {
-        return Ok(());
-    }
-    let stale: Vec<String> = conn
-        .prepare_cached(
-            "SELECT round_id FROM clearing_rounds WHERE state IN ('frozen', 'confirmed')",
-        )?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for r in stale {
-        release(conn, &r)?;
-    }
-    conn.prepare_cached(
-        "UPDATE ledger SET round_id = ?1 WHERE round_id IS NULL AND cleared_round IS NULL AND period <= ?2 \
-         AND (excluded_round IS NULL OR excluded_round <> ?1)",
-    )?
-    .execute(params![round_id, period])?;
-    conn.prepare_cached("INSERT INTO clearing_rounds (round_id, period, state, frozen_at) VALUES (?1, ?2, 'frozen', ?3)")?
-        .execute(params![round_id, period, now])?;
-    Ok(())
+/// Most ledger entries one writer job of a freeze, a clearing or a release touches: a
+/// round of a large node holds millions of entries, and rewriting them in one job would
+/// hold the writer (and every settlement behind it) for seconds and grow the log by
+/// hundreds of megabytes. In steps of this size each job stays within the writer's
+/// budget and the log is checkpointed between them.
+pub const STEP_ENTRIES: u32 = 1_000;
+
+/// Where a freeze has got to in the index of uncleared entries (period, then key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreezeCursor {
+    period: String,
+    entry_id: String,
+    side: String,
 }
 
-/// Unfreezes a round's records (abort); returns how many.
-pub fn release(conn: &Connection, round_id: &str) -> Result<u64> {
-    let n = conn
-        .prepare_cached("UPDATE ledger SET round_id = NULL WHERE round_id = ?1")?
+/// What a step of a freeze did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FreezeStep {
+    /// Run the next step from here (None: from the start).
+    Continue(Option<FreezeCursor>),
+    /// The round is frozen (or past freezing, or was never to be frozen here).
+    Done,
+}
+
+/// One writer job of freezing `round_id` on its first report: every uncleared record of
+/// `period` or earlier that is not frozen elsewhere or excluded from this round. Run it
+/// until [`FreezeStep::Done`], each time with the cursor the last step returned; steps
+/// of concurrent callers (a repeated report) interleave safely, since each re-reads the
+/// round and only ever freezes unfrozen entries. In order:
+/// 1. a live round left over from an abort the node never heard of is released (the
+///    coordinator runs one round at a time), and entries still held by a released or
+///    cleared round are let go (see [`tidy_step`]), a step at a time;
+/// 2. the round is recorded as `freezing` (refused by exclusions and confirmations
+///    until frozen);
+/// 3. the entries are frozen [`STEP_ENTRIES`] at a time, then the round is `frozen`.
+pub fn freeze_step(
+    conn: &Connection,
+    round_id: &str,
+    period: &str,
+    now: &str,
+    cursor: Option<FreezeCursor>,
+) -> Result<FreezeStep> {
+    let round = match get(conn, round_id)? {
+        Some(r) if r.state != "freezing" => return Ok(FreezeStep::Done),
+        Some(r) => r,
+        None => {
+            let stale: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT round_id FROM clearing_rounds WHERE state IN ('freezing', 'frozen', 'confirmed')",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for r in stale {
+                release(conn, &r)?;
+            }
+            let untidy: Option<String> = conn
+                .prepare_cached(
+                    "SELECT round_id FROM clearing_rounds WHERE state IN ('released', 'cleared') \
+                     AND EXISTS (SELECT 1 FROM ledger WHERE ledger.round_id = clearing_rounds.round_id) LIMIT 1",
+                )?
+                .query_row([], |r| r.get(0))
+                .optional()?;
+            if let Some(r) = untidy {
+                tidy_step(conn, &r)?;
+                return Ok(FreezeStep::Continue(None));
+            }
+            conn.prepare_cached("INSERT INTO clearing_rounds (round_id, period, state, frozen_at) VALUES (?1, ?2, 'freezing', ?3)")?
+                .execute(params![round_id, period, now])?;
+            return Ok(FreezeStep::Continue(None));
+        }
+    };
+    let (p, e, s) = cursor.map_or_else(
+        || (String::new(), String::new(), String::new()),
+        |c| (c.period, c.entry_id, c.side),
+    );
+    let keys: Vec<(String, String, String)> = conn
+        .prepare_cached(
+            "SELECT period, entry_id, side FROM ledger WHERE cleared_round IS NULL AND period <= ?1 \
+             AND (period, entry_id, side) > (?2, ?3, ?4) ORDER BY period, entry_id, side LIMIT ?5",
+        )?
+        .query_map(params![round.period, p, e, s, STEP_ENTRIES], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut freeze = conn.prepare_cached(
+        "UPDATE ledger SET round_id = ?1 WHERE entry_id = ?2 AND side = ?3 AND round_id IS NULL \
+         AND (excluded_round IS NULL OR excluded_round <> ?1)",
+    )?;
+    for (_, entry_id, side) in &keys {
+        freeze.execute(params![round_id, entry_id, side])?;
+    }
+    if keys.len() < STEP_ENTRIES as usize {
+        conn.prepare_cached(
+            "UPDATE clearing_rounds SET state = 'frozen' WHERE round_id = ?1 AND state = 'freezing'",
+        )?
         .execute([round_id])?;
-    conn.prepare_cached("UPDATE ledger SET excluded_round = NULL WHERE excluded_round = ?1")?
-        .execute([round_id])?;
+        return Ok(FreezeStep::Done);
+    }
+    Ok(FreezeStep::Continue(keys.into_iter().last().map(
+        |(period, entry_id, side)| FreezeCursor {
+            period,
+            entry_id,
+            side,
+        },
+    )))
+}
+
+/// Releases a round (abort): it is `released` at once — nothing can be confirmed or
+/// cleared in it any more — and its entries are let go by [`tidy_step`]. A cleared
+/// round is left as it is. Entries excluded from it keep the mark: it only ever kept
+/// them out of this round, which is never frozen again (finding them would take a
+/// scan of the whole ledger).
+pub fn release(conn: &Connection, round_id: &str) -> Result<()> {
     conn.prepare_cached(
         "UPDATE clearing_rounds SET state = 'released' WHERE round_id = ?1 AND state <> 'cleared'",
     )?
     .execute([round_id])?;
-    Ok(n as u64)
+    Ok(())
+}
+
+/// One writer job of letting go the entries a finished round still holds, at most
+/// [`STEP_ENTRIES`]: a released round's become unfrozen, a cleared round's are marked
+/// cleared by it. Returns how many; 0 when none are left (or the round is live). Until
+/// then an entry held by a finished round is in no live round and counted as its
+/// round's state says.
+pub fn tidy_step(conn: &Connection, round_id: &str) -> Result<u64> {
+    let sql = match get(conn, round_id)?.map(|r| r.state) {
+        Some(s) if s == "cleared" => {
+            "UPDATE ledger SET cleared_round = ?1, round_id = NULL WHERE (entry_id, side) IN \
+             (SELECT entry_id, side FROM ledger WHERE round_id = ?1 LIMIT ?2)"
+        }
+        Some(s) if s == "released" => {
+            "UPDATE ledger SET round_id = NULL WHERE (entry_id, side) IN \
+             (SELECT entry_id, side FROM ledger WHERE round_id = ?1 LIMIT ?2)"
+        }
+        _ => return Ok(0),
+    };
+    Ok(conn
+        .prepare_cached(sql)?
+        .execute(params![round_id, STEP_ENTRIES])? as u64)
 }
 
 /// Counterparties with frozen records in a round.
@@ -218,16 +320,200 @@ pub fn operator_confirm(conn: &Connection, round_id: &str, digest: &str) -> Resu
     Ok(())
 }
 
-/// Marks the round's records cleared; returns how many.
-pub fn mark_cleared(conn: &Connection, round_id: &str, now: &str) -> Result<u64> {
-    let n = conn
-        .prepare_cached(
-            "UPDATE ledger SET cleared_round = ?1, round_id = NULL WHERE round_id = ?1",
-        )?
-        .execute([round_id])?;
+/// Marks a confirmed round cleared, at once; its entries are then marked cleared by
+/// [`tidy_step`].
+pub fn mark_cleared(conn: &Connection, round_id: &str, now: &str) -> Result<()> {
     conn.prepare_cached(
         "UPDATE clearing_rounds SET state = 'cleared', cleared_at = ?2 WHERE round_id = ?1",
     )?
     .execute(params![round_id, now])?;
-    Ok(n as u64)
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ledger::{self, Entry};
+
+    /// A migrated node store in memory with `n` entries toward 330200 in periods
+    /// 2026-01..2026-03 (and three in 2026-04), alternating sides.
+    fn ledger_of(n: usize) -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::store::migrations::migrate(&mut conn, crate::store::migrations::Schema::Node)
+            .unwrap();
+        let periods = ["2026-01", "2026-02", "2026-03"];
+        for i in 0..n + 3 {
+            let (period, side) = if i >= n {
+                ("2026-04", Side::Receivable)
+            } else {
+                (
+                    periods[i % 3],
+                    if i % 2 == 0 {
+                        Side::Receivable
+                    } else {
+                        Side::Payable
+                    },
+                )
+            };
+            let id = format!("e{i:06}");
+            ledger::record(
+                &conn,
+                &Entry {
+                    entry_id: &id,
+                    side,
+                    counterparty: "330200",
+                    period,
+                    kind: "claim",
+                    claim_id: &id,
+                    amount_fen: 100,
+                },
+                "2026-04-01T00:00:00Z",
+            )
+            .unwrap();
+        }
+        conn
+    }
+
+    fn count(conn: &Connection, sql: &str) -> u64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Runs a freeze to its end; returns the steps it took.
+    fn freeze(conn: &Connection, round: &str, period: &str) -> usize {
+        let (mut cursor, mut steps) = (None, 0);
+        loop {
+            steps += 1;
+            match freeze_step(conn, round, period, "now", cursor).unwrap() {
+                FreezeStep::Continue(next) => cursor = next,
+                FreezeStep::Done => return steps,
+            }
+        }
+    }
+
+    /// A freeze runs in steps of at most STEP_ENTRIES entries, leaves the round
+    /// `freezing` (refused by exclusions and confirmations) until the last, and freezes
+    /// exactly the uncleared, unexcluded entries of its period or earlier.
+    #[test]
+    fn a_freeze_runs_in_bounded_steps_and_freezes_exactly_its_entries() {
+        let n = 2 * STEP_ENTRIES as usize + 500;
+        let conn = ledger_of(n);
+        // One entry excluded from this round by an earlier dispute.
+        conn.execute(
+            "UPDATE ledger SET excluded_round = 'R1' WHERE entry_id = 'e000003'",
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            freeze_step(&conn, "R1", "2026-03", "now", None).unwrap(),
+            FreezeStep::Continue(None)
+        );
+        assert_eq!(get(&conn, "R1").unwrap().unwrap().state, "freezing");
+        let FreezeStep::Continue(Some(c)) =
+            freeze_step(&conn, "R1", "2026-03", "now", None).unwrap()
+        else {
+            panic!("a full step continues");
+        };
+        assert_eq!(
+            count(&conn, "SELECT COUNT(*) FROM ledger WHERE round_id = 'R1'"),
+            u64::from(STEP_ENTRIES) - 1,
+            "one step: one chunk of keys, the excluded one skipped"
+        );
+        assert_eq!(get(&conn, "R1").unwrap().unwrap().state, "freezing");
+        let mut cursor = Some(c);
+        let mut steps = 2;
+        loop {
+            steps += 1;
+            match freeze_step(&conn, "R1", "2026-03", "now", cursor).unwrap() {
+                FreezeStep::Continue(next) => cursor = next,
+                FreezeStep::Done => break,
+            }
+        }
+        assert_eq!(steps, 4, "insert, then three chunks of keys");
+        assert_eq!(get(&conn, "R1").unwrap().unwrap().state, "frozen");
+        assert_eq!(records_of(&conn, "R1").unwrap(), n as u64 - 1);
+        assert_eq!(
+            count(&conn, "SELECT COUNT(*) FROM ledger WHERE round_id IS NULL"),
+            4,
+            "the excluded entry and April's three"
+        );
+        // A repeated report finds the round frozen: nothing more.
+        assert_eq!(freeze(&conn, "R1", "2026-03"), 1);
+        let p = position(&conn, "R1", "330200", Side::Receivable).unwrap();
+        assert_eq!((p.count, p.sum_fen), (n as u64 / 2, 100 * (n as i64 / 2)));
+    }
+
+    /// Cleared at once, then its entries marked cleared in bounded steps; meanwhile
+    /// they count as cleared and stay out of the next round, which freezes the rest.
+    #[test]
+    fn clearing_marks_the_round_at_once_and_its_entries_in_steps() {
+        let n = STEP_ENTRIES as usize + 10;
+        let conn = ledger_of(n);
+        freeze(&conn, "R1", "2026-03");
+        conn.execute("UPDATE clearing_rounds SET state = 'confirmed'", [])
+            .unwrap();
+        mark_cleared(&conn, "R1", "now").unwrap();
+        assert_eq!(get(&conn, "R1").unwrap().unwrap().state, "cleared");
+        let cleared = |c: &Connection| -> u64 {
+            ["2026-01", "2026-02", "2026-03"]
+                .iter()
+                .map(|p| ledger::cleared_count(c, "330200", p).unwrap())
+                .sum()
+        };
+        assert_eq!(
+            cleared(&conn),
+            n as u64,
+            "cleared before any entry is marked"
+        );
+        assert_eq!(tidy_step(&conn, "R1").unwrap(), u64::from(STEP_ENTRIES));
+        assert_eq!(cleared(&conn), n as u64, "and half-way");
+        assert_eq!(records_of(&conn, "R1").unwrap(), n as u64);
+        // The next round, before the first is tidied, lets it finish first.
+        freeze(&conn, "R2", "2026-04");
+        assert_eq!(tidy_step(&conn, "R1").unwrap(), 0);
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM ledger WHERE cleared_round = 'R1' AND round_id IS NULL"
+            ),
+            n as u64
+        );
+        assert_eq!(records_of(&conn, "R2").unwrap(), 3, "April's three only");
+    }
+
+    /// A live round left behind is released when the next one freezes: its entries
+    /// are let go in steps and frozen into the new round; so is one released on purpose.
+    #[test]
+    fn a_stale_round_is_released_and_its_entries_frozen_anew() {
+        let n = STEP_ENTRIES as usize + 10;
+        let conn = ledger_of(n);
+        freeze(&conn, "R1", "2026-03");
+        conn.execute(
+            "UPDATE ledger SET round_id = NULL, excluded_round = 'R1' WHERE entry_id = 'e000000'",
+            [],
+        )
+        .unwrap();
+        let steps = freeze(&conn, "R2", "2026-04");
+        assert!(steps > 3, "{steps} steps");
+        assert_eq!(get(&conn, "R1").unwrap().unwrap().state, "released");
+        assert_eq!(records_of(&conn, "R1").unwrap(), 0);
+        assert_eq!(records_of(&conn, "R2").unwrap(), n as u64 + 3);
+        release(&conn, "R2").unwrap();
+        let mut released = 0;
+        loop {
+            let k = tidy_step(&conn, "R2").unwrap();
+            assert!(k <= u64::from(STEP_ENTRIES));
+            if k == 0 {
+                break;
+            }
+            released += k;
+        }
+        assert_eq!(released, n as u64 + 3);
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM ledger WHERE round_id IS NOT NULL"
+            ),
+            0
+        );
+    }
 }

@@ -108,9 +108,13 @@ pub fn counterparties(conn: &Connection, period: &str) -> Result<Vec<String>> {
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// Records toward a counterparty in a period that a settled round has cleared.
+/// Records toward a counterparty in a period that a settled round has cleared: marked
+/// so, or still held by a round marked cleared (`clearing::tidy_step` not yet done).
 pub fn cleared_count(conn: &Connection, counterparty: &str, period: &str) -> Result<u64> {
     Ok(conn
-        .prepare_cached("SELECT COUNT(*) FROM ledger WHERE counterparty = ?1 AND period = ?2 AND cleared_round IS NOT NULL")?
+        .prepare_cached(
+            "SELECT COUNT(*) FROM ledger WHERE counterparty = ?1 AND period = ?2 AND (cleared_round IS NOT NULL \
+             OR round_id IN (SELECT round_id FROM clearing_rounds WHERE state = 'cleared'))",
+        )?
         .query_row(params![counterparty, period], |r| r.get(0))?)
 }

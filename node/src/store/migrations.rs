@@ -555,13 +555,18 @@ fn migrations(schema: Schema) -> Migrations<'static> {
     }
 }
 
+/// The schema version of `schema` after all its migrations.
+pub fn latest(schema: Schema) -> u32 {
+    match schema {
+        Schema::Node => SCHEMA_VERSION,
+        Schema::Coordinator => COORDINATOR_SCHEMA_VERSION,
+    }
+}
+
 /// Brings the schema to the latest version. Refuses a store written by a newer yidi.
 pub fn migrate(conn: &mut Connection, schema: Schema) -> Result<()> {
     let current: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let latest = match schema {
-        Schema::Node => SCHEMA_VERSION,
-        Schema::Coordinator => COORDINATOR_SCHEMA_VERSION,
-    };
+    let latest = latest(schema);
     if current > latest {
         return Err(Error::FailedPrecondition(format!(
             "the store has schema version {current}, newer than this yidi ({latest}); upgrade yidi"

@@ -8,7 +8,7 @@
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     thread,
@@ -33,6 +33,32 @@ const GROUP_RUN_BUDGET: std::time::Duration = std::time::Duration::from_millis(2
 type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
 
+/// What the writer thread receives: a request, or the order to close the store.
+enum Msg {
+    Job(Job),
+    /// Stop taking requests, run the closing step and answer whether it succeeded.
+    Close(oneshot::Sender<bool>),
+}
+
+/// The writer's last step before its connection closes, whether it was told to close
+/// or every handle was dropped: for the store, a complete checkpoint of the log and
+/// the running marker removed (see `super::integrity`). Given whether the store was
+/// found damaged; true when it succeeded.
+pub type Closing = Box<dyn FnOnce(&Connection, bool) -> bool + Send>;
+
+/// Whether an error is SQLite reporting a damaged file (`SQLITE_CORRUPT`,
+/// `SQLITE_NOTADB`), as the store's errors carry it in their message.
+fn corruption(e: &Error) -> Option<&str> {
+    match e {
+        Error::Internal(m) => corruption_message(m).then_some(m.as_str()),
+        _ => None,
+    }
+}
+
+fn corruption_message(m: &str) -> bool {
+    m.contains("database disk image is malformed") || m.contains("file is not a database")
+}
+
 /// Upkeep the writer runs between transactions, once per window (`WINDOW`): settings
 /// that follow the store's size.
 pub type Upkeep = fn(&Connection) -> rusqlite::Result<()>;
@@ -40,8 +66,12 @@ pub type Upkeep = fn(&Connection) -> rusqlite::Result<()>;
 /// Handle to the writer thread; cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
-    tx: Sender<Job>,
+    tx: Sender<Msg>,
     totals: Arc<Totals>,
+    /// Set at the first sign of a damaged file: what SQLite said. From then on the
+    /// writer runs nothing, so that a node never goes on acknowledging writes into a
+    /// store whose pages are garbage.
+    damaged: Arc<OnceLock<String>>,
 }
 
 /// What the writer has done since it started, kept for the node's metrics: whether
@@ -69,8 +99,9 @@ pub struct WriterTotals {
 
 impl Writer {
     /// Starts the thread that owns `conn`. The thread ends when every handle is dropped.
-    pub fn start(conn: Connection, upkeep: Upkeep) -> Result<Self> {
-        Self::start_with_budget(conn, upkeep, GROUP_RUN_BUDGET)
+    /// `closing` runs once the writer stops, just before the connection closes.
+    pub fn start(conn: Connection, upkeep: Upkeep, closing: Closing) -> Result<Self> {
+        Self::start_with_budget(conn, upkeep, GROUP_RUN_BUDGET, closing)
     }
 
     /// [`Writer::start`] with another run budget for a group (tests).
@@ -78,15 +109,51 @@ impl Writer {
         conn: Connection,
         upkeep: Upkeep,
         budget: std::time::Duration,
+        closing: Closing,
     ) -> Result<Self> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
         let totals = Arc::new(Totals::default());
         let kept = Arc::clone(&totals);
+        let damaged = Arc::new(OnceLock::new());
+        let seen = Arc::clone(&damaged);
         thread::Builder::new()
             .name("yidi-store-writer".into())
-            .spawn(move || run_loop(&conn, &rx, upkeep, budget, &kept))
+            .spawn(move || {
+                let closer = run_loop(&conn, &rx, upkeep, budget, &kept, &seen);
+                // Requests still queued are dropped unanswered (UNAVAILABLE, nothing
+                // written) rather than run after the close.
+                drop(rx);
+                let closed = closing(&conn, seen.get().is_some());
+                drop(conn);
+                if let Some(reply) = closer {
+                    let _ = reply.send(closed);
+                }
+            })
             .map_err(|e| Error::Internal(format!("cannot start the store writer: {e}")))?;
-        Ok(Self { tx, totals })
+        Ok(Self {
+            tx,
+            totals,
+            damaged,
+        })
+    }
+
+    /// Records that the store's file is damaged (SQLite said `what`) if `e` says so;
+    /// for errors met outside the writer (reads).
+    pub fn note_error(&self, e: &Error) {
+        if let Some(what) = corruption(e) {
+            note_damage(&self.damaged, what);
+        }
+    }
+
+    /// Stops the writer: what is running commits, what is queued behind the close is
+    /// refused, the closing step runs and the connection closes. Resolves to whether
+    /// the closing step succeeded (false too when the writer had already stopped).
+    pub async fn close(&self) -> bool {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Msg::Close(reply)).is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
     }
 
     /// What the writer has done since it started.
@@ -121,8 +188,17 @@ impl Writer {
         R: Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<R>>();
+        let damaged = Arc::clone(&self.damaged);
         let job: Job = Box::new(move |conn: &Connection| {
-            let outcome = run_in_savepoint(conn, f);
+            let outcome = match damaged.get() {
+                Some(what) => Err(refusal(what)),
+                None => run_in_savepoint(conn, f),
+            };
+            if let Err(e) = &outcome
+                && let Some(what) = corruption(e)
+            {
+                note_damage(&damaged, what);
+            }
             Box::new(move |commit_error: Option<&str>| {
                 let result = match (outcome, commit_error) {
                     (Err(e), _) => Err(e),
@@ -137,7 +213,7 @@ impl Writer {
         });
         let sent = self
             .tx
-            .send(job)
+            .send(Msg::Job(job))
             .map_err(|_| Error::Unavailable("store writer has stopped".into()));
         async move {
             sent?;
@@ -149,6 +225,21 @@ impl Writer {
             })?
         }
     }
+}
+
+/// Records the first damage seen, loudly.
+fn note_damage(damaged: &OnceLock<String>, what: &str) {
+    if damaged.set(what.to_owned()).is_ok() {
+        tracing::error!(error = %what, "the store's file is damaged; it takes no more writes. Stop the node and restore the store from a `yidi backup` copy");
+    }
+}
+
+/// The answer to every write once the store was found damaged.
+fn refusal(what: &str) -> Error {
+    Error::Unavailable(format!(
+        "the node's store is damaged ({what}) and takes no more writes; nothing was \
+         written. The agency must restore it from a `yidi backup` copy"
+    ))
 }
 
 /// Runs one fixed statement through the statement cache (parsed once, not per job).
@@ -192,21 +283,38 @@ struct Window {
 /// How often the writer logs its window and runs its upkeep.
 const WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Runs groups until told to close (returning the closer's reply channel) or until
+/// every handle is dropped (returning None).
 fn run_loop(
     conn: &Connection,
-    rx: &Receiver<Job>,
+    rx: &Receiver<Msg>,
     upkeep: Upkeep,
     budget: std::time::Duration,
     totals: &Totals,
-) {
+    damaged: &OnceLock<String>,
+) -> Option<oneshot::Sender<bool>> {
     let mut window = Window::default();
     let mut since = std::time::Instant::now();
-    while let Ok(first) = rx.recv() {
+    let mut closer = None;
+    while closer.is_none() {
+        let first = match rx.recv() {
+            Ok(Msg::Job(job)) => job,
+            Ok(Msg::Close(reply)) => return Some(reply),
+            Err(_) => return None,
+        };
         if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
             // Never run without a transaction: dropping the requests answers them with
             // UNAVAILABLE, and nothing was written. What is queued now goes with the
             // first, rather than each waiting out a failing BEGIN of its own.
-            let dropped = 1 + rx.try_iter().take(MAX_GROUP - 1).count();
+            let dropped = 1 + rx
+                .try_iter()
+                .take(MAX_GROUP - 1)
+                .map(|m| {
+                    if let Msg::Close(reply) = m {
+                        closer = Some(reply);
+                    }
+                })
+                .count();
             tracing::error!(error = %e, requests = dropped, "store writer cannot begin a transaction");
             drop(first);
             continue;
@@ -245,7 +353,15 @@ fn run_loop(
                 begun += 1;
             }
             if jobs < MAX_GROUP && started.elapsed() < budget {
-                next = rx.try_recv().ok();
+                next = match rx.try_recv() {
+                    Ok(Msg::Job(job)) => Some(job),
+                    Ok(Msg::Close(reply)) => {
+                        // The group commits first; nothing runs after it.
+                        closer = Some(reply);
+                        None
+                    }
+                    Err(_) => None,
+                };
             }
         }
         let ran = started.elapsed();
@@ -268,7 +384,10 @@ fn run_loop(
         totals
             .commit_micros
             .fetch_add(micros(committing), Ordering::Relaxed);
-        if commit.is_err() {
+        if let Err(m) = &commit {
+            if corruption_message(m) {
+                note_damage(damaged, m);
+            }
             let _ = conn.execute_batch("ROLLBACK");
         }
         let err = commit.as_ref().err().map(String::as_str);
@@ -292,6 +411,7 @@ fn run_loop(
             since = std::time::Instant::now();
         }
     }
+    closer
 }
 
 #[cfg(test)]
@@ -330,7 +450,13 @@ mod tests {
     /// A writer whose groups take late arrivals however long they have run: the tests
     /// hold a group's first request while they queue the next ones.
     fn unhurried(conn: Connection) -> Writer {
-        Writer::start_with_budget(conn, |_| Ok(()), Duration::from_secs(3600)).unwrap()
+        Writer::start_with_budget(
+            conn,
+            |_| Ok(()),
+            Duration::from_secs(3600),
+            Box::new(|_, _| true),
+        )
+        .unwrap()
     }
 
     /// Submits a first request that holds the writer until the returned sender is
@@ -379,7 +505,13 @@ mod tests {
     async fn a_group_past_its_run_budget_takes_no_more_requests() {
         let dir = tempfile::tempdir().unwrap();
         let (conn, _) = table_db(dir.path());
-        let w = Writer::start_with_budget(conn, |_| Ok(()), Duration::from_millis(50)).unwrap();
+        let w = Writer::start_with_budget(
+            conn,
+            |_| Ok(()),
+            Duration::from_millis(50),
+            Box::new(|_, _| true),
+        )
+        .unwrap();
         let (first, hold) = held_first(&w, |_| {
             std::thread::sleep(Duration::from_millis(60));
             Ok(())
@@ -496,5 +628,51 @@ mod tests {
         assert!(rolled_back.await.is_err());
         assert_eq!(after.await.unwrap(), 1);
         assert_eq!(values(&path), vec![3]);
+    }
+
+    /// Closing lets the running group commit, refuses what was queued behind the
+    /// close (nothing of it written), runs the closing step on the connection and
+    /// answers its outcome; a request after the close is refused too.
+    #[tokio::test]
+    async fn close_commits_the_running_group_and_refuses_what_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, path) = table_db(dir.path());
+        let (ran, closing_ran) = std::sync::mpsc::channel::<i64>();
+        let w = Writer::start_with_budget(
+            conn,
+            |_| Ok(()),
+            Duration::from_secs(3600),
+            Box::new(move |c, _| {
+                let n: i64 = c
+                    .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+                    .unwrap();
+                ran.send(n).unwrap();
+                true
+            }),
+        )
+        .unwrap();
+        let (first, hold) =
+            held_first(&w, |c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?)).await;
+        let close = w.close();
+        tokio::pin!(close);
+        // The close is queued behind the first (which holds the writer): poll it once
+        // so that it is sent before the next request.
+        assert!(futures::poll!(&mut close).is_pending());
+        let behind = insert(&w, 2);
+        hold.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), 1);
+        assert!(close.await, "the closing step's outcome");
+        assert_eq!(
+            closing_ran.recv().unwrap(),
+            1,
+            "closing saw the committed group"
+        );
+        assert!(
+            matches!(&behind.await, Err(Error::Unavailable(_))),
+            "queued behind the close"
+        );
+        assert!(matches!(&insert(&w, 3).await, Err(Error::Unavailable(_))));
+        assert!(!w.close().await, "already closed");
+        assert_eq!(values(&path), vec![1]);
     }
 }

@@ -77,6 +77,10 @@ pub struct NodeArgs {
     /// /metrics. Off when unset.
     #[arg(long, env = "YIDI_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// How far ahead of this node's clock a date in a request, or a peer node's clock,
+    /// may be, in seconds (default 300); peers further off either way are refused.
+    #[arg(long, env = "YIDI_MAX_CLOCK_SKEW_SECONDS")]
+    pub max_clock_skew_seconds: Option<u64>,
 }
 
 /// The config file's shape; every key optional so flags can fill the rest.
@@ -102,6 +106,7 @@ struct FileConfig {
     hospital_rate_per_second: Option<u32>,
     hospital_burst: Option<u32>,
     metrics_listen: Option<SocketAddr>,
+    max_clock_skew_seconds: Option<u64>,
 }
 
 /// A node's resolved configuration.
@@ -126,6 +131,8 @@ pub struct NodeConfig {
     pub hospital_rate: crate::auth::RateLimit,
     /// Where to serve Prometheus metrics; None: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// How far ahead of this node's clock request dates and peers' clocks may be.
+    pub max_clock_skew: Duration,
     /// Fault injection (tests only).
     pub hooks: crate::service::TestHooks,
 }
@@ -149,6 +156,7 @@ impl NodeConfig {
             security: crate::tls::SecurityConfig::insecure_loopback(),
             hospital_rate: crate::auth::RateLimit::default(),
             metrics_listen: None,
+            max_clock_skew: crate::clock::DEFAULT_MAX_SKEW,
             hooks: crate::service::TestHooks::default(),
         }
     }
@@ -242,6 +250,12 @@ impl NodeConfig {
                 }
             },
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            max_clock_skew: args
+                .max_clock_skew_seconds
+                .or(file.max_clock_skew_seconds)
+                .map_or(crate::clock::DEFAULT_MAX_SKEW, |s| {
+                    Duration::from_secs(s.clamp(1, 86_400))
+                }),
             hooks: crate::service::TestHooks::default(),
             region,
         };

@@ -160,6 +160,7 @@ fn build_person(
     kinds: PersonKinds,
     balance: &str,
     since: &str,
+    clock: &crate::clock::Clock,
 ) -> Result<PersonRec> {
     let id = IdNumber::parse(id_number, "id_number")?;
     let fits = match kinds.insurance_type {
@@ -198,11 +199,21 @@ fn build_person(
         civil_servant: kinds.civil_servant,
         status: kinds.status,
         account_fen: money::to_fen(balance),
-        enrolled_since: parse_date_opt(since, "enrolled_since")?.unwrap_or_else(period::today),
+        enrolled_since: match parse_date_opt(since, "enrolled_since")? {
+            Some(d) => {
+                clock.not_future_day(d, "enrolled_since")?;
+                d
+            }
+            None => clock.today(),
+        },
     })
 }
 
-fn person_from_fields(id_number: &str, f: Option<&proto::PersonFields>) -> Result<PersonRec> {
+fn person_from_fields(
+    id_number: &str,
+    f: Option<&proto::PersonFields>,
+    clock: &crate::clock::Clock,
+) -> Result<PersonRec> {
     let f = f.ok_or_else(|| Error::invalid("fields", "missing"))?;
     let status = if f.status == 0 {
         PersonStatus::Active
@@ -222,6 +233,7 @@ fn person_from_fields(id_number: &str, f: Option<&proto::PersonFields>) -> Resul
         kinds,
         &f.account_balance,
         &f.enrolled_since,
+        clock,
     )
 }
 
@@ -236,7 +248,10 @@ fn parse_bool(s: &str, field: &str) -> Result<bool> {
     }
 }
 
-pub(crate) fn person_from_row(r: &proto::PersonRow) -> Result<PersonRec> {
+pub(crate) fn person_from_row(
+    r: &proto::PersonRow,
+    clock: &crate::clock::Clock,
+) -> Result<PersonRec> {
     let status = if r.status.trim().is_empty() {
         PersonStatus::Active
     } else {
@@ -255,6 +270,7 @@ pub(crate) fn person_from_row(r: &proto::PersonRow) -> Result<PersonRec> {
         kinds,
         r.account_balance.trim(),
         r.enrolled_since.trim(),
+        clock,
     )
 }
 
@@ -487,7 +503,7 @@ impl AdminService for AdminSvc {
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "CreatePerson", payload)?;
-        let rec = person_from_fields(&req.id_number, req.fields.as_ref())?;
+        let rec = person_from_fields(&req.id_number, req.fields.as_ref(), &self.state.clock)?;
         let region = self.state.region;
         self.once(key, move |conn| {
             persons::insert(conn, &rec, &period::now_rfc3339())?;
@@ -505,7 +521,7 @@ impl AdminService for AdminSvc {
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "UpdatePerson", payload)?;
-        let rec = person_from_fields(&req.id_number, req.fields.as_ref())?;
+        let rec = person_from_fields(&req.id_number, req.fields.as_ref(), &self.state.clock)?;
         let region = self.state.region;
         self.once(key, move |conn| {
             persons::update(conn, &rec, &period::now_rfc3339())?;
@@ -592,7 +608,7 @@ impl AdminService for AdminSvc {
         let parsed: Vec<(u64, Result<PersonRec>)> = req
             .rows
             .iter()
-            .map(|r| (r.row, person_from_row(r)))
+            .map(|r| (r.row, person_from_row(r, &self.state.clock)))
             .collect();
         self.once_import(key, move |conn| {
             let now = period::now_rfc3339();
@@ -668,6 +684,9 @@ impl AdminService for AdminSvc {
             institutions.push(code);
         }
         let valid_from = parse_date(&req.valid_from, "valid_from")?;
+        // A filing starting in the future would be judged (and approved) against a
+        // date the node has not reached; one is applied for when the care begins.
+        self.state.clock.not_future_day(valid_from, "valid_from")?;
         let valid_to = parse_date_opt(&req.valid_to, "valid_to")?;
         check_date_order(valid_from, valid_to, "valid_to", "valid_from")?;
         let note = req.note.trim().to_owned();

@@ -38,6 +38,48 @@ impl PeerSvc {
     }
 }
 
+/// The PeerService's clock check, run before any call: a calling node sends its clock
+/// ([`crate::clock::CLOCK_HEADER`]); one further from this node's than the configured
+/// bound, either way, is refused with FAILED_PRECONDITION and nothing is done — a claim
+/// it dates would land in another period or year than the one it belongs to. Every
+/// reading is kept as a gauge, every refusal counted and logged. A call without the
+/// header (a tool, or a node from before the check) passes; the home node still
+/// refuses a claim dated ahead of its own clock (`home::check_dates`).
+pub fn clock_check(
+    state: State,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+    move |req: Request<()>| {
+        let Some(theirs) = req
+            .metadata()
+            .get(crate::clock::CLOCK_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+        else {
+            return Ok(req);
+        };
+        let peer = crate::auth::caller(&req)
+            .map(|c| c.peer_region(""))
+            .unwrap_or_else(|_| "unknown".to_owned());
+        let (skew_ms, beyond) = state.clock.skew_of(theirs);
+        state.metrics.peer_clocks().observe(&peer, skew_ms, beyond);
+        if !beyond {
+            return Ok(req);
+        }
+        let ahead = if skew_ms > 0 { "ahead of" } else { "behind" };
+        tracing::error!(%peer, skew_ms, bound_s = state.clock.max_skew().as_secs(), "peer node's clock is off; its calls are refused");
+        let mut status = Status::failed_precondition(format!(
+            "the clock of the calling node ({peer}) is {} s {ahead} this node's; calls are refused beyond {} s — correct the clock (NTP) of the node that is off; nothing was done",
+            skew_ms.unsigned_abs() / 1000,
+            state.clock.max_skew().as_secs(),
+        ));
+        status.metadata_mut().insert(
+            crate::clock::CLOCK_REFUSED,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        Err(status)
+    }
+}
+
 fn caller(region: &str, field: &str) -> Result<RegionCode> {
     Ok(RegionCode::parse_city(region, field)?)
 }
@@ -304,6 +346,7 @@ impl PeerSvc {
                 Error::invalid("claim_id", format!("must be an id issued by {treatment}")).into(),
             );
         }
+        home::check_dates(&req, &self.state.clock)?;
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(
             &format!("peer:{treatment}"),

@@ -274,6 +274,31 @@ pub fn claim_visit(
     Ok((ctx, lines))
 }
 
+/// Refuses a claim dated ahead of this node's clock (beyond its skew bound), or
+/// treated in a year this node has not reached: it would open that year's
+/// accumulators (a fresh deductible and cap) and book a ledger period no round has
+/// reached. The treatment node's clock is checked on the call too; this is the check
+/// that holds whatever the caller sends.
+pub fn check_dates(req: &proto::CommitClaimRequest, clock: &crate::clock::Clock) -> Result<()> {
+    let settled_at = period::parse_ts(&req.settled_at, "settled_at")?;
+    clock.not_future(settled_at, "settled_at")?;
+    if let Some(visit) = &req.visit {
+        let date = super::wire_date(&visit.visit_date, "visit.visit_date")?;
+        clock.not_future_day(date, "visit.visit_date")?;
+        let year = clock.today().year();
+        if date.year() > year {
+            return Err(Error::invalid(
+                "visit.visit_date",
+                format!(
+                    "{date} is in {}, a year this node has not reached (it is {year} here)",
+                    date.year()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Commits a claim at the home node: re-runs the engine, checks the accumulator version
 /// (unless provisional: a provisional claim was settled while this node was unreachable
 /// and is applied on top of whatever happened since, the engine's answer being

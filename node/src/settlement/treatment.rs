@@ -537,7 +537,11 @@ struct Opening {
     visit_date: NaiveDate,
 }
 
-fn check_opening(inst: InstitutionRec, req: &proto::OpenVisitRequest) -> Result<Opening> {
+fn check_opening(
+    inst: InstitutionRec,
+    req: &proto::OpenVisitRequest,
+    clock: &crate::clock::Clock,
+) -> Result<Opening> {
     let id = IdNumber::parse(&req.id_number, "id_number")?;
     let home = RegionCode::parse_city(&req.home_region, "home_region")?;
     let kind = VisitKind::from_proto(req.visit_kind, "visit_kind")?;
@@ -559,9 +563,11 @@ fn check_opening(inst: InstitutionRec, req: &proto::OpenVisitRequest) -> Result<
         ));
     }
     let opened: DateTime<Utc> = if req.admitted_at.is_empty() {
-        Utc::now()
+        clock.now()
     } else {
-        period::parse_ts(&req.admitted_at, "admitted_at")?
+        let at = period::parse_ts(&req.admitted_at, "admitted_at")?;
+        clock.not_future(at, "admitted_at")?;
+        at
     };
     let visit_date = opened.with_timezone(&period::cst()).date_naive();
     Ok(Opening {
@@ -599,12 +605,13 @@ pub async fn open_visit(st: &NodeState, mut req: proto::OpenVisitRequest) -> Res
     // One trip to the read pool for the institution, a stored answer of the request and,
     // for a patient of this city, the eligibility: this node is their home node.
     let (k, cache, region) = (key.clone(), Arc::clone(&st.policies), st.region);
+    let clock = st.clock.clone();
     let diagnosis = req.diagnosis_code.trim().to_owned();
     let (opening, own) = match st
         .store
         .read(move |conn| {
             let inst = check_institution(conn, &req.institution_code, period::today())?;
-            let opening = check_opening(inst, &req)?;
+            let opening = check_opening(inst, &req, &clock)?;
             if let Some(replayed) = idempotency::replay::<proto::Visit>(conn, &k)? {
                 return Ok(Err(replayed));
             }
@@ -692,14 +699,17 @@ pub async fn close_visit(
     let payload = payload_hash(&mut req, |r| &mut r.request_id);
     let key = RequestKey::new(&sc, &req.request_id, "CloseVisit", payload)?;
     institution_given(&req.institution_code)?;
-    let now = Utc::now();
+    let now = st.clock.now();
+    let latest = st.clock.clone();
     st.store
         .write(move |conn| {
             check_institution(conn, &req.institution_code, period::today())?;
             let at = if req.discharged_at.is_empty() {
                 now
             } else {
-                period::parse_ts(&req.discharged_at, "discharged_at")?
+                let at = period::parse_ts(&req.discharged_at, "discharged_at")?;
+                latest.not_future(at, "discharged_at")?;
+                at
             };
             idempotency::once(conn, &key, |conn| {
                 let v = own_visit(conn, &req.institution_code, &req.visit_id)?;
@@ -743,6 +753,7 @@ fn check_line(
     i: usize,
     l: &proto::FeeLine,
     visit_date: &str,
+    clock: &crate::clock::Clock,
 ) -> Result<(rust_decimal::Decimal, i64, i64, String)> {
     let f = |name: &str| format!("lines[{i}].{name}");
     if l.line_no.is_empty() || l.line_no.len() > 32 {
@@ -767,7 +778,9 @@ fn check_line(
     let date = if l.service_date.is_empty() {
         visit_date.to_owned()
     } else {
-        wire_date(&l.service_date, &f("service_date"))?.to_string()
+        let d = wire_date(&l.service_date, &f("service_date"))?;
+        clock.not_future_day(d, &f("service_date"))?;
+        d.to_string()
     };
     Ok((quantity, money::to_fen(price), money::to_fen(amount), date))
 }
@@ -782,6 +795,7 @@ pub async fn upload_fees(
     let key = RequestKey::new(&sc, &req.request_id, "UploadFees", payload)?;
     institution_given(&req.institution_code)?;
     let region = st.region;
+    let clock = st.clock.clone();
     st.store
         .write(move |conn| {
             check_institution(conn, &req.institution_code, period::today())?;
@@ -798,7 +812,7 @@ pub async fn upload_fees(
                 let mut seen = std::collections::HashSet::new();
                 let mut new = Vec::new();
                 for (i, l) in req.lines.iter().enumerate() {
-                    let (quantity, price_fen, amount_fen, date) = check_line(i, l, &v.visit_date)?;
+                    let (quantity, price_fen, amount_fen, date) = check_line(i, l, &v.visit_date, &clock)?;
                     if !seen.insert(l.line_no.clone()) {
                         return Err(Error::invalid(format!("lines[{i}].line_no"), format!("{} appears twice", l.line_no)));
                     }
@@ -924,6 +938,37 @@ fn bill_from(visit: VisitRec, lines: Vec<LineRec>, for_settle: bool) -> Result<B
         lines,
         engine_lines,
     })
+}
+
+/// Refuses to settle a bill dated after this node's today: a visit or fee line recorded
+/// with a future date (before such dates were refused at the counter) would be booked
+/// into a year and period that have not begun.
+fn bill_not_future(bill: &Bill, clock: &crate::clock::Clock) -> Result<()> {
+    let latest = clock.latest_day();
+    let today = clock.today();
+    if wire_date(&bill.visit.visit_date, "visit_date")? > latest {
+        return Err(Error::invalid(
+            "visit_id",
+            format!(
+                "visit {} is dated {}, after today ({today}) at this node; it cannot be settled — open the visit again with the right admitted_at",
+                bill.visit.visit_id, bill.visit.visit_date
+            ),
+        ));
+    }
+    if let Some(l) = bill
+        .lines
+        .iter()
+        .find(|l| wire_date(&l.service_date, "service_date").is_ok_and(|d| d > latest))
+    {
+        return Err(Error::invalid(
+            "visit_id",
+            format!(
+                "line {} of visit {} has service_date {}, after today ({today}) at this node; undo it and upload it with the right date",
+                l.line_no, bill.visit.visit_id, l.service_date
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Bill {
@@ -1229,7 +1274,7 @@ pub async fn settle(st: &NodeState, mut req: proto::SettleRequest) -> Result<pro
     institution_given(&req.institution_code)?;
     // One moment for the whole settlement: its claim's settled_at, and the day the home
     // node judges filings on, in every attempt.
-    let now = Utc::now();
+    let now = st.clock.now();
     let (bill_out, bill_in) = tokio::sync::oneshot::channel();
     let opening = open_settlement(st, &req, &key, now, bill_out);
     // A cross-region bill is handed out as soon as the writer has read it and recorded
@@ -1299,6 +1344,7 @@ fn open_settlement(
     let (inst, vid) = (req.institution_code.clone(), req.visit_id.clone());
     let cache = Arc::clone(&st.policies);
     let settling = Arc::clone(&st.settling);
+    let clock = st.clock.clone();
     // The caller may have gone away (its deadline passed) while the job queued: then
     // nothing is settled or recorded for it — a pending intent would block the visit
     // until recovery.
@@ -1318,6 +1364,7 @@ fn open_settlement(
         }
         let (visit, lines) = read_bill(conn, &inst, &vid)?;
         let bill = bill_from(visit, lines, true)?;
+        bill_not_future(&bill, &clock)?;
         if bill.visit.home_region == region.as_str() {
             return settle_local(conn, &cache, region, &bill, &k, use_account, now)
                 .map(Opened::Answered);
@@ -1692,7 +1739,7 @@ async fn settle_offline(
         )));
     };
     let region = st.region;
-    let now = Utc::now();
+    let now = st.clock.now();
     let offline = policy.offline.clone();
     // The provisional record (if the policy allows one) and the refused one it falls back
     // to; which one is recorded is decided in the writing transaction.
@@ -2025,6 +2072,7 @@ fn cancel_in_tx(
     original: &SettlementRec,
     key: &RequestKey,
     reason: &str,
+    now: DateTime<Utc>,
 ) -> Result<SettlementRec> {
     match original.state.as_str() {
         "settled" | "provisional" | "refused" => {}
@@ -2041,7 +2089,6 @@ fn cancel_in_tx(
             )));
         }
     }
-    let now = Utc::now();
     let neg = |v: &str| -> String {
         money::parse(v, "amount", Sign::Any)
             .map(|d| money::format(-d))
@@ -2144,6 +2191,7 @@ pub async fn cancel(
     let key = RequestKey::new(&sc, &req.request_id, "CancelSettlement", payload)?;
     institution(st, &req.institution_code).await?;
     let region = st.region;
+    let now = st.clock.now();
     let reason = if req.reason.trim().is_empty() {
         "cancelled by the institution".to_owned()
     } else {
@@ -2167,7 +2215,7 @@ pub async fn cancel(
                         original.settlement_id
                     )));
                 }
-                let rec = cancel_in_tx(conn, region, &original, &key, &reason)?;
+                let rec = cancel_in_tx(conn, region, &original, &key, &reason, now)?;
                 Ok(settlement_to_proto(&rec, region))
             })
         })
@@ -2209,6 +2257,7 @@ pub async fn reverse_request(
         }
     }
     let region = st.region;
+    let now = st.clock.now();
     let answer = st
         .store
         .write(move |conn| {
@@ -2220,7 +2269,7 @@ pub async fn reverse_request(
                         reversal: settlements::reversal_of(conn, &o.settlement_id)?.map(|r| settlement_to_proto(&r, region)),
                     }),
                     Some(o) if o.state != "failed" => {
-                        let rec = cancel_in_tx(conn, region, &o, &key, "冲正 (request reversal) by the institution")?;
+                        let rec = cancel_in_tx(conn, region, &o, &key, "冲正 (request reversal) by the institution", now)?;
                         Ok(proto::ReverseRequestResponse { outcome: "reversed".into(), reversal: Some(settlement_to_proto(&rec, region)) })
                     }
                     _ => match idempotency::method_of(conn, &key.scope, &req.original_request_id)? {

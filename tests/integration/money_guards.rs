@@ -1,0 +1,366 @@
+//! Bad input and bad clocks cannot move money (issues #18 and #25), on the three
+//! in-process cities of the settlement tests: dates in the future are refused at the
+//! counter, in the admin API and at the home node; a node whose clock is off is refused
+//! by its peers; a cancellation reaches the ledger at once, so that no clearing round
+//! pays a cancelled claim; a fee line of nothing is refused unless the catalogue marks
+//! the item free of charge; an in-doubt claim whose home node is down is settled under
+//! the offline rule; and a home node that cannot store says so.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use tonic::Code;
+use yidi_common::proto::{self, HospitalLevel as Hl, VisitKind as Vk};
+use yidi_node::service::TestHooks;
+use yidi_tests::{
+    fixtures::{
+        Desk, VISIT_OPENED as ADMITTED, acc_tuple, account_balance, accumulators, billed_visit,
+        fee_line as line, filed_employee, id_number, inst, three_cities,
+    },
+    harness::TestNode,
+};
+
+const HZ: &str = "330100";
+const NB: &str = "330200";
+const WZ: &str = "330300";
+
+/// Asserts the code of an error and that its message holds every part.
+#[track_caller]
+fn refused(e: &tonic::Status, code: Code, parts: &[&str]) {
+    assert_eq!(e.code(), code, "{e:?}");
+    for p in parts {
+        assert!(e.message().contains(p), "{p:?} not in {:?}", e.message());
+    }
+}
+
+/// A Hangzhou person's accumulators untouched: version 0, nothing paid.
+async fn untouched(hz: &TestNode, id: &str) {
+    let acc = accumulators(hz, id, NB, inst::NB_H3).await;
+    assert_eq!(
+        acc_tuple(&acc),
+        ("0.00", "0.00", "0.00", "0.00", "0.00", 0, "0.00", 0)
+    );
+}
+
+/// A CommitClaim as Ningbo would send it for a one-line bill of 100.00.
+fn commit_req(
+    claim: &str,
+    id: &str,
+    visit_date: &str,
+    settled_at: &str,
+) -> proto::CommitClaimRequest {
+    proto::CommitClaimRequest {
+        request_id: claim.into(),
+        claim_id: claim.into(),
+        treatment_region: NB.into(),
+        id_number: id.into(),
+        visit: Some(proto::ClaimVisit {
+            visit_id: format!("{NB}-V-99999999"),
+            institution_code: inst::NB_H3.into(),
+            level: Hl::HospitalLevel3 as i32,
+            visit_kind: Vk::Outpatient as i32,
+            visit_date: visit_date.into(),
+            lines: vec![proto::ClassifiedLine {
+                line: Some(line("1", "NB-A", "1", "100.00", "100.00")),
+                class: proto::CatalogueClass::A as i32,
+                first_selfpay_ratio: "0.00".into(),
+                price_cap: String::new(),
+                item_name: "A".into(),
+            }],
+            use_account: false,
+        }),
+        split: None,
+        accumulator_version: 0,
+        policy_version: 1,
+        settled_at: settled_at.into(),
+        provisional: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dates_in_the_future_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = three_cities(dir.path(), |_, _| {}).await;
+    let (hz, nb) = (fed.node(HZ), fed.node(NB));
+    let id = filed_employee(hz, "1981-01-01", 70, "1000.00", NB).await;
+    let mut desk = Desk::at(nb, inst::NB_H3).await;
+
+    // Admission in 2099, and an hour from now (beyond the 300 s bound).
+    let soon = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .with_timezone(&yidi_common::period::cst())
+        .to_rfc3339();
+    for (rid, at) in [
+        ("ov-2099", "2099-01-01T09:00:00+08:00"),
+        ("ov-soon", soon.as_str()),
+    ] {
+        let e = desk
+            .open(rid, &id, HZ, Vk::Inpatient, at)
+            .await
+            .unwrap_err();
+        refused(&e, Code::InvalidArgument, &["admitted_at", "in the future"]);
+    }
+    // Nothing was opened: the first visit gets the first number.
+    let v = desk
+        .open("ov-1", &id, HZ, Vk::Inpatient, ADMITTED)
+        .await
+        .unwrap();
+    assert_eq!(v.visit_id, format!("{NB}-V-00000001"));
+
+    // A fee line served in 2099: refused, the visit has no lines.
+    let mut future = line("1", "NB-A", "1", "100.00", "100.00");
+    future.service_date = "2099-01-01".into();
+    let e = desk
+        .fees("fees-2099", &v.visit_id, vec![future])
+        .await
+        .unwrap_err();
+    refused(
+        &e,
+        Code::InvalidArgument,
+        &["lines[0].service_date", "2099-01-01", "in the future"],
+    );
+    let e = desk.pre_settle(&v.visit_id, false).await.unwrap_err();
+    refused(&e, Code::FailedPrecondition, &["no fee lines"]);
+
+    // Discharge in 2099: refused, the visit stays open (and cannot be settled).
+    let e = desk
+        .client
+        .close_visit(proto::CloseVisitRequest {
+            request_id: "dis-2099".into(),
+            institution_code: desk.inst.clone(),
+            visit_id: v.visit_id.clone(),
+            discharged_at: "2099-01-02T10:00:00+08:00".into(),
+        })
+        .await
+        .unwrap_err();
+    refused(
+        &e,
+        Code::InvalidArgument,
+        &["discharged_at", "in the future"],
+    );
+    desk.fees(
+        "fees-1",
+        &v.visit_id,
+        vec![line("1", "NB-A", "1", "100.00", "100.00")],
+    )
+    .await
+    .unwrap();
+    let e = desk
+        .settle("settle-1", &v.visit_id, false)
+        .await
+        .unwrap_err();
+    refused(&e, Code::FailedPrecondition, &["must be discharged"]);
+    let closed = desk.discharge("dis-1", &v.visit_id).await.unwrap();
+    assert_eq!(closed.closed_at, "2026-03-20T10:00:00.000+08:00");
+
+    // The home node, asked directly: a claim settled in 2099, or for care in 2099 (a
+    // year it has not reached), is refused and no claim or accumulator of 2099 exists.
+    let mut peer = hz.peer().await;
+    let e = peer
+        .commit_claim(commit_req(
+            &format!("{NB}-S-9000000001"),
+            &id,
+            "2026-03-10",
+            "2099-01-01T09:00:00+08:00",
+        ))
+        .await
+        .unwrap_err();
+    refused(&e, Code::InvalidArgument, &["settled_at", "in the future"]);
+    let e = peer
+        .commit_claim(commit_req(
+            &format!("{NB}-S-9000000002"),
+            &id,
+            "2099-01-01",
+            &yidi_common::period::now_rfc3339(),
+        ))
+        .await
+        .unwrap_err();
+    refused(
+        &e,
+        Code::InvalidArgument,
+        &["visit.visit_date", "2099-01-01"],
+    );
+    for n in 1..=2 {
+        let st = peer
+            .claim_status(proto::ClaimStatusRequest {
+                claim_id: format!("{NB}-S-900000000{n}"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.state, "unknown");
+    }
+    let e2099 = peer
+        .check_eligibility(proto::CheckEligibilityRequest {
+            settle_date: String::new(),
+            id_number: id.clone(),
+            institution_code: inst::NB_H3.into(),
+            level: Hl::HospitalLevel3 as i32,
+            visit_kind: Vk::Outpatient as i32,
+            visit_date: "2099-01-01".into(),
+            treatment_region: NB.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(e2099.accumulators.unwrap().version, 0);
+    untouched(hz, &id).await;
+    assert_eq!(account_balance(hz, &id).await, "1000.00");
+
+    // The admin API and the CSV import: an enrolment or a filing starting in 2099.
+    let mut admin = hz.admin().await;
+    let newcomer = id_number(HZ, "1990-02-02", 71);
+    let fields = proto::PersonFields {
+        name: "未来".into(),
+        card_no: String::new(),
+        insurance_type: proto::InsuranceType::Employee as i32,
+        person_type: proto::PersonType::InService as i32,
+        civil_servant: false,
+        status: proto::PersonStatus::Active as i32,
+        account_balance: "0.00".into(),
+        enrolled_since: "2099-01-01".into(),
+    };
+    let e = admin
+        .create_person(proto::CreatePersonRequest {
+            request_id: "p-2099".into(),
+            id_number: newcomer.clone(),
+            fields: Some(fields),
+        })
+        .await
+        .unwrap_err();
+    refused(
+        &e,
+        Code::InvalidArgument,
+        &["enrolled_since", "2099-01-01", "in the future"],
+    );
+    let imported = admin
+        .import_persons(proto::ImportPersonsRequest {
+            request_id: "import-2099".into(),
+            rows: vec![proto::PersonRow {
+                row: 2,
+                id_number: newcomer.clone(),
+                name: "未来".into(),
+                card_no: String::new(),
+                insurance_type: "employee".into(),
+                person_type: "in_service".into(),
+                civil_servant: String::new(),
+                status: String::new(),
+                account_balance: "0.00".into(),
+                enrolled_since: "2099-01-01".into(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (imported.inserted, imported.errors.len()),
+        (0, 1),
+        "{imported:?}"
+    );
+    assert_eq!(
+        (imported.errors[0].row, imported.errors[0].field.as_str()),
+        (2, "enrolled_since")
+    );
+    let e = admin
+        .get_person(proto::GetPersonRequest {
+            id_number: newcomer,
+            card_no: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = admin
+        .apply_filing(proto::ApplyFilingRequest {
+            request_id: "f-2099".into(),
+            id_number: id.clone(),
+            filing_type: proto::FilingType::Referral as i32,
+            treatment_region: WZ.into(),
+            institutions: Vec::new(),
+            valid_from: "2099-01-01".into(),
+            valid_to: String::new(),
+            note: String::new(),
+        })
+        .await
+        .unwrap_err();
+    refused(
+        &e,
+        Code::InvalidArgument,
+        &["valid_from", "2099-01-01", "in the future"],
+    );
+    let filings = admin
+        .list_filings(proto::ListFilingsRequest {
+            id_number: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .filings;
+    assert_eq!(filings.len(), 1, "only the filing for Ningbo: {filings:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_clock_is_off_is_refused_by_its_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = TestHooks::default();
+    let offset = Arc::clone(&hooks.clock_offset_ms);
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], yidi_tests::process::free_port()));
+    let fed = three_cities(dir.path(), move |r, c| match r {
+        NB => c.hooks = hooks.clone(),
+        HZ => c.metrics_listen = Some(metrics),
+        _ => {}
+    })
+    .await;
+    let (hz, nb) = (fed.node(HZ), fed.node(NB));
+    let id = filed_employee(hz, "1982-02-02", 72, "1000.00", NB).await;
+    let mut desk = Desk::at(nb, inst::NB_H3).await;
+    let v = billed_visit(&mut desk, "1", &id, HZ, "2000.00").await;
+    desk.pre_settle(&v.visit_id, true).await.unwrap();
+
+    // Ningbo's clock runs 40 days ahead: Hangzhou refuses its calls, and nothing is
+    // settled on either side.
+    offset.store(40 * 86_400_000, Ordering::SeqCst);
+    let e = desk
+        .settle("settle-1", &v.visit_id, true)
+        .await
+        .unwrap_err();
+    refused(
+        &e,
+        Code::FailedPrecondition,
+        &[
+            "home region 330100",
+            "clock of the calling node",
+            "ahead of",
+            "refused beyond 300 s",
+        ],
+    );
+    untouched(hz, &id).await;
+    assert_eq!(account_balance(hz, &id).await, "1000.00");
+    assert!(desk.list().await.is_empty());
+    let body = yidi_node::metrics::scrape(metrics).await.unwrap();
+    let refusals: u64 = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("yidi_peer_clock_refusals_total{") && l.contains(r#"peer="loopback""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(refusals >= 1, "{body}");
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("yidi_peer_clock_skew_milliseconds{")
+                && l.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|s| s > 3_400_000_000)),
+        "{body}"
+    );
+
+    // The clock corrected, the same visit settles, dated today.
+    offset.store(0, Ordering::SeqCst);
+    let s = desk.settle("settle-2", &v.visit_id, true).await.unwrap();
+    assert_eq!(s.state, "settled");
+    assert_eq!(s.split.unwrap().fund_pay_sumamt, "700.00");
+    assert_eq!(
+        s.period,
+        yidi_common::period::Period::of(chrono::Utc::now()).to_string()
+    );
+}

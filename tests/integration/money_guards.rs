@@ -14,9 +14,10 @@ use yidi_node::service::TestHooks;
 use yidi_tests::{
     fixtures::{
         Desk, VISIT_OPENED as ADMITTED, acc_tuple, account_balance, accumulators, billed_visit,
-        fee_line as line, filed_employee, id_number, inst, three_cities,
+        fee_line as line, filed_employee, id_number, inst, outbox, period_digest, three_cities,
+        wait_outbox_drained,
     },
-    harness::TestNode,
+    harness::{TestCoordinator, TestNode},
 };
 
 const HZ: &str = "330100";
@@ -363,4 +364,136 @@ async fn a_node_whose_clock_is_off_is_refused_by_its_peers() {
         s.period,
         yidi_common::period::Period::of(chrono::Utc::now()).to_string()
     );
+}
+
+/// An outpatient visit at Wenzhou's level-2 hospital of `id` (insured in Ningbo),
+/// billed one line of `amount` of WZ-A and pre-settled (Ningbo's policy cached).
+async fn wz_visit(desk: &mut Desk, tag: &str, id: &str, amount: &str) -> proto::Visit {
+    let v = desk
+        .open(&format!("ov-{tag}"), id, NB, Vk::Outpatient, ADMITTED)
+        .await
+        .unwrap();
+    desk.fees(
+        &format!("fees-{tag}"),
+        &v.visit_id,
+        vec![line("1", "WZ-A", "1", amount, amount)],
+    )
+    .await
+    .unwrap();
+    desk.pre_settle(&v.visit_id, false).await.unwrap();
+    v
+}
+
+fn fen(s: &str) -> i64 {
+    let d = yidi_common::money::parse(s, "amount", yidi_common::money::Sign::Any).unwrap();
+    yidi_common::money::to_fen(d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_round_pays_a_claim_cancelled_while_its_home_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = three_cities(dir.path(), |_, _| {}).await;
+    let id = filed_employee(fed.node(NB), "1984-04-04", 73, "0.00", WZ).await;
+    let mut desk = Desk::at(fed.node(WZ), inst::WZ_H2).await;
+    let v1 = wz_visit(&mut desk, "1", &id, "3000.00").await;
+    let v2 = wz_visit(&mut desk, "2", &id, "1500.00").await;
+    let s1 = desk.settle("settle-1", &v1.visit_id, false).await.unwrap();
+    assert_eq!(s1.state, "settled");
+    let period = s1.period.clone();
+
+    // Ningbo goes away: a provisional claim, and the settled one is cancelled.
+    fed.stop(NB).await;
+    let s2 = desk.settle("settle-2", &v2.visit_id, false).await.unwrap();
+    assert_eq!(s2.state, "provisional");
+    let c1 = desk
+        .cancel("cancel-1", &s1.settlement_id, "")
+        .await
+        .unwrap();
+    assert_eq!(c1.state, "reversal");
+    let (f1, f2) = (
+        fen(&s1.split.as_ref().unwrap().fund_pay_sumamt),
+        fen(&s2.split.as_ref().unwrap().fund_pay_sumamt),
+    );
+    assert!(f1 > 0 && f2 > 0, "{s1:?} {s2:?}");
+    assert_eq!(
+        fen(&c1.split.as_ref().unwrap().fund_pay_sumamt),
+        -f1,
+        "{c1:?}"
+    );
+    // Both are in Wenzhou's ledger at once, written with their outbox items: the
+    // claim, its reversal and the provisional claim.
+    let wz = fed.node(WZ);
+    let recv = period_digest(wz, &period, NB, "receivable").await;
+    let mut ids = vec![
+        s1.settlement_id.clone(),
+        s2.settlement_id.clone(),
+        c1.settlement_id.clone(),
+    ];
+    ids.sort();
+    assert_eq!((recv.count, fen(&recv.sum), &recv.claim_ids), (3, f2, &ids));
+
+    // Ningbo comes back while Wenzhou's outbox waits out its backoff (the next attempt
+    // at least 8 s away): a round run now must not pay the cancelled claim.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ob = outbox(wz).await;
+        if ob.items.first().is_some_and(|i| i.attempts >= 4) {
+            assert_eq!(ob.depth, 2, "{ob:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "never attempted: {ob:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    fed.restart(NB, |_| {}).await;
+    let coord =
+        TestCoordinator::start(dir.path().join("coordinator"), fed.peers_file.clone()).await;
+    let mut c = coord.client().await;
+    let round = c
+        .open_round(proto::OpenRoundRequest {
+            request_id: "open-1".into(),
+            period: period.clone(),
+            early: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rr = proto::RoundRequest {
+        request_id: String::new(),
+        round_id: round.round_id.clone(),
+    };
+    let r = c.run_round(rr.clone()).await.unwrap().into_inner();
+    assert_eq!(r.state, "DISPUTED", "{r:?}");
+    let disputes = c.list_disputes(rr).await.unwrap().into_inner().disputes;
+    assert_eq!(disputes.len(), 1, "{disputes:?}");
+    let d = &disputes[0];
+    let mut only = vec![s2.settlement_id.clone(), c1.settlement_id.clone()];
+    only.sort();
+    let mut got = d.only_at_creditor.clone();
+    got.sort();
+    assert_eq!(
+        (
+            d.creditor.as_str(),
+            d.debtor.as_str(),
+            got,
+            d.only_at_debtor.len()
+        ),
+        (WZ, NB, only, 0)
+    );
+    assert_eq!((fen(&d.creditor_sum), fen(&d.debtor_sum)), (f2, f1));
+
+    // Once delivered, both ledgers hold the same three records.
+    let (nb, wz) = (fed.node(NB), fed.node(WZ));
+    wait_outbox_drained(wz, std::time::Duration::from_secs(30)).await;
+    let recv = period_digest(wz, &period, NB, "receivable").await;
+    let pay = period_digest(nb, &period, WZ, "payable").await;
+    assert_eq!(
+        (recv.count, &recv.sum, &recv.digest, &recv.claim_ids),
+        (pay.count, &pay.sum, &pay.digest, &pay.claim_ids)
+    );
+    // The provisional claim as Ningbo computed it on its own accumulators (which then
+    // still held the first claim): Wenzhou's entry carries Ningbo's amount.
+    let confirmed = desk.get(&s2.settlement_id).await.unwrap();
+    assert_eq!(confirmed.state, "settled");
+    let f2_home = fen(&confirmed.split.as_ref().unwrap().fund_pay_sumamt);
+    assert_eq!((recv.count, fen(&recv.sum)), (3, f2_home));
 }

@@ -174,6 +174,9 @@ async fn deliver_commit(st: &NodeState, item: &Item) -> Result<Outcome> {
                             rec.note = note;
                             settlements::update_outcome(conn, &rec)?;
                         }
+                        // Not owed by the home node: the receivable written with the
+                        // provisional claim is taken back.
+                        ledger::withdraw(conn, &claim, Side::Receivable)?;
                         outbox::remove(conn, id)
                     })
                     .await?;
@@ -238,6 +241,11 @@ async fn deliver_reverse(st: &NodeState, item: &Item) -> Result<Outcome> {
     let (id, home) = (item.id, item.target_region.clone());
     st.store
         .write(move |conn| {
+            if resp.state == "abandoned" {
+                // The home node never had the claim (it refused it): nothing to
+                // reverse, and the reversal written at the cancellation is taken back.
+                ledger::withdraw(conn, &req.reversal_id, Side::Receivable)?;
+            }
             if resp.state == "reversed" {
                 let fund = resp
                     .split
@@ -249,7 +257,8 @@ async fn deliver_reverse(st: &NodeState, item: &Item) -> Result<Outcome> {
                     .transpose()?
                     .unwrap_or_default();
                 let at = period::parse_ts(&req.reversed_at, "reversed_at")?;
-                ledger::record(
+                // Written at the cancellation; the home node's amount is the one owed.
+                ledger::record_confirmed(
                     conn,
                     &ledger::Entry {
                         entry_id: &req.reversal_id,
@@ -261,7 +270,8 @@ async fn deliver_reverse(st: &NodeState, item: &Item) -> Result<Outcome> {
                         amount_fen: -fund,
                     },
                     &period::now_rfc3339(),
-                )?;
+                )
+                .map(drop)?;
             }
             outbox::remove(conn, id)
         })

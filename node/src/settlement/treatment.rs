@@ -1244,7 +1244,9 @@ pub(crate) fn finish_committed(
     (rec.medfee_fen, rec.fund_fen, rec.acct_fen, rec.cash_fen) = (medfee, fund, acct, cash);
     settlements::update_outcome(conn, &rec)?;
     if rec.home_region != region.as_str() {
-        ledger::record(
+        // A provisional claim's entry was written when it was settled: the home node's
+        // amount replaces the provisional one.
+        ledger::record_confirmed(
             conn,
             &ledger::Entry {
                 entry_id: &rec.settlement_id,
@@ -1812,6 +1814,22 @@ async fn settle_offline(
             };
             let rec = insert_record(conn, region, rec)?;
             if rec.state == "provisional" {
+                // The receivable is written with the claim, not when the home node
+                // confirms it: until then the pair's ledgers differ and a clearing
+                // round shows it as a dispute instead of leaving it out unseen.
+                ledger::record(
+                    conn,
+                    &ledger::Entry {
+                        entry_id: &rec.settlement_id,
+                        side: Side::Receivable,
+                        counterparty: &rec.home_region,
+                        period: &rec.period,
+                        kind: "claim",
+                        claim_id: &rec.settlement_id,
+                        amount_fen: rec.fund_fen,
+                    },
+                    &rec.settled_at,
+                )?;
                 let push = proto::CommitClaimRequest {
                     request_id: rec.settlement_id.clone(),
                     claim_id: rec.settlement_id.clone(),
@@ -2168,6 +2186,22 @@ fn cancel_in_tx(
     if original.home_region == st_region.as_str() {
         home::reverse(conn, st_region.as_str(), &reverse)?;
     } else {
+        // The reversal enters this node's ledger now, with its outbox item: a round
+        // frozen before the home node has it shows the pair in dispute rather than
+        // paying the cancelled claim (docs/clearing.md, "The ledger").
+        ledger::record(
+            conn,
+            &ledger::Entry {
+                entry_id: &rec.settlement_id,
+                side: Side::Receivable,
+                counterparty: &original.home_region,
+                period: &rec.period,
+                kind: "reversal",
+                claim_id: &original.settlement_id,
+                amount_fen: -original.fund_fen,
+            },
+            &rec.settled_at,
+        )?;
         outbox::enqueue(
             conn,
             "reverse",

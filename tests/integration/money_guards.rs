@@ -497,3 +497,131 @@ async fn no_round_pays_a_claim_cancelled_while_its_home_is_unreachable() {
     let f2_home = fen(&confirmed.split.as_ref().unwrap().fund_pay_sumamt);
     assert_eq!((recv.count, fen(&recv.sum)), (3, f2_home));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fee_line_of_nothing_needs_an_item_free_of_charge() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = three_cities(dir.path(), |_, _| {}).await;
+    let (hz, nb) = (fed.node(HZ), fed.node(NB));
+    let id = filed_employee(hz, "1985-05-05", 74, "0.00", NB).await;
+    let mut desk = Desk::at(nb, inst::NB_H3).await;
+    let v = desk
+        .open("ov-1", &id, HZ, Vk::Outpatient, ADMITTED)
+        .await
+        .unwrap();
+    // 0.00 of a charged item, also as a quantity too small to cost a fen: refused,
+    // and nothing of the upload is kept.
+    for (i, (qty, price)) in [("1", "0.00"), ("0.001", "1.00")].into_iter().enumerate() {
+        let e = desk
+            .fees(
+                &format!("fees-zero-{i}"),
+                &v.visit_id,
+                vec![
+                    line("1", "NB-A", "1", "100.00", "100.00"),
+                    line("2", "NB-A", qty, price, "0.00"),
+                ],
+            )
+            .await
+            .unwrap_err();
+        refused(
+            &e,
+            Code::InvalidArgument,
+            &["lines[1].amount", "0.00 for NB-A", "free of charge"],
+        );
+    }
+    let e = desk.pre_settle(&v.visit_id, false).await.unwrap_err();
+    refused(&e, Code::FailedPrecondition, &["no fee lines"]);
+
+    // An item the catalogue marks free of charge may be billed at 0.00.
+    let mut admin = nb.admin().await;
+    let free = admin
+        .upsert_catalogue_item(proto::UpsertCatalogueItemRequest {
+            request_id: "item-free".into(),
+            item: Some(proto::CatalogueItem {
+                code: "NB-FREE".into(),
+                name: "免费健康宣教".into(),
+                category: proto::ItemCategory::Service as i32,
+                class: proto::CatalogueClass::A as i32,
+                first_selfpay_ratio: "0".into(),
+                price_cap: String::new(),
+                unit: "次".into(),
+                valid_from: "2024-01-01".into(),
+                valid_to: String::new(),
+                free_of_charge: true,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(free.free_of_charge);
+    let fees = desk
+        .fees(
+            "fees-1",
+            &v.visit_id,
+            vec![
+                line("1", "NB-A", "1", "100.00", "100.00"),
+                line("2", "NB-FREE", "1", "0.00", "0.00"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!((fees.lines.len(), fees.total.as_str()), (2, "100.00"));
+    let pre = desk.pre_settle(&v.visit_id, false).await.unwrap();
+    assert_eq!(pre.split.unwrap().medfee_sumamt, "100.00");
+
+    // The CSV column: optional, a boolean; anything else is the row's error.
+    let imported = admin
+        .import_catalogue(proto::ImportCatalogueRequest {
+            request_id: "ci-free".into(),
+            rows: vec![
+                proto::CatalogueRow {
+                    row: 2,
+                    code: "NB-FREE2".into(),
+                    name: "免费测血压".into(),
+                    category: "service".into(),
+                    class: "A".into(),
+                    valid_from: "2024-01-01".into(),
+                    free_of_charge: "true".into(),
+                    ..Default::default()
+                },
+                proto::CatalogueRow {
+                    row: 3,
+                    code: "NB-FREE3".into(),
+                    name: "x".into(),
+                    category: "service".into(),
+                    class: "A".into(),
+                    valid_from: "2024-01-01".into(),
+                    free_of_charge: "maybe".into(),
+                    ..Default::default()
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (imported.inserted, imported.errors.len()),
+        (1, 1),
+        "{imported:?}"
+    );
+    assert_eq!(
+        (imported.errors[0].row, imported.errors[0].field.as_str()),
+        (3, "free_of_charge")
+    );
+    let got = admin
+        .get_catalogue_item(proto::GetCatalogueItemRequest {
+            code: "NB-FREE2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.free_of_charge);
+    let plain = admin
+        .get_catalogue_item(proto::GetCatalogueItemRequest {
+            code: "NB-A".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!plain.free_of_charge);
+}

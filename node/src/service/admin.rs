@@ -332,6 +332,7 @@ fn policy_to_proto(region: RegionCode, p: &PolicyRec) -> proto::PolicyVersion {
 struct CatalogueKinds {
     category: ItemCategory,
     class: CatalogueClass,
+    free_of_charge: bool,
 }
 
 fn build_catalogue(i: &proto::CatalogueItem, kinds: CatalogueKinds) -> Result<CatalogueRec> {
@@ -367,6 +368,7 @@ fn build_catalogue(i: &proto::CatalogueItem, kinds: CatalogueKinds) -> Result<Ca
         unit: unit.to_owned(),
         valid_from,
         valid_to,
+        free_of_charge: kinds.free_of_charge,
     })
 }
 
@@ -375,6 +377,7 @@ fn catalogue_from_proto(i: Option<&proto::CatalogueItem>) -> Result<CatalogueRec
     let kinds = CatalogueKinds {
         category: ItemCategory::from_proto(i.category, "item.category")?,
         class: CatalogueClass::from_proto(i.class, "item.class")?,
+        free_of_charge: i.free_of_charge,
     };
     build_catalogue(i, kinds)
 }
@@ -383,6 +386,7 @@ fn catalogue_from_row(r: &proto::CatalogueRow) -> Result<CatalogueRec> {
     let kinds = CatalogueKinds {
         category: ItemCategory::parse(&r.category, "category")?,
         class: CatalogueClass::parse(&r.class, "class")?,
+        free_of_charge: parse_bool(&r.free_of_charge, "free_of_charge")?,
     };
     let item = proto::CatalogueItem {
         code: r.code.clone(),
@@ -394,6 +398,7 @@ fn catalogue_from_row(r: &proto::CatalogueRow) -> Result<CatalogueRec> {
         unit: r.unit.clone(),
         valid_from: r.valid_from.clone(),
         valid_to: r.valid_to.clone(),
+        free_of_charge: false,
     };
     build_catalogue(&item, kinds)
 }
@@ -409,6 +414,7 @@ fn catalogue_to_proto(c: &CatalogueRec) -> proto::CatalogueItem {
         unit: c.unit.clone(),
         valid_from: c.valid_from.to_string(),
         valid_to: c.valid_to.map(|d| d.to_string()).unwrap_or_default(),
+        free_of_charge: c.free_of_charge,
     }
 }
 

@@ -822,6 +822,12 @@ pub async fn upload_fees(
                         .ok_or_else(|| {
                             Error::invalid(format!("lines[{i}].item_code"), format!("{:?} is not in the catalogue of {region} on {d}", l.item_code))
                         })?;
+                    if amount_fen == 0 && !item.free_of_charge {
+                        return Err(Error::invalid(
+                            format!("lines[{i}].amount"),
+                            format!("0.00 for {}: a fee line must charge something; only an item the catalogue marks free of charge may be billed at 0.00", item.code),
+                        ));
+                    }
                     let rec = LineRec {
                         line_no: l.line_no.clone(),
                         item_code: item.code.clone(),

@@ -625,3 +625,128 @@ async fn a_fee_line_of_nothing_needs_an_item_free_of_charge() {
         .into_inner();
     assert!(!plain.free_of_charge);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_doubt_claim_whose_home_is_down_follows_the_offline_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = TestHooks::default();
+    let crash = Arc::clone(&hooks.crash_after_home_commit);
+    let mut fed = three_cities(dir.path(), move |r, c| {
+        if r == WZ {
+            c.hooks = hooks.clone();
+        }
+    })
+    .await;
+    // Ningbo settles provisionally when it cannot be reached.
+    let id = filed_employee(fed.node(NB), "1986-06-06", 75, "0.00", WZ).await;
+    let mut desk = Desk::at(fed.node(WZ), inst::WZ_H2).await;
+    let v = wz_visit(&mut desk, "1", &id, "2000.00").await;
+    let pre = desk.pre_settle(&v.visit_id, false).await.unwrap();
+
+    // Ningbo commits the claim, Wenzhou crashes before recording it, and Ningbo goes
+    // away before Wenzhou is back.
+    crash.store(true, Ordering::SeqCst);
+    let e = desk
+        .settle("settle-1", &v.visit_id, false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    crash.store(false, Ordering::SeqCst);
+    fed.stop(NB).await;
+    fed.stop(WZ).await;
+    fed.restart(WZ, |_| {}).await;
+    let mut desk = Desk::at(fed.node(WZ), inst::WZ_H2).await;
+
+    // The repeated request is answered under Ningbo's offline rule: provisional, the
+    // split the pre-settle showed, under the intent's own claim id.
+    let s = desk.settle("settle-1", &v.visit_id, false).await.unwrap();
+    assert_eq!(s.state, "provisional", "{s:?}");
+    assert!(s.note.contains("in doubt"), "{}", s.note);
+    assert_eq!(
+        yidi_tests::fixtures::split_amounts(s.split.as_ref().unwrap()),
+        yidi_tests::fixtures::split_amounts(pre.split.as_ref().unwrap())
+    );
+    assert_eq!(
+        desk.settle("settle-1", &v.visit_id, false).await.unwrap(),
+        s
+    );
+    let ob = outbox(fed.node(WZ)).await;
+    assert_eq!(
+        (
+            ob.depth,
+            ob.items[0].kind.as_str(),
+            ob.items[0].ref_id.as_str()
+        ),
+        (1, "commit", s.settlement_id.as_str())
+    );
+
+    // Ningbo back: its committed claim is the one confirmed; exactly one claim at home.
+    fed.restart(NB, |_| {}).await;
+    let (nb, wz) = (fed.node(NB), fed.node(WZ));
+    wait_outbox_drained(wz, std::time::Duration::from_secs(30)).await;
+    let done = desk.get(&s.settlement_id).await.unwrap();
+    assert_eq!(done.state, "settled");
+    assert_eq!(
+        yidi_tests::fixtures::split_amounts(done.split.as_ref().unwrap()),
+        yidi_tests::fixtures::split_amounts(pre.split.as_ref().unwrap())
+    );
+    let acc = accumulators(nb, &id, WZ, inst::WZ_H2).await;
+    assert_eq!(acc.version, 1, "{acc:?}");
+    let recv = period_digest(wz, &s.period, NB, "receivable").await;
+    let pay = period_digest(nb, &s.period, WZ, "payable").await;
+    assert_eq!(
+        (recv.count, &recv.sum, &recv.digest, &recv.claim_ids),
+        (pay.count, &pay.sum, &pay.digest, &pay.claim_ids)
+    );
+    assert_eq!(
+        (recv.count, recv.sum.as_str()),
+        (1, pre.split.as_ref().unwrap().fund_pay_sumamt.as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_doubt_claim_under_a_refusing_home_policy_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = TestHooks::default();
+    let crash = Arc::clone(&hooks.crash_after_home_commit);
+    let mut fed = three_cities(dir.path(), move |r, c| {
+        if r == NB {
+            c.hooks = hooks.clone();
+        }
+    })
+    .await;
+    // Hangzhou refuses offline settlement.
+    let id = filed_employee(fed.node(HZ), "1987-07-07", 76, "1000.00", NB).await;
+    let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
+    let v = billed_visit(&mut desk, "1", &id, HZ, "2000.00").await;
+    desk.pre_settle(&v.visit_id, true).await.unwrap();
+    crash.store(true, Ordering::SeqCst);
+    let e = desk
+        .settle("settle-1", &v.visit_id, true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    crash.store(false, Ordering::SeqCst);
+    fed.stop(HZ).await;
+    // Not "still in progress": the home node cannot be asked, and the patient cannot
+    // be told to pay in full for a claim the home node may have committed.
+    let e = desk
+        .settle("settle-1", &v.visit_id, true)
+        .await
+        .unwrap_err();
+    refused(
+        &e,
+        Code::Unavailable,
+        &[
+            "refuses offline settlement",
+            "cannot be known until it answers",
+            "same request_id",
+        ],
+    );
+    assert!(desk.list().await.is_empty());
+    assert_eq!(outbox(fed.node(NB)).await.depth, 0);
+    // Hangzhou back: the repeat finishes the committed claim.
+    fed.restart(HZ, |_| {}).await;
+    let s = desk.settle("settle-1", &v.visit_id, true).await.unwrap();
+    yidi_tests::fixtures::settled_2000_at_hz_rates(&s);
+}

@@ -1299,13 +1299,36 @@ pub async fn settle(st: &NodeState, mut req: proto::SettleRequest) -> Result<pro
                         req.request_id
                     )));
                 }
-                resolve_intent(st, intent).await.and_then(|o| {
-                    o.ok_or_else(|| {
-                        Error::Aborted(
-                            "this settlement request is still in progress; retry shortly".into(),
+                // Its Settle call is still running, or another resolver is at it.
+                let Some(guard) = st.settling.try_enter(&intent.settlement_id) else {
+                    return Err(Error::Aborted(
+                        "this settlement request is still in progress; retry shortly".into(),
+                    ));
+                };
+                match resolve_claimed(st, intent.clone()).await? {
+                    Resolved::Settled(answer) => Ok(*answer),
+                    Resolved::Failed => Err(Error::Aborted(
+                        "the earlier attempt of this request was not settled (the home node never committed it); repeat the request to settle afresh".into(),
+                    )),
+                    Resolved::Pending(why) => Err(Error::Unavailable(format!(
+                        "the outcome of this settlement is not known yet ({why}); repeat this request (same request_id) shortly"
+                    ))),
+                    Resolved::Unreachable(why) => {
+                        let bill = pending_bill(st, &intent).await?;
+                        let out = settle_offline(
+                            st,
+                            &bill,
+                            &key,
+                            req.use_account,
+                            why,
+                            None,
+                            Some(intent),
                         )
-                    })
-                })
+                        .await;
+                        drop(guard);
+                        out
+                    }
+                }
             }
             Opened::Intent(..) => Err(Error::Internal(
                 "a settlement intent was recorded without its bill".into(),
@@ -1535,7 +1558,7 @@ async fn settle_remote(
             // the offline rule settles the request under a record of its own.
             mark_failed(st, rec).await?;
             drop(running.take());
-            return settle_offline(st, &bill, &key, use_account, why, None).await;
+            return settle_offline(st, &bill, &key, use_account, why, None, None).await;
         }
         Err(PeerFail::Refused(e)) => {
             mark_failed(st, rec).await?;
@@ -1645,8 +1668,16 @@ async fn settle_remote(
                         return Err(e);
                     }
                     PeerFail::Unreachable(why) => {
-                        drop(running.take());
-                        return settle_in_doubt(st, &bill, rec, use_account, why).await;
+                        return settle_in_doubt(
+                            st,
+                            &bill,
+                            rec,
+                            &key,
+                            use_account,
+                            why,
+                            fresh_answer.then_some(&priced.elig),
+                        )
+                        .await;
                     }
                 },
             }
@@ -1663,6 +1694,7 @@ async fn settle_remote(
         use_account,
         offline,
         fresh_answer.then_some(&priced.elig),
+        None,
     )
     .await
 }
@@ -1724,6 +1756,7 @@ async fn settle_offline(
     use_account: bool,
     why: String,
     newest: Option<&proto::EligibilityResponse>,
+    in_doubt: Option<SettlementRec>,
 ) -> Result<proto::Settlement> {
     let snapshot = newest
         .cloned()
@@ -1818,7 +1851,38 @@ async fn settle_offline(
                 }
                 _ => refused,
             };
-            let rec = insert_record(conn, region, rec)?;
+            let rec = match in_doubt {
+                None => insert_record(conn, region, rec)?,
+                Some(intent) => {
+                    if settlements::get(conn, &intent.settlement_id)?
+                        .is_none_or(|r| r.state != "pending")
+                    {
+                        return Err(Error::Aborted(
+                            "this settlement was resolved concurrently; repeat the request to get its outcome".into(),
+                        ));
+                    }
+                    // The claim may be committed at the home node: a record telling the
+                    // patient to pay in full cannot be made, only the provisional one
+                    // under the same claim id, whose delivery asks the home node first
+                    // and takes its claim if it has it.
+                    if rec.state != "provisional" {
+                        return Err(Error::Unavailable(format!(
+                            "{}; whether the home node committed this claim cannot be known until it answers, and its offline rule allows no provisional settlement here — repeat this request (same request_id) later",
+                            rec.note
+                        )));
+                    }
+                    let mut rec = SettlementRec {
+                        settlement_id: intent.settlement_id,
+                        settled_at: intent.settled_at,
+                        settle_date: intent.settle_date,
+                        period: intent.period,
+                        ..rec
+                    };
+                    rec.note = format!("{} (in doubt after an unanswered commit)", rec.note);
+                    settlements::update_outcome(conn, &rec)?;
+                    rec
+                }
+            };
             if rec.state == "provisional" {
                 // The receivable is written with the claim, not when the home node
                 // confirms it: until then the pair's ledgers differ and a clearing
@@ -1869,28 +1933,59 @@ async fn settle_offline(
 }
 
 /// The home node was asked to commit and did not answer. If it can be asked for the
-/// claim's status, that decides; otherwise the intent stays pending for recovery and the
-/// hospital is told to retry the same request.
+/// claim's status, that decides; if it cannot be reached at all, the home policy's
+/// offline rule applies as to a fresh Settle, under the intent's own claim id (see
+/// [`settle_offline`]); otherwise the intent stays pending for recovery and the
+/// hospital is told to repeat the same request. The caller holds the intent in
+/// [`InFlight`].
 async fn settle_in_doubt(
     st: &NodeState,
     bill: &Bill,
     rec: SettlementRec,
-    _use_account: bool,
+    key: &RequestKey,
+    use_account: bool,
     why: String,
+    newest: Option<&proto::EligibilityResponse>,
 ) -> Result<proto::Settlement> {
     tracing::warn!(claim = %rec.settlement_id, home = %bill.visit.home_region, error = %why, "claim in doubt");
-    match resolve_intent(st, rec).await? {
-        Some(answer) => Ok(answer),
-        None => Err(Error::Unavailable(format!(
+    match resolve_claimed(st, rec.clone()).await? {
+        Resolved::Settled(answer) => Ok(*answer),
+        Resolved::Unreachable(now) => {
+            settle_offline(st, bill, key, use_account, now, newest, Some(rec)).await
+        }
+        Resolved::Failed | Resolved::Pending(_) => Err(Error::Unavailable(format!(
             "{why}; the outcome is being confirmed with the home node — repeat this request (same request_id) to get it"
         ))),
     }
+}
+
+/// The bill of a pending intent, read again for its repeated request.
+async fn pending_bill(st: &NodeState, intent: &SettlementRec) -> Result<Bill> {
+    let (inst, vid) = (intent.institution_code.clone(), intent.visit_id.clone());
+    let (visit, lines) = st
+        .store
+        .read(move |conn| read_bill(conn, &inst, &vid))
+        .await?;
+    bill_from(visit, lines, true)
 }
 
 /// Milliseconds since the epoch, for outbox scheduling.
 #[must_use]
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
+}
+
+/// What resolving a pending intent came to.
+enum Resolved {
+    /// The home node had committed it: settled.
+    Settled(Box<proto::Settlement>),
+    /// The home node did not have it (now it never will): the intent failed.
+    Failed,
+    /// The home node could not be reached: the intent stays pending.
+    Unreachable(String),
+    /// The home node answered, but the intent could not be finished yet (it stays
+    /// pending).
+    Pending(String),
 }
 
 /// Resolves a pending intent by asking the home node ("read first"): committed → finish
@@ -1905,16 +2000,19 @@ pub async fn resolve_intent(
     let Some(_resolving) = st.settling.try_enter(&rec.settlement_id) else {
         return Ok(None);
     };
-    resolve_claimed(st, rec).await
+    Ok(match resolve_claimed(st, rec).await? {
+        Resolved::Settled(answer) => Some(*answer),
+        _ => None,
+    })
 }
 
 /// [`resolve_intent`] for an intent this caller holds in [`InFlight`].
-async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Result<Option<proto::Settlement>> {
+async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Result<Resolved> {
     let region = st.region;
     let home = rec.home_region.clone();
     let peer = match st.peers.get(&home) {
         Ok(p) => p,
-        Err(_) => return Ok(None),
+        Err(e) => return Ok(Resolved::Unreachable(e.to_string())),
     };
     let status = match peer
         .client()
@@ -1926,7 +2024,7 @@ async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Result<Option<pr
         Ok(s) => s.into_inner(),
         Err(s) => {
             return match classify(&home, &s) {
-                PeerFail::Unreachable(_) => Ok(None),
+                PeerFail::Unreachable(why) => Ok(Resolved::Unreachable(why)),
                 PeerFail::Refused(e) => Err(e),
             };
         }
@@ -1963,18 +2061,18 @@ async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Result<Option<pr
                 })
                 .await?;
             tracing::info!(claim = %answer.settlement_id, "in-doubt claim was committed at home; settled");
-            Ok(Some(answer))
+            Ok(Resolved::Settled(Box::new(answer)))
         }
         // Committed late and then reversed by an earlier abandonment: the hospital never
         // had a success, so the intent failed; both of the home node's ledger records are
         // mirrored so that the pair still reconciles.
         "reversed" => {
             mirror_reversed(st, rec, &status).await?;
-            Ok(None)
+            Ok(Resolved::Failed)
         }
         "abandoned" => {
             mark_failed(st, rec).await?;
-            Ok(None)
+            Ok(Resolved::Failed)
         }
         _ => {
             // Not committed: make sure it never will be, then give up on it.
@@ -1990,12 +2088,15 @@ async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Result<Option<pr
             match peer.client().reverse_claim(abandon).await {
                 Ok(r) if r.get_ref().state == "abandoned" => {
                     mark_failed(st, rec).await?;
-                    Ok(None)
+                    Ok(Resolved::Failed)
                 }
                 // It was committed after all (a late delivery): read its status again
                 // and finish it (or mirror it, had it been reversed meanwhile).
                 Ok(_) => Box::pin(resolve_claimed(st, rec)).await,
-                Err(_) => Ok(None),
+                Err(s) => Ok(match classify(&home, &s) {
+                    PeerFail::Unreachable(why) => Resolved::Unreachable(why),
+                    PeerFail::Refused(e) => Resolved::Pending(e.to_string()),
+                }),
             }
         }
     }

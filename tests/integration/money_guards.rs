@@ -750,3 +750,45 @@ async fn an_in_doubt_claim_under_a_refusing_home_policy_is_unavailable() {
     let s = desk.settle("settle-1", &v.visit_id, true).await.unwrap();
     yidi_tests::fixtures::settled_2000_at_hz_rates(&s);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_node_that_cannot_store_says_so_and_nothing_is_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = TestHooks::default();
+    let full = Arc::clone(&hooks.home_store_full);
+    let fed = three_cities(dir.path(), move |r, c| {
+        if r == HZ {
+            c.hooks = hooks.clone();
+        }
+    })
+    .await;
+    let (hz, nb) = (fed.node(HZ), fed.node(NB));
+    let id = filed_employee(hz, "1988-08-08", 77, "1000.00", NB).await;
+    let mut desk = Desk::at(nb, inst::NB_H3).await;
+    let v = billed_visit(&mut desk, "1", &id, HZ, "2000.00").await;
+    full.store(true, Ordering::SeqCst);
+    // Asked twice: each time the cause, never "still in progress".
+    for _ in 0..2 {
+        let e = desk
+            .settle("settle-1", &v.visit_id, true)
+            .await
+            .unwrap_err();
+        refused(
+            &e,
+            Code::Unavailable,
+            &[
+                "home node 330100 cannot store claims now",
+                "database or disk is full",
+                "the settlement was not made",
+            ],
+        );
+    }
+    assert!(desk.list().await.is_empty());
+    untouched(hz, &id).await;
+    assert_eq!(account_balance(hz, &id).await, "1000.00");
+    assert_eq!(outbox(nb).await.depth, 0);
+    // Room made: the same request settles.
+    full.store(false, Ordering::SeqCst);
+    let s = desk.settle("settle-1", &v.visit_id, true).await.unwrap();
+    yidi_tests::fixtures::settled_2000_at_hz_rates(&s);
+}

@@ -357,17 +357,40 @@ impl PeerSvc {
         let cache = Arc::clone(&self.state.policies);
         let region = self.state.region;
         let claim = req.claim_id.clone();
+        let full = Arc::clone(&self.state.hooks.home_store_full);
         let out = self
             .state
             .store
             .write(move |conn| {
+                if full.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(Error::from(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                        Some("database or disk is full (test hook)".into()),
+                    )));
+                }
                 let out =
                     idempotency::once(conn, &key, |conn| home::commit(conn, &cache, region, &req))?;
                 // In the claim's own transaction: no claim without its audit entry.
                 audit::record(conn, &entry)?;
                 Ok(out)
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // The store refused the write (full disk, I/O error, no transaction):
+                // nothing was committed, and the treatment node is told so plainly.
+                Error::Unavailable(m) => {
+                    tracing::error!(claim = %claim, error = %m, "cannot store a claim");
+                    let mut s = Status::unavailable(format!(
+                        "home node {region} cannot store claims now (its store refused the write: {m}); nothing was committed"
+                    ));
+                    s.metadata_mut().insert(
+                        home::NOT_COMMITTED,
+                        tonic::metadata::MetadataValue::from_static("1"),
+                    );
+                    s
+                }
+                other => Status::from(other),
+            })?;
         tracing::debug!(peer = %treatment, claim = %claim, "claim committed for a treatment region");
         Ok(out)
     }

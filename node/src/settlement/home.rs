@@ -30,6 +30,11 @@ use crate::{
     },
 };
 
+/// Metadata on a CommitClaim refused because the home node's store could not write
+/// it: the claim was certainly not committed, so the treatment node need not hold it in
+/// doubt.
+pub const NOT_COMMITTED: &str = "yidi-not-committed";
+
 /// The home node's view of a person for one visit.
 pub struct HomeView {
     pub person: StoredPerson,

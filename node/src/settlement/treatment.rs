@@ -1650,6 +1650,16 @@ async fn settle_remote(
                     })
                     .await;
                 }
+                Err(status) if status.metadata().get(home::NOT_COMMITTED).is_some() => {
+                    // The home node answered that it could not store the claim: nothing
+                    // is committed there, so nothing is in doubt; the hospital is told
+                    // the cause.
+                    mark_failed(st, rec).await?;
+                    return Err(Error::Unavailable(format!(
+                        "{}; the settlement was not made — retry later",
+                        status.message()
+                    )));
+                }
                 Err(status) => match classify(&bill.visit.home_region, &status) {
                     PeerFail::Unreachable(why) if never_sent(&status) => {
                         // The home node got nothing (every earlier attempt it refused): the

@@ -555,6 +555,13 @@ impl Service<http::Request<tonic::body::Body>> for ObservedChannel {
                 Err(e) => transport_code(e),
             };
             calls.observe(peer.as_str(), &method, code);
+            if let Ok(resp) = &out
+                && resp.headers().contains_key(crate::clock::CLOCK_REFUSED)
+            {
+                // The alarm on this side too: the peer's metrics count the refusal, and
+                // this node's clock may be the one that is off.
+                tracing::error!(%peer, %method, "a peer node refused this node's call: the two clocks are further apart than max_clock_skew_seconds");
+            }
             out
         })
     }

@@ -304,8 +304,12 @@ async fn a_node_whose_clock_is_off_is_refused_by_its_peers() {
     let hooks = TestHooks::default();
     let offset = Arc::clone(&hooks.clock_offset_ms);
     let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], yidi_tests::process::free_port()));
+    let nb_metrics = std::net::SocketAddr::from(([127, 0, 0, 1], yidi_tests::process::free_port()));
     let fed = three_cities(dir.path(), move |r, c| match r {
-        NB => c.hooks = hooks.clone(),
+        NB => {
+            c.hooks = hooks.clone();
+            c.metrics_listen = Some(nb_metrics);
+        }
         HZ => c.metrics_listen = Some(metrics),
         _ => {}
     })
@@ -354,6 +358,14 @@ async fn a_node_whose_clock_is_off_is_refused_by_its_peers() {
                     .is_some_and(|s| s > 3_400_000_000)),
         "{body}"
     );
+
+    // Ningbo counts the refusal among its failed calls to Hangzhou.
+    let nb_body = yidi_node::metrics::scrape(nb_metrics).await.unwrap();
+    let failed = ["CheckEligibility", "CommitClaim"]
+        .iter()
+        .map(|m| yidi_tests::fixtures::peer_calls(&nb_body, HZ, m, Some("failed_precondition")))
+        .sum::<u64>();
+    assert!(failed >= 1, "{nb_body}");
 
     // The clock corrected, the same visit settles, dated today.
     offset.store(0, Ordering::SeqCst);

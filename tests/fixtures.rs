@@ -81,6 +81,7 @@ pub async fn item(
                 unit: "unit".into(),
                 valid_from: "2024-01-01".into(),
                 valid_to: String::new(),
+                free_of_charge: false,
             }),
         })
         .await

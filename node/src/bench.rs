@@ -725,6 +725,7 @@ async fn setup(targets: &[Target], args: &BenchArgs) -> anyhow::Result<()> {
                 unit: "unit".into(),
                 valid_from: "2024-01-01".into(),
                 valid_to: String::new(),
+                free_of_charge: String::new(),
             })
             .collect();
         let r = admin

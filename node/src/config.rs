@@ -82,6 +82,10 @@ pub struct NodeArgs {
     /// (quick_check at every start; reads the whole store) or "off" (file checks only).
     #[arg(long, env = "YIDI_CHECK_STORE", value_enum)]
     pub check_store: Option<crate::store::CheckStore>,
+    /// How far ahead of this node's clock a date in a request, or a peer node's clock,
+    /// may be, in seconds (default 300); peers further off either way are refused.
+    #[arg(long, env = "YIDI_MAX_CLOCK_SKEW_SECONDS")]
+    pub max_clock_skew_seconds: Option<u64>,
 }
 
 /// The config file's shape; every key optional so flags can fill the rest.
@@ -108,6 +112,7 @@ struct FileConfig {
     hospital_burst: Option<u32>,
     metrics_listen: Option<SocketAddr>,
     check_store: Option<crate::store::CheckStore>,
+    max_clock_skew_seconds: Option<u64>,
 }
 
 /// A node's resolved configuration.
@@ -134,6 +139,8 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// How much of the store is verified before serving.
     pub check_store: crate::store::CheckStore,
+    /// How far ahead of this node's clock request dates and peers' clocks may be.
+    pub max_clock_skew: Duration,
     /// Fault injection (tests only).
     pub hooks: crate::service::TestHooks,
 }
@@ -158,6 +165,7 @@ impl NodeConfig {
             hospital_rate: crate::auth::RateLimit::default(),
             metrics_listen: None,
             check_store: crate::store::CheckStore::Auto,
+            max_clock_skew: crate::clock::DEFAULT_MAX_SKEW,
             hooks: crate::service::TestHooks::default(),
         }
     }
@@ -252,6 +260,12 @@ impl NodeConfig {
             },
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
             check_store: args.check_store.or(file.check_store).unwrap_or_default(),
+            max_clock_skew: args
+                .max_clock_skew_seconds
+                .or(file.max_clock_skew_seconds)
+                .map_or(crate::clock::DEFAULT_MAX_SKEW, |s| {
+                    Duration::from_secs(s.clamp(1, 86_400))
+                }),
             hooks: crate::service::TestHooks::default(),
             region,
         };

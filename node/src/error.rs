@@ -54,6 +54,16 @@ impl From<yidi_common::Error> for Error {
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
+        // A full disk or a failing one: nothing was written, and a retry once the
+        // operator has made room may succeed — not a bug.
+        if let rusqlite::Error::SqliteFailure(f, _) = &e
+            && matches!(
+                f.code,
+                rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure
+            )
+        {
+            return Error::Unavailable(format!("store: {e}"));
+        }
         Error::Internal(format!("store: {e}"))
     }
 }

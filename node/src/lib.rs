@@ -9,6 +9,7 @@ pub mod bench;
 pub mod bench_clearing;
 pub mod certs;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod coordinator;
 pub mod demo;

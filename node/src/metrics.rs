@@ -187,9 +187,36 @@ impl PeerCalls {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerOnlyLabels {
+    peer: String,
+}
+
+/// Peer nodes' clocks as seen on their calls to this node.
+#[derive(Clone, Default)]
+pub struct PeerClocks {
+    skew: Family<PeerOnlyLabels, Gauge>,
+    refused: Family<PeerOnlyLabels, Counter>,
+}
+
+impl PeerClocks {
+    /// Records a peer's clock `skew_ms` ahead of this node's (negative: behind), and
+    /// whether its call was refused for it.
+    pub fn observe(&self, peer: &str, skew_ms: i64, refused: bool) {
+        let labels = PeerOnlyLabels {
+            peer: peer.to_owned(),
+        };
+        self.skew.get_or_create(&labels).set(skew_ms);
+        if refused {
+            self.refused.get_or_create(&labels).inc();
+        }
+    }
+}
+
 /// A node's metrics.
 pub struct NodeMetrics {
     registry: Registry,
+    peer_clocks: PeerClocks,
     settlements: Family<SettleLabels, Counter>,
     latency: HistogramFamily<OpLabels>,
     peer_calls: PeerCalls,
@@ -278,6 +305,17 @@ impl NodeMetrics {
             "Calls to peer nodes that failed, by peer region, method and gRPC code (unavailable and deadline_exceeded: the peer was not reached in time)",
             peer_calls.errors.clone(),
         );
+        let peer_clocks = PeerClocks::default();
+        registry.register(
+            "yidi_peer_clock_skew_milliseconds",
+            "How far the clock of a peer node was ahead of this node's (negative: behind) on its latest call here",
+            peer_clocks.skew.clone(),
+        );
+        registry.register(
+            "yidi_peer_clock_refusals",
+            "Calls of a peer node refused because its clock was further from this node's than max_clock_skew_seconds",
+            peer_clocks.refused.clone(),
+        );
         let outbox_depth = Gauge::default();
         registry.register(
             "yidi_outbox_depth",
@@ -306,6 +344,7 @@ impl NodeMetrics {
         store.register(&mut registry);
         Self {
             registry,
+            peer_clocks,
             settlements,
             latency,
             peer_calls,
@@ -315,6 +354,12 @@ impl NodeMetrics {
             scrape_errors,
             store,
         }
+    }
+
+    /// Peer nodes' clocks, for the PeerService's clock check.
+    #[must_use]
+    pub fn peer_clocks(&self) -> &PeerClocks {
+        &self.peer_clocks
     }
 
     /// The peer-call counters, for the peer directory's channels.
@@ -411,6 +456,8 @@ pub struct ObservedChannel {
     calls: Option<PeerCalls>,
     /// Stamped with [`crate::peers::clock_ms`] whenever the peer answers.
     answered: Arc<AtomicU64>,
+    /// Sent as [`crate::clock::CLOCK_HEADER`] on every call, when set.
+    clock: Option<crate::clock::Clock>,
 }
 
 impl ObservedChannel {
@@ -427,7 +474,16 @@ impl ObservedChannel {
             peer,
             calls,
             answered,
+            clock: None,
         }
+    }
+
+    /// Sends `clock`'s reading on every call (the peer refuses a caller whose clock is
+    /// too far from its own).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Option<crate::clock::Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 }
 
@@ -459,7 +515,12 @@ impl Service<http::Request<tonic::body::Body>> for ObservedChannel {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(clock) = &self.clock
+            && let Ok(v) = http::HeaderValue::from_str(&clock.now_ms().to_string())
+        {
+            req.headers_mut().insert(crate::clock::CLOCK_HEADER, v);
+        }
         let answered = Arc::clone(&self.answered);
         let Some(calls) = self.calls.clone() else {
             let fut = self.inner.call(req);
@@ -494,6 +555,13 @@ impl Service<http::Request<tonic::body::Body>> for ObservedChannel {
                 Err(e) => transport_code(e),
             };
             calls.observe(peer.as_str(), &method, code);
+            if let Ok(resp) = &out
+                && resp.headers().contains_key(crate::clock::CLOCK_REFUSED)
+            {
+                // The alarm on this side too: the peer's metrics count the refusal, and
+                // this node's clock may be the one that is off.
+                tracing::error!(%peer, %method, "a peer node refused this node's call: the two clocks are further apart than max_clock_skew_seconds");
+            }
             out
         })
     }

@@ -52,6 +52,8 @@ pub struct Peer {
     observer: Arc<OnceLock<PeerCalls>>,
     /// When the peer last answered a call (see [`Peer::answered_within`]).
     answered: Arc<AtomicU64>,
+    /// The node's clock, sent on every call once the node has set it.
+    clock: Arc<OnceLock<crate::clock::Clock>>,
 }
 
 impl Peer {
@@ -59,12 +61,15 @@ impl Peer {
     /// metrics.
     #[must_use]
     pub fn client(&self) -> PeerServiceClient<ObservedChannel> {
-        PeerServiceClient::new(ObservedChannel::new(
-            self.channel.clone(),
-            self.region,
-            self.observer.get().cloned(),
-            Arc::clone(&self.answered),
-        ))
+        PeerServiceClient::new(
+            ObservedChannel::new(
+                self.channel.clone(),
+                self.region,
+                self.observer.get().cloned(),
+                Arc::clone(&self.answered),
+            )
+            .with_clock(self.clock.get().cloned()),
+        )
     }
 
     /// Whether the peer answered a call (any answer, errors included) within `d`.
@@ -99,6 +104,8 @@ pub struct PeerDirectory {
     modified: Mutex<Option<SystemTime>>,
     /// The node's peer-call counters (see [`PeerDirectory::observe`]).
     observer: Arc<OnceLock<PeerCalls>>,
+    /// The node's clock (see [`PeerDirectory::stamp_clock`]).
+    clock: Arc<OnceLock<crate::clock::Clock>>,
     /// The TLS material channels are built with (`None`: plain text, insecure mode),
     /// and the generation of it the current channels use.
     tls: Option<Arc<TlsState>>,
@@ -147,6 +154,7 @@ impl PeerDirectory {
             peers: RwLock::new(Arc::new(HashMap::new())),
             modified: Mutex::new(None),
             observer: Arc::new(OnceLock::new()),
+            clock: Arc::new(OnceLock::new()),
         };
         dir.reload()?;
         Ok(dir)
@@ -213,6 +221,7 @@ impl PeerDirectory {
                     address: e.address.clone(),
                     observer: Arc::clone(&self.observer),
                     answered: Arc::default(),
+                    clock: Arc::clone(&self.clock),
                 },
             };
             next.insert(region, peer);
@@ -258,6 +267,12 @@ impl PeerDirectory {
     /// loaded later included). Only the first call has an effect.
     pub fn observe(&self, calls: PeerCalls) {
         let _ = self.observer.set(calls);
+    }
+
+    /// Sends `clock`'s reading with every call made through [`Peer::client`] from now on,
+    /// for the peer to check against its own. Only the first call has an effect.
+    pub fn stamp_clock(&self, clock: crate::clock::Clock) {
+        let _ = self.clock.set(clock);
     }
 
     /// Every peer.

@@ -112,6 +112,11 @@ pub async fn serve(
     let policies = load_peer_policies(&store).await?;
     let metrics = Arc::new(crate::metrics::NodeMetrics::new(config.region.as_str()));
     peers.observe(metrics.peer_calls());
+    let clock = crate::clock::Clock::new(
+        Arc::clone(&config.hooks.clock_offset_ms),
+        config.max_clock_skew,
+    );
+    peers.stamp_clock(clock.clone());
     // Bound before anything is served so that a taken port fails the start, not later.
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(crate::metrics::bind(addr).await?),
@@ -126,6 +131,7 @@ pub async fn serve(
         policies: Arc::new(policies),
         outbox_wake: Notify::new(),
         hooks: config.hooks.clone(),
+        clock,
         metrics,
         eligibility_cache: Default::default(),
         settling: Default::default(),
@@ -197,9 +203,12 @@ pub async fn serve(
         Arc::clone(&state),
         config.clearing_auto_confirm,
     ));
-    let peer = PeerServiceServer::new(PeerSvc::new(Arc::clone(&state)))
-        .max_decoding_message_size(MAX_REQUEST_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let peer = tonic::service::interceptor::InterceptedService::new(
+        PeerServiceServer::new(PeerSvc::new(Arc::clone(&state)))
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        crate::service::peer::clock_check(Arc::clone(&state)),
+    );
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let router = Server::builder()

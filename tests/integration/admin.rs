@@ -826,6 +826,7 @@ async fn policies_catalogue_institutions_and_restart() {
             unit: "盒".into(),
             valid_from: "2026-01-01".into(),
             valid_to: String::new(),
+            free_of_charge: false,
         };
     let upsert = |rid: &str, i: proto::CatalogueItem| proto::UpsertCatalogueItemRequest {
         request_id: rid.into(),

@@ -652,6 +652,9 @@ pub struct CatalogueFieldArgs {
     /// Last day valid, inclusive; "" for open-ended.
     #[arg(long)]
     pub valid_to: Option<String>,
+    /// Whether the item may be billed at 0.00 (new item default: false).
+    #[arg(long)]
+    pub free_of_charge: Option<bool>,
 }
 
 impl CatalogueFieldArgs {
@@ -667,6 +670,7 @@ impl CatalogueFieldArgs {
         set(&mut item.unit, self.unit);
         set(&mut item.valid_from, self.valid_from);
         set(&mut item.valid_to, self.valid_to);
+        set(&mut item.free_of_charge, self.free_of_charge);
     }
 }
 

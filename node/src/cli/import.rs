@@ -79,6 +79,7 @@ pub(crate) const CATALOGUE_COLUMNS: &[&str] = &[
     "unit",
     "valid_from",
     "valid_to",
+    "free_of_charge",
 ];
 /// Also the columns of `institution list`.
 pub(crate) const INSTITUTION_COLUMNS: &[&str] = &[
@@ -141,6 +142,7 @@ impl Target {
                         unit: cols.get(l, "unit"),
                         valid_from: cols.get(l, "valid_from"),
                         valid_to: cols.get(l, "valid_to"),
+                        free_of_charge: cols.get(l, "free_of_charge"),
                     })
                     .collect();
                 client

@@ -209,6 +209,8 @@ fn read(
 /// Checks the lines of the chunks it takes until the parsing thread is done.
 fn check(rx: &Mutex<mpsc::Receiver<Vec<Line>>>, cols: &Columns) -> (Rows, Vec<RowError>) {
     let (mut rows, mut errors) = (Rows::default(), Vec::new());
+    // Offline, with no node running: the system clock and the default bound.
+    let clock = crate::clock::Clock::default();
     loop {
         // The lock is held only to take a chunk, not while checking it.
         let next = rx.lock().map(|r| r.recv());
@@ -218,7 +220,7 @@ fn check(rx: &Mutex<mpsc::Receiver<Vec<Line>>>, cols: &Columns) -> (Rows, Vec<Ro
         for line in chunk {
             match cols.check_width(&line) {
                 Some(e) => errors.push(e),
-                None => match person_from_row(&cols.person_row(&line)) {
+                None => match person_from_row(&cols.person_row(&line), &clock) {
                     Ok(rec) => rows.push(line.line, &rec),
                     Err(e) => errors.push(row_error(line.line, e)),
                 },

@@ -252,6 +252,7 @@ impl Record for proto::CatalogueItem {
             ("unit", text(&self.unit)),
             ("valid_from", text(&self.valid_from)),
             ("valid_to", text(&self.valid_to)),
+            ("free_of_charge", Field::Bool(self.free_of_charge)),
         ]
     }
 }

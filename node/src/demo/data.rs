@@ -343,6 +343,7 @@ pub fn load_city(city: City, today: NaiveDate) -> anyhow::Result<CityData> {
             unit: col(&h, r, "unit"),
             valid_from: col(&h, r, "valid_from"),
             valid_to: col(&h, r, "valid_to"),
+            free_of_charge: String::new(),
         };
         let suffix = row
             .code

@@ -160,6 +160,7 @@ fn build_person(
     kinds: PersonKinds,
     balance: &str,
     since: &str,
+    clock: &crate::clock::Clock,
 ) -> Result<PersonRec> {
     let id = IdNumber::parse(id_number, "id_number")?;
     let fits = match kinds.insurance_type {
@@ -198,11 +199,21 @@ fn build_person(
         civil_servant: kinds.civil_servant,
         status: kinds.status,
         account_fen: money::to_fen(balance),
-        enrolled_since: parse_date_opt(since, "enrolled_since")?.unwrap_or_else(period::today),
+        enrolled_since: match parse_date_opt(since, "enrolled_since")? {
+            Some(d) => {
+                clock.not_future_day(d, "enrolled_since")?;
+                d
+            }
+            None => clock.today(),
+        },
     })
 }
 
-fn person_from_fields(id_number: &str, f: Option<&proto::PersonFields>) -> Result<PersonRec> {
+fn person_from_fields(
+    id_number: &str,
+    f: Option<&proto::PersonFields>,
+    clock: &crate::clock::Clock,
+) -> Result<PersonRec> {
     let f = f.ok_or_else(|| Error::invalid("fields", "missing"))?;
     let status = if f.status == 0 {
         PersonStatus::Active
@@ -222,6 +233,7 @@ fn person_from_fields(id_number: &str, f: Option<&proto::PersonFields>) -> Resul
         kinds,
         &f.account_balance,
         &f.enrolled_since,
+        clock,
     )
 }
 
@@ -236,7 +248,10 @@ fn parse_bool(s: &str, field: &str) -> Result<bool> {
     }
 }
 
-pub(crate) fn person_from_row(r: &proto::PersonRow) -> Result<PersonRec> {
+pub(crate) fn person_from_row(
+    r: &proto::PersonRow,
+    clock: &crate::clock::Clock,
+) -> Result<PersonRec> {
     let status = if r.status.trim().is_empty() {
         PersonStatus::Active
     } else {
@@ -255,6 +270,7 @@ pub(crate) fn person_from_row(r: &proto::PersonRow) -> Result<PersonRec> {
         kinds,
         r.account_balance.trim(),
         r.enrolled_since.trim(),
+        clock,
     )
 }
 
@@ -316,6 +332,7 @@ fn policy_to_proto(region: RegionCode, p: &PolicyRec) -> proto::PolicyVersion {
 struct CatalogueKinds {
     category: ItemCategory,
     class: CatalogueClass,
+    free_of_charge: bool,
 }
 
 fn build_catalogue(i: &proto::CatalogueItem, kinds: CatalogueKinds) -> Result<CatalogueRec> {
@@ -340,6 +357,7 @@ fn build_catalogue(i: &proto::CatalogueItem, kinds: CatalogueKinds) -> Result<Ca
         unit: unit.to_owned(),
         valid_from,
         valid_to,
+        free_of_charge: kinds.free_of_charge,
     })
 }
 
@@ -348,6 +366,7 @@ fn catalogue_from_proto(i: Option<&proto::CatalogueItem>) -> Result<CatalogueRec
     let kinds = CatalogueKinds {
         category: ItemCategory::from_proto(i.category, "item.category")?,
         class: CatalogueClass::from_proto(i.class, "item.class")?,
+        free_of_charge: i.free_of_charge,
     };
     build_catalogue(i, kinds)
 }
@@ -356,6 +375,7 @@ fn catalogue_from_row(r: &proto::CatalogueRow) -> Result<CatalogueRec> {
     let kinds = CatalogueKinds {
         category: ItemCategory::parse(&r.category, "category")?,
         class: CatalogueClass::parse(&r.class, "class")?,
+        free_of_charge: parse_bool(&r.free_of_charge, "free_of_charge")?,
     };
     let item = proto::CatalogueItem {
         code: r.code.clone(),
@@ -367,6 +387,7 @@ fn catalogue_from_row(r: &proto::CatalogueRow) -> Result<CatalogueRec> {
         unit: r.unit.clone(),
         valid_from: r.valid_from.clone(),
         valid_to: r.valid_to.clone(),
+        free_of_charge: false,
     };
     build_catalogue(&item, kinds)
 }
@@ -382,6 +403,7 @@ fn catalogue_to_proto(c: &CatalogueRec) -> proto::CatalogueItem {
         unit: c.unit.clone(),
         valid_from: c.valid_from.to_string(),
         valid_to: c.valid_to.map(|d| d.to_string()).unwrap_or_default(),
+        free_of_charge: c.free_of_charge,
     }
 }
 
@@ -509,7 +531,7 @@ impl AdminService for AdminSvc {
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "CreatePerson", payload)?;
-        let rec = person_from_fields(&req.id_number, req.fields.as_ref())?;
+        let rec = person_from_fields(&req.id_number, req.fields.as_ref(), &self.state.clock)?;
         let region = self.state.region;
         self.once(key, move |conn| {
             persons::insert(conn, &rec, &period::now_rfc3339())?;
@@ -527,7 +549,7 @@ impl AdminService for AdminSvc {
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "UpdatePerson", payload)?;
-        let rec = person_from_fields(&req.id_number, req.fields.as_ref())?;
+        let rec = person_from_fields(&req.id_number, req.fields.as_ref(), &self.state.clock)?;
         let region = self.state.region;
         self.once(key, move |conn| {
             persons::update(conn, &rec, &period::now_rfc3339())?;
@@ -614,7 +636,7 @@ impl AdminService for AdminSvc {
         let mut parsed: Vec<(u64, Result<PersonRec>)> = req
             .rows
             .iter()
-            .map(|r| (r.row, person_from_row(r)))
+            .map(|r| (r.row, person_from_row(r, &self.state.clock)))
             .collect();
         refuse_repeats(&req.rows, &mut parsed, "id_number", "person", |r| {
             r.id_number.trim().to_ascii_uppercase()
@@ -693,6 +715,9 @@ impl AdminService for AdminSvc {
             institutions.push(code);
         }
         let valid_from = parse_date(&req.valid_from, "valid_from")?;
+        // A filing starting in the future would be judged (and approved) against a
+        // date the node has not reached; one is applied for when the care begins.
+        self.state.clock.not_future_day(valid_from, "valid_from")?;
         let valid_to = parse_date_opt(&req.valid_to, "valid_to")?;
         check_date_order(valid_from, valid_to, "valid_to", "valid_from")?;
         let note = req.note.trim().to_owned();

@@ -23,6 +23,11 @@ pub struct TestHooks {
     /// Milliseconds this node, as a home node, waits before answering CheckEligibility
     /// (0: none), as a slow home node would.
     pub eligibility_delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Milliseconds added to this node's wall clock (see [`crate::clock::Clock`]), as a
+    /// host whose clock is off would have.
+    pub clock_offset_ms: Arc<std::sync::atomic::AtomicI64>,
+    /// As a home node, CommitClaim's write fails as it would on a full disk.
+    pub home_store_full: Arc<AtomicBool>,
 }
 
 /// What every service of a node needs.
@@ -36,6 +41,8 @@ pub struct NodeState {
     /// Wakes the outbox worker when something was queued.
     pub outbox_wake: Notify,
     pub hooks: TestHooks,
+    /// The node's wall clock and how far ahead of it dates and peers' clocks may be.
+    pub clock: crate::clock::Clock,
     /// Prometheus counters of this node (served only when `metrics_listen` is set, but
     /// always counted: counting is a few atomic increments).
     pub metrics: Arc<crate::metrics::NodeMetrics>,

@@ -38,6 +38,48 @@ impl PeerSvc {
     }
 }
 
+/// The PeerService's clock check, run before any call: a calling node sends its clock
+/// ([`crate::clock::CLOCK_HEADER`]); one further from this node's than the configured
+/// bound, either way, is refused with FAILED_PRECONDITION and nothing is done — a claim
+/// it dates would land in another period or year than the one it belongs to. Every
+/// reading is kept as a gauge, every refusal counted and logged. A call without the
+/// header (a tool, or a node from before the check) passes; the home node still
+/// refuses a claim dated ahead of its own clock (`home::check_dates`).
+pub fn clock_check(
+    state: State,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+    move |req: Request<()>| {
+        let Some(theirs) = req
+            .metadata()
+            .get(crate::clock::CLOCK_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+        else {
+            return Ok(req);
+        };
+        let peer = crate::auth::caller(&req)
+            .map(|c| c.peer_region(""))
+            .unwrap_or_else(|_| "unknown".to_owned());
+        let (skew_ms, beyond) = state.clock.skew_of(theirs);
+        state.metrics.peer_clocks().observe(&peer, skew_ms, beyond);
+        if !beyond {
+            return Ok(req);
+        }
+        let ahead = if skew_ms > 0 { "ahead of" } else { "behind" };
+        tracing::error!(%peer, skew_ms, bound_s = state.clock.max_skew().as_secs(), "peer node's clock is off; its calls are refused");
+        let mut status = Status::failed_precondition(format!(
+            "the clock of the calling node ({peer}) is {} s {ahead} this node's; calls are refused beyond {} s — correct the clock (NTP) of the node that is off; nothing was done",
+            skew_ms.unsigned_abs() / 1000,
+            state.clock.max_skew().as_secs(),
+        ));
+        status.metadata_mut().insert(
+            crate::clock::CLOCK_REFUSED,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        Err(status)
+    }
+}
+
 fn caller(region: &str, field: &str) -> Result<RegionCode> {
     Ok(RegionCode::parse_city(region, field)?)
 }
@@ -304,6 +346,7 @@ impl PeerSvc {
                 Error::invalid("claim_id", format!("must be an id issued by {treatment}")).into(),
             );
         }
+        home::check_dates(&req, &self.state.clock)?;
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(
             &format!("peer:{treatment}"),
@@ -314,17 +357,40 @@ impl PeerSvc {
         let cache = Arc::clone(&self.state.policies);
         let region = self.state.region;
         let claim = req.claim_id.clone();
+        let full = Arc::clone(&self.state.hooks.home_store_full);
         let out = self
             .state
             .store
             .write(move |conn| {
+                if full.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(Error::from(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                        Some("database or disk is full (test hook)".into()),
+                    )));
+                }
                 let out =
                     idempotency::once(conn, &key, |conn| home::commit(conn, &cache, region, &req))?;
                 // In the claim's own transaction: no claim without its audit entry.
                 audit::record(conn, &entry)?;
                 Ok(out)
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // The store refused the write (full disk, I/O error, no transaction):
+                // nothing was committed, and the treatment node is told so plainly.
+                Error::Unavailable(m) => {
+                    tracing::error!(claim = %claim, error = %m, "cannot store a claim");
+                    let mut s = Status::unavailable(format!(
+                        "home node {region} cannot store claims now (its store refused the write: {m}); nothing was committed"
+                    ));
+                    s.metadata_mut().insert(
+                        home::NOT_COMMITTED,
+                        tonic::metadata::MetadataValue::from_static("1"),
+                    );
+                    s
+                }
+                other => Status::from(other),
+            })?;
         tracing::debug!(peer = %treatment, claim = %claim, "claim committed for a treatment region");
         Ok(out)
     }

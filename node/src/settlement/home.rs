@@ -30,6 +30,11 @@ use crate::{
     },
 };
 
+/// Metadata on a CommitClaim refused because the home node's store could not write
+/// it: the claim was certainly not committed, so the treatment node need not hold it in
+/// doubt.
+pub const NOT_COMMITTED: &str = "yidi-not-committed";
+
 /// The home node's view of a person for one visit.
 pub struct HomeView {
     pub person: StoredPerson,
@@ -272,6 +277,31 @@ pub fn claim_visit(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((ctx, lines))
+}
+
+/// Refuses a claim dated ahead of this node's clock (beyond its skew bound), or
+/// treated in a year this node has not reached: it would open that year's
+/// accumulators (a fresh deductible and cap) and book a ledger period no round has
+/// reached. The treatment node's clock is checked on the call too; this is the check
+/// that holds whatever the caller sends.
+pub fn check_dates(req: &proto::CommitClaimRequest, clock: &crate::clock::Clock) -> Result<()> {
+    let settled_at = period::parse_ts(&req.settled_at, "settled_at")?;
+    clock.not_future(settled_at, "settled_at")?;
+    if let Some(visit) = &req.visit {
+        let date = super::wire_date(&visit.visit_date, "visit.visit_date")?;
+        clock.not_future_day(date, "visit.visit_date")?;
+        let year = clock.today().year();
+        if date.year() > year {
+            return Err(Error::invalid(
+                "visit.visit_date",
+                format!(
+                    "{date} is in {}, a year this node has not reached (it is {year} here)",
+                    date.year()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Commits a claim at the home node: re-runs the engine, checks the accumulator version

@@ -115,6 +115,13 @@ fn unreachable(code: Code) -> bool {
     )
 }
 
+/// Whether a failed call is worth retrying later: the home node was not reached, or
+/// refused the call for this node's clock (nothing was done; it will be, once the
+/// clocks agree).
+fn retry_later(s: &tonic::Status) -> bool {
+    unreachable(s.code()) || s.metadata().get(crate::clock::CLOCK_REFUSED).is_some()
+}
+
 async fn deliver_commit(st: &NodeState, item: &Item) -> Result<Outcome> {
     let req = proto::CommitClaimRequest::decode(item.payload.as_slice())
         .map_err(|e| Error::Internal(format!("outbox payload: {e}")))?;
@@ -132,7 +139,7 @@ async fn deliver_commit(st: &NodeState, item: &Item) -> Result<Outcome> {
         .await
     {
         Ok(s) => s.into_inner(),
-        Err(s) if unreachable(s.code()) => return Ok(Outcome::Retry(s.message().to_owned())),
+        Err(s) if retry_later(&s) => return Ok(Outcome::Retry(s.message().to_owned())),
         Err(s) => {
             return Err(Error::Internal(format!(
                 "claim status of {}: {}",
@@ -145,7 +152,11 @@ async fn deliver_commit(st: &NodeState, item: &Item) -> Result<Outcome> {
         "committed" | "reversed" => status.claim.unwrap_or_default(),
         _ => match client.commit_claim(req.clone()).await {
             Ok(r) => r.into_inner(),
-            Err(s) if unreachable(s.code()) => return Ok(Outcome::Retry(s.message().to_owned())),
+            // A claim the home node has by now (its original commit, still in flight
+            // when the status was read) is found by the next attempt's status.
+            Err(s) if retry_later(&s) || s.code() == Code::AlreadyExists => {
+                return Ok(Outcome::Retry(s.message().to_owned()));
+            }
             Err(s) => {
                 // The home node refuses the claim outright (e.g. the person is unknown):
                 // the advance to the hospital is now the treatment agency's to recover.
@@ -163,6 +174,9 @@ async fn deliver_commit(st: &NodeState, item: &Item) -> Result<Outcome> {
                             rec.note = note;
                             settlements::update_outcome(conn, &rec)?;
                         }
+                        // Not owed by the home node: the receivable written with the
+                        // provisional claim is taken back.
+                        ledger::withdraw(conn, &claim, Side::Receivable)?;
                         outbox::remove(conn, id)
                     })
                     .await?;
@@ -215,7 +229,7 @@ async fn deliver_reverse(st: &NodeState, item: &Item) -> Result<Outcome> {
     };
     let resp = match peer.client().reverse_claim(req.clone()).await {
         Ok(r) => r.into_inner(),
-        Err(s) if unreachable(s.code()) => return Ok(Outcome::Retry(s.message().to_owned())),
+        Err(s) if retry_later(&s) => return Ok(Outcome::Retry(s.message().to_owned())),
         Err(s) => {
             return Err(Error::Internal(format!(
                 "reversal {} refused: {}",
@@ -227,6 +241,11 @@ async fn deliver_reverse(st: &NodeState, item: &Item) -> Result<Outcome> {
     let (id, home) = (item.id, item.target_region.clone());
     st.store
         .write(move |conn| {
+            if resp.state == "abandoned" {
+                // The home node never had the claim (it refused it): nothing to
+                // reverse, and the reversal written at the cancellation is taken back.
+                ledger::withdraw(conn, &req.reversal_id, Side::Receivable)?;
+            }
             if resp.state == "reversed" {
                 let fund = resp
                     .split
@@ -238,7 +257,8 @@ async fn deliver_reverse(st: &NodeState, item: &Item) -> Result<Outcome> {
                     .transpose()?
                     .unwrap_or_default();
                 let at = period::parse_ts(&req.reversed_at, "reversed_at")?;
-                ledger::record(
+                // Written at the cancellation; the home node's amount is the one owed.
+                ledger::record_confirmed(
                     conn,
                     &ledger::Entry {
                         entry_id: &req.reversal_id,
@@ -250,7 +270,8 @@ async fn deliver_reverse(st: &NodeState, item: &Item) -> Result<Outcome> {
                         amount_fen: -fund,
                     },
                     &period::now_rfc3339(),
-                )?;
+                )
+                .map(drop)?;
             }
             outbox::remove(conn, id)
         })
@@ -269,7 +290,7 @@ async fn deliver_adjustment(st: &NodeState, item: &Item) -> Result<Outcome> {
     };
     match peer.client().push_adjustment(req.clone()).await {
         Ok(_) => {}
-        Err(s) if unreachable(s.code()) => return Ok(Outcome::Retry(s.message().to_owned())),
+        Err(s) if retry_later(&s) => return Ok(Outcome::Retry(s.message().to_owned())),
         Err(s) => {
             return Err(Error::Internal(format!(
                 "adjustment {} refused: {}",

@@ -537,7 +537,11 @@ struct Opening {
     visit_date: NaiveDate,
 }
 
-fn check_opening(inst: InstitutionRec, req: &proto::OpenVisitRequest) -> Result<Opening> {
+fn check_opening(
+    inst: InstitutionRec,
+    req: &proto::OpenVisitRequest,
+    clock: &crate::clock::Clock,
+) -> Result<Opening> {
     let id = IdNumber::parse(&req.id_number, "id_number")?;
     let home = RegionCode::parse_city(&req.home_region, "home_region")?;
     let kind = VisitKind::from_proto(req.visit_kind, "visit_kind")?;
@@ -559,9 +563,11 @@ fn check_opening(inst: InstitutionRec, req: &proto::OpenVisitRequest) -> Result<
         ));
     }
     let opened: DateTime<Utc> = if req.admitted_at.is_empty() {
-        Utc::now()
+        clock.now()
     } else {
-        period::parse_ts(&req.admitted_at, "admitted_at")?
+        let at = period::parse_ts(&req.admitted_at, "admitted_at")?;
+        clock.not_future(at, "admitted_at")?;
+        at
     };
     let visit_date = opened.with_timezone(&period::cst()).date_naive();
     Ok(Opening {
@@ -599,12 +605,13 @@ pub async fn open_visit(st: &NodeState, mut req: proto::OpenVisitRequest) -> Res
     // One trip to the read pool for the institution, a stored answer of the request and,
     // for a patient of this city, the eligibility: this node is their home node.
     let (k, cache, region) = (key.clone(), Arc::clone(&st.policies), st.region);
+    let clock = st.clock.clone();
     let diagnosis = req.diagnosis_code.trim().to_owned();
     let (opening, own) = match st
         .store
         .read(move |conn| {
             let inst = check_institution(conn, &req.institution_code, period::today())?;
-            let opening = check_opening(inst, &req)?;
+            let opening = check_opening(inst, &req, &clock)?;
             if let Some(replayed) = idempotency::replay::<proto::Visit>(conn, &k)? {
                 return Ok(Err(replayed));
             }
@@ -692,14 +699,17 @@ pub async fn close_visit(
     let payload = payload_hash(&mut req, |r| &mut r.request_id);
     let key = RequestKey::new(&sc, &req.request_id, "CloseVisit", payload)?;
     institution_given(&req.institution_code)?;
-    let now = Utc::now();
+    let now = st.clock.now();
+    let latest = st.clock.clone();
     st.store
         .write(move |conn| {
             check_institution(conn, &req.institution_code, period::today())?;
             let at = if req.discharged_at.is_empty() {
                 now
             } else {
-                period::parse_ts(&req.discharged_at, "discharged_at")?
+                let at = period::parse_ts(&req.discharged_at, "discharged_at")?;
+                latest.not_future(at, "discharged_at")?;
+                at
             };
             idempotency::once(conn, &key, |conn| {
                 let v = own_visit(conn, &req.institution_code, &req.visit_id)?;
@@ -743,6 +753,7 @@ fn check_line(
     i: usize,
     l: &proto::FeeLine,
     visit_date: &str,
+    clock: &crate::clock::Clock,
 ) -> Result<(rust_decimal::Decimal, i64, i64, String)> {
     let f = |name: &str| format!("lines[{i}].{name}");
     if l.line_no.is_empty() || l.line_no.len() > 32 {
@@ -767,7 +778,9 @@ fn check_line(
     let date = if l.service_date.is_empty() {
         visit_date.to_owned()
     } else {
-        wire_date(&l.service_date, &f("service_date"))?.to_string()
+        let d = wire_date(&l.service_date, &f("service_date"))?;
+        clock.not_future_day(d, &f("service_date"))?;
+        d.to_string()
     };
     Ok((quantity, money::to_fen(price), money::to_fen(amount), date))
 }
@@ -782,6 +795,7 @@ pub async fn upload_fees(
     let key = RequestKey::new(&sc, &req.request_id, "UploadFees", payload)?;
     institution_given(&req.institution_code)?;
     let region = st.region;
+    let clock = st.clock.clone();
     st.store
         .write(move |conn| {
             check_institution(conn, &req.institution_code, period::today())?;
@@ -798,7 +812,7 @@ pub async fn upload_fees(
                 let mut seen = std::collections::HashSet::new();
                 let mut new = Vec::new();
                 for (i, l) in req.lines.iter().enumerate() {
-                    let (quantity, price_fen, amount_fen, date) = check_line(i, l, &v.visit_date)?;
+                    let (quantity, price_fen, amount_fen, date) = check_line(i, l, &v.visit_date, &clock)?;
                     if !seen.insert(l.line_no.clone()) {
                         return Err(Error::invalid(format!("lines[{i}].line_no"), format!("{} appears twice", l.line_no)));
                     }
@@ -808,6 +822,12 @@ pub async fn upload_fees(
                         .ok_or_else(|| {
                             Error::invalid(format!("lines[{i}].item_code"), format!("{:?} is not in the catalogue of {region} on {d}", l.item_code))
                         })?;
+                    if amount_fen == 0 && !item.free_of_charge {
+                        return Err(Error::invalid(
+                            format!("lines[{i}].amount"),
+                            format!("0.00 for {}: a fee line must charge something; only an item the catalogue marks free of charge may be billed at 0.00", item.code),
+                        ));
+                    }
                     let rec = LineRec {
                         line_no: l.line_no.clone(),
                         item_code: item.code.clone(),
@@ -924,6 +944,37 @@ fn bill_from(visit: VisitRec, lines: Vec<LineRec>, for_settle: bool) -> Result<B
         lines,
         engine_lines,
     })
+}
+
+/// Refuses to settle a bill dated after this node's today: a visit or fee line recorded
+/// with a future date (before such dates were refused at the counter) would be booked
+/// into a year and period that have not begun.
+fn bill_not_future(bill: &Bill, clock: &crate::clock::Clock) -> Result<()> {
+    let latest = clock.latest_day();
+    let today = clock.today();
+    if wire_date(&bill.visit.visit_date, "visit_date")? > latest {
+        return Err(Error::invalid(
+            "visit_id",
+            format!(
+                "visit {} is dated {}, after today ({today}) at this node; it cannot be settled — open the visit again with the right admitted_at",
+                bill.visit.visit_id, bill.visit.visit_date
+            ),
+        ));
+    }
+    if let Some(l) = bill
+        .lines
+        .iter()
+        .find(|l| wire_date(&l.service_date, "service_date").is_ok_and(|d| d > latest))
+    {
+        return Err(Error::invalid(
+            "visit_id",
+            format!(
+                "line {} of visit {} has service_date {}, after today ({today}) at this node; undo it and upload it with the right date",
+                l.line_no, bill.visit.visit_id, l.service_date
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Bill {
@@ -1199,7 +1250,9 @@ pub(crate) fn finish_committed(
     (rec.medfee_fen, rec.fund_fen, rec.acct_fen, rec.cash_fen) = (medfee, fund, acct, cash);
     settlements::update_outcome(conn, &rec)?;
     if rec.home_region != region.as_str() {
-        ledger::record(
+        // A provisional claim's entry was written when it was settled: the home node's
+        // amount replaces the provisional one.
+        ledger::record_confirmed(
             conn,
             &ledger::Entry {
                 entry_id: &rec.settlement_id,
@@ -1229,7 +1282,7 @@ pub async fn settle(st: &NodeState, mut req: proto::SettleRequest) -> Result<pro
     institution_given(&req.institution_code)?;
     // One moment for the whole settlement: its claim's settled_at, and the day the home
     // node judges filings on, in every attempt.
-    let now = Utc::now();
+    let now = st.clock.now();
     let (bill_out, bill_in) = tokio::sync::oneshot::channel();
     let opening = open_settlement(st, &req, &key, now, bill_out);
     // A cross-region bill is handed out as soon as the writer has read it and recorded
@@ -1246,13 +1299,36 @@ pub async fn settle(st: &NodeState, mut req: proto::SettleRequest) -> Result<pro
                         req.request_id
                     )));
                 }
-                resolve_intent(st, intent).await.and_then(|o| {
-                    o.ok_or_else(|| {
-                        Error::Aborted(
-                            "this settlement request is still in progress; retry shortly".into(),
+                // Its Settle call is still running, or another resolver is at it.
+                let Some(guard) = st.settling.try_enter(&intent.settlement_id) else {
+                    return Err(Error::Aborted(
+                        "this settlement request is still in progress; retry shortly".into(),
+                    ));
+                };
+                match resolve_claimed(st, intent.clone()).await? {
+                    Resolved::Settled(answer) => Ok(*answer),
+                    Resolved::Failed => Err(Error::Aborted(
+                        "the earlier attempt of this request was not settled (the home node never committed it); repeat the request to settle afresh".into(),
+                    )),
+                    Resolved::Pending(why) => Err(Error::Unavailable(format!(
+                        "the outcome of this settlement is not known yet ({why}); repeat this request (same request_id) shortly"
+                    ))),
+                    Resolved::Unreachable(why) => {
+                        let bill = pending_bill(st, &intent).await?;
+                        let out = settle_offline(
+                            st,
+                            &bill,
+                            &key,
+                            req.use_account,
+                            why,
+                            None,
+                            Some(intent),
                         )
-                    })
-                })
+                        .await;
+                        drop(guard);
+                        out
+                    }
+                }
             }
             Opened::Intent(..) => Err(Error::Internal(
                 "a settlement intent was recorded without its bill".into(),
@@ -1299,6 +1375,7 @@ fn open_settlement(
     let (inst, vid) = (req.institution_code.clone(), req.visit_id.clone());
     let cache = Arc::clone(&st.policies);
     let settling = Arc::clone(&st.settling);
+    let clock = st.clock.clone();
     // The caller may have gone away (its deadline passed) while the job queued: then
     // nothing is settled or recorded for it — a pending intent would block the visit
     // until recovery.
@@ -1318,6 +1395,7 @@ fn open_settlement(
         }
         let (visit, lines) = read_bill(conn, &inst, &vid)?;
         let bill = bill_from(visit, lines, true)?;
+        bill_not_future(&bill, &clock)?;
         if bill.visit.home_region == region.as_str() {
             return settle_local(conn, &cache, region, &bill, &k, use_account, now)
                 .map(Opened::Answered);
@@ -1480,7 +1558,7 @@ async fn settle_remote(
             // the offline rule settles the request under a record of its own.
             mark_failed(st, rec).await?;
             drop(running.take());
-            return settle_offline(st, &bill, &key, use_account, why, None).await;
+            return settle_offline(st, &bill, &key, use_account, why, None, None).await;
         }
         Err(PeerFail::Refused(e)) => {
             mark_failed(st, rec).await?;
@@ -1572,6 +1650,16 @@ async fn settle_remote(
                     })
                     .await;
                 }
+                Err(status) if status.metadata().get(home::NOT_COMMITTED).is_some() => {
+                    // The home node answered that it could not store the claim: nothing
+                    // is committed there, so nothing is in doubt; the hospital is told
+                    // the cause.
+                    mark_failed(st, rec).await?;
+                    return Err(Error::Unavailable(format!(
+                        "{}; the settlement was not made — retry later",
+                        status.message()
+                    )));
+                }
                 Err(status) => match classify(&bill.visit.home_region, &status) {
                     PeerFail::Unreachable(why) if never_sent(&status) => {
                         // The home node got nothing (every earlier attempt it refused): the
@@ -1590,8 +1678,16 @@ async fn settle_remote(
                         return Err(e);
                     }
                     PeerFail::Unreachable(why) => {
-                        drop(running.take());
-                        return settle_in_doubt(st, &bill, rec, use_account, why).await;
+                        return settle_in_doubt(
+                            st,
+                            &bill,
+                            rec,
+                            &key,
+                            use_account,
+                            why,
+                            fresh_answer.then_some(&priced.elig),
+                        )
+                        .await;
                     }
                 },
             }
@@ -1608,6 +1704,7 @@ async fn settle_remote(
         use_account,
         offline,
         fresh_answer.then_some(&priced.elig),
+        None,
     )
     .await
 }
@@ -1669,6 +1766,7 @@ async fn settle_offline(
     use_account: bool,
     why: String,
     newest: Option<&proto::EligibilityResponse>,
+    in_doubt: Option<SettlementRec>,
 ) -> Result<proto::Settlement> {
     let snapshot = newest
         .cloned()
@@ -1692,7 +1790,7 @@ async fn settle_offline(
         )));
     };
     let region = st.region;
-    let now = Utc::now();
+    let now = st.clock.now();
     let offline = policy.offline.clone();
     // The provisional record (if the policy allows one) and the refused one it falls back
     // to; which one is recorded is decided in the writing transaction.
@@ -1763,8 +1861,55 @@ async fn settle_offline(
                 }
                 _ => refused,
             };
-            let rec = insert_record(conn, region, rec)?;
+            let rec = match in_doubt {
+                None => insert_record(conn, region, rec)?,
+                Some(intent) => {
+                    if settlements::get(conn, &intent.settlement_id)?
+                        .is_none_or(|r| r.state != "pending")
+                    {
+                        return Err(Error::Aborted(
+                            "this settlement was resolved concurrently; repeat the request to get its outcome".into(),
+                        ));
+                    }
+                    // The claim may be committed at the home node: a record telling the
+                    // patient to pay in full cannot be made, only the provisional one
+                    // under the same claim id, whose delivery asks the home node first
+                    // and takes its claim if it has it.
+                    if rec.state != "provisional" {
+                        return Err(Error::Unavailable(format!(
+                            "{}; whether the home node committed this claim cannot be known until it answers, and its offline rule allows no provisional settlement here — repeat this request (same request_id) later",
+                            rec.note
+                        )));
+                    }
+                    let mut rec = SettlementRec {
+                        settlement_id: intent.settlement_id,
+                        settled_at: intent.settled_at,
+                        settle_date: intent.settle_date,
+                        period: intent.period,
+                        ..rec
+                    };
+                    rec.note = format!("{} (in doubt after an unanswered commit)", rec.note);
+                    settlements::update_outcome(conn, &rec)?;
+                    rec
+                }
+            };
             if rec.state == "provisional" {
+                // The receivable is written with the claim, not when the home node
+                // confirms it: until then the pair's ledgers differ and a clearing
+                // round shows it as a dispute instead of leaving it out unseen.
+                ledger::record(
+                    conn,
+                    &ledger::Entry {
+                        entry_id: &rec.settlement_id,
+                        side: Side::Receivable,
+                        counterparty: &rec.home_region,
+                        period: &rec.period,
+                        kind: "claim",
+                        claim_id: &rec.settlement_id,
+                        amount_fen: rec.fund_fen,
+                    },
+                    &rec.settled_at,
+                )?;
                 let push = proto::CommitClaimRequest {
                     request_id: rec.settlement_id.clone(),
                     claim_id: rec.settlement_id.clone(),
@@ -1798,28 +1943,59 @@ async fn settle_offline(
 }
 
 /// The home node was asked to commit and did not answer. If it can be asked for the
-/// claim's status, that decides; otherwise the intent stays pending for recovery and the
-/// hospital is told to retry the same request.
+/// claim's status, that decides; if it cannot be reached at all, the home policy's
+/// offline rule applies as to a fresh Settle, under the intent's own claim id (see
+/// [`settle_offline`]); otherwise the intent stays pending for recovery and the
+/// hospital is told to repeat the same request. The caller holds the intent in
+/// [`InFlight`].
 async fn settle_in_doubt(
     st: &NodeState,
     bill: &Bill,
     rec: SettlementRec,
-    _use_account: bool,
+    key: &RequestKey,
+    use_account: bool,
     why: String,
+    newest: Option<&proto::EligibilityResponse>,
 ) -> Result<proto::Settlement> {
     tracing::warn!(claim = %rec.settlement_id, home = %bill.visit.home_region, error = %why, "claim in doubt");
-    match resolve_intent(st, rec).await? {
-        Some(answer) => Ok(answer),
-        None => Err(Error::Unavailable(format!(
+    match resolve_claimed(st, rec.clone()).await? {
+        Resolved::Settled(answer) => Ok(*answer),
+        Resolved::Unreachable(now) => {
+            settle_offline(st, bill, key, use_account, now, newest, Some(rec)).await
+        }
+        Resolved::Failed | Resolved::Pending(_) => Err(Error::Unavailable(format!(
             "{why}; the outcome is being confirmed with the home node — repeat this request (same request_id) to get it"
         ))),
     }
+}
+
+/// The bill of a pending intent, read again for its repeated request.
+async fn pending_bill(st: &NodeState, intent: &SettlementRec) -> Result<Bill> {
+    let (inst, vid) = (intent.institution_code.clone(), intent.visit_id.clone());
+    let (visit, lines) = st
+        .store
+        .read(move |conn| read_bill(conn, &inst, &vid))
+        .await?;
+    bill_from(visit, lines, true)
 }
 
 /// Milliseconds since the epoch, for outbox scheduling.
 #[must_use]
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
+}
+
+/// What resolving a pending intent came to.
+enum Resolved {
+    /// The home node had committed it: settled.
+    Settled(Box<proto::Settlement>),
+    /// The home node did not have it (now it never will): the intent failed.
+    Failed,
+    /// The home node could not be reached: the intent stays pending.
+    Unreachable(String),
+    /// The home node answered, but the intent could not be finished yet (it stays
+    /// pending).
+    Pending(String),
 }
 
 /// Resolves a pending intent by asking the home node ("read first"): committed → finish
@@ -1834,16 +2010,19 @@ pub async fn resolve_intent(
     let Some(_resolving) = st.settling.try_enter(&rec.settlement_id) else {
         return Ok(None);
     };
-    resolve_claimed(st, rec).await
+    Ok(match resolve_claimed(st, rec).await? {
+        Resolved::Settled(answer) => Some(*answer),
+        _ => None,
+    })
 }
 
 /// [`resolve_intent`] for an intent this caller holds in [`InFlight`].
-async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Result<Option<proto::Settlement>> {
+async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Result<Resolved> {
     let region = st.region;
     let home = rec.home_region.clone();
     let peer = match st.peers.get(&home) {
         Ok(p) => p,
-        Err(_) => return Ok(None),
+        Err(e) => return Ok(Resolved::Unreachable(e.to_string())),
     };
     let status = match peer
         .client()
@@ -1855,7 +2034,7 @@ async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Result<Option<pr
         Ok(s) => s.into_inner(),
         Err(s) => {
             return match classify(&home, &s) {
-                PeerFail::Unreachable(_) => Ok(None),
+                PeerFail::Unreachable(why) => Ok(Resolved::Unreachable(why)),
                 PeerFail::Refused(e) => Err(e),
             };
         }
@@ -1892,18 +2071,18 @@ async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Result<Option<pr
                 })
                 .await?;
             tracing::info!(claim = %answer.settlement_id, "in-doubt claim was committed at home; settled");
-            Ok(Some(answer))
+            Ok(Resolved::Settled(Box::new(answer)))
         }
         // Committed late and then reversed by an earlier abandonment: the hospital never
         // had a success, so the intent failed; both of the home node's ledger records are
         // mirrored so that the pair still reconciles.
         "reversed" => {
             mirror_reversed(st, rec, &status).await?;
-            Ok(None)
+            Ok(Resolved::Failed)
         }
         "abandoned" => {
             mark_failed(st, rec).await?;
-            Ok(None)
+            Ok(Resolved::Failed)
         }
         _ => {
             // Not committed: make sure it never will be, then give up on it.
@@ -1919,12 +2098,15 @@ async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Result<Option<pr
             match peer.client().reverse_claim(abandon).await {
                 Ok(r) if r.get_ref().state == "abandoned" => {
                     mark_failed(st, rec).await?;
-                    Ok(None)
+                    Ok(Resolved::Failed)
                 }
                 // It was committed after all (a late delivery): read its status again
                 // and finish it (or mirror it, had it been reversed meanwhile).
                 Ok(_) => Box::pin(resolve_claimed(st, rec)).await,
-                Err(_) => Ok(None),
+                Err(s) => Ok(match classify(&home, &s) {
+                    PeerFail::Unreachable(why) => Resolved::Unreachable(why),
+                    PeerFail::Refused(e) => Resolved::Pending(e.to_string()),
+                }),
             }
         }
     }
@@ -2025,6 +2207,7 @@ fn cancel_in_tx(
     original: &SettlementRec,
     key: &RequestKey,
     reason: &str,
+    now: DateTime<Utc>,
 ) -> Result<SettlementRec> {
     match original.state.as_str() {
         "settled" | "provisional" | "refused" => {}
@@ -2041,7 +2224,6 @@ fn cancel_in_tx(
             )));
         }
     }
-    let now = Utc::now();
     let neg = |v: &str| -> String {
         money::parse(v, "amount", Sign::Any)
             .map(|d| money::format(-d))
@@ -2121,6 +2303,22 @@ fn cancel_in_tx(
     if original.home_region == st_region.as_str() {
         home::reverse(conn, st_region.as_str(), &reverse)?;
     } else {
+        // The reversal enters this node's ledger now, with its outbox item: a round
+        // frozen before the home node has it shows the pair in dispute rather than
+        // paying the cancelled claim (docs/clearing.md, "The ledger").
+        ledger::record(
+            conn,
+            &ledger::Entry {
+                entry_id: &rec.settlement_id,
+                side: Side::Receivable,
+                counterparty: &original.home_region,
+                period: &rec.period,
+                kind: "reversal",
+                claim_id: &original.settlement_id,
+                amount_fen: -original.fund_fen,
+            },
+            &rec.settled_at,
+        )?;
         outbox::enqueue(
             conn,
             "reverse",
@@ -2144,6 +2342,7 @@ pub async fn cancel(
     let key = RequestKey::new(&sc, &req.request_id, "CancelSettlement", payload)?;
     institution(st, &req.institution_code).await?;
     let region = st.region;
+    let now = st.clock.now();
     let reason = if req.reason.trim().is_empty() {
         "cancelled by the institution".to_owned()
     } else {
@@ -2167,7 +2366,7 @@ pub async fn cancel(
                         original.settlement_id
                     )));
                 }
-                let rec = cancel_in_tx(conn, region, &original, &key, &reason)?;
+                let rec = cancel_in_tx(conn, region, &original, &key, &reason, now)?;
                 Ok(settlement_to_proto(&rec, region))
             })
         })
@@ -2209,6 +2408,7 @@ pub async fn reverse_request(
         }
     }
     let region = st.region;
+    let now = st.clock.now();
     let answer = st
         .store
         .write(move |conn| {
@@ -2220,7 +2420,7 @@ pub async fn reverse_request(
                         reversal: settlements::reversal_of(conn, &o.settlement_id)?.map(|r| settlement_to_proto(&r, region)),
                     }),
                     Some(o) if o.state != "failed" => {
-                        let rec = cancel_in_tx(conn, region, &o, &key, "冲正 (request reversal) by the institution")?;
+                        let rec = cancel_in_tx(conn, region, &o, &key, "冲正 (request reversal) by the institution", now)?;
                         Ok(proto::ReverseRequestResponse { outcome: "reversed".into(), reversal: Some(settlement_to_proto(&rec, region)) })
                     }
                     _ => match idempotency::method_of(conn, &key.scope, &req.original_request_id)? {

@@ -20,10 +20,11 @@ pub struct CatalogueRec {
     pub unit: String,
     pub valid_from: NaiveDate,
     pub valid_to: Option<NaiveDate>,
+    /// May be billed at 0.00.
+    pub free_of_charge: bool,
 }
 
-const COLUMNS: &str =
-    "code, name, category, class, first_selfpay_ratio, price_cap_fen, unit, valid_from, valid_to";
+const COLUMNS: &str = "code, name, category, class, first_selfpay_ratio, price_cap_fen, unit, valid_from, valid_to, free_of_charge";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<CatalogueRec> {
     let ratio: String = r.get(4)?;
@@ -39,6 +40,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<CatalogueRec> {
         unit: r.get(6)?,
         valid_from: r.get(7)?,
         valid_to: r.get(8)?,
+        free_of_charge: r.get(9)?,
     })
 }
 
@@ -58,7 +60,7 @@ pub fn upsert(conn: &Connection, rec: &CatalogueRec) -> Result<Upsert> {
         Some(_) => Upsert::Updated,
     };
     conn.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO catalogue ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        "INSERT OR REPLACE INTO catalogue ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
     ))?
     .execute(params![
         rec.code,
@@ -69,7 +71,8 @@ pub fn upsert(conn: &Connection, rec: &CatalogueRec) -> Result<Upsert> {
         rec.price_cap_fen,
         rec.unit,
         rec.valid_from,
-        rec.valid_to
+        rec.valid_to,
+        rec.free_of_charge
     ])?;
     Ok(outcome)
 }

@@ -1,7 +1,7 @@
 //! The ledger (台账) of cross-region money: one record per claim, reversal or adjustment
 //! per counterparty and clearing period, on both sides of every pair.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use yidi_common::digest::SetDigest;
 
 use crate::Result;
@@ -52,6 +52,47 @@ pub fn record(conn: &Connection, e: &Entry<'_>, now: &str) -> Result<()> {
     )?
     .execute(params![e.entry_id, e.side.as_str(), e.counterparty, e.period, e.kind, e.claim_id, e.amount_fen, now])?;
     Ok(())
+}
+
+/// Records the counterparty's answer for an entry this node wrote before the
+/// counterparty acknowledged it (a provisional claim, a cancellation): the entry is
+/// written if missing, and its amount and period set to the acknowledged ones while
+/// no round has cleared it. Before the answer the two sides differ and a round shows
+/// the entry as disputed, so no round clears one side's figure alone; an entry a round
+/// has cleared was therefore agreed and is never changed. Returns whether an
+/// existing entry was corrected.
+pub fn record_confirmed(conn: &Connection, e: &Entry<'_>, now: &str) -> Result<bool> {
+    let old: Option<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT amount_fen, period FROM ledger WHERE entry_id = ?1 AND side = ?2 AND cleared_round IS NULL",
+        )?
+        .query_row(params![e.entry_id, e.side.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    match old {
+        Some((amount, period)) if amount == e.amount_fen && period == e.period => Ok(false),
+        Some(_) => {
+            conn.prepare_cached(
+                "UPDATE ledger SET amount_fen = ?3, period = ?4 WHERE entry_id = ?1 AND side = ?2 AND cleared_round IS NULL",
+            )?
+            .execute(params![e.entry_id, e.side.as_str(), e.amount_fen, e.period])?;
+            Ok(true)
+        }
+        None => record(conn, e, now).map(|()| false),
+    }
+}
+
+/// Takes back an entry this node wrote that the counterparty will never have (the
+/// home node refused the provisional claim, or never had the claim a cancellation
+/// reverses), unless a round has cleared it. Returns whether it was taken back.
+pub fn withdraw(conn: &Connection, entry_id: &str, side: Side) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM ledger WHERE entry_id = ?1 AND side = ?2 AND cleared_round IS NULL",
+        )?
+        .execute(params![entry_id, side.as_str()])?
+        > 0)
 }
 
 /// Count, sum and order-independent digest of one side toward one counterparty in one

@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 11;
+pub const SCHEMA_VERSION: u32 = 12;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -524,6 +524,12 @@ ALTER TABLE requests_v11 RENAME TO requests;
 CREATE UNIQUE INDEX requests_by_request ON requests (scope, request_id);
 ";
 
+// A catalogue item may be marked free of charge: only such an item may be billed on
+// a fee line of 0.00 (every item stored before is not).
+const V12_CATALOGUE_FREE_OF_CHARGE: &str = r"
+ALTER TABLE catalogue ADD COLUMN free_of_charge INTEGER NOT NULL DEFAULT 0 CHECK (free_of_charge IN (0, 1));
+";
+
 /// Which database a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -546,6 +552,7 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V9_CARD_INDEX).foreign_key_check(),
             M::up(V10_LEDGER_BY_ROUND_PARTIAL),
             M::up(V11_REQUESTS_BY_ROWID),
+            M::up(V12_CATALOGUE_FREE_OF_CHARGE),
         ]),
         Schema::Coordinator => Migrations::new(vec![
             M::up(COORDINATOR_V1),

@@ -465,6 +465,7 @@ async fn no_round_pays_a_claim_cancelled_while_its_home_is_unreachable() {
             request_id: "open-1".into(),
             period: period.clone(),
             early: true,
+            allow_empty: false,
         })
         .await
         .unwrap()

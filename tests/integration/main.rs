@@ -7,6 +7,7 @@ mod bench;
 mod clearing;
 mod cli_admin;
 mod cli_clearing;
+mod cli_errors;
 mod cli_hospital;
 mod cli_quote;
 mod cli_security;

@@ -14,6 +14,7 @@ mod cli_security;
 mod demo;
 mod kill;
 mod load_persons;
+mod observability;
 mod security;
 mod settlement;
 mod settlement_concurrency;

@@ -19,8 +19,7 @@ use tokio::{
 };
 use tonic::transport::Server;
 use yidi_common::{
-    proto::{FILE_DESCRIPTOR_SET, coordinator_service_server::CoordinatorServiceServer},
-    region::RegionCode,
+    proto::coordinator_service_server::CoordinatorServiceServer, region::RegionCode,
 };
 
 pub use round::state;
@@ -409,10 +408,8 @@ pub async fn serve(
     health
         .set_serving::<CoordinatorServiceServer<service::CoordinatorSvc>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    let (reflection, reflection_v1alpha) =
+        crate::server::reflection(&[yidi_common::proto::coordinator_service_server::SERVICE_NAME])?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
@@ -429,6 +426,7 @@ pub async fn serve(
         ))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(CoordinatorServiceServer::new(service::CoordinatorSvc::new(
             Arc::clone(&state),
         )));

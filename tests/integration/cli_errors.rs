@@ -7,6 +7,7 @@ use std::path::Path;
 
 use yidi_node::identity::Role;
 use yidi_tests::{
+    harness::TestCoordinator,
     pki::{self, Pki},
     process::{Run, workspace_root, yidi_command},
 };
@@ -83,6 +84,53 @@ async fn client_without_certificates_is_told_the_node_requires_tls() {
     ]);
     assert_eq!(ok.code, Some(0), "{ok:?}");
     assert!(ok.stdout.contains("330100"), "{ok:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clearing_without_certificates_is_told_the_coordinator_requires_tls() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = Pki::new(&tmp.path().join("pki"));
+    let peers = tmp.path().join("peers.toml");
+    std::fs::write(&peers, "").expect("peers file");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (security, _) = ca.server_security(&pki::coordinator("330000"));
+    let coord = TestCoordinator::start_with(listener, tmp.path().join("coord"), peers, |c| {
+        c.security = security;
+    })
+    .await;
+    let url = format!("http://{}", coord.addr);
+    let run = cli(&["clearing", "--coordinator", &url, "status"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "UNAVAILABLE: the coordinator at {url} requires TLS: pass --ca, --cert and --key"
+        )),
+        "{run:?}"
+    );
+    no_backtrace(&run);
+
+    let op = ca.issue(&pki::operator("330000", Role::Clearing));
+    let (c, k, a) = (
+        op.cert.display().to_string(),
+        op.key.display().to_string(),
+        op.ca.display().to_string(),
+    );
+    let ok = cli(&[
+        "clearing",
+        "--coordinator",
+        &url,
+        "--ca",
+        &a,
+        "--cert",
+        &c,
+        "--key",
+        &k,
+        "status",
+    ]);
+    assert_eq!(ok.code, Some(0), "{ok:?}");
+    coord.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1173,6 +1173,47 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn each_peer_gets_its_series_at_zero_also_after_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peers.toml");
+        let peer = |r: &str, port: u16| {
+            format!("[[peer]]\nregion = \"{r}\"\naddress = \"127.0.0.1:{port}\"\n")
+        };
+        std::fs::write(&path, peer("330200", 7102)).unwrap();
+        let own = RegionCode::parse_city("330100", "region").unwrap();
+        let peers =
+            crate::peers::PeerDirectory::load(own, Some(&path), Duration::from_secs(1)).unwrap();
+        let m = NodeMetrics::new("330100");
+        peers.observe(m.peer_calls());
+        let line = |peer: &str| {
+            format!(
+                r#"yidi_peer_call_errors_total{{region="330100",peer="{peer}",method="CommitClaim",code="unavailable"}} 0"#
+            )
+        };
+        let text = m.encode();
+        assert!(text.contains(&line("330200")), "{text}");
+        assert!(!text.contains("330300"), "{text}");
+
+        std::fs::write(&path, peer("330200", 7102) + &peer("330300", 7103)).unwrap();
+        // A later modification time, whatever the file system's time resolution.
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() + Duration::from_secs(10))
+            .unwrap();
+        assert!(peers.reload().unwrap());
+        let text = m.encode();
+        assert!(text.contains(&line("330300")), "{text}");
+        assert!(
+            text.contains(
+                r#"yidi_peer_calls_total{region="330100",peer="330300",method="GetPolicy"} 0"#
+            ),
+            "{text}"
+        );
+    }
+
     #[test]
     fn process_stats_from_proc() {
         let stat = "4242 (yidi node) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 \

@@ -152,9 +152,6 @@ pub async fn serve(
     let policies = load_peer_policies(&store).await?;
     let metrics = Arc::new(crate::metrics::NodeMetrics::new(config.region.as_str()));
     peers.observe(metrics.peer_calls());
-    for p in peers.all() {
-        metrics.peer_calls().precreate(p.region.as_str());
-    }
     // Bound before anything is served so that a taken port fails the start, not later.
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(crate::metrics::bind(addr).await?),

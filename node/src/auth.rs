@@ -365,7 +365,7 @@ impl AuthLayer {
             }
         };
         if tls.is_revoked(&cert.serial) {
-            tracing::warn!(caller = %cert.identity, serial = %cert.serial, remote = ?info.remote, "revoked certificate refused");
+            tracing::warn!(caller = %cert.identity, serial = %cert.serial, remote = info.remote.map(tracing::field::display), "revoked certificate refused");
             return Err(Status::unauthenticated(format!(
                 "certificate revoked (serial {})",
                 cert.serial

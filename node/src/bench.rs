@@ -598,7 +598,8 @@ fn peer_calls(scraped: &[String]) -> BTreeMap<String, (u64, u64)> {
                 .split_once("method=\"")
                 .and_then(|(_, r)| r.split_once('"'));
             let n = l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok());
-            if let (Some((method, _)), Some(n)) = (method, n) {
+            // Series created at 0 for methods never called are not worth a row.
+            if let (Some((method, _)), Some(n @ 1..)) = (method, n) {
                 let e = out.entry(method.to_owned()).or_default();
                 if failed { e.1 += n } else { e.0 += n }
             }

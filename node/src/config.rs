@@ -2,7 +2,11 @@
 //! by a command-line flag or a `YIDI_*` environment variable, resolved once into a typed
 //! [`NodeConfig`] that the library's `serve` takes. Tests build `NodeConfig` directly.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use clap::Args;
 use serde::Deserialize;
@@ -86,6 +90,11 @@ pub struct NodeArgs {
     /// may be, in seconds (default 300); peers further off either way are refused.
     #[arg(long, env = "YIDI_MAX_CLOCK_SKEW_SECONDS")]
     pub max_clock_skew_seconds: Option<u64>,
+    /// Check the configuration and the files it names (certificates, key, CA, peers
+    /// file), print a summary and exit: 0 when it would start, 1 with the reason
+    /// otherwise. Starts nothing and opens no store.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// The config file's shape; every key optional so flags can fill the rest.
@@ -177,8 +186,11 @@ impl NodeConfig {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     Error::invalid("config", format!("cannot read {}: {e}", path.display()))
                 })?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| Error::invalid("config", format!("{}: {e}", path.display())))?
+                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                    wrong_daemon(&text, path, Daemon::Node).unwrap_or_else(|| {
+                        Error::invalid("config", format!("{}: {e}", path.display()))
+                    })
+                })?
             }
             None => FileConfig::default(),
         };
@@ -272,5 +284,138 @@ impl NodeConfig {
         // Refuse plain text off loopback (and TLS without its files) before anything starts.
         config.security.transport(config.listen)?;
         Ok(config)
+    }
+
+    /// `yidi node --check-config`: loads what the node would load at start — its TLS
+    /// material (the certificate must name this node and be valid now, the key must
+    /// match it) and its peers file — without binding a port or opening the store.
+    /// Returns the summary to print. Needs a Tokio runtime (the peers' channels are
+    /// built, lazily, as at start).
+    pub fn check(&self) -> Result<String> {
+        let mut out = vec![
+            format!("node config OK: {} ({})", self.region, self.name),
+            format!("  listen          {}", self.listen),
+            format!(
+                "  data_dir        {}",
+                describe_dir(&self.data_dir, "node.db")
+            ),
+            format!(
+                "  transport       {}",
+                check_transport(
+                    &self.security,
+                    self.listen,
+                    &crate::identity::Identity::Node {
+                        region: self.region
+                    }
+                )?
+            ),
+        ];
+        let peers = crate::peers::PeerDirectory::load(
+            self.region,
+            self.peers_file.as_deref(),
+            self.peer_timeout,
+        )?;
+        let regions: Vec<String> = peers.all().iter().map(|p| p.region.to_string()).collect();
+        out.push(match &self.peers_file {
+            Some(p) => format!(
+                "  peers_file      {} ({} peers: {})",
+                p.display(),
+                regions.len(),
+                regions.join(", ")
+            ),
+            None => "  peers_file      none (no other city is reachable)".to_owned(),
+        });
+        out.push(format!(
+            "  coordinator     {}",
+            self.coordinator.as_deref().unwrap_or("none")
+        ));
+        out.push(format!(
+            "  metrics         {}",
+            self.metrics_listen
+                .map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics"))
+        ));
+        out.push(format!(
+            "  log format      {}",
+            if self.log_json { "json" } else { "text" }
+        ));
+        Ok(out.join("\n"))
+    }
+}
+
+/// Which daemon a config file is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Daemon {
+    Node,
+    Coordinator,
+}
+
+/// Keys only a node's config has, and keys only a coordinator's has: a file that fails
+/// to parse for one daemon but carries the other's keys was given to the wrong command.
+const NODE_ONLY_KEYS: [&str; 8] = [
+    "name",
+    "peers_file",
+    "coordinator",
+    "read_connections",
+    "peer_timeout_ms",
+    "clearing_auto_confirm",
+    "hospital_rate_per_second",
+    "hospital_burst",
+];
+const COORDINATOR_ONLY_KEYS: [&str; 3] = [
+    "participants_file",
+    "run_interval_seconds",
+    "call_timeout_ms",
+];
+
+/// The error for a config file of the other daemon (`None` when it is not one), naming
+/// the command that takes it.
+pub(crate) fn wrong_daemon(text: &str, path: &Path, this: Daemon) -> Option<Error> {
+    let table = toml::from_str::<toml::Table>(text).ok()?;
+    let (keys, other, command) = match this {
+        Daemon::Node => (&COORDINATOR_ONLY_KEYS[..], "a coordinator", "coordinator"),
+        Daemon::Coordinator => (&NODE_ONLY_KEYS[..], "a node", "node"),
+    };
+    let key = keys.iter().find(|k| table.contains_key(**k))?;
+    Some(Error::invalid(
+        "config",
+        format!(
+            "{} is {other} config (it sets `{key}`); start it with `yidi {command} --config {}`",
+            path.display(),
+            path.display()
+        ),
+    ))
+}
+
+/// The data directory and whether it holds a store yet.
+pub(crate) fn describe_dir(dir: &Path, db: &str) -> String {
+    if dir.join(db).is_file() {
+        format!("{} (holds {db})", dir.display())
+    } else if dir.is_dir() {
+        format!("{} (no {db} yet: created at first start)", dir.display())
+    } else {
+        format!("{} (missing: created at first start)", dir.display())
+    }
+}
+
+/// Loads and checks the TLS material a server would start with; the summary line.
+pub(crate) fn check_transport(
+    security: &crate::tls::SecurityConfig,
+    listen: SocketAddr,
+    me: &crate::identity::Identity,
+) -> Result<String> {
+    match security.transport(listen)? {
+        None => Ok("PLAIN TEXT (--insecure, loopback only)".to_owned()),
+        Some(files) => {
+            let m = files.load(me)?;
+            Ok(format!(
+                "mutual TLS as {} (serial {}, valid until {}), CA {}, {} revoked serials",
+                m.own.identity,
+                m.own.serial,
+                chrono::DateTime::from_timestamp(m.own.not_after, 0)
+                    .map_or_else(|| m.own.not_after.to_string(), |t| t.to_rfc3339()),
+                files.ca.display(),
+                m.revoked.len()
+            ))
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! The `yidi` binary: parses the command line into typed arguments and hands them to the
 //! library. No logic lives here.
 
-use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
 
 // mimalloc rather than glibc's malloc: under load a node allocates and frees many small
 // buffers across threads (gRPC frames, rows, protobuf messages), where glibc spent about
@@ -68,25 +70,59 @@ enum Command {
     /// Benchmark the person store: import of millions of persons, node start time and
     /// look-up latency.
     BenchPersons(yidi_node::bench::persons::PersonsBenchArgs),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell), e.g. `yidi completions bash > /etc/bash_completion.d/yidi`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `yidi man > /usr/share/man/man1/yidi.1`;
+    /// with --dir, write yidi.1 and one page per subcommand (yidi-node.1, …) there.
+    Man {
+        /// Directory to write every page to, instead of printing yidi.1.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Errors end the process with their message and cause chain on one line — never a
+/// backtrace, which `RUST_BACKTRACE` in an operator's environment would otherwise add
+/// to a plain "cannot read certificate" — and exit code 1.
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(args) => {
             let config = yidi_node::config::NodeConfig::resolve(&args)?;
+            if args.check_config {
+                let rt = tokio::runtime::Runtime::new()?;
+                println!("{}", rt.block_on(async { config.check() })?);
+                return Ok(());
+            }
             yidi_node::server::init_tracing(config.log_json);
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(yidi_node::server::run(config))?;
         }
         Command::Coordinator { args, metrics } => {
-            let config = yidi_node::coordinator::CoordinatorConfig::resolve(&args)?;
+            let mut config = yidi_node::coordinator::CoordinatorConfig::resolve(&args)?;
+            config.metrics_listen = metrics.metrics_listen.or(config.metrics_listen);
+            if args.check_config {
+                let rt = tokio::runtime::Runtime::new()?;
+                println!("{}", rt.block_on(async { config.check() })?);
+                return Ok(());
+            }
             yidi_node::server::init_tracing(config.log_json);
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(yidi_node::metrics::run_coordinator(
-                config,
-                metrics.metrics_listen,
-            ))?;
+            let listen = config.metrics_listen;
+            rt.block_on(yidi_node::metrics::run_coordinator(config, listen))?;
         }
         Command::Admin(args) => {
             let rt = tokio::runtime::Runtime::new()?;
@@ -120,6 +156,22 @@ fn main() -> anyhow::Result<()> {
         Command::BenchClearing(args) => yidi_node::bench_clearing::run(&args)?,
         Command::Bench(args) => yidi_node::bench::run(*args)?,
         Command::BenchPersons(args) => yidi_node::bench::persons::run(&args)?,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "yidi", &mut std::io::stdout());
+        }
+        Command::Man { dir } => {
+            let cmd = Cli::command();
+            match dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+                    clap_mangen::generate_to(cmd, &dir).map_err(|e| {
+                        anyhow::anyhow!("cannot write the pages to {}: {e}", dir.display())
+                    })?;
+                }
+                None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+            }
+        }
     }
     Ok(())
 }

@@ -167,7 +167,43 @@ pub struct PeerCalls {
     errors: Family<PeerErrorLabels, Counter>,
 }
 
+/// PeerService's methods, as the peer channel labels them (checked against
+/// proto/yidi/v1/peer.proto by a test).
+pub const PEER_METHODS: [&str; 8] = [
+    "GetPolicy",
+    "LookupPerson",
+    "CheckEligibility",
+    "CommitClaim",
+    "ReverseClaim",
+    "ClaimStatus",
+    "PeriodDigest",
+    "PushAdjustment",
+];
+
+/// The codes a peer that is not reached in time fails with: the ones an alert watches.
+const PEER_UNREACHED_CODES: [Code; 2] = [Code::Unavailable, Code::DeadlineExceeded];
+
 impl PeerCalls {
+    /// Creates the series of `peer` at 0 — every method's calls, and its errors with
+    /// the codes of an unreached peer — so that a rate or an alert on them has a series
+    /// before the first call rather than none.
+    pub fn precreate(&self, peer: &str) {
+        for method in PEER_METHODS {
+            let labels = PeerLabels {
+                peer: peer.to_owned(),
+                method: method.to_owned(),
+            };
+            let _ = self.calls.get_or_create(&labels);
+            for code in PEER_UNREACHED_CODES {
+                let _ = self.errors.get_or_create(&PeerErrorLabels {
+                    peer: labels.peer.clone(),
+                    method: labels.method.clone(),
+                    code: code_label(code),
+                });
+            }
+        }
+    }
+
     /// Counts one finished call; `code` is `Ok` for a success.
     pub fn observe(&self, peer: &str, method: &str, code: Code) {
         let labels = PeerLabels {
@@ -342,6 +378,27 @@ impl NodeMetrics {
         );
         let store = StoreCounters::default();
         store.register(&mut registry);
+        register_process(&mut registry);
+        // Every documented series from the start, at 0: the successful answers of each
+        // visit kind (a failure's code is open-ended and appears when it happens).
+        for kind in VisitKind::ALL {
+            for (op, outcome) in [
+                (Op::Settle, "settled"),
+                (Op::Settle, "provisional"),
+                (Op::Settle, "refused"),
+                (Op::PreSettle, "presettled"),
+            ] {
+                let _ = settlements.get_or_create(&SettleLabels {
+                    op: op.as_str(),
+                    kind: kind.as_str(),
+                    outcome: outcome.to_owned(),
+                    code: "ok",
+                });
+            }
+        }
+        for op in [Op::Settle, Op::PreSettle] {
+            let _ = latency.get_or_create(&OpLabels { op: op.as_str() });
+        }
         Self {
             registry,
             peer_clocks,
@@ -433,6 +490,185 @@ impl NodeMetrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+// ------------------------------------------------------------------ process
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    /// The git commit, when the build was given one (`YIDI_GIT_COMMIT` at build time).
+    commit: &'static str,
+}
+
+/// `yidi_build_info` and the standard `process_*` families, in a registry.
+fn register_process(registry: &mut Registry) {
+    let build = Family::<BuildLabels, Gauge>::default();
+    build
+        .get_or_create(&BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+            commit: option_env!("YIDI_GIT_COMMIT").unwrap_or("unknown"),
+        })
+        .set(1);
+    registry.register(
+        "yidi_build_info",
+        "The running build: version and git commit (value 1)",
+        build,
+    );
+    registry.register_collector(Box::new(ProcessCollector));
+}
+
+/// The process's CPU, memory, file descriptors, threads and start time, read from
+/// /proc at each scrape (prometheus-client has no process collector). Off Linux it
+/// reports nothing.
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// The kernel reports times in /proc in USER_HZ ticks, which is 100 on every Linux ABI.
+const USER_HZ: f64 = 100.0;
+
+/// What /proc says about this process.
+#[derive(Debug, Default, PartialEq)]
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: i64,
+    virtual_bytes: i64,
+    threads: i64,
+    start_time_seconds: f64,
+    open_fds: i64,
+    max_fds: Option<i64>,
+}
+
+impl ProcessStats {
+    /// Reads /proc/self; None where there is no /proc.
+    fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let boot = std::fs::read_to_string("/proc/stat").ok()?;
+        let mut s = Self::parse(&stat, &status, &boot)?;
+        s.open_fds = std::fs::read_dir("/proc/self/fd")
+            .map_or(0, |d| i64::try_from(d.count()).unwrap_or(i64::MAX));
+        s.max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|l| Self::parse_max_fds(&l));
+        Some(s)
+    }
+
+    /// Parses /proc/self/stat (utime, stime, num_threads, starttime), /proc/self/status
+    /// (VmRSS, VmSize) and /proc/stat (btime).
+    fn parse(stat: &str, status: &str, proc_stat: &str) -> Option<Self> {
+        // The command name is in parentheses and may hold spaces: fields follow the
+        // last ')'; they start with field 3 (state).
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+        let ticks = |t: u64| {
+            #[allow(clippy::cast_precision_loss, clippy::float_arithmetic)]
+            let s = t as f64 / USER_HZ;
+            s
+        };
+        let kb = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+                .map_or(0, |k| k.saturating_mul(1024))
+        };
+        let btime = proc_stat
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<u64>().ok())?;
+        #[allow(clippy::cast_precision_loss, clippy::float_arithmetic)]
+        let start_time_seconds = btime as f64 + ticks(field(22)?);
+        #[allow(clippy::float_arithmetic)]
+        let cpu_seconds = ticks(field(14)?) + ticks(field(15)?);
+        Some(Self {
+            cpu_seconds,
+            resident_bytes: kb("VmRSS:"),
+            virtual_bytes: kb("VmSize:"),
+            threads: i64::try_from(field(20)?).unwrap_or(i64::MAX),
+            start_time_seconds,
+            open_fds: 0,
+            max_fds: None,
+        })
+    }
+
+    /// The soft limit of "Max open files" in /proc/self/limits.
+    fn parse_max_fds(limits: &str) -> Option<i64> {
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line["Max open files".len()..]
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::result::Result<(), std::fmt::Error> {
+        use prometheus_client::{
+            encoding::EncodeMetric,
+            metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+        };
+        let Some(s) = ProcessStats::read() else {
+            return Ok(());
+        };
+        let cpu = ConstCounter::new(s.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let gauges = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                s.resident_bytes,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                s.virtual_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                s.open_fds,
+            ),
+            (
+                "process_threads",
+                "Number of OS threads in the process",
+                s.threads,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            ConstGauge::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        if let Some(max) = s.max_fds {
+            ConstGauge::new(max).encode(encoder.encode_descriptor(
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        ConstGauge::new(s.start_time_seconds).encode(encoder.encode_descriptor(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        Ok(())
     }
 }
 
@@ -622,6 +858,7 @@ impl CoordinatorMetrics {
             "Scrapes that could not read the coordinator's store",
             scrape_errors.clone(),
         );
+        register_process(&mut registry);
         Self {
             registry,
             db: data_dir.join("coordinator.db"),
@@ -737,8 +974,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
     render: Render,
 ) {
+    // The address itself as the field's value (omitted if unknown), not `Some(…)`.
     let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "metrics serving on /metrics");
+    tracing::info!(
+        addr = addr.map(tracing::field::display),
+        "metrics serving on /metrics"
+    );
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -963,6 +1204,119 @@ mod tests {
         ));
         assert!(text.contains(r#"yidi_peer_call_errors_total{region="330200",peer="330100",method="CommitClaim",code="unavailable"} 1"#));
         assert!(text.contains(r#"yidi_peer_call_errors_total{region="330200",peer="330300",method="CheckEligibility",code="deadline_exceeded"} 1"#));
+    }
+
+    #[test]
+    fn peer_methods_are_those_of_the_proto() {
+        let proto = include_str!("../../proto/yidi/v1/peer.proto");
+        let rpcs: Vec<&str> = proto
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("rpc "))
+            .filter_map(|l| l.split('(').next())
+            .collect();
+        assert_eq!(rpcs, PEER_METHODS);
+    }
+
+    #[test]
+    fn documented_series_exist_at_zero_before_any_traffic() {
+        let m = NodeMetrics::new("330100");
+        m.peer_calls().precreate("330200");
+        let text = m.encode();
+        for line in [
+            r#"yidi_settlements_total{region="330100",op="settle",kind="inpatient",outcome="settled",code="ok"} 0"#,
+            r#"yidi_settlements_total{region="330100",op="settle",kind="outpatient",outcome="provisional",code="ok"} 0"#,
+            r#"yidi_settlements_total{region="330100",op="pre_settle",kind="pharmacy",outcome="presettled",code="ok"} 0"#,
+            r#"yidi_settle_duration_seconds_count{region="330100",op="settle"} 0"#,
+            r#"yidi_peer_calls_total{region="330100",peer="330200",method="CommitClaim"} 0"#,
+            r#"yidi_peer_call_errors_total{region="330100",peer="330200",method="CheckEligibility",code="unavailable"} 0"#,
+            r#"yidi_peer_call_errors_total{region="330100",peer="330200",method="CommitClaim",code="deadline_exceeded"} 0"#,
+            r#"yidi_metrics_scrape_errors_total{region="330100"} 0"#,
+            r#"yidi_store_transactions_total{region="330100"} 0"#,
+            &format!(
+                r#"yidi_build_info{{region="330100",version="{}","#,
+                env!("CARGO_PKG_VERSION")
+            ),
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn each_peer_gets_its_series_at_zero_also_after_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peers.toml");
+        let peer = |r: &str, port: u16| {
+            format!("[[peer]]\nregion = \"{r}\"\naddress = \"127.0.0.1:{port}\"\n")
+        };
+        std::fs::write(&path, peer("330200", 7102)).unwrap();
+        let own = RegionCode::parse_city("330100", "region").unwrap();
+        let peers =
+            crate::peers::PeerDirectory::load(own, Some(&path), Duration::from_secs(1)).unwrap();
+        let m = NodeMetrics::new("330100");
+        peers.observe(m.peer_calls());
+        let line = |peer: &str| {
+            format!(
+                r#"yidi_peer_call_errors_total{{region="330100",peer="{peer}",method="CommitClaim",code="unavailable"}} 0"#
+            )
+        };
+        let text = m.encode();
+        assert!(text.contains(&line("330200")), "{text}");
+        assert!(!text.contains("330300"), "{text}");
+
+        std::fs::write(&path, peer("330200", 7102) + &peer("330300", 7103)).unwrap();
+        // A later modification time, whatever the file system's time resolution.
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() + Duration::from_secs(10))
+            .unwrap();
+        assert!(peers.reload().unwrap());
+        let text = m.encode();
+        assert!(text.contains(&line("330300")), "{text}");
+        assert!(
+            text.contains(
+                r#"yidi_peer_calls_total{region="330100",peer="330300",method="GetPolicy"} 0"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn process_stats_from_proc() {
+        let stat = "4242 (yidi node) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 \
+                    7 0 123400 1000000 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1";
+        let status = "Name:\tyidi\nVmSize:\t  204800 kB\nVmRSS:\t   10240 kB\nThreads:\t7\n";
+        let proc_stat = "cpu  1 2 3\nbtime 1700000000\nprocesses 1\n";
+        let s = ProcessStats::parse(stat, status, proc_stat).expect("parses");
+        assert_eq!(s.cpu_seconds, 3.0);
+        assert_eq!(s.threads, 7);
+        assert_eq!(s.resident_bytes, 10_240 * 1024);
+        assert_eq!(s.virtual_bytes, 204_800 * 1024);
+        assert_eq!(s.start_time_seconds, 1_700_001_234.0);
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(ProcessStats::parse_max_fds(limits), Some(1024));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_families_and_build_info_are_exposed() {
+        let text = NodeMetrics::new("330100").encode();
+        for family in [
+            "# TYPE process_cpu_seconds counter",
+            "process_cpu_seconds_total{region=\"330100\"} ",
+            "process_resident_memory_bytes{region=\"330100\"} ",
+            "process_virtual_memory_bytes{region=\"330100\"} ",
+            "process_open_fds{region=\"330100\"} ",
+            "process_max_fds{region=\"330100\"} ",
+            "process_start_time_seconds{region=\"330100\"} ",
+            "process_threads{region=\"330100\"} ",
+            "# TYPE yidi_build_info gauge",
+        ] {
+            assert!(text.contains(family), "{family} missing from\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
     }
 
     #[test]

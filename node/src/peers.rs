@@ -242,6 +242,7 @@ impl PeerDirectory {
             .map_err(|_| Error::Internal("peer directory lock poisoned".into()))? = mtime;
         if changed {
             tracing::info!(peers = self.snapshot().len(), file = %path.display(), "peer directory loaded");
+            self.precreate_series();
         }
         Ok(changed)
     }
@@ -267,6 +268,17 @@ impl PeerDirectory {
     /// loaded later included). Only the first call has an effect.
     pub fn observe(&self, calls: PeerCalls) {
         let _ = self.observer.set(calls);
+        self.precreate_series();
+    }
+
+    /// Gives every peer's call and error series a 0 in the counters (see
+    /// [`PeerCalls::precreate`]); a peer added by a reload gets them then.
+    fn precreate_series(&self) {
+        if let Some(calls) = self.observer.get() {
+            for region in self.snapshot().keys() {
+                calls.precreate(region.as_str());
+            }
+        }
     }
 
     /// Sends `clock`'s reading with every call made through [`Peer::client`] from now on,

@@ -49,12 +49,15 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// Installs the global tracing subscriber: text by default, JSON lines when asked;
-/// filtered by `RUST_LOG` (default `info`).
+/// filtered by `RUST_LOG` (default `info`). Colours only when stderr is a terminal: a
+/// file or journald would keep the escape codes as text.
 pub fn init_tracing(json: bool) {
+    use std::io::IsTerminal;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(!json && std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second call (tests) keeps the first subscriber.
     let _ = if json {
@@ -62,6 +65,45 @@ pub fn init_tracing(json: bool) {
     } else {
         builder.try_init()
     };
+}
+
+/// The server reflection services, v1 and v1alpha (older grpcurl and many client
+/// libraries speak only v1alpha), of a process serving `services` (full names): both
+/// list exactly those, health and reflection itself — not every service of yidi's
+/// descriptor set, which would advertise the coordinator's on a node.
+pub(crate) fn reflection(
+    services: &[&str],
+) -> Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // Each version's builder adds its own file; the other's is registered
+            // here so that both names it lists resolve to a descriptor.
+            .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(v1alpha::FILE_DESCRIPTOR_SET)
+            .include_reflection_service(false)
+            .with_service_name(tonic_health::pb::health_server::SERVICE_NAME)
+            .with_service_name(v1::server_reflection_server::SERVICE_NAME)
+            .with_service_name(v1alpha::server_reflection_server::SERVICE_NAME);
+        for s in services {
+            b = b.with_service_name(*s);
+        }
+        b
+    };
+    let fail = |e: tonic_reflection::server::Error| Error::Internal(format!("reflection: {e}"));
+    Ok((
+        builder().build_v1().map_err(fail)?,
+        builder().build_v1alpha().map_err(fail)?,
+    ))
 }
 
 /// Runs a node on `listener` until `shutdown` resolves, then drains for at most
@@ -184,10 +226,12 @@ pub async fn serve(
     health
         .set_serving::<ClearingParticipantServer<ClearingSvc>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    let (reflection, reflection_v1alpha) = reflection(&[
+        yidi_common::proto::admin_service_server::SERVICE_NAME,
+        yidi_common::proto::hospital_service_server::SERVICE_NAME,
+        yidi_common::proto::peer_service_server::SERVICE_NAME,
+        yidi_common::proto::clearing_participant_server::SERVICE_NAME,
+    ])?;
 
     let addr = listener
         .local_addr()
@@ -222,6 +266,7 @@ pub async fn serve(
         ))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(admin)
         .add_service(hospital)
         .add_service(peer)

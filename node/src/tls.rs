@@ -173,8 +173,16 @@ impl TlsMaterial {
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| Error::invalid(what, format!("cannot read {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| {
+        // Say what the file should hold: "cannot read certificate FILE" is the
+        // error a new operator can act on.
+        let kind = match what {
+            "tls_key" | "key" => "key",
+            "revoked_file" => "revocation list",
+            _ => "certificate",
+        };
+        Error::invalid(what, format!("cannot read {kind} {}: {e}", path.display()))
+    })
 }
 
 /// The ring provider, named explicitly so that no process-wide default is needed.
@@ -215,8 +223,12 @@ fn now_secs() -> i64 {
 impl TlsFiles {
     fn fingerprint(&self) -> Result<[u8; 32]> {
         let mut h = Sha256::new();
-        for p in [&self.cert, &self.key, &self.ca] {
-            h.update(read(p, "tls")?);
+        for (p, what) in [
+            (&self.cert, "tls_cert"),
+            (&self.key, "tls_key"),
+            (&self.ca, "tls_ca"),
+        ] {
+            h.update(read(p, what)?);
             h.update([0u8]);
         }
         if let Some(r) = &self.revoked {
@@ -716,7 +728,8 @@ impl ClientArgs {
         }
     }
 
-    /// The client TLS configuration, or `None` for plain text.
+    /// The client TLS configuration, or `None` for plain text. A file that cannot be
+    /// read is named with its flag.
     pub fn config(&self) -> anyhow::Result<Option<ClientTlsConfig>> {
         use anyhow::Context;
         let (ca, cert, key) = match (&self.ca, &self.cert, &self.key) {
@@ -726,13 +739,14 @@ impl ClientArgs {
                 "mutual TLS needs all three of --ca, --cert and --key (or YIDI_CA, YIDI_CERT, YIDI_KEY)"
             ),
         };
-        let read =
-            |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let read = |p: &PathBuf, what: &str, flag: &str| {
+            std::fs::read(p).with_context(|| format!("cannot read {what} {} ({flag})", p.display()))
+        };
         let mut cfg = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(ca)?))
+            .ca_certificate(Certificate::from_pem(read(ca, "certificate", "--ca")?))
             .identity(tonic::transport::Identity::from_pem(
-                read(cert)?,
-                read(key)?,
+                read(cert, "certificate", "--cert")?,
+                read(key, "key", "--key")?,
             ))
             .timeout(HANDSHAKE_TIMEOUT);
         if let Some(name) = &self.tls_server_name {
@@ -743,13 +757,59 @@ impl ClientArgs {
 
     /// An endpoint for `url` with this TLS configuration (see [`endpoint`]).
     pub fn endpoint(&self, url: &str) -> anyhow::Result<Endpoint> {
-        let tls = self.config()?;
+        self.endpoint_with(url, self.config()?)
+    }
+
+    /// An endpoint for `url` with `tls` (from [`ClientArgs::config`]): callers that
+    /// word a bad URL themselves read the files first, so that an unreadable
+    /// certificate is not reported as a bad URL.
+    pub fn endpoint_with(
+        &self,
+        url: &str,
+        tls: Option<ClientTlsConfig>,
+    ) -> anyhow::Result<Endpoint> {
         if tls.is_none() && url.starts_with("https://") {
             anyhow::bail!(
                 "{url} is https: give --ca, --cert and --key (or YIDI_CA, YIDI_CERT, YIDI_KEY)"
             );
         }
         endpoint(url, tls).map_err(|e| anyhow::anyhow!("{url:?} is not a valid address: {e}"))
+    }
+}
+
+/// Whether the server of a plain-text `endpoint` wants TLS instead. A client without
+/// certificates would otherwise learn it only from its first call, as a bare
+/// CANCELLED or "h2 protocol error". It opens one TCP connection and sends the HTTP/2
+/// preface: a plain-text gRPC server answers with a SETTINGS frame; a TLS server
+/// answers with a TLS alert record or closes the connection. `false` when nothing
+/// answers in time or nothing listens (the real connect then reports that).
+pub async fn wants_tls(endpoint: &Endpoint) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PROBE: Duration = Duration::from_secs(3);
+    let uri = endpoint.uri();
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let Ok(Ok(mut tcp)) = tokio::time::timeout(PROBE, TcpStream::connect((host, port))).await
+    else {
+        return false;
+    };
+    // The client preface and an empty SETTINGS frame (RFC 9113 §3.4).
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    if tcp.write_all(&hello).await.is_err() {
+        return true;
+    }
+    let mut head = [0u8; 9];
+    match tokio::time::timeout(PROBE, tcp.read(&mut head)).await {
+        Err(_) => false,
+        // Closed or reset without a frame: a TLS server dropping a failed handshake.
+        Ok(Err(_) | Ok(0)) => true,
+        // 0x15: a TLS alert record; 0x16: a TLS handshake record.
+        Ok(Ok(_)) if head[0] == 0x15 || head[0] == 0x16 => true,
+        Ok(Ok(_)) => false,
     }
 }
 

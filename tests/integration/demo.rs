@@ -382,5 +382,13 @@ async fn metrics_count_settlements_latency_and_peer_calls() {
     // claim there.
     assert_eq!(peer_calls(&body, HZ, "CheckEligibility", None), 2, "{body}");
     assert_eq!(peer_calls(&body, HZ, "CommitClaim", None), 1, "{body}");
-    assert!(!body.contains("yidi_peer_call_errors_total{"), "{body}");
+    // The error series exist from the start (at 0) and none moved.
+    assert!(
+        body.contains("yidi_peer_call_errors_total{")
+            && body
+                .lines()
+                .filter(|l| l.starts_with("yidi_peer_call_errors_total{"))
+                .all(|l| l.ends_with(" 0")),
+        "{body}"
+    );
 }

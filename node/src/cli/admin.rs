@@ -1093,13 +1093,22 @@ pub async fn channel(
     tls: &crate::tls::ClientArgs,
     deadline: Option<Duration>,
 ) -> anyhow::Result<Channel> {
+    let tls_config = tls.config()?;
+    let plain = tls_config.is_none();
     let mut endpoint = tls
-        .endpoint(node)
+        .endpoint_with(node, tls_config)
         .with_context(|| {
             format!("--node {node:?} is not a valid URL (expected e.g. http://127.0.0.1:7101)")
         })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
+    if plain && crate::tls::wants_tls(&endpoint).await {
+        return Err(Status::unavailable(format!(
+            "the node at {node} requires TLS: pass --ca, --cert and --key (or YIDI_CA, YIDI_CERT, YIDI_KEY); \
+             `yidi certs operator` or `yidi certs hospital` issues them (docs/security.md)"
+        ))
+        .into());
+    }
     if let Some(d) = deadline {
         endpoint = endpoint.timeout(d);
     }

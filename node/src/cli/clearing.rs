@@ -946,8 +946,10 @@ async fn execute(ctx: &mut Ctx, cmd: ClearingCommand) -> anyhow::Result<i32> {
 /// A channel to the coordinator; fails fast (UNAVAILABLE, before anything is sent)
 /// when nothing listens there.
 async fn connect(url: &str, tls: &crate::tls::ClientArgs) -> anyhow::Result<Client> {
+    let tls_config = tls.config()?;
+    let plain = tls_config.is_none();
     let endpoint = tls
-        .endpoint(url)
+        .endpoint_with(url, tls_config)
         .with_context(|| {
             format!(
                 "--coordinator {url:?} is not a valid URL (expected e.g. http://127.0.0.1:7100)"
@@ -955,6 +957,13 @@ async fn connect(url: &str, tls: &crate::tls::ClientArgs) -> anyhow::Result<Clie
         })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
+    if plain && crate::tls::wants_tls(&endpoint).await {
+        return Err(Status::unavailable(format!(
+            "the coordinator at {url} requires TLS: pass --ca, --cert and --key (or YIDI_CA, YIDI_CERT, YIDI_KEY); \
+             `yidi certs operator` issues them (docs/security.md)"
+        ))
+        .into());
+    }
     let channel = endpoint.connect().await.map_err(|e| {
         Status::unavailable(format!(
             "cannot reach the coordinator at {url}: {e} (is `yidi coordinator` running there?)"

@@ -19,8 +19,7 @@ use tokio::{
 };
 use tonic::transport::Server;
 use yidi_common::{
-    proto::{FILE_DESCRIPTOR_SET, coordinator_service_server::CoordinatorServiceServer},
-    region::RegionCode,
+    proto::coordinator_service_server::CoordinatorServiceServer, region::RegionCode,
 };
 
 pub use round::state;
@@ -74,6 +73,11 @@ pub struct CoordinatorArgs {
     /// Serve plain text without TLS: loopback addresses only, for development.
     #[arg(long, env = "YIDI_COORDINATOR_INSECURE")]
     pub insecure: bool,
+    /// Check the configuration and the files it names (certificates, key, CA,
+    /// participants file), print a summary and exit: 0 when it would start, 1 with the
+    /// reason otherwise. Starts nothing and opens no store.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +96,7 @@ struct FileConfig {
     tls_ca: Option<PathBuf>,
     revoked_file: Option<PathBuf>,
     insecure: Option<bool>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// The coordinator's clock. It decides which periods are over, current or in the
@@ -149,6 +154,9 @@ pub struct CoordinatorConfig {
     pub security: crate::tls::SecurityConfig,
     /// Which period is current (the system clock but in tests).
     pub clock: Clock,
+    /// Where to serve Prometheus metrics (the config file's `metrics_listen`; the
+    /// `--metrics-listen` flag overrides it); None: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl CoordinatorConfig {
@@ -166,6 +174,7 @@ impl CoordinatorConfig {
             log_json: false,
             security: crate::tls::SecurityConfig::insecure_loopback(),
             clock: Clock::system(),
+            metrics_listen: None,
         }
     }
 
@@ -176,8 +185,12 @@ impl CoordinatorConfig {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     Error::invalid("config", format!("cannot read {}: {e}", path.display()))
                 })?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| Error::invalid("config", format!("{}: {e}", path.display())))?
+                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                    crate::config::wrong_daemon(&text, path, crate::config::Daemon::Coordinator)
+                        .unwrap_or_else(|| {
+                            Error::invalid("config", format!("{}: {e}", path.display()))
+                        })
+                })?
             }
             None => FileConfig::default(),
         };
@@ -239,11 +252,57 @@ impl CoordinatorConfig {
                 insecure: args.insecure || file.insecure.unwrap_or(false),
             },
             clock: Clock::system(),
+            metrics_listen: file.metrics_listen,
             region,
         };
         // Refuse plain text off loopback (and TLS without its files) before anything starts.
         config.security.transport(config.listen)?;
         Ok(config)
+    }
+
+    /// `yidi coordinator --check-config`: loads the TLS material (the certificate must
+    /// name this province's coordinator) and the participants file, as at start,
+    /// without binding a port or opening the store. Returns the summary to print. Needs
+    /// a Tokio runtime (the participants' channels are built, lazily, as at start).
+    pub fn check(&self) -> Result<String> {
+        let transport = crate::config::check_transport(
+            &self.security,
+            self.listen,
+            &crate::identity::Identity::Coordinator {
+                province: self.region,
+            },
+        )?;
+        let participants = PeerDirectory::load(
+            self.region,
+            Some(&self.participants_file),
+            self.call_timeout,
+        )?;
+        let regions: Vec<String> = participants
+            .all()
+            .iter()
+            .map(|p| p.region.to_string())
+            .collect();
+        Ok([
+            format!("coordinator config OK: {}", self.region),
+            format!("  listen             {}", self.listen),
+            format!(
+                "  data_dir           {}",
+                crate::config::describe_dir(&self.data_dir, "coordinator.db")
+            ),
+            format!("  transport          {transport}"),
+            format!(
+                "  participants_file  {} ({} participants: {})",
+                self.participants_file.display(),
+                regions.len(),
+                regions.join(", ")
+            ),
+            format!(
+                "  metrics            {}",
+                self.metrics_listen
+                    .map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics"))
+            ),
+        ]
+        .join("\n"))
     }
 }
 
@@ -349,10 +408,8 @@ pub async fn serve(
     health
         .set_serving::<CoordinatorServiceServer<service::CoordinatorSvc>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    let (reflection, reflection_v1alpha) =
+        crate::server::reflection(&[yidi_common::proto::coordinator_service_server::SERVICE_NAME])?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
@@ -369,6 +426,7 @@ pub async fn serve(
         ))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(CoordinatorServiceServer::new(service::CoordinatorSvc::new(
             Arc::clone(&state),
         )));

@@ -10,6 +10,7 @@ mod cli_clearing;
 mod cli_hospital;
 mod cli_security;
 mod demo;
+mod edge;
 mod kill;
 mod load_persons;
 mod security;

@@ -22,6 +22,25 @@ impl HospitalSvc {
     pub fn new(state: State) -> Self {
         Self { state }
     }
+
+    /// The error a store fault gives (test hook `store_error_on_get_settlement`): a real
+    /// SQLite error through the same conversion as any other.
+    async fn forced_store_error(&self) -> crate::error::Error {
+        let result = self
+            .state
+            .store
+            .read(|conn| {
+                conn.query_row("SELECT 1 FROM test_hook_missing_table", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(crate::error::Error::from)
+            })
+            .await;
+        match result {
+            Err(e) => e,
+            Ok(_) => crate::error::Error::Internal("the test hook's query succeeded".into()),
+        }
+    }
 }
 
 /// Runs a treatment-side call inside a span naming who asked for what.
@@ -179,6 +198,14 @@ impl HospitalService for HospitalSvc {
         &self,
         req: Request<proto::GetSettlementRequest>,
     ) -> Result<Response<proto::Settlement>, Status> {
+        if self
+            .state
+            .hooks
+            .store_error_on_get_settlement
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(self.forced_store_error().await.into());
+        }
         call!(
             self,
             req,

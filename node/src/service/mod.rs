@@ -23,6 +23,9 @@ pub struct TestHooks {
     /// Milliseconds this node, as a home node, waits before answering CheckEligibility
     /// (0: none), as a slow home node would.
     pub eligibility_delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// GetSettlement fails with a real store error (a query of a table that does not
+    /// exist), so tests see what a caller is told of an internal error.
+    pub store_error_on_get_settlement: Arc<AtomicBool>,
 }
 
 /// What every service of a node needs.

@@ -67,6 +67,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::OpenRoundRequest>,
     ) -> Result<Response<proto::Round>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "OpenRound", payload)?;
@@ -132,6 +133,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RoundRequest>,
     ) -> Result<Response<proto::Round>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             round::advance(&self.state, &req.into_inner().round_id).await?,
         ))
@@ -141,6 +143,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RoundRequest>,
     ) -> Result<Response<proto::Round>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             round::view(&self.state, &req.into_inner().round_id).await?,
         ))
@@ -162,6 +165,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RoundRequest>,
     ) -> Result<Response<proto::ListDisputesResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let id = req.into_inner().round_id;
         round::view(&self.state, &id).await?;
         Ok(Response::new(proto::ListDisputesResponse {
@@ -177,6 +181,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RoundRequest>,
     ) -> Result<Response<proto::Round>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             round::resolve(&self.state, &req.into_inner().round_id).await?,
         ))
@@ -186,6 +191,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RoundRequest>,
     ) -> Result<Response<proto::Statement>, Status> {
+        crate::limits::check(req.get_ref())?;
         let id = req.into_inner().round_id;
         let row = self
             .state
@@ -205,6 +211,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RecordTransferRequest>,
     ) -> Result<Response<proto::Round>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "RecordTransfer", payload)?;
@@ -289,6 +296,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RoundRequest>,
     ) -> Result<Response<proto::Round>, Status> {
+        crate::limits::check(req.get_ref())?;
         let id = req.into_inner().round_id;
         let r = round::view(&self.state, &id).await?;
         if !r.confirmed.is_empty()

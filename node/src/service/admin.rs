@@ -110,7 +110,10 @@ fn validate_code(s: &str, field: &str) -> Result<String> {
     {
         return Err(Error::invalid(
             field,
-            format!("must be 1–32 characters of A-Z a-z 0-9 . _ - (got {s:?})"),
+            format!(
+                "must be 1–32 characters of A-Z a-z 0-9 . _ - (got {})",
+                yidi_common::error::quoted(s)
+            ),
         ));
     }
     Ok(s.to_owned())
@@ -187,7 +190,7 @@ fn build_person(
         money::parse_opt(balance, "account_balance", Sign::NonNegative)?.unwrap_or_default();
     Ok(PersonRec {
         id_number: id.as_str().to_owned(),
-        name: validate_text(name, "name", 64)?,
+        name: validate_text(name, "name", crate::limits::PERSON_NAME)?,
         card_no: if card_no.is_empty() {
             None
         } else {
@@ -334,15 +337,18 @@ fn build_catalogue(i: &proto::CatalogueItem, kinds: CatalogueKinds) -> Result<Ca
         ));
     }
     let unit = i.unit.trim();
-    if unit.chars().count() > 16 {
-        return Err(Error::invalid("unit", "longer than 16 characters"));
+    if unit.chars().count() > crate::limits::UNIT {
+        return Err(Error::invalid(
+            "unit",
+            format!("longer than {} characters", crate::limits::UNIT),
+        ));
     }
     let valid_from = parse_date(i.valid_from.trim(), "valid_from")?;
     let valid_to = parse_date_opt(i.valid_to.trim(), "valid_to")?;
     check_date_order(valid_from, valid_to, "valid_to", "valid_from")?;
     Ok(CatalogueRec {
         code: validate_code(i.code.trim(), "code")?,
-        name: validate_text(&i.name, "name", 128)?,
+        name: validate_text(&i.name, "name", crate::limits::NAME)?,
         category: kinds.category,
         class: kinds.class,
         first_selfpay_ratio: ratio,
@@ -419,7 +425,7 @@ fn institution_from_proto(i: Option<&proto::Institution>) -> Result<InstitutionR
     )?;
     Ok(InstitutionRec {
         code: validate_code(&i.code, "institution.code")?,
-        name: validate_text(&i.name, "institution.name", 128)?,
+        name: validate_text(&i.name, "institution.name", crate::limits::NAME)?,
         kind,
         level,
         agreement_status: AgreementStatus::from_proto(
@@ -473,7 +479,10 @@ fn check_batch(len: usize) -> Result<()> {
 }
 
 fn not_found(what: &str, key: &str) -> Error {
-    Error::NotFound(format!("no {what} {key:?} here"))
+    Error::NotFound(format!(
+        "no {what} {} here",
+        yidi_common::error::quoted(key)
+    ))
 }
 
 // ------------------------------------------------------------------ the service
@@ -484,6 +493,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::CreatePersonRequest>,
     ) -> Result<Response<proto::Person>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "CreatePerson", payload)?;
@@ -502,6 +512,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::UpdatePersonRequest>,
     ) -> Result<Response<proto::Person>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "UpdatePerson", payload)?;
@@ -520,6 +531,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::GetPersonRequest>,
     ) -> Result<Response<proto::Person>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let region = self.state.region;
         match (req.id_number.is_empty(), req.card_no.is_empty()) {
@@ -551,6 +563,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ListPersonsRequest>,
     ) -> Result<Response<proto::ListPersonsResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let page = req.page.unwrap_or_default();
         let filter = persons::ListFilter {
@@ -585,6 +598,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ImportPersonsRequest>,
     ) -> Result<Response<proto::ImportResult>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "ImportPersons", payload)?;
@@ -628,6 +642,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ApplyFilingRequest>,
     ) -> Result<Response<proto::Filing>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "ApplyFiling", payload)?;
@@ -711,6 +726,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ReviewFilingRequest>,
     ) -> Result<Response<proto::Filing>, Status> {
+        crate::limits::check(req.get_ref())?;
         self.review(
             req.into_inner(),
             "ApproveFiling",
@@ -724,6 +740,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ReviewFilingRequest>,
     ) -> Result<Response<proto::Filing>, Status> {
+        crate::limits::check(req.get_ref())?;
         self.review(
             req.into_inner(),
             "RejectFiling",
@@ -737,6 +754,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ReviewFilingRequest>,
     ) -> Result<Response<proto::Filing>, Status> {
+        crate::limits::check(req.get_ref())?;
         self.review(
             req.into_inner(),
             "RevokeFiling",
@@ -750,6 +768,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::GetFilingRequest>,
     ) -> Result<Response<proto::Filing>, Status> {
+        crate::limits::check(req.get_ref())?;
         let id = req.into_inner().filing_id;
         if id.is_empty() {
             return Err(Error::invalid("filing_id", "missing").into());
@@ -766,6 +785,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ListFilingsRequest>,
     ) -> Result<Response<proto::ListFilingsResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let page = req.page.unwrap_or_default();
         let filter = filings::ListFilter {
@@ -804,6 +824,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::PublishPolicyRequest>,
     ) -> Result<Response<proto::PolicyVersion>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "PublishPolicy", payload)?;
@@ -873,6 +894,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ListPoliciesRequest>,
     ) -> Result<Response<proto::ListPoliciesResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let it = (req.insurance_type != 0)
             .then(|| InsuranceType::from_proto(req.insurance_type, "insurance_type"))
@@ -893,6 +915,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::GetPolicyRequest>,
     ) -> Result<Response<proto::PolicyVersion>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let it = InsuranceType::from_proto(req.insurance_type, "insurance_type")?;
         let region = self.state.region;
@@ -922,6 +945,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::UpsertCatalogueItemRequest>,
     ) -> Result<Response<proto::CatalogueItem>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "UpsertCatalogueItem", payload)?;
@@ -943,6 +967,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::GetCatalogueItemRequest>,
     ) -> Result<Response<proto::CatalogueItem>, Status> {
+        crate::limits::check(req.get_ref())?;
         let code = validate_code(&req.into_inner().code, "code")?;
         self.read(move |conn| {
             Ok(catalogue_to_proto(
@@ -956,6 +981,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ListCatalogueRequest>,
     ) -> Result<Response<proto::ListCatalogueResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let page = req.page.unwrap_or_default();
         let class = (req.class != 0)
@@ -982,6 +1008,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ImportCatalogueRequest>,
     ) -> Result<Response<proto::ImportResult>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "ImportCatalogue", payload)?;
@@ -1008,6 +1035,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::UpsertInstitutionRequest>,
     ) -> Result<Response<proto::Institution>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "UpsertInstitution", payload)?;
@@ -1023,6 +1051,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::GetInstitutionRequest>,
     ) -> Result<Response<proto::Institution>, Status> {
+        crate::limits::check(req.get_ref())?;
         let code = validate_code(&req.into_inner().code, "code")?;
         self.read(move |conn| {
             Ok(institution_to_proto(
@@ -1036,6 +1065,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ListInstitutionsRequest>,
     ) -> Result<Response<proto::ListInstitutionsResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let page = req.into_inner().page.unwrap_or_default();
         let limit = page_size(page.page_size);
         self.read(move |conn| {
@@ -1093,6 +1123,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::GetOutboxRequest>,
     ) -> Result<Response<proto::OutboxStatus>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             self.outbox_status(req.into_inner().list).await?,
         ))
@@ -1102,6 +1133,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::RecordDeductionRequest>,
     ) -> Result<Response<proto::Deduction>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             super::funds::record_deduction(&self.state, req.into_inner()).await?,
         ))
@@ -1111,6 +1143,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ListDeductionsRequest>,
     ) -> Result<Response<proto::ListDeductionsResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             super::funds::list_deductions(&self.state, req.into_inner()).await?,
         ))
@@ -1120,6 +1153,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::RecordReserveRequest>,
     ) -> Result<Response<proto::ReserveMovement>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             super::funds::record_reserve(&self.state, req.into_inner()).await?,
         ))
@@ -1138,6 +1172,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::HospitalStatementRequest>,
     ) -> Result<Response<proto::HospitalStatementResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             super::funds::hospital_statement(&self.state, req.into_inner()).await?,
         ))
@@ -1147,6 +1182,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::GetLedgerRequest>,
     ) -> Result<Response<proto::GetLedgerResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             super::funds::get_ledger(&self.state, req.into_inner()).await?,
         ))
@@ -1156,6 +1192,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ConfirmClearingRequest>,
     ) -> Result<Response<proto::ClearingRound>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             super::funds::confirm_clearing(&self.state, req.into_inner()).await?,
         ))
@@ -1174,6 +1211,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ListAuditRequest>,
     ) -> Result<Response<proto::ListAuditResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             super::audit::list_audit(&self.state, req.into_inner()).await?,
         ))

@@ -157,6 +157,7 @@ impl ClearingParticipant for ClearingSvc {
         &self,
         req: Request<proto::ReportPositionsRequest>,
     ) -> Result<Response<proto::ReportPositionsResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let id = round_id(&req.round_id)?;
         let period = Period::parse(&req.period, "period")
@@ -204,6 +205,7 @@ impl ClearingParticipant for ClearingSvc {
         &self,
         req: Request<proto::ListClaimIdsRequest>,
     ) -> Result<Response<proto::ListClaimIdsResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let id = round_id(&req.round_id)?;
         let side = side(&req.side)?;
@@ -255,6 +257,7 @@ impl ClearingParticipant for ClearingSvc {
         &self,
         req: Request<proto::ExcludeClaimsRequest>,
     ) -> Result<Response<proto::ExcludeClaimsResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "ExcludeClaims", payload)?;
@@ -288,6 +291,7 @@ impl ClearingParticipant for ClearingSvc {
         &self,
         req: Request<proto::StatementRequest>,
     ) -> Result<Response<proto::VerifyStatementResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let s = req
             .into_inner()
             .statement
@@ -311,6 +315,7 @@ impl ClearingParticipant for ClearingSvc {
         &self,
         req: Request<proto::StatementRequest>,
     ) -> Result<Response<proto::ConfirmStatementResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let s = req
             .into_inner()
             .statement
@@ -362,6 +367,7 @@ impl ClearingParticipant for ClearingSvc {
         &self,
         req: Request<proto::MarkClearedRequest>,
     ) -> Result<Response<proto::MarkClearedResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "MarkCleared", payload)?;
@@ -394,6 +400,7 @@ impl ClearingParticipant for ClearingSvc {
         &self,
         req: Request<proto::ReleaseRoundRequest>,
     ) -> Result<Response<proto::ReleaseRoundResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let id = round_id(&req.into_inner().round_id)?;
         let out = self
             .state

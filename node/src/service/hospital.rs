@@ -46,6 +46,9 @@ impl HospitalSvc {
 /// Runs a treatment-side call inside a span naming who asked for what.
 macro_rules! call {
     ($self:ident, $req:ident, $method:literal, $f:path, $inst:expr, $rid:expr) => {{
+        // Sizes first (crate::limits): nothing below, errors included, sees an
+        // oversized value.
+        crate::limits::check($req.get_ref())?;
         // The institution a request names must be the one its certificate names.
         let caller = crate::auth::caller(&$req)?;
         let req = $req.into_inner();

@@ -48,6 +48,7 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::PeerGetPolicyRequest>,
     ) -> Result<Response<proto::PolicyVersion>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let it = InsuranceType::from_proto(req.insurance_type, "insurance_type")?;
         let region = self.state.region;
@@ -85,6 +86,7 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::LookupPersonRequest>,
     ) -> Result<Response<proto::LookupPersonResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let who = crate::auth::caller(&req)?;
         let req = req.into_inner();
         let entry = Entry::about(
@@ -112,6 +114,7 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::CheckEligibilityRequest>,
     ) -> Result<Response<proto::EligibilityResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let who = crate::auth::caller(&req)?;
         let req = req.into_inner();
         let delay = self
@@ -148,6 +151,7 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::CommitClaimRequest>,
     ) -> Result<Response<proto::CommitClaimResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let who = crate::auth::caller(&req)?;
         let req = req.into_inner();
         let entry = Entry::about(
@@ -175,6 +179,7 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::ReverseClaimRequest>,
     ) -> Result<Response<proto::CommitClaimResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let who = crate::auth::caller(&req)?;
         let req = req.into_inner();
         let entry = Entry::about(
@@ -199,6 +204,7 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::ClaimStatusRequest>,
     ) -> Result<Response<proto::ClaimStatusResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let who = crate::auth::caller(&req)?;
         let id = req.into_inner().claim_id;
         if id.is_empty() {
@@ -224,6 +230,7 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::PeriodDigestRequest>,
     ) -> Result<Response<proto::PeriodDigestResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let who = crate::auth::caller(&req)?;
         let req = req.into_inner();
         who.check_region("counterparty", &req.counterparty)?;
@@ -234,6 +241,7 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::AdjustmentRequest>,
     ) -> Result<Response<proto::AdjustmentResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let who = crate::auth::caller(&req)?;
         let req = req.into_inner();
         who.check_region("from_region", &req.from_region)?;
@@ -421,9 +429,14 @@ impl PeerSvc {
             req.kind.as_str(),
             "deduction" | "reserve_topup" | "reserve_use"
         ) {
-            return Err(
-                Error::invalid("kind", format!("unknown adjustment kind {:?}", req.kind)).into(),
-            );
+            return Err(Error::invalid(
+                "kind",
+                format!(
+                    "unknown adjustment kind {}",
+                    yidi_common::error::quoted(&req.kind)
+                ),
+            )
+            .into());
         }
         if !req.entry_id.starts_with(from.as_str()) {
             return Err(

@@ -111,7 +111,8 @@ const STRINGS: &[(&str, usize)] = &[
     ("debtor", REGION),
     ("creditor", REGION),
     ("id_number", ID_NUMBER),
-    ("person", ID_NUMBER),
+    // ListAudit: an ID number or the hash of one.
+    ("person", DIGEST),
     ("id_number_hash", DIGEST),
     ("card_no", CARD_NO),
     ("visit_id", RECORD_ID),

@@ -79,12 +79,17 @@ async fn internal_error_answers_a_reference_without_store_detail() {
 pub(crate) fn store_fingerprint(
     node: &TestNode,
 ) -> std::collections::BTreeMap<String, (usize, u64)> {
+    db_fingerprint(&node.data_dir.join("node.db"))
+}
+
+/// [`store_fingerprint`] of the SQLite file at `path` (a node's or the coordinator's).
+pub(crate) fn db_fingerprint(
+    path: &std::path::Path,
+) -> std::collections::BTreeMap<String, (usize, u64)> {
     use std::hash::{DefaultHasher, Hash, Hasher};
-    let db = rusqlite::Connection::open_with_flags(
-        node.data_dir.join("node.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
+    let db =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
     let tables: Vec<String> = db
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
         .unwrap()
@@ -112,7 +117,7 @@ pub(crate) fn store_fingerprint(
 
 /// A settled 2000.00 outpatient claim of a Hangzhou employee at Ningbo (see
 /// `fixtures::settled_2000_at_hz_rates`), its home commit delivered.
-async fn settled_at_nb(
+pub(crate) async fn settled_at_nb(
     fed: &yidi_tests::harness::Federation,
     desk: &mut Desk,
 ) -> proto::Settlement {

@@ -11,6 +11,7 @@ mod cli_hospital;
 mod cli_security;
 mod demo;
 mod edge;
+mod edge_fuzz;
 mod kill;
 mod load_persons;
 mod security;

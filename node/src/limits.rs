@@ -220,7 +220,13 @@ const COUNTS: &[(&str, usize)] = &[
     ("reserves", PEER_LIST),
 ];
 
-/// A request message of the protocol, by its full name in the descriptor set.
+/// Repeated fields whose elements the handler checks one by one, so that an element
+/// over a limit is reported as that element's error (an import row's) and the others
+/// still count: only their number is checked with the request.
+const ONE_BY_ONE: &[&str] = &["ImportPersonsRequest.rows", "ImportCatalogueRequest.rows"];
+
+/// A request message of the protocol (or an element checked one by one), by its full
+/// name in the descriptor set.
 pub trait Limited: Message {
     /// `yidi.v1.<Message>`.
     const NAME: &'static str;
@@ -237,6 +243,8 @@ macro_rules! limited {
 }
 
 limited!(
+    PersonRow,
+    CatalogueRow,
     AdjustmentRequest,
     ApplyFilingRequest,
     CancelSettlementRequest,
@@ -341,6 +349,8 @@ enum Kind {
 struct Field {
     name: String,
     kind: Kind,
+    /// Elements checked by the handler (see [`ONE_BY_ONE`]), not here.
+    one_by_one: bool,
     /// `Some(max)` for a repeated field.
     max_count: Option<usize>,
 }
@@ -402,6 +412,8 @@ fn build(unnamed: &mut Vec<String>) -> HashMap<String, Schema> {
                         name: f.name().to_owned(),
                         kind,
                         max_count,
+                        one_by_one: ONE_BY_ONE
+                            .contains(&format!("{}.{}", m.name(), f.name()).as_str()),
                     },
                 );
             }
@@ -468,6 +480,7 @@ fn walk(all: &HashMap<String, Schema>, schema: &Schema, bytes: &[u8], path: &str
                             }
                         }
                     }
+                    Kind::Message { .. } if field.one_by_one => {}
                     Kind::Message { full_name } => {
                         if let Some(inner) = all.get(full_name) {
                             walk(all, inner, body, &format!("{name}."))?;
@@ -611,6 +624,29 @@ mod tests {
         assert_eq!(
             check(&claim).unwrap_err().to_string(),
             "invalid split.trace[0]: is 2001 characters long; at most 2000 are accepted"
+        );
+    }
+
+    #[test]
+    fn import_rows_are_counted_with_the_request_and_checked_one_by_one() {
+        let row = |name: &str| proto::PersonRow {
+            row: 2,
+            name: name.into(),
+            ..Default::default()
+        };
+        let mut req = proto::ImportPersonsRequest {
+            request_id: "imp-1".into(),
+            rows: vec![row("张三"), row(&"长".repeat(51))],
+        };
+        check(&req).unwrap();
+        assert_eq!(
+            check(&req.rows[1]).unwrap_err().to_string(),
+            "invalid name: is 51 characters long; at most 50 are accepted"
+        );
+        req.rows = vec![row("张三"); IMPORT_ROWS + 1];
+        assert_eq!(
+            check(&req).unwrap_err().to_string(),
+            "invalid rows: has 10001 elements; at most 10000 are accepted in one request"
         );
     }
 

@@ -370,3 +370,41 @@ async fn a_failed_attempt_answers_the_same_to_get_and_cancel() {
     );
     assert_eq!(store_fingerprint(fed.node(NB)), before);
 }
+
+/// An import row over a limit is that row's error; the other rows of the batch count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_row_over_a_limit_is_that_rows_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(HZ, dir.path().join("hz")).await;
+    let row = |n: u64, seq: u16, name: String| proto::PersonRow {
+        row: n,
+        id_number: id_number(HZ, "1980-01-01", seq),
+        name,
+        card_no: String::new(),
+        insurance_type: "resident".into(),
+        person_type: "resident_adult".into(),
+        civil_servant: String::new(),
+        status: "active".into(),
+        account_balance: "0.00".into(),
+        enrolled_since: "2021-07-01".into(),
+    };
+    let result = node
+        .admin()
+        .await
+        .import_persons(proto::ImportPersonsRequest {
+            request_id: "imp-1".into(),
+            rows: vec![row(2, 1, "张三".into()), row(3, 2, "长".repeat(1 << 20))],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((result.inserted, result.updated), (1, 0));
+    assert_eq!(
+        result.errors,
+        [proto::RowError {
+            row: 3,
+            field: "name".into(),
+            reason: "is 1048576 characters long; at most 50 are accepted".into(),
+        }]
+    );
+}

@@ -38,7 +38,7 @@ use crate::{
 /// Idempotency scope of operator requests.
 const SCOPE: &str = "admin";
 /// Largest batch a bulk import call accepts.
-const MAX_IMPORT_BATCH: usize = 10_000;
+const MAX_IMPORT_BATCH: usize = crate::limits::IMPORT_ROWS;
 
 /// The AdminService implementation.
 pub struct AdminSvc {
@@ -606,7 +606,12 @@ impl AdminService for AdminSvc {
         let parsed: Vec<(u64, Result<PersonRec>)> = req
             .rows
             .iter()
-            .map(|r| (r.row, person_from_row(r)))
+            .map(|r| {
+                (
+                    r.row,
+                    crate::limits::check(r).and_then(|()| person_from_row(r)),
+                )
+            })
             .collect();
         self.once_import(key, move |conn| {
             let now = period::now_rfc3339();
@@ -1016,7 +1021,12 @@ impl AdminService for AdminSvc {
         let parsed: Vec<(u64, Result<CatalogueRec>)> = req
             .rows
             .iter()
-            .map(|r| (r.row, catalogue_from_row(r)))
+            .map(|r| {
+                (
+                    r.row,
+                    crate::limits::check(r).and_then(|()| catalogue_from_row(r)),
+                )
+            })
             .collect();
         self.once_import(key, move |conn| {
             let mut result = proto::ImportResult::default();

@@ -331,7 +331,7 @@ pub fn check<M: Limited>(msg: &M) -> Result<()> {
     let bytes = msg.encode_to_vec();
     let schema = &*SCHEMA;
     match schema.get(M::NAME) {
-        Some(m) => walk(schema, m, &bytes, ""),
+        Some(m) => walk(schema, m, &bytes, &mut Vec::new()),
         None => Err(Error::Internal(format!("no descriptor for {}", M::NAME))),
     }
 }
@@ -437,11 +437,34 @@ fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
-/// Walks one encoded message of `schema`; `path` is the field path of the message
-/// (`""` at the top, `lines[3].` below), as an error names it.
-fn walk(all: &HashMap<String, Schema>, schema: &Schema, bytes: &[u8], path: &str) -> Result<()> {
+/// Where the walk is: the field names (and element indexes) from the request down.
+type Path<'s> = Vec<(&'s str, Option<usize>)>;
+
+/// The path as an error names it, e.g. `lines[3].item_code`; built only for an error.
+fn render(path: &Path<'_>) -> String {
+    let mut out = String::new();
+    for (k, (name, index)) in path.iter().enumerate() {
+        if k > 0 {
+            out.push('.');
+        }
+        out.push_str(name);
+        if let Some(i) = index {
+            let _ = write!(out, "[{i}]");
+        }
+    }
+    out
+}
+
+/// Walks one encoded message of `schema`; `path` leads to it (empty at the request).
+fn walk<'s>(
+    all: &'s HashMap<String, Schema>,
+    schema: &'s Schema,
+    bytes: &[u8],
+    path: &mut Path<'s>,
+) -> Result<()> {
     let malformed = || Error::Internal("a request re-encoded by prost does not parse".into());
-    let mut counts: HashMap<u32, usize> = HashMap::new();
+    // Elements seen of each repeated field (few fields: a list beats a map).
+    let mut counts: Vec<(u32, usize)> = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
         let key = varint(bytes, &mut at).ok_or_else(malformed)?;
@@ -455,38 +478,44 @@ fn walk(all: &HashMap<String, Schema>, schema: &Schema, bytes: &[u8], path: &str
             2 => {
                 let len = usize::try_from(varint(bytes, &mut at).ok_or_else(malformed)?)
                     .map_err(|_| malformed())?;
-                let body = bytes.get(at..at + len).ok_or_else(malformed)?;
-                at += len;
+                let end = at.checked_add(len).ok_or_else(malformed)?;
+                let body = bytes.get(at..end).ok_or_else(malformed)?;
+                at = end;
                 let Some(field) = schema.fields.get(&number) else {
                     continue;
                 };
-                let index = counts.entry(number).or_default();
-                let i = *index;
-                *index += 1;
-                let name = match field.max_count {
-                    Some(_) => {
-                        let mut s = format!("{path}{}", field.name);
-                        let _ = write!(s, "[{i}]");
-                        s
-                    }
-                    None => format!("{path}{}", field.name),
-                };
+                let index =
+                    field
+                        .max_count
+                        .map(|_| match counts.iter_mut().find(|(n, _)| *n == number) {
+                            Some((_, c)) => {
+                                *c += 1;
+                                *c - 1
+                            }
+                            None => {
+                                counts.push((number, 1));
+                                0
+                            }
+                        });
                 match &field.kind {
                     Kind::Text { max } => {
                         if body.len() > *max {
                             let chars = String::from_utf8_lossy(body).chars().count();
                             if chars > *max {
-                                return Err(too_long(&name, *max, chars));
+                                path.push((&field.name, index));
+                                return Err(too_long(&render(path), *max, chars));
                             }
                         }
                     }
                     Kind::Message { .. } if field.one_by_one => {}
                     Kind::Message { full_name } => {
                         if let Some(inner) = all.get(full_name) {
-                            walk(all, inner, body, &format!("{name}."))?;
+                            path.push((&field.name, index));
+                            walk(all, inner, body, path)?;
+                            path.pop();
                         }
                     }
-                    // Packed repeated numbers: counted by the message size limit.
+                    // Packed repeated numbers: bounded by the message size limit.
                     Kind::Other => {}
                 }
             }
@@ -501,8 +530,9 @@ fn walk(all: &HashMap<String, Schema>, schema: &Schema, bytes: &[u8], path: &str
         }) = schema.fields.get(&number)
             && n > *max
         {
+            path.push((name, None));
             return Err(Error::invalid(
-                format!("{path}{name}"),
+                render(path),
                 format!("has {n} elements; at most {max} are accepted in one request"),
             ));
         }

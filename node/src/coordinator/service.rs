@@ -233,8 +233,12 @@ impl CoordinatorService for CoordinatorSvc {
                     // The head and the instructions only: this runs on the writer
                     // thread, once per transfer, and the full statement of a large
                     // province is megabytes to decode.
-                    let row = store::round_head(conn, &req.round_id)?
-                        .ok_or_else(|| Error::NotFound(format!("no round {}", req.round_id)))?;
+                    let row = store::round_head(conn, &req.round_id)?.ok_or_else(|| {
+                        Error::NotFound(format!(
+                            "no round {}",
+                            yidi_common::error::quoted(&req.round_id)
+                        ))
+                    })?;
                     if row.state != state::CONFIRMED {
                         return Err(Error::FailedPrecondition(format!(
                             "round {} is {}; transfers are recorded once it is CONFIRMED",

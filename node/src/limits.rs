@@ -329,9 +329,14 @@ fn too_long(field: &str, max: usize, chars: usize) -> Error {
 /// Checks every string and repeated field of a request against the table.
 pub fn check<M: Limited>(msg: &M) -> Result<()> {
     let bytes = msg.encode_to_vec();
-    let schema = &*SCHEMA;
-    match schema.get(M::NAME) {
-        Some(m) => walk(schema, m, &bytes, &mut Vec::new()),
+    let protocol = &*PROTOCOL;
+    match protocol.by_name.get(M::NAME) {
+        Some(&m) => walk(
+            &protocol.messages,
+            &protocol.messages[m],
+            &bytes,
+            &mut Vec::new(),
+        ),
         None => Err(Error::Internal(format!("no descriptor for {}", M::NAME))),
     }
 }
@@ -340,8 +345,13 @@ pub fn check<M: Limited>(msg: &M) -> Result<()> {
 
 #[derive(Debug)]
 enum Kind {
-    Text { max: usize },
-    Message { full_name: String },
+    Text {
+        max: usize,
+    },
+    /// The message type, by index into [`Protocol::messages`].
+    Message {
+        index: usize,
+    },
     Other,
 }
 
@@ -357,12 +367,27 @@ struct Field {
 
 #[derive(Debug, Default)]
 struct Schema {
-    /// By field number.
-    fields: HashMap<u32, Field>,
+    /// By field number (numbers are small and dense).
+    fields: Vec<Option<Field>>,
 }
 
-/// Every message of the protocol by full name (`yidi.v1.X`), its fields with their limits.
-static SCHEMA: LazyLock<HashMap<String, Schema>> = LazyLock::new(|| build(&mut Vec::new()));
+impl Schema {
+    fn field(&self, number: u32) -> Option<&Field> {
+        self.fields
+            .get(usize::try_from(number).ok()?)
+            .and_then(Option::as_ref)
+    }
+}
+
+/// Every message of the protocol with its fields' limits.
+#[derive(Debug)]
+struct Protocol {
+    /// Index into `messages` by full name (`yidi.v1.X`).
+    by_name: HashMap<String, usize>,
+    messages: Vec<Schema>,
+}
+
+static PROTOCOL: LazyLock<Protocol> = LazyLock::new(|| build(&mut Vec::new()));
 
 fn lookup(table: &[(&str, usize)], message: &str, field: &str) -> Option<usize> {
     let qualified = format!("{message}.{field}");
@@ -376,51 +401,65 @@ fn lookup(table: &[(&str, usize)], message: &str, field: &str) -> Option<usize> 
 /// Builds the schema from the descriptor set; fields the tables do not name are pushed
 /// to `unnamed` (the coverage test) and get the strictest limit that still decodes
 /// (`WORD` characters, no elements beyond `FEE_LINES`).
-fn build(unnamed: &mut Vec<String>) -> HashMap<String, Schema> {
+fn build(unnamed: &mut Vec<String>) -> Protocol {
     use prost_types::field_descriptor_proto::{Label, Type};
     let fds = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET)
         .expect("the embedded descriptor set decodes");
-    let mut out = HashMap::new();
-    for file in &fds.file {
-        let package = file.package();
-        for m in &file.message_type {
-            let full = format!("{package}.{}", m.name());
-            let mut schema = Schema::default();
-            for f in &m.field {
-                let repeated = f.label() == Label::Repeated;
-                let kind = match f.r#type() {
-                    Type::String | Type::Bytes => Kind::Text {
-                        max: lookup(STRINGS, m.name(), f.name()).unwrap_or_else(|| {
-                            unnamed.push(format!("{full}.{} (length)", f.name()));
-                            WORD
-                        }),
-                    },
-                    Type::Message => Kind::Message {
-                        full_name: f.type_name().trim_start_matches('.').to_owned(),
-                    },
-                    _ => Kind::Other,
-                };
-                let max_count = repeated.then(|| {
-                    lookup(COUNTS, m.name(), f.name()).unwrap_or_else(|| {
-                        unnamed.push(format!("{full}.{} (count)", f.name()));
-                        FEE_LINES
-                    })
-                });
-                schema.fields.insert(
-                    u32::try_from(f.number()).unwrap_or_default(),
-                    Field {
-                        name: f.name().to_owned(),
-                        kind,
-                        max_count,
-                        one_by_one: ONE_BY_ONE
-                            .contains(&format!("{}.{}", m.name(), f.name()).as_str()),
-                    },
-                );
+    let all: Vec<(String, &prost_types::DescriptorProto)> = fds
+        .file
+        .iter()
+        .flat_map(|file| {
+            file.message_type
+                .iter()
+                .map(|m| (format!("{}.{}", file.package(), m.name()), m))
+        })
+        .collect();
+    let by_name: HashMap<String, usize> = all
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (name.clone(), i))
+        .collect();
+    let mut messages = Vec::with_capacity(all.len());
+    for (full, m) in &all {
+        let mut schema = Schema::default();
+        for f in &m.field {
+            let repeated = f.label() == Label::Repeated;
+            let kind = match f.r#type() {
+                Type::String | Type::Bytes => Kind::Text {
+                    max: lookup(STRINGS, m.name(), f.name()).unwrap_or_else(|| {
+                        unnamed.push(format!("{full}.{} (length)", f.name()));
+                        WORD
+                    }),
+                },
+                Type::Message => {
+                    match by_name.get(f.type_name().trim_start_matches('.')) {
+                        Some(&index) => Kind::Message { index },
+                        // A type from outside the protocol (none today): not walked.
+                        None => Kind::Other,
+                    }
+                }
+                _ => Kind::Other,
+            };
+            let max_count = repeated.then(|| {
+                lookup(COUNTS, m.name(), f.name()).unwrap_or_else(|| {
+                    unnamed.push(format!("{full}.{} (count)", f.name()));
+                    FEE_LINES
+                })
+            });
+            let number = usize::try_from(f.number()).unwrap_or_default();
+            if schema.fields.len() <= number {
+                schema.fields.resize_with(number + 1, || None);
             }
-            out.insert(full, schema);
+            schema.fields[number] = Some(Field {
+                name: f.name().to_owned(),
+                kind,
+                max_count,
+                one_by_one: ONE_BY_ONE.contains(&format!("{}.{}", m.name(), f.name()).as_str()),
+            });
         }
+        messages.push(schema);
     }
-    out
+    Protocol { by_name, messages }
 }
 
 /// Reads a varint at `*at`; `None` when the bytes end inside it.
@@ -457,7 +496,7 @@ fn render(path: &Path<'_>) -> String {
 
 /// Walks one encoded message of `schema`; `path` leads to it (empty at the request).
 fn walk<'s>(
-    all: &'s HashMap<String, Schema>,
+    all: &'s [Schema],
     schema: &'s Schema,
     bytes: &[u8],
     path: &mut Path<'s>,
@@ -481,7 +520,7 @@ fn walk<'s>(
                 let end = at.checked_add(len).ok_or_else(malformed)?;
                 let body = bytes.get(at..end).ok_or_else(malformed)?;
                 at = end;
-                let Some(field) = schema.fields.get(&number) else {
+                let Some(field) = schema.field(number) else {
                     continue;
                 };
                 let index =
@@ -508,12 +547,10 @@ fn walk<'s>(
                         }
                     }
                     Kind::Message { .. } if field.one_by_one => {}
-                    Kind::Message { full_name } => {
-                        if let Some(inner) = all.get(full_name) {
-                            path.push((&field.name, index));
-                            walk(all, inner, body, path)?;
-                            path.pop();
-                        }
+                    Kind::Message { index: inner } => {
+                        path.push((&field.name, index));
+                        walk(all, &all[*inner], body, path)?;
+                        path.pop();
                     }
                     // Packed repeated numbers: bounded by the message size limit.
                     Kind::Other => {}
@@ -527,7 +564,7 @@ fn walk<'s>(
             name,
             max_count: Some(max),
             ..
-        }) = schema.fields.get(&number)
+        }) = schema.field(number)
             && n > *max
         {
             path.push((name, None));
@@ -548,15 +585,17 @@ mod tests {
 
     /// Every message a request can contain, by full name.
     fn reachable() -> HashSet<String> {
+        let names: HashMap<usize, &String> =
+            PROTOCOL.by_name.iter().map(|(n, i)| (*i, n)).collect();
         let mut seen = HashSet::new();
-        let mut todo: Vec<String> = REQUESTS.iter().map(|s| (*s).to_owned()).collect();
+        let mut todo: Vec<usize> = REQUESTS.iter().map(|s| PROTOCOL.by_name[*s]).collect();
         while let Some(m) = todo.pop() {
-            if !seen.insert(m.clone()) {
+            if !seen.insert(names[&m].clone()) {
                 continue;
             }
-            for f in SCHEMA[&m].fields.values() {
-                if let Kind::Message { full_name } = &f.kind {
-                    todo.push(full_name.clone());
+            for f in PROTOCOL.messages[m].fields.iter().flatten() {
+                if let Kind::Message { index } = &f.kind {
+                    todo.push(*index);
                 }
             }
         }

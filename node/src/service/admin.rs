@@ -124,12 +124,7 @@ fn validate_text(s: &str, field: &str, max_chars: usize) -> Result<String> {
     if t.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
-    if t.chars().count() > max_chars {
-        return Err(Error::invalid(
-            field,
-            format!("longer than {max_chars} characters"),
-        ));
-    }
+    crate::limits::check_len(field, t, max_chars)?;
     Ok(t.to_owned())
 }
 
@@ -337,12 +332,7 @@ fn build_catalogue(i: &proto::CatalogueItem, kinds: CatalogueKinds) -> Result<Ca
         ));
     }
     let unit = i.unit.trim();
-    if unit.chars().count() > crate::limits::UNIT {
-        return Err(Error::invalid(
-            "unit",
-            format!("longer than {} characters", crate::limits::UNIT),
-        ));
-    }
+    crate::limits::check_len("unit", unit, crate::limits::UNIT)?;
     let valid_from = parse_date(i.valid_from.trim(), "valid_from")?;
     let valid_to = parse_date_opt(i.valid_to.trim(), "valid_to")?;
     check_date_order(valid_from, valid_to, "valid_to", "valid_from")?;
@@ -691,9 +681,7 @@ impl AdminService for AdminSvc {
         let valid_to = parse_date_opt(&req.valid_to, "valid_to")?;
         check_date_order(valid_from, valid_to, "valid_to", "valid_from")?;
         let note = req.note.trim().to_owned();
-        if note.chars().count() > 500 {
-            return Err(Error::invalid("note", "longer than 500 characters").into());
-        }
+        crate::limits::check_len("note", &note, crate::limits::NOTE)?;
         let region = self.state.region;
         self.once(key, move |conn| {
             let person = persons::get(conn, id.as_str())?

@@ -30,7 +30,10 @@ pub fn parse(s: &str, field: &str, sign: Sign) -> Result<Money> {
     let bad = |reason: &str| {
         Error::invalid(
             field,
-            format!("{reason} (got {s:?}; expected yuan like \"12.50\")"),
+            format!(
+                "{reason} (got {}; expected yuan like \"12.50\")",
+                crate::error::quoted(s)
+            ),
         )
     };
     if s.is_empty() {
@@ -125,7 +128,10 @@ pub fn parse_ratio(s: &str, field: &str) -> Result<Decimal> {
     let bad = |reason: &str| {
         Error::invalid(
             field,
-            format!("{reason} (got {s:?}; expected a ratio like \"0.85\")"),
+            format!(
+                "{reason} (got {}; expected a ratio like \"0.85\")",
+                crate::error::quoted(s)
+            ),
         )
     };
     if s.is_empty() || s.starts_with('+') || s.contains(['e', 'E', ' ']) {

@@ -43,7 +43,8 @@ pub fn parse_ts(s: &str, field: &str) -> Result<DateTime<Utc>> {
             Error::invalid(
                 field,
                 format!(
-                    "expected an RFC 3339 timestamp like \"2026-03-01T10:00:00+08:00\", got {s:?}"
+                    "expected an RFC 3339 timestamp like \"2026-03-01T10:00:00+08:00\", got {}",
+                    crate::error::quoted(s)
                 ),
             )
         })
@@ -57,7 +58,10 @@ pub fn parse_date(s: &str, field: &str) -> Result<NaiveDate> {
         .ok_or_else(|| {
             Error::invalid(
                 field,
-                format!("expected a date like \"2026-03-01\", got {s:?}"),
+                format!(
+                    "expected a date like \"2026-03-01\", got {}",
+                    crate::error::quoted(s)
+                ),
             )
         })
 }
@@ -104,7 +108,10 @@ impl Period {
         let bad = || {
             Error::invalid(
                 field,
-                format!("expected a period like \"2026-03\", got {s:?}"),
+                format!(
+                    "expected a period like \"2026-03\", got {}",
+                    crate::error::quoted(s)
+                ),
             )
         };
         let (y, m) = s.split_once('-').ok_or_else(bad)?;

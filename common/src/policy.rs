@@ -742,7 +742,10 @@ pub mod doc {
         for (i, s) in items.iter().enumerate() {
             let f = format!("{field}[{i}]");
             if !out.insert(parse(s, &f)?) {
-                return Err(Error::invalid(f, format!("{s:?} is listed twice")));
+                return Err(Error::invalid(
+                    f,
+                    format!("{} is listed twice", crate::error::quoted(s)),
+                ));
             }
         }
         Ok(out)

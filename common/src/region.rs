@@ -28,19 +28,28 @@ impl RegionCode {
         if bytes.len() != 6 || !bytes.iter().all(u8::is_ascii_digit) {
             return Err(Error::invalid(
                 field,
-                format!("region code must be 6 digits, got {s:?}"),
+                format!(
+                    "region code must be 6 digits, got {}",
+                    crate::error::quoted(s)
+                ),
             ));
         }
         if !PROVINCES.contains(&&s[..2]) {
             return Err(Error::invalid(
                 field,
-                format!("region code {s:?} names no known province"),
+                format!(
+                    "region code {} names no known province",
+                    crate::error::quoted(s)
+                ),
             ));
         }
         if &s[2..4] == "00" && &s[4..] != "00" {
             return Err(Error::invalid(
                 field,
-                format!("region code {s:?} has a district under no city"),
+                format!(
+                    "region code {} has a district under no city",
+                    crate::error::quoted(s)
+                ),
             ));
         }
         let mut b = [0u8; 6];
@@ -54,7 +63,10 @@ impl RegionCode {
         if !r.is_city() {
             return Err(Error::invalid(
                 field,
-                format!("{s:?} is not a city (pooling region) code like \"330100\""),
+                format!(
+                    "{} is not a city (pooling region) code like \"330100\"",
+                    crate::error::quoted(s)
+                ),
             ));
         }
         Ok(r)

@@ -41,7 +41,7 @@ macro_rules! domain_enum {
                     }
                 )+
                 let names: &[&str] = &[$($wire),+];
-                Err(Error::invalid(field, format!("unknown value {t:?}; expected one of {}", names.join(", "))))
+                Err(Error::invalid(field, format!("unknown value {}; expected one of {}", $crate::error::quoted(t), names.join(", "))))
             }
 
             /// Converts from the wire enum; UNSPECIFIED and unknown numbers are errors.

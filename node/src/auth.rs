@@ -123,7 +123,8 @@ impl Caller {
             Some(Identity::Institution { code: own, .. }) if own == code => Ok(()),
             Some(Identity::Institution { code: own, .. }) => {
                 Err(Status::permission_denied(format!(
-                    "institution_code {code:?} is not the caller's institution {own:?} (from its certificate); an institution acts only as itself"
+                    "institution_code {} is not the caller's institution {own:?} (from its certificate); an institution acts only as itself",
+                    yidi_common::error::quoted(code)
                 )))
             }
             Some(other) => Err(Status::permission_denied(format!(
@@ -139,7 +140,8 @@ impl Caller {
             None => Ok(()),
             Some(Identity::Node { region }) if region.as_str() == value => Ok(()),
             Some(Identity::Node { region }) => Err(Status::permission_denied(format!(
-                "{field} {value:?} is not the calling node's region {region} (from its certificate); a node acts only as itself"
+                "{field} {} is not the calling node's region {region} (from its certificate); a node acts only as itself",
+                yidi_common::error::quoted(value)
             ))),
             Some(other) => Err(Status::permission_denied(format!(
                 "the caller {other} is not a node"

@@ -79,10 +79,25 @@ impl From<Error> for Status {
             Error::Aborted(_) => Status::aborted(msg),
             Error::Unavailable(_) => Status::unavailable(msg),
             Error::PermissionDenied(_) => Status::permission_denied(msg),
-            Error::Internal(_) => {
-                tracing::error!(error = %msg, "internal error");
-                Status::internal(msg)
-            }
+            Error::Internal(_) => internal_status(&msg),
         }
     }
+}
+
+/// The answer to a caller for an internal error: the detail (store messages, file
+/// paths, SQL) stays in the operator's log under a fresh reference, and the caller gets
+/// only that reference to quote when reporting it.
+fn internal_status(detail: &str) -> Status {
+    let reference = new_reference();
+    tracing::error!(%reference, error = %detail, "internal error");
+    Status::internal(format!(
+        "internal error (ref {reference}); the operator's log has the detail under this reference"
+    ))
+}
+
+/// A short random reference: 12 hex digits (48 bits) tell one incident from another in
+/// a log without being a secret.
+fn new_reference() -> String {
+    let id = uuid::Uuid::new_v4();
+    hex::encode(&id.as_bytes()[..6])
 }

@@ -82,22 +82,22 @@ pub fn replay<R: Message + Default>(conn: &Connection, key: &RequestKey) -> Resu
     };
     if method == REVERSED {
         return Err(Error::AlreadyExists(format!(
-            "request_id {:?} was reversed (冲正) before it took effect; use a new request id",
-            key.request_id
+            "request_id {} was reversed (冲正) before it took effect; use a new request id",
+            yidi_common::error::quoted(&key.request_id)
         )));
     }
     if method == key.method && hash == key.payload_hash {
         return R::decode(response.as_slice()).map(Some).map_err(|e| {
             Error::Internal(format!(
                 "stored answer of request {} is unreadable: {e}",
-                key.request_id
+                yidi_common::error::quoted(&key.request_id)
             ))
         });
     }
     Err(Error::AlreadyExists(format!(
-        "request_id {:?} was already used by an earlier {method} request with a different payload; \
+        "request_id {} was already used by an earlier {method} request with a different payload; \
          nothing was changed — use a new request id for a new request",
-        key.request_id
+        yidi_common::error::quoted(&key.request_id)
     )))
 }
 

@@ -77,7 +77,8 @@ pub fn validate_institution_code(code: &str) -> Result<(), String> {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     {
         return Err(format!(
-            "institution code {code:?} must be 1–32 characters of A-Z a-z 0-9 . _ -"
+            "institution code {} must be 1–32 characters of A-Z a-z 0-9 . _ -",
+            yidi_common::error::quoted(code)
         ));
     }
     Ok(())

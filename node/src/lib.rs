@@ -17,6 +17,7 @@ pub mod error;
 pub mod funds;
 pub mod idempotency;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod peers;
 pub mod policy_cache;

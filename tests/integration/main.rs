@@ -13,6 +13,8 @@ mod cli_hospital;
 mod cli_quote;
 mod cli_security;
 mod demo;
+mod edge;
+mod edge_fuzz;
 mod kill;
 mod load_persons;
 mod money_guards;

@@ -51,7 +51,10 @@ pub fn parse_quantity(s: &str, field: &str) -> Result<Decimal> {
     let bad = |reason: &str| {
         Error::invalid(
             field,
-            format!("{reason} (got {s:?}; expected a quantity like \"2\" or \"0.5\")"),
+            format!(
+                "{reason} (got {}; expected a quantity like \"2\" or \"0.5\")",
+                crate::error::quoted(s)
+            ),
         )
     };
     if s.is_empty()
@@ -174,8 +177,9 @@ impl Quote {
     pub fn split_matches(&self, theirs: &proto::Split) -> Result<()> {
         let mismatch = |field: &str, caller: &str, home: String| {
             Err(Error::Precondition(format!(
-                "split mismatch at {field}: caller computed {caller:?}, home node computed {home:?} \
-                 (stale policy version or accumulators?)"
+                "split mismatch at {field}: caller computed {}, home node computed {home:?} \
+                 (stale policy version or accumulators?)",
+                crate::error::quoted(caller)
             )))
         };
         let amount_eq = |s: &str, v: Money| money::parse(s, "x", Sign::Any).is_ok_and(|p| p == v);
@@ -279,8 +283,8 @@ impl Quote {
                 .map_err(|e| Error::Precondition(format!("split mismatch: {e}")))?;
             let amount = money::parse(&fp.amount, "x", Sign::Any).map_err(|_| {
                 Error::Precondition(format!(
-                    "split mismatch at funds[{i}].amount: {:?} is not an amount",
-                    fp.amount
+                    "split mismatch at funds[{i}].amount: {} is not an amount",
+                    crate::error::quoted(&fp.amount)
                 ))
             })?;
             caller_funds.push((fund, amount));

@@ -362,8 +362,9 @@ pub fn quote(
         return Err(Error::invalid(
             "visit.home_region",
             format!(
-                "{:?} is not the policy's region {}",
-                visit.home_region, policy.region
+                "{} is not the policy's region {}",
+                crate::error::quoted(&visit.home_region),
+                policy.region
             ),
         ));
     }
@@ -886,7 +887,10 @@ fn split_lines(lines: &[Line]) -> Result<(Vec<LineSplit>, Totals)> {
     if let Some(i) = duplicate_line_no(lines) {
         return Err(Error::invalid(
             format!("lines[{i}].line_no"),
-            format!("{:?} appears twice in the bill", lines[i].line_no),
+            format!(
+                "{} appears twice in the bill",
+                crate::error::quoted(&lines[i].line_no)
+            ),
         ));
     }
     let zero = Decimal::ZERO;

@@ -61,8 +61,9 @@ pub async fn view(st: &CoordState, id: &str) -> Result<proto::Round> {
     let regions = st.participant_regions();
     st.store
         .read(move |conn| {
-            let r = store::round_head(conn, &id)?
-                .ok_or_else(|| Error::NotFound(format!("no round {id}")))?;
+            let r = store::round_head(conn, &id)?.ok_or_else(|| {
+                Error::NotFound(format!("no round {}", yidi_common::error::quoted(&id)))
+            })?;
             let confirmed = store::confirmed(conn, &id)?;
             let cleared = store::cleared(conn, &id)?;
             let reported: BTreeSet<String> = match r.state.as_str() {
@@ -117,7 +118,9 @@ pub async fn advance(st: &CoordState, id: &str) -> Result<proto::Round> {
             st.store
                 .read(move |conn| store::round_head(conn, &owned))
                 .await?
-                .ok_or_else(|| Error::NotFound(format!("no round {id}")))?
+                .ok_or_else(|| {
+                    Error::NotFound(format!("no round {}", yidi_common::error::quoted(id)))
+                })?
         };
         let moved = match row.state.as_str() {
             state::OPEN => {
@@ -705,7 +708,9 @@ pub async fn resolve(st: &CoordState, id: &str) -> Result<proto::Round> {
             st.store
                 .read(move |conn| store::round_head(conn, &owned))
                 .await?
-                .ok_or_else(|| Error::NotFound(format!("no round {id}")))?
+                .ok_or_else(|| {
+                    Error::NotFound(format!("no round {}", yidi_common::error::quoted(id)))
+                })?
         };
         if row.state != state::DISPUTED {
             return Err(Error::FailedPrecondition(format!(

@@ -63,6 +63,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::OpenRoundRequest>,
     ) -> Result<Response<proto::Round>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "OpenRound", payload)?;
@@ -166,6 +167,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RoundRequest>,
     ) -> Result<Response<proto::Round>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             round::advance(&self.state, &req.into_inner().round_id).await?,
         ))
@@ -175,6 +177,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RoundRequest>,
     ) -> Result<Response<proto::Round>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             round::view(&self.state, &req.into_inner().round_id).await?,
         ))
@@ -196,6 +199,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RoundRequest>,
     ) -> Result<Response<proto::ListDisputesResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let id = req.into_inner().round_id;
         round::view(&self.state, &id).await?;
         Ok(Response::new(proto::ListDisputesResponse {
@@ -211,6 +215,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RoundRequest>,
     ) -> Result<Response<proto::Round>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             round::resolve(&self.state, &req.into_inner().round_id).await?,
         ))
@@ -220,6 +225,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RoundRequest>,
     ) -> Result<Response<proto::Statement>, Status> {
+        crate::limits::check(req.get_ref())?;
         let id = req.into_inner().round_id;
         let row = self
             .state
@@ -239,6 +245,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RecordTransferRequest>,
     ) -> Result<Response<proto::Round>, Status> {
+        crate::limits::check(req.get_ref())?;
         let operator = crate::auth::caller(&req)?.describe();
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
@@ -297,8 +304,12 @@ impl CoordinatorService for CoordinatorSvc {
                     // The head and the instructions only: this runs on the writer
                     // thread, once per transfer, and the full statement of a large
                     // province is megabytes to decode.
-                    let row = store::round_head(conn, &req.round_id)?
-                        .ok_or_else(|| Error::NotFound(format!("no round {}", req.round_id)))?;
+                    let row = store::round_head(conn, &req.round_id)?.ok_or_else(|| {
+                        Error::NotFound(format!(
+                            "no round {}",
+                            yidi_common::error::quoted(&req.round_id)
+                        ))
+                    })?;
                     if row.state != state::CONFIRMED {
                         return Err(Error::FailedPrecondition(format!(
                             "round {} is {}; transfers are recorded once it is CONFIRMED",
@@ -458,6 +469,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RoundRequest>,
     ) -> Result<Response<proto::Round>, Status> {
+        crate::limits::check(req.get_ref())?;
         let id = req.into_inner().round_id;
         let r = round::view(&self.state, &id).await?;
         if !r.confirmed.is_empty()

@@ -38,7 +38,7 @@ use crate::{
 /// Idempotency scope of operator requests.
 const SCOPE: &str = "admin";
 /// Largest batch a bulk import call accepts.
-const MAX_IMPORT_BATCH: usize = 10_000;
+const MAX_IMPORT_BATCH: usize = crate::limits::IMPORT_ROWS;
 
 /// The AdminService implementation.
 pub struct AdminSvc {
@@ -110,7 +110,10 @@ fn validate_code(s: &str, field: &str) -> Result<String> {
     {
         return Err(Error::invalid(
             field,
-            format!("must be 1–32 characters of A-Z a-z 0-9 . _ - (got {s:?})"),
+            format!(
+                "must be 1–32 characters of A-Z a-z 0-9 . _ - (got {})",
+                yidi_common::error::quoted(s)
+            ),
         ));
     }
     Ok(s.to_owned())
@@ -121,12 +124,7 @@ fn validate_text(s: &str, field: &str, max_chars: usize) -> Result<String> {
     if t.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
-    if t.chars().count() > max_chars {
-        return Err(Error::invalid(
-            field,
-            format!("longer than {max_chars} characters"),
-        ));
-    }
+    crate::limits::check_len(field, t, max_chars)?;
     Ok(t.to_owned())
 }
 
@@ -188,7 +186,7 @@ fn build_person(
         money::parse_opt(balance, "account_balance", Sign::NonNegative)?.unwrap_or_default();
     Ok(PersonRec {
         id_number: id.as_str().to_owned(),
-        name: validate_text(name, "name", 64)?,
+        name: validate_text(name, "name", crate::limits::PERSON_NAME)?,
         card_no: if card_no.is_empty() {
             None
         } else {
@@ -340,15 +338,13 @@ fn build_catalogue(i: &proto::CatalogueItem, kinds: CatalogueKinds) -> Result<Ca
     let ratio =
         yidi_common::engine::input::class_ratio(kinds.class, Some(i.first_selfpay_ratio.as_str()))?;
     let unit = i.unit.trim();
-    if unit.chars().count() > 16 {
-        return Err(Error::invalid("unit", "longer than 16 characters"));
-    }
+    crate::limits::check_len("unit", unit, crate::limits::UNIT)?;
     let valid_from = parse_date(i.valid_from.trim(), "valid_from")?;
     let valid_to = parse_date_opt(i.valid_to.trim(), "valid_to")?;
     check_date_order(valid_from, valid_to, "valid_to", "valid_from")?;
     Ok(CatalogueRec {
         code: validate_code(i.code.trim(), "code")?,
-        name: validate_text(&i.name, "name", 128)?,
+        name: validate_text(&i.name, "name", crate::limits::NAME)?,
         category: kinds.category,
         class: kinds.class,
         first_selfpay_ratio: ratio,
@@ -430,7 +426,7 @@ fn institution_from_proto(i: Option<&proto::Institution>) -> Result<InstitutionR
     )?;
     Ok(InstitutionRec {
         code: validate_code(&i.code, "institution.code")?,
-        name: validate_text(&i.name, "institution.name", 128)?,
+        name: validate_text(&i.name, "institution.name", crate::limits::NAME)?,
         kind,
         level,
         agreement_status: AgreementStatus::from_proto(
@@ -517,7 +513,10 @@ fn check_batch(len: usize) -> Result<()> {
 }
 
 fn not_found(what: &str, key: &str) -> Error {
-    Error::NotFound(format!("no {what} {key:?} here"))
+    Error::NotFound(format!(
+        "no {what} {} here",
+        yidi_common::error::quoted(key)
+    ))
 }
 
 // ------------------------------------------------------------------ the service
@@ -528,6 +527,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::CreatePersonRequest>,
     ) -> Result<Response<proto::Person>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "CreatePerson", payload)?;
@@ -546,6 +546,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::UpdatePersonRequest>,
     ) -> Result<Response<proto::Person>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "UpdatePerson", payload)?;
@@ -564,6 +565,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::GetPersonRequest>,
     ) -> Result<Response<proto::Person>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let region = self.state.region;
         match (req.id_number.is_empty(), req.card_no.is_empty()) {
@@ -595,6 +597,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ListPersonsRequest>,
     ) -> Result<Response<proto::ListPersonsResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let page = req.page.unwrap_or_default();
         let filter = persons::ListFilter {
@@ -629,6 +632,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ImportPersonsRequest>,
     ) -> Result<Response<proto::ImportResult>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "ImportPersons", payload)?;
@@ -636,7 +640,12 @@ impl AdminService for AdminSvc {
         let mut parsed: Vec<(u64, Result<PersonRec>)> = req
             .rows
             .iter()
-            .map(|r| (r.row, person_from_row(r, &self.state.clock)))
+            .map(|r| {
+                (
+                    r.row,
+                    crate::limits::check(r).and_then(|()| person_from_row(r, &self.state.clock)),
+                )
+            })
             .collect();
         refuse_repeats(&req.rows, &mut parsed, "id_number", "person", |r| {
             r.id_number.trim().to_ascii_uppercase()
@@ -675,6 +684,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ApplyFilingRequest>,
     ) -> Result<Response<proto::Filing>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "ApplyFiling", payload)?;
@@ -721,9 +731,7 @@ impl AdminService for AdminSvc {
         let valid_to = parse_date_opt(&req.valid_to, "valid_to")?;
         check_date_order(valid_from, valid_to, "valid_to", "valid_from")?;
         let note = req.note.trim().to_owned();
-        if note.chars().count() > 500 {
-            return Err(Error::invalid("note", "longer than 500 characters").into());
-        }
+        crate::limits::check_len("note", &note, crate::limits::NOTE)?;
         let region = self.state.region;
         self.once(key, move |conn| {
             let person = persons::get(conn, id.as_str())?
@@ -761,6 +769,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ReviewFilingRequest>,
     ) -> Result<Response<proto::Filing>, Status> {
+        crate::limits::check(req.get_ref())?;
         self.review(
             req.into_inner(),
             "ApproveFiling",
@@ -774,6 +783,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ReviewFilingRequest>,
     ) -> Result<Response<proto::Filing>, Status> {
+        crate::limits::check(req.get_ref())?;
         self.review(
             req.into_inner(),
             "RejectFiling",
@@ -787,6 +797,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ReviewFilingRequest>,
     ) -> Result<Response<proto::Filing>, Status> {
+        crate::limits::check(req.get_ref())?;
         self.review(
             req.into_inner(),
             "RevokeFiling",
@@ -800,6 +811,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::GetFilingRequest>,
     ) -> Result<Response<proto::Filing>, Status> {
+        crate::limits::check(req.get_ref())?;
         let id = req.into_inner().filing_id;
         if id.is_empty() {
             return Err(Error::invalid("filing_id", "missing").into());
@@ -816,6 +828,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ListFilingsRequest>,
     ) -> Result<Response<proto::ListFilingsResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let page = req.page.unwrap_or_default();
         let filter = filings::ListFilter {
@@ -854,6 +867,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::PublishPolicyRequest>,
     ) -> Result<Response<proto::PolicyVersion>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "PublishPolicy", payload)?;
@@ -923,6 +937,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ListPoliciesRequest>,
     ) -> Result<Response<proto::ListPoliciesResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let it = (req.insurance_type != 0)
             .then(|| InsuranceType::from_proto(req.insurance_type, "insurance_type"))
@@ -943,6 +958,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::GetPolicyRequest>,
     ) -> Result<Response<proto::PolicyVersion>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let it = InsuranceType::from_proto(req.insurance_type, "insurance_type")?;
         let region = self.state.region;
@@ -972,6 +988,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::UpsertCatalogueItemRequest>,
     ) -> Result<Response<proto::CatalogueItem>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "UpsertCatalogueItem", payload)?;
@@ -993,6 +1010,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::GetCatalogueItemRequest>,
     ) -> Result<Response<proto::CatalogueItem>, Status> {
+        crate::limits::check(req.get_ref())?;
         let code = validate_code(&req.into_inner().code, "code")?;
         self.read(move |conn| {
             Ok(catalogue_to_proto(
@@ -1006,6 +1024,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ListCatalogueRequest>,
     ) -> Result<Response<proto::ListCatalogueResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let page = req.page.unwrap_or_default();
         let class = (req.class != 0)
@@ -1032,6 +1051,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ImportCatalogueRequest>,
     ) -> Result<Response<proto::ImportResult>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "ImportCatalogue", payload)?;
@@ -1039,7 +1059,12 @@ impl AdminService for AdminSvc {
         let mut parsed: Vec<(u64, Result<CatalogueRec>)> = req
             .rows
             .iter()
-            .map(|r| (r.row, catalogue_from_row(r)))
+            .map(|r| {
+                (
+                    r.row,
+                    crate::limits::check(r).and_then(|()| catalogue_from_row(r)),
+                )
+            })
             .collect();
         refuse_repeats(&req.rows, &mut parsed, "code", "catalogue item", |r| {
             r.code.trim().to_owned()
@@ -1061,6 +1086,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::UpsertInstitutionRequest>,
     ) -> Result<Response<proto::Institution>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "UpsertInstitution", payload)?;
@@ -1076,6 +1102,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::GetInstitutionRequest>,
     ) -> Result<Response<proto::Institution>, Status> {
+        crate::limits::check(req.get_ref())?;
         let code = validate_code(&req.into_inner().code, "code")?;
         self.read(move |conn| {
             Ok(institution_to_proto(
@@ -1089,6 +1116,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ListInstitutionsRequest>,
     ) -> Result<Response<proto::ListInstitutionsResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let page = req.into_inner().page.unwrap_or_default();
         let limit = page_size(page.page_size);
         self.read(move |conn| {
@@ -1146,6 +1174,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::GetOutboxRequest>,
     ) -> Result<Response<proto::OutboxStatus>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             self.outbox_status(req.into_inner().list).await?,
         ))
@@ -1155,6 +1184,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::RecordDeductionRequest>,
     ) -> Result<Response<proto::Deduction>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             super::funds::record_deduction(&self.state, req.into_inner()).await?,
         ))
@@ -1164,6 +1194,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ListDeductionsRequest>,
     ) -> Result<Response<proto::ListDeductionsResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             super::funds::list_deductions(&self.state, req.into_inner()).await?,
         ))
@@ -1173,6 +1204,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::RecordReserveRequest>,
     ) -> Result<Response<proto::ReserveMovement>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             super::funds::record_reserve(&self.state, req.into_inner()).await?,
         ))
@@ -1191,6 +1223,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::HospitalStatementRequest>,
     ) -> Result<Response<proto::HospitalStatementResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             super::funds::hospital_statement(&self.state, req.into_inner()).await?,
         ))
@@ -1200,6 +1233,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::GetLedgerRequest>,
     ) -> Result<Response<proto::GetLedgerResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             super::funds::get_ledger(&self.state, req.into_inner()).await?,
         ))
@@ -1209,6 +1243,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ConfirmClearingRequest>,
     ) -> Result<Response<proto::ClearingRound>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             super::funds::confirm_clearing(&self.state, req.into_inner()).await?,
         ))
@@ -1227,6 +1262,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<proto::ListAuditRequest>,
     ) -> Result<Response<proto::ListAuditResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             super::audit::list_audit(&self.state, req.into_inner()).await?,
         ))

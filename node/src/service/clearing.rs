@@ -182,6 +182,7 @@ impl ClearingParticipant for ClearingSvc {
         &self,
         req: Request<proto::ReportPositionsRequest>,
     ) -> Result<Response<proto::ReportPositionsResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let id = round_id(&req.round_id)?;
         let period = Period::parse(&req.period, "period")
@@ -245,6 +246,7 @@ impl ClearingParticipant for ClearingSvc {
         &self,
         req: Request<proto::ListClaimIdsRequest>,
     ) -> Result<Response<proto::ListClaimIdsResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let id = round_id(&req.round_id)?;
         let side = side(&req.side)?;
@@ -296,6 +298,7 @@ impl ClearingParticipant for ClearingSvc {
         &self,
         req: Request<proto::ExcludeClaimsRequest>,
     ) -> Result<Response<proto::ExcludeClaimsResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "ExcludeClaims", payload)?;
@@ -331,6 +334,7 @@ impl ClearingParticipant for ClearingSvc {
         &self,
         req: Request<proto::StatementRequest>,
     ) -> Result<Response<proto::VerifyStatementResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let s = req
             .into_inner()
             .statement
@@ -354,6 +358,7 @@ impl ClearingParticipant for ClearingSvc {
         &self,
         req: Request<proto::StatementRequest>,
     ) -> Result<Response<proto::ConfirmStatementResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let s = req
             .into_inner()
             .statement
@@ -440,6 +445,7 @@ impl ClearingParticipant for ClearingSvc {
         &self,
         req: Request<proto::MarkClearedRequest>,
     ) -> Result<Response<proto::MarkClearedResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(SCOPE, &req.request_id, "MarkCleared", payload)?;
@@ -484,6 +490,7 @@ impl ClearingParticipant for ClearingSvc {
         &self,
         req: Request<proto::ReleaseRoundRequest>,
     ) -> Result<Response<proto::ReleaseRoundResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let id = round_id(&req.into_inner().round_id)?;
         let released = id.clone();
         self.state

@@ -61,8 +61,8 @@ pub async fn record_deduction(
                     .filter(|s| s.reverses.is_none())
                     .ok_or_else(|| {
                         Error::NotFound(format!(
-                            "no settlement {:?} was treated here",
-                            req.settlement_id
+                            "no settlement {} was treated here",
+                            yidi_common::error::quoted(&req.settlement_id)
                         ))
                     })?;
                 if s.state != "settled" {
@@ -248,8 +248,8 @@ pub async fn hospital_statement(
         .read(move |conn| {
             if crate::store::institutions::get(conn, &req.institution_code)?.is_none() {
                 return Err(Error::NotFound(format!(
-                    "no institution {:?} here",
-                    req.institution_code
+                    "no institution {} here",
+                    yidi_common::error::quoted(&req.institution_code)
                 )));
             }
             let rows = settlements::for_institution_period(conn, &req.institution_code, &period)?;
@@ -344,7 +344,10 @@ pub async fn confirm_clearing(
         .write(move |conn| {
             idempotency::once(conn, &key, |conn| {
                 let r = clearing::get(conn, &req.round_id)?.ok_or_else(|| {
-                    Error::NotFound(format!("round {:?} is unknown here", req.round_id))
+                    Error::NotFound(format!(
+                        "round {} is unknown here",
+                        yidi_common::error::quoted(&req.round_id)
+                    ))
                 })?;
                 if r.state != "frozen" {
                     return Err(Error::FailedPrecondition(format!(

@@ -22,11 +22,33 @@ impl HospitalSvc {
     pub fn new(state: State) -> Self {
         Self { state }
     }
+
+    /// The error a store fault gives (test hook `store_error_on_get_settlement`): a real
+    /// SQLite error through the same conversion as any other.
+    async fn forced_store_error(&self) -> crate::error::Error {
+        let result = self
+            .state
+            .store
+            .read(|conn| {
+                conn.query_row("SELECT 1 FROM test_hook_missing_table", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(crate::error::Error::from)
+            })
+            .await;
+        match result {
+            Err(e) => e,
+            Ok(_) => crate::error::Error::Internal("the test hook's query succeeded".into()),
+        }
+    }
 }
 
 /// Runs a treatment-side call inside a span naming who asked for what.
 macro_rules! call {
     ($self:ident, $req:ident, $method:literal, $f:path, $inst:expr, $rid:expr) => {{
+        // Sizes first (crate::limits): nothing below, errors included, sees an
+        // oversized value.
+        crate::limits::check($req.get_ref())?;
         // The institution a request names must be the one its certificate names.
         let caller = crate::auth::caller(&$req)?;
         let req = $req.into_inner();
@@ -179,6 +201,14 @@ impl HospitalService for HospitalSvc {
         &self,
         req: Request<proto::GetSettlementRequest>,
     ) -> Result<Response<proto::Settlement>, Status> {
+        if self
+            .state
+            .hooks
+            .store_error_on_get_settlement
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(self.forced_store_error().await.into());
+        }
         call!(
             self,
             req,

@@ -28,6 +28,9 @@ pub struct TestHooks {
     pub clock_offset_ms: Arc<std::sync::atomic::AtomicI64>,
     /// As a home node, CommitClaim's write fails as it would on a full disk.
     pub home_store_full: Arc<AtomicBool>,
+    /// GetSettlement fails with a real store error (a query of a table that does not
+    /// exist), so tests see what a caller is told of an internal error.
+    pub store_error_on_get_settlement: Arc<AtomicBool>,
 }
 
 /// What every service of a node needs.

@@ -90,6 +90,7 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::PeerGetPolicyRequest>,
     ) -> Result<Response<proto::PolicyVersion>, Status> {
+        crate::limits::check(req.get_ref())?;
         let req = req.into_inner();
         let it = InsuranceType::from_proto(req.insurance_type, "insurance_type")?;
         let region = self.state.region;
@@ -127,6 +128,7 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::LookupPersonRequest>,
     ) -> Result<Response<proto::LookupPersonResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let who = crate::auth::caller(&req)?;
         let req = req.into_inner();
         let entry = Entry::about(
@@ -154,6 +156,7 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::CheckEligibilityRequest>,
     ) -> Result<Response<proto::EligibilityResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let who = crate::auth::caller(&req)?;
         let req = req.into_inner();
         let delay = self
@@ -190,6 +193,7 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::CommitClaimRequest>,
     ) -> Result<Response<proto::CommitClaimResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let who = crate::auth::caller(&req)?;
         let req = req.into_inner();
         let entry = Entry::about(
@@ -217,6 +221,7 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::ReverseClaimRequest>,
     ) -> Result<Response<proto::CommitClaimResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let who = crate::auth::caller(&req)?;
         let req = req.into_inner();
         let entry = Entry::about(
@@ -241,6 +246,7 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::ClaimStatusRequest>,
     ) -> Result<Response<proto::ClaimStatusResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let who = crate::auth::caller(&req)?;
         let id = req.into_inner().claim_id;
         if id.is_empty() {
@@ -266,6 +272,7 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::PeriodDigestRequest>,
     ) -> Result<Response<proto::PeriodDigestResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let who = crate::auth::caller(&req)?;
         let req = req.into_inner();
         who.check_region("counterparty", &req.counterparty)?;
@@ -276,6 +283,7 @@ impl PeerService for PeerSvc {
         &self,
         req: Request<proto::AdjustmentRequest>,
     ) -> Result<Response<proto::AdjustmentResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let who = crate::auth::caller(&req)?;
         let req = req.into_inner();
         who.check_region("from_region", &req.from_region)?;
@@ -487,9 +495,14 @@ impl PeerSvc {
             req.kind.as_str(),
             "deduction" | "reserve_topup" | "reserve_use"
         ) {
-            return Err(
-                Error::invalid("kind", format!("unknown adjustment kind {:?}", req.kind)).into(),
-            );
+            return Err(Error::invalid(
+                "kind",
+                format!(
+                    "unknown adjustment kind {}",
+                    yidi_common::error::quoted(&req.kind)
+                ),
+            )
+            .into());
         }
         if !req.entry_id.starts_with(from.as_str()) {
             return Err(

@@ -170,7 +170,8 @@ pub fn check_institution(
 ) -> Result<InstitutionRec> {
     let inst = institutions::get(conn, code)?.ok_or_else(|| {
         Error::PermissionDenied(format!(
-            "institution {code:?} is not registered at this node"
+            "institution {} is not registered at this node",
+            yidi_common::error::quoted(code)
         ))
     })?;
     if inst.agreement_status != AgreementStatus::Active {
@@ -680,8 +681,12 @@ pub async fn open_visit(st: &NodeState, mut req: proto::OpenVisitRequest) -> Res
 
 /// The visit, which must belong to `institution`.
 fn own_visit(conn: &Connection, institution: &str, visit_id: &str) -> Result<VisitRec> {
-    let v = visits::get(conn, visit_id)?
-        .ok_or_else(|| Error::NotFound(format!("no visit {visit_id:?} at this node")))?;
+    let v = visits::get(conn, visit_id)?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "no visit {} at this node",
+            yidi_common::error::quoted(visit_id)
+        ))
+    })?;
     if v.institution_code != institution {
         return Err(Error::PermissionDenied(format!(
             "visit {visit_id} belongs to another institution"
@@ -814,13 +819,13 @@ pub async fn upload_fees(
                 for (i, l) in req.lines.iter().enumerate() {
                     let (quantity, price_fen, amount_fen, date) = check_line(i, l, &v.visit_date, &clock)?;
                     if !seen.insert(l.line_no.clone()) {
-                        return Err(Error::invalid(format!("lines[{i}].line_no"), format!("{} appears twice", l.line_no)));
+                        return Err(Error::invalid(format!("lines[{i}].line_no"), format!("{} appears twice", yidi_common::error::quoted(&l.line_no))));
                     }
                     let d = wire_date(&date, "service_date")?;
                     let item = catalogue::get(conn, &l.item_code)?
                         .filter(|c| c.valid_from <= d && c.valid_to.is_none_or(|to| d <= to))
                         .ok_or_else(|| {
-                            Error::invalid(format!("lines[{i}].item_code"), format!("{:?} is not in the catalogue of {region} on {d}", l.item_code))
+                            Error::invalid(format!("lines[{i}].item_code"), format!("{} is not in the catalogue of {region} on {d}", yidi_common::error::quoted(&l.item_code)))
                         })?;
                     if amount_fen == 0 && !item.free_of_charge {
                         return Err(Error::invalid(
@@ -880,7 +885,11 @@ pub async fn undo_fees(
                     if !lines.iter().any(|l| &l.line_no == no) {
                         return Err(Error::invalid(
                             format!("line_nos[{i}]"),
-                            format!("visit {} has no line {no:?}", v.visit_id),
+                            format!(
+                                "visit {} has no line {}",
+                                v.visit_id,
+                                yidi_common::error::quoted(no)
+                            ),
                         ));
                     }
                 }
@@ -1295,8 +1304,8 @@ pub async fn settle(st: &NodeState, mut req: proto::SettleRequest) -> Result<pro
             Opened::Pending(intent) => {
                 if intent.payload_hash != key.payload_hash {
                     return Err(Error::AlreadyExists(format!(
-                        "request_id {:?} is in use by a different settlement request",
-                        req.request_id
+                        "request_id {} is in use by a different settlement request",
+                        yidi_common::error::quoted(&req.request_id)
                     )));
                 }
                 // Its Settle call is still running, or another resolver is at it.
@@ -2332,6 +2341,32 @@ fn cancel_in_tx(
     Ok(rec)
 }
 
+/// NOT_FOUND for an id this node holds no record of.
+fn no_settlement(id: &str) -> Error {
+    Error::NotFound(format!(
+        "no settlement {} at this node",
+        yidi_common::error::quoted(id)
+    ))
+}
+
+/// GetSettlement and CancelSettlement of a record that is no settlement (yet): an attempt
+/// still in doubt with the home node, or one that failed. Both calls answer the same.
+fn not_a_settlement(rec: &SettlementRec) -> Result<()> {
+    match rec.state.as_str() {
+        "pending" => Err(Error::Unavailable(format!(
+            "settlement {} is still being confirmed with the home node; repeat the Settle \
+             request with the same request id to learn its outcome, or reverse it (冲正)",
+            rec.settlement_id
+        ))),
+        "failed" => Err(Error::NotFound(format!(
+            "settlement {} is an attempt that failed: no settlement was made under this id \
+             and nothing is owed; settle the visit again with a new request id",
+            rec.settlement_id
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// HospitalService.CancelSettlement.
 pub async fn cancel(
     st: &NodeState,
@@ -2353,16 +2388,19 @@ pub async fn cancel(
         .write(move |conn| {
             idempotency::once(conn, &key, |conn| {
                 let original = settlements::get(conn, &req.settlement_id)?
-                    .filter(|s| s.reverses.is_none())
-                    .ok_or_else(|| {
-                        Error::NotFound(format!(
-                            "no settlement {:?} at this node",
-                            req.settlement_id
-                        ))
-                    })?;
+                    .ok_or_else(|| no_settlement(&req.settlement_id))?;
                 if original.institution_code != req.institution_code {
                     return Err(Error::PermissionDenied(format!(
                         "settlement {} belongs to another institution",
+                        original.settlement_id
+                    )));
+                }
+                not_a_settlement(&original)?;
+                if let Some(of) = &original.reverses {
+                    return Err(Error::FailedPrecondition(format!(
+                        "settlement {} is a reversal (冲正/cancellation record) of {of}; it cannot \
+                         itself be cancelled — a cancellation is final; to charge the visit again, \
+                         settle it again with a new request id",
                         original.settlement_id
                     )));
                 }
@@ -2457,19 +2495,14 @@ pub async fn get_settlement(
     st.store
         .read(move |conn| {
             let s = settlements::get(conn, &req.settlement_id)?
-                .filter(|s| s.state != "pending" && s.state != "failed")
-                .ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "no settlement {:?} at this node",
-                        req.settlement_id
-                    ))
-                })?;
+                .ok_or_else(|| no_settlement(&req.settlement_id))?;
             if s.institution_code != req.institution_code {
                 return Err(Error::PermissionDenied(format!(
                     "settlement {} belongs to another institution",
                     s.settlement_id
                 )));
             }
+            not_a_settlement(&s)?;
             Ok(settlement_to_proto(&s, region))
         })
         .await
@@ -2612,7 +2645,10 @@ pub async fn reconcile_detail(
         {
             return Err(Error::invalid(
                 format!("entries[{i}].settlement_id"),
-                format!("{} is listed twice", e.settlement_id),
+                format!(
+                    "{} is listed twice",
+                    yidi_common::error::quoted(&e.settlement_id)
+                ),
             ));
         }
     }

@@ -367,6 +367,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::RoundRequest>,
     ) -> Result<Response<proto::ListTransfersResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
         let id = req.into_inner().round_id;
         round::view(&self.state, &id).await?;
         let transfers = self
@@ -385,6 +386,7 @@ impl CoordinatorService for CoordinatorSvc {
         &self,
         req: Request<proto::CorrectTransferRequest>,
     ) -> Result<Response<proto::RecordedTransfer>, Status> {
+        crate::limits::check(req.get_ref())?;
         let operator = crate::auth::caller(&req)?.describe();
         let mut req = req.into_inner();
         let payload = payload_hash(&mut req, |r| &mut r.request_id);

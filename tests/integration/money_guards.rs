@@ -152,8 +152,8 @@ async fn dates_in_the_future_are_refused_and_change_nothing() {
     let closed = desk.discharge("dis-1", &v.visit_id).await.unwrap();
     assert_eq!(closed.closed_at, "2026-03-20T10:00:00.000+08:00");
 
-    // The home node, asked directly: a claim settled in 2099, or for care in 2099 (a
-    // year it has not reached), is refused and no claim or accumulator of 2099 exists.
+    // The home node, asked directly: a claim settled in 2099, or for care in 2099
+    // (beyond its clock plus the skew), is refused and no claim or accumulator of 2099 exists.
     let mut peer = hz.peer().await;
     let e = peer
         .commit_claim(commit_req(

@@ -28,6 +28,12 @@ pub struct TestHooks {
     pub clock_offset_ms: Arc<std::sync::atomic::AtomicI64>,
     /// As a home node, CommitClaim's write fails as it would on a full disk.
     pub home_store_full: Arc<AtomicBool>,
+    /// As a home node, CommitClaim does nothing and answers UNAVAILABLE, as a call
+    /// lost on its way would look to the treatment node (in doubt).
+    pub home_commit_unanswered: Arc<AtomicBool>,
+    /// As a home node, an abandonment (ReverseClaim `abandon_only`) is recorded and its
+    /// answer lost (UNAVAILABLE).
+    pub abandon_answer_lost: Arc<AtomicBool>,
 }
 
 /// What every service of a node needs.

@@ -347,6 +347,14 @@ impl PeerSvc {
             );
         }
         home::check_dates(&req, &self.state.clock)?;
+        if self
+            .state
+            .hooks
+            .home_commit_unanswered
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(Status::unavailable("the call was lost (test hook)"));
+        }
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(
             &format!("peer:{treatment}"),
@@ -414,6 +422,12 @@ impl PeerSvc {
             "ReverseClaim",
             payload,
         )?;
+        let lose_answer = req.abandon_only
+            && self
+                .state
+                .hooks
+                .abandon_answer_lost
+                .load(std::sync::atomic::Ordering::SeqCst);
         let out = self
             .state
             .store
@@ -428,6 +442,9 @@ impl PeerSvc {
                 Ok(out)
             })
             .await?;
+        if lose_answer {
+            return Err(Status::unavailable("the answer was lost (test hook)"));
+        }
         Ok(out)
     }
 

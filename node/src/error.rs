@@ -26,6 +26,12 @@ pub enum Error {
     /// A dependency (peer, store) is unavailable; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// The store's COMMIT failed after the request ran: what it wrote may or may not
+    /// have been saved (the log may hold the whole commit, which recovery brings back).
+    /// Unlike [`Error::Unavailable`], never "nothing was written"; a repeat with the
+    /// same request id finds out.
+    #[error("{0}")]
+    CommitUnknown(String),
     #[error("{0}")]
     PermissionDenied(String),
     /// A bug or a broken store; logged with detail, reported without it.
@@ -77,7 +83,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(_) => Status::already_exists(msg),
             Error::FailedPrecondition(_) => Status::failed_precondition(msg),
             Error::Aborted(_) => Status::aborted(msg),
-            Error::Unavailable(_) => Status::unavailable(msg),
+            Error::Unavailable(_) | Error::CommitUnknown(_) => Status::unavailable(msg),
             Error::PermissionDenied(_) => Status::permission_denied(msg),
             Error::Internal(_) => internal_status(&msg),
         }

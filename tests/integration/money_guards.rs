@@ -152,8 +152,8 @@ async fn dates_in_the_future_are_refused_and_change_nothing() {
     let closed = desk.discharge("dis-1", &v.visit_id).await.unwrap();
     assert_eq!(closed.closed_at, "2026-03-20T10:00:00.000+08:00");
 
-    // The home node, asked directly: a claim settled in 2099, or for care in 2099 (a
-    // year it has not reached), is refused and no claim or accumulator of 2099 exists.
+    // The home node, asked directly: a claim settled in 2099, or for care in 2099
+    // (beyond its clock plus the skew), is refused and no claim or accumulator of 2099 exists.
     let mut peer = hz.peer().await;
     let e = peer
         .commit_claim(commit_req(
@@ -327,14 +327,18 @@ async fn a_node_whose_clock_is_off_is_refused_by_its_peers() {
         .settle("settle-1", &v.visit_id, true)
         .await
         .unwrap_err();
+    // UNAVAILABLE, not FAILED_PRECONDITION: no hospital can act on it, and the same
+    // request passes once the agency has fixed the clock.
     refused(
         &e,
-        Code::FailedPrecondition,
+        Code::Unavailable,
         &[
             "home region 330100",
             "clock of the calling node",
             "ahead of",
             "refused beyond 300 s",
+            "the agency must fix the clock",
+            "retry later",
         ],
     );
     untouched(hz, &id).await;
@@ -715,6 +719,67 @@ async fn an_in_doubt_claim_whose_home_is_down_follows_the_offline_rule() {
         (recv.count, recv.sum.as_str()),
         (1, pre.split.as_ref().unwrap().fund_pay_sumamt.as_str())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_doubt_claim_whose_abandonment_went_unanswered_stays_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = TestHooks::default();
+    let unanswered = Arc::clone(&hooks.home_commit_unanswered);
+    let lost = Arc::clone(&hooks.abandon_answer_lost);
+    let fed = three_cities(dir.path(), move |r, c| {
+        if r == NB {
+            c.hooks = hooks.clone();
+        }
+    })
+    .await;
+    // Ningbo settles provisionally when it cannot be reached.
+    let (nb, wz) = (fed.node(NB), fed.node(WZ));
+    let id = filed_employee(nb, "1985-05-05", 74, "0.00", WZ).await;
+    let mut desk = Desk::at(wz, inst::WZ_H2).await;
+    let v = wz_visit(&mut desk, "1", &id, "2000.00").await;
+    let pre = desk.pre_settle(&v.visit_id, false).await.unwrap();
+
+    // The commit goes unanswered; Ningbo has no such claim, so Wenzhou abandons it, and
+    // the abandonment's answer is lost though Ningbo recorded it. Not settled offline
+    // under that claim id (Ningbo would refuse to commit it for good): still in doubt.
+    unanswered.store(true, Ordering::SeqCst);
+    lost.store(true, Ordering::SeqCst);
+    let e = desk
+        .settle("settle-1", &v.visit_id, false)
+        .await
+        .unwrap_err();
+    refused(
+        &e,
+        Code::Unavailable,
+        &[
+            "the home node did not answer the abandonment",
+            "same request_id",
+        ],
+    );
+    assert!(desk.list().await.is_empty());
+    assert_eq!(outbox(wz).await.depth, 0);
+    assert_eq!(accumulators(nb, &id, WZ, inst::WZ_H2).await.version, 0);
+    // The repeat reads Ningbo's status: the claim was abandoned there (a provisional
+    // settlement under its id could never have been committed), so nothing was settled.
+    let e = desk
+        .settle("settle-1", &v.visit_id, false)
+        .await
+        .unwrap_err();
+    refused(&e, Code::Aborted, &["not settled", "settle afresh"]);
+    assert!(desk.list().await.is_empty());
+    assert_eq!(outbox(wz).await.depth, 0);
+    // Ningbo answers again: the next repeat settles afresh.
+    unanswered.store(false, Ordering::SeqCst);
+    lost.store(false, Ordering::SeqCst);
+    let s = desk.settle("settle-1", &v.visit_id, false).await.unwrap();
+    assert_eq!(s.state, "settled", "{s:?}");
+    assert_eq!(
+        yidi_tests::fixtures::split_amounts(s.split.as_ref().unwrap()),
+        yidi_tests::fixtures::split_amounts(pre.split.as_ref().unwrap())
+    );
+    assert_eq!(accumulators(nb, &id, WZ, inst::WZ_H2).await.version, 1);
+    assert_eq!(outbox(wz).await.depth, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use crate::{
     store::{
         clearing::{self, FreezeStep, RoundRec},
         funds,
-        ledger::Side,
+        ledger::{self, Side},
     },
 };
 
@@ -368,13 +368,15 @@ impl ClearingParticipant for ClearingSvc {
         // The statement is verified from a read (the round's totals go through all its
         // records, too many for a writer job at a large node). The exclusion count is
         // taken by a writer job first, so that the read sees every exclusion run before
-        // it, and any run after it shows in the count when the confirmation runs.
+        // it, and any run after it shows in the count when the confirmation runs. So is
+        // the count of ledger entries corrected or taken back (a provisional claim's or a
+        // cancellation's answer from the counterparty), which may be frozen ones.
         let exclusions = Arc::clone(&self.exclusions);
         let seen = {
             let exclusions = Arc::clone(&exclusions);
             self.state
                 .store
-                .write(move |_| Ok(exclusions.load(Ordering::SeqCst)))
+                .write(move |_| Ok((exclusions.load(Ordering::SeqCst), ledger::changes())))
                 .await?
         };
         let verified = {
@@ -409,7 +411,7 @@ impl ClearingParticipant for ClearingSvc {
                     )));
                 }
                 let diffs = match verified {
-                    Some(d) if exclusions.load(Ordering::SeqCst) == seen => d,
+                    Some(d) if (exclusions.load(Ordering::SeqCst), ledger::changes()) == seen => d,
                     _ => verify(conn, region, &s)?,
                 };
                 if !diffs.is_empty() {

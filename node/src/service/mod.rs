@@ -31,6 +31,12 @@ pub struct TestHooks {
     /// GetSettlement fails with a real store error (a query of a table that does not
     /// exist), so tests see what a caller is told of an internal error.
     pub store_error_on_get_settlement: Arc<AtomicBool>,
+    /// As a home node, CommitClaim does nothing and answers UNAVAILABLE, as a call
+    /// lost on its way would look to the treatment node (in doubt).
+    pub home_commit_unanswered: Arc<AtomicBool>,
+    /// As a home node, an abandonment (ReverseClaim `abandon_only`) is recorded and its
+    /// answer lost (UNAVAILABLE).
+    pub abandon_answer_lost: Arc<AtomicBool>,
 }
 
 /// What every service of a node needs.

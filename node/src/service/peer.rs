@@ -80,6 +80,36 @@ pub fn clock_check(
     }
 }
 
+/// The answer to a CommitClaim whose write failed. Only a failure that certainly
+/// committed nothing — the store refused or dropped the job, or it failed inside its
+/// savepoint (a full disk, an I/O error) and was rolled back — is tagged
+/// [`home::NOT_COMMITTED`], on which the treatment node fails its intent without
+/// asking again. A failed COMMIT may have left the whole commit in the log, which
+/// recovery brings back: that claim stays in doubt at the treatment node, which asks
+/// for its status (and abandons it if unknown).
+fn commit_failure(region: RegionCode, claim: &str, e: Error) -> Status {
+    match e {
+        Error::Unavailable(m) => {
+            tracing::error!(claim = %claim, error = %m, "cannot store a claim");
+            let mut s = Status::unavailable(format!(
+                "home node {region} cannot store claims now (its store refused the write: {m}); nothing was committed"
+            ));
+            s.metadata_mut().insert(
+                home::NOT_COMMITTED,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            s
+        }
+        Error::CommitUnknown(m) => {
+            tracing::error!(claim = %claim, error = %m, "a claim's commit failed; it may be saved");
+            Status::unavailable(format!(
+                "home node {region} could not confirm storing the claim ({m}); whether it was committed is not known"
+            ))
+        }
+        other => Status::from(other),
+    }
+}
+
 fn caller(region: &str, field: &str) -> Result<RegionCode> {
     Ok(RegionCode::parse_city(region, field)?)
 }
@@ -355,6 +385,14 @@ impl PeerSvc {
             );
         }
         home::check_dates(&req, &self.state.clock)?;
+        if self
+            .state
+            .hooks
+            .home_commit_unanswered
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(Status::unavailable("the call was lost (test hook)"));
+        }
         let payload = payload_hash(&mut req, |r| &mut r.request_id);
         let key = RequestKey::new(
             &format!("peer:{treatment}"),
@@ -383,22 +421,7 @@ impl PeerSvc {
                 Ok(out)
             })
             .await
-            .map_err(|e| match e {
-                // The store refused the write (full disk, I/O error, no transaction):
-                // nothing was committed, and the treatment node is told so plainly.
-                Error::Unavailable(m) => {
-                    tracing::error!(claim = %claim, error = %m, "cannot store a claim");
-                    let mut s = Status::unavailable(format!(
-                        "home node {region} cannot store claims now (its store refused the write: {m}); nothing was committed"
-                    ));
-                    s.metadata_mut().insert(
-                        home::NOT_COMMITTED,
-                        tonic::metadata::MetadataValue::from_static("1"),
-                    );
-                    s
-                }
-                other => Status::from(other),
-            })?;
+            .map_err(|e| commit_failure(region, &claim, e))?;
         tracing::debug!(peer = %treatment, claim = %claim, "claim committed for a treatment region");
         Ok(out)
     }
@@ -422,6 +445,12 @@ impl PeerSvc {
             "ReverseClaim",
             payload,
         )?;
+        let lose_answer = req.abandon_only
+            && self
+                .state
+                .hooks
+                .abandon_answer_lost
+                .load(std::sync::atomic::Ordering::SeqCst);
         let out = self
             .state
             .store
@@ -436,6 +465,9 @@ impl PeerSvc {
                 Ok(out)
             })
             .await?;
+        if lose_answer {
+            return Err(Status::unavailable("the answer was lost (test hook)"));
+        }
         Ok(out)
     }
 
@@ -531,5 +563,38 @@ impl PeerSvc {
             })
             .await?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a write that certainly committed nothing tells the treatment node so; a
+    /// failed COMMIT leaves the claim in doubt there.
+    #[test]
+    fn only_a_certain_failure_is_marked_not_committed() {
+        let hz = RegionCode::parse_city("330100", "r").unwrap();
+        let refused = commit_failure(hz, "c", Error::Unavailable("store: disk full".into()));
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert!(refused.metadata().get(home::NOT_COMMITTED).is_some());
+        assert!(
+            refused.message().contains("nothing was committed"),
+            "{refused:?}"
+        );
+        let unknown = commit_failure(
+            hz,
+            "c",
+            Error::CommitUnknown("the store could not confirm its commit (disk I/O error)".into()),
+        );
+        assert_eq!(unknown.code(), tonic::Code::Unavailable);
+        assert!(unknown.metadata().get(home::NOT_COMMITTED).is_none());
+        assert!(
+            unknown
+                .message()
+                .contains("whether it was committed is not known")
+                && !unknown.message().contains("nothing was committed"),
+            "{unknown:?}"
+        );
     }
 }

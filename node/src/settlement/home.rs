@@ -279,27 +279,21 @@ pub fn claim_visit(
     Ok((ctx, lines))
 }
 
-/// Refuses a claim dated ahead of this node's clock (beyond its skew bound), or
-/// treated in a year this node has not reached: it would open that year's
-/// accumulators (a fresh deductible and cap) and book a ledger period no round has
-/// reached. The treatment node's clock is checked on the call too; this is the check
-/// that holds whatever the caller sends.
+/// Refuses a claim dated ahead of this node's clock (beyond its skew bound): it would
+/// open a year's accumulators (a fresh deductible and cap) and book a ledger period no
+/// round has reached. The bound is the latest day this node accepts (its clock plus
+/// the skew, UTC+8), not its own today: a treatment node a few seconds past New Year
+/// is within the skew and its claim must not be refused as of a year not reached, or a
+/// provisional claim delivered then would be disputed for good. The treatment node's
+/// clock is checked on the call too; this is the check that holds whatever the caller
+/// sends.
 pub fn check_dates(req: &proto::CommitClaimRequest, clock: &crate::clock::Clock) -> Result<()> {
     let settled_at = period::parse_ts(&req.settled_at, "settled_at")?;
     clock.not_future(settled_at, "settled_at")?;
     if let Some(visit) = &req.visit {
         let date = super::wire_date(&visit.visit_date, "visit.visit_date")?;
+        // Also bounds the year: a year later than the latest day's is in the future.
         clock.not_future_day(date, "visit.visit_date")?;
-        let year = clock.today().year();
-        if date.year() > year {
-            return Err(Error::invalid(
-                "visit.visit_date",
-                format!(
-                    "{date} is in {}, a year this node has not reached (it is {year} here)",
-                    date.year()
-                ),
-            ));
-        }
     }
     Ok(())
 }
@@ -571,4 +565,58 @@ pub fn status(conn: &Connection, claim_id: &str) -> Result<proto::ClaimStatusRes
         state: state.into(),
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    };
+
+    use super::*;
+    use crate::clock::Clock;
+
+    fn req(visit_date: &str, settled_at: &str) -> proto::CommitClaimRequest {
+        proto::CommitClaimRequest {
+            claim_id: "330200-S-0000000001".into(),
+            settled_at: settled_at.into(),
+            visit: Some(proto::ClaimVisit {
+                visit_date: visit_date.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A treatment node 20 s into the new year, within the skew of a home node 10 s
+    /// before it: its claim is of a day the home node accepts, not of a year it has
+    /// not reached.
+    #[test]
+    fn a_claim_just_past_new_year_within_the_skew_is_accepted() {
+        let offset = Arc::new(AtomicI64::new(0));
+        let clock = Clock::new(Arc::clone(&offset), crate::clock::DEFAULT_MAX_SKEW);
+        let home_now = chrono::DateTime::parse_from_rfc3339("2026-12-31T23:59:50+08:00")
+            .unwrap()
+            .timestamp_millis();
+        offset.store(
+            home_now - chrono::Utc::now().timestamp_millis(),
+            Ordering::Relaxed,
+        );
+        assert_eq!(clock.today().year(), 2026);
+
+        check_dates(&req("2027-01-01", "2027-01-01T00:00:20+08:00"), &clock).unwrap();
+        // A day beyond the skew is still refused, naming the field.
+        let e = check_dates(&req("2027-01-02", "2027-01-01T00:00:20+08:00"), &clock).unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid { field, reason }
+                if field == "visit.visit_date" && reason.contains("2027-01-02 is in the future")),
+            "{e:?}"
+        );
+        let e = check_dates(&req("2027-01-01", "2027-01-01T00:10:00+08:00"), &clock).unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid { field, .. } if field == "settled_at"),
+            "{e:?}"
+        );
+    }
 }

@@ -120,6 +120,15 @@ impl From<Error> for PeerFail {
 
 fn classify(home: &str, s: &tonic::Status) -> PeerFail {
     let msg = format!("home region {home}: {}", s.message());
+    if s.metadata().get(crate::clock::CLOCK_REFUSED).is_some() {
+        // Refused for the clocks of the two nodes, not for anything of the claim:
+        // nothing was done, no hospital can act on it, and it passes once the agency
+        // has fixed the clock. Not unreachable either: the home node is there, so
+        // nothing may be settled offline.
+        return PeerFail::Refused(Error::Unavailable(format!(
+            "{msg} — the agency must fix the clock; retry later"
+        )));
+    }
     match s.code() {
         Code::Unavailable
         | Code::DeadlineExceeded
@@ -1972,8 +1981,11 @@ async fn settle_in_doubt(
         Resolved::Unreachable(now) => {
             settle_offline(st, bill, key, use_account, now, newest, Some(rec)).await
         }
-        Resolved::Failed | Resolved::Pending(_) => Err(Error::Unavailable(format!(
-            "{why}; the outcome is being confirmed with the home node — repeat this request (same request_id) to get it"
+        Resolved::Failed => Err(Error::Aborted(format!(
+            "{why}; the home node never committed this settlement and it was abandoned there, so nothing was settled — repeat this request (same request_id) to settle afresh"
+        ))),
+        Resolved::Pending(now) => Err(Error::Unavailable(format!(
+            "{why}; the outcome is being confirmed with the home node ({now}) — repeat this request (same request_id) to get it"
         ))),
     }
 }
@@ -2000,7 +2012,9 @@ enum Resolved {
     Settled(Box<proto::Settlement>),
     /// The home node did not have it (now it never will): the intent failed.
     Failed,
-    /// The home node could not be reached: the intent stays pending.
+    /// The home node could not be reached at all (its status could not be asked, and
+    /// nothing was sent that could have changed the claim there): the intent stays
+    /// pending, or is settled under the offline rule by its repeated request.
     Unreachable(String),
     /// The home node answered, but the intent could not be finished yet (it stays
     /// pending).
@@ -2112,10 +2126,16 @@ async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Result<Resolved>
                 // It was committed after all (a late delivery): read its status again
                 // and finish it (or mirror it, had it been reversed meanwhile).
                 Ok(_) => Box::pin(resolve_claimed(st, rec)).await,
-                Err(s) => Ok(match classify(&home, &s) {
-                    PeerFail::Unreachable(why) => Resolved::Unreachable(why),
-                    PeerFail::Refused(e) => Resolved::Pending(e.to_string()),
-                }),
+                // The abandonment may have reached the home node and left its
+                // tombstone though its answer was lost: the claim id can then never be
+                // committed, so it must not be settled provisionally under it. It stays
+                // pending; the next resolution reads the home node's status again.
+                Err(s) => Ok(Resolved::Pending(match classify(&home, &s) {
+                    PeerFail::Unreachable(why) => {
+                        format!("the home node did not answer the abandonment: {why}")
+                    }
+                    PeerFail::Refused(e) => e.to_string(),
+                })),
             }
         }
     }

@@ -516,4 +516,93 @@ mod tests {
             0
         );
     }
+
+    /// The counterparty's answer for entry `id`: the same record with `amount_fen`.
+    fn answered(conn: &Connection, id: &str, amount_fen: i64) -> bool {
+        let side = side_of(conn, id);
+        let period: String = conn
+            .query_row("SELECT period FROM ledger WHERE entry_id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        ledger::record_confirmed(
+            conn,
+            &Entry {
+                entry_id: id,
+                side,
+                counterparty: "330200",
+                period: &period,
+                kind: "claim",
+                claim_id: id,
+                amount_fen,
+            },
+            "now",
+        )
+        .unwrap()
+    }
+
+    fn side_of(conn: &Connection, id: &str) -> Side {
+        let side: String = conn
+            .query_row("SELECT side FROM ledger WHERE entry_id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        if side == "receivable" {
+            Side::Receivable
+        } else {
+            Side::Payable
+        }
+    }
+
+    /// A round marked cleared keeps its entries' `round_id` (and `cleared_round` NULL)
+    /// until `tidy_step` reaches them: they are cleared all the same, and a late answer
+    /// of the counterparty neither corrects nor takes them back; nor one of a confirmed
+    /// round. An entry of a round still frozen is corrected, and the change is counted
+    /// for the confirmation verified from a read.
+    #[test]
+    fn entries_of_a_cleared_or_confirmed_round_are_never_changed() {
+        let conn = ledger_of(6);
+        freeze(&conn, "R1", "2026-03");
+        let sums = |conn: &Connection| {
+            count(conn, "SELECT COUNT(*) FROM ledger")
+                + 1_000_000 * count(conn, "SELECT SUM(amount_fen) FROM ledger")
+        };
+        // Frozen: corrected and taken back, each counted.
+        let before = ledger::changes();
+        assert!(answered(&conn, "e000000", 150));
+        assert!(ledger::withdraw(&conn, "e000001", side_of(&conn, "e000001")).unwrap());
+        assert!(ledger::changes() >= before + 2);
+        let frozen = sums(&conn);
+        assert_eq!(frozen, 8 + 1_000_000 * (7 * 100 + 150));
+
+        // Confirmed: nothing changes, nothing counted from this store.
+        confirm(&conn, "R1", "d", "auto").unwrap();
+        assert!(!answered(&conn, "e000002", 1));
+        assert!(!ledger::withdraw(&conn, "e000003", side_of(&conn, "e000003")).unwrap());
+        assert_eq!(sums(&conn), frozen);
+
+        // Cleared, before any tidy step: still its entries, unchanged.
+        mark_cleared(&conn, "R1", "now").unwrap();
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM ledger WHERE round_id = 'R1' AND cleared_round IS NULL"
+            ),
+            5
+        );
+        assert!(!answered(&conn, "e000002", 1));
+        assert!(!ledger::withdraw(&conn, "e000004", side_of(&conn, "e000004")).unwrap());
+        assert_eq!(sums(&conn), frozen);
+        assert_eq!(
+            conn.query_row(
+                "SELECT amount_fen FROM ledger WHERE entry_id = 'e000002'",
+                [],
+                |r| r.get::<_, i64>(0)
+            )
+            .unwrap(),
+            100
+        );
+        // April's entries are in no round: still answered.
+        assert!(answered(&conn, "e000007", 120));
+    }
 }

@@ -187,6 +187,26 @@ pub fn mark_running(files: &StoreFiles) -> Result<()> {
     )
 }
 
+/// Records, before SQLite opens the store (before WAL mode is set or anything is
+/// written: a migration, the region), that a node is opening it. A start that dies in
+/// that window leaves this marker, so the next start treats the stop as unclean (checks
+/// the log and the pages); until the log exists it may be missing without loss, which
+/// [`OPENING`] tells [`preflight`]. Replaced by [`mark_running`] once the store is open.
+pub fn mark_opening(files: &StoreFiles) -> Result<()> {
+    write_durably(
+        &files.running,
+        &format!(
+            "# A node was opening this store and has not stopped cleanly (yet): see docs/operator.md.\n\
+             {OPENING}\npid = {}\nstarted_at = {:?}\n",
+            std::process::id(),
+            chrono::Utc::now().to_rfc3339()
+        ),
+    )
+}
+
+/// The running marker's line saying the store was being opened (see [`mark_opening`]).
+const OPENING: &str = "opening = true";
+
 /// The running marker's line saying the log of the unclean stop was applied.
 const LOG_APPLIED: &str = "log_applied = true";
 
@@ -313,6 +333,7 @@ pub fn preflight(dir: &Path, file: &str) -> Result<Preflight> {
     let unclean = running.is_some();
     let log_applied = running.as_ref().is_some_and(|t| t.contains(LOG_APPLIED));
     let damaged_seen = running.as_ref().is_some_and(|t| t.contains(DAMAGED));
+    let opening = running.as_ref().is_some_and(|t| t.contains(OPENING));
     if let Some(len) = len.filter(|l| *l > 0) {
         let mut h = [0_u8; 100];
         if len < 100 {
@@ -355,7 +376,9 @@ pub fn preflight(dir: &Path, file: &str) -> Result<Preflight> {
         // in rollback-journal mode and needs none.) That close may also be another
         // program's (sqlite3) after the crash, which lost nothing; it cannot be told
         // apart from a deleted log, so both are refused and the message says so.
-        if unclean && !log_applied && header.wal_mode && !wal_present {
+        // A start that died while opening the store may have died before SQLite
+        // created the log: no log is then no loss.
+        if unclean && !log_applied && !opening && header.wal_mode && !wal_present {
             return Err(Error::FailedPrecondition(format!(
                 "store {} was in use when its node last stopped without a clean shutdown \
                  ({} is present), and its write-ahead log {} is missing: transactions \

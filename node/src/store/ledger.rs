@@ -54,18 +54,42 @@ pub fn record(conn: &Connection, e: &Entry<'_>, now: &str) -> Result<()> {
     Ok(())
 }
 
+/// Rows an agreed round holds: a confirmed round's, and a cleared round's whose entries
+/// [`super::clearing::tidy_step`] has not yet marked (they keep `cleared_round` NULL
+/// and the round's `round_id` until then). Never changed or taken back.
+const NOT_AGREED: &str = "cleared_round IS NULL AND (round_id IS NULL OR round_id NOT IN \
+     (SELECT round_id FROM clearing_rounds WHERE state IN ('confirmed', 'cleared')))";
+
+/// Changes [`record_confirmed`] and [`withdraw`] made to existing entries, in this
+/// process, bumped inside their writer jobs. A confirmation of a round's statement
+/// verified from a read compares it before and after, as it does the exclusions: an
+/// entry of the frozen set corrected or taken back in between makes it verify again in
+/// its writer job. Shared by every store of the process: a change at another node's
+/// store only costs a needless verification.
+static CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// See [`CHANGES`].
+#[must_use]
+pub fn changes() -> u64 {
+    CHANGES.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+fn changed() {
+    CHANGES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Records the counterparty's answer for an entry this node wrote before the
 /// counterparty acknowledged it (a provisional claim, a cancellation): the entry is
 /// written if missing, and its amount and period set to the acknowledged ones while
 /// no round has cleared it. Before the answer the two sides differ and a round shows
 /// the entry as disputed, so no round clears one side's figure alone; an entry a round
-/// has cleared was therefore agreed and is never changed. Returns whether an
-/// existing entry was corrected.
+/// has confirmed or cleared was therefore agreed and is never changed. Returns whether
+/// an existing entry was corrected.
 pub fn record_confirmed(conn: &Connection, e: &Entry<'_>, now: &str) -> Result<bool> {
     let old: Option<(i64, String)> = conn
-        .prepare_cached(
-            "SELECT amount_fen, period FROM ledger WHERE entry_id = ?1 AND side = ?2 AND cleared_round IS NULL",
-        )?
+        .prepare_cached(&format!(
+            "SELECT amount_fen, period FROM ledger WHERE entry_id = ?1 AND side = ?2 AND {NOT_AGREED}"
+        ))?
         .query_row(params![e.entry_id, e.side.as_str()], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
@@ -73,10 +97,11 @@ pub fn record_confirmed(conn: &Connection, e: &Entry<'_>, now: &str) -> Result<b
     match old {
         Some((amount, period)) if amount == e.amount_fen && period == e.period => Ok(false),
         Some(_) => {
-            conn.prepare_cached(
-                "UPDATE ledger SET amount_fen = ?3, period = ?4 WHERE entry_id = ?1 AND side = ?2 AND cleared_round IS NULL",
-            )?
+            conn.prepare_cached(&format!(
+                "UPDATE ledger SET amount_fen = ?3, period = ?4 WHERE entry_id = ?1 AND side = ?2 AND {NOT_AGREED}"
+            ))?
             .execute(params![e.entry_id, e.side.as_str(), e.amount_fen, e.period])?;
+            changed();
             Ok(true)
         }
         None => record(conn, e, now).map(|()| false),
@@ -85,14 +110,19 @@ pub fn record_confirmed(conn: &Connection, e: &Entry<'_>, now: &str) -> Result<b
 
 /// Takes back an entry this node wrote that the counterparty will never have (the
 /// home node refused the provisional claim, or never had the claim a cancellation
-/// reverses), unless a round has cleared it. Returns whether it was taken back.
+/// reverses), unless a round has confirmed or cleared it. Returns whether it was taken
+/// back.
 pub fn withdraw(conn: &Connection, entry_id: &str, side: Side) -> Result<bool> {
-    Ok(conn
-        .prepare_cached(
-            "DELETE FROM ledger WHERE entry_id = ?1 AND side = ?2 AND cleared_round IS NULL",
-        )?
+    let gone = conn
+        .prepare_cached(&format!(
+            "DELETE FROM ledger WHERE entry_id = ?1 AND side = ?2 AND {NOT_AGREED}"
+        ))?
         .execute(params![entry_id, side.as_str()])?
-        > 0)
+        > 0;
+    if gone {
+        changed();
+    }
+    Ok(gone)
 }
 
 /// Count, sum and order-independent digest of one side toward one counterparty in one

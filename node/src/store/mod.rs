@@ -190,13 +190,16 @@ fn writer_cache_kib(bytes: i64) -> i64 {
 /// Opens (creating if needed) the store `file` of `dir` in WAL mode, configured as the
 /// writer, checked (`integrity`: the markers, the header, the schema version, and as
 /// `check` decides the pages), migrated, and checked to belong to `region` (recorded on
-/// first open).
+/// first open). With `running` (a node's or the coordinator's store, which keeps the
+/// running marker), the marker is written before SQLite opens the file: a start that
+/// dies while migrating leaves the stop unclean.
 fn open_migrated(
     dir: &Path,
     file: &str,
     region: &str,
     schema: migrations::Schema,
     check: CheckStore,
+    running: bool,
 ) -> Result<(Connection, integrity::Preflight)> {
     std::fs::create_dir_all(dir).map_err(|e| {
         Error::Unavailable(format!(
@@ -205,6 +208,30 @@ fn open_migrated(
         ))
     })?;
     let pre = integrity::preflight(dir, file)?;
+    // After an unclean stop the last run's marker stays as it is (it says what the
+    // checks below must do) until they have passed.
+    let fresh = running && !pre.unclean;
+    if fresh {
+        integrity::mark_opening(&pre.files)?;
+    }
+    let out = open_preflighted(&pre, dir, region, schema, check, running);
+    // Refused after a clean stop: the connection is closed, and if SQLite removed the
+    // log (having applied it) the file holds everything, so the stop stays clean.
+    if out.is_err() && fresh && !pre.files.wal.exists() {
+        let _ = integrity::mark_stopped(&pre.files.running);
+    }
+    out.map(|conn| (conn, pre))
+}
+
+/// [`open_migrated`] once the files have passed their preflight.
+fn open_preflighted(
+    pre: &integrity::Preflight,
+    dir: &Path,
+    region: &str,
+    schema: migrations::Schema,
+    check: CheckStore,
+    running: bool,
+) -> Result<Connection> {
     let path = &pre.files.db;
     // SQLite's own complaints about the file before any migration touches it (a
     // header that is not a database, a log that cannot be applied) are damage too.
@@ -226,9 +253,14 @@ fn open_migrated(
             path.display()
         )));
     }
-    integrity::check_schema(&conn, &pre, migrations::latest(schema))?;
+    integrity::check_schema(&conn, pre, migrations::latest(schema))?;
     configure(&conn, false)?;
-    integrity::check_contents(&conn, &pre, check)?;
+    integrity::check_contents(&conn, pre, check)?;
+    if running && pre.unclean {
+        // The last run's marker is settled (removed once its checks passed): this
+        // run's, before the migrations write.
+        integrity::mark_opening(&pre.files)?;
+    }
     migrations::migrate(&mut conn, schema)?;
     // A data directory belongs to one region for life: starting Ningbo on Hangzhou's
     // store would silently mix two agencies' books.
@@ -242,8 +274,8 @@ fn open_migrated(
         Some(_) => {}
         None => meta_set(&conn, "region", region)?,
     }
-    integrity::check_identity(&conn, &pre, region)?;
-    Ok((conn, pre))
+    integrity::check_identity(&conn, pre, region)?;
+    Ok(conn)
 }
 
 impl Store {
@@ -292,6 +324,7 @@ impl Store {
             region,
             migrations::Schema::Node,
             CheckStore::Auto,
+            false,
         )
         .map(|(conn, _)| conn)
     }
@@ -304,10 +337,11 @@ impl Store {
         schema: migrations::Schema,
         check: CheckStore,
     ) -> Result<Self> {
-        let (conn, pre) = open_migrated(dir, file, region, schema, check)?;
+        let (conn, pre) = open_migrated(dir, file, region, schema, check, true)?;
         let path = pre.files.db.clone();
         // From here until a complete checkpoint at close the log may hold what the
-        // database file does not (the log exists: WAL mode was set above).
+        // database file does not (the log exists: WAL mode was set above). The marker
+        // written while opening becomes the running one.
         integrity::mark_running(&pre.files)?;
         let running = pre.files.running.clone();
         let files = pre.files.clone();
@@ -789,6 +823,41 @@ mod tests {
             .query_row("PRAGMA journal_mode=DELETE", [], |r| r.get::<_, String>(0))
             .unwrap();
         drop(Store::open(dir.path(), 1, "330100").expect("a restored copy opens"));
+    }
+
+    /// The running marker is written before SQLite opens the store (before WAL mode and
+    /// the migrations): a start that died right after it is an unclean stop — not
+    /// refused for a log SQLite had not created yet — and a start refused after a clean
+    /// stop leaves the stop clean.
+    #[tokio::test]
+    async fn a_start_that_died_while_opening_is_unclean_but_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = integrity::StoreFiles::new(dir.path(), DB_FILE);
+        let s = filled_store(dir.path(), 5).await;
+        assert!(s.close(std::time::Duration::from_secs(5)).await);
+        match Store::open(dir.path(), 1, "330200") {
+            Err(Error::FailedPrecondition(m)) => {
+                assert!(m.contains("belongs to region 330100"), "{m}")
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        assert!(
+            !files.running.exists() && !files.wal.exists(),
+            "still a clean stop"
+        );
+        // What a start killed before SQLite opened the file leaves: its marker only.
+        integrity::mark_opening(&files).unwrap();
+        let pre = integrity::preflight(dir.path(), DB_FILE).unwrap();
+        assert!(pre.unclean && !pre.log_applied);
+        let s = Store::open(dir.path(), 1, "330100").expect("not refused for the log");
+        let marker = std::fs::read_to_string(&files.running).unwrap();
+        assert!(
+            marker.contains("pid = ") && !marker.contains("opening"),
+            "{marker}"
+        );
+        assert!(s.close(std::time::Duration::from_secs(5)).await);
+        assert!(!files.running.exists());
+        assert_eq!(filler_rows(dir.path()), 5);
     }
 
     /// Garbage pages in the middle of the file: `quick` finds them at every start,

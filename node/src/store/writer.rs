@@ -30,7 +30,18 @@ const GROUP_RUN_BUDGET: std::time::Duration = std::time::Duration::from_millis(2
 
 /// What a job leaves behind after running: a function that delivers its answer once the
 /// group's commit outcome is known.
-type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
+type Completion = Box<dyn FnOnce(Ended<'_>) + Send>;
+
+/// How the transaction a job ran in ended.
+#[derive(Clone, Copy)]
+enum Ended<'a> {
+    Committed,
+    /// Certainly not saved: SQLite rolled the transaction back by itself.
+    RolledBack(&'a str),
+    /// COMMIT failed. Not known to be unsaved: an I/O error may strike after the log
+    /// holds the whole commit, which recovery then brings back.
+    CommitFailed(&'a str),
+}
 type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
 
 /// What the writer thread receives: a request, or the order to close the store.
@@ -199,12 +210,15 @@ impl Writer {
             {
                 note_damage(&damaged, what);
             }
-            Box::new(move |commit_error: Option<&str>| {
-                let result = match (outcome, commit_error) {
+            Box::new(move |ended: Ended<'_>| {
+                let result = match (outcome, ended) {
                     (Err(e), _) => Err(e),
-                    (Ok(v), None) => Ok(v),
-                    (Ok(_), Some(m)) => Err(Error::Unavailable(format!(
-                        "store commit failed, nothing was saved: {m}"
+                    (Ok(v), Ended::Committed) => Ok(v),
+                    (Ok(_), Ended::RolledBack(m)) => Err(Error::Unavailable(format!(
+                        "store transaction failed, nothing was saved: {m}"
+                    ))),
+                    (Ok(_), Ended::CommitFailed(m)) => Err(Error::CommitUnknown(format!(
+                        "the store could not confirm its commit ({m}); the request may or may not have been saved"
                     ))),
                 };
                 // The requester may have gone away (deadline); its answer is moot.
@@ -342,7 +356,7 @@ fn run_loop(
                 // claimed settlement id, say) must be released before a later job of
                 // the group can take the same id from the rolled-back sequence.
                 for done in completions.drain(..) {
-                    done(Some(
+                    done(Ended::RolledBack(
                         "the transaction was rolled back (disk full or I/O error)",
                     ));
                 }
@@ -390,9 +404,12 @@ fn run_loop(
             }
             let _ = conn.execute_batch("ROLLBACK");
         }
-        let err = commit.as_ref().err().map(String::as_str);
+        let ended = match &commit {
+            Ok(()) => Ended::Committed,
+            Err(m) => Ended::CommitFailed(m),
+        };
         for done in completions {
-            done(err);
+            done(ended);
         }
         if since.elapsed() >= WINDOW {
             let w = std::mem::take(&mut window);
@@ -583,6 +600,47 @@ mod tests {
         other.execute_batch("COMMIT").unwrap();
         assert_eq!(insert(&w, 4).await.unwrap(), 1);
         assert_eq!(values(&path), vec![4]);
+    }
+
+    /// A failed COMMIT is not reported as "nothing was saved": the requests of the
+    /// group get [`Error::CommitUnknown`], which the home node does not tell a
+    /// treatment node as certainly uncommitted. A request that failed inside its own
+    /// savepoint keeps its own error.
+    #[tokio::test]
+    async fn a_failed_commit_is_not_reported_as_nothing_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let conn = Connection::open(&path).unwrap();
+        // A deferred foreign key is checked only at COMMIT: a group holding a row that
+        // breaks it fails there.
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON;
+             CREATE TABLE p (id INTEGER PRIMARY KEY);
+             CREATE TABLE t (v INTEGER NOT NULL REFERENCES p (id) DEFERRABLE INITIALLY DEFERRED);",
+        )
+        .unwrap();
+        let w = unhurried(conn);
+        let (first, hold) =
+            held_first(&w, |c| Ok(c.execute("INSERT INTO t (v) VALUES (7)", [])?)).await;
+        let own = w.submit(|_| -> Result<()> { Err(Error::Unavailable("disk full".into())) });
+        hold.send(()).unwrap();
+        let e = first.await.unwrap_err();
+        assert!(
+            matches!(&e, Error::CommitUnknown(m) if m.contains("could not confirm its commit") && m.contains("FOREIGN KEY")),
+            "{e:?}"
+        );
+        assert!(
+            matches!(&own.await, Err(Error::Unavailable(m)) if m == "disk full"),
+            "a job's own failure is its answer"
+        );
+        assert_eq!(values(&path), Vec::<i64>::new());
+        assert!(
+            insert(&w, 8)
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("could not confirm")
+        );
     }
 
     /// A transaction that SQLite rolls back by itself in the middle of a group fails

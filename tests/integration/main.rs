@@ -15,6 +15,7 @@ mod cli_security;
 mod demo;
 mod kill;
 mod load_persons;
+mod local_run;
 mod money_guards;
 mod observability;
 mod security;

@@ -18,6 +18,7 @@ mod load_persons;
 mod local_run;
 mod money_guards;
 mod observability;
+mod refused_resettle;
 mod security;
 mod settlement;
 mod settlement_concurrency;

@@ -1040,3 +1040,67 @@ async fn policies_catalogue_institutions_and_restart() {
     assert_eq!(p.fields.unwrap().account_balance, "12.34");
     node.stop().await;
 }
+
+/// Re-publishing the latest version's document and date answers with that version and
+/// mints nothing; a changed document (or a new note alone: no) makes the next version.
+#[tokio::test]
+async fn republishing_the_latest_policy_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start("330100", dir.path().to_path_buf()).await;
+    let mut admin = node.admin().await;
+    let publish = |rid: &str, json: String, note: &str| proto::PublishPolicyRequest {
+        request_id: rid.into(),
+        insurance_type: proto::InsuranceType::Employee as i32,
+        effective_from: "2026-01-01".into(),
+        policy_json: json,
+        note: note.into(),
+    };
+    let json = policy_json("330100", "employee", Some("2026-01-01"));
+    let v1 = admin
+        .publish_policy(publish("pub-1", json.clone(), "first"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((v1.version, v1.unchanged), (1, false));
+    let again = admin
+        .publish_policy(publish("pub-2", json.clone(), "again"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        again,
+        proto::PolicyVersion {
+            unchanged: true,
+            ..v1.clone()
+        }
+    );
+    let listed = admin
+        .list_policies(proto::ListPoliciesRequest { insurance_type: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .policies;
+    assert_eq!(listed, vec![v1.clone()]);
+
+    // A changed document is a new version, and re-publishing the first one after it
+    // is too: only the latest version counts as "already published".
+    let mut changed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    changed["name"] = serde_json::Value::from("changed name");
+    let v2 = admin
+        .publish_policy(publish("pub-3", changed.to_string(), ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((v2.version, v2.unchanged), (2, false));
+    assert_ne!(v2.digest, v1.digest);
+    let v3 = admin
+        .publish_policy(publish("pub-4", json.clone(), ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (v3.version, v3.unchanged, &v3.digest),
+        (3, false, &v1.digest)
+    );
+    node.stop().await;
+}

@@ -802,3 +802,41 @@ fn a_key_repeated_in_a_csv_file_is_refused_naming_both_lines() {
     assert_eq!(counts(&again), [0, 0, 2, 1], "{again}");
     assert_eq!(errors_of(&again), dup_inst);
 }
+
+/// `policy publish` prints one line; publishing the same file again says "unchanged"
+/// and keeps version 1; a changed file becomes version 2.
+#[test]
+fn policy_publish_twice_is_unchanged() {
+    let node = NodeProcess::start("330100");
+    let policy_file = workspace_root().join("deploy/policies/330100-employee.toml");
+    let publish = |file: &std::path::Path| {
+        node.admin(&["policy", "publish", path_str(file)])
+            .expect_code(0)
+            .stdout
+    };
+    let first = publish(&policy_file);
+    assert!(
+        first.starts_with("published version 1: 330100 employee policy effective from 2026-01-01")
+            && first.lines().count() == 1,
+        "{first}"
+    );
+    let again = publish(&policy_file);
+    assert!(
+        again.starts_with("unchanged, version 1: ") && again.lines().count() == 1,
+        "{again}"
+    );
+    let as_json = admin_json(&node, &format!("policy publish {}", path_str(&policy_file)));
+    assert_eq!(
+        (as_json["version"].as_u64(), as_json["unchanged"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(len(&admin_json(&node, "policy list")["policies"]), Some(1));
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let changed = dir.path().join("330100-employee.toml");
+    let text = std::fs::read_to_string(&policy_file).expect("policy file");
+    std::fs::write(&changed, text.replace("name = \"", "name = \"changed ")).expect("write policy");
+    let second = publish(&changed);
+    assert!(second.starts_with("published version 2: "), "{second}");
+    assert_eq!(len(&admin_json(&node, "policy list")["policies"]), Some(2));
+}

@@ -571,7 +571,8 @@ async fn policy(client: &mut Client, g: &Globals, cmd: PolicyCommand) -> anyhow:
                 policy_json: read_policy(&file)?,
                 note,
             };
-            client.publish_policy(req).await?
+            let answer = client.publish_policy(req).await?.into_inner();
+            return Ok(print_published(&answer, g.json));
         }
         PolicyCommand::List { insurance_type } => {
             let req = proto::ListPoliciesRequest {
@@ -594,6 +595,37 @@ async fn policy(client: &mut Client, g: &Globals, cmd: PolicyCommand) -> anyhow:
         }
     };
     g.one(answer.into_inner())
+}
+
+/// `policy publish` answers in one line (the document is what the operator just sent,
+/// and a script publishing every city's policies should not print them all); `--json`
+/// gives the whole version with `unchanged`.
+fn print_published(answer: &proto::PolicyVersion, as_json: bool) -> i32 {
+    if as_json {
+        let mut v = output::to_json(answer);
+        v["unchanged"] = Value::Bool(answer.unchanged);
+        output::print_json(&v);
+        return 0;
+    }
+    let what = format!(
+        "{} {} policy effective from {}",
+        answer.region,
+        InsuranceType::from_proto(answer.insurance_type, "insurance_type")
+            .map_or_else(|_| "?".to_owned(), |t| t.to_string()),
+        answer.effective_from
+    );
+    if answer.unchanged {
+        output::emit(format_args!(
+            "unchanged, version {}: {what} is already the latest version",
+            answer.version
+        ));
+    } else {
+        output::emit(format_args!(
+            "published version {}: {what} (digest {})",
+            answer.version, answer.digest
+        ));
+    }
+    0
 }
 
 // ---------------------------------------------------------------- catalogue

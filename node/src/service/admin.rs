@@ -323,6 +323,7 @@ fn policy_to_proto(region: RegionCode, p: &PolicyRec) -> proto::PolicyVersion {
         digest: p.digest.clone(),
         published_at: p.published_at.clone(),
         note: p.note.clone(),
+        unchanged: false,
     }
 }
 
@@ -921,7 +922,20 @@ impl AdminService for AdminSvc {
         };
         let region = self.state.region;
         self.once(key, move |conn| {
-            if let Some(latest) = policies::list(conn, Some(insurance_type))?.into_iter().max_by_key(|p| p.effective_from)
+            let published = policies::list(conn, Some(insurance_type))?;
+            // Re-publishing the latest version's very document and date (a deployment
+            // script run twice) answers with that version instead of minting an
+            // identical new one; the note alone does not make a new version.
+            if let Some(latest) = published.iter().max_by_key(|p| p.version)
+                && latest.digest == rec.digest
+                && latest.effective_from == effective_from
+            {
+                return Ok(proto::PolicyVersion {
+                    unchanged: true,
+                    ..policy_to_proto(region, latest)
+                });
+            }
+            if let Some(latest) = published.into_iter().max_by_key(|p| p.effective_from)
                 && latest.effective_from > effective_from {
                     return Err(Error::FailedPrecondition(format!(
                         "version {} is already effective from {}; a new version cannot take effect earlier ({effective_from})",

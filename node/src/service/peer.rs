@@ -151,6 +151,7 @@ impl PeerService for PeerSvc {
             digest: p.digest,
             published_at: p.published_at,
             note: p.note,
+            unchanged: false,
         }))
     }
 

@@ -938,7 +938,7 @@ fn bill_from(visit: VisitRec, lines: Vec<LineRec>, for_settle: bool) -> Result<B
     // accumulators a pre-settle would use, so the estimate would be wrong.
     if visit.state == "settled" {
         return Err(Error::FailedPrecondition(format!(
-            "visit {} is already settled; reverse the settlement (冲正) before settling it again",
+            "visit {} is already settled; cancel its settlement (CancelSettlement: yidi hospital cancel SETTLEMENT_ID; a refused one too) before settling it again",
             visit.visit_id
         )));
     }

@@ -1,8 +1,9 @@
 //! Executable documentation. A ```` ```sh ```` block of README.md or docs/*.md whose
 //! line before is `<!-- doc-run -->` is run, in document order, by `local_run`'s test
 //! against the local federation of deploy/local/run.sh and its sample data; a block
-//! marked `<!-- doc-skip: REASON -->` is illustrative. A ```` ```text ```` block marked
-//! `<!-- doc-expect -->` right after a run block lists lines its stdout must contain.
+//! marked `<!-- doc-skip: REASON -->` is illustrative. A fenced block marked
+//! `<!-- doc-expect -->` below a run block (prose may stand between) lists lines the run
+//! block's stdout must contain, each trimmed; a line `…` stands for lines left out.
 //! Every ```` ```sh ```` block must carry one of the two markers, so that a new block is
 //! classified and a doc that drifts from what the binary does fails the suite.
 
@@ -37,7 +38,7 @@ pub struct Block {
     pub line: usize,
     pub marker: Marker,
     pub code: String,
-    /// Lines the block's stdout must contain (trimmed), from a following doc-expect block.
+    /// Lines the block's stdout must contain (trimmed), from a doc-expect block below it.
     pub expect: Vec<String>,
 }
 
@@ -66,15 +67,11 @@ pub fn parse(text: &str) -> Vec<Block> {
     let lines: Vec<&str> = text.lines().collect();
     let mut blocks: Vec<Block> = Vec::new();
     let mut i = 0;
-    // Whether the last block closed was a shell block with nothing but blank lines and
-    // markers since (a doc-expect block belongs to it).
+    // The last shell block above: a doc-expect block belongs to it.
     let mut last_sh: Option<usize> = None;
     while i < lines.len() {
         let t = lines[i].trim_start();
         let Some(info) = t.strip_prefix("```") else {
-            if !t.is_empty() && !t.starts_with("<!--") {
-                last_sh = None;
-            }
             i += 1;
             continue;
         };
@@ -99,24 +96,21 @@ pub fn parse(text: &str) -> Vec<Block> {
                 expect: Vec::new(),
             });
             last_sh = Some(blocks.len() - 1);
-        } else {
-            if before.trim() == "<!-- doc-expect -->" {
-                let owner = last_sh
-                    .filter(|&b| blocks[b].marker == Marker::Run)
-                    .unwrap_or_else(|| {
-                        panic!(
-                            "line {}: a doc-expect block must follow a doc-run block",
-                            start + 1
-                        )
-                    });
-                blocks[owner].expect = body
-                    .lines()
+        } else if before.trim() == "<!-- doc-expect -->" {
+            let owner = last_sh
+                .filter(|&b| blocks[b].marker == Marker::Run)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "line {}: a doc-expect block must follow a doc-run block",
+                        start + 1
+                    )
+                });
+            blocks[owner].expect.extend(
+                body.lines()
                     .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-            }
-            last_sh = None;
+                    .filter(|l| !l.is_empty() && *l != "…")
+                    .map(str::to_owned),
+            );
         }
     }
     blocks
@@ -287,11 +281,21 @@ fn parse_reads_markers_indented_fences_and_expectations() {
                 ```sh\n\
                 ls\n\
                 ```\n\
+                <!-- doc-run -->\n\
+                ```sh\n\
+                echo b; echo c\n\
+                ```\n\
+                Prose between.\n\
+                <!-- doc-expect -->\n\
+                ```\n\
+                │ b │\n\
+                …\n\
+                ```\n\
                 ```toml\n\
                 a = 1\n\
                 ```\n";
     let blocks = parse(text);
-    assert_eq!(blocks.len(), 3, "{blocks:?}");
+    assert_eq!(blocks.len(), 4, "{blocks:?}");
     assert_eq!(
         (blocks[0].line, &blocks[0].marker, blocks[0].code.as_str()),
         (3, &Marker::Run, "echo a\n")
@@ -306,4 +310,15 @@ fn parse_reads_markers_indented_fences_and_expectations() {
         )
     );
     assert_eq!((blocks[2].line, &blocks[2].marker), (16, &Marker::None));
+    assert!(blocks[2].expect.is_empty());
+    assert_eq!((blocks[3].line, &blocks[3].marker), (20, &Marker::Run));
+    assert_eq!(blocks[3].expect, ["│ b │"]);
+}
+
+/// A doc-expect block below an illustrative block is a mistake, not silently ignored.
+#[test]
+#[should_panic(expected = "line 6: a doc-expect block must follow a doc-run block")]
+fn parse_refuses_an_expectation_of_a_skipped_block() {
+    let _: Vec<Block> =
+        parse("<!-- doc-skip: x -->\n```sh\nls\n```\n<!-- doc-expect -->\n```\nx\n```\n");
 }

@@ -2,8 +2,9 @@
 //! certificates, starts the coordinator and the three city nodes of deploy/local on
 //! their fixed ports (7100-7103, metrics 9100-9103; no other test uses them), loads the
 //! sample data, and a second run changes nothing; `run.sh stop` stops everything. In
-//! between, docs/integrator.md's hospital walk-through runs on it as written, with the
-//! amounts the guide shows.
+//! between, the runnable blocks of README.md and the docs run on it as written
+//! (doc_run.rs: README's data loop, docs/integrator.md's hospital walk-through with the
+//! amounts it shows, docs/clearing.md's round).
 //! The working directory is a temporary one holding a link to the repository's
 //! deploy/, so yidi-data/ is written there and not in the checkout.
 
@@ -49,173 +50,6 @@ impl Drop for Stop<'_> {
     fn drop(&mut self) {
         let _ = run_script(self.0, &["stop"]);
     }
-}
-
-/// `yidi ARGS --json` run in `root` with the certificate `cert` (a path under
-/// yidi-data/certs without its extension), as docs/integrator.md runs it.
-fn cli_json(root: &Path, cert: &str, args: &[&str]) -> Value {
-    let certs = root.join("yidi-data/certs");
-    let out = yidi_command()
-        .current_dir(root)
-        .env("YIDI_CA", certs.join("ca/ca.crt"))
-        .env("YIDI_CERT", certs.join(format!("{cert}.crt")))
-        .env("YIDI_KEY", certs.join(format!("{cert}.key")))
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("run yidi");
-    let run = Run::from_output(args, out).expect_code(0);
-    serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("yidi {args:?} printed no JSON ({e}):\n{}", run.stdout))
-}
-
-/// The hospital walk-through of docs/integrator.md ("The call sequence"), its commands
-/// and the amounts it shows, against the federation run.sh started.
-fn integrator_walk_through(root: &Path) {
-    let hz_admin = "operators/operator-330100-admin";
-    let hz = ["admin", "--node", "https://127.0.0.1:7101"];
-    let applied = cli_json(
-        root,
-        hz_admin,
-        &[
-            &hz[..],
-            &[
-                "filing",
-                "apply",
-                "330102194511267616",
-                "--type",
-                "resettled_retiree",
-                "--treatment-region",
-                "330200",
-                "--valid-from",
-                "2026-01-01",
-            ],
-        ]
-        .concat(),
-    );
-    assert_eq!(applied["filing_id"], "330100-F-000001");
-    cli_json(
-        root,
-        hz_admin,
-        &[&hz[..], &["filing", "approve", "330100-F-000001"]].concat(),
-    );
-
-    let desk = "hospitals/institution-330200-H33020001";
-    let h = |args: &[&str]| {
-        cli_json(
-            root,
-            desk,
-            &[
-                &[
-                    "hospital",
-                    "--node",
-                    "https://127.0.0.1:7102",
-                    "--institution",
-                    "H33020001",
-                ][..],
-                args,
-            ]
-            .concat(),
-        )
-    };
-    let who = h(&[
-        "identify",
-        "--card-no",
-        "A14817923",
-        "--card-region",
-        "330100",
-        "--visit-kind",
-        "inpatient",
-    ]);
-    assert_eq!(
-        (&who["name"], &who["eligible"], &who["filing_type"]),
-        (
-            &Value::from("项志刚"),
-            &Value::from(true),
-            &Value::from("resettled_retiree")
-        )
-    );
-    let visit = h(&[
-        "open-visit",
-        "--id-number",
-        "330102194511267616",
-        "--home-region",
-        "330100",
-        "--kind",
-        "inpatient",
-        "--external-visit-no",
-        "ZY-0001",
-        "--admitted-at",
-        "2026-03-10T09:00:00+08:00",
-        "--diagnosis",
-        "I21.9",
-    ]);
-    assert_eq!(visit["visit_id"], "330200-V-00000001");
-    std::fs::write(
-        root.join("fees.csv"),
-        "line_no,item_code,quantity,unit_price,amount,service_date\n\
-         1,NB-S111000001,3,400.00,1200.00,2026-03-10\n\
-         2,NB-S210300001,1,300.00,,2026-03-11\n\
-         3,NB-S120100002,10,30.00,,\n\
-         4,NB-S110900003,10,100.00,,\n",
-    )
-    .expect("fees.csv");
-    assert_eq!(
-        h(&["upload-fees", "330200-V-00000001", "fees.csv"])["total"],
-        "2800.00"
-    );
-    h(&[
-        "close-visit",
-        "330200-V-00000001",
-        "--discharged-at",
-        "2026-03-20T10:00:00+08:00",
-    ]);
-    let s = h(&[
-        "settle",
-        "330200-V-00000001",
-        "--use-account",
-        "--request-id",
-        "ZY-0001-settle",
-    ]);
-    assert_eq!(s["settlement_id"], "330200-S-0000000001");
-    let split: Vec<&str> = [
-        "medfee_sumamt",
-        "fulamt_ownpay_amt",
-        "overlmt_selfpay",
-        "preselfpay_amt",
-        "inscp_scp_amt",
-        "act_pay_dedc",
-        "hifp_pay",
-        "fund_pay_sumamt",
-        "psn_part_amt",
-        "acct_pay",
-        "psn_cash_pay",
-    ]
-    .iter()
-    .map(|k| s["split"][*k].as_str().unwrap_or("<missing>"))
-    .collect();
-    assert_eq!(
-        split,
-        [
-            "2800.00", "1000.00", "0.00", "210.00", "1590.00", "800.00", "695.20", "695.20",
-            "2104.80", "2104.80", "0.00"
-        ]
-    );
-    assert_eq!(s["split"]["pool_ratio"], "0.88");
-    // Listed under the settlement date (today), not under the stay's March.
-    let listed = |args: &[&str]| {
-        h(&[&["list"][..], args].concat())["settlements"]
-            .as_array()
-            .map(Vec::len)
-    };
-    assert_eq!(listed(&[]), Some(1));
-    assert_eq!(
-        listed(&["--from", "2026-03-01", "--to", "2026-03-31"]),
-        Some(0)
-    );
-    let reversal = h(&["cancel", "330200-S-0000000001", "--reason", "wrong ward"]);
-    assert_eq!(reversal["settlement_id"], "330200-S-0000000002");
-    assert_eq!(listed(&[]), Some(2));
 }
 
 /// `yidi admin --json` at a region's node as its operator.
@@ -294,7 +128,11 @@ fn run_sh_starts_loads_reruns_unchanged_and_stops() {
         assert!(log.contains("metrics serving"), "{region}:\n{log}");
     }
 
-    integrator_walk_through(root);
+    // The docs' runnable blocks, as a reader of a fresh clone would type them.
+    crate::doc_run::link_release_binary(root);
+    let aside = tempfile::tempdir().expect("temp dir");
+    let ran = crate::doc_run::run_docs(root, aside.path());
+    assert!(ran.iter().all(|(_, n)| *n > 0), "{ran:?}");
 
     // Again: the servers are left running, and nothing is written.
     let second = run_script(root, &[]).expect_code(0);

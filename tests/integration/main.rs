@@ -13,6 +13,7 @@ mod cli_hospital;
 mod cli_quote;
 mod cli_security;
 mod demo;
+mod doc_run;
 mod edge;
 mod edge_fuzz;
 mod kill;

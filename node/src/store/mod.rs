@@ -633,6 +633,21 @@ mod tests {
             .unwrap()
     }
 
+    /// A filled store, closed cleanly, with one page three quarters in overwritten by
+    /// garbage, then opened without a page check (the damage is found only when met).
+    async fn opened_with_garbage_page(dir: &Path) -> (Store, integrity::StoreFiles) {
+        let files = integrity::StoreFiles::new(dir, DB_FILE);
+        let s = filled_store(dir, 3000).await;
+        assert!(s.close(std::time::Duration::from_secs(5)).await);
+        drop(s);
+        let mut bytes = std::fs::read(&files.db).unwrap();
+        let at = bytes.len() * 3 / 4 / 4096 * 4096;
+        bytes[at..at + 4096].fill(0xA5);
+        std::fs::write(&files.db, &bytes).unwrap();
+        let store = Store::open_checked(dir, 1, "330100", CheckStore::Off).unwrap();
+        (store, files)
+    }
+
     /// The refusal of opening `dir`, with `check`.
     fn refusal(dir: &Path, check: CheckStore) -> String {
         match Store::open_checked(dir, 1, "330100", check) {
@@ -908,15 +923,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_found_damaged_while_serving_takes_no_more_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let files = integrity::StoreFiles::new(dir.path(), DB_FILE);
-        let s = filled_store(dir.path(), 3000).await;
-        assert!(s.close(std::time::Duration::from_secs(5)).await);
-        drop(s);
-        let mut bytes = std::fs::read(&files.db).unwrap();
-        let at = bytes.len() * 3 / 4 / 4096 * 4096;
-        bytes[at..at + 4096].fill(0xA5);
-        std::fs::write(&files.db, &bytes).unwrap();
-        let store = Store::open_checked(dir.path(), 1, "330100", CheckStore::Off).unwrap();
+        let (store, files) = opened_with_garbage_page(dir.path()).await;
         let healthy = |c: &Connection| meta_set(c, "probe", "1");
         let sum = |c: &Connection| -> Result<i64> {
             Ok(c.query_row("SELECT SUM(length(v)) FROM filler", [], |r| r.get(0))?)
@@ -951,15 +958,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_that_meets_damage_stops_the_writes_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let files = integrity::StoreFiles::new(dir.path(), DB_FILE);
-        let s = filled_store(dir.path(), 3000).await;
-        assert!(s.close(std::time::Duration::from_secs(5)).await);
-        drop(s);
-        let mut bytes = std::fs::read(&files.db).unwrap();
-        let at = bytes.len() * 3 / 4 / 4096 * 4096;
-        bytes[at..at + 4096].fill(0xA5);
-        std::fs::write(&files.db, &bytes).unwrap();
-        let store = Store::open_checked(dir.path(), 1, "330100", CheckStore::Off).unwrap();
+        let (store, _files) = opened_with_garbage_page(dir.path()).await;
         let touch = store
             .write(|c| Ok(c.execute("UPDATE filler SET v = zeroblob(10)", [])?))
             .await;

@@ -420,6 +420,24 @@ pub async fn three_cities(
     fed
 }
 
+/// [`three_cities`] with fault-injection hooks installed at `region` alone; the hooks
+/// returned share their switches with that node's.
+pub async fn three_cities_hooked_at(
+    root: &std::path::Path,
+    region: &str,
+) -> (crate::harness::Federation, yidi_node::service::TestHooks) {
+    let hooks = yidi_node::service::TestHooks::default();
+    let installed = hooks.clone();
+    let region = region.to_owned();
+    let fed = three_cities(root, move |r, c| {
+        if r == region {
+            c.hooks = installed.clone();
+        }
+    })
+    .await;
+    (fed, hooks)
+}
+
 /// An institution's desk at its local node: the HospitalService calls of a test, with
 /// the institution code filled in.
 pub struct Desk {

@@ -340,6 +340,14 @@ impl TestCoordinator {
         yidi_common::proto::coordinator_service_client::CoordinatorServiceClient::new(ch)
     }
 
+    /// Stops the coordinator and starts it again on its data directory, its clock in
+    /// the middle of `period` (see [`mid_period`]): the coordinator a month on.
+    pub async fn restart_in(self, participants_file: PathBuf, period: &str) -> Self {
+        let data_dir = self.data_dir.clone();
+        self.stop().await;
+        Self::start_at(data_dir, participants_file, mid_period(period)).await
+    }
+
     /// Stops the coordinator and waits for it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

@@ -540,13 +540,7 @@ async fn full_round_dispute_late_claims_and_privacy() {
 
     // A month on (the coordinator's clock in the next period), the coordinator restarts
     // mid-round; Ningbo's operator confirms by hand.
-    coord.stop().await;
-    let coord = TestCoordinator::start_at(
-        dir.path().join("coordinator"),
-        fed.peers_file.clone(),
-        mid_period(&next),
-    )
-    .await;
+    let coord = coord.restart_in(fed.peers_file.clone(), &next).await;
     let mut c = coord.client().await;
     fed.stop(NB).await;
     fed.restart(NB, |c| c.clearing_auto_confirm = false).await;

@@ -43,6 +43,19 @@ fn ledger_counts(dir: &std::path::Path) -> (u64, u64, u64) {
     .expect("counts")
 }
 
+/// The node's positions for round R1 of 2026-03 (the report also freezes the round).
+async fn report_r1(
+    cp: &mut ClearingParticipantClient<tonic::transport::Channel>,
+) -> proto::ReportPositionsResponse {
+    cp.report_positions(proto::ReportPositionsRequest {
+        round_id: "R1".into(),
+        period: "2026-03".into(),
+    })
+    .await
+    .expect("report")
+    .into_inner()
+}
+
 /// Over 2.5 steps of records: the report freezes them all and reports them exactly;
 /// once confirmed, MarkCleared answers their number and every one ends cleared by the
 /// round, none left in it.
@@ -54,14 +67,7 @@ async fn a_round_larger_than_a_step_is_frozen_and_cleared_exactly() {
     seeded(&dir, n, "").await;
     let node = TestNode::start(HZ, dir.clone()).await;
     let mut cp = ClearingParticipantClient::new(node.channel().await);
-    let report = cp
-        .report_positions(proto::ReportPositionsRequest {
-            round_id: "R1".into(),
-            period: "2026-03".into(),
-        })
-        .await
-        .expect("report")
-        .into_inner();
+    let report = report_r1(&mut cp).await;
     assert_eq!(report.positions.len(), 1, "{report:?}");
     let p = &report.positions[0];
     assert_eq!(
@@ -143,14 +149,7 @@ async fn an_unfinished_freeze_refuses_confirmation_and_a_report_finishes_it() {
             .contains("round R1 is still being frozen here"),
         "{refused:?}"
     );
-    let report = cp
-        .report_positions(proto::ReportPositionsRequest {
-            round_id: "R1".into(),
-            period: "2026-03".into(),
-        })
-        .await
-        .expect("report")
-        .into_inner();
+    let report = report_r1(&mut cp).await;
     assert_eq!(report.positions[0].receivable_count, u64::from(n));
     let released = cp
         .release_round(proto::ReleaseRoundRequest {

@@ -650,13 +650,7 @@ async fn clearing_and_funds_commands_through_the_real_binary() {
         too_soon.stderr
     );
     // A month on: the coordinator's clock in the next period.
-    coord.stop().await;
-    let coord = TestCoordinator::start_at(
-        dir.path().join("coordinator"),
-        fed.peers_file.clone(),
-        mid_period(&next),
-    )
-    .await;
+    let coord = coord.restart_in(fed.peers_file.clone(), &next).await;
     let url = format!("http://{}", coord.addr);
     let round2 = clearing(&url, &["open", &next, "--early"]).await["round_id"]
         .as_str()

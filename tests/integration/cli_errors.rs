@@ -38,6 +38,29 @@ fn no_backtrace(run: &Run) {
     );
 }
 
+/// A plaintext client refused by a TLS server (`server`: "the node at URL"): exit 1,
+/// UNAVAILABLE naming the server and the flags that fix it, no backtrace.
+#[track_caller]
+fn told_tls_is_required(run: &Run, server: &str) {
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "UNAVAILABLE: {server} requires TLS: pass --ca, --cert and --key"
+        )),
+        "{run:?}"
+    );
+    no_backtrace(run);
+}
+
+/// The certificate, key and CA files of `party`, as `--cert`, `--key` and `--ca` take them.
+fn files_of(party: &pki::Party) -> (String, String, String) {
+    (
+        party.cert.display().to_string(),
+        party.key.display().to_string(),
+        party.ca.display().to_string(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_without_certificates_is_told_the_node_requires_tls() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -59,26 +82,15 @@ async fn client_without_certificates_is_told_the_node_requires_tls() {
         ],
     ] {
         let run = cli(&args);
-        assert_eq!(run.code, Some(1), "{run:?}");
-        assert!(
-            run.stderr.contains(&format!(
-                "UNAVAILABLE: the node at {url} requires TLS: pass --ca, --cert and --key"
-            )),
-            "{run:?}"
-        );
+        told_tls_is_required(&run, &format!("the node at {url}"));
         assert!(!run.stderr.contains("CANCELLED"), "{run:?}");
         assert!(!run.stderr.contains("h2 protocol error"), "{run:?}");
-        no_backtrace(&run);
     }
 
     // With an operator's certificate the same command works (the probe is not in the
     // way of a TLS client).
     let op = ca.issue(&pki::operator("330100", Role::Admin));
-    let (c, k, a) = (
-        op.cert.display().to_string(),
-        op.key.display().to_string(),
-        op.ca.display().to_string(),
-    );
+    let (c, k, a) = files_of(&op);
     let ok = cli(&[
         "admin", "--node", &url, "--ca", &a, "--cert", &c, "--key", &k, "info",
     ]);
@@ -102,21 +114,10 @@ async fn clearing_without_certificates_is_told_the_coordinator_requires_tls() {
     .await;
     let url = format!("http://{}", coord.addr);
     let run = cli(&["clearing", "--coordinator", &url, "status"]);
-    assert_eq!(run.code, Some(1), "{run:?}");
-    assert!(
-        run.stderr.contains(&format!(
-            "UNAVAILABLE: the coordinator at {url} requires TLS: pass --ca, --cert and --key"
-        )),
-        "{run:?}"
-    );
-    no_backtrace(&run);
+    told_tls_is_required(&run, &format!("the coordinator at {url}"));
 
     let op = ca.issue(&pki::operator("330000", Role::Clearing));
-    let (c, k, a) = (
-        op.cert.display().to_string(),
-        op.key.display().to_string(),
-        op.ca.display().to_string(),
-    );
+    let (c, k, a) = files_of(&op);
     let ok = cli(&[
         "clearing",
         "--coordinator",

@@ -21,6 +21,13 @@ use yidi_tests::{
 const HZ: &str = "330100";
 const NB: &str = "330200";
 
+/// Refused as INVALID_ARGUMENT with exactly `message`.
+#[track_caller]
+fn invalid(e: &tonic::Status, message: &str) {
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(e.message(), message);
+}
+
 /// An internal error (a real SQLite error, forced by a test hook) reaches the caller as
 /// INTERNAL with a reference only: no SQL, no table name, no SQLite text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,20 +155,18 @@ async fn oversized_fields_are_refused_by_name_and_nothing_is_stored() {
     let mut open = desk.open_req("ov-big", &id, HZ, Vk::Outpatient, VISIT_OPENED);
     open.diagnosis_code = mega.clone();
     let e = desk.client.open_visit(open).await.unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert_eq!(
-        e.message(),
-        "invalid diagnosis_code: is 1048576 characters long; at most 30 are accepted"
+    invalid(
+        &e,
+        "invalid diagnosis_code: is 1048576 characters long; at most 30 are accepted",
     );
 
     let e = desk
         .cancel("cancel-big", &s.settlement_id, &mega)
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert_eq!(
-        e.message(),
-        "invalid reason: is 1048576 characters long; at most 500 are accepted"
+    invalid(
+        &e,
+        "invalid reason: is 1048576 characters long; at most 500 are accepted",
     );
     // 500 Han characters are 1500 bytes, and accepted: the limit counts characters.
     // (Checked on a fresh request id below, after the refusals.)
@@ -177,10 +182,9 @@ async fn oversized_fields_are_refused_by_name_and_nothing_is_stored() {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert_eq!(
-        e.message(),
-        "invalid lines[1].item_code: is 33 characters long; at most 32 are accepted"
+    invalid(
+        &e,
+        "invalid lines[1].item_code: is 33 characters long; at most 32 are accepted",
     );
     // Too many lines in one upload.
     let e = desk
@@ -191,10 +195,9 @@ async fn oversized_fields_are_refused_by_name_and_nothing_is_stored() {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert_eq!(
-        e.message(),
-        "invalid lines: has 2001 elements; at most 2000 are accepted in one request"
+    invalid(
+        &e,
+        "invalid lines: has 2001 elements; at most 2000 are accepted in one request",
     );
 
     // The admin and peer services check the same way.
@@ -208,10 +211,9 @@ async fn oversized_fields_are_refused_by_name_and_nothing_is_stored() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert_eq!(
-        e.message(),
-        "invalid reason: is 1048576 characters long; at most 500 are accepted"
+    invalid(
+        &e,
+        "invalid reason: is 1048576 characters long; at most 500 are accepted",
     );
     let mut peer = fed.node(HZ).peer().await;
     let e = peer
@@ -220,10 +222,9 @@ async fn oversized_fields_are_refused_by_name_and_nothing_is_stored() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert_eq!(
-        e.message(),
-        "invalid claim_id: is 1048576 characters long; at most 30 are accepted"
+    invalid(
+        &e,
+        "invalid claim_id: is 1048576 characters long; at most 30 are accepted",
     );
 
     assert_eq!(store_fingerprint(fed.node(NB)), nb0);

@@ -15,7 +15,7 @@ use yidi_tests::{
     fixtures::{
         Desk, VISIT_OPENED as ADMITTED, acc_tuple, account_balance, accumulators, billed_visit,
         fee_line as line, filed_employee, id_number, inst, outbox, period_digest, three_cities,
-        wait_outbox_drained,
+        three_cities_hooked_at, wait_outbox_drained,
     },
     harness::{TestCoordinator, TestNode},
 };
@@ -31,6 +31,21 @@ fn refused(e: &tonic::Status, code: Code, parts: &[&str]) {
     for p in parts {
         assert!(e.message().contains(p), "{p:?} not in {:?}", e.message());
     }
+}
+
+/// An import that inserted `inserted` rows and refused exactly one: row `row`, for
+/// `field`.
+#[track_caller]
+fn one_row_refused(imported: &proto::ImportResult, inserted: u64, row: u64, field: &str) {
+    assert_eq!(
+        (imported.inserted, imported.errors.len()),
+        (inserted, 1),
+        "{imported:?}"
+    );
+    assert_eq!(
+        (imported.errors[0].row, imported.errors[0].field.as_str()),
+        (row, field)
+    );
 }
 
 /// A Hangzhou person's accumulators untouched: version 0, nothing paid.
@@ -251,15 +266,7 @@ async fn dates_in_the_future_are_refused_and_change_nothing() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        (imported.inserted, imported.errors.len()),
-        (0, 1),
-        "{imported:?}"
-    );
-    assert_eq!(
-        (imported.errors[0].row, imported.errors[0].field.as_str()),
-        (2, "enrolled_since")
-    );
+    one_row_refused(&imported, 0, 2, "enrolled_since");
     let e = admin
         .get_person(proto::GetPersonRequest {
             id_number: newcomer,
@@ -616,15 +623,7 @@ async fn a_fee_line_of_nothing_needs_an_item_free_of_charge() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        (imported.inserted, imported.errors.len()),
-        (1, 1),
-        "{imported:?}"
-    );
-    assert_eq!(
-        (imported.errors[0].row, imported.errors[0].field.as_str()),
-        (3, "free_of_charge")
-    );
+    one_row_refused(&imported, 1, 3, "free_of_charge");
     let got = admin
         .get_catalogue_item(proto::GetCatalogueItemRequest {
             code: "NB-FREE2".into(),
@@ -646,14 +645,8 @@ async fn a_fee_line_of_nothing_needs_an_item_free_of_charge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_doubt_claim_whose_home_is_down_follows_the_offline_rule() {
     let dir = tempfile::tempdir().unwrap();
-    let hooks = TestHooks::default();
-    let crash = Arc::clone(&hooks.crash_after_home_commit);
-    let mut fed = three_cities(dir.path(), move |r, c| {
-        if r == WZ {
-            c.hooks = hooks.clone();
-        }
-    })
-    .await;
+    let (mut fed, hooks) = three_cities_hooked_at(dir.path(), WZ).await;
+    let crash = hooks.crash_after_home_commit;
     // Ningbo settles provisionally when it cannot be reached.
     let id = filed_employee(fed.node(NB), "1986-06-06", 75, "0.00", WZ).await;
     let mut desk = Desk::at(fed.node(WZ), inst::WZ_H2).await;
@@ -734,15 +727,9 @@ async fn an_in_doubt_claim_whose_home_is_down_follows_the_offline_rule() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_doubt_claim_whose_abandonment_went_unanswered_stays_pending() {
     let dir = tempfile::tempdir().unwrap();
-    let hooks = TestHooks::default();
-    let unanswered = Arc::clone(&hooks.home_commit_unanswered);
-    let lost = Arc::clone(&hooks.abandon_answer_lost);
-    let fed = three_cities(dir.path(), move |r, c| {
-        if r == NB {
-            c.hooks = hooks.clone();
-        }
-    })
-    .await;
+    let (fed, hooks) = three_cities_hooked_at(dir.path(), NB).await;
+    let unanswered = hooks.home_commit_unanswered;
+    let lost = hooks.abandon_answer_lost;
     // Ningbo settles provisionally when it cannot be reached.
     let (nb, wz) = (fed.node(NB), fed.node(WZ));
     let id = filed_employee(nb, "1985-05-05", 74, "0.00", WZ).await;
@@ -795,14 +782,8 @@ async fn an_in_doubt_claim_whose_abandonment_went_unanswered_stays_pending() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_doubt_claim_under_a_refusing_home_policy_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
-    let hooks = TestHooks::default();
-    let crash = Arc::clone(&hooks.crash_after_home_commit);
-    let mut fed = three_cities(dir.path(), move |r, c| {
-        if r == NB {
-            c.hooks = hooks.clone();
-        }
-    })
-    .await;
+    let (mut fed, hooks) = three_cities_hooked_at(dir.path(), NB).await;
+    let crash = hooks.crash_after_home_commit;
     // Hangzhou refuses offline settlement.
     let id = filed_employee(fed.node(HZ), "1987-07-07", 76, "1000.00", NB).await;
     let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
@@ -842,14 +823,8 @@ async fn an_in_doubt_claim_under_a_refusing_home_policy_is_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_home_node_that_cannot_store_says_so_and_nothing_is_settled() {
     let dir = tempfile::tempdir().unwrap();
-    let hooks = TestHooks::default();
-    let full = Arc::clone(&hooks.home_store_full);
-    let fed = three_cities(dir.path(), move |r, c| {
-        if r == HZ {
-            c.hooks = hooks.clone();
-        }
-    })
-    .await;
+    let (fed, hooks) = three_cities_hooked_at(dir.path(), HZ).await;
+    let full = hooks.home_store_full;
     let (hz, nb) = (fed.node(HZ), fed.node(NB));
     let id = filed_employee(hz, "1988-08-08", 77, "1000.00", NB).await;
     let mut desk = Desk::at(nb, inst::NB_H3).await;

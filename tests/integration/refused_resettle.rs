@@ -4,10 +4,8 @@
 //! after the cancel the visit settles at the home node's rates (issue #21).
 
 use tonic::Code;
-use yidi_common::proto::VisitKind as Vk;
 use yidi_tests::fixtures::{
-    Desk, VISIT_OPENED as ADMITTED, account_balance, fee_line as line, filed_employee, inst,
-    three_cities,
+    Desk, account_balance, billed_visit, filed_employee, inst, three_cities,
 };
 
 const HZ: &str = "330100";
@@ -19,17 +17,7 @@ async fn a_refused_settlement_is_cancelled_then_settled_again() {
     let mut fed = three_cities(dir.path(), |_, _| {}).await;
     let id = filed_employee(fed.node(HZ), "1980-01-01", 40, "1000.00", NB).await;
     let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
-    let v = desk
-        .open("ov-1", &id, HZ, Vk::Outpatient, ADMITTED)
-        .await
-        .unwrap();
-    desk.fees(
-        "fees-1",
-        &v.visit_id,
-        vec![line("1", "NB-A", "1", "2000.00", "2000.00")],
-    )
-    .await
-    .unwrap();
+    let v = billed_visit(&mut desk, "1", &id, HZ, "2000.00").await;
     // Pre-settled while Hangzhou answers, so that its policy is cached for the
     // offline decision.
     desk.pre_settle(&v.visit_id, true).await.unwrap();

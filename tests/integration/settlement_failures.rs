@@ -22,7 +22,7 @@ use yidi_tests::{
         Desk, VISIT_OPENED as ADMITTED, acc_tuple, account_balance, accumulators, assert_split,
         billed_visit, fee_line as line, filed_employee, filing, filing_until, id_number, inst,
         institution_with_agreement, outbox, peer_calls, period_digest, person,
-        settled_2000_at_hz_rates, three_cities, wait_outbox_drained,
+        settled_2000_at_hz_rates, three_cities, three_cities_hooked_at, wait_outbox_drained,
     },
     harness::TestNode,
 };
@@ -383,14 +383,8 @@ async fn provisional_settlement_cancelled_while_home_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_home_commit_is_recovered_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let hooks = TestHooks::default();
-    let crash = Arc::clone(&hooks.crash_after_home_commit);
-    let mut fed = three_cities(dir.path(), move |r, c| {
-        if r == NB {
-            c.hooks = hooks.clone();
-        }
-    })
-    .await;
+    let (mut fed, hooks) = three_cities_hooked_at(dir.path(), NB).await;
+    let crash = hooks.crash_after_home_commit;
     let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
     let mut ids = Vec::new();
     let mut visits = Vec::new();
@@ -973,14 +967,8 @@ async fn abandoning_a_claim_that_was_committed_after_all_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settle_dropped_during_eligibility_is_settled_by_its_repeat() {
     let dir = tempfile::tempdir().unwrap();
-    let hooks = TestHooks::default();
-    let delay = Arc::clone(&hooks.eligibility_delay_ms);
-    let fed = three_cities(dir.path(), move |r, c| {
-        if r == HZ {
-            c.hooks = hooks.clone();
-        }
-    })
-    .await;
+    let (fed, hooks) = three_cities_hooked_at(dir.path(), HZ).await;
+    let delay = hooks.eligibility_delay_ms;
     let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
     let id = filed_employee(fed.node(HZ), "1979-09-09", 61, "1000.00", NB).await;
     // Hangzhou answers eligibility after 1.5 s. The visit is opened all the same (past

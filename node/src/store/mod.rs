@@ -611,7 +611,7 @@ mod tests {
         assert_eq!(temp_store(&conn).unwrap(), 0);
     }
 
-    /// A store with `rows` rows in a table of its own (several pages), closed cleanly.
+    /// A store with `rows` rows in a table of its own (several pages).
     async fn filled_store(dir: &Path, rows: i64) -> Store {
         let store = Store::open(dir, 1, "330100").unwrap();
         store
@@ -627,10 +627,29 @@ mod tests {
         store
     }
 
+    /// [`filled_store`], closed cleanly: only its files are left.
+    async fn closed_store(dir: &Path, rows: i64) {
+        let store = filled_store(dir, rows).await;
+        assert!(store.close(std::time::Duration::from_secs(5)).await);
+    }
+
     fn filler_rows(dir: &Path) -> i64 {
         let c = Connection::open(dir.join(DB_FILE)).unwrap();
         c.query_row("SELECT COUNT(*) FROM filler", [], |r| r.get(0))
             .unwrap()
+    }
+
+    /// A filled store, closed cleanly, with one page three quarters in overwritten by
+    /// garbage, then opened without a page check (the damage is found only when met).
+    async fn opened_with_garbage_page(dir: &Path) -> (Store, integrity::StoreFiles) {
+        let files = integrity::StoreFiles::new(dir, DB_FILE);
+        closed_store(dir, 3000).await;
+        let mut bytes = std::fs::read(&files.db).unwrap();
+        let at = bytes.len() * 3 / 4 / 4096 * 4096;
+        bytes[at..at + 4096].fill(0xA5);
+        std::fs::write(&files.db, &bytes).unwrap();
+        let store = Store::open_checked(dir, 1, "330100", CheckStore::Off).unwrap();
+        (store, files)
     }
 
     /// The refusal of opening `dir`, with `check`.
@@ -695,9 +714,7 @@ mod tests {
     #[tokio::test]
     async fn a_truncated_store_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = filled_store(dir.path(), 300).await;
-        assert!(store.close(std::time::Duration::from_secs(5)).await);
-        drop(store);
+        closed_store(dir.path(), 300).await;
         let db = dir.path().join(DB_FILE);
         let len = std::fs::metadata(&db).unwrap().len();
         let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
@@ -728,9 +745,7 @@ mod tests {
     #[tokio::test]
     async fn an_emptied_store_is_refused_where_there_were_data() {
         let dir = tempfile::tempdir().unwrap();
-        let store = filled_store(dir.path(), 10).await;
-        assert!(store.close(std::time::Duration::from_secs(5)).await);
-        drop(store);
+        closed_store(dir.path(), 10).await;
         let db = dir.path().join(DB_FILE);
         let marker = dir.path().join("node.id");
         std::fs::write(&db, b"").unwrap();
@@ -763,8 +778,7 @@ mod tests {
     async fn another_stores_file_is_refused() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         for d in [&a, &b] {
-            let s = filled_store(d.path(), 1).await;
-            assert!(s.close(std::time::Duration::from_secs(5)).await);
+            closed_store(d.path(), 1).await;
         }
         std::fs::copy(b.path().join(DB_FILE), a.path().join(DB_FILE)).unwrap();
         let m = refusal(a.path(), CheckStore::Auto);
@@ -778,8 +792,7 @@ mod tests {
     #[tokio::test]
     async fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let s = filled_store(dir.path(), 1).await;
-        assert!(s.close(std::time::Duration::from_secs(5)).await);
+        closed_store(dir.path(), 1).await;
         Connection::open(dir.path().join(DB_FILE))
             .unwrap()
             .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
@@ -798,8 +811,7 @@ mod tests {
     async fn a_log_missing_after_an_unclean_stop_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let files = integrity::StoreFiles::new(dir.path(), DB_FILE);
-        let s = filled_store(dir.path(), 5).await;
-        assert!(s.close(std::time::Duration::from_secs(5)).await);
+        closed_store(dir.path(), 5).await;
         // What a kill leaves: the marker, and the log beside the database.
         integrity::mark_running(&files).unwrap();
         let m = refusal(dir.path(), CheckStore::Auto);
@@ -833,8 +845,7 @@ mod tests {
     async fn a_start_that_died_while_opening_is_unclean_but_not_refused() {
         let dir = tempfile::tempdir().unwrap();
         let files = integrity::StoreFiles::new(dir.path(), DB_FILE);
-        let s = filled_store(dir.path(), 5).await;
-        assert!(s.close(std::time::Duration::from_secs(5)).await);
+        closed_store(dir.path(), 5).await;
         match Store::open(dir.path(), 1, "330200") {
             Err(Error::FailedPrecondition(m)) => {
                 assert!(m.contains("belongs to region 330100"), "{m}")
@@ -866,9 +877,7 @@ mod tests {
     async fn garbage_pages_are_refused_when_the_pages_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         let files = integrity::StoreFiles::new(dir.path(), DB_FILE);
-        let s = filled_store(dir.path(), 3000).await;
-        assert!(s.close(std::time::Duration::from_secs(5)).await);
-        drop(s);
+        closed_store(dir.path(), 3000).await;
         let len = std::fs::metadata(&files.db).unwrap().len();
         let mut bytes = std::fs::read(&files.db).unwrap();
         // In the filler table's pages (most of the file), not the schema's.
@@ -908,15 +917,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_found_damaged_while_serving_takes_no_more_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let files = integrity::StoreFiles::new(dir.path(), DB_FILE);
-        let s = filled_store(dir.path(), 3000).await;
-        assert!(s.close(std::time::Duration::from_secs(5)).await);
-        drop(s);
-        let mut bytes = std::fs::read(&files.db).unwrap();
-        let at = bytes.len() * 3 / 4 / 4096 * 4096;
-        bytes[at..at + 4096].fill(0xA5);
-        std::fs::write(&files.db, &bytes).unwrap();
-        let store = Store::open_checked(dir.path(), 1, "330100", CheckStore::Off).unwrap();
+        let (store, files) = opened_with_garbage_page(dir.path()).await;
         let healthy = |c: &Connection| meta_set(c, "probe", "1");
         let sum = |c: &Connection| -> Result<i64> {
             Ok(c.query_row("SELECT SUM(length(v)) FROM filler", [], |r| r.get(0))?)
@@ -951,15 +952,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_that_meets_damage_stops_the_writes_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let files = integrity::StoreFiles::new(dir.path(), DB_FILE);
-        let s = filled_store(dir.path(), 3000).await;
-        assert!(s.close(std::time::Duration::from_secs(5)).await);
-        drop(s);
-        let mut bytes = std::fs::read(&files.db).unwrap();
-        let at = bytes.len() * 3 / 4 / 4096 * 4096;
-        bytes[at..at + 4096].fill(0xA5);
-        std::fs::write(&files.db, &bytes).unwrap();
-        let store = Store::open_checked(dir.path(), 1, "330100", CheckStore::Off).unwrap();
+        let (store, _files) = opened_with_garbage_page(dir.path()).await;
         let touch = store
             .write(|c| Ok(c.execute("UPDATE filler SET v = zeroblob(10)", [])?))
             .await;

@@ -268,7 +268,6 @@ async fn start(
     layout: &Layout,
     pki: &pki::Pki,
     listeners: Listeners,
-    coordinator_ahead: &Arc<std::sync::atomic::AtomicI64>,
 ) -> anyhow::Result<Federation> {
     let (stop, rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -286,7 +285,6 @@ async fn start(
     cc.security = pki.server(&Identity::Coordinator { province })?;
     cc.drain = Duration::from_secs(5);
     cc.run_interval = Duration::from_secs(2);
-    cc.clock = crate::coordinator::Clock::ahead(Arc::clone(coordinator_ahead));
     tasks.push((
         format!("coordinator {PROVINCE}"),
         tokio::spawn(crate::coordinator::serve(
@@ -359,10 +357,6 @@ pub(crate) struct Ctx {
     pub(crate) nodes: Vec<Node>,
     pub(crate) coordinator: CoordinatorServiceClient<Channel>,
     pub(crate) pki: Arc<pki::Pki>,
-    /// Seconds the demo coordinator's clock runs ahead of the system clock: 0, unless
-    /// a re-run within a month an earlier run cleared moves it into the next month to
-    /// open that month's round (see `report::clear`).
-    pub(crate) coordinator_ahead: Arc<std::sync::atomic::AtomicI64>,
 }
 
 async fn connect(
@@ -468,7 +462,6 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "mutual TLS between every party, certificates in {}\n",
         layout.dir.join("certs").display()
     );
-    let coordinator_ahead = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let mut fed = start(
         &layout,
         &pki,
@@ -477,7 +470,6 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             nodes,
             coordinator_metrics,
         },
-        &coordinator_ahead,
     )
     .await?;
     let (nodes, coordinator) = match connect(&layout, &pki, &mut fed).await {
@@ -501,7 +493,6 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         nodes,
         coordinator,
         pki,
-        coordinator_ahead,
     };
 
     let outcome = tokio::select! {

@@ -627,13 +627,26 @@ async fn clearing_and_funds_commands_through_the_real_binary() {
         .unwrap()
         .next()
         .to_string();
+    // An earlier month than the one cleared is never opened again.
+    let p = yidi_common::period::Period::parse(&period, "p").unwrap();
+    let before = if p.month() == 1 {
+        format!("{}-12", p.year() - 1)
+    } else {
+        format!("{}-{:02}", p.year(), p.month() - 1)
+    };
     let again = run(argv(
         &["clearing", "--coordinator", &url],
-        &["open", &period, "--early"],
+        &["open", &before],
     ))
     .await
     .expect_code(1);
-    assert!(again.stderr.contains("already cleared"), "{}", again.stderr);
+    assert!(
+        again
+            .stderr
+            .contains(&format!("period {period} is already cleared")),
+        "{}",
+        again.stderr
+    );
     // The next period is in the future until it begins: refused, early or not.
     let too_soon = run(argv(
         &["clearing", "--coordinator", &url],

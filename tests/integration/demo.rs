@@ -219,8 +219,9 @@ fn demo_once_clears_a_confirmed_statement_matching_every_ledger_and_reruns() {
     }
     assert!(!stdout.contains("FAILED"), "{}", ctx());
 
-    // A second run reuses the directory: nothing loaded twice, new visits cleared in the
-    // next period's round (this month's is cleared), books still matching.
+    // A second run reuses the directory: nothing loaded twice, new visits cleared in a
+    // second early round of this month (never a round for a month not yet begun), books
+    // still matching.
     let rerun: Vec<String> = args.iter().filter(|a| *a != "--reset").cloned().collect();
     let (code, stdout2, stderr2) = run_demo(&rerun, Duration::from_secs(240));
     assert_eq!(
@@ -229,9 +230,22 @@ fn demo_once_clears_a_confirmed_statement_matching_every_ledger_and_reruns() {
         "re-run failed\nstdout:\n{stdout2}\nstderr:\n{stderr2}"
     );
     assert!(stdout2.contains("(run 2,"), "{stdout2}");
+    let month = yidi_common::period::Period::of(chrono::Utc::now()).to_string();
     assert!(
-        stdout2.contains("was cleared by an earlier run")
-            && stdout2.contains("the demo coordinator's clock is moved on to"),
+        stdout2.contains(&format!(
+            "{month} was cleared early by an earlier run; this round clears the "
+        )) && stdout2.contains(&format!(
+            "clearing: opening another early round for {month} ("
+        )),
+        "{stdout2}"
+    );
+    assert!(
+        stdout2.contains(&format!("round {month}-r2: SETTLED"))
+            && !stdout2.contains("clock is moved on")
+            && !stdout2.contains(&format!(
+                "round for {}",
+                yidi_common::period::Period::of(chrono::Utc::now()).next()
+            )),
         "{stdout2}"
     );
     let persons = |out: &str| {

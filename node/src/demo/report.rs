@@ -661,50 +661,44 @@ pub(super) async fn clear(ctx: &Ctx) -> anyhow::Result<Cleared> {
     let last = rounds
         .iter()
         .filter(|r| r.state == "SETTLED")
+        .filter_map(|r| Period::parse(&r.period, "period").ok().map(|p| (p, r)))
+        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.round_id.cmp(&b.1.round_id)))
+        .map(|(p, r)| (p, r.round_id.clone()));
+    let first = rounds
+        .iter()
+        .filter(|r| r.state == "SETTLED")
         .filter_map(|r| Period::parse(&r.period, "period").ok())
-        .max();
-    // A period clears once; an earlier run's round for this month means this run's
-    // records are late for it and go into the next period's round (as adjustments).
-    let period = match last {
-        Some(p) if p >= now => {
-            notes.push(format!(
-                "period {p} was cleared by an earlier run; this run's records are carried into the round for {}",
-                p.next()
-            ));
-            p.next()
+        .min()
+        .unwrap_or(now);
+    let uncleared = uncleared_records(ctx, first, now).await?;
+    let opened = match plan(last.as_ref().map(|l| l.0), now, uncleared) {
+        Plan::Open => {
+            println!(
+                "clearing: opening a round for {now} (early: the month is not over; later records go to the next round)"
+            );
+            open(ctx, now).await?
         }
-        _ => now,
+        Plan::Again => {
+            notes.push(format!(
+                "{now} was cleared early by an earlier run; this round clears the {uncleared} record(s) that came in since"
+            ));
+            println!(
+                "clearing: opening another early round for {now} ({uncleared} record(s) not yet cleared)"
+            );
+            open(ctx, now).await?
+        }
+        Plan::Nothing => {
+            let id = last.map(|l| l.1).unwrap_or_default();
+            println!(
+                "clearing: nothing new to clear in {now}: every record was cleared by round {id}; no round opened"
+            );
+            notes.push(format!(
+                "nothing new to clear in {now}; the statement below is round {id}'s"
+            ));
+            id
+        }
     };
-    if period > now {
-        // The coordinator refuses future periods. The demo moves its coordinator's clock
-        // to the first day of that period (and says so); in production the round is
-        // opened once the period has begun.
-        let start = chrono::NaiveDate::from_ymd_opt(period.year(), period.month(), 1)
-            .and_then(|d| d.and_hms_opt(12, 0, 0))
-            .and_then(|t| t.and_local_timezone(yidi_common::period::cst()).single())
-            .context("the first day of the period")?;
-        let ahead = (start.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds();
-        ctx.coordinator_ahead
-            .store(ahead.max(0), std::sync::atomic::Ordering::Relaxed);
-        notes.push(format!(
-            "the demo coordinator's clock is moved on to {} so that the round for {period} can be opened now (a coordinator refuses future periods)",
-            yidi_common::period::format_ts(start.with_timezone(&chrono::Utc))
-        ));
-    }
-    println!(
-        "clearing: opening a round for {period} (early: the month is not over; later records go to the next round)"
-    );
-    let opened = c
-        .open_round(proto::OpenRoundRequest {
-            request_id: format!("demo-open-{period}-r{}", ctx.run),
-            period: period.to_string(),
-            early: true,
-            allow_empty: false,
-        })
-        .await
-        .context("opening the clearing round")?
-        .into_inner();
-    let (round, statement) = drive_round(ctx, &opened.round_id, &mut notes).await?;
+    let (round, statement) = drive_round(ctx, &opened, &mut notes).await?;
     let mut history = Vec::new();
     for r in c
         .list_rounds(proto::ListRoundsRequest {})
@@ -723,6 +717,71 @@ pub(super) async fn clear(ctx: &Ctx) -> anyhow::Result<Cleared> {
         history,
         notes,
     })
+}
+
+/// What a run's clearing step does, from the last settled period, the current one and
+/// how many records the nodes hold uncleared up to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// No round of the current month yet: open one (early).
+    Open,
+    /// The current month was cleared early and records came in since: another early
+    /// round of it clears only those (the nodes freeze records not yet cleared).
+    Again,
+    /// The current month was cleared and nothing came in since: no round.
+    Nothing,
+}
+
+/// Never a future period: the coordinator refuses them, and a round for a month that
+/// has not begun would be a fiction.
+fn plan(last_settled: Option<Period>, now: Period, uncleared: u64) -> Plan {
+    match last_settled {
+        Some(p) if p >= now && uncleared == 0 => Plan::Nothing,
+        Some(p) if p >= now => Plan::Again,
+        _ => Plan::Open,
+    }
+}
+
+/// Records the nodes hold, in `first..=last`, that no round has cleared.
+async fn uncleared_records(ctx: &Ctx, first: Period, last: Period) -> anyhow::Result<u64> {
+    let mut n = 0;
+    for node in &ctx.nodes {
+        let mut p = first;
+        loop {
+            let l = node
+                .admin
+                .clone()
+                .get_ledger(proto::GetLedgerRequest {
+                    period: p.to_string(),
+                })
+                .await?
+                .into_inner();
+            for pos in &l.positions {
+                n += (pos.receivable_count + pos.payable_count).saturating_sub(pos.cleared);
+            }
+            if p >= last {
+                break;
+            }
+            p = p.next();
+        }
+    }
+    Ok(n)
+}
+
+async fn open(ctx: &Ctx, period: Period) -> anyhow::Result<String> {
+    Ok(ctx
+        .coordinator
+        .clone()
+        .open_round(proto::OpenRoundRequest {
+            request_id: format!("demo-open-{period}-r{}", ctx.run),
+            period: period.to_string(),
+            early: true,
+            allow_empty: false,
+        })
+        .await
+        .context("opening the clearing round")?
+        .into_inner()
+        .round_id)
 }
 
 fn net_of(st: &proto::Statement, region: &str) -> Decimal {
@@ -856,6 +915,13 @@ pub(super) async fn print_clearing(
         ]);
     }
     println!("gross positions:\n{gt}");
+    // What "payable" is made of: claims, cancellations, audit deductions and reserve
+    // top-ups, each Σ to the gross amounts above.
+    let pairs = crate::cli::clearing::by_kind(st)?;
+    println!(
+        "by record kind, amount (records):\n{}",
+        crate::cli::clearing::kind_table(&pairs, crate::i18n::Lang::En, region_label)
+    );
     let mut nt = table(&["region", "receivable", "payable", "net", ""]);
     let mut sum = Decimal::ZERO;
     for n in &st.nets {
@@ -937,6 +1003,30 @@ pub(super) async fn print_clearing(
         sum == Decimal::ZERO,
         format!("statement {} Σ net = {}", st.round_id, fmt(sum)),
     );
+    // The breakdown by kind covers every gross pair and adds up to it (by_kind drops a
+    // pair's breakdown that does not).
+    let pairs = crate::cli::clearing::by_kind(st)?;
+    let totals = crate::cli::clearing::kind_totals(&pairs);
+    let gross: Decimal = st.gross.iter().map(|g| dec(&g.amount)).sum();
+    let by_kind: Decimal = totals.values().map(|(_, a)| *a).sum();
+    check(
+        &mut failures,
+        pairs.iter().all(|p| !p.groups.is_empty()) && by_kind == gross,
+        format!(
+            "statement {} by kind: {} = gross {}",
+            st.round_id,
+            crate::i18n::KindGroup::ALL
+                .iter()
+                .filter_map(|g| totals.get(g).map(|(n, a)| format!(
+                    "{} {} ({n})",
+                    g.code(),
+                    fmt(*a)
+                )))
+                .collect::<Vec<_>>()
+                .join(" + "),
+            fmt(gross)
+        ),
+    );
     let paid_in: Decimal = st
         .instructions
         .iter()
@@ -955,7 +1045,7 @@ pub(super) async fn print_clearing(
         format!("clearing account in={} out={}", fmt(paid_in), fmt(paid_out)),
     );
     // Each node's books against the statements: cumulative over every settled round
-    // (a re-run's round carries late records of an already cleared period).
+    // (a re-run's round clears the records that came in since an earlier run's).
     let rounds = cl.history.len();
     let mut ledger_sum = Decimal::ZERO;
     for node in &ctx.nodes {
@@ -1104,4 +1194,22 @@ pub(super) fn print_explore(layout: &Layout, ctx: &Ctx) {
         layout.nodes[0]
     );
     println!("\nCtrl-C stops every node and the coordinator gracefully.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_is_only_ever_for_the_current_month() {
+        let p = |s: &str| Period::parse(s, "period").expect("period");
+        let now = p("2026-12");
+        assert_eq!(plan(None, now, 0), Plan::Open);
+        assert_eq!(plan(Some(p("2026-11")), now, 5), Plan::Open);
+        assert_eq!(plan(Some(p("2026-11")), now, 0), Plan::Open);
+        // Cleared early this month: another early round of it, or none at all; never
+        // a round for 2027-01.
+        assert_eq!(plan(Some(now), now, 3), Plan::Again);
+        assert_eq!(plan(Some(now), now, 0), Plan::Nothing);
+    }
 }

@@ -116,6 +116,34 @@ impl KindGroup {
     }
 }
 
+/// The Chinese name of a fund (NHSA fund types).
+#[must_use]
+pub fn fund_zh(f: yidi_common::engine::Fund) -> &'static str {
+    use yidi_common::engine::Fund;
+    match f {
+        Fund::Hifp => "统筹基金",
+        Fund::Hifmi => "大病保险",
+        Fund::Hifob => "大额医疗补助",
+        Fund::Cvlserv => "公务员医疗补助",
+        Fund::Maf => "医疗救助",
+        Fund::Acct => "个人账户",
+    }
+}
+
+/// The Chinese name of how a fee line was classified.
+#[must_use]
+pub fn line_reason_zh(r: yidi_common::engine::LineReason) -> &'static str {
+    use yidi_common::engine::LineReason;
+    match r {
+        LineReason::A => "甲类",
+        LineReason::B => "乙类",
+        LineReason::BFirstSelfpay => "乙类先行自付",
+        LineReason::COutOfScope => "丙类（目录外全自费）",
+        LineReason::OverPriceCap => "超限价",
+        LineReason::BOverPriceCap => "乙类超限价",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

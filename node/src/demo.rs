@@ -70,6 +70,10 @@ pub struct DemoArgs {
     /// running until Ctrl-C.
     #[arg(long)]
     pub once: bool,
+    /// Language of the tables: en or zh (default: env YIDI_LANG, else zh when LC_ALL or
+    /// LANG starts with zh). The `CHECK … ok` lines stay in English for scripts.
+    #[arg(long, value_enum)]
+    pub lang: Option<crate::i18n::Lang>,
     /// The coordinator's port on 127.0.0.1; the city nodes take the next three
     /// (Hangzhou, Ningbo, Wenzhou).
     #[arg(long, default_value_t = 7100)]
@@ -352,6 +356,8 @@ impl Node {
 /// Everything the steps of a run share.
 pub(crate) struct Ctx {
     pub(crate) run: u32,
+    /// Language of the tables (`--lang`).
+    pub(crate) lang: crate::i18n::Lang,
     pub(crate) today: NaiveDate,
     pub(crate) cities: Vec<CityData>,
     pub(crate) nodes: Vec<Node>,
@@ -488,6 +494,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut ctx = Ctx {
         run: run_no,
+        lang: crate::i18n::Lang::resolve(args.lang),
         today,
         cities,
         nodes,
@@ -533,7 +540,7 @@ async fn steps(ctx: &mut Ctx, args: &DemoArgs, started: Instant) -> anyhow::Resu
     let (done, settle_calls) = settle(ctx, args, &persons).await?;
     let settle_secs = t.elapsed().as_secs_f64();
 
-    report::print_examples(&done);
+    report::print_examples(&done, ctx.lang);
     let extras = report::adjustments(ctx, &done).await?;
     report::wait_outboxes(ctx).await?;
     let t = Instant::now();
@@ -843,7 +850,7 @@ async fn settle(
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     let counts = tally.counts();
-    report::print_settlements(&counts, total, secs);
+    report::print_settlements(&counts, total, secs, ctx.lang);
     let calls = tally
         .settle_calls
         .each_ref()

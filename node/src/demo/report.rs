@@ -6,6 +6,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, bail};
+
+use crate::i18n::Lang;
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets};
 use rust_decimal::Decimal;
 use yidi_common::{
@@ -177,7 +179,8 @@ pub(super) fn print_loaded(ctx: &Ctx, counts: &[LoadCounts], loaded: &[Loaded]) 
     println!("{t}");
 }
 
-pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64) {
+pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64, lang: Lang) {
+    let l = |en, zh| lang.pick(en, zh);
     println!(
         "{total} visits in {secs:.1} s: settled {} (provisional {}) · refused {} · errors {}{} · cancelled {} · 冲正 {} · retried calls {}",
         c.settled,
@@ -201,10 +204,10 @@ pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64) {
         c.retried
     );
     let mut t = table(&[
-        "visit kind",
-        "local",
-        "cross-region, filed",
-        "cross-region, unfiled",
+        l("visit kind", "就诊类型"),
+        l("local", "本地"),
+        l("cross-region, filed", "异地（已备案）"),
+        l("cross-region, unfiled", "异地（未备案）"),
     ]);
     for kind in VisitKind::ALL {
         let cell = |cat: &str| {
@@ -213,19 +216,22 @@ pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64) {
                 .map_or_else(
                     || "–".to_owned(),
                     |[s, r, f]| {
-                        let mut x = format!("{s} settled");
+                        let mut x = format!("{s} {}", l("settled", "笔结算"));
                         if *r > 0 {
-                            x.push_str(&format!(", {r} refused"));
+                            x.push_str(&format!(", {r} {}", l("refused", "笔拒绝")));
                         }
                         if *f > 0 {
-                            x.push_str(&format!(", {f} failed"));
+                            x.push_str(&format!(", {f} {}", l("failed", "笔失败")));
                         }
                         x
                     },
                 )
         };
         t.add_row(vec![
-            Cell::new(kind.as_str()),
+            Cell::new(match lang {
+                Lang::En => kind.as_str(),
+                Lang::Zh => kind.zh_name(),
+            }),
             Cell::new(cell("local")),
             Cell::new(cell("filed")),
             Cell::new(cell("unfiled")),
@@ -233,7 +239,13 @@ pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64) {
     }
     println!("{t}");
     if !c.refusal_reasons.is_empty() {
-        println!("refused (no direct settlement: the patient pays in full and claims at home):");
+        println!(
+            "{}",
+            l(
+                "refused (no direct settlement: the patient pays in full and claims at home):",
+                "拒绝（不予直接结算：患者全额垫付，回参保地报销）："
+            )
+        );
         let mut reasons: Vec<_> = c.refusal_reasons.iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(a.1));
         for (r, n) in reasons.into_iter().take(6) {
@@ -297,13 +309,18 @@ fn examples(done: &[Done]) -> Vec<(&'static str, &Done)> {
 /// A row of the example table: its label and the split field it shows.
 type SplitField = (&'static str, fn(&proto::Split) -> &str);
 
-pub(super) fn print_examples(done: &[Done]) {
+pub(super) fn print_examples(done: &[Done], lang: Lang) {
+    let l = |en, zh| lang.pick(en, zh);
     let ex = examples(done);
     if ex.is_empty() {
         return;
     }
     println!(
-        "example settlements (NHSA setlinfo fields; home policy applied to the treatment city's catalogue):"
+        "{}",
+        l(
+            "example settlements (NHSA setlinfo fields; home policy applied to the treatment city's catalogue):",
+            "结算示例（国家医保 setlinfo 字段；参保地待遇、就医地目录）："
+        )
     );
     let mut header = vec!["".to_owned()];
     header.extend(
@@ -320,40 +337,59 @@ pub(super) fn print_examples(done: &[Done]) {
         r.extend(ex.iter().map(|(_, d)| Cell::new(f(d))));
         r
     };
-    t.add_row(text_row("settlement", &|d| {
+    t.add_row(text_row(l("settlement", "结算流水号"), &|d| {
         d.settlement.settlement_id.clone()
     }));
-    t.add_row(text_row("patient", &|d| {
+    t.add_row(text_row(l("patient", "患者"), &|d| {
+        let p = &d.scenario.person;
         format!(
             "{} ({}{})",
-            mask(&d.scenario.person.name),
-            d.scenario.person.person_type,
-            if d.scenario.person.civil_servant {
-                ", civil servant"
+            mask(&p.name),
+            match lang {
+                Lang::En => p.person_type.as_str(),
+                Lang::Zh => p.person_type.zh_name(),
+            },
+            if p.civil_servant {
+                l(", civil servant", "，公务员")
             } else {
                 ""
             }
         )
     }));
-    t.add_row(text_row("home → treated in", &|d| {
-        format!(
-            "{} → {}",
-            city_name(&d.settlement.home_region),
-            city_name(&d.settlement.treatment_region)
-        )
-    }));
-    t.add_row(text_row("visit", &|d| {
-        format!(
+    t.add_row(text_row(
+        l("home → treated in", "参保地 → 就医地"),
+        &|d| {
+            format!(
+                "{} → {}",
+                city_name(&d.settlement.home_region),
+                city_name(&d.settlement.treatment_region)
+            )
+        },
+    ));
+    t.add_row(text_row(l("visit", "就诊"), &|d| match lang {
+        Lang::En => format!(
             "{} at {} ({})",
             d.scenario.kind, d.scenario.institution, d.scenario.level
-        )
+        ),
+        Lang::Zh => format!(
+            "{}，{}（{}）",
+            d.scenario.kind.zh_name(),
+            d.scenario.institution,
+            d.scenario.level.zh_name()
+        ),
     }));
-    t.add_row(text_row("filing applied", &|d| {
+    t.add_row(text_row(l("filing applied", "备案类型"), &|d| {
         d.settlement
             .split
             .as_ref()
             .and_then(|s| FilingType::from_proto(s.applied_filing_type, "f").ok())
-            .map_or_else(|| "— (local)".to_owned(), |f| f.to_string())
+            .map_or_else(
+                || l("— (local)", "—（本地就医）").to_owned(),
+                |f| match lang {
+                    Lang::En => f.to_string(),
+                    Lang::Zh => f.zh_name().to_owned(),
+                },
+            )
     }));
     let fields: [SplitField; 16] = [
         ("medfee_sumamt 总额", |s| &s.medfee_sumamt),
@@ -386,30 +422,43 @@ pub(super) fn print_examples(done: &[Done]) {
         }));
         t.add_row(r);
     }
-    t.add_row(text_row("pre-settle predicted the fund", &|d| {
-        let pre = d.pre.split.as_ref().map(|s| s.fund_pay_sumamt.clone());
-        let got = d
-            .settlement
-            .split
-            .as_ref()
-            .map(|s| s.fund_pay_sumamt.clone());
-        if pre == got {
-            "yes".into()
-        } else {
-            format!("no ({})", pre.unwrap_or_default())
-        }
-    }));
+    t.add_row(text_row(
+        l("pre-settle predicted the fund", "预结算基金支付一致"),
+        &|d| {
+            let pre = d.pre.split.as_ref().map(|s| s.fund_pay_sumamt.clone());
+            let got = d
+                .settlement
+                .split
+                .as_ref()
+                .map(|s| s.fund_pay_sumamt.clone());
+            if pre == got {
+                l("yes", "是").into()
+            } else {
+                format!("{} ({})", l("no", "否"), pre.unwrap_or_default())
+            }
+        },
+    ));
     println!("{t}");
     if let Some((label, d)) = ex.first()
         && let Some(s) = &d.settlement.split
     {
-        println!("trace of #1 ({label}, {}):", d.settlement.settlement_id);
+        println!(
+            "{} #1 ({label}, {}):",
+            l("trace of", "计算过程"),
+            d.settlement.settlement_id
+        );
         for line in &s.trace {
             println!("  {line}");
         }
     }
     // The reversals, each a new record; the settled one is never edited.
-    let mut rt = table(&["reversal", "of settlement", "how", "fund share", "state"]);
+    let mut rt = table(&[
+        l("reversal", "冲销记录"),
+        l("of settlement", "原结算"),
+        l("how", "方式"),
+        l("fund share", "基金支付"),
+        l("state", "状态"),
+    ]);
     let mut any = false;
     for d in done {
         if let Some(c) = &d.cancel {
@@ -417,7 +466,10 @@ pub(super) fn print_examples(done: &[Done]) {
             rt.add_row(vec![
                 Cell::new(&c.settlement_id),
                 Cell::new(&d.settlement.settlement_id),
-                Cell::new("cancelled by the institution (2208)"),
+                Cell::new(l(
+                    "cancelled by the institution (2208)",
+                    "机构撤销结算（2208）",
+                )),
                 right(
                     c.split
                         .as_ref()
@@ -433,7 +485,11 @@ pub(super) fn print_examples(done: &[Done]) {
             rt.add_row(vec![
                 Cell::new(&rev.settlement_id),
                 Cell::new(&d.settlement.settlement_id),
-                Cell::new(format!("冲正 of the settle request (2601): {}", r.outcome)),
+                Cell::new(format!(
+                    "{}: {}",
+                    l("冲正 of the settle request (2601)", "冲正结算交易（2601）"),
+                    r.outcome
+                )),
                 right(
                     rev.split
                         .as_ref()
@@ -849,15 +905,23 @@ pub(super) async fn print_clearing(
         periods.push(p.next());
     }
 
-    println!("\nledgers (台账) of the nodes, AdminService.GetLedger:");
+    let lang = ctx.lang;
+    let l = |en, zh| lang.pick(en, zh);
+    println!(
+        "\n{}",
+        l(
+            "ledgers (台账) of the nodes, AdminService.GetLedger:",
+            "各节点台账（AdminService.GetLedger）："
+        )
+    );
     let mut lt = table(&[
-        "node",
-        "period",
-        "counterparty",
-        "receivable (as treatment region)",
-        "payable (as home region)",
-        "net",
-        "cleared records",
+        l("node", "节点"),
+        l("period", "清算期"),
+        l("counterparty", "对方统筹区"),
+        l("receivable (as treatment region)", "应收（作为就医地）"),
+        l("payable (as home region)", "应付（作为参保地）"),
+        l("net", "净额"),
+        l("cleared records", "已清算笔数"),
     ]);
     let mut ledger_net: BTreeMap<&str, Decimal> = BTreeMap::new();
     let mut records: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
@@ -895,16 +959,19 @@ pub(super) async fn print_clearing(
     println!("{lt}");
 
     println!(
-        "\nstatement of round {} (period {}), digest {}:",
+        "\n{} {} ({} {}), {} {}:",
+        l("statement of round", "清算结算单"),
         st.round_id,
+        l("period", "清算期"),
         st.period,
+        l("digest", "摘要"),
         &st.digest[..st.digest.len().min(16)]
     );
     let mut gt = table(&[
-        "debtor (home region)",
-        "owes creditor (treatment region)",
-        "records",
-        "amount",
+        l("debtor (home region)", "欠款方（参保地）"),
+        l("owes creditor (treatment region)", "收款方（就医地）"),
+        l("records", "笔数"),
+        l("amount", "金额"),
     ]);
     for g in &st.gross {
         gt.add_row(vec![
@@ -914,15 +981,25 @@ pub(super) async fn print_clearing(
             right(&g.amount),
         ]);
     }
-    println!("gross positions:\n{gt}");
+    println!("{}\n{gt}", l("gross positions:", "双边应付总额："));
     // What "payable" is made of: claims, cancellations, audit deductions and reserve
     // top-ups, each Σ to the gross amounts above.
     let pairs = crate::cli::clearing::by_kind(st)?;
     println!(
-        "by record kind, amount (records):\n{}",
-        crate::cli::clearing::kind_table(&pairs, crate::i18n::Lang::En, region_label)
+        "{}\n{}",
+        l(
+            "by record kind, amount (records):",
+            "按记录类型，金额（笔数）："
+        ),
+        crate::cli::clearing::kind_table(&pairs, lang, region_label)
     );
-    let mut nt = table(&["region", "receivable", "payable", "net", ""]);
+    let mut nt = table(&[
+        l("region", "统筹区"),
+        l("receivable", "应收"),
+        l("payable", "应付"),
+        l("net", "净额"),
+        "",
+    ]);
     let mut sum = Decimal::ZERO;
     for n in &st.nets {
         let net = dec(&n.net);
@@ -933,17 +1010,22 @@ pub(super) async fn print_clearing(
             right(&n.payable),
             right(&n.net),
             Cell::new(if net > Decimal::ZERO {
-                "creditor: is paid"
+                l("creditor: is paid", "应收方：收款")
             } else if net < Decimal::ZERO {
-                "debtor: pays"
+                l("debtor: pays", "应付方：付款")
             } else {
-                "even"
+                l("even", "持平")
             }),
         ]);
     }
-    println!("net positions:\n{nt}");
+    println!("{}\n{nt}", l("net positions:", "轧差净额："));
     println!("Σ net = {}", fmt(sum));
-    let mut it = table(&["#", "from", "to", "amount"]);
+    let mut it = table(&[
+        "#",
+        l("from", "付款方"),
+        l("to", "收款方"),
+        l("amount", "金额"),
+    ]);
     for (i, ins) in st.instructions.iter().enumerate() {
         it.add_row(vec![
             right(i + 1),
@@ -952,10 +1034,16 @@ pub(super) async fn print_clearing(
             right(&ins.amount),
         ]);
     }
-    println!(
-        "payment instructions through the provincial clearing account {} ({} transfers instead of {} bilateral):\n{it}",
-        st.clearing_account, st.netted_transfers, st.bilateral_transfers
-    );
+    match lang {
+        Lang::En => println!(
+            "payment instructions through the provincial clearing account {} ({} transfers instead of {} bilateral):\n{it}",
+            st.clearing_account, st.netted_transfers, st.bilateral_transfers
+        ),
+        Lang::Zh => println!(
+            "经省级清算账户 {} 的划款指令（轧差后 {} 笔，双边结算需 {} 笔）：\n{it}",
+            st.clearing_account, st.netted_transfers, st.bilateral_transfers
+        ),
+    }
     for res in &st.reserves {
         println!(
             "reserve of {} held by {}: {}{}",

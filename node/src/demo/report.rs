@@ -249,6 +249,10 @@ pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64, lang: Lang) {
         let mut reasons: Vec<_> = c.refusal_reasons.iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(a.1));
         for (r, n) in reasons.into_iter().take(6) {
+            let r = match lang {
+                Lang::En => r.clone(),
+                Lang::Zh => refusal_zh(r).unwrap_or_else(|| r.clone()),
+            };
             println!("  {n:>4} × {r}");
         }
     }
@@ -256,6 +260,29 @@ pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64, lang: Lang) {
         println!("  error: {e}");
     }
     println!();
+}
+
+/// A refusal line of the tally ("at settle: policy 330200 employee does not settle
+/// outpatient visits directly under filing type temporary") in Chinese, its codes by
+/// their Chinese names; None for a line of another shape (printed as it is).
+fn refusal_zh(line: &str) -> Option<String> {
+    use yidi_common::types::{FilingType, InsuranceType, VisitKind};
+    let (stage, rest) = line.strip_prefix("at ")?.split_once(": ")?;
+    let rest = rest.strip_prefix("policy ")?;
+    let (region, rest) = rest.split_once(' ')?;
+    let (insurance, rest) = rest.split_once(" does not settle ")?;
+    let (kind, ft) = rest.split_once(" visits directly under filing type ")?;
+    let stage = match stage {
+        "settle" => "结算",
+        "identify" => "身份识别",
+        other => other,
+    };
+    Some(format!(
+        "{stage}：{region} {}政策对{}不予直接结算（备案类型：{}）",
+        InsuranceType::parse(insurance, "insurance").ok()?.zh_name(),
+        VisitKind::parse(kind, "kind").ok()?.zh_name(),
+        FilingType::parse(ft.trim(), "filing").ok()?.zh_name()
+    ))
 }
 
 /// Picks a few settlements that show different rules at work.
@@ -1287,6 +1314,18 @@ pub(super) fn print_explore(layout: &Layout, ctx: &Ctx) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusal_lines_read_in_chinese() {
+        assert_eq!(
+            refusal_zh(
+                "at settle: policy 330200 employee does not settle outpatient visits directly under filing type temporary"
+            )
+            .as_deref(),
+            Some("结算：330200 职工政策对普通门诊不予直接结算（备案类型：临时外出）")
+        );
+        assert_eq!(refusal_zh("at settle: refused"), None);
+    }
 
     #[test]
     fn a_round_is_only_ever_for_the_current_month() {

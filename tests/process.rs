@@ -369,10 +369,15 @@ pub fn yidi(args: &[&str]) -> Run {
     Run::from_output(args, out)
 }
 
-/// The `yidi` binary with no stdin and `YIDI_NODE` unset.
+/// The `yidi` binary with no stdin, `YIDI_NODE` unset and English text output (the
+/// tests' locale must not pick `--lang`; a test sets `--lang` or the variables itself).
 #[must_use]
 pub fn yidi_command() -> Command {
     let mut cmd = Command::new(yidi_bin());
-    cmd.env_remove("YIDI_NODE").stdin(Stdio::null());
+    cmd.env_remove("YIDI_NODE")
+        .env_remove("YIDI_LANG")
+        .env_remove("LC_ALL")
+        .env("LANG", "C.UTF-8")
+        .stdin(Stdio::null());
     cmd
 }

@@ -32,6 +32,16 @@ macro_rules! domain_enum {
                 match self { $($name::$variant => $wire,)+ }
             }
 
+            /// The Chinese term (the first import alias), for text output in Chinese;
+            /// the stable name where there is none.
+            #[must_use]
+            pub fn zh_name(self) -> &'static str {
+                match self { $($name::$variant => {
+                    let terms: &[&'static str] = &[$($alias),*];
+                    terms.first().copied().unwrap_or($wire)
+                })+ }
+            }
+
             /// Parses the stable name (or an accepted alias), case-insensitively.
             pub fn parse(s: &str, field: &str) -> Result<Self> {
                 let t = s.trim();

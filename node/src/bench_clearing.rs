@@ -413,6 +413,7 @@ fn participant(shape: &Shape, agg: &[PairAgg], t: usize, marks: &Arc<Marks>) -> 
             payable_count: p.count,
             payable_sum: f(p.sum_fen),
             payable_digest: p.digest.to_hex(),
+            ..Default::default()
         });
     }
     SimParticipant {

@@ -70,6 +70,10 @@ pub struct DemoArgs {
     /// running until Ctrl-C.
     #[arg(long)]
     pub once: bool,
+    /// Language of the tables: en or zh (default: env YIDI_LANG, else zh when LC_ALL or
+    /// LANG starts with zh). The `CHECK … ok` lines stay in English for scripts.
+    #[arg(long, value_enum)]
+    pub lang: Option<crate::i18n::Lang>,
     /// The coordinator's port on 127.0.0.1; the city nodes take the next three
     /// (Hangzhou, Ningbo, Wenzhou).
     #[arg(long, default_value_t = 7100)]
@@ -268,7 +272,6 @@ async fn start(
     layout: &Layout,
     pki: &pki::Pki,
     listeners: Listeners,
-    coordinator_ahead: &Arc<std::sync::atomic::AtomicI64>,
 ) -> anyhow::Result<Federation> {
     let (stop, rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -286,7 +289,6 @@ async fn start(
     cc.security = pki.server(&Identity::Coordinator { province })?;
     cc.drain = Duration::from_secs(5);
     cc.run_interval = Duration::from_secs(2);
-    cc.clock = crate::coordinator::Clock::ahead(Arc::clone(coordinator_ahead));
     tasks.push((
         format!("coordinator {PROVINCE}"),
         tokio::spawn(crate::coordinator::serve(
@@ -354,15 +356,13 @@ impl Node {
 /// Everything the steps of a run share.
 pub(crate) struct Ctx {
     pub(crate) run: u32,
+    /// Language of the tables (`--lang`).
+    pub(crate) lang: crate::i18n::Lang,
     pub(crate) today: NaiveDate,
     pub(crate) cities: Vec<CityData>,
     pub(crate) nodes: Vec<Node>,
     pub(crate) coordinator: CoordinatorServiceClient<Channel>,
     pub(crate) pki: Arc<pki::Pki>,
-    /// Seconds the demo coordinator's clock runs ahead of the system clock: 0, unless
-    /// a re-run within a month an earlier run cleared moves it into the next month to
-    /// open that month's round (see `report::clear`).
-    pub(crate) coordinator_ahead: Arc<std::sync::atomic::AtomicI64>,
 }
 
 async fn connect(
@@ -468,7 +468,6 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "mutual TLS between every party, certificates in {}\n",
         layout.dir.join("certs").display()
     );
-    let coordinator_ahead = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let mut fed = start(
         &layout,
         &pki,
@@ -477,7 +476,6 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             nodes,
             coordinator_metrics,
         },
-        &coordinator_ahead,
     )
     .await?;
     let (nodes, coordinator) = match connect(&layout, &pki, &mut fed).await {
@@ -496,12 +494,12 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut ctx = Ctx {
         run: run_no,
+        lang: crate::i18n::Lang::resolve(args.lang),
         today,
         cities,
         nodes,
         coordinator,
         pki,
-        coordinator_ahead,
     };
 
     let outcome = tokio::select! {
@@ -542,7 +540,7 @@ async fn steps(ctx: &mut Ctx, args: &DemoArgs, started: Instant) -> anyhow::Resu
     let (done, settle_calls) = settle(ctx, args, &persons).await?;
     let settle_secs = t.elapsed().as_secs_f64();
 
-    report::print_examples(&done);
+    report::print_examples(&done, ctx.lang);
     let extras = report::adjustments(ctx, &done).await?;
     report::wait_outboxes(ctx).await?;
     let t = Instant::now();
@@ -852,7 +850,7 @@ async fn settle(
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     let counts = tally.counts();
-    report::print_settlements(&counts, total, secs);
+    report::print_settlements(&counts, total, secs, ctx.lang);
     let calls = tally
         .settle_calls
         .each_ref()

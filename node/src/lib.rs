@@ -15,6 +15,7 @@ pub mod coordinator;
 pub mod demo;
 pub mod error;
 pub mod funds;
+pub mod i18n;
 pub mod idempotency;
 pub mod identity;
 pub mod limits;

@@ -175,6 +175,7 @@ const STRINGS: &[(&str, usize)] = &[
     ("payable", NUMBER),
     ("net", NUMBER),
     ("kind", WORD),
+    ("KindSum.sum", NUMBER),
     ("side", WORD),
     ("action", WORD),
     ("category", WORD),
@@ -218,6 +219,8 @@ const COUNTS: &[(&str, usize)] = &[
     ("nets", PEER_LIST),
     ("instructions", PEER_LIST),
     ("gross", PEER_LIST),
+    // A pair's records by ledger kind: a handful of kinds.
+    ("kinds", PEER_LIST),
     ("reserves", PEER_LIST),
 ];
 

@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 use yidi_common::engine::input::{Format, PersonInput, VisitInput};
 use yidi_common::engine::{self, Accumulators, Line, PersonCtx, Quote, VisitCtx};
 use yidi_common::money;
+
+use crate::i18n::{self, Lang};
 use yidi_common::policy::Policy;
 use yidi_common::types::{
     CatalogueClass, FilingType, HospitalLevel, InsuranceType, PersonType, VisitKind,
@@ -39,6 +41,10 @@ pub struct QuoteArgs {
     /// Print the result as one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Language of the tables and the refusal line: en or zh (default: env YIDI_LANG,
+    /// else zh when LC_ALL or LANG starts with zh). JSON keeps the codes.
+    #[arg(long, value_enum)]
+    pub lang: Option<Lang>,
 }
 
 /// Arguments of `yidi bench-engine`.
@@ -155,12 +161,15 @@ pub fn run(args: &QuoteArgs) -> i32 {
                     .map(|text| println!("{text}"))
                     .map_err(anyhow::Error::from)
             } else {
-                print_tables(&policy, &acc, &q);
+                print_tables(&policy, &acc, &q, Lang::resolve(args.lang));
                 Ok(())
             }
         }
         Err(Failure::Refused { policy, reason }) => {
-            eprintln!("refused by the policy: {reason}");
+            match Lang::resolve(args.lang) {
+                Lang::En => eprintln!("refused by the policy: {reason}"),
+                Lang::Zh => eprintln!("政策不予直接结算（refused by the policy）：{reason}"),
+            }
             if args.json {
                 println!(
                     "{}",
@@ -334,16 +343,24 @@ fn right(t: &mut Table, cols: &[usize]) {
     }
 }
 
-fn print_tables(policy: &Policy, before: &Accumulators, q: &Quote) {
+fn print_tables(policy: &Policy, before: &Accumulators, q: &Quote, lang: Lang) {
+    let l = |en, zh| lang.pick(en, zh);
+    let insurance = match lang {
+        Lang::En => policy.insurance_type.as_str(),
+        Lang::Zh => policy.insurance_type.zh_name(),
+    };
     println!(
-        "policy {} {} \"{}\" (from {}, digest {})",
+        "{} {} {} \"{}\" ({} {}, {} {})",
+        l("policy", "待遇政策"),
         policy.region,
-        policy.insurance_type,
+        insurance,
         policy.name,
+        l("from", "生效日期"),
         policy.effective_from,
+        l("digest", "摘要"),
         &policy.digest()[..12]
     );
-    let mut t = table(&["field", "名称", "amount"]);
+    let mut t = table(&[l("field", "字段"), "名称", l("amount", "金额")]);
     for (name, label, v) in split_fields(q) {
         t.add_row(vec![name.to_owned(), label.to_owned(), money::format(v)]);
     }
@@ -355,39 +372,57 @@ fn print_tables(policy: &Policy, before: &Accumulators, q: &Quote) {
     t.add_row(vec![
         "applied_filing_type".to_owned(),
         "备案类型".to_owned(),
-        filing_name(q.applied_filing_type).to_owned(),
+        match lang {
+            Lang::En => filing_name(q.applied_filing_type).to_owned(),
+            Lang::Zh => q
+                .applied_filing_type
+                .map_or("本地就医", FilingType::zh_name)
+                .to_owned(),
+        },
     ]);
     right(&mut t, &[2]);
     println!("{t}");
 
     let mut t = table(&[
-        "line",
-        "amount",
-        "overlmt_selfpay",
-        "preselfpay_amt",
-        "fulamt_ownpay_amt",
-        "inscp_scp_amt",
-        "reason",
+        l("line", "明细"),
+        l("amount", "金额"),
+        l("overlmt_selfpay", "超限价自费"),
+        l("preselfpay_amt", "先行自付"),
+        l("fulamt_ownpay_amt", "全自费"),
+        l("inscp_scp_amt", "符合范围"),
+        l("reason", "分类"),
     ]);
-    for l in &q.lines {
+    for ln in &q.lines {
         t.add_row(vec![
-            l.line_no.clone(),
-            money::format(l.amount),
-            money::format(l.overlmt_selfpay),
-            money::format(l.preselfpay_amt),
-            money::format(l.fulamt_ownpay_amt),
-            money::format(l.inscp_scp_amt),
-            l.reason.as_str().to_owned(),
+            ln.line_no.clone(),
+            money::format(ln.amount),
+            money::format(ln.overlmt_selfpay),
+            money::format(ln.preselfpay_amt),
+            money::format(ln.fulamt_ownpay_amt),
+            money::format(ln.inscp_scp_amt),
+            match lang {
+                Lang::En => ln.reason.as_str(),
+                Lang::Zh => i18n::line_reason_zh(ln.reason),
+            }
+            .to_owned(),
         ]);
     }
     right(&mut t, &[1, 2, 3, 4, 5]);
     println!("{t}");
 
     if !q.funds.is_empty() {
-        let mut t = table(&["fund", "amount", "description"]);
+        let mut t = table(&[
+            l("fund", "基金"),
+            l("amount", "金额"),
+            l("description", "说明"),
+        ]);
         for f in &q.funds {
             t.add_row(vec![
-                f.fund.as_str().to_owned(),
+                match lang {
+                    Lang::En => f.fund.as_str(),
+                    Lang::Zh => i18n::fund_zh(f.fund),
+                }
+                .to_owned(),
                 money::format(f.amount),
                 f.description.clone(),
             ]);
@@ -396,19 +431,43 @@ fn print_tables(policy: &Policy, before: &Accumulators, q: &Quote) {
         println!("{t}");
     }
 
-    let mut t = table(&["accumulator", "before", "after"]);
+    let mut t = table(&[
+        l("accumulator", "累计项"),
+        l("before", "结算前"),
+        l("after", "结算后"),
+    ]);
     for ((name, b), (_, a)) in acc_fields(before)
         .into_iter()
         .zip(acc_fields(&q.accumulators))
     {
-        t.add_row(vec![name.to_owned(), b, a]);
+        let label = match lang {
+            Lang::En => name,
+            Lang::Zh => acc_zh(name),
+        };
+        t.add_row(vec![label.to_owned(), b, a]);
     }
     right(&mut t, &[1, 2]);
     println!("{t}");
 
-    println!("trace:");
+    println!("{}", l("trace:", "计算过程（trace）："));
     for (i, s) in q.trace.iter().enumerate() {
         println!("  {:>2}. {s}", i + 1);
+    }
+}
+
+/// The Chinese label of an accumulator row of [`acc_fields`].
+fn acc_zh(name: &str) -> &str {
+    match name {
+        "year" => "年度",
+        "version" => "版本",
+        "pool_paid" => "统筹基金累计支付",
+        "outpatient_pool_paid" => "门诊统筹累计支付",
+        "chronic_pool_paid" => "门诊慢特病累计支付",
+        "serious_illness_paid" => "大病保险累计支付",
+        "outpatient_deductible_paid" => "门诊起付线累计",
+        "admissions" => "住院次数",
+        "inscope_total" => "符合范围累计",
+        other => other,
     }
 }
 

@@ -504,17 +504,22 @@ async fn full_round_dispute_late_claims_and_privacy() {
         .unwrap()
         .next()
         .to_string();
-    assert_eq!(
-        c.open_round(proto::OpenRoundRequest {
-            request_id: "open-3".into(),
-            period: period.clone(),
-            early: true,
-            allow_empty: false,
-        })
+    // The month before the cleared one is never opened again.
+    let p = yidi_common::period::Period::parse(&period, "p").unwrap();
+    let before = if p.month() == 1 {
+        format!("{}-12", p.year() - 1)
+    } else {
+        format!("{}-{:02}", p.year(), p.month() - 1)
+    };
+    let e = c
+        .open_round(open_req("open-3", &before, false, false))
         .await
-        .unwrap_err()
-        .code(),
-        Code::FailedPrecondition
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message()
+            .contains(&format!("period {period} is already cleared")),
+        "{e:?}"
     );
 
     // The next period cannot be opened before it begins, early or not.
@@ -1020,5 +1025,54 @@ async fn recorded_transfers_read_back_and_corrections_keep_the_history() {
         .unwrap()
         .into_inner();
     assert_eq!(r.state, "SETTLED", "{r:?}");
+    coord.stop().await;
+}
+
+/// A month cleared early is cleared early again while it lasts: the second round takes
+/// only the records that came in since (to the fen), never a future month's round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_month_cleared_early_clears_its_late_records_in_another_early_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = Federation::start(dir.path(), &[HZ, NB]).await;
+    prepare(&fed).await;
+    let first_claim = inpatient(&fed, HZ, NB, 41, "10000.00").await;
+    wait_outboxes(&fed).await;
+    let period = first_claim.period.clone();
+    let coord =
+        TestCoordinator::start(dir.path().join("coordinator"), fed.peers_file.clone()).await;
+    let mut c = coord.client().await;
+    let r1 = open(&mut c, "early-1", &period).await;
+    assert_eq!(r1.round_id, format!("{period}-r1"));
+    let r = c.run_round(rr(&r1.round_id)).await.unwrap().into_inner();
+    assert_eq!(r.state, "CONFIRMED", "{r:?}");
+    assert_eq!(pay_all(&mut c, &r1.round_id).await.state, "SETTLED");
+
+    let late = inpatient(&fed, HZ, NB, 42, "2000.00").await;
+    assert_eq!(late.period, period);
+    wait_outboxes(&fed).await;
+    // Not early: the month is not over, cleared or not.
+    let e = c
+        .open_round(open_req("late-not-early", &period, false, false))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("is not over yet"), "{e:?}");
+    let r2 = open(&mut c, "early-2", &period).await;
+    assert_eq!(
+        (r2.round_id.as_str(), r2.period.as_str()),
+        (format!("{period}-r2").as_str(), period.as_str())
+    );
+    let r = c.run_round(rr(&r2.round_id)).await.unwrap().into_inner();
+    assert_eq!(r.state, "CONFIRMED", "{r:?}");
+    let st2 = c
+        .get_statement(rr(&r2.round_id))
+        .await
+        .unwrap()
+        .into_inner();
+    // Only the late claim: the first is cleared by round 1 and not frozen again.
+    assert_eq!(net_of(&st2, NB), fund(&late));
+    assert_eq!(net_of(&st2, HZ), -fund(&late));
+    assert_eq!(st2.gross.iter().map(|g| g.count).sum::<u64>(), 1, "{st2:?}");
+    assert_eq!(pay_all(&mut c, &r2.round_id).await.state, "SETTLED");
     coord.stop().await;
 }

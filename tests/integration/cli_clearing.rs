@@ -366,6 +366,41 @@ async fn clearing_and_funds_commands_through_the_real_binary() {
     );
     assert_eq!(st["paid_in"], st["paid_out"]);
     assert_eq!(st["clearing_account"], "330000");
+    // By record kind, to the fen: the three claims, Ningbo's deduction (a negative
+    // record), Hangzhou's reserve top-up; Σ of the kinds is Σ of the gross amounts, and
+    // each pair's kinds add up to its own amount and count.
+    let kind = |k: &str| {
+        (
+            st["by_kind"][k]["count"].as_u64(),
+            m(st["by_kind"][k]["sum"].as_str().unwrap_or("0")),
+        )
+    };
+    assert_eq!(
+        kind("claims"),
+        (Some(3), fund(&hz_at_nb) + fund(&wz_at_nb) + fund(&nb_at_hz))
+    );
+    assert_eq!(kind("audit_deductions"), (Some(1), m("-96.00")));
+    assert_eq!(kind("reserves"), (Some(1), m("5000.00")));
+    assert!(st["by_kind"].get("cancellations").is_none(), "{st}");
+    let gross = st["gross"].as_array().unwrap();
+    let gross_sum: Decimal = gross.iter().map(|g| m(g["amount"].as_str().unwrap())).sum();
+    assert_eq!(
+        m("-96.00") + m("5000.00") + fund(&hz_at_nb) + fund(&wz_at_nb) + fund(&nb_at_hz),
+        gross_sum
+    );
+    for g in gross {
+        let kinds = g["kinds"].as_array().unwrap();
+        let sum: Decimal = kinds.iter().map(|k| m(k["sum"].as_str().unwrap())).sum();
+        let count: u64 = kinds.iter().map(|k| k["count"].as_u64().unwrap()).sum();
+        assert_eq!(
+            (sum, count),
+            (
+                m(g["amount"].as_str().unwrap()),
+                g["count"].as_u64().unwrap()
+            ),
+            "{g}"
+        );
+    }
     // Two pairs owe each other something (Hangzhou↔Ningbo both ways, Wenzhou→Ningbo):
     // three gross entries, two bilateral transfers, three instructions with netting.
     assert_eq!(st["gross"].as_array().map(Vec::len), Some(3));
@@ -416,6 +451,9 @@ async fn clearing_and_funds_commands_through_the_real_binary() {
         "owes ↓ / to →",
         "ALARM",
         "verified against the statement's content",
+        "by record kind (claims, cancellations, audit deductions, reserves)",
+        "-96.00 (1)",
+        "5000.00 (1)",
     ] {
         assert!(
             table.stdout.contains(needle),
@@ -423,6 +461,27 @@ async fn clearing_and_funds_commands_through_the_real_binary() {
             table.stdout
         );
     }
+    // In Chinese on request (--lang zh); the amounts are the same.
+    let zh = run(argv(
+        &["clearing", "--coordinator", &url],
+        &["statement", &round, "--lang", "zh"],
+    ))
+    .await
+    .expect_code(0);
+    for needle in [
+        "清算轮次结算单",
+        "轧差净额",
+        "划款指令",
+        "审核扣款",
+        "结算费用",
+        "预付金（储备金）",
+        "-96.00 (1)",
+        "5000.00 (1)",
+        "已按结算单内容核验",
+    ] {
+        assert!(zh.stdout.contains(needle), "{needle:?} in:\n{}", zh.stdout);
+    }
+    assert!(!zh.stdout.contains("audit deductions"), "{}", zh.stdout);
 
     // A transfer that matches no instruction is refused and changes nothing.
     let bad = run(argv(
@@ -627,13 +686,26 @@ async fn clearing_and_funds_commands_through_the_real_binary() {
         .unwrap()
         .next()
         .to_string();
+    // An earlier month than the one cleared is never opened again.
+    let p = yidi_common::period::Period::parse(&period, "p").unwrap();
+    let before = if p.month() == 1 {
+        format!("{}-12", p.year() - 1)
+    } else {
+        format!("{}-{:02}", p.year(), p.month() - 1)
+    };
     let again = run(argv(
         &["clearing", "--coordinator", &url],
-        &["open", &period, "--early"],
+        &["open", &before],
     ))
     .await
     .expect_code(1);
-    assert!(again.stderr.contains("already cleared"), "{}", again.stderr);
+    assert!(
+        again
+            .stderr
+            .contains(&format!("period {period} is already cleared")),
+        "{}",
+        again.stderr
+    );
     // The next period is in the future until it begins: refused, early or not.
     let too_soon = run(argv(
         &["clearing", "--coordinator", &url],

@@ -355,6 +355,27 @@ async fn hospital_cli_drives_a_cross_region_inpatient_visit() {
         (got["settlement_id"].as_str(), got["state"].as_str()),
         (Some(sid.as_str()), Some("settled"))
     );
+    // The split in Chinese on request; the amounts as in JSON.
+    let zh = hospital(node, &["get", &sid, "--lang", "zh"])
+        .expect_code(0)
+        .stdout;
+    let en = hospital(node, &["get", &sid, "--lang", "en"])
+        .expect_code(0)
+        .stdout;
+    let hifp = got["split"]["hifp_pay"].as_str().unwrap();
+    assert!(
+        zh.contains("结算分割（国家医保 setlinfo），统筹支付比例")
+            && zh.contains("字段")
+            && zh.contains("金额")
+            && zh
+                .lines()
+                .any(|l| l.contains("hifp_pay") && l.contains(hifp)),
+        "{zh}"
+    );
+    assert!(
+        en.contains("split (NHSA setlinfo), pool ratio") && !en.contains("结算分割"),
+        "{en}"
+    );
     let listed = json(hospital(node, &[&["list", "--json"][..], &range].concat()));
     assert_eq!(listed["settlements"].as_array().unwrap().len(), 1);
 

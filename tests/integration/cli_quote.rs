@@ -203,3 +203,124 @@ fn quote_refuses_bad_lines_and_regions_and_tells_refusals_apart() {
     .expect_code(2);
     assert_eq!(doc(&missing)["file"], "/nonexistent/policy.toml");
 }
+
+/// `--lang zh` (or `YIDI_LANG=zh`, or a `zh_…` locale) prints the tables and the refusal
+/// line for Chinese agency staff; `--lang en` prints the codes as before; JSON keeps the
+/// codes whatever the language.
+#[test]
+fn quote_speaks_chinese_on_request_and_keeps_codes_in_json() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("visit.toml");
+    // Unfiled (临时外出) inpatient care of a Hangzhou employee in Ningbo.
+    std::fs::write(
+        &path,
+        visit("inpatient", "330100", "330200", false, None, Some("0.10")),
+    )
+    .unwrap();
+    let policy = workspace_root().join("deploy/policies/330100-employee.toml");
+    let person = workspace_root().join("deploy/examples/quote/person.toml");
+    let base = [
+        "quote",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--person",
+        person.to_str().unwrap(),
+        "--visit",
+        path.to_str().unwrap(),
+    ];
+    let with = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(extra);
+        yidi(&a).expect_code(0)
+    };
+    let en = with(&["--lang", "en"]);
+    let zh = with(&["--lang", "zh"]);
+    let row = |out: &str, field: &str| {
+        out.lines()
+            .find(|l| l.contains(&format!(" {field} ")))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    // The split's NHSA names and Chinese labels in both; the rest in the chosen language.
+    for out in [&en.stdout, &zh.stdout] {
+        assert!(row(out, "hifp_pay").contains("统筹基金支出"), "{out}");
+    }
+    assert!(
+        row(&en.stdout, "applied_filing_type").contains(" temporary "),
+        "{}",
+        en.stdout
+    );
+    assert!(
+        row(&zh.stdout, "applied_filing_type").contains(" 临时外出 "),
+        "{}",
+        zh.stdout
+    );
+    for needle in [
+        "字段",
+        "金额",
+        "甲类",
+        "丙类（目录外全自费）",
+        "统筹基金",
+        "累计项",
+        "职工",
+    ] {
+        assert!(zh.stdout.contains(needle), "{needle}: {}", zh.stdout);
+    }
+    for needle in ["│ field", "C_OUT_OF_SCOPE", "│ hifp ", "accumulator"] {
+        assert!(en.stdout.contains(needle), "{needle}: {}", en.stdout);
+        assert!(!zh.stdout.contains(needle), "{needle}: {}", zh.stdout);
+    }
+    assert!(
+        en.stdout.starts_with("policy 330100 employee \""),
+        "{}",
+        en.stdout
+    );
+    assert!(
+        zh.stdout.starts_with("待遇政策 330100 职工 \""),
+        "{}",
+        zh.stdout
+    );
+    // The environment decides without the flag: YIDI_LANG, then the locale.
+    let mut cmd = yidi_process_command(&base);
+    let by_env = cmd
+        .env("YIDI_LANG", "zh")
+        .env("LANG", "C")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&by_env.stdout).contains("临时外出"));
+    let mut cmd = yidi_process_command(&base);
+    let by_locale = cmd
+        .env_remove("YIDI_LANG")
+        .env_remove("LC_ALL")
+        .env("LANG", "zh_CN.UTF-8")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&by_locale.stdout).contains("临时外出"));
+    // JSON keeps the codes.
+    let json = with(&["--lang", "zh", "--json"]);
+    let d = doc(&json);
+    assert_eq!(d["split"]["applied_filing_type"], "temporary");
+    assert_eq!(d["funds"][0]["fund"], "hifp");
+
+    // A refusal by the policy: the line on stderr in Chinese, the engine's reason kept.
+    let refusal = visit("outpatient", "330200", "330100", false, None, Some("0.10"));
+    std::fs::write(&path, refusal).unwrap();
+    let nb = workspace_root().join("deploy/policies/330200-employee.toml");
+    let mut a = base.to_vec();
+    a[2] = nb.to_str().unwrap();
+    a.extend_from_slice(&["--lang", "zh"]);
+    let refused = yidi(&a).expect_code(3);
+    assert!(
+        refused
+            .stderr
+            .starts_with("政策不予直接结算（refused by the policy）：no direct settlement"),
+        "{}",
+        refused.stderr
+    );
+}
+
+fn yidi_process_command(args: &[&str]) -> std::process::Command {
+    let mut cmd = yidi_tests::process::yidi_command();
+    cmd.args(args);
+    cmd
+}

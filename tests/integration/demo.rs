@@ -58,6 +58,10 @@ fn run_demo(args: &[String], limit: Duration) -> (Option<i32>, String, String) {
         .arg("demo")
         .args(args)
         .env("RUST_LOG", "warn")
+        // English unless a test asks (`--lang`): the locale would decide otherwise.
+        .env_remove("YIDI_LANG")
+        .env_remove("LC_ALL")
+        .env("LANG", "C.UTF-8")
         .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -219,8 +223,9 @@ fn demo_once_clears_a_confirmed_statement_matching_every_ledger_and_reruns() {
     }
     assert!(!stdout.contains("FAILED"), "{}", ctx());
 
-    // A second run reuses the directory: nothing loaded twice, new visits cleared in the
-    // next period's round (this month's is cleared), books still matching.
+    // A second run reuses the directory: nothing loaded twice, new visits cleared in a
+    // second early round of this month (never a round for a month not yet begun), books
+    // still matching.
     let rerun: Vec<String> = args.iter().filter(|a| *a != "--reset").cloned().collect();
     let (code, stdout2, stderr2) = run_demo(&rerun, Duration::from_secs(240));
     assert_eq!(
@@ -229,9 +234,22 @@ fn demo_once_clears_a_confirmed_statement_matching_every_ledger_and_reruns() {
         "re-run failed\nstdout:\n{stdout2}\nstderr:\n{stderr2}"
     );
     assert!(stdout2.contains("(run 2,"), "{stdout2}");
+    let month = yidi_common::period::Period::of(chrono::Utc::now()).to_string();
     assert!(
-        stdout2.contains("was cleared by an earlier run")
-            && stdout2.contains("the demo coordinator's clock is moved on to"),
+        stdout2.contains(&format!(
+            "{month} was cleared early by an earlier run; this round clears the "
+        )) && stdout2.contains(&format!(
+            "clearing: opening another early round for {month} ("
+        )),
+        "{stdout2}"
+    );
+    assert!(
+        stdout2.contains(&format!("round {month}-r2: SETTLED"))
+            && !stdout2.contains("clock is moved on")
+            && !stdout2.contains(&format!(
+                "round for {}",
+                yidi_common::period::Period::of(chrono::Utc::now()).next()
+            )),
         "{stdout2}"
     );
     let persons = |out: &str| {
@@ -248,6 +266,59 @@ fn demo_once_clears_a_confirmed_statement_matching_every_ledger_and_reruns() {
     assert_eq!(checks2.len(), 3, "{stdout2}");
     assert!(stdout2.contains("(over 2 rounds)"), "{stdout2}");
     assert!(stdout2.contains("all checks passed"), "{stdout2}");
+
+    // The statement by record kind adds up to the gross amounts (a CHECK of its own),
+    // and shows the audit deduction of the first run's round.
+    let by_kind = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("CHECK statement ") && l.contains(" by kind: "))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    assert!(
+        by_kind(&stdout).contains("claims ")
+            && by_kind(&stdout).contains("audit_deductions -")
+            && by_kind(&stdout).contains("reserves ")
+            && by_kind(&stdout).ends_with(" ok"),
+        "{stdout}"
+    );
+    assert!(by_kind(&stdout2).ends_with(" ok"), "{stdout2}");
+    assert!(
+        stdout.contains("by record kind, amount (records):") && stdout.contains("audit deductions"),
+        "{stdout}"
+    );
+
+    // In Chinese for agency staff (a third run: another early round of this month);
+    // the CHECK lines stay as they are for scripts.
+    let mut zh = rerun.clone();
+    zh.extend(["--lang".to_owned(), "zh".to_owned()]);
+    let (code, stdout3, stderr3) = run_demo(&zh, Duration::from_secs(240));
+    assert_eq!(code, Some(0), "stdout:\n{stdout3}\nstderr:\n{stderr3}");
+    for needle in [
+        "各节点台账",
+        "清算结算单",
+        "按记录类型，金额（笔数）：",
+        "结算费用",
+        "轧差净额：",
+        "经省级清算账户 330000 的划款指令",
+        "就诊类型",
+        "住院",
+        "异地（未备案）",
+    ] {
+        assert!(stdout3.contains(needle), "missing {needle:?}\n{stdout3}");
+    }
+    for english in [
+        "ledgers (台账) of the nodes",
+        "gross positions:",
+        "visit kind",
+    ] {
+        assert!(!stdout3.contains(english), "{english:?}\n{stdout3}");
+    }
+    assert!(
+        stdout3.contains(&format!("round {month}-r3: SETTLED"))
+            && stdout3.contains("all checks passed"),
+        "{stdout3}"
+    );
 }
 
 #[test]

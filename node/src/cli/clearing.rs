@@ -29,6 +29,7 @@ use yidi_common::{
 };
 
 use super::output::{self, Field, Listing, Record, emit};
+use crate::i18n::{KindGroup, Lang};
 
 /// The connected coordinator client.
 pub type Client = CoordinatorServiceClient<Channel>;
@@ -51,6 +52,10 @@ pub struct ClearingArgs {
     /// Print the coordinator's answer as JSON on stdout instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Language of text output: en or zh (default: env YIDI_LANG, else zh when LC_ALL
+    /// or LANG starts with zh). JSON keeps the codes.
+    #[arg(long, global = true, value_enum)]
+    pub lang: Option<Lang>,
     /// Request id of `open` or `record-transfer` (1–64 of A-Z a-z 0-9 . _ : -).
     /// Repeating a call with the same id returns the original answer and never acts
     /// twice. Default: a fresh UUID for `open`; for `record-transfer`
@@ -362,6 +367,23 @@ fn check(s: &proto::Statement) -> anyhow::Result<Checks> {
     })
 }
 
+/// Σ of each kind group over the statement, by group code; `{}` when no pair has a
+/// breakdown.
+fn kinds_json(s: &proto::Statement) -> Value {
+    let pairs = by_kind(s).unwrap_or_default();
+    Value::Object(
+        kind_totals(&pairs)
+            .into_iter()
+            .map(|(g, (n, a))| {
+                (
+                    g.code().to_owned(),
+                    json!({ "count": n, "sum": money::format(a) }),
+                )
+            })
+            .collect(),
+    )
+}
+
 fn statement_json(s: &proto::Statement, c: &Checks) -> Value {
     let list = |v: Vec<Value>| Value::Array(v);
     json!({
@@ -377,9 +399,112 @@ fn statement_json(s: &proto::Statement, c: &Checks) -> Value {
         "netted_transfers": s.netted_transfers,
         "nets": list(s.nets.iter().map(output::to_json).collect()),
         "instructions": list(s.instructions.iter().map(output::to_json).collect()),
-        "gross": list(s.gross.iter().map(output::to_json).collect()),
+        "gross": list(s.gross.iter().map(|g| {
+            let mut v = output::to_json(g);
+            v["kinds"] = g.kinds.iter().map(|k| json!({
+                "kind": k.kind, "count": k.count, "sum": k.sum,
+            })).collect();
+            v
+        }).collect()),
+        "by_kind": kinds_json(s),
         "reserves": list(s.reserves.iter().map(output::to_json).collect()),
     })
+}
+
+/// One gross pair's records by kind group: count and sum of each group present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PairKinds<'a> {
+    pub debtor: &'a str,
+    pub creditor: &'a str,
+    /// Empty when the pair came without a breakdown (a node that predates it).
+    pub groups: BTreeMap<KindGroup, (u64, Decimal)>,
+}
+
+/// The statement's gross pairs by record kind. Each pair's groups add up to its count
+/// and amount: the coordinator drops a breakdown that does not, and so does this.
+pub(crate) fn by_kind(s: &proto::Statement) -> anyhow::Result<Vec<PairKinds<'_>>> {
+    let mut out = Vec::new();
+    for g in &s.gross {
+        let mut groups: BTreeMap<KindGroup, (u64, Decimal)> = BTreeMap::new();
+        for k in &g.kinds {
+            let e = groups.entry(KindGroup::of(&k.kind)).or_default();
+            e.0 += k.count;
+            e.1 += amount(&k.sum, "kinds.sum")?;
+        }
+        let (n, sum) = groups
+            .values()
+            .fold((0, Decimal::ZERO), |(n, s), (c, a)| (n + c, s + a));
+        if n != g.count || sum != amount(&g.amount, "gross")? {
+            groups.clear();
+        }
+        out.push(PairKinds {
+            debtor: &g.debtor,
+            creditor: &g.creditor,
+            groups,
+        });
+    }
+    Ok(out)
+}
+
+/// Σ of each kind group over the statement's pairs (those with a breakdown).
+pub(crate) fn kind_totals(pairs: &[PairKinds<'_>]) -> BTreeMap<KindGroup, (u64, Decimal)> {
+    let mut t: BTreeMap<KindGroup, (u64, Decimal)> = BTreeMap::new();
+    for p in pairs {
+        for (g, (n, a)) in &p.groups {
+            let e = t.entry(*g).or_default();
+            e.0 += n;
+            e.1 += a;
+        }
+    }
+    t
+}
+
+/// The by-kind table: one row per pair (debtor owes creditor), a column per kind group
+/// present in the statement ("amount (records)"), and the pair's total.
+pub(crate) fn kind_table(
+    pairs: &[PairKinds<'_>],
+    lang: Lang,
+    label: impl Fn(&str) -> String,
+) -> comfy_table::Table {
+    let totals = kind_totals(pairs);
+    let groups: Vec<KindGroup> = KindGroup::ALL
+        .into_iter()
+        .filter(|g| totals.contains_key(g))
+        .collect();
+    let mut t = output::table();
+    let mut header = vec![
+        Cell::new(lang.pick("debtor (home region)", "欠款方（参保地）")),
+        Cell::new(lang.pick("owes creditor (treatment region)", "收款方（就医地）")),
+    ];
+    header.extend(groups.iter().map(|g| right(g.label(lang))));
+    header.push(right(lang.pick("total", "合计")));
+    t.set_header(header);
+    let cell = |v: Option<&(u64, Decimal)>| {
+        right(v.map_or_else(String::new, |(n, a)| format!("{} ({n})", money::format(*a))))
+    };
+    for p in pairs {
+        let mut row = vec![Cell::new(label(p.debtor)), Cell::new(label(p.creditor))];
+        if p.groups.is_empty() {
+            row.extend(groups.iter().map(|_| right("—")));
+            row.push(right(lang.pick("no breakdown", "无分项")));
+        } else {
+            row.extend(groups.iter().map(|g| cell(p.groups.get(g))));
+            let (n, a) = p
+                .groups
+                .values()
+                .fold((0, Decimal::ZERO), |(n, s), (c, a)| (n + c, s + a));
+            row.push(cell(Some(&(n, a))));
+        }
+        t.add_row(row);
+    }
+    let mut row = vec![Cell::new("Σ"), Cell::new("")];
+    row.extend(groups.iter().map(|g| cell(totals.get(g))));
+    let (n, a) = totals
+        .values()
+        .fold((0, Decimal::ZERO), |(n, s), (c, a)| (n + c, s + a));
+    row.push(cell(Some(&(n, a))));
+    t.add_row(row);
+    t
 }
 
 fn right(s: impl Into<String>) -> Cell {
@@ -427,20 +552,30 @@ fn gross_matrix(s: &proto::Statement) -> anyhow::Result<comfy_table::Table> {
     Ok(t)
 }
 
-fn print_statement(s: &proto::Statement, c: &Checks) -> anyhow::Result<()> {
+fn print_statement(s: &proto::Statement, c: &Checks, lang: Lang) -> anyhow::Result<()> {
+    let l = |en, zh| lang.pick(en, zh);
     emit(format_args!(
-        "statement of round {} — period {} — clearing account {}",
-        s.round_id, s.period, s.clearing_account
+        "{} {} — {} {} — {} {}",
+        l("statement of round", "清算轮次结算单"),
+        s.round_id,
+        l("period", "清算期"),
+        s.period,
+        l("clearing account", "清算账户"),
+        s.clearing_account
     ));
     emit(format_args!(
-        "\nnet positions (positive: is paid; negative: pays)"
+        "\n{}",
+        l(
+            "net positions (positive: is paid; negative: pays)",
+            "轧差净额（正数：应收；负数：应付）"
+        )
     ));
     let mut t = output::table();
     t.set_header(vec![
-        Cell::new("region"),
-        right("receivable"),
-        right("payable"),
-        right("net"),
+        Cell::new(l("region", "统筹区")),
+        right(l("receivable", "应收")),
+        right(l("payable", "应付")),
+        right(l("net", "净额")),
     ]);
     let (mut recv, mut pay) = (Decimal::ZERO, Decimal::ZERO);
     for n in &s.nets {
@@ -464,24 +599,36 @@ fn print_statement(s: &proto::Statement, c: &Checks) -> anyhow::Result<()> {
         emit(format_args!("Σ net = 0.00 ✓"));
     } else {
         emit(format_args!(
-            "Σ net = {} — THE STATEMENT DOES NOT BALANCE; do not confirm it",
-            money::format(c.sum_net)
+            "Σ net = {} — {}",
+            money::format(c.sum_net),
+            l(
+                "THE STATEMENT DOES NOT BALANCE; do not confirm it",
+                "结算单不平衡，请勿确认"
+            )
         ));
     }
 
     emit(format_args!(
-        "\npayment instructions (debtors pay into the clearing account {}, which pays the creditors)",
-        s.clearing_account
+        "\n{} {}{}",
+        l(
+            "payment instructions (debtors pay into the clearing account",
+            "划款指令（应付方划入清算账户"
+        ),
+        s.clearing_account,
+        l(", which pays the creditors)", "，再由其划给应收方）")
     ));
     if s.instructions.is_empty() {
-        emit(format_args!("none: every net position is zero"));
+        emit(format_args!(
+            "{}",
+            l("none: every net position is zero", "无：各方净额均为零")
+        ));
     } else {
         let mut t = output::table();
         t.set_header(vec![
             right("#"),
-            Cell::new("from"),
-            Cell::new("to"),
-            right("amount"),
+            Cell::new(l("from", "付款方")),
+            Cell::new(l("to", "收款方")),
+            right(l("amount", "金额")),
         ]);
         for (i, ins) in s.instructions.iter().enumerate() {
             t.add_row(vec![
@@ -493,8 +640,10 @@ fn print_statement(s: &proto::Statement, c: &Checks) -> anyhow::Result<()> {
         }
         emit(format_args!("{t}"));
         emit(format_args!(
-            "paid in {}, paid out {}{}",
+            "{} {}, {} {}{}",
+            l("paid in", "划入"),
             money::format(c.paid_in),
+            l("paid out", "划出"),
             money::format(c.paid_out),
             if c.paid_in == c.paid_out {
                 " ✓"
@@ -504,16 +653,33 @@ fn print_statement(s: &proto::Statement, c: &Checks) -> anyhow::Result<()> {
         ));
     }
     emit(format_args!(
-        "{} transfers with netting instead of {} bilateral",
-        s.netted_transfers, s.bilateral_transfers
+        "{}",
+        match lang {
+            Lang::En => format!(
+                "{} transfers with netting instead of {} bilateral",
+                s.netted_transfers, s.bilateral_transfers
+            ),
+            Lang::Zh => format!(
+                "轧差后 {} 笔划款（双边结算需 {} 笔）",
+                s.netted_transfers, s.bilateral_transfers
+            ),
+        }
     ));
 
     emit(format_args!(
-        "\nbilateral gross, for reference ({} pairs)",
-        s.gross.len()
+        "\n{} ({} {})",
+        l("bilateral gross, for reference", "双边应付总额（参考）"),
+        s.gross.len(),
+        l("pairs", "对")
     ));
     if s.gross.is_empty() {
-        emit(format_args!("none: no region owes another anything"));
+        emit(format_args!(
+            "{}",
+            l(
+                "none: no region owes another anything",
+                "无：各统筹区之间无应付"
+            )
+        ));
     } else if s.nets.len() <= MATRIX_MAX_REGIONS {
         emit(format_args!("{}", gross_matrix(s)?));
     } else {
@@ -525,17 +691,34 @@ fn print_statement(s: &proto::Statement, c: &Checks) -> anyhow::Result<()> {
         ));
     }
 
-    emit(format_args!("\nreserves (储备金)"));
+    emit(format_args!(
+        "\n{}",
+        l(
+            "by record kind (claims, cancellations, audit deductions, reserves); amount (records)",
+            "按记录类型（结算费用、撤销冲正、审核扣款、预付金）：金额（笔数）"
+        )
+    ));
+    if s.gross.is_empty() {
+        emit(format_args!("{}", l("none", "无")));
+    } else {
+        let pairs = by_kind(s)?;
+        emit(format_args!("{}", kind_table(&pairs, lang, str::to_owned)));
+    }
+
+    emit(format_args!(
+        "\n{}",
+        l("reserves (储备金)", "预付金（储备金）")
+    ));
     if s.reserves.is_empty() {
-        emit(format_args!("none"));
+        emit(format_args!("{}", l("none", "无")));
     } else {
         let mut t = output::table();
         t.set_header(vec![
-            Cell::new("home"),
-            Cell::new("treatment"),
-            right("balance"),
-            right("alarm below"),
-            Cell::new("alarm"),
+            Cell::new(l("home", "参保地")),
+            Cell::new(l("treatment", "就医地")),
+            right(l("balance", "余额")),
+            right(l("alarm below", "预警线")),
+            Cell::new(l("alarm", "预警")),
         ]);
         for r in &s.reserves {
             t.add_row(vec![
@@ -543,7 +726,7 @@ fn print_statement(s: &proto::Statement, c: &Checks) -> anyhow::Result<()> {
                 Cell::new(&r.treatment_region),
                 right(&r.balance),
                 right(&r.alarm_threshold),
-                Cell::new(if r.alarm { "ALARM" } else { "" }),
+                Cell::new(if r.alarm { l("ALARM", "预警") } else { "" }),
             ]);
         }
         emit(format_args!("{t}"));
@@ -556,12 +739,16 @@ fn print_statement(s: &proto::Statement, c: &Checks) -> anyhow::Result<()> {
     }
 
     emit(format_args!(
-        "\ndigest {} ({})",
+        "\n{} {} ({})",
+        l("digest", "摘要"),
         s.digest,
         if c.digest_ok {
-            "verified against the statement's content"
+            l(
+                "verified against the statement's content",
+                "已按结算单内容核验",
+            )
         } else {
-            "DOES NOT MATCH the statement's content"
+            l("DOES NOT MATCH the statement's content", "与结算单内容不符")
         }
     ));
     Ok(())
@@ -755,6 +942,7 @@ fn transfer_request_id(round: &str, from: &str, to: &str) -> String {
 struct Ctx {
     client: Client,
     json: bool,
+    lang: Lang,
     request_id: Option<String>,
     timeout: Duration,
     /// The request id of the state-changing call this invocation sent, for the hint
@@ -879,7 +1067,7 @@ async fn execute(ctx: &mut Ctx, cmd: ClearingCommand) -> anyhow::Result<i32> {
             if ctx.json {
                 output::print_json(&statement_json(&s, &checks));
             } else {
-                print_statement(&s, &checks)?;
+                print_statement(&s, &checks, ctx.lang)?;
             }
             if !checks.sum_net.is_zero() || !checks.digest_ok || checks.paid_in != checks.paid_out {
                 bail!(
@@ -993,6 +1181,7 @@ pub async fn run(args: ClearingArgs) -> anyhow::Result<()> {
             let mut ctx = Ctx {
                 client,
                 json: args.json,
+                lang: Lang::resolve(args.lang),
                 request_id: args.request_id,
                 timeout: Duration::from_secs(args.timeout),
                 sent: None,
@@ -1069,12 +1258,29 @@ mod tests {
                     creditor: "330200".into(),
                     amount: "100.00".into(),
                     count: 3,
+                    kinds: vec![
+                        proto::KindSum {
+                            kind: "claim".into(),
+                            count: 2,
+                            sum: "120.00".into(),
+                        },
+                        proto::KindSum {
+                            kind: "deduction".into(),
+                            count: 1,
+                            sum: "-20.00".into(),
+                        },
+                    ],
                 },
                 proto::GrossEntry {
                     debtor: "330200".into(),
                     creditor: "330100".into(),
                     amount: "30.00".into(),
                     count: 1,
+                    kinds: vec![proto::KindSum {
+                        kind: "reserve_topup".into(),
+                        count: 1,
+                        sum: "30.00".into(),
+                    }],
                 },
             ],
             bilateral_transfers: 1,
@@ -1102,6 +1308,42 @@ mod tests {
         assert_eq!(v["sum_net"], "0.00");
         assert_eq!(v["gross"][0]["count"], 3);
         assert_eq!(v["nets"][1]["net"], "70.00");
+    }
+
+    #[test]
+    fn the_by_kind_breakdown_adds_up_to_the_gross_amounts() {
+        let s = statement();
+        let pairs = by_kind(&s).unwrap();
+        for (p, g) in pairs.iter().zip(&s.gross) {
+            let (n, a) = p
+                .groups
+                .values()
+                .fold((0, Decimal::ZERO), |(n, s), (c, a)| (n + c, s + a));
+            assert_eq!((n, a), (g.count, amount(&g.amount, "gross").unwrap()));
+        }
+        let totals = kind_totals(&pairs);
+        assert_eq!(totals[&KindGroup::Claims], (2, Decimal::new(12000, 2)));
+        assert_eq!(
+            totals[&KindGroup::AuditDeductions],
+            (1, Decimal::new(-2000, 2))
+        );
+        assert_eq!(totals[&KindGroup::Reserves], (1, Decimal::new(3000, 2)));
+        let v = statement_json(&s, &check(&s).unwrap());
+        assert_eq!(v["by_kind"]["audit_deductions"]["sum"], "-20.00");
+        assert_eq!(v["by_kind"]["claims"]["count"], 2);
+        assert_eq!(v["gross"][0]["kinds"][1]["kind"], "deduction");
+        let en = kind_table(&pairs, Lang::En, str::to_owned).to_string();
+        assert!(
+            en.contains("audit deductions") && en.contains("-20.00 (1)"),
+            "{en}"
+        );
+        assert!(en.contains("130.00 (4)"), "{en}");
+        let zh = kind_table(&pairs, Lang::Zh, str::to_owned).to_string();
+        assert!(zh.contains("审核扣款") && zh.contains("结算费用"), "{zh}");
+        // A breakdown that does not add up is not shown at all.
+        let mut bad = s.clone();
+        bad.gross[0].kinds[0].sum = "119.99".into();
+        assert!(by_kind(&bad).unwrap()[0].groups.is_empty());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+use crate::i18n::Lang;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use comfy_table::{Cell, CellAlignment};
@@ -58,6 +59,10 @@ pub struct HospitalArgs {
     /// Print the node's answer as JSON on stdout instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Language of the split's text output: en or zh (default: env YIDI_LANG, else zh
+    /// when LC_ALL or LANG starts with zh). JSON keeps the codes.
+    #[arg(long, global = true, value_enum)]
+    pub lang: Option<crate::i18n::Lang>,
     /// Request id of a state-changing call (1–64 of A-Z a-z 0-9 . _ : -). Repeating a
     /// call with the same id and the same content returns the original answer and never
     /// acts twice; the same id with other content is refused (ALREADY_EXISTS). Default:
@@ -253,6 +258,7 @@ struct Ctx {
     client: Client,
     institution: String,
     json: bool,
+    lang: Lang,
     request_id: Option<String>,
     timeout: Duration,
     sent: RefCell<Option<Sent>>,
@@ -344,6 +350,7 @@ pub async fn run(args: HospitalArgs) -> anyhow::Result<()> {
                 client,
                 institution,
                 json: args.json,
+                lang: Lang::resolve(args.lang),
                 request_id: args.request_id,
                 timeout: Duration::from_secs(args.timeout),
                 sent: RefCell::new(None),
@@ -446,11 +453,19 @@ async fn execute(ctx: &Ctx, cmd: HospitalCommand) -> anyhow::Result<i32> {
         HospitalCommand::PreSettle(a) => {
             // A dry run changes nothing, so its id is neither announced nor kept.
             let req = settle_request(uuid::Uuid::new_v4().to_string(), inst, a);
-            print_settlement(&c.pre_settle(ctx.req(req)).await?.into_inner(), ctx.json);
+            print_settlement(
+                &c.pre_settle(ctx.req(req)).await?.into_inner(),
+                ctx.json,
+                ctx.lang,
+            );
         }
         HospitalCommand::Settle(a) => {
             let req = settle_request(ctx.issue(true), inst, a);
-            print_settlement(&c.settle(ctx.req(req)).await?.into_inner(), ctx.json);
+            print_settlement(
+                &c.settle(ctx.req(req)).await?.into_inner(),
+                ctx.json,
+                ctx.lang,
+            );
         }
         HospitalCommand::Cancel { settlement, reason } => {
             let req = proto::CancelSettlementRequest {
@@ -460,7 +475,7 @@ async fn execute(ctx: &Ctx, cmd: HospitalCommand) -> anyhow::Result<i32> {
                 reason: reason.unwrap_or_default(),
             };
             let s = c.cancel_settlement(ctx.req(req)).await?.into_inner();
-            print_settlement(&s, ctx.json);
+            print_settlement(&s, ctx.json, ctx.lang);
         }
         HospitalCommand::Reverse {
             original_request_id,
@@ -473,6 +488,7 @@ async fn execute(ctx: &Ctx, cmd: HospitalCommand) -> anyhow::Result<i32> {
             print_reversal(
                 &c.reverse_request(ctx.req(req)).await?.into_inner(),
                 ctx.json,
+                ctx.lang,
             );
         }
         HospitalCommand::Get { settlement } => {
@@ -483,6 +499,7 @@ async fn execute(ctx: &Ctx, cmd: HospitalCommand) -> anyhow::Result<i32> {
             print_settlement(
                 &c.get_settlement(ctx.req(req)).await?.into_inner(),
                 ctx.json,
+                ctx.lang,
             );
         }
         HospitalCommand::List { range, page } => list(ctx, inst, range, &page).await?,
@@ -1084,20 +1101,31 @@ fn settlement_json(s: &proto::Settlement) -> Value {
     with(s, "split", s.split.as_ref().map_or(Value::Null, split_json))
 }
 
-fn print_settlement(s: &proto::Settlement, as_json: bool) {
+fn print_settlement(s: &proto::Settlement, as_json: bool, lang: Lang) {
     if as_json {
         return output::print_json(&settlement_json(s));
     }
     output::print_one(s, false);
     let Some(split) = &s.split else { return };
-    println!(
-        "split (NHSA setlinfo), pool ratio {}, filing applied: {}",
-        split.pool_ratio,
-        FilingType::from_proto(split.applied_filing_type, "")
-            .map_or_else(|_| "-".to_owned(), |f| f.to_string())
-    );
+    let filing = FilingType::from_proto(split.applied_filing_type, "");
+    match lang {
+        Lang::En => println!(
+            "split (NHSA setlinfo), pool ratio {}, filing applied: {}",
+            split.pool_ratio,
+            filing.map_or_else(|_| "-".to_owned(), |f| f.to_string())
+        ),
+        Lang::Zh => println!(
+            "结算分割（国家医保 setlinfo），统筹支付比例 {}，备案类型：{}",
+            split.pool_ratio,
+            filing.map_or("本地就医", FilingType::zh_name)
+        ),
+    }
     let mut t = output::table();
-    t.set_header(["field", "项目", "amount"]);
+    t.set_header([
+        lang.pick("field", "字段"),
+        "项目",
+        lang.pick("amount", "金额"),
+    ]);
     for (name, label, get) in SPLIT_ROWS {
         // Hospitals rarely bear a share; the row only appears when one does.
         let amount = get(split);
@@ -1120,7 +1148,7 @@ fn print_settlement(s: &proto::Settlement, as_json: bool) {
         print_rows(&split.lines);
     }
     if !split.trace.is_empty() {
-        println!("trace:");
+        println!("{}", lang.pick("trace:", "计算过程（trace）："));
         for (i, step) in split.trace.iter().enumerate() {
             println!("  {}. {step}", i + 1);
         }
@@ -1157,7 +1185,7 @@ impl Record for SettlementRow {
     }
 }
 
-fn print_reversal(r: &proto::ReverseRequestResponse, as_json: bool) {
+fn print_reversal(r: &proto::ReverseRequestResponse, as_json: bool, lang: Lang) {
     if as_json {
         let reversal = r.reversal.as_ref().map_or(Value::Null, settlement_json);
         return output::print_json(&json!({ "outcome": r.outcome, "reversal": reversal }));
@@ -1170,7 +1198,7 @@ fn print_reversal(r: &proto::ReverseRequestResponse, as_json: bool) {
     };
     println!("outcome: {} — {meaning}", r.outcome);
     if let Some(s) = &r.reversal {
-        print_settlement(s, false);
+        print_settlement(s, false, lang);
     }
 }
 

@@ -117,15 +117,6 @@ impl Clock {
         Self(Arc::new(move || t))
     }
 
-    /// The system clock moved on by `ahead` seconds, which its owner may change while
-    /// the coordinator runs (the demo, re-run within a month it already cleared).
-    #[must_use]
-    pub fn ahead(ahead: Arc<std::sync::atomic::AtomicI64>) -> Self {
-        Self(Arc::new(move || {
-            Utc::now() + chrono::Duration::seconds(ahead.load(std::sync::atomic::Ordering::Relaxed))
-        }))
-    }
-
     /// Now, by this clock.
     #[must_use]
     pub fn now(&self) -> DateTime<Utc> {

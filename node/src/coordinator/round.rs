@@ -212,6 +212,7 @@ struct Side {
     count: u64,
     sum: String,
     digest: String,
+    kinds: Vec<proto::KindSum>,
 }
 
 fn zero_side() -> Side {
@@ -219,7 +220,24 @@ fn zero_side() -> Side {
         count: 0,
         sum: money::format(rust_decimal::Decimal::ZERO),
         digest: yidi_common::digest::SetDigest::default().to_hex(),
+        kinds: Vec::new(),
     }
+}
+
+/// Whether a reported by-kind breakdown adds up to the side's count and sum: one that
+/// does not (or a node that sent none) leaves the pair without a breakdown rather than
+/// with a wrong one.
+fn kinds_add_up(kinds: &[proto::KindSum], count: u64, sum: rust_decimal::Decimal) -> bool {
+    let mut n = 0;
+    let mut total = rust_decimal::Decimal::ZERO;
+    for k in kinds {
+        match money::parse(&k.sum, "sum", Sign::Any) {
+            Ok(s) => total += s,
+            Err(_) => return false,
+        }
+        n += k.count;
+    }
+    !kinds.is_empty() && n == count && total == sum
 }
 
 async fn drill(
@@ -357,6 +375,7 @@ async fn reconcile(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
                     count: p.receivable_count,
                     sum: p.receivable_sum.clone(),
                     digest: p.receivable_digest.clone(),
+                    kinds: p.receivable_kinds.clone(),
                 },
             );
             as_debtor.insert(
@@ -365,6 +384,7 @@ async fn reconcile(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
                     count: p.payable_count,
                     sum: p.payable_sum.clone(),
                     digest: p.payable_digest.clone(),
+                    kinds: p.payable_kinds.clone(),
                 },
             );
         }
@@ -376,6 +396,7 @@ async fn reconcile(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
         .cloned()
         .collect();
     let mut gross = Vec::new();
+    let mut kinds: BTreeMap<(String, String), Vec<proto::KindSum>> = BTreeMap::new();
     let mut disputes = Vec::new();
     for (creditor, debtor) in pairs {
         let c = as_creditor
@@ -418,6 +439,9 @@ async fn reconcile(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
         }
         let amount = money::parse(&c.sum, "sum", Sign::Any)?;
         if c.count > 0 {
+            if kinds_add_up(&c.kinds, c.count, amount) {
+                kinds.insert((debtor.clone(), creditor.clone()), c.kinds.clone());
+            }
             gross.push(Gross {
                 debtor,
                 creditor,
@@ -485,6 +509,9 @@ async fn reconcile(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
                 creditor: g.creditor.clone(),
                 amount: f(g.amount),
                 count: g.count,
+                kinds: kinds
+                    .remove(&(g.debtor.clone(), g.creditor.clone()))
+                    .unwrap_or_default(),
             })
             .collect(),
         bilateral_transfers: result.bilateral_transfers,

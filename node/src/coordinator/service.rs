@@ -115,12 +115,16 @@ impl CoordinatorService for CoordinatorSvc {
             ))
             .into());
         }
+        // A settled period is not opened again, but for the current one: a round of a
+        // month not yet over was opened early, and another early round of it clears the
+        // records that came in since (the nodes freeze only records not yet cleared).
         if let Some(done) = views
             .iter()
             .filter(|r| r.state == state::SETTLED)
             .map(|r| r.period.clone())
             .max()
             && p.to_string() <= done
+            && !(p == current && req.early && p.to_string() == done)
         {
             return Err(Error::FailedPrecondition(format!(
                     "period {done} is already cleared; records arriving late are carried into the next period's round"

@@ -6,6 +6,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, bail};
+
+use crate::i18n::Lang;
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets};
 use rust_decimal::Decimal;
 use yidi_common::{
@@ -177,7 +179,8 @@ pub(super) fn print_loaded(ctx: &Ctx, counts: &[LoadCounts], loaded: &[Loaded]) 
     println!("{t}");
 }
 
-pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64) {
+pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64, lang: Lang) {
+    let l = |en, zh| lang.pick(en, zh);
     println!(
         "{total} visits in {secs:.1} s: settled {} (provisional {}) · refused {} · errors {}{} · cancelled {} · 冲正 {} · retried calls {}",
         c.settled,
@@ -201,10 +204,10 @@ pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64) {
         c.retried
     );
     let mut t = table(&[
-        "visit kind",
-        "local",
-        "cross-region, filed",
-        "cross-region, unfiled",
+        l("visit kind", "就诊类型"),
+        l("local", "本地"),
+        l("cross-region, filed", "异地（已备案）"),
+        l("cross-region, unfiled", "异地（未备案）"),
     ]);
     for kind in VisitKind::ALL {
         let cell = |cat: &str| {
@@ -213,19 +216,22 @@ pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64) {
                 .map_or_else(
                     || "–".to_owned(),
                     |[s, r, f]| {
-                        let mut x = format!("{s} settled");
+                        let mut x = format!("{s} {}", l("settled", "笔结算"));
                         if *r > 0 {
-                            x.push_str(&format!(", {r} refused"));
+                            x.push_str(&format!(", {r} {}", l("refused", "笔拒绝")));
                         }
                         if *f > 0 {
-                            x.push_str(&format!(", {f} failed"));
+                            x.push_str(&format!(", {f} {}", l("failed", "笔失败")));
                         }
                         x
                     },
                 )
         };
         t.add_row(vec![
-            Cell::new(kind.as_str()),
+            Cell::new(match lang {
+                Lang::En => kind.as_str(),
+                Lang::Zh => kind.zh_name(),
+            }),
             Cell::new(cell("local")),
             Cell::new(cell("filed")),
             Cell::new(cell("unfiled")),
@@ -233,10 +239,20 @@ pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64) {
     }
     println!("{t}");
     if !c.refusal_reasons.is_empty() {
-        println!("refused (no direct settlement: the patient pays in full and claims at home):");
+        println!(
+            "{}",
+            l(
+                "refused (no direct settlement: the patient pays in full and claims at home):",
+                "拒绝（不予直接结算：患者全额垫付，回参保地报销）："
+            )
+        );
         let mut reasons: Vec<_> = c.refusal_reasons.iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(a.1));
         for (r, n) in reasons.into_iter().take(6) {
+            let r = match lang {
+                Lang::En => r.clone(),
+                Lang::Zh => refusal_zh(r).unwrap_or_else(|| r.clone()),
+            };
             println!("  {n:>4} × {r}");
         }
     }
@@ -244,6 +260,29 @@ pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64) {
         println!("  error: {e}");
     }
     println!();
+}
+
+/// A refusal line of the tally ("at settle: policy 330200 employee does not settle
+/// outpatient visits directly under filing type temporary") in Chinese, its codes by
+/// their Chinese names; None for a line of another shape (printed as it is).
+fn refusal_zh(line: &str) -> Option<String> {
+    use yidi_common::types::{FilingType, InsuranceType, VisitKind};
+    let (stage, rest) = line.strip_prefix("at ")?.split_once(": ")?;
+    let rest = rest.strip_prefix("policy ")?;
+    let (region, rest) = rest.split_once(' ')?;
+    let (insurance, rest) = rest.split_once(" does not settle ")?;
+    let (kind, ft) = rest.split_once(" visits directly under filing type ")?;
+    let stage = match stage {
+        "settle" => "结算",
+        "identify" => "身份识别",
+        other => other,
+    };
+    Some(format!(
+        "{stage}：{region} {}政策对{}不予直接结算（备案类型：{}）",
+        InsuranceType::parse(insurance, "insurance").ok()?.zh_name(),
+        VisitKind::parse(kind, "kind").ok()?.zh_name(),
+        FilingType::parse(ft.trim(), "filing").ok()?.zh_name()
+    ))
 }
 
 /// Picks a few settlements that show different rules at work.
@@ -297,13 +336,18 @@ fn examples(done: &[Done]) -> Vec<(&'static str, &Done)> {
 /// A row of the example table: its label and the split field it shows.
 type SplitField = (&'static str, fn(&proto::Split) -> &str);
 
-pub(super) fn print_examples(done: &[Done]) {
+pub(super) fn print_examples(done: &[Done], lang: Lang) {
+    let l = |en, zh| lang.pick(en, zh);
     let ex = examples(done);
     if ex.is_empty() {
         return;
     }
     println!(
-        "example settlements (NHSA setlinfo fields; home policy applied to the treatment city's catalogue):"
+        "{}",
+        l(
+            "example settlements (NHSA setlinfo fields; home policy applied to the treatment city's catalogue):",
+            "结算示例（国家医保 setlinfo 字段；参保地待遇、就医地目录）："
+        )
     );
     let mut header = vec!["".to_owned()];
     header.extend(
@@ -320,40 +364,59 @@ pub(super) fn print_examples(done: &[Done]) {
         r.extend(ex.iter().map(|(_, d)| Cell::new(f(d))));
         r
     };
-    t.add_row(text_row("settlement", &|d| {
+    t.add_row(text_row(l("settlement", "结算流水号"), &|d| {
         d.settlement.settlement_id.clone()
     }));
-    t.add_row(text_row("patient", &|d| {
+    t.add_row(text_row(l("patient", "患者"), &|d| {
+        let p = &d.scenario.person;
         format!(
             "{} ({}{})",
-            mask(&d.scenario.person.name),
-            d.scenario.person.person_type,
-            if d.scenario.person.civil_servant {
-                ", civil servant"
+            mask(&p.name),
+            match lang {
+                Lang::En => p.person_type.as_str(),
+                Lang::Zh => p.person_type.zh_name(),
+            },
+            if p.civil_servant {
+                l(", civil servant", "，公务员")
             } else {
                 ""
             }
         )
     }));
-    t.add_row(text_row("home → treated in", &|d| {
-        format!(
-            "{} → {}",
-            city_name(&d.settlement.home_region),
-            city_name(&d.settlement.treatment_region)
-        )
-    }));
-    t.add_row(text_row("visit", &|d| {
-        format!(
+    t.add_row(text_row(
+        l("home → treated in", "参保地 → 就医地"),
+        &|d| {
+            format!(
+                "{} → {}",
+                city_name(&d.settlement.home_region),
+                city_name(&d.settlement.treatment_region)
+            )
+        },
+    ));
+    t.add_row(text_row(l("visit", "就诊"), &|d| match lang {
+        Lang::En => format!(
             "{} at {} ({})",
             d.scenario.kind, d.scenario.institution, d.scenario.level
-        )
+        ),
+        Lang::Zh => format!(
+            "{}，{}（{}）",
+            d.scenario.kind.zh_name(),
+            d.scenario.institution,
+            d.scenario.level.zh_name()
+        ),
     }));
-    t.add_row(text_row("filing applied", &|d| {
+    t.add_row(text_row(l("filing applied", "备案类型"), &|d| {
         d.settlement
             .split
             .as_ref()
             .and_then(|s| FilingType::from_proto(s.applied_filing_type, "f").ok())
-            .map_or_else(|| "— (local)".to_owned(), |f| f.to_string())
+            .map_or_else(
+                || l("— (local)", "—（本地就医）").to_owned(),
+                |f| match lang {
+                    Lang::En => f.to_string(),
+                    Lang::Zh => f.zh_name().to_owned(),
+                },
+            )
     }));
     let fields: [SplitField; 16] = [
         ("medfee_sumamt 总额", |s| &s.medfee_sumamt),
@@ -386,30 +449,43 @@ pub(super) fn print_examples(done: &[Done]) {
         }));
         t.add_row(r);
     }
-    t.add_row(text_row("pre-settle predicted the fund", &|d| {
-        let pre = d.pre.split.as_ref().map(|s| s.fund_pay_sumamt.clone());
-        let got = d
-            .settlement
-            .split
-            .as_ref()
-            .map(|s| s.fund_pay_sumamt.clone());
-        if pre == got {
-            "yes".into()
-        } else {
-            format!("no ({})", pre.unwrap_or_default())
-        }
-    }));
+    t.add_row(text_row(
+        l("pre-settle predicted the fund", "预结算基金支付一致"),
+        &|d| {
+            let pre = d.pre.split.as_ref().map(|s| s.fund_pay_sumamt.clone());
+            let got = d
+                .settlement
+                .split
+                .as_ref()
+                .map(|s| s.fund_pay_sumamt.clone());
+            if pre == got {
+                l("yes", "是").into()
+            } else {
+                format!("{} ({})", l("no", "否"), pre.unwrap_or_default())
+            }
+        },
+    ));
     println!("{t}");
     if let Some((label, d)) = ex.first()
         && let Some(s) = &d.settlement.split
     {
-        println!("trace of #1 ({label}, {}):", d.settlement.settlement_id);
+        println!(
+            "{} #1 ({label}, {}):",
+            l("trace of", "计算过程"),
+            d.settlement.settlement_id
+        );
         for line in &s.trace {
             println!("  {line}");
         }
     }
     // The reversals, each a new record; the settled one is never edited.
-    let mut rt = table(&["reversal", "of settlement", "how", "fund share", "state"]);
+    let mut rt = table(&[
+        l("reversal", "冲销记录"),
+        l("of settlement", "原结算"),
+        l("how", "方式"),
+        l("fund share", "基金支付"),
+        l("state", "状态"),
+    ]);
     let mut any = false;
     for d in done {
         if let Some(c) = &d.cancel {
@@ -417,7 +493,10 @@ pub(super) fn print_examples(done: &[Done]) {
             rt.add_row(vec![
                 Cell::new(&c.settlement_id),
                 Cell::new(&d.settlement.settlement_id),
-                Cell::new("cancelled by the institution (2208)"),
+                Cell::new(l(
+                    "cancelled by the institution (2208)",
+                    "机构撤销结算（2208）",
+                )),
                 right(
                     c.split
                         .as_ref()
@@ -433,7 +512,11 @@ pub(super) fn print_examples(done: &[Done]) {
             rt.add_row(vec![
                 Cell::new(&rev.settlement_id),
                 Cell::new(&d.settlement.settlement_id),
-                Cell::new(format!("冲正 of the settle request (2601): {}", r.outcome)),
+                Cell::new(format!(
+                    "{}: {}",
+                    l("冲正 of the settle request (2601)", "冲正结算交易（2601）"),
+                    r.outcome
+                )),
                 right(
                     rev.split
                         .as_ref()
@@ -661,50 +744,44 @@ pub(super) async fn clear(ctx: &Ctx) -> anyhow::Result<Cleared> {
     let last = rounds
         .iter()
         .filter(|r| r.state == "SETTLED")
+        .filter_map(|r| Period::parse(&r.period, "period").ok().map(|p| (p, r)))
+        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.round_id.cmp(&b.1.round_id)))
+        .map(|(p, r)| (p, r.round_id.clone()));
+    let first = rounds
+        .iter()
+        .filter(|r| r.state == "SETTLED")
         .filter_map(|r| Period::parse(&r.period, "period").ok())
-        .max();
-    // A period clears once; an earlier run's round for this month means this run's
-    // records are late for it and go into the next period's round (as adjustments).
-    let period = match last {
-        Some(p) if p >= now => {
-            notes.push(format!(
-                "period {p} was cleared by an earlier run; this run's records are carried into the round for {}",
-                p.next()
-            ));
-            p.next()
+        .min()
+        .unwrap_or(now);
+    let uncleared = uncleared_records(ctx, first, now).await?;
+    let opened = match plan(last.as_ref().map(|l| l.0), now, uncleared) {
+        Plan::Open => {
+            println!(
+                "clearing: opening a round for {now} (early: the month is not over; later records go to the next round)"
+            );
+            open(ctx, now).await?
         }
-        _ => now,
+        Plan::Again => {
+            notes.push(format!(
+                "{now} was cleared early by an earlier run; this round clears the {uncleared} record(s) that came in since"
+            ));
+            println!(
+                "clearing: opening another early round for {now} ({uncleared} record(s) not yet cleared)"
+            );
+            open(ctx, now).await?
+        }
+        Plan::Nothing => {
+            let id = last.map(|l| l.1).unwrap_or_default();
+            println!(
+                "clearing: nothing new to clear in {now}: every record was cleared by round {id}; no round opened"
+            );
+            notes.push(format!(
+                "nothing new to clear in {now}; the statement below is round {id}'s"
+            ));
+            id
+        }
     };
-    if period > now {
-        // The coordinator refuses future periods. The demo moves its coordinator's clock
-        // to the first day of that period (and says so); in production the round is
-        // opened once the period has begun.
-        let start = chrono::NaiveDate::from_ymd_opt(period.year(), period.month(), 1)
-            .and_then(|d| d.and_hms_opt(12, 0, 0))
-            .and_then(|t| t.and_local_timezone(yidi_common::period::cst()).single())
-            .context("the first day of the period")?;
-        let ahead = (start.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds();
-        ctx.coordinator_ahead
-            .store(ahead.max(0), std::sync::atomic::Ordering::Relaxed);
-        notes.push(format!(
-            "the demo coordinator's clock is moved on to {} so that the round for {period} can be opened now (a coordinator refuses future periods)",
-            yidi_common::period::format_ts(start.with_timezone(&chrono::Utc))
-        ));
-    }
-    println!(
-        "clearing: opening a round for {period} (early: the month is not over; later records go to the next round)"
-    );
-    let opened = c
-        .open_round(proto::OpenRoundRequest {
-            request_id: format!("demo-open-{period}-r{}", ctx.run),
-            period: period.to_string(),
-            early: true,
-            allow_empty: false,
-        })
-        .await
-        .context("opening the clearing round")?
-        .into_inner();
-    let (round, statement) = drive_round(ctx, &opened.round_id, &mut notes).await?;
+    let (round, statement) = drive_round(ctx, &opened, &mut notes).await?;
     let mut history = Vec::new();
     for r in c
         .list_rounds(proto::ListRoundsRequest {})
@@ -723,6 +800,71 @@ pub(super) async fn clear(ctx: &Ctx) -> anyhow::Result<Cleared> {
         history,
         notes,
     })
+}
+
+/// What a run's clearing step does, from the last settled period, the current one and
+/// how many records the nodes hold uncleared up to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// No round of the current month yet: open one (early).
+    Open,
+    /// The current month was cleared early and records came in since: another early
+    /// round of it clears only those (the nodes freeze records not yet cleared).
+    Again,
+    /// The current month was cleared and nothing came in since: no round.
+    Nothing,
+}
+
+/// Never a future period: the coordinator refuses them, and a round for a month that
+/// has not begun would be a fiction.
+fn plan(last_settled: Option<Period>, now: Period, uncleared: u64) -> Plan {
+    match last_settled {
+        Some(p) if p >= now && uncleared == 0 => Plan::Nothing,
+        Some(p) if p >= now => Plan::Again,
+        _ => Plan::Open,
+    }
+}
+
+/// Records the nodes hold, in `first..=last`, that no round has cleared.
+async fn uncleared_records(ctx: &Ctx, first: Period, last: Period) -> anyhow::Result<u64> {
+    let mut n = 0;
+    for node in &ctx.nodes {
+        let mut p = first;
+        loop {
+            let l = node
+                .admin
+                .clone()
+                .get_ledger(proto::GetLedgerRequest {
+                    period: p.to_string(),
+                })
+                .await?
+                .into_inner();
+            for pos in &l.positions {
+                n += (pos.receivable_count + pos.payable_count).saturating_sub(pos.cleared);
+            }
+            if p >= last {
+                break;
+            }
+            p = p.next();
+        }
+    }
+    Ok(n)
+}
+
+async fn open(ctx: &Ctx, period: Period) -> anyhow::Result<String> {
+    Ok(ctx
+        .coordinator
+        .clone()
+        .open_round(proto::OpenRoundRequest {
+            request_id: format!("demo-open-{period}-r{}", ctx.run),
+            period: period.to_string(),
+            early: true,
+            allow_empty: false,
+        })
+        .await
+        .context("opening the clearing round")?
+        .into_inner()
+        .round_id)
 }
 
 fn net_of(st: &proto::Statement, region: &str) -> Decimal {
@@ -790,15 +932,23 @@ pub(super) async fn print_clearing(
         periods.push(p.next());
     }
 
-    println!("\nledgers (台账) of the nodes, AdminService.GetLedger:");
+    let lang = ctx.lang;
+    let l = |en, zh| lang.pick(en, zh);
+    println!(
+        "\n{}",
+        l(
+            "ledgers (台账) of the nodes, AdminService.GetLedger:",
+            "各节点台账（AdminService.GetLedger）："
+        )
+    );
     let mut lt = table(&[
-        "node",
-        "period",
-        "counterparty",
-        "receivable (as treatment region)",
-        "payable (as home region)",
-        "net",
-        "cleared records",
+        l("node", "节点"),
+        l("period", "清算期"),
+        l("counterparty", "对方统筹区"),
+        l("receivable (as treatment region)", "应收（作为就医地）"),
+        l("payable (as home region)", "应付（作为参保地）"),
+        l("net", "净额"),
+        l("cleared records", "已清算笔数"),
     ]);
     let mut ledger_net: BTreeMap<&str, Decimal> = BTreeMap::new();
     let mut records: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
@@ -836,16 +986,19 @@ pub(super) async fn print_clearing(
     println!("{lt}");
 
     println!(
-        "\nstatement of round {} (period {}), digest {}:",
+        "\n{} {} ({} {}), {} {}:",
+        l("statement of round", "清算结算单"),
         st.round_id,
+        l("period", "清算期"),
         st.period,
+        l("digest", "摘要"),
         &st.digest[..st.digest.len().min(16)]
     );
     let mut gt = table(&[
-        "debtor (home region)",
-        "owes creditor (treatment region)",
-        "records",
-        "amount",
+        l("debtor (home region)", "欠款方（参保地）"),
+        l("owes creditor (treatment region)", "收款方（就医地）"),
+        l("records", "笔数"),
+        l("amount", "金额"),
     ]);
     for g in &st.gross {
         gt.add_row(vec![
@@ -855,8 +1008,25 @@ pub(super) async fn print_clearing(
             right(&g.amount),
         ]);
     }
-    println!("gross positions:\n{gt}");
-    let mut nt = table(&["region", "receivable", "payable", "net", ""]);
+    println!("{}\n{gt}", l("gross positions:", "双边应付总额："));
+    // What "payable" is made of: claims, cancellations, audit deductions and reserve
+    // top-ups, each Σ to the gross amounts above.
+    let pairs = crate::cli::clearing::by_kind(st)?;
+    println!(
+        "{}\n{}",
+        l(
+            "by record kind, amount (records):",
+            "按记录类型，金额（笔数）："
+        ),
+        crate::cli::clearing::kind_table(&pairs, lang, region_label)
+    );
+    let mut nt = table(&[
+        l("region", "统筹区"),
+        l("receivable", "应收"),
+        l("payable", "应付"),
+        l("net", "净额"),
+        "",
+    ]);
     let mut sum = Decimal::ZERO;
     for n in &st.nets {
         let net = dec(&n.net);
@@ -867,17 +1037,22 @@ pub(super) async fn print_clearing(
             right(&n.payable),
             right(&n.net),
             Cell::new(if net > Decimal::ZERO {
-                "creditor: is paid"
+                l("creditor: is paid", "应收方：收款")
             } else if net < Decimal::ZERO {
-                "debtor: pays"
+                l("debtor: pays", "应付方：付款")
             } else {
-                "even"
+                l("even", "持平")
             }),
         ]);
     }
-    println!("net positions:\n{nt}");
+    println!("{}\n{nt}", l("net positions:", "轧差净额："));
     println!("Σ net = {}", fmt(sum));
-    let mut it = table(&["#", "from", "to", "amount"]);
+    let mut it = table(&[
+        "#",
+        l("from", "付款方"),
+        l("to", "收款方"),
+        l("amount", "金额"),
+    ]);
     for (i, ins) in st.instructions.iter().enumerate() {
         it.add_row(vec![
             right(i + 1),
@@ -886,10 +1061,16 @@ pub(super) async fn print_clearing(
             right(&ins.amount),
         ]);
     }
-    println!(
-        "payment instructions through the provincial clearing account {} ({} transfers instead of {} bilateral):\n{it}",
-        st.clearing_account, st.netted_transfers, st.bilateral_transfers
-    );
+    match lang {
+        Lang::En => println!(
+            "payment instructions through the provincial clearing account {} ({} transfers instead of {} bilateral):\n{it}",
+            st.clearing_account, st.netted_transfers, st.bilateral_transfers
+        ),
+        Lang::Zh => println!(
+            "经省级清算账户 {} 的划款指令（轧差后 {} 笔，双边结算需 {} 笔）：\n{it}",
+            st.clearing_account, st.netted_transfers, st.bilateral_transfers
+        ),
+    }
     for res in &st.reserves {
         println!(
             "reserve of {} held by {}: {}{}",
@@ -937,6 +1118,30 @@ pub(super) async fn print_clearing(
         sum == Decimal::ZERO,
         format!("statement {} Σ net = {}", st.round_id, fmt(sum)),
     );
+    // The breakdown by kind covers every gross pair and adds up to it (by_kind drops a
+    // pair's breakdown that does not).
+    let pairs = crate::cli::clearing::by_kind(st)?;
+    let totals = crate::cli::clearing::kind_totals(&pairs);
+    let gross: Decimal = st.gross.iter().map(|g| dec(&g.amount)).sum();
+    let by_kind: Decimal = totals.values().map(|(_, a)| *a).sum();
+    check(
+        &mut failures,
+        pairs.iter().all(|p| !p.groups.is_empty()) && by_kind == gross,
+        format!(
+            "statement {} by kind: {} = gross {}",
+            st.round_id,
+            crate::i18n::KindGroup::ALL
+                .iter()
+                .filter_map(|g| totals.get(g).map(|(n, a)| format!(
+                    "{} {} ({n})",
+                    g.code(),
+                    fmt(*a)
+                )))
+                .collect::<Vec<_>>()
+                .join(" + "),
+            fmt(gross)
+        ),
+    );
     let paid_in: Decimal = st
         .instructions
         .iter()
@@ -955,7 +1160,7 @@ pub(super) async fn print_clearing(
         format!("clearing account in={} out={}", fmt(paid_in), fmt(paid_out)),
     );
     // Each node's books against the statements: cumulative over every settled round
-    // (a re-run's round carries late records of an already cleared period).
+    // (a re-run's round clears the records that came in since an earlier run's).
     let rounds = cl.history.len();
     let mut ledger_sum = Decimal::ZERO;
     for node in &ctx.nodes {
@@ -1104,4 +1309,34 @@ pub(super) fn print_explore(layout: &Layout, ctx: &Ctx) {
         layout.nodes[0]
     );
     println!("\nCtrl-C stops every node and the coordinator gracefully.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_lines_read_in_chinese() {
+        assert_eq!(
+            refusal_zh(
+                "at settle: policy 330200 employee does not settle outpatient visits directly under filing type temporary"
+            )
+            .as_deref(),
+            Some("结算：330200 职工政策对普通门诊不予直接结算（备案类型：临时外出）")
+        );
+        assert_eq!(refusal_zh("at settle: refused"), None);
+    }
+
+    #[test]
+    fn a_round_is_only_ever_for_the_current_month() {
+        let p = |s: &str| Period::parse(s, "period").expect("period");
+        let now = p("2026-12");
+        assert_eq!(plan(None, now, 0), Plan::Open);
+        assert_eq!(plan(Some(p("2026-11")), now, 5), Plan::Open);
+        assert_eq!(plan(Some(p("2026-11")), now, 0), Plan::Open);
+        // Cleared early this month: another early round of it, or none at all; never
+        // a round for 2027-01.
+        assert_eq!(plan(Some(now), now, 3), Plan::Again);
+        assert_eq!(plan(Some(now), now, 0), Plan::Nothing);
+    }
 }

@@ -176,6 +176,18 @@ fn verify(
     Ok(diffs)
 }
 
+/// A position's records by kind, as reported: counts and sums only.
+fn kind_sums(kinds: &std::collections::BTreeMap<String, (u64, i64)>) -> Vec<proto::KindSum> {
+    kinds
+        .iter()
+        .map(|(kind, (count, fen))| proto::KindSum {
+            kind: kind.clone(),
+            count: *count,
+            sum: money::format(money::from_fen(*fen)),
+        })
+        .collect()
+}
+
 #[tonic::async_trait]
 impl ClearingParticipant for ClearingSvc {
     async fn report_positions(
@@ -229,6 +241,8 @@ impl ClearingParticipant for ClearingSvc {
                         payable_count: p.count,
                         payable_sum: money::format(money::from_fen(p.sum_fen)),
                         payable_digest: p.digest.to_hex(),
+                        receivable_kinds: kind_sums(&r.kinds),
+                        payable_kinds: kind_sums(&p.kinds),
                     });
                 }
                 Ok(proto::ReportPositionsResponse {

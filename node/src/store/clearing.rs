@@ -273,6 +273,9 @@ pub fn position(
             &f.claim_id,
             f.amount_fen,
         ));
+        let k = p.kinds.entry(f.kind).or_default();
+        k.0 += 1;
+        k.1 += f.amount_fen;
     }
     Ok(p)
 }

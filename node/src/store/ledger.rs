@@ -132,6 +132,9 @@ pub struct Position {
     pub count: u64,
     pub sum_fen: i64,
     pub digest: SetDigest,
+    /// Count and sum in fen by ledger kind (claim, reversal, deduction, reserve_…); Σ
+    /// equals `count` and `sum_fen`. Filled for a round's frozen records.
+    pub kinds: std::collections::BTreeMap<String, (u64, i64)>,
 }
 
 /// The position of `side` toward `counterparty` in `period`.

@@ -17,12 +17,13 @@ use yidi_tests::process::{workspace_root, yidi_bin};
 
 /// The docs with runnable blocks, in the order they run: each walk-through builds on
 /// the state the previous one left (integrator.md settles what clearing.md clears).
-pub const RUN_ORDER: [&str; 5] = [
+pub const RUN_ORDER: [&str; 6] = [
     "README.md",
     "docs/integrator.md",
     "docs/clearing.md",
     "docs/admin.md",
     "docs/quote.md",
+    "docs/security.md",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,8 @@
 //! sample data, and a second run changes nothing; `run.sh stop` stops everything. In
 //! between, the runnable blocks of README.md and the docs run on it as written
 //! (doc_run.rs: README's data loop, docs/integrator.md's hospital walk-through with the
-//! amounts it shows, docs/clearing.md's round).
+//! amounts it shows, docs/clearing.md's round, docs/security.md's certificate issued,
+//! used and revoked).
 //! The working directory is a temporary one holding a link to the repository's
 //! deploy/, so yidi-data/ is written there and not in the checkout.
 

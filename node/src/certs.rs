@@ -426,6 +426,9 @@ pub fn revoke(ca_dir: &Path, serial: &str, reason: &str) -> anyhow::Result<bool>
     if read_revoked(&path).unwrap_or_default().contains(&serial) {
         return Ok(false);
     }
+    // A list edited by hand may lack its final newline: appending onto its last line
+    // would hide the serial in that line's comment, or merge two serials into one.
+    let unterminated = fs::read(&path).is_ok_and(|b| b.last().is_some_and(|&c| c != b'\n'));
     let mut f = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -444,6 +447,9 @@ pub fn revoke(ca_dir: &Path, serial: &str, reason: &str) -> anyhow::Result<bool>
             reason.trim()
         )
     };
+    if unterminated {
+        f.write_all(b"\n")?;
+    }
     f.write_all(line.as_bytes())?;
     f.sync_all()?;
     Ok(true)
@@ -667,6 +673,15 @@ mod tests {
         let set = parse_revoked("# header\n00:AB  # why\n\n4f3a\n").expect("parses");
         assert_eq!(set.into_iter().collect::<Vec<_>>(), ["4f3a", "ab"]);
         assert!(parse_revoked("ab\nnot-a-serial\n").is_err());
+    }
+
+    #[test]
+    fn revoking_after_a_hand_edit_without_final_newline_still_revokes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(REVOKED), "ab  # lost laptop").expect("write");
+        assert!(revoke(dir.path(), "4F3A", "stolen").expect("revoke"));
+        let set = read_revoked(&dir.path().join(REVOKED)).expect("read");
+        assert_eq!(set.into_iter().collect::<Vec<_>>(), ["4f3a", "ab"]);
     }
 
     #[test]

@@ -1,14 +1,18 @@
-//! Labels of the text output in English or Chinese (`--lang en|zh`, env `YIDI_LANG`, else
-//! `LC_ALL` / `LANG` starting with `zh`), for agency staff who read Chinese. JSON output
-//! keeps the codes: it is for machines.
+//! The language of text output (`--lang en|zh`, env `YIDI_LANG`, else `LC_ALL` / `LANG`
+//! starting with `zh`), for agency staff who read Chinese, and the labels it picks. JSON
+//! output keeps the codes: it is for machines.
 //!
-//! A typed table rather than a message-catalogue crate: the labels are a closed set
-//! known at compile time, so each is an enum variant and a missing translation is a
-//! compile error (an exhaustive `match`), where catalogue look-ups by string key fail
-//! at run time. Domain codes (person types, filing types, visit kinds) take their
-//! Chinese names from `yidi_common::types`, which already holds them for import.
+//! The labels live in `node/locales/en.yml` and `zh.yml`, embedded at compile time by
+//! `rust-i18n` (`rust_i18n::i18n!` in `lib.rs`) and looked up with
+//! `t!("key", locale = lang.code())`. A key missing from one locale would silently fall
+//! back to English, so a test here requires both files to hold the same keys. Domain codes
+//! (person types, filing types, visit kinds) take their Chinese names from
+//! `yidi_common::types`, which holds them for import too.
+
+use std::borrow::Cow;
 
 use clap::ValueEnum;
+use rust_i18n::t;
 
 /// The language of text output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -48,12 +52,23 @@ impl Lang {
         Lang::En
     }
 
-    /// `en` or `zh` of a label.
+    /// The label of `key` (a key of `locales/*.yml`, e.g. `quote.field`) in this language.
     #[must_use]
-    pub fn pick<'a>(self, en: &'a str, zh: &'a str) -> &'a str {
+    pub fn label(self, key: &'static str) -> &'static str {
+        // Without arguments `t!` borrows: the embedded text, or the key itself when no
+        // locale has it (which `every_label_is_in_both_locales` rules out for zh and en).
+        match t!(key, locale = self.code()) {
+            Cow::Borrowed(s) => s,
+            Cow::Owned(_) => key,
+        }
+    }
+
+    /// The locale of `locales/<code>.yml`.
+    #[must_use]
+    pub fn code(self) -> &'static str {
         match self {
-            Lang::En => en,
-            Lang::Zh => zh,
+            Lang::En => "en",
+            Lang::Zh => "zh",
         }
     }
 }
@@ -105,43 +120,35 @@ impl KindGroup {
 
     /// The label in `lang`.
     #[must_use]
-    pub fn label(self, lang: Lang) -> &'static str {
-        match self {
-            KindGroup::Claims => lang.pick("claims", "结算费用"),
-            KindGroup::Cancellations => lang.pick("cancellations", "撤销冲正"),
-            KindGroup::AuditDeductions => lang.pick("audit deductions", "审核扣款"),
-            KindGroup::Reserves => lang.pick("reserves", "预付金（储备金）"),
-            KindGroup::Other => lang.pick("other", "其他"),
-        }
+    pub fn label(self, lang: Lang) -> String {
+        code_label(lang, "kind_group", self.code())
     }
 }
 
-/// The Chinese name of a fund (NHSA fund types).
+/// The label in `lang` of the code `code` under `section` of the locale files (a fund,
+/// a line classification, an accumulator...): English shows the code itself. A code
+/// the files lack (a newer node's) shows as the code.
 #[must_use]
-pub fn fund_zh(f: yidi_common::engine::Fund) -> &'static str {
-    use yidi_common::engine::Fund;
-    match f {
-        Fund::Hifp => "统筹基金",
-        Fund::Hifmi => "大病保险",
-        Fund::Hifob => "大额医疗补助",
-        Fund::Cvlserv => "公务员医疗补助",
-        Fund::Maf => "医疗救助",
-        Fund::Acct => "个人账户",
+pub fn code_label(lang: Lang, section: &str, code: &str) -> String {
+    let key = format!("{section}.{code}");
+    let label = t!(&key, locale = lang.code());
+    if label == key {
+        code.to_owned()
+    } else {
+        label.into_owned()
     }
 }
 
-/// The Chinese name of how a fee line was classified.
+/// The label of a fund (NHSA fund types).
 #[must_use]
-pub fn line_reason_zh(r: yidi_common::engine::LineReason) -> &'static str {
-    use yidi_common::engine::LineReason;
-    match r {
-        LineReason::A => "甲类",
-        LineReason::B => "乙类",
-        LineReason::BFirstSelfpay => "乙类先行自付",
-        LineReason::COutOfScope => "丙类（目录外全自费）",
-        LineReason::OverPriceCap => "超限价",
-        LineReason::BOverPriceCap => "乙类超限价",
-    }
+pub fn fund_label(f: yidi_common::engine::Fund, lang: Lang) -> String {
+    code_label(lang, "fund", f.as_str())
+}
+
+/// The label of how a fee line was classified.
+#[must_use]
+pub fn line_reason_label(r: yidi_common::engine::LineReason, lang: Lang) -> String {
+    code_label(lang, "line_reason", r.as_str())
 }
 
 #[cfg(test)]
@@ -173,6 +180,69 @@ mod tests {
             Lang::En
         );
         assert_eq!(Lang::resolve(Some(Lang::Zh)), Lang::Zh);
+    }
+
+    /// Every locale file's keys, flattened (`quote.field`) as `i18n!` embeds them.
+    fn locale_keys() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+        rust_i18n_support::load_locales(concat!(env!("CARGO_MANIFEST_DIR"), "/locales"), |_| false)
+            .into_iter()
+            .map(|(locale, trs)| (locale, trs.into_keys().collect()))
+            .collect()
+    }
+
+    #[test]
+    fn every_label_is_in_both_locales() {
+        let keys = locale_keys();
+        assert_eq!(
+            keys.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["en", "zh"]
+        );
+        let (en, zh) = (&keys["en"], &keys["zh"]);
+        assert!(en.len() > 100, "en.yml holds {} keys", en.len());
+        let only_en: Vec<_> = en.difference(zh).collect();
+        let only_zh: Vec<_> = zh.difference(en).collect();
+        assert!(only_en.is_empty(), "missing from zh.yml: {only_en:?}");
+        assert!(only_zh.is_empty(), "missing from en.yml: {only_zh:?}");
+    }
+
+    #[test]
+    fn every_code_has_a_label() {
+        use yidi_common::engine::{Fund, LineReason};
+        let keys = locale_keys();
+        let mut codes: Vec<String> = KindGroup::ALL
+            .iter()
+            .map(|g| format!("kind_group.{}", g.code()))
+            .collect();
+        for f in [
+            Fund::Hifp,
+            Fund::Hifmi,
+            Fund::Hifob,
+            Fund::Cvlserv,
+            Fund::Maf,
+            Fund::Acct,
+        ] {
+            codes.push(format!("fund.{}", f.as_str()));
+        }
+        for r in [
+            LineReason::A,
+            LineReason::B,
+            LineReason::BFirstSelfpay,
+            LineReason::COutOfScope,
+            LineReason::OverPriceCap,
+            LineReason::BOverPriceCap,
+        ] {
+            codes.push(format!("line_reason.{}", r.as_str()));
+        }
+        for code in &codes {
+            assert!(keys["zh"].contains(code), "no label for {code}");
+        }
+        assert_eq!(fund_label(Fund::Maf, Lang::Zh), "医疗救助");
+        assert_eq!(fund_label(Fund::Maf, Lang::En), "maf");
+        assert_eq!(
+            line_reason_label(LineReason::COutOfScope, Lang::Zh),
+            "丙类（目录外全自费）"
+        );
+        assert_eq!(code_label(Lang::Zh, "fund", "newer"), "newer");
     }
 
     #[test]

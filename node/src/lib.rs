@@ -30,3 +30,6 @@ pub mod store;
 pub mod tls;
 
 pub use error::{Error, Result};
+
+// The text-output labels of `--lang en|zh`, embedded at compile time (see `i18n`).
+rust_i18n::i18n!("locales", fallback = "en");

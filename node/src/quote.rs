@@ -18,6 +18,7 @@ use yidi_common::engine::{self, Accumulators, Line, PersonCtx, Quote, VisitCtx};
 use yidi_common::money;
 
 use crate::i18n::{self, Lang};
+use rust_i18n::t;
 use yidi_common::policy::Policy;
 use yidi_common::types::{
     CatalogueClass, FilingType, HospitalLevel, InsuranceType, PersonType, VisitKind,
@@ -166,10 +167,11 @@ pub fn run(args: &QuoteArgs) -> i32 {
             }
         }
         Err(Failure::Refused { policy, reason }) => {
-            match Lang::resolve(args.lang) {
-                Lang::En => eprintln!("refused by the policy: {reason}"),
-                Lang::Zh => eprintln!("政策不予直接结算（refused by the policy）：{reason}"),
-            }
+            let lang = Lang::resolve(args.lang);
+            eprintln!(
+                "{}",
+                t!("quote.refused", locale = lang.code(), reason = reason)
+            );
             if args.json {
                 println!(
                     "{}",
@@ -344,23 +346,23 @@ fn right(t: &mut Table, cols: &[usize]) {
 }
 
 fn print_tables(policy: &Policy, before: &Accumulators, q: &Quote, lang: Lang) {
-    let l = |en, zh| lang.pick(en, zh);
+    let l = |key| lang.label(key);
     let insurance = match lang {
         Lang::En => policy.insurance_type.as_str(),
         Lang::Zh => policy.insurance_type.zh_name(),
     };
     println!(
         "{} {} {} \"{}\" ({} {}, {} {})",
-        l("policy", "待遇政策"),
+        l("quote.policy"),
         policy.region,
         insurance,
         policy.name,
-        l("from", "生效日期"),
+        l("quote.from"),
         policy.effective_from,
-        l("digest", "摘要"),
+        l("quote.digest"),
         &policy.digest()[..12]
     );
-    let mut t = table(&[l("field", "字段"), "名称", l("amount", "金额")]);
+    let mut t = table(&[l("quote.field"), "名称", l("quote.amount")]);
     for (name, label, v) in split_fields(q) {
         t.add_row(vec![name.to_owned(), label.to_owned(), money::format(v)]);
     }
@@ -384,13 +386,13 @@ fn print_tables(policy: &Policy, before: &Accumulators, q: &Quote, lang: Lang) {
     println!("{t}");
 
     let mut t = table(&[
-        l("line", "明细"),
-        l("amount", "金额"),
-        l("overlmt_selfpay", "超限价自费"),
-        l("preselfpay_amt", "先行自付"),
-        l("fulamt_ownpay_amt", "全自费"),
-        l("inscp_scp_amt", "符合范围"),
-        l("reason", "分类"),
+        l("quote.line"),
+        l("quote.amount"),
+        l("quote.overlmt_selfpay"),
+        l("quote.preselfpay_amt"),
+        l("quote.fulamt_ownpay_amt"),
+        l("quote.inscp_scp_amt"),
+        l("quote.reason"),
     ]);
     for ln in &q.lines {
         t.add_row(vec![
@@ -400,29 +402,17 @@ fn print_tables(policy: &Policy, before: &Accumulators, q: &Quote, lang: Lang) {
             money::format(ln.preselfpay_amt),
             money::format(ln.fulamt_ownpay_amt),
             money::format(ln.inscp_scp_amt),
-            match lang {
-                Lang::En => ln.reason.as_str(),
-                Lang::Zh => i18n::line_reason_zh(ln.reason),
-            }
-            .to_owned(),
+            i18n::line_reason_label(ln.reason, lang),
         ]);
     }
     right(&mut t, &[1, 2, 3, 4, 5]);
     println!("{t}");
 
     if !q.funds.is_empty() {
-        let mut t = table(&[
-            l("fund", "基金"),
-            l("amount", "金额"),
-            l("description", "说明"),
-        ]);
+        let mut t = table(&[l("quote.fund"), l("quote.amount"), l("quote.description")]);
         for f in &q.funds {
             t.add_row(vec![
-                match lang {
-                    Lang::En => f.fund.as_str(),
-                    Lang::Zh => i18n::fund_zh(f.fund),
-                }
-                .to_owned(),
+                i18n::fund_label(f.fund, lang),
                 money::format(f.amount),
                 f.description.clone(),
             ]);
@@ -431,43 +421,19 @@ fn print_tables(policy: &Policy, before: &Accumulators, q: &Quote, lang: Lang) {
         println!("{t}");
     }
 
-    let mut t = table(&[
-        l("accumulator", "累计项"),
-        l("before", "结算前"),
-        l("after", "结算后"),
-    ]);
+    let mut t = table(&[l("quote.accumulator"), l("quote.before"), l("quote.after")]);
     for ((name, b), (_, a)) in acc_fields(before)
         .into_iter()
         .zip(acc_fields(&q.accumulators))
     {
-        let label = match lang {
-            Lang::En => name,
-            Lang::Zh => acc_zh(name),
-        };
-        t.add_row(vec![label.to_owned(), b, a]);
+        t.add_row(vec![i18n::code_label(lang, "accumulator", name), b, a]);
     }
     right(&mut t, &[1, 2]);
     println!("{t}");
 
-    println!("{}", l("trace:", "计算过程（trace）："));
+    println!("{}", l("quote.trace"));
     for (i, s) in q.trace.iter().enumerate() {
         println!("  {:>2}. {s}", i + 1);
-    }
-}
-
-/// The Chinese label of an accumulator row of [`acc_fields`].
-fn acc_zh(name: &str) -> &str {
-    match name {
-        "year" => "年度",
-        "version" => "版本",
-        "pool_paid" => "统筹基金累计支付",
-        "outpatient_pool_paid" => "门诊统筹累计支付",
-        "chronic_pool_paid" => "门诊慢特病累计支付",
-        "serious_illness_paid" => "大病保险累计支付",
-        "outpatient_deductible_paid" => "门诊起付线累计",
-        "admissions" => "住院次数",
-        "inscope_total" => "符合范围累计",
-        other => other,
     }
 }
 
@@ -622,4 +588,18 @@ pub fn run_engine_bench(args: &EngineBenchArgs) -> anyhow::Result<()> {
         us(lat_ns[n - 1])
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_accumulator_row_has_a_chinese_label() {
+        for (name, _) in acc_fields(&Accumulators::default()) {
+            let zh = i18n::code_label(Lang::Zh, "accumulator", name);
+            assert_ne!(zh, name, "no Chinese label for accumulator {name}");
+            assert_eq!(i18n::code_label(Lang::En, "accumulator", name), name);
+        }
+    }
 }

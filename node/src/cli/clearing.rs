@@ -30,6 +30,7 @@ use yidi_common::{
 
 use super::output::{self, Field, Listing, Record, emit};
 use crate::i18n::{KindGroup, Lang};
+use rust_i18n::t;
 
 /// The connected coordinator client.
 pub type Client = CoordinatorServiceClient<Channel>;
@@ -473,11 +474,11 @@ pub(crate) fn kind_table(
         .collect();
     let mut t = output::table();
     let mut header = vec![
-        Cell::new(lang.pick("debtor (home region)", "欠款方（参保地）")),
-        Cell::new(lang.pick("owes creditor (treatment region)", "收款方（就医地）")),
+        Cell::new(lang.label("clearing.debtor_home_region")),
+        Cell::new(lang.label("clearing.owes_creditor_treatment_region")),
     ];
     header.extend(groups.iter().map(|g| right(g.label(lang))));
-    header.push(right(lang.pick("total", "合计")));
+    header.push(right(lang.label("clearing.total")));
     t.set_header(header);
     let cell = |v: Option<&(u64, Decimal)>| {
         right(v.map_or_else(String::new, |(n, a)| format!("{} ({n})", money::format(*a))))
@@ -486,7 +487,7 @@ pub(crate) fn kind_table(
         let mut row = vec![Cell::new(label(p.debtor)), Cell::new(label(p.creditor))];
         if p.groups.is_empty() {
             row.extend(groups.iter().map(|_| right("—")));
-            row.push(right(lang.pick("no breakdown", "无分项")));
+            row.push(right(lang.label("clearing.no_breakdown")));
         } else {
             row.extend(groups.iter().map(|g| cell(p.groups.get(g))));
             let (n, a) = p
@@ -553,29 +554,26 @@ fn gross_matrix(s: &proto::Statement) -> anyhow::Result<comfy_table::Table> {
 }
 
 fn print_statement(s: &proto::Statement, c: &Checks, lang: Lang) -> anyhow::Result<()> {
-    let l = |en, zh| lang.pick(en, zh);
+    let l = |key| lang.label(key);
     emit(format_args!(
         "{} {} — {} {} — {} {}",
-        l("statement of round", "清算轮次结算单"),
+        l("clearing.statement_of_round"),
         s.round_id,
-        l("period", "清算期"),
+        l("clearing.period"),
         s.period,
-        l("clearing account", "清算账户"),
+        l("clearing.clearing_account"),
         s.clearing_account
     ));
     emit(format_args!(
         "\n{}",
-        l(
-            "net positions (positive: is paid; negative: pays)",
-            "轧差净额（正数：应收；负数：应付）"
-        )
+        l("clearing.net_positions_positive_is_paid_negative")
     ));
     let mut t = output::table();
     t.set_header(vec![
-        Cell::new(l("region", "统筹区")),
-        right(l("receivable", "应收")),
-        right(l("payable", "应付")),
-        right(l("net", "净额")),
+        Cell::new(l("clearing.region")),
+        right(l("clearing.receivable")),
+        right(l("clearing.payable")),
+        right(l("clearing.net")),
     ]);
     let (mut recv, mut pay) = (Decimal::ZERO, Decimal::ZERO);
     for n in &s.nets {
@@ -601,34 +599,28 @@ fn print_statement(s: &proto::Statement, c: &Checks, lang: Lang) -> anyhow::Resu
         emit(format_args!(
             "Σ net = {} — {}",
             money::format(c.sum_net),
-            l(
-                "THE STATEMENT DOES NOT BALANCE; do not confirm it",
-                "结算单不平衡，请勿确认"
-            )
+            l("clearing.the_statement_does_not_balance_do_not_co")
         ));
     }
 
     emit(format_args!(
         "\n{} {}{}",
-        l(
-            "payment instructions (debtors pay into the clearing account",
-            "划款指令（应付方划入清算账户"
-        ),
+        l("clearing.payment_instructions_debtors_pay_into_th"),
         s.clearing_account,
-        l(", which pays the creditors)", "，再由其划给应收方）")
+        l("clearing.which_pays_the_creditors")
     ));
     if s.instructions.is_empty() {
         emit(format_args!(
             "{}",
-            l("none: every net position is zero", "无：各方净额均为零")
+            l("clearing.none_every_net_position_is_zero")
         ));
     } else {
         let mut t = output::table();
         t.set_header(vec![
             right("#"),
-            Cell::new(l("from", "付款方")),
-            Cell::new(l("to", "收款方")),
-            right(l("amount", "金额")),
+            Cell::new(l("clearing.from")),
+            Cell::new(l("clearing.to")),
+            right(l("clearing.amount")),
         ]);
         for (i, ins) in s.instructions.iter().enumerate() {
             t.add_row(vec![
@@ -641,9 +633,9 @@ fn print_statement(s: &proto::Statement, c: &Checks, lang: Lang) -> anyhow::Resu
         emit(format_args!("{t}"));
         emit(format_args!(
             "{} {}, {} {}{}",
-            l("paid in", "划入"),
+            l("clearing.paid_in"),
             money::format(c.paid_in),
-            l("paid out", "划出"),
+            l("clearing.paid_out"),
             money::format(c.paid_out),
             if c.paid_in == c.paid_out {
                 " ✓"
@@ -654,31 +646,24 @@ fn print_statement(s: &proto::Statement, c: &Checks, lang: Lang) -> anyhow::Resu
     }
     emit(format_args!(
         "{}",
-        match lang {
-            Lang::En => format!(
-                "{} transfers with netting instead of {} bilateral",
-                s.netted_transfers, s.bilateral_transfers
-            ),
-            Lang::Zh => format!(
-                "轧差后 {} 笔划款（双边结算需 {} 笔）",
-                s.netted_transfers, s.bilateral_transfers
-            ),
-        }
+        t!(
+            "clearing.netted_instead_of_bilateral",
+            locale = lang.code(),
+            netted = s.netted_transfers,
+            bilateral = s.bilateral_transfers
+        )
     ));
 
     emit(format_args!(
         "\n{} ({} {})",
-        l("bilateral gross, for reference", "双边应付总额（参考）"),
+        l("clearing.bilateral_gross_for_reference"),
         s.gross.len(),
-        l("pairs", "对")
+        l("clearing.pairs")
     ));
     if s.gross.is_empty() {
         emit(format_args!(
             "{}",
-            l(
-                "none: no region owes another anything",
-                "无：各统筹区之间无应付"
-            )
+            l("clearing.none_no_region_owes_another_anything")
         ));
     } else if s.nets.len() <= MATRIX_MAX_REGIONS {
         emit(format_args!("{}", gross_matrix(s)?));
@@ -693,32 +678,26 @@ fn print_statement(s: &proto::Statement, c: &Checks, lang: Lang) -> anyhow::Resu
 
     emit(format_args!(
         "\n{}",
-        l(
-            "by record kind (claims, cancellations, audit deductions, reserves); amount (records)",
-            "按记录类型（结算费用、撤销冲正、审核扣款、预付金）：金额（笔数）"
-        )
+        l("clearing.by_record_kind_claims_cancellations_audi")
     ));
     if s.gross.is_empty() {
-        emit(format_args!("{}", l("none", "无")));
+        emit(format_args!("{}", l("clearing.none")));
     } else {
         let pairs = by_kind(s)?;
         emit(format_args!("{}", kind_table(&pairs, lang, str::to_owned)));
     }
 
-    emit(format_args!(
-        "\n{}",
-        l("reserves (储备金)", "预付金（储备金）")
-    ));
+    emit(format_args!("\n{}", l("clearing.reserves")));
     if s.reserves.is_empty() {
-        emit(format_args!("{}", l("none", "无")));
+        emit(format_args!("{}", l("clearing.none")));
     } else {
         let mut t = output::table();
         t.set_header(vec![
-            Cell::new(l("home", "参保地")),
-            Cell::new(l("treatment", "就医地")),
-            right(l("balance", "余额")),
-            right(l("alarm below", "预警线")),
-            Cell::new(l("alarm", "预警")),
+            Cell::new(l("clearing.home")),
+            Cell::new(l("clearing.treatment")),
+            right(l("clearing.balance")),
+            right(l("clearing.alarm_below")),
+            Cell::new(l("clearing.alarm")),
         ]);
         for r in &s.reserves {
             t.add_row(vec![
@@ -726,7 +705,11 @@ fn print_statement(s: &proto::Statement, c: &Checks, lang: Lang) -> anyhow::Resu
                 Cell::new(&r.treatment_region),
                 right(&r.balance),
                 right(&r.alarm_threshold),
-                Cell::new(if r.alarm { l("ALARM", "预警") } else { "" }),
+                Cell::new(if r.alarm {
+                    l("clearing.alarm_flag")
+                } else {
+                    ""
+                }),
             ]);
         }
         emit(format_args!("{t}"));
@@ -740,15 +723,12 @@ fn print_statement(s: &proto::Statement, c: &Checks, lang: Lang) -> anyhow::Resu
 
     emit(format_args!(
         "\n{} {} ({})",
-        l("digest", "摘要"),
+        l("clearing.digest"),
         s.digest,
         if c.digest_ok {
-            l(
-                "verified against the statement's content",
-                "已按结算单内容核验",
-            )
+            l("clearing.verified_against_the_statement_s_content")
         } else {
-            l("DOES NOT MATCH the statement's content", "与结算单内容不符")
+            l("clearing.does_not_match_the_statement_s_content")
         }
     ));
     Ok(())

@@ -19,6 +19,7 @@ use crate::i18n::Lang;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use comfy_table::{Cell, CellAlignment};
+use rust_i18n::t;
 use serde_json::{Map, Value, json};
 use tonic::{Code, Request, Status, transport::Channel};
 use yidi_common::{
@@ -1108,23 +1109,24 @@ fn print_settlement(s: &proto::Settlement, as_json: bool, lang: Lang) {
     output::print_one(s, false);
     let Some(split) = &s.split else { return };
     let filing = FilingType::from_proto(split.applied_filing_type, "");
-    match lang {
-        Lang::En => println!(
-            "split (NHSA setlinfo), pool ratio {}, filing applied: {}",
-            split.pool_ratio,
-            filing.map_or_else(|_| "-".to_owned(), |f| f.to_string())
-        ),
-        Lang::Zh => println!(
-            "结算分割（国家医保 setlinfo），统筹支付比例 {}，备案类型：{}",
-            split.pool_ratio,
-            filing.map_or("本地就医", FilingType::zh_name)
-        ),
-    }
+    let filing = match lang {
+        Lang::En => filing.map_or_else(|_| "-".to_owned(), |f| f.to_string()),
+        Lang::Zh => filing.map_or("本地就医", FilingType::zh_name).to_owned(),
+    };
+    println!(
+        "{}",
+        t!(
+            "hospital.split_header",
+            locale = lang.code(),
+            ratio = split.pool_ratio,
+            filing = filing
+        )
+    );
     let mut t = output::table();
     t.set_header([
-        lang.pick("field", "字段"),
+        lang.label("hospital.field"),
         "项目",
-        lang.pick("amount", "金额"),
+        lang.label("hospital.amount"),
     ]);
     for (name, label, get) in SPLIT_ROWS {
         // Hospitals rarely bear a share; the row only appears when one does.
@@ -1148,7 +1150,7 @@ fn print_settlement(s: &proto::Settlement, as_json: bool, lang: Lang) {
         print_rows(&split.lines);
     }
     if !split.trace.is_empty() {
-        println!("{}", lang.pick("trace:", "计算过程（trace）："));
+        println!("{}", lang.label("hospital.trace"));
         for (i, step) in split.trace.iter().enumerate() {
             println!("  {}. {step}", i + 1);
         }

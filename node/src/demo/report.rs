@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use crate::i18n::Lang;
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets};
 use rust_decimal::Decimal;
+use rust_i18n::t;
 use yidi_common::{
     money::{self, Sign},
     period::Period,
@@ -180,7 +181,7 @@ pub(super) fn print_loaded(ctx: &Ctx, counts: &[LoadCounts], loaded: &[Loaded]) 
 }
 
 pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64, lang: Lang) {
-    let l = |en, zh| lang.pick(en, zh);
+    let l = |key| lang.label(key);
     println!(
         "{total} visits in {secs:.1} s: settled {} (provisional {}) · refused {} · errors {}{} · cancelled {} · 冲正 {} · retried calls {}",
         c.settled,
@@ -204,10 +205,10 @@ pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64, lang: Lang) {
         c.retried
     );
     let mut t = table(&[
-        l("visit kind", "就诊类型"),
-        l("local", "本地"),
-        l("cross-region, filed", "异地（已备案）"),
-        l("cross-region, unfiled", "异地（未备案）"),
+        l("demo.visit_kind"),
+        l("demo.local"),
+        l("demo.cross_region_filed"),
+        l("demo.cross_region_unfiled"),
     ]);
     for kind in VisitKind::ALL {
         let cell = |cat: &str| {
@@ -216,12 +217,12 @@ pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64, lang: Lang) {
                 .map_or_else(
                     || "–".to_owned(),
                     |[s, r, f]| {
-                        let mut x = format!("{s} {}", l("settled", "笔结算"));
+                        let mut x = format!("{s} {}", l("demo.settled"));
                         if *r > 0 {
-                            x.push_str(&format!(", {r} {}", l("refused", "笔拒绝")));
+                            x.push_str(&format!(", {r} {}", l("demo.refused")));
                         }
                         if *f > 0 {
-                            x.push_str(&format!(", {f} {}", l("failed", "笔失败")));
+                            x.push_str(&format!(", {f} {}", l("demo.failed")));
                         }
                         x
                     },
@@ -239,13 +240,7 @@ pub(super) fn print_settlements(c: &Counts, total: u64, secs: f64, lang: Lang) {
     }
     println!("{t}");
     if !c.refusal_reasons.is_empty() {
-        println!(
-            "{}",
-            l(
-                "refused (no direct settlement: the patient pays in full and claims at home):",
-                "拒绝（不予直接结算：患者全额垫付，回参保地报销）："
-            )
-        );
+        println!("{}", l("demo.refused_no_direct_settlement_the_patient"));
         let mut reasons: Vec<_> = c.refusal_reasons.iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(a.1));
         for (r, n) in reasons.into_iter().take(6) {
@@ -337,18 +332,12 @@ fn examples(done: &[Done]) -> Vec<(&'static str, &Done)> {
 type SplitField = (&'static str, fn(&proto::Split) -> &str);
 
 pub(super) fn print_examples(done: &[Done], lang: Lang) {
-    let l = |en, zh| lang.pick(en, zh);
+    let l = |key| lang.label(key);
     let ex = examples(done);
     if ex.is_empty() {
         return;
     }
-    println!(
-        "{}",
-        l(
-            "example settlements (NHSA setlinfo fields; home policy applied to the treatment city's catalogue):",
-            "结算示例（国家医保 setlinfo 字段；参保地待遇、就医地目录）："
-        )
-    );
+    println!("{}", l("demo.example_settlements_nhsa_setlinfo_fields"));
     let mut header = vec!["".to_owned()];
     header.extend(
         ex.iter()
@@ -364,10 +353,10 @@ pub(super) fn print_examples(done: &[Done], lang: Lang) {
         r.extend(ex.iter().map(|(_, d)| Cell::new(f(d))));
         r
     };
-    t.add_row(text_row(l("settlement", "结算流水号"), &|d| {
+    t.add_row(text_row(l("demo.settlement"), &|d| {
         d.settlement.settlement_id.clone()
     }));
-    t.add_row(text_row(l("patient", "患者"), &|d| {
+    t.add_row(text_row(l("demo.patient"), &|d| {
         let p = &d.scenario.person;
         format!(
             "{} ({}{})",
@@ -377,41 +366,43 @@ pub(super) fn print_examples(done: &[Done], lang: Lang) {
                 Lang::Zh => p.person_type.zh_name(),
             },
             if p.civil_servant {
-                l(", civil servant", "，公务员")
+                l("demo.civil_servant")
             } else {
                 ""
             }
         )
     }));
-    t.add_row(text_row(
-        l("home → treated in", "参保地 → 就医地"),
-        &|d| {
-            format!(
-                "{} → {}",
-                city_name(&d.settlement.home_region),
-                city_name(&d.settlement.treatment_region)
-            )
-        },
-    ));
-    t.add_row(text_row(l("visit", "就诊"), &|d| match lang {
-        Lang::En => format!(
-            "{} at {} ({})",
-            d.scenario.kind, d.scenario.institution, d.scenario.level
-        ),
-        Lang::Zh => format!(
-            "{}，{}（{}）",
-            d.scenario.kind.zh_name(),
-            d.scenario.institution,
-            d.scenario.level.zh_name()
-        ),
+    t.add_row(text_row(l("demo.home_treated_in"), &|d| {
+        format!(
+            "{} → {}",
+            city_name(&d.settlement.home_region),
+            city_name(&d.settlement.treatment_region)
+        )
     }));
-    t.add_row(text_row(l("filing applied", "备案类型"), &|d| {
+    t.add_row(text_row(l("demo.visit"), &|d| {
+        let (kind, level) = match lang {
+            Lang::En => (d.scenario.kind.to_string(), d.scenario.level.to_string()),
+            Lang::Zh => (
+                d.scenario.kind.zh_name().to_owned(),
+                d.scenario.level.zh_name().to_owned(),
+            ),
+        };
+        t!(
+            "demo.visit_at",
+            locale = lang.code(),
+            kind = kind,
+            institution = d.scenario.institution,
+            level = level
+        )
+        .into_owned()
+    }));
+    t.add_row(text_row(l("demo.filing_applied"), &|d| {
         d.settlement
             .split
             .as_ref()
             .and_then(|s| FilingType::from_proto(s.applied_filing_type, "f").ok())
             .map_or_else(
-                || l("— (local)", "—（本地就医）").to_owned(),
+                || l("demo.filing_none_local").to_owned(),
                 |f| match lang {
                     Lang::En => f.to_string(),
                     Lang::Zh => f.zh_name().to_owned(),
@@ -449,29 +440,26 @@ pub(super) fn print_examples(done: &[Done], lang: Lang) {
         }));
         t.add_row(r);
     }
-    t.add_row(text_row(
-        l("pre-settle predicted the fund", "预结算基金支付一致"),
-        &|d| {
-            let pre = d.pre.split.as_ref().map(|s| s.fund_pay_sumamt.clone());
-            let got = d
-                .settlement
-                .split
-                .as_ref()
-                .map(|s| s.fund_pay_sumamt.clone());
-            if pre == got {
-                l("yes", "是").into()
-            } else {
-                format!("{} ({})", l("no", "否"), pre.unwrap_or_default())
-            }
-        },
-    ));
+    t.add_row(text_row(l("demo.pre_settle_predicted_the_fund"), &|d| {
+        let pre = d.pre.split.as_ref().map(|s| s.fund_pay_sumamt.clone());
+        let got = d
+            .settlement
+            .split
+            .as_ref()
+            .map(|s| s.fund_pay_sumamt.clone());
+        if pre == got {
+            l("demo.yes").into()
+        } else {
+            format!("{} ({})", l("demo.no"), pre.unwrap_or_default())
+        }
+    }));
     println!("{t}");
     if let Some((label, d)) = ex.first()
         && let Some(s) = &d.settlement.split
     {
         println!(
             "{} #1 ({label}, {}):",
-            l("trace of", "计算过程"),
+            l("demo.trace_of"),
             d.settlement.settlement_id
         );
         for line in &s.trace {
@@ -480,11 +468,11 @@ pub(super) fn print_examples(done: &[Done], lang: Lang) {
     }
     // The reversals, each a new record; the settled one is never edited.
     let mut rt = table(&[
-        l("reversal", "冲销记录"),
-        l("of settlement", "原结算"),
-        l("how", "方式"),
-        l("fund share", "基金支付"),
-        l("state", "状态"),
+        l("demo.reversal"),
+        l("demo.of_settlement"),
+        l("demo.how"),
+        l("demo.fund_share"),
+        l("demo.state"),
     ]);
     let mut any = false;
     for d in done {
@@ -493,10 +481,7 @@ pub(super) fn print_examples(done: &[Done], lang: Lang) {
             rt.add_row(vec![
                 Cell::new(&c.settlement_id),
                 Cell::new(&d.settlement.settlement_id),
-                Cell::new(l(
-                    "cancelled by the institution (2208)",
-                    "机构撤销结算（2208）",
-                )),
+                Cell::new(l("demo.cancelled_by_the_institution_2208")),
                 right(
                     c.split
                         .as_ref()
@@ -514,7 +499,7 @@ pub(super) fn print_examples(done: &[Done], lang: Lang) {
                 Cell::new(&d.settlement.settlement_id),
                 Cell::new(format!(
                     "{}: {}",
-                    l("冲正 of the settle request (2601)", "冲正结算交易（2601）"),
+                    l("demo.of_the_settle_request_2601"),
                     r.outcome
                 )),
                 right(
@@ -933,22 +918,16 @@ pub(super) async fn print_clearing(
     }
 
     let lang = ctx.lang;
-    let l = |en, zh| lang.pick(en, zh);
-    println!(
-        "\n{}",
-        l(
-            "ledgers (台账) of the nodes, AdminService.GetLedger:",
-            "各节点台账（AdminService.GetLedger）："
-        )
-    );
+    let l = |key| lang.label(key);
+    println!("\n{}", l("demo.ledgers_of_the_nodes_adminservice_getled"));
     let mut lt = table(&[
-        l("node", "节点"),
-        l("period", "清算期"),
-        l("counterparty", "对方统筹区"),
-        l("receivable (as treatment region)", "应收（作为就医地）"),
-        l("payable (as home region)", "应付（作为参保地）"),
-        l("net", "净额"),
-        l("cleared records", "已清算笔数"),
+        l("demo.node"),
+        l("demo.period"),
+        l("demo.counterparty"),
+        l("demo.receivable_as_treatment_region"),
+        l("demo.payable_as_home_region"),
+        l("demo.net"),
+        l("demo.cleared_records"),
     ]);
     let mut ledger_net: BTreeMap<&str, Decimal> = BTreeMap::new();
     let mut records: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
@@ -987,18 +966,18 @@ pub(super) async fn print_clearing(
 
     println!(
         "\n{} {} ({} {}), {} {}:",
-        l("statement of round", "清算结算单"),
+        l("demo.statement_of_round"),
         st.round_id,
-        l("period", "清算期"),
+        l("demo.period"),
         st.period,
-        l("digest", "摘要"),
+        l("demo.digest"),
         &st.digest[..st.digest.len().min(16)]
     );
     let mut gt = table(&[
-        l("debtor (home region)", "欠款方（参保地）"),
-        l("owes creditor (treatment region)", "收款方（就医地）"),
-        l("records", "笔数"),
-        l("amount", "金额"),
+        l("demo.debtor_home_region"),
+        l("demo.owes_creditor_treatment_region"),
+        l("demo.records"),
+        l("demo.amount"),
     ]);
     for g in &st.gross {
         gt.add_row(vec![
@@ -1008,23 +987,20 @@ pub(super) async fn print_clearing(
             right(&g.amount),
         ]);
     }
-    println!("{}\n{gt}", l("gross positions:", "双边应付总额："));
+    println!("{}\n{gt}", l("demo.gross_positions"));
     // What "payable" is made of: claims, cancellations, audit deductions and reserve
     // top-ups, each Σ to the gross amounts above.
     let pairs = crate::cli::clearing::by_kind(st)?;
     println!(
         "{}\n{}",
-        l(
-            "by record kind, amount (records):",
-            "按记录类型，金额（笔数）："
-        ),
+        l("demo.by_record_kind_amount_records"),
         crate::cli::clearing::kind_table(&pairs, lang, region_label)
     );
     let mut nt = table(&[
-        l("region", "统筹区"),
-        l("receivable", "应收"),
-        l("payable", "应付"),
-        l("net", "净额"),
+        l("demo.region"),
+        l("demo.receivable"),
+        l("demo.payable"),
+        l("demo.net"),
         "",
     ]);
     let mut sum = Decimal::ZERO;
@@ -1037,22 +1013,17 @@ pub(super) async fn print_clearing(
             right(&n.payable),
             right(&n.net),
             Cell::new(if net > Decimal::ZERO {
-                l("creditor: is paid", "应收方：收款")
+                l("demo.creditor_is_paid")
             } else if net < Decimal::ZERO {
-                l("debtor: pays", "应付方：付款")
+                l("demo.debtor_pays")
             } else {
-                l("even", "持平")
+                l("demo.even")
             }),
         ]);
     }
-    println!("{}\n{nt}", l("net positions:", "轧差净额："));
+    println!("{}\n{nt}", l("demo.net_positions"));
     println!("Σ net = {}", fmt(sum));
-    let mut it = table(&[
-        "#",
-        l("from", "付款方"),
-        l("to", "收款方"),
-        l("amount", "金额"),
-    ]);
+    let mut it = table(&["#", l("demo.from"), l("demo.to"), l("demo.amount")]);
     for (i, ins) in st.instructions.iter().enumerate() {
         it.add_row(vec![
             right(i + 1),
@@ -1061,16 +1032,16 @@ pub(super) async fn print_clearing(
             right(&ins.amount),
         ]);
     }
-    match lang {
-        Lang::En => println!(
-            "payment instructions through the provincial clearing account {} ({} transfers instead of {} bilateral):\n{it}",
-            st.clearing_account, st.netted_transfers, st.bilateral_transfers
-        ),
-        Lang::Zh => println!(
-            "经省级清算账户 {} 的划款指令（轧差后 {} 笔，双边结算需 {} 笔）：\n{it}",
-            st.clearing_account, st.netted_transfers, st.bilateral_transfers
-        ),
-    }
+    println!(
+        "{}\n{it}",
+        t!(
+            "demo.payment_instructions",
+            locale = lang.code(),
+            account = st.clearing_account,
+            netted = st.netted_transfers,
+            bilateral = st.bilateral_transfers
+        )
+    );
     for res in &st.reserves {
         println!(
             "reserve of {} held by {}: {}{}",

@@ -334,6 +334,21 @@ impl Node {
         CITIES[self.index].region
     }
 
+    /// This node's ledger positions of one clearing period.
+    pub(crate) async fn ledger(
+        &self,
+        period: impl std::fmt::Display,
+    ) -> anyhow::Result<yidi_common::proto::GetLedgerResponse> {
+        Ok(self
+            .admin
+            .clone()
+            .get_ledger(yidi_common::proto::GetLedgerRequest {
+                period: period.to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+
     /// The HospitalService as institution `code` of this city calls it.
     pub(crate) fn hospital(&self, code: &str) -> anyhow::Result<HospitalServiceClient<Channel>> {
         let mut m = self

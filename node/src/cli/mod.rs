@@ -9,3 +9,4 @@ pub mod hospital;
 pub mod import;
 pub mod load;
 pub mod output;
+pub mod statement;

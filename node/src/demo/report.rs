@@ -816,14 +816,7 @@ async fn uncleared_records(ctx: &Ctx, first: Period, last: Period) -> anyhow::Re
     for node in &ctx.nodes {
         let mut p = first;
         loop {
-            let l = node
-                .admin
-                .clone()
-                .get_ledger(proto::GetLedgerRequest {
-                    period: p.to_string(),
-                })
-                .await?
-                .into_inner();
+            let l = node.ledger(p).await?;
             for pos in &l.positions {
                 n += (pos.receivable_count + pos.payable_count).saturating_sub(pos.cleared);
             }
@@ -933,14 +926,7 @@ pub(super) async fn print_clearing(
     let mut records: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     for n in &ctx.nodes {
         for p in &periods {
-            let l = n
-                .admin
-                .clone()
-                .get_ledger(proto::GetLedgerRequest {
-                    period: p.to_string(),
-                })
-                .await?
-                .into_inner();
+            let l = n.ledger(p).await?;
             *ledger_net.entry(n.region()).or_default() += dec(&l.net);
             for pos in &l.positions {
                 let e = records.entry(n.region()).or_default();
@@ -990,11 +976,11 @@ pub(super) async fn print_clearing(
     println!("{}\n{gt}", l("demo.gross_positions"));
     // What "payable" is made of: claims, cancellations, audit deductions and reserve
     // top-ups, each Σ to the gross amounts above.
-    let pairs = crate::cli::clearing::by_kind(st)?;
+    let pairs = crate::cli::statement::by_kind(st)?;
     println!(
         "{}\n{}",
         l("demo.by_record_kind_amount_records"),
-        crate::cli::clearing::kind_table(&pairs, lang, region_label)
+        crate::cli::statement::kind_table(&pairs, lang, region_label)
     );
     let mut nt = table(&[
         l("demo.region"),
@@ -1091,8 +1077,8 @@ pub(super) async fn print_clearing(
     );
     // The breakdown by kind covers every gross pair and adds up to it (by_kind drops a
     // pair's breakdown that does not).
-    let pairs = crate::cli::clearing::by_kind(st)?;
-    let totals = crate::cli::clearing::kind_totals(&pairs);
+    let pairs = crate::cli::statement::by_kind(st)?;
+    let totals = crate::cli::statement::kind_totals(&pairs);
     let gross: Decimal = st.gross.iter().map(|g| dec(&g.amount)).sum();
     let by_kind: Decimal = totals.values().map(|(_, a)| *a).sum();
     check(

@@ -351,7 +351,7 @@ impl AuthLayer {
     }
 
     /// Authenticates and authorises one request; the caller on success.
-    fn check<B>(&self, req: &Request<B>) -> Result<Caller, Status> {
+    pub(crate) fn check<B>(&self, req: &Request<B>) -> Result<Caller, Status> {
         let Some(tls) = &self.inner.tls else {
             return Ok(Caller::Loopback);
         };

@@ -90,6 +90,18 @@ pub struct NodeArgs {
     /// may be, in seconds (default 300); peers further off either way are refused.
     #[arg(long, env = "YIDI_MAX_CLOCK_SKEW_SECONDS")]
     pub max_clock_skew_seconds: Option<u64>,
+    /// Serve the NHSA-compatible HTTP/JSON gateway for HIS on this address (e.g.
+    /// 0.0.0.0:7180), HTTPS with the node's certificates (docs/nhsa-gateway.md). Off
+    /// when unset.
+    #[arg(long, env = "YIDI_NHSA_LISTEN")]
+    pub nhsa_listen: Option<SocketAddr>,
+    /// Require the provincial gateway's x-tif-* signature on NHSA requests, from this
+    /// paasid (with --nhsa-tif-secret-file).
+    #[arg(long, env = "YIDI_NHSA_TIF_PAASID", requires = "nhsa_tif_secret_file")]
+    pub nhsa_tif_paasid: Option<String>,
+    /// File holding the secret of --nhsa-tif-paasid (one line).
+    #[arg(long, env = "YIDI_NHSA_TIF_SECRET_FILE", requires = "nhsa_tif_paasid")]
+    pub nhsa_tif_secret_file: Option<PathBuf>,
     /// Check the configuration and the files it names (certificates, key, CA, peers
     /// file), print a summary and exit: 0 when it would start, 1 with the reason
     /// otherwise. Starts nothing and opens no store.
@@ -122,6 +134,42 @@ struct FileConfig {
     metrics_listen: Option<SocketAddr>,
     check_store: Option<crate::store::CheckStore>,
     max_clock_skew_seconds: Option<u64>,
+    nhsa_listen: Option<SocketAddr>,
+    nhsa_tif_paasid: Option<String>,
+    nhsa_tif_secret_file: Option<PathBuf>,
+}
+
+/// The x-tif-* keys from a paasid and the file holding its secret (both or neither).
+fn nhsa_tif(
+    paasid: Option<String>,
+    secret_file: Option<PathBuf>,
+) -> Result<Option<crate::nhsa::TifKeys>> {
+    match (paasid, secret_file) {
+        (None, None) => Ok(None),
+        (Some(paasid), Some(path)) => {
+            let secret = std::fs::read_to_string(&path).map_err(|e| {
+                Error::invalid(
+                    "nhsa_tif_secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let secret = secret.trim().to_owned();
+            if secret.is_empty() || paasid.trim().is_empty() {
+                return Err(Error::invalid(
+                    "nhsa_tif_secret_file",
+                    "the paasid and the secret must not be empty",
+                ));
+            }
+            Ok(Some(crate::nhsa::TifKeys {
+                paasid: paasid.trim().to_owned(),
+                secret,
+            }))
+        }
+        _ => Err(Error::invalid(
+            "nhsa_tif_paasid",
+            "set both nhsa_tif_paasid and nhsa_tif_secret_file, or neither",
+        )),
+    }
 }
 
 /// A node's resolved configuration.
@@ -150,6 +198,10 @@ pub struct NodeConfig {
     pub check_store: crate::store::CheckStore,
     /// How far ahead of this node's clock request dates and peers' clocks may be.
     pub max_clock_skew: Duration,
+    /// Where to serve the NHSA gateway; None: not served.
+    pub nhsa_listen: Option<SocketAddr>,
+    /// The x-tif-* signature keys NHSA requests must carry; None: not checked.
+    pub nhsa_tif: Option<crate::nhsa::TifKeys>,
     /// Fault injection (tests only).
     pub hooks: crate::service::TestHooks,
 }
@@ -175,6 +227,8 @@ impl NodeConfig {
             metrics_listen: None,
             check_store: crate::store::CheckStore::Auto,
             max_clock_skew: crate::clock::DEFAULT_MAX_SKEW,
+            nhsa_listen: None,
+            nhsa_tif: None,
             hooks: crate::service::TestHooks::default(),
         }
     }
@@ -278,11 +332,21 @@ impl NodeConfig {
                 .map_or(crate::clock::DEFAULT_MAX_SKEW, |s| {
                     Duration::from_secs(s.clamp(1, 86_400))
                 }),
+            nhsa_listen: args.nhsa_listen.or(file.nhsa_listen),
+            nhsa_tif: nhsa_tif(
+                args.nhsa_tif_paasid.clone().or(file.nhsa_tif_paasid),
+                args.nhsa_tif_secret_file
+                    .clone()
+                    .or(file.nhsa_tif_secret_file),
+            )?,
             hooks: crate::service::TestHooks::default(),
             region,
         };
         // Refuse plain text off loopback (and TLS without its files) before anything starts.
         config.security.transport(config.listen)?;
+        if let Some(nhsa) = config.nhsa_listen {
+            config.security.transport(nhsa)?;
+        }
         Ok(config)
     }
 

@@ -20,6 +20,7 @@ pub mod idempotency;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod nhsa;
 pub mod peers;
 pub mod policy_cache;
 pub mod quote;

@@ -164,6 +164,12 @@ pub async fn serve(
         Some(addr) => Some(crate::metrics::bind(addr).await?),
         None => None,
     };
+    let nhsa_listener = match config.nhsa_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            Error::Unavailable(format!("cannot listen for the NHSA gateway on {addr}: {e}"))
+        })?),
+        None => None,
+    };
     let state = Arc::new(NodeState {
         region: config.region,
         name: config.name.clone(),
@@ -254,16 +260,30 @@ pub async fn serve(
         crate::service::peer::clock_check(Arc::clone(&state)),
     );
 
+    // Who may call what: from the caller's certificate (see crate::auth). One layer
+    // for gRPC and the NHSA gateway: the same rules and the same rate limit.
+    let auth = crate::auth::AuthLayer::new(
+        crate::auth::Server::Node {
+            region: config.region,
+        },
+        tls.clone(),
+        config.hospital_rate,
+    );
+    if let Some(l) = nhsa_listener {
+        tasks.spawn(crate::nhsa::serve(
+            l,
+            stopped(bg.clone()),
+            Arc::new(crate::nhsa::Gateway {
+                state: Arc::clone(&state),
+                auth: auth.clone(),
+                tls: tls.clone(),
+                tif: config.nhsa_tif.clone(),
+            }),
+        ));
+    }
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let router = Server::builder()
-        // Who may call what: from the caller's certificate (see crate::auth).
-        .layer(crate::auth::AuthLayer::new(
-            crate::auth::Server::Node {
-                region: config.region,
-            },
-            tls.clone(),
-            config.hospital_rate,
-        ))
+        .layer(auth)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)

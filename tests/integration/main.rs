@@ -20,6 +20,7 @@ mod kill;
 mod load_persons;
 mod local_run;
 mod money_guards;
+mod nhsa;
 mod observability;
 mod refused_resettle;
 mod security;

@@ -1,0 +1,635 @@
+//! The NHSA gateway end to end: three cities over mutual TLS, Ningbo's node serving the
+//! gateway on its own HTTPS listener, an HIS speaking plain HTTP/1.1 JSON with its
+//! institution certificate (hyper's client over rustls, nothing of yidi's). Each
+//! transaction's answer is checked against the node's records and against the same
+//! operation made over gRPC.
+
+use std::{net::SocketAddr, path::Path, sync::Arc};
+
+use bytes::Bytes;
+use chrono::Utc;
+use http_body_util::{BodyExt, Full};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use yidi_common::proto::{
+    self, InsuranceType as It, PersonType as Pt, hospital_service_client::HospitalServiceClient,
+};
+use yidi_node::identity::node_server_name;
+use yidi_tests::{
+    fixtures::{
+        Desk, fee_line, id_number, inst, institution as register, person, publish_policies,
+        standard_items,
+    },
+    harness::Federation,
+    pki::{self, Party, Pki, institution},
+};
+
+const HZ: &str = "330100";
+const NB: &str = "330200";
+const WZ: &str = "330300";
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// An HIS: HTTPS with its institution certificate, one connection per request (as
+/// the simplest HIS HTTP stacks do).
+struct His {
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    code: String,
+    seq: u32,
+}
+
+impl His {
+    fn new(addr: SocketAddr, party: &Party, code: &str) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&party.ca).expect("ca") {
+            roots.add(c.expect("ca cert")).expect("root");
+        }
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&party.cert)
+            .expect("cert")
+            .map(|c| c.expect("cert"))
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(&party.key).expect("key");
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client auth");
+        Self {
+            addr,
+            tls: Arc::new(tls),
+            code: code.to_owned(),
+            seq: 0,
+        }
+    }
+
+    /// A fresh msgid: institution code + time + sequence.
+    fn msgid(&mut self) -> String {
+        self.seq += 1;
+        format!(
+            "{}{}{:04}",
+            self.code,
+            Utc::now().format("%Y%m%d%H%M%S"),
+            self.seq
+        )
+    }
+
+    /// The envelope of `infno` with `input`.
+    fn envelope(&self, infno: &str, msgid: &str, insuplc: &str, input: Value) -> Value {
+        json!({
+            "infno": infno, "msgid": msgid, "mdtrtarea_admvs": NB, "insuplc_admdvs": insuplc,
+            "recer_sys_code": "YBXT", "dev_no": "", "dev_safe_info": "", "cainfo": "", "signtype": "",
+            "infver": "V1.0", "opter_type": "1", "opter": "1001", "opter_name": "王丽",
+            "inf_time": Utc::now().format("%Y-%m-%d %H:%M:%S").to_string(),
+            "fixmedins_code": self.code, "fixmedins_name": "宁波测试医院", "sign_no": "",
+            "input": input,
+        })
+    }
+
+    /// POSTs raw bytes to `path`; the HTTP status and the body as JSON.
+    async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .expect("connect gateway");
+        let name = ServerName::try_from(node_server_name(NB.parse().expect("region")))
+            .expect("server name");
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake with the gateway");
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .expect("http1 handshake");
+        tokio::spawn(conn);
+        let req = hyper::Request::post(path)
+            .header("host", "yidi")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        let resp = send.send_request(req).await.expect("response");
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+        (status, v)
+    }
+
+    /// Sends one transaction; the answer envelope.
+    async fn call(&mut self, infno: &str, msgid: &str, insuplc: &str, input: Value) -> Value {
+        let env = self.envelope(infno, msgid, insuplc, input);
+        let (status, v) = self
+            .post_raw(
+                "/fsi/api/rsfComIfsService/callService",
+                serde_json::to_vec(&env).expect("json"),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    /// Sends one transaction that must succeed; its `output`.
+    async fn ok(&mut self, infno: &str, insuplc: &str, input: Value) -> (String, Value) {
+        let msgid = self.msgid();
+        let v = self.call(infno, &msgid, insuplc, input).await;
+        assert_eq!(v["infcode"], json!(0), "{infno}: {v}");
+        assert_eq!(v["inf_refmsgid"].as_str().map(str::len), Some(30), "{v}");
+        (msgid, v["output"].clone())
+    }
+}
+
+/// `infcode` -1 whose err_msg names `field` (and carries Chinese and English).
+fn refused(v: &Value, field: &str) -> String {
+    assert_eq!(v["infcode"], json!(-1), "{v}");
+    assert!(v["output"].is_null(), "{v}");
+    let msg = v["err_msg"].as_str().expect("err_msg").to_owned();
+    assert!(msg.contains(field), "err_msg names {field}: {msg}");
+    assert!(msg.contains('；'), "Chinese then English: {msg}");
+    msg
+}
+
+/// A JSON amount's text (two decimals).
+fn amt(v: &Value) -> String {
+    assert!(v.is_number(), "amount is a JSON number: {v}");
+    v.to_string()
+}
+
+fn cst_now_minus_hours(h: i64) -> String {
+    (Utc::now() - chrono::Duration::hours(h))
+        .with_timezone(&yidi_common::period::cst())
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+struct World {
+    fed: Federation,
+    pki: Pki,
+    gateway: SocketAddr,
+    /// Two Hangzhou retirees with the same profile, filed for Ningbo: one settles
+    /// through the gateway, its twin over gRPC.
+    ids: (String, String),
+}
+
+async fn world(root: &Path) -> World {
+    use proto::{HospitalLevel as Hl, InstitutionKind as Ik};
+    let pki = Pki::new(&root.join("pki"));
+    let gateway = free_addr();
+    let fed = pki::federation(root, &pki, &[HZ, NB, WZ], |r, c| {
+        if r == NB {
+            c.nhsa_listen = Some(gateway);
+        }
+    })
+    .await;
+    for n in &fed.nodes {
+        publish_policies(n).await;
+    }
+    register(fed.node(NB), inst::NB_H3, Ik::Hospital, Hl::HospitalLevel3).await;
+    register(fed.node(HZ), inst::HZ_H3, Ik::Hospital, Hl::HospitalLevel3).await;
+    standard_items(fed.node(NB), "NB").await;
+    let mut ids = Vec::new();
+    for seq in [7, 8] {
+        let id = person(
+            fed.node(HZ),
+            &id_number(HZ, "1960-05-05", seq),
+            It::Employee,
+            Pt::Retired,
+            "500.00",
+            false,
+        )
+        .await;
+        yidi_tests::fixtures::filing(
+            fed.node(HZ),
+            &id,
+            proto::FilingType::ResettledRetiree,
+            NB,
+            &[],
+            "2026-01-01",
+        )
+        .await;
+        ids.push(id);
+    }
+    World {
+        fed,
+        pki,
+        gateway,
+        ids: (ids[0].clone(), ids[1].clone()),
+    }
+}
+
+impl World {
+    fn his(&self, code: &str) -> His {
+        let party = self.pki.issue(&institution(NB, code));
+        His::new(self.gateway, &party, code)
+    }
+
+    async fn desk(&self, code: &str) -> Desk {
+        let tls = self.pki.client(&institution(NB, code));
+        Desk {
+            client: HospitalServiceClient::new(pki::channel(self.fed.node(NB), tls)),
+            inst: code.to_owned(),
+        }
+    }
+}
+
+/// The three lines of the outpatient bill (68.00), amounts written as an HIS might.
+fn feedetail(visit: &str, psn: &str) -> Value {
+    let t = cst_now_minus_hours(1);
+    json!([
+        {"feedetl_sn": "F1", "mdtrt_id": visit, "psn_no": psn, "chrg_bchno": "B1", "rx_circ_flag": "0",
+         "fee_ocur_time": t, "med_list_codg": "NB-A", "medins_list_codg": "ZL1",
+         "det_item_fee_sumamt": 25, "cnt": 1, "pric": 25.0,
+         "bilg_dept_codg": "NK", "bilg_dept_name": "内科", "bilg_dr_codg": "D1", "bilg_dr_name": "李明", "hosp_appr_flag": "1"},
+        {"feedetl_sn": "F2", "mdtrt_id": visit, "psn_no": psn, "chrg_bchno": "B1", "rx_circ_flag": "0",
+         "fee_ocur_time": t, "med_list_codg": "NB-B", "medins_list_codg": "YP1",
+         "det_item_fee_sumamt": 25.00, "cnt": 2, "pric": 12.500000,
+         "bilg_dept_codg": "NK", "bilg_dept_name": "内科", "bilg_dr_codg": "D1", "bilg_dr_name": "李明", "hosp_appr_flag": "1"},
+        {"feedetl_sn": "F3", "mdtrt_id": visit, "psn_no": psn, "chrg_bchno": "B1", "rx_circ_flag": "0",
+         "fee_ocur_time": t, "med_list_codg": "NB-C", "medins_list_codg": "ZL2",
+         "det_item_fee_sumamt": 1.8e1, "cnt": 1.0, "pric": 18,
+         "bilg_dept_codg": "NK", "bilg_dept_name": "内科", "bilg_dr_codg": "D1", "bilg_dr_name": "李明", "hosp_appr_flag": "1"}
+    ])
+}
+
+/// Every settlement of NB_H3 around today.
+fn list_all() -> proto::ListSettlementsRequest {
+    let today = yidi_common::period::today();
+    proto::ListSettlementsRequest {
+        institution_code: inst::NB_H3.into(),
+        from_date: (today - chrono::Days::new(1)).to_string(),
+        to_date: (today + chrono::Days::new(1)).to_string(),
+        page: None,
+    }
+}
+
+/// The split fields of `setlinfo` equal a gRPC split to the fen.
+fn assert_same_split(setlinfo: &Value, split: &proto::Split) {
+    for (name, grpc) in [
+        ("medfee_sumamt", &split.medfee_sumamt),
+        ("fulamt_ownpay_amt", &split.fulamt_ownpay_amt),
+        ("overlmt_selfpay", &split.overlmt_selfpay),
+        ("preselfpay_amt", &split.preselfpay_amt),
+        ("inscp_scp_amt", &split.inscp_scp_amt),
+        ("act_pay_dedc", &split.act_pay_dedc),
+        ("hifp_pay", &split.hifp_pay),
+        ("hifmi_pay", &split.hifmi_pay),
+        ("hifob_pay", &split.hifob_pay),
+        ("cvlserv_pay", &split.cvlserv_pay),
+        ("maf_pay", &split.maf_pay),
+        ("fund_pay_sumamt", &split.fund_pay_sumamt),
+        ("hosp_part_amt", &split.hosp_part_amt),
+        ("psn_part_amt", &split.psn_part_amt),
+        ("acct_pay", &split.acct_pay),
+        ("psn_cash_pay", &split.psn_cash_pay),
+    ] {
+        assert_eq!(amt(&setlinfo[name]), *grpc, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outpatient_day_through_the_gateway_matches_grpc_to_the_fen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = world(dir.path()).await;
+    let (id, twin) = w.ids.clone();
+    let mut his = w.his(inst::NB_H3);
+
+    // 9001 sign-in.
+    let (_, out) = his
+        .ok(
+            "9001",
+            "",
+            json!({"signIn": {"opter_no": "1001", "mac": "00-E0-70-64-C3-D2", "ip": "10.0.0.8"}}),
+        )
+        .await;
+    assert_eq!(
+        out["signinoutb"]["sign_no"].as_str().map(str::len),
+        Some(30),
+        "{out}"
+    );
+
+    // 1101 by ID number: the home region to put in insuplc_admdvs.
+    let (_, out) = his
+        .ok("1101", "", json!({"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": id, "psn_cert_type": "01", "certno": id}}))
+        .await;
+    assert_eq!(out["baseinfo"]["psn_no"], json!(id), "{out}");
+    assert_eq!(out["baseinfo"]["brdy"], json!("1960-05-05"));
+    assert_eq!(out["insuinfo"][0]["insuplc_admdvs"], json!(HZ));
+    assert_eq!(out["insuinfo"][0]["insutype"], json!("310"));
+    assert_eq!(out["insuinfo"][0]["psn_type"], json!("1201"));
+    assert_eq!(amt(&out["insuinfo"][0]["balc"]), "500.00");
+
+    // 2201 registration.
+    let (_, out) = his
+        .ok(
+            "2201",
+            HZ,
+            json!({"data": {"psn_no": id, "insutype": "310", "begntime": cst_now_minus_hours(2),
+            "mdtrt_cert_type": "02", "mdtrt_cert_no": id, "ipt_otp_no": "MZ0001", "atddr_no": "D1",
+            "dr_name": "李明", "dept_code": "NK", "dept_name": "内科", "caty": "A03"}}),
+        )
+        .await;
+    let visit = out["data"]["mdtrt_id"]
+        .as_str()
+        .expect("mdtrt_id")
+        .to_owned();
+    assert_eq!(out["data"]["ipt_otp_no"], json!("MZ0001"));
+
+    // 2204 fee upload: classes and self-pay ratios per line.
+    let (_, out) = his
+        .ok("2204", HZ, json!({"feedetail": feedetail(&visit, &id)}))
+        .await;
+    let result = out["result"].as_array().expect("result[]");
+    assert_eq!(result.len(), 3);
+    let lv: Vec<&str> = result
+        .iter()
+        .map(|r| r["chrgitm_lv"].as_str().unwrap())
+        .collect();
+    assert_eq!(lv, ["01", "02", "03"]);
+    assert_eq!(amt(&result[1]["pric"]), "12.50");
+    assert_eq!(result[1]["selfpay_prop"].to_string(), "0.10");
+    assert_eq!(amt(&result[2]["det_item_fee_sumamt"]), "18.00");
+
+    // The twin's identical visit over gRPC.
+    let mut desk = w.desk(inst::NB_H3).await;
+    let tv = desk
+        .open(
+            "twin-open",
+            &twin,
+            HZ,
+            proto::VisitKind::Outpatient,
+            &chrono::Utc::now().to_rfc3339(),
+        )
+        .await
+        .expect("twin visit");
+    desk.fees(
+        "twin-fees",
+        &tv.visit_id,
+        vec![
+            fee_line("F1", "NB-A", "1", "25.00", "25.00"),
+            fee_line("F2", "NB-B", "2", "12.50", "25.00"),
+            fee_line("F3", "NB-C", "1", "18.00", "18.00"),
+        ],
+    )
+    .await
+    .expect("twin fees");
+
+    // 2206 pre-settlement = gRPC PreSettle.
+    let settle_input = |amount: Value, acct: &str| {
+        json!({"data": {"psn_no": id, "mdtrt_cert_type": "02", "mdtrt_cert_no": id, "med_type": "11",
+            "medfee_sumamt": amount, "psn_setlway": "01", "mdtrt_id": visit, "chrg_bchno": "B1",
+            "acct_used_flag": acct, "insutype": "310"}})
+    };
+    let (_, pre) = his.ok("2206", HZ, settle_input(json!(68), "1")).await;
+    let grpc_pre = desk
+        .pre_settle(&tv.visit_id, true)
+        .await
+        .expect("twin pre-settle");
+    assert_same_split(&pre["setlinfo"], grpc_pre.split.as_ref().expect("split"));
+    assert!(
+        pre["setlinfo"].get("setl_id").is_none(),
+        "no setl_id before settling"
+    );
+    assert_eq!(amt(&pre["setlinfo"]["medfee_sumamt"]), "68.00");
+
+    // 2206 with a total that is not the bill's: refused, naming the field.
+    let msgid = his.msgid();
+    let v = his
+        .call("2206", &msgid, HZ, settle_input(json!(68.01), "1"))
+        .await;
+    let msg = refused(&v, "medfee_sumamt");
+    assert!(msg.contains("68.00") && msg.contains("不一致"), "{msg}");
+
+    // 2207 settlement = gRPC Settle.
+    let settle_msgid = his.msgid();
+    let v = his
+        .call("2207", &settle_msgid, HZ, settle_input(json!(68.0), "1"))
+        .await;
+    assert_eq!(v["infcode"], json!(0), "{v}");
+    let setl = v["output"]["setlinfo"].clone();
+    let setl_id = setl["setl_id"].as_str().expect("setl_id").to_owned();
+    let grpc = desk
+        .settle("twin-settle", &tv.visit_id, true)
+        .await
+        .expect("twin settle");
+    let split = grpc.split.clone().expect("split");
+    assert_same_split(&setl, &split);
+    assert_eq!(setl["medins_setl_id"], json!(settle_msgid));
+    assert_eq!(setl["clr_type"], json!("11"));
+    assert_eq!(setl["clr_optins"], json!(NB));
+    let detail = v["output"]["setldetail"].as_array().expect("setldetail");
+    assert_eq!(detail.len(), split.funds.len());
+    let codes: std::collections::HashMap<&str, &str> = [
+        ("hifp", "310100"),
+        ("acct", "310200"),
+        ("hifob", "330100"),
+        ("cvlserv", "320100"),
+        ("maf", "610100"),
+    ]
+    .into_iter()
+    .collect();
+    for (row, fund) in detail.iter().zip(&split.funds) {
+        assert_eq!(
+            row["fund_pay_type"],
+            json!(codes[fund.fund.as_str()]),
+            "{row}"
+        );
+        assert_eq!(amt(&row["fund_payamt"]), fund.amount, "{row}");
+    }
+    // The same message again: the original answer, nothing new.
+    let before = desk
+        .client
+        .list_settlements(list_all())
+        .await
+        .expect("list")
+        .into_inner()
+        .settlements
+        .len();
+    let again = his
+        .call("2207", &settle_msgid, HZ, settle_input(json!(68.0), "1"))
+        .await;
+    assert_eq!(
+        again["output"], v["output"],
+        "same msgid, same input: the original answer"
+    );
+    // The same msgid with a different input: refused, nothing changes.
+    let conflict = his
+        .call("2207", &settle_msgid, HZ, settle_input(json!(68.0), "0"))
+        .await;
+    refused(&conflict, "msgid");
+    let after = desk
+        .client
+        .list_settlements(list_all())
+        .await
+        .expect("list")
+        .into_inner()
+        .settlements;
+    assert_eq!(
+        after.len(),
+        before,
+        "nothing recorded by the repeat or the conflict"
+    );
+    let mine = after
+        .iter()
+        .find(|s| s.settlement_id == setl_id)
+        .expect("recorded");
+    assert_eq!(mine.state, "settled");
+    assert_eq!(
+        mine.split.as_ref().expect("split").psn_cash_pay,
+        amt(&setl["psn_cash_pay"])
+    );
+
+    // 2208 cancel: the reversal record, negated, with both cash spellings.
+    let (_, out) = his
+        .ok(
+            "2208",
+            HZ,
+            json!({"data": {"setl_id": setl_id, "mdtrt_id": visit, "psn_no": id}}),
+        )
+        .await;
+    let rev = &out["setlinfo"];
+    assert_ne!(rev["setl_id"], json!(setl_id), "a new settlement id");
+    assert_eq!(amt(&rev["medfee_sumamt"]), "-68.00");
+    let negated = -split
+        .fund_pay_sumamt
+        .parse::<rust_decimal::Decimal>()
+        .expect("decimal");
+    assert_eq!(
+        amt(&rev["fund_pay_sumamt"]),
+        yidi_common::money::format(negated)
+    );
+    assert_eq!(rev["pdn_cash_pay"], rev["psn_cash_pay"]);
+    assert_eq!(rev["refd_setl_flag"], json!("1"));
+    let got = desk
+        .client
+        .get_settlement(proto::GetSettlementRequest {
+            institution_code: inst::NB_H3.into(),
+            settlement_id: setl_id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.state, "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_refusals_name_the_field_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = world(dir.path()).await;
+    let (id, _) = w.ids.clone();
+    let mut his = w.his(inst::NB_H3);
+    let (_, out) = his
+        .ok(
+            "2201",
+            HZ,
+            json!({"data": {"psn_no": id, "insutype": "310", "begntime": cst_now_minus_hours(2),
+            "mdtrt_cert_type": "02", "mdtrt_cert_no": id, "ipt_otp_no": "MZ0002"}}),
+        )
+        .await;
+    let visit = out["data"]["mdtrt_id"].as_str().expect("visit").to_owned();
+
+    // fixmedins_code other than the certificate's institution.
+    let msgid = his.msgid();
+    let mut env = his.envelope(
+        "2204",
+        &msgid,
+        HZ,
+        json!({"feedetail": feedetail(&visit, &id)}),
+    );
+    env["fixmedins_code"] = json!(inst::NB_H1);
+    let (_, v) = his
+        .post_raw(
+            "/fsi/api/rsfComIfsService/callService",
+            serde_json::to_vec(&env).unwrap(),
+        )
+        .await;
+    let msg = refused(&v, "fixmedins_code");
+    assert!(msg.contains(inst::NB_H3), "{msg}");
+
+    // Unknown infno.
+    let msgid = his.msgid();
+    let v = his.call("9999", &msgid, "", json!({})).await;
+    refused(&v, "infno");
+
+    // Malformed envelopes: not JSON, no msgid, infno differing from the path's.
+    let (status, v) = his
+        .post_raw(
+            "/fsi/api/rsfComIfsService/callService",
+            b"{\"infno\":".to_vec(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    refused(&v, "JSON");
+    let mut env = his.envelope("2201", "x", HZ, json!({}));
+    env.as_object_mut().unwrap().remove("msgid");
+    let (_, v) = his
+        .post_raw(
+            "/fsi/api/rsfComIfsService/callService",
+            serde_json::to_vec(&env).unwrap(),
+        )
+        .await;
+    refused(&v, "msgid");
+    let env = his.envelope("2204", "M-path-1", HZ, json!({}));
+    let (_, v) = his
+        .post_raw(
+            "/fsi/api/rsfComIfsService/callService/2207",
+            serde_json::to_vec(&env).unwrap(),
+        )
+        .await;
+    refused(&v, "infno");
+    let (status, v) = his.post_raw("/elsewhere", b"{}".to_vec()).await;
+    assert_eq!(status, 404);
+    refused(&v, "/fsi/api/rsfComIfsService/callService");
+
+    // Bad input: a price in thousandths of a yuan, a missing node, a missing person region.
+    let mut lines = feedetail(&visit, &id);
+    lines[0]["pric"] = json!(25.005);
+    let msgid = his.msgid();
+    let v = his
+        .call("2204", &msgid, HZ, json!({"feedetail": lines}))
+        .await;
+    let msg = refused(&v, "feedetail[0].pric");
+    assert!(msg.contains("单价"), "{msg}");
+    let msgid = his.msgid();
+    let v = his.call("2206", &msgid, HZ, json!({})).await;
+    refused(&v, "input.data");
+    let msgid = his.msgid();
+    let v = his
+        .call("2201", &msgid, "", json!({"data": {"psn_no": id, "begntime": cst_now_minus_hours(1), "ipt_otp_no": "MZ0003"}}))
+        .await;
+    refused(&v, "insuplc_admdvs");
+    // A domain refusal in NHSA names: an item not in the catalogue.
+    let mut lines = feedetail(&visit, &id);
+    lines[1]["med_list_codg"] = json!("NB-NOPE");
+    let msgid = his.msgid();
+    let v = his
+        .call("2204", &msgid, HZ, json!({"feedetail": lines}))
+        .await;
+    let msg = refused(&v, "feedetail[1].med_list_codg");
+    assert!(msg.contains("医疗目录编码"), "{msg}");
+
+    // Nothing of the refused uploads reached the visit.
+    let mut desk = w.desk(inst::NB_H3).await;
+    let err = desk.pre_settle(&visit, false).await.expect_err("no lines");
+    assert!(err.message().contains("no fee lines"), "{err:?}");
+    // The path with /{infno} appended works.
+    let msgid = his.msgid();
+    let env = his.envelope(
+        "2204",
+        &msgid,
+        HZ,
+        json!({"feedetail": feedetail(&visit, &id)}),
+    );
+    let (_, v) = his
+        .post_raw(
+            "/fsi/api/rsfComIfsService/callService/2204",
+            serde_json::to_vec(&env).unwrap(),
+        )
+        .await;
+    assert_eq!(v["infcode"], json!(0), "{v}");
+}

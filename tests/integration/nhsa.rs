@@ -633,3 +633,242 @@ async fn gateway_refusals_name_the_field_and_change_nothing() {
         .await;
     assert_eq!(v["infcode"], json!(0), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inpatient_stay_reversal_reconciliation_and_queries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = world(dir.path()).await;
+    let (id, twin) = w.ids.clone();
+    let mut his = w.his(inst::NB_H3);
+    let mut desk = w.desk(inst::NB_H3).await;
+
+    // 2401 admission with its diagnoses.
+    let (_, out) = his
+        .ok("2401", HZ, json!({
+            "mdtrtinfo": {"psn_no": id, "insutype": "310", "begntime": cst_now_minus_hours(3),
+                "mdtrt_cert_type": "02", "mdtrt_cert_no": id, "med_type": "21", "ipt_no": "ZY0001",
+                "atddr_no": "D1", "chfpdr_name": "李明", "adm_diag_dscr": "肺炎", "adm_dept_codg": "HX",
+                "adm_dept_name": "呼吸科", "adm_bed": "12", "dscg_maindiag_code": "J18.9", "dscg_maindiag_name": "肺炎"},
+            "diseinfo": [{"psn_no": id, "diag_type": "1", "maindiag_flag": "1", "diag_srt_no": 1, "diag_code": "J18.9",
+                "diag_name": "肺炎", "diag_dept": "呼吸科", "dise_dor_no": "D1", "dise_dor_name": "李明",
+                "diag_time": cst_now_minus_hours(3)}]
+        }))
+        .await;
+    let visit = out["result"]["mdtrt_id"]
+        .as_str()
+        .expect("result.mdtrt_id")
+        .to_owned();
+    assert_eq!(out["data"]["mdtrt_id"], json!(visit));
+
+    // 2301 inpatient fees.
+    let t = cst_now_minus_hours(2);
+    let (_, out) = his
+        .ok("2301", HZ, json!({"feedetail": [
+            {"feedetl_sn": "Z1", "mdtrt_id": visit, "psn_no": id, "med_type": "21", "fee_ocur_time": t,
+             "med_list_codg": "NB-A", "medins_list_codg": "ZL1", "det_item_fee_sumamt": 3000, "cnt": 10, "pric": 300,
+             "bilg_dept_codg": "HX", "bilg_dept_name": "呼吸科", "bilg_dr_codg": "D1", "bilg_dr_name": "李明"},
+            {"feedetl_sn": "Z2", "mdtrt_id": visit, "psn_no": id, "med_type": "21", "fee_ocur_time": t,
+             "med_list_codg": "NB-B", "medins_list_codg": "YP1", "det_item_fee_sumamt": 1200.0, "cnt": 3, "pric": 400,
+             "bilg_dept_codg": "HX", "bilg_dept_name": "呼吸科", "bilg_dr_codg": "D1", "bilg_dr_name": "李明"}
+        ]}))
+        .await;
+    assert_eq!(out["result"].as_array().map(Vec::len), Some(2));
+
+    // 2303 pre-settlement before discharge is a quote; 2304 needs the discharge first.
+    let input = |flag: &str| {
+        json!({"data": {"psn_no": id, "mdtrt_cert_type": "02", "mdtrt_cert_no": id, "medfee_sumamt": 4200,
+            "psn_setlway": "01", "mdtrt_id": visit, "acct_used_flag": flag, "insutype": "310", "mid_setl_flag": "0",
+            "fulamt_ownpay_amt": 0, "overlmt_selfpay": 0, "preselfpay_amt": 0, "inscp_scp_amt": 0}})
+    };
+    let (_, pre) = his.ok("2303", HZ, input("0")).await;
+    assert_eq!(amt(&pre["setlinfo"]["medfee_sumamt"]), "4200.00");
+    assert_eq!(pre["setlinfo"]["clr_type"], json!("21"));
+    let msgid = his.msgid();
+    let v = his.call("2304", &msgid, HZ, input("0")).await;
+    let msg = refused(&v, "2402");
+    assert!(msg.contains("当前状态不允许"), "{msg}");
+
+    // 2402 discharge, then 2304 settles what 2303 quoted.
+    his.ok("2402", HZ, json!({"dscginfo": {"mdtrt_id": visit, "psn_no": id, "insutype": "310",
+        "endtime": cst_now_minus_hours(1), "dscg_dept_codg": "HX", "dscg_dept_name": "呼吸科", "dscg_way": "1"}}))
+        .await;
+    let (settle_msgid, out) = his.ok("2304", HZ, input("0")).await;
+    let setl = out["setlinfo"].clone();
+    let setl_id = setl["setl_id"].as_str().expect("setl_id").to_owned();
+    for f in [
+        "medfee_sumamt",
+        "fund_pay_sumamt",
+        "psn_cash_pay",
+        "hifp_pay",
+    ] {
+        assert_eq!(
+            setl[f], pre["setlinfo"][f],
+            "{f}: the settlement is what 2303 quoted"
+        );
+    }
+    assert_eq!(setl["medins_setl_id"], json!(settle_msgid));
+
+    // 5203 finds it as recorded; 5204 lists the visit's lines.
+    let (_, q) = his
+        .ok(
+            "5203",
+            HZ,
+            json!({"data": {"psn_no": id, "setl_id": setl_id, "mdtrt_id": visit}}),
+        )
+        .await;
+    for f in [
+        "setl_id",
+        "medfee_sumamt",
+        "fund_pay_sumamt",
+        "psn_cash_pay",
+        "acct_pay",
+        "clr_type",
+    ] {
+        assert_eq!(q["setlinfo"][f], setl[f], "5203 {f}");
+    }
+    assert_eq!(q["setlinfo"]["psn_pay"], setl["psn_part_amt"]);
+    let (_, q) = his
+        .ok(
+            "5204",
+            HZ,
+            json!({"data": {"psn_no": id, "setl_id": setl_id, "mdtrt_id": visit}}),
+        )
+        .await;
+    let lines = q["data"].as_array().expect("data[]");
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["feedetl_sn"], json!("Z1"));
+    assert_eq!(amt(&lines[1]["det_item_fee_sumamt"]), "1200.00");
+    assert_eq!(lines[1]["chrgitm_lv"], json!("02"));
+
+    // 2305 cancels it.
+    let (_, out) = his
+        .ok(
+            "2305",
+            HZ,
+            json!({"data": {"mdtrt_id": visit, "setl_id": setl_id, "psn_no": id}}),
+        )
+        .await;
+    assert_eq!(amt(&out["setlinfo"]["medfee_sumamt"]), "-4200.00");
+
+    // 2601 of a 2207 whose answer was lost: the twin's outpatient visit.
+    let (_, out) = his
+        .ok(
+            "2201",
+            HZ,
+            json!({"data": {"psn_no": twin, "insutype": "310", "begntime": cst_now_minus_hours(2),
+            "mdtrt_cert_type": "02", "mdtrt_cert_no": twin, "ipt_otp_no": "MZ0009"}}),
+        )
+        .await;
+    let tvisit = out["data"]["mdtrt_id"].as_str().expect("visit").to_owned();
+    his.ok("2204", HZ, json!({"feedetail": feedetail(&tvisit, &twin)}))
+        .await;
+    let lost = his.msgid();
+    let v = his
+        .call(
+            "2207",
+            &lost,
+            HZ,
+            json!({"data": {"psn_no": twin, "mdtrt_cert_type": "02", "med_type": "11",
+            "medfee_sumamt": 68, "psn_setlway": "01", "mdtrt_id": tvisit, "chrg_bchno": "B1",
+            "acct_used_flag": "1", "insutype": "310"}}),
+        )
+        .await;
+    assert_eq!(v["infcode"], json!(0), "{v}");
+    let lost_setl = v["output"]["setlinfo"]["setl_id"]
+        .as_str()
+        .expect("setl_id")
+        .to_owned();
+    let (_, out) = his
+        .ok(
+            "2601",
+            HZ,
+            json!({"data": {"psn_no": twin, "omsgid": lost, "oinfno": "2207"}}),
+        )
+        .await;
+    assert_eq!(out, json!({}));
+    let got = desk
+        .client
+        .get_settlement(proto::GetSettlementRequest {
+            institution_code: inst::NB_H3.into(),
+            settlement_id: lost_setl,
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.state, "cancelled", "2601 reversed the lost settlement");
+    // 2601 of a message that never arrived: nothing to undo, and it is barred.
+    let never = his.msgid();
+    let msgid = his.msgid();
+    let v = his
+        .call(
+            "2601",
+            &msgid,
+            HZ,
+            json!({"data": {"psn_no": twin, "omsgid": never, "oinfno": "2207"}}),
+        )
+        .await;
+    assert_eq!(v["infcode"], json!(0), "{v}");
+    assert!(
+        v["warn_msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("never took effect"),
+        "{v}"
+    );
+    // 2601 of a transaction that is not reversible.
+    let msgid = his.msgid();
+    let v = his
+        .call(
+            "2601",
+            &msgid,
+            HZ,
+            json!({"data": {"psn_no": twin, "omsgid": never, "oinfno": "2204"}}),
+        )
+        .await;
+    refused(&v, "oinfno");
+
+    // 3201: the node's totals, matching its records and the gRPC reconciliation.
+    let today = yidi_common::period::today().to_string();
+    let recon = |cnt: Value, medfee: Value, fund: Value, acct: Value| {
+        json!({"data": {"insutype": "310", "clr_type": "11", "setl_optins": NB, "stmt_begndate": today,
+            "stmt_enddate": today, "medfee_sumamt": medfee, "fund_pay_sumamt": fund, "acct_pay": acct,
+            "fixmedins_setl_cnt": cnt}})
+    };
+    let (_, out) = his
+        .ok("3201", "", recon(json!(0), json!(0), json!(0), json!(0)))
+        .await;
+    let info = out["stmtinfo"].clone();
+    assert_eq!(info["stmt_rslt"], json!("1"), "{info}");
+    let grpc = desk
+        .client
+        .reconcile_totals(proto::ReconcileTotalsRequest {
+            institution_code: inst::NB_H3.into(),
+            from_date: today.clone(),
+            to_date: today.clone(),
+            count: 0,
+            medfee_sumamt: "0.00".into(),
+            fund_pay_sumamt: "0.00".into(),
+            acct_pay: "0.00".into(),
+        })
+        .await
+        .expect("reconcile")
+        .into_inner();
+    assert_eq!(info["fixmedins_setl_cnt"], json!(grpc.count));
+    assert_eq!(amt(&info["medfee_sumamt"]), grpc.medfee_sumamt);
+    assert_eq!(amt(&info["fund_pay_sumamt"]), grpc.fund_pay_sumamt);
+    assert_eq!(amt(&info["acct_pay"]), grpc.acct_pay);
+    let (_, out) = his
+        .ok(
+            "3201",
+            "",
+            recon(
+                info["fixmedins_setl_cnt"].clone(),
+                info["medfee_sumamt"].clone(),
+                info["fund_pay_sumamt"].clone(),
+                info["acct_pay"].clone(),
+            ),
+        )
+        .await;
+    assert_eq!(out["stmtinfo"]["stmt_rslt"], json!("0"), "{out}");
+    assert_eq!(out["stmtinfo"]["stmt_rslt_dscr"], json!("对账一致"));
+}

@@ -105,6 +105,10 @@ const RENAMES: &[(&str, &str)] = &[
     ("to_date", "stmt_enddate"),
     ("diagnosis_code", "diag_code"),
     ("visit_kind", "med_type"),
+    // The HospitalService calls a message suggests, as the transactions an HIS sends.
+    ("(CloseVisit)", "(2402)"),
+    ("CancelSettlement:", "2208/2305:"),
+    ("(CancelSettlement)", "(2208/2305)"),
 ];
 
 /// A domain refusal as the NHSA answer: the gRPC status it would be (internal detail

@@ -505,6 +505,15 @@ async fn outpatient_day_through_the_gateway_matches_grpc_to_the_fen() {
     );
     assert_eq!(rev["pdn_cash_pay"], rev["psn_cash_pay"]);
     assert_eq!(rev["refd_setl_flag"], json!("1"));
+    let rdetail = out["setldetail"].as_array().expect("setldetail");
+    assert_eq!(rdetail.len(), detail.len(), "the reversal's fund rows");
+    for (r, d) in rdetail.iter().zip(detail) {
+        assert_eq!(r["fund_pay_type"], d["fund_pay_type"]);
+        assert_eq!(
+            amt(&r["fund_payamt"]),
+            format!("-{}", amt(&d["fund_payamt"]))
+        );
+    }
     let got = desk
         .client
         .get_settlement(proto::GetSettlementRequest {
@@ -871,4 +880,173 @@ async fn inpatient_stay_reversal_reconciliation_and_queries() {
         .await;
     assert_eq!(out["stmtinfo"]["stmt_rslt"], json!("0"), "{out}");
     assert_eq!(out["stmtinfo"]["stmt_rslt_dscr"], json!("对账一致"));
+}
+
+/// An example message of tests/data/nhsa-examples (copied from the reference sheet's
+/// examples) with the sample data's codes replaced by this federation's, as text: the
+/// numbers stay exactly as written there.
+fn example(name: &str, subst: &[(&str, String)]) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/nhsa-examples")
+        .join(name);
+    let mut text = std::fs::read_to_string(&path).expect("example file");
+    // The person's home region, before Hangzhou's code becomes Ningbo's.
+    text = text.replace(
+        "\"insuplc_admdvs\": \"330200\"",
+        "\"insuplc_admdvs\": \"@HOME@\"",
+    );
+    for (from, to) in subst {
+        text = text.replace(from, to);
+    }
+    text = text
+        .replace("330100", NB)
+        .replace("@HOME@", HZ)
+        .replace("H33010600123", inst::NB_H3);
+    text.into_bytes()
+}
+
+/// The keys of an example answer's output nodes are all in ours.
+fn assert_keys_as_example(name: &str, ours: &Value) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/nhsa-examples")
+        .join(name);
+    let example: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("example")).expect("json");
+    let out = example["output"].as_object().expect("output");
+    for (node, v) in out {
+        let sample = match v {
+            Value::Array(a) => a.first().cloned().unwrap_or(Value::Null),
+            other => other.clone(),
+        };
+        let mine = match &ours[node] {
+            Value::Array(a) => a.first().cloned().unwrap_or(Value::Null),
+            other => other.clone(),
+        };
+        if let Value::Object(keys) = sample {
+            for k in keys.keys() {
+                assert!(
+                    mine.get(k).is_some(),
+                    "{name}: output.{node}.{k} is missing from {mine}"
+                );
+            }
+        }
+    }
+}
+
+/// POSTs an example message; the answer (HTTP 200 always).
+async fn post(his: &His, body: Vec<u8>) -> Value {
+    let (status, v) = his
+        .post_raw("/fsi/api/rsfComIfsService/callService", body)
+        .await;
+    assert_eq!(status, 200);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sheets_example_messages_are_accepted_as_they_are() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = world(dir.path()).await;
+    let (id, _) = w.ids.clone();
+    let mut his = w.his(inst::NB_H3);
+    let person = [
+        ("330203198506121233", id.clone()),
+        ("33020000000000123456", id.clone()),
+    ];
+    let v = post(&his, example("1101-request.json", &person)).await;
+    assert_eq!(v["infcode"], json!(0), "{v}");
+    assert_keys_as_example("1101-response.json", &v["output"]);
+
+    // Two visits (2201 is not among the examples): A is settled and cancelled, B
+    // settled and reversed by 2601, each with the examples' messages.
+    let mut visits = Vec::new();
+    for no in ["MZ-A", "MZ-B"] {
+        let (_, out) = his
+            .ok(
+                "2201",
+                HZ,
+                json!({"data": {"psn_no": id, "insutype": "310", "begntime": cst_now_minus_hours(2),
+                "mdtrt_cert_type": "02", "mdtrt_cert_no": id, "ipt_otp_no": no}}),
+            )
+            .await;
+        visits.push(out["data"]["mdtrt_id"].as_str().expect("visit").to_owned());
+    }
+    let fee_time = cst_now_minus_hours(1);
+    let subst = |visit: &str, prefix: &str| {
+        let mut s: Vec<(&str, String)> = person.to_vec();
+        s.extend([
+            ("330100240415000000888", visit.to_owned()),
+            ("001102000010000", "NB-A".to_owned()),
+            ("XJ01CAA040A001010100001", "NB-B".to_owned()),
+            ("003101000010000", "NB-C".to_owned()),
+            ("2024-04-15 09:41:00", fee_time.clone()),
+            ("2024-04-15 09:45:30", fee_time.clone()),
+            ("2024-04-15 09:47:10", fee_time.clone()),
+            (
+                "\"msgid\": \"H33010600123",
+                format!("\"msgid\": \"{prefix}H33010600123"),
+            ),
+            (
+                "\"omsgid\": \"H33010600123",
+                format!("\"omsgid\": \"{prefix}H33010600123"),
+            ),
+        ]);
+        s
+    };
+    let a = subst(&visits[0], "");
+    let v = post(&his, example("2204-request.json", &a)).await;
+    assert_eq!(v["infcode"], json!(0), "{v}");
+    assert_keys_as_example("2204-response.json", &v["output"]);
+    let v = post(&his, example("2206-request.json", &a)).await;
+    assert_eq!(v["infcode"], json!(0), "{v}");
+    assert_keys_as_example("2206-response.json", &v["output"]);
+    let v = post(&his, example("2207-request.json", &a)).await;
+    assert_eq!(v["infcode"], json!(0), "{v}");
+    assert_keys_as_example("2207-response.json", &v["output"]);
+    let setl_id = v["output"]["setlinfo"]["setl_id"]
+        .as_str()
+        .expect("setl_id")
+        .to_owned();
+    let mut a2 = a.clone();
+    a2.push(("330100240415000009921", setl_id.clone()));
+    let v = post(&his, example("2208-request.json", &a2)).await;
+    assert_eq!(v["infcode"], json!(0), "{v}");
+    assert_keys_as_example("2208-response.json", &v["output"]);
+
+    let b = subst(&visits[1], "B-");
+    for f in ["2204-request.json", "2207-request.json"] {
+        let v = post(&his, example(f, &b)).await;
+        assert_eq!(v["infcode"], json!(0), "{f}: {v}");
+        if f.starts_with("2207") {
+            let s = v["output"]["setlinfo"]["setl_id"]
+                .as_str()
+                .expect("setl_id")
+                .to_owned();
+            let v = post(&his, example("2601-request.json", &b)).await;
+            assert_eq!(v["infcode"], json!(0), "{v}");
+            let mut desk = w.desk(inst::NB_H3).await;
+            let got = desk
+                .client
+                .get_settlement(proto::GetSettlementRequest {
+                    institution_code: inst::NB_H3.into(),
+                    settlement_id: s,
+                })
+                .await
+                .expect("get")
+                .into_inner();
+            assert_eq!(
+                got.state, "cancelled",
+                "the example 2601 reversed the example 2207"
+            );
+        }
+    }
+
+    let today = yidi_common::period::today().to_string();
+    let v = post(&his, example("3201-request.json", &[("2024-04-15", today)])).await;
+    assert_eq!(v["infcode"], json!(0), "{v}");
+    assert_keys_as_example("3201-response.json", &v["output"]);
+    assert_eq!(
+        v["output"]["stmtinfo"]["stmt_rslt"],
+        json!("1"),
+        "the example's totals are not this node's"
+    );
 }

@@ -426,11 +426,12 @@ pub fn fund_pay_type(fund: &str, insurance: i32) -> Option<&'static Code> {
     answer(FundPayType, &format!("{fund}/{insurance}"))
 }
 
-/// The insurance type a split's funds show when the request did not say: only
-/// residents have the serious-illness insurance (`hifmi`); otherwise employee.
+/// The insurance type a split shows when the request did not say: only residents have
+/// the serious-illness insurance (`hifmi`); otherwise employee.
 #[must_use]
-pub fn insurance_of_funds(funds: &[proto::FundPayment]) -> i32 {
-    if funds.iter().any(|f| f.fund == "hifmi") {
+pub fn insurance_of_split(split: &proto::Split) -> i32 {
+    let hifmi = split.hifmi_pay.trim_start_matches('-');
+    if !hifmi.is_empty() && hifmi.chars().any(|c| matches!(c, '1'..='9')) {
         proto::InsuranceType::Resident as i32
     } else {
         proto::InsuranceType::Employee as i32

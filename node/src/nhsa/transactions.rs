@@ -628,8 +628,8 @@ async fn settle(st: &NodeState, env: &Envelope, real: bool) -> NResult<Answer> {
     let node = data(env)?;
     let visit_id = node.str("mdtrt_id")?;
     let declared = node.dec("medfee_sumamt")?;
-    let insurance =
-        code(&node, "insutype", Dict::Insutype)?.and_then(|c| c.value.parse::<i32>().ok());
+    // Validated; the settlement's insurance type is the home node's (kept with the visit).
+    code(&node, "insutype", Dict::Insutype)?;
     // 2303 leaves the flag optional ([OH]); every other sends it.
     let use_account = flag(&node, "acct_used_flag", false)?;
     let req = proto::SettleRequest {
@@ -663,7 +663,7 @@ async fn settle(st: &NodeState, env: &Envelope, real: bool) -> NResult<Answer> {
         "refused" | "provisional" => Some(s.note.clone()),
         _ => None,
     };
-    let mut out = settlement_output(&s, &env.msgid, insurance, real);
+    let mut out = settlement_output(&s, &env.msgid, home_facts(&bill.visit).as_ref(), real);
     if let Some(info) = out.get_mut("setlinfo").and_then(Value::as_object_mut) {
         info.insert(
             "mdtrt_cert_type".into(),
@@ -673,15 +673,25 @@ async fn settle(st: &NodeState, env: &Envelope, real: bool) -> NResult<Answer> {
     Ok((out, warn))
 }
 
+/// What the home node said about the person when the visit was opened (kept with the
+/// visit): insurance type, person type, civil-servant flag.
+fn home_facts(visit: &crate::store::visits::VisitRec) -> Option<proto::EligibilityResponse> {
+    use prost::Message;
+    proto::EligibilityResponse::decode(visit.home_snapshot.as_slice()).ok()
+}
+
 /// `setlinfo` and `setldetail` of a settlement (or pre-settlement, `with_id` false).
 fn settlement_output(
     s: &proto::Settlement,
     msgid: &str,
-    insurance: Option<i32>,
+    person: Option<&proto::EligibilityResponse>,
     with_id: bool,
 ) -> Value {
     let split = s.split.clone().unwrap_or_default();
-    let insurance = insurance.unwrap_or_else(|| codes::insurance_of_funds(&split.funds));
+    let insurance = person
+        .map(|p| p.insurance_type)
+        .filter(|t| *t != 0)
+        .unwrap_or_else(|| codes::insurance_of_split(&split));
     let (gend, brdy, age) = person_facts(&s.id_number);
     let mut info = Map::new();
     info.insert("mdtrt_id".into(), Value::from(s.visit_id.clone()));
@@ -689,9 +699,24 @@ fn settlement_output(
         info.insert("setl_id".into(), Value::from(s.settlement_id.clone()));
     }
     info.insert("psn_no".into(), Value::from(s.id_number.clone()));
+    // The name stays with the HIS (1101 gave it); yidi's records carry none here.
+    info.insert("psn_name".into(), Value::Null);
     info.insert("psn_cert_type".into(), Value::from("01"));
     info.insert("certno".into(), Value::from(s.id_number.clone()));
     info.insert("gend".into(), gend);
+    info.insert("naty".into(), Value::Null);
+    info.insert(
+        "psn_type".into(),
+        person
+            .and_then(|p| codes::answer(Dict::PsnType, &p.person_type.to_string()))
+            .map_or(Value::Null, |c| c.code.into()),
+    );
+    info.insert(
+        "cvlserv_flag".into(),
+        person.map_or(Value::Null, |p| {
+            Value::from(if p.civil_servant { "1" } else { "0" })
+        }),
+    );
     info.insert("brdy".into(), brdy);
     info.insert("age".into(), age);
     info.insert(
@@ -755,21 +780,30 @@ fn settlement_output(
         "refd_setl_flag".into(),
         Value::from(if s.state == "reversal" { "1" } else { "0" }),
     );
-    let detail: Vec<Value> = split
-        .funds
-        .iter()
-        .map(|f| {
-            let row = codes::fund_pay_type(&f.fund, insurance);
-            json!({
-                "fund_pay_type": row.map(|r| r.code),
-                "inscp_scp_amt": amount_str(&split.inscp_scp_amt),
-                "crt_payb_lmt_amt": null,
-                "fund_payamt": amount_str(&f.amount),
-                "fund_pay_type_name": row.map_or(f.description.as_str(), |r| r.zh),
-                "setl_proc_info": null,
-            })
+    // From the split's fund amounts (a reversal record carries them negated, and no
+    // fund list): one row per fund that paid anything.
+    let detail: Vec<Value> = [
+        ("hifp", &split.hifp_pay),
+        ("hifmi", &split.hifmi_pay),
+        ("hifob", &split.hifob_pay),
+        ("cvlserv", &split.cvlserv_pay),
+        ("maf", &split.maf_pay),
+        ("acct", &split.acct_pay),
+    ]
+    .into_iter()
+    .filter(|(_, v)| envelope::decimal(v).is_some_and(|d| !d.is_zero()))
+    .map(|(fund, v)| {
+        let row = codes::fund_pay_type(fund, insurance);
+        json!({
+            "fund_pay_type": row.map(|r| r.code),
+            "inscp_scp_amt": amount_str(&split.inscp_scp_amt),
+            "crt_payb_lmt_amt": null,
+            "fund_payamt": amount_str(v),
+            "fund_pay_type_name": row.map(|r| r.zh),
+            "setl_proc_info": null,
         })
-        .collect();
+    })
+    .collect();
     json!({"setlinfo": info, "setldetail": detail})
 }
 
@@ -803,7 +837,14 @@ async fn cancel(st: &NodeState, env: &Envelope) -> NResult<Answer> {
     };
     limited(&req)?;
     let rev = treatment::cancel(st, req).await.map_err(refusal)?;
-    Ok((settlement_output(&rev, &env.msgid, None, true), None))
+    let person = bill::visit_bill(st, &env.fixmedins_code, &visit_id)
+        .await
+        .ok()
+        .and_then(|b| home_facts(&b.visit));
+    Ok((
+        settlement_output(&rev, &env.msgid, person.as_ref(), true),
+        None,
+    ))
 }
 
 /// 2601 冲正: reverse the request whose msgid was `omsgid`.
@@ -906,7 +947,11 @@ async fn settlement_query(st: &NodeState, env: &Envelope) -> NResult<Answer> {
     };
     limited(&req)?;
     let s = treatment::get_settlement(st, req).await.map_err(refusal)?;
-    let mut out = settlement_output(&s, "", None, true);
+    let person = bill::visit_bill(st, &env.fixmedins_code, &s.visit_id)
+        .await
+        .ok()
+        .and_then(|b| home_facts(&b.visit));
+    let mut out = settlement_output(&s, "", person.as_ref(), true);
     if let Some(info) = out.get_mut("setlinfo").and_then(Value::as_object_mut) {
         info.remove("medins_setl_id");
         info.insert(

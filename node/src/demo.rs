@@ -85,6 +85,10 @@ pub struct DemoArgs {
     /// Serve no Prometheus metrics.
     #[arg(long)]
     pub no_metrics: bool,
+    /// The port before the cities' NHSA gateways (HIS over HTTPS + JSON): Hangzhou,
+    /// Ningbo and Wenzhou take the next three. Default: base port + 80.
+    #[arg(long)]
+    pub nhsa_base_port: Option<u16>,
     /// Persons generated per city, beside the sample persons of deploy/sample.
     #[arg(long, default_value_t = 3000)]
     pub persons: u32,
@@ -146,6 +150,7 @@ fn node_config(layout: &Layout, pki: &pki::Pki, i: usize) -> anyhow::Result<Node
     c.coordinator = Some(url(layout.coordinator));
     c.drain = Duration::from_secs(5);
     c.metrics_listen = layout.node_metrics.map(|m| m[i]);
+    c.nhsa_listen = Some(layout.nhsa[i]);
     Ok(c)
 }
 
@@ -158,6 +163,8 @@ struct Layout {
     nodes: [SocketAddr; 3],
     coordinator_metrics: Option<SocketAddr>,
     node_metrics: Option<[SocketAddr; 3]>,
+    /// The cities' NHSA gateways.
+    nhsa: [SocketAddr; 3],
 }
 
 /// Marks a directory as the demo's, so that `--reset` never wipes anything else.
@@ -463,6 +470,16 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             drop(bind(m + 1 + i as u16, "a node's metrics").await?);
         }
     }
+    let nhsa_base = args
+        .nhsa_base_port
+        .unwrap_or_else(|| args.base_port.saturating_add(80));
+    if nhsa_base > u16::MAX - 3 || nhsa_base == 0 {
+        bail!("--nhsa-base-port must leave room for three ports (1..=65532)");
+    }
+    // The nodes bind their gateways themselves, as their metrics.
+    for i in 1..=CITIES.len() as u16 {
+        drop(bind(nhsa_base + i, "a node's NHSA gateway").await?);
+    }
     let addr = |l: &TcpListener| l.local_addr();
     let layout = Layout {
         dir: args.data_dir.clone(),
@@ -471,6 +488,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         coordinator_metrics: coordinator_metrics.as_ref().map(addr).transpose()?,
         node_metrics: metrics_base
             .map(|m| [1u16, 2, 3].map(|k| SocketAddr::from(([127, 0, 0, 1], m + k)))),
+        nhsa: [1u16, 2, 3].map(|k| SocketAddr::from(([127, 0, 0, 1], nhsa_base + k))),
     };
     let run_no = layout.prepare(args.reset)?;
 
@@ -501,6 +519,13 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     report::print_parties(&layout, &nodes);
+    println!(
+        "NHSA gateway for an HIS (HTTPS + JSON, the institution's certificate; docs/nhsa-gateway.md):"
+    );
+    for (c, a) in CITIES.iter().zip(layout.nhsa) {
+        println!("  {:<8} https://{a}{}", c.name, crate::nhsa::PATH);
+    }
+    println!();
 
     let today = period::today();
     let cities = CITIES

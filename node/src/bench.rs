@@ -25,6 +25,7 @@
 // Rates, shares and latency ratios of a benchmark; money never passes through floats.
 #![allow(clippy::float_arithmetic)]
 
+pub mod nhsa;
 pub mod persons;
 
 use std::{
@@ -205,6 +206,14 @@ pub struct BenchArgs {
     /// Seed of the workload's random choices (the data itself is always the same).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// `nhsa`: at the end, also settle through each node's NHSA gateway beside gRPC
+    /// (--count each, default 1000) and print the CPU per settlement of both and their
+    /// ratio (in-process nodes only).
+    #[arg(long, value_enum, default_value = "grpc")]
+    pub via: nhsa::Via,
+    /// The in-process nodes' NHSA gateways (set by the bench).
+    #[arg(skip)]
+    pub nhsa_gateways: Vec<(String, SocketAddr)>,
 }
 
 /// Visit kinds of the workload.
@@ -530,7 +539,12 @@ impl LocalNode {
 }
 
 /// The in-process nodes, their addresses by region and their metrics addresses.
-type Federation = (Vec<LocalNode>, Vec<(String, SocketAddr)>, Vec<SocketAddr>);
+type Federation = (
+    Vec<LocalNode>,
+    Vec<(String, SocketAddr)>,
+    Vec<SocketAddr>,
+    Vec<(String, SocketAddr)>,
+);
 
 /// Starts the three cities in `root`: listeners first, so the shared peers file names
 /// every address before any node starts.
@@ -551,6 +565,7 @@ fn start_federation(root: &Path, threads: usize) -> anyhow::Result<Federation> {
     let mut nodes = Vec::new();
     let mut addrs = Vec::new();
     let mut metrics = Vec::new();
+    let mut gateways = Vec::new();
     for (region, name, l, addr) in listeners {
         let mut config = NodeConfig::new(
             RegionCode::parse_city(region, "region")?,
@@ -563,11 +578,15 @@ fn start_federation(root: &Path, threads: usize) -> anyhow::Result<Federation> {
         // Metrics on a free loopback port: the bench reads the peer-call counters.
         let m = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         config.metrics_listen = Some(m);
+        // The NHSA gateway, for `--via nhsa`.
+        let g = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        config.nhsa_listen = Some(g);
         nodes.push(LocalNode::start(config, l, threads)?);
         addrs.push((region.to_owned(), addr));
         metrics.push(m);
+        gateways.push((region.to_owned(), g));
     }
-    Ok((nodes, addrs, metrics))
+    Ok((nodes, addrs, metrics, gateways))
 }
 
 /// The metrics exposition of every in-process node (one that does not answer is left
@@ -989,6 +1008,8 @@ struct Prepared {
     institution: String,
     visit_id: String,
     kind: Kind,
+    /// The uploaded lines' total (NHSA medfee_sumamt).
+    total_fen: i64,
 }
 
 impl Ctx {
@@ -1085,12 +1106,17 @@ impl Ctx {
         };
         stats.record("OpenVisit", started.elapsed());
         let started = Instant::now();
+        let lines = fee_lines(kind, rng);
+        let total_fen = lines
+            .iter()
+            .map(|l| fen(&l.amount, "amount").unwrap_or(0))
+            .sum();
         if let Err(s) = h
             .upload_fees(proto::UploadFeesRequest {
                 request_id: format!("{rid}-f"),
                 institution_code: institution.clone(),
                 visit_id: visit.visit_id.clone(),
-                lines: fee_lines(kind, rng),
+                lines,
             })
             .await
         {
@@ -1121,6 +1147,7 @@ impl Ctx {
             institution,
             visit_id: visit.visit_id,
             kind,
+            total_fen,
         })
     }
 
@@ -1966,7 +1993,7 @@ fn store_claims(db: &Path, id_number: &str, year: i32) -> anyhow::Result<(i64, u
 // ------------------------------------------------------------------ the run
 
 /// `yidi bench`.
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     if args.settle_only && args.count.is_none() {
         bail!("--settle-only prepares every visit first: give --count N");
     }
@@ -1992,7 +2019,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut urls = Vec::new();
     let mut metrics = Vec::new();
     if args.nodes.is_empty() {
-        let (nodes, addrs, m) = start_federation(&root, args.node_threads.unwrap_or(cores))?;
+        let (nodes, addrs, m, gateways) =
+            start_federation(&root, args.node_threads.unwrap_or(cores))?;
+        args.nhsa_gateways = gateways;
         local = nodes;
         metrics = m;
         for (region, addr) in addrs {
@@ -2382,6 +2411,9 @@ async fn drive(
             "problems": v.problems,
         }),
     );
+    if args.via == nhsa::Via::Nhsa {
+        report.insert("via_nhsa".into(), nhsa::compare(&ctx).await?);
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&Value::Object(report))?)
             .with_context(|| format!("write {}", path.display()))?;

@@ -197,3 +197,66 @@ fn a_small_settle_only_run_verifies_and_reports_its_figures() {
         assert!((share - rate / bare_rate).abs() < 1e-9, "{p:#}");
     }
 }
+
+/// `--via nhsa`: the same number of cross-region settlements through gRPC and through
+/// the nodes' NHSA gateways, every one settled, both CPU figures and their ratio in the
+/// report.
+#[test]
+fn via_nhsa_settles_through_the_gateway_beside_grpc_and_reports_the_cpu_ratio() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("bench.json");
+    let out = yidi_command()
+        .args([
+            "bench",
+            "--persons",
+            "200",
+            "--count",
+            "24",
+            "--concurrency",
+            "4",
+            "--presettle-seconds",
+            "0",
+            "--ceiling-seconds",
+            "0",
+            "--unloaded",
+            "0",
+            "--verify-persons",
+            "8",
+            "--node-threads",
+            "1",
+            "--client-threads",
+            "1",
+            "--via",
+            "nhsa",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("stores"))
+        .arg("--json")
+        .arg(&json)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run yidi bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "yidi bench failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("NHSA / gRPC CPU per settlement:"),
+        "{stdout}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("bench JSON written"))
+            .expect("bench JSON parses");
+    let via = &report["via_nhsa"];
+    for t in ["grpc", "nhsa"] {
+        assert_eq!(via[t]["settled"], 24, "{via:#}");
+        assert_eq!(via[t]["failed"], 0, "{via:#}");
+        assert!(number(via, &[t, "cpu_ms_per_settlement"]) > 0.0, "{via:#}");
+    }
+    let ratio = number(via, &["ratio"]);
+    let expected = number(via, &["nhsa", "cpu_ms_per_settlement"])
+        / number(via, &["grpc", "cpu_ms_per_settlement"]);
+    assert!((ratio - expected).abs() < 1e-9, "{via:#}");
+}

@@ -399,6 +399,23 @@ impl NodeConfig {
                 .map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics"))
         ));
         out.push(format!(
+            "  nhsa gateway    {}",
+            self.nhsa_listen.map_or_else(
+                || "off".to_owned(),
+                |a| {
+                    let scheme = if self.security.insecure {
+                        "http"
+                    } else {
+                        "https"
+                    };
+                    let tif = self.nhsa_tif.as_ref().map_or_else(String::new, |k| {
+                        format!(" (x-tif signature of paasid {} required)", k.paasid)
+                    });
+                    format!("{scheme}://{a}{}{tif}", crate::nhsa::PATH)
+                }
+            )
+        ));
+        out.push(format!(
             "  log format      {}",
             if self.log_json { "json" } else { "text" }
         ));

@@ -266,7 +266,55 @@ async fn check_config_loads_the_files_and_starts_nothing() {
         run.stdout.contains("http://127.0.0.1:9101/metrics"),
         "{run:?}"
     );
+    assert!(run.stdout.contains("nhsa gateway    off"), "{run:?}");
     assert!(!data.exists(), "--check-config created the data directory");
+
+    // The NHSA gateway with the provincial signature: named with its URL and paasid.
+    let secret = dir.join("tif.secret");
+    write(&secret, "s3cret\n");
+    let s = secret.display().to_string();
+    let run = cli(&[
+        "node",
+        "--config",
+        &g,
+        "--nhsa-listen",
+        "127.0.0.1:7180",
+        "--nhsa-tif-paasid",
+        "his01",
+        "--nhsa-tif-secret-file",
+        &s,
+        "--check-config",
+    ])
+    .expect_code(0);
+    assert!(
+        run.stdout.contains(
+            "nhsa gateway    https://127.0.0.1:7180/fsi/api/rsfComIfsService/callService (x-tif signature of paasid his01 required)"
+        ),
+        "{run:?}"
+    );
+    assert!(
+        !run.stdout.contains("s3cret"),
+        "the secret is never printed: {run:?}"
+    );
+    // A paasid without its secret: refused, naming the keys.
+    let half = dir.join("half.toml");
+    write(
+        &half,
+        &format!("{}nhsa_tif_paasid = \"his01\"\n", config(&me.cert, &me.key)),
+    );
+    let run = cli(&[
+        "node",
+        "--config",
+        &half.display().to_string(),
+        "--check-config",
+    ]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("set both nhsa_tif_paasid and nhsa_tif_secret_file, or neither"),
+        "{run:?}"
+    );
+    no_backtrace(&run);
 
     // Another city's certificate: refused, naming why, and still nothing created.
     let wrong = dir.join("wrong.toml");

@@ -172,6 +172,8 @@ struct World {
     fed: Federation,
     pki: Pki,
     gateway: SocketAddr,
+    /// Ningbo's metrics.
+    metrics: SocketAddr,
     /// Two Hangzhou retirees with the same profile, filed for Ningbo: one settles
     /// through the gateway, its twin over gRPC.
     ids: (String, String),
@@ -181,9 +183,11 @@ async fn world(root: &Path) -> World {
     use proto::{HospitalLevel as Hl, InstitutionKind as Ik};
     let pki = Pki::new(&root.join("pki"));
     let gateway = free_addr();
+    let metrics = free_addr();
     let fed = pki::federation(root, &pki, &[HZ, NB, WZ], |r, c| {
         if r == NB {
             c.nhsa_listen = Some(gateway);
+            c.metrics_listen = Some(metrics);
         }
     })
     .await;
@@ -219,6 +223,7 @@ async fn world(root: &Path) -> World {
         fed,
         pki,
         gateway,
+        metrics,
         ids: (ids[0].clone(), ids[1].clone()),
     }
 }
@@ -716,6 +721,16 @@ async fn inpatient_stay_reversal_reconciliation_and_queries() {
         );
     }
     assert_eq!(setl["medins_setl_id"], json!(settle_msgid));
+
+    // Counted in the node's metrics as a gRPC settle is.
+    let text = yidi_node::metrics::scrape(w.metrics).await.expect("scrape");
+    for line in [
+        r#"yidi_settlements_total{region="330200",op="settle",kind="inpatient",outcome="settled",code="ok"} 1"#,
+        r#"yidi_settlements_total{region="330200",op="settle",kind="unknown",outcome="error",code="failed_precondition"} 1"#,
+        r#"yidi_settlements_total{region="330200",op="pre_settle",kind="inpatient",outcome="presettled",code="ok"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
 
     // 5203 finds it as recorded; 5204 lists the visit's lines.
     let (_, q) = his

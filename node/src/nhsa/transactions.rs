@@ -653,12 +653,24 @@ async fn settle(st: &NodeState, env: &Envelope, real: bool) -> NResult<Answer> {
             ),
         ));
     }
-    let s = if real {
+    // Counted and timed in the node's metrics as HospitalService's are.
+    let started = std::time::Instant::now();
+    let answer = if real {
         treatment::settle(st, req).await
     } else {
         treatment::pre_settle(st, req).await
     }
-    .map_err(refusal)?;
+    .map(tonic::Response::new)
+    .map_err(tonic::Status::from);
+    let op = if real {
+        crate::metrics::Op::Settle
+    } else {
+        crate::metrics::Op::PreSettle
+    };
+    st.metrics.settlement(op, &answer, started.elapsed());
+    let s = answer
+        .map(tonic::Response::into_inner)
+        .map_err(|e| status_refusal(&e))?;
     let warn = match s.state.as_str() {
         "refused" | "provisional" => Some(s.note.clone()),
         _ => None,

@@ -11,6 +11,7 @@ pub mod certs;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod coordinator;
 pub mod demo;
 pub mod error;

@@ -12,6 +12,7 @@ mod cli_errors;
 mod cli_hospital;
 mod cli_quote;
 mod cli_security;
+mod console;
 mod demo;
 mod doc_run;
 mod edge;

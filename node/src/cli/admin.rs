@@ -62,6 +62,9 @@ pub struct AdminArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
+    /// Print a login link for this node's web console (docs/console.md), signed with
+    /// your operator key: valid for a few minutes, signs in once.
+    ConsoleLogin(super::console_login::ConsoleLoginArgs),
     /// Insured persons and their enrolment (参保人员).
     #[command(subcommand)]
     Person(PersonCommand),
@@ -1160,6 +1163,8 @@ async fn execute(args: AdminArgs) -> anyhow::Result<i32> {
     let deadline = Duration::from_secs(args.timeout);
     let mut client = AdminServiceClient::new(channel(&args.node, &args.tls, Some(deadline)).await?);
     match args.command {
+        // Printed by `run` before any connection: a link needs no server.
+        AdminCommand::ConsoleLogin(_) => Ok(0),
         AdminCommand::Person(cmd) => person(&mut client, &g, cmd).await,
         AdminCommand::Filing(cmd) => filing(&mut client, &g, cmd).await,
         AdminCommand::Policy(cmd) => policy(&mut client, &g, cmd).await,
@@ -1184,6 +1189,17 @@ async fn execute(args: AdminArgs) -> anyhow::Result<i32> {
 /// 1 refused or failed, 2 an import finished with rejected rows), because the caller's
 /// generic error printing cannot show a gRPC status as `error: <CODE>: <message>`.
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    if let AdminCommand::ConsoleLogin(c) = &args.command {
+        let target = super::console_login::Target::Node;
+        match super::console_login::link(args.tls.cert.as_ref(), args.tls.key.as_ref(), c, target) {
+            Ok(link) => println!("{link}"),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        return Ok(());
+    }
     let code = match execute(args).await {
         Ok(code) => code,
         Err(e) => {

@@ -66,6 +66,9 @@ pub struct ClearingArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ClearingCommand {
+    /// Print a login link for the clearing desk's web console (docs/console.md), signed
+    /// with your operator key: valid for a few minutes, signs in once.
+    ConsoleLogin(super::console_login::ConsoleLoginArgs),
     /// Open a clearing round for a period (YYYY-MM, calendar month UTC+8). One live round
     /// at a time; a period already cleared cannot be opened again (its late records go
     /// into the next period's round).
@@ -482,6 +485,8 @@ impl Ctx {
 async fn execute(ctx: &mut Ctx, cmd: ClearingCommand) -> anyhow::Result<i32> {
     let mut c = ctx.client.clone();
     match cmd {
+        // Printed by `run` before any connection: a link needs no server.
+        ClearingCommand::ConsoleLogin(_) => {}
         ClearingCommand::Open {
             period,
             early,
@@ -677,6 +682,17 @@ fn describe(e: &anyhow::Error) -> String {
 /// Runs `yidi clearing …`. Exits the process itself with the documented codes (0 done,
 /// 1 refused or failed, 2 bad command line — clap's own).
 pub async fn run(args: ClearingArgs) -> anyhow::Result<()> {
+    if let ClearingCommand::ConsoleLogin(c) = &args.command {
+        let target = super::console_login::Target::Coordinator;
+        match super::console_login::link(args.tls.cert.as_ref(), args.tls.key.as_ref(), c, target) {
+            Ok(link) => println!("{link}"),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        return Ok(());
+    }
     let code = match connect(&args.coordinator, &args.tls).await {
         Err(e) => {
             eprintln!("error: {}", describe(&e));

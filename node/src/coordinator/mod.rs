@@ -23,6 +23,7 @@ use yidi_common::{
 };
 
 pub use round::state;
+pub use service::CoordinatorSvc;
 
 use crate::{Error, Result, peers::PeerDirectory, store::Store};
 
@@ -73,6 +74,10 @@ pub struct CoordinatorArgs {
     /// Serve plain text without TLS: loopback addresses only, for development.
     #[arg(long, env = "YIDI_COORDINATOR_INSECURE")]
     pub insecure: bool,
+    /// Serve the clearing desk's web console (HTTPS, docs/console.md) on this address,
+    /// e.g. 127.0.0.1:7180; needs mutual TLS. Off unless set.
+    #[arg(long, env = "YIDI_COORDINATOR_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
     /// Check the configuration and the files it names (certificates, key, CA,
     /// participants file), print a summary and exit: 0 when it would start, 1 with the
     /// reason otherwise. Starts nothing and opens no store.
@@ -97,6 +102,7 @@ struct FileConfig {
     revoked_file: Option<PathBuf>,
     insecure: Option<bool>,
     metrics_listen: Option<SocketAddr>,
+    console_listen: Option<SocketAddr>,
 }
 
 /// The coordinator's clock. It decides which periods are over, current or in the
@@ -148,6 +154,8 @@ pub struct CoordinatorConfig {
     /// Where to serve Prometheus metrics (the config file's `metrics_listen`; the
     /// `--metrics-listen` flag overrides it); None: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve the clearing desk's console (crate::console); None: not served.
+    pub console_listen: Option<SocketAddr>,
 }
 
 impl CoordinatorConfig {
@@ -166,6 +174,7 @@ impl CoordinatorConfig {
             security: crate::tls::SecurityConfig::insecure_loopback(),
             clock: Clock::system(),
             metrics_listen: None,
+            console_listen: None,
         }
     }
 
@@ -244,10 +253,13 @@ impl CoordinatorConfig {
             },
             clock: Clock::system(),
             metrics_listen: file.metrics_listen,
+            console_listen: args.console_listen.or(file.console_listen),
             region,
         };
         // Refuse plain text off loopback (and TLS without its files) before anything starts.
-        config.security.transport(config.listen)?;
+        if config.security.transport(config.listen)?.is_none() && config.console_listen.is_some() {
+            return Err(crate::console::needs_tls());
+        }
         Ok(config)
     }
 
@@ -338,6 +350,12 @@ pub async fn serve(
         "coordinator",
     )
     .await?;
+    // Bound before anything is served so that a taken port fails the start.
+    let console_listener = match (config.console_listen, &tls) {
+        (None, _) => None,
+        (Some(addr), Some(_)) => Some(crate::console::bind(addr).await?),
+        (Some(_), None) => return Err(crate::console::needs_tls()),
+    };
     let (dir, region) = (config.data_dir.clone(), config.region.to_string());
     let store = tokio::task::spawn_blocking(move || Store::open_coordinator(&dir, 2, &region))
         .await
@@ -379,6 +397,16 @@ pub async fn serve(
         tasks.spawn(Arc::clone(t).watch(crate::tls::RELOAD_CHECK, async move {
             let _ = rx.wait_for(|s| *s).await;
         }));
+    }
+    if let (Some(l), Some(t)) = (console_listener, &tls) {
+        let mut rx = bg.clone();
+        tasks.spawn(crate::console::serve(
+            l,
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+            crate::console::desk::console(Arc::clone(&state), Arc::clone(t)),
+        ));
     }
     {
         let st = Arc::clone(&state);

@@ -81,6 +81,10 @@ pub struct NodeArgs {
     /// /metrics. Off when unset.
     #[arg(long, env = "YIDI_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the agency's web console (HTTPS, docs/console.md) on this address, e.g.
+    /// 127.0.0.1:7181; needs mutual TLS. Off when unset.
+    #[arg(long, env = "YIDI_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
     /// How much of the store to verify at start: "auto" (default: file checks always,
     /// `PRAGMA quick_check` after an unclean stop of a store up to 256 MiB), "quick"
     /// (quick_check at every start; reads the whole store) or "off" (file checks only).
@@ -120,6 +124,7 @@ struct FileConfig {
     hospital_rate_per_second: Option<u32>,
     hospital_burst: Option<u32>,
     metrics_listen: Option<SocketAddr>,
+    console_listen: Option<SocketAddr>,
     check_store: Option<crate::store::CheckStore>,
     max_clock_skew_seconds: Option<u64>,
 }
@@ -146,6 +151,8 @@ pub struct NodeConfig {
     pub hospital_rate: crate::auth::RateLimit,
     /// Where to serve Prometheus metrics; None: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve the agency's console (crate::console); None: not served.
+    pub console_listen: Option<SocketAddr>,
     /// How much of the store is verified before serving.
     pub check_store: crate::store::CheckStore,
     /// How far ahead of this node's clock request dates and peers' clocks may be.
@@ -173,6 +180,7 @@ impl NodeConfig {
             security: crate::tls::SecurityConfig::insecure_loopback(),
             hospital_rate: crate::auth::RateLimit::default(),
             metrics_listen: None,
+            console_listen: None,
             check_store: crate::store::CheckStore::Auto,
             max_clock_skew: crate::clock::DEFAULT_MAX_SKEW,
             hooks: crate::service::TestHooks::default(),
@@ -271,6 +279,7 @@ impl NodeConfig {
                 }
             },
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            console_listen: args.console_listen.or(file.console_listen),
             check_store: args.check_store.or(file.check_store).unwrap_or_default(),
             max_clock_skew: args
                 .max_clock_skew_seconds
@@ -282,7 +291,9 @@ impl NodeConfig {
             region,
         };
         // Refuse plain text off loopback (and TLS without its files) before anything starts.
-        config.security.transport(config.listen)?;
+        if config.security.transport(config.listen)?.is_none() && config.console_listen.is_some() {
+            return Err(crate::console::needs_tls());
+        }
         Ok(config)
     }
 

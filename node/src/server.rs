@@ -164,6 +164,11 @@ pub async fn serve(
         Some(addr) => Some(crate::metrics::bind(addr).await?),
         None => None,
     };
+    let console_listener = match (config.console_listen, &tls) {
+        (None, _) => None,
+        (Some(addr), Some(_)) => Some(crate::console::bind(addr).await?),
+        (Some(_), None) => return Err(crate::console::needs_tls()),
+    };
     let state = Arc::new(NodeState {
         region: config.region,
         name: config.name.clone(),
@@ -194,6 +199,13 @@ pub async fn serve(
     if let Some(t) = &tls {
         // Certificate, CA and revocation list: re-read on change or SIGHUP.
         tasks.spawn(Arc::clone(t).watch(crate::tls::RELOAD_CHECK, stopped(bg.clone())));
+    }
+    if let (Some(l), Some(t)) = (console_listener, &tls) {
+        tasks.spawn(crate::console::serve(
+            l,
+            stopped(bg.clone()),
+            crate::console::agency::console(Arc::clone(&state), Arc::clone(t)),
+        ));
     }
     {
         let st = Arc::clone(&state);

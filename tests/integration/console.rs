@@ -203,8 +203,13 @@ async fn run_round(c: &Client) -> String {
 /// The demo-like federation: three cities with mutual TLS, each with its hospitals and
 /// catalogue; a Hangzhou and a Wenzhou employee treated in Ningbo, a Ningbo employee in
 /// Hangzhou.
-async fn federation(root: &Path, pki: &Pki) -> Federation {
-    let mut fed = pki::federation(root, pki, &[HZ, NB, WZ], |_, _| {}).await;
+async fn federation(root: &Path, pki: &Pki, nb_console: u16) -> Federation {
+    let mut fed = pki::federation(root, pki, &[HZ, NB, WZ], |r, c| {
+        if r == NB {
+            c.console_listen = Some(([127, 0, 0, 1], nb_console).into());
+        }
+    })
+    .await;
     let (hz_h, nb_h, nb_h1, wz_h) = (inst::HZ_H3, inst::NB_H3, inst::NB_H1, inst::WZ_H2);
     for n in &fed.nodes {
         publish_policies(n).await;
@@ -252,11 +257,12 @@ fn seed_dispute(node_dir: &Path, period: &str) {
     .expect("seed the dispute");
 }
 
-/// `yidi clearing console-login` for the province's clearing operator.
-fn login_link(op: &pki::Party, console: &str, valid_for: &str) -> String {
+/// `yidi <tool> console-login` (`clearing` for the coordinator's console, `admin` for
+/// a node's) for the operator `op`.
+fn login_link(tool: &str, op: &pki::Party, console: &str, valid_for: &str) -> String {
     let out = Command::new(yidi_bin())
         .args([
-            "clearing",
+            tool,
             "console-login",
             "--console-url",
             console,
@@ -292,7 +298,8 @@ async fn clearing_desk_in_a_browser() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new(&dir.path().join("pki"));
-    let fed = federation(dir.path(), &pki).await;
+    let nb_console = free_port();
+    let fed = federation(dir.path(), &pki, nb_console).await;
     let period = yidi_common::period::Period::of(chrono::Utc::now()).to_string();
     seed_dispute(&fed.node(NB).data_dir, &period);
 
@@ -350,7 +357,7 @@ async fn clearing_desk_in_a_browser() {
     );
 
     // A good link signs in once.
-    let link = login_link(&op, &console, "120");
+    let link = login_link("clearing", &op, &console, "120");
     c.goto(&link).await.expect("goto link");
     c.goto(&format!("{console}/")).await.expect("goto");
     assert_eq!(text(&c, "#title").await, "Rounds");
@@ -520,6 +527,73 @@ async fn clearing_desk_in_a_browser() {
     assert_eq!(text(&c, "#title").await, "Refused");
     assert!(text(&c, "p.error").await.contains("already used"));
     shot(&c, "desk-used-link").await;
+
+    // The agency's console at Ningbo, with a link of Ningbo's admin operator; a link
+    // of the province's operator is not for it.
+    let nb = format!("https://127.0.0.1:{nb_console}");
+    let nb_op = pki.issue(&pki::operator(NB, Role::Admin));
+    c.goto(&login_link("admin", &nb_op, &nb, "60"))
+        .await
+        .expect("goto link");
+    c.goto(&format!("{nb}/")).await.expect("goto");
+    assert_eq!(text(&c, "#title").await, "Overview");
+    let days = text(&c, "#days").await;
+    assert!(days.contains("700.00"), "{days}"); // the two claims' fund share
+    c.find(Locator::Css("svg#settlements-chart"))
+        .await
+        .expect("chart");
+    let peers = text(&c, "#peers").await;
+    assert!(peers.contains(HZ) && peers.contains(WZ), "{peers}");
+    assert_eq!(text(&c, "#outbox-depth").await, "0");
+    shot(&c, "agency-overview").await;
+
+    c.goto(&format!("{nb}/settlements")).await.expect("goto");
+    shot(&c, "agency-settlements").await;
+    let page = c.find(Locator::Css("html")).await.expect("page");
+    let link = c
+        .find(Locator::Css("#settlements a.settlement"))
+        .await
+        .expect("a settlement");
+    let id = link.text().await.expect("id");
+    link.click().await.expect("click");
+    left(&page).await;
+    assert_eq!(text(&c, "#title").await, format!("Settlement {id}"));
+    let split = text(&c, "#split").await;
+    assert!(split.contains("fund_pay_sumamt"), "{split}");
+    let trace = text(&c, "#trace").await;
+    assert!(
+        trace.contains("ledger claim") && trace.contains("receivable"),
+        "{trace}"
+    );
+    shot(&c, "agency-settlement").await;
+
+    c.goto(&format!("{nb}/hospitals")).await.expect("goto");
+    let hs = text(&c, "#hospital-statements").await;
+    assert!(hs.contains(inst::NB_H3), "{hs}");
+    shot(&c, "agency-hospitals").await;
+    c.goto(&format!("{nb}/audit?peer_region={HZ}"))
+        .await
+        .expect("goto");
+    assert!(c.find(Locator::Css("#audit")).await.is_ok());
+    shot(&c, "agency-audit").await;
+    c.goto(&format!("{nb}/login?t={}", link_for_desk(&op)))
+        .await
+        .expect("goto");
+    let why = text(&c, "p.error").await;
+    assert!(why.contains("not this console"), "{why}");
+
     c.close().await.expect("close");
     coord.stop().await;
+}
+
+/// A link for the clearing desk, signed now by the province's operator.
+fn link_for_desk(op: &pki::Party) -> String {
+    yidi_node::console::login::sign(
+        &std::fs::read(&op.cert).expect("cert"),
+        &std::fs::read(&op.key).expect("key"),
+        &pki::coordinator("330000"),
+        chrono::Utc::now().timestamp(),
+        60,
+    )
+    .expect("sign")
 }

@@ -13,6 +13,7 @@
 //! The console needs TLS: without certificates there is no operator to sign in, so a
 //! server in `--insecure` mode refuses `console_listen`.
 
+pub mod agency;
 pub mod desk;
 pub mod login;
 mod page;

@@ -391,6 +391,30 @@ pub fn signed_bars(id: &str, title: &str, rows: &[(String, Decimal)]) -> Markup 
     }
 }
 
+/// A vertical bar chart of counts (settlements per day).
+pub fn count_bars(id: &str, title: &str, rows: &[(String, u64)]) -> Markup {
+    const H: u64 = 160;
+    const BAR: u64 = 26;
+    let max = rows.iter().map(|(_, c)| *c).max().unwrap_or(0).max(1);
+    let n = u64::try_from(rows.len()).unwrap_or(0);
+    let width = 40 + n * (BAR + 8);
+    let height = H + 50;
+    html! {
+        svg id=(id) xmlns="http://www.w3.org/2000/svg" width=(width) height=(height)
+            viewBox={"0 0 " (width) " " (height)} role="img" aria-label=(title) {
+            title { (title) }
+            line x1="30" y1=(H + 10) x2=(width) y2=(H + 10) stroke="#6b7280" {}
+            @for (i, (label, c)) in rows.iter().enumerate() {
+                @let x = 36 + u64::try_from(i).unwrap_or(0) * (BAR + 8);
+                @let h = (c * H / max).max(1);
+                rect x=(x) y=(H + 10 - h) width=(BAR) height=(h) fill="#2f6fb3" {}
+                text x=(x) y=(H + 6 - h) font-size="11" { (c) }
+                text x=(x) y=(H + 26) font-size="10" { (label.get(5..).unwrap_or(label)) }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

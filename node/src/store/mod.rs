@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod lock;
 mod migrations;
 pub mod outbox;
+pub mod overview;
 pub mod person_load;
 pub mod persons;
 pub mod policies;

@@ -16,6 +16,7 @@
 //! demo serves or dials is built by [`url`] and [`channel`], and every node's
 //! configuration by [`node_config`]: that is where certificates plug in once mTLS exists.
 
+mod console;
 mod data;
 mod drive;
 mod pki;
@@ -85,6 +86,13 @@ pub struct DemoArgs {
     /// Serve no Prometheus metrics.
     #[arg(long)]
     pub no_metrics: bool,
+    /// First web console port (the clearing desk; the nodes' consoles take the next
+    /// three). Default: base port + 80.
+    #[arg(long)]
+    pub console_base_port: Option<u16>,
+    /// Serve no web consoles.
+    #[arg(long)]
+    pub no_console: bool,
     /// Persons generated per city, beside the sample persons of deploy/sample.
     #[arg(long, default_value_t = 3000)]
     pub persons: u32,
@@ -146,6 +154,7 @@ fn node_config(layout: &Layout, pki: &pki::Pki, i: usize) -> anyhow::Result<Node
     c.coordinator = Some(url(layout.coordinator));
     c.drain = Duration::from_secs(5);
     c.metrics_listen = layout.node_metrics.map(|m| m[i]);
+    c.console_listen = layout.consoles.map(|(_, n)| n[i]);
     Ok(c)
 }
 
@@ -158,6 +167,8 @@ struct Layout {
     nodes: [SocketAddr; 3],
     coordinator_metrics: Option<SocketAddr>,
     node_metrics: Option<[SocketAddr; 3]>,
+    /// The web consoles: the coordinator's and the nodes'.
+    consoles: Option<(SocketAddr, [SocketAddr; 3])>,
 }
 
 /// Marks a directory as the demo's, so that `--reset` never wipes anything else.
@@ -289,6 +300,7 @@ async fn start(
     cc.security = pki.server(&Identity::Coordinator { province })?;
     cc.drain = Duration::from_secs(5);
     cc.run_interval = Duration::from_secs(2);
+    cc.console_listen = layout.consoles.map(|(c, _)| c);
     tasks.push((
         format!("coordinator {PROVINCE}"),
         tokio::spawn(crate::coordinator::serve(
@@ -463,6 +475,20 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             drop(bind(m + 1 + i as u16, "a node's metrics").await?);
         }
     }
+    let console_base = if args.no_console {
+        None
+    } else {
+        let c = args
+            .console_base_port
+            .unwrap_or_else(|| args.base_port.saturating_add(80));
+        if c > u16::MAX - 3 || c == 0 {
+            bail!("--console-base-port must leave room for four ports (1..=65532)");
+        }
+        for k in 0..4 {
+            drop(bind(c + k, "a web console").await?);
+        }
+        Some(c)
+    };
     let addr = |l: &TcpListener| l.local_addr();
     let layout = Layout {
         dir: args.data_dir.clone(),
@@ -471,6 +497,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         coordinator_metrics: coordinator_metrics.as_ref().map(addr).transpose()?,
         node_metrics: metrics_base
             .map(|m| [1u16, 2, 3].map(|k| SocketAddr::from(([127, 0, 0, 1], m + k)))),
+        consoles: console_base.map(console::addresses),
     };
     let run_no = layout.prepare(args.reset)?;
 
@@ -527,6 +554,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let outcome = match outcome {
         Ok(()) if !args.once => {
             report::print_explore(&layout, &ctx);
+            console::print_links(&layout, &ctx.pki);
             crate::server::shutdown_signal().await;
             eprintln!("\nstopping the federation (draining in-flight requests)…");
             Ok(())

@@ -40,6 +40,7 @@ pub fn console(state: State, tls: Arc<crate::tls::TlsState>) -> Arc<super::Conso
         Agency {
             svc: AdminSvc::new(Arc::clone(&state)),
             state,
+            server: server.clone(),
         },
         me,
         server,
@@ -52,6 +53,7 @@ pub fn console(state: State, tls: Arc<crate::tls::TlsState>) -> Arc<super::Conso
 pub struct Agency {
     state: State,
     svc: AdminSvc,
+    server: Server,
 }
 
 fn call<T>(who: &Principal, msg: T) -> tonic::Request<T> {
@@ -83,6 +85,21 @@ impl App for Agency {
                     req.t("refused"),
                     "the agency's console only reads",
                 );
+            }
+            // Each page reads what these AdminService methods answer: the operator's
+            // role must allow them, as over gRPC.
+            let needs: &[&str] = match segs.as_slice() {
+                [] => &["GetOutbox", "ListReserves"],
+                ["hospitals"] => &["ListInstitutions", "HospitalStatement"],
+                ["audit"] => &["ListAudit"],
+                _ => &["GetNodeInfo"],
+            };
+            for m in needs {
+                if let Err(s) =
+                    crate::auth::authorize(&self.server, &req.who.cert.identity, ADMIN, m)
+                {
+                    return Reply::error(StatusCode::FORBIDDEN, req.t("refused"), s.message());
+                }
             }
             match segs.as_slice() {
                 [] => self.overview(req).await,

@@ -471,7 +471,36 @@ async fn clearing_desk_in_a_browser() {
         .expect("record forms")
         .len();
     assert!(n >= 2, "{n} instructions");
-    for i in 0..n {
+    // The first form sent twice (a double click, a lost answer): one transfer, and the
+    // second answer is the first one's outcome, not "already recorded".
+    let urls = c
+        .execute(
+            "const f = document.querySelector('#instructions form.record');\
+             f.querySelector('input[name=reference]').value = arguments[0];\
+             f.querySelector('input[name=confirm]').checked = true;\
+             const send = () => fetch(f.action, {method: 'POST', body: new URLSearchParams(new FormData(f))});\
+             return (async () => { const a = await send(); const b = await send(); return [a.url, b.url, a.status, b.status]; })();",
+            vec!["BANK-REF-TWICE".into()],
+        )
+        .await
+        .expect("send a form twice");
+    let urls = urls.as_array().expect("answers").clone();
+    assert_eq!(urls[0], urls[1], "{urls:?}");
+    assert_eq!((urls[2].as_u64(), urls[3].as_u64()), (Some(200), Some(200)));
+    c.goto(urls[0].as_str().expect("url")).await.expect("goto");
+    let flash = text(&c, "#flash").await;
+    assert!(
+        flash.contains("recorded with reference BANK-REF-TWICE"),
+        "{flash}"
+    );
+    assert_eq!(
+        text(&c, "#transfers")
+            .await
+            .matches("BANK-REF-TWICE")
+            .count(),
+        2
+    ); // reference and history v1
+    for i in 1..n {
         let reference = format!("BANK-REF-{i}");
         submit(
             &c,
@@ -495,13 +524,13 @@ async fn clearing_desk_in_a_browser() {
         &c,
         "#transfers form.correct",
         &[
-            ("reference", "BANK-REF-0-FIXED"),
+            ("reference", "BANK-REF-FIXED"),
             ("reason", "typo in the bank slip"),
         ],
     )
     .await;
     let flash = text(&c, "#flash").await;
-    assert!(flash.contains("BANK-REF-0-FIXED"), "{flash}");
+    assert!(flash.contains("BANK-REF-FIXED"), "{flash}");
     let transfers = text(&c, "#transfers").await;
     assert!(transfers.contains("typo in the bank slip"), "{transfers}");
 
@@ -596,4 +625,32 @@ fn link_for_desk(op: &pki::Party) -> String {
         60,
     )
     .expect("sign")
+}
+
+/// Without TLS there is no operator to sign in: `console_listen` with `--insecure` is
+/// refused at start, naming the setting, before anything is opened.
+#[test]
+fn a_console_without_tls_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node");
+    let out = Command::new(yidi_bin())
+        .args([
+            "node",
+            "--region",
+            "330100",
+            "--insecure",
+            "--console-listen",
+            "127.0.0.1:1",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("run yidi node");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid console_listen: the console needs mutual TLS"),
+        "{err}"
+    );
+    assert!(!data.exists(), "no store was created");
 }

@@ -341,11 +341,11 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Resp {
         }
     };
     set(h, "content-type", content_type);
-    // No script at all; styles inline; charts are inline SVG.
+    // No script of the page's own; styles inline; charts are inline SVG.
     set(
         h,
         "content-security-policy",
-        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     );
     set(h, "x-frame-options", "DENY");
     set(h, "x-content-type-options", "nosniff");

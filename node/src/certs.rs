@@ -24,7 +24,9 @@ use rcgen::{
 };
 use yidi_common::region::RegionCode;
 
-use crate::identity::{CertInfo, Identity, Role, normalize_serial, validate_institution_code};
+use crate::identity::{
+    CertInfo, Identity, Role, normalize_serial, read_revoked, validate_institution_code,
+};
 
 /// The CA's certificate file name inside its directory (also copied next to every
 /// certificate issued, since every party needs it to verify the others).
@@ -455,33 +457,6 @@ pub fn revoke(ca_dir: &Path, serial: &str, reason: &str) -> anyhow::Result<bool>
     Ok(true)
 }
 
-/// Reads a revocation list: one serial per line, `#` comments and blank lines ignored.
-/// A line that is not a serial is an error naming its line number: a typo must not
-/// silently leave a certificate trusted.
-pub fn read_revoked(path: &Path) -> anyhow::Result<BTreeSet<String>> {
-    let text =
-        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse_revoked(&text).with_context(|| path.display().to_string())
-}
-
-/// Parses the text of a revocation list.
-pub fn parse_revoked(text: &str) -> anyhow::Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        match normalize_serial(line) {
-            Some(s) => {
-                out.insert(s);
-            }
-            None => bail!("line {}: {line:?} is not a hexadecimal serial", i + 1),
-        }
-    }
-    Ok(out)
-}
-
 /// Reads the first certificate of a PEM file and what it says.
 pub fn show(file: &Path) -> anyhow::Result<CertInfo> {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
@@ -667,6 +642,7 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::parse_revoked;
 
     #[test]
     fn revocation_list_parses_and_refuses_typos() {

@@ -151,7 +151,7 @@ pub struct NodeConfig {
     /// How far ahead of this node's clock request dates and peers' clocks may be.
     pub max_clock_skew: Duration,
     /// Fault injection (tests only).
-    pub hooks: crate::service::TestHooks,
+    pub hooks: crate::context::TestHooks,
 }
 
 impl NodeConfig {
@@ -175,7 +175,7 @@ impl NodeConfig {
             metrics_listen: None,
             check_store: crate::store::CheckStore::Auto,
             max_clock_skew: crate::clock::DEFAULT_MAX_SKEW,
-            hooks: crate::service::TestHooks::default(),
+            hooks: crate::context::TestHooks::default(),
         }
     }
 
@@ -278,7 +278,7 @@ impl NodeConfig {
                 .map_or(crate::clock::DEFAULT_MAX_SKEW, |s| {
                     Duration::from_secs(s.clamp(1, 86_400))
                 }),
-            hooks: crate::service::TestHooks::default(),
+            hooks: crate::context::TestHooks::default(),
             region,
         };
         // Refuse plain text off loopback (and TLS without its files) before anything starts.

@@ -50,7 +50,6 @@ use crate::{
     config::NodeConfig,
     coordinator::CoordinatorConfig,
     identity::{Identity, Role},
-    metrics,
     tls::ClientArgs,
 };
 use data::{CITIES, CityData, LoadCounts, PROVINCE, Person};
@@ -298,12 +297,14 @@ async fn start(
         )),
     ));
     if let Some(l) = listeners.coordinator_metrics {
-        let m = Arc::new(metrics::CoordinatorMetrics::new(PROVINCE, &coord_dir));
+        let m = Arc::new(crate::coordinator::metrics::CoordinatorMetrics::new(
+            PROVINCE, &coord_dir,
+        ));
         let stop = stopped(rx.clone());
         tasks.push((
             "coordinator metrics".into(),
             tokio::spawn(async move {
-                metrics::serve_coordinator(l, stop, m).await;
+                crate::coordinator::metrics::serve_metrics(l, stop, m).await;
                 Ok(())
             }),
         ));

@@ -122,7 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             yidi_node::server::init_tracing(config.log_json);
             let rt = tokio::runtime::Runtime::new()?;
             let listen = config.metrics_listen;
-            rt.block_on(yidi_node::metrics::run_coordinator(config, listen))?;
+            rt.block_on(yidi_node::coordinator::run_with_metrics(config, listen))?;
         }
         Command::Admin(args) => {
             let rt = tokio::runtime::Runtime::new()?;

@@ -24,11 +24,10 @@ use yidi_common::{
 use crate::{
     Error, Result,
     config::NodeConfig,
+    context::NodeState,
     peers::PeerDirectory,
     policy_cache::PolicyCache,
-    service::{
-        NodeState, admin::AdminSvc, clearing::ClearingSvc, hospital::HospitalSvc, peer::PeerSvc,
-    },
+    service::{admin::AdminSvc, clearing::ClearingSvc, hospital::HospitalSvc, peer::PeerSvc},
     settlement::{outbox, treatment},
     store::Store,
 };
@@ -188,7 +187,8 @@ pub async fn serve(
         tasks.spawn(crate::metrics::serve_node(
             l,
             stopped(bg.clone()),
-            Arc::clone(&state),
+            Arc::clone(&state.metrics),
+            state.store.clone(),
         ));
     }
     if let Some(t) = &tls {

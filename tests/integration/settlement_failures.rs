@@ -16,7 +16,7 @@ use yidi_common::proto::{
     self, AgreementStatus as As, FilingType as Ft, HospitalLevel as Hl, InstitutionKind as Ik,
     InsuranceType as It, PersonType as Pt, VisitKind as Vk,
 };
-use yidi_node::service::TestHooks;
+use yidi_node::context::TestHooks;
 use yidi_tests::{
     fixtures::{
         Desk, VISIT_OPENED as ADMITTED, acc_tuple, account_balance, accumulators, assert_split,

@@ -291,11 +291,7 @@ impl FirstLines {
             std::collections::hash_map::Entry::Occupied(first) => Some(RowError {
                 row: line.line,
                 field: self.column.to_owned(),
-                reason: crate::service::admin::repeated_reason(
-                    first.key(),
-                    *first.get(),
-                    self.what,
-                ),
+                reason: crate::records::repeated_reason(first.key(), *first.get(), self.what),
             }),
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(line.line);

@@ -30,7 +30,7 @@ use yidi_common::{period, proto::RowError, region::RegionCode};
 
 use super::import::{Columns, Line, PERSON_COLUMNS, Report, next_line, open_csv};
 use crate::{
-    service::admin::{person_from_row, row_error},
+    records::{person_from_row, row_error},
     store::{
         Store, lock,
         person_load::{self, Phase, Rows},

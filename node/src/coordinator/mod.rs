@@ -4,6 +4,7 @@
 //! and driven both by the operator (CoordinatorService) and by a background loop that
 //! retries whatever waits on an unreachable participant.
 
+pub mod metrics;
 mod round;
 mod service;
 pub mod store;
@@ -453,4 +454,32 @@ pub async fn run(config: CoordinatorConfig) -> Result<()> {
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
     serve(listener, crate::server::shutdown_signal(), config).await
+}
+
+/// Runs the coordinator (until SIGINT/SIGTERM) and, when `metrics_listen` is set, its
+/// metrics beside it; the metrics stop with the coordinator.
+pub async fn run_with_metrics(
+    config: CoordinatorConfig,
+    metrics_listen: Option<SocketAddr>,
+) -> Result<()> {
+    let Some(addr) = metrics_listen else {
+        return run(config).await;
+    };
+    let listener = crate::metrics::bind(addr).await?;
+    let metrics = Arc::new(metrics::CoordinatorMetrics::new(
+        config.region.as_str(),
+        &config.data_dir,
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(metrics::serve_metrics(
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+        metrics,
+    ));
+    let out = run(config).await;
+    let _ = stop.send(());
+    let _ = task.await;
+    out
 }

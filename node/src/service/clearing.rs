@@ -15,7 +15,7 @@ use yidi_common::{
     region::RegionCode,
 };
 
-use super::State;
+use crate::context::State;
 use crate::{
     Error, Result,
     idempotency::{self, RequestKey, payload_hash},

@@ -9,7 +9,7 @@ use yidi_common::{
     region::RegionCode,
 };
 
-use super::NodeState;
+use crate::context::NodeState;
 use crate::{
     Error, Result, funds,
     idempotency::{self, RequestKey, payload_hash},

@@ -237,10 +237,7 @@ pub fn eligibility(
     Ok(proto::EligibilityResponse {
         eligible: why_not.is_none(),
         reason: why_not.unwrap_or_default(),
-        filing: v
-            .filing
-            .as_ref()
-            .map(crate::service::admin::filing_to_proto),
+        filing: v.filing.as_ref().map(crate::records::filing_to_proto),
         applied_filing_type: applied.map(FilingType::to_proto).unwrap_or_default(),
         accumulators: Some(v.accumulators.to_proto()),
         account_balance: money::format(money::from_fen(v.person.rec.account_fen)),

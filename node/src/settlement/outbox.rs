@@ -17,7 +17,7 @@ use yidi_common::{
 use super::treatment::{finish_committed, now_ms};
 use crate::{
     Error, Result,
-    service::NodeState,
+    context::NodeState,
     store::{
         ledger::{self, Side},
         outbox::{self, Item},

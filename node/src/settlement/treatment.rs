@@ -23,16 +23,13 @@ use yidi_common::{
     types::{AgreementStatus, FilingType, HospitalLevel, InsuranceType, PersonType, VisitKind},
 };
 
-use super::{
-    classified_line,
-    eligibility_cache::{HOME_ANSWERED_WITHIN, PRESETTLE_REUSE, SETTLE_REUSE},
-    engine_line, home, split_fen, wire_date,
-};
+use super::{classified_line, engine_line, home, split_fen, wire_date};
 use crate::{
     Error, Result,
+    context::{InFlightGuard, NodeState},
+    eligibility_cache::{HOME_ANSWERED_WITHIN, PRESETTLE_REUSE, SETTLE_REUSE},
     idempotency::{self, RequestKey, payload_hash},
     policy_cache::PolicyCache,
-    service::NodeState,
     store::{
         catalogue,
         institutions::{self, InstitutionRec},
@@ -49,53 +46,6 @@ const COMMIT_ATTEMPTS: usize = 6;
 /// always a call still running (those are known exactly, see [`InFlight`]), and a repeat
 /// of the hospital's request resolves its own intent at once anyway.
 pub const RECOVERY_MIN_AGE: Duration = Duration::from_secs(5);
-
-/// The intents someone in this process is working on: a Settle call whose CommitClaim
-/// may be on the way, or a resolver asking the home node about it. Only one may act on an
-/// intent at a time — a repeat of the request (or recovery) must not abandon an intent
-/// at the home node while its CommitClaim is in flight, and two resolvers must not race
-/// (one finishing it as committed while the other abandons it). Any other pending
-/// intent — from before a restart, or left in doubt by a call that has returned — is
-/// resolved at once.
-#[derive(Default)]
-pub struct InFlight(std::sync::Mutex<std::collections::HashSet<String>>);
-
-impl InFlight {
-    /// Claims the intent: `false` when someone else holds it.
-    fn claim(&self, settlement_id: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(settlement_id.to_owned())
-    }
-
-    fn release(&self, settlement_id: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(settlement_id);
-    }
-
-    /// Claims the intent for the life of the guard, unless someone else holds it.
-    fn try_enter(self: &Arc<Self>, settlement_id: &str) -> Option<InFlightGuard> {
-        self.claim(settlement_id).then(|| InFlightGuard {
-            set: Arc::clone(self),
-            settlement_id: settlement_id.to_owned(),
-        })
-    }
-}
-
-/// Releases its intent in [`InFlight`] when the call ends (however it ends).
-struct InFlightGuard {
-    set: Arc<InFlight>,
-    settlement_id: String,
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.set.release(&self.settlement_id);
-    }
-}
 
 /// Idempotency scope of an institution's requests.
 #[must_use]
@@ -2548,7 +2498,7 @@ pub async fn list_settlements(
     institution(st, &req.institution_code).await?;
     let (from, to) = date_range(&req.from_date, &req.to_date)?;
     let page = req.page.unwrap_or_default();
-    let limit = crate::service::page_size(page.page_size);
+    let limit = crate::context::page_size(page.page_size);
     let region = st.region;
     st.store
         .read(move |conn| {

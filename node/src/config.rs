@@ -181,19 +181,7 @@ impl NodeConfig {
 
     /// Resolves flags, environment and the config file into a config.
     pub fn resolve(args: &NodeArgs) -> Result<Self> {
-        let file = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    Error::invalid("config", format!("cannot read {}: {e}", path.display()))
-                })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| {
-                    wrong_daemon(&text, path, Daemon::Node).unwrap_or_else(|| {
-                        Error::invalid("config", format!("{}: {e}", path.display()))
-                    })
-                })?
-            }
-            None => FileConfig::default(),
-        };
+        let file: FileConfig = read_file(args.config.as_deref(), Daemon::Node)?;
         let region = args.region.clone().or(file.region).ok_or_else(|| {
             Error::invalid(
                 "region",
@@ -366,6 +354,23 @@ const COORDINATOR_ONLY_KEYS: [&str; 3] = [
     "run_interval_seconds",
     "call_timeout_ms",
 ];
+
+/// A daemon's config file (`this`'s keys), or all defaults without one. A file of the
+/// other daemon is refused with an error naming the command that takes it.
+pub(crate) fn read_file<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&Path>,
+    this: Daemon,
+) -> Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::invalid("config", format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str::<T>(&text).map_err(|e| {
+        wrong_daemon(&text, path, this)
+            .unwrap_or_else(|| Error::invalid("config", format!("{}: {e}", path.display())))
+    })
+}
 
 /// The error for a config file of the other daemon (`None` when it is not one), naming
 /// the command that takes it.

@@ -394,8 +394,8 @@ async fn connect(
         };
         let ch = channel(*addr, &pki.client(&operator)?)?;
         let mut admin = AdminServiceClient::new(ch)
-            .max_decoding_message_size(crate::server::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(crate::server::MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(crate::serving::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::serving::MAX_MESSAGE_BYTES);
         // Ready when it answers (its store is open and migrated), never after a sleep.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -520,7 +520,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let outcome = tokio::select! {
         r = steps(&mut ctx, &args, started) => r,
-        () = crate::server::shutdown_signal() => {
+        () = crate::serving::shutdown_signal() => {
             eprintln!("\ninterrupted; stopping the federation");
             Err(anyhow::anyhow!("interrupted"))
         }
@@ -528,7 +528,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let outcome = match outcome {
         Ok(()) if !args.once => {
             report::print_explore(&layout, &ctx);
-            crate::server::shutdown_signal().await;
+            crate::serving::shutdown_signal().await;
             eprintln!("\nstopping the federation (draining in-flight requests)…");
             Ok(())
         }

@@ -30,6 +30,7 @@ pub mod quote;
 pub mod records;
 pub mod server;
 pub mod service;
+pub mod serving;
 pub mod settlement;
 pub mod store;
 pub mod tls;

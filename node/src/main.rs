@@ -107,7 +107,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", rt.block_on(async { config.check() })?);
                 return Ok(());
             }
-            yidi_node::server::init_tracing(config.log_json);
+            yidi_node::serving::init_tracing(config.log_json);
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(yidi_node::server::run(config))?;
         }
@@ -119,7 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", rt.block_on(async { config.check() })?);
                 return Ok(());
             }
-            yidi_node::server::init_tracing(config.log_json);
+            yidi_node::serving::init_tracing(config.log_json);
             let rt = tokio::runtime::Runtime::new()?;
             let listen = config.metrics_listen;
             rt.block_on(yidi_node::coordinator::run_with_metrics(config, listen))?;

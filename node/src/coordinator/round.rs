@@ -40,7 +40,7 @@ pub(crate) const PARALLEL_CALLS: usize = 32;
 fn client(st: &CoordState, region: &str) -> Result<Client> {
     Ok(
         ClearingParticipantClient::new(st.participants.get(region)?.channel())
-            .max_decoding_message_size(crate::server::MAX_MESSAGE_BYTES),
+            .max_decoding_message_size(crate::serving::MAX_MESSAGE_BYTES),
     )
 }
 

@@ -122,6 +122,8 @@ struct FileConfig {
     metrics_listen: Option<SocketAddr>,
     check_store: Option<crate::store::CheckStore>,
     max_clock_skew_seconds: Option<u64>,
+    write_queue_capacity: Option<usize>,
+    write_queue_wait_ms: Option<u64>,
 }
 
 /// A node's resolved configuration.
@@ -150,6 +152,11 @@ pub struct NodeConfig {
     pub check_store: crate::store::CheckStore,
     /// How far ahead of this node's clock request dates and peers' clocks may be.
     pub max_clock_skew: Duration,
+    /// Write requests that may wait for the store's writer (`write_queue_capacity`).
+    pub write_queue_capacity: usize,
+    /// How long a write waits for room in a full queue before it is refused with
+    /// RESOURCE_EXHAUSTED (`write_queue_wait_ms`).
+    pub write_queue_wait: Duration,
     /// Fault injection (tests only).
     pub hooks: crate::context::TestHooks,
 }
@@ -175,6 +182,8 @@ impl NodeConfig {
             metrics_listen: None,
             check_store: crate::store::CheckStore::Auto,
             max_clock_skew: crate::clock::DEFAULT_MAX_SKEW,
+            write_queue_capacity: crate::store::DEFAULT_QUEUE_CAPACITY,
+            write_queue_wait: crate::store::DEFAULT_FULL_WAIT,
             hooks: crate::context::TestHooks::default(),
         }
     }
@@ -266,6 +275,15 @@ impl NodeConfig {
                 .map_or(crate::clock::DEFAULT_MAX_SKEW, |s| {
                     Duration::from_secs(s.clamp(1, 86_400))
                 }),
+            write_queue_capacity: file
+                .write_queue_capacity
+                .unwrap_or(crate::store::DEFAULT_QUEUE_CAPACITY)
+                .clamp(1, 1_000_000),
+            write_queue_wait: file
+                .write_queue_wait_ms
+                .map_or(crate::store::DEFAULT_FULL_WAIT, |ms| {
+                    Duration::from_millis(ms.min(60_000))
+                }),
             hooks: crate::context::TestHooks::default(),
             region,
         };
@@ -339,7 +357,7 @@ pub(crate) enum Daemon {
 
 /// Keys only a node's config has, and keys only a coordinator's has: a file that fails
 /// to parse for one daemon but carries the other's keys was given to the wrong command.
-const NODE_ONLY_KEYS: [&str; 8] = [
+const NODE_ONLY_KEYS: [&str; 10] = [
     "name",
     "peers_file",
     "coordinator",
@@ -348,6 +366,8 @@ const NODE_ONLY_KEYS: [&str; 8] = [
     "clearing_auto_confirm",
     "hospital_rate_per_second",
     "hospital_burst",
+    "write_queue_capacity",
+    "write_queue_wait_ms",
 ];
 const COORDINATOR_ONLY_KEYS: [&str; 3] = [
     "participants_file",

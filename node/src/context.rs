@@ -36,6 +36,10 @@ pub struct TestHooks {
     /// As a home node, an abandonment (ReverseClaim `abandon_only`) is recorded and its
     /// answer lost (UNAVAILABLE).
     pub abandon_answer_lost: Arc<AtomicBool>,
+    /// The store's writer runs nothing while set: the next write it takes waits, later
+    /// ones queue up to `write_queue_capacity` and are then refused, as behind a
+    /// writer stuck on a slow disk.
+    pub hold_store_writer: Arc<AtomicBool>,
 }
 
 /// What every service of a node needs.

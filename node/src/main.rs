@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 // mimalloc rather than glibc's malloc: under load a node allocates and frees many small
-// buffers across threads (gRPC frames, rows, protobuf messages), where glibc spent about
-// 15% of the CPU in its arenas (docs/performance.md).
+// buffers across threads (gRPC frames, rows, protobuf messages), where glibc spent a
+// large share of the CPU in its arenas (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

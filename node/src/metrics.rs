@@ -45,9 +45,9 @@ use crate::{
 /// The content type of the exposition (OpenMetrics text; Prometheus asks for it).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Latency buckets in seconds: an unloaded local settle takes well under a millisecond of
-/// server time plus an fsync; a cross-region one two round trips and two fsyncs; the
-/// design's p99 target is 25 ms, so the buckets are densest around it.
+/// Latency buckets in seconds: an unloaded local settle costs little server time plus an
+/// fsync; a cross-region one two round trips and two fsyncs; the design's p99 target is
+/// 25 ms, so the buckets are densest around it.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.000_5, 0.001, 0.002, 0.003, 0.005, 0.007_5, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
 ];
@@ -258,6 +258,8 @@ struct StoreCounters {
     requests: Counter,
     run_seconds: Counter<f64, AtomicU64>,
     commit_seconds: Counter<f64, AtomicU64>,
+    queue_depth: Gauge,
+    rejected: Counter,
     /// The totals at the last scrape (counters only go up by what happened since).
     seen: std::sync::Mutex<WriterTotals>,
 }
@@ -284,6 +286,16 @@ impl StoreCounters {
             "Time the writer spent committing (writing the log and waiting for the disk's fsync)",
             self.commit_seconds.clone(),
         );
+        registry.register(
+            "yidi_store_write_queue_depth",
+            "Write requests waiting for the store's writer at the scrape; near write_queue_capacity the node is about to refuse writes",
+            self.queue_depth.clone(),
+        );
+        registry.register(
+            "yidi_store_writes_rejected",
+            "Write requests refused with RESOURCE_EXHAUSTED because the writer's queue stayed full for write_queue_wait_ms (nothing written)",
+            self.rejected.clone(),
+        );
     }
 
     fn update(&self, now: WriterTotals) {
@@ -297,6 +309,10 @@ impl StoreCounters {
             .inc_by(now.run.saturating_sub(seen.run).as_secs_f64());
         self.commit_seconds
             .inc_by(now.commit.saturating_sub(seen.commit).as_secs_f64());
+        self.queue_depth
+            .set(i64::try_from(now.queued).unwrap_or(i64::MAX));
+        self.rejected
+            .inc_by(now.rejected.saturating_sub(seen.rejected));
         *seen = now;
     }
 }
@@ -997,12 +1013,16 @@ mod tests {
             jobs: 10,
             run: ms(2),
             commit: ms(5),
+            queued: 7,
+            rejected: 2,
         });
         m.store.update(WriterTotals {
             transactions: 5,
             jobs: 16,
             run: ms(3),
             commit: ms(9),
+            queued: 4,
+            rejected: 3,
         });
         let text = m.encode();
         for line in [
@@ -1010,6 +1030,8 @@ mod tests {
             r#"yidi_store_requests_total{region="330200"} 16"#,
             r#"yidi_store_run_seconds_total{region="330200"} 0.003"#,
             r#"yidi_store_commit_seconds_total{region="330200"} 0.009"#,
+            r#"yidi_store_write_queue_depth{region="330200"} 4"#,
+            r#"yidi_store_writes_rejected_total{region="330200"} 3"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -71,8 +71,13 @@ pub async fn serve(
     let readers = config.read_connections;
     let region = config.region.to_string();
     let check = config.check_store;
+    let queue = crate::store::WriteQueue {
+        capacity: config.write_queue_capacity,
+        full_wait: config.write_queue_wait,
+        hold: Arc::clone(&config.hooks.hold_store_writer),
+    };
     let store =
-        tokio::task::spawn_blocking(move || Store::open_checked(&dir, readers, &region, check))
+        tokio::task::spawn_blocking(move || Store::open_node(&dir, readers, &region, check, queue))
             .await
             .map_err(|e| Error::Internal(format!("store open task failed: {e}")))??;
     let peers = {

@@ -28,3 +28,4 @@ mod settlement_concurrency;
 mod settlement_failures;
 mod settlement_flows;
 mod store_files;
+mod write_queue;

@@ -462,7 +462,7 @@ DROP INDEX audit_by_person;
 // `yidi load-persons` can drop it and build it by sorting like the other indexes of the
 // register (an automatic index of a constraint cannot be dropped). The look-up hash as
 // its 32 bytes instead of 64 hex characters: its index — one randomly placed entry per
-// person — shrinks by 40 %, and with it the cost of building or updating it. SQLite cannot drop a
+// person — shrinks, and with it the cost of building or updating it. SQLite cannot drop a
 // constraint in place: the table is rebuilt (the copy runs in ID order, so its pages are
 // filled one after another) with foreign keys off, which `migrate` arranges.
 const V9_CARD_INDEX: &str = r"
@@ -501,8 +501,8 @@ DROP INDEX ledger_by_round;
 CREATE INDEX ledger_by_round ON ledger (round_id) WHERE round_id IS NOT NULL;
 ";
 
-// The stored answers of Settle and CommitClaim (1.2–2.5 KB) are larger than a row of a
-// WITHOUT ROWID table keeps on its page (~1,000 bytes at 4 KiB pages): each spilled to an
+// The stored answers of Settle and CommitClaim are larger than a row of a WITHOUT ROWID
+// table keeps on its page (see docs/performance.md for their sizes): each spilled to an
 // overflow page of its own, a leaf held about three rows and split every few inserts —
 // pages in both nodes' commits of every claim. In a rowid table a row keeps up to ~4 KB
 // on its page and new rows are appended at the table's end (one page shared by a

@@ -246,10 +246,9 @@ fn parse_bool(s: &str, field: &str) -> Result<bool> {
     }
 }
 
-pub(crate) fn person_from_row(
-    r: &proto::PersonRow,
-    clock: &crate::clock::Clock,
-) -> Result<PersonRec> {
+/// Validates one row of a person import into the record it stores; `yidi load-persons`
+/// reads its file with the same rules as `ImportPersons`.
+pub fn person_from_row(r: &proto::PersonRow, clock: &crate::clock::Clock) -> Result<PersonRec> {
     let status = if r.status.trim().is_empty() {
         PersonStatus::Active
     } else {
@@ -453,7 +452,7 @@ fn institution_to_proto(i: &InstitutionRec) -> proto::Institution {
 
 /// The reason of an import row repeating the key of row `first`: the CLI (across a
 /// whole file) and the node (within one request) refuse the later row in these words.
-pub(crate) fn repeated_reason(key: &str, first: u64, what: &str) -> String {
+pub fn repeated_reason(key: &str, first: u64, what: &str) -> String {
     format!(
         "{key} is already on line {first}; the file must have one row per {what} (this line was not imported)"
     )
@@ -484,7 +483,8 @@ fn refuse_repeats<R, T>(
     }
 }
 
-pub(crate) fn row_error(row: u64, e: Error) -> proto::RowError {
+/// A refused import row as the reply reports it (the offline load prints the same).
+pub fn row_error(row: u64, e: Error) -> proto::RowError {
     match e {
         Error::Invalid { field, reason } => proto::RowError { row, field, reason },
         other => proto::RowError {

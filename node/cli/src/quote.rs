@@ -510,7 +510,7 @@ pub fn run_engine_bench(args: &EngineBenchArgs) -> anyhow::Result<()> {
     }
     let policy = match &args.policy {
         Some(p) => load_policy(p)?,
-        None => Policy::from_toml(include_str!("../../deploy/policy.sample.toml"))?,
+        None => Policy::from_toml(include_str!("../../../deploy/policy.sample.toml"))?,
     };
     let (mut person, acc, mut visit) = bench_inputs();
     person.insurance_type = policy.insurance_type;

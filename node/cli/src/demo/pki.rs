@@ -11,11 +11,12 @@ use std::{
 
 use anyhow::Context;
 
-use crate::{
-    certs::{self, Validity},
+use yidi_node::{
     identity::Identity,
     tls::{ClientArgs, SecurityConfig},
 };
+
+use crate::certs::{self, Validity};
 
 /// The demo CA's lifetime: a long-lived development directory keeps working.
 const CA_DAYS: u32 = 3650;

@@ -4,7 +4,7 @@
 //! Same file format, same per-row validation and the same report (progress bar,
 //! rejected rows, `--errors`, `--json`, exit codes 0/2/1) as `yidi admin person
 //! import`, which stays the way to bring changes into a running node. What differs is
-//! the path to disk (see [`crate::store::person_load`]): rows are staged, written in ID
+//! the path to disk (see [`yidi_node::store::person_load`]): rows are staged, written in ID
 //! order and indexed by sorting, in one transaction — millions of rows per minute
 //! where the online import, maintaining randomly keyed indexes row by row under
 //! commits, slows down as the register grows.
@@ -29,7 +29,7 @@ use clap::Args;
 use yidi_common::{period, proto::RowError, region::RegionCode};
 
 use super::import::{Columns, Line, PERSON_COLUMNS, Report, next_line, open_csv};
-use crate::{
+use yidi_node::{
     service::admin::{person_from_row, row_error},
     store::{
         Store, lock,
@@ -72,7 +72,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<i32> {
     // A store with persons is refused before anything is changed or read (opening it
     // for the load would first bring its schema up to date, which can take minutes).
     // The load checks again inside its transaction.
-    let existing = args.data_dir.join(crate::store::DB_FILE);
+    let existing = args.data_dir.join(yidi_node::store::DB_FILE);
     if existing.exists() {
         // Read-only: a read-write connection's close would apply and remove the log of
         // a node that did not stop cleanly, before the store's checks have looked at it.
@@ -210,7 +210,7 @@ fn read(
 fn check(rx: &Mutex<mpsc::Receiver<Vec<Line>>>, cols: &Columns) -> (Rows, Vec<RowError>) {
     let (mut rows, mut errors) = (Rows::default(), Vec::new());
     // Offline, with no node running: the system clock and the default bound.
-    let clock = crate::clock::Clock::default();
+    let clock = yidi_node::clock::Clock::default();
     loop {
         // The lock is held only to take a chunk, not while checking it.
         let next = rx.lock().map(|r| r.recv());

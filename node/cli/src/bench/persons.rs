@@ -368,7 +368,7 @@ async fn measure(args: &PersonsBenchArgs, dir: &Path) -> anyhow::Result<()> {
         );
     }
 
-    let db = dir.join(REGION).join(crate::store::DB_FILE);
+    let db = dir.join(REGION).join(yidi_node::store::DB_FILE);
     let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
     println!("store: {} ({:.2} GB)", db.display(), size as f64 / 1e9);
     report.insert("store_bytes".into(), json!(size));

@@ -1,6 +1,6 @@
 //! `yidi backup`: an online backup of a node's (or the coordinator's) SQLite store while
 //! it runs, through SQLite's backup API; and `yidi check-store`, the offline check of a
-//! stopped node's store (`crate::store::integrity`).
+//! stopped node's store (`yidi_node::store::integrity`).
 //!
 //! The store is in WAL mode, so a reader never blocks the writer: the whole database is
 //! copied in ONE backup step, i.e. inside one read transaction, which yields a consistent
@@ -49,7 +49,7 @@ pub struct CheckStoreArgs {
 /// when the store is damaged.
 pub fn check_store(args: &CheckStoreArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let r = crate::store::Store::check_offline(&args.data_dir)?;
+    let r = yidi_node::store::Store::check_offline(&args.data_dir)?;
     println!(
         "store {} ok: region {}, schema version {}, {} bytes, quick_check passed in {:.1?}{}",
         r.path.display(),

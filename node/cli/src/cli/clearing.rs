@@ -59,7 +59,7 @@ pub struct ClearingArgs {
     pub timeout: u64,
     /// Mutual TLS: --ca, --cert (an operator certificate of the province), --key.
     #[command(flatten)]
-    pub tls: crate::tls::ClientArgs,
+    pub tls: yidi_node::tls::ClientArgs,
     #[command(subcommand)]
     pub command: ClearingCommand,
 }
@@ -638,7 +638,7 @@ async fn execute(ctx: &mut Ctx, cmd: ClearingCommand) -> anyhow::Result<i32> {
 
 /// A channel to the coordinator; fails fast (UNAVAILABLE, before anything is sent)
 /// when nothing listens there.
-async fn connect(url: &str, tls: &crate::tls::ClientArgs) -> anyhow::Result<Client> {
+async fn connect(url: &str, tls: &yidi_node::tls::ClientArgs) -> anyhow::Result<Client> {
     let tls_config = tls.config()?;
     let plain = tls_config.is_none();
     let endpoint = tls
@@ -650,7 +650,7 @@ async fn connect(url: &str, tls: &crate::tls::ClientArgs) -> anyhow::Result<Clie
         })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    if plain && crate::tls::wants_tls(&endpoint).await {
+    if plain && yidi_node::tls::wants_tls(&endpoint).await {
         return Err(Status::unavailable(format!(
             "the coordinator at {url} requires TLS: pass --ca, --cert and --key (or YIDI_CA, YIDI_CERT, YIDI_KEY); \
              `yidi certs operator` issues them (docs/security.md)"

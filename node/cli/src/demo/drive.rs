@@ -21,7 +21,7 @@ use yidi_common::{
 };
 
 use super::data::{After, Category, Scenario, yuan};
-use crate::metrics::code_label;
+use yidi_node::metrics::code_label;
 
 /// What became of one visit.
 #[derive(Debug)]

@@ -291,7 +291,7 @@ impl FirstLines {
             std::collections::hash_map::Entry::Occupied(first) => Some(RowError {
                 row: line.line,
                 field: self.column.to_owned(),
-                reason: crate::service::admin::repeated_reason(
+                reason: yidi_node::service::admin::repeated_reason(
                     first.key(),
                     *first.get(),
                     self.what,

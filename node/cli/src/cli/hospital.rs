@@ -77,7 +77,7 @@ pub struct HospitalArgs {
     pub timeout: u64,
     /// Mutual TLS: --ca, --cert (this institution's certificate), --key.
     #[command(flatten)]
-    pub tls: crate::tls::ClientArgs,
+    pub tls: yidi_node::tls::ClientArgs,
     #[command(subcommand)]
     pub command: HospitalCommand,
 }
@@ -326,7 +326,7 @@ impl Ctx {
 }
 
 /// Connects to the node. A failure here means nothing was sent.
-async fn connect(node: &str, tls: &crate::tls::ClientArgs) -> anyhow::Result<Client> {
+async fn connect(node: &str, tls: &yidi_node::tls::ClientArgs) -> anyhow::Result<Client> {
     Ok(HospitalServiceClient::new(
         admin::channel(node, tls, None).await?,
     ))

@@ -45,7 +45,7 @@ use yidi_common::{
     region::RegionCode,
 };
 
-use crate::{
+use yidi_node::{
     coordinator::{self, CoordinatorConfig},
     store::ledger::record_bytes,
 };

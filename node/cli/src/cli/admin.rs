@@ -49,7 +49,7 @@ pub struct AdminArgs {
     pub request_id: Option<String>,
     /// Mutual TLS: --ca, --cert (an operator certificate of this node's region), --key.
     #[command(flatten)]
-    pub tls: crate::tls::ClientArgs,
+    pub tls: yidi_node::tls::ClientArgs,
     /// Deadline of each call in seconds (an import applies it to every batch): a node
     /// that stops answering fails the command with DEADLINE_EXCEEDED instead of
     /// hanging it.
@@ -1122,7 +1122,7 @@ impl Globals {
 /// the channel fails with DEADLINE_EXCEEDED when it takes longer.
 pub async fn channel(
     node: &str,
-    tls: &crate::tls::ClientArgs,
+    tls: &yidi_node::tls::ClientArgs,
     deadline: Option<Duration>,
 ) -> anyhow::Result<Channel> {
     let tls_config = tls.config()?;
@@ -1134,7 +1134,7 @@ pub async fn channel(
         })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    if plain && crate::tls::wants_tls(&endpoint).await {
+    if plain && yidi_node::tls::wants_tls(&endpoint).await {
         return Err(Status::unavailable(format!(
             "the node at {node} requires TLS: pass --ca, --cert and --key (or YIDI_CA, YIDI_CERT, YIDI_KEY); \
              `yidi certs operator` or `yidi certs hospital` issues them (docs/security.md)"

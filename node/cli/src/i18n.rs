@@ -2,7 +2,7 @@
 //! starting with `zh`), for agency staff who read Chinese, and the labels it picks. JSON
 //! output keeps the codes: it is for machines.
 //!
-//! The labels live in `node/locales/en.yml` and `zh.yml`, embedded at compile time by
+//! The labels live in `node/cli/locales/en.yml` and `zh.yml`, embedded at compile time by
 //! `rust-i18n` (`rust_i18n::i18n!` in `lib.rs`) and looked up with
 //! `t!("key", locale = lang.code())`. A key missing from one locale would silently fall
 //! back to English, so a test here requires both files to hold the same keys. Domain codes

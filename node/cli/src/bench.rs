@@ -63,7 +63,7 @@ use yidi_common::{
     region::RegionCode,
 };
 
-use crate::config::NodeConfig;
+use yidi_node::config::NodeConfig;
 
 /// The cities of the in-process federation.
 pub const CITIES: [(&str, &str); 3] = [
@@ -77,32 +77,32 @@ const POLICIES: [(&str, &str, &str); 6] = [
     (
         "330100",
         "employee",
-        include_str!("../../deploy/policies/330100-employee.toml"),
+        include_str!("../../../deploy/policies/330100-employee.toml"),
     ),
     (
         "330100",
         "resident",
-        include_str!("../../deploy/policies/330100-resident.toml"),
+        include_str!("../../../deploy/policies/330100-resident.toml"),
     ),
     (
         "330200",
         "employee",
-        include_str!("../../deploy/policies/330200-employee.toml"),
+        include_str!("../../../deploy/policies/330200-employee.toml"),
     ),
     (
         "330200",
         "resident",
-        include_str!("../../deploy/policies/330200-resident.toml"),
+        include_str!("../../../deploy/policies/330200-resident.toml"),
     ),
     (
         "330300",
         "employee",
-        include_str!("../../deploy/policies/330300-employee.toml"),
+        include_str!("../../../deploy/policies/330300-employee.toml"),
     ),
     (
         "330300",
         "resident",
-        include_str!("../../deploy/policies/330300-resident.toml"),
+        include_str!("../../../deploy/policies/330300-resident.toml"),
     ),
 ];
 
@@ -499,7 +499,7 @@ impl LocalNode {
                 rt.block_on(async move {
                     listener.set_nonblocking(true)?;
                     let listener = tokio::net::TcpListener::from_std(listener)?;
-                    crate::server::serve(
+                    yidi_node::server::serve(
                         listener,
                         async {
                             let _ = stopped.await;
@@ -575,7 +575,7 @@ fn start_federation(root: &Path, threads: usize) -> anyhow::Result<Federation> {
 async fn scrape_nodes(metrics: &[SocketAddr]) -> Vec<String> {
     let mut out = Vec::with_capacity(metrics.len());
     for &addr in metrics {
-        if let Ok(text) = crate::metrics::scrape(addr).await {
+        if let Ok(text) = yidi_node::metrics::scrape(addr).await {
             out.push(text);
         }
     }
@@ -1521,12 +1521,13 @@ async fn bare_call_phase(ctx: &Arc<Ctx>) -> (f64, Stats) {
 
 /// A store opened in `dir` exactly as a node opens its own (same settings, group
 /// commit, `synchronous=FULL`), with a table for the bare writes.
-async fn ceiling_store(dir: &Path) -> anyhow::Result<crate::store::Store> {
+async fn ceiling_store(dir: &Path) -> anyhow::Result<yidi_node::store::Store> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let store = {
         let dir = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || crate::store::Store::open(&dir, 1, "330100")).await??
+        tokio::task::spawn_blocking(move || yidi_node::store::Store::open(&dir, 1, "330100"))
+            .await??
     };
     store
         .write(|conn| {
@@ -1543,7 +1544,7 @@ async fn ceiling_store(dir: &Path) -> anyhow::Result<crate::store::Store> {
 /// through `store`'s writer (its own savepoint per write, group commit). A
 /// settlement's writes are such writes plus their own work. The store lies in the
 /// bench's data directory: with `--node`, on the nodes' disk only if they share it.
-async fn bare_write_phase(ctx: &Arc<Ctx>, store: &crate::store::Store) -> (f64, Stats) {
+async fn bare_write_phase(ctx: &Arc<Ctx>, store: &yidi_node::store::Store) -> (f64, Stats) {
     let s = store.clone();
     timed_clients(ctx, ctx.args.ceiling_seconds, 4343, move |w, draw| {
         let s = s.clone();
@@ -1998,7 +1999,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         for (region, addr) in addrs {
             urls.push((
                 format!("http://{addr}"),
-                Some(root.join(&region).join(crate::store::DB_FILE)),
+                Some(root.join(&region).join(yidi_node::store::DB_FILE)),
             ));
         }
     } else {

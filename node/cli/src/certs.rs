@@ -1,6 +1,6 @@
 //! `yidi certs …`: the federation's own small certificate authority, so that running
 //! mutual TLS needs no openssl. It creates the federation CA, issues certificates whose
-//! one `urn:yidi:` URI names the holder (see [`crate::identity`]), keeps the revocation
+//! one `urn:yidi:` URI names the holder (see [`yidi_node::identity`]), keeps the revocation
 //! list of serials beside the CA, and shows what a certificate file says.
 //!
 //! Files are written the way a careful operator expects: private keys `0600`, a
@@ -24,7 +24,9 @@ use rcgen::{
 };
 use yidi_common::region::RegionCode;
 
-use crate::identity::{CertInfo, Identity, Role, normalize_serial, validate_institution_code};
+use yidi_node::identity::{CertInfo, Identity, Role, normalize_serial, validate_institution_code};
+/// The revocation list's format is the node's: it reads the list at start and on reload.
+pub use yidi_node::revoked::{parse_revoked, read_revoked};
 
 /// The CA's certificate file name inside its directory (also copied next to every
 /// certificate issued, since every party needs it to verify the others).
@@ -455,33 +457,6 @@ pub fn revoke(ca_dir: &Path, serial: &str, reason: &str) -> anyhow::Result<bool>
     Ok(true)
 }
 
-/// Reads a revocation list: one serial per line, `#` comments and blank lines ignored.
-/// A line that is not a serial is an error naming its line number: a typo must not
-/// silently leave a certificate trusted.
-pub fn read_revoked(path: &Path) -> anyhow::Result<BTreeSet<String>> {
-    let text =
-        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse_revoked(&text).with_context(|| path.display().to_string())
-}
-
-/// Parses the text of a revocation list.
-pub fn parse_revoked(text: &str) -> anyhow::Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        match normalize_serial(line) {
-            Some(s) => {
-                out.insert(s);
-            }
-            None => bail!("line {}: {line:?} is not a hexadecimal serial", i + 1),
-        }
-    }
-    Ok(out)
-}
-
 /// Reads the first certificate of a PEM file and what it says.
 pub fn show(file: &Path) -> anyhow::Result<CertInfo> {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
@@ -540,7 +515,7 @@ async fn probe(
         .with_context(|| format!("{hostport} resolves to no address"))?;
     let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
     let name = server_name.unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned());
-    let info = crate::tls::probe(addr, &name, ca, cert, key).await?;
+    let info = yidi_node::tls::probe(addr, &name, ca, cert, key).await?;
     print_info(&info);
     Ok(())
 }
@@ -667,13 +642,6 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn revocation_list_parses_and_refuses_typos() {
-        let set = parse_revoked("# header\n00:AB  # why\n\n4f3a\n").expect("parses");
-        assert_eq!(set.into_iter().collect::<Vec<_>>(), ["4f3a", "ab"]);
-        assert!(parse_revoked("ab\nnot-a-serial\n").is_err());
-    }
 
     #[test]
     fn revoking_after_a_hand_edit_without_final_newline_still_revokes() {

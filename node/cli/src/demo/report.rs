@@ -19,7 +19,7 @@ use yidi_common::{
     types::{FilingType, VisitKind},
 };
 
-use crate::identity::{Identity, Role};
+use yidi_node::identity::{Identity, Role};
 
 use super::{
     Ctx, Layout, Loaded, Node,
@@ -1162,7 +1162,7 @@ pub(super) async fn check_metrics(ctx: &Ctx, calls: [u64; 3]) -> u32 {
         let Some(addr) = n.metrics else {
             continue;
         };
-        let body = match crate::metrics::scrape(addr).await {
+        let body = match yidi_node::metrics::scrape(addr).await {
             Ok(b) => b,
             Err(e) => {
                 check(&mut failures, false, format!("metrics {}: {e}", n.region()));

@@ -34,42 +34,42 @@ enum Command {
         metrics: yidi_node::metrics::MetricsArgs,
     },
     /// Administer a node: persons, filings, policies, catalogue, institutions.
-    Admin(yidi_node::cli::admin::AdminArgs),
+    Admin(yidi_cli::cli::admin::AdminArgs),
     /// Act as a hospital's or pharmacy's system at its local node: identify, visits,
     /// fees, pre-settle, settle, cancel, 冲正, reconcile.
-    Hospital(yidi_node::cli::hospital::HospitalArgs),
+    Hospital(yidi_cli::cli::hospital::HospitalArgs),
     /// Drive the coordinator's clearing rounds: open, run, status, disputes, resolve,
     /// statement (tables, --json, --csv), record-transfer, abort.
-    Clearing(yidi_node::cli::clearing::ClearingArgs),
+    Clearing(yidi_cli::cli::clearing::ClearingArgs),
     /// The federation's certificates: create the CA, issue node, hospital, coordinator
     /// and operator certificates, revoke, show.
-    Certs(yidi_node::certs::CertsArgs),
+    Certs(yidi_cli::certs::CertsArgs),
     /// Copy a running node's or coordinator's SQLite store to a file (online backup).
-    Backup(yidi_node::backup::BackupArgs),
+    Backup(yidi_cli::backup::BackupArgs),
     /// Check a stopped node's or coordinator's store: its files, header, schema and
     /// every page (PRAGMA quick_check); exits non-zero naming the damage and the repair.
-    CheckStore(yidi_node::backup::CheckStoreArgs),
+    CheckStore(yidi_cli::backup::CheckStoreArgs),
     /// Load a new node's person register from the agency's CSV file, straight into the
     /// stopped node's store (its first load; changes go through `admin person import`).
-    LoadPersons(yidi_node::cli::load::LoadArgs),
+    LoadPersons(yidi_cli::cli::load::LoadArgs),
     /// Start the Zhejiang demo federation on loopback (three city nodes and the
     /// coordinator), load and generate data, drive settlements, run a clearing round.
-    Demo(yidi_node::demo::DemoArgs),
+    Demo(yidi_cli::demo::DemoArgs),
     /// Run the benefit engine offline on files and print the split. Exit codes: 0 the
     /// split, 3 refused by the policy, 2 bad input, 1 internal error (docs/quote.md).
-    Quote(yidi_node::quote::QuoteArgs),
+    Quote(yidi_cli::quote::QuoteArgs),
     /// Benchmark the benefit engine on one core.
-    BenchEngine(yidi_node::quote::EngineBenchArgs),
+    BenchEngine(yidi_cli::quote::EngineBenchArgs),
     /// Benchmark a clearing round at the coordinator: simulated participants (default
     /// 333) and claims (default 10 million), driven to SETTLED.
-    BenchClearing(yidi_node::bench_clearing::ClearingBenchArgs),
+    BenchClearing(yidi_cli::bench_clearing::ClearingBenchArgs),
     /// Load-test the settlement hot path: a three-node federation (in-process, or the
     /// running nodes given with --node) driven through the real HospitalService; prints
     /// throughput, latency percentiles, errors, the floor ratio, and verifies both nodes.
-    Bench(Box<yidi_node::bench::BenchArgs>),
+    Bench(Box<yidi_cli::bench::BenchArgs>),
     /// Benchmark the person store: import of millions of persons, node start time and
     /// look-up latency.
-    BenchPersons(yidi_node::bench::persons::PersonsBenchArgs),
+    BenchPersons(yidi_cli::bench::persons::PersonsBenchArgs),
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish,
     /// powershell), e.g. `yidi completions bash > /etc/bash_completion.d/yidi`.
     Completions {
@@ -126,36 +126,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Admin(args) => {
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(yidi_node::cli::admin::run(args))?;
+            rt.block_on(yidi_cli::cli::admin::run(args))?;
         }
         Command::Hospital(args) => {
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(yidi_node::cli::hospital::run(args))?;
+            rt.block_on(yidi_cli::cli::hospital::run(args))?;
         }
         Command::Clearing(args) => {
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(yidi_node::cli::clearing::run(args))?;
+            rt.block_on(yidi_cli::cli::clearing::run(args))?;
         }
-        Command::Certs(args) => yidi_node::certs::run(args)?,
-        Command::Backup(args) => yidi_node::backup::run(&args)?,
-        Command::CheckStore(args) => yidi_node::backup::check_store(&args)?,
+        Command::Certs(args) => yidi_cli::certs::run(args)?,
+        Command::Backup(args) => yidi_cli::backup::run(&args)?,
+        Command::CheckStore(args) => yidi_cli::backup::check_store(&args)?,
         Command::LoadPersons(args) => {
-            let code = yidi_node::cli::load::run(&args)?;
+            let code = yidi_cli::cli::load::run(&args)?;
             if code != 0 {
                 std::process::exit(code);
             }
         }
-        Command::Demo(args) => yidi_node::demo::main(&args)?,
+        Command::Demo(args) => yidi_cli::demo::main(&args)?,
         Command::Quote(args) => {
-            let code = yidi_node::quote::run(&args);
+            let code = yidi_cli::quote::run(&args);
             if code != 0 {
                 std::process::exit(code);
             }
         }
-        Command::BenchEngine(args) => yidi_node::quote::run_engine_bench(&args)?,
-        Command::BenchClearing(args) => yidi_node::bench_clearing::run(&args)?,
-        Command::Bench(args) => yidi_node::bench::run(*args)?,
-        Command::BenchPersons(args) => yidi_node::bench::persons::run(&args)?,
+        Command::BenchEngine(args) => yidi_cli::quote::run_engine_bench(&args)?,
+        Command::BenchClearing(args) => yidi_cli::bench_clearing::run(&args)?,
+        Command::Bench(args) => yidi_cli::bench::run(*args)?,
+        Command::BenchPersons(args) => yidi_cli::bench::persons::run(&args)?,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "yidi", &mut std::io::stdout());
         }

@@ -46,14 +46,14 @@ use yidi_common::{
     region::RegionCode,
 };
 
-use crate::{
+use data::{CITIES, CityData, LoadCounts, PROVINCE, Person};
+use yidi_node::{
     config::NodeConfig,
     coordinator::CoordinatorConfig,
     identity::{Identity, Role},
     metrics,
     tls::ClientArgs,
 };
-use data::{CITIES, CityData, LoadCounts, PROVINCE, Person};
 
 /// Flags of `yidi demo`.
 #[derive(Debug, Clone, Args)]
@@ -229,7 +229,7 @@ async fn bind(port: u16, what: &str) -> anyhow::Result<TcpListener> {
 /// The running parties and how to stop them.
 struct Federation {
     stop: watch::Sender<bool>,
-    tasks: Vec<(String, JoinHandle<crate::Result<()>>)>,
+    tasks: Vec<(String, JoinHandle<yidi_node::Result<()>>)>,
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
@@ -279,7 +279,7 @@ async fn start(
         let cfg = node_config(layout, pki, i)?;
         tasks.push((
             format!("node {} {}", CITIES[i].region, CITIES[i].name),
-            tokio::spawn(crate::server::serve(l, stopped(rx.clone()), cfg)),
+            tokio::spawn(yidi_node::server::serve(l, stopped(rx.clone()), cfg)),
         ));
     }
     let province = RegionCode::parse(PROVINCE, "region")?;
@@ -291,7 +291,7 @@ async fn start(
     cc.run_interval = Duration::from_secs(2);
     tasks.push((
         format!("coordinator {PROVINCE}"),
-        tokio::spawn(crate::coordinator::serve(
+        tokio::spawn(yidi_node::coordinator::serve(
             listeners.coordinator,
             stopped(rx.clone()),
             cc,
@@ -393,8 +393,8 @@ async fn connect(
         };
         let ch = channel(*addr, &pki.client(&operator)?)?;
         let mut admin = AdminServiceClient::new(ch)
-            .max_decoding_message_size(crate::server::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(crate::server::MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(yidi_node::server::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(yidi_node::server::MAX_MESSAGE_BYTES);
         // Ready when it answers (its store is open and migrated), never after a sleep.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -519,7 +519,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let outcome = tokio::select! {
         r = steps(&mut ctx, &args, started) => r,
-        () = crate::server::shutdown_signal() => {
+        () = yidi_node::server::shutdown_signal() => {
             eprintln!("\ninterrupted; stopping the federation");
             Err(anyhow::anyhow!("interrupted"))
         }
@@ -527,7 +527,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let outcome = match outcome {
         Ok(()) if !args.once => {
             report::print_explore(&layout, &ctx);
-            crate::server::shutdown_signal().await;
+            yidi_node::server::shutdown_signal().await;
             eprintln!("\nstopping the federation (draining in-flight requests)…");
             Ok(())
         }

@@ -19,6 +19,7 @@ use yidi_common::{
 };
 
 use super::{
+    flags::{ClientFlags, NodeFlag},
     import,
     output::{self, Listing},
 };
@@ -26,36 +27,15 @@ use super::{
 /// The connected client every subcommand uses.
 pub type Client = AdminServiceClient<Channel>;
 
-/// Flags of `yidi admin`. The three global flags may appear before or after the
-/// subcommand.
+/// Flags of `yidi admin`. The global flags (flags.rs) may appear before or after the
+/// subcommand; an admin call's deadline may also come from YIDI_ADMIN_TIMEOUT.
 #[derive(Debug, Args)]
+#[command(mut_arg("timeout", |arg| arg.env("YIDI_ADMIN_TIMEOUT")))]
 pub struct AdminArgs {
-    /// The node's gRPC address.
-    #[arg(
-        long,
-        env = "YIDI_NODE",
-        default_value = "http://127.0.0.1:7101",
-        global = true
-    )]
-    pub node: String,
-    /// Print answers as JSON on stdout instead of tables (and hide progress bars).
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// Idempotency key of a state-changing call (1–64 of A-Z a-z 0-9 . _ : -).
-    /// Repeating a call with the same id returns the original answer instead of acting
-    /// twice. Default: a fresh UUID per invocation. For imports it replaces the
-    /// `import-<file digest>` prefix of the per-batch ids.
-    #[arg(long, global = true)]
-    pub request_id: Option<String>,
-    /// Mutual TLS: --ca, --cert (an operator certificate of this node's region), --key.
     #[command(flatten)]
-    pub tls: yidi_node::tls::ClientArgs,
-    /// Deadline of each call in seconds (an import applies it to every batch): a node
-    /// that stops answering fails the command with DEADLINE_EXCEEDED instead of
-    /// hanging it.
-    #[arg(long, env = "YIDI_ADMIN_TIMEOUT", default_value_t = 120, global = true,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub timeout: u64,
+    pub node: NodeFlag,
+    #[command(flatten)]
+    pub client: ClientFlags,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -1154,11 +1134,12 @@ pub async fn channel(
 
 async fn execute(args: AdminArgs) -> anyhow::Result<i32> {
     let g = Globals {
-        json: args.json,
-        request_id: args.request_id,
+        json: args.client.json,
+        request_id: args.client.request_id,
     };
-    let deadline = Duration::from_secs(args.timeout);
-    let mut client = AdminServiceClient::new(channel(&args.node, &args.tls, Some(deadline)).await?);
+    let deadline = Duration::from_secs(args.client.timeout);
+    let mut client =
+        AdminServiceClient::new(channel(&args.node.node, &args.client.tls, Some(deadline)).await?);
     match args.command {
         AdminCommand::Person(cmd) => person(&mut client, &g, cmd).await,
         AdminCommand::Filing(cmd) => filing(&mut client, &g, cmd).await,

@@ -20,14 +20,20 @@ use yidi_common::{
     proto::{self, coordinator_service_client::CoordinatorServiceClient},
 };
 
-use super::output::{self, Field, Listing, Record, emit};
+use super::{
+    flags::{ClientFlags, LangFlag},
+    output::{self, Field, Listing, Record, emit},
+};
 use crate::i18n::Lang;
 
 /// The connected coordinator client.
 pub type Client = CoordinatorServiceClient<Channel>;
 
-/// Flags of `yidi clearing`. The global flags may appear before or after the subcommand.
+/// Flags of `yidi clearing`. The global flags (flags.rs) may appear before or after the
+/// subcommand. `run` and `resolve` call every participant, each with the coordinator's
+/// own per-call deadline, so a call may wait up to an hour (120 s by default).
 #[derive(Debug, Args)]
+#[command(mut_arg("timeout", ClientFlags::timeout("120", 3600)))]
 pub struct ClearingArgs {
     /// The coordinator's gRPC address.
     #[arg(
@@ -37,29 +43,10 @@ pub struct ClearingArgs {
         global = true
     )]
     pub coordinator: String,
-    /// Print the coordinator's answer as JSON on stdout instead of tables.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// Language of text output: en or zh (default: env YIDI_LANG, else zh when LC_ALL
-    /// or LANG starts with zh). JSON keeps the codes.
-    #[arg(long, global = true, value_enum)]
-    pub lang: Option<Lang>,
-    /// Request id of `open` or `record-transfer` (1–64 of A-Z a-z 0-9 . _ : -).
-    /// Repeating a call with the same id returns the original answer and never acts
-    /// twice. Default: a fresh UUID for `open`; for `record-transfer`
-    /// `xfer:<round>:<from>:<to>`, since a round has one transfer per instruction. The
-    /// id is printed on stderr as `request_id: …` before the call goes out.
-    #[arg(long, global = true)]
-    pub request_id: Option<String>,
-    /// Seconds to wait for the coordinator's answer. `run` and `resolve` call every
-    /// participant, each with the coordinator's own per-call deadline, so they can take
-    /// a while when nodes are down.
-    #[arg(long, global = true, default_value_t = 120,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub timeout: u64,
-    /// Mutual TLS: --ca, --cert (an operator certificate of the province), --key.
     #[command(flatten)]
-    pub tls: yidi_node::tls::ClientArgs,
+    pub lang: LangFlag,
+    #[command(flatten)]
+    pub client: ClientFlags,
     #[command(subcommand)]
     pub command: ClearingCommand,
 }
@@ -125,7 +112,9 @@ pub enum ClearingCommand {
     },
     /// Record a bank transfer of a CONFIRMED round. It must match one payment
     /// instruction of the statement exactly (from, to, amount); once every instruction
-    /// is recorded the round is SETTLED and every node marks the period cleared.
+    /// is recorded the round is SETTLED and every node marks the period cleared. The
+    /// request id defaults to `xfer:<round>:<from>:<to>`, since a round has one transfer
+    /// per instruction.
     RecordTransfer {
         /// Round id.
         round_id: String,
@@ -677,7 +666,7 @@ fn describe(e: &anyhow::Error) -> String {
 /// Runs `yidi clearing …`. Exits the process itself with the documented codes (0 done,
 /// 1 refused or failed, 2 bad command line — clap's own).
 pub async fn run(args: ClearingArgs) -> anyhow::Result<()> {
-    let code = match connect(&args.coordinator, &args.tls).await {
+    let code = match connect(&args.coordinator, &args.client.tls).await {
         Err(e) => {
             eprintln!("error: {}", describe(&e));
             1
@@ -685,10 +674,10 @@ pub async fn run(args: ClearingArgs) -> anyhow::Result<()> {
         Ok(client) => {
             let mut ctx = Ctx {
                 client,
-                json: args.json,
-                lang: Lang::resolve(args.lang),
-                request_id: args.request_id,
-                timeout: Duration::from_secs(args.timeout),
+                json: args.client.json,
+                lang: args.lang.resolve(),
+                request_id: args.client.request_id,
+                timeout: Duration::from_secs(args.client.timeout),
                 sent: None,
             };
             match execute(&mut ctx, args.command).await {

@@ -32,6 +32,7 @@ use yidi_common::{
 
 use super::{
     admin::{self, Page, PageArgs},
+    flags::{ClientFlags, LangFlag, NodeFlag},
     output::{self, Field, Listing, Record},
 };
 
@@ -42,42 +43,21 @@ pub type Client = HospitalServiceClient<Channel>;
 /// that a nightly script notices without parsing the output.
 pub const EXIT_DIFFERENCES: i32 = 3;
 
-/// Flags of `yidi hospital`. The global flags may appear before or after the subcommand.
+/// Flags of `yidi hospital`. The global flags (flags.rs) may appear before or after the
+/// subcommand. A hospital's call waits 30 s by default, at most 600 s.
 #[derive(Debug, Args)]
+#[command(mut_arg("timeout", ClientFlags::timeout("30", 600)))]
 pub struct HospitalArgs {
-    /// The local node's gRPC address (the node of the city the institution is in).
-    #[arg(
-        long,
-        env = "YIDI_NODE",
-        default_value = "http://127.0.0.1:7101",
-        global = true
-    )]
-    pub node: String,
+    #[command(flatten)]
+    pub node: NodeFlag,
     /// This institution's code at the node, e.g. H33020001. Required for every call
     /// (clap cannot require a global flag, so `run` checks it).
     #[arg(long, env = "YIDI_INSTITUTION", global = true)]
     pub institution: Option<String>,
-    /// Print the node's answer as JSON on stdout instead of tables.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// Language of the split's text output: en or zh (default: env YIDI_LANG, else zh
-    /// when LC_ALL or LANG starts with zh). JSON keeps the codes.
-    #[arg(long, global = true, value_enum)]
-    pub lang: Option<crate::i18n::Lang>,
-    /// Request id of a state-changing call (1–64 of A-Z a-z 0-9 . _ : -). Repeating a
-    /// call with the same id and the same content returns the original answer and never
-    /// acts twice; the same id with other content is refused (ALREADY_EXISTS). Default:
-    /// a fresh UUID, printed on stderr as `request_id: …`.
-    #[arg(long, global = true)]
-    pub request_id: Option<String>,
-    /// Seconds to wait for the node's answer before giving up (the outcome of a
-    /// state-changing call is then unknown: repeat it with the same --request-id).
-    #[arg(long, global = true, default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..=600))]
-    pub timeout: u64,
-    /// Mutual TLS: --ca, --cert (this institution's certificate), --key.
     #[command(flatten)]
-    pub tls: yidi_node::tls::ClientArgs,
+    pub lang: LangFlag,
+    #[command(flatten)]
+    pub client: ClientFlags,
     #[command(subcommand)]
     pub command: HospitalCommand,
 }
@@ -341,7 +321,7 @@ pub async fn run(args: HospitalArgs) -> anyhow::Result<()> {
         );
         std::process::exit(2);
     };
-    let code = match connect(&args.node, &args.tls).await {
+    let code = match connect(&args.node.node, &args.client.tls).await {
         Err(e) => {
             eprintln!("error: {}", describe(&e));
             1
@@ -350,10 +330,10 @@ pub async fn run(args: HospitalArgs) -> anyhow::Result<()> {
             let ctx = Ctx {
                 client,
                 institution,
-                json: args.json,
-                lang: Lang::resolve(args.lang),
-                request_id: args.request_id,
-                timeout: Duration::from_secs(args.timeout),
+                json: args.client.json,
+                lang: args.lang.resolve(),
+                request_id: args.client.request_id,
+                timeout: Duration::from_secs(args.client.timeout),
                 sent: RefCell::new(None),
             };
             match execute(&ctx, args.command).await {

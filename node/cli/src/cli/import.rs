@@ -42,7 +42,9 @@ pub struct ImportArgs {
     /// CSV file with a header line; columns are named like the fields (docs/admin.md).
     pub file: PathBuf,
     /// Rows per request. Changing it between runs of the same file starts a new import
-    /// instead of resuming the previous one (rows then count as unchanged).
+    /// instead of resuming the previous one (rows then count as unchanged). Each batch's
+    /// request id is `<prefix>-<n>`: the prefix is --request-id, else derived from the
+    /// file's digest, so that running the same file again resumes it.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
     /// Also write rejected rows to this CSV file (columns: row, field, reason).

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod audit;
 pub mod clearing;
+pub mod flags;
 pub mod hospital;
 pub mod import;
 pub mod load;

@@ -3,12 +3,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::Connection;
 use yidi_common::{engine, period, proto, region::RegionCode};
 
 use super::{
-    bill::{price, price_from, price_with, reusable_eligibility},
+    bill::{Priced, price, price_from, price_with, reusable_eligibility},
     home_calls::{PeerFail, classify, eligibility_request, fail_to_error, never_sent},
     offline::settle_offline,
     records::{Basis, finish_committed, full_self_pay, insert_record, mark_failed, new_record},
@@ -325,23 +325,9 @@ pub(super) async fn settle_remote(
 ) -> Result<proto::Settlement> {
     let region = st.region;
     let settle_day = now.with_timezone(&period::cst()).date_naive();
-    // The first attempt prices with an answer this node already has when it can,
-    // saving the home node a call; CommitClaim refuses it if anything has changed. No
-    // CommitClaim is sent before the intent is durable.
-    let reused = reusable_eligibility(st, &bill, settle_day);
-    let mut reused_answer = reused.is_some();
-    let first = match reused {
-        Some(elig) => match price_from(st, &bill, use_account, elig).await {
-            // Pricing refused what the answer says (a policy version the home node no
-            // longer serves, say): a fresh answer decides.
-            Err(PeerFail::Refused(_)) => {
-                reused_answer = false;
-                price(st, &bill, use_account, settle_day).await
-            }
-            other => other,
-        },
-        None => price(st, &bill, use_account, settle_day).await,
-    };
+    // No CommitClaim is sent before the intent is durable: the first attempt is priced
+    // while the writer records it.
+    let (first, mut reused_answer) = price_first(st, &bill, use_account, settle_day).await;
     let Opened::Intent(mut rec, guard) = opening.await? else {
         return Err(Error::Internal(
             "a settlement's bill was handed out without its intent".into(),
@@ -357,10 +343,7 @@ pub(super) async fn settle_remote(
             drop(running.take());
             return settle_offline(st, &bill, &key, use_account, why, None, None).await;
         }
-        Err(PeerFail::Refused(e)) => {
-            mark_failed(st, rec).await?;
-            return Err(e);
-        }
+        Err(PeerFail::Refused(e)) => return fail_with(st, rec, e).await,
     };
     // Whether `priced` rests on an answer the home node gave this call (the offline
     // rule goes by this visit's own answers: this call's, else its opening's — a
@@ -382,24 +365,10 @@ pub(super) async fn settle_remote(
                         // refusal (its transaction rolled back) and now cannot be reached.
                         break 'attempts why;
                     }
-                    Err(PeerFail::Refused(e)) => {
-                        mark_failed(st, rec).await?;
-                        return Err(e);
-                    }
+                    Err(PeerFail::Refused(e)) => return fail_with(st, rec, e).await,
                 };
             }
-            let acc_version = priced
-                .elig
-                .accumulators
-                .as_ref()
-                .map(|a| a.version)
-                .unwrap_or_default();
-            let split = priced.quote.to_proto_split();
-            let (medfee, fund, acct, cash) = split_fen(&split)?;
-            rec.split = split;
-            (rec.medfee_fen, rec.fund_fen, rec.acct_fen, rec.cash_fen) = (medfee, fund, acct, cash);
-            rec.policy_version = priced.elig.policy_version;
-            rec.acc_version = acc_version;
+            take_pricing(&mut rec, &priced)?;
             if attempt > 0 {
                 // A retry after a concurrent change: the intent shows what is being tried.
                 let r = rec.clone();
@@ -412,85 +381,47 @@ pub(super) async fn settle_remote(
                 .client()
                 .commit_claim(commit_request(&rec, &bill, region, false, use_account))
                 .await;
-            match call {
-                Ok(resp) => {
-                    if st
-                        .hooks
-                        .crash_after_home_commit
-                        .load(std::sync::atomic::Ordering::SeqCst)
-                    {
-                        return Err(Error::Unavailable(
-                            "injected crash after the home commit (test hook)".into(),
-                        ));
-                    }
-                    let resp = resp.into_inner();
-                    if let Some(acc) = &resp.accumulators {
-                        st.eligibility_cache.settled(&bill.visit.id_number, acc);
-                    }
-                    let k = key.clone();
-                    return st
-                    .store
-                    .write(move |conn| {
-                        // A concurrent repeat of this request may have finished it from
-                        // the home node's claim status meanwhile: its answer stands.
-                        if let Some(answer) = idempotency::replay(conn, &k)? {
-                            return Ok(answer);
-                        }
-                        if settlements::get(conn, &rec.settlement_id)?
-                            .is_none_or(|r| r.state != "pending")
-                        {
-                            return Err(Error::Aborted(
-                                "this settlement was resolved concurrently; repeat the request to get its outcome".into(),
-                            ));
-                        }
-                        finish_committed(conn, region, rec, &resp, Some(&k))
-                    })
+            let failed = match call {
+                Ok(resp) => return finish_remote(st, rec, resp, &key, &bill.visit.id_number).await,
+                Err(status) => commit_failed(&bill.visit.home_region, &status),
+            };
+            match failed {
+                CommitFailed::NotStored(m) => {
+                    return fail_with(
+                        st,
+                        rec,
+                        Error::Unavailable(format!(
+                            "{m}; the settlement was not made — retry later"
+                        )),
+                    )
                     .await;
                 }
-                Err(status) if status.metadata().get(home::NOT_COMMITTED).is_some() => {
-                    // The home node answered that it could not store the claim: nothing
-                    // is committed there, so nothing is in doubt; the hospital is told
-                    // the cause.
-                    mark_failed(st, rec).await?;
-                    return Err(Error::Unavailable(format!(
-                        "{}; the settlement was not made — retry later",
-                        status.message()
-                    )));
+                // Every earlier attempt the home node refused: the claim is not in doubt,
+                // as when the eligibility call cannot connect.
+                CommitFailed::NeverSent(why) => break 'attempts why,
+                CommitFailed::Changed(m) => {
+                    tracing::debug!(attempt, reused_answer, claim = %rec.settlement_id, reason = %m, "home reports a change; repricing");
+                    // A change since the answer was got is no contention: reprice at once.
+                    if !std::mem::take(&mut reused_answer) {
+                        tokio::time::sleep(Duration::from_millis(2 + 3 * attempt as u64)).await;
+                    }
                 }
-                Err(status) => match classify(&bill.visit.home_region, &status) {
-                    PeerFail::Unreachable(why) if never_sent(&status) => {
-                        // The home node got nothing (every earlier attempt it refused): the
-                        // claim is not in doubt, as when the eligibility call cannot connect.
-                        break 'attempts why;
-                    }
-                    PeerFail::Refused(Error::Aborted(m)) => {
-                        tracing::debug!(attempt, reused_answer, claim = %rec.settlement_id, reason = %m, "home reports a change; repricing");
-                        // A change since the answer was got is no contention: reprice at once.
-                        if !std::mem::take(&mut reused_answer) {
-                            tokio::time::sleep(Duration::from_millis(2 + 3 * attempt as u64)).await;
-                        }
-                    }
-                    PeerFail::Refused(e) => {
-                        mark_failed(st, rec).await?;
-                        return Err(e);
-                    }
-                    PeerFail::Unreachable(why) => {
-                        return settle_in_doubt(
-                            st,
-                            &bill,
-                            rec,
-                            &key,
-                            use_account,
-                            why,
-                            fresh_answer.then_some(&priced.elig),
-                        )
-                        .await;
-                    }
-                },
+                CommitFailed::Refused(e) => return fail_with(st, rec, e).await,
+                CommitFailed::InDoubt(why) => {
+                    return settle_in_doubt(
+                        st,
+                        &bill,
+                        rec,
+                        &key,
+                        use_account,
+                        why,
+                        fresh_answer.then_some(&priced.elig),
+                    )
+                    .await;
+                }
             }
         }
-        mark_failed(st, rec).await?;
-        return Err(Error::Aborted("the person's accumulators kept changing during settlement (settled elsewhere at the same time); retry".into()));
+        return fail_with(st, rec, Error::Aborted("the person's accumulators kept changing during settlement (settled elsewhere at the same time); retry".into())).await;
     };
     mark_failed(st, rec).await?;
     drop(running.take());
@@ -504,4 +435,116 @@ pub(super) async fn settle_remote(
         None,
     )
     .await
+}
+
+/// Prices the first attempt with an answer this node already has when it can, saving
+/// the home node a call (CommitClaim refuses it if anything has changed). The flag
+/// tells whether the price rests on such a reused answer.
+async fn price_first(
+    st: &NodeState,
+    bill: &Bill,
+    use_account: bool,
+    settle_day: NaiveDate,
+) -> (Result<Priced, PeerFail>, bool) {
+    let Some(elig) = reusable_eligibility(st, bill, settle_day) else {
+        return (price(st, bill, use_account, settle_day).await, false);
+    };
+    match price_from(st, bill, use_account, elig).await {
+        // Pricing refused what the answer says (a policy version the home node no
+        // longer serves, say): a fresh answer decides.
+        Err(PeerFail::Refused(_)) => (price(st, bill, use_account, settle_day).await, false),
+        other => (other, true),
+    }
+}
+
+/// The intent takes an attempt's pricing: the split and the versions it rests on.
+fn take_pricing(rec: &mut SettlementRec, priced: &Priced) -> Result<()> {
+    let acc_version = priced
+        .elig
+        .accumulators
+        .as_ref()
+        .map(|a| a.version)
+        .unwrap_or_default();
+    let split = priced.quote.to_proto_split();
+    let (medfee, fund, acct, cash) = split_fen(&split)?;
+    rec.split = split;
+    (rec.medfee_fen, rec.fund_fen, rec.acct_fen, rec.cash_fen) = (medfee, fund, acct, cash);
+    rec.policy_version = priced.elig.policy_version;
+    rec.acc_version = acc_version;
+    Ok(())
+}
+
+/// Records the home node's commit of the intent `rec` and answers the request — unless
+/// a concurrent repeat of it finished the intent meanwhile.
+async fn finish_remote(
+    st: &NodeState,
+    rec: SettlementRec,
+    resp: tonic::Response<proto::CommitClaimResponse>,
+    key: &RequestKey,
+    person: &str,
+) -> Result<proto::Settlement> {
+    if st
+        .hooks
+        .crash_after_home_commit
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return Err(Error::Unavailable(
+            "injected crash after the home commit (test hook)".into(),
+        ));
+    }
+    let resp = resp.into_inner();
+    if let Some(acc) = &resp.accumulators {
+        st.eligibility_cache.settled(person, acc);
+    }
+    let (k, region) = (key.clone(), st.region);
+    st.store
+        .write(move |conn| {
+            // A concurrent repeat of this request may have finished it from the home
+            // node's claim status meanwhile: its answer stands.
+            if let Some(answer) = idempotency::replay(conn, &k)? {
+                return Ok(answer);
+            }
+            if settlements::get(conn, &rec.settlement_id)?
+                .is_none_or(|r| r.state != "pending")
+            {
+                return Err(Error::Aborted(
+                    "this settlement was resolved concurrently; repeat the request to get its outcome".into(),
+                ));
+            }
+            finish_committed(conn, region, rec, &resp, Some(&k))
+        })
+        .await
+}
+
+/// The intent failed with `e`: nothing of it is committed at the home node.
+async fn fail_with(st: &NodeState, rec: SettlementRec, e: Error) -> Result<proto::Settlement> {
+    mark_failed(st, rec).await?;
+    Err(e)
+}
+
+/// What a CommitClaim that failed means for its intent.
+enum CommitFailed {
+    /// The home node answered that it could not store the claim: nothing is committed
+    /// there, so nothing is in doubt; the hospital is told the cause.
+    NotStored(String),
+    /// The call never reached the home node, which cannot be reached.
+    NeverSent(String),
+    /// The home node reports a change since the answer the split rests on.
+    Changed(String),
+    /// The home node refused the claim.
+    Refused(Error),
+    /// No answer: the claim may be committed at the home node.
+    InDoubt(String),
+}
+
+fn commit_failed(home_region: &str, status: &tonic::Status) -> CommitFailed {
+    if status.metadata().get(home::NOT_COMMITTED).is_some() {
+        return CommitFailed::NotStored(status.message().to_owned());
+    }
+    match classify(home_region, status) {
+        PeerFail::Unreachable(why) if never_sent(status) => CommitFailed::NeverSent(why),
+        PeerFail::Refused(Error::Aborted(m)) => CommitFailed::Changed(m),
+        PeerFail::Refused(e) => CommitFailed::Refused(e),
+        PeerFail::Unreachable(why) => CommitFailed::InDoubt(why),
+    }
 }

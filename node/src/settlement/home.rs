@@ -17,6 +17,7 @@ use yidi_common::{
     types::{FilingType, HospitalLevel, PersonStatus, VisitKind},
 };
 
+use crate::store::states::ClaimState;
 use crate::{
     Error, Result,
     policy_cache::PolicyCache,
@@ -415,7 +416,7 @@ pub fn commit(
             acct_fen,
             acc_year: date.year(),
             acc_delta: Delta::between(&v.accumulators, &quote.accumulators),
-            state: "committed".into(),
+            state: ClaimState::Committed,
             reversal_id: None,
             reversed_at: None,
         },
@@ -437,7 +438,7 @@ pub fn commit(
     }
     Ok(proto::CommitClaimResponse {
         claim_id: req.claim_id.clone(),
-        state: "committed".into(),
+        state: ClaimState::Committed.to_string(),
         split: Some(split),
         accumulators: Some(quote.accumulators.to_proto()),
         period,
@@ -471,14 +472,14 @@ pub fn reverse(
         // Committed after all (a late delivery): the caller finishes it from its status.
         return Ok(proto::CommitClaimResponse {
             claim_id: claim.claim_id.clone(),
-            state: claim.state.clone(),
+            state: claim.state.to_string(),
             split: Some(claim.split.clone()),
             period: claim.period.clone(),
             policy_version: claim.policy_version,
             ..Default::default()
         });
     }
-    if claim.state == "reversed" {
+    if claim.state == ClaimState::Reversed {
         return Err(Error::FailedPrecondition(format!(
             "claim {} was already reversed by {}",
             claim.claim_id,
@@ -517,7 +518,7 @@ pub fn reverse(
     }
     Ok(proto::CommitClaimResponse {
         claim_id: claim.claim_id,
-        state: "reversed".into(),
+        state: ClaimState::Reversed.to_string(),
         split: Some(claim.split),
         accumulators: Some(back.to_proto()),
         period,
@@ -534,7 +535,7 @@ fn conn_region(conn: &Connection) -> Result<String> {
 /// Answers ClaimStatus.
 pub fn status(conn: &Connection, claim_id: &str) -> Result<proto::ClaimStatusResponse> {
     if let Some(c) = claims::get(conn, claim_id)? {
-        let state = c.state.clone();
+        let state = c.state.to_string();
         // The reversal's period is derived from its time exactly as `reverse` did.
         let reversal_period = c
             .reversed_at

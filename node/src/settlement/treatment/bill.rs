@@ -18,6 +18,7 @@ use crate::settlement::{
     eligibility_cache::{HOME_ANSWERED_WITHIN, PRESETTLE_REUSE, SETTLE_REUSE},
     wire_date,
 };
+use crate::store::states::VisitState;
 use crate::{
     Error, Result,
     idempotency::{self, RequestKey, payload_hash},
@@ -36,7 +37,7 @@ pub(super) fn fees_response(lines: &[LineRec]) -> proto::UploadFeesResponse {
 }
 
 pub(super) fn editable(v: &VisitRec) -> Result<()> {
-    if v.state == "settled" {
+    if v.state == VisitState::Settled {
         return Err(Error::FailedPrecondition(format!(
             "visit {} is settled; cancel the settlement before changing its fees",
             v.visit_id

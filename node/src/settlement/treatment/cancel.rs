@@ -17,6 +17,7 @@ use super::{
     shared::{institution, now_ms, scope},
 };
 use crate::settlement::home;
+use crate::store::states::{OutboxKind, SettlementState, VisitState};
 use crate::{
     Error, Result,
     idempotency::{self, RequestKey, payload_hash},
@@ -40,20 +41,17 @@ pub(super) fn cancel_in_tx(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<SettlementRec> {
-    match original.state.as_str() {
-        "settled" | "provisional" | "refused" => {}
-        "cancelled" => {
-            return Err(Error::FailedPrecondition(format!(
-                "settlement {} is already cancelled",
-                original.settlement_id
-            )));
-        }
-        other => {
-            return Err(Error::FailedPrecondition(format!(
-                "settlement {} is {other}; nothing to cancel",
-                original.settlement_id
-            )));
-        }
+    if original.state == SettlementState::Cancelled {
+        return Err(Error::FailedPrecondition(format!(
+            "settlement {} is already cancelled",
+            original.settlement_id
+        )));
+    }
+    if !original.state.can_become(SettlementState::Cancelled) {
+        return Err(Error::FailedPrecondition(format!(
+            "settlement {} is {}; nothing to cancel",
+            original.settlement_id, original.state
+        )));
     }
     let neg = |v: &str| -> String {
         money::parse(v, "amount", Sign::Any)
@@ -89,7 +87,7 @@ pub(super) fn cancel_in_tx(
     };
     let rec = SettlementRec {
         settlement_id: String::new(),
-        state: "reversal".into(),
+        state: SettlementState::Reversal,
         reverses: Some(original.settlement_id.clone()),
         request_scope: key.scope.clone(),
         request_id: key.request_id.clone(),
@@ -106,20 +104,16 @@ pub(super) fn cancel_in_tx(
         ..original.clone()
     };
     let rec = insert_record(conn, st_region, rec)?;
-    settlements::set_state(conn, &original.settlement_id, "cancelled")?;
+    settlements::set_state(conn, &original.settlement_id, SettlementState::Cancelled)?;
     let visit = visits::get(conn, &original.visit_id)?
         .ok_or_else(|| Error::Internal("visit vanished".into()))?;
     visits::set_state(
         conn,
         &visit.visit_id,
-        if visit.closed_at.is_some() {
-            "closed"
-        } else {
-            "open"
-        },
+        VisitState::unsettled(visit.closed_at.is_some()),
         None,
     )?;
-    if original.state == "refused" {
+    if original.state == SettlementState::Refused {
         return Ok(rec);
     }
     let reverse = proto::ReverseClaimRequest {
@@ -152,7 +146,7 @@ pub(super) fn cancel_in_tx(
         )?;
         outbox::enqueue(
             conn,
-            "reverse",
+            OutboxKind::Reverse,
             &original.home_region,
             &rec.settlement_id,
             &reverse.encode_to_vec(),
@@ -228,7 +222,7 @@ pub async fn reverse_request(
         .store
         .read(move |conn| settlements::by_request(conn, &s2, &o2))
         .await?
-        .filter(|r| r.state == "pending")
+        .filter(|r| r.state == SettlementState::Pending)
         && resolve_intent(st, intent).await?.is_none()
     {
         let (s3, o3) = (sc.clone(), req.original_request_id.clone());
@@ -236,7 +230,7 @@ pub async fn reverse_request(
             .store
             .read(move |conn| settlements::by_request(conn, &s3, &o3))
             .await?
-            .is_some_and(|r| r.state == "pending")
+            .is_some_and(|r| r.state == SettlementState::Pending)
         {
             return Err(Error::Unavailable("the original request is still being confirmed with the home node; retry the 冲正 shortly".into()));
         }
@@ -249,11 +243,11 @@ pub async fn reverse_request(
             idempotency::once(conn, &key, |conn| {
                 let original = settlements::by_request(conn, &key.scope, &req.original_request_id)?.filter(|s| s.reverses.is_none());
                 match original {
-                    Some(o) if o.state == "cancelled" => Ok(proto::ReverseRequestResponse {
+                    Some(o) if o.state == SettlementState::Cancelled => Ok(proto::ReverseRequestResponse {
                         outcome: "already_reversed".into(),
                         reversal: settlements::reversal_of(conn, &o.settlement_id)?.map(|r| settlement_to_proto(&r, region)),
                     }),
-                    Some(o) if o.state != "failed" => {
+                    Some(o) if o.state != SettlementState::Failed => {
                         let rec = cancel_in_tx(conn, region, &o, &key, "冲正 (request reversal) by the institution", now)?;
                         Ok(proto::ReverseRequestResponse { outcome: "reversed".into(), reversal: Some(settlement_to_proto(&rec, region)) })
                     }

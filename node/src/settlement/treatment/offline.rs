@@ -20,6 +20,7 @@ use super::{
     shared::{Bill, now_ms, person_from},
 };
 use crate::settlement::wire_date;
+use crate::store::states::{OutboxKind, SettlementState, VisitState};
 use crate::{
     Error, Result,
     idempotency::{self, RequestKey},
@@ -119,10 +120,10 @@ pub(super) async fn settle_offline(
                 None => insert_record(conn, region, rec)?,
                 Some(intent) => take_intent(conn, intent, rec)?,
             };
-            if rec.state == "provisional" {
+            if rec.state == SettlementState::Provisional {
                 enqueue_provisional(conn, region, &rec, visit)?;
             }
-            visits::set_state(conn, &rec.visit_id, "settled", None)?;
+            visits::set_state(conn, &rec.visit_id, VisitState::Settled, None)?;
             let answer = settlement_to_proto(&rec, region);
             idempotency::store(conn, &k, &answer)?;
             Ok(answer)
@@ -192,13 +193,23 @@ fn offline_records(
         bill,
         key,
         full_self_pay(&bill.lines, &refused_note),
-        "refused",
+        SettlementState::Refused,
         basis,
         now,
         refused_note,
     )?;
     let provisional = provisional
-        .map(|(split, note)| new_record(bill, key, split, "provisional", basis, now, note))
+        .map(|(split, note)| {
+            new_record(
+                bill,
+                key,
+                split,
+                SettlementState::Provisional,
+                basis,
+                now,
+                note,
+            )
+        })
         .transpose()?;
     Ok(OfflineRecords {
         provisional,
@@ -213,7 +224,9 @@ fn take_intent(
     intent: SettlementRec,
     rec: SettlementRec,
 ) -> Result<SettlementRec> {
-    if settlements::get(conn, &intent.settlement_id)?.is_none_or(|r| r.state != "pending") {
+    if settlements::get(conn, &intent.settlement_id)?
+        .is_none_or(|r| r.state != SettlementState::Pending)
+    {
         return Err(Error::Aborted(
             "this settlement was resolved concurrently; repeat the request to get its outcome"
                 .into(),
@@ -222,7 +235,7 @@ fn take_intent(
     // The claim may be committed at the home node: a record telling the patient to pay
     // in full cannot be made, only the provisional one under the same claim id, whose
     // delivery asks the home node first and takes its claim if it has it.
-    if rec.state != "provisional" {
+    if rec.state != SettlementState::Provisional {
         return Err(Error::Unavailable(format!(
             "{}; whether the home node committed this claim cannot be known until it answers, and its offline rule allows no provisional settlement here — repeat this request (same request_id) later",
             rec.note
@@ -278,7 +291,7 @@ fn enqueue_provisional(
     };
     outbox::enqueue(
         conn,
-        "commit",
+        OutboxKind::Commit,
         &rec.home_region,
         &rec.settlement_id,
         &push.encode_to_vec(),

@@ -13,6 +13,7 @@ use yidi_common::{
 
 use super::shared::Bill;
 use crate::settlement::split_fen;
+use crate::store::states::{SettlementState, VisitState};
 use crate::{
     Error, Result,
     idempotency::{self, RequestKey},
@@ -37,7 +38,7 @@ pub(super) fn settlement_to_proto(s: &SettlementRec, treatment: RegionCode) -> p
             .map(VisitKind::to_proto)
             .unwrap_or_default(),
         split: Some(s.split.clone()),
-        state: s.state.clone(),
+        state: s.state.to_string(),
         settled_at: s.settled_at.clone(),
         period: s.period.clone(),
         policy_version: s.policy_version,
@@ -57,7 +58,7 @@ pub(super) fn new_record(
     bill: &Bill,
     key: &RequestKey,
     split: proto::Split,
-    state: &str,
+    state: SettlementState,
     basis: Basis,
     now: DateTime<Utc>,
     note: String,
@@ -74,7 +75,7 @@ pub(super) fn new_record(
         id_number: bill.visit.id_number.clone(),
         home_region: bill.visit.home_region.clone(),
         visit_kind: bill.kind.to_string(),
-        state: state.into(),
+        state,
         reverses: None,
         request_scope: key.scope.clone(),
         request_id: key.request_id.clone(),
@@ -101,7 +102,7 @@ pub(super) fn insert_record(
 ) -> Result<SettlementRec> {
     if rec.reverses.is_none()
         && let Some(live) = settlements::live_for_visit(conn, &rec.visit_id)?
-        && live.state != "cancelled"
+        && live.state != SettlementState::Cancelled
     {
         return Err(Error::FailedPrecondition(format!(
             "visit {} already has settlement {} ({}); cancel it before settling again",
@@ -115,7 +116,9 @@ pub(super) fn insert_record(
 }
 
 /// Finishes a settlement the home node committed: the authoritative split, the ledger's
-/// receivable, the visit, and the request's answer — one transaction.
+/// receivable, the visit, and the request's answer — one transaction. A claim cancelled
+/// before its home node confirmed it stays cancelled (its queued reversal follows) and
+/// its visit as the cancellation left it.
 pub(crate) fn finish_committed(
     conn: &Connection,
     region: RegionCode,
@@ -126,7 +129,7 @@ pub(crate) fn finish_committed(
     let split = resp.split.clone().unwrap_or_else(|| rec.split.clone());
     let provisional_fund = rec.fund_fen;
     let (medfee, fund, acct, cash) = split_fen(&split)?;
-    if rec.state == "provisional" && fund != provisional_fund {
+    if rec.state == SettlementState::Provisional && fund != provisional_fund {
         rec.note = format!(
             "provisional fund share {} corrected by the home node to {} (difference {})",
             money::format(money::from_fen(provisional_fund)),
@@ -134,7 +137,13 @@ pub(crate) fn finish_committed(
             money::format(money::from_fen(provisional_fund - fund))
         );
     }
-    rec.state = "settled".into();
+    let next = if rec.state == SettlementState::Cancelled {
+        SettlementState::Cancelled
+    } else {
+        SettlementState::Settled
+    };
+    debug_assert!(rec.state.can_become(next), "{} → {next}", rec.state);
+    rec.state = next;
     rec.split = split;
     if resp.policy_version != 0 {
         rec.policy_version = resp.policy_version;
@@ -158,7 +167,9 @@ pub(crate) fn finish_committed(
             &period::now_rfc3339(),
         )?;
     }
-    visits::set_state(conn, &rec.visit_id, "settled", None)?;
+    if next == SettlementState::Settled {
+        visits::set_state(conn, &rec.visit_id, VisitState::Settled, None)?;
+    }
     let answer = settlement_to_proto(&rec, region);
     if let Some(key) = key {
         idempotency::store(conn, key, &answer)?;
@@ -211,13 +222,13 @@ pub(super) fn no_settlement(id: &str) -> Error {
 /// GetSettlement and CancelSettlement of a record that is no settlement (yet): an attempt
 /// still in doubt with the home node, or one that failed. Both calls answer the same.
 pub(super) fn not_a_settlement(rec: &SettlementRec) -> Result<()> {
-    match rec.state.as_str() {
-        "pending" => Err(Error::Unavailable(format!(
+    match rec.state {
+        SettlementState::Pending => Err(Error::Unavailable(format!(
             "settlement {} is still being confirmed with the home node; repeat the Settle \
              request with the same request id to learn its outcome, or reverse it (冲正)",
             rec.settlement_id
         ))),
-        "failed" => Err(Error::NotFound(format!(
+        SettlementState::Failed => Err(Error::NotFound(format!(
             "settlement {} is an attempt that failed: no settlement was made under this id \
              and nothing is owed; settle the visit again with a new request id",
             rec.settlement_id

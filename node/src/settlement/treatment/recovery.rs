@@ -15,6 +15,7 @@ use super::{
     records::{finish_committed, mark_failed, settlement_to_proto},
     shared::{Bill, bill_from, read_bill},
 };
+use crate::store::states::SettlementState;
 use crate::{
     Error, Result,
     idempotency::{self, RequestKey},
@@ -150,7 +151,7 @@ pub(super) async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Resul
                 .write(move |conn| {
                     let current = settlements::get(conn, &rec.settlement_id)?
                         .ok_or_else(|| Error::Internal("intent vanished".into()))?;
-                    if current.state != "pending" {
+                    if current.state != SettlementState::Pending {
                         return Ok(settlement_to_proto(&current, region));
                     }
                     let stored = idempotency::replay::<proto::Settlement>(conn, &key)?.is_some();
@@ -224,7 +225,9 @@ pub(super) async fn mirror_reversed(
     st.store
         .write(move |conn| {
             // Only a pending intent is mirrored: one resolved meanwhile keeps its outcome.
-            if settlements::get(conn, &rec.settlement_id)?.is_none_or(|r| r.state != "pending") {
+            if settlements::get(conn, &rec.settlement_id)?
+                .is_none_or(|r| r.state != SettlementState::Pending)
+            {
                 return Ok(());
             }
             let now = period::now_rfc3339();
@@ -266,7 +269,7 @@ pub(super) async fn mirror_reversed(
 pub async fn recover(st: &NodeState, min_age: Duration) -> Result<usize> {
     let pending = st
         .store
-        .read(|conn| settlements::in_state(conn, "pending"))
+        .read(|conn| settlements::in_state(conn, SettlementState::Pending))
         .await?;
     let cutoff = Utc::now() - chrono::Duration::from_std(min_age).unwrap_or_default();
     let mut resolved = 0;

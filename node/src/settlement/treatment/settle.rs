@@ -19,6 +19,7 @@ use super::{
     },
 };
 use crate::settlement::{home, split_fen, wire_date};
+use crate::store::states::SettlementState;
 use crate::{
     Error, Result,
     idempotency::{self, RequestKey, payload_hash},
@@ -185,8 +186,8 @@ pub(super) fn open_settlement(
         if let Some(answer) = idempotency::replay::<proto::Settlement>(conn, &k)? {
             return Ok(Opened::Answered(answer));
         }
-        if let Some(intent) =
-            settlements::by_request(conn, &k.scope, &k.request_id)?.filter(|i| i.state == "pending")
+        if let Some(intent) = settlements::by_request(conn, &k.scope, &k.request_id)?
+            .filter(|i| i.state == SettlementState::Pending)
         {
             return Ok(Opened::Pending(intent));
         }
@@ -204,7 +205,7 @@ pub(super) fn open_settlement(
             &bill,
             &k,
             full_self_pay(&bill.lines, "awaiting the home node's eligibility"),
-            "pending",
+            SettlementState::Pending,
             Basis {
                 policy_version: 0,
                 acc_version: 0,
@@ -275,7 +276,7 @@ pub(super) fn settle_local(
             bill,
             key,
             quote.to_proto_split(),
-            "pending",
+            SettlementState::Pending,
             Basis {
                 policy_version: v.policy_version,
                 acc_version: v.accumulators.version,
@@ -505,7 +506,7 @@ async fn finish_remote(
                 return Ok(answer);
             }
             if settlements::get(conn, &rec.settlement_id)?
-                .is_none_or(|r| r.state != "pending")
+                .is_none_or(|r| r.state != SettlementState::Pending)
             {
                 return Err(Error::Aborted(
                     "this settlement was resolved concurrently; repeat the request to get its outcome".into(),

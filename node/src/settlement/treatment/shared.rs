@@ -14,6 +14,7 @@ use yidi_common::{
 };
 
 use crate::settlement::{classified_line, engine_line, wire_date};
+use crate::store::states::VisitState;
 use crate::{
     Error, Result,
     service::NodeState,
@@ -159,13 +160,13 @@ pub(super) fn bill_from(visit: VisitRec, lines: Vec<LineRec>, for_settle: bool) 
     let kind = VisitKind::parse(&visit.visit_kind, "visit_kind")?;
     // A settled visit has nothing left to quote either: its claim is already in the
     // accumulators a pre-settle would use, so the estimate would be wrong.
-    if visit.state == "settled" {
+    if visit.state == VisitState::Settled {
         return Err(Error::FailedPrecondition(format!(
             "visit {} is already settled; cancel its settlement (CancelSettlement: yidi hospital cancel SETTLEMENT_ID; a refused one too) before settling it again",
             visit.visit_id
         )));
     }
-    if for_settle && kind == VisitKind::Inpatient && visit.state != "closed" {
+    if for_settle && kind == VisitKind::Inpatient && visit.state != VisitState::Closed {
         return Err(Error::FailedPrecondition(format!(
             "inpatient visit {} must be discharged (CloseVisit) before settlement",
             visit.visit_id

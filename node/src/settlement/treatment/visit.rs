@@ -12,6 +12,7 @@ use super::{
     shared::{check_institution, institution_given, own_visit, scope},
 };
 use crate::settlement::home;
+use crate::store::states::VisitState;
 use crate::{
     Error, Result,
     idempotency::{self, RequestKey, payload_hash},
@@ -33,7 +34,7 @@ pub(super) fn visit_to_proto(v: &VisitRec) -> proto::Visit {
             .map(VisitKind::to_proto)
             .unwrap_or_default(),
         external_visit_no: v.external_visit_no.clone(),
-        state: v.state.clone(),
+        state: v.state.to_string(),
         opened_at: v.opened_at.clone(),
         closed_at: v.closed_at.clone().unwrap_or_default(),
     }
@@ -178,7 +179,7 @@ pub async fn open_visit(st: &NodeState, mut req: proto::OpenVisitRequest) -> Res
                     level: o.inst.level.to_string(),
                     external_visit_no: o.ext,
                     diagnosis_code: diagnosis,
-                    state: "open".into(),
+                    state: VisitState::Open,
                     opened_at: period::format_ts(o.opened),
                     visit_date: o.visit_date.to_string(),
                     closed_at: None,
@@ -214,14 +215,14 @@ pub async fn close_visit(
             };
             idempotency::once(conn, &key, |conn| {
                 let v = own_visit(conn, &req.institution_code, &req.visit_id)?;
-                if v.state != "open" {
+                if v.state != VisitState::Open {
                     return Err(Error::FailedPrecondition(format!(
                         "visit {} is {}, only an open visit can be closed",
                         v.visit_id, v.state
                     )));
                 }
                 let ts = period::format_ts(at);
-                visits::set_state(conn, &v.visit_id, "closed", Some(&ts))?;
+                visits::set_state(conn, &v.visit_id, VisitState::Closed, Some(&ts))?;
                 Ok(visit_to_proto(&own_visit(
                     conn,
                     &req.institution_code,

@@ -15,7 +15,7 @@ use yidi_common::{
 };
 
 use super::treatment::{finish_committed, now_ms};
-use crate::store::states::{OutboxKind, SettlementState};
+use crate::store::states::{ClaimState, OutboxKind, SettlementState};
 use crate::{
     Error, Result,
     service::NodeState,
@@ -148,9 +148,10 @@ async fn deliver_commit(st: &NodeState, item: &Item) -> Result<Outcome> {
             )));
         }
     };
-    let resp = match status.state.as_str() {
-        "committed" | "reversed" => status.claim.unwrap_or_default(),
-        _ => match client.commit_claim(req.clone()).await {
+    // A claim the home node holds (committed, or reversed since) is not sent again.
+    let resp = match status.state.parse::<ClaimState>() {
+        Ok(_) => status.claim.unwrap_or_default(),
+        Err(_) => match client.commit_claim(req.clone()).await {
             Ok(r) => r.into_inner(),
             // A claim the home node has by now (its original commit, still in flight
             // when the status was read) is found by the next attempt's status.
@@ -231,7 +232,7 @@ async fn deliver_reverse(st: &NodeState, item: &Item) -> Result<Outcome> {
                 // reverse, and the reversal written at the cancellation is taken back.
                 ledger::withdraw(conn, &req.reversal_id, Side::Receivable)?;
             }
-            if resp.state == "reversed" {
+            if resp.state == ClaimState::Reversed.as_str() {
                 let fund = resp
                     .split
                     .as_ref()

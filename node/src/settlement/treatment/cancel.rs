@@ -53,38 +53,7 @@ pub(super) fn cancel_in_tx(
             original.settlement_id, original.state
         )));
     }
-    let neg = |v: &str| -> String {
-        money::parse(v, "amount", Sign::Any)
-            .map(|d| money::format(-d))
-            .unwrap_or_else(|_| v.to_owned())
-    };
-    let s = &original.split;
-    let split = proto::Split {
-        medfee_sumamt: neg(&s.medfee_sumamt),
-        fulamt_ownpay_amt: neg(&s.fulamt_ownpay_amt),
-        overlmt_selfpay: neg(&s.overlmt_selfpay),
-        preselfpay_amt: neg(&s.preselfpay_amt),
-        inscp_scp_amt: neg(&s.inscp_scp_amt),
-        act_pay_dedc: neg(&s.act_pay_dedc),
-        hifp_pay: neg(&s.hifp_pay),
-        hifmi_pay: neg(&s.hifmi_pay),
-        hifob_pay: neg(&s.hifob_pay),
-        cvlserv_pay: neg(&s.cvlserv_pay),
-        maf_pay: neg(&s.maf_pay),
-        fund_pay_sumamt: neg(&s.fund_pay_sumamt),
-        hosp_part_amt: neg(&s.hosp_part_amt),
-        psn_part_amt: neg(&s.psn_part_amt),
-        acct_pay: neg(&s.acct_pay),
-        psn_cash_pay: neg(&s.psn_cash_pay),
-        pool_ratio: s.pool_ratio.clone(),
-        funds: Vec::new(),
-        lines: Vec::new(),
-        trace: vec![format!(
-            "reverses settlement {}: {reason}",
-            original.settlement_id
-        )],
-        applied_filing_type: s.applied_filing_type,
-    };
+    let split = negated_split(&original.split, &original.settlement_id, reason);
     let rec = SettlementRec {
         settlement_id: String::new(),
         state: SettlementState::Reversal,
@@ -116,44 +85,7 @@ pub(super) fn cancel_in_tx(
     if original.state == SettlementState::Refused {
         return Ok(rec);
     }
-    let reverse = proto::ReverseClaimRequest {
-        request_id: rec.settlement_id.clone(),
-        claim_id: original.settlement_id.clone(),
-        reversal_id: rec.settlement_id.clone(),
-        reason: reason.to_owned(),
-        reversed_at: rec.settled_at.clone(),
-        treatment_region: st_region.to_string(),
-        abandon_only: false,
-    };
-    if original.home_region == st_region.as_str() {
-        home::reverse(conn, st_region.as_str(), &reverse)?;
-    } else {
-        // The reversal enters this node's ledger now, with its outbox item: a round
-        // frozen before the home node has it shows the pair in dispute rather than
-        // paying the cancelled claim (docs/clearing.md, "The ledger").
-        ledger::record(
-            conn,
-            &ledger::Entry {
-                entry_id: &rec.settlement_id,
-                side: Side::Receivable,
-                counterparty: &original.home_region,
-                period: &rec.period,
-                kind: "reversal",
-                claim_id: &original.settlement_id,
-                amount_fen: -original.fund_fen,
-            },
-            &rec.settled_at,
-        )?;
-        outbox::enqueue(
-            conn,
-            OutboxKind::Reverse,
-            &original.home_region,
-            &rec.settlement_id,
-            &reverse.encode_to_vec(),
-            &rec.settled_at,
-            now_ms(),
-        )?;
-    }
+    reverse_claim(conn, st_region, original, &rec, reason)?;
     Ok(rec)
 }
 
@@ -271,4 +203,86 @@ pub async fn reverse_request(
     st.eligibility_cache.clear();
     st.outbox_wake.notify_one();
     Ok(answer)
+}
+
+/// The split of a reversal record: every amount of the original's negated.
+fn negated_split(s: &proto::Split, original_id: &str, reason: &str) -> proto::Split {
+    let neg = |v: &str| -> String {
+        money::parse(v, "amount", Sign::Any)
+            .map(|d| money::format(-d))
+            .unwrap_or_else(|_| v.to_owned())
+    };
+    proto::Split {
+        medfee_sumamt: neg(&s.medfee_sumamt),
+        fulamt_ownpay_amt: neg(&s.fulamt_ownpay_amt),
+        overlmt_selfpay: neg(&s.overlmt_selfpay),
+        preselfpay_amt: neg(&s.preselfpay_amt),
+        inscp_scp_amt: neg(&s.inscp_scp_amt),
+        act_pay_dedc: neg(&s.act_pay_dedc),
+        hifp_pay: neg(&s.hifp_pay),
+        hifmi_pay: neg(&s.hifmi_pay),
+        hifob_pay: neg(&s.hifob_pay),
+        cvlserv_pay: neg(&s.cvlserv_pay),
+        maf_pay: neg(&s.maf_pay),
+        fund_pay_sumamt: neg(&s.fund_pay_sumamt),
+        hosp_part_amt: neg(&s.hosp_part_amt),
+        psn_part_amt: neg(&s.psn_part_amt),
+        acct_pay: neg(&s.acct_pay),
+        psn_cash_pay: neg(&s.psn_cash_pay),
+        pool_ratio: s.pool_ratio.clone(),
+        funds: Vec::new(),
+        lines: Vec::new(),
+        trace: vec![format!("reverses settlement {original_id}: {reason}")],
+        applied_filing_type: s.applied_filing_type,
+    }
+}
+
+/// The claim's reversal at its home node: in this transaction when this node is the home
+/// node, else written to the ledger and queued in the outbox.
+fn reverse_claim(
+    conn: &Connection,
+    st_region: RegionCode,
+    original: &SettlementRec,
+    rec: &SettlementRec,
+    reason: &str,
+) -> Result<()> {
+    let reverse = proto::ReverseClaimRequest {
+        request_id: rec.settlement_id.clone(),
+        claim_id: original.settlement_id.clone(),
+        reversal_id: rec.settlement_id.clone(),
+        reason: reason.to_owned(),
+        reversed_at: rec.settled_at.clone(),
+        treatment_region: st_region.to_string(),
+        abandon_only: false,
+    };
+    if original.home_region == st_region.as_str() {
+        home::reverse(conn, st_region.as_str(), &reverse)?;
+    } else {
+        // The reversal enters this node's ledger now, with its outbox item: a round
+        // frozen before the home node has it shows the pair in dispute rather than
+        // paying the cancelled claim (docs/clearing.md, "The ledger").
+        ledger::record(
+            conn,
+            &ledger::Entry {
+                entry_id: &rec.settlement_id,
+                side: Side::Receivable,
+                counterparty: &original.home_region,
+                period: &rec.period,
+                kind: "reversal",
+                claim_id: &original.settlement_id,
+                amount_fen: -original.fund_fen,
+            },
+            &rec.settled_at,
+        )?;
+        outbox::enqueue(
+            conn,
+            OutboxKind::Reverse,
+            &original.home_region,
+            &rec.settlement_id,
+            &reverse.encode_to_vec(),
+            &rec.settled_at,
+            now_ms(),
+        )?;
+    }
+    Ok(())
 }

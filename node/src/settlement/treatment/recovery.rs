@@ -15,7 +15,8 @@ use super::{
     records::{finish_committed, mark_failed, settlement_to_proto},
     shared::{Bill, bill_from, read_bill},
 };
-use crate::store::states::SettlementState;
+use crate::peers::Peer;
+use crate::store::states::{ClaimState, SettlementState};
 use crate::{
     Error, Result,
     idempotency::{self, RequestKey},
@@ -106,7 +107,6 @@ pub async fn resolve_intent(
 
 /// [`resolve_intent`] for an intent this caller holds in [`InFlight`](super::InFlight).
 pub(super) async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Result<Resolved> {
-    let region = st.region;
     let home = rec.home_region.clone();
     let peer = match st.peers.get(&home) {
         Ok(p) => p,
@@ -128,43 +128,11 @@ pub(super) async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Resul
         }
     };
     match status.state.as_str() {
-        "committed" => {
-            // The stored intent may hold only its placeholder split: the home node's
-            // split is the one to record, and without it nothing is finished.
-            let resp = status
-                .claim
-                .filter(|c| c.split.is_some())
-                .ok_or_else(|| {
-                    Error::Internal(format!(
-                        "home node {home} reports claim {} committed without its split; it stays pending",
-                        rec.settlement_id
-                    ))
-                })?;
-            let key = RequestKey::new(
-                &rec.request_scope,
-                &rec.request_id,
-                "Settle",
-                rec.payload_hash.clone(),
-            )?;
-            let answer = st
-                .store
-                .write(move |conn| {
-                    let current = settlements::get(conn, &rec.settlement_id)?
-                        .ok_or_else(|| Error::Internal("intent vanished".into()))?;
-                    if current.state != SettlementState::Pending {
-                        return Ok(settlement_to_proto(&current, region));
-                    }
-                    let stored = idempotency::replay::<proto::Settlement>(conn, &key)?.is_some();
-                    finish_committed(conn, region, current, &resp, (!stored).then_some(&key))
-                })
-                .await?;
-            tracing::info!(claim = %answer.settlement_id, "in-doubt claim was committed at home; settled");
-            Ok(Resolved::Settled(Box::new(answer)))
-        }
+        s if s == ClaimState::Committed.as_str() => finish_from_home(st, rec, status).await,
         // Committed late and then reversed by an earlier abandonment: the hospital never
         // had a success, so the intent failed; both of the home node's ledger records are
         // mirrored so that the pair still reconciles.
-        "reversed" => {
+        s if s == ClaimState::Reversed.as_str() => {
             mirror_reversed(st, rec, &status).await?;
             Ok(Resolved::Failed)
         }
@@ -172,37 +140,8 @@ pub(super) async fn resolve_claimed(st: &NodeState, rec: SettlementRec) -> Resul
             mark_failed(st, rec).await?;
             Ok(Resolved::Failed)
         }
-        _ => {
-            // Not committed: make sure it never will be, then give up on it.
-            let abandon = proto::ReverseClaimRequest {
-                request_id: format!("abandon-{}", rec.settlement_id),
-                claim_id: rec.settlement_id.clone(),
-                reversal_id: format!("abandon-{}", rec.settlement_id),
-                reason: "treatment node gave up on an in-doubt claim".into(),
-                reversed_at: period::now_rfc3339(),
-                treatment_region: region.to_string(),
-                abandon_only: true,
-            };
-            match peer.client().reverse_claim(abandon).await {
-                Ok(r) if r.get_ref().state == "abandoned" => {
-                    mark_failed(st, rec).await?;
-                    Ok(Resolved::Failed)
-                }
-                // It was committed after all (a late delivery): read its status again
-                // and finish it (or mirror it, had it been reversed meanwhile).
-                Ok(_) => Box::pin(resolve_claimed(st, rec)).await,
-                // The abandonment may have reached the home node and left its
-                // tombstone though its answer was lost: the claim id can then never be
-                // committed, so it must not be settled provisionally under it. It stays
-                // pending; the next resolution reads the home node's status again.
-                Err(s) => Ok(Resolved::Pending(match classify(&home, &s) {
-                    PeerFail::Unreachable(why) => {
-                        format!("the home node did not answer the abandonment: {why}")
-                    }
-                    PeerFail::Refused(e) => e.to_string(),
-                })),
-            }
-        }
+        // Not committed: make sure it never will be, then give up on it.
+        _ => abandon(st, rec, &peer).await,
     }
 }
 
@@ -290,4 +229,75 @@ pub async fn recover(st: &NodeState, min_age: Duration) -> Result<usize> {
         }
     }
     Ok(resolved)
+}
+
+/// The home node has the claim committed: finish the intent with its split.
+async fn finish_from_home(
+    st: &NodeState,
+    rec: SettlementRec,
+    status: proto::ClaimStatusResponse,
+) -> Result<Resolved> {
+    let (region, home) = (st.region, &rec.home_region);
+    // The stored intent may hold only its placeholder split: the home node's
+    // split is the one to record, and without it nothing is finished.
+    let resp = status.claim.filter(|c| c.split.is_some()).ok_or_else(|| {
+        Error::Internal(format!(
+            "home node {home} reports claim {} committed without its split; it stays pending",
+            rec.settlement_id
+        ))
+    })?;
+    let key = RequestKey::new(
+        &rec.request_scope,
+        &rec.request_id,
+        "Settle",
+        rec.payload_hash.clone(),
+    )?;
+    let answer = st
+        .store
+        .write(move |conn| {
+            let current = settlements::get(conn, &rec.settlement_id)?
+                .ok_or_else(|| Error::Internal("intent vanished".into()))?;
+            if current.state != SettlementState::Pending {
+                return Ok(settlement_to_proto(&current, region));
+            }
+            let stored = idempotency::replay::<proto::Settlement>(conn, &key)?.is_some();
+            finish_committed(conn, region, current, &resp, (!stored).then_some(&key))
+        })
+        .await?;
+    tracing::info!(claim = %answer.settlement_id, "in-doubt claim was committed at home; settled");
+    Ok(Resolved::Settled(Box::new(answer)))
+}
+
+/// The home node does not have the claim: abandon it there (a tombstone, so that it is
+/// never committed), then fail the intent.
+async fn abandon(st: &NodeState, rec: SettlementRec, peer: &Peer) -> Result<Resolved> {
+    let (region, home) = (st.region, rec.home_region.clone());
+    let abandon = proto::ReverseClaimRequest {
+        request_id: format!("abandon-{}", rec.settlement_id),
+        claim_id: rec.settlement_id.clone(),
+        reversal_id: format!("abandon-{}", rec.settlement_id),
+        reason: "treatment node gave up on an in-doubt claim".into(),
+        reversed_at: period::now_rfc3339(),
+        treatment_region: region.to_string(),
+        abandon_only: true,
+    };
+    match peer.client().reverse_claim(abandon).await {
+        Ok(r) if r.get_ref().state == "abandoned" => {
+            mark_failed(st, rec).await?;
+            Ok(Resolved::Failed)
+        }
+        // It was committed after all (a late delivery): read its status again
+        // and finish it (or mirror it, had it been reversed meanwhile).
+        Ok(_) => Box::pin(resolve_claimed(st, rec)).await,
+        // The abandonment may have reached the home node and left its
+        // tombstone though its answer was lost: the claim id can then never be
+        // committed, so it must not be settled provisionally under it. It stays
+        // pending; the next resolution reads the home node's status again.
+        Err(s) => Ok(Resolved::Pending(match classify(&home, &s) {
+            PeerFail::Unreachable(why) => {
+                format!("the home node did not answer the abandonment: {why}")
+            }
+            PeerFail::Refused(e) => e.to_string(),
+        })),
+    }
 }

@@ -6,17 +6,17 @@
 //! node for the claim's status). Same-city visits take the same API and commit locally in
 //! one transaction.
 //!
-//! One file per phase of a visit, each calling only downwards:
+//! One file per phase of a visit: identify, visit (OpenVisit, CloseVisit), bill (fees and
+//! pricing), settle (PreSettle and Settle, the one orchestrator), offline (the offline
+//! rule and its outbox item), recovery (intents in doubt, restart recovery), cancel
+//! (CancelSettlement, 冲正) and queries. Calls go only downwards, never back:
 //!
 //! ```text
-//! identify  visit  bill (fees, pricing)  cancel (cancel, 冲正)  queries
-//!                      ▲                    │
-//! settle (PreSettle, Settle: the one orchestrator)
-//!   ├─► bill (pricing)  ├─► recovery (in doubt, restart) ─► offline (offline rule, outbox)
-//!   └─► offline         ▲ cancel
-//! ──────────────────────────────────────────────────────────────────────────────
-//! shared (institution, visit, bill, InFlight)  records (settlement rows)
-//! home_calls (eligibility and policy from the home node, call failures)
+//! settle   ──► bill (pricing), recovery, offline
+//! cancel   ──► recovery (a 冲正 of a request still in doubt)
+//! recovery ──► offline (the repeat of a request the home node cannot be asked about)
+//! every phase file ──► shared (institution, visit, bill, InFlight)
+//!                      records (settlement rows), home_calls (eligibility, policy)
 //! ```
 //!
 //! Other modules use the functions and types re-exported here.

@@ -65,7 +65,7 @@ pub async fn record_deduction(
                             yidi_common::error::quoted(&req.settlement_id)
                         ))
                     })?;
-                if s.state != "settled" {
+                if s.state != crate::store::states::SettlementState::Settled {
                     return Err(Error::FailedPrecondition(format!(
                         "settlement {} is {}; only a settled claim can be audited",
                         s.settlement_id, s.state

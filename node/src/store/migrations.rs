@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 12;
+pub const SCHEMA_VERSION: u32 = 13;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -530,6 +530,116 @@ const V12_CATALOGUE_FREE_OF_CHARGE: &str = r"
 ALTER TABLE catalogue ADD COLUMN free_of_charge INTEGER NOT NULL DEFAULT 0 CHECK (free_of_charge IN (0, 1));
 ";
 
+// The states of visits, settlements and claims, and the kinds of outbox item, as CHECK
+// constraints: the same lists as `store::states` (a test compares them), so that no
+// write, by this program or by hand, can store a state the code does not know. SQLite
+// cannot add a constraint in place: each table is rebuilt with the same columns and
+// indexes (foreign keys off, which `migrate` arranges; checked before the commit). The
+// outbox keeps its AUTOINCREMENT counter, so that no delivered item's id is reused.
+const V13_STATE_CHECKS: &str = r"
+CREATE TABLE visits_v13 (
+    visit_id          TEXT PRIMARY KEY,
+    seq               INTEGER NOT NULL UNIQUE,
+    institution_code  TEXT NOT NULL REFERENCES institutions (code),
+    id_number         TEXT NOT NULL,
+    home_region       TEXT NOT NULL,
+    visit_kind        TEXT NOT NULL,
+    level             TEXT NOT NULL,
+    external_visit_no TEXT NOT NULL,
+    diagnosis_code    TEXT NOT NULL,
+    state             TEXT NOT NULL CHECK (state IN ('open', 'closed', 'settled')),
+    opened_at         TEXT NOT NULL,
+    visit_date        TEXT NOT NULL,
+    closed_at         TEXT,
+    home_snapshot     BLOB NOT NULL       -- encoded EligibilityResponse at opening, for offline settlement
+) STRICT;
+INSERT INTO visits_v13 SELECT visit_id, seq, institution_code, id_number, home_region, visit_kind, level,
+    external_visit_no, diagnosis_code, state, opened_at, visit_date, closed_at, home_snapshot FROM visits ORDER BY seq;
+DROP TABLE visits;
+ALTER TABLE visits_v13 RENAME TO visits;
+CREATE INDEX visits_by_institution ON visits (institution_code, external_visit_no);
+
+CREATE TABLE settlements_v13 (
+    settlement_id     TEXT PRIMARY KEY,
+    seq               INTEGER NOT NULL UNIQUE,
+    visit_id          TEXT NOT NULL REFERENCES visits (visit_id),
+    institution_code  TEXT NOT NULL,
+    id_number         TEXT NOT NULL,
+    home_region       TEXT NOT NULL,
+    visit_kind        TEXT NOT NULL,
+    state             TEXT NOT NULL CHECK (state IN ('pending', 'settled', 'provisional', 'refused',
+                                                     'failed', 'cancelled', 'disputed', 'reversal')),
+    reverses          TEXT,               -- set on a reversal record
+    request_scope     TEXT NOT NULL,
+    request_id        TEXT NOT NULL,
+    payload_hash      TEXT NOT NULL,
+    split             BLOB NOT NULL,      -- encoded yidi.v1.Split
+    medfee_fen        INTEGER NOT NULL,
+    fund_fen          INTEGER NOT NULL,
+    acct_fen          INTEGER NOT NULL,
+    cash_fen          INTEGER NOT NULL,
+    policy_version    INTEGER NOT NULL,
+    acc_version       INTEGER NOT NULL,
+    settled_at        TEXT NOT NULL,
+    settle_date       TEXT NOT NULL,      -- UTC+8 calendar date, for reconciliation
+    period            TEXT NOT NULL,
+    note              TEXT NOT NULL
+) STRICT;
+INSERT INTO settlements_v13 SELECT settlement_id, seq, visit_id, institution_code, id_number, home_region,
+    visit_kind, state, reverses, request_scope, request_id, payload_hash, split, medfee_fen, fund_fen, acct_fen,
+    cash_fen, policy_version, acc_version, settled_at, settle_date, period, note FROM settlements ORDER BY seq;
+DROP TABLE settlements;
+ALTER TABLE settlements_v13 RENAME TO settlements;
+CREATE INDEX settlements_by_institution ON settlements (institution_code, settle_date);
+CREATE INDEX settlements_by_visit ON settlements (visit_id);
+CREATE INDEX settlements_by_state ON settlements (state);
+CREATE INDEX settlements_by_request ON settlements (request_scope, request_id, seq);
+
+CREATE TABLE claims_v13 (
+    claim_id          TEXT PRIMARY KEY,
+    treatment_region  TEXT NOT NULL,
+    id_number         TEXT NOT NULL,
+    institution_code  TEXT NOT NULL,
+    visit_kind        TEXT NOT NULL,
+    settled_at        TEXT NOT NULL,
+    period            TEXT NOT NULL,
+    policy_version    INTEGER NOT NULL,
+    provisional       INTEGER NOT NULL,
+    split             BLOB NOT NULL,      -- encoded yidi.v1.Split, the authoritative one
+    fund_fen          INTEGER NOT NULL,
+    acct_fen          INTEGER NOT NULL,
+    acc_year          INTEGER NOT NULL,
+    acc_delta         TEXT NOT NULL,      -- JSON: what this claim added to the accumulators
+    state             TEXT NOT NULL CHECK (state IN ('committed', 'reversed')),
+    reversal_id       TEXT,
+    reversed_at       TEXT
+) STRICT;
+INSERT INTO claims_v13 SELECT claim_id, treatment_region, id_number, institution_code, visit_kind, settled_at,
+    period, policy_version, provisional, split, fund_fen, acct_fen, acc_year, acc_delta, state, reversal_id,
+    reversed_at FROM claims ORDER BY rowid;
+DROP TABLE claims;
+ALTER TABLE claims_v13 RENAME TO claims;
+CREATE INDEX claims_by_person ON claims (id_number);
+
+CREATE TABLE outbox_v13 (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind            TEXT NOT NULL CHECK (kind IN ('commit', 'reverse', 'adjust')),
+    target_region   TEXT NOT NULL,
+    ref_id          TEXT NOT NULL UNIQUE, -- the settlement or reversal id it delivers
+    payload         BLOB NOT NULL,        -- the encoded request
+    created_at      TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,     -- unix millis
+    last_error      TEXT NOT NULL DEFAULT ''
+) STRICT;
+INSERT INTO outbox_v13 SELECT id, kind, target_region, ref_id, payload, created_at, attempts, next_attempt_ms,
+    last_error FROM outbox ORDER BY id;
+DELETE FROM sqlite_sequence WHERE name = 'outbox_v13';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_v13', seq FROM sqlite_sequence WHERE name = 'outbox';
+DROP TABLE outbox;
+ALTER TABLE outbox_v13 RENAME TO outbox;
+";
+
 /// Which database a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -553,6 +663,8 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V10_LEDGER_BY_ROUND_PARTIAL),
             M::up(V11_REQUESTS_BY_ROWID),
             M::up(V12_CATALOGUE_FREE_OF_CHARGE),
+            // Checked inside the migration's transaction: a broken reference rolls it back.
+            M::up(V13_STATE_CHECKS).foreign_key_check(),
         ]),
         Schema::Coordinator => Migrations::new(vec![
             M::up(COORDINATOR_V1),
@@ -797,6 +909,158 @@ mod tests {
             )
             .expect("plan");
         assert!(plan.contains("requests_by_request"), "{plan}");
+    }
+
+    /// Every row of `table`, in its primary key's order, column by column.
+    fn rows(conn: &Connection, table: &str) -> Vec<Vec<rusqlite::types::Value>> {
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {table} ORDER BY 1"))
+            .expect("prepare");
+        let n = stmt.column_count();
+        stmt.query_map([], |r| (0..n).map(|i| r.get(i)).collect())
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    }
+
+    /// V13: the rebuilt tables keep every row, their indexes, the foreign keys that
+    /// point at them and the outbox's counter; a state none of the enums of
+    /// `store::states` knows is refused by a CHECK constraint, and every state they know
+    /// is accepted.
+    #[test]
+    fn v13_keeps_every_row_and_refuses_unknown_states() {
+        use crate::store::states::{ClaimState, OutboxKind, SettlementState, VisitState};
+
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrations(Schema::Node)
+            .to_version(&mut conn, 12)
+            .expect("to V12");
+        conn.execute_batch(
+            "INSERT INTO institutions VALUES ('H1', '医院', 'hospital', 'level3', 'active', '2026-01-01', NULL);
+             INSERT INTO visits VALUES ('V1', 1, 'H1', 'P1', '330200', 'outpatient', 'level3', 'E1', '', 'settled', 't', '2026-11-02', NULL, x'');
+             INSERT INTO visits VALUES ('V2', 2, 'H1', 'P2', '330200', 'inpatient', 'level3', 'E2', 'J18', 'closed', 't', '2026-11-01', 't2', x'0a01');
+             INSERT INTO fee_lines VALUES ('V1', '1', 'X1', '药', 'A', '0', NULL, '2', 1000, 2000, '2026-11-02');
+             INSERT INTO settlements VALUES ('S1', 1, 'V1', 'H1', 'P1', '330200', 'outpatient', 'cancelled', NULL, 'inst:H1', 'r1', 'h1', x'01', 2000, 1500, 0, 500, 3, 7, 't', '2026-11-02', '2026-11', '');
+             INSERT INTO settlements VALUES ('S2', 2, 'V1', 'H1', 'P1', '330200', 'outpatient', 'reversal', 'S1', 'inst:H1', 'r2', 'h2', x'02', -2000, -1500, 0, -500, 3, 7, 't', '2026-11-02', '2026-11', 'cancelled');
+             INSERT INTO settlements VALUES ('S3', 3, 'V2', 'H1', 'P2', '330200', 'inpatient', 'provisional', NULL, 'inst:H1', 'r3', 'h3', x'', 9999, 8888, 11, 1100, 2, 0, 't', '2026-11-01', '2026-11', 'offline');
+             INSERT INTO deductions VALUES ('D1', 'S3', 'H1', '330200', 5, 'audit', 't', '2026-11');
+             INSERT INTO claims VALUES ('330300-S-1', '330300', 'P9', 'H9', 'outpatient', 't', '2026-11', 1, 0, x'', 300, 0, 2026, '{}', 'reversed', 'R1', 't');
+             INSERT INTO outbox (kind, target_region, ref_id, payload, created_at, next_attempt_ms) VALUES
+                 ('commit', '330200', 'S3', x'01', 't', 5), ('reverse', '330200', 'S2', x'', 't', 0);
+             DELETE FROM outbox WHERE ref_id = 'S2';",
+        )
+        .expect("rows of every kind");
+        let tables = [
+            "visits",
+            "fee_lines",
+            "settlements",
+            "deductions",
+            "claims",
+            "outbox",
+        ];
+        let before: Vec<_> = tables.iter().map(|t| rows(&conn, t)).collect();
+
+        migrate(&mut conn, Schema::Node).expect("to the latest");
+
+        let after: Vec<_> = tables.iter().map(|t| rows(&conn, t)).collect();
+        assert_eq!(after, before);
+        assert_eq!(after[2].len(), 3);
+        let indexes: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL \
+                 AND tbl_name IN ('visits', 'settlements', 'claims', 'outbox') ORDER BY name",
+            )
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("names");
+        assert_eq!(
+            indexes,
+            [
+                "claims_by_person",
+                "settlements_by_institution",
+                "settlements_by_request",
+                "settlements_by_state",
+                "settlements_by_visit",
+                "visits_by_institution"
+            ]
+        );
+        // The delivered item's id (2) is not given out again.
+        conn.execute(
+            "INSERT INTO outbox (kind, target_region, ref_id, payload, created_at, next_attempt_ms) \
+             VALUES (?1, '330200', 'S4', x'', 't', 0)",
+            [OutboxKind::Reverse],
+        )
+        .expect("a new item");
+        assert_eq!(conn.last_insert_rowid(), 3);
+        let orphan = conn
+            .execute(
+                "INSERT INTO fee_lines VALUES ('V9', '1', 'X1', '药', 'A', '0', NULL, '1', 1, 1, 't')",
+                [],
+            )
+            .expect_err("fee lines still refer to visits");
+        assert!(orphan.to_string().contains("FOREIGN KEY"), "{orphan}");
+
+        for sql in [
+            "UPDATE visits SET state = 'Open' WHERE visit_id = 'V1'",
+            "UPDATE settlements SET state = 'done' WHERE settlement_id = 'S3'",
+            "UPDATE settlements SET state = 'presettled' WHERE settlement_id = 'S3'",
+            "UPDATE claims SET state = 'abandoned'",
+            "UPDATE outbox SET kind = 'push'",
+            "INSERT INTO outbox (kind, target_region, ref_id, payload, created_at, next_attempt_ms) \
+             VALUES ('', '330200', 'S5', x'', 't', 0)",
+        ] {
+            let e = conn.execute(sql, []).expect_err(sql);
+            assert!(
+                e.to_string().contains("CHECK constraint failed"),
+                "{sql}: {e}"
+            );
+        }
+        let after_refusals: Vec<_> = tables[..5].iter().map(|t| rows(&conn, t)).collect();
+        assert_eq!(after_refusals, before[..5]);
+
+        // Each CHECK lists exactly the enum's states, in its order.
+        let checked = |table: &str| -> Vec<String> {
+            let sql: String = conn
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .expect("table");
+            let list = &sql[sql.find("IN (").expect("a CHECK list") + 4..];
+            list[..list.find(')').expect("its end")]
+                .split(',')
+                .map(|s| s.trim().trim_matches('\'').to_owned())
+                .collect()
+        };
+        fn names<T: std::fmt::Display>(all: &[T]) -> Vec<String> {
+            all.iter().map(ToString::to_string).collect()
+        }
+        assert_eq!(checked("visits"), names(VisitState::ALL));
+        assert_eq!(checked("settlements"), names(SettlementState::ALL));
+        assert_eq!(checked("claims"), names(ClaimState::ALL));
+        assert_eq!(checked("outbox"), names(OutboxKind::ALL));
+
+        let tx = conn.transaction().expect("tx");
+        for s in VisitState::ALL {
+            tx.execute("UPDATE visits SET state = ?1", [s])
+                .expect("a visit state");
+        }
+        for s in SettlementState::ALL {
+            tx.execute("UPDATE settlements SET state = ?1", [s])
+                .expect("a settlement state");
+        }
+        for s in ClaimState::ALL {
+            tx.execute("UPDATE claims SET state = ?1", [s])
+                .expect("a claim state");
+        }
+        for k in OutboxKind::ALL {
+            tx.execute("UPDATE outbox SET kind = ?1", [k])
+                .expect("an outbox kind");
+        }
+        tx.rollback().expect("rollback");
     }
 
     #[test]

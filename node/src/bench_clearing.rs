@@ -627,7 +627,7 @@ async fn round(args: &ClearingBenchArgs, shape: &Shape, agg: &[PairAgg]) -> anyh
     let id = opened.round_id;
     let r = c.run_round(rr(&id)).await?.into_inner();
     let confirmed_at = Instant::now();
-    if r.state != coordinator::state::CONFIRMED {
+    if r.state != coordinator::RoundState::Confirmed {
         bail!(
             "the round stopped at {} ({}); missing: {:?}",
             r.state,
@@ -655,7 +655,7 @@ async fn round(args: &ClearingBenchArgs, shape: &Shape, agg: &[PairAgg]) -> anyh
     }
     let settled_at = Instant::now();
     let (hwm_after, rss_after) = memory_kib();
-    if last.state != coordinator::state::SETTLED || !last.missing.is_empty() {
+    if last.state != coordinator::RoundState::Settled || !last.missing.is_empty() {
         bail!(
             "the round ended {} with {:?} not cleared: {}",
             last.state,

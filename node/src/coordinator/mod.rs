@@ -22,7 +22,7 @@ use yidi_common::{
     proto::coordinator_service_server::CoordinatorServiceServer, region::RegionCode,
 };
 
-pub use round::state;
+pub use yidi_common::round_state::RoundState;
 
 use crate::{Error, Result, peers::PeerDirectory, store::Store};
 

@@ -12,22 +12,11 @@ use yidi_common::{
     netting::{self, Gross},
     period, proto,
     proto::clearing_participant_client::ClearingParticipantClient,
+    round_state::RoundState,
 };
 
 use super::{CoordState, store};
 use crate::{Error, Result};
-
-/// Round states.
-pub mod state {
-    pub const OPEN: &str = "OPEN";
-    pub const COLLECTING: &str = "COLLECTING";
-    pub const RECONCILING: &str = "RECONCILING";
-    pub const DISPUTED: &str = "DISPUTED";
-    pub const STATEMENT_ISSUED: &str = "STATEMENT_ISSUED";
-    pub const CONFIRMED: &str = "CONFIRMED";
-    pub const SETTLED: &str = "SETTLED";
-    pub const ABORTED: &str = "ABORTED";
-}
 
 type Client = ClearingParticipantClient<tonic::transport::Channel>;
 
@@ -48,7 +37,7 @@ fn now() -> String {
     period::now_rfc3339()
 }
 
-async fn set_state(st: &CoordState, id: &str, s: &'static str, note: String) -> Result<()> {
+async fn set_state(st: &CoordState, id: &str, s: RoundState, note: String) -> Result<()> {
     let id = id.to_owned();
     st.store
         .write(move |conn| store::set_state(conn, &id, s, &note, &now()))
@@ -66,24 +55,24 @@ pub async fn view(st: &CoordState, id: &str) -> Result<proto::Round> {
             })?;
             let confirmed = store::confirmed(conn, &id)?;
             let cleared = store::cleared(conn, &id)?;
-            let reported: BTreeSet<String> = match r.state.as_str() {
-                state::OPEN | state::COLLECTING => {
+            let reported: BTreeSet<String> = match r.state {
+                RoundState::Open | RoundState::Collecting => {
                     store::reported(conn, &id)?.into_iter().collect()
                 }
                 _ => BTreeSet::new(),
             };
-            let missing: Vec<String> = match r.state.as_str() {
-                state::OPEN | state::COLLECTING => regions
+            let missing: Vec<String> = match r.state {
+                RoundState::Open | RoundState::Collecting => regions
                     .iter()
                     .filter(|p| !reported.contains(*p))
                     .cloned()
                     .collect(),
-                state::STATEMENT_ISSUED => regions
+                RoundState::StatementIssued => regions
                     .iter()
                     .filter(|p| !confirmed.contains(p))
                     .cloned()
                     .collect(),
-                state::SETTLED => regions
+                RoundState::Settled => regions
                     .iter()
                     .filter(|p| !cleared.contains(p))
                     .cloned()
@@ -94,7 +83,7 @@ pub async fn view(st: &CoordState, id: &str) -> Result<proto::Round> {
             Ok(proto::Round {
                 round_id: r.round_id,
                 period: r.period,
-                state: r.state,
+                state: r.state.to_string(),
                 missing,
                 confirmed,
                 updated_at: r.updated_at,
@@ -122,20 +111,20 @@ pub async fn advance(st: &CoordState, id: &str) -> Result<proto::Round> {
                     Error::NotFound(format!("no round {}", yidi_common::error::quoted(id)))
                 })?
         };
-        let moved = match row.state.as_str() {
-            state::OPEN => {
-                set_state(st, id, state::COLLECTING, String::new()).await?;
+        let moved = match row.state {
+            RoundState::Open => {
+                set_state(st, id, RoundState::Collecting, String::new()).await?;
                 true
             }
-            state::COLLECTING => collect(st, &row).await?,
-            state::RECONCILING => reconcile(st, &row).await?,
-            state::STATEMENT_ISSUED => confirm(st, &row).await?,
-            state::CONFIRMED => settle_if_paid(st, &row).await?,
-            state::SETTLED => {
+            RoundState::Collecting => collect(st, &row).await?,
+            RoundState::Reconciling => reconcile(st, &row).await?,
+            RoundState::StatementIssued => confirm(st, &row).await?,
+            RoundState::Confirmed => settle_if_paid(st, &row).await?,
+            RoundState::Settled => {
                 mark_cleared(st, &row).await?;
                 false
             }
-            _ => false,
+            RoundState::Disputed | RoundState::Aborted => false,
         };
         if !moved {
             break;
@@ -193,13 +182,13 @@ async fn collect(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
     // Answers arrive in any order; the note names the missing in region order.
     missing.sort();
     if missing.is_empty() {
-        set_state(st, &row.round_id, state::RECONCILING, String::new()).await?;
+        set_state(st, &row.round_id, RoundState::Reconciling, String::new()).await?;
         return Ok(true);
     }
     set_state(
         st,
         &row.round_id,
-        state::COLLECTING,
+        RoundState::Collecting,
         format!("waiting for {}", missing.join(", ")),
     )
     .await?;
@@ -354,7 +343,7 @@ async fn reconcile(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
         set_state(
             st,
             &row.round_id,
-            state::ABORTED,
+            RoundState::Aborted,
             format!(
                 "empty period: no participant has a record of {}; nothing was cleared. To record {} as cleared with no transfers, open it again with allow_empty (yidi clearing open {} --allow-empty)",
                 row.period, row.period, row.period
@@ -428,7 +417,7 @@ async fn reconcile(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
                     set_state(
                         st,
                         &row.round_id,
-                        state::RECONCILING,
+                        RoundState::Reconciling,
                         format!("drill-down {creditor}/{debtor} waiting: {e}"),
                     )
                     .await?;
@@ -460,7 +449,7 @@ async fn reconcile(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
                 store::set_state(
                     conn,
                     &id,
-                    state::DISPUTED,
+                    RoundState::Disputed,
                     &format!("{n} pair(s) disagree; see disputes"),
                     &now(),
                 )
@@ -529,7 +518,7 @@ async fn reconcile(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
     st.store
         .write(move |conn| {
             store::set_statement(conn, &id, &statement)?;
-            store::set_state(conn, &id, state::STATEMENT_ISSUED, note, &now())
+            store::set_state(conn, &id, RoundState::StatementIssued, note, &now())
         })
         .await?;
     tracing::info!(round = %row.round_id, "clearing statement issued");
@@ -647,7 +636,7 @@ async fn confirm(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
         set_state(
             st,
             &row.round_id,
-            state::CONFIRMED,
+            RoundState::Confirmed,
             "every participant confirmed; record the transfers".into(),
         )
         .await?;
@@ -656,7 +645,7 @@ async fn confirm(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
     set_state(
         st,
         &row.round_id,
-        state::STATEMENT_ISSUED,
+        RoundState::StatementIssued,
         format!("awaiting confirmation — {}", waiting.join("; ")),
     )
     .await?;
@@ -683,7 +672,7 @@ async fn settle_if_paid(st: &CoordState, row: &store::RoundRow) -> Result<bool> 
     } else {
         "every transfer recorded"
     };
-    set_state(st, &row.round_id, state::SETTLED, note.into()).await?;
+    set_state(st, &row.round_id, RoundState::Settled, note.into()).await?;
     Ok(true)
 }
 
@@ -739,7 +728,7 @@ pub async fn resolve(st: &CoordState, id: &str) -> Result<proto::Round> {
                     Error::NotFound(format!("no round {}", yidi_common::error::quoted(id)))
                 })?
         };
-        if row.state != state::DISPUTED {
+        if row.state != RoundState::Disputed {
             return Err(Error::FailedPrecondition(format!(
                 "round {id} is {}; only a DISPUTED round is resolved",
                 row.state
@@ -794,7 +783,7 @@ pub async fn resolve(st: &CoordState, id: &str) -> Result<proto::Round> {
                 store::set_state(
                     conn,
                     &id2,
-                    state::COLLECTING,
+                    RoundState::Collecting,
                     "disputed records carried to the next round",
                     &now(),
                 )

@@ -13,6 +13,7 @@ use yidi_common::{
     period::{self, Period},
     proto::{self, clearing_participant_server::ClearingParticipant},
     region::RegionCode,
+    round_state::ParticipantState,
 };
 
 use super::State;
@@ -329,7 +330,7 @@ impl ClearingParticipant for ClearingSvc {
                 exclusions.fetch_add(1, Ordering::SeqCst);
                 idempotency::once(conn, &key, |conn| {
                     let round = known_round(conn, &id)?;
-                    if round.state != "frozen" {
+                    if round.state != ParticipantState::Frozen {
                         return Err(Error::FailedPrecondition(format!(
                             "round {id} is {} here; records can no longer be excluded",
                             round.state
@@ -399,7 +400,7 @@ impl ClearingParticipant for ClearingSvc {
                 .store
                 .read(move |conn| {
                     let round = known_round(conn, &s.round_id)?;
-                    (round.state == "frozen")
+                    (round.state == ParticipantState::Frozen)
                         .then(|| verify(conn, region, &s))
                         .transpose()
                 })
@@ -410,13 +411,16 @@ impl ClearingParticipant for ClearingSvc {
             .store
             .write(move |conn| {
                 let round = known_round(conn, &s.round_id)?;
-                if round.state == "confirmed" || round.state == "cleared" {
+                if matches!(
+                    round.state,
+                    ParticipantState::Confirmed | ParticipantState::Cleared
+                ) {
                     return Ok(proto::ConfirmStatementResponse {
                         confirmed: round.statement_digest == s.digest,
                         confirmed_by: round.confirmed_by,
                     });
                 }
-                if round.state == "freezing" {
+                if round.state == ParticipantState::Freezing {
                     // Its totals are not final until the last step of the freeze.
                     return Err(Error::FailedPrecondition(format!(
                         "round {} is still being frozen here; confirm once its positions \
@@ -481,7 +485,7 @@ impl ClearingParticipant for ClearingSvc {
             .write(move |conn| {
                 idempotency::once(conn, &key, |conn| {
                     let round = known_round(conn, &marked)?;
-                    if round.state != "confirmed" {
+                    if round.state != ParticipantState::Confirmed {
                         return Err(Error::FailedPrecondition(format!(
                             "round {marked} is {} here; only a confirmed round is cleared",
                             round.state
@@ -514,7 +518,7 @@ impl ClearingParticipant for ClearingSvc {
             .write(move |conn| {
                 let id = released;
                 if let Some(r) = clearing::get(conn, &id)?
-                    && r.state == "cleared"
+                    && r.state == ParticipantState::Cleared
                 {
                     return Err(Error::FailedPrecondition(format!(
                         "round {id} is already cleared here"

@@ -8,6 +8,7 @@ pub mod backup;
 pub mod bench;
 pub mod bench_clearing;
 pub mod certs;
+pub mod clearing;
 pub mod cli;
 pub mod clock;
 pub mod config;

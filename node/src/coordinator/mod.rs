@@ -4,8 +4,11 @@
 //! and driven both by the operator (CoordinatorService) and by a background loop that
 //! retries whatever waits on an unreachable participant.
 
+mod fanout;
+mod reconcile;
 mod round;
 mod service;
+mod statement;
 pub mod store;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};

@@ -12,9 +12,10 @@ use yidi_common::{
 
 use super::NodeState;
 use crate::{
-    Error, Result, funds,
+    Error, Result,
+    clearing::reserve_balances,
+    funds,
     idempotency::{self, RequestKey, payload_hash},
-    service::clearing::reserve_balances,
     store::{
         clearing,
         funds::{self as fund_store, DeductionRec},

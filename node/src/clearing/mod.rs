@@ -253,30 +253,9 @@ impl Participant {
     ) -> Result<proto::ConfirmStatementResponse> {
         let region = self.region;
         let auto = self.auto_confirm;
-        // The statement is verified from a read (the round's totals go through all its
-        // records, too many for a writer job at a large node). The exclusion count is
-        // taken by a writer job first, so that the read sees every exclusion run before
-        // it, and any run after it shows in the count when the confirmation runs. So is
-        // the count of ledger entries corrected or taken back (a provisional claim's or a
-        // cancellation's answer from the counterparty), which may be frozen ones.
+        let seen = self.changes_seen().await?;
+        let verified = self.verified_from_read(s.clone()).await?;
         let exclusions = Arc::clone(&self.exclusions);
-        let seen = {
-            let exclusions = Arc::clone(&exclusions);
-            self.store
-                .write(move |_| Ok((exclusions.load(Ordering::SeqCst), ledger::changes())))
-                .await?
-        };
-        let verified = {
-            let s = s.clone();
-            self.store
-                .read(move |conn| {
-                    let round = known_round(conn, &s.round_id)?;
-                    (round.state == ParticipantState::Frozen)
-                        .then(|| verify(conn, region, &s))
-                        .transpose()
-                })
-                .await?
-        };
         self.store
             .write(move |conn| {
                 let round = known_round(conn, &s.round_id)?;
@@ -295,7 +274,13 @@ impl Participant {
                             s.round_id
                         )));
                     }
-                    ParticipantState::Frozen | ParticipantState::Released => {}
+                    // Aborted: its records went back to the next round.
+                    ParticipantState::Released => {
+                        round
+                            .state
+                            .check_move(ParticipantState::Confirmed, &s.round_id)?;
+                    }
+                    ParticipantState::Frozen => {}
                 }
                 let diffs = match verified {
                     Some(d) if (exclusions.load(Ordering::SeqCst), ledger::changes()) == seen => d,
@@ -325,6 +310,31 @@ impl Participant {
                     confirmed: true,
                     confirmed_by: by.to_owned(),
                 })
+            })
+            .await
+    }
+
+    /// The count of exclusions and of ledger entries corrected or taken back, taken by
+    /// a writer job: a read after it sees every change made before it, and any change
+    /// after it shows in the counts when the confirmation is written.
+    async fn changes_seen(&self) -> Result<(u64, u64)> {
+        let exclusions = Arc::clone(&self.exclusions);
+        self.store
+            .write(move |_| Ok((exclusions.load(Ordering::SeqCst), ledger::changes())))
+            .await
+    }
+
+    /// The statement checked against a frozen round's ledger from a read (the round's
+    /// totals go through all its records, too many for a writer job at a large node);
+    /// None when the round is not frozen.
+    async fn verified_from_read(&self, s: proto::Statement) -> Result<Option<Vec<String>>> {
+        let region = self.region;
+        self.store
+            .read(move |conn| {
+                let round = known_round(conn, &s.round_id)?;
+                (round.state == ParticipantState::Frozen)
+                    .then(|| verify(conn, region, &s))
+                    .transpose()
             })
             .await
     }
@@ -402,5 +412,146 @@ impl Participant {
             }
             total += n;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use yidi_common::netting::statement_digest;
+
+    use super::*;
+    use crate::store::ledger::Entry;
+
+    /// A node 330100 whose ledger holds, toward 330200 in 2026-03, a receivable of
+    /// 123.45 + 0.55 and a payable of 10.00.
+    async fn participant(dir: &std::path::Path, auto_confirm: bool) -> Participant {
+        let store = Store::open(dir, 1, "330100").unwrap();
+        store
+            .write(|conn| {
+                for (id, side, fen) in [
+                    ("e1", Side::Receivable, 12_345),
+                    ("e2", Side::Receivable, 55),
+                    ("e3", Side::Payable, 1_000),
+                ] {
+                    ledger::record(
+                        conn,
+                        &Entry {
+                            entry_id: id,
+                            side,
+                            counterparty: "330200",
+                            period: "2026-03",
+                            kind: "claim",
+                            claim_id: id,
+                            amount_fen: fen,
+                        },
+                        "2026-03-05T00:00:00Z",
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        Participant::new(
+            store,
+            RegionCode::parse("330100", "region").unwrap(),
+            auto_confirm,
+        )
+    }
+
+    /// The statement the coordinator would issue for this node's ledger.
+    fn statement(round: &str) -> proto::Statement {
+        let mut s = proto::Statement {
+            round_id: round.into(),
+            period: "2026-03".into(),
+            clearing_account: "330000".into(),
+            nets: vec![
+                proto::NetPosition {
+                    region: "330100".into(),
+                    receivable: "124.00".into(),
+                    payable: "10.00".into(),
+                    net: "114.00".into(),
+                },
+                proto::NetPosition {
+                    region: "330200".into(),
+                    receivable: "10.00".into(),
+                    payable: "124.00".into(),
+                    net: "-114.00".into(),
+                },
+            ],
+            instructions: vec![
+                proto::PaymentInstruction {
+                    from_region: "330200".into(),
+                    to_region: "330000".into(),
+                    amount: "114.00".into(),
+                },
+                proto::PaymentInstruction {
+                    from_region: "330000".into(),
+                    to_region: "330100".into(),
+                    amount: "114.00".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        s.digest = statement_digest(&s);
+        s
+    }
+
+    /// Report, confirm, mark cleared: the exact positions, a matching statement
+    /// confirmed automatically, the records cleared.
+    #[tokio::test]
+    async fn a_round_from_report_to_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = participant(dir.path(), true).await;
+        let r = p
+            .report_positions("R1".into(), "2026-03".into())
+            .await
+            .unwrap();
+        let pos = &r.positions[0];
+        assert_eq!(
+            (
+                pos.counterparty.as_str(),
+                pos.receivable_count,
+                pos.receivable_sum.as_str(),
+                pos.payable_count,
+                pos.payable_sum.as_str()
+            ),
+            ("330200", 2, "124.00", 1, "10.00")
+        );
+        let mut off = statement("R1");
+        off.nets[0].receivable = "124.01".into();
+        off.digest = statement_digest(&off);
+        assert_eq!(
+            p.verify_statement(off.clone()).await.unwrap(),
+            ["receivable: statement 124.01, ledger 124.00"]
+        );
+        let refused = p.confirm_statement(off).await.unwrap();
+        assert!(!refused.confirmed, "{refused:?}");
+        let ok = p.confirm_statement(statement("R1")).await.unwrap();
+        assert_eq!((ok.confirmed, ok.confirmed_by.as_str()), (true, "auto"));
+        let key = RequestKey::new("coordinator", "R1-cleared", "MarkCleared", "h".into()).unwrap();
+        let cleared = p.mark_cleared(key, "R1".into()).await.unwrap();
+        assert_eq!((cleared.cleared, cleared.records), (true, 3));
+    }
+
+    /// A released (aborted) round is not confirmed, even by a statement that matches
+    /// what it held, and stays released.
+    #[tokio::test]
+    async fn a_released_round_is_not_confirmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = participant(dir.path(), true).await;
+        p.report_positions("R1".into(), "2026-03".into())
+            .await
+            .unwrap();
+        assert_eq!(p.release("R1".into()).await.unwrap(), 3);
+        let e = p.confirm_statement(statement("R1")).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::FailedPrecondition(m) if m == "round R1 is released here; it cannot become confirmed"),
+            "{e:?}"
+        );
+        let r = p.store.read(|conn| known_round(conn, "R1")).await.unwrap();
+        assert_eq!(
+            (r.state, r.confirmed_by.as_str()),
+            (ParticipantState::Released, "")
+        );
     }
 }

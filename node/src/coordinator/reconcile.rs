@@ -214,6 +214,42 @@ pub(crate) fn dispute(
     }
 }
 
+/// Records one participant takes out of a round to resolve a dispute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Exclusion {
+    pub region: String,
+    pub counterparty: String,
+    pub side: &'static str,
+    pub entry_ids: Vec<String>,
+}
+
+/// What resolving `disputes` takes out at each side, creditor then debtor per dispute:
+/// every disputed record a side holds (only there, or with a different amount), so
+/// that both sides carry them to the next round. Nothing is asked of a region that is
+/// not a participant, nor of a side with nothing to take out.
+#[must_use]
+pub(crate) fn exclusions(disputes: &[proto::Dispute], participants: &[String]) -> Vec<Exclusion> {
+    let mut out = Vec::new();
+    for d in disputes {
+        for (region, counterparty, side, only) in [
+            (&d.creditor, &d.debtor, "receivable", &d.only_at_creditor),
+            (&d.debtor, &d.creditor, "payable", &d.only_at_debtor),
+        ] {
+            let entry_ids: Vec<String> = only.iter().chain(&d.amount_differs).cloned().collect();
+            if entry_ids.is_empty() || !participants.contains(region) {
+                continue;
+            }
+            out.push(Exclusion {
+                region: region.clone(),
+                counterparty: counterparty.clone(),
+                side,
+                entry_ids,
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -399,6 +435,47 @@ mod tests {
                 debtor_sum: "0.00".into(),
                 ..Default::default()
             }
+        );
+    }
+
+    /// Each side takes out what only it has and what differs; a stranger is asked
+    /// nothing, nor a side with nothing to take out.
+    #[test]
+    fn resolving_takes_each_sides_disputed_records_out() {
+        let disputes = [
+            proto::Dispute {
+                creditor: HZ.into(),
+                debtor: NB.into(),
+                only_at_creditor: vec!["a".into()],
+                amount_differs: vec!["c".into()],
+                ..Default::default()
+            },
+            proto::Dispute {
+                creditor: NB.into(),
+                debtor: HZ.into(),
+                only_at_creditor: vec!["d".into()],
+                ..Default::default()
+            },
+            proto::Dispute {
+                creditor: HZ.into(),
+                debtor: "330900".into(),
+                only_at_debtor: vec!["e".into()],
+                ..Default::default()
+            },
+        ];
+        let x = |region: &str, counterparty: &str, side, ids: &[&str]| Exclusion {
+            region: region.into(),
+            counterparty: counterparty.into(),
+            side,
+            entry_ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        assert_eq!(
+            exclusions(&disputes, &participants()),
+            [
+                x(HZ, NB, "receivable", &["a", "c"]),
+                x(NB, HZ, "payable", &["c"]),
+                x(NB, HZ, "receivable", &["d"]),
+            ]
         );
     }
 

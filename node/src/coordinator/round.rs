@@ -535,41 +535,23 @@ pub async fn resolve(st: &CoordState, id: &str) -> Result<proto::Round> {
                 .read(move |conn| store::disputes(conn, &id))
                 .await?
         };
-        for d in &disputes {
-            for (region, counterparty, side, ids) in [
-                (
-                    &d.creditor,
-                    &d.debtor,
-                    "receivable",
-                    d.only_at_creditor.iter().chain(&d.amount_differs),
-                ),
-                (
-                    &d.debtor,
-                    &d.creditor,
-                    "payable",
-                    d.only_at_debtor.iter().chain(&d.amount_differs),
-                ),
-            ] {
-                let entry_ids: Vec<String> = ids.cloned().collect();
-                if entry_ids.is_empty() || !st.participant_regions().contains(region) {
-                    continue;
-                }
-                let mut c = client(st, region)?;
-                c.exclude_claims(proto::ExcludeClaimsRequest {
-                    request_id: format!("{id}-exclude-{region}-{counterparty}-{side}"),
-                    round_id: id.to_owned(),
-                    counterparty: counterparty.clone(),
-                    side: side.to_owned(),
-                    entry_ids,
-                })
-                .await
-                .map_err(|s| {
-                    Error::Unavailable(format!(
-                        "{region} could not exclude disputed records: {}",
-                        s.message()
-                    ))
-                })?;
-            }
+        for x in reconcile::exclusions(&disputes, &st.participant_regions()) {
+            let mut c = client(st, &x.region)?;
+            c.exclude_claims(proto::ExcludeClaimsRequest {
+                request_id: format!("{id}-exclude-{}-{}-{}", x.region, x.counterparty, x.side),
+                round_id: id.to_owned(),
+                counterparty: x.counterparty.clone(),
+                side: x.side.to_owned(),
+                entry_ids: x.entry_ids,
+            })
+            .await
+            .map_err(|s| {
+                Error::Unavailable(format!(
+                    "{} could not exclude disputed records: {}",
+                    x.region,
+                    s.message()
+                ))
+            })?;
         }
         let id2 = id.to_owned();
         st.store

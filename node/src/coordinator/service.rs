@@ -10,7 +10,7 @@ use yidi_common::{
     round_state::RoundState,
 };
 
-use super::{CoordState, round, store};
+use super::{CoordState, round, statement, store};
 use crate::{
     Error, Result,
     idempotency::{self, RequestKey, payload_hash},
@@ -318,15 +318,7 @@ impl CoordinatorService for CoordinatorSvc {
                         )));
                     }
                     let instructions = store::instructions(conn, &row.round_id)?;
-                    let matches = instructions.iter().any(|i| {
-                        i.from_region == req.from_region
-                            && i.to_region == req.to_region
-                            && money::parse(&i.amount, "amount", Sign::Any)
-                                .map(money::to_fen)
-                                .ok()
-                                == Some(amount)
-                    });
-                    if !matches {
+                    if !statement::instructs(&instructions, &req.from_region, &req.to_region, amount) {
                         return Err(Error::invalid(
                             "amount",
                             format!(

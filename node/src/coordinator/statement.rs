@@ -165,6 +165,25 @@ pub(crate) fn check(s: &proto::Statement) -> Vec<String> {
     problems
 }
 
+/// Whether `instructions` include a payment of exactly `amount_fen` from `from` to
+/// `to`: a transfer is recorded against its instruction, to the fen.
+#[must_use]
+pub(crate) fn instructs(
+    instructions: &[proto::PaymentInstruction],
+    from: &str,
+    to: &str,
+    amount_fen: i64,
+) -> bool {
+    instructions.iter().any(|i| {
+        i.from_region == from
+            && i.to_region == to
+            && money::parse(&i.amount, "amount", Sign::Any)
+                .map(money::to_fen)
+                .ok()
+                == Some(amount_fen)
+    })
+}
+
 /// The statement as one participant is asked to confirm it: whole, except that the
 /// gross matrix and the reserves keep only the rows the participant is party to. The
 /// digest covers the round, the nets and the instructions, which are sent whole; the
@@ -377,6 +396,25 @@ mod tests {
             check(&bypass),
             ["instruction 330100 → 330200 bypasses the clearing account"]
         );
+    }
+
+    /// A transfer matches its instruction only to the fen, in its direction.
+    #[test]
+    fn a_transfer_matches_its_instruction_exactly() {
+        let s = issue(
+            "R",
+            "2026-03",
+            PROVINCE,
+            &regions(2),
+            vec![g("330100", "330200", 12_345)],
+            &[],
+        )
+        .unwrap();
+        assert!(instructs(&s.instructions, "330100", PROVINCE, 12_345));
+        assert!(instructs(&s.instructions, PROVINCE, "330200", 12_345));
+        assert!(!instructs(&s.instructions, "330100", PROVINCE, 12_344));
+        assert!(!instructs(&s.instructions, PROVINCE, "330100", 12_345));
+        assert!(!instructs(&s.instructions, "330100", "330200", 12_345));
     }
 
     /// Random bilateral claims between up to 12 regions, in fen (negative after

@@ -24,6 +24,7 @@
 //! [`policy_cache`].
 
 pub mod auth;
+pub mod clearing;
 pub mod clock;
 pub mod config;
 pub mod coordinator;

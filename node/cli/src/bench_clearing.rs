@@ -35,7 +35,6 @@ use tonic::{
 use yidi_common::{
     digest::SetDigest,
     money,
-    netting::statement_digest,
     period::Period,
     proto::{
         self,
@@ -254,45 +253,19 @@ struct SimParticipant {
 }
 
 impl SimParticipant {
-    /// The real node's checks (`service::clearing::verify`), against the aggregates.
+    /// The real node's checks (`clearing::verify`), against the aggregates.
     fn verify(&self, s: &proto::Statement) -> Vec<String> {
-        let mut diffs = Vec::new();
-        if statement_digest(s) != s.digest {
-            diffs.push("the statement's digest does not match its content".to_owned());
-        }
-        let fen = |a: &str| {
-            money::parse(a, "amount", money::Sign::Any)
-                .map(money::to_fen)
-                .unwrap_or(i64::MIN)
-        };
-        let net = self.receivable_fen - self.payable_fen;
-        match s.nets.iter().find(|n| n.region == self.region) {
-            None => diffs.push(format!("no position for {}", self.region)),
-            Some(n) => {
-                if (fen(&n.receivable), fen(&n.payable), fen(&n.net))
-                    != (self.receivable_fen, self.payable_fen, net)
-                {
-                    diffs.push(format!("position of {} differs", self.region));
-                }
-            }
-        }
-        let moved: i64 = s
-            .instructions
-            .iter()
-            .map(|i| {
-                if i.to_region == self.region {
-                    fen(&i.amount)
-                } else if i.from_region == self.region {
-                    -fen(&i.amount)
-                } else {
-                    0
-                }
+        RegionCode::parse(&self.region, "region")
+            .map_err(yidi_node::Error::from)
+            .and_then(|own| {
+                yidi_node::clearing::verify::against_ledger(
+                    own,
+                    s,
+                    self.receivable_fen,
+                    self.payable_fen,
+                )
             })
-            .sum();
-        if moved != net {
-            diffs.push(format!("instructions move {moved} fen, net is {net}"));
-        }
-        diffs
+            .unwrap_or_else(|e| vec![e.to_string()])
     }
 }
 
@@ -627,7 +600,7 @@ async fn round(args: &ClearingBenchArgs, shape: &Shape, agg: &[PairAgg]) -> anyh
     let id = opened.round_id;
     let r = c.run_round(rr(&id)).await?.into_inner();
     let confirmed_at = Instant::now();
-    if r.state != coordinator::state::CONFIRMED {
+    if r.state != coordinator::RoundState::Confirmed {
         bail!(
             "the round stopped at {} ({}); missing: {:?}",
             r.state,
@@ -655,7 +628,7 @@ async fn round(args: &ClearingBenchArgs, shape: &Shape, agg: &[PairAgg]) -> anyh
     }
     let settled_at = Instant::now();
     let (hwm_after, rss_after) = memory_kib();
-    if last.state != coordinator::state::SETTLED || !last.missing.is_empty() {
+    if last.state != coordinator::RoundState::Settled || !last.missing.is_empty() {
         bail!(
             "the round ended {} with {:?} not cleared: {}",
             last.state,

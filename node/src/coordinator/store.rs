@@ -4,7 +4,7 @@
 
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
-use yidi_common::proto;
+use yidi_common::{proto, round_state::RoundState};
 
 use crate::{Error, Result};
 
@@ -13,12 +13,20 @@ use crate::{Error, Result};
 pub struct RoundRow {
     pub round_id: String,
     pub period: String,
-    pub state: String,
+    pub state: RoundState,
     pub statement: Option<proto::Statement>,
     pub note: String,
     pub updated_at: String,
     /// Opened with `allow_empty`: settles even when no participant has a record.
     pub allow_empty: bool,
+}
+
+/// A stored state; the CHECK constraint keeps any other value out.
+fn state_of(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<RoundState> {
+    let s: String = r.get(i)?;
+    RoundState::parse(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 fn decode<M: Message + Default>(b: &[u8], what: &str) -> Result<M> {
@@ -32,7 +40,7 @@ pub fn round(conn: &Connection, id: &str) -> Result<Option<RoundRow>> {
         .query_row([id], |r| {
             let statement: Option<Vec<u8>> = r.get(3)?;
             Ok((
-                RoundRow { round_id: r.get(0)?, period: r.get(1)?, state: r.get(2)?, statement: None, note: r.get(4)?, updated_at: r.get(5)?, allow_empty: r.get(6)? },
+                RoundRow { round_id: r.get(0)?, period: r.get(1)?, state: state_of(r, 2)?, statement: None, note: r.get(4)?, updated_at: r.get(5)?, allow_empty: r.get(6)? },
                 statement,
             ))
         })
@@ -55,7 +63,7 @@ pub fn round_head(conn: &Connection, id: &str) -> Result<Option<RoundRow>> {
             Ok(RoundRow {
                 round_id: r.get(0)?,
                 period: r.get(1)?,
-                state: r.get(2)?,
+                state: state_of(r, 2)?,
                 statement: None,
                 note: r.get(3)?,
                 updated_at: r.get(4)?,
@@ -107,17 +115,29 @@ pub fn insert_round(
     note: &str,
     now: &str,
 ) -> Result<()> {
-    conn.prepare_cached("INSERT INTO rounds (round_id, period, state, allow_empty, note, created_at, updated_at) VALUES (?1, ?2, 'OPEN', ?3, ?4, ?5, ?5)")?
-        .execute(params![id, period, allow_empty, note, now])?;
+    conn.prepare_cached("INSERT INTO rounds (round_id, period, state, allow_empty, note, created_at, updated_at) VALUES (?1, ?2, ?6, ?3, ?4, ?5, ?5)")?
+        .execute(params![id, period, allow_empty, note, now, RoundState::Open.as_str()])?;
     Ok(())
 }
 
-/// Sets a round's state and note.
-pub fn set_state(conn: &Connection, id: &str, state: &str, note: &str, now: &str) -> Result<()> {
+/// Sets a round's state and note; FAILED_PRECONDITION when the round may not move
+/// there from where it is (`RoundState::can_become`), NOT_FOUND when there is no such
+/// round.
+pub fn set_state(
+    conn: &Connection,
+    id: &str,
+    state: RoundState,
+    note: &str,
+    now: &str,
+) -> Result<()> {
+    let current = round_head(conn, id)?
+        .ok_or_else(|| Error::NotFound(format!("no round {}", yidi_common::error::quoted(id))))?
+        .state;
+    current.check_move(state, id)?;
     conn.prepare_cached(
         "UPDATE rounds SET state = ?2, note = ?3, updated_at = ?4 WHERE round_id = ?1",
     )?
-    .execute(params![id, state, note, now])?;
+    .execute(params![id, state.as_str(), note, now])?;
     Ok(())
 }
 

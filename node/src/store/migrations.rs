@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 13;
+pub const SCHEMA_VERSION: u32 = 14;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -640,6 +640,57 @@ DROP TABLE outbox;
 ALTER TABLE outbox_v13 RENAME TO outbox;
 ";
 
+// The state of a participant's round is one of `ParticipantState`'s names (common's
+// round_state.rs), enforced by the store (the comment of V3 listed four of the five).
+// Numbered 14: it follows V13 (the settlement tables). SQLite cannot add a CHECK to a
+// column: the table is rebuilt and its rows copied (it has no index of its own). A row
+// with a state outside the list makes the copy, and so the migration, fail.
+const V14_CLEARING_ROUND_STATES: &str = r"
+CREATE TABLE clearing_rounds_v14 (
+    round_id          TEXT PRIMARY KEY,
+    period            TEXT NOT NULL,
+    state             TEXT NOT NULL
+        CHECK (state IN ('freezing', 'frozen', 'confirmed', 'cleared', 'released')),
+    statement_digest  TEXT NOT NULL DEFAULT '',
+    confirmed_by      TEXT NOT NULL DEFAULT '',
+    operator_digest   TEXT NOT NULL DEFAULT '', -- statement digest the operator confirmed
+    frozen_at         TEXT NOT NULL,
+    cleared_at        TEXT
+) STRICT;
+INSERT INTO clearing_rounds_v14 (round_id, period, state, statement_digest, confirmed_by,
+                                 operator_digest, frozen_at, cleared_at)
+    SELECT round_id, period, state, statement_digest, confirmed_by, operator_digest, frozen_at, cleared_at
+    FROM clearing_rounds;
+DROP TABLE clearing_rounds;
+ALTER TABLE clearing_rounds_v14 RENAME TO clearing_rounds;
+";
+
+// A coordinator round's state is one of `RoundState`'s names (common's round_state.rs),
+// enforced by the store. The table is rebuilt and its rows copied, with foreign keys off
+// (`migrate`): the tables of reports, disputes, confirmations, transfers and clear marks
+// refer to it by name, and find the new one under it; the migration checks those
+// references before it commits. It has no index of its own.
+const COORDINATOR_V4: &str = r"
+CREATE TABLE rounds_v4 (
+    round_id     TEXT PRIMARY KEY,
+    period       TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('OPEN', 'COLLECTING', 'RECONCILING', 'DISPUTED',
+                                               'STATEMENT_ISSUED', 'CONFIRMED', 'SETTLED', 'ABORTED')),
+    statement    BLOB,              -- encoded yidi.v1.Statement once issued
+    note         TEXT NOT NULL DEFAULT '',
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    instructions BLOB,              -- the statement's payment instructions alone (V2)
+    allow_empty  INTEGER NOT NULL DEFAULT 0 CHECK (allow_empty IN (0, 1))
+) STRICT;
+INSERT INTO rounds_v4 (round_id, period, state, statement, note, created_at, updated_at,
+                       instructions, allow_empty)
+    SELECT round_id, period, state, statement, note, created_at, updated_at, instructions, allow_empty
+    FROM rounds;
+DROP TABLE rounds;
+ALTER TABLE rounds_v4 RENAME TO rounds;
+";
+
 /// Which database a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -665,11 +716,13 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V12_CATALOGUE_FREE_OF_CHARGE),
             // Checked inside the migration's transaction: a broken reference rolls it back.
             M::up(V13_STATE_CHECKS).foreign_key_check(),
+            M::up(V14_CLEARING_ROUND_STATES),
         ]),
         Schema::Coordinator => Migrations::new(vec![
             M::up(COORDINATOR_V1),
             M::up(COORDINATOR_V2),
             M::up(COORDINATOR_V3),
+            M::up(COORDINATOR_V4).foreign_key_check(),
         ]),
     }
 }
@@ -714,7 +767,7 @@ pub fn migrate(conn: &mut Connection, schema: Schema) -> Result<()> {
 }
 
 /// Coordinator schema version after all migrations.
-pub const COORDINATOR_SCHEMA_VERSION: u32 = 3;
+pub const COORDINATOR_SCHEMA_VERSION: u32 = 4;
 
 #[cfg(test)]
 mod tests {
@@ -1097,6 +1150,166 @@ mod tests {
             let e = conn.execute(sql, []).expect_err("append-only");
             assert!(e.to_string().contains("append-only"), "{e}");
         }
+    }
+
+    /// V14 (the node's): every participant round kept as it was; the state column takes
+    /// exactly `ParticipantState`'s names; a store holding another value is not migrated.
+    #[test]
+    fn v14_keeps_participant_rounds_and_refuses_unknown_states() {
+        use yidi_common::round_state::ParticipantState;
+
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrations(Schema::Node)
+            .to_version(&mut conn, 12)
+            .expect("to V12");
+        conn.execute_batch(
+            "INSERT INTO clearing_rounds (round_id, period, state, statement_digest, confirmed_by, operator_digest, frozen_at, cleared_at) VALUES \
+             ('2026-01-r1', '2026-01', 'cleared', 'd1', 'auto', '', 't1', 't2'), \
+             ('2026-02-r1', '2026-02', 'released', '', '', '', 't3', NULL), \
+             ('2026-02-r2', '2026-02', 'frozen', '', '', 'd2', 't4', NULL)",
+        )
+        .expect("rounds before V14");
+        let rows =
+            |conn: &Connection| -> Vec<(String, String, String, String, String, Option<String>)> {
+                conn.prepare("SELECT round_id, state, statement_digest, confirmed_by, operator_digest, cleared_at FROM clearing_rounds ORDER BY round_id")
+                .expect("prepare")
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+                .expect("query")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows")
+            };
+        let before = rows(&conn);
+        migrate(&mut conn, Schema::Node).expect("to the latest");
+        assert_eq!(rows(&conn), before);
+        assert_eq!(
+            crate::store::clearing::get(&conn, "2026-01-r1")
+                .expect("read")
+                .expect("kept")
+                .state,
+            ParticipantState::Cleared
+        );
+        let insert = "INSERT INTO clearing_rounds (round_id, period, state, frozen_at) VALUES (?1, '2026-03', ?2, 't')";
+        for (i, s) in ParticipantState::ALL.iter().enumerate() {
+            conn.execute(insert, [format!("ok-{i}"), s.to_string()])
+                .expect("every state of the enum");
+        }
+        for bad in ["FROZEN", "settled", ""] {
+            let e = conn
+                .execute(insert, ["bad", bad])
+                .expect_err("not a participant state");
+            assert!(e.to_string().contains("CHECK constraint failed"), "{e}");
+        }
+        let e = conn
+            .execute(
+                "UPDATE clearing_rounds SET state = 'confirm' WHERE round_id = '2026-02-r2'",
+                [],
+            )
+            .expect_err("nor by an update");
+        assert!(e.to_string().contains("CHECK constraint failed"), "{e}");
+        assert_eq!(rows(&conn)[..3], before[..]);
+
+        // A store holding a state outside the list stays as it was.
+        let mut old = Connection::open_in_memory().expect("open");
+        migrations(Schema::Node)
+            .to_version(&mut old, 12)
+            .expect("to V12");
+        old.execute(insert, ["odd", "thawed"])
+            .expect("no CHECK before V14");
+        migrate(&mut old, Schema::Node).expect_err("the copy refuses it");
+        let v: u32 = old
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, 12);
+    }
+
+    /// COORDINATOR_V4: every round kept, still the parent of its reports (foreign keys
+    /// enforced again); the state column takes exactly `RoundState`'s names.
+    #[test]
+    fn coordinator_v4_keeps_rounds_and_refuses_unknown_states() {
+        use yidi_common::round_state::RoundState;
+
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.pragma_update(None, "foreign_keys", "ON").expect("fk");
+        migrations(Schema::Coordinator)
+            .to_version(&mut conn, 3)
+            .expect("to V3");
+        conn.execute_batch(
+            "INSERT INTO rounds (round_id, period, state, statement, note, created_at, updated_at, instructions, allow_empty) VALUES \
+             ('2026-05-r1', '2026-05', 'SETTLED', x'0a01', 'every transfer recorded', 't0', 't1', x'22', 0), \
+             ('2026-06-r1', '2026-06', 'COLLECTING', NULL, 'waiting for 330300 (down)', 't2', 't3', NULL, 1);
+             INSERT INTO round_reports VALUES ('2026-06-r1', '330100', x'00');
+             INSERT INTO round_transfers VALUES ('2026-05-r1', '330100', '330000', 12345, 'BANK-1', 't2');",
+        )
+        .expect("rounds before V4");
+        type Row = (
+            String,
+            String,
+            Option<Vec<u8>>,
+            String,
+            String,
+            String,
+            Option<Vec<u8>>,
+            bool,
+        );
+        let rows = |conn: &Connection| -> Vec<Row> {
+            conn.prepare("SELECT round_id, state, statement, note, created_at, updated_at, instructions, allow_empty FROM rounds ORDER BY round_id")
+                .expect("prepare")
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)))
+                .expect("query")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows")
+        };
+        let before = rows(&conn);
+        migrate(&mut conn, Schema::Coordinator).expect("to the latest");
+        assert_eq!(rows(&conn), before);
+        assert_eq!(
+            crate::coordinator::store::round_head(&conn, "2026-06-r1")
+                .expect("read")
+                .expect("kept")
+                .state,
+            RoundState::Collecting
+        );
+        let reported: String = conn
+            .query_row(
+                "SELECT r.state FROM round_reports p JOIN rounds r USING (round_id)",
+                [],
+                |r| r.get(0),
+            )
+            .expect("the report's round");
+        assert_eq!(reported, "COLLECTING");
+        let orphan = conn
+            .execute(
+                "INSERT INTO round_reports VALUES ('2026-07-r1', '330100', x'00')",
+                [],
+            )
+            .expect_err("reports still refer to rounds");
+        assert!(orphan.to_string().contains("FOREIGN KEY"), "{orphan}");
+        let insert = "INSERT INTO rounds (round_id, period, state, created_at, updated_at) VALUES (?1, '2026-07', ?2, 't', 't')";
+        for (i, s) in RoundState::ALL.iter().enumerate() {
+            conn.execute(insert, [format!("ok-{i}"), s.to_string()])
+                .expect("every state of the enum");
+        }
+        for bad in ["settled", "frozen", "PAID"] {
+            let e = conn
+                .execute(insert, ["bad", bad])
+                .expect_err("not a round state");
+            assert!(e.to_string().contains("CHECK constraint failed"), "{e}");
+        }
+        assert_eq!(rows(&conn)[..2], before[..]);
+        // And the store refuses a move the state machine does not list.
+        let e = crate::coordinator::store::set_state(
+            &conn,
+            "2026-05-r1",
+            RoundState::Collecting,
+            "",
+            "t",
+        )
+        .expect_err("SETTLED is final");
+        assert_eq!(
+            e.to_string(),
+            "round 2026-05-r1 is SETTLED; it cannot become COLLECTING"
+        );
+        assert_eq!(rows(&conn)[..2], before[..]);
     }
 
     #[test]

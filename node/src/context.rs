@@ -90,7 +90,7 @@ pub struct InFlight(std::sync::Mutex<std::collections::HashSet<String>>);
 
 impl InFlight {
     /// Claims the intent: `false` when someone else holds it.
-    fn claim(&self, settlement_id: &str) -> bool {
+    pub(crate) fn claim(&self, settlement_id: &str) -> bool {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -280,34 +280,6 @@ pub fn normalize_serial(s: &str) -> Option<String> {
     })
 }
 
-/// Reads a revocation list: one serial per line, `#` comments and blank lines ignored.
-/// A line that is not a serial is an error naming its line number: a typo must not
-/// silently leave a certificate trusted.
-pub fn read_revoked(path: &std::path::Path) -> anyhow::Result<std::collections::BTreeSet<String>> {
-    use anyhow::Context as _;
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse_revoked(&text).with_context(|| path.display().to_string())
-}
-
-/// Parses the text of a revocation list.
-pub fn parse_revoked(text: &str) -> anyhow::Result<std::collections::BTreeSet<String>> {
-    let mut out = std::collections::BTreeSet::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        match normalize_serial(line) {
-            Some(s) => {
-                out.insert(s);
-            }
-            None => anyhow::bail!("line {}: {line:?} is not a hexadecimal serial", i + 1),
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

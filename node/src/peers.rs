@@ -256,6 +256,12 @@ impl PeerDirectory {
         })
     }
 
+    /// The deadline of every call through these channels.
+    #[must_use]
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
     /// Counts every call made through [`Peer::client`] in `calls` from now on (peers
     /// loaded later included). Only the first call has an effect.
     pub fn observe(&self, calls: PeerCalls) {

@@ -278,7 +278,7 @@ impl TlsFiles {
             ));
         }
         let revoked = match &self.revoked {
-            Some(p) => crate::identity::read_revoked(p)
+            Some(p) => crate::revoked::read_revoked(p)
                 .map_err(|e| Error::invalid("revoked_file", format!("{e:#}")))?
                 .into_iter()
                 .collect(),

@@ -9,6 +9,7 @@ mod clearing_steps;
 mod cli_admin;
 mod cli_clearing;
 mod cli_errors;
+mod cli_flags;
 mod cli_hospital;
 mod cli_quote;
 mod cli_security;

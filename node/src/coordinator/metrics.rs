@@ -45,18 +45,6 @@ pub struct CoordinatorMetrics {
     scrape_errors: Counter,
 }
 
-/// Round states, so that a state with no round still shows as 0.
-const ROUND_STATES: [&str; 8] = [
-    "OPEN",
-    "COLLECTING",
-    "RECONCILING",
-    "DISPUTED",
-    "STATEMENT_ISSUED",
-    "CONFIRMED",
-    "SETTLED",
-    "ABORTED",
-];
-
 impl CoordinatorMetrics {
     /// Metrics of the coordinator whose store lives in `data_dir`.
     #[must_use]
@@ -122,11 +110,12 @@ impl CoordinatorMetrics {
         match rows {
             Ok(rows) => {
                 self.rounds.clear();
-                for s in ROUND_STATES {
+                // Every state, so that a state with no round still shows as 0.
+                for &s in yidi_common::round_state::RoundState::ALL {
                     let n = rows.iter().filter(|r| r.state == s).count();
                     self.rounds
                         .get_or_create(&StateLabels {
-                            state: s.to_owned(),
+                            state: s.to_string(),
                         })
                         .set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
@@ -136,7 +125,7 @@ impl CoordinatorMetrics {
                         .get_or_create(&RoundLabels {
                             round: r.round_id.clone(),
                             period: r.period.clone(),
-                            state: r.state.clone(),
+                            state: r.state.to_string(),
                         })
                         .set(1);
                     self.latest_age.set(age_seconds(&r.updated_at));

@@ -4,9 +4,12 @@
 //! and driven both by the operator (CoordinatorService) and by a background loop that
 //! retries whatever waits on an unreachable participant.
 
+mod fanout;
 pub mod metrics;
+mod reconcile;
 mod round;
 mod service;
+mod statement;
 pub mod store;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -23,7 +26,7 @@ use yidi_common::{
     proto::coordinator_service_server::CoordinatorServiceServer, region::RegionCode,
 };
 
-pub use round::state;
+pub use yidi_common::round_state::RoundState;
 
 use crate::{Error, Result, peers::PeerDirectory, store::Store};
 

@@ -1124,7 +1124,7 @@ impl AdminSvc {
             items: items
                 .into_iter()
                 .map(|i| proto::OutboxItem {
-                    kind: i.kind,
+                    kind: i.kind.to_string(),
                     target_region: i.target_region,
                     ref_id: i.ref_id,
                     created_at: i.created_at,

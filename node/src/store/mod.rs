@@ -22,6 +22,7 @@ pub mod persons;
 pub mod policies;
 pub mod sequences;
 pub mod settlements;
+pub mod states;
 pub mod visits;
 mod writer;
 

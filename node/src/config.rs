@@ -127,6 +127,8 @@ struct FileConfig {
     console_listen: Option<SocketAddr>,
     check_store: Option<crate::store::CheckStore>,
     max_clock_skew_seconds: Option<u64>,
+    write_queue_capacity: Option<usize>,
+    write_queue_wait_ms: Option<u64>,
 }
 
 /// A node's resolved configuration.
@@ -157,8 +159,13 @@ pub struct NodeConfig {
     pub check_store: crate::store::CheckStore,
     /// How far ahead of this node's clock request dates and peers' clocks may be.
     pub max_clock_skew: Duration,
+    /// Write requests that may wait for the store's writer (`write_queue_capacity`).
+    pub write_queue_capacity: usize,
+    /// How long a write waits for room in a full queue before it is refused with
+    /// RESOURCE_EXHAUSTED (`write_queue_wait_ms`).
+    pub write_queue_wait: Duration,
     /// Fault injection (tests only).
-    pub hooks: crate::service::TestHooks,
+    pub hooks: crate::context::TestHooks,
 }
 
 impl NodeConfig {
@@ -183,25 +190,15 @@ impl NodeConfig {
             console_listen: None,
             check_store: crate::store::CheckStore::Auto,
             max_clock_skew: crate::clock::DEFAULT_MAX_SKEW,
-            hooks: crate::service::TestHooks::default(),
+            write_queue_capacity: crate::store::DEFAULT_QUEUE_CAPACITY,
+            write_queue_wait: crate::store::DEFAULT_FULL_WAIT,
+            hooks: crate::context::TestHooks::default(),
         }
     }
 
     /// Resolves flags, environment and the config file into a config.
     pub fn resolve(args: &NodeArgs) -> Result<Self> {
-        let file = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    Error::invalid("config", format!("cannot read {}: {e}", path.display()))
-                })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| {
-                    wrong_daemon(&text, path, Daemon::Node).unwrap_or_else(|| {
-                        Error::invalid("config", format!("{}: {e}", path.display()))
-                    })
-                })?
-            }
-            None => FileConfig::default(),
-        };
+        let file: FileConfig = read_file(args.config.as_deref(), Daemon::Node)?;
         let region = args.region.clone().or(file.region).ok_or_else(|| {
             Error::invalid(
                 "region",
@@ -287,7 +284,16 @@ impl NodeConfig {
                 .map_or(crate::clock::DEFAULT_MAX_SKEW, |s| {
                     Duration::from_secs(s.clamp(1, 86_400))
                 }),
-            hooks: crate::service::TestHooks::default(),
+            write_queue_capacity: file
+                .write_queue_capacity
+                .unwrap_or(crate::store::DEFAULT_QUEUE_CAPACITY)
+                .clamp(1, 1_000_000),
+            write_queue_wait: file
+                .write_queue_wait_ms
+                .map_or(crate::store::DEFAULT_FULL_WAIT, |ms| {
+                    Duration::from_millis(ms.min(60_000))
+                }),
+            hooks: crate::context::TestHooks::default(),
             region,
         };
         // Refuse plain text off loopback (and TLS without its files) before anything starts.
@@ -362,7 +368,7 @@ pub(crate) enum Daemon {
 
 /// Keys only a node's config has, and keys only a coordinator's has: a file that fails
 /// to parse for one daemon but carries the other's keys was given to the wrong command.
-const NODE_ONLY_KEYS: [&str; 8] = [
+const NODE_ONLY_KEYS: [&str; 10] = [
     "name",
     "peers_file",
     "coordinator",
@@ -371,12 +377,31 @@ const NODE_ONLY_KEYS: [&str; 8] = [
     "clearing_auto_confirm",
     "hospital_rate_per_second",
     "hospital_burst",
+    "write_queue_capacity",
+    "write_queue_wait_ms",
 ];
 const COORDINATOR_ONLY_KEYS: [&str; 3] = [
     "participants_file",
     "run_interval_seconds",
     "call_timeout_ms",
 ];
+
+/// A daemon's config file (`this`'s keys), or all defaults without one. A file of the
+/// other daemon is refused with an error naming the command that takes it.
+pub(crate) fn read_file<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&Path>,
+    this: Daemon,
+) -> Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::invalid("config", format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str::<T>(&text).map_err(|e| {
+        wrong_daemon(&text, path, this)
+            .unwrap_or_else(|| Error::invalid("config", format!("{}: {e}", path.display())))
+    })
+}
 
 /// The error for a config file of the other daemon (`None` when it is not one), naming
 /// the command that takes it.

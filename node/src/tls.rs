@@ -284,7 +284,7 @@ impl TlsFiles {
             ));
         }
         let revoked = match &self.revoked {
-            Some(p) => crate::certs::read_revoked(p)
+            Some(p) => crate::revoked::read_revoked(p)
                 .map_err(|e| Error::invalid("revoked_file", format!("{e:#}")))?
                 .into_iter()
                 .collect(),

@@ -1,6 +1,7 @@
 //! The web console: server-rendered HTML pages over HTTPS, a transport beside gRPC and
-//! the NHSA gateway. The coordinator serves the clearing desk ([`desk`]), each node
-//! its agency's pages ([`agency`]), each on a listener of its own (`console_listen`).
+//! the NHSA gateway. The coordinator serves the clearing desk (`coordinator::desk`, its
+//! transport beside its gRPC service), each node its agency's pages ([`agency`]), each
+//! on a listener of its own (`console_listen`).
 //!
 //! This module is what both share: the HTTPS accept loop (the server's own certificate
 //! from [`crate::tls`], HTTP/1.1, a client certificate optional), who is signed in
@@ -14,9 +15,8 @@
 //! server in `--insecure` mode refuses `console_listen`.
 
 pub mod agency;
-pub mod desk;
 pub mod login;
-mod page;
+pub(crate) mod page;
 mod session;
 
 use std::{collections::HashMap, convert::Infallible, future::Future, sync::Arc, time::Duration};

@@ -4,8 +4,13 @@
 //! and driven both by the operator (CoordinatorService) and by a background loop that
 //! retries whatever waits on an unreachable participant.
 
+pub mod desk;
+mod fanout;
+pub mod metrics;
+mod reconcile;
 mod round;
 mod service;
+mod statement;
 pub mod store;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -22,8 +27,8 @@ use yidi_common::{
     proto::coordinator_service_server::CoordinatorServiceServer, region::RegionCode,
 };
 
-pub use round::state;
 pub use service::CoordinatorSvc;
+pub use yidi_common::round_state::RoundState;
 
 use crate::{Error, Result, peers::PeerDirectory, store::Store};
 
@@ -180,20 +185,8 @@ impl CoordinatorConfig {
 
     /// Resolves flags, environment and the config file.
     pub fn resolve(args: &CoordinatorArgs) -> Result<Self> {
-        let file = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    Error::invalid("config", format!("cannot read {}: {e}", path.display()))
-                })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| {
-                    crate::config::wrong_daemon(&text, path, crate::config::Daemon::Coordinator)
-                        .unwrap_or_else(|| {
-                            Error::invalid("config", format!("{}: {e}", path.display()))
-                        })
-                })?
-            }
-            None => FileConfig::default(),
-        };
+        let file: FileConfig =
+            crate::config::read_file(args.config.as_deref(), crate::config::Daemon::Coordinator)?;
         let region =
             args.region.clone().or(file.region).ok_or_else(|| {
                 Error::invalid("region", "missing: the province code, e.g. 330000")
@@ -405,7 +398,7 @@ pub async fn serve(
             async move {
                 let _ = rx.wait_for(|s| *s).await;
             },
-            crate::console::desk::console(Arc::clone(&state), Arc::clone(t)),
+            desk::console(Arc::clone(&state), Arc::clone(t)),
         ));
     }
     {
@@ -427,8 +420,9 @@ pub async fn serve(
     health
         .set_serving::<CoordinatorServiceServer<service::CoordinatorSvc>>()
         .await;
-    let (reflection, reflection_v1alpha) =
-        crate::server::reflection(&[yidi_common::proto::coordinator_service_server::SERVICE_NAME])?;
+    let (reflection, reflection_v1alpha) = crate::serving::reflection(&[
+        yidi_common::proto::coordinator_service_server::SERVICE_NAME,
+    ])?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
@@ -453,32 +447,48 @@ pub async fn serve(
         let _ = stop_rx.await;
     });
     tracing::info!(region = %config.region, %addr, participants = state.participant_regions().len(), "coordinator serving");
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => {
-            let _ = stop_bg.send(true);
-            return result.map_err(|e| Error::Unavailable(format!("server failed: {e}")));
-        }
-        () = shutdown => {}
-    }
-    let _ = stop_bg.send(true);
-    let _ = stop_tx.send(());
-    if tokio::time::timeout(config.drain, server).await.is_err() {
-        tracing::warn!("drain deadline passed; abandoning the remaining requests");
-    }
+    let served =
+        crate::serving::serve_until(server, stop_tx, shutdown, config.drain, &stop_bg).await;
     while tasks.join_next().await.is_some() {}
     // As a node's: the log copied into coordinator.db before the process ends.
     if !state.store.close(Duration::from_secs(5)).await {
         tracing::warn!("store closed without a complete checkpoint; the next start checks it");
     }
+    served?;
     tracing::info!("coordinator stopped");
     Ok(())
 }
 
 /// Binds the configured address and serves until SIGINT or SIGTERM.
 pub async fn run(config: CoordinatorConfig) -> Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
-    serve(listener, crate::server::shutdown_signal(), config).await
+    let listener = crate::serving::bind(config.listen).await?;
+    serve(listener, crate::serving::shutdown_signal(), config).await
+}
+
+/// Runs the coordinator (until SIGINT/SIGTERM) and, when `metrics_listen` is set, its
+/// metrics beside it; the metrics stop with the coordinator.
+pub async fn run_with_metrics(
+    config: CoordinatorConfig,
+    metrics_listen: Option<SocketAddr>,
+) -> Result<()> {
+    let Some(addr) = metrics_listen else {
+        return run(config).await;
+    };
+    let listener = crate::metrics::bind(addr).await?;
+    let metrics = Arc::new(metrics::CoordinatorMetrics::new(
+        config.region.as_str(),
+        &config.data_dir,
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(metrics::serve_metrics(
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+        metrics,
+    ));
+    let out = run(config).await;
+    let _ = stop.send(());
+    let _ = task.await;
+    out
 }

@@ -2,7 +2,6 @@
 //! person's accumulators) and the treatment side (visits, fee lines, pre-settle, settle,
 //! cancel, 冲正, recovery of in-doubt claims, the outbox to unreachable home nodes).
 
-pub mod eligibility_cache;
 pub mod home;
 pub mod outbox;
 pub mod treatment;

@@ -425,8 +425,8 @@ pub async fn three_cities(
 pub async fn three_cities_hooked_at(
     root: &std::path::Path,
     region: &str,
-) -> (crate::harness::Federation, yidi_node::service::TestHooks) {
-    let hooks = yidi_node::service::TestHooks::default();
+) -> (crate::harness::Federation, yidi_node::context::TestHooks) {
+    let hooks = yidi_node::context::TestHooks::default();
     let installed = hooks.clone();
     let region = region.to_owned();
     let fed = three_cities(root, move |r, c| {

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use tonic::transport::{Channel, ClientTlsConfig};
+use yidi_cli::certs::{self, Issued, Validity};
 use yidi_common::region::RegionCode;
 use yidi_node::{
-    certs::{self, Issued, Validity},
     identity::{Identity, Role},
     tls::{ClientArgs, SecurityConfig},
 };

@@ -65,7 +65,7 @@ pub fn yidi_bin() -> &'static Path {
                 "build",
                 "--quiet",
                 "-p",
-                "yidi-node",
+                "yidi-cli",
                 "--bin",
                 "yidi",
                 "--target-dir",
@@ -84,7 +84,7 @@ pub fn yidi_bin() -> &'static Path {
         let bin = profile_dir.join(format!("yidi{}", std::env::consts::EXE_SUFFIX));
         assert!(
             status.success(),
-            "cargo build -p yidi-node --bin yidi failed"
+            "cargo build -p yidi-cli --bin yidi failed"
         );
         assert!(
             bin.exists(),

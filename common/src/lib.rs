@@ -13,6 +13,7 @@ pub mod period;
 pub mod policy;
 pub mod proto;
 pub mod region;
+pub mod round_state;
 pub mod types;
 
 pub use error::{Error, Result};

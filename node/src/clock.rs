@@ -4,15 +4,15 @@
 //! `max_skew` would book money into a period or year that has not begun (a fresh
 //! deductible and cap, a clearing round that never sees it).
 //!
-//! Tests shift one node's clock through [`crate::service::TestHooks::clock_offset_ms`],
+//! Tests shift one node's clock through [`crate::context::TestHooks::clock_offset_ms`],
 //! as a node under libfaketime would be, without touching the others in the process.
 
 use std::{
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicI64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -131,6 +131,15 @@ impl Clock {
         let bound = i64::try_from(self.max_skew.as_millis()).unwrap_or(i64::MAX);
         (skew, skew.unsigned_abs() > bound.unsigned_abs())
     }
+}
+
+/// Milliseconds on a monotonic clock that starts at this process's first reading (so
+/// that 0 can mean "never"); what [`crate::peers::Peer::answered_within`] compares.
+#[must_use]
+pub fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let since = START.get_or_init(Instant::now).elapsed().as_millis();
+    u64::try_from(since).unwrap_or(u64::MAX).saturating_add(1)
 }
 
 #[cfg(test)]

@@ -81,6 +81,10 @@ pub struct NodeArgs {
     /// /metrics. Off when unset.
     #[arg(long, env = "YIDI_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the agency's web console (HTTPS, docs/console.md) on this address, e.g.
+    /// 127.0.0.1:7181; needs mutual TLS. Off when unset.
+    #[arg(long, env = "YIDI_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
     /// How much of the store to verify at start: "auto" (default: file checks always,
     /// `PRAGMA quick_check` after an unclean stop of a store up to 256 MiB), "quick"
     /// (quick_check at every start; reads the whole store) or "off" (file checks only).
@@ -132,11 +136,14 @@ struct FileConfig {
     hospital_rate_per_second: Option<u32>,
     hospital_burst: Option<u32>,
     metrics_listen: Option<SocketAddr>,
+    console_listen: Option<SocketAddr>,
     check_store: Option<crate::store::CheckStore>,
     max_clock_skew_seconds: Option<u64>,
     nhsa_listen: Option<SocketAddr>,
     nhsa_tif_paasid: Option<String>,
     nhsa_tif_secret_file: Option<PathBuf>,
+    write_queue_capacity: Option<usize>,
+    write_queue_wait_ms: Option<u64>,
 }
 
 /// The x-tif-* keys from a paasid and the file holding its secret (both or neither).
@@ -194,6 +201,8 @@ pub struct NodeConfig {
     pub hospital_rate: crate::auth::RateLimit,
     /// Where to serve Prometheus metrics; None: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve the agency's console (crate::console); None: not served.
+    pub console_listen: Option<SocketAddr>,
     /// How much of the store is verified before serving.
     pub check_store: crate::store::CheckStore,
     /// How far ahead of this node's clock request dates and peers' clocks may be.
@@ -202,8 +211,13 @@ pub struct NodeConfig {
     pub nhsa_listen: Option<SocketAddr>,
     /// The x-tif-* signature keys NHSA requests must carry; None: not checked.
     pub nhsa_tif: Option<crate::nhsa::TifKeys>,
+    /// Write requests that may wait for the store's writer (`write_queue_capacity`).
+    pub write_queue_capacity: usize,
+    /// How long a write waits for room in a full queue before it is refused with
+    /// RESOURCE_EXHAUSTED (`write_queue_wait_ms`).
+    pub write_queue_wait: Duration,
     /// Fault injection (tests only).
-    pub hooks: crate::service::TestHooks,
+    pub hooks: crate::context::TestHooks,
 }
 
 impl NodeConfig {
@@ -225,29 +239,20 @@ impl NodeConfig {
             security: crate::tls::SecurityConfig::insecure_loopback(),
             hospital_rate: crate::auth::RateLimit::default(),
             metrics_listen: None,
+            console_listen: None,
             check_store: crate::store::CheckStore::Auto,
             max_clock_skew: crate::clock::DEFAULT_MAX_SKEW,
             nhsa_listen: None,
             nhsa_tif: None,
-            hooks: crate::service::TestHooks::default(),
+            write_queue_capacity: crate::store::DEFAULT_QUEUE_CAPACITY,
+            write_queue_wait: crate::store::DEFAULT_FULL_WAIT,
+            hooks: crate::context::TestHooks::default(),
         }
     }
 
     /// Resolves flags, environment and the config file into a config.
     pub fn resolve(args: &NodeArgs) -> Result<Self> {
-        let file = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    Error::invalid("config", format!("cannot read {}: {e}", path.display()))
-                })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| {
-                    wrong_daemon(&text, path, Daemon::Node).unwrap_or_else(|| {
-                        Error::invalid("config", format!("{}: {e}", path.display()))
-                    })
-                })?
-            }
-            None => FileConfig::default(),
-        };
+        let file: FileConfig = read_file(args.config.as_deref(), Daemon::Node)?;
         let region = args.region.clone().or(file.region).ok_or_else(|| {
             Error::invalid(
                 "region",
@@ -325,6 +330,7 @@ impl NodeConfig {
                 }
             },
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            console_listen: args.console_listen.or(file.console_listen),
             check_store: args.check_store.or(file.check_store).unwrap_or_default(),
             max_clock_skew: args
                 .max_clock_skew_seconds
@@ -339,11 +345,22 @@ impl NodeConfig {
                     .clone()
                     .or(file.nhsa_tif_secret_file),
             )?,
-            hooks: crate::service::TestHooks::default(),
+            write_queue_capacity: file
+                .write_queue_capacity
+                .unwrap_or(crate::store::DEFAULT_QUEUE_CAPACITY)
+                .clamp(1, 1_000_000),
+            write_queue_wait: file
+                .write_queue_wait_ms
+                .map_or(crate::store::DEFAULT_FULL_WAIT, |ms| {
+                    Duration::from_millis(ms.min(60_000))
+                }),
+            hooks: crate::context::TestHooks::default(),
             region,
         };
         // Refuse plain text off loopback (and TLS without its files) before anything starts.
-        config.security.transport(config.listen)?;
+        if config.security.transport(config.listen)?.is_none() && config.console_listen.is_some() {
+            return Err(crate::console::needs_tls());
+        }
         if let Some(nhsa) = config.nhsa_listen {
             config.security.transport(nhsa)?;
         }
@@ -432,7 +449,7 @@ pub(crate) enum Daemon {
 
 /// Keys only a node's config has, and keys only a coordinator's has: a file that fails
 /// to parse for one daemon but carries the other's keys was given to the wrong command.
-const NODE_ONLY_KEYS: [&str; 8] = [
+const NODE_ONLY_KEYS: [&str; 10] = [
     "name",
     "peers_file",
     "coordinator",
@@ -441,12 +458,31 @@ const NODE_ONLY_KEYS: [&str; 8] = [
     "clearing_auto_confirm",
     "hospital_rate_per_second",
     "hospital_burst",
+    "write_queue_capacity",
+    "write_queue_wait_ms",
 ];
 const COORDINATOR_ONLY_KEYS: [&str; 3] = [
     "participants_file",
     "run_interval_seconds",
     "call_timeout_ms",
 ];
+
+/// A daemon's config file (`this`'s keys), or all defaults without one. A file of the
+/// other daemon is refused with an error naming the command that takes it.
+pub(crate) fn read_file<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&Path>,
+    this: Daemon,
+) -> Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::invalid("config", format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str::<T>(&text).map_err(|e| {
+        wrong_daemon(&text, path, this)
+            .unwrap_or_else(|| Error::invalid("config", format!("{}: {e}", path.display())))
+    })
+}
 
 /// The error for a config file of the other daemon (`None` when it is not one), naming
 /// the command that takes it.

@@ -26,6 +26,10 @@ pub enum Error {
     /// A dependency (peer, store) is unavailable; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// The node is overloaded (its store's write queue stayed full); nothing was done
+    /// and the same request may be repeated after a short pause.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The store's COMMIT failed after the request ran: what it wrote may or may not
     /// have been saved (the log may hold the whole commit, which recovery brings back).
     /// Unlike [`Error::Unavailable`], never "nothing was written"; a repeat with the
@@ -84,6 +88,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Status::failed_precondition(msg),
             Error::Aborted(_) => Status::aborted(msg),
             Error::Unavailable(_) | Error::CommitUnknown(_) => Status::unavailable(msg),
+            Error::ResourceExhausted(_) => Status::resource_exhausted(msg),
             Error::PermissionDenied(_) => Status::permission_denied(msg),
             Error::Internal(_) => internal_status(&msg),
         }

@@ -13,6 +13,7 @@ use yidi_common::{
     region::RegionCode,
 };
 
+use crate::store::states::OutboxKind;
 use crate::{
     Error, Result,
     settlement::treatment::now_ms,
@@ -75,7 +76,7 @@ pub fn originate(
     };
     outbox::enqueue(
         conn,
-        "adjust",
+        OutboxKind::Adjust,
         other,
         &a.entry_id,
         &a.encode_to_vec(),

@@ -14,7 +14,6 @@ use std::{
     borrow::Cow,
     future::Future,
     net::SocketAddr,
-    path::{Path, PathBuf},
     pin::Pin,
     sync::{
         Arc,
@@ -40,16 +39,15 @@ use yidi_common::{proto, region::RegionCode, types::VisitKind};
 
 use crate::{
     Error, Result,
-    service::State,
-    store::{WriterTotals, outbox},
+    store::{Store, WriterTotals, outbox},
 };
 
 /// The content type of the exposition (OpenMetrics text; Prometheus asks for it).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Latency buckets in seconds: an unloaded local settle takes well under a millisecond of
-/// server time plus an fsync; a cross-region one two round trips and two fsyncs; the
-/// design's p99 target is 25 ms, so the buckets are densest around it.
+/// Latency buckets in seconds: an unloaded local settle costs little server time plus an
+/// fsync; a cross-region one two round trips and two fsyncs; the design's p99 target is
+/// 25 ms, so the buckets are densest around it.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.000_5, 0.001, 0.002, 0.003, 0.005, 0.007_5, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
 ];
@@ -113,18 +111,6 @@ struct TargetLabels {
     target: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabels {
-    state: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RoundLabels {
-    round: String,
-    period: String,
-    state: String,
-}
-
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -155,7 +141,9 @@ pub fn code_label(code: Code) -> &'static str {
     }
 }
 
-fn region_labels(region: &str) -> impl Iterator<Item = (Cow<'static, str>, Cow<'static, str>)> {
+pub(crate) fn region_labels(
+    region: &str,
+) -> impl Iterator<Item = (Cow<'static, str>, Cow<'static, str>)> {
     std::iter::once((Cow::Borrowed("region"), Cow::Owned(region.to_owned())))
 }
 
@@ -270,6 +258,8 @@ struct StoreCounters {
     requests: Counter,
     run_seconds: Counter<f64, AtomicU64>,
     commit_seconds: Counter<f64, AtomicU64>,
+    queue_depth: Gauge,
+    rejected: Counter,
     /// The totals at the last scrape (counters only go up by what happened since).
     seen: std::sync::Mutex<WriterTotals>,
 }
@@ -296,6 +286,16 @@ impl StoreCounters {
             "Time the writer spent committing (writing the log and waiting for the disk's fsync)",
             self.commit_seconds.clone(),
         );
+        registry.register(
+            "yidi_store_write_queue_depth",
+            "Write requests waiting for the store's writer at the scrape; near write_queue_capacity the node is about to refuse writes",
+            self.queue_depth.clone(),
+        );
+        registry.register(
+            "yidi_store_writes_rejected",
+            "Write requests refused with RESOURCE_EXHAUSTED because the writer's queue stayed full for write_queue_wait_ms (nothing written)",
+            self.rejected.clone(),
+        );
     }
 
     fn update(&self, now: WriterTotals) {
@@ -309,6 +309,10 @@ impl StoreCounters {
             .inc_by(now.run.saturating_sub(seen.run).as_secs_f64());
         self.commit_seconds
             .inc_by(now.commit.saturating_sub(seen.commit).as_secs_f64());
+        self.queue_depth
+            .set(i64::try_from(now.queued).unwrap_or(i64::MAX));
+        self.rejected
+            .inc_by(now.rejected.saturating_sub(seen.rejected));
         *seen = now;
     }
 }
@@ -459,9 +463,9 @@ impl NodeMetrics {
     }
 
     /// Refreshes the store-derived gauges and encodes everything.
-    pub async fn render(&self, state: &State) -> String {
-        self.store.update(state.store.writer_totals());
-        match state.store.read(outbox::stats).await {
+    pub async fn render(&self, store: &Store) -> String {
+        self.store.update(store.writer_totals());
+        match store.read(outbox::stats).await {
             Ok(stats) => {
                 self.outbox_depth
                     .set(i64::try_from(stats.depth).unwrap_or(i64::MAX));
@@ -503,7 +507,7 @@ struct BuildLabels {
 }
 
 /// `yidi_build_info` and the standard `process_*` families, in a registry.
-fn register_process(registry: &mut Registry) {
+pub(crate) fn register_process(registry: &mut Registry) {
     let build = Family::<BuildLabels, Gauge>::default();
     build
         .get_or_create(&BuildLabels {
@@ -673,7 +677,7 @@ impl prometheus_client::collector::Collector for ProcessCollector {
 }
 
 /// Seconds since an RFC 3339 timestamp (0 if unparsable or in the future).
-fn age_seconds(ts: &str) -> i64 {
+pub(crate) fn age_seconds(ts: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(ts)
         .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds())
         .unwrap_or(0)
@@ -690,7 +694,7 @@ pub struct ObservedChannel {
     inner: Channel,
     peer: RegionCode,
     calls: Option<PeerCalls>,
-    /// Stamped with [`crate::peers::clock_ms`] whenever the peer answers.
+    /// Stamped with [`crate::clock::clock_ms`] whenever the peer answers.
     answered: Arc<AtomicU64>,
     /// Sent as [`crate::clock::CLOCK_HEADER`] on every call, when set.
     clock: Option<crate::clock::Clock>,
@@ -763,7 +767,7 @@ impl Service<http::Request<tonic::body::Body>> for ObservedChannel {
             return Box::pin(async move {
                 let out = fut.await;
                 if out.is_ok() {
-                    answered.store(crate::peers::clock_ms(), AtomicOrdering::Relaxed);
+                    answered.store(crate::clock::clock_ms(), AtomicOrdering::Relaxed);
                 }
                 out
             });
@@ -781,7 +785,7 @@ impl Service<http::Request<tonic::body::Body>> for ObservedChannel {
         Box::pin(async move {
             let out = fut.await;
             if out.is_ok() {
-                answered.store(crate::peers::clock_ms(), AtomicOrdering::Relaxed);
+                answered.store(crate::clock::clock_ms(), AtomicOrdering::Relaxed);
             }
             let code = match &out {
                 Ok(resp) => resp
@@ -800,130 +804,6 @@ impl Service<http::Request<tonic::body::Body>> for ObservedChannel {
             }
             out
         })
-    }
-}
-
-// ------------------------------------------------------------------ coordinator
-
-/// The coordinator's metrics: clearing rounds by state, read from its store on every
-/// scrape through a read-only connection of its own (the coordinator's services are
-/// untouched by monitoring).
-pub struct CoordinatorMetrics {
-    registry: Registry,
-    db: PathBuf,
-    rounds: Family<StateLabels, Gauge>,
-    latest: Family<RoundLabels, Gauge>,
-    latest_age: Gauge,
-    scrape_errors: Counter,
-}
-
-/// Round states, so that a state with no round still shows as 0.
-const ROUND_STATES: [&str; 8] = [
-    "OPEN",
-    "COLLECTING",
-    "RECONCILING",
-    "DISPUTED",
-    "STATEMENT_ISSUED",
-    "CONFIRMED",
-    "SETTLED",
-    "ABORTED",
-];
-
-impl CoordinatorMetrics {
-    /// Metrics of the coordinator whose store lives in `data_dir`.
-    #[must_use]
-    pub fn new(region: &str, data_dir: &Path) -> Self {
-        let mut registry = Registry::with_labels(region_labels(region));
-        let rounds = Family::<StateLabels, Gauge>::default();
-        registry.register(
-            "yidi_clearing_rounds",
-            "Clearing rounds by state",
-            rounds.clone(),
-        );
-        let latest = Family::<RoundLabels, Gauge>::default();
-        registry.register(
-            "yidi_clearing_latest_round",
-            "The most recent clearing round (value 1), its period and state",
-            latest.clone(),
-        );
-        let latest_age = Gauge::default();
-        registry.register(
-            "yidi_clearing_latest_round_unchanged_seconds",
-            "Seconds since the most recent round last changed state; a round that is not SETTLED or ABORTED and does not move is waiting on a participant or the operator",
-            latest_age.clone(),
-        );
-        let scrape_errors = Counter::default();
-        registry.register(
-            "yidi_metrics_scrape_errors",
-            "Scrapes that could not read the coordinator's store",
-            scrape_errors.clone(),
-        );
-        register_process(&mut registry);
-        Self {
-            registry,
-            db: data_dir.join("coordinator.db"),
-            rounds,
-            latest,
-            latest_age,
-            scrape_errors,
-        }
-    }
-
-    fn read_rounds(db: &Path) -> Result<Vec<crate::coordinator::store::RoundRow>> {
-        let conn = rusqlite::Connection::open_with_flags(
-            db,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(Duration::from_secs(2))?;
-        let mut rows = Vec::new();
-        for id in crate::coordinator::store::round_ids(&conn)? {
-            if let Some(r) = crate::coordinator::store::round(&conn, &id)? {
-                rows.push(r);
-            }
-        }
-        Ok(rows)
-    }
-
-    /// Reads the rounds and encodes everything.
-    pub async fn render(&self) -> String {
-        let db = self.db.clone();
-        let rows = tokio::task::spawn_blocking(move || Self::read_rounds(&db))
-            .await
-            .map_err(|e| Error::Internal(format!("metrics task failed: {e}")))
-            .and_then(|r| r);
-        match rows {
-            Ok(rows) => {
-                self.rounds.clear();
-                for s in ROUND_STATES {
-                    let n = rows.iter().filter(|r| r.state == s).count();
-                    self.rounds
-                        .get_or_create(&StateLabels {
-                            state: s.to_owned(),
-                        })
-                        .set(i64::try_from(n).unwrap_or(i64::MAX));
-                }
-                self.latest.clear();
-                if let Some(r) = rows.last() {
-                    self.latest
-                        .get_or_create(&RoundLabels {
-                            round: r.round_id.clone(),
-                            period: r.period.clone(),
-                            state: r.state.clone(),
-                        })
-                        .set(1);
-                    self.latest_age.set(age_seconds(&r.updated_at));
-                } else {
-                    self.latest_age.set(0);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: clearing rounds unreadable");
-                self.scrape_errors.inc();
-            }
-        }
-        let mut out = String::new();
-        let _ = encode(&mut out, &self.registry);
-        out
     }
 }
 
@@ -1012,28 +892,16 @@ pub async fn serve(
     while conns.join_next().await.is_some() {}
 }
 
-/// Serves a node's metrics.
+/// Serves a node's metrics, the store-derived ones read from `store` on each scrape.
 pub async fn serve_node(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-    state: State,
+    metrics: Arc<NodeMetrics>,
+    store: Store,
 ) {
     let render: Render = Arc::new(move || {
-        let st = Arc::clone(&state);
-        Box::pin(async move { st.metrics.render(&st).await })
-    });
-    serve(listener, shutdown, render).await;
-}
-
-/// Serves the coordinator's metrics.
-pub async fn serve_coordinator(
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-    metrics: Arc<CoordinatorMetrics>,
-) {
-    let render: Render = Arc::new(move || {
-        let m = Arc::clone(&metrics);
-        Box::pin(async move { m.render().await })
+        let (m, store) = (Arc::clone(&metrics), store.clone());
+        Box::pin(async move { m.render(&store).await })
     });
     serve(listener, shutdown, render).await;
 }
@@ -1043,34 +911,6 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen for metrics on {addr}: {e}")))
-}
-
-/// Runs the coordinator (until SIGINT/SIGTERM) and, when `metrics_listen` is set, its
-/// metrics beside it; the metrics stop with the coordinator.
-pub async fn run_coordinator(
-    config: crate::coordinator::CoordinatorConfig,
-    metrics_listen: Option<SocketAddr>,
-) -> Result<()> {
-    let Some(addr) = metrics_listen else {
-        return crate::coordinator::run(config).await;
-    };
-    let listener = bind(addr).await?;
-    let metrics = Arc::new(CoordinatorMetrics::new(
-        config.region.as_str(),
-        &config.data_dir,
-    ));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve_coordinator(
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-        metrics,
-    ));
-    let out = crate::coordinator::run(config).await;
-    let _ = stop.send(());
-    let _ = task.await;
-    out
 }
 
 /// A minimal scrape over plain HTTP/1.0 (for the demo's self-check and tests): the
@@ -1173,12 +1013,16 @@ mod tests {
             jobs: 10,
             run: ms(2),
             commit: ms(5),
+            queued: 7,
+            rejected: 2,
         });
         m.store.update(WriterTotals {
             transactions: 5,
             jobs: 16,
             run: ms(3),
             commit: ms(9),
+            queued: 4,
+            rejected: 3,
         });
         let text = m.encode();
         for line in [
@@ -1186,6 +1030,8 @@ mod tests {
             r#"yidi_store_requests_total{region="330200"} 16"#,
             r#"yidi_store_run_seconds_total{region="330200"} 0.003"#,
             r#"yidi_store_commit_seconds_total{region="330200"} 0.009"#,
+            r#"yidi_store_write_queue_depth{region="330200"} 4"#,
+            r#"yidi_store_writes_rejected_total{region="330200"} 3"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
@@ -1239,47 +1085,6 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
-    }
-
-    #[tokio::test]
-    async fn each_peer_gets_its_series_at_zero_also_after_a_reload() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("peers.toml");
-        let peer = |r: &str, port: u16| {
-            format!("[[peer]]\nregion = \"{r}\"\naddress = \"127.0.0.1:{port}\"\n")
-        };
-        std::fs::write(&path, peer("330200", 7102)).unwrap();
-        let own = RegionCode::parse_city("330100", "region").unwrap();
-        let peers =
-            crate::peers::PeerDirectory::load(own, Some(&path), Duration::from_secs(1)).unwrap();
-        let m = NodeMetrics::new("330100");
-        peers.observe(m.peer_calls());
-        let line = |peer: &str| {
-            format!(
-                r#"yidi_peer_call_errors_total{{region="330100",peer="{peer}",method="CommitClaim",code="unavailable"}} 0"#
-            )
-        };
-        let text = m.encode();
-        assert!(text.contains(&line("330200")), "{text}");
-        assert!(!text.contains("330300"), "{text}");
-
-        std::fs::write(&path, peer("330200", 7102) + &peer("330300", 7103)).unwrap();
-        // A later modification time, whatever the file system's time resolution.
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(std::time::SystemTime::now() + Duration::from_secs(10))
-            .unwrap();
-        assert!(peers.reload().unwrap());
-        let text = m.encode();
-        assert!(text.contains(&line("330300")), "{text}");
-        assert!(
-            text.contains(
-                r#"yidi_peer_calls_total{region="330100",peer="330300",method="GetPolicy"} 0"#
-            ),
-            "{text}"
-        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
         Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use serde::Deserialize;
@@ -21,6 +21,7 @@ use crate::tls::TlsState;
 
 use crate::{
     Error, Result,
+    clock::clock_ms,
     metrics::{ObservedChannel, PeerCalls},
 };
 
@@ -84,15 +85,6 @@ impl Peer {
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }
-}
-
-/// Milliseconds on a monotonic clock that starts at this process's first reading (so
-/// that 0 can mean "never"); what [`Peer::answered_within`] compares.
-#[must_use]
-pub fn clock_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let since = START.get_or_init(Instant::now).elapsed().as_millis();
-    u64::try_from(since).unwrap_or(u64::MAX).saturating_add(1)
 }
 
 /// The directory; cheap to share.
@@ -264,6 +256,12 @@ impl PeerDirectory {
         })
     }
 
+    /// The deadline of every call through these channels.
+    #[must_use]
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
     /// Counts every call made through [`Peer::client`] in `calls` from now on (peers
     /// loaded later included). Only the first call has an effect.
     pub fn observe(&self, calls: PeerCalls) {
@@ -370,5 +368,50 @@ impl PeerDirectory {
                 tracing::warn!(error = %e, "peer channels not rebuilt after a TLS reload");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_peer_gets_its_series_at_zero_also_after_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peers.toml");
+        let peer = |r: &str, port: u16| {
+            format!("[[peer]]\nregion = \"{r}\"\naddress = \"127.0.0.1:{port}\"\n")
+        };
+        std::fs::write(&path, peer("330200", 7102)).unwrap();
+        let own = RegionCode::parse_city("330100", "region").unwrap();
+        let peers = PeerDirectory::load(own, Some(&path), Duration::from_secs(1)).unwrap();
+        let m = crate::metrics::NodeMetrics::new("330100");
+        peers.observe(m.peer_calls());
+        let line = |peer: &str| {
+            format!(
+                r#"yidi_peer_call_errors_total{{region="330100",peer="{peer}",method="CommitClaim",code="unavailable"}} 0"#
+            )
+        };
+        let text = m.encode();
+        assert!(text.contains(&line("330200")), "{text}");
+        assert!(!text.contains("330300"), "{text}");
+
+        std::fs::write(&path, peer("330200", 7102) + &peer("330300", 7103)).unwrap();
+        // A later modification time, whatever the file system's time resolution.
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() + Duration::from_secs(10))
+            .unwrap();
+        assert!(peers.reload().unwrap());
+        let text = m.encode();
+        assert!(text.contains(&line("330300")), "{text}");
+        assert!(
+            text.contains(
+                r#"yidi_peer_calls_total{region="330100",peer="330300",method="GetPolicy"} 0"#
+            ),
+            "{text}"
+        );
     }
 }

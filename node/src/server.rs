@@ -15,7 +15,7 @@ use tonic::transport::Server;
 use yidi_common::{
     period,
     proto::{
-        FILE_DESCRIPTOR_SET, admin_service_server::AdminServiceServer,
+        admin_service_server::AdminServiceServer,
         clearing_participant_server::ClearingParticipantServer,
         hospital_service_server::HospitalServiceServer, peer_service_server::PeerServiceServer,
     },
@@ -24,14 +24,16 @@ use yidi_common::{
 use crate::{
     Error, Result,
     config::NodeConfig,
+    context::NodeState,
     peers::PeerDirectory,
     policy_cache::PolicyCache,
-    service::{
-        NodeState, admin::AdminSvc, clearing::ClearingSvc, hospital::HospitalSvc, peer::PeerSvc,
-    },
+    service::{admin::AdminSvc, clearing::ClearingSvc, hospital::HospitalSvc, peer::PeerSvc},
     settlement::{outbox, treatment},
     store::Store,
 };
+
+// Moved to `serving` (shared with the coordinator); kept here for callers of the old path.
+pub use crate::serving::{MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES, init_tracing, shutdown_signal};
 
 /// How often pending intents are re-checked with their home nodes.
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(10);
@@ -39,71 +41,6 @@ const RECOVERY_INTERVAL: Duration = Duration::from_secs(10);
 /// A future that resolves once `rx` turns true (the node is stopping).
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
-}
-
-/// Largest gRPC message a node accepts (bulk imports are the largest legitimate ones).
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
-/// Largest request a hospital or a peer node may send: a long inpatient stay's fee
-/// lines fit many times over; anything bigger is refused (OUT_OF_RANGE) before it is
-/// decoded into memory.
-pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
-
-/// Installs the global tracing subscriber: text by default, JSON lines when asked;
-/// filtered by `RUST_LOG` (default `info`). Colours only when stderr is a terminal: a
-/// file or journald would keep the escape codes as text.
-pub fn init_tracing(json: bool) {
-    use std::io::IsTerminal;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(!json && std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    // A second call (tests) keeps the first subscriber.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
-/// The server reflection services, v1 and v1alpha (older grpcurl and many client
-/// libraries speak only v1alpha), of a process serving `services` (full names): both
-/// list exactly those, health and reflection itself — not every service of yidi's
-/// descriptor set, which would advertise the coordinator's on a node.
-pub(crate) fn reflection(
-    services: &[&str],
-) -> Result<(
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
-    >,
-    tonic_reflection::server::v1alpha::ServerReflectionServer<
-        impl tonic_reflection::server::v1alpha::ServerReflection,
-    >,
-)> {
-    use tonic_reflection::pb::{v1, v1alpha};
-    let builder = || {
-        let mut b = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            // Each version's builder adds its own file; the other's is registered
-            // here so that both names it lists resolve to a descriptor.
-            .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(v1alpha::FILE_DESCRIPTOR_SET)
-            .include_reflection_service(false)
-            .with_service_name(tonic_health::pb::health_server::SERVICE_NAME)
-            .with_service_name(v1::server_reflection_server::SERVICE_NAME)
-            .with_service_name(v1alpha::server_reflection_server::SERVICE_NAME);
-        for s in services {
-            b = b.with_service_name(*s);
-        }
-        b
-    };
-    let fail = |e: tonic_reflection::server::Error| Error::Internal(format!("reflection: {e}"));
-    Ok((
-        builder().build_v1().map_err(fail)?,
-        builder().build_v1alpha().map_err(fail)?,
-    ))
 }
 
 /// Runs a node on `listener` until `shutdown` resolves, then drains for at most
@@ -134,8 +71,13 @@ pub async fn serve(
     let readers = config.read_connections;
     let region = config.region.to_string();
     let check = config.check_store;
+    let queue = crate::store::WriteQueue {
+        capacity: config.write_queue_capacity,
+        full_wait: config.write_queue_wait,
+        hold: Arc::clone(&config.hooks.hold_store_writer),
+    };
     let store =
-        tokio::task::spawn_blocking(move || Store::open_checked(&dir, readers, &region, check))
+        tokio::task::spawn_blocking(move || Store::open_node(&dir, readers, &region, check, queue))
             .await
             .map_err(|e| Error::Internal(format!("store open task failed: {e}")))??;
     let peers = {
@@ -170,6 +112,11 @@ pub async fn serve(
         })?),
         None => None,
     };
+    let console_listener = match (config.console_listen, &tls) {
+        (None, _) => None,
+        (Some(addr), Some(_)) => Some(crate::console::bind(addr).await?),
+        (Some(_), None) => return Err(crate::console::needs_tls()),
+    };
     let state = Arc::new(NodeState {
         region: config.region,
         name: config.name.clone(),
@@ -194,12 +141,20 @@ pub async fn serve(
         tasks.spawn(crate::metrics::serve_node(
             l,
             stopped(bg.clone()),
-            Arc::clone(&state),
+            Arc::clone(&state.metrics),
+            state.store.clone(),
         ));
     }
     if let Some(t) = &tls {
         // Certificate, CA and revocation list: re-read on change or SIGHUP.
         tasks.spawn(Arc::clone(t).watch(crate::tls::RELOAD_CHECK, stopped(bg.clone())));
+    }
+    if let (Some(l), Some(t)) = (console_listener, &tls) {
+        tasks.spawn(crate::console::serve(
+            l,
+            stopped(bg.clone()),
+            crate::console::agency::console(Arc::clone(&state), Arc::clone(t)),
+        ));
     }
     {
         let st = Arc::clone(&state);
@@ -232,7 +187,7 @@ pub async fn serve(
     health
         .set_serving::<ClearingParticipantServer<ClearingSvc>>()
         .await;
-    let (reflection, reflection_v1alpha) = reflection(&[
+    let (reflection, reflection_v1alpha) = crate::serving::reflection(&[
         yidi_common::proto::admin_service_server::SERVICE_NAME,
         yidi_common::proto::hospital_service_server::SERVICE_NAME,
         yidi_common::proto::peer_service_server::SERVICE_NAME,
@@ -296,28 +251,8 @@ pub async fn serve(
     });
     tracing::info!(region = %config.region, name = %config.name, %addr, data_dir = %config.data_dir.display(), "node serving");
 
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => {
-            let _ = stop_bg.send(true);
-            close_store(&state.store).await;
-            return result.map_err(|e| Error::Unavailable(format!("server failed: {e}")));
-        }
-        () = shutdown => {}
-    }
-    let _ = stop_bg.send(true);
-    tracing::info!(
-        drain_seconds = config.drain.as_secs(),
-        "shutting down; draining in-flight requests"
-    );
-    let _ = stop_tx.send(());
-    let served = match tokio::time::timeout(config.drain, server).await {
-        Ok(result) => result.map_err(|e| Error::Unavailable(format!("server failed: {e}"))),
-        Err(_) => {
-            tracing::warn!("drain deadline passed; abandoning the remaining requests");
-            Ok(())
-        }
-    };
+    let served =
+        crate::serving::serve_until(server, stop_tx, shutdown, config.drain, &stop_bg).await;
     while tasks.join_next().await.is_some() {}
     close_store(&state.store).await;
     served?;
@@ -341,32 +276,8 @@ async fn close_store(store: &Store) {
 
 /// Binds the configured address and serves until SIGINT or SIGTERM.
 pub async fn run(config: NodeConfig) -> Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
-    serve(listener, shutdown_signal(), config).await
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    let listener = crate::serving::bind(config.listen).await?;
+    serve(listener, crate::serving::shutdown_signal(), config).await
 }
 
 /// The policy cache, primed with the home regions' policy versions fetched before the

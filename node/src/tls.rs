@@ -146,6 +146,12 @@ impl SecurityConfig {
 pub struct TlsMaterial {
     /// What new server-side handshakes use.
     pub server: Arc<ServerConfig>,
+    /// What the console's HTTPS handshakes use: the same certificate, HTTP/1.1, a
+    /// client certificate optional.
+    pub console: Arc<ServerConfig>,
+    /// The federation CA, to check a certificate met outside a handshake (the one a
+    /// console login link carries).
+    pub roots: Arc<RootCertStore>,
     /// This party's own certificate, parsed.
     pub own: CertInfo,
     /// Revoked serials (normalised hex).
@@ -186,7 +192,7 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
 }
 
 /// The ring provider, named explicitly so that no process-wide default is needed.
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -278,7 +284,7 @@ impl TlsFiles {
             ));
         }
         let revoked = match &self.revoked {
-            Some(p) => crate::certs::read_revoked(p)
+            Some(p) => crate::revoked::read_revoked(p)
                 .map_err(|e| Error::invalid("revoked_file", format!("{e:#}")))?
                 .into_iter()
                 .collect(),
@@ -295,14 +301,14 @@ impl TlsFiles {
             ));
         }
         let roots = Arc::new(load_roots(&self.ca)?);
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), provider())
             .build()
             .map_err(|e| Error::invalid("tls_ca", format!("{}: {e}", self.ca.display())))?;
         let mut server = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Internal(format!("TLS versions: {e}")))?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
+            .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| {
                 Error::invalid(
                     "tls_key",
@@ -315,8 +321,23 @@ impl TlsFiles {
             })?;
         // gRPC is HTTP/2 only.
         server.alpn_protocols = vec![b"h2".to_vec()];
+        // The console (crate::console): a browser may come without a certificate and
+        // sign in with a login link instead; one it presents must chain to the CA.
+        let optional = WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| Error::invalid("tls_ca", format!("{}: {e}", self.ca.display())))?;
+        let mut console = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Internal(format!("TLS versions: {e}")))?
+            .with_client_cert_verifier(optional)
+            .with_single_cert(chain, key)
+            .map_err(|e| Error::invalid("tls_key", e.to_string()))?;
+        console.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TlsMaterial {
             server: Arc::new(server),
+            console: Arc::new(console),
+            roots,
             own,
             revoked,
             cert_pem,

@@ -9,7 +9,7 @@ use std::{
 
 use tonic::Code;
 use yidi_common::proto::{self, HospitalLevel as Hl, InstitutionKind as Ik, VisitKind as Vk};
-use yidi_node::service::TestHooks;
+use yidi_node::context::TestHooks;
 use yidi_tests::{
     fixtures::{
         Desk, VISIT_OPENED, billed_visit, fee_line, filed_employee, id_number, inst, institution,

@@ -10,7 +10,7 @@ use std::sync::{Arc, atomic::Ordering};
 
 use tonic::Code;
 use yidi_common::proto::{self, HospitalLevel as Hl, VisitKind as Vk};
-use yidi_node::service::TestHooks;
+use yidi_node::context::TestHooks;
 use yidi_tests::{
     fixtures::{
         Desk, VISIT_OPENED as ADMITTED, acc_tuple, account_balance, accumulators, billed_visit,

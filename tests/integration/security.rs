@@ -15,12 +15,13 @@ use std::{
 
 use chrono::{Days, Utc};
 use tonic::{Code, transport::ClientTlsConfig};
+use yidi_cli::certs::Validity;
 use yidi_common::proto::{
     self, InsuranceType as It, PersonType as Pt, admin_service_client::AdminServiceClient,
     coordinator_service_client::CoordinatorServiceClient,
     hospital_service_client::HospitalServiceClient, peer_service_client::PeerServiceClient,
 };
-use yidi_node::{certs::Validity, config::NodeConfig, identity::Role};
+use yidi_node::{config::NodeConfig, identity::Role};
 use yidi_tests::{
     fixtures::{
         Desk, fee_line, id_number, inst, institution as register, person, publish_policies,

@@ -14,7 +14,7 @@ use yidi_common::{
     money::{self, Money},
     proto::{self, FilingType as Ft, InsuranceType as It, PersonType as Pt, VisitKind as Vk},
 };
-use yidi_node::settlement::eligibility_cache::HOME_ANSWERED_WITHIN;
+use yidi_node::eligibility_cache::HOME_ANSWERED_WITHIN;
 use yidi_tests::{
     fixtures::{
         Desk, VISIT_OPENED as ADMITTED, acc_tuple, accumulators, assert_split, fee_line as line,

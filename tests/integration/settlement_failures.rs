@@ -16,7 +16,7 @@ use yidi_common::proto::{
     self, AgreementStatus as As, FilingType as Ft, HospitalLevel as Hl, InstitutionKind as Ik,
     InsuranceType as It, PersonType as Pt, VisitKind as Vk,
 };
-use yidi_node::service::TestHooks;
+use yidi_node::context::TestHooks;
 use yidi_tests::{
     fixtures::{
         Desk, VISIT_OPENED as ADMITTED, acc_tuple, account_balance, accumulators, assert_split,
@@ -377,6 +377,86 @@ async fn provisional_settlement_cancelled_while_home_is_down() {
             again.split.as_ref().unwrap().fund_pay_sumamt.as_str()
         ),
         ("settled", "650.00")
+    );
+}
+
+/// A provisional settlement cancelled while its home node is down, its visit settled
+/// again (refused: the exposure limit is reached), then the home node back: confirming
+/// the cancelled claim leaves it cancelled and leaves the visit settled under its new
+/// settlement — its fees stay frozen and it cannot be settled a third time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirming_a_cancelled_claim_leaves_the_resettled_visit_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = three_cities(dir.path(), |_, _| {}).await;
+    let id = filed_employee(fed.node(WZ), "1966-05-05", 41, "0.00", NB).await;
+    let mut desk = Desk::at(fed.node(NB), inst::NB_H3).await;
+    // Three admissions of 135000.00, each 110126.00 from Wenzhou's fund (worked out in
+    // home_down_provisional_under_exposure_limit_then_outbox_confirms).
+    let mut visits = Vec::new();
+    for i in 1..=3 {
+        let v = desk
+            .open(&format!("adm-{i}"), &id, WZ, Vk::Inpatient, ADMITTED)
+            .await
+            .unwrap();
+        desk.fees(
+            &format!("fees-{i}"),
+            &v.visit_id,
+            vec![line("1", "NB-A", "1", "135000.00", "135000.00")],
+        )
+        .await
+        .unwrap();
+        desk.discharge(&format!("dis-{i}"), &v.visit_id)
+            .await
+            .unwrap();
+        desk.pre_settle(&v.visit_id, false).await.unwrap();
+        visits.push(v);
+    }
+    fed.stop(WZ).await;
+    let a = &visits[0].visit_id;
+    let s1 = desk.settle("settle-a1", a, false).await.unwrap();
+    assert_eq!(s1.state, "provisional");
+    let c = desk
+        .cancel("cancel-a1", &s1.settlement_id, "")
+        .await
+        .unwrap();
+    assert_eq!(c.state, "reversal");
+    // 2 × 110126.00 provisional toward Wenzhou; a third would exceed 300000.00.
+    for (i, v) in visits[1..].iter().enumerate() {
+        let s = desk
+            .settle(&format!("settle-{i}"), &v.visit_id, false)
+            .await
+            .unwrap();
+        assert_eq!(s.state, "provisional");
+    }
+    let s2 = desk.settle("settle-a2", a, false).await.unwrap();
+    assert_eq!(s2.state, "refused", "{}", s2.note);
+
+    fed.restart(WZ, |_| {}).await;
+    wait_outbox_drained(fed.node(NB), Duration::from_secs(30)).await;
+    assert_eq!(
+        desk.get(&s1.settlement_id).await.unwrap().state,
+        "cancelled"
+    );
+    assert_eq!(desk.get(&s2.settlement_id).await.unwrap().state, "refused");
+    let e = desk
+        .fees("fees-a2", a, vec![line("2", "NB-A", "1", "10.00", "10.00")])
+        .await
+        .expect_err("the visit is settled (refused) again");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("is settled; cancel the settlement"),
+        "{}",
+        e.message()
+    );
+    let e = desk
+        .settle("settle-a3", a, false)
+        .await
+        .expect_err("settled once already");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("is already settled"),
+        "{}",
+        e.message()
     );
 }
 

@@ -4,8 +4,13 @@
 //! and driven both by the operator (CoordinatorService) and by a background loop that
 //! retries whatever waits on an unreachable participant.
 
+pub mod desk;
+mod fanout;
+pub mod metrics;
+mod reconcile;
 mod round;
 mod service;
+mod statement;
 pub mod store;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -22,7 +27,8 @@ use yidi_common::{
     proto::coordinator_service_server::CoordinatorServiceServer, region::RegionCode,
 };
 
-pub use round::state;
+pub use service::CoordinatorSvc;
+pub use yidi_common::round_state::RoundState;
 
 use crate::{Error, Result, peers::PeerDirectory, store::Store};
 
@@ -73,6 +79,10 @@ pub struct CoordinatorArgs {
     /// Serve plain text without TLS: loopback addresses only, for development.
     #[arg(long, env = "YIDI_COORDINATOR_INSECURE")]
     pub insecure: bool,
+    /// Serve the clearing desk's web console (HTTPS, docs/console.md) on this address,
+    /// e.g. 127.0.0.1:7180; needs mutual TLS. Off unless set.
+    #[arg(long, env = "YIDI_COORDINATOR_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
     /// Check the configuration and the files it names (certificates, key, CA,
     /// participants file), print a summary and exit: 0 when it would start, 1 with the
     /// reason otherwise. Starts nothing and opens no store.
@@ -97,6 +107,7 @@ struct FileConfig {
     revoked_file: Option<PathBuf>,
     insecure: Option<bool>,
     metrics_listen: Option<SocketAddr>,
+    console_listen: Option<SocketAddr>,
 }
 
 /// The coordinator's clock. It decides which periods are over, current or in the
@@ -148,6 +159,8 @@ pub struct CoordinatorConfig {
     /// Where to serve Prometheus metrics (the config file's `metrics_listen`; the
     /// `--metrics-listen` flag overrides it); None: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve the clearing desk's console (crate::console); None: not served.
+    pub console_listen: Option<SocketAddr>,
 }
 
 impl CoordinatorConfig {
@@ -166,25 +179,14 @@ impl CoordinatorConfig {
             security: crate::tls::SecurityConfig::insecure_loopback(),
             clock: Clock::system(),
             metrics_listen: None,
+            console_listen: None,
         }
     }
 
     /// Resolves flags, environment and the config file.
     pub fn resolve(args: &CoordinatorArgs) -> Result<Self> {
-        let file = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    Error::invalid("config", format!("cannot read {}: {e}", path.display()))
-                })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| {
-                    crate::config::wrong_daemon(&text, path, crate::config::Daemon::Coordinator)
-                        .unwrap_or_else(|| {
-                            Error::invalid("config", format!("{}: {e}", path.display()))
-                        })
-                })?
-            }
-            None => FileConfig::default(),
-        };
+        let file: FileConfig =
+            crate::config::read_file(args.config.as_deref(), crate::config::Daemon::Coordinator)?;
         let region =
             args.region.clone().or(file.region).ok_or_else(|| {
                 Error::invalid("region", "missing: the province code, e.g. 330000")
@@ -244,10 +246,13 @@ impl CoordinatorConfig {
             },
             clock: Clock::system(),
             metrics_listen: file.metrics_listen,
+            console_listen: args.console_listen.or(file.console_listen),
             region,
         };
         // Refuse plain text off loopback (and TLS without its files) before anything starts.
-        config.security.transport(config.listen)?;
+        if config.security.transport(config.listen)?.is_none() && config.console_listen.is_some() {
+            return Err(crate::console::needs_tls());
+        }
         Ok(config)
     }
 
@@ -338,6 +343,12 @@ pub async fn serve(
         "coordinator",
     )
     .await?;
+    // Bound before anything is served so that a taken port fails the start.
+    let console_listener = match (config.console_listen, &tls) {
+        (None, _) => None,
+        (Some(addr), Some(_)) => Some(crate::console::bind(addr).await?),
+        (Some(_), None) => return Err(crate::console::needs_tls()),
+    };
     let (dir, region) = (config.data_dir.clone(), config.region.to_string());
     let store = tokio::task::spawn_blocking(move || Store::open_coordinator(&dir, 2, &region))
         .await
@@ -380,6 +391,16 @@ pub async fn serve(
             let _ = rx.wait_for(|s| *s).await;
         }));
     }
+    if let (Some(l), Some(t)) = (console_listener, &tls) {
+        let mut rx = bg.clone();
+        tasks.spawn(crate::console::serve(
+            l,
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+            desk::console(Arc::clone(&state), Arc::clone(t)),
+        ));
+    }
     {
         let st = Arc::clone(&state);
         let mut rx = bg.clone();
@@ -399,8 +420,9 @@ pub async fn serve(
     health
         .set_serving::<CoordinatorServiceServer<service::CoordinatorSvc>>()
         .await;
-    let (reflection, reflection_v1alpha) =
-        crate::server::reflection(&[yidi_common::proto::coordinator_service_server::SERVICE_NAME])?;
+    let (reflection, reflection_v1alpha) = crate::serving::reflection(&[
+        yidi_common::proto::coordinator_service_server::SERVICE_NAME,
+    ])?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
@@ -425,32 +447,48 @@ pub async fn serve(
         let _ = stop_rx.await;
     });
     tracing::info!(region = %config.region, %addr, participants = state.participant_regions().len(), "coordinator serving");
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => {
-            let _ = stop_bg.send(true);
-            return result.map_err(|e| Error::Unavailable(format!("server failed: {e}")));
-        }
-        () = shutdown => {}
-    }
-    let _ = stop_bg.send(true);
-    let _ = stop_tx.send(());
-    if tokio::time::timeout(config.drain, server).await.is_err() {
-        tracing::warn!("drain deadline passed; abandoning the remaining requests");
-    }
+    let served =
+        crate::serving::serve_until(server, stop_tx, shutdown, config.drain, &stop_bg).await;
     while tasks.join_next().await.is_some() {}
     // As a node's: the log copied into coordinator.db before the process ends.
     if !state.store.close(Duration::from_secs(5)).await {
         tracing::warn!("store closed without a complete checkpoint; the next start checks it");
     }
+    served?;
     tracing::info!("coordinator stopped");
     Ok(())
 }
 
 /// Binds the configured address and serves until SIGINT or SIGTERM.
 pub async fn run(config: CoordinatorConfig) -> Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
-    serve(listener, crate::server::shutdown_signal(), config).await
+    let listener = crate::serving::bind(config.listen).await?;
+    serve(listener, crate::serving::shutdown_signal(), config).await
+}
+
+/// Runs the coordinator (until SIGINT/SIGTERM) and, when `metrics_listen` is set, its
+/// metrics beside it; the metrics stop with the coordinator.
+pub async fn run_with_metrics(
+    config: CoordinatorConfig,
+    metrics_listen: Option<SocketAddr>,
+) -> Result<()> {
+    let Some(addr) = metrics_listen else {
+        return run(config).await;
+    };
+    let listener = crate::metrics::bind(addr).await?;
+    let metrics = Arc::new(metrics::CoordinatorMetrics::new(
+        config.region.as_str(),
+        &config.data_dir,
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(metrics::serve_metrics(
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+        metrics,
+    ));
+    let out = run(config).await;
+    let _ = stop.send(());
+    let _ = task.await;
+    out
 }

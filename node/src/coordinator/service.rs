@@ -7,13 +7,10 @@ use yidi_common::{
     money::{self, Sign},
     period::{self, Period},
     proto::{self, coordinator_service_server::CoordinatorService},
+    round_state::RoundState,
 };
 
-use super::{
-    CoordState,
-    round::{self, state},
-    store,
-};
+use super::{CoordState, round, statement, store};
 use crate::{
     Error, Result,
     idempotency::{self, RequestKey, payload_hash},
@@ -41,8 +38,8 @@ pub async fn advance_unfinished(st: &CoordState) {
     };
     for id in ids {
         match round::view(st, &id).await {
-            Ok(r) if r.state == state::ABORTED || r.state == state::DISPUTED => {}
-            Ok(r) if r.state == state::SETTLED && r.missing.is_empty() => {}
+            Ok(r) if r.state == RoundState::Aborted || r.state == RoundState::Disputed => {}
+            Ok(r) if r.state == RoundState::Settled && r.missing.is_empty() => {}
             Ok(_) => {
                 if let Err(e) = round::advance(st, &id).await {
                     tracing::warn!(round = %id, error = %e, "round could not advance");
@@ -54,7 +51,7 @@ pub async fn advance_unfinished(st: &CoordState) {
 }
 
 fn finished(r: &proto::Round) -> bool {
-    r.state == state::ABORTED || (r.state == state::SETTLED && r.missing.is_empty())
+    r.state == RoundState::Aborted || (r.state == RoundState::Settled && r.missing.is_empty())
 }
 
 #[tonic::async_trait]
@@ -120,7 +117,7 @@ impl CoordinatorService for CoordinatorSvc {
         // records that came in since (the nodes freeze only records not yet cleared).
         if let Some(done) = views
             .iter()
-            .filter(|r| r.state == state::SETTLED)
+            .filter(|r| r.state == RoundState::Settled)
             .map(|r| r.period.clone())
             .max()
             && p.to_string() <= done
@@ -157,7 +154,7 @@ impl CoordinatorService for CoordinatorSvc {
                     Ok(proto::Round {
                         round_id: id2.clone(),
                         period: p.to_string(),
-                        state: state::OPEN.into(),
+                        state: RoundState::Open.to_string(),
                         ..Default::default()
                     })
                 })
@@ -314,22 +311,14 @@ impl CoordinatorService for CoordinatorSvc {
                             yidi_common::error::quoted(&req.round_id)
                         ))
                     })?;
-                    if row.state != state::CONFIRMED {
+                    if row.state != RoundState::Confirmed {
                         return Err(Error::FailedPrecondition(format!(
                             "round {} is {}; transfers are recorded once it is CONFIRMED",
                             row.round_id, row.state
                         )));
                     }
                     let instructions = store::instructions(conn, &row.round_id)?;
-                    let matches = instructions.iter().any(|i| {
-                        i.from_region == req.from_region
-                            && i.to_region == req.to_region
-                            && money::parse(&i.amount, "amount", Sign::Any)
-                                .map(money::to_fen)
-                                .ok()
-                                == Some(amount)
-                    });
-                    if !matches {
+                    if !statement::instructs(&instructions, &req.from_region, &req.to_region, amount) {
                         return Err(Error::invalid(
                             "amount",
                             format!(
@@ -480,8 +469,8 @@ impl CoordinatorService for CoordinatorSvc {
         let r = round::view(&self.state, &id).await?;
         if !r.confirmed.is_empty()
             || matches!(
-                r.state.as_str(),
-                state::CONFIRMED | state::SETTLED | state::ABORTED
+                RoundState::parse(&r.state).map_err(Error::from)?,
+                RoundState::Confirmed | RoundState::Settled | RoundState::Aborted
             )
         {
             return Err(Error::FailedPrecondition(format!(
@@ -499,7 +488,7 @@ impl CoordinatorService for CoordinatorSvc {
                 store::set_state(
                     conn,
                     &id2,
-                    state::ABORTED,
+                    RoundState::Aborted,
                     "aborted by the operator",
                     &period::now_rfc3339(),
                 )

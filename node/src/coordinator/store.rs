@@ -4,7 +4,7 @@
 
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
-use yidi_common::proto;
+use yidi_common::{proto, round_state::RoundState};
 
 use crate::{Error, Result};
 
@@ -13,12 +13,20 @@ use crate::{Error, Result};
 pub struct RoundRow {
     pub round_id: String,
     pub period: String,
-    pub state: String,
+    pub state: RoundState,
     pub statement: Option<proto::Statement>,
     pub note: String,
     pub updated_at: String,
     /// Opened with `allow_empty`: settles even when no participant has a record.
     pub allow_empty: bool,
+}
+
+/// A stored state; the CHECK constraint keeps any other value out.
+fn state_of(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<RoundState> {
+    let s: String = r.get(i)?;
+    RoundState::parse(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 fn decode<M: Message + Default>(b: &[u8], what: &str) -> Result<M> {
@@ -32,7 +40,7 @@ pub fn round(conn: &Connection, id: &str) -> Result<Option<RoundRow>> {
         .query_row([id], |r| {
             let statement: Option<Vec<u8>> = r.get(3)?;
             Ok((
-                RoundRow { round_id: r.get(0)?, period: r.get(1)?, state: r.get(2)?, statement: None, note: r.get(4)?, updated_at: r.get(5)?, allow_empty: r.get(6)? },
+                RoundRow { round_id: r.get(0)?, period: r.get(1)?, state: state_of(r, 2)?, statement: None, note: r.get(4)?, updated_at: r.get(5)?, allow_empty: r.get(6)? },
                 statement,
             ))
         })
@@ -55,7 +63,7 @@ pub fn round_head(conn: &Connection, id: &str) -> Result<Option<RoundRow>> {
             Ok(RoundRow {
                 round_id: r.get(0)?,
                 period: r.get(1)?,
-                state: r.get(2)?,
+                state: state_of(r, 2)?,
                 statement: None,
                 note: r.get(3)?,
                 updated_at: r.get(4)?,
@@ -107,17 +115,29 @@ pub fn insert_round(
     note: &str,
     now: &str,
 ) -> Result<()> {
-    conn.prepare_cached("INSERT INTO rounds (round_id, period, state, allow_empty, note, created_at, updated_at) VALUES (?1, ?2, 'OPEN', ?3, ?4, ?5, ?5)")?
-        .execute(params![id, period, allow_empty, note, now])?;
+    conn.prepare_cached("INSERT INTO rounds (round_id, period, state, allow_empty, note, created_at, updated_at) VALUES (?1, ?2, ?6, ?3, ?4, ?5, ?5)")?
+        .execute(params![id, period, allow_empty, note, now, RoundState::Open.as_str()])?;
     Ok(())
 }
 
-/// Sets a round's state and note.
-pub fn set_state(conn: &Connection, id: &str, state: &str, note: &str, now: &str) -> Result<()> {
+/// Sets a round's state and note; FAILED_PRECONDITION when the round may not move
+/// there from where it is (`RoundState::can_become`), NOT_FOUND when there is no such
+/// round.
+pub fn set_state(
+    conn: &Connection,
+    id: &str,
+    state: RoundState,
+    note: &str,
+    now: &str,
+) -> Result<()> {
+    let current = round_head(conn, id)?
+        .ok_or_else(|| Error::NotFound(format!("no round {}", yidi_common::error::quoted(id))))?
+        .state;
+    current.check_move(state, id)?;
     conn.prepare_cached(
         "UPDATE rounds SET state = ?2, note = ?3, updated_at = ?4 WHERE round_id = ?1",
     )?
-    .execute(params![id, state, note, now])?;
+    .execute(params![id, state.as_str(), note, now])?;
     Ok(())
 }
 
@@ -350,4 +370,45 @@ pub fn transfer_versions(conn: &Connection, id: &str) -> Result<Vec<TransferVers
             })
         })?
         .collect::<rusqlite::Result<_>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+    use yidi_common::round_state::RoundState;
+
+    use crate::store::Store;
+
+    /// The store refuses a move the round's state machine does not list, and keeps the
+    /// round as it was.
+    #[test]
+    fn a_settled_round_cannot_move_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Opening the store creates and migrates it; the test then works on the file.
+        let _store = Store::open_coordinator(dir.path(), 1, "330000").expect("store");
+        let conn = Connection::open(dir.path().join("coordinator.db")).expect("open");
+        conn.execute(
+            "INSERT INTO rounds (round_id, period, state, note, created_at, updated_at) \
+             VALUES ('2026-05-r1', '2026-05', 'SETTLED', 'every transfer recorded', 't0', 't1')",
+            [],
+        )
+        .expect("a settled round");
+        let e = super::set_state(&conn, "2026-05-r1", RoundState::Collecting, "", "t")
+            .expect_err("SETTLED is final");
+        assert_eq!(
+            e.to_string(),
+            "round 2026-05-r1 is SETTLED; it cannot become COLLECTING"
+        );
+        let (state, note): (String, String) = conn
+            .query_row(
+                "SELECT state, note FROM rounds WHERE round_id = '2026-05-r1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("kept");
+        assert_eq!(
+            (state.as_str(), note.as_str()),
+            ("SETTLED", "every transfer recorded")
+        );
+    }
 }

@@ -18,7 +18,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use crate::{auth::AuthLayer, service::State, tls::TlsState};
+use crate::{auth::AuthLayer, context::State, tls::TlsState};
 
 pub use server::{PATH, serve};
 pub use tif::TifKeys;

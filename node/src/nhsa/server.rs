@@ -213,7 +213,7 @@ async fn handle(
         );
     }
     let headers = req.headers().clone();
-    let body = match Limited::new(req.into_body(), crate::server::MAX_REQUEST_BYTES)
+    let body = match Limited::new(req.into_body(), crate::serving::MAX_REQUEST_BYTES)
         .collect()
         .await
     {
@@ -225,7 +225,7 @@ async fn handle(
                     "请求报文过大或读取失败",
                     format!(
                         "the request body could not be read ({e}); at most {} bytes are accepted",
-                        crate::server::MAX_REQUEST_BYTES
+                        crate::serving::MAX_REQUEST_BYTES
                     ),
                 ),
             );

@@ -18,8 +18,8 @@ use super::{
     },
 };
 use crate::{
+    context::NodeState,
     limits,
-    service::NodeState,
     settlement::{bill, treatment},
 };
 

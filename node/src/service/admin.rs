@@ -15,21 +15,25 @@ use yidi_common::{
     region::RegionCode,
     types::{
         AgreementStatus, CatalogueClass, FilingStatus, FilingType, HospitalLevel, InstitutionKind,
-        InsuranceType, ItemCategory, PersonStatus, PersonType,
+        InsuranceType, ItemCategory, PersonStatus,
     },
 };
 
-use super::{State, page_size};
 use crate::{
     Error, Result,
+    context::{State, page_size},
     idempotency::{self, RequestKey, payload_hash},
+    records::{
+        filing_to_proto, parse_bool, person_from_fields, person_from_row, person_to_proto,
+        repeated_reason, row_error, validate_text,
+    },
     store::{
         SCHEMA_VERSION, Upsert,
         catalogue::{self, CatalogueRec},
         filings::{self, FilingRec},
         institutions::{self, InstitutionRec},
         outbox,
-        persons::{self, PersonRec, StoredPerson},
+        persons::{self, PersonRec},
         policies::{self, PolicyRec},
         settlements,
     },
@@ -119,15 +123,6 @@ fn validate_code(s: &str, field: &str) -> Result<String> {
     Ok(s.to_owned())
 }
 
-fn validate_text(s: &str, field: &str, max_chars: usize) -> Result<String> {
-    let t = s.trim();
-    if t.is_empty() {
-        return Err(Error::invalid(field, "must not be empty"));
-    }
-    crate::limits::check_len(field, t, max_chars)?;
-    Ok(t.to_owned())
-}
-
 fn check_date_order(
     from: chrono::NaiveDate,
     to: Option<chrono::NaiveDate>,
@@ -140,176 +135,6 @@ fn check_date_order(
             format!("{to} is before {field_from} {from}"),
         )),
         _ => Ok(()),
-    }
-}
-
-/// The enum-valued fields of a person, parsed from the wire or from a CSV row.
-struct PersonKinds {
-    insurance_type: InsuranceType,
-    person_type: PersonType,
-    civil_servant: bool,
-    status: PersonStatus,
-}
-
-fn build_person(
-    id_number: &str,
-    name: &str,
-    card_no: &str,
-    kinds: PersonKinds,
-    balance: &str,
-    since: &str,
-    clock: &crate::clock::Clock,
-) -> Result<PersonRec> {
-    let id = IdNumber::parse(id_number, "id_number")?;
-    let fits = match kinds.insurance_type {
-        InsuranceType::Employee => matches!(
-            kinds.person_type,
-            PersonType::InService | PersonType::Retired
-        ),
-        InsuranceType::Resident => {
-            matches!(
-                kinds.person_type,
-                PersonType::ResidentAdult | PersonType::ResidentMinor | PersonType::ResidentElderly
-            )
-        }
-    };
-    if !fits {
-        return Err(Error::invalid(
-            "person_type",
-            format!(
-                "{} is not a person type of {} insurance",
-                kinds.person_type, kinds.insurance_type
-            ),
-        ));
-    }
-    let balance =
-        money::parse_opt(balance, "account_balance", Sign::NonNegative)?.unwrap_or_default();
-    Ok(PersonRec {
-        id_number: id.as_str().to_owned(),
-        name: validate_text(name, "name", crate::limits::PERSON_NAME)?,
-        card_no: if card_no.is_empty() {
-            None
-        } else {
-            Some(card::parse(card_no, "card_no")?)
-        },
-        insurance_type: kinds.insurance_type,
-        person_type: kinds.person_type,
-        civil_servant: kinds.civil_servant,
-        status: kinds.status,
-        account_fen: money::to_fen(balance),
-        enrolled_since: match parse_date_opt(since, "enrolled_since")? {
-            Some(d) => {
-                clock.not_future_day(d, "enrolled_since")?;
-                d
-            }
-            None => clock.today(),
-        },
-    })
-}
-
-fn person_from_fields(
-    id_number: &str,
-    f: Option<&proto::PersonFields>,
-    clock: &crate::clock::Clock,
-) -> Result<PersonRec> {
-    let f = f.ok_or_else(|| Error::invalid("fields", "missing"))?;
-    let status = if f.status == 0 {
-        PersonStatus::Active
-    } else {
-        PersonStatus::from_proto(f.status, "fields.status")?
-    };
-    let kinds = PersonKinds {
-        insurance_type: InsuranceType::from_proto(f.insurance_type, "fields.insurance_type")?,
-        person_type: PersonType::from_proto(f.person_type, "fields.person_type")?,
-        civil_servant: f.civil_servant,
-        status,
-    };
-    build_person(
-        id_number,
-        &f.name,
-        &f.card_no,
-        kinds,
-        &f.account_balance,
-        &f.enrolled_since,
-        clock,
-    )
-}
-
-fn parse_bool(s: &str, field: &str) -> Result<bool> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "" | "false" | "0" | "no" | "n" => Ok(false),
-        "true" | "1" | "yes" | "y" => Ok(true),
-        other => Err(Error::invalid(
-            field,
-            format!("expected true or false, got {other:?}"),
-        )),
-    }
-}
-
-pub(crate) fn person_from_row(
-    r: &proto::PersonRow,
-    clock: &crate::clock::Clock,
-) -> Result<PersonRec> {
-    let status = if r.status.trim().is_empty() {
-        PersonStatus::Active
-    } else {
-        PersonStatus::parse(&r.status, "status")?
-    };
-    let kinds = PersonKinds {
-        insurance_type: InsuranceType::parse(&r.insurance_type, "insurance_type")?,
-        person_type: PersonType::parse(&r.person_type, "person_type")?,
-        civil_servant: parse_bool(&r.civil_servant, "civil_servant")?,
-        status,
-    };
-    build_person(
-        r.id_number.trim(),
-        &r.name,
-        r.card_no.trim(),
-        kinds,
-        r.account_balance.trim(),
-        r.enrolled_since.trim(),
-        clock,
-    )
-}
-
-fn person_to_proto(region: RegionCode, p: &StoredPerson) -> proto::Person {
-    let r = &p.rec;
-    let (birth_date, sex) = IdNumber::parse(&r.id_number, "id_number")
-        .map(|id| (id.birth_date().to_string(), id.sex().to_owned()))
-        .unwrap_or_default();
-    proto::Person {
-        id_number: r.id_number.clone(),
-        fields: Some(proto::PersonFields {
-            name: r.name.clone(),
-            card_no: r.card_no.clone().unwrap_or_default(),
-            insurance_type: r.insurance_type.to_proto(),
-            person_type: r.person_type.to_proto(),
-            civil_servant: r.civil_servant,
-            status: r.status.to_proto(),
-            account_balance: money::format(money::from_fen(r.account_fen)),
-            enrolled_since: r.enrolled_since.to_string(),
-        }),
-        home_region: region.to_string(),
-        birth_date,
-        sex,
-        created_at: p.created_at.clone(),
-        updated_at: p.updated_at.clone(),
-    }
-}
-
-pub(crate) fn filing_to_proto(f: &FilingRec) -> proto::Filing {
-    proto::Filing {
-        filing_id: f.filing_id.clone(),
-        id_number: f.id_number.clone(),
-        filing_type: f.filing_type.to_proto(),
-        treatment_region: f.treatment_region.clone(),
-        institutions: f.institutions.clone(),
-        valid_from: f.valid_from.to_string(),
-        valid_to: f.valid_to.map(|d| d.to_string()).unwrap_or_default(),
-        status: f.status.to_proto(),
-        note: f.note.clone(),
-        applied_at: f.applied_at.clone(),
-        decided_at: f.decided_at.clone().unwrap_or_default(),
     }
 }
 
@@ -451,14 +276,6 @@ fn institution_to_proto(i: &InstitutionRec) -> proto::Institution {
     }
 }
 
-/// The reason of an import row repeating the key of row `first`: the CLI (across a
-/// whole file) and the node (within one request) refuse the later row in these words.
-pub(crate) fn repeated_reason(key: &str, first: u64, what: &str) -> String {
-    format!(
-        "{key} is already on line {first}; the file must have one row per {what} (this line was not imported)"
-    )
-}
-
 /// Refuses, in place, every row whose key (`key` of the raw row) an earlier row of the
 /// same request has: otherwise the last row would silently win and every later import
 /// of the file would write both rows again.
@@ -481,17 +298,6 @@ fn refuse_repeats<R, T>(
                 first.insert(k, *row);
             }
         }
-    }
-}
-
-pub(crate) fn row_error(row: u64, e: Error) -> proto::RowError {
-    match e {
-        Error::Invalid { field, reason } => proto::RowError { row, field, reason },
-        other => proto::RowError {
-            row,
-            field: String::new(),
-            reason: other.to_string(),
-        },
     }
 }
 
@@ -1318,7 +1124,7 @@ impl AdminSvc {
             items: items
                 .into_iter()
                 .map(|i| proto::OutboxItem {
-                    kind: i.kind,
+                    kind: i.kind.to_string(),
                     target_region: i.target_region,
                     ref_id: i.ref_id,
                     created_at: i.created_at,

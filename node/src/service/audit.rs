@@ -3,7 +3,7 @@
 
 use yidi_common::{idnum::IdNumber, period, proto, region::RegionCode};
 
-use super::{State, page_size};
+use crate::context::{State, page_size};
 use crate::{
     Error, Result,
     store::audit::{self, Action, Filter},

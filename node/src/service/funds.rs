@@ -7,13 +7,15 @@ use yidi_common::{
     period::{self, Period},
     proto,
     region::RegionCode,
+    round_state::ParticipantState,
 };
 
-use super::NodeState;
+use crate::context::NodeState;
 use crate::{
-    Error, Result, funds,
+    Error, Result,
+    clearing::reserve_balances,
+    funds,
     idempotency::{self, RequestKey, payload_hash},
-    service::clearing::reserve_balances,
     store::{
         clearing,
         funds::{self as fund_store, DeductionRec},
@@ -65,7 +67,7 @@ pub async fn record_deduction(
                             yidi_common::error::quoted(&req.settlement_id)
                         ))
                     })?;
-                if s.state != "settled" {
+                if s.state != crate::store::states::SettlementState::Settled {
                     return Err(Error::FailedPrecondition(format!(
                         "settlement {} is {}; only a settled claim can be audited",
                         s.settlement_id, s.state
@@ -319,7 +321,7 @@ fn round_to_proto(r: &clearing::RoundRec, records: u64) -> proto::ClearingRound 
     proto::ClearingRound {
         round_id: r.round_id.clone(),
         period: r.period.clone(),
-        state: r.state.clone(),
+        state: r.state.to_string(),
         statement_digest: r.statement_digest.clone(),
         confirmed_by: r.confirmed_by.clone(),
         records,
@@ -349,7 +351,7 @@ pub async fn confirm_clearing(
                         yidi_common::error::quoted(&req.round_id)
                     ))
                 })?;
-                if r.state != "frozen" {
+                if r.state != ParticipantState::Frozen {
                     return Err(Error::FailedPrecondition(format!(
                         "round {} is {} here",
                         r.round_id, r.state

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use yidi_common::proto::{self, hospital_service_server::HospitalService};
 
-use super::State;
+use crate::context::State;
 use crate::{metrics::Op, settlement::treatment};
 
 /// The HospitalService implementation.

@@ -12,7 +12,7 @@ use yidi_common::{
     types::InsuranceType,
 };
 
-use super::State;
+use crate::context::State;
 use crate::{
     Error, Result,
     idempotency::{self, RequestKey, payload_hash},

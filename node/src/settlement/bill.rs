@@ -9,7 +9,7 @@ use yidi_common::{error::quoted, money};
 
 use crate::{
     Error, Result,
-    service::NodeState,
+    context::NodeState,
     store::visits::{self, LineRec, VisitRec},
 };
 

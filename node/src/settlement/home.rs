@@ -17,6 +17,7 @@ use yidi_common::{
     types::{FilingType, HospitalLevel, PersonStatus, VisitKind},
 };
 
+use crate::store::states::ClaimState;
 use crate::{
     Error, Result,
     policy_cache::PolicyCache,
@@ -237,10 +238,7 @@ pub fn eligibility(
     Ok(proto::EligibilityResponse {
         eligible: why_not.is_none(),
         reason: why_not.unwrap_or_default(),
-        filing: v
-            .filing
-            .as_ref()
-            .map(crate::service::admin::filing_to_proto),
+        filing: v.filing.as_ref().map(crate::records::filing_to_proto),
         applied_filing_type: applied.map(FilingType::to_proto).unwrap_or_default(),
         accumulators: Some(v.accumulators.to_proto()),
         account_balance: money::format(money::from_fen(v.person.rec.account_fen)),
@@ -309,18 +307,7 @@ pub fn commit(
     region: RegionCode,
     req: &proto::CommitClaimRequest,
 ) -> Result<proto::CommitClaimResponse> {
-    if let Some(existing) = claims::get(conn, &req.claim_id)? {
-        return Err(Error::AlreadyExists(format!(
-            "claim {} was already committed by another request (state {})",
-            existing.claim_id, existing.state
-        )));
-    }
-    if claims::is_tombstoned(conn, &req.claim_id)? {
-        return Err(Error::FailedPrecondition(format!(
-            "claim {} was abandoned by its treatment region and cannot be committed",
-            req.claim_id
-        )));
-    }
+    claim_id_unused(conn, &req.claim_id)?;
     let visit = req
         .visit
         .as_ref()
@@ -337,26 +324,7 @@ pub fn commit(
         date,
         settled_at.with_timezone(&period::cst()).date_naive(),
     )?;
-    if v.person.rec.status != PersonStatus::Active && !req.provisional {
-        return Err(Error::FailedPrecondition(format!(
-            "person {} is {}; no direct settlement",
-            req.id_number, v.person.rec.status
-        )));
-    }
-    if !req.provisional && req.accumulator_version != v.accumulators.version {
-        return Err(Error::Aborted(format!(
-            "accumulators changed since eligibility (version {} now, {} used); retry with fresh eligibility",
-            v.accumulators.version, req.accumulator_version
-        )));
-    }
-    let policy = if req.provisional || req.policy_version == v.policy_version {
-        Arc::clone(&v.policy)
-    } else {
-        return Err(Error::Aborted(format!(
-            "policy version {} is in force for {date}, the claim used {}; retry with the current policy",
-            v.policy_version, req.policy_version
-        )));
-    };
+    let policy = current_basis(req, &v, date)?;
     let (visit_ctx, lines) = claim_visit(visit, &req.treatment_region, region, v.filing_ctx())?;
     let quote: Quote = engine::quote(
         &policy,
@@ -366,19 +334,7 @@ pub fn commit(
         &lines,
     )?;
     if !req.provisional {
-        let theirs = req
-            .split
-            .as_ref()
-            .ok_or_else(|| Error::invalid("split", "missing"))?;
-        // The treatment node priced with eligibility read a moment ago; a different
-        // split here means home data changed since (an account balance, a filing) or the
-        // caller is wrong. Either way nothing is committed, and the caller reprices with
-        // fresh eligibility — it gives up after a few attempts.
-        quote.split_matches(theirs).map_err(|e| {
-            Error::Aborted(format!(
-                "the home node computes a different split: {e}; nothing was committed — reprice with fresh eligibility"
-            ))
-        })?;
+        split_agrees(req, &quote)?;
     }
     let split = quote.to_proto_split();
     accumulators::compare_and_set(
@@ -415,7 +371,7 @@ pub fn commit(
             acct_fen,
             acc_year: date.year(),
             acc_delta: Delta::between(&v.accumulators, &quote.accumulators),
-            state: "committed".into(),
+            state: ClaimState::Committed,
             reversal_id: None,
             reversed_at: None,
         },
@@ -437,11 +393,74 @@ pub fn commit(
     }
     Ok(proto::CommitClaimResponse {
         claim_id: req.claim_id.clone(),
-        state: "committed".into(),
+        state: ClaimState::Committed.to_string(),
         split: Some(split),
         accumulators: Some(quote.accumulators.to_proto()),
         period,
         policy_version: v.policy_version,
+    })
+}
+
+/// A claim id is committed once: refused when it is already, or was abandoned.
+fn claim_id_unused(conn: &Connection, claim_id: &str) -> Result<()> {
+    if let Some(existing) = claims::get(conn, claim_id)? {
+        return Err(Error::AlreadyExists(format!(
+            "claim {} was already committed by another request (state {})",
+            existing.claim_id, existing.state
+        )));
+    }
+    if claims::is_tombstoned(conn, claim_id)? {
+        return Err(Error::FailedPrecondition(format!(
+            "claim {claim_id} was abandoned by its treatment region and cannot be committed"
+        )));
+    }
+    Ok(())
+}
+
+/// The policy to price a claim with, once the claim is found to rest on this node's
+/// current data: the person's status, the accumulators' and the policy's versions. A
+/// provisional claim is taken as it comes.
+fn current_basis(
+    req: &proto::CommitClaimRequest,
+    v: &HomeView,
+    date: NaiveDate,
+) -> Result<Arc<Policy>> {
+    if v.person.rec.status != PersonStatus::Active && !req.provisional {
+        return Err(Error::FailedPrecondition(format!(
+            "person {} is {}; no direct settlement",
+            req.id_number, v.person.rec.status
+        )));
+    }
+    if !req.provisional && req.accumulator_version != v.accumulators.version {
+        return Err(Error::Aborted(format!(
+            "accumulators changed since eligibility (version {} now, {} used); retry with fresh eligibility",
+            v.accumulators.version, req.accumulator_version
+        )));
+    }
+    if req.provisional || req.policy_version == v.policy_version {
+        Ok(Arc::clone(&v.policy))
+    } else {
+        Err(Error::Aborted(format!(
+            "policy version {} is in force for {date}, the claim used {}; retry with the current policy",
+            v.policy_version, req.policy_version
+        )))
+    }
+}
+
+/// Refuses a claim whose split differs from this node's. The treatment node priced with
+/// eligibility read a moment ago; a different split here means home data changed since
+/// (an account balance, a filing) or the caller is wrong. Either way nothing is
+/// committed, and the caller reprices with fresh eligibility — it gives up after a few
+/// attempts.
+fn split_agrees(req: &proto::CommitClaimRequest, quote: &Quote) -> Result<()> {
+    let theirs = req
+        .split
+        .as_ref()
+        .ok_or_else(|| Error::invalid("split", "missing"))?;
+    quote.split_matches(theirs).map_err(|e| {
+        Error::Aborted(format!(
+            "the home node computes a different split: {e}; nothing was committed — reprice with fresh eligibility"
+        ))
     })
 }
 
@@ -471,14 +490,14 @@ pub fn reverse(
         // Committed after all (a late delivery): the caller finishes it from its status.
         return Ok(proto::CommitClaimResponse {
             claim_id: claim.claim_id.clone(),
-            state: claim.state.clone(),
+            state: claim.state.to_string(),
             split: Some(claim.split.clone()),
             period: claim.period.clone(),
             policy_version: claim.policy_version,
             ..Default::default()
         });
     }
-    if claim.state == "reversed" {
+    if claim.state == ClaimState::Reversed {
         return Err(Error::FailedPrecondition(format!(
             "claim {} was already reversed by {}",
             claim.claim_id,
@@ -517,7 +536,7 @@ pub fn reverse(
     }
     Ok(proto::CommitClaimResponse {
         claim_id: claim.claim_id,
-        state: "reversed".into(),
+        state: ClaimState::Reversed.to_string(),
         split: Some(claim.split),
         accumulators: Some(back.to_proto()),
         period,
@@ -534,7 +553,7 @@ fn conn_region(conn: &Connection) -> Result<String> {
 /// Answers ClaimStatus.
 pub fn status(conn: &Connection, claim_id: &str) -> Result<proto::ClaimStatusResponse> {
     if let Some(c) = claims::get(conn, claim_id)? {
-        let state = c.state.clone();
+        let state = c.state.to_string();
         // The reversal's period is derived from its time exactly as `reverse` did.
         let reversal_period = c
             .reversed_at

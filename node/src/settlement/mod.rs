@@ -3,7 +3,6 @@
 //! cancel, 冲正, recovery of in-doubt claims, the outbox to unreachable home nodes).
 
 pub mod bill;
-pub mod eligibility_cache;
 pub mod home;
 pub mod outbox;
 pub mod treatment;

@@ -15,13 +15,14 @@ use yidi_common::{
 };
 
 use super::treatment::{finish_committed, now_ms};
+use crate::store::states::{ClaimState, OutboxKind, SettlementState};
 use crate::{
     Error, Result,
-    service::NodeState,
+    context::NodeState,
     store::{
         ledger::{self, Side},
         outbox::{self, Item},
-        settlements, visits,
+        settlements,
     },
 };
 
@@ -78,11 +79,10 @@ pub async fn deliver_due(st: &NodeState) -> Result<usize> {
         {
             continue;
         }
-        let outcome = match item.kind.as_str() {
-            "commit" => deliver_commit(st, &item).await,
-            "reverse" => deliver_reverse(st, &item).await,
-            "adjust" => deliver_adjustment(st, &item).await,
-            other => Err(Error::Internal(format!("unknown outbox kind {other}"))),
+        let outcome = match item.kind {
+            OutboxKind::Commit => deliver_commit(st, &item).await,
+            OutboxKind::Reverse => deliver_reverse(st, &item).await,
+            OutboxKind::Adjust => deliver_adjustment(st, &item).await,
         };
         match outcome {
             Ok(Outcome::Done) => delivered += 1,
@@ -148,9 +148,10 @@ async fn deliver_commit(st: &NodeState, item: &Item) -> Result<Outcome> {
             )));
         }
     };
-    let resp = match status.state.as_str() {
-        "committed" | "reversed" => status.claim.unwrap_or_default(),
-        _ => match client.commit_claim(req.clone()).await {
+    // A claim the home node holds (committed, or reversed since) is not sent again.
+    let resp = match status.state.parse::<ClaimState>() {
+        Ok(_) => status.claim.unwrap_or_default(),
+        Err(_) => match client.commit_claim(req.clone()).await {
             Ok(r) => r.into_inner(),
             // A claim the home node has by now (its original commit, still in flight
             // when the status was read) is found by the next attempt's status.
@@ -170,7 +171,8 @@ async fn deliver_commit(st: &NodeState, item: &Item) -> Result<Outcome> {
                 st.store
                     .write(move |conn| {
                         if let Some(mut rec) = settlements::get(conn, &claim)? {
-                            rec.state = "disputed".into();
+                            debug_assert!(rec.state.can_become(SettlementState::Disputed));
+                            rec.state = SettlementState::Disputed;
                             rec.note = note;
                             settlements::update_outcome(conn, &rec)?;
                         }
@@ -188,28 +190,12 @@ async fn deliver_commit(st: &NodeState, item: &Item) -> Result<Outcome> {
     st.store
         .write(move |conn| {
             if let Some(rec) = settlements::get(conn, &claim)?
-                && (rec.state == "provisional" || rec.state == "cancelled")
+                && (rec.state == SettlementState::Provisional
+                    || rec.state == SettlementState::Cancelled)
             {
-                let rec_visit = rec.visit_id.clone();
-                let was_cancelled = rec.state == "cancelled";
+                // One cancelled before the home node heard of it stays cancelled, its
+                // visit re-settleable; the queued reversal follows.
                 finish_committed(conn, region, rec, &resp, None)?;
-                if was_cancelled {
-                    // Cancelled before the home node heard of it: keep it cancelled
-                    // and its visit re-settleable; the queued reversal follows.
-                    settlements::set_state(conn, &claim, "cancelled")?;
-                    if let Some(v) = visits::get(conn, &rec_visit)? {
-                        visits::set_state(
-                            conn,
-                            &v.visit_id,
-                            if v.closed_at.is_some() {
-                                "closed"
-                            } else {
-                                "open"
-                            },
-                            None,
-                        )?;
-                    }
-                }
             }
             outbox::remove(conn, id)
         })
@@ -246,7 +232,7 @@ async fn deliver_reverse(st: &NodeState, item: &Item) -> Result<Outcome> {
                 // reverse, and the reversal written at the cancellation is taken back.
                 ledger::withdraw(conn, &req.reversal_id, Side::Receivable)?;
             }
-            if resp.state == "reversed" {
+            if resp.state == ClaimState::Reversed.as_str() {
                 let fund = resp
                     .split
                     .as_ref()

@@ -5,7 +5,7 @@ use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
 use yidi_common::proto;
 
-use super::accumulators::Delta;
+use super::{accumulators::Delta, states::ClaimState};
 use crate::{Error, Result};
 
 /// A committed claim.
@@ -25,7 +25,7 @@ pub struct ClaimRec {
     pub acct_fen: i64,
     pub acc_year: i32,
     pub acc_delta: Delta,
-    pub state: String,
+    pub state: ClaimState,
     pub reversal_id: Option<String>,
     pub reversed_at: Option<String>,
 }
@@ -99,8 +99,10 @@ pub fn insert(conn: &Connection, c: &ClaimRec) -> Result<()> {
 
 /// Marks a claim reversed by `reversal_id`.
 pub fn mark_reversed(conn: &Connection, claim_id: &str, reversal_id: &str, at: &str) -> Result<()> {
-    conn.prepare_cached("UPDATE claims SET state = 'reversed', reversal_id = ?2, reversed_at = ?3 WHERE claim_id = ?1")?
-        .execute(params![claim_id, reversal_id, at])?;
+    conn.prepare_cached(
+        "UPDATE claims SET state = ?4, reversal_id = ?2, reversed_at = ?3 WHERE claim_id = ?1",
+    )?
+    .execute(params![claim_id, reversal_id, at, ClaimState::Reversed])?;
     Ok(())
 }
 
@@ -127,7 +129,7 @@ pub fn tombstone(conn: &Connection, claim_id: &str, now: &str) -> Result<()> {
 pub fn person_totals(conn: &Connection, id_number: &str, year: i32) -> Result<(u64, i64)> {
     Ok(conn
         .prepare_cached(
-            "SELECT COUNT(*), COALESCE(SUM(fund_fen), 0) FROM claims WHERE id_number = ?1 AND acc_year = ?2 AND state = 'committed'",
+            "SELECT COUNT(*), COALESCE(SUM(fund_fen), 0) FROM claims WHERE id_number = ?1 AND acc_year = ?2 AND state = ?3",
         )?
-        .query_row(params![id_number, year], |r| Ok((r.get(0)?, r.get(1)?)))?)
+        .query_row(params![id_number, year, ClaimState::Committed], |r| Ok((r.get(0)?, r.get(1)?)))?)
 }

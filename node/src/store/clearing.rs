@@ -2,15 +2,16 @@
 //! positions over the frozen set, excluding disputed records, marking them cleared.
 
 use super::ledger::{Position, Side, record_bytes};
-use crate::Result;
+use crate::{Error, Result};
 use rusqlite::{Connection, OptionalExtension, params};
+use yidi_common::round_state::ParticipantState;
 
 /// A round as this node knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoundRec {
     pub round_id: String,
     pub period: String,
-    pub state: String,
+    pub state: ParticipantState,
     pub statement_digest: String,
     pub confirmed_by: String,
     pub operator_digest: String,
@@ -26,7 +27,17 @@ pub fn get(conn: &Connection, round_id: &str) -> Result<Option<RoundRec>> {
             Ok(RoundRec {
                 round_id: r.get(0)?,
                 period: r.get(1)?,
-                state: r.get(2)?,
+                state: {
+                    // The CHECK constraint keeps any other value out.
+                    let s: String = r.get(2)?;
+                    ParticipantState::parse(&s).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            2,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?
+                },
                 statement_digest: r.get(3)?,
                 confirmed_by: r.get(4)?,
                 operator_digest: r.get(5)?,
@@ -107,31 +118,42 @@ pub fn freeze_step(
     cursor: Option<FreezeCursor>,
 ) -> Result<FreezeStep> {
     let round = match get(conn, round_id)? {
-        Some(r) if r.state != "freezing" => return Ok(FreezeStep::Done),
+        Some(r) if r.state != ParticipantState::Freezing => return Ok(FreezeStep::Done),
         Some(r) => r,
         None => {
             let stale: Vec<String> = conn
-                .prepare_cached(
-                    "SELECT round_id FROM clearing_rounds WHERE state IN ('freezing', 'frozen', 'confirmed')",
+                .prepare_cached("SELECT round_id FROM clearing_rounds WHERE state IN (?1, ?2, ?3)")?
+                .query_map(
+                    params![
+                        ParticipantState::Freezing.as_str(),
+                        ParticipantState::Frozen.as_str(),
+                        ParticipantState::Confirmed.as_str()
+                    ],
+                    |r| r.get(0),
                 )?
-                .query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             for r in stale {
                 release(conn, &r)?;
             }
             let untidy: Option<String> = conn
                 .prepare_cached(
-                    "SELECT round_id FROM clearing_rounds WHERE state IN ('released', 'cleared') \
+                    "SELECT round_id FROM clearing_rounds WHERE state IN (?1, ?2) \
                      AND EXISTS (SELECT 1 FROM ledger WHERE ledger.round_id = clearing_rounds.round_id) LIMIT 1",
                 )?
-                .query_row([], |r| r.get(0))
+                .query_row(
+                    params![
+                        ParticipantState::Released.as_str(),
+                        ParticipantState::Cleared.as_str()
+                    ],
+                    |r| r.get(0),
+                )
                 .optional()?;
             if let Some(r) = untidy {
                 tidy_step(conn, &r)?;
                 return Ok(FreezeStep::Continue(None));
             }
-            conn.prepare_cached("INSERT INTO clearing_rounds (round_id, period, state, frozen_at) VALUES (?1, ?2, 'freezing', ?3)")?
-                .execute(params![round_id, period, now])?;
+            conn.prepare_cached("INSERT INTO clearing_rounds (round_id, period, state, frozen_at) VALUES (?1, ?2, ?4, ?3)")?
+                .execute(params![round_id, period, now, ParticipantState::Freezing.as_str()])?;
             return Ok(FreezeStep::Continue(None));
         }
     };
@@ -157,9 +179,13 @@ pub fn freeze_step(
     }
     if keys.len() < STEP_ENTRIES as usize {
         conn.prepare_cached(
-            "UPDATE clearing_rounds SET state = 'frozen' WHERE round_id = ?1 AND state = 'freezing'",
+            "UPDATE clearing_rounds SET state = ?2 WHERE round_id = ?1 AND state = ?3",
         )?
-        .execute([round_id])?;
+        .execute(params![
+            round_id,
+            ParticipantState::Frozen.as_str(),
+            ParticipantState::Freezing.as_str()
+        ])?;
         return Ok(FreezeStep::Done);
     }
     Ok(FreezeStep::Continue(keys.into_iter().last().map(
@@ -178,9 +204,13 @@ pub fn freeze_step(
 /// scan of the whole ledger).
 pub fn release(conn: &Connection, round_id: &str) -> Result<()> {
     conn.prepare_cached(
-        "UPDATE clearing_rounds SET state = 'released' WHERE round_id = ?1 AND state <> 'cleared'",
+        "UPDATE clearing_rounds SET state = ?2 WHERE round_id = ?1 AND state <> ?3",
     )?
-    .execute([round_id])?;
+    .execute(params![
+        round_id,
+        ParticipantState::Released.as_str(),
+        ParticipantState::Cleared.as_str()
+    ])?;
     Ok(())
 }
 
@@ -191,11 +221,11 @@ pub fn release(conn: &Connection, round_id: &str) -> Result<()> {
 /// round's state says.
 pub fn tidy_step(conn: &Connection, round_id: &str) -> Result<u64> {
     let sql = match get(conn, round_id)?.map(|r| r.state) {
-        Some(s) if s == "cleared" => {
+        Some(ParticipantState::Cleared) => {
             "UPDATE ledger SET cleared_round = ?1, round_id = NULL WHERE (entry_id, side) IN \
              (SELECT entry_id, side FROM ledger WHERE round_id = ?1 LIMIT ?2)"
         }
-        Some(s) if s == "released" => {
+        Some(ParticipantState::Released) => {
             "UPDATE ledger SET round_id = NULL WHERE (entry_id, side) IN \
              (SELECT entry_id, side FROM ledger WHERE round_id = ?1 LIMIT ?2)"
         }
@@ -309,10 +339,22 @@ pub fn exclude(
     Ok(n as u64)
 }
 
-/// Records a confirmation of the statement with `digest`.
+/// The round's recorded state, checked to move to `next` (`ParticipantState::can_become`):
+/// FAILED_PRECONDITION when it may not, NOT_FOUND when the round is unknown here.
+fn check_move(conn: &Connection, round_id: &str, next: ParticipantState) -> Result<()> {
+    let round = get(conn, round_id)?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "round {round_id} has not collected positions at this node"
+        ))
+    })?;
+    Ok(round.state.check_move(next, round_id)?)
+}
+
+/// Records a confirmation of the statement with `digest` (of a frozen round).
 pub fn confirm(conn: &Connection, round_id: &str, digest: &str, by: &str) -> Result<()> {
-    conn.prepare_cached("UPDATE clearing_rounds SET state = 'confirmed', statement_digest = ?2, confirmed_by = ?3 WHERE round_id = ?1")?
-        .execute(params![round_id, digest, by])?;
+    check_move(conn, round_id, ParticipantState::Confirmed)?;
+    conn.prepare_cached("UPDATE clearing_rounds SET state = ?4, statement_digest = ?2, confirmed_by = ?3 WHERE round_id = ?1")?
+        .execute(params![round_id, digest, by, ParticipantState::Confirmed.as_str()])?;
     Ok(())
 }
 
@@ -326,10 +368,11 @@ pub fn operator_confirm(conn: &Connection, round_id: &str, digest: &str) -> Resu
 /// Marks a confirmed round cleared, at once; its entries are then marked cleared by
 /// [`tidy_step`].
 pub fn mark_cleared(conn: &Connection, round_id: &str, now: &str) -> Result<()> {
+    check_move(conn, round_id, ParticipantState::Cleared)?;
     conn.prepare_cached(
-        "UPDATE clearing_rounds SET state = 'cleared', cleared_at = ?2 WHERE round_id = ?1",
+        "UPDATE clearing_rounds SET state = ?3, cleared_at = ?2 WHERE round_id = ?1",
     )?
-    .execute(params![round_id, now])?;
+    .execute(params![round_id, now, ParticipantState::Cleared.as_str()])?;
     Ok(())
 }
 
@@ -518,6 +561,44 @@ mod tests {
             ),
             0
         );
+    }
+
+    /// A released round is never confirmed nor cleared, and a cleared one never
+    /// released: the store refuses moves `ParticipantState` does not list, and the
+    /// round stays as it was.
+    #[test]
+    fn moves_outside_the_state_machine_are_refused() {
+        let conn = ledger_of(3);
+        freeze(&conn, "R1", "2026-03");
+        release(&conn, "R1").unwrap();
+        let e = confirm(&conn, "R1", "d", "auto").unwrap_err();
+        assert!(
+            matches!(&e, crate::Error::FailedPrecondition(m) if m == "round R1 is released here; it cannot become confirmed"),
+            "{e:?}"
+        );
+        let e = mark_cleared(&conn, "R1", "now").unwrap_err();
+        assert!(matches!(e, crate::Error::FailedPrecondition(_)), "{e:?}");
+        let r = get(&conn, "R1").unwrap().unwrap();
+        assert_eq!(
+            (
+                r.state,
+                r.statement_digest.as_str(),
+                r.confirmed_by.as_str()
+            ),
+            (ParticipantState::Released, "", "")
+        );
+        freeze(&conn, "R2", "2026-03");
+        confirm(&conn, "R2", "d", "auto").unwrap();
+        mark_cleared(&conn, "R2", "now").unwrap();
+        release(&conn, "R2").unwrap();
+        assert_eq!(
+            get(&conn, "R2").unwrap().unwrap().state,
+            ParticipantState::Cleared
+        );
+        assert!(matches!(
+            confirm(&conn, "R9", "d", "auto").unwrap_err(),
+            crate::Error::NotFound(_)
+        ));
     }
 
     /// The counterparty's answer for entry `id`: the same record with `amount_fen`.

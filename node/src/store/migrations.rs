@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 12;
+pub const SCHEMA_VERSION: u32 = 14;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -462,7 +462,7 @@ DROP INDEX audit_by_person;
 // `yidi load-persons` can drop it and build it by sorting like the other indexes of the
 // register (an automatic index of a constraint cannot be dropped). The look-up hash as
 // its 32 bytes instead of 64 hex characters: its index — one randomly placed entry per
-// person — shrinks by 40 %, and with it the cost of building or updating it. SQLite cannot drop a
+// person — shrinks, and with it the cost of building or updating it. SQLite cannot drop a
 // constraint in place: the table is rebuilt (the copy runs in ID order, so its pages are
 // filled one after another) with foreign keys off, which `migrate` arranges.
 const V9_CARD_INDEX: &str = r"
@@ -501,8 +501,8 @@ DROP INDEX ledger_by_round;
 CREATE INDEX ledger_by_round ON ledger (round_id) WHERE round_id IS NOT NULL;
 ";
 
-// The stored answers of Settle and CommitClaim (1.2–2.5 KB) are larger than a row of a
-// WITHOUT ROWID table keeps on its page (~1,000 bytes at 4 KiB pages): each spilled to an
+// The stored answers of Settle and CommitClaim are larger than a row of a WITHOUT ROWID
+// table keeps on its page (see docs/performance.md for their sizes): each spilled to an
 // overflow page of its own, a leaf held about three rows and split every few inserts —
 // pages in both nodes' commits of every claim. In a rowid table a row keeps up to ~4 KB
 // on its page and new rows are appended at the table's end (one page shared by a
@@ -530,6 +530,167 @@ const V12_CATALOGUE_FREE_OF_CHARGE: &str = r"
 ALTER TABLE catalogue ADD COLUMN free_of_charge INTEGER NOT NULL DEFAULT 0 CHECK (free_of_charge IN (0, 1));
 ";
 
+// The states of visits, settlements and claims, and the kinds of outbox item, as CHECK
+// constraints: the same lists as `store::states` (a test compares them), so that no
+// write, by this program or by hand, can store a state the code does not know. SQLite
+// cannot add a constraint in place: each table is rebuilt with the same columns and
+// indexes (foreign keys off, which `migrate` arranges; checked before the commit). The
+// outbox keeps its AUTOINCREMENT counter, so that no delivered item's id is reused.
+const V13_STATE_CHECKS: &str = r"
+CREATE TABLE visits_v13 (
+    visit_id          TEXT PRIMARY KEY,
+    seq               INTEGER NOT NULL UNIQUE,
+    institution_code  TEXT NOT NULL REFERENCES institutions (code),
+    id_number         TEXT NOT NULL,
+    home_region       TEXT NOT NULL,
+    visit_kind        TEXT NOT NULL,
+    level             TEXT NOT NULL,
+    external_visit_no TEXT NOT NULL,
+    diagnosis_code    TEXT NOT NULL,
+    state             TEXT NOT NULL CHECK (state IN ('open', 'closed', 'settled')),
+    opened_at         TEXT NOT NULL,
+    visit_date        TEXT NOT NULL,
+    closed_at         TEXT,
+    home_snapshot     BLOB NOT NULL       -- encoded EligibilityResponse at opening, for offline settlement
+) STRICT;
+INSERT INTO visits_v13 SELECT visit_id, seq, institution_code, id_number, home_region, visit_kind, level,
+    external_visit_no, diagnosis_code, state, opened_at, visit_date, closed_at, home_snapshot FROM visits ORDER BY seq;
+DROP TABLE visits;
+ALTER TABLE visits_v13 RENAME TO visits;
+CREATE INDEX visits_by_institution ON visits (institution_code, external_visit_no);
+
+CREATE TABLE settlements_v13 (
+    settlement_id     TEXT PRIMARY KEY,
+    seq               INTEGER NOT NULL UNIQUE,
+    visit_id          TEXT NOT NULL REFERENCES visits (visit_id),
+    institution_code  TEXT NOT NULL,
+    id_number         TEXT NOT NULL,
+    home_region       TEXT NOT NULL,
+    visit_kind        TEXT NOT NULL,
+    state             TEXT NOT NULL CHECK (state IN ('pending', 'settled', 'provisional', 'refused',
+                                                     'failed', 'cancelled', 'disputed', 'reversal')),
+    reverses          TEXT,               -- set on a reversal record
+    request_scope     TEXT NOT NULL,
+    request_id        TEXT NOT NULL,
+    payload_hash      TEXT NOT NULL,
+    split             BLOB NOT NULL,      -- encoded yidi.v1.Split
+    medfee_fen        INTEGER NOT NULL,
+    fund_fen          INTEGER NOT NULL,
+    acct_fen          INTEGER NOT NULL,
+    cash_fen          INTEGER NOT NULL,
+    policy_version    INTEGER NOT NULL,
+    acc_version       INTEGER NOT NULL,
+    settled_at        TEXT NOT NULL,
+    settle_date       TEXT NOT NULL,      -- UTC+8 calendar date, for reconciliation
+    period            TEXT NOT NULL,
+    note              TEXT NOT NULL
+) STRICT;
+INSERT INTO settlements_v13 SELECT settlement_id, seq, visit_id, institution_code, id_number, home_region,
+    visit_kind, state, reverses, request_scope, request_id, payload_hash, split, medfee_fen, fund_fen, acct_fen,
+    cash_fen, policy_version, acc_version, settled_at, settle_date, period, note FROM settlements ORDER BY seq;
+DROP TABLE settlements;
+ALTER TABLE settlements_v13 RENAME TO settlements;
+CREATE INDEX settlements_by_institution ON settlements (institution_code, settle_date);
+CREATE INDEX settlements_by_visit ON settlements (visit_id);
+CREATE INDEX settlements_by_state ON settlements (state);
+CREATE INDEX settlements_by_request ON settlements (request_scope, request_id, seq);
+
+CREATE TABLE claims_v13 (
+    claim_id          TEXT PRIMARY KEY,
+    treatment_region  TEXT NOT NULL,
+    id_number         TEXT NOT NULL,
+    institution_code  TEXT NOT NULL,
+    visit_kind        TEXT NOT NULL,
+    settled_at        TEXT NOT NULL,
+    period            TEXT NOT NULL,
+    policy_version    INTEGER NOT NULL,
+    provisional       INTEGER NOT NULL,
+    split             BLOB NOT NULL,      -- encoded yidi.v1.Split, the authoritative one
+    fund_fen          INTEGER NOT NULL,
+    acct_fen          INTEGER NOT NULL,
+    acc_year          INTEGER NOT NULL,
+    acc_delta         TEXT NOT NULL,      -- JSON: what this claim added to the accumulators
+    state             TEXT NOT NULL CHECK (state IN ('committed', 'reversed')),
+    reversal_id       TEXT,
+    reversed_at       TEXT
+) STRICT;
+INSERT INTO claims_v13 SELECT claim_id, treatment_region, id_number, institution_code, visit_kind, settled_at,
+    period, policy_version, provisional, split, fund_fen, acct_fen, acc_year, acc_delta, state, reversal_id,
+    reversed_at FROM claims ORDER BY rowid;
+DROP TABLE claims;
+ALTER TABLE claims_v13 RENAME TO claims;
+CREATE INDEX claims_by_person ON claims (id_number);
+
+CREATE TABLE outbox_v13 (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind            TEXT NOT NULL CHECK (kind IN ('commit', 'reverse', 'adjust')),
+    target_region   TEXT NOT NULL,
+    ref_id          TEXT NOT NULL UNIQUE, -- the settlement or reversal id it delivers
+    payload         BLOB NOT NULL,        -- the encoded request
+    created_at      TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,     -- unix millis
+    last_error      TEXT NOT NULL DEFAULT ''
+) STRICT;
+INSERT INTO outbox_v13 SELECT id, kind, target_region, ref_id, payload, created_at, attempts, next_attempt_ms,
+    last_error FROM outbox ORDER BY id;
+DELETE FROM sqlite_sequence WHERE name = 'outbox_v13';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_v13', seq FROM sqlite_sequence WHERE name = 'outbox';
+DROP TABLE outbox;
+ALTER TABLE outbox_v13 RENAME TO outbox;
+";
+
+// The state of a participant's round is one of `ParticipantState`'s names (common's
+// round_state.rs), enforced by the store (the comment of V3 listed four of the five).
+// Numbered 14: it follows V13 (the settlement tables). SQLite cannot add a CHECK to a
+// column: the table is rebuilt and its rows copied (it has no index of its own). A row
+// with a state outside the list makes the copy, and so the migration, fail.
+const V14_CLEARING_ROUND_STATES: &str = r"
+CREATE TABLE clearing_rounds_v14 (
+    round_id          TEXT PRIMARY KEY,
+    period            TEXT NOT NULL,
+    state             TEXT NOT NULL
+        CHECK (state IN ('freezing', 'frozen', 'confirmed', 'cleared', 'released')),
+    statement_digest  TEXT NOT NULL DEFAULT '',
+    confirmed_by      TEXT NOT NULL DEFAULT '',
+    operator_digest   TEXT NOT NULL DEFAULT '', -- statement digest the operator confirmed
+    frozen_at         TEXT NOT NULL,
+    cleared_at        TEXT
+) STRICT;
+INSERT INTO clearing_rounds_v14 (round_id, period, state, statement_digest, confirmed_by,
+                                 operator_digest, frozen_at, cleared_at)
+    SELECT round_id, period, state, statement_digest, confirmed_by, operator_digest, frozen_at, cleared_at
+    FROM clearing_rounds;
+DROP TABLE clearing_rounds;
+ALTER TABLE clearing_rounds_v14 RENAME TO clearing_rounds;
+";
+
+// A coordinator round's state is one of `RoundState`'s names (common's round_state.rs),
+// enforced by the store. The table is rebuilt and its rows copied, with foreign keys off
+// (`migrate`): the tables of reports, disputes, confirmations, transfers and clear marks
+// refer to it by name, and find the new one under it; the migration checks those
+// references before it commits. It has no index of its own.
+const COORDINATOR_V4: &str = r"
+CREATE TABLE rounds_v4 (
+    round_id     TEXT PRIMARY KEY,
+    period       TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('OPEN', 'COLLECTING', 'RECONCILING', 'DISPUTED',
+                                               'STATEMENT_ISSUED', 'CONFIRMED', 'SETTLED', 'ABORTED')),
+    statement    BLOB,              -- encoded yidi.v1.Statement once issued
+    note         TEXT NOT NULL DEFAULT '',
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    instructions BLOB,              -- the statement's payment instructions alone (V2)
+    allow_empty  INTEGER NOT NULL DEFAULT 0 CHECK (allow_empty IN (0, 1))
+) STRICT;
+INSERT INTO rounds_v4 (round_id, period, state, statement, note, created_at, updated_at,
+                       instructions, allow_empty)
+    SELECT round_id, period, state, statement, note, created_at, updated_at, instructions, allow_empty
+    FROM rounds;
+DROP TABLE rounds;
+ALTER TABLE rounds_v4 RENAME TO rounds;
+";
+
 /// Which database a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -553,11 +714,15 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V10_LEDGER_BY_ROUND_PARTIAL),
             M::up(V11_REQUESTS_BY_ROWID),
             M::up(V12_CATALOGUE_FREE_OF_CHARGE),
+            // Checked inside the migration's transaction: a broken reference rolls it back.
+            M::up(V13_STATE_CHECKS).foreign_key_check(),
+            M::up(V14_CLEARING_ROUND_STATES),
         ]),
         Schema::Coordinator => Migrations::new(vec![
             M::up(COORDINATOR_V1),
             M::up(COORDINATOR_V2),
             M::up(COORDINATOR_V3),
+            M::up(COORDINATOR_V4).foreign_key_check(),
         ]),
     }
 }
@@ -602,7 +767,7 @@ pub fn migrate(conn: &mut Connection, schema: Schema) -> Result<()> {
 }
 
 /// Coordinator schema version after all migrations.
-pub const COORDINATOR_SCHEMA_VERSION: u32 = 3;
+pub const COORDINATOR_SCHEMA_VERSION: u32 = 4;
 
 #[cfg(test)]
 mod tests {
@@ -799,6 +964,158 @@ mod tests {
         assert!(plan.contains("requests_by_request"), "{plan}");
     }
 
+    /// Every row of `table`, in its primary key's order, column by column.
+    fn rows(conn: &Connection, table: &str) -> Vec<Vec<rusqlite::types::Value>> {
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {table} ORDER BY 1"))
+            .expect("prepare");
+        let n = stmt.column_count();
+        stmt.query_map([], |r| (0..n).map(|i| r.get(i)).collect())
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    }
+
+    /// V13: the rebuilt tables keep every row, their indexes, the foreign keys that
+    /// point at them and the outbox's counter; a state none of the enums of
+    /// `store::states` knows is refused by a CHECK constraint, and every state they know
+    /// is accepted.
+    #[test]
+    fn v13_keeps_every_row_and_refuses_unknown_states() {
+        use crate::store::states::{ClaimState, OutboxKind, SettlementState, VisitState};
+
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrations(Schema::Node)
+            .to_version(&mut conn, 12)
+            .expect("to V12");
+        conn.execute_batch(
+            "INSERT INTO institutions VALUES ('H1', '医院', 'hospital', 'level3', 'active', '2026-01-01', NULL);
+             INSERT INTO visits VALUES ('V1', 1, 'H1', 'P1', '330200', 'outpatient', 'level3', 'E1', '', 'settled', 't', '2026-11-02', NULL, x'');
+             INSERT INTO visits VALUES ('V2', 2, 'H1', 'P2', '330200', 'inpatient', 'level3', 'E2', 'J18', 'closed', 't', '2026-11-01', 't2', x'0a01');
+             INSERT INTO fee_lines VALUES ('V1', '1', 'X1', '药', 'A', '0', NULL, '2', 1000, 2000, '2026-11-02');
+             INSERT INTO settlements VALUES ('S1', 1, 'V1', 'H1', 'P1', '330200', 'outpatient', 'cancelled', NULL, 'inst:H1', 'r1', 'h1', x'01', 2000, 1500, 0, 500, 3, 7, 't', '2026-11-02', '2026-11', '');
+             INSERT INTO settlements VALUES ('S2', 2, 'V1', 'H1', 'P1', '330200', 'outpatient', 'reversal', 'S1', 'inst:H1', 'r2', 'h2', x'02', -2000, -1500, 0, -500, 3, 7, 't', '2026-11-02', '2026-11', 'cancelled');
+             INSERT INTO settlements VALUES ('S3', 3, 'V2', 'H1', 'P2', '330200', 'inpatient', 'provisional', NULL, 'inst:H1', 'r3', 'h3', x'', 9999, 8888, 11, 1100, 2, 0, 't', '2026-11-01', '2026-11', 'offline');
+             INSERT INTO deductions VALUES ('D1', 'S3', 'H1', '330200', 5, 'audit', 't', '2026-11');
+             INSERT INTO claims VALUES ('330300-S-1', '330300', 'P9', 'H9', 'outpatient', 't', '2026-11', 1, 0, x'', 300, 0, 2026, '{}', 'reversed', 'R1', 't');
+             INSERT INTO outbox (kind, target_region, ref_id, payload, created_at, next_attempt_ms) VALUES
+                 ('commit', '330200', 'S3', x'01', 't', 5), ('reverse', '330200', 'S2', x'', 't', 0);
+             DELETE FROM outbox WHERE ref_id = 'S2';",
+        )
+        .expect("rows of every kind");
+        let tables = [
+            "visits",
+            "fee_lines",
+            "settlements",
+            "deductions",
+            "claims",
+            "outbox",
+        ];
+        let before: Vec<_> = tables.iter().map(|t| rows(&conn, t)).collect();
+
+        migrate(&mut conn, Schema::Node).expect("to the latest");
+
+        let after: Vec<_> = tables.iter().map(|t| rows(&conn, t)).collect();
+        assert_eq!(after, before);
+        assert_eq!(after[2].len(), 3);
+        let indexes: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL \
+                 AND tbl_name IN ('visits', 'settlements', 'claims', 'outbox') ORDER BY name",
+            )
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("names");
+        assert_eq!(
+            indexes,
+            [
+                "claims_by_person",
+                "settlements_by_institution",
+                "settlements_by_request",
+                "settlements_by_state",
+                "settlements_by_visit",
+                "visits_by_institution"
+            ]
+        );
+        // The delivered item's id (2) is not given out again.
+        conn.execute(
+            "INSERT INTO outbox (kind, target_region, ref_id, payload, created_at, next_attempt_ms) \
+             VALUES (?1, '330200', 'S4', x'', 't', 0)",
+            [OutboxKind::Reverse],
+        )
+        .expect("a new item");
+        assert_eq!(conn.last_insert_rowid(), 3);
+        let orphan = conn
+            .execute(
+                "INSERT INTO fee_lines VALUES ('V9', '1', 'X1', '药', 'A', '0', NULL, '1', 1, 1, 't')",
+                [],
+            )
+            .expect_err("fee lines still refer to visits");
+        assert!(orphan.to_string().contains("FOREIGN KEY"), "{orphan}");
+
+        for sql in [
+            "UPDATE visits SET state = 'Open' WHERE visit_id = 'V1'",
+            "UPDATE settlements SET state = 'done' WHERE settlement_id = 'S3'",
+            "UPDATE settlements SET state = 'presettled' WHERE settlement_id = 'S3'",
+            "UPDATE claims SET state = 'abandoned'",
+            "UPDATE outbox SET kind = 'push'",
+            "INSERT INTO outbox (kind, target_region, ref_id, payload, created_at, next_attempt_ms) \
+             VALUES ('', '330200', 'S5', x'', 't', 0)",
+        ] {
+            let e = conn.execute(sql, []).expect_err(sql);
+            assert!(
+                e.to_string().contains("CHECK constraint failed"),
+                "{sql}: {e}"
+            );
+        }
+        let after_refusals: Vec<_> = tables[..5].iter().map(|t| rows(&conn, t)).collect();
+        assert_eq!(after_refusals, before[..5]);
+
+        // Each CHECK lists exactly the enum's states, in its order.
+        let checked = |table: &str| -> Vec<String> {
+            let sql: String = conn
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .expect("table");
+            let list = &sql[sql.find("IN (").expect("a CHECK list") + 4..];
+            list[..list.find(')').expect("its end")]
+                .split(',')
+                .map(|s| s.trim().trim_matches('\'').to_owned())
+                .collect()
+        };
+        fn names<T: std::fmt::Display>(all: &[T]) -> Vec<String> {
+            all.iter().map(ToString::to_string).collect()
+        }
+        assert_eq!(checked("visits"), names(VisitState::ALL));
+        assert_eq!(checked("settlements"), names(SettlementState::ALL));
+        assert_eq!(checked("claims"), names(ClaimState::ALL));
+        assert_eq!(checked("outbox"), names(OutboxKind::ALL));
+
+        let tx = conn.transaction().expect("tx");
+        for s in VisitState::ALL {
+            tx.execute("UPDATE visits SET state = ?1", [s])
+                .expect("a visit state");
+        }
+        for s in SettlementState::ALL {
+            tx.execute("UPDATE settlements SET state = ?1", [s])
+                .expect("a settlement state");
+        }
+        for s in ClaimState::ALL {
+            tx.execute("UPDATE claims SET state = ?1", [s])
+                .expect("a claim state");
+        }
+        for k in OutboxKind::ALL {
+            tx.execute("UPDATE outbox SET kind = ?1", [k])
+                .expect("an outbox kind");
+        }
+        tx.rollback().expect("rollback");
+    }
+
     #[test]
     fn coordinator_v3_keeps_recorded_transfers_as_their_first_version() {
         let mut conn = Connection::open_in_memory().expect("open");
@@ -833,6 +1150,157 @@ mod tests {
             let e = conn.execute(sql, []).expect_err("append-only");
             assert!(e.to_string().contains("append-only"), "{e}");
         }
+    }
+
+    /// V14 (the node's): every participant round kept as it was; the state column takes
+    /// exactly `ParticipantState`'s names; a store holding another value is not migrated.
+    #[test]
+    fn v14_keeps_participant_rounds_and_refuses_unknown_states() {
+        use yidi_common::round_state::ParticipantState;
+
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrations(Schema::Node)
+            .to_version(&mut conn, 12)
+            .expect("to V12");
+        conn.execute_batch(
+            "INSERT INTO clearing_rounds (round_id, period, state, statement_digest, confirmed_by, operator_digest, frozen_at, cleared_at) VALUES \
+             ('2026-01-r1', '2026-01', 'cleared', 'd1', 'auto', '', 't1', 't2'), \
+             ('2026-02-r1', '2026-02', 'released', '', '', '', 't3', NULL), \
+             ('2026-02-r2', '2026-02', 'frozen', '', '', 'd2', 't4', NULL)",
+        )
+        .expect("rounds before V14");
+        let rows =
+            |conn: &Connection| -> Vec<(String, String, String, String, String, Option<String>)> {
+                conn.prepare("SELECT round_id, state, statement_digest, confirmed_by, operator_digest, cleared_at FROM clearing_rounds ORDER BY round_id")
+                .expect("prepare")
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+                .expect("query")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows")
+            };
+        let before = rows(&conn);
+        migrate(&mut conn, Schema::Node).expect("to the latest");
+        assert_eq!(rows(&conn), before);
+        assert_eq!(
+            crate::store::clearing::get(&conn, "2026-01-r1")
+                .expect("read")
+                .expect("kept")
+                .state,
+            ParticipantState::Cleared
+        );
+        let insert = "INSERT INTO clearing_rounds (round_id, period, state, frozen_at) VALUES (?1, '2026-03', ?2, 't')";
+        for (i, s) in ParticipantState::ALL.iter().enumerate() {
+            conn.execute(insert, [format!("ok-{i}"), s.to_string()])
+                .expect("every state of the enum");
+        }
+        for bad in ["FROZEN", "settled", ""] {
+            let e = conn
+                .execute(insert, ["bad", bad])
+                .expect_err("not a participant state");
+            assert!(e.to_string().contains("CHECK constraint failed"), "{e}");
+        }
+        let e = conn
+            .execute(
+                "UPDATE clearing_rounds SET state = 'confirm' WHERE round_id = '2026-02-r2'",
+                [],
+            )
+            .expect_err("nor by an update");
+        assert!(e.to_string().contains("CHECK constraint failed"), "{e}");
+        assert_eq!(rows(&conn)[..3], before[..]);
+
+        // A store holding a state outside the list stays as it was.
+        let mut old = Connection::open_in_memory().expect("open");
+        migrations(Schema::Node)
+            .to_version(&mut old, 12)
+            .expect("to V12");
+        old.execute(insert, ["odd", "thawed"])
+            .expect("no CHECK before V14");
+        migrate(&mut old, Schema::Node).expect_err("the copy refuses it");
+        let v: u32 = old
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, 12);
+    }
+
+    /// COORDINATOR_V4: every round kept, still the parent of its reports (foreign keys
+    /// enforced again); the state column takes exactly `RoundState`'s names.
+    #[test]
+    fn coordinator_v4_keeps_rounds_and_refuses_unknown_states() {
+        use yidi_common::round_state::RoundState;
+
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.pragma_update(None, "foreign_keys", "ON").expect("fk");
+        migrations(Schema::Coordinator)
+            .to_version(&mut conn, 3)
+            .expect("to V3");
+        conn.execute_batch(
+            "INSERT INTO rounds (round_id, period, state, statement, note, created_at, updated_at, instructions, allow_empty) VALUES \
+             ('2026-05-r1', '2026-05', 'SETTLED', x'0a01', 'every transfer recorded', 't0', 't1', x'22', 0), \
+             ('2026-06-r1', '2026-06', 'COLLECTING', NULL, 'waiting for 330300 (down)', 't2', 't3', NULL, 1);
+             INSERT INTO round_reports VALUES ('2026-06-r1', '330100', x'00');
+             INSERT INTO round_transfers VALUES ('2026-05-r1', '330100', '330000', 12345, 'BANK-1', 't2');",
+        )
+        .expect("rounds before V4");
+        type Row = (
+            String,
+            String,
+            Option<Vec<u8>>,
+            String,
+            String,
+            String,
+            Option<Vec<u8>>,
+            bool,
+        );
+        let rows = |conn: &Connection| -> Vec<Row> {
+            conn.prepare("SELECT round_id, state, statement, note, created_at, updated_at, instructions, allow_empty FROM rounds ORDER BY round_id")
+                .expect("prepare")
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)))
+                .expect("query")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows")
+        };
+        let before = rows(&conn);
+        migrate(&mut conn, Schema::Coordinator).expect("to the latest");
+        assert_eq!(rows(&conn), before);
+        let state: String = conn
+            .query_row(
+                "SELECT state FROM rounds WHERE round_id = '2026-06-r1'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("kept");
+        assert_eq!(
+            state.parse::<RoundState>().expect("known"),
+            RoundState::Collecting
+        );
+        let reported: String = conn
+            .query_row(
+                "SELECT r.state FROM round_reports p JOIN rounds r USING (round_id)",
+                [],
+                |r| r.get(0),
+            )
+            .expect("the report's round");
+        assert_eq!(reported, "COLLECTING");
+        let orphan = conn
+            .execute(
+                "INSERT INTO round_reports VALUES ('2026-07-r1', '330100', x'00')",
+                [],
+            )
+            .expect_err("reports still refer to rounds");
+        assert!(orphan.to_string().contains("FOREIGN KEY"), "{orphan}");
+        let insert = "INSERT INTO rounds (round_id, period, state, created_at, updated_at) VALUES (?1, '2026-07', ?2, 't', 't')";
+        for (i, s) in RoundState::ALL.iter().enumerate() {
+            conn.execute(insert, [format!("ok-{i}"), s.to_string()])
+                .expect("every state of the enum");
+        }
+        for bad in ["settled", "frozen", "PAID"] {
+            let e = conn
+                .execute(insert, ["bad", bad])
+                .expect_err("not a round state");
+            assert!(e.to_string().contains("CHECK constraint failed"), "{e}");
+        }
+        assert_eq!(rows(&conn)[..2], before[..]);
+        assert_eq!(rows(&conn)[..2], before[..]);
     }
 
     #[test]

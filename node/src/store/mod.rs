@@ -17,11 +17,13 @@ pub mod ledger;
 pub mod lock;
 mod migrations;
 pub mod outbox;
+pub mod overview;
 pub mod person_load;
 pub mod persons;
 pub mod policies;
 pub mod sequences;
 pub mod settlements;
+pub mod states;
 pub mod visits;
 mod writer;
 
@@ -35,7 +37,7 @@ use tokio::sync::Semaphore;
 
 pub use integrity::CheckStore;
 pub use migrations::SCHEMA_VERSION;
-pub use writer::{Writer, WriterTotals};
+pub use writer::{DEFAULT_FULL_WAIT, DEFAULT_QUEUE_CAPACITY, WriteQueue, Writer, WriterTotals};
 
 use crate::{Error, Result};
 
@@ -168,8 +170,8 @@ fn configure(conn: &Connection, reader: bool) -> rusqlite::Result<()> {
 /// under the number of the page at the 1 GiB mark, and at the next commit the cache
 /// drops every page above the database's end — which, while the database ends below
 /// that mark, means walking the cache's whole hash table, at every commit that
-/// followed such a swap. With 32 MiB that walk took ~10 % of the writer's time and the
-/// small cache cut the CPU per settlement by ~15 % (measured: `docs/performance.md`);
+/// followed such a swap. With 32 MiB that walk took a noticeable share of the writer's
+/// time, and the small cache cut the CPU per settlement (measured: `docs/performance.md`);
 /// above 1 GiB the mark lies inside the database and nothing is walked. The writer
 /// re-applies this as the store grows (its upkeep, `Writer::start`).
 fn size_writer_cache(conn: &Connection) -> rusqlite::Result<()> {
@@ -292,6 +294,17 @@ impl Store {
         region: &str,
         check: CheckStore,
     ) -> Result<Self> {
+        Self::open_node(dir, read_connections, region, check, WriteQueue::default())
+    }
+
+    /// [`Store::open_checked`] with the writer's queue bounds (`write_queue_*`).
+    pub fn open_node(
+        dir: &Path,
+        read_connections: usize,
+        region: &str,
+        check: CheckStore,
+        queue: WriteQueue,
+    ) -> Result<Self> {
         Self::open_schema(
             dir,
             DB_FILE,
@@ -299,6 +312,7 @@ impl Store {
             region,
             migrations::Schema::Node,
             check,
+            queue,
         )
     }
 
@@ -311,6 +325,7 @@ impl Store {
             region,
             migrations::Schema::Coordinator,
             CheckStore::Auto,
+            WriteQueue::default(),
         )
     }
 
@@ -336,6 +351,7 @@ impl Store {
         region: &str,
         schema: migrations::Schema,
         check: CheckStore,
+        queue: WriteQueue,
     ) -> Result<Self> {
         let (conn, pre) = open_migrated(dir, file, region, schema, check, true)?;
         let path = pre.files.db.clone();
@@ -375,9 +391,9 @@ impl Store {
         });
         // Each writer job runs in a savepoint, so SQLite copies every page a job is first
         // to touch into the savepoint's journal; by default that journal moves to a
-        // temporary file past 64 KiB, and a group's jobs then cost a pwrite per page —
-        // ~10 % of the writer's time under load; kept in memory, the writers used ~15 %
-        // less CPU per settlement (measured: `docs/performance.md`). Set only once the
+        // temporary file past 64 KiB, and a group's jobs then cost a pwrite per page — a
+        // noticeable share of the writer's time under load; kept in memory, the writers
+        // use less CPU per settlement (measured: `docs/performance.md`). Set only once the
         // migrations are done: it also keeps sorts in memory, and a migration's index
         // build over millions of persons must be able to sort through temporary files.
         // The serving writer's jobs sort small sets.
@@ -395,7 +411,7 @@ impl Store {
         }
         let permits = Arc::new(Semaphore::new(readers.len()));
         let live = std::sync::atomic::AtomicU32::new(u32::try_from(readers.len()).unwrap_or(0));
-        let writer = Writer::start(conn, size_writer_cache, closing)?;
+        let writer = Writer::start(conn, size_writer_cache, queue, closing)?;
         Ok(Self {
             writer: writer.clone(),
             readers: Arc::new(ReadPool {

@@ -4,14 +4,14 @@
 
 use rusqlite::{Connection, params};
 
+use super::states::OutboxKind;
 use crate::Result;
 
 /// One queued push.
 #[derive(Debug, Clone)]
 pub struct Item {
     pub id: i64,
-    /// commit | reverse
-    pub kind: String,
+    pub kind: OutboxKind,
     pub target_region: String,
     pub ref_id: String,
     pub payload: Vec<u8>,
@@ -23,7 +23,7 @@ pub struct Item {
 /// Queues a push for immediate delivery; the same `ref_id` is queued once.
 pub fn enqueue(
     conn: &Connection,
-    kind: &str,
+    kind: OutboxKind,
     target: &str,
     ref_id: &str,
     payload: &[u8],

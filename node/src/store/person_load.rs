@@ -318,8 +318,8 @@ fn card_of<'a>(parts: &'a [Rows], e: &Entry) -> Result<Option<&'a str>> {
 const WRITE_CACHE_KIB: i64 = -262_144;
 
 /// Page cache while the indexes are built: SQLite's sorter sizes its in-memory runs by
-/// it, and larger runs sort slower (measured: the look-up hash index of ten million
-/// persons took 29 s with 512 MiB, 15 s with 64 MiB).
+/// it, and larger runs sort slower (measured: docs/performance.md, "Figures that used
+/// to live in code comments").
 const SORT_CACHE_KIB: i64 = -65_536;
 
 /// Sets the connection up for a load: rollback journal (the caller holds the data

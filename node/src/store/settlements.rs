@@ -6,6 +6,7 @@ use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
 use yidi_common::proto;
 
+use super::states::SettlementState;
 use crate::Result;
 
 /// A settlement (or reversal) record.
@@ -17,7 +18,7 @@ pub struct SettlementRec {
     pub id_number: String,
     pub home_region: String,
     pub visit_kind: String,
-    pub state: String,
+    pub state: SettlementState,
     pub reverses: Option<String>,
     pub request_scope: String,
     pub request_id: String,
@@ -131,10 +132,10 @@ pub fn by_request(
 pub fn live_for_visit(conn: &Connection, visit_id: &str) -> Result<Option<SettlementRec>> {
     Ok(conn
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM settlements WHERE visit_id = ?1 AND reverses IS NULL AND state NOT IN ('failed') \
+            "SELECT {COLUMNS} FROM settlements WHERE visit_id = ?1 AND reverses IS NULL AND state NOT IN (?2) \
              ORDER BY seq DESC LIMIT 1"
         ))?
-        .query_row([visit_id], from_row)
+        .query_row(params![visit_id, SettlementState::Failed], from_row)
         .optional()?)
 }
 
@@ -170,7 +171,7 @@ pub fn update_outcome(conn: &Connection, s: &SettlementRec) -> Result<()> {
 }
 
 /// Sets only the state.
-pub fn set_state(conn: &Connection, id: &str, state: &str) -> Result<()> {
+pub fn set_state(conn: &Connection, id: &str, state: SettlementState) -> Result<()> {
     conn.prepare_cached("UPDATE settlements SET state = ?2 WHERE settlement_id = ?1")?
         .execute(params![id, state])?;
     Ok(())
@@ -181,14 +182,18 @@ pub fn set_state(conn: &Connection, id: &str, state: &str) -> Result<()> {
 pub fn fail_pending(conn: &Connection, id: &str) -> Result<bool> {
     Ok(conn
         .prepare_cached(
-            "UPDATE settlements SET state = 'failed' WHERE settlement_id = ?1 AND state = 'pending'",
+            "UPDATE settlements SET state = ?2 WHERE settlement_id = ?1 AND state = ?3",
         )?
-        .execute([id])?
+        .execute(params![
+            id,
+            SettlementState::Failed,
+            SettlementState::Pending
+        ])?
         == 1)
 }
 
 /// Records in a state (e.g. every `pending` intent, for recovery).
-pub fn in_state(conn: &Connection, state: &str) -> Result<Vec<SettlementRec>> {
+pub fn in_state(conn: &Connection, state: SettlementState) -> Result<Vec<SettlementRec>> {
     Ok(conn
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM settlements WHERE state = ?1 ORDER BY seq"
@@ -196,6 +201,15 @@ pub fn in_state(conn: &Connection, state: &str) -> Result<Vec<SettlementRec>> {
         .query_map([state], from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
+
+/// The states of the records that count for reconciliation and for what an institution
+/// is paid.
+const COUNTED: [SettlementState; 4] = [
+    SettlementState::Settled,
+    SettlementState::Provisional,
+    SettlementState::Cancelled,
+    SettlementState::Reversal,
+];
 
 /// Records of an institution settled between two UTC+8 dates (inclusive), in order,
 /// that count for reconciliation (settled, provisional, cancelled and their reversals).
@@ -210,27 +224,31 @@ pub fn for_institution(
     Ok(conn
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM settlements WHERE institution_code = ?1 AND settle_date BETWEEN ?2 AND ?3 \
-             AND state IN ('settled', 'provisional', 'cancelled', 'reversal') AND settlement_id > ?4 \
-             ORDER BY settlement_id LIMIT ?5"
+             AND state IN (?6, ?7, ?8, ?9) AND settlement_id > ?4 ORDER BY settlement_id LIMIT ?5"
         ))?
-        .query_map(params![institution, from, to, after, limit], from_row)?
+        .query_map(
+            params![
+                institution, from, to, after, limit, COUNTED[0], COUNTED[1], COUNTED[2], COUNTED[3]
+            ],
+            from_row,
+        )?
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 /// Sum of the fund share of provisional settlements toward a home region (exposure).
 pub fn provisional_exposure_fen(conn: &Connection, home_region: &str) -> Result<i64> {
     Ok(conn
-        .prepare_cached("SELECT COALESCE(SUM(fund_fen), 0) FROM settlements WHERE home_region = ?1 AND state = 'provisional'")?
-        .query_row([home_region], |r| r.get(0))?)
+        .prepare_cached("SELECT COALESCE(SUM(fund_fen), 0) FROM settlements WHERE home_region = ?1 AND state = ?2")?
+        .query_row(params![home_region, SettlementState::Provisional], |r| r.get(0))?)
 }
 
 /// Fund share of provisional settlements per home region.
 pub fn provisional_exposure_by_region(conn: &Connection) -> Result<Vec<(String, i64)>> {
     Ok(conn
         .prepare_cached(
-            "SELECT home_region, SUM(fund_fen) FROM settlements WHERE state = 'provisional' GROUP BY home_region ORDER BY home_region",
+            "SELECT home_region, SUM(fund_fen) FROM settlements WHERE state = ?1 GROUP BY home_region ORDER BY home_region",
         )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([SettlementState::Provisional], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
@@ -244,8 +262,18 @@ pub fn for_institution_period(
     Ok(conn
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM settlements WHERE institution_code = ?1 AND period = ?2 \
-             AND state IN ('settled', 'provisional', 'cancelled', 'reversal') ORDER BY seq"
+             AND state IN (?3, ?4, ?5, ?6) ORDER BY seq"
         ))?
-        .query_map(params![institution, period], from_row)?
+        .query_map(
+            params![
+                institution,
+                period,
+                COUNTED[0],
+                COUNTED[1],
+                COUNTED[2],
+                COUNTED[3]
+            ],
+            from_row,
+        )?
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }

@@ -2,6 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::states::VisitState;
 use crate::Result;
 
 /// A visit (registration or admission) at one of this region's institutions.
@@ -15,8 +16,7 @@ pub struct VisitRec {
     pub level: String,
     pub external_visit_no: String,
     pub diagnosis_code: String,
-    /// open | closed | settled
-    pub state: String,
+    pub state: VisitState,
     pub opened_at: String,
     pub visit_date: String,
     pub closed_at: Option<String>,
@@ -79,7 +79,7 @@ pub fn get(conn: &Connection, visit_id: &str) -> Result<Option<VisitRec>> {
 pub fn set_state(
     conn: &Connection,
     visit_id: &str,
-    state: &str,
+    state: VisitState,
     closed_at: Option<&str>,
 ) -> Result<()> {
     conn.prepare_cached(

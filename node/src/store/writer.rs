@@ -4,17 +4,22 @@
 //! `BEGIN IMMEDIATE … COMMIT`, and only after the commit — one fsync for the whole
 //! group — answers every request. A request whose closure fails is rolled back to its
 //! savepoint without disturbing the others in the group.
+//!
+//! The queue is bounded ([`WriteQueue`]): when the writer falls behind, a request waits
+//! a short while for room and is then refused (RESOURCE_EXHAUSTED, nothing written)
+//! instead of piling up in memory behind a disk that cannot keep up.
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     thread,
+    time::Duration,
 };
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvError, Sender, TryRecvError, TrySendError};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
@@ -27,6 +32,36 @@ const MAX_GROUP: usize = 256;
 /// steady stream of arrivals cannot hold back the answers of its first requests for
 /// long (about what running 256 queued requests used to take).
 const GROUP_RUN_BUDGET: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How many requests may wait for the writer, and how long a request waits for room
+/// when the queue is full before it is refused.
+#[derive(Debug, Clone)]
+pub struct WriteQueue {
+    /// Requests queued behind the one running (at least 1).
+    pub capacity: usize,
+    /// How long a request waits for room in a full queue.
+    pub full_wait: Duration,
+    /// While set, the writer runs nothing: the next request it takes waits, and the
+    /// queue fills behind it, as behind a writer stuck on a slow disk (tests).
+    pub hold: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Default of [`WriteQueue::capacity`]: many groups' worth, so that only a writer that
+/// has fallen behind for a while fills it.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 16 * MAX_GROUP;
+/// Default of [`WriteQueue::full_wait`]: a passing burst is absorbed, a writer that has
+/// fallen behind is reported at once rather than after the caller's deadline.
+pub const DEFAULT_FULL_WAIT: Duration = Duration::from_millis(250);
+
+impl Default for WriteQueue {
+    fn default() -> Self {
+        Self {
+            capacity: DEFAULT_QUEUE_CAPACITY,
+            full_wait: DEFAULT_FULL_WAIT,
+            hold: Arc::default(),
+        }
+    }
+}
 
 /// What a job leaves behind after running: a function that delivers its answer once the
 /// group's commit outcome is known.
@@ -74,15 +109,67 @@ fn corruption_message(m: &str) -> bool {
 /// that follow the store's size.
 pub type Upkeep = fn(&Connection) -> rusqlite::Result<()>;
 
+/// The sending side of the writer's queue: a channel bounded by a count of the
+/// messages in it. Not crossbeam's bounded channel, which keeps its messages until the
+/// last sender goes: here they are dropped — answering their requesters — as soon as
+/// the writer stops.
+#[derive(Clone)]
+struct QueueTx {
+    tx: Sender<Msg>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl QueueTx {
+    fn try_send(&self, msg: Msg) -> std::result::Result<(), TrySendError<Msg>> {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(TrySendError::Full(msg));
+        }
+        self.tx.send(msg).map_err(|e| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            TrySendError::Disconnected(e.0)
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+/// The writer's side of the queue: taking a message makes room for another.
+struct QueueRx {
+    rx: Receiver<Msg>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl QueueRx {
+    fn taken<E>(&self, m: std::result::Result<Msg, E>) -> std::result::Result<Msg, E> {
+        if m.is_ok() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        m
+    }
+
+    fn recv(&self) -> std::result::Result<Msg, RecvError> {
+        self.taken(self.rx.recv())
+    }
+
+    fn try_recv(&self) -> std::result::Result<Msg, TryRecvError> {
+        self.taken(self.rx.try_recv())
+    }
+}
+
 /// Handle to the writer thread; cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
-    tx: Sender<Msg>,
+    tx: QueueTx,
     totals: Arc<Totals>,
     /// Set at the first sign of a damaged file: what SQLite said. From then on the
     /// writer runs nothing, so that a node never goes on acknowledging writes into a
     /// store whose pages are garbage.
     damaged: Arc<OnceLock<String>>,
+    full_wait: Duration,
 }
 
 /// What the writer has done since it started, kept for the node's metrics: whether
@@ -93,6 +180,8 @@ struct Totals {
     jobs: AtomicU64,
     run_micros: AtomicU64,
     commit_micros: AtomicU64,
+    /// Requests refused because the queue stayed full.
+    rejected: AtomicU64,
 }
 
 /// A reading of the writer's totals (see [`Writer::totals`]).
@@ -106,13 +195,22 @@ pub struct WriterTotals {
     pub run: std::time::Duration,
     /// Time spent in COMMIT (the write-ahead log written and synced to disk).
     pub commit: std::time::Duration,
+    /// Requests waiting for the writer now.
+    pub queued: u64,
+    /// Requests refused because the queue stayed full (see [`WriteQueue`]).
+    pub rejected: u64,
 }
 
 impl Writer {
     /// Starts the thread that owns `conn`. The thread ends when every handle is dropped.
     /// `closing` runs once the writer stops, just before the connection closes.
-    pub fn start(conn: Connection, upkeep: Upkeep, closing: Closing) -> Result<Self> {
-        Self::start_with_budget(conn, upkeep, GROUP_RUN_BUDGET, closing)
+    pub fn start(
+        conn: Connection,
+        upkeep: Upkeep,
+        queue: WriteQueue,
+        closing: Closing,
+    ) -> Result<Self> {
+        Self::start_with_budget(conn, upkeep, GROUP_RUN_BUDGET, queue, closing)
     }
 
     /// [`Writer::start`] with another run budget for a group (tests).
@@ -120,9 +218,21 @@ impl Writer {
         conn: Connection,
         upkeep: Upkeep,
         budget: std::time::Duration,
+        queue: WriteQueue,
         closing: Closing,
     ) -> Result<Self> {
+        let capacity = queue.capacity.max(1);
         let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = (
+            QueueTx {
+                tx,
+                queued: Arc::clone(&queued),
+                capacity,
+            },
+            QueueRx { rx, queued },
+        );
+        let hold = queue.hold;
         let totals = Arc::new(Totals::default());
         let kept = Arc::clone(&totals);
         let damaged = Arc::new(OnceLock::new());
@@ -130,7 +240,7 @@ impl Writer {
         thread::Builder::new()
             .name("yidi-store-writer".into())
             .spawn(move || {
-                let closer = run_loop(&conn, &rx, upkeep, budget, &kept, &seen);
+                let closer = run_loop(&conn, &rx, upkeep, budget, &kept, &seen, &hold);
                 // Requests still queued are dropped unanswered (UNAVAILABLE, nothing
                 // written) rather than run after the close.
                 drop(rx);
@@ -145,6 +255,7 @@ impl Writer {
             tx,
             totals,
             damaged,
+            full_wait: queue.full_wait,
         })
     }
 
@@ -161,8 +272,17 @@ impl Writer {
     /// the closing step succeeded (false too when the writer had already stopped).
     pub async fn close(&self) -> bool {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(Msg::Close(reply)).is_err() {
-            return false;
+        let mut msg = Msg::Close(reply);
+        // Waits for room however long it takes: the writer drains the queue ahead of it.
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(back)) => {
+                    msg = back;
+                    tokio::time::sleep(QUEUE_POLL).await;
+                }
+            }
         }
         answer.await.unwrap_or(false)
     }
@@ -176,6 +296,8 @@ impl Writer {
             jobs: t.jobs.load(Ordering::Relaxed),
             run: std::time::Duration::from_micros(t.run_micros.load(Ordering::Relaxed)),
             commit: std::time::Duration::from_micros(t.commit_micros.load(Ordering::Relaxed)),
+            queued: self.tx.len() as u64,
+            rejected: t.rejected.load(Ordering::Relaxed),
         }
     }
 
@@ -190,6 +312,9 @@ impl Writer {
 
     /// Queues `f` now (before returning) and gives a future of its outcome, for a
     /// caller that must not wait for the commit but needs the job queued in order.
+    /// When the queue is full, `f` waits (off the caller's task) for room for at most
+    /// the queue's `full_wait`, and is then dropped unrun: the future answers
+    /// RESOURCE_EXHAUSTED. Such a late job may queue behind later ones.
     pub fn submit<R, F>(
         &self,
         f: F,
@@ -225,20 +350,92 @@ impl Writer {
                 let _ = reply.send(result);
             })
         });
-        let sent = self
-            .tx
-            .send(Msg::Job(job))
-            .map_err(|_| Error::Unavailable("store writer has stopped".into()));
+        let refused = self.enqueue(Msg::Job(job));
         async move {
-            sent?;
-            answer.await.map_err(|_| {
-                Error::Unavailable(
-                    "the store could not run the request (no transaction could begin, or the writer has stopped); nothing was written"
-                        .into(),
-                )
-            })?
+            match answer.await {
+                Ok(result) => result,
+                Err(_) => Err(refused.and_then(|mut r| r.try_recv().ok()).unwrap_or_else(|| {
+                    Error::Unavailable(
+                        "the store could not run the request (no transaction could begin, or the writer has stopped); nothing was written"
+                            .into(),
+                    )
+                })),
+            }
         }
     }
+
+    /// Puts `msg` on the queue: at once when there is room, else from a task that waits
+    /// up to `full_wait` for room. A message that never got in is dropped (its requester
+    /// sees its reply channel closed), after the reason is put in the receiver returned.
+    fn enqueue(&self, msg: Msg) -> Option<oneshot::Receiver<Error>> {
+        let msg = match self.tx.try_send(msg) {
+            Ok(()) => return None,
+            Err(TrySendError::Disconnected(msg)) => msg,
+            Err(TrySendError::Full(msg)) => msg,
+        };
+        let (why, refused) = oneshot::channel();
+        let (tx, wait, capacity) = (self.tx.clone(), self.full_wait, self.tx.capacity);
+        let totals = Arc::clone(&self.totals);
+        // The reason goes first: dropping the message closes the requester's channel.
+        let give_up = move |msg: Msg, gone: bool| {
+            let reason = if gone {
+                Error::Unavailable("store writer has stopped".into())
+            } else {
+                totals.rejected.fetch_add(1, Ordering::Relaxed);
+                overloaded(capacity, wait)
+            };
+            let _ = why.send(reason);
+            drop(msg);
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // No runtime (a blocking tool): wait on this thread.
+            let deadline = std::time::Instant::now() + wait;
+            let mut msg = msg;
+            loop {
+                match tx.try_send(msg) {
+                    Ok(()) => break,
+                    Err(TrySendError::Disconnected(back)) => {
+                        give_up(back, true);
+                        break;
+                    }
+                    Err(TrySendError::Full(back)) => msg = back,
+                }
+                if std::time::Instant::now() >= deadline {
+                    give_up(msg, false);
+                    break;
+                }
+                thread::sleep(QUEUE_POLL);
+            }
+            return Some(refused);
+        };
+        rt.spawn(async move {
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut msg = msg;
+            loop {
+                match tx.try_send(msg) {
+                    Ok(()) => return,
+                    Err(TrySendError::Disconnected(back)) => return give_up(back, true),
+                    Err(TrySendError::Full(back)) => msg = back,
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return give_up(msg, false);
+                }
+                tokio::time::sleep(QUEUE_POLL).await;
+            }
+        });
+        Some(refused)
+    }
+}
+
+/// How often a request waiting for room in a full queue looks again.
+const QUEUE_POLL: Duration = Duration::from_millis(1);
+
+/// The answer to a request refused because the writer's queue stayed full.
+fn overloaded(capacity: usize, waited: Duration) -> Error {
+    Error::ResourceExhausted(format!(
+        "node overloaded: its store's write queue stayed full (capacity {capacity}) for {} ms; nothing was written — retry after a short pause with the same request_id",
+        waited.as_millis()
+    ))
 }
 
 /// Records the first damage seen, loudly.
@@ -301,17 +498,23 @@ const WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 /// every handle is dropped (returning None).
 fn run_loop(
     conn: &Connection,
-    rx: &Receiver<Msg>,
+    rx: &QueueRx,
     upkeep: Upkeep,
     budget: std::time::Duration,
     totals: &Totals,
     damaged: &OnceLock<String>,
+    hold: &std::sync::atomic::AtomicBool,
 ) -> Option<oneshot::Sender<bool>> {
     let mut window = Window::default();
     let mut since = std::time::Instant::now();
     let mut closer = None;
     while closer.is_none() {
-        let first = match rx.recv() {
+        let first = rx.recv();
+        // Held (tests): the request just taken waits, and the queue fills behind it.
+        while hold.load(Ordering::Relaxed) {
+            thread::sleep(QUEUE_POLL);
+        }
+        let first = match first {
             Ok(Msg::Job(job)) => job,
             Ok(Msg::Close(reply)) => return Some(reply),
             Err(_) => return None,
@@ -320,8 +523,7 @@ fn run_loop(
             // Never run without a transaction: dropping the requests answers them with
             // UNAVAILABLE, and nothing was written. What is queued now goes with the
             // first, rather than each waiting out a failing BEGIN of its own.
-            let dropped = 1 + rx
-                .try_iter()
+            let dropped = 1 + std::iter::from_fn(|| rx.try_recv().ok())
                 .take(MAX_GROUP - 1)
                 .map(|m| {
                     if let Msg::Close(reply) = m {
@@ -471,6 +673,7 @@ mod tests {
             conn,
             |_| Ok(()),
             Duration::from_secs(3600),
+            WriteQueue::default(),
             Box::new(|_, _| true),
         )
         .unwrap()
@@ -526,6 +729,7 @@ mod tests {
             conn,
             |_| Ok(()),
             Duration::from_millis(50),
+            WriteQueue::default(),
             Box::new(|_, _| true),
         )
         .unwrap();
@@ -542,6 +746,45 @@ mod tests {
         }
         let t = w.totals();
         assert_eq!((t.transactions, t.jobs), (2, 4));
+    }
+
+    /// A full queue refuses a request after its short wait — RESOURCE_EXHAUSTED, the
+    /// request never runs, and it is counted — while those already queued are served.
+    #[tokio::test]
+    async fn a_request_meeting_a_full_queue_is_refused_unrun_after_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, path) = table_db(dir.path());
+        let w = Writer::start_with_budget(
+            conn,
+            |_| Ok(()),
+            Duration::from_secs(3600),
+            WriteQueue {
+                capacity: 2,
+                full_wait: Duration::from_millis(50),
+                hold: Arc::default(),
+            },
+            Box::new(|_, _| true),
+        )
+        .unwrap();
+        let (first, hold) = held_first(&w, |_| Ok(())).await;
+        let queued: Vec<_> = (1..=2).map(|v| insert(&w, v)).collect();
+        assert_eq!(w.totals().queued, 2);
+        let refused = tonic::Status::from(insert(&w, 3).await.unwrap_err());
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            refused.message(),
+            "node overloaded: its store's write queue stayed full (capacity 2) for 50 ms; nothing was written — retry after a short pause with the same request_id"
+        );
+        assert_eq!(w.totals().rejected, 1);
+        hold.send(()).unwrap();
+        first.await.unwrap();
+        for q in queued {
+            assert_eq!(q.await.unwrap(), 1);
+        }
+        assert_eq!(values(&path), [1, 2], "the refused request never ran");
+        assert_eq!(insert(&w, 3).await.unwrap(), 1);
+        assert_eq!(values(&path), [1, 2, 3]);
+        assert_eq!((w.totals().queued, w.totals().rejected), (0, 1));
     }
 
     /// A writer whose store is locked by another connection and does not wait for it.
@@ -700,6 +943,7 @@ mod tests {
             conn,
             |_| Ok(()),
             Duration::from_secs(3600),
+            WriteQueue::default(),
             Box::new(move |c, _| {
                 let n: i64 = c
                     .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))

@@ -1,0 +1,557 @@
+//! The node's half of clearing: what the coordinator asks of this node in a round —
+//! freeze and report its positions, list a disputed pair's records, take disputed
+//! records out, check and confirm the statement, mark the round cleared, release it.
+//! [`Participant`] runs each of these over the store (store/clearing.rs), in bounded
+//! writer jobs; the check of a statement against the ledger is pure (`verify`). The
+//! gRPC service (service/clearing.rs) only decodes, checks and calls it. Only region
+//! codes, record ids, counts, sums and digests leave the node here.
+
+pub mod verify;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use yidi_common::{money, period, proto, region::RegionCode, round_state::ParticipantState};
+
+use crate::{
+    Error, Result,
+    idempotency::{self, RequestKey},
+    store::{
+        Store,
+        clearing::{self, FreezeStep, RoundRec},
+        funds,
+        ledger::{self, Side},
+    },
+};
+
+/// This node as a clearing participant.
+pub struct Participant {
+    store: Store,
+    region: RegionCode,
+    /// Confirm a statement that matches the ledger without the operator's confirmation.
+    auto_confirm: bool,
+    /// Counts exclusions, bumped inside their writer jobs: a confirmation verified from
+    /// a read re-verifies in its writer job only if an exclusion ran in between.
+    exclusions: Arc<AtomicU64>,
+}
+
+/// A page of a disputed pair's records.
+pub struct ClaimPage {
+    pub claims: Vec<proto::ClaimAmount>,
+    /// The entry id to continue after; empty on the last page.
+    pub next_after: String,
+}
+
+fn known_round(conn: &rusqlite::Connection, id: &str) -> Result<RoundRec> {
+    clearing::get(conn, id)?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "round {id} has not collected positions at this node"
+        ))
+    })
+}
+
+/// Reserve balances as reported for statements.
+pub fn reserve_balances(conn: &rusqlite::Connection) -> Result<Vec<proto::ReserveBalance>> {
+    Ok(funds::reserves(conn)?
+        .into_iter()
+        .map(|r| proto::ReserveBalance {
+            alarm: r.alarm(),
+            home_region: r.home_region,
+            treatment_region: r.treatment_region,
+            balance: money::format(money::from_fen(r.balance_fen)),
+            alarm_threshold: money::format(money::from_fen(r.alarm_fen)),
+        })
+        .collect())
+}
+
+/// A position's records by kind, as reported: counts and sums only.
+fn kind_sums(kinds: &BTreeMap<String, (u64, i64)>) -> Vec<proto::KindSum> {
+    kinds
+        .iter()
+        .map(|(kind, (count, fen))| proto::KindSum {
+            kind: kind.clone(),
+            count: *count,
+            sum: money::format(money::from_fen(*fen)),
+        })
+        .collect()
+}
+
+/// This node's positions in a frozen round: per counterparty, both sides.
+fn positions(
+    conn: &rusqlite::Connection,
+    region: RegionCode,
+    id: &str,
+    period: String,
+) -> Result<proto::ReportPositionsResponse> {
+    let round = known_round(conn, id)?;
+    if round.period != period {
+        return Err(Error::invalid(
+            "period",
+            format!("round {id} is for {}", round.period),
+        ));
+    }
+    let mut positions = Vec::new();
+    for cp in clearing::counterparties(conn, id)? {
+        let r = clearing::position(conn, id, &cp, Side::Receivable)?;
+        let p = clearing::position(conn, id, &cp, Side::Payable)?;
+        positions.push(proto::Position {
+            counterparty: cp,
+            receivable_count: r.count,
+            receivable_sum: money::format(money::from_fen(r.sum_fen)),
+            receivable_digest: r.digest.to_hex(),
+            payable_count: p.count,
+            payable_sum: money::format(money::from_fen(p.sum_fen)),
+            payable_digest: p.digest.to_hex(),
+            receivable_kinds: kind_sums(&r.kinds),
+            payable_kinds: kind_sums(&p.kinds),
+        });
+    }
+    Ok(proto::ReportPositionsResponse {
+        region: region.to_string(),
+        period,
+        positions,
+        reserves: reserve_balances(conn)?,
+    })
+}
+
+/// Compares a statement with this node's frozen ledger.
+fn verify(
+    conn: &rusqlite::Connection,
+    own: RegionCode,
+    s: &proto::Statement,
+) -> Result<Vec<String>> {
+    let (recv, pay) = clearing::totals(conn, &s.round_id)?;
+    verify::against_ledger(own, s, recv, pay)
+}
+
+impl Participant {
+    #[must_use]
+    pub fn new(store: Store, region: RegionCode, auto_confirm: bool) -> Self {
+        Self {
+            store,
+            region,
+            auto_confirm,
+            exclusions: Arc::default(),
+        }
+    }
+
+    /// Freezes the round's records (on its first report) and reports their positions.
+    /// Frozen in steps of bounded writer jobs (see `clearing::freeze_step`), then
+    /// reported from a read: a large node's round must not hold the writer.
+    pub async fn report_positions(
+        &self,
+        id: String,
+        period: String,
+    ) -> Result<proto::ReportPositionsResponse> {
+        let mut cursor = None;
+        loop {
+            let (id, period) = (id.clone(), period.clone());
+            let step = self
+                .store
+                .write(move |conn| {
+                    clearing::freeze_step(conn, &id, &period, &period::now_rfc3339(), cursor)
+                })
+                .await?;
+            match step {
+                FreezeStep::Continue(next) => cursor = next,
+                FreezeStep::Done => break,
+            }
+        }
+        let region = self.region;
+        self.store
+            .read(move |conn| positions(conn, region, &id, period))
+            .await
+    }
+
+    /// One page (at most `limit`) of a round's frozen records of one side toward one
+    /// counterparty, after entry id `after`.
+    pub async fn claim_ids(
+        &self,
+        id: String,
+        counterparty: String,
+        side: Side,
+        after: String,
+        limit: u32,
+    ) -> Result<ClaimPage> {
+        self.store
+            .read(move |conn| {
+                known_round(conn, &id)?;
+                let page = clearing::frozen_page(conn, &id, &counterparty, side, &after, limit)?;
+                let next_after = if page.len() == limit as usize {
+                    page.last().map(|f| f.entry_id.clone()).unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                Ok(ClaimPage {
+                    claims: page
+                        .into_iter()
+                        .map(|f| proto::ClaimAmount {
+                            entry_id: f.entry_id,
+                            claim_id: f.claim_id,
+                            kind: f.kind,
+                            amount: money::format(money::from_fen(f.amount_fen)),
+                            period: f.period,
+                        })
+                        .collect(),
+                    next_after,
+                })
+            })
+            .await
+    }
+
+    /// Takes disputed records out of a frozen round (once per request id); they stay
+    /// uncleared for the next round. Returns how many were taken out.
+    pub async fn exclude(
+        &self,
+        key: RequestKey,
+        id: String,
+        counterparty: String,
+        side: Side,
+        entry_ids: Vec<String>,
+    ) -> Result<proto::ExcludeClaimsResponse> {
+        let exclusions = Arc::clone(&self.exclusions);
+        self.store
+            .write(move |conn| {
+                exclusions.fetch_add(1, Ordering::SeqCst);
+                idempotency::once(conn, &key, |conn| {
+                    let round = known_round(conn, &id)?;
+                    if round.state != ParticipantState::Frozen {
+                        return Err(Error::FailedPrecondition(format!(
+                            "round {id} is {} here; records can no longer be excluded",
+                            round.state
+                        )));
+                    }
+                    Ok(proto::ExcludeClaimsResponse {
+                        excluded: clearing::exclude(conn, &id, &counterparty, side, &entry_ids)?,
+                    })
+                })
+            })
+            .await
+    }
+
+    /// The differences between a statement and this node's ledger (empty: it matches).
+    pub async fn verify_statement(&self, s: proto::Statement) -> Result<Vec<String>> {
+        let region = self.region;
+        self.store
+            .read(move |conn| {
+                known_round(conn, &s.round_id)?;
+                verify(conn, region, &s)
+            })
+            .await
+    }
+
+    /// Confirms a statement that matches this node's ledger, automatically or once the
+    /// operator confirmed its digest; answers why not otherwise.
+    pub async fn confirm_statement(
+        &self,
+        s: proto::Statement,
+    ) -> Result<proto::ConfirmStatementResponse> {
+        let region = self.region;
+        let auto = self.auto_confirm;
+        let seen = self.changes_seen().await?;
+        let verified = self.verified_from_read(s.clone()).await?;
+        let exclusions = Arc::clone(&self.exclusions);
+        self.store
+            .write(move |conn| {
+                let round = known_round(conn, &s.round_id)?;
+                match round.state {
+                    ParticipantState::Confirmed | ParticipantState::Cleared => {
+                        return Ok(proto::ConfirmStatementResponse {
+                            confirmed: round.statement_digest == s.digest,
+                            confirmed_by: round.confirmed_by,
+                        });
+                    }
+                    // Its totals are not final until the last step of the freeze.
+                    ParticipantState::Freezing => {
+                        return Err(Error::FailedPrecondition(format!(
+                            "round {} is still being frozen here; confirm once its positions \
+                             have been reported",
+                            s.round_id
+                        )));
+                    }
+                    // Aborted: its records went back to the next round.
+                    ParticipantState::Released => {
+                        round
+                            .state
+                            .check_move(ParticipantState::Confirmed, &s.round_id)?;
+                    }
+                    ParticipantState::Frozen => {}
+                }
+                let diffs = match verified {
+                    Some(d) if (exclusions.load(Ordering::SeqCst), ledger::changes()) == seen => d,
+                    _ => verify(conn, region, &s)?,
+                };
+                if !diffs.is_empty() {
+                    return Ok(proto::ConfirmStatementResponse {
+                        confirmed: false,
+                        confirmed_by: format!("does not match: {}", diffs.join("; ")),
+                    });
+                }
+                let by = if auto {
+                    "auto"
+                } else if round.operator_digest == s.digest {
+                    "operator"
+                } else {
+                    return Ok(proto::ConfirmStatementResponse {
+                        confirmed: false,
+                        confirmed_by: format!(
+                            "awaiting the operator's confirmation of statement {}",
+                            s.digest
+                        ),
+                    });
+                };
+                clearing::confirm(conn, &s.round_id, &s.digest, by)?;
+                Ok(proto::ConfirmStatementResponse {
+                    confirmed: true,
+                    confirmed_by: by.to_owned(),
+                })
+            })
+            .await
+    }
+
+    /// The count of exclusions and of ledger entries corrected or taken back, taken by
+    /// a writer job: a read after it sees every change made before it, and any change
+    /// after it shows in the counts when the confirmation is written.
+    async fn changes_seen(&self) -> Result<(u64, u64)> {
+        let exclusions = Arc::clone(&self.exclusions);
+        self.store
+            .write(move |_| Ok((exclusions.load(Ordering::SeqCst), ledger::changes())))
+            .await
+    }
+
+    /// The statement checked against a frozen round's ledger from a read (the round's
+    /// totals go through all its records, too many for a writer job at a large node);
+    /// None when the round is not frozen.
+    async fn verified_from_read(&self, s: proto::Statement) -> Result<Option<Vec<String>>> {
+        let region = self.region;
+        self.store
+            .read(move |conn| {
+                let round = known_round(conn, &s.round_id)?;
+                (round.state == ParticipantState::Frozen)
+                    .then(|| verify(conn, region, &s))
+                    .transpose()
+            })
+            .await
+    }
+
+    /// Marks a confirmed round cleared (once per request id), then its records, in
+    /// steps (also on a repeat, in case a stop cut the first one short).
+    pub async fn mark_cleared(
+        &self,
+        key: RequestKey,
+        id: String,
+    ) -> Result<proto::MarkClearedResponse> {
+        // Counted from a read: a confirmed round's entries no longer change (exclusions
+        // end at confirmation), and counting millions would hold the writer.
+        let counted = id.clone();
+        let records = self
+            .store
+            .read(move |conn| clearing::records_of(conn, &counted))
+            .await?;
+        let marked = id.clone();
+        let out = self
+            .store
+            .write(move |conn| {
+                idempotency::once(conn, &key, |conn| {
+                    let round = known_round(conn, &marked)?;
+                    if round.state != ParticipantState::Confirmed {
+                        return Err(Error::FailedPrecondition(format!(
+                            "round {marked} is {} here; only a confirmed round is cleared",
+                            round.state
+                        )));
+                    }
+                    clearing::mark_cleared(conn, &marked, &period::now_rfc3339())?;
+                    Ok(proto::MarkClearedResponse {
+                        cleared: true,
+                        records,
+                    })
+                })
+            })
+            .await?;
+        self.tidy(&id).await?;
+        Ok(out)
+    }
+
+    /// Releases a round not cleared here (the coordinator aborted it); returns how many
+    /// records it let go.
+    pub async fn release(&self, id: String) -> Result<u64> {
+        let released = id.clone();
+        self.store
+            .write(move |conn| {
+                let id = released;
+                if let Some(r) = clearing::get(conn, &id)?
+                    && r.state == ParticipantState::Cleared
+                {
+                    return Err(Error::FailedPrecondition(format!(
+                        "round {id} is already cleared here"
+                    )));
+                }
+                clearing::release(conn, &id)
+            })
+            .await?;
+        self.tidy(&id).await
+    }
+
+    /// Lets go, in bounded writer jobs, the entries a released or cleared round still
+    /// holds; returns how many.
+    async fn tidy(&self, round_id: &str) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let id = round_id.to_owned();
+            let n = self
+                .store
+                .write(move |conn| clearing::tidy_step(conn, &id))
+                .await?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use yidi_common::netting::statement_digest;
+
+    use super::*;
+    use crate::store::ledger::Entry;
+
+    /// A node 330100 whose ledger holds, toward 330200 in 2026-03, a receivable of
+    /// 123.45 + 0.55 and a payable of 10.00.
+    async fn participant(dir: &std::path::Path, auto_confirm: bool) -> Participant {
+        let store = Store::open(dir, 1, "330100").unwrap();
+        store
+            .write(|conn| {
+                for (id, side, fen) in [
+                    ("e1", Side::Receivable, 12_345),
+                    ("e2", Side::Receivable, 55),
+                    ("e3", Side::Payable, 1_000),
+                ] {
+                    ledger::record(
+                        conn,
+                        &Entry {
+                            entry_id: id,
+                            side,
+                            counterparty: "330200",
+                            period: "2026-03",
+                            kind: "claim",
+                            claim_id: id,
+                            amount_fen: fen,
+                        },
+                        "2026-03-05T00:00:00Z",
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        Participant::new(
+            store,
+            RegionCode::parse("330100", "region").unwrap(),
+            auto_confirm,
+        )
+    }
+
+    /// The statement the coordinator would issue for this node's ledger.
+    fn statement(round: &str) -> proto::Statement {
+        let mut s = proto::Statement {
+            round_id: round.into(),
+            period: "2026-03".into(),
+            clearing_account: "330000".into(),
+            nets: vec![
+                proto::NetPosition {
+                    region: "330100".into(),
+                    receivable: "124.00".into(),
+                    payable: "10.00".into(),
+                    net: "114.00".into(),
+                },
+                proto::NetPosition {
+                    region: "330200".into(),
+                    receivable: "10.00".into(),
+                    payable: "124.00".into(),
+                    net: "-114.00".into(),
+                },
+            ],
+            instructions: vec![
+                proto::PaymentInstruction {
+                    from_region: "330200".into(),
+                    to_region: "330000".into(),
+                    amount: "114.00".into(),
+                },
+                proto::PaymentInstruction {
+                    from_region: "330000".into(),
+                    to_region: "330100".into(),
+                    amount: "114.00".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        s.digest = statement_digest(&s);
+        s
+    }
+
+    /// Report, confirm, mark cleared: the exact positions, a matching statement
+    /// confirmed automatically, the records cleared.
+    #[tokio::test]
+    async fn a_round_from_report_to_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = participant(dir.path(), true).await;
+        let r = p
+            .report_positions("R1".into(), "2026-03".into())
+            .await
+            .unwrap();
+        let pos = &r.positions[0];
+        assert_eq!(
+            (
+                pos.counterparty.as_str(),
+                pos.receivable_count,
+                pos.receivable_sum.as_str(),
+                pos.payable_count,
+                pos.payable_sum.as_str()
+            ),
+            ("330200", 2, "124.00", 1, "10.00")
+        );
+        let mut off = statement("R1");
+        off.nets[0].receivable = "124.01".into();
+        off.digest = statement_digest(&off);
+        assert_eq!(
+            p.verify_statement(off.clone()).await.unwrap(),
+            ["receivable: statement 124.01, ledger 124.00"]
+        );
+        let refused = p.confirm_statement(off).await.unwrap();
+        assert!(!refused.confirmed, "{refused:?}");
+        let ok = p.confirm_statement(statement("R1")).await.unwrap();
+        assert_eq!((ok.confirmed, ok.confirmed_by.as_str()), (true, "auto"));
+        let key = RequestKey::new("coordinator", "R1-cleared", "MarkCleared", "h".into()).unwrap();
+        let cleared = p.mark_cleared(key, "R1".into()).await.unwrap();
+        assert_eq!((cleared.cleared, cleared.records), (true, 3));
+    }
+
+    /// A released (aborted) round is not confirmed, even by a statement that matches
+    /// what it held, and stays released.
+    #[tokio::test]
+    async fn a_released_round_is_not_confirmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = participant(dir.path(), true).await;
+        p.report_positions("R1".into(), "2026-03".into())
+            .await
+            .unwrap();
+        assert_eq!(p.release("R1".into()).await.unwrap(), 3);
+        let e = p.confirm_statement(statement("R1")).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::FailedPrecondition(m) if m == "round R1 is released here; it cannot become confirmed"),
+            "{e:?}"
+        );
+        let r = p.store.read(|conn| known_round(conn, "R1")).await.unwrap();
+        assert_eq!(
+            (r.state, r.confirmed_by.as_str()),
+            (ParticipantState::Released, "")
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! Back-pressure of a node's store writer: a Settle that meets a full write queue is
+//! refused with RESOURCE_EXHAUSTED after the short wait, nothing is recorded at either
+//! node, the node counts the refusal, and the same request settles once (and only once)
+//! when the writer has caught up.
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use tonic::Code;
+use yidi_common::proto;
+use yidi_node::context::TestHooks;
+use yidi_tests::{
+    fixtures::{
+        Desk, acc_tuple, account_balance, accumulators, billed_visit, filed_employee, inst,
+        settled_2000_at_hz_rates, three_cities,
+    },
+    harness::TestNode,
+    process::free_port,
+};
+
+/// The value of an unlabelled-but-region series in a node's metrics text.
+fn series(text: &str, name: &str, region: &str) -> Option<u64> {
+    let prefix = format!("{name}{{region=\"{region}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A write the held writer does not run: it holds the writer or waits in its queue.
+async fn filler(node: &TestNode, n: u32) -> Result<(), tonic::Status> {
+    node.admin()
+        .await
+        .upsert_catalogue_item(proto::UpsertCatalogueItemRequest {
+            request_id: format!("filler-{n}"),
+            item: Some(proto::CatalogueItem {
+                code: format!("NB-FILL-{n}"),
+                name: format!("filler {n}"),
+                category: proto::ItemCategory::Drug as i32,
+                class: proto::CatalogueClass::A as i32,
+                first_selfpay_ratio: "0".into(),
+                price_cap: String::new(),
+                unit: "unit".into(),
+                valid_from: "2024-01-01".into(),
+                valid_to: String::new(),
+                free_of_charge: false,
+            }),
+        })
+        .await
+        .map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_meeting_a_full_write_queue_is_refused_unchanged_then_settles_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hooks = TestHooks::default();
+    let installed = hooks.clone();
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let fed = three_cities(dir.path(), move |r, c| {
+        if r == "330200" {
+            c.hooks = installed.clone();
+            c.write_queue_capacity = 1;
+            c.write_queue_wait = Duration::from_millis(100);
+            c.metrics_listen = Some(metrics);
+        }
+    })
+    .await;
+    let (hz, nb) = (fed.node("330100"), fed.node("330200"));
+    let id = filed_employee(hz, "1980-01-01", 1, "1000.00", "330200").await;
+    let mut desk = Desk::at(nb, inst::NB_H3).await;
+    let v = billed_visit(&mut desk, "q", &id, "330100", "2000.00").await;
+    let acc_before = accumulators(hz, &id, "330200", inst::NB_H3).await;
+
+    // Hold the writer: the first filler is taken and waits, the second fills the queue.
+    hooks.hold_store_writer.store(true, Ordering::SeqCst);
+    let nb_fill = TestNode::remote(nb.addr, "330200", nb.data_dir.clone());
+    let fill_1 = tokio::spawn(async move { filler(&nb_fill, 1).await });
+    let nb_fill = TestNode::remote(nb.addr, "330200", nb.data_dir.clone());
+    let fill_2 = tokio::spawn(async move { filler(&nb_fill, 2).await });
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = yidi_node::metrics::scrape(metrics).await.expect("scrape");
+        if series(&text, "yidi_store_write_queue_depth", "330200") == Some(1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "queue never filled:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let refused = desk
+        .settle("settle-q", &v.visit_id, true)
+        .await
+        .expect_err("refused while the queue is full");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        refused.message(),
+        "node overloaded: its store's write queue stayed full (capacity 1) for 100 ms; nothing was written — retry after a short pause with the same request_id"
+    );
+    let text = yidi_node::metrics::scrape(metrics).await.expect("scrape");
+    assert_eq!(
+        series(&text, "yidi_store_writes_rejected_total", "330200"),
+        Some(1),
+        "{text}"
+    );
+
+    // Nothing changed: no settlement here, the home node's accumulators and account as
+    // they were.
+    hooks.hold_store_writer.store(false, Ordering::SeqCst);
+    fill_1
+        .await
+        .expect("filler task")
+        .expect("the held write runs once released");
+    fill_2
+        .await
+        .expect("filler task")
+        .expect("the queued write runs once released");
+    assert!(
+        desk.list().await.is_empty(),
+        "a refused settle recorded nothing"
+    );
+    assert_eq!(
+        acc_tuple(&accumulators(hz, &id, "330200", inst::NB_H3).await),
+        acc_tuple(&acc_before)
+    );
+    assert_eq!(account_balance(hz, &id).await, "1000.00");
+
+    // The same request id now settles, once: its repeat gets the same answer.
+    let settled = desk
+        .settle("settle-q", &v.visit_id, true)
+        .await
+        .expect("settles once the writer caught up");
+    settled_2000_at_hz_rates(&settled);
+    let again = desk
+        .settle("settle-q", &v.visit_id, true)
+        .await
+        .expect("repeat");
+    assert_eq!(again.settlement_id, settled.settlement_id);
+    assert_eq!(desk.list().await.len(), 1);
+    assert_eq!(account_balance(hz, &id).await, "0.00");
+}

@@ -139,3 +139,95 @@ async fn a_settle_meeting_a_full_write_queue_is_refused_unchanged_then_settles_o
     assert_eq!(desk.list().await.len(), 1);
     assert_eq!(account_balance(hz, &id).await, "0.00");
 }
+
+/// A home node whose write queue is full refuses CommitClaim as not committed: the
+/// treatment node knows nothing is in doubt, settles nothing offline (the home node is
+/// up), tells the hospital to retry, and the retry settles once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_node_with_a_full_write_queue_makes_no_claim_provisional() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hooks = TestHooks::default();
+    let installed = hooks.clone();
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let fed = three_cities(dir.path(), move |r, c| {
+        if r == "330100" {
+            c.hooks = installed.clone();
+            c.write_queue_capacity = 1;
+            c.write_queue_wait = Duration::from_millis(100);
+            c.metrics_listen = Some(metrics);
+        }
+    })
+    .await;
+    let (hz, nb) = (fed.node("330100"), fed.node("330200"));
+    let id = filed_employee(hz, "1980-01-01", 1, "1000.00", "330200").await;
+    let mut desk = Desk::at(nb, inst::NB_H3).await;
+    let v = billed_visit(&mut desk, "q", &id, "330100", "2000.00").await;
+    let acc_before = accumulators(hz, &id, "330200", inst::NB_H3).await;
+
+    // Hold the home node's writer and fill its queue.
+    hooks.hold_store_writer.store(true, Ordering::SeqCst);
+    let hz_fill = TestNode::remote(hz.addr, "330100", hz.data_dir.clone());
+    let fill_1 = tokio::spawn(async move { filler(&hz_fill, 1).await });
+    let hz_fill = TestNode::remote(hz.addr, "330100", hz.data_dir.clone());
+    let fill_2 = tokio::spawn(async move { filler(&hz_fill, 2).await });
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = yidi_node::metrics::scrape(metrics).await.expect("scrape");
+        if series(&text, "yidi_store_write_queue_depth", "330100") == Some(1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "queue never filled:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let refused = desk
+        .settle("settle-h", &v.visit_id, true)
+        .await
+        .expect_err("refused while the home node is overloaded");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .starts_with("home node 330100 is overloaded (node overloaded: its store's write queue stayed full (capacity 1) for 100 ms"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused
+            .message()
+            .ends_with("nothing was committed; the settlement was not made — retry later"),
+        "{}",
+        refused.message()
+    );
+    // Nothing provisional, nothing settled: the home node was up and committed nothing.
+    for s in desk.list().await {
+        assert!(
+            !matches!(s.state.as_str(), "provisional" | "settled"),
+            "{s:?}"
+        );
+    }
+
+    hooks.hold_store_writer.store(false, Ordering::SeqCst);
+    fill_1.await.expect("filler task").expect("held write runs");
+    fill_2
+        .await
+        .expect("filler task")
+        .expect("queued write runs");
+    assert_eq!(
+        acc_tuple(&accumulators(hz, &id, "330200", inst::NB_H3).await),
+        acc_tuple(&acc_before)
+    );
+    assert_eq!(account_balance(hz, &id).await, "1000.00");
+
+    // The hospital retries (a new request id: the refused one is answered as failed)
+    // and the claim settles once at the home node's rates.
+    let settled = desk
+        .settle("settle-h2", &v.visit_id, true)
+        .await
+        .expect("settles once the home node caught up");
+    settled_2000_at_hz_rates(&settled);
+    assert_eq!(account_balance(hz, &id).await, "0.00");
+}

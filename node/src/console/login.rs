@@ -229,6 +229,14 @@ impl Verifier {
                 info.serial
             )));
         }
+        // Only an operator signs in: a node's or a hospital's key signs no link, even
+        // one whose holder may call the console's read methods over gRPC.
+        if !matches!(info.identity, Identity::Operator { .. }) {
+            return Err(LinkError::Certificate(format!(
+                "{} is not an operator certificate",
+                info.identity.urn()
+            )));
+        }
         let key = signature_key(&cert_der).map_err(LinkError::Certificate)?;
         signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, key)
             .verify(payload.as_bytes(), &sig)

@@ -466,6 +466,11 @@ impl CoordinatorService for CoordinatorSvc {
     ) -> Result<Response<proto::Round>, Status> {
         crate::limits::check(req.get_ref())?;
         let id = req.into_inner().round_id;
+        // Held from the check to the write: a step of `advance` (which holds it too)
+        // cannot collect a confirmation in between, and no participant is released
+        // before the round is recorded ABORTED — else a round could end CONFIRMED with
+        // its participants' records released into the next round and paid twice.
+        let _guard = self.state.advancing.lock().await;
         let r = round::view(&self.state, &id).await?;
         if !r.confirmed.is_empty()
             || matches!(
@@ -480,7 +485,6 @@ impl CoordinatorService for CoordinatorSvc {
             ))
             .into());
         }
-        round::release_all(&self.state, &id).await;
         let id2 = id.clone();
         self.state
             .store
@@ -494,6 +498,7 @@ impl CoordinatorService for CoordinatorSvc {
                 )
             })
             .await?;
+        round::release_all(&self.state, &id).await;
         Ok(Response::new(round::view(&self.state, &id).await?))
     }
 }

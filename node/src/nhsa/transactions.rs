@@ -643,7 +643,8 @@ async fn settle(st: &NodeState, env: &Envelope, real: bool) -> NResult<Answer> {
         .await
         .map_err(refusal)?;
     let total = bill.total();
-    if declared.round_dp(2) != total {
+    // Equal as numbers (330 = 330.00); a third decimal is never rounded away.
+    if declared != total {
         return Err(NhsaError::field(
             "input.data.medfee_sumamt",
             format!("医疗费总额与上传费用明细总额（{total}）不一致"),

@@ -100,6 +100,20 @@ fn commit_failure(region: RegionCode, claim: &str, e: Error) -> Status {
             );
             s
         }
+        // Refused unrun by a full write queue: nothing was committed either, and the
+        // treatment node must know it (else it takes the claim for in doubt and may
+        // settle it offline while this node is up).
+        Error::ResourceExhausted(m) => {
+            tracing::warn!(claim = %claim, error = %m, "a claim refused: write queue full");
+            let mut s = Status::resource_exhausted(format!(
+                "home node {region} is overloaded ({m}); nothing was committed"
+            ));
+            s.metadata_mut().insert(
+                home::NOT_COMMITTED,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            s
+        }
         Error::CommitUnknown(m) => {
             tracing::error!(claim = %claim, error = %m, "a claim's commit failed; it may be saved");
             Status::unavailable(format!(

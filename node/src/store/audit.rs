@@ -179,7 +179,9 @@ pub fn record(conn: &Connection, e: &Entry) -> Result<()> {
 pub fn record_detached(store: &Store, e: Entry) {
     let store = store.clone();
     let action = e.action.as_str();
-    let pending = store.submit(move |conn| record(conn, &e));
+    // Past the write queue's bound: the read was answered, its entry must not be lost
+    // to a full queue.
+    let pending = store.submit_unbounded(move |conn| record(conn, &e));
     tokio::spawn(async move {
         match pending.await {
             Ok(()) => {}

@@ -447,6 +447,19 @@ impl Store {
         self.writer.submit(f)
     }
 
+    /// [`Self::submit`] past the write queue's bound (the writer's `submit_unbounded`):
+    /// for the audit entries of answered reads.
+    pub fn submit_unbounded<R, F>(
+        &self,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<R>> + Send + 'static
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.writer.submit_unbounded(f)
+    }
+
     /// Runs `f` on a read-only connection on a blocking thread, in one read transaction:
     /// everything `f` reads is of the same moment, and the transaction's locks are taken
     /// once rather than per statement.

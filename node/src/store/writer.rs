@@ -132,6 +132,15 @@ impl QueueTx {
         })
     }
 
+    /// Sends past the bound, for the few jobs that must not be refused for load.
+    fn send_always(&self, msg: Msg) -> std::result::Result<(), Msg> {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(msg).map_err(|e| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            e.0
+        })
+    }
+
     fn len(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
     }
@@ -242,7 +251,9 @@ impl Writer {
             .spawn(move || {
                 let closer = run_loop(&conn, &rx, upkeep, budget, &kept, &seen, &hold);
                 // Requests still queued are dropped unanswered (UNAVAILABLE, nothing
-                // written) rather than run after the close.
+                // written) rather than run after the close; the count goes with them,
+                // so that later requests are told the writer stopped, not to retry.
+                rx.queued.store(0, Ordering::Release);
                 drop(rx);
                 let closed = closing(&conn, seen.get().is_some());
                 drop(conn);
@@ -323,6 +334,32 @@ impl Writer {
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
+        self.submit_to_queue(f, true)
+    }
+
+    /// [`Self::submit`] past the queue's bound: for a job that records what was already
+    /// done and answered (the audit entry of a peer's read), which a full queue must not
+    /// lose. Such jobs are few and small: one per answered read.
+    pub fn submit_unbounded<R, F>(
+        &self,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<R>> + Send + 'static
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.submit_to_queue(f, false)
+    }
+
+    fn submit_to_queue<R, F>(
+        &self,
+        f: F,
+        bounded: bool,
+    ) -> impl std::future::Future<Output = Result<R>> + Send + 'static
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
         let (reply, answer) = oneshot::channel::<Result<R>>();
         let damaged = Arc::clone(&self.damaged);
         let job: Job = Box::new(move |conn: &Connection| {
@@ -350,7 +387,16 @@ impl Writer {
                 let _ = reply.send(result);
             })
         });
-        let refused = self.enqueue(Msg::Job(job));
+        let refused = if bounded {
+            self.enqueue(Msg::Job(job))
+        } else {
+            self.tx.send_always(Msg::Job(job)).err().map(|msg| {
+                let (why, refused) = oneshot::channel();
+                let _ = why.send(Error::Unavailable("store writer has stopped".into()));
+                drop(msg);
+                refused
+            })
+        };
         async move {
             match answer.await {
                 Ok(result) => result,

@@ -543,6 +543,8 @@ async fn clearing_desk_in_a_browser() {
         .expect("goto");
     let parts = text(&c, "#participants").await;
     assert_eq!(parts.matches("Reachable").count(), 4, "{parts}"); // header + 3
+    // Every participant's last report is the round just settled.
+    assert_eq!(parts.matches(round_id.as_str()).count(), 3, "{parts}");
     shot(&c, "desk-participants").await;
     c.goto(&format!("{console}/?lang=zh")).await.expect("goto");
     assert_eq!(text(&c, "#title").await, "清算轮次");

@@ -96,6 +96,7 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("participants", "Participants", "参与方"),
     ("participant", "Participant", "参与方"),
     ("reachable", "Reachable", "可达"),
+    ("last_report", "Last report", "最近报送"),
     ("unreachable", "Unreachable", "不可达"),
     ("reported", "Reported", "已报送"),
     ("confirmed", "Confirmed", "已确认"),

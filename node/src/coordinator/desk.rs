@@ -295,14 +295,26 @@ impl Desk {
 
     async fn participants(&self, r: &Req) -> Reply {
         let reach = self.reachability().await;
+        // A store that cannot be read shows no last reports rather than no page.
+        let last = self
+            .state
+            .store
+            .read(|conn| super::store::last_reports(conn))
+            .await
+            .unwrap_or_default();
         let body = html! {
             table id="participants" {
-                tr { th { (r.t("participant")) } th { "" } th { "" } th { (r.t("reachable")) } th { (r.t("updated")) } }
+                tr { th { (r.t("participant")) } th { "" } th { "" } th { (r.t("reachable")) } th { (r.t("updated")) } th { (r.t("last_report")) } }
                 @for p in &reach {
                     tr data-region=(p.region) {
                         td { (p.region) } td { (p.name) } td.muted { (p.address) }
                         td class=(if p.up { "good" } else { "bad" }) { (r.t(if p.up { "reachable" } else { "unreachable" })) }
                         td.muted { (p.last_seen) }
+                        td.last-report {
+                            @if let Some((round, at)) = last.get(&p.region) {
+                                a href=(round_path(round)) { (round) } " " span.muted { (at) }
+                            }
+                        }
                     }
                 }
             }

@@ -178,6 +178,25 @@ pub fn reports(conn: &Connection, id: &str) -> Result<Vec<proto::ReportPositions
     blobs.iter().map(|b| decode(b, "report")).collect()
 }
 
+/// Each participant's latest report: the round it reported in and when that round last
+/// moved, by region (the latest round by creation).
+pub fn last_reports(
+    conn: &Connection,
+) -> Result<std::collections::HashMap<String, (String, String)>> {
+    let rows: Vec<(String, String, String)> = conn
+        .prepare_cached(
+            "SELECT p.region, r.round_id, r.updated_at FROM round_reports p \
+             JOIN rounds r USING (round_id) ORDER BY r.created_at, r.round_id",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    // Later rounds overwrite earlier ones.
+    Ok(rows
+        .into_iter()
+        .map(|(region, round, at)| (region, (round, at)))
+        .collect())
+}
+
 /// Forgets reports and disputes (a dispute resolution re-collects).
 pub fn clear_collection(conn: &Connection, id: &str) -> Result<()> {
     conn.prepare_cached("DELETE FROM round_reports WHERE round_id = ?1")?

@@ -34,6 +34,8 @@ pub fn method(infno: &str) -> Option<&'static str> {
         "9001" | "9002" | "1101" => "Identify",
         "2201" | "2401" => "OpenVisit",
         "2402" => "CloseVisit",
+        "2202" | "2404" => "CancelVisit",
+        "2405" => "ReopenVisit",
         "2204" | "2301" => "UploadFees",
         "2205" | "2302" => "UndoFees",
         "2206" | "2303" => "PreSettle",
@@ -56,6 +58,8 @@ pub async fn run(st: &NodeState, env: &Envelope) -> NResult<Answer> {
         "2201" => register(st, env, false).await,
         "2401" => register(st, env, true).await,
         "2402" => discharge(st, env).await,
+        "2202" | "2404" => cancel_visit(st, env).await,
+        "2405" => undo_discharge(st, env).await,
         "2204" | "2301" => upload_fees(st, env).await,
         "2205" | "2302" => undo_fees(st, env).await,
         "2206" | "2303" => settle(st, env, false).await,
@@ -69,7 +73,7 @@ pub async fn run(st: &NodeState, env: &Envelope) -> NResult<Answer> {
             "infno",
             format!("不支持交易 {other}"),
             format!(
-                "infno {other} is not a transaction of this gateway; supported: 9001 9002 1101 2201 2204 2205 2206 2207 2208 2301 2302 2303 2304 2305 2401 2402 2601 3201 5203 5204"
+                "infno {other} is not a transaction of this gateway; supported: 9001 9002 1101 2201 2202 2204 2205 2206 2207 2208 2301 2302 2303 2304 2305 2401 2402 2404 2405 2601 3201 5203 5204"
             ),
         )),
     }
@@ -502,6 +506,79 @@ async fn discharge(st: &NodeState, env: &Envelope) -> NResult<Answer> {
     };
     limited(&req)?;
     treatment::close_visit(st, req).await.map_err(refusal)?;
+    Ok((json!({}), None))
+}
+
+/// The visit `mdtrt_id` names must be the person's (`psn_no`) and, where given, carry
+/// the institution's visit number (`ipt_otp_no`): a cancellation aimed at the wrong visit
+/// is refused, not carried out.
+async fn matching_visit(
+    st: &NodeState,
+    env: &Envelope,
+    node: &Node<'_>,
+    with_visit_no: bool,
+) -> NResult<String> {
+    let psn_no = node.str("psn_no")?;
+    let visit_id = node.str("mdtrt_id")?;
+    let visit_no = if with_visit_no {
+        Some(node.str("ipt_otp_no")?)
+    } else {
+        None
+    };
+    let v = bill::visit_bill(st, &env.fixmedins_code, &visit_id)
+        .await
+        .map_err(refusal)?
+        .visit;
+    let path = node.path;
+    if v.id_number != psn_no {
+        return Err(NhsaError::field(
+            format!("{path}.psn_no"),
+            format!("与就诊 {visit_id} 的人员编号不一致"),
+            format!("{path}.psn_no {psn_no} is not the person of visit {visit_id}"),
+        ));
+    }
+    if let Some(no) = visit_no.filter(|no| *no != v.external_visit_no) {
+        return Err(NhsaError::field(
+            format!("{path}.ipt_otp_no"),
+            format!(
+                "与就诊 {visit_id} 的住院/门诊号 {} 不一致",
+                v.external_visit_no
+            ),
+            format!(
+                "{path}.ipt_otp_no {no} is not the visit number {} of visit {visit_id}",
+                v.external_visit_no
+            ),
+        ));
+    }
+    Ok(visit_id)
+}
+
+/// 2202 (registration cancel) and 2404 (admission cancel): CancelVisit.
+async fn cancel_visit(st: &NodeState, env: &Envelope) -> NResult<Answer> {
+    let node = data(env)?;
+    let visit_id = matching_visit(st, env, &node, env.infno == "2202").await?;
+    let req = proto::CancelVisitRequest {
+        request_id: env.msgid.clone(),
+        institution_code: env.fixmedins_code.clone(),
+        visit_id,
+        reason: node.opt_str("exp_content")?,
+    };
+    limited(&req)?;
+    treatment::cancel_visit(st, req).await.map_err(refusal)?;
+    Ok((json!({}), None))
+}
+
+/// 2405 (discharge cancel): ReopenVisit.
+async fn undo_discharge(st: &NodeState, env: &Envelope) -> NResult<Answer> {
+    let node = data(env)?;
+    let visit_id = matching_visit(st, env, &node, false).await?;
+    let req = proto::ReopenVisitRequest {
+        request_id: env.msgid.clone(),
+        institution_code: env.fixmedins_code.clone(),
+        visit_id,
+    };
+    limited(&req)?;
+    treatment::reopen_visit(st, req).await.map_err(refusal)?;
     Ok((json!({}), None))
 }
 

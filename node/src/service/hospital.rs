@@ -103,6 +103,34 @@ impl HospitalService for HospitalSvc {
         )
     }
 
+    async fn cancel_visit(
+        &self,
+        req: Request<proto::CancelVisitRequest>,
+    ) -> Result<Response<proto::Visit>, Status> {
+        call!(
+            self,
+            req,
+            "cancel_visit",
+            treatment::cancel_visit,
+            |r: &proto::CancelVisitRequest| r.institution_code.clone(),
+            |r: &proto::CancelVisitRequest| r.request_id.clone()
+        )
+    }
+
+    async fn reopen_visit(
+        &self,
+        req: Request<proto::ReopenVisitRequest>,
+    ) -> Result<Response<proto::Visit>, Status> {
+        call!(
+            self,
+            req,
+            "reopen_visit",
+            treatment::reopen_visit,
+            |r: &proto::ReopenVisitRequest| r.institution_code.clone(),
+            |r: &proto::ReopenVisitRequest| r.request_id.clone()
+        )
+    }
+
     async fn upload_fees(
         &self,
         req: Request<proto::UploadFeesRequest>,

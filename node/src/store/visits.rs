@@ -89,6 +89,13 @@ pub fn set_state(
     Ok(())
 }
 
+/// Opens a closed visit again (its discharge undone): open, with no closing time.
+pub fn reopen(conn: &Connection, visit_id: &str) -> Result<()> {
+    conn.prepare_cached("UPDATE visits SET state = ?2, closed_at = NULL WHERE visit_id = ?1")?
+        .execute(params![visit_id, VisitState::Open])?;
+    Ok(())
+}
+
 /// A classified fee line as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineRec {

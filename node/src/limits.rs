@@ -309,6 +309,7 @@ limited!(
     StatementRequest,
     UndoFeesRequest,
     UpdatePersonRequest,
+    UpdateVisitRequest,
     UploadFeesRequest,
     UpsertCatalogueItemRequest,
     UpsertInstitutionRequest,

@@ -1331,3 +1331,192 @@ async fn visit_cancel_and_discharge_undo_through_the_gateway() {
         .expect_err("no such visit");
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
 }
+
+/// 2203 (visit information) and 2403 (admission change): UpdateVisit with the main
+/// diagnosis and, for 2403, the visit number; refused on a settled visit with nothing
+/// changed; the same over gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visit_information_and_admission_change_through_the_gateway() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = world(dir.path()).await;
+    let (id, twin) = w.ids.clone();
+    let mut his = w.his(inst::NB_H3);
+    let mut desk = w.desk(inst::NB_H3).await;
+    let update = |visit: &str, rid: &str, diag: &str, ext: &str| proto::UpdateVisitRequest {
+        request_id: rid.into(),
+        institution_code: inst::NB_H3.into(),
+        visit_id: visit.into(),
+        diagnosis_code: diag.into(),
+        external_visit_no: ext.into(),
+    };
+
+    let (_, out) = his
+        .ok(
+            "2201",
+            HZ,
+            json!({"data": {"psn_no": id, "insutype": "310", "begntime": cst_now_minus_hours(2),
+            "mdtrt_cert_type": "02", "mdtrt_cert_no": id, "ipt_otp_no": "MZ0201"}}),
+        )
+        .await;
+    let visit = out["data"]["mdtrt_id"].as_str().expect("visit").to_owned();
+    let info = |psn: &str, diseinfo: Value| {
+        json!({"mdtrtinfo": {"mdtrt_id": visit, "psn_no": psn, "med_type": "11",
+            "begntime": cst_now_minus_hours(2), "main_cond_dscr": "头晕", "dise_codg": "", "dise_name": ""},
+            "diseinfo": diseinfo})
+    };
+    let diseinfo = json!([
+        {"diag_type": "1", "diag_srt_no": 2, "diag_code": "I10", "diag_name": "高血压", "diag_dept": "内科",
+         "dise_dor_no": "D1", "dise_dor_name": "李明", "diag_time": cst_now_minus_hours(2), "vali_flag": "1"},
+        {"diag_type": "1", "diag_srt_no": 1, "diag_code": "E11.9", "diag_name": "2型糖尿病", "diag_dept": "内科",
+         "dise_dor_no": "D1", "dise_dor_name": "李明", "diag_time": cst_now_minus_hours(2), "vali_flag": "1"}
+    ]);
+    let (_, out) = his.ok("2203", HZ, info(&id, diseinfo.clone())).await;
+    assert_eq!(out, json!({}));
+    // The node keeps diag_srt_no 1 as the main diagnosis (seen through gRPC's answer).
+    let v = desk
+        .client
+        .update_visit(update(&visit, "G-UPD-1", "", "MZ0201-B"))
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(
+        (
+            v.diagnosis_code.as_str(),
+            v.external_visit_no.as_str(),
+            v.state.as_str()
+        ),
+        ("E11.9", "MZ0201-B", "open")
+    );
+
+    // Refusals, each naming the field, nothing changed.
+    let msgid = his.msgid();
+    let v = his
+        .call("2203", &msgid, HZ, info(&twin, diseinfo.clone()))
+        .await;
+    refused(&v, "input.mdtrtinfo.psn_no");
+    let msgid = his.msgid();
+    let v = his.call("2203", &msgid, HZ, info(&id, json!([]))).await;
+    refused(&v, "input.diseinfo");
+    let mut long = diseinfo.clone();
+    long[1]["diag_code"] = json!("E".repeat(31));
+    let msgid = his.msgid();
+    let v = his.call("2203", &msgid, HZ, info(&id, long)).await;
+    let msg = refused(&v, "diag_code");
+    assert!(msg.contains("at most 30"), "{msg}");
+
+    // Settled: refused, naming what to do; after 2208 the visit is as it was.
+    his.ok("2204", HZ, json!({"feedetail": feedetail(&visit, &id)}))
+        .await;
+    let (_, out) = his
+        .ok(
+            "2207",
+            HZ,
+            json!({"data": {"psn_no": id, "mdtrt_cert_type": "02", "med_type": "11",
+            "medfee_sumamt": 68, "psn_setlway": "01", "mdtrt_id": visit, "chrg_bchno": "B1",
+            "acct_used_flag": "0", "insutype": "310"}}),
+        )
+        .await;
+    let setl_id = out["setlinfo"]["setl_id"]
+        .as_str()
+        .expect("setl_id")
+        .to_owned();
+    let mut other = diseinfo.clone();
+    other[1]["diag_code"] = json!("J06.9");
+    let msgid = his.msgid();
+    let v = his.call("2203", &msgid, HZ, info(&id, other)).await;
+    let msg = refused(
+        &v,
+        &format!(
+            "visit {visit} is settled; cancel its settlement (2208/2305) before changing the visit"
+        ),
+    );
+    assert!(msg.contains("当前状态不允许此交易"), "{msg}");
+    let err = desk
+        .client
+        .update_visit(update(&visit, "G-UPD-2", "J06.9", ""))
+        .await
+        .expect_err("settled");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    his.ok(
+        "2208",
+        HZ,
+        json!({"data": {"psn_no": id, "setl_id": setl_id, "mdtrt_id": visit}}),
+    )
+    .await;
+    let v = desk
+        .client
+        .update_visit(update(&visit, "G-UPD-3", "", "MZ0201-C"))
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(
+        (v.diagnosis_code.as_str(), v.external_visit_no.as_str()),
+        ("E11.9", "MZ0201-C"),
+        "the refused changes left the visit as it was"
+    );
+
+    // 2403: the admission's visit number and main diagnosis (maindiag_flag 1).
+    let (_, out) = his
+        .ok("2401", HZ, json!({
+            "mdtrtinfo": {"psn_no": twin, "insutype": "310", "begntime": cst_now_minus_hours(3),
+                "mdtrt_cert_type": "02", "mdtrt_cert_no": twin, "med_type": "21", "ipt_no": "ZY0201",
+                "atddr_no": "D1", "chfpdr_name": "李明", "adm_diag_dscr": "肺炎", "adm_dept_codg": "HX",
+                "adm_dept_name": "呼吸科", "adm_bed": "12", "dscg_maindiag_code": "J18.9", "dscg_maindiag_name": "肺炎"},
+            "diseinfo": [{"psn_no": twin, "diag_type": "1", "maindiag_flag": "1", "diag_srt_no": 1, "diag_code": "J18.9",
+                "diag_name": "肺炎", "diag_dept": "呼吸科", "dise_dor_no": "D1", "dise_dor_name": "李明",
+                "diag_time": cst_now_minus_hours(3)}]
+        }))
+        .await;
+    let stay = out["data"]["mdtrt_id"]
+        .as_str()
+        .expect("mdtrt_id")
+        .to_owned();
+    his.ok("2403", HZ, json!({
+        "adminfo": {"mdtrt_id": stay, "psn_no": twin, "med_type": "21", "begntime": cst_now_minus_hours(3),
+            "ipt_otp_no": "ZY0201-X", "atddr_no": "D2", "chfpdr_name": "王强", "adm_dept_codg": "HX",
+            "adm_dept_name": "呼吸科", "adm_bed": "14", "dscg_maindiag_code": "J18.9"},
+        "diseinfo": [
+            {"mdtrt_id": stay, "psn_no": twin, "diag_type": "1", "maindiag_flag": "0", "diag_srt_no": 1,
+             "diag_code": "J18.9", "diag_name": "肺炎", "diag_dept": "呼吸科", "dise_dor_no": "D2",
+             "dise_dor_name": "王强", "diag_time": cst_now_minus_hours(3)},
+            {"mdtrt_id": stay, "psn_no": twin, "diag_type": "1", "maindiag_flag": "1", "diag_srt_no": 2,
+             "diag_code": "J44.1", "diag_name": "慢阻肺急性加重", "diag_dept": "呼吸科", "dise_dor_no": "D2",
+             "dise_dor_name": "王强", "diag_time": cst_now_minus_hours(2)}]
+    }))
+    .await;
+    let v = desk
+        .client
+        .update_visit(update(&stay, "G-UPD-4", "", "ZY0201-X"))
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(
+        (v.diagnosis_code.as_str(), v.external_visit_no.as_str()),
+        ("J44.1", "ZY0201-X")
+    );
+
+    // gRPC: nothing to change; a cancelled visit.
+    let err = desk
+        .client
+        .update_visit(update(&stay, "G-UPD-5", "", ""))
+        .await
+        .expect_err("nothing to change");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("diagnosis_code"), "{err:?}");
+    his.ok(
+        "2404",
+        HZ,
+        json!({"data": {"mdtrt_id": stay, "psn_no": twin}}),
+    )
+    .await;
+    let err = desk
+        .client
+        .update_visit(update(&stay, "G-UPD-6", "J18.9", ""))
+        .await
+        .expect_err("cancelled");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        err.message(),
+        format!("visit {stay} is cancelled; it can no longer be changed")
+    );
+}

@@ -117,6 +117,20 @@ impl HospitalService for HospitalSvc {
         )
     }
 
+    async fn update_visit(
+        &self,
+        req: Request<proto::UpdateVisitRequest>,
+    ) -> Result<Response<proto::Visit>, Status> {
+        call!(
+            self,
+            req,
+            "update_visit",
+            treatment::update_visit,
+            |r: &proto::UpdateVisitRequest| r.institution_code.clone(),
+            |r: &proto::UpdateVisitRequest| r.request_id.clone()
+        )
+    }
+
     async fn reopen_visit(
         &self,
         req: Request<proto::ReopenVisitRequest>,

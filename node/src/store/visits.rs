@@ -96,6 +96,20 @@ pub fn reopen(conn: &Connection, visit_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Records a visit's main diagnosis and the institution's visit number.
+pub fn set_info(
+    conn: &Connection,
+    visit_id: &str,
+    diagnosis_code: &str,
+    external_visit_no: &str,
+) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE visits SET diagnosis_code = ?2, external_visit_no = ?3 WHERE visit_id = ?1",
+    )?
+    .execute(params![visit_id, diagnosis_code, external_visit_no])?;
+    Ok(())
+}
+
 /// A classified fee line as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineRec {

@@ -1065,3 +1065,458 @@ async fn the_sheets_example_messages_are_accepted_as_they_are() {
         "the example's totals are not this node's"
     );
 }
+
+/// 2202 / 2404 (CancelVisit) and 2405 (ReopenVisit): refused while the visit has a live
+/// settlement, naming it, with nothing changed; allowed once it is cancelled; a cancelled
+/// visit takes no fees and no settlement; the same over gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visit_cancel_and_discharge_undo_through_the_gateway() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = world(dir.path()).await;
+    let (id, twin) = w.ids.clone();
+    let mut his = w.his(inst::NB_H3);
+    let mut desk = w.desk(inst::NB_H3).await;
+
+    // An outpatient visit, billed and settled.
+    let (_, out) = his
+        .ok(
+            "2201",
+            HZ,
+            json!({"data": {"psn_no": id, "insutype": "310", "begntime": cst_now_minus_hours(2),
+            "mdtrt_cert_type": "02", "mdtrt_cert_no": id, "ipt_otp_no": "MZ0101"}}),
+        )
+        .await;
+    let visit = out["data"]["mdtrt_id"].as_str().expect("visit").to_owned();
+    his.ok("2204", HZ, json!({"feedetail": feedetail(&visit, &id)}))
+        .await;
+    let (_, out) = his
+        .ok(
+            "2207",
+            HZ,
+            json!({"data": {"psn_no": id, "mdtrt_cert_type": "02", "med_type": "11",
+            "medfee_sumamt": 68, "psn_setlway": "01", "mdtrt_id": visit, "chrg_bchno": "B1",
+            "acct_used_flag": "0", "insutype": "310"}}),
+        )
+        .await;
+    let setl_id = out["setlinfo"]["setl_id"]
+        .as_str()
+        .expect("setl_id")
+        .to_owned();
+    let cancel_input =
+        |psn: &str, no: &str| json!({"data": {"psn_no": psn, "mdtrt_id": visit, "ipt_otp_no": no}});
+
+    // 2202 of a settled visit: refused, naming the settlement and the transaction to use.
+    let msgid = his.msgid();
+    let v = his
+        .call("2202", &msgid, HZ, cancel_input(&id, "MZ0101"))
+        .await;
+    let msg = refused(&v, &setl_id);
+    assert!(msg.contains("当前状态不允许此交易"), "{msg}");
+    assert!(msg.contains("(2208/2305)"), "{msg}");
+    assert!(
+        msg.contains(&format!("visit {visit} has settlement {setl_id} (settled)")),
+        "{msg}"
+    );
+    let got = desk.get(&setl_id).await.expect("get");
+    assert_eq!(got.state, "settled");
+    assert_eq!(
+        got.split.as_ref().map(|s| s.medfee_sumamt.as_str()),
+        Some("68.00")
+    );
+    // The wrong person or visit number: refused before anything is looked at further.
+    let msgid = his.msgid();
+    let v = his
+        .call("2202", &msgid, HZ, cancel_input(&twin, "MZ0101"))
+        .await;
+    refused(&v, "input.data.psn_no");
+    let msgid = his.msgid();
+    let v = his
+        .call("2202", &msgid, HZ, cancel_input(&id, "MZ9999"))
+        .await;
+    let msg = refused(&v, "input.data.ipt_otp_no");
+    assert!(msg.contains("MZ0101"), "{msg}");
+
+    // Its settlement cancelled (2208), the registration can be cancelled; the same
+    // message again answers the same, a new one is refused.
+    his.ok(
+        "2208",
+        HZ,
+        json!({"data": {"psn_no": id, "setl_id": setl_id, "mdtrt_id": visit}}),
+    )
+    .await;
+    let (cancel_msgid, out) = his.ok("2202", HZ, cancel_input(&id, "MZ0101")).await;
+    assert_eq!(out, json!({}));
+    let v = his
+        .call("2202", &cancel_msgid, HZ, cancel_input(&id, "MZ0101"))
+        .await;
+    assert_eq!(v["infcode"], json!(0), "a repeated message: {v}");
+    let msgid = his.msgid();
+    let v = his
+        .call("2202", &msgid, HZ, cancel_input(&id, "MZ0101"))
+        .await;
+    let msg = refused(&v, &format!("visit {visit} is already cancelled"));
+    assert!(msg.contains("当前状态不允许此交易"), "{msg}");
+    // Nothing more can be uploaded, quoted or settled on it.
+    let msgid = his.msgid();
+    let v = his
+        .call(
+            "2204",
+            &msgid,
+            HZ,
+            json!({"feedetail": feedetail(&visit, &id)}),
+        )
+        .await;
+    refused(&v, &format!("visit {visit} is cancelled"));
+    let err = desk.pre_settle(&visit, false).await.expect_err("cancelled");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        err.message().contains(&format!(
+            "visit {visit} is cancelled; it cannot be priced or settled"
+        )),
+        "{err:?}"
+    );
+    let err = desk
+        .settle("S-after-cancel", &visit, false)
+        .await
+        .expect_err("cancelled");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    // The one settlement is the cancelled one and its reversal.
+    let got = desk.get(&setl_id).await.expect("get");
+    assert_eq!(got.state, "cancelled");
+
+    // An inpatient stay: admitted, billed, discharged, settled.
+    let (_, out) = his
+        .ok("2401", HZ, json!({
+            "mdtrtinfo": {"psn_no": twin, "insutype": "310", "begntime": cst_now_minus_hours(3),
+                "mdtrt_cert_type": "02", "mdtrt_cert_no": twin, "med_type": "21", "ipt_no": "ZY0101",
+                "atddr_no": "D1", "chfpdr_name": "李明", "adm_diag_dscr": "肺炎", "adm_dept_codg": "HX",
+                "adm_dept_name": "呼吸科", "adm_bed": "12", "dscg_maindiag_code": "J18.9", "dscg_maindiag_name": "肺炎"},
+            "diseinfo": [{"psn_no": twin, "diag_type": "1", "maindiag_flag": "1", "diag_srt_no": 1, "diag_code": "J18.9",
+                "diag_name": "肺炎", "diag_dept": "呼吸科", "dise_dor_no": "D1", "dise_dor_name": "李明",
+                "diag_time": cst_now_minus_hours(3)}]
+        }))
+        .await;
+    let stay = out["data"]["mdtrt_id"]
+        .as_str()
+        .expect("mdtrt_id")
+        .to_owned();
+    let t = cst_now_minus_hours(2);
+    his.ok("2301", HZ, json!({"feedetail": [
+        {"feedetl_sn": "Z1", "mdtrt_id": stay, "psn_no": twin, "med_type": "21", "fee_ocur_time": t,
+         "med_list_codg": "NB-A", "medins_list_codg": "ZL1", "det_item_fee_sumamt": 3000, "cnt": 10, "pric": 300,
+         "bilg_dept_codg": "HX", "bilg_dept_name": "呼吸科", "bilg_dr_codg": "D1", "bilg_dr_name": "李明"}
+    ]}))
+    .await;
+    let discharge = json!({"dscginfo": {"mdtrt_id": stay, "psn_no": twin, "insutype": "310",
+        "endtime": cst_now_minus_hours(1), "dscg_dept_codg": "HX", "dscg_dept_name": "呼吸科", "dscg_way": "1"}});
+    his.ok("2402", HZ, discharge.clone()).await;
+    let settle = json!({"data": {"psn_no": twin, "mdtrt_cert_type": "02", "mdtrt_cert_no": twin,
+        "medfee_sumamt": 3000, "psn_setlway": "01", "mdtrt_id": stay, "acct_used_flag": "0",
+        "insutype": "310", "mid_setl_flag": "0"}});
+    let (_, out) = his.ok("2304", HZ, settle.clone()).await;
+    let stay_setl = out["setlinfo"]["setl_id"]
+        .as_str()
+        .expect("setl_id")
+        .to_owned();
+    let undo = json!({"data": {"mdtrt_id": stay, "psn_no": twin}});
+
+    // 2405 and 2404 while settled: refused, naming the settlement; it stays settled.
+    for infno in ["2405", "2404"] {
+        let msgid = his.msgid();
+        let v = his.call(infno, &msgid, HZ, undo.clone()).await;
+        let msg = refused(
+            &v,
+            &format!("visit {stay} has settlement {stay_setl} (settled)"),
+        );
+        assert!(msg.contains("(2208/2305)"), "{infno}: {msg}");
+    }
+    let got = desk.get(&stay_setl).await.expect("get");
+    assert_eq!(got.state, "settled");
+    assert_eq!(
+        got.split.as_ref().map(|s| s.medfee_sumamt.as_str()),
+        Some("3000.00")
+    );
+
+    // Its settlement cancelled (2305), the discharge is undone (2405): the stay is open,
+    // so 2304 wants a discharge again, and 2402 discharges it again.
+    his.ok(
+        "2305",
+        HZ,
+        json!({"data": {"mdtrt_id": stay, "setl_id": stay_setl, "psn_no": twin}}),
+    )
+    .await;
+    let (_, out) = his.ok("2405", HZ, undo.clone()).await;
+    assert_eq!(out, json!({}));
+    let msgid = his.msgid();
+    let v = his.call("2304", &msgid, HZ, settle.clone()).await;
+    refused(&v, "must be discharged (2402)");
+    let msgid = his.msgid();
+    let v = his.call("2405", &msgid, HZ, undo.clone()).await;
+    refused(
+        &v,
+        &format!("visit {stay} is open; only a closed (discharged) visit can be reopened"),
+    );
+    his.ok("2402", HZ, discharge.clone()).await;
+    // 2404: the admission cancelled (closed, unsettled: allowed); then nothing moves it.
+    his.ok("2404", HZ, undo.clone()).await;
+    let msgid = his.msgid();
+    let v = his.call("2405", &msgid, HZ, undo.clone()).await;
+    refused(&v, &format!("visit {stay} is cancelled; only a closed"));
+    let msgid = his.msgid();
+    let v = his.call("2304", &msgid, HZ, settle).await;
+    refused(&v, &format!("visit {stay} is cancelled"));
+
+    // gRPC: the same operations, with the same answers.
+    let fresh = desk
+        .open(
+            "G-OPEN-1",
+            &id,
+            HZ,
+            proto::VisitKind::Outpatient,
+            &yidi_common::period::format_ts(Utc::now() - chrono::Duration::hours(1)),
+        )
+        .await
+        .expect("open");
+    let req = |rid: &str, reason: &str| proto::CancelVisitRequest {
+        request_id: rid.into(),
+        institution_code: inst::NB_H3.into(),
+        visit_id: fresh.visit_id.clone(),
+        reason: reason.into(),
+    };
+    let v = desk
+        .client
+        .cancel_visit(req("G-CANCEL-1", "registered twice"))
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert_eq!(v.state, "cancelled");
+    assert_eq!(v.visit_id, fresh.visit_id);
+    let again = desk
+        .client
+        .cancel_visit(req("G-CANCEL-1", "registered twice"))
+        .await
+        .expect("replayed")
+        .into_inner();
+    assert_eq!(again, v);
+    let err = desk
+        .client
+        .cancel_visit(req("G-CANCEL-1", "another reason"))
+        .await
+        .expect_err("a used request id");
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+    let err = desk
+        .client
+        .reopen_visit(proto::ReopenVisitRequest {
+            request_id: "G-REOPEN-1".into(),
+            institution_code: inst::NB_H3.into(),
+            visit_id: fresh.visit_id.clone(),
+        })
+        .await
+        .expect_err("cancelled");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        err.message(),
+        format!(
+            "visit {} is cancelled; only a closed (discharged) visit can be reopened",
+            fresh.visit_id
+        )
+    );
+    let err = desk
+        .client
+        .cancel_visit(proto::CancelVisitRequest {
+            visit_id: "330200-V-99999999".into(),
+            ..req("G-CANCEL-2", "")
+        })
+        .await
+        .expect_err("no such visit");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+}
+
+/// 2203 (visit information) and 2403 (admission change): UpdateVisit with the main
+/// diagnosis and, for 2403, the visit number; refused on a settled visit with nothing
+/// changed; the same over gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visit_information_and_admission_change_through_the_gateway() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = world(dir.path()).await;
+    let (id, twin) = w.ids.clone();
+    let mut his = w.his(inst::NB_H3);
+    let mut desk = w.desk(inst::NB_H3).await;
+    let update = |visit: &str, rid: &str, diag: &str, ext: &str| proto::UpdateVisitRequest {
+        request_id: rid.into(),
+        institution_code: inst::NB_H3.into(),
+        visit_id: visit.into(),
+        diagnosis_code: diag.into(),
+        external_visit_no: ext.into(),
+    };
+
+    let (_, out) = his
+        .ok(
+            "2201",
+            HZ,
+            json!({"data": {"psn_no": id, "insutype": "310", "begntime": cst_now_minus_hours(2),
+            "mdtrt_cert_type": "02", "mdtrt_cert_no": id, "ipt_otp_no": "MZ0201"}}),
+        )
+        .await;
+    let visit = out["data"]["mdtrt_id"].as_str().expect("visit").to_owned();
+    let info = |psn: &str, diseinfo: Value| {
+        json!({"mdtrtinfo": {"mdtrt_id": visit, "psn_no": psn, "med_type": "11",
+            "begntime": cst_now_minus_hours(2), "main_cond_dscr": "头晕", "dise_codg": "", "dise_name": ""},
+            "diseinfo": diseinfo})
+    };
+    let diseinfo = json!([
+        {"diag_type": "1", "diag_srt_no": 2, "diag_code": "I10", "diag_name": "高血压", "diag_dept": "内科",
+         "dise_dor_no": "D1", "dise_dor_name": "李明", "diag_time": cst_now_minus_hours(2), "vali_flag": "1"},
+        {"diag_type": "1", "diag_srt_no": 1, "diag_code": "E11.9", "diag_name": "2型糖尿病", "diag_dept": "内科",
+         "dise_dor_no": "D1", "dise_dor_name": "李明", "diag_time": cst_now_minus_hours(2), "vali_flag": "1"}
+    ]);
+    let (_, out) = his.ok("2203", HZ, info(&id, diseinfo.clone())).await;
+    assert_eq!(out, json!({}));
+    // The node keeps diag_srt_no 1 as the main diagnosis (seen through gRPC's answer).
+    let v = desk
+        .client
+        .update_visit(update(&visit, "G-UPD-1", "", "MZ0201-B"))
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(
+        (
+            v.diagnosis_code.as_str(),
+            v.external_visit_no.as_str(),
+            v.state.as_str()
+        ),
+        ("E11.9", "MZ0201-B", "open")
+    );
+
+    // Refusals, each naming the field, nothing changed.
+    let msgid = his.msgid();
+    let v = his
+        .call("2203", &msgid, HZ, info(&twin, diseinfo.clone()))
+        .await;
+    refused(&v, "input.mdtrtinfo.psn_no");
+    let msgid = his.msgid();
+    let v = his.call("2203", &msgid, HZ, info(&id, json!([]))).await;
+    refused(&v, "input.diseinfo");
+    let mut long = diseinfo.clone();
+    long[1]["diag_code"] = json!("E".repeat(31));
+    let msgid = his.msgid();
+    let v = his.call("2203", &msgid, HZ, info(&id, long)).await;
+    let msg = refused(&v, "diag_code");
+    assert!(msg.contains("at most 30"), "{msg}");
+
+    // Settled: refused, naming what to do; after 2208 the visit is as it was.
+    his.ok("2204", HZ, json!({"feedetail": feedetail(&visit, &id)}))
+        .await;
+    let (_, out) = his
+        .ok(
+            "2207",
+            HZ,
+            json!({"data": {"psn_no": id, "mdtrt_cert_type": "02", "med_type": "11",
+            "medfee_sumamt": 68, "psn_setlway": "01", "mdtrt_id": visit, "chrg_bchno": "B1",
+            "acct_used_flag": "0", "insutype": "310"}}),
+        )
+        .await;
+    let setl_id = out["setlinfo"]["setl_id"]
+        .as_str()
+        .expect("setl_id")
+        .to_owned();
+    let mut other = diseinfo.clone();
+    other[1]["diag_code"] = json!("J06.9");
+    let msgid = his.msgid();
+    let v = his.call("2203", &msgid, HZ, info(&id, other)).await;
+    let msg = refused(
+        &v,
+        &format!(
+            "visit {visit} is settled; cancel its settlement (2208/2305) before changing the visit"
+        ),
+    );
+    assert!(msg.contains("当前状态不允许此交易"), "{msg}");
+    let err = desk
+        .client
+        .update_visit(update(&visit, "G-UPD-2", "J06.9", ""))
+        .await
+        .expect_err("settled");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    his.ok(
+        "2208",
+        HZ,
+        json!({"data": {"psn_no": id, "setl_id": setl_id, "mdtrt_id": visit}}),
+    )
+    .await;
+    let v = desk
+        .client
+        .update_visit(update(&visit, "G-UPD-3", "", "MZ0201-C"))
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(
+        (v.diagnosis_code.as_str(), v.external_visit_no.as_str()),
+        ("E11.9", "MZ0201-C"),
+        "the refused changes left the visit as it was"
+    );
+
+    // 2403: the admission's visit number and main diagnosis (maindiag_flag 1).
+    let (_, out) = his
+        .ok("2401", HZ, json!({
+            "mdtrtinfo": {"psn_no": twin, "insutype": "310", "begntime": cst_now_minus_hours(3),
+                "mdtrt_cert_type": "02", "mdtrt_cert_no": twin, "med_type": "21", "ipt_no": "ZY0201",
+                "atddr_no": "D1", "chfpdr_name": "李明", "adm_diag_dscr": "肺炎", "adm_dept_codg": "HX",
+                "adm_dept_name": "呼吸科", "adm_bed": "12", "dscg_maindiag_code": "J18.9", "dscg_maindiag_name": "肺炎"},
+            "diseinfo": [{"psn_no": twin, "diag_type": "1", "maindiag_flag": "1", "diag_srt_no": 1, "diag_code": "J18.9",
+                "diag_name": "肺炎", "diag_dept": "呼吸科", "dise_dor_no": "D1", "dise_dor_name": "李明",
+                "diag_time": cst_now_minus_hours(3)}]
+        }))
+        .await;
+    let stay = out["data"]["mdtrt_id"]
+        .as_str()
+        .expect("mdtrt_id")
+        .to_owned();
+    his.ok("2403", HZ, json!({
+        "adminfo": {"mdtrt_id": stay, "psn_no": twin, "med_type": "21", "begntime": cst_now_minus_hours(3),
+            "ipt_otp_no": "ZY0201-X", "atddr_no": "D2", "chfpdr_name": "王强", "adm_dept_codg": "HX",
+            "adm_dept_name": "呼吸科", "adm_bed": "14", "dscg_maindiag_code": "J18.9"},
+        "diseinfo": [
+            {"mdtrt_id": stay, "psn_no": twin, "diag_type": "1", "maindiag_flag": "0", "diag_srt_no": 1,
+             "diag_code": "J18.9", "diag_name": "肺炎", "diag_dept": "呼吸科", "dise_dor_no": "D2",
+             "dise_dor_name": "王强", "diag_time": cst_now_minus_hours(3)},
+            {"mdtrt_id": stay, "psn_no": twin, "diag_type": "1", "maindiag_flag": "1", "diag_srt_no": 2,
+             "diag_code": "J44.1", "diag_name": "慢阻肺急性加重", "diag_dept": "呼吸科", "dise_dor_no": "D2",
+             "dise_dor_name": "王强", "diag_time": cst_now_minus_hours(2)}]
+    }))
+    .await;
+    let v = desk
+        .client
+        .update_visit(update(&stay, "G-UPD-4", "", "ZY0201-X"))
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(
+        (v.diagnosis_code.as_str(), v.external_visit_no.as_str()),
+        ("J44.1", "ZY0201-X")
+    );
+
+    // gRPC: nothing to change; a cancelled visit.
+    let err = desk
+        .client
+        .update_visit(update(&stay, "G-UPD-5", "", ""))
+        .await
+        .expect_err("nothing to change");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("diagnosis_code"), "{err:?}");
+    his.ok(
+        "2404",
+        HZ,
+        json!({"data": {"mdtrt_id": stay, "psn_no": twin}}),
+    )
+    .await;
+    let err = desk
+        .client
+        .update_visit(update(&stay, "G-UPD-6", "J18.9", ""))
+        .await
+        .expect_err("cancelled");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        err.message(),
+        format!("visit {stay} is cancelled; it can no longer be changed")
+    );
+}

@@ -34,6 +34,9 @@ pub fn method(infno: &str) -> Option<&'static str> {
         "9001" | "9002" | "1101" => "Identify",
         "2201" | "2401" => "OpenVisit",
         "2402" => "CloseVisit",
+        "2202" | "2404" => "CancelVisit",
+        "2405" => "ReopenVisit",
+        "2203" | "2203A" | "2403" => "UpdateVisit",
         "2204" | "2301" => "UploadFees",
         "2205" | "2302" => "UndoFees",
         "2206" | "2303" => "PreSettle",
@@ -56,6 +59,10 @@ pub async fn run(st: &NodeState, env: &Envelope) -> NResult<Answer> {
         "2201" => register(st, env, false).await,
         "2401" => register(st, env, true).await,
         "2402" => discharge(st, env).await,
+        "2202" | "2404" => cancel_visit(st, env).await,
+        "2405" => undo_discharge(st, env).await,
+        "2203" | "2203A" => visit_info(st, env, false).await,
+        "2403" => visit_info(st, env, true).await,
         "2204" | "2301" => upload_fees(st, env).await,
         "2205" | "2302" => undo_fees(st, env).await,
         "2206" | "2303" => settle(st, env, false).await,
@@ -69,7 +76,7 @@ pub async fn run(st: &NodeState, env: &Envelope) -> NResult<Answer> {
             "infno",
             format!("不支持交易 {other}"),
             format!(
-                "infno {other} is not a transaction of this gateway; supported: 9001 9002 1101 2201 2204 2205 2206 2207 2208 2301 2302 2303 2304 2305 2401 2402 2601 3201 5203 5204"
+                "infno {other} is not a transaction of this gateway; supported: 9001 9002 1101 2201 2202 2203 2203A 2204 2205 2206 2207 2208 2301 2302 2303 2304 2305 2401 2402 2403 2404 2405 2601 3201 5203 5204"
             ),
         )),
     }
@@ -502,6 +509,148 @@ async fn discharge(st: &NodeState, env: &Envelope) -> NResult<Answer> {
     };
     limited(&req)?;
     treatment::close_visit(st, req).await.map_err(refusal)?;
+    Ok((json!({}), None))
+}
+
+/// The visit `mdtrt_id` names must be the person's (`psn_no`) and, where given, carry
+/// the institution's visit number (`ipt_otp_no`): a cancellation aimed at the wrong visit
+/// is refused, not carried out.
+async fn matching_visit(
+    st: &NodeState,
+    env: &Envelope,
+    node: &Node<'_>,
+    with_visit_no: bool,
+) -> NResult<String> {
+    let psn_no = node.str("psn_no")?;
+    let visit_id = node.str("mdtrt_id")?;
+    let visit_no = if with_visit_no {
+        Some(node.str("ipt_otp_no")?)
+    } else {
+        None
+    };
+    let v = bill::visit_bill(st, &env.fixmedins_code, &visit_id)
+        .await
+        .map_err(refusal)?
+        .visit;
+    let path = node.path;
+    if v.id_number != psn_no {
+        return Err(NhsaError::field(
+            format!("{path}.psn_no"),
+            format!("与就诊 {visit_id} 的人员编号不一致"),
+            format!("{path}.psn_no {psn_no} is not the person of visit {visit_id}"),
+        ));
+    }
+    if let Some(no) = visit_no.filter(|no| *no != v.external_visit_no) {
+        return Err(NhsaError::field(
+            format!("{path}.ipt_otp_no"),
+            format!(
+                "与就诊 {visit_id} 的住院/门诊号 {} 不一致",
+                v.external_visit_no
+            ),
+            format!(
+                "{path}.ipt_otp_no {no} is not the visit number {} of visit {visit_id}",
+                v.external_visit_no
+            ),
+        ));
+    }
+    Ok(visit_id)
+}
+
+/// 2202 (registration cancel) and 2404 (admission cancel): CancelVisit.
+async fn cancel_visit(st: &NodeState, env: &Envelope) -> NResult<Answer> {
+    let node = data(env)?;
+    let visit_id = matching_visit(st, env, &node, env.infno == "2202").await?;
+    let req = proto::CancelVisitRequest {
+        request_id: env.msgid.clone(),
+        institution_code: env.fixmedins_code.clone(),
+        visit_id,
+        reason: node.opt_str("exp_content")?,
+    };
+    limited(&req)?;
+    treatment::cancel_visit(st, req).await.map_err(refusal)?;
+    Ok((json!({}), None))
+}
+
+/// 2405 (discharge cancel): ReopenVisit.
+async fn undo_discharge(st: &NodeState, env: &Envelope) -> NResult<Answer> {
+    let node = data(env)?;
+    let visit_id = matching_visit(st, env, &node, false).await?;
+    let req = proto::ReopenVisitRequest {
+        request_id: env.msgid.clone(),
+        institution_code: env.fixmedins_code.clone(),
+        visit_id,
+    };
+    limited(&req)?;
+    treatment::reopen_visit(st, req).await.map_err(refusal)?;
+    Ok((json!({}), None))
+}
+
+/// The main diagnosis of `diseinfo[]`: the line flagged main (`maindiag_flag` 1), else
+/// the one numbered 1 (`diag_srt_no`), else the first; empty without `diseinfo`.
+fn main_diagnosis(env: &Envelope) -> NResult<String> {
+    if env.input.get("diseinfo").is_none() {
+        return Ok(String::new());
+    }
+    let lines = objects(&env.input, "diseinfo")?;
+    let flag = |d: &&Map<String, Value>, f: &str| {
+        d.get(f).is_some_and(|v| match v {
+            Value::String(s) => s.trim() == "1",
+            Value::Number(n) => n.as_u64() == Some(1),
+            _ => false,
+        })
+    };
+    if lines.is_empty() {
+        return Ok(String::new());
+    }
+    let i = lines
+        .iter()
+        .position(|d| flag(d, "maindiag_flag"))
+        .or_else(|| lines.iter().position(|d| flag(d, "diag_srt_no")))
+        .unwrap_or(0);
+    let path = format!("diseinfo[{i}]");
+    Node {
+        path: &path,
+        obj: lines[i],
+    }
+    .str("diag_code")
+}
+
+/// 2203 / 2203A (outpatient visit information) and 2403 (admission change): UpdateVisit
+/// with what the node keeps — the main diagnosis and, for 2403, the visit number. The
+/// other fields (department, doctors, conditions, maternity data…) are accepted and not
+/// kept (docs/nhsa-gateway.md).
+async fn visit_info(st: &NodeState, env: &Envelope, admission: bool) -> NResult<Answer> {
+    let node = if admission {
+        object(&env.input, "adminfo", "input.adminfo")?
+    } else {
+        object(&env.input, "mdtrtinfo", "input.mdtrtinfo")?
+    };
+    let visit_id = matching_visit(st, env, &node, false).await?;
+    let mut diagnosis = main_diagnosis(env)?;
+    if diagnosis.is_empty() {
+        diagnosis = node.opt_str(if admission {
+            "dscg_maindiag_code"
+        } else {
+            "dise_codg"
+        })?;
+    }
+    let visit_no = if admission {
+        node.str("ipt_otp_no")?
+    } else {
+        String::new()
+    };
+    if diagnosis.is_empty() && visit_no.is_empty() {
+        return Err(NhsaError::missing("input.diseinfo"));
+    }
+    let req = proto::UpdateVisitRequest {
+        request_id: env.msgid.clone(),
+        institution_code: env.fixmedins_code.clone(),
+        visit_id,
+        diagnosis_code: diagnosis,
+        external_visit_no: visit_no,
+    };
+    limited(&req)?;
+    treatment::update_visit(st, req).await.map_err(refusal)?;
     Ok((json!({}), None))
 }
 

@@ -103,6 +103,48 @@ impl HospitalService for HospitalSvc {
         )
     }
 
+    async fn cancel_visit(
+        &self,
+        req: Request<proto::CancelVisitRequest>,
+    ) -> Result<Response<proto::Visit>, Status> {
+        call!(
+            self,
+            req,
+            "cancel_visit",
+            treatment::cancel_visit,
+            |r: &proto::CancelVisitRequest| r.institution_code.clone(),
+            |r: &proto::CancelVisitRequest| r.request_id.clone()
+        )
+    }
+
+    async fn update_visit(
+        &self,
+        req: Request<proto::UpdateVisitRequest>,
+    ) -> Result<Response<proto::Visit>, Status> {
+        call!(
+            self,
+            req,
+            "update_visit",
+            treatment::update_visit,
+            |r: &proto::UpdateVisitRequest| r.institution_code.clone(),
+            |r: &proto::UpdateVisitRequest| r.request_id.clone()
+        )
+    }
+
+    async fn reopen_visit(
+        &self,
+        req: Request<proto::ReopenVisitRequest>,
+    ) -> Result<Response<proto::Visit>, Status> {
+        call!(
+            self,
+            req,
+            "reopen_visit",
+            treatment::reopen_visit,
+            |r: &proto::ReopenVisitRequest| r.institution_code.clone(),
+            |r: &proto::ReopenVisitRequest| r.request_id.clone()
+        )
+    }
+
     async fn upload_fees(
         &self,
         req: Request<proto::UploadFeesRequest>,

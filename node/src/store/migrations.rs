@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 14;
+pub const SCHEMA_VERSION: u32 = 15;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -665,6 +665,34 @@ DROP TABLE clearing_rounds;
 ALTER TABLE clearing_rounds_v14 RENAME TO clearing_rounds;
 ";
 
+// A visit may be cancelled (CancelVisit; NHSA 2202 / 2404): the visits table's CHECK
+// takes `VisitState`'s new name. Rebuilt as V13 did (foreign keys off while fee lines
+// and settlements refer to it by name; checked before the commit), every row and the
+// index kept.
+const V15_VISIT_CANCELLED: &str = r"
+CREATE TABLE visits_v15 (
+    visit_id          TEXT PRIMARY KEY,
+    seq               INTEGER NOT NULL UNIQUE,
+    institution_code  TEXT NOT NULL REFERENCES institutions (code),
+    id_number         TEXT NOT NULL,
+    home_region       TEXT NOT NULL,
+    visit_kind        TEXT NOT NULL,
+    level             TEXT NOT NULL,
+    external_visit_no TEXT NOT NULL,
+    diagnosis_code    TEXT NOT NULL,
+    state             TEXT NOT NULL CHECK (state IN ('open', 'closed', 'settled', 'cancelled')),
+    opened_at         TEXT NOT NULL,
+    visit_date        TEXT NOT NULL,
+    closed_at         TEXT,
+    home_snapshot     BLOB NOT NULL       -- encoded EligibilityResponse at opening, for offline settlement
+) STRICT;
+INSERT INTO visits_v15 SELECT visit_id, seq, institution_code, id_number, home_region, visit_kind, level,
+    external_visit_no, diagnosis_code, state, opened_at, visit_date, closed_at, home_snapshot FROM visits ORDER BY seq;
+DROP TABLE visits;
+ALTER TABLE visits_v15 RENAME TO visits;
+CREATE INDEX visits_by_institution ON visits (institution_code, external_visit_no);
+";
+
 // A coordinator round's state is one of `RoundState`'s names (common's round_state.rs),
 // enforced by the store. The table is rebuilt and its rows copied, with foreign keys off
 // (`migrate`): the tables of reports, disputes, confirmations, transfers and clear marks
@@ -717,6 +745,8 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             // Checked inside the migration's transaction: a broken reference rolls it back.
             M::up(V13_STATE_CHECKS).foreign_key_check(),
             M::up(V14_CLEARING_ROUND_STATES),
+            // Checked inside the migration's transaction: a broken reference rolls it back.
+            M::up(V15_VISIT_CANCELLED).foreign_key_check(),
         ]),
         Schema::Coordinator => Migrations::new(vec![
             M::up(COORDINATOR_V1),
@@ -1150,6 +1180,68 @@ mod tests {
             let e = conn.execute(sql, []).expect_err("append-only");
             assert!(e.to_string().contains("append-only"), "{e}");
         }
+    }
+
+    /// V15: the rebuilt visits table keeps every visit (and the fee lines and
+    /// settlements that refer to it), its index, and now takes `cancelled`; a name
+    /// outside `VisitState` is still refused.
+    #[test]
+    fn v15_keeps_every_visit_and_takes_cancelled() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrations(Schema::Node)
+            .to_version(&mut conn, 14)
+            .expect("to V14");
+        conn.execute_batch(
+            "INSERT INTO institutions VALUES ('H1', '医院', 'hospital', 'level3', 'active', '2026-01-01', NULL);
+             INSERT INTO visits VALUES ('V1', 1, 'H1', 'P1', '330200', 'outpatient', 'level3', 'E1', '', 'settled', 't', '2026-11-02', NULL, x'');
+             INSERT INTO visits VALUES ('V2', 2, 'H1', 'P2', '330200', 'inpatient', 'level3', 'E2', 'J18', 'closed', 't', '2026-11-01', 't2', x'0a01');
+             INSERT INTO visits VALUES ('V3', 3, 'H1', 'P3', '330200', 'outpatient', 'level3', 'E3', '', 'open', 't', '2026-11-03', NULL, x'');
+             INSERT INTO fee_lines VALUES ('V1', '1', 'X1', '药', 'A', '0', NULL, '2', 1000, 2000, '2026-11-02');
+             INSERT INTO settlements VALUES ('S1', 1, 'V1', 'H1', 'P1', '330200', 'outpatient', 'settled', NULL, 'inst:H1', 'r1', 'h1', x'01', 2000, 1500, 0, 500, 3, 7, 't', '2026-11-02', '2026-11', '');",
+        )
+        .expect("rows");
+        let tables = ["visits", "fee_lines", "settlements"];
+        let before: Vec<_> = tables.iter().map(|t| rows(&conn, t)).collect();
+        let e = conn
+            .execute(
+                "UPDATE visits SET state = 'cancelled' WHERE visit_id = 'V3'",
+                [],
+            )
+            .expect_err("no cancelled before V15");
+        assert!(e.to_string().contains("CHECK constraint failed"), "{e}");
+
+        migrate(&mut conn, Schema::Node).expect("to the latest");
+
+        let after: Vec<_> = tables.iter().map(|t| rows(&conn, t)).collect();
+        assert_eq!(after, before);
+        assert_eq!(after[0].len(), 3);
+        let index: String = conn
+            .query_row(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'visits' AND sql IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .expect("the index");
+        assert_eq!(index, "visits_by_institution");
+        conn.execute(
+            "UPDATE visits SET state = ?1 WHERE visit_id = 'V3'",
+            [crate::store::states::VisitState::Cancelled],
+        )
+        .expect("cancelled is a visit state");
+        let e = conn
+            .execute(
+                "UPDATE visits SET state = 'canceled' WHERE visit_id = 'V2'",
+                [],
+            )
+            .expect_err("an unknown state");
+        assert!(e.to_string().contains("CHECK constraint failed"), "{e}");
+        let orphan = conn
+            .execute(
+                "INSERT INTO fee_lines VALUES ('V9', '1', 'X1', '药', 'A', '0', NULL, '1', 1, 1, 't')",
+                [],
+            )
+            .expect_err("fee lines still refer to visits");
+        assert!(orphan.to_string().contains("FOREIGN KEY"), "{orphan}");
     }
 
     /// V14 (the node's): every participant round kept as it was; the state column takes

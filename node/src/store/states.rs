@@ -86,6 +86,9 @@ states!(
         Closed => "closed",
         /// Has a live settlement (settled, provisional or refused); its fees are frozen.
         Settled => "settled",
+        /// Registration or admission withdrawn (CancelVisit, NHSA 2202 / 2404) before any
+        /// settlement: nothing may be uploaded or settled on it again.
+        Cancelled => "cancelled",
     }
 );
 
@@ -94,7 +97,7 @@ impl VisitState {
     /// (a provisional settlement's confirmation settles a settled visit again).
     #[must_use]
     pub fn can_become(self, next: Self) -> bool {
-        use VisitState::{Closed, Open, Settled};
+        use VisitState::{Cancelled, Closed, Open, Settled};
         self == next
             || matches!(
                 (self, next),
@@ -102,6 +105,8 @@ impl VisitState {
                 (Open, Closed | Settled) | (Closed, Settled)
                 // Its settlement cancelled: back to open or closed, as it was.
                 | (Settled, Open | Closed)
+                // ReopenVisit (discharge undone); CancelVisit, final.
+                | (Closed, Open) | (Open | Closed, Cancelled)
             )
     }
 
@@ -248,6 +253,9 @@ mod tests {
             ),
             (Settled, Open, "cancel::cancel_in_tx"),
             (Settled, Closed, "cancel::cancel_in_tx"),
+            (Closed, Open, "visit_undo::reopen_visit"),
+            (Open, Cancelled, "visit_undo::cancel_visit"),
+            (Closed, Cancelled, "visit_undo::cancel_visit"),
         ]
     };
 
@@ -301,7 +309,8 @@ mod tests {
                 assert_eq!(from.can_become(to), listed, "{from} → {to}");
             }
         }
-        assert!(!V::Closed.can_become(V::Open));
+        assert!(!V::Settled.can_become(V::Cancelled));
+        assert!(!V::Cancelled.can_become(V::Open));
         assert!(!ClaimState::Reversed.can_become(ClaimState::Committed));
     }
 
@@ -330,7 +339,7 @@ mod tests {
         let e = "".parse::<VisitState>().expect_err("empty");
         assert_eq!(
             e.to_string(),
-            "unknown visit state \"\"; expected one of: open, closed, settled"
+            "unknown visit state \"\"; expected one of: open, closed, settled, cancelled"
         );
     }
 

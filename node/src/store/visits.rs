@@ -89,6 +89,27 @@ pub fn set_state(
     Ok(())
 }
 
+/// Opens a closed visit again (its discharge undone): open, with no closing time.
+pub fn reopen(conn: &Connection, visit_id: &str) -> Result<()> {
+    conn.prepare_cached("UPDATE visits SET state = ?2, closed_at = NULL WHERE visit_id = ?1")?
+        .execute(params![visit_id, VisitState::Open])?;
+    Ok(())
+}
+
+/// Records a visit's main diagnosis and the institution's visit number.
+pub fn set_info(
+    conn: &Connection,
+    visit_id: &str,
+    diagnosis_code: &str,
+    external_visit_no: &str,
+) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE visits SET diagnosis_code = ?2, external_visit_no = ?3 WHERE visit_id = ?1",
+    )?
+    .execute(params![visit_id, diagnosis_code, external_visit_no])?;
+    Ok(())
+}
+
 /// A classified fee line as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineRec {

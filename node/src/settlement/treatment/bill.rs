@@ -40,6 +40,12 @@ pub(super) fn editable(v: &VisitRec) -> Result<()> {
             v.visit_id
         )));
     }
+    if v.state == VisitState::Cancelled {
+        return Err(Error::FailedPrecondition(format!(
+            "visit {} is cancelled; its fees can no longer be changed (open a new visit)",
+            v.visit_id
+        )));
+    }
     Ok(())
 }
 

@@ -6,7 +6,8 @@
 //! node for the claim's status). Same-city visits take the same API and commit locally in
 //! one transaction.
 //!
-//! One file per phase of a visit: identify, visit (OpenVisit, CloseVisit), bill (fees and
+//! One file per phase of a visit: identify, visit (OpenVisit, CloseVisit), visit_edit
+//! (UpdateVisit), visit_undo (CancelVisit, ReopenVisit), bill (fees and
 //! pricing), settle (PreSettle and Settle, the one orchestrator), offline (the offline
 //! rule and its outbox item), recovery (intents in doubt, restart recovery), cancel
 //! (CancelSettlement, 冲正) and queries. Calls go only downwards, never back:
@@ -32,6 +33,8 @@ mod recovery;
 mod settle;
 mod shared;
 mod visit;
+mod visit_edit;
+mod visit_undo;
 
 pub use bill::{undo_fees, upload_fees};
 pub use cancel::{cancel, reverse_request};
@@ -42,3 +45,5 @@ pub use recovery::{RECOVERY_MIN_AGE, recover, resolve_intent};
 pub use settle::{pre_settle, settle};
 pub use shared::{InFlight, check_institution, now_ms, scope};
 pub use visit::{close_visit, open_visit};
+pub use visit_edit::update_visit;
+pub use visit_undo::{cancel_visit, reopen_visit};

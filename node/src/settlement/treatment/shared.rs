@@ -120,6 +120,12 @@ pub(super) fn bill_from(visit: VisitRec, lines: Vec<LineRec>, for_settle: bool) 
             visit.visit_id
         )));
     }
+    if visit.state == VisitState::Cancelled {
+        return Err(Error::FailedPrecondition(format!(
+            "visit {} is cancelled; it cannot be priced or settled (open a new visit)",
+            visit.visit_id
+        )));
+    }
     if for_settle && kind == VisitKind::Inpatient && visit.state != VisitState::Closed {
         return Err(Error::FailedPrecondition(format!(
             "inpatient visit {} must be discharged (CloseVisit) before settlement",

@@ -37,6 +37,7 @@ pub(super) fn visit_to_proto(v: &VisitRec) -> proto::Visit {
         state: v.state.to_string(),
         opened_at: v.opened_at.clone(),
         closed_at: v.closed_at.clone().unwrap_or_default(),
+        diagnosis_code: v.diagnosis_code.clone(),
     }
 }
 

@@ -299,7 +299,7 @@ impl Desk {
         let last = self
             .state
             .store
-            .read(|conn| super::store::last_reports(conn))
+            .read(super::store::last_reports)
             .await
             .unwrap_or_default();
         let body = html! {

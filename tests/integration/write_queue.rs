@@ -211,11 +211,10 @@ async fn a_home_node_with_a_full_write_queue_makes_no_claim_provisional() {
     }
 
     hooks.hold_store_writer.store(false, Ordering::SeqCst);
-    fill_1.await.expect("filler task").expect("held write runs");
-    fill_2
-        .await
-        .expect("filler task")
-        .expect("queued write runs");
+    // The fillers only keep the queue full; either may itself have been refused (the
+    // home node's own audit entries of the set-up's reads share its writer).
+    let _ = fill_1.await.expect("filler task");
+    let _ = fill_2.await.expect("filler task");
     assert_eq!(
         acc_tuple(&accumulators(hz, &id, "330200", inst::NB_H3).await),
         acc_tuple(&acc_before)

@@ -48,14 +48,21 @@ async fn filler(node: &TestNode, n: u32) -> Result<(), tonic::Status> {
         .map(drop)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_settle_meeting_a_full_write_queue_is_refused_unchanged_then_settles_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Three cities where `region`'s writer queue holds one request and a full queue waits
+/// 100 ms, with test hooks and a metrics listener there.
+async fn tiny_queue_at(
+    root: &std::path::Path,
+    region: &'static str,
+) -> (
+    yidi_tests::harness::Federation,
+    TestHooks,
+    std::net::SocketAddr,
+) {
     let hooks = TestHooks::default();
     let installed = hooks.clone();
     let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let fed = three_cities(dir.path(), move |r, c| {
-        if r == "330200" {
+    let fed = three_cities(root, move |r, c| {
+        if r == region {
             c.hooks = installed.clone();
             c.write_queue_capacity = 1;
             c.write_queue_wait = Duration::from_millis(100);
@@ -63,22 +70,26 @@ async fn a_settle_meeting_a_full_write_queue_is_refused_unchanged_then_settles_o
         }
     })
     .await;
-    let (hz, nb) = (fed.node("330100"), fed.node("330200"));
-    let id = filed_employee(hz, "1980-01-01", 1, "1000.00", "330200").await;
-    let mut desk = Desk::at(nb, inst::NB_H3).await;
-    let v = billed_visit(&mut desk, "q", &id, "330100", "2000.00").await;
-    let acc_before = accumulators(hz, &id, "330200", inst::NB_H3).await;
+    (fed, hooks, metrics)
+}
 
-    // Hold the writer: the first filler is taken and waits, the second fills the queue.
+/// Holds `node`'s writer and fills its queue with two fillers (one held or waiting,
+/// one queued), returning when its metrics show the queue full.
+async fn hold_and_fill(
+    node: &TestNode,
+    region: &'static str,
+    hooks: &TestHooks,
+    metrics: std::net::SocketAddr,
+) -> [tokio::task::JoinHandle<Result<(), tonic::Status>>; 2] {
     hooks.hold_store_writer.store(true, Ordering::SeqCst);
-    let nb_fill = TestNode::remote(nb.addr, "330200", nb.data_dir.clone());
-    let fill_1 = tokio::spawn(async move { filler(&nb_fill, 1).await });
-    let nb_fill = TestNode::remote(nb.addr, "330200", nb.data_dir.clone());
-    let fill_2 = tokio::spawn(async move { filler(&nb_fill, 2).await });
+    let fills = [1, 2].map(|n| {
+        let remote = TestNode::remote(node.addr, region, node.data_dir.clone());
+        tokio::spawn(async move { filler(&remote, n).await })
+    });
     let until = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let text = yidi_node::metrics::scrape(metrics).await.expect("scrape");
-        if series(&text, "yidi_store_write_queue_depth", "330200") == Some(1) {
+        if series(&text, "yidi_store_write_queue_depth", region) == Some(1) {
             break;
         }
         assert!(
@@ -87,6 +98,21 @@ async fn a_settle_meeting_a_full_write_queue_is_refused_unchanged_then_settles_o
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    fills
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_meeting_a_full_write_queue_is_refused_unchanged_then_settles_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fed, hooks, metrics) = tiny_queue_at(dir.path(), "330200").await;
+    let (hz, nb) = (fed.node("330100"), fed.node("330200"));
+    let id = filed_employee(hz, "1980-01-01", 1, "1000.00", "330200").await;
+    let mut desk = Desk::at(nb, inst::NB_H3).await;
+    let v = billed_visit(&mut desk, "q", &id, "330100", "2000.00").await;
+    let acc_before = accumulators(hz, &id, "330200", inst::NB_H3).await;
+
+    // Hold the writer: the first filler is taken and waits, the second fills the queue.
+    let [fill_1, fill_2] = hold_and_fill(nb, "330200", &hooks, metrics).await;
 
     let refused = desk
         .settle("settle-q", &v.visit_id, true)
@@ -146,18 +172,7 @@ async fn a_settle_meeting_a_full_write_queue_is_refused_unchanged_then_settles_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_home_node_with_a_full_write_queue_makes_no_claim_provisional() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let hooks = TestHooks::default();
-    let installed = hooks.clone();
-    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let fed = three_cities(dir.path(), move |r, c| {
-        if r == "330100" {
-            c.hooks = installed.clone();
-            c.write_queue_capacity = 1;
-            c.write_queue_wait = Duration::from_millis(100);
-            c.metrics_listen = Some(metrics);
-        }
-    })
-    .await;
+    let (fed, hooks, metrics) = tiny_queue_at(dir.path(), "330100").await;
     let (hz, nb) = (fed.node("330100"), fed.node("330200"));
     let id = filed_employee(hz, "1980-01-01", 1, "1000.00", "330200").await;
     let mut desk = Desk::at(nb, inst::NB_H3).await;
@@ -165,42 +180,16 @@ async fn a_home_node_with_a_full_write_queue_makes_no_claim_provisional() {
     let acc_before = accumulators(hz, &id, "330200", inst::NB_H3).await;
 
     // Hold the home node's writer and fill its queue.
-    hooks.hold_store_writer.store(true, Ordering::SeqCst);
-    let hz_fill = TestNode::remote(hz.addr, "330100", hz.data_dir.clone());
-    let fill_1 = tokio::spawn(async move { filler(&hz_fill, 1).await });
-    let hz_fill = TestNode::remote(hz.addr, "330100", hz.data_dir.clone());
-    let fill_2 = tokio::spawn(async move { filler(&hz_fill, 2).await });
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = yidi_node::metrics::scrape(metrics).await.expect("scrape");
-        if series(&text, "yidi_store_write_queue_depth", "330100") == Some(1) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "queue never filled:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let [fill_1, fill_2] = hold_and_fill(hz, "330100", &hooks, metrics).await;
 
     let refused = desk
         .settle("settle-h", &v.visit_id, true)
         .await
         .expect_err("refused while the home node is overloaded");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    assert!(
-        refused
-            .message()
-            .starts_with("home node 330100 is overloaded (node overloaded: its store's write queue stayed full (capacity 1) for 100 ms"),
-        "{}",
-        refused.message()
-    );
-    assert!(
-        refused
-            .message()
-            .ends_with("nothing was committed; the settlement was not made — retry later"),
-        "{}",
-        refused.message()
+    assert_eq!(
+        refused.message(),
+        "home node 330100 is overloaded (node overloaded: its store's write queue stayed full (capacity 1) for 100 ms; nothing was written — retry after a short pause with the same request_id); nothing was committed; the settlement was not made — retry later"
     );
     // Nothing provisional, nothing settled: the home node was up and committed nothing.
     for s in desk.list().await {

@@ -144,6 +144,7 @@ struct FileConfig {
     nhsa_tif_secret_file: Option<PathBuf>,
     write_queue_capacity: Option<usize>,
     write_queue_wait_ms: Option<u64>,
+    request_retention_days: Option<u32>,
 }
 
 /// The x-tif-* keys from a paasid and the file holding its secret (both or neither).
@@ -216,6 +217,9 @@ pub struct NodeConfig {
     /// How long a write waits for room in a full queue before it is refused with
     /// RESOURCE_EXHAUSTED (`write_queue_wait_ms`).
     pub write_queue_wait: Duration,
+    /// Days a request's stored answer is kept for a repeat of the request
+    /// (`request_retention_days`; `store::retention`).
+    pub request_retention_days: u32,
     /// Fault injection (tests only).
     pub hooks: crate::context::TestHooks,
 }
@@ -246,6 +250,7 @@ impl NodeConfig {
             nhsa_tif: None,
             write_queue_capacity: crate::store::DEFAULT_QUEUE_CAPACITY,
             write_queue_wait: crate::store::DEFAULT_FULL_WAIT,
+            request_retention_days: crate::store::retention::DEFAULT_REQUEST_RETENTION_DAYS,
             hooks: crate::context::TestHooks::default(),
         }
     }
@@ -354,6 +359,10 @@ impl NodeConfig {
                 .map_or(crate::store::DEFAULT_FULL_WAIT, |ms| {
                     Duration::from_millis(ms.min(60_000))
                 }),
+            request_retention_days: file
+                .request_retention_days
+                .unwrap_or(crate::store::retention::DEFAULT_REQUEST_RETENTION_DAYS)
+                .clamp(1, crate::store::retention::MAX_REQUEST_RETENTION_DAYS),
             hooks: crate::context::TestHooks::default(),
             region,
         };
@@ -449,7 +458,7 @@ pub(crate) enum Daemon {
 
 /// Keys only a node's config has, and keys only a coordinator's has: a file that fails
 /// to parse for one daemon but carries the other's keys was given to the wrong command.
-const NODE_ONLY_KEYS: [&str; 10] = [
+const NODE_ONLY_KEYS: [&str; 11] = [
     "name",
     "peers_file",
     "coordinator",
@@ -460,6 +469,7 @@ const NODE_ONLY_KEYS: [&str; 10] = [
     "hospital_burst",
     "write_queue_capacity",
     "write_queue_wait_ms",
+    "request_retention_days",
 ];
 const COORDINATOR_ONLY_KEYS: [&str; 3] = [
     "participants_file",

@@ -249,6 +249,7 @@ pub struct NodeMetrics {
     outbox_by_target: Family<TargetLabels, Gauge>,
     scrape_errors: Counter,
     store: StoreCounters,
+    requests_purged: Counter,
 }
 
 /// The store writer's totals as counters, brought up to date at each scrape.
@@ -382,6 +383,12 @@ impl NodeMetrics {
         );
         let store = StoreCounters::default();
         store.register(&mut registry);
+        let requests_purged = Counter::default();
+        registry.register(
+            "yidi_store_request_records_purged",
+            "Request records (stored answers for repeated requests) removed after the idempotency window, request_retention_days",
+            requests_purged.clone(),
+        );
         register_process(&mut registry);
         // Every documented series from the start, at 0: the successful answers of each
         // visit kind (a failure's code is open-ended and appears when it happens).
@@ -414,7 +421,13 @@ impl NodeMetrics {
             outbox_by_target,
             scrape_errors,
             store,
+            requests_purged,
         }
+    }
+
+    /// Counts request records removed after the idempotency window.
+    pub fn requests_purged(&self, n: u64) {
+        self.requests_purged.inc_by(n);
     }
 
     /// Peer nodes' clocks, for the PeerService's clock check.

@@ -178,6 +178,21 @@ pub async fn serve(
         });
     }
 
+    {
+        let (st, days) = (Arc::clone(&state), config.request_retention_days);
+        let stop = stopped(bg.clone());
+        tasks.spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                purge_requests(&st, days).await;
+                tokio::select! {
+                    () = &mut stop => return,
+                    () = tokio::time::sleep(crate::store::retention::PURGE_INTERVAL) => {}
+                }
+            }
+        });
+    }
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AdminServiceServer<AdminSvc>>().await;
     health
@@ -262,6 +277,32 @@ pub async fn serve(
 
 /// How long a clean stop waits for reads still running before closing the store.
 const STORE_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Removes the request records past the idempotency window (`store::retention`), one
+/// bounded writer job at a time, until a job finds fewer than a full chunk expired.
+async fn purge_requests(st: &NodeState, days: u32) {
+    use crate::store::retention::{PURGE_STEP, cutoff, purge_requests_step};
+    let cut = cutoff(st.clock.now(), days);
+    loop {
+        let c = cut.clone();
+        match st
+            .store
+            .write(move |conn| purge_requests_step(conn, &c, PURGE_STEP))
+            .await
+        {
+            Ok(n) => {
+                st.metrics.requests_purged(n);
+                if n < u64::from(PURGE_STEP) {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "request records past the idempotency window not purged");
+                return;
+            }
+        }
+    }
+}
 
 /// Closes the store before the process ends: without it the process exits with the
 /// writer's and readers' connections open, and everything committed since the last

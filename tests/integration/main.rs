@@ -26,6 +26,7 @@ mod money_guards;
 mod nhsa;
 mod observability;
 mod refused_resettle;
+mod retention;
 mod security;
 mod settlement;
 mod settlement_concurrency;

@@ -5,7 +5,7 @@
 //! - [`cli`]: the clients of a running node or coordinator (`yidi admin`, `hospital`,
 //!   `clearing`) and the first load of a person register (`yidi load-persons`);
 //! - offline tools: [`certs`] (the federation's CA), [`backup`] (`yidi backup`,
-//!   `check-store`), [`quote`] (the benefit engine on files);
+//!   `check-store`), [`footprint`] (bytes per table and per settlement), [`quote`] (the benefit engine on files);
 //! - [`bench`], [`bench_clearing`]: the load generators;
 //! - [`demo`]: the Zhejiang demo federation;
 //! - [`i18n`]: the `--lang en|zh` labels of the text output.
@@ -16,6 +16,7 @@ pub mod bench_clearing;
 pub mod certs;
 pub mod cli;
 pub mod demo;
+pub mod footprint;
 pub mod i18n;
 pub mod quote;
 

@@ -49,6 +49,9 @@ enum Command {
     /// Check a stopped node's or coordinator's store: its files, header, schema and
     /// every page (PRAGMA quick_check); exits non-zero naming the damage and the repair.
     CheckStore(yidi_cli::backup::CheckStoreArgs),
+    /// Bytes on disk per table and per index of a node's or coordinator's store (running
+    /// or stopped), and per settlement the node took part in.
+    Footprint(yidi_cli::footprint::FootprintArgs),
     /// Load a new node's person register from the agency's CSV file, straight into the
     /// stopped node's store (its first load; changes go through `admin person import`).
     LoadPersons(yidi_cli::cli::load::LoadArgs),
@@ -139,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(args) => yidi_cli::certs::run(args)?,
         Command::Backup(args) => yidi_cli::backup::run(&args)?,
         Command::CheckStore(args) => yidi_cli::backup::check_store(&args)?,
+        Command::Footprint(args) => yidi_cli::footprint::run(&args)?,
         Command::LoadPersons(args) => {
             let code = yidi_cli::cli::load::run(&args)?;
             if code != 0 {

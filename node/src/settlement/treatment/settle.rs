@@ -186,10 +186,14 @@ pub(super) fn open_settlement(
         if let Some(answer) = idempotency::replay::<proto::Settlement>(conn, &k)? {
             return Ok(Opened::Answered(answer));
         }
-        if let Some(intent) = settlements::by_request(conn, &k.scope, &k.request_id)?
-            .filter(|i| i.state == SettlementState::Pending)
-        {
-            return Ok(Opened::Pending(intent));
+        match settlements::by_request(conn, &k.scope, &k.request_id)? {
+            Some(intent) if intent.state == SettlementState::Pending => {
+                return Ok(Opened::Pending(intent));
+            }
+            Some(done) if done.state != SettlementState::Failed => {
+                return Err(answer_expired(&k, &done));
+            }
+            _ => {}
         }
         let (visit, lines) = read_bill(conn, &inst, &vid)?;
         let bill = bill_from(visit, lines, true)?;
@@ -229,6 +233,21 @@ pub(super) fn open_settlement(
         let _ = bill_out.send(bill);
         Ok(Opened::Intent(rec, guard))
     })
+}
+
+/// A request id that took effect (its record is here) but whose stored answer is gone:
+/// removed after the idempotency window (`store::retention`). The request is not run
+/// again — the settlement stands — and the hospital learns where its outcome is.
+fn answer_expired(key: &RequestKey, rec: &SettlementRec) -> Error {
+    Error::AlreadyExists(format!(
+        "request_id {} already took effect on {}: settlement {} (now {}); its stored answer \
+         has passed this node's idempotency window and was removed, so the request is not run \
+         again — read the settlement with GetSettlement, or settle anew with a new request id",
+        yidi_common::error::quoted(&key.request_id),
+        rec.settled_at,
+        rec.settlement_id,
+        rec.state
+    ))
 }
 
 /// A same-city settlement: this node is also the home node; everything in the opening's

@@ -261,6 +261,7 @@ struct StoreCounters {
     commit_seconds: Counter<f64, AtomicU64>,
     queue_depth: Gauge,
     rejected: Counter,
+    longest: Gauge<f64, AtomicU64>,
     /// The totals at the last scrape (counters only go up by what happened since).
     seen: std::sync::Mutex<WriterTotals>,
 }
@@ -297,6 +298,11 @@ impl StoreCounters {
             "Write requests refused with RESOURCE_EXHAUSTED because the writer's queue stayed full for write_queue_wait_ms (nothing written)",
             self.rejected.clone(),
         );
+        registry.register(
+            "yidi_store_longest_transaction_seconds",
+            "The longest transaction of the store's writer since the node started, from its first request to its commit: how long writes waited behind one (a clearing step or a purge included)",
+            self.longest.clone(),
+        );
     }
 
     fn update(&self, now: WriterTotals) {
@@ -314,6 +320,7 @@ impl StoreCounters {
             .set(i64::try_from(now.queued).unwrap_or(i64::MAX));
         self.rejected
             .inc_by(now.rejected.saturating_sub(seen.rejected));
+        self.longest.set(now.longest.as_secs_f64());
         *seen = now;
     }
 }
@@ -1028,6 +1035,7 @@ mod tests {
             commit: ms(5),
             queued: 7,
             rejected: 2,
+            longest: ms(4),
         });
         m.store.update(WriterTotals {
             transactions: 5,
@@ -1036,6 +1044,7 @@ mod tests {
             commit: ms(9),
             queued: 4,
             rejected: 3,
+            longest: ms(6),
         });
         let text = m.encode();
         for line in [
@@ -1045,6 +1054,7 @@ mod tests {
             r#"yidi_store_commit_seconds_total{region="330200"} 0.009"#,
             r#"yidi_store_write_queue_depth{region="330200"} 4"#,
             r#"yidi_store_writes_rejected_total{region="330200"} 3"#,
+            r#"yidi_store_longest_transaction_seconds{region="330200"} 0.006"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

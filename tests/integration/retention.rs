@@ -9,7 +9,7 @@ use tonic::Code;
 use yidi_common::period;
 use yidi_node::store::retention::{PURGE_STEP, cutoff, purge_requests_step};
 use yidi_tests::fixtures::{
-    Desk, accumulators, account_balance, acc_tuple, billed_visit, filed_employee, inst,
+    Desk, acc_tuple, account_balance, accumulators, billed_visit, filed_employee, inst,
     settled_2000_at_hz_rates, three_cities,
 };
 
@@ -110,8 +110,5 @@ async fn a_settle_repeated_after_the_window_is_refused_and_never_settles_twice()
     assert_eq!(r.outcome, "reversed", "{r:?}");
     let reversal = r.reversal.unwrap();
     assert_eq!(reversal.reverses, settled.settlement_id);
-    assert_eq!(
-        reversal.split.unwrap().fund_pay_sumamt,
-        "-700.00"
-    );
+    assert_eq!(reversal.split.unwrap().fund_pay_sumamt, "-700.00");
 }

@@ -25,6 +25,7 @@
 // Rates, shares and latency ratios of a benchmark; money never passes through floats.
 #![allow(clippy::float_arithmetic)]
 
+pub mod freeze;
 pub mod nhsa;
 pub mod persons;
 
@@ -214,6 +215,19 @@ pub struct BenchArgs {
     /// The in-process nodes' NHSA gateways (set by the bench).
     #[arg(skip)]
     pub nhsa_gateways: Vec<(String, SocketAddr)>,
+    /// Write this many matching ledger entries of last month into Hangzhou's and
+    /// Ningbo's stores before they start, and clear that month in a round (an
+    /// in-process coordinator) during the load phase; prints the Settle percentiles
+    /// before, during and after the round and each node's longest writer transaction
+    /// (in-process nodes only; see `bench::freeze`). 0: no round.
+    #[arg(long, default_value_t = 0)]
+    pub freeze_entries: u64,
+    /// Seconds into the load phase at which the round of --freeze-entries is opened.
+    #[arg(long, default_value_t = 10)]
+    pub freeze_after: u64,
+    /// The month seeded by --freeze-entries (set by the bench).
+    #[arg(skip)]
+    pub freeze_period: Option<String>,
 }
 
 /// Visit kinds of the workload.
@@ -997,6 +1011,8 @@ struct Ctx {
     /// Per home city, the hot persons that have a filing (the first `--hot-persons`
     /// filed persons): the cross-region share of the hot traffic.
     hot_filed: Vec<Vec<u32>>,
+    /// The load phase's Settle calls with their time (with --freeze-entries).
+    timeline: freeze::Timeline,
 }
 
 /// A visit ready to settle.
@@ -1183,6 +1199,9 @@ impl Ctx {
         match h.settle(req).await {
             Ok(s) => {
                 stats.record(call, started.elapsed());
+                if self.args.freeze_period.is_some() {
+                    self.timeline.record(micros(started.elapsed()));
+                }
                 let s = s.into_inner();
                 let split = s.split.unwrap_or_default();
                 if s.state != "settled" {
@@ -2019,6 +2038,12 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let mut local = Vec::new();
     let mut urls = Vec::new();
     let mut metrics = Vec::new();
+    if args.freeze_entries > 0 {
+        if !args.nodes.is_empty() {
+            bail!("--freeze-entries writes into the stores of in-process nodes: leave out --node");
+        }
+        args.freeze_period = Some(freeze::seed(&root, args.freeze_entries)?);
+    }
     if args.nodes.is_empty() {
         let (nodes, addrs, m, gateways) =
             start_federation(&root, args.node_threads.unwrap_or(cores))?;
@@ -2095,6 +2120,7 @@ async fn drive(
                     .collect()
             })
             .collect(),
+        timeline: freeze::Timeline::new(),
     });
     let mut report = serde_json::Map::new();
     report.insert(
@@ -2265,8 +2291,30 @@ async fn drive(
     );
     let scraped = scrape_nodes(metrics).await;
     let (calls_before, store_before) = (peer_calls(&scraped), store_totals(&scraped));
+    let round = match &args.freeze_period {
+        Some(period) => {
+            let coordinator = freeze::coordinator(root, root.join("peers.toml")).await?;
+            let (ctx2, root2, period) = (Arc::clone(&ctx), root.to_path_buf(), period.clone());
+            let after = Duration::from_secs(args.freeze_after);
+            let task = tokio::spawn(async move {
+                freeze::run_round(coordinator.addr, root2, period, &ctx2.timeline, after).await
+            });
+            Some((coordinator, task))
+        }
+        None => None,
+    };
     let cpu = cpu_sample();
     let (stats, acks, elapsed, windows) = load_phase(&ctx, prepared).await;
+    if let Some((coordinator, task)) = round {
+        let end = ctx.timeline.elapsed();
+        let times = task.await??;
+        let longest = freeze::longest_transactions(&scrape_nodes(metrics).await);
+        report.insert(
+            "freeze".into(),
+            freeze::report(&ctx.timeline, &times, end, args.freeze_entries, &longest),
+        );
+        drop(coordinator);
+    }
     let cpu_ms = in_process
         .then(|| CpuPerOp::between(cpu, acks.len()))
         .flatten();

@@ -92,9 +92,11 @@ pub fn measure(conn: &Connection) -> Result<Footprint> {
         } else if o.name.starts_with("sqlite_") {
             0
         } else {
-            conn.query_row(&format!("SELECT COUNT(*) FROM {}", quote(&o.name)), [], |r| {
-                r.get(0)
-            })?
+            conn.query_row(
+                &format!("SELECT COUNT(*) FROM {}", quote(&o.name)),
+                [],
+                |r| r.get(0),
+            )?
         };
     }
     objects.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
@@ -172,7 +174,13 @@ mod tests {
         let total: u64 = f.objects.iter().map(|o| o.bytes).sum();
         assert_eq!(total + f.free_pages * f.page_size, f.bytes());
         let names: Vec<&str> = f.objects.iter().map(|o| o.name.as_str()).collect();
-        for n in ["settlements", "settlements_by_request", "ledger", "requests", "audit_log"] {
+        for n in [
+            "settlements",
+            "settlements_by_request",
+            "ledger",
+            "requests",
+            "audit_log",
+        ] {
             assert!(names.contains(&n), "{n} in {names:?}");
         }
         let by_request = f

@@ -85,7 +85,11 @@ mod tests {
             .unwrap();
         let now = period::parse_ts("2026-12-07T12:00:00.000+08:00", "t").unwrap();
         for i in 0..5 {
-            store_at(&conn, &format!("old-{i}"), &format!("2026-11-2{i}T08:00:00.000+08:00"));
+            store_at(
+                &conn,
+                &format!("old-{i}"),
+                &format!("2026-11-2{i}T08:00:00.000+08:00"),
+            );
         }
         store_at(&conn, "edge", "2026-11-30T12:00:00.001+08:00");
         store_at(&conn, "new", "2026-12-07T11:59:00.000+08:00");

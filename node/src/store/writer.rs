@@ -189,6 +189,9 @@ struct Totals {
     jobs: AtomicU64,
     run_micros: AtomicU64,
     commit_micros: AtomicU64,
+    /// The longest transaction (its jobs run and committed): how long the writer was
+    /// held at once, which a clearing step or a purge must keep short.
+    longest_micros: AtomicU64,
     /// Requests refused because the queue stayed full.
     rejected: AtomicU64,
 }
@@ -208,6 +211,8 @@ pub struct WriterTotals {
     pub queued: u64,
     /// Requests refused because the queue stayed full (see [`WriteQueue`]).
     pub rejected: u64,
+    /// The longest transaction since the start, from its first job to its commit.
+    pub longest: std::time::Duration,
 }
 
 impl Writer {
@@ -309,6 +314,7 @@ impl Writer {
             commit: std::time::Duration::from_micros(t.commit_micros.load(Ordering::Relaxed)),
             queued: self.tx.len() as u64,
             rejected: t.rejected.load(Ordering::Relaxed),
+            longest: std::time::Duration::from_micros(t.longest_micros.load(Ordering::Relaxed)),
         }
     }
 
@@ -646,6 +652,9 @@ fn run_loop(
         totals
             .commit_micros
             .fetch_add(micros(committing), Ordering::Relaxed);
+        totals
+            .longest_micros
+            .fetch_max(micros(ran + committing), Ordering::Relaxed);
         if let Err(m) = &commit {
             if corruption_message(m) {
                 note_damage(damaged, m);

@@ -228,11 +228,13 @@ pub async fn serve(
         tasks.spawn(crate::nhsa::serve(
             l,
             stopped(bg.clone()),
+            config.drain,
             Arc::new(crate::nhsa::Gateway {
                 state: Arc::clone(&state),
                 auth: auth.clone(),
                 tls: tls.clone(),
                 tif: config.nhsa_tif.clone(),
+                nonces: crate::nhsa::tif::Nonces::default(),
             }),
         ));
     }

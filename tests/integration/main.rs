@@ -24,6 +24,7 @@ mod load_persons;
 mod local_run;
 mod money_guards;
 mod nhsa;
+mod nhsa_ops;
 mod observability;
 mod refused_resettle;
 mod security;

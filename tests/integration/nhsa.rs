@@ -25,8 +25,8 @@ use yidi_tests::{
     pki::{self, Party, Pki, institution},
 };
 
-const HZ: &str = "330100";
-const NB: &str = "330200";
+pub(super) const HZ: &str = "330100";
+pub(super) const NB: &str = "330200";
 const WZ: &str = "330300";
 
 fn free_addr() -> SocketAddr {
@@ -36,15 +36,19 @@ fn free_addr() -> SocketAddr {
 
 /// An HIS: HTTPS with its institution certificate, one connection per request (as
 /// the simplest HIS HTTP stacks do).
-struct His {
+pub(super) struct His {
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     code: String,
     seq: u32,
+    /// The provincial gateway's paasid and secret: every request is signed with a fresh
+    /// nonce (x-tif-* headers), the last headers kept in `signed` to replay.
+    pub(super) tif: Option<yidi_node::nhsa::TifKeys>,
+    pub(super) signed: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl His {
-    fn new(addr: SocketAddr, party: &Party, code: &str) -> Self {
+    pub(super) fn new(addr: SocketAddr, party: &Party, code: &str) -> Self {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(&party.ca).expect("ca") {
             roots.add(c.expect("ca cert")).expect("root");
@@ -67,11 +71,13 @@ impl His {
             tls: Arc::new(tls),
             code: code.to_owned(),
             seq: 0,
+            tif: None,
+            signed: std::sync::Mutex::new(Vec::new()),
         }
     }
 
     /// A fresh msgid: institution code + time + sequence.
-    fn msgid(&mut self) -> String {
+    pub(super) fn msgid(&mut self) -> String {
         self.seq += 1;
         format!(
             "{}{}{:04}",
@@ -82,7 +88,7 @@ impl His {
     }
 
     /// The envelope of `infno` with `input`.
-    fn envelope(&self, infno: &str, msgid: &str, insuplc: &str, input: Value) -> Value {
+    pub(super) fn envelope(&self, infno: &str, msgid: &str, insuplc: &str, input: Value) -> Value {
         json!({
             "infno": infno, "msgid": msgid, "mdtrtarea_admvs": NB, "insuplc_admdvs": insuplc,
             "recer_sys_code": "YBXT", "dev_no": "", "dev_safe_info": "", "cainfo": "", "signtype": "",
@@ -93,8 +99,32 @@ impl His {
         })
     }
 
-    /// POSTs raw bytes to `path`; the HTTP status and the body as JSON.
-    async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+    /// POSTs raw bytes to `path` (signed when `tif` is set); the HTTP status and the
+    /// body as JSON.
+    pub(super) async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let mut headers = Vec::new();
+        if let Some(keys) = &self.tif {
+            let ts = Utc::now().timestamp().to_string();
+            let nonce = format!("{}n{}", self.code, uuid_like());
+            let sig = yidi_node::nhsa::tif::signature(&ts, &keys.secret, &nonce);
+            headers = vec![
+                ("x-tif-paasid".to_owned(), keys.paasid.clone()),
+                ("x-tif-timestamp".to_owned(), ts),
+                ("x-tif-nonce".to_owned(), nonce),
+                ("x-tif-signature".to_owned(), sig),
+            ];
+            *self.signed.lock().expect("signed") = headers.clone();
+        }
+        self.post_with(path, body, &headers).await
+    }
+
+    /// POSTs raw bytes to `path` with these extra headers.
+    pub(super) async fn post_with(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(String, String)],
+    ) -> (u16, Value) {
         let tcp = TcpStream::connect(self.addr)
             .await
             .expect("connect gateway");
@@ -109,11 +139,13 @@ impl His {
                 .await
                 .expect("http1 handshake");
         tokio::spawn(conn);
-        let req = hyper::Request::post(path)
+        let mut req = hyper::Request::post(path)
             .header("host", "yidi")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("request");
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).expect("request");
         let resp = send.send_request(req).await.expect("response");
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
@@ -123,7 +155,13 @@ impl His {
     }
 
     /// Sends one transaction; the answer envelope.
-    async fn call(&mut self, infno: &str, msgid: &str, insuplc: &str, input: Value) -> Value {
+    pub(super) async fn call(
+        &mut self,
+        infno: &str,
+        msgid: &str,
+        insuplc: &str,
+        input: Value,
+    ) -> Value {
         let env = self.envelope(infno, msgid, insuplc, input);
         let (status, v) = self
             .post_raw(
@@ -136,7 +174,7 @@ impl His {
     }
 
     /// Sends one transaction that must succeed; its `output`.
-    async fn ok(&mut self, infno: &str, insuplc: &str, input: Value) -> (String, Value) {
+    pub(super) async fn ok(&mut self, infno: &str, insuplc: &str, input: Value) -> (String, Value) {
         let msgid = self.msgid();
         let v = self.call(infno, &msgid, insuplc, input).await;
         assert_eq!(v["infcode"], json!(0), "{infno}: {v}");
@@ -145,8 +183,18 @@ impl His {
     }
 }
 
+/// A nonce unique in this process.
+fn uuid_like() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!(
+        "{}{:08}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// `infcode` -1 whose err_msg names `field` (and carries Chinese and English).
-fn refused(v: &Value, field: &str) -> String {
+pub(super) fn refused(v: &Value, field: &str) -> String {
     assert_eq!(v["infcode"], json!(-1), "{v}");
     assert!(v["output"].is_null(), "{v}");
     let msg = v["err_msg"].as_str().expect("err_msg").to_owned();
@@ -156,30 +204,38 @@ fn refused(v: &Value, field: &str) -> String {
 }
 
 /// A JSON amount's text (two decimals).
-fn amt(v: &Value) -> String {
+pub(super) fn amt(v: &Value) -> String {
     assert!(v.is_number(), "amount is a JSON number: {v}");
     v.to_string()
 }
 
-fn cst_now_minus_hours(h: i64) -> String {
+pub(super) fn cst_now_minus_hours(h: i64) -> String {
     (Utc::now() - chrono::Duration::hours(h))
         .with_timezone(&yidi_common::period::cst())
         .format("%Y-%m-%d %H:%M:%S")
         .to_string()
 }
 
-struct World {
-    fed: Federation,
-    pki: Pki,
-    gateway: SocketAddr,
+pub(super) struct World {
+    pub(super) fed: Federation,
+    pub(super) pki: Pki,
+    pub(super) gateway: SocketAddr,
     /// Ningbo's metrics.
-    metrics: SocketAddr,
+    pub(super) metrics: SocketAddr,
     /// Two Hangzhou retirees with the same profile, filed for Ningbo: one settles
     /// through the gateway, its twin over gRPC.
-    ids: (String, String),
+    pub(super) ids: (String, String),
 }
 
-async fn world(root: &Path) -> World {
+pub(super) async fn world(root: &Path) -> World {
+    world_with(root, |_| {}).await
+}
+
+/// The world, with Ningbo's config adjusted further (test hooks, x-tif keys).
+pub(super) async fn world_with(
+    root: &Path,
+    adjust: impl Fn(&mut yidi_node::config::NodeConfig),
+) -> World {
     use proto::{HospitalLevel as Hl, InstitutionKind as Ik};
     let pki = Pki::new(&root.join("pki"));
     let gateway = free_addr();
@@ -188,6 +244,7 @@ async fn world(root: &Path) -> World {
         if r == NB {
             c.nhsa_listen = Some(gateway);
             c.metrics_listen = Some(metrics);
+            adjust(c);
         }
     })
     .await;
@@ -229,12 +286,12 @@ async fn world(root: &Path) -> World {
 }
 
 impl World {
-    fn his(&self, code: &str) -> His {
+    pub(super) fn his(&self, code: &str) -> His {
         let party = self.pki.issue(&institution(NB, code));
         His::new(self.gateway, &party, code)
     }
 
-    async fn desk(&self, code: &str) -> Desk {
+    pub(super) async fn desk(&self, code: &str) -> Desk {
         let tls = self.pki.client(&institution(NB, code));
         Desk {
             client: HospitalServiceClient::new(pki::channel(self.fed.node(NB), tls)),
@@ -244,7 +301,7 @@ impl World {
 }
 
 /// The three lines of the outpatient bill (68.00), amounts written as an HIS might.
-fn feedetail(visit: &str, psn: &str) -> Value {
+pub(super) fn feedetail(visit: &str, psn: &str) -> Value {
     let t = cst_now_minus_hours(1);
     json!([
         {"feedetl_sn": "F1", "mdtrt_id": visit, "psn_no": psn, "chrg_bchno": "B1", "rx_circ_flag": "0",
@@ -263,7 +320,7 @@ fn feedetail(visit: &str, psn: &str) -> Value {
 }
 
 /// Every settlement of NB_H3 around today.
-fn list_all() -> proto::ListSettlementsRequest {
+pub(super) fn list_all() -> proto::ListSettlementsRequest {
     let today = yidi_common::period::today();
     proto::ListSettlementsRequest {
         institution_code: inst::NB_H3.into(),

@@ -32,6 +32,8 @@ pub struct Gateway {
     pub tls: Option<Arc<TlsState>>,
     /// The provincial gateway's signature keys, when required.
     pub tif: Option<TifKeys>,
+    /// The x-tif nonces accepted within the timestamp window (used with `tif`).
+    pub nonces: tif::Nonces,
 }
 
 impl Gateway {

@@ -772,7 +772,7 @@ async fn undo_fees(st: &NodeState, env: &Envelope) -> NResult<Answer> {
 // ------------------------------------------------------------------ settlement
 
 /// 2206/2303 pre-settle, 2207/2304 settle: `medfee_sumamt` must be the uploaded
-/// bill's total (checked before anything is settled).
+/// bill's total (checked by the settlement against the bill it settles).
 async fn settle(st: &NodeState, env: &Envelope, real: bool) -> NResult<Answer> {
     let node = data(env)?;
     let visit_id = node.str("mdtrt_id")?;
@@ -781,6 +781,7 @@ async fn settle(st: &NodeState, env: &Envelope, real: bool) -> NResult<Answer> {
     code(&node, "insutype", Dict::Insutype)?;
     // 2303 leaves the flag optional ([OH]); every other sends it.
     let use_account = flag(&node, "acct_used_flag", false)?;
+    let cert_type = node.opt_str("mdtrt_cert_type")?;
     let req = proto::SettleRequest {
         request_id: env.msgid.clone(),
         institution_code: env.fixmedins_code.clone(),
@@ -788,49 +789,59 @@ async fn settle(st: &NodeState, env: &Envelope, real: bool) -> NResult<Answer> {
         use_account,
     };
     limited(&req)?;
-    let bill = bill::visit_bill(st, &env.fixmedins_code, &visit_id)
-        .await
-        .map_err(refusal)?;
-    let total = bill.total();
-    // Equal as numbers (330 = 330.00); a third decimal is never rounded away.
-    if declared != total {
-        return Err(NhsaError::field(
-            "input.data.medfee_sumamt",
-            format!("医疗费总额与上传费用明细总额（{total}）不一致"),
-            format!(
-                "input.data.medfee_sumamt {} differs from the total {total} of the fee lines uploaded for visit {visit_id}",
-                declared.normalize()
-            ),
-        ));
-    }
-    // Counted and timed in the node's metrics as HospitalService's are.
+    // The declared total is checked against the bill the settlement itself reads, in
+    // the same store job: nothing uploaded or undone in between can be settled unseen.
     let started = std::time::Instant::now();
     let answer = if real {
-        treatment::settle(st, req).await
+        treatment::settle_declared(st, req, Some(declared)).await
     } else {
-        treatment::pre_settle(st, req).await
-    }
-    .map(tonic::Response::new)
-    .map_err(tonic::Status::from);
+        treatment::pre_settle_declared(st, req, Some(declared)).await
+    };
+    let (answer, visit) = match answer {
+        Ok(w) => (Ok(tonic::Response::new(w.settlement)), w.visit),
+        Err(e) => (Err(tonic::Status::from(e)), None),
+    };
+    // Counted and timed in the node's metrics as HospitalService's are.
     let op = if real {
         crate::metrics::Op::Settle
     } else {
         crate::metrics::Op::PreSettle
     };
     st.metrics.settlement(op, &answer, started.elapsed());
-    let s = answer
-        .map(tonic::Response::into_inner)
-        .map_err(|e| status_refusal(&e))?;
+    let s =
+        answer.map(tonic::Response::into_inner).map_err(|e| {
+            let mut r = status_refusal(&e);
+            if r.field.as_deref() == Some("declared_total") {
+                r = NhsaError {
+                field: Some("input.data.medfee_sumamt".into()),
+                zh: "医疗费总额（input.data.medfee_sumamt）与上传费用明细总额不一致，未做任何结算"
+                    .into(),
+                en: r.en.replace("invalid declared_total", "input.data.medfee_sumamt"),
+            };
+            }
+            r
+        })?;
     let warn = match s.state.as_str() {
         "refused" | "provisional" => Some(s.note.clone()),
         _ => None,
     };
-    let mut out = settlement_output(&s, &env.msgid, home_facts(&bill.visit).as_ref(), real);
+    // The visit as the settlement read it; read apart only for a repeated request's
+    // stored answer or a same-city settlement.
+    let visit = match visit {
+        Some(v) => Some(v),
+        None => bill::visit_bill(st, &env.fixmedins_code, &visit_id)
+            .await
+            .ok()
+            .map(|b| b.visit),
+    };
+    let mut out = settlement_output(
+        &s,
+        &env.msgid,
+        visit.as_ref().and_then(home_facts).as_ref(),
+        real,
+    );
     if let Some(info) = out.get_mut("setlinfo").and_then(Value::as_object_mut) {
-        info.insert(
-            "mdtrt_cert_type".into(),
-            Value::from(node.opt_str("mdtrt_cert_type")?),
-        );
+        info.insert("mdtrt_cert_type".into(), Value::from(cert_type));
     }
     Ok((out, warn))
 }

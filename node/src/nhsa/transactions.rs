@@ -808,19 +808,9 @@ async fn settle(st: &NodeState, env: &Envelope, real: bool) -> NResult<Answer> {
         crate::metrics::Op::PreSettle
     };
     st.metrics.settlement(op, &answer, started.elapsed());
-    let s =
-        answer.map(tonic::Response::into_inner).map_err(|e| {
-            let mut r = status_refusal(&e);
-            if r.field.as_deref() == Some("declared_total") {
-                r = NhsaError {
-                field: Some("input.data.medfee_sumamt".into()),
-                zh: "医疗费总额（input.data.medfee_sumamt）与上传费用明细总额不一致，未做任何结算"
-                    .into(),
-                en: r.en.replace("invalid declared_total", "input.data.medfee_sumamt"),
-            };
-            }
-            r
-        })?;
+    let s = answer
+        .map(tonic::Response::into_inner)
+        .map_err(|e| settle_refusal(&e))?;
     let warn = match s.state.as_str() {
         "refused" | "provisional" => Some(s.note.clone()),
         _ => None,
@@ -844,6 +834,21 @@ async fn settle(st: &NodeState, env: &Envelope, real: bool) -> NResult<Answer> {
         info.insert("mdtrt_cert_type".into(), Value::from(cert_type));
     }
     Ok((out, warn))
+}
+
+/// A refusal of 2206/2207/2303/2304: the declared total's in NHSA terms.
+fn settle_refusal(e: &tonic::Status) -> NhsaError {
+    let r = status_refusal(e);
+    if r.field.as_deref() != Some("declared_total") {
+        return r;
+    }
+    NhsaError {
+        field: Some("input.data.medfee_sumamt".into()),
+        zh: "医疗费总额（input.data.medfee_sumamt）与上传费用明细总额不一致，未做任何结算".into(),
+        en: r
+            .en
+            .replace("invalid declared_total", "input.data.medfee_sumamt"),
+    }
 }
 
 /// What the home node said about the person when the visit was opened (kept with the

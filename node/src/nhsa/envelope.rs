@@ -111,8 +111,20 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Scalar<'a> {
             fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
                 Ok(Scalar::Other)
             }
-            // With `arbitrary_precision` a number arrives as serde_json's one-entry map
-            // holding its text under this key (what `Number` itself reads).
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Scalar::Number(v.into()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Number(v.into()))
+            }
+            // An envelope field is a code or an id: a fraction in one is refused later
+            // by its own rule, so its shortest text suffices.
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Number::from_f64(v).map_or(Scalar::Other, Scalar::Number))
+            }
+            // With `arbitrary_precision` a number that is no integer may arrive as
+            // serde_json's one-entry map holding its text under this key (what `Number`
+            // itself reads).
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
@@ -192,12 +204,19 @@ fn text(f: &str, v: &Scalar<'_>, required: bool, max: usize) -> NResult<String> 
 /// Parses a request body. `path_infno` is the `/{infno}` the URL ended with, if any: it
 /// must agree with the body's.
 pub fn parse(body: &[u8], path_infno: Option<&str>) -> NResult<Envelope> {
+    let not_object = || {
+        NhsaError::general(
+            "请求报文必须是 JSON 对象",
+            "the request body must be a JSON object (the envelope)",
+        )
+    };
+    // A struct would also accept its fields as an array.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(not_object());
+    }
     let raw: RawEnvelope<'_> = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
-            NhsaError::general(
-                "请求报文必须是 JSON 对象",
-                "the request body must be a JSON object (the envelope)",
-            )
+            not_object()
         } else {
             NhsaError::general(
                 format!("请求报文不是合法的 JSON（{e}）"),
@@ -536,5 +555,35 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("input"));
+        // An object or array where a string belongs names the field; a number is its
+        // text; a string escaped as JSON text is unescaped.
+        for body in [
+            br#"{"infno":{"a":1,"b":[2]},"msgid":"M1","fixmedins_code":"H1"}"#.as_slice(),
+            br#"{"infno":[2207],"msgid":"M1","fixmedins_code":"H1"}"#,
+            br#"{"infno":true,"msgid":"M1","fixmedins_code":"H1"}"#,
+        ] {
+            let e = parse(body, None).unwrap_err();
+            assert_eq!(e.en, "infno must be a string");
+        }
+        let env = parse(
+            br#"{"infno":2207,"msgid":"M\u0031","fixmedins_code":" H1 ","x":{"y":[1,{}]}}"#,
+            None,
+        )
+        .expect("parse");
+        assert_eq!(
+            (
+                env.infno.as_str(),
+                env.msgid.as_str(),
+                env.fixmedins_code.as_str()
+            ),
+            ("2207", "M1", "H1")
+        );
+        for body in [b" []".as_slice(), b"5", br#""2207""#] {
+            let e = parse(body, None).unwrap_err();
+            assert_eq!(
+                e.en,
+                "the request body must be a JSON object (the envelope)"
+            );
+        }
     }
 }

@@ -332,6 +332,36 @@ async fn a_zhejiang_patient_settles_in_jiangsu_through_the_directory() {
     .await;
     let zj_version = cached(&nj.data_dir)["330000"].0;
 
+    // Any node of the country may read a coordinator's directory; a hospital may not.
+    let ask = |id: Identity| {
+        let ch = yidi_node::tls::endpoint(&zj_url, Some(pki.client(&id)))
+            .unwrap()
+            .connect_lazy();
+        async move {
+            proto::directory_service_client::DirectoryServiceClient::new(ch)
+                .get_directory(proto::GetDirectoryRequest::default())
+                .await
+        }
+    };
+    let served = ask(pki::node(NJ)).await.unwrap().into_inner();
+    assert_eq!(
+        served
+            .current
+            .iter()
+            .map(|p| (p.province.as_str(), p.version))
+            .collect::<Vec<_>>(),
+        [
+            ("320000", cached(&nj.data_dir)["320000"].0),
+            ("330000", zj_version)
+        ]
+    );
+    let denied = ask(pki::institution(HZ, "H33010001")).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        denied.message(),
+        "DirectoryService is for the federation's nodes, coordinators and operators; the caller is an institution"
+    );
+
     publish_policies(&hz).await;
     institution(&nj, NJ_H3, Ik::Hospital, Hl::HospitalLevel3).await;
     standard_items(&nj, "NJ").await;

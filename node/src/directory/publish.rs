@@ -440,3 +440,128 @@ pub async fn keep_current(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn zj() -> Option<RegionCode> {
+        RegionCode::parse("330000", "p").ok()
+    }
+
+    fn refused(text: &str, province: Option<RegionCode>) -> String {
+        DirectoryFile::parse(text, Path::new("d.toml"), province)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_directory_file_lists_only_its_own_province_once_each() {
+        let hz = "[[city]]\nregion = \"330100\"\naddress = \"https://10.0.0.1:7101\"\n";
+        assert!(DirectoryFile::parse(hz, Path::new("d.toml"), zj()).is_ok());
+        let e = refused(
+            "[[city]]\nregion = \"320100\"\naddress = \"https://10.0.0.1:7101\"\n",
+            zj(),
+        );
+        assert!(
+            e.contains("invalid directory_file city[0].region")
+                && e.contains("320100 is not a city of 330000"),
+            "{e}"
+        );
+        let e = refused(&format!("{hz}{hz}"), zj());
+        assert!(
+            e.contains("directory_file city[1].region") && e.contains("330100 is listed twice"),
+            "{e}"
+        );
+        let e = refused(&format!("{hz}identity = \"urn:yidi:node:330200\"\n"), zj());
+        assert!(
+            e.contains("city[0].identity") && e.contains("must be \"urn:yidi:node:330100\""),
+            "{e}"
+        );
+        let e = refused(hz, None);
+        assert!(
+            e.contains("only a provincial coordinator lists cities"),
+            "{e}"
+        );
+        let e = refused(
+            "[[province]]\nprovince = \"330100\"\ncoordinator = \"https://10.0.0.9:7100\"\n",
+            None,
+        );
+        assert!(
+            e.contains("province[0].province") && e.contains("330100 is not a province code"),
+            "{e}"
+        );
+        let e = refused("[[city]]\nregion = \"330100\"\n", zj());
+        assert!(e.contains("missing field `address`"), "{e}");
+    }
+
+    #[test]
+    fn every_change_gets_a_greater_version_also_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("directory.toml");
+        let write = |cities: &[(&str, &str, &str)]| {
+            std::fs::write(&file, for_cities(None, None, cities)).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_modified(SystemTime::now() + Duration::from_secs(cities.len() as u64 * 5))
+                .unwrap();
+        };
+        let publisher = || {
+            let f = Arc::new(super::super::Follower::new(
+                Vec::new(),
+                None,
+                None,
+                Duration::from_secs(1),
+                None,
+                Some("330000".into()),
+            ));
+            (
+                Publisher::new(zj(), file.clone(), dir.path(), None, Arc::clone(&f)),
+                f,
+            )
+        };
+        write(&[("330100", "Hangzhou", "https://10.0.0.1:7101")]);
+        let (p, f) = publisher();
+        assert!(p.reload().unwrap());
+        let v1 = f.versions()["330000"];
+        // Unchanged file: not re-read; the same content re-read keeps its version.
+        assert!(!p.reload().unwrap());
+        let (p2, f2) = publisher();
+        assert!(p2.reload().unwrap());
+        assert_eq!(f2.versions()["330000"], v1);
+        // A city added: a greater version, kept across a restart.
+        write(&[
+            ("330100", "Hangzhou", "https://10.0.0.1:7101"),
+            ("330200", "Ningbo", "https://10.0.0.2:7101"),
+        ]);
+        assert!(p.reload().unwrap());
+        let v2 = f.versions()["330000"];
+        assert!(v2 > v1, "{v2} > {v1}");
+        let (p3, f3) = publisher();
+        assert!(p3.reload().unwrap());
+        assert_eq!(f3.versions()["330000"], v2);
+        assert_eq!(
+            f3.book()
+                .entries(None)
+                .iter()
+                .map(|e| e.region.as_str())
+                .collect::<Vec<_>>(),
+            ["330100", "330200"]
+        );
+        // A broken file: refused, the directory in force kept.
+        std::fs::write(&file, "[[city]]\nregion = \"999\"\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(SystemTime::now() + Duration::from_secs(60))
+            .unwrap();
+        assert!(p.reload().is_err());
+        assert_eq!(f.versions()["330000"], v2);
+        assert_eq!(f.book().entries(None).len(), 2);
+    }
+}

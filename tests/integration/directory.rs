@@ -701,3 +701,71 @@ fn b64(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+#[test]
+fn a_city_is_added_with_one_command_and_a_wrong_one_changes_nothing() {
+    use yidi_tests::process::yidi;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("directory.toml");
+    let f = file.display().to_string();
+    std::fs::write(
+        &file,
+        "# Zhejiang's directory\n[[city]]\nregion = \"330100\"\nname = \"Hangzhou\"\naddress = \"https://10.0.0.1:7101\"\n",
+    )
+    .unwrap();
+    let add = |region: &str, name: &str| {
+        yidi(&[
+            "directory",
+            "add-region",
+            "--file",
+            &f,
+            "--region",
+            region,
+            "--name",
+            name,
+            "--address",
+            "https://10.0.0.4:7101",
+        ])
+    };
+    let ok = add("330400", "Jiaxing").expect_code(0);
+    assert_eq!(
+        ok.stdout.trim(),
+        format!("330400 Jiaxing added to {f}; the coordinator publishes it within 2 s")
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("# Zhejiang's directory\n"), "{text}");
+    let parsed = DirectoryFile::parse(
+        &text,
+        &file,
+        yidi_common::region::RegionCode::parse("330000", "p").ok(),
+    )
+    .unwrap();
+    assert_eq!(
+        parsed
+            .city
+            .iter()
+            .map(|c| (c.region.as_str(), c.name.as_str()))
+            .collect::<Vec<_>>(),
+        [("330100", "Hangzhou"), ("330400", "Jiaxing")]
+    );
+    // A Jiangsu city in Zhejiang's file, a city twice, a code that is no city: refused
+    // with the field named, the file unchanged.
+    for (region, message) in [
+        (
+            "320100",
+            "error: invalid directory_file city[2].region: 320100 is not a city of 330000: a coordinator lists only its own province's cities",
+        ),
+        (
+            "330400",
+            "error: invalid directory_file city[2].region: 330400 is listed twice",
+        ),
+        (
+            "330000",
+            "error: invalid region: \"330000\" is not a city (pooling region) code like \"330100\"",
+        ),
+    ] {
+        let r = add(region, "X").expect_code(1);
+        assert_eq!(r.stderr.trim(), message);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    }
+}

@@ -768,4 +768,44 @@ fn a_city_is_added_with_one_command_and_a_wrong_one_changes_nothing() {
         assert_eq!(r.stderr.trim(), message);
         assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
     }
+
+    // A province joins: one line at the national level.
+    let national = dir.path().join("national.toml");
+    let n = national.display().to_string();
+    let join = |province: &str| {
+        yidi(&[
+            "directory",
+            "add-province",
+            "--file",
+            &n,
+            "--province",
+            province,
+            "--name",
+            "Jiangsu",
+            "--coordinator",
+            "https://10.0.1.1:7100",
+        ])
+    };
+    join("320000").expect_code(0);
+    let parsed = DirectoryFile::read(&national, None).unwrap();
+    assert_eq!(
+        parsed
+            .province
+            .iter()
+            .map(|p| (p.province.as_str(), p.coordinator.as_str()))
+            .collect::<Vec<_>>(),
+        [("320000", "https://10.0.1.1:7100")]
+    );
+    let before = std::fs::read_to_string(&national).unwrap();
+    let r = join("320000").expect_code(1);
+    assert_eq!(
+        r.stderr.trim(),
+        "error: invalid directory_file province[1].province: 320000 is listed twice"
+    );
+    let r = join("320100").expect_code(1);
+    assert_eq!(
+        r.stderr.trim(),
+        "error: invalid province: 320100 is not a province code like 320000"
+    );
+    assert_eq!(std::fs::read_to_string(&national).unwrap(), before);
 }

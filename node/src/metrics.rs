@@ -1159,6 +1159,9 @@ mod tests {
             r#"yidi_peer_call_errors_total{region="330100",peer="330200",method="CommitClaim",code="deadline_exceeded"} 0"#,
             r#"yidi_metrics_scrape_errors_total{region="330100"} 0"#,
             r#"yidi_store_transactions_total{region="330100"} 0"#,
+            r#"yidi_directory_refused_total{region="330100",reason="older"} 0"#,
+            r#"yidi_directory_refused_total{region="330100",reason="signature"} 0"#,
+            r#"yidi_directory_fetch_errors_total{region="330100"} 0"#,
             &format!(
                 r#"yidi_build_info{{region="330100",version="{}","#,
                 env!("CARGO_PKG_VERSION")

@@ -355,6 +355,44 @@ async fn a_zhejiang_patient_settles_in_jiangsu_through_the_directory() {
             ("330000", zj_version)
         ]
     );
+    // The operator's view, every document verified against the CA by the CLI.
+    let op = pki.issue(&pki::operator("330000", Role::Clearing));
+    let args: Vec<String> = [
+        "directory",
+        "show",
+        "--from",
+        zj_url.as_str(),
+        "--ca",
+        &op.ca.display().to_string(),
+        "--cert",
+        &op.cert.display().to_string(),
+        "--key",
+        &op.key.display().to_string(),
+        "--tls-server-name",
+        "coordinator-330000.yidi",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let shown = tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        yidi_tests::process::yidi(&a)
+    })
+    .await
+    .unwrap()
+    .expect_code(0);
+    for line in [
+        format!("province 330000  version {zj_version}  "),
+        format!("  {HZ}  Hangzhou     {hz_url}"),
+        format!("  {NJ}  Nanjing      {nj_url}"),
+    ] {
+        assert!(
+            shown.stdout.contains(&line),
+            "{line:?} not in\n{}",
+            shown.stdout
+        );
+    }
+    assert!(!shown.stdout.contains("REFUSED"), "{}", shown.stdout);
     let denied = ask(pki::institution(HZ, "H33010001")).await.unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     assert_eq!(

@@ -336,6 +336,12 @@ async fn outpatient_day_through_the_gateway_matches_grpc_to_the_fen() {
         .await;
     assert_eq!(out["baseinfo"]["psn_no"], json!(id), "{out}");
     assert_eq!(out["baseinfo"]["brdy"], json!("1960-05-05"));
+    let name = out["baseinfo"]["psn_name"].clone();
+    assert_eq!(
+        name,
+        json!(format!("测试{}", &id[14..])),
+        "the home register's name"
+    );
     assert_eq!(out["insuinfo"][0]["insuplc_admdvs"], json!(HZ));
     assert_eq!(out["insuinfo"][0]["insutype"], json!("310"));
     assert_eq!(out["insuinfo"][0]["psn_type"], json!("1201"));
@@ -437,6 +443,8 @@ async fn outpatient_day_through_the_gateway_matches_grpc_to_the_fen() {
     let split = grpc.split.clone().expect("split");
     assert_same_split(&setl, &split);
     assert_eq!(setl["medins_setl_id"], json!(settle_msgid));
+    // The name the home node gave with its eligibility answer at registration.
+    assert_eq!(setl["psn_name"], name, "{setl}");
     assert_eq!(setl["clr_type"], json!("11"));
     assert_eq!(setl["clr_optins"], json!(NB));
     let detail = v["output"]["setldetail"].as_array().expect("setldetail");

@@ -864,8 +864,15 @@ fn settlement_output(
         info.insert("setl_id".into(), Value::from(s.settlement_id.clone()));
     }
     info.insert("psn_no".into(), Value::from(s.id_number.clone()));
-    // The name stays with the HIS (1101 gave it); yidi's records carry none here.
-    info.insert("psn_name".into(), Value::Null);
+    // As the home node gave it when the visit was opened (null for a visit opened
+    // before home nodes sent it).
+    info.insert(
+        "psn_name".into(),
+        person
+            .map(|p| p.name.clone())
+            .filter(|n| !n.is_empty())
+            .map_or(Value::Null, Value::from),
+    );
     info.insert("psn_cert_type".into(), Value::from("01"));
     info.insert("certno".into(), Value::from(s.id_number.clone()));
     info.insert("gend".into(), gend);

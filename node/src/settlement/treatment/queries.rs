@@ -325,3 +325,95 @@ pub async fn reconcile_detail(
         .collect();
     Ok(proto::ReconcileDetailResponse { differences })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::states::SettlementState;
+
+    fn rec(id: &str, medfee: i64, fund: i64, acct: i64) -> SettlementRec {
+        SettlementRec {
+            settlement_id: id.into(),
+            visit_id: format!("V-{id}"),
+            institution_code: "H1".into(),
+            id_number: "P".into(),
+            home_region: "330100".into(),
+            visit_kind: "outpatient".into(),
+            state: SettlementState::Settled,
+            reverses: None,
+            request_scope: "inst:H1".into(),
+            request_id: format!("r-{id}"),
+            payload_hash: String::new(),
+            split: proto::Split::default(),
+            medfee_fen: medfee,
+            fund_fen: fund,
+            acct_fen: acct,
+            cash_fen: medfee - fund - acct,
+            policy_version: 1,
+            acc_version: 0,
+            settled_at: String::new(),
+            settle_date: "2026-03-10".into(),
+            period: "2026-03".into(),
+            note: String::new(),
+        }
+    }
+
+    fn entry(id: &str, medfee: i64, fund: i64, acct: Option<i64>) -> DetailEntry {
+        DetailEntry {
+            settlement_id: id.into(),
+            medfee_fen: medfee,
+            fund_fen: fund,
+            acct_fen: acct,
+        }
+    }
+
+    /// The account share is compared when the institution gives it (NHSA 3202), not
+    /// when it does not (the gRPC entry); each kind is named with its record and line.
+    #[test]
+    fn detail_differences_name_each_kind_and_compare_the_account_when_given() {
+        let rows = || {
+            vec![
+                rec("S1", 6800, 4000, 1000),
+                rec("S2", 6800, 4000, 1000),
+                rec("S3", 100, 50, 0),
+            ]
+        };
+        let found = |entries: &[DetailEntry]| -> Vec<(String, DetailKind, Option<usize>)> {
+            compare_detail(rows(), entries)
+                .into_iter()
+                .map(|d| (d.settlement_id, d.kind, d.institution))
+                .collect()
+        };
+        assert_eq!(
+            found(&[
+                entry("S1", 6800, 4000, Some(1000)),
+                entry("S2", 6800, 4000, Some(999)),
+                entry("S9", 10, 5, Some(0)),
+                entry("S0", 10, 5, None),
+            ]),
+            [
+                ("S2".to_owned(), DetailKind::AmountDiffers, Some(1)),
+                ("S3".to_owned(), DetailKind::MissingAtInstitution, None),
+                ("S0".to_owned(), DetailKind::MissingAtNode, Some(3)),
+                ("S9".to_owned(), DetailKind::MissingAtNode, Some(2)),
+            ]
+        );
+        assert!(
+            found(&[
+                entry("S1", 6800, 4000, None),
+                entry("S2", 6800, 4000, None),
+                entry("S3", 100, 50, None),
+            ])
+            .is_empty()
+        );
+        let e = duplicates(
+            &[entry("S1", 1, 1, None), entry("S1", 1, 1, None)],
+            "entries",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid entries[1].settlement_id: \"S1\" is listed twice"
+        );
+    }
+}

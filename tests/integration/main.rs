@@ -16,6 +16,7 @@ mod cli_security;
 mod console;
 mod console_login;
 mod demo;
+mod directory;
 mod doc_run;
 mod edge;
 mod edge_fuzz;

@@ -8,7 +8,9 @@
 //! the same access rules and limits. docs/nhsa-gateway.md is the integrator's guide.
 
 pub mod codes;
+pub mod detail_reconcile;
 pub mod envelope;
+pub mod files;
 pub mod server;
 pub mod tif;
 pub mod transactions;

@@ -25,7 +25,7 @@ use tracing::Instrument;
 use super::{
     Gateway,
     envelope::{self, NhsaError},
-    tif, transactions,
+    files, tif, transactions,
 };
 use crate::{
     auth::{Caller, services},
@@ -190,6 +190,26 @@ fn reply(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     r
 }
 
+/// A file's bytes (9102), named for a client that saves what it gets.
+fn file_reply(name: &str, bytes: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/zip"),
+    );
+    // The name is ours (`<file_qury_no>-result.zip`) or the uploader's: keep it ASCII.
+    let safe: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .collect();
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("attachment; filename=\"{safe}\""))
+    {
+        h.insert(hyper::header::CONTENT_DISPOSITION, v);
+    }
+    r
+}
+
 /// The `/{infno}` of `.../callService/{infno}`; `Err` for a path that is not the
 /// gateway's. Any `/fsi/api/<service>/<method>` path is accepted too (URL shape C);
 /// the body's infno routes it.
@@ -287,12 +307,21 @@ async fn handle(
             caller
                 .check_institution(&env.fixmedins_code)
                 .map_err(|s| transactions::status_refusal(&s))?;
-            transactions::run(&gw.state, &env).await
+            if env.infno == files::DOWNLOAD {
+                return files::download(&gw.state, &env).await.map(Err);
+            }
+            transactions::run(&gw.state, &env).await.map(Ok)
         }
         .instrument(span)
         .await
     }
     .await;
+    // 9102 answers the file itself (sheet §1); everything else, and its refusals, JSON.
+    let result = match result {
+        Ok(Err((name, bytes))) => return file_reply(&name, bytes),
+        Ok(Ok(answer)) => Ok(answer),
+        Err(e) => Err(e),
+    };
     if let Err(e) = &result {
         tracing::info!(err = %e.en, "NHSA transaction refused");
     }

@@ -44,6 +44,7 @@ pub fn method(infno: &str) -> Option<&'static str> {
         "2208" | "2305" => "CancelSettlement",
         "2601" => "ReverseRequest",
         "3201" => "ReconcileTotals",
+        "3202" | "9101" | "9102" => "ReconcileDetail",
         "5203" | "5204" => "GetSettlement",
         _ => return None,
     })
@@ -70,13 +71,15 @@ pub async fn run(st: &NodeState, env: &Envelope) -> NResult<Answer> {
         "2208" | "2305" => cancel(st, env).await,
         "2601" => reverse(st, env).await,
         "3201" => reconcile_totals(st, env).await,
+        "3202" => super::detail_reconcile::reconcile_detail(st, env).await,
+        "9101" => super::files::upload(st, env).await,
         "5203" => settlement_query(st, env).await,
         "5204" => fee_query(st, env).await,
         other => Err(NhsaError::field(
             "infno",
             format!("不支持交易 {other}"),
             format!(
-                "infno {other} is not a transaction of this gateway; supported: 9001 9002 1101 2201 2202 2203 2203A 2204 2205 2206 2207 2208 2301 2302 2303 2304 2305 2401 2402 2403 2404 2405 2601 3201 5203 5204"
+                "infno {other} is not a transaction of this gateway; supported: 9001 9002 1101 2201 2202 2203 2203A 2204 2205 2206 2207 2208 2301 2302 2303 2304 2305 2401 2402 2403 2404 2405 2601 3201 3202 5203 5204 9101 9102"
             ),
         )),
     }
@@ -209,7 +212,7 @@ fn datetime(node: &Node<'_>, f: &str, required: bool) -> NResult<String> {
 }
 
 /// `yyyy-MM-dd` (a datetime's date part is accepted).
-fn date(node: &Node<'_>, f: &str) -> NResult<String> {
+pub(super) fn date(node: &Node<'_>, f: &str) -> NResult<String> {
     let s = node.str(f)?;
     let day = s.get(..10).unwrap_or(&s);
     chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
@@ -877,8 +880,15 @@ fn settlement_output(
         info.insert("setl_id".into(), Value::from(s.settlement_id.clone()));
     }
     info.insert("psn_no".into(), Value::from(s.id_number.clone()));
-    // The name stays with the HIS (1101 gave it); yidi's records carry none here.
-    info.insert("psn_name".into(), Value::Null);
+    // As the home node gave it when the visit was opened (null for a visit opened
+    // before home nodes sent it).
+    info.insert(
+        "psn_name".into(),
+        person
+            .map(|p| p.name.clone())
+            .filter(|n| !n.is_empty())
+            .map_or(Value::Null, Value::from),
+    );
     info.insert("psn_cert_type".into(), Value::from("01"));
     info.insert("certno".into(), Value::from(s.id_number.clone()));
     info.insert("gend".into(), gend);

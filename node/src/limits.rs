@@ -85,6 +85,8 @@ pub const FILING_INSTITUTIONS: usize = 100;
 pub const RECONCILE_ENTRIES: usize = 100_000;
 /// Claims in one CommitClaims: what a treatment node gathers for one home node.
 pub const COMMIT_BATCH: usize = 256;
+/// Provinces named in one directory request.
+pub const PROVINCES: usize = 64;
 /// Lists one node or the coordinator sends another (a claim's lines and trace, a
 /// statement's rows, record ids to exclude); the request size limit bounds them first.
 pub const PEER_LIST: usize = 1_000_000;
@@ -105,6 +107,8 @@ const STRINGS: &[(&str, usize)] = &[
     ("treatment_region", REGION),
     ("counterparty", REGION),
     ("region", REGION),
+    ("province", REGION),
+    ("provinces", REGION),
     ("peer_region", REGION),
     ("from_region", REGION),
     ("to_region", REGION),
@@ -225,6 +229,9 @@ const COUNTS: &[(&str, usize)] = &[
     // A pair's records by ledger kind: a handful of kinds.
     ("kinds", PEER_LIST),
     ("reserves", PEER_LIST),
+    // Provinces of the country (34), with room to spare.
+    ("known", PROVINCES),
+    ("provinces", PROVINCES),
 ];
 
 /// Repeated fields whose elements the handler checks one by one, so that an element
@@ -270,6 +277,7 @@ limited!(
     CreatePersonRequest,
     ExcludeClaimsRequest,
     GetCatalogueItemRequest,
+    GetDirectoryRequest,
     GetFilingRequest,
     GetInstitutionRequest,
     GetLedgerRequest,

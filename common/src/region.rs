@@ -100,6 +100,17 @@ impl RegionCode {
     }
 }
 
+/// The province of a region code as a string: its first two digits and `0000`
+/// (`"330102"` → `"330000"`). The one helper for "which province is this region in",
+/// for claims, ledgers and the federation directory alike; it does not validate (a
+/// string shorter than two characters gives itself followed by zeros), so parse with
+/// [`RegionCode::parse`] where the input is untrusted.
+#[must_use]
+pub fn province_of(region: &str) -> String {
+    let head: String = region.chars().take(2).collect();
+    format!("{head:0<2}0000")
+}
+
 impl fmt::Display for RegionCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -145,5 +156,14 @@ mod tests {
         }
         assert!(RegionCode::parse_city("330000", "r").is_err());
         assert!(RegionCode::parse_city("330102", "r").is_err());
+    }
+
+    #[test]
+    fn province_of_a_region() {
+        assert_eq!(province_of("330102"), "330000");
+        assert_eq!(province_of("320500"), "320000");
+        assert_eq!(province_of("330000"), "330000");
+        let hz = RegionCode::parse_city("330100", "r").unwrap();
+        assert_eq!(province_of(hz.as_str()), hz.province().as_str());
     }
 }

@@ -83,6 +83,10 @@ pub const IMPORT_ROWS: usize = 10_000;
 pub const FILING_INSTITUTIONS: usize = 100;
 /// Entries of one ReconcileDetail.
 pub const RECONCILE_ENTRIES: usize = 100_000;
+/// Claims in one CommitClaims: what a treatment node gathers for one home node.
+pub const COMMIT_BATCH: usize = 256;
+/// Provinces named in one directory request.
+pub const PROVINCES: usize = 64;
 /// Lists one node or the coordinator sends another (a claim's lines and trace, a
 /// statement's rows, record ids to exclude); the request size limit bounds them first.
 pub const PEER_LIST: usize = 1_000_000;
@@ -103,6 +107,8 @@ const STRINGS: &[(&str, usize)] = &[
     ("treatment_region", REGION),
     ("counterparty", REGION),
     ("region", REGION),
+    ("province", REGION),
+    ("provinces", REGION),
     ("peer_region", REGION),
     ("from_region", REGION),
     ("to_region", REGION),
@@ -212,6 +218,7 @@ const COUNTS: &[(&str, usize)] = &[
     ("rows", IMPORT_ROWS),
     ("institutions", FILING_INSTITUTIONS),
     ("entries", RECONCILE_ENTRIES),
+    ("CommitClaimsRequest.claims", COMMIT_BATCH),
     ("lines", PEER_LIST),
     ("trace", PEER_LIST),
     ("funds", PEER_LIST),
@@ -222,12 +229,19 @@ const COUNTS: &[(&str, usize)] = &[
     // A pair's records by ledger kind: a handful of kinds.
     ("kinds", PEER_LIST),
     ("reserves", PEER_LIST),
+    // Provinces of the country (34), with room to spare.
+    ("known", PROVINCES),
+    ("provinces", PROVINCES),
 ];
 
 /// Repeated fields whose elements the handler checks one by one, so that an element
 /// over a limit is reported as that element's error (an import row's) and the others
 /// still count: only their number is checked with the request.
-const ONE_BY_ONE: &[&str] = &["ImportPersonsRequest.rows", "ImportCatalogueRequest.rows"];
+const ONE_BY_ONE: &[&str] = &[
+    "ImportPersonsRequest.rows",
+    "ImportCatalogueRequest.rows",
+    "CommitClaimsRequest.claims",
+];
 
 /// A request message of the protocol (or an element checked one by one), by its full
 /// name in the descriptor set.
@@ -257,11 +271,13 @@ limited!(
     ClaimStatusRequest,
     CloseVisitRequest,
     CommitClaimRequest,
+    CommitClaimsRequest,
     ConfirmClearingRequest,
     CorrectTransferRequest,
     CreatePersonRequest,
     ExcludeClaimsRequest,
     GetCatalogueItemRequest,
+    GetDirectoryRequest,
     GetFilingRequest,
     GetInstitutionRequest,
     GetLedgerRequest,

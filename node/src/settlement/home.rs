@@ -34,7 +34,7 @@ use crate::{
 /// Metadata on a CommitClaim refused because the home node's store could not write
 /// it: the claim was certainly not committed, so the treatment node need not hold it in
 /// doubt.
-pub const NOT_COMMITTED: &str = "yidi-not-committed";
+pub const NOT_COMMITTED: &str = crate::peers::NOT_COMMITTED;
 
 /// The home node's view of a person for one visit.
 pub struct HomeView {
@@ -246,6 +246,7 @@ pub fn eligibility(
         person_type: v.person.rec.person_type.to_proto(),
         civil_servant: v.person.rec.civil_servant,
         insurance_type: v.person.rec.insurance_type.to_proto(),
+        name: v.person.rec.name.clone(),
     })
 }
 

@@ -17,6 +17,7 @@ pub mod integrity;
 pub mod ledger;
 pub mod lock;
 mod migrations;
+pub mod nhsa_files;
 pub mod outbox;
 pub mod overview;
 pub mod person_load;
@@ -39,7 +40,9 @@ use tokio::sync::Semaphore;
 
 pub use integrity::CheckStore;
 pub use migrations::SCHEMA_VERSION;
-pub use writer::{DEFAULT_FULL_WAIT, DEFAULT_QUEUE_CAPACITY, WriteQueue, Writer, WriterTotals};
+pub use writer::{
+    DEFAULT_FULL_WAIT, DEFAULT_QUEUE_CAPACITY, WriteQueue, Writer, WriterTotals, in_part,
+};
 
 use crate::{Error, Result};
 

@@ -25,6 +25,9 @@ impl RegionCode {
     /// (`PP0000`) or a city/district code.
     pub fn parse(s: &str, field: &str) -> Result<Self> {
         let bytes = s.as_bytes();
+        if s == NATIONAL.as_str() {
+            return Ok(NATIONAL);
+        }
         if bytes.len() != 6 || !bytes.iter().all(u8::is_ascii_digit) {
             return Err(Error::invalid(
                 field,
@@ -79,10 +82,17 @@ impl RegionCode {
         std::str::from_utf8(&self.0).unwrap_or("000000")
     }
 
-    /// True for `PP0000`.
+    /// True for `PP0000` (not for the national level, `000000`).
     #[must_use]
     pub fn is_province(&self) -> bool {
-        &self.0[2..] == b"0000"
+        &self.0[2..] == b"0000" && !self.is_national()
+    }
+
+    /// True for `000000`, the national clearing level: the national coordinator, whose
+    /// participants are the provinces (docs/national.md).
+    #[must_use]
+    pub fn is_national(&self) -> bool {
+        *self == NATIONAL
     }
 
     /// True for `PPCC00` with `CC != 00`.
@@ -98,6 +108,23 @@ impl RegionCode {
         b[2..].copy_from_slice(b"0000");
         RegionCode(b)
     }
+}
+
+/// The national clearing level's code: no province of GB/T 2260, so it never names a
+/// city or a province. Only a coordinator carries it (its participants are provinces).
+pub const NATIONAL: RegionCode = RegionCode(*b"000000");
+
+/// The province of a region code (`330100` → `330000`); an invalid `region` error for a
+/// string that is not a region code.
+pub fn province_of(region: &str) -> Result<RegionCode> {
+    Ok(RegionCode::parse(region, "region")?.province())
+}
+
+/// Whether two region codes lie in different provinces (a cross-province claim, cleared
+/// at the national level). Codes that do not parse compare by their first two digits.
+#[must_use]
+pub fn cross_province(a: &str, b: &str) -> bool {
+    a.get(..2) != b.get(..2)
 }
 
 impl fmt::Display for RegionCode {
@@ -145,5 +172,22 @@ mod tests {
         }
         assert!(RegionCode::parse_city("330000", "r").is_err());
         assert!(RegionCode::parse_city("330102", "r").is_err());
+    }
+
+    #[test]
+    fn provinces_and_the_national_level() {
+        assert_eq!(province_of("320500").unwrap().as_str(), "320000");
+        assert_eq!(province_of("330000").unwrap().as_str(), "330000");
+        assert!(
+            province_of("990100")
+                .unwrap_err()
+                .to_string()
+                .contains("names no known province")
+        );
+        let n = RegionCode::parse("000000", "r").unwrap();
+        assert!(n.is_national() && !n.is_province() && !n.is_city());
+        assert!(RegionCode::parse_city("000000", "r").is_err());
+        assert!(cross_province("330100", "320500"));
+        assert!(!cross_province("330100", "330200"));
     }
 }

@@ -259,6 +259,15 @@ pub fn authorize(
             (COORDINATOR, other) => Err(deny(format!(
                 "CoordinatorService of {province} is for its operators and registered nodes; the caller is {other}"
             ))),
+            // A provincial coordinator is the national coordinator's participant.
+            (CLEARING_PARTICIPANT, Identity::Coordinator { province: caller })
+                if caller.is_national() && !province.is_national() =>
+            {
+                Ok(())
+            }
+            (CLEARING_PARTICIPANT, other) => Err(deny(format!(
+                "ClearingParticipant of the coordinator of {province} is for the national coordinator (000000); the caller is {other}"
+            ))),
             _ => Err(deny(format!("no access to {service} at the coordinator"))),
         },
     }

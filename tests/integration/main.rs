@@ -23,6 +23,7 @@ mod kill;
 mod load_persons;
 mod local_run;
 mod money_guards;
+mod national;
 mod nhsa;
 mod observability;
 mod refused_resettle;

@@ -7,6 +7,8 @@
 pub mod desk;
 mod fanout;
 pub mod metrics;
+pub mod national;
+mod national_statement;
 mod reconcile;
 mod round;
 mod service;
@@ -24,7 +26,11 @@ use tokio::{
 };
 use tonic::transport::Server;
 use yidi_common::{
-    proto::coordinator_service_server::CoordinatorServiceServer, region::RegionCode,
+    proto::{
+        clearing_participant_server::ClearingParticipantServer,
+        coordinator_service_server::CoordinatorServiceServer,
+    },
+    region::RegionCode,
 };
 
 pub use service::CoordinatorSvc;
@@ -40,6 +46,8 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "YIDI_COORDINATOR_CONFIG")]
     pub config: Option<PathBuf>,
     /// The province's 6-digit code, e.g. 330000; also the clearing account's name.
+    /// 000000 makes this the national coordinator, whose participants file lists the
+    /// provinces' coordinators (docs/national.md).
     #[arg(long, env = "YIDI_COORDINATOR_REGION")]
     pub region: Option<String>,
     /// Address to serve CoordinatorService on, e.g. 127.0.0.1:7100.
@@ -192,10 +200,12 @@ impl CoordinatorConfig {
                 Error::invalid("region", "missing: the province code, e.g. 330000")
             })?;
         let region = RegionCode::parse(&region, "region")?;
-        if !region.is_province() {
+        if !region.is_province() && !region.is_national() {
             return Err(Error::invalid(
                 "region",
-                format!("{region} is not a province code like 330000"),
+                format!(
+                    "{region} is not a province code like 330000 (or 000000, the national coordinator)"
+                ),
             ));
         }
         let log_format = args
@@ -442,7 +452,13 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(CoordinatorServiceServer::new(service::CoordinatorSvc::new(
             Arc::clone(&state),
-        )));
+        )))
+        // A province is the national coordinator's participant (national.rs); the
+        // national coordinator itself is nobody's.
+        .add_optional_service((!config.region.is_national()).then(|| {
+            ClearingParticipantServer::new(national::ProvinceParticipant::new(Arc::clone(&state)))
+                .max_decoding_message_size(crate::serving::MAX_MESSAGE_BYTES)
+        }));
     let server = crate::tls::serve_router(router, listener, tls.clone(), async {
         let _ = stop_rx.await;
     });

@@ -68,6 +68,10 @@ pub async fn pre_settle(st: &NodeState, req: proto::SettleRequest) -> Result<pro
         split: Some(split),
         state: "presettled".into(),
         policy_version: priced.elig.policy_version,
+        cross_province: yidi_common::region::cross_province(
+            &bill.visit.home_region,
+            st.region.as_str(),
+        ),
         ..Default::default()
     })
 }

@@ -508,6 +508,71 @@ mod tests {
         assert!(!ok(op("330100", Role::Admin), "other.Service", "X"));
     }
 
+    /// A provincial coordinator's ClearingParticipant is for the national coordinator
+    /// alone; the national coordinator serves none, and never reaches a node's.
+    #[test]
+    fn only_the_national_coordinator_calls_a_province_as_participant() {
+        use services::*;
+        let dir = |own: &str| {
+            Arc::new(
+                PeerDirectory::load(r(own), None, std::time::Duration::from_secs(1))
+                    .expect("empty directory"),
+            )
+        };
+        let province = Server::Coordinator {
+            province: r("330000"),
+            participants: dir("330000"),
+        };
+        let national = Identity::Coordinator {
+            province: r("000000"),
+        };
+        assert!(
+            authorize(
+                &province,
+                &national,
+                CLEARING_PARTICIPANT,
+                "ReportPositions"
+            )
+            .is_ok()
+        );
+        for other in [
+            Identity::Coordinator {
+                province: r("320000"),
+            },
+            Identity::Node {
+                region: r("330100"),
+            },
+        ] {
+            let e =
+                authorize(&province, &other, CLEARING_PARTICIPANT, "ReportPositions").unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied);
+            assert!(
+                e.message().starts_with(
+                    "ClearingParticipant of the coordinator of 330000 is for the national coordinator (000000)"
+                ),
+                "{}",
+                e.message()
+            );
+        }
+        let at_national = Server::Coordinator {
+            province: r("000000"),
+            participants: dir("000000"),
+        };
+        assert!(
+            authorize(
+                &at_national,
+                &national,
+                CLEARING_PARTICIPANT,
+                "ReportPositions"
+            )
+            .is_err()
+        );
+        let node = Server::Node {
+            region: r("330100"),
+        };
+        assert!(authorize(&node, &national, CLEARING_PARTICIPANT, "ReportPositions").is_err());
+    }
+
     #[test]
     fn rate_limit_refills_at_the_configured_rate() {
         let l = Limiter {

@@ -416,3 +416,120 @@ fn two_provinces_clear_in_two_levels_and_agree_to_the_fen() {
     }
     drop((zj, js, nat));
 }
+
+/// The province's ClearingParticipant refuses bad input with the field named and
+/// changes nothing: a counterparty that is not a province, an unknown side, a round the
+/// province has not collected, a period that differs from the round's.
+#[tokio::test]
+async fn a_province_refuses_bad_national_calls_and_changes_nothing() {
+    use yidi_common::proto::clearing_participant_client::ClearingParticipantClient;
+    let dir = tempfile::tempdir().unwrap();
+    let participants = dir.path().join("participants.toml");
+    // One node that never answers: the province cannot collect from it.
+    write_peers(
+        &participants,
+        &[(HZ.into(), ([127, 0, 0, 1], free_port()).into())],
+    );
+    let coord =
+        yidi_tests::harness::TestCoordinator::start(dir.path().join("zj"), participants).await;
+    let mut c = ClearingParticipantClient::connect(format!("http://{}", coord.addr))
+        .await
+        .unwrap();
+    let list = |counterparty: &str, side: &str| proto::ListClaimIdsRequest {
+        round_id: "2026-12-n1".into(),
+        counterparty: counterparty.into(),
+        side: side.into(),
+        after: String::new(),
+        limit: 0,
+    };
+    let e = c
+        .list_claim_ids(list("320100", "receivable"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        e.message(),
+        "invalid counterparty: 320100 is not a province code like 320000: a province's counterparties are provinces"
+    );
+    let e = c.list_claim_ids(list("320000", "owed")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message()
+            .starts_with("invalid side: expected receivable or payable"),
+        "{}",
+        e.message()
+    );
+    let e = c
+        .list_claim_ids(list("320000", "payable"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    assert_eq!(
+        e.message(),
+        "national round 2026-12-n1 has not collected positions at this province"
+    );
+    let e = c
+        .confirm_statement(proto::StatementRequest {
+            request_id: "c1".into(),
+            statement: Some(proto::Statement {
+                round_id: "2026-12-n1".into(),
+                period: "2026-12".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+
+    // A report while its node is down: UNAVAILABLE naming the city; the round is
+    // recorded as collecting, and a report of another period is refused.
+    let report = |period: &str| proto::ReportPositionsRequest {
+        round_id: "2026-12-n1".into(),
+        period: period.into(),
+        scope: String::new(),
+    };
+    let e = c.report_positions(report("2026-12")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    assert!(
+        e.message().starts_with("waiting for 330100 ("),
+        "{}",
+        e.message()
+    );
+    let e = c.report_positions(report("2026-11")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        e.message(),
+        "invalid period: national round 2026-12-n1 is for 2026-12"
+    );
+    let e = c
+        .confirm_statement(proto::StatementRequest {
+            request_id: "c2".into(),
+            statement: Some(proto::Statement {
+                round_id: "2026-12-n1".into(),
+                period: "2026-12".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        e.message().contains("is still collecting here"),
+        "{}",
+        e.message()
+    );
+    coord.stop().await;
+    let db = rusqlite::Connection::open(dir.path().join("zj").join("coordinator.db")).unwrap();
+    let rows: Vec<(String, String)> = db
+        .prepare("SELECT round_id, state FROM national_rounds")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, vec![("2026-12-n1".into(), "collecting".into())]);
+    let reports: i64 = db
+        .query_row("SELECT COUNT(*) FROM national_reports", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(reports, 0);
+}

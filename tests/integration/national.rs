@@ -170,9 +170,9 @@ fn two_provinces_clear_in_two_levels_and_agree_to_the_fen() {
             ("320000".into(), ([127, 0, 0, 1], js_port).into()),
         ],
     );
-    let zj = CoordinatorProcess::start("330000", zj_port, &zj_file);
+    let mut zj = CoordinatorProcess::start("330000", zj_port, &zj_file);
     let js = CoordinatorProcess::start("320000", js_port, &js_file);
-    let nat = CoordinatorProcess::start("000000", nat_port, &nat_file);
+    let mut nat = CoordinatorProcess::start("000000", nat_port, &nat_file);
 
     let (period, cancelled_id) = rt.block_on(async {
         use proto::{HospitalLevel as Hl, InstitutionKind as Ik};
@@ -270,6 +270,13 @@ fn two_provinces_clear_in_two_levels_and_agree_to_the_fen() {
     assert_eq!(waiting["missing"], serde_json::json!(["320000"]));
     let note = waiting["note"].as_str().unwrap();
     assert!(note.contains("320000") && note.contains("320500"), "{note}");
+
+    // Zhejiang's coordinator (which has its cities' reports) and the national one
+    // crash (kill -9) and restart: both resume from their stores.
+    zj.restart();
+    nat.restart();
+    let still = clearing_json(&nat.url, &["status", &nr]);
+    assert_eq!(still["state"], "COLLECTING", "{still}");
 
     // Suzhou is back: the round goes on to every confirmation.
     nodes[3].restart();

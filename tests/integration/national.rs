@@ -260,6 +260,19 @@ fn two_provinces_clear_in_two_levels_and_agree_to_the_fen() {
         ]
     );
 
+    // A record only Nanjing has (a delivery that reached one side), written straight
+    // into its store: the national round must find it by drilling down the levels.
+    {
+        let db = rusqlite::Connection::open(nodes[2].data_dir().join("node.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(5)).unwrap();
+        db.execute(
+            "INSERT INTO ledger (entry_id, side, counterparty, period, kind, claim_id, amount_fen, created_at) \
+             VALUES ('320100-S-INJECTED', 'receivable', ?1, ?2, 'claim', '320100-S-INJECTED', 12345, '2026-12-01T00:00:00+08:00')",
+            [HZ, period.as_str()],
+        )
+        .unwrap();
+    }
+
     // The national round, with Suzhou down: it waits, naming Jiangsu and Suzhou.
     nodes[3].kill();
     let opened = clearing_json(&nat.url, &["open", &period, "--early"]);
@@ -278,8 +291,23 @@ fn two_provinces_clear_in_two_levels_and_agree_to_the_fen() {
     let still = clearing_json(&nat.url, &["status", &nr]);
     assert_eq!(still["state"], "COLLECTING", "{still}");
 
-    // Suzhou is back: the round goes on to every confirmation.
+    // Suzhou is back: the pair Jiangsu/Zhejiang disagrees; the drill-down goes through
+    // the provinces to Nanjing's record, by entry id only.
     nodes[3].restart();
+    run_until(&nat.url, &nr, "disputed", |r| r["state"] == "DISPUTED");
+    let disputes = clearing_json(&nat.url, &["disputes", &nr]);
+    assert_eq!(
+        disputes["disputes"],
+        serde_json::json!([{
+            "creditor": "320000", "debtor": "330000",
+            "creditor_sum": "823.45", "debtor_sum": "700.00",
+            "only_at_creditor": ["320100-S-INJECTED"], "only_at_debtor": [],
+            "amount_differs": [],
+        }])
+    );
+    // Resolved: Nanjing takes the record out of the round; the round goes on to every
+    // confirmation without it.
+    clearing_json(&nat.url, &["resolve", &nr]);
     let confirmed = run_until(&nat.url, &nr, "confirmed", |r| r["state"] == "CONFIRMED");
     assert_eq!(
         confirmed["confirmed"],

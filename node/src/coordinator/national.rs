@@ -290,6 +290,9 @@ impl ProvinceParticipant {
                 .read(move |conn| national_round(conn, &owned))
                 .await?
         };
+        let collected = existing
+            .as_ref()
+            .is_some_and(|r| r.state != NationalState::Collecting);
         match existing {
             Some(r) if r.period != period => {
                 return Err(Error::invalid(
@@ -323,7 +326,13 @@ impl ProvinceParticipant {
                 tracing::info!(round = %id, "national round: collecting the cities' cross-province positions");
             }
         }
-        let reports = self.collect(&id, &period).await?;
+        // Once every city has reported, the report stands (a repeated call, or one after
+        // the confirmation, must not move the round back).
+        let reports = if collected {
+            self.reports(&id).await?
+        } else {
+            self.collect(&id, &period).await?
+        };
         national_statement::aggregate(self.st.region.as_str(), &reports, &period)
     }
 

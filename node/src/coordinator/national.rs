@@ -129,16 +129,6 @@ pub fn national_round(conn: &Connection, id: &str) -> Result<Option<NationalRow>
     .transpose()
 }
 
-/// Every national round the province has taken part in, newest first.
-pub fn national_round_ids(conn: &Connection) -> Result<Vec<String>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT round_id FROM national_rounds ORDER BY updated_at DESC, round_id DESC",
-        )?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?)
-}
-
 fn set_state(conn: &Connection, id: &str, s: NationalState, note: &str) -> Result<()> {
     conn.prepare_cached(
         "UPDATE national_rounds SET state = ?2, note = ?3, updated_at = ?4 WHERE round_id = ?1",

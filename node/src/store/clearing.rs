@@ -28,8 +28,6 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub const ALL: [Scope; 2] = [Scope::Province, Scope::National];
-
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {

@@ -112,6 +112,14 @@ impl TestNode {
         PeerServiceClient::new(self.channel().await)
     }
 
+    /// Tells the node to stop without waiting for it (it drains meanwhile); `stop`
+    /// then waits for its exit.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Stops the node gracefully and waits until it has exited; returns its data dir.
     pub async fn stop(mut self) -> PathBuf {
         if let Some(stop) = self.stop.take() {

@@ -114,10 +114,15 @@ impl RegionCode {
 /// city or a province. Only a coordinator carries it (its participants are provinces).
 pub const NATIONAL: RegionCode = RegionCode(*b"000000");
 
-/// The province of a region code (`330100` → `330000`); an invalid `region` error for a
-/// string that is not a region code.
-pub fn province_of(region: &str) -> Result<RegionCode> {
-    Ok(RegionCode::parse(region, "region")?.province())
+/// The province of a region code as a string: its first two digits and `0000`
+/// (`"330102"` → `"330000"`). The one helper for "which province is this region in",
+/// for claims, ledgers and the federation directory alike; it does not validate (a
+/// string shorter than two characters gives itself followed by zeros), so parse with
+/// [`RegionCode::parse`] where the input is untrusted.
+#[must_use]
+pub fn province_of(region: &str) -> String {
+    let head: String = region.chars().take(2).collect();
+    format!("{head:0<2}0000")
 }
 
 /// Whether two region codes lie in different provinces (a cross-province claim, cleared
@@ -176,10 +181,13 @@ mod tests {
 
     #[test]
     fn provinces_and_the_national_level() {
-        assert_eq!(province_of("320500").unwrap().as_str(), "320000");
-        assert_eq!(province_of("330000").unwrap().as_str(), "330000");
+        assert_eq!(province_of("330102"), "330000");
+        assert_eq!(province_of("320500"), "320000");
+        assert_eq!(province_of("330000"), "330000");
+        let hz = RegionCode::parse_city("330100", "r").unwrap();
+        assert_eq!(province_of(hz.as_str()), hz.province().as_str());
         assert!(
-            province_of("990100")
+            RegionCode::parse("990100", "r")
                 .unwrap_err()
                 .to_string()
                 .contains("names no known province")

@@ -42,13 +42,14 @@ use crate::{
 pub mod services {
     use yidi_common::proto::{
         admin_service_server, clearing_participant_server, coordinator_service_server,
-        hospital_service_server, peer_service_server,
+        directory_service_server, hospital_service_server, peer_service_server,
     };
     pub const HOSPITAL: &str = hospital_service_server::SERVICE_NAME;
     pub const PEER: &str = peer_service_server::SERVICE_NAME;
     pub const CLEARING_PARTICIPANT: &str = clearing_participant_server::SERVICE_NAME;
     pub const ADMIN: &str = admin_service_server::SERVICE_NAME;
     pub const COORDINATOR: &str = coordinator_service_server::SERVICE_NAME;
+    pub const DIRECTORY: &str = directory_service_server::SERVICE_NAME;
     pub const HEALTH: &str = "grpc.health.v1.Health";
     pub const REFLECTION: &str = "grpc.reflection.v1.ServerReflection";
     pub const REFLECTION_ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
@@ -268,6 +269,13 @@ pub fn authorize(
             (CLEARING_PARTICIPANT, other) => Err(deny(format!(
                 "ClearingParticipant of the coordinator of {province} is for the national coordinator (000000); the caller is {other}"
             ))),
+            // The federation directory (addresses and identities, nothing personal) is
+            // read by nodes of any province, other coordinators and the national
+            // level, and operators; hospitals never dial a node but their own.
+            (DIRECTORY, Identity::Institution { .. }) => Err(deny(
+                "DirectoryService is for the federation's nodes, coordinators and operators; the caller is an institution".to_owned(),
+            )),
+            (DIRECTORY, _) => Ok(()),
             _ => Err(deny(format!("no access to {service} at the coordinator"))),
         },
     }

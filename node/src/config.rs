@@ -39,6 +39,15 @@ pub struct NodeArgs {
     /// The provincial coordinator's address, e.g. http://127.0.0.1:7100.
     #[arg(long, env = "YIDI_COORDINATOR")]
     pub coordinator: Option<String>,
+    /// Where to fetch the federation directory (region → node address, identity,
+    /// province) from: the provincial coordinator's address (several, comma-separated,
+    /// are tried in turn). Used beside the peers file (which wins for a region in both);
+    /// cached in the data directory. Off when unset.
+    #[arg(long, env = "YIDI_DIRECTORY", value_delimiter = ',')]
+    pub directory: Vec<String>,
+    /// Seconds between refreshes of the federation directory (default 60).
+    #[arg(long, env = "YIDI_DIRECTORY_REFRESH_SECONDS")]
+    pub directory_refresh_seconds: Option<u64>,
     /// Seconds to let in-flight requests finish on SIGINT/SIGTERM before exiting.
     #[arg(long, env = "YIDI_DRAIN_SECONDS")]
     pub drain_seconds: Option<u64>,
@@ -123,6 +132,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     peers_file: Option<PathBuf>,
     coordinator: Option<String>,
+    directory: Option<Vec<String>>,
+    directory_refresh_seconds: Option<u64>,
     drain_seconds: Option<u64>,
     read_connections: Option<usize>,
     log_format: Option<String>,
@@ -188,6 +199,11 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub peers_file: Option<PathBuf>,
     pub coordinator: Option<String>,
+    /// The federation directory's sources (the provincial coordinator's address);
+    /// empty: the peers file alone.
+    pub directory: Vec<String>,
+    /// How often the federation directory is refreshed.
+    pub directory_refresh: Duration,
     pub drain: Duration,
     pub read_connections: usize,
     pub log_json: bool,
@@ -231,6 +247,8 @@ impl NodeConfig {
             data_dir,
             peers_file: None,
             coordinator: None,
+            directory: Vec::new(),
+            directory_refresh: Duration::from_secs(60),
             drain: Duration::from_secs(10),
             read_connections: 4,
             log_json: false,
@@ -295,6 +313,17 @@ impl NodeConfig {
                 .unwrap_or_else(|| PathBuf::from(format!("yidi-data/{region}"))),
             peers_file: args.peers_file.clone().or(file.peers_file),
             coordinator: args.coordinator.clone().or(file.coordinator),
+            directory: if args.directory.is_empty() {
+                file.directory.unwrap_or_default()
+            } else {
+                args.directory.clone()
+            },
+            directory_refresh: Duration::from_secs(
+                args.directory_refresh_seconds
+                    .or(file.directory_refresh_seconds)
+                    .unwrap_or(60)
+                    .clamp(1, 86_400),
+            ),
             drain: Duration::from_secs(args.drain_seconds.or(file.drain_seconds).unwrap_or(10)),
             read_connections,
             log_json: log_format == "json",
@@ -357,6 +386,9 @@ impl NodeConfig {
             hooks: crate::context::TestHooks::default(),
             region,
         };
+        for (i, a) in config.directory.iter().enumerate() {
+            crate::directory::check_address(&format!("directory[{i}]"), a)?;
+        }
         // Refuse plain text off loopback (and TLS without its files) before anything starts.
         if config.security.transport(config.listen)?.is_none() && config.console_listen.is_some() {
             return Err(crate::console::needs_tls());
@@ -407,6 +439,19 @@ impl NodeConfig {
             None => "  peers_file      none (no other city is reachable)".to_owned(),
         });
         out.push(format!(
+            "  directory       {}",
+            if self.directory.is_empty() {
+                "none (the peers file alone)".to_owned()
+            } else {
+                format!(
+                    "{} (refreshed every {} s, cached in {})",
+                    self.directory.join(", "),
+                    self.directory_refresh.as_secs(),
+                    self.data_dir.join(crate::directory::CACHE_FILE).display()
+                )
+            }
+        ));
+        out.push(format!(
             "  coordinator     {}",
             self.coordinator.as_deref().unwrap_or("none")
         ));
@@ -449,8 +494,10 @@ pub(crate) enum Daemon {
 
 /// Keys only a node's config has, and keys only a coordinator's has: a file that fails
 /// to parse for one daemon but carries the other's keys was given to the wrong command.
-const NODE_ONLY_KEYS: [&str; 10] = [
+const NODE_ONLY_KEYS: [&str; 12] = [
     "name",
+    "directory",
+    "directory_refresh_seconds",
     "peers_file",
     "coordinator",
     "read_connections",
@@ -461,8 +508,9 @@ const NODE_ONLY_KEYS: [&str; 10] = [
     "write_queue_capacity",
     "write_queue_wait_ms",
 ];
-const COORDINATOR_ONLY_KEYS: [&str; 3] = [
+const COORDINATOR_ONLY_KEYS: [&str; 4] = [
     "participants_file",
+    "directory_file",
     "run_interval_seconds",
     "call_timeout_ms",
 ];

@@ -30,6 +30,7 @@ pub mod config;
 pub mod console;
 pub mod context;
 pub mod coordinator;
+pub mod directory;
 pub mod eligibility_cache;
 pub mod error;
 pub mod funds;

@@ -83,6 +83,8 @@ pub const IMPORT_ROWS: usize = 10_000;
 pub const FILING_INSTITUTIONS: usize = 100;
 /// Entries of one ReconcileDetail.
 pub const RECONCILE_ENTRIES: usize = 100_000;
+/// Provinces named in one directory request.
+pub const PROVINCES: usize = 64;
 /// Lists one node or the coordinator sends another (a claim's lines and trace, a
 /// statement's rows, record ids to exclude); the request size limit bounds them first.
 pub const PEER_LIST: usize = 1_000_000;
@@ -103,6 +105,8 @@ const STRINGS: &[(&str, usize)] = &[
     ("treatment_region", REGION),
     ("counterparty", REGION),
     ("region", REGION),
+    ("province", REGION),
+    ("provinces", REGION),
     ("peer_region", REGION),
     ("from_region", REGION),
     ("to_region", REGION),
@@ -222,6 +226,9 @@ const COUNTS: &[(&str, usize)] = &[
     // A pair's records by ledger kind: a handful of kinds.
     ("kinds", PEER_LIST),
     ("reserves", PEER_LIST),
+    // Provinces of the country (34), with room to spare.
+    ("known", PROVINCES),
+    ("provinces", PROVINCES),
 ];
 
 /// Repeated fields whose elements the handler checks one by one, so that an element
@@ -262,6 +269,7 @@ limited!(
     CreatePersonRequest,
     ExcludeClaimsRequest,
     GetCatalogueItemRequest,
+    GetDirectoryRequest,
     GetFilingRequest,
     GetInstitutionRequest,
     GetLedgerRequest,

@@ -237,9 +237,81 @@ impl PeerClocks {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProvinceLabels {
+    province: String,
+}
+
+/// The federation directory as this node follows it (crate::directory).
+#[derive(Clone, Default)]
+pub struct DirectoryCounters {
+    refused: Family<ReasonLabels, Counter>,
+    versions: Family<ProvinceLabels, Gauge>,
+    fetch_errors: Counter,
+}
+
+/// The reasons a directory document is refused (`directory::Refusal::label`).
+const DIRECTORY_REFUSALS: [&str; 7] = [
+    "unsigned",
+    "certificate",
+    "signer",
+    "signature",
+    "invalid",
+    "older",
+    "conflict",
+];
+
+impl DirectoryCounters {
+    /// Counts a refused document.
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Records the version in force of a province's document.
+    pub fn version(&self, province: &str, version: u64) {
+        self.versions
+            .get_or_create(&ProvinceLabels {
+                province: province.to_owned(),
+            })
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a fetch that reached no answer.
+    pub fn fetch_failed(&self) {
+        self.fetch_errors.inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        for reason in DIRECTORY_REFUSALS {
+            let _ = self.refused.get_or_create(&ReasonLabels { reason });
+        }
+        registry.register(
+            "yidi_directory_refused",
+            "Federation directory documents refused (older, unsigned, forged signature or certificate, signed by another province's coordinator, invalid), by reason; the document in force was kept",
+            self.refused.clone(),
+        );
+        registry.register(
+            "yidi_directory_version",
+            "Version of each province's directory document in force at this node",
+            self.versions.clone(),
+        );
+        registry.register(
+            "yidi_directory_fetch_errors",
+            "Directory refreshes that got no answer from a source (the cached directory stays in force)",
+            self.fetch_errors.clone(),
+        );
+    }
+}
+
 /// A node's metrics.
 pub struct NodeMetrics {
     registry: Registry,
+    directory: DirectoryCounters,
     peer_clocks: PeerClocks,
     settlements: Family<SettleLabels, Counter>,
     latency: HistogramFamily<OpLabels>,
@@ -382,6 +454,8 @@ impl NodeMetrics {
         );
         let store = StoreCounters::default();
         store.register(&mut registry);
+        let directory = DirectoryCounters::default();
+        directory.register(&mut registry);
         register_process(&mut registry);
         // Every documented series from the start, at 0: the successful answers of each
         // visit kind (a failure's code is open-ended and appears when it happens).
@@ -405,6 +479,7 @@ impl NodeMetrics {
         }
         Self {
             registry,
+            directory,
             peer_clocks,
             settlements,
             latency,
@@ -421,6 +496,12 @@ impl NodeMetrics {
     #[must_use]
     pub fn peer_clocks(&self) -> &PeerClocks {
         &self.peer_clocks
+    }
+
+    /// The federation directory's counters.
+    #[must_use]
+    pub fn directory(&self) -> DirectoryCounters {
+        self.directory.clone()
     }
 
     /// The peer-call counters, for the peer directory's channels.
@@ -1078,6 +1159,9 @@ mod tests {
             r#"yidi_peer_call_errors_total{region="330100",peer="330200",method="CommitClaim",code="deadline_exceeded"} 0"#,
             r#"yidi_metrics_scrape_errors_total{region="330100"} 0"#,
             r#"yidi_store_transactions_total{region="330100"} 0"#,
+            r#"yidi_directory_refused_total{region="330100",reason="older"} 0"#,
+            r#"yidi_directory_refused_total{region="330100",reason="signature"} 0"#,
+            r#"yidi_directory_fetch_errors_total{region="330100"} 0"#,
             &format!(
                 r#"yidi_build_info{{region="330100",version="{}","#,
                 env!("CARGO_PKG_VERSION")

@@ -1,5 +1,6 @@
 //! The peer directory: region code → address and name of the other nodes, read from a
-//! TOML file and re-read when the file changes (no restart). Each peer gets one lazily
+//! TOML file and re-read when the file changes (no restart), and from the federation
+//! directory (crate::directory, put in force by the node with [`PeerDirectory::set_directory`]). Each peer gets one lazily
 //! connected HTTP/2 channel that every call reuses, with a connect timeout and a
 //! deadline on every request, so a slow peer never holds up anyone for long.
 
@@ -93,6 +94,9 @@ pub struct PeerDirectory {
     path: Option<PathBuf>,
     call_timeout: Duration,
     peers: RwLock<Arc<HashMap<RegionCode, Peer>>>,
+    /// The peers file's entries and the federation directory's, merged into `peers`.
+    from_file: Mutex<Vec<(RegionCode, PeerEntry)>>,
+    from_directory: Mutex<Vec<(RegionCode, PeerEntry)>>,
     modified: Mutex<Option<SystemTime>>,
     /// The node's peer-call counters (see [`PeerDirectory::observe`]).
     observer: Arc<OnceLock<PeerCalls>>,
@@ -144,6 +148,8 @@ impl PeerDirectory {
             path: path.map(Path::to_path_buf),
             call_timeout,
             peers: RwLock::new(Arc::new(HashMap::new())),
+            from_file: Mutex::new(Vec::new()),
+            from_directory: Mutex::new(Vec::new()),
             modified: Mutex::new(None),
             observer: Arc::new(OnceLock::new()),
             clock: Arc::new(OnceLock::new()),
@@ -205,15 +211,77 @@ impl PeerDirectory {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::invalid("peers_file", format!("{}: {e}", path.display())))?;
         let entries = self.parse(&text, path)?;
+        *self
+            .from_file
+            .lock()
+            .map_err(|_| Error::Internal("peer directory lock poisoned".into()))? = entries;
+        let changed = self.rebuild()?;
+        *self
+            .modified
+            .lock()
+            .map_err(|_| Error::Internal("peer directory lock poisoned".into()))? = mtime;
+        if changed {
+            tracing::info!(peers = self.snapshot().len(), file = %path.display(), "peer directory loaded");
+        }
+        Ok(changed)
+    }
+
+    /// Puts the federation directory's nodes (crate::directory: region, name, address)
+    /// in force beside the peers file's; a region in both is dialled at the peers
+    /// file's address (a hand-kept entry is a deliberate override). Returns whether
+    /// anything changed.
+    pub fn set_directory(&self, nodes: Vec<(RegionCode, String, String)>) -> Result<bool> {
+        let entries = nodes
+            .into_iter()
+            .map(|(region, name, address)| {
+                (
+                    region,
+                    PeerEntry {
+                        region: region.to_string(),
+                        name,
+                        address,
+                    },
+                )
+            })
+            .collect();
+        *self
+            .from_directory
+            .lock()
+            .map_err(|_| Error::Internal("peer directory lock poisoned".into()))? = entries;
+        let changed = self.rebuild()?;
+        if changed {
+            tracing::info!(
+                peers = self.snapshot().len(),
+                "peer directory updated from the federation directory"
+            );
+        }
+        Ok(changed)
+    }
+
+    /// Rebuilds the peers from the file's and the federation directory's entries;
+    /// channels of unchanged peers are kept.
+    fn rebuild(&self) -> Result<bool> {
+        let mut merged: HashMap<RegionCode, PeerEntry> = HashMap::new();
+        let lock = |_| Error::Internal("peer directory lock poisoned".into());
+        for (region, e) in self.from_directory.lock().map_err(lock)?.iter() {
+            merged.insert(*region, e.clone());
+        }
+        for (region, e) in self.from_file.lock().map_err(lock)?.iter() {
+            merged.insert(*region, e.clone());
+        }
         let current = self.snapshot();
         let mut next = HashMap::new();
-        for (region, e) in entries {
+        for (region, e) in merged {
             if region == self.own {
                 continue;
             }
             let peer = match current.get(&region) {
                 Some(p) if p.address == e.address => Peer {
-                    name: e.name.clone(),
+                    name: if e.name.is_empty() {
+                        region.to_string()
+                    } else {
+                        e.name.clone()
+                    },
                     ..p.clone()
                 },
                 _ => Peer {
@@ -242,12 +310,7 @@ impl PeerDirectory {
             .peers
             .write()
             .map_err(|_| Error::Internal("peer directory lock poisoned".into()))? = Arc::new(next);
-        *self
-            .modified
-            .lock()
-            .map_err(|_| Error::Internal("peer directory lock poisoned".into()))? = mtime;
         if changed {
-            tracing::info!(peers = self.snapshot().len(), file = %path.display(), "peer directory loaded");
             self.precreate_series();
         }
         Ok(changed)
@@ -373,7 +436,7 @@ impl PeerDirectory {
         interval: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) {
-        if self.path.is_none() {
+        if self.path.is_none() && self.tls.is_none() {
             return;
         }
         tokio::pin!(stop);

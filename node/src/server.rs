@@ -101,6 +101,7 @@ pub async fn serve(
         config.max_clock_skew,
     );
     peers.stamp_clock(clock.clone());
+    let directory = start_directory(&config, tls.clone(), &metrics, &peers).await?;
     // Bound before anything is served so that a taken port fails the start, not later.
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(crate::metrics::bind(addr).await?),
@@ -137,6 +138,14 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(Arc::clone(&state.peers).watch(Duration::from_secs(2), stopped(bg.clone())));
     tasks.spawn(outbox::run(Arc::clone(&state), stopped(bg.clone())));
+    if let Some(d) = directory {
+        let (peers, own) = (Arc::clone(&state.peers), config.region);
+        tasks.spawn(
+            d.run(config.directory_refresh, stopped(bg.clone()), move |book| {
+                apply_directory(&peers, book, own)
+            }),
+        );
+    }
     if let Some(l) = metrics_listener {
         tasks.spawn(crate::metrics::serve_node(
             l,
@@ -228,11 +237,13 @@ pub async fn serve(
         tasks.spawn(crate::nhsa::serve(
             l,
             stopped(bg.clone()),
+            config.drain,
             Arc::new(crate::nhsa::Gateway {
                 state: Arc::clone(&state),
                 auth: auth.clone(),
                 tls: tls.clone(),
                 tif: config.nhsa_tif.clone(),
+                nonces: crate::nhsa::tif::Nonces::default(),
             }),
         ));
     }
@@ -258,6 +269,67 @@ pub async fn serve(
     served?;
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// The federation directory this node follows (None without `directory`): its cache
+/// read and put in force before the node serves, so that it routes to every city it
+/// knew even while its coordinator is down; the first fetch is the refresh task's.
+async fn start_directory(
+    config: &NodeConfig,
+    tls: Option<Arc<crate::tls::TlsState>>,
+    metrics: &crate::metrics::NodeMetrics,
+    peers: &PeerDirectory,
+) -> Result<Option<Arc<crate::directory::Follower>>> {
+    if config.directory.is_empty() {
+        return Ok(None);
+    }
+    // The node's own provincial coordinator serves its directory.
+    let server_name = crate::identity::Identity::Coordinator {
+        province: config.region.province(),
+    }
+    .server_name()
+    .unwrap_or_default();
+    let sources = config
+        .directory
+        .iter()
+        .map(|a| crate::directory::Source {
+            address: a.clone(),
+            server_name: server_name.clone(),
+        })
+        .collect();
+    let follower = Arc::new(crate::directory::Follower::new(
+        sources,
+        Some(config.data_dir.join(crate::directory::CACHE_FILE)),
+        tls,
+        config.peer_timeout,
+        Some(metrics.directory()),
+        None,
+    ));
+    let f = Arc::clone(&follower);
+    tokio::task::spawn_blocking(move || f.load_cache())
+        .await
+        .map_err(|e| Error::Internal(format!("directory cache task failed: {e}")))?;
+    apply_directory(peers, &follower.book(), config.region);
+    Ok(Some(follower))
+}
+
+/// Puts the directory's cities (but this node's own) in force in the peer directory.
+fn apply_directory(
+    peers: &PeerDirectory,
+    book: &crate::directory::Book,
+    own: yidi_common::region::RegionCode,
+) {
+    let nodes = book
+        .entries(Some(own))
+        .into_iter()
+        .filter_map(|e| {
+            let region = yidi_common::region::RegionCode::parse_city(&e.region, "region").ok()?;
+            Some((region, e.name, e.address))
+        })
+        .collect();
+    if let Err(e) = peers.set_directory(nodes) {
+        tracing::warn!(error = %e, "federation directory not applied; the peers in force are kept");
+    }
 }
 
 /// How long a clean stop waits for reads still running before closing the store.

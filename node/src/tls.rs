@@ -176,6 +176,12 @@ impl TlsMaterial {
             .domain_name(server_name)
             .timeout(HANDSHAKE_TIMEOUT)
     }
+
+    /// This party's certificate and private key (PEM), for signing what it publishes
+    /// (the federation directory, `crate::directory`).
+    pub(crate) fn own_pem(&self) -> (&[u8], &[u8]) {
+        (&self.cert_pem, &self.key_pem)
+    }
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>> {

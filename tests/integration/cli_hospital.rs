@@ -605,3 +605,232 @@ async fn hospital_cli_drives_a_cross_region_inpatient_visit() {
     );
     assert!(!run.stderr.contains("request_id:"), "{}", run.stderr);
 }
+
+/// `reopen-visit`, `cancel-visit` and `update-visit` (NHSA 2405, 2202 / 2404, 2203 /
+/// 2403): each answer, each refusal with its exit code and message, a repeat by request
+/// id, and the visit left as it was by a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hospital_cli_reopens_cancels_and_updates_a_visit() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = Federation::start(dir.path(), &[HZ, NB]).await;
+    for n in &fed.nodes {
+        publish_policies(n).await;
+    }
+    let (hz, nb) = (fed.node(HZ), fed.node(NB));
+    institution(nb, INST, Ik::Hospital, Hl::HospitalLevel3).await;
+    item(nb, "NB-A", Cc::A, "0", "").await;
+    let id = person(
+        hz,
+        &id_number(HZ, "1950-04-02", 12),
+        It::Employee,
+        Pt::Retired,
+        "1000.00",
+        false,
+    )
+    .await;
+    filing(hz, &id, Ft::ResettledRetiree, NB, &[], "2026-01-01").await;
+    let url = nb.url();
+    let node = url.as_str();
+    let visit = json(open_visit(
+        node,
+        &id,
+        "inpatient",
+        "ZY-0100",
+        &[
+            "--admitted-at",
+            "2026-03-10T09:00:00+08:00",
+            "--diagnosis",
+            "I21.9",
+            "--json",
+        ],
+    ));
+    let v = visit["visit_id"].as_str().unwrap().to_owned();
+    // 2403: a new diagnosis and visit number; the text answer shows both.
+    let run = hospital(
+        node,
+        &[
+            "update-visit",
+            &v,
+            "--diagnosis",
+            "I25.1",
+            "--external-visit-no",
+            "ZY-0101",
+            "--request-id",
+            "upd-1",
+        ],
+    )
+    .expect_code(0);
+    assert!(run.stderr.contains("request_id: upd-1"), "{}", run.stderr);
+    let rows: Vec<&str> = run.stdout.lines().collect();
+    for (field, value) in [
+        ("visit_id", v.as_str()),
+        ("state", "open"),
+        ("external_visit_no", "ZY-0101"),
+        ("diagnosis_code", "I25.1"),
+        ("id_number", id.as_str()),
+        ("visit_kind", "inpatient"),
+    ] {
+        assert!(
+            rows.iter().any(|r| {
+                let cells: Vec<&str> = r.trim_matches('│').split('┆').map(str::trim).collect();
+                cells == [field, value]
+            }),
+            "a row {field} = {value}:\n{}",
+            run.stdout
+        );
+    }
+    // The same request id with the same change: the same answer; with another: refused.
+    let again = json(hospital(
+        node,
+        &[
+            "update-visit",
+            &v,
+            "--diagnosis",
+            "I25.1",
+            "--external-visit-no",
+            "ZY-0101",
+            "--request-id",
+            "upd-1",
+            "--json",
+        ],
+    ));
+    assert_eq!(
+        (
+            again["diagnosis_code"].as_str(),
+            again["external_visit_no"].as_str()
+        ),
+        (Some("I25.1"), Some("ZY-0101"))
+    );
+    refused(
+        hospital(
+            node,
+            &[
+                "update-visit",
+                &v,
+                "--diagnosis",
+                "I10",
+                "--request-id",
+                "upd-1",
+            ],
+        ),
+        "ALREADY_EXISTS",
+        "request_id \"upd-1\" was already used",
+    );
+    // Neither flag: a command-line error (exit 2) before anything is sent.
+    let run = hospital(node, &["update-visit", &v]).expect_code(2);
+    assert!(run.stderr.contains("--diagnosis"), "{}", run.stderr);
+    // Both empty: the node's refusal, nothing changed.
+    refused(
+        hospital(node, &["update-visit", &v, "--diagnosis", ""]),
+        "INVALID_ARGUMENT",
+        "invalid diagnosis_code: nothing to change",
+    );
+    let now = json(hospital(
+        node,
+        &["update-visit", &v, "--diagnosis", "I25.1", "--json"],
+    ));
+    assert_eq!(
+        (
+            now["diagnosis_code"].as_str(),
+            now["external_visit_no"].as_str()
+        ),
+        (Some("I25.1"), Some("ZY-0101"))
+    );
+
+    // 2405 of an open visit: refused; after discharge, the visit is open again.
+    refused(
+        hospital(node, &["reopen-visit", &v]),
+        "FAILED_PRECONDITION",
+        &format!("visit {v} is open; only a closed (discharged) visit can be reopened"),
+    );
+    json(hospital(
+        node,
+        &[
+            "close-visit",
+            &v,
+            "--discharged-at",
+            "2026-03-20T10:00:00+08:00",
+            "--json",
+        ],
+    ));
+    let reopened = json(hospital(node, &["reopen-visit", &v, "--json"]));
+    assert_eq!(
+        (reopened["state"].as_str(), reopened["closed_at"].as_str()),
+        (Some("open"), Some(""))
+    );
+
+    // 2404 while a settlement stands: refused, naming it; the visit stays settled.
+    let fees = write(
+        dir.path(),
+        "fees.csv",
+        "line_no,item_code,quantity,unit_price\n1,NB-A,1,1000.00\n",
+    );
+    hospital(node, &["upload-fees", &v, &fees]).expect_code(0);
+    json(hospital(
+        node,
+        &[
+            "close-visit",
+            &v,
+            "--discharged-at",
+            "2026-03-20T10:00:00+08:00",
+            "--json",
+        ],
+    ));
+    let s = json(hospital(node, &["settle", &v, "--json"]));
+    let sid = s["settlement_id"].as_str().unwrap().to_owned();
+    refused(
+        hospital(node, &["cancel-visit", &v]),
+        "FAILED_PRECONDITION",
+        &format!(
+            "visit {v} has settlement {sid} (settled); cancel it (CancelSettlement) before cancelling the visit"
+        ),
+    );
+    refused(
+        hospital(node, &["update-visit", &v, "--diagnosis", "I10"]),
+        "FAILED_PRECONDITION",
+        &format!("visit {v} is settled; cancel its settlement"),
+    );
+    assert_eq!(
+        json(hospital(node, &["get", &sid, "--json"]))["state"],
+        "settled"
+    );
+
+    // Cancel the settlement, then the admission: cancelled for good.
+    json(hospital(node, &["cancel", &sid, "--json"]));
+    let cancel = [
+        "cancel-visit",
+        v.as_str(),
+        "--reason",
+        "registered twice",
+        "--request-id",
+        "cv-1",
+        "--json",
+    ];
+    let cancelled = json(hospital(node, &cancel));
+    assert_eq!(cancelled["state"], "cancelled");
+    assert_eq!(
+        json(hospital(node, &cancel)),
+        cancelled,
+        "a repeat answers alike"
+    );
+    refused(
+        hospital(node, &["cancel-visit", &v]),
+        "FAILED_PRECONDITION",
+        &format!("visit {v} is already cancelled"),
+    );
+    refused(
+        hospital(node, &["reopen-visit", &v]),
+        "FAILED_PRECONDITION",
+        &format!("visit {v} is cancelled; only a closed (discharged) visit can be reopened"),
+    );
+    refused(
+        hospital(node, &["update-visit", &v, "--external-visit-no", "ZY-9"]),
+        "FAILED_PRECONDITION",
+        &format!("visit {v} is cancelled; it can no longer be changed"),
+    );
+    refused(
+        hospital(node, &["reopen-visit", "330200-V-99999999"]),
+        "NOT_FOUND",
+        "330200-V-99999999",
+    );
+}

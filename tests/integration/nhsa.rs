@@ -25,8 +25,8 @@ use yidi_tests::{
     pki::{self, Party, Pki, institution},
 };
 
-const HZ: &str = "330100";
-const NB: &str = "330200";
+pub(super) const HZ: &str = "330100";
+pub(super) const NB: &str = "330200";
 const WZ: &str = "330300";
 
 fn free_addr() -> SocketAddr {
@@ -36,15 +36,19 @@ fn free_addr() -> SocketAddr {
 
 /// An HIS: HTTPS with its institution certificate, one connection per request (as
 /// the simplest HIS HTTP stacks do).
-struct His {
+pub(super) struct His {
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     code: String,
     seq: u32,
+    /// The provincial gateway's paasid and secret: every request is signed with a fresh
+    /// nonce (x-tif-* headers), the last headers kept in `signed` to replay.
+    pub(super) tif: Option<yidi_node::nhsa::TifKeys>,
+    pub(super) signed: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl His {
-    fn new(addr: SocketAddr, party: &Party, code: &str) -> Self {
+    pub(super) fn new(addr: SocketAddr, party: &Party, code: &str) -> Self {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(&party.ca).expect("ca") {
             roots.add(c.expect("ca cert")).expect("root");
@@ -67,11 +71,13 @@ impl His {
             tls: Arc::new(tls),
             code: code.to_owned(),
             seq: 0,
+            tif: None,
+            signed: std::sync::Mutex::new(Vec::new()),
         }
     }
 
     /// A fresh msgid: institution code + time + sequence.
-    fn msgid(&mut self) -> String {
+    pub(super) fn msgid(&mut self) -> String {
         self.seq += 1;
         format!(
             "{}{}{:04}",
@@ -82,7 +88,7 @@ impl His {
     }
 
     /// The envelope of `infno` with `input`.
-    fn envelope(&self, infno: &str, msgid: &str, insuplc: &str, input: Value) -> Value {
+    pub(super) fn envelope(&self, infno: &str, msgid: &str, insuplc: &str, input: Value) -> Value {
         json!({
             "infno": infno, "msgid": msgid, "mdtrtarea_admvs": NB, "insuplc_admdvs": insuplc,
             "recer_sys_code": "YBXT", "dev_no": "", "dev_safe_info": "", "cainfo": "", "signtype": "",
@@ -93,8 +99,60 @@ impl His {
         })
     }
 
-    /// POSTs raw bytes to `path`; the HTTP status and the body as JSON.
-    async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+    /// The x-tif headers of one request when `tif` is set (remembered for replay
+    /// tests), none otherwise.
+    fn tif_headers(&self) -> Vec<(String, String)> {
+        let Some(keys) = &self.tif else {
+            return Vec::new();
+        };
+        let ts = Utc::now().timestamp().to_string();
+        let nonce = format!("{}n{}", self.code, uuid_like());
+        let sig = yidi_node::nhsa::tif::signature(&ts, &keys.secret, &nonce);
+        let headers = vec![
+            ("x-tif-paasid".to_owned(), keys.paasid.clone()),
+            ("x-tif-timestamp".to_owned(), ts),
+            ("x-tif-nonce".to_owned(), nonce),
+            ("x-tif-signature".to_owned(), sig),
+        ];
+        *self.signed.lock().expect("signed") = headers.clone();
+        headers
+    }
+
+    /// POSTs raw bytes to `path` (signed when `tif` is set); the HTTP status and the
+    /// body as JSON.
+    pub(super) async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let headers = self.tif_headers();
+        self.post_with(path, body, &headers).await
+    }
+
+    /// POSTs raw bytes to `path` with these extra headers; the status and the body as JSON.
+    pub(super) async fn post_with(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(String, String)],
+    ) -> (u16, Value) {
+        let (status, _, bytes) = self.post_bytes_with(path, body, headers).await;
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+        (status, v)
+    }
+
+    /// POSTs raw bytes to `path` (signed when `tif` is set); the HTTP status, the
+    /// content type and the body.
+    async fn post_bytes(&self, path: &str, body: Vec<u8>) -> (u16, String, Bytes) {
+        let headers = self.tif_headers();
+        self.post_bytes_with(path, body, &headers).await
+    }
+
+    /// POSTs raw bytes to `path` with these extra headers; the HTTP status, the
+    /// content type and the body.
+    async fn post_bytes_with(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(String, String)],
+    ) -> (u16, String, Bytes) {
         let tcp = TcpStream::connect(self.addr)
             .await
             .expect("connect gateway");
@@ -109,21 +167,33 @@ impl His {
                 .await
                 .expect("http1 handshake");
         tokio::spawn(conn);
-        let req = hyper::Request::post(path)
+        let mut req = hyper::Request::post(path)
             .header("host", "yidi")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("request");
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).expect("request");
         let resp = send.send_request(req).await.expect("response");
         let status = resp.status().as_u16();
+        let kind = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        let v = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
-        (status, v)
+        (status, kind, bytes)
     }
 
     /// Sends one transaction; the answer envelope.
-    async fn call(&mut self, infno: &str, msgid: &str, insuplc: &str, input: Value) -> Value {
+    pub(super) async fn call(
+        &mut self,
+        infno: &str,
+        msgid: &str,
+        insuplc: &str,
+        input: Value,
+    ) -> Value {
         let env = self.envelope(infno, msgid, insuplc, input);
         let (status, v) = self
             .post_raw(
@@ -136,7 +206,7 @@ impl His {
     }
 
     /// Sends one transaction that must succeed; its `output`.
-    async fn ok(&mut self, infno: &str, insuplc: &str, input: Value) -> (String, Value) {
+    pub(super) async fn ok(&mut self, infno: &str, insuplc: &str, input: Value) -> (String, Value) {
         let msgid = self.msgid();
         let v = self.call(infno, &msgid, insuplc, input).await;
         assert_eq!(v["infcode"], json!(0), "{infno}: {v}");
@@ -145,8 +215,18 @@ impl His {
     }
 }
 
+/// A nonce unique in this process.
+fn uuid_like() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!(
+        "{}{:08}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// `infcode` -1 whose err_msg names `field` (and carries Chinese and English).
-fn refused(v: &Value, field: &str) -> String {
+pub(super) fn refused(v: &Value, field: &str) -> String {
     assert_eq!(v["infcode"], json!(-1), "{v}");
     assert!(v["output"].is_null(), "{v}");
     let msg = v["err_msg"].as_str().expect("err_msg").to_owned();
@@ -156,30 +236,38 @@ fn refused(v: &Value, field: &str) -> String {
 }
 
 /// A JSON amount's text (two decimals).
-fn amt(v: &Value) -> String {
+pub(super) fn amt(v: &Value) -> String {
     assert!(v.is_number(), "amount is a JSON number: {v}");
     v.to_string()
 }
 
-fn cst_now_minus_hours(h: i64) -> String {
+pub(super) fn cst_now_minus_hours(h: i64) -> String {
     (Utc::now() - chrono::Duration::hours(h))
         .with_timezone(&yidi_common::period::cst())
         .format("%Y-%m-%d %H:%M:%S")
         .to_string()
 }
 
-struct World {
-    fed: Federation,
-    pki: Pki,
-    gateway: SocketAddr,
+pub(super) struct World {
+    pub(super) fed: Federation,
+    pub(super) pki: Pki,
+    pub(super) gateway: SocketAddr,
     /// Ningbo's metrics.
-    metrics: SocketAddr,
+    pub(super) metrics: SocketAddr,
     /// Two Hangzhou retirees with the same profile, filed for Ningbo: one settles
     /// through the gateway, its twin over gRPC.
-    ids: (String, String),
+    pub(super) ids: (String, String),
 }
 
-async fn world(root: &Path) -> World {
+pub(super) async fn world(root: &Path) -> World {
+    world_with(root, |_| {}).await
+}
+
+/// The world, with Ningbo's config adjusted further (test hooks, x-tif keys).
+pub(super) async fn world_with(
+    root: &Path,
+    adjust: impl Fn(&mut yidi_node::config::NodeConfig),
+) -> World {
     use proto::{HospitalLevel as Hl, InstitutionKind as Ik};
     let pki = Pki::new(&root.join("pki"));
     let gateway = free_addr();
@@ -188,6 +276,7 @@ async fn world(root: &Path) -> World {
         if r == NB {
             c.nhsa_listen = Some(gateway);
             c.metrics_listen = Some(metrics);
+            adjust(c);
         }
     })
     .await;
@@ -229,12 +318,12 @@ async fn world(root: &Path) -> World {
 }
 
 impl World {
-    fn his(&self, code: &str) -> His {
+    pub(super) fn his(&self, code: &str) -> His {
         let party = self.pki.issue(&institution(NB, code));
         His::new(self.gateway, &party, code)
     }
 
-    async fn desk(&self, code: &str) -> Desk {
+    pub(super) async fn desk(&self, code: &str) -> Desk {
         let tls = self.pki.client(&institution(NB, code));
         Desk {
             client: HospitalServiceClient::new(pki::channel(self.fed.node(NB), tls)),
@@ -244,7 +333,7 @@ impl World {
 }
 
 /// The three lines of the outpatient bill (68.00), amounts written as an HIS might.
-fn feedetail(visit: &str, psn: &str) -> Value {
+pub(super) fn feedetail(visit: &str, psn: &str) -> Value {
     let t = cst_now_minus_hours(1);
     json!([
         {"feedetl_sn": "F1", "mdtrt_id": visit, "psn_no": psn, "chrg_bchno": "B1", "rx_circ_flag": "0",
@@ -263,7 +352,7 @@ fn feedetail(visit: &str, psn: &str) -> Value {
 }
 
 /// Every settlement of NB_H3 around today.
-fn list_all() -> proto::ListSettlementsRequest {
+pub(super) fn list_all() -> proto::ListSettlementsRequest {
     let today = yidi_common::period::today();
     proto::ListSettlementsRequest {
         institution_code: inst::NB_H3.into(),
@@ -324,6 +413,12 @@ async fn outpatient_day_through_the_gateway_matches_grpc_to_the_fen() {
         .await;
     assert_eq!(out["baseinfo"]["psn_no"], json!(id), "{out}");
     assert_eq!(out["baseinfo"]["brdy"], json!("1960-05-05"));
+    let name = out["baseinfo"]["psn_name"].clone();
+    assert_eq!(
+        name,
+        json!(format!("测试{}", &id[14..])),
+        "the home register's name"
+    );
     assert_eq!(out["insuinfo"][0]["insuplc_admdvs"], json!(HZ));
     assert_eq!(out["insuinfo"][0]["insutype"], json!("310"));
     assert_eq!(out["insuinfo"][0]["psn_type"], json!("1201"));
@@ -425,6 +520,8 @@ async fn outpatient_day_through_the_gateway_matches_grpc_to_the_fen() {
     let split = grpc.split.clone().expect("split");
     assert_same_split(&setl, &split);
     assert_eq!(setl["medins_setl_id"], json!(settle_msgid));
+    // The name the home node gave with its eligibility answer at registration.
+    assert_eq!(setl["psn_name"], name, "{setl}");
     assert_eq!(setl["clr_type"], json!("11"));
     assert_eq!(setl["clr_optins"], json!(NB));
     let detail = v["output"]["setldetail"].as_array().expect("setldetail");
@@ -1519,4 +1616,370 @@ async fn visit_information_and_admission_change_through_the_gateway() {
         err.message(),
         format!("visit {stay} is cancelled; it can no longer be changed")
     );
+}
+
+/// A zip holding one file, as an HIS builds the 3202 detail file.
+fn zip_of(name: &str, text: &str, method: zip::CompressionMethod) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    w.start_file(
+        name,
+        zip::write::SimpleFileOptions::default().compression_method(method),
+    )
+    .expect("zip entry");
+    w.write_all(text.as_bytes()).expect("zip write");
+    w.finish().expect("zip").into_inner()
+}
+
+/// The text of the one file of a zip.
+fn unzip(bytes: &[u8]) -> (String, String) {
+    use std::io::Read as _;
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a zip");
+    assert_eq!(z.len(), 1, "one file");
+    let mut f = z.by_index(0).expect("entry");
+    let mut text = String::new();
+    f.read_to_string(&mut text).expect("text");
+    (f.name().expect("name").to_string(), text)
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The rows of the gateway's file table in Ningbo's store.
+fn stored_files(w: &World) -> Vec<(String, String, String)> {
+    let db = rusqlite::Connection::open_with_flags(
+        w.fed.node(NB).data_dir.join("node.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("node.db");
+    db.prepare("SELECT file_qury_no, institution_code, kind FROM nhsa_files ORDER BY file_qury_no")
+        .expect("query")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("read")
+}
+
+/// 9101 → 3202 → 9102 against settlements made over gRPC: a file that agrees, then one
+/// with a changed amount, a missing and an extra settlement, each named in the result
+/// file; a foreign institution's file number, oversized and garbage uploads refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detail_reconciliation_with_file_upload_and_download() {
+    use proto::{HospitalLevel as Hl, InstitutionKind as Ik};
+    use rust_decimal::Decimal;
+    let dir = tempfile::tempdir().expect("dir");
+    let w = world(dir.path()).await;
+    register(
+        w.fed.node(NB),
+        inst::NB_H1,
+        Ik::Hospital,
+        Hl::HospitalLevel1,
+    )
+    .await;
+    let (a, b) = w.ids.clone();
+    let mut desk = w.desk(inst::NB_H3).await;
+    let mut setl = Vec::new();
+    for (i, id) in [&a, &b, &a].into_iter().enumerate() {
+        let v = desk
+            .open(
+                &format!("r{i}-open"),
+                id,
+                HZ,
+                proto::VisitKind::Outpatient,
+                &Utc::now().to_rfc3339(),
+            )
+            .await
+            .expect("open");
+        desk.fees(
+            &format!("r{i}-fees"),
+            &v.visit_id,
+            vec![
+                fee_line("F1", "NB-A", "1", "25.00", "25.00"),
+                fee_line("F2", "NB-B", "2", "12.50", "25.00"),
+            ],
+        )
+        .await
+        .expect("fees");
+        setl.push(
+            desk.settle(&format!("r{i}-settle"), &v.visit_id, i == 0)
+                .await
+                .expect("settle"),
+        );
+    }
+    let split = |s: &proto::Settlement| s.split.clone().expect("split");
+    assert_ne!(
+        split(&setl[0]).acct_pay,
+        "0.00",
+        "one paid from the account"
+    );
+    let line = |s: &proto::Settlement| {
+        let p = split(s);
+        format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t0\n",
+            s.settlement_id,
+            s.visit_id,
+            s.id_number,
+            p.medfee_sumamt,
+            p.fund_pay_sumamt,
+            p.acct_pay
+        )
+    };
+    let dec = |t: &str| t.parse::<Decimal>().expect("decimal");
+    let today = yidi_common::period::today().to_string();
+    let reconcile = |no: &str, cnt: usize, medfee: Decimal, fund: Decimal| {
+        json!({"data": {"setl_optins": NB, "file_qury_no": no, "stmt_begndate": today,
+            "stmt_enddate": today, "medfee_sumamt": serde_json::Number::from_string_unchecked(medfee.to_string()),
+            "fund_pay_sumamt": serde_json::Number::from_string_unchecked(fund.to_string()),
+            "cash_payamt": 0, "fixmedins_setl_cnt": cnt, "clr_type": "11", "refd_setl_flag": "0"}})
+    };
+    let upload = |zip: &[u8], name: &str, code: &str| json!({"fsUploadIn": {"in": b64(zip), "filename": name, "fixmedins_code": code}});
+    let mut his = w.his(inst::NB_H3);
+
+    // A file that agrees with the node: balanced, and an empty result file.
+    let text: String = setl.iter().map(line).collect();
+    let (_, up) = his
+        .ok(
+            "9101",
+            "",
+            upload(
+                &zip_of("detail.txt", &text, zip::CompressionMethod::Deflated),
+                "detail.zip",
+                inst::NB_H3,
+            ),
+        )
+        .await;
+    let no = up["file_qury_no"]
+        .as_str()
+        .expect("file_qury_no")
+        .to_owned();
+    assert_eq!(no, format!("{NB}-F-0000000001"));
+    assert_eq!(up["filename"], json!("detail.zip"));
+    assert_eq!(up["fileinfo"]["file_qury_no"], json!(no));
+    assert_eq!(up["dld_endtime"].as_str().map(str::len), Some(19), "{up}");
+    let medfee: Decimal = setl.iter().map(|s| dec(&split(s).medfee_sumamt)).sum();
+    let fund: Decimal = setl.iter().map(|s| dec(&split(s).fund_pay_sumamt)).sum();
+    let (m3202, out) = his.ok("3202", "", reconcile(&no, 3, medfee, fund)).await;
+    assert_eq!(out["stmtinfo"]["stmt_rslt"], json!("0"), "{out}");
+    assert_eq!(out["stmtinfo"]["fixmedins_setl_cnt"], json!(3));
+    let result_no = out["fileinfo"]["file_qury_no"]
+        .as_str()
+        .expect("no")
+        .to_owned();
+    assert_eq!(
+        out["fileinfo"]["filename"],
+        json!(format!("{no}-result.zip"))
+    );
+    // The same message again: the same answer, nothing new stored.
+    let again = his
+        .call("3202", &m3202, "", reconcile(&no, 3, medfee, fund))
+        .await;
+    assert_eq!(again["output"], out, "{again}");
+    // The same msgid with another input is refused.
+    let mut changed_input = reconcile(&no, 3, medfee, fund);
+    changed_input["data"]["clr_type"] = json!("21");
+    let other = his.call("3202", &m3202, "", changed_input).await;
+    let msg = refused(&other, "msgid");
+    assert!(msg.contains("already used"), "{msg}");
+    let download = |no: &str, code: &str| json!({"fsDownloadIn": {"file_qury_no": no, "filename": "result.zip", "fixmedins_code": code}});
+    let msgid = his.msgid();
+    let env = his.envelope("9102", &msgid, "", download(&result_no, inst::NB_H3));
+    let (status, kind, body) = his
+        .post_bytes(
+            "/fsi/api/rsfComIfsService/callService",
+            serde_json::to_vec(&env).expect("json"),
+        )
+        .await;
+    assert_eq!((status, kind.as_str()), (200, "application/zip"));
+    assert_eq!(unzip(&body), ("result.txt".to_owned(), String::new()));
+
+    // Declared totals that are not the file's are refused, naming the field.
+    let msgid = his.msgid();
+    let v = his
+        .call("3202", &msgid, "", reconcile(&no, 2, medfee, fund))
+        .await;
+    let msg = refused(&v, "input.data.fixmedins_setl_cnt");
+    assert!(msg.contains("differs from the 3 lines of file"), "{msg}");
+    let msgid = his.msgid();
+    let v = his
+        .call(
+            "3202",
+            &msgid,
+            "",
+            reconcile(&no, 3, medfee + Decimal::ONE, fund),
+        )
+        .await;
+    let msg = refused(&v, "input.data.medfee_sumamt");
+    assert!(
+        msg.contains(&format!("differs from the total {medfee:.2}")),
+        "{msg}"
+    );
+
+    // One amount changed, one settlement left out, one the node never made, through
+    // the per-service paths of URL shape C.
+    let changed = split(&setl[0]);
+    let text = format!(
+        "{}\t{}\t{}\t{}\t{}\t{}\t0\n{}{}\t{}\t{}\t10.00\t5.00\t0.00\t0\n",
+        setl[0].settlement_id,
+        setl[0].visit_id,
+        a,
+        dec(&changed.medfee_sumamt) + Decimal::ONE,
+        changed.fund_pay_sumamt,
+        changed.acct_pay,
+        line(&setl[2]),
+        "330200-S-9999999999",
+        "330200-V-9999999999",
+        b,
+    );
+    let msgid = his.msgid();
+    let env = his.envelope(
+        "9101",
+        &msgid,
+        "",
+        upload(
+            &zip_of("detail.txt", &text, zip::CompressionMethod::Deflated),
+            "detail2.zip",
+            inst::NB_H3,
+        ),
+    );
+    let (status, up) = his
+        .post_raw(
+            "/fsi/api/fileupload/upload",
+            serde_json::to_vec(&env).expect("json"),
+        )
+        .await;
+    assert_eq!((status, &up["infcode"]), (200, &json!(0)), "{up}");
+    let no2 = up["output"]["file_qury_no"]
+        .as_str()
+        .expect("no")
+        .to_owned();
+    let medfee2 = dec(&changed.medfee_sumamt)
+        + Decimal::ONE
+        + dec(&split(&setl[2]).medfee_sumamt)
+        + dec("10.00");
+    let fund2 = dec(&changed.fund_pay_sumamt) + dec(&split(&setl[2]).fund_pay_sumamt) + dec("5.00");
+    let msgid = his.msgid();
+    let env = his.envelope("3202", &msgid, "", reconcile(&no2, 3, medfee2, fund2));
+    let (_, v) = his
+        .post_raw(
+            "/fsi/api/ybSettlementStmtService/stmtDetail",
+            serde_json::to_vec(&env).expect("json"),
+        )
+        .await;
+    assert_eq!(v["infcode"], json!(0), "{v}");
+    let info = &v["output"]["stmtinfo"];
+    assert_eq!(info["stmt_rslt"], json!("1"), "{v}");
+    assert_eq!(
+        (
+            &info["amount_differs"],
+            &info["missing_at_node"],
+            &info["missing_at_institution"]
+        ),
+        (&json!(1), &json!(1), &json!(1))
+    );
+    let result2 = v["output"]["fileinfo"]["file_qury_no"]
+        .as_str()
+        .expect("no")
+        .to_owned();
+    let msgid = his.msgid();
+    let env = his.envelope("9102", &msgid, "", download(&result2, inst::NB_H3));
+    let (status, kind, body) = his
+        .post_bytes(
+            "/fsi/api/fileupload/download",
+            serde_json::to_vec(&env).expect("json"),
+        )
+        .await;
+    assert_eq!((status, kind.as_str()), (200, "application/zip"));
+    let (name, result) = unzip(&body);
+    assert_eq!(name, "result.txt");
+    let cols = |s: &proto::Settlement, msgid: &str, memo: &str| {
+        let p = split(s);
+        format!(
+            "{}\t{}\t{}\t{msgid}\t1\t0\t{memo}\t{}\t{}\t{}",
+            s.id_number,
+            s.visit_id,
+            s.settlement_id,
+            p.medfee_sumamt,
+            p.fund_pay_sumamt,
+            p.acct_pay
+        )
+    };
+    let expected = [
+        cols(
+            &setl[0],
+            "r0-settle",
+            &format!(
+                "金额不一致，医药机构为 医疗费总额 {m} 基金支付 {f} 个人账户 {c} / amount_differs: the institution has medfee_sumamt {m} fund_pay_sumamt {f} acct_pay {c}",
+                m = dec(&changed.medfee_sumamt) + Decimal::ONE,
+                f = changed.fund_pay_sumamt,
+                c = changed.acct_pay
+            ),
+        ),
+        cols(
+            &setl[1],
+            "r1-settle",
+            "医药机构无此结算 / missing_at_institution: settled at the node, not in the uploaded file",
+        ),
+        format!(
+            "{b}\t330200-V-9999999999\t330200-S-9999999999\t\t1\t0\t经办机构无此结算 / missing_at_node: the node has no such settlement of this institution in the period\t10.00\t5.00\t0.00"
+        ),
+    ];
+    assert_eq!(result.lines().collect::<Vec<_>>(), expected);
+
+    // Another institution may use neither the upload nor the result.
+    let mut other = w.his(inst::NB_H1);
+    let msgid = other.msgid();
+    let v = other
+        .call("3202", &msgid, "", reconcile(&no2, 3, medfee2, fund2))
+        .await;
+    let msg = refused(&v, "input.data.file_qury_no");
+    assert!(msg.contains("belongs to another institution"), "{msg}");
+    let msgid = other.msgid();
+    let v = other
+        .call("9102", &msgid, "", download(&result2, inst::NB_H1))
+        .await;
+    let msg = refused(&v, "input.fsDownloadIn.file_qury_no");
+    assert!(msg.contains("belongs to another institution"), "{msg}");
+
+    // Oversized and garbage uploads are refused, naming the field; nothing is stored.
+    let before = stored_files(&w);
+    assert_eq!(before.len(), 4, "{before:?}");
+    let big = zip_of(
+        "detail.txt",
+        &"0".repeat(2 * 1024 * 1024 + 1),
+        zip::CompressionMethod::Stored,
+    );
+    let msgid = his.msgid();
+    let v = his
+        .call("9101", &msgid, "", upload(&big, "big.zip", inst::NB_H3))
+        .await;
+    let msg = refused(&v, "input.fsUploadIn.in");
+    assert!(msg.contains("at most 2097152 bytes are accepted"), "{msg}");
+    let msgid = his.msgid();
+    let v = his
+        .call(
+            "9101",
+            &msgid,
+            "",
+            upload(b"not a zip at all", "x.zip", inst::NB_H3),
+        )
+        .await;
+    let msg = refused(&v, "input.fsUploadIn.in");
+    assert!(msg.contains("the upload is not a zip archive"), "{msg}");
+    let msgid = his.msgid();
+    let bad_line = zip_of(
+        "d.txt",
+        "S1\tV1\tP1\t12.345\t0\t0\t0\n",
+        zip::CompressionMethod::Deflated,
+    );
+    let v = his
+        .call("9101", &msgid, "", upload(&bad_line, "d.zip", inst::NB_H3))
+        .await;
+    let msg = refused(&v, "input.fsUploadIn.in");
+    assert!(
+        msg.contains("line 1 column medfee_sumamt \"12.345\""),
+        "{msg}"
+    );
+    assert_eq!(stored_files(&w), before, "nothing stored");
 }

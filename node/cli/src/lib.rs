@@ -8,6 +8,7 @@
 //!   `check-store`), [`quote`] (the benefit engine on files);
 //! - [`bench`], [`bench_clearing`]: the load generators;
 //! - [`demo`]: the Zhejiang demo federation;
+//! - [`directory`]: the federation directory's files and what a coordinator serves;
 //! - [`i18n`]: the `--lang en|zh` labels of the text output.
 
 pub mod backup;
@@ -16,6 +17,7 @@ pub mod bench_clearing;
 pub mod certs;
 pub mod cli;
 pub mod demo;
+pub mod directory;
 pub mod i18n;
 pub mod quote;
 

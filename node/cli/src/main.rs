@@ -41,6 +41,9 @@ enum Command {
     /// Drive the coordinator's clearing rounds: open, run, status, disputes, resolve,
     /// statement (tables, --json, --csv), record-transfer, abort.
     Clearing(yidi_cli::cli::clearing::ClearingArgs),
+    /// The federation directory: add a city or a province to a coordinator's directory
+    /// file, show what a coordinator serves (verified) — docs/national.md.
+    Directory(yidi_cli::directory::DirectoryArgs),
     /// The federation's certificates: create the CA, issue node, hospital, coordinator
     /// and operator certificates, revoke, show.
     Certs(yidi_cli::certs::CertsArgs),
@@ -135,6 +138,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clearing(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(yidi_cli::cli::clearing::run(args))?;
+        }
+        Command::Directory(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(yidi_cli::directory::run(args))?;
         }
         Command::Certs(args) => yidi_cli::certs::run(args)?,
         Command::Backup(args) => yidi_cli::backup::run(&args)?,

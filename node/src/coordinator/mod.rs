@@ -29,6 +29,7 @@ use yidi_common::{
     proto::{
         clearing_participant_server::ClearingParticipantServer,
         coordinator_service_server::CoordinatorServiceServer,
+        directory_service_server::DirectoryServiceServer,
     },
     region::RegionCode,
 };
@@ -59,6 +60,15 @@ pub struct CoordinatorArgs {
     /// Participants file: the nodes of the province (same format as a node's peers file).
     #[arg(long, env = "YIDI_PARTICIPANTS_FILE")]
     pub participants_file: Option<PathBuf>,
+    /// The federation directory file (TOML) this coordinator publishes: its province's
+    /// cities (`[[city]]`) and where the national level is (`[national]`); see
+    /// docs/national.md. Re-read on change. Off when unset.
+    #[arg(long, env = "YIDI_COORDINATOR_DIRECTORY_FILE")]
+    pub directory_file: Option<PathBuf>,
+    /// Seconds between fetches of the other provinces' directories from the national
+    /// level (default 60).
+    #[arg(long, env = "YIDI_COORDINATOR_DIRECTORY_REFRESH_SECONDS")]
+    pub directory_refresh_seconds: Option<u64>,
     /// Seconds between background attempts to advance unfinished rounds.
     #[arg(long, env = "YIDI_RUN_INTERVAL_SECONDS")]
     pub run_interval_seconds: Option<u64>,
@@ -105,6 +115,8 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     participants_file: Option<PathBuf>,
+    directory_file: Option<PathBuf>,
+    directory_refresh_seconds: Option<u64>,
     run_interval_seconds: Option<u64>,
     call_timeout_ms: Option<u64>,
     drain_seconds: Option<u64>,
@@ -156,6 +168,10 @@ pub struct CoordinatorConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub participants_file: PathBuf,
+    /// The federation directory file it publishes (crate::directory); None: none.
+    pub directory_file: Option<PathBuf>,
+    /// How often the other provinces' directories are fetched from the national level.
+    pub directory_refresh: Duration,
     pub run_interval: Duration,
     pub call_timeout: Duration,
     pub drain: Duration,
@@ -180,6 +196,8 @@ impl CoordinatorConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
             participants_file,
+            directory_file: None,
+            directory_refresh: Duration::from_secs(60),
             run_interval: Duration::from_secs(3),
             call_timeout: Duration::from_secs(5),
             drain: Duration::from_secs(10),
@@ -233,6 +251,13 @@ impl CoordinatorConfig {
                         "missing: the list of the province's nodes",
                     )
                 })?,
+            directory_file: args.directory_file.clone().or(file.directory_file),
+            directory_refresh: Duration::from_secs(
+                args.directory_refresh_seconds
+                    .or(file.directory_refresh_seconds)
+                    .unwrap_or(60)
+                    .clamp(1, 86_400),
+            ),
             run_interval: Duration::from_secs(
                 args.run_interval_seconds
                     .or(file.run_interval_seconds)
@@ -288,6 +313,20 @@ impl CoordinatorConfig {
             .iter()
             .map(|p| p.region.to_string())
             .collect();
+        let directory = match &self.directory_file {
+            None => "none".to_owned(),
+            Some(path) => {
+                let file = crate::directory::DirectoryFile::read(path, Some(self.region))?;
+                format!(
+                    "{} ({} cities{})",
+                    path.display(),
+                    file.city.len(),
+                    file.national
+                        .as_ref()
+                        .map_or_else(String::new, |n| format!(", national level {}", n.address))
+                )
+            }
+        };
         Ok([
             format!("coordinator config OK: {}", self.region),
             format!("  listen             {}", self.listen),
@@ -302,6 +341,7 @@ impl CoordinatorConfig {
                 regions.len(),
                 regions.join(", ")
             ),
+            format!("  directory_file     {directory}"),
             format!(
                 "  metrics            {}",
                 self.metrics_listen
@@ -376,6 +416,10 @@ pub async fn serve(
         .await
         .map_err(|e| Error::Internal(format!("participants task failed: {e}")))??
     };
+    let directory = match &config.directory_file {
+        None => None,
+        Some(path) => Some(start_directory(&config, path.clone(), tls.clone()).await?),
+    };
     let state = Arc::new(CoordState {
         region: config.region,
         store,
@@ -400,6 +444,18 @@ pub async fn serve(
         tasks.spawn(Arc::clone(t).watch(crate::tls::RELOAD_CHECK, async move {
             let _ = rx.wait_for(|s| *s).await;
         }));
+    }
+    if let Some((publisher, follower)) = &directory {
+        let mut rx = bg.clone();
+        tasks.spawn(crate::directory::keep_current(
+            Arc::clone(publisher),
+            Arc::clone(follower),
+            Duration::from_secs(2).min(config.directory_refresh),
+            config.directory_refresh,
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        ));
     }
     if let (Some(l), Some(t)) = (console_listener, &tls) {
         let mut rx = bg.clone();
@@ -430,9 +486,19 @@ pub async fn serve(
     health
         .set_serving::<CoordinatorServiceServer<service::CoordinatorSvc>>()
         .await;
-    let (reflection, reflection_v1alpha) = crate::serving::reflection(&[
-        yidi_common::proto::coordinator_service_server::SERVICE_NAME,
-    ])?;
+    let directory_svc = directory.as_ref().map(|(_, follower)| {
+        DirectoryServiceServer::new(crate::directory::DirectorySvc::new(Arc::clone(follower)))
+    });
+    if directory_svc.is_some() {
+        health
+            .set_serving::<DirectoryServiceServer<crate::directory::DirectorySvc>>()
+            .await;
+    }
+    let mut served_names = vec![yidi_common::proto::coordinator_service_server::SERVICE_NAME];
+    if directory_svc.is_some() {
+        served_names.push(yidi_common::proto::directory_service_server::SERVICE_NAME);
+    }
+    let (reflection, reflection_v1alpha) = crate::serving::reflection(&served_names)?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
@@ -458,7 +524,8 @@ pub async fn serve(
         .add_optional_service((!config.region.is_national()).then(|| {
             ClearingParticipantServer::new(national::ProvinceParticipant::new(Arc::clone(&state)))
                 .max_decoding_message_size(crate::serving::MAX_MESSAGE_BYTES)
-        }));
+        }))
+        .add_optional_service(directory_svc);
     let server = crate::tls::serve_router(router, listener, tls.clone(), async {
         let _ = stop_rx.await;
     });
@@ -473,6 +540,44 @@ pub async fn serve(
     served?;
     tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// The coordinator's directory: its cache read, its file published (a broken file
+/// fails the start), its sources set from the file.
+async fn start_directory(
+    config: &CoordinatorConfig,
+    path: PathBuf,
+    tls: Option<Arc<crate::tls::TlsState>>,
+) -> Result<(
+    Arc<crate::directory::Publisher>,
+    Arc<crate::directory::Follower>,
+)> {
+    let follower = Arc::new(crate::directory::Follower::new(
+        Vec::new(),
+        Some(config.data_dir.join(crate::directory::CACHE_FILE)),
+        tls.clone(),
+        config.call_timeout,
+        None,
+        Some(config.region.to_string()),
+    ));
+    let publisher = Arc::new(crate::directory::Publisher::new(
+        Some(config.region),
+        path,
+        &config.data_dir,
+        tls,
+        Arc::clone(&follower),
+    ));
+    {
+        let (f, p) = (Arc::clone(&follower), Arc::clone(&publisher));
+        tokio::task::spawn_blocking(move || {
+            f.load_cache();
+            p.reload()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("directory task failed: {e}")))??;
+    }
+    follower.persist().await;
+    Ok((publisher, follower))
 }
 
 /// Binds the configured address and serves until SIGINT or SIGTERM.

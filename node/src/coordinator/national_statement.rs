@@ -60,7 +60,7 @@ impl SideSum {
 /// The province of a city's counterparty; a counterparty in the reporting city's own
 /// province has no place in a national round (the node's freeze keeps it out).
 fn other_province(city: &str, counterparty: &str) -> Result<String> {
-    let p = region::province_of(counterparty)?;
+    let p = region::RegionCode::parse(counterparty, "counterparty")?.province();
     if !region::cross_province(city, counterparty) {
         return Err(Error::Internal(format!(
             "{city} reported {counterparty}, of its own province, in a national round"

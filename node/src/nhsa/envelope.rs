@@ -75,41 +75,156 @@ pub struct Envelope {
     pub input: Map<String, Value>,
 }
 
+/// A scalar of the envelope as sent: a string (borrowed from the body where it has no
+/// escapes), a number's JSON text, or absent/null. Anything else is kept as its kind,
+/// refused with the field's name once known.
+enum Scalar<'a> {
+    Text(std::borrow::Cow<'a, str>),
+    Number(Number),
+    Absent,
+    Other,
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Scalar<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Text(v.into()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Text(v.to_owned().into()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Scalar::Text(v.into()))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Absent)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Absent)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Scalar::Number(v.into()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Number(v.into()))
+            }
+            // An envelope field is a code or an id: a fraction in one is refused later
+            // by its own rule, so its shortest text suffices.
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Number::from_f64(v).map_or(Scalar::Other, Scalar::Number))
+            }
+            // With `arbitrary_precision` a number that is no integer may arrive as
+            // serde_json's one-entry map holding its text under this key (what `Number`
+            // itself reads).
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+                let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? else {
+                    return Ok(Scalar::Other);
+                };
+                if key == NUMBER_TOKEN {
+                    let text: std::borrow::Cow<'de, str> = map.next_value()?;
+                    return Ok(Number::from_str(&text).map_or(Scalar::Other, Scalar::Number));
+                }
+                map.next_value::<serde::de::IgnoredAny>()?;
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// The envelope as sent: the fields the gateway reads, typed (the rest are skipped
+/// without being built), and `input` as a JSON value.
+#[derive(serde::Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(borrow, default = "absent")]
+    infno: Scalar<'a>,
+    #[serde(borrow, default = "absent")]
+    msgid: Scalar<'a>,
+    #[serde(borrow, default = "absent")]
+    mdtrtarea_admvs: Scalar<'a>,
+    #[serde(borrow, default = "absent")]
+    insuplc_admdvs: Scalar<'a>,
+    #[serde(borrow, default = "absent")]
+    fixmedins_code: Scalar<'a>,
+    #[serde(borrow, default = "absent")]
+    sign_no: Scalar<'a>,
+    #[serde(default)]
+    input: Value,
+}
+
+fn absent<'a>() -> Scalar<'a> {
+    Scalar::Absent
+}
+
+/// One envelope field as text: trimmed; a number as its JSON text.
+fn text(f: &str, v: &Scalar<'_>, required: bool, max: usize) -> NResult<String> {
+    let s = match v {
+        Scalar::Absent => String::new(),
+        Scalar::Text(s) => s.trim().to_owned(),
+        Scalar::Number(n) => n.to_string(),
+        Scalar::Other => {
+            return Err(NhsaError::field(
+                f,
+                "必须是字符串",
+                format!("{f} must be a string"),
+            ));
+        }
+    };
+    if required && s.is_empty() {
+        return Err(NhsaError::missing(f));
+    }
+    check_len(f, &s, max)?;
+    Ok(s)
+}
+
 /// Parses a request body. `path_infno` is the `/{infno}` the URL ended with, if any: it
 /// must agree with the body's.
 pub fn parse(body: &[u8], path_infno: Option<&str>) -> NResult<Envelope> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
+    let not_object = || {
         NhsaError::general(
-            format!("请求报文不是合法的 JSON（{e}）"),
-            format!("the request body is not valid JSON: {e}"),
-        )
-    })?;
-    let Value::Object(mut obj) = value else {
-        return Err(NhsaError::general(
             "请求报文必须是 JSON 对象",
             "the request body must be a JSON object (the envelope)",
-        ));
+        )
     };
-    let text = |obj: &Map<String, Value>, f: &str, required: bool, max: usize| -> NResult<String> {
-        let s = match obj.get(f) {
-            None | Some(Value::Null) => String::new(),
-            Some(Value::String(s)) => s.trim().to_owned(),
-            Some(Value::Number(n)) => n.to_string(),
-            Some(_) => {
-                return Err(NhsaError::field(
-                    f,
-                    "必须是字符串",
-                    format!("{f} must be a string"),
-                ));
-            }
-        };
-        if required && s.is_empty() {
-            return Err(NhsaError::missing(f));
+    // A struct would also accept its fields as an array.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(not_object());
+    }
+    let raw: RawEnvelope<'_> = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            not_object()
+        } else {
+            NhsaError::general(
+                format!("请求报文不是合法的 JSON（{e}）"),
+                format!("the request body is not valid JSON: {e}"),
+            )
         }
-        check_len(f, &s, max)?;
-        Ok(s)
-    };
-    let infno = text(&obj, "infno", true, 6)?;
+    })?;
+    let infno = text("infno", &raw.infno, true, 6)?;
     if let Some(p) = path_infno
         && p != infno
     {
@@ -119,7 +234,7 @@ pub fn parse(body: &[u8], path_infno: Option<&str>) -> NResult<Envelope> {
             format!("infno {infno} differs from the {p} at the end of the URL"),
         ));
     }
-    let msgid = text(&obj, "msgid", true, 30)?;
+    let msgid = text("msgid", &raw.msgid, true, 30)?;
     if !msgid
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
@@ -130,14 +245,14 @@ pub fn parse(body: &[u8], path_infno: Option<&str>) -> NResult<Envelope> {
             "msgid may hold only letters, digits and . _ : -",
         ));
     }
-    let mdtrtarea_admvs = text(&obj, "mdtrtarea_admvs", false, 6)?;
-    let insuplc_admdvs = text(&obj, "insuplc_admdvs", false, 6)?;
-    let fixmedins_code = text(&obj, "fixmedins_code", true, 30)?;
-    let sign_no = text(&obj, "sign_no", false, 30)?;
-    let input = match obj.remove("input") {
-        Some(Value::Object(m)) => m,
+    let mdtrtarea_admvs = text("mdtrtarea_admvs", &raw.mdtrtarea_admvs, false, 6)?;
+    let insuplc_admdvs = text("insuplc_admdvs", &raw.insuplc_admdvs, false, 6)?;
+    let fixmedins_code = text("fixmedins_code", &raw.fixmedins_code, true, 30)?;
+    let sign_no = text("sign_no", &raw.sign_no, false, 30)?;
+    let input = match raw.input {
+        Value::Object(m) => m,
         // Some HIS send `input` as the escaped string the spec's type suggests.
-        Some(Value::String(s)) if !s.trim().is_empty() => match serde_json::from_str::<Value>(&s) {
+        Value::String(s) if !s.trim().is_empty() => match serde_json::from_str::<Value>(&s) {
             Ok(Value::Object(m)) => m,
             _ => {
                 return Err(NhsaError::field(
@@ -147,8 +262,8 @@ pub fn parse(body: &[u8], path_infno: Option<&str>) -> NResult<Envelope> {
                 ));
             }
         },
-        None | Some(Value::Null) => Map::new(),
-        Some(_) => {
+        Value::Null => Map::new(),
+        _ => {
             return Err(NhsaError::field(
                 "input",
                 "必须是 JSON 对象",
@@ -341,29 +456,46 @@ pub fn plain(d: Decimal) -> String {
     d.normalize().to_string()
 }
 
-/// The answer envelope.
+/// The answer envelope, written straight from the transaction's result (the output is
+/// not copied into a tree of its own).
+#[derive(serde::Serialize)]
+struct AnswerEnvelope<'a> {
+    infcode: i32,
+    inf_refmsgid: &'a str,
+    refmsg_time: &'a str,
+    respond_time: &'a str,
+    err_msg: Option<String>,
+    warn_msg: Option<&'a str>,
+    cainfo: (),
+    signtype: (),
+    output: Option<&'a Value>,
+}
+
+/// The answer envelope as JSON bytes.
 #[must_use]
 pub fn answer(
     result: &NResult<(Value, Option<String>)>,
     refmsgid: &str,
     received: &str,
     responded: &str,
-) -> Value {
-    let mut out = Map::new();
-    let (code, err, output, warn) = match result {
-        Ok((output, warn)) => (0, Value::Null, output.clone(), warn.clone()),
-        Err(e) => (-1, Value::String(e.message()), Value::Null, None),
+) -> Vec<u8> {
+    let (infcode, err_msg, output, warn_msg) = match result {
+        Ok((output, warn)) => (0, None, Some(output), warn.as_deref()),
+        Err(e) => (-1, Some(e.message()), None, None),
     };
-    out.insert("infcode".into(), Value::from(code));
-    out.insert("inf_refmsgid".into(), Value::String(refmsgid.to_owned()));
-    out.insert("refmsg_time".into(), Value::String(received.to_owned()));
-    out.insert("respond_time".into(), Value::String(responded.to_owned()));
-    out.insert("err_msg".into(), err);
-    out.insert("warn_msg".into(), warn.map_or(Value::Null, Value::String));
-    out.insert("cainfo".into(), Value::Null);
-    out.insert("signtype".into(), Value::Null);
-    out.insert("output".into(), output);
-    Value::Object(out)
+    let env = AnswerEnvelope {
+        infcode,
+        inf_refmsgid: refmsgid,
+        refmsg_time: received,
+        respond_time: responded,
+        err_msg,
+        warn_msg,
+        cainfo: (),
+        signtype: (),
+        output,
+    };
+    // Serialising strings, numbers and a `Value` cannot fail.
+    serde_json::to_vec(&env).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -423,5 +555,35 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("input"));
+        // An object or array where a string belongs names the field; a number is its
+        // text; a string escaped as JSON text is unescaped.
+        for body in [
+            br#"{"infno":{"a":1,"b":[2]},"msgid":"M1","fixmedins_code":"H1"}"#.as_slice(),
+            br#"{"infno":[2207],"msgid":"M1","fixmedins_code":"H1"}"#,
+            br#"{"infno":true,"msgid":"M1","fixmedins_code":"H1"}"#,
+        ] {
+            let e = parse(body, None).unwrap_err();
+            assert_eq!(e.en, "infno must be a string");
+        }
+        let env = parse(
+            br#"{"infno":2207,"msgid":"M\u0031","fixmedins_code":" H1 ","x":{"y":[1,{}]}}"#,
+            None,
+        )
+        .expect("parse");
+        assert_eq!(
+            (
+                env.infno.as_str(),
+                env.msgid.as_str(),
+                env.fixmedins_code.as_str()
+            ),
+            ("2207", "M1", "H1")
+        );
+        for body in [b" []".as_slice(), b"5", br#""2207""#] {
+            let e = parse(body, None).unwrap_err();
+            assert_eq!(
+                e.en,
+                "the request body must be a JSON object (the envelope)"
+            );
+        }
     }
 }

@@ -8,7 +8,9 @@
 //! the same access rules and limits. docs/nhsa-gateway.md is the integrator's guide.
 
 pub mod codes;
+pub mod detail_reconcile;
 pub mod envelope;
+pub mod files;
 pub mod server;
 pub mod tif;
 pub mod transactions;
@@ -32,6 +34,8 @@ pub struct Gateway {
     pub tls: Option<Arc<TlsState>>,
     /// The provincial gateway's signature keys, when required.
     pub tif: Option<TifKeys>,
+    /// The x-tif nonces accepted within the timestamp window (used with `tif`).
+    pub nonces: tif::Nonces,
 }
 
 impl Gateway {

@@ -18,7 +18,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use rustls::ServerConfig;
-use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
@@ -26,7 +25,7 @@ use tracing::Instrument;
 use super::{
     Gateway,
     envelope::{self, NhsaError},
-    tif, transactions,
+    files, tif, transactions,
 };
 use crate::{
     auth::{Caller, services},
@@ -68,11 +67,15 @@ impl Http1Config {
     }
 }
 
-/// Serves the gateway on `listener` until `shutdown`; open connections are dropped at
-/// shutdown (an HIS repeats a message it got no answer to, with the same msgid).
+/// Serves the gateway on `listener` until `shutdown`, then stops accepting (the
+/// listener is closed: new connections are refused) and lets every open connection
+/// finish the request it is serving — its answer is written — before closing it, for
+/// at most `drain` (the node's drain time, as gRPC's); connections still busy then are
+/// dropped (an HIS repeats a message it got no answer to, with the same msgid).
 pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
+    drain: Duration,
     gateway: Arc<Gateway>,
 ) {
     let addr = listener.local_addr().ok();
@@ -87,6 +90,7 @@ pub async fn serve(
             cached: Mutex::new(None),
         })
     });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -97,9 +101,10 @@ pub async fn serve(
                     let _ = tcp.set_nodelay(true);
                     let gw = Arc::clone(&gateway);
                     let http1 = http1.clone();
+                    let stop = stop_rx.clone();
                     conns.spawn(async move {
                         match http1 {
-                            None => connection(TokioIo::new(tcp), gw, None, remote).await,
+                            None => connection(TokioIo::new(tcp), gw, None, remote, stop).await,
                             Some(cfg) => {
                                 let acceptor = TlsAcceptor::from(cfg.current());
                                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -109,7 +114,7 @@ pub async fn serve(
                                             None => Err(Arc::from("no client certificate")),
                                         };
                                         let info = PeerInfo { remote: Some(remote), cert };
-                                        connection(TokioIo::new(conn), gw, Some(info), remote).await;
+                                        connection(TokioIo::new(conn), gw, Some(info), remote, stop).await;
                                     }
                                     Ok(Err(e)) => tracing::info!(%remote, error = %e, "NHSA gateway: TLS handshake refused"),
                                     Err(_) => tracing::info!(%remote, "NHSA gateway: TLS handshake timed out"),
@@ -127,33 +132,81 @@ pub async fn serve(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
-    conns.abort_all();
-    while conns.join_next().await.is_some() {}
+    drop(listener);
+    let _ = stop_tx.send(true);
+    tracing::info!(
+        connections = conns.len(),
+        drain_seconds = drain.as_secs(),
+        "NHSA gateway: no longer accepting; finishing the requests in flight"
+    );
+    let drained =
+        tokio::time::timeout(drain, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = conns.len(),
+            "NHSA gateway: drain deadline passed; dropping the remaining connections"
+        );
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+    }
 }
 
-async fn connection<I>(io: I, gw: Arc<Gateway>, peer: Option<PeerInfo>, remote: SocketAddr)
-where
+/// Serves one connection until the client closes it or, once `stop` turns true, until
+/// the request it is serving has been answered (an idle connection closes at once).
+async fn connection<I>(
+    io: I,
+    gw: Arc<Gateway>,
+    peer: Option<PeerInfo>,
+    remote: SocketAddr,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| {
         let (gw, peer) = (Arc::clone(&gw), peer.clone());
         async move { Ok::<_, Infallible>(handle(req, &gw, peer).await) }
     });
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .serve_connection(io, svc)
-        .await
-    {
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(%remote, error = %e, "NHSA gateway connection ended with an error");
     }
 }
 
-fn reply(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+fn reply(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json; charset=utf-8"),
     );
+    r
+}
+
+/// A file's bytes (9102), named for a client that saves what it gets.
+fn file_reply(name: &str, bytes: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/zip"),
+    );
+    // The name is ours (`<file_qury_no>-result.zip`) or the uploader's: keep it ASCII.
+    let safe: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .collect();
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("attachment; filename=\"{safe}\""))
+    {
+        h.insert(hyper::header::CONTENT_DISPOSITION, v);
+    }
     r
 }
 
@@ -186,7 +239,7 @@ async fn handle(
     let refmsgid = gw.refmsgid();
     let fail = |status: StatusCode, e: NhsaError| {
         let body = envelope::answer(&Err(e), &refmsgid, &received, &super::stamp());
-        reply(status, &body)
+        reply(status, body)
     };
     let path = req.uri().path().to_owned();
     let Ok(infno_in_path) = path_infno(&path).map(|o| o.map(str::to_owned)) else {
@@ -212,8 +265,8 @@ async fn handle(
             ),
         );
     }
-    let headers = req.headers().clone();
-    let body = match Limited::new(req.into_body(), crate::serving::MAX_REQUEST_BYTES)
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, crate::serving::MAX_REQUEST_BYTES)
         .collect()
         .await
     {
@@ -231,10 +284,13 @@ async fn handle(
             );
         }
     };
-    if let Some(keys) = &gw.tif
-        && let Err(e) = tif::verify(keys, &headers, chrono::Utc::now().timestamp())
-    {
-        return fail(StatusCode::OK, e);
+    if let Some(keys) = &gw.tif {
+        let now = chrono::Utc::now().timestamp();
+        if let Err(e) =
+            tif::verify(keys, &parts.headers, now).and_then(|s| gw.nonces.admit(&s, now))
+        {
+            return fail(StatusCode::OK, e);
+        }
     }
     let result = async {
         let env = envelope::parse(&body, infno_in_path.as_deref())?;
@@ -251,17 +307,26 @@ async fn handle(
             caller
                 .check_institution(&env.fixmedins_code)
                 .map_err(|s| transactions::status_refusal(&s))?;
-            transactions::run(&gw.state, &env).await
+            if env.infno == files::DOWNLOAD {
+                return files::download(&gw.state, &env).await.map(Err);
+            }
+            transactions::run(&gw.state, &env).await.map(Ok)
         }
         .instrument(span)
         .await
     }
     .await;
+    // 9102 answers the file itself (sheet §1); everything else, and its refusals, JSON.
+    let result = match result {
+        Ok(Err((name, bytes))) => return file_reply(&name, bytes),
+        Ok(Ok(answer)) => Ok(answer),
+        Err(e) => Err(e),
+    };
     if let Err(e) = &result {
         tracing::info!(err = %e.en, "NHSA transaction refused");
     }
     let body = envelope::answer(&result, &refmsgid, &received, &super::stamp());
-    reply(StatusCode::OK, &body)
+    reply(StatusCode::OK, body)
 }
 
 impl Gateway {

@@ -44,6 +44,7 @@ pub fn method(infno: &str) -> Option<&'static str> {
         "2208" | "2305" => "CancelSettlement",
         "2601" => "ReverseRequest",
         "3201" => "ReconcileTotals",
+        "3202" | "9101" | "9102" => "ReconcileDetail",
         "5203" | "5204" => "GetSettlement",
         _ => return None,
     })
@@ -70,13 +71,15 @@ pub async fn run(st: &NodeState, env: &Envelope) -> NResult<Answer> {
         "2208" | "2305" => cancel(st, env).await,
         "2601" => reverse(st, env).await,
         "3201" => reconcile_totals(st, env).await,
+        "3202" => super::detail_reconcile::reconcile_detail(st, env).await,
+        "9101" => super::files::upload(st, env).await,
         "5203" => settlement_query(st, env).await,
         "5204" => fee_query(st, env).await,
         other => Err(NhsaError::field(
             "infno",
             format!("不支持交易 {other}"),
             format!(
-                "infno {other} is not a transaction of this gateway; supported: 9001 9002 1101 2201 2202 2203 2203A 2204 2205 2206 2207 2208 2301 2302 2303 2304 2305 2401 2402 2403 2404 2405 2601 3201 5203 5204"
+                "infno {other} is not a transaction of this gateway; supported: 9001 9002 1101 2201 2202 2203 2203A 2204 2205 2206 2207 2208 2301 2302 2303 2304 2305 2401 2402 2403 2404 2405 2601 3201 3202 5203 5204 9101 9102"
             ),
         )),
     }
@@ -209,7 +212,7 @@ fn datetime(node: &Node<'_>, f: &str, required: bool) -> NResult<String> {
 }
 
 /// `yyyy-MM-dd` (a datetime's date part is accepted).
-fn date(node: &Node<'_>, f: &str) -> NResult<String> {
+pub(super) fn date(node: &Node<'_>, f: &str) -> NResult<String> {
     let s = node.str(f)?;
     let day = s.get(..10).unwrap_or(&s);
     chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
@@ -772,7 +775,7 @@ async fn undo_fees(st: &NodeState, env: &Envelope) -> NResult<Answer> {
 // ------------------------------------------------------------------ settlement
 
 /// 2206/2303 pre-settle, 2207/2304 settle: `medfee_sumamt` must be the uploaded
-/// bill's total (checked before anything is settled).
+/// bill's total (checked by the settlement against the bill it settles).
 async fn settle(st: &NodeState, env: &Envelope, real: bool) -> NResult<Answer> {
     let node = data(env)?;
     let visit_id = node.str("mdtrt_id")?;
@@ -781,6 +784,7 @@ async fn settle(st: &NodeState, env: &Envelope, real: bool) -> NResult<Answer> {
     code(&node, "insutype", Dict::Insutype)?;
     // 2303 leaves the flag optional ([OH]); every other sends it.
     let use_account = flag(&node, "acct_used_flag", false)?;
+    let cert_type = node.opt_str("mdtrt_cert_type")?;
     let req = proto::SettleRequest {
         request_id: env.msgid.clone(),
         institution_code: env.fixmedins_code.clone(),
@@ -788,30 +792,19 @@ async fn settle(st: &NodeState, env: &Envelope, real: bool) -> NResult<Answer> {
         use_account,
     };
     limited(&req)?;
-    let bill = bill::visit_bill(st, &env.fixmedins_code, &visit_id)
-        .await
-        .map_err(refusal)?;
-    let total = bill.total();
-    // Equal as numbers (330 = 330.00); a third decimal is never rounded away.
-    if declared != total {
-        return Err(NhsaError::field(
-            "input.data.medfee_sumamt",
-            format!("医疗费总额与上传费用明细总额（{total}）不一致"),
-            format!(
-                "input.data.medfee_sumamt {} differs from the total {total} of the fee lines uploaded for visit {visit_id}",
-                declared.normalize()
-            ),
-        ));
-    }
-    // Counted and timed in the node's metrics as HospitalService's are.
+    // The declared total is checked against the bill the settlement itself reads, in
+    // the same store job: nothing uploaded or undone in between can be settled unseen.
     let started = std::time::Instant::now();
     let answer = if real {
-        treatment::settle(st, req).await
+        treatment::settle_declared(st, req, Some(declared)).await
     } else {
-        treatment::pre_settle(st, req).await
-    }
-    .map(tonic::Response::new)
-    .map_err(tonic::Status::from);
+        treatment::pre_settle_declared(st, req, Some(declared)).await
+    };
+    let (answer, visit) = match answer {
+        Ok(w) => (Ok(tonic::Response::new(w.settlement)), w.visit),
+        Err(e) => (Err(tonic::Status::from(e)), None),
+    };
+    // Counted and timed in the node's metrics as HospitalService's are.
     let op = if real {
         crate::metrics::Op::Settle
     } else {
@@ -820,19 +813,45 @@ async fn settle(st: &NodeState, env: &Envelope, real: bool) -> NResult<Answer> {
     st.metrics.settlement(op, &answer, started.elapsed());
     let s = answer
         .map(tonic::Response::into_inner)
-        .map_err(|e| status_refusal(&e))?;
+        .map_err(|e| settle_refusal(&e))?;
     let warn = match s.state.as_str() {
         "refused" | "provisional" => Some(s.note.clone()),
         _ => None,
     };
-    let mut out = settlement_output(&s, &env.msgid, home_facts(&bill.visit).as_ref(), real);
+    // The visit as the settlement read it; read apart only for a repeated request's
+    // stored answer or a same-city settlement.
+    let visit = match visit {
+        Some(v) => Some(v),
+        None => bill::visit_bill(st, &env.fixmedins_code, &visit_id)
+            .await
+            .ok()
+            .map(|b| b.visit),
+    };
+    let mut out = settlement_output(
+        &s,
+        &env.msgid,
+        visit.as_ref().and_then(home_facts).as_ref(),
+        real,
+    );
     if let Some(info) = out.get_mut("setlinfo").and_then(Value::as_object_mut) {
-        info.insert(
-            "mdtrt_cert_type".into(),
-            Value::from(node.opt_str("mdtrt_cert_type")?),
-        );
+        info.insert("mdtrt_cert_type".into(), Value::from(cert_type));
     }
     Ok((out, warn))
+}
+
+/// A refusal of 2206/2207/2303/2304: the declared total's in NHSA terms.
+fn settle_refusal(e: &tonic::Status) -> NhsaError {
+    let r = status_refusal(e);
+    if r.field.as_deref() != Some("declared_total") {
+        return r;
+    }
+    NhsaError {
+        field: Some("input.data.medfee_sumamt".into()),
+        zh: "医疗费总额（input.data.medfee_sumamt）与上传费用明细总额不一致，未做任何结算".into(),
+        en: r
+            .en
+            .replace("invalid declared_total", "input.data.medfee_sumamt"),
+    }
 }
 
 /// What the home node said about the person when the visit was opened (kept with the
@@ -861,8 +880,15 @@ fn settlement_output(
         info.insert("setl_id".into(), Value::from(s.settlement_id.clone()));
     }
     info.insert("psn_no".into(), Value::from(s.id_number.clone()));
-    // The name stays with the HIS (1101 gave it); yidi's records carry none here.
-    info.insert("psn_name".into(), Value::Null);
+    // As the home node gave it when the visit was opened (null for a visit opened
+    // before home nodes sent it).
+    info.insert(
+        "psn_name".into(),
+        person
+            .map(|p| p.name.clone())
+            .filter(|n| !n.is_empty())
+            .map_or(Value::Null, Value::from),
+    );
     info.insert("psn_cert_type".into(), Value::from("01"));
     info.insert("certno".into(), Value::from(s.id_number.clone()));
     info.insert("gend".into(), gend);

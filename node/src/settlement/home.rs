@@ -246,6 +246,7 @@ pub fn eligibility(
         person_type: v.person.rec.person_type.to_proto(),
         civil_servant: v.person.rec.civil_servant,
         insurance_type: v.person.rec.insurance_type.to_proto(),
+        name: v.person.rec.name.clone(),
     })
 }
 

@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 16;
+pub const SCHEMA_VERSION: u32 = 17;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -693,6 +693,23 @@ ALTER TABLE visits_v15 RENAME TO visits;
 CREATE INDEX visits_by_institution ON visits (institution_code, external_visit_no);
 ";
 
+// Files of the NHSA gateway's file transfer (9101 upload, 3202 result, 9102 download):
+// the content itself, bounded in size by the gateway, with the institution that alone
+// may use it and the time after which it is gone (deleted when the next file is stored).
+const V16_NHSA_FILES: &str = r"
+CREATE TABLE nhsa_files (
+    file_qury_no      TEXT PRIMARY KEY,
+    institution_code  TEXT NOT NULL,
+    kind              TEXT NOT NULL CHECK (kind IN ('upload', 'result')),
+    filename          TEXT NOT NULL,
+    content           BLOB NOT NULL,
+    stored_at         TEXT NOT NULL,
+    expires_at        TEXT NOT NULL
+) STRICT;
+CREATE INDEX nhsa_files_by_expiry ON nhsa_files (expires_at);
+CREATE INDEX nhsa_files_by_institution ON nhsa_files (institution_code, expires_at);
+";
+
 // A coordinator round's state is one of `RoundState`'s names (common's round_state.rs),
 // enforced by the store. The table is rebuilt and its rows copied, with foreign keys off
 // (`migrate`): the tables of reports, disputes, confirmations, transfers and clear marks
@@ -723,7 +740,7 @@ ALTER TABLE rounds_v4 RENAME TO rounds;
 // toward cities of its own province (the provincial coordinator's round) or those toward
 // other provinces (the national round, through the provincial coordinator). Rounds
 // recorded before are provincial.
-const V16_CLEARING_ROUND_SCOPE: &str = r"
+const V17_CLEARING_ROUND_SCOPE: &str = r"
 ALTER TABLE clearing_rounds ADD COLUMN scope TEXT NOT NULL DEFAULT 'province'
     CHECK (scope IN ('province', 'national'));
 ";
@@ -789,7 +806,8 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V14_CLEARING_ROUND_STATES),
             // Checked inside the migration's transaction: a broken reference rolls it back.
             M::up(V15_VISIT_CANCELLED).foreign_key_check(),
-            M::up(V16_CLEARING_ROUND_SCOPE),
+            M::up(V16_NHSA_FILES),
+            M::up(V17_CLEARING_ROUND_SCOPE),
         ]),
         Schema::Coordinator => Migrations::new(vec![
             M::up(COORDINATOR_V1),

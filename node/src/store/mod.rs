@@ -16,6 +16,7 @@ pub mod integrity;
 pub mod ledger;
 pub mod lock;
 mod migrations;
+pub mod nhsa_files;
 pub mod outbox;
 pub mod overview;
 pub mod person_load;

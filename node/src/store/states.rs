@@ -202,6 +202,16 @@ states!(
     }
 );
 
+states!(
+    /// A file of the NHSA gateway's file transfer (9101 / 9102).
+    NhsaFileKind, "NHSA file kind", {
+        /// Uploaded by an institution with 9101 (a 3202 detail file).
+        Upload => "upload",
+        /// Written by the node: a 3202 result, downloaded with 9102.
+        Result => "result",
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! `yidi hospital …`: a client that behaves like a designated institution's system (HIS)
 //! at its local node — one subcommand per HospitalService RPC, in the order a visit goes
 //! through them (identify → open-visit → upload-fees → close-visit → pre-settle → settle
-//! → cancel / reverse → reconcile). It is an integrator's first tool and the demo's
+//! → cancel / reverse → reconcile; reopen-visit, cancel-visit and update-visit undo or
+//! correct a visit). It is an integrator's first tool and the demo's
 //! driver, so it prints what a clerk needs (the NHSA split with its Chinese labels, the
 //! per-line split, the engine's trace) and, with `--json`, exactly what the node
 //! answered. Every state-changing call announces its request id on stderr before it is
@@ -115,6 +116,33 @@ pub enum HospitalCommand {
         /// Discharge time, RFC 3339 (default: now).
         #[arg(long)]
         discharged_at: Option<String>,
+    },
+    /// Undo a discharge (NHSA 2405): a closed visit without a live settlement is open
+    /// again, its closed_at cleared.
+    ReopenVisit {
+        /// Visit id.
+        visit: String,
+    },
+    /// Withdraw a registration or admission (NHSA 2202 / 2404): the visit becomes
+    /// cancelled for good; refused while it has a settlement that is not cancelled.
+    CancelVisit {
+        /// Visit id.
+        visit: String,
+        /// Why, kept in the node's log (NHSA exp_content).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Change the main diagnosis or the institution's visit number of a visit
+    /// (NHSA 2203 / 2403); what is not given stays as recorded.
+    UpdateVisit {
+        /// Visit id.
+        visit: String,
+        /// The new main diagnosis code (ICD-10), e.g. I21.9.
+        #[arg(long, required_unless_present = "external_visit_no")]
+        diagnosis: Option<String>,
+        /// The institution's new visit number (1–64 characters).
+        #[arg(long)]
+        external_visit_no: Option<String>,
     },
     /// Upload fee lines from a CSV or JSON file (NHSA 2204 / 2301); prints each line as
     /// the node's catalogue classified it.
@@ -411,6 +439,37 @@ async fn execute(ctx: &Ctx, cmd: HospitalCommand) -> anyhow::Result<i32> {
                 discharged_at: discharged_at.unwrap_or_default(),
             };
             ctx.print(&c.close_visit(ctx.req(req)).await?.into_inner());
+        }
+        HospitalCommand::ReopenVisit { visit } => {
+            let req = proto::ReopenVisitRequest {
+                request_id: ctx.issue(false),
+                institution_code: inst,
+                visit_id: visit,
+            };
+            ctx.print(&c.reopen_visit(ctx.req(req)).await?.into_inner());
+        }
+        HospitalCommand::CancelVisit { visit, reason } => {
+            let req = proto::CancelVisitRequest {
+                request_id: ctx.issue(false),
+                institution_code: inst,
+                visit_id: visit,
+                reason: reason.unwrap_or_default(),
+            };
+            ctx.print(&c.cancel_visit(ctx.req(req)).await?.into_inner());
+        }
+        HospitalCommand::UpdateVisit {
+            visit,
+            diagnosis,
+            external_visit_no,
+        } => {
+            let req = proto::UpdateVisitRequest {
+                request_id: ctx.issue(false),
+                institution_code: inst,
+                visit_id: visit,
+                diagnosis_code: diagnosis.unwrap_or_default(),
+                external_visit_no: external_visit_no.unwrap_or_default(),
+            };
+            ctx.print(&c.update_visit(ctx.req(req)).await?.into_inner());
         }
         HospitalCommand::UploadFees { visit, file } => {
             let lines = read_fees(&file)?;
@@ -811,6 +870,7 @@ impl Record for proto::Visit {
             ("state", text(&self.state)),
             ("institution_code", text(&self.institution_code)),
             ("external_visit_no", text(&self.external_visit_no)),
+            ("diagnosis_code", text(&self.diagnosis_code)),
             ("id_number", text(&self.id_number)),
             ("home_region", text(&self.home_region)),
             (

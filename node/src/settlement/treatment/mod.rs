@@ -39,10 +39,13 @@ mod visit_undo;
 pub use bill::{undo_fees, upload_fees};
 pub use cancel::{cancel, reverse_request};
 pub use identify::{identify, lookup_local};
-pub use queries::{get_settlement, list_settlements, reconcile_detail, reconcile_totals};
+pub use queries::{
+    DetailDifference, DetailEntry, DetailKind, get_settlement, list_settlements, reconcile_detail,
+    reconcile_detail_entries, reconcile_totals,
+};
 pub(crate) use records::finish_committed;
 pub use recovery::{RECOVERY_MIN_AGE, recover, resolve_intent};
-pub use settle::{pre_settle, settle};
+pub use settle::{WithVisit, pre_settle, pre_settle_declared, settle, settle_declared};
 pub use shared::{InFlight, check_institution, now_ms, scope};
 pub use visit::{close_visit, open_visit};
 pub use visit_edit::update_visit;

@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::Connection;
+use rust_decimal::Decimal;
 use yidi_common::{engine, period, proto, region::RegionCode};
 
 use super::{
@@ -25,14 +26,57 @@ use crate::{
     context::NodeState,
     idempotency::{self, RequestKey, payload_hash},
     policy_cache::PolicyCache,
-    store::settlements::{self, SettlementRec},
+    store::{
+        settlements::{self, SettlementRec},
+        visits::VisitRec,
+    },
 };
 
 /// Attempts at committing a claim when the home node reports a concurrent change.
 pub(super) const COMMIT_ATTEMPTS: usize = 6;
 
+/// A settlement (or pre-settlement) with the visit it was made for, when this call
+/// read the visit and its caller declared a total: not for the stored answer of a
+/// repeated request, nor for a same-city settlement (made inside the writer's job).
+pub struct WithVisit {
+    pub settlement: proto::Settlement,
+    pub visit: Option<VisitRec>,
+}
+
+/// The total a caller declares for the bill it settles (NHSA `medfee_sumamt`), checked
+/// against the bill the settlement reads, in the same job: no fee upload or undo can
+/// come between the check and the settlement. Equal as numbers (330 = 330.00).
+fn check_declared(bill: &Bill, declared: Option<Decimal>) -> Result<()> {
+    let Some(declared) = declared else {
+        return Ok(());
+    };
+    let total = yidi_common::money::from_fen(bill.lines.iter().map(|l| l.amount_fen).sum());
+    if declared != total {
+        return Err(Error::Invalid {
+            field: "declared_total".into(),
+            reason: format!(
+                "{} differs from the total {total} of the fee lines uploaded for visit {}; nothing was settled",
+                declared.normalize(),
+                bill.visit.visit_id
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// HospitalService.PreSettle: the split as it would be now; nothing is recorded.
 pub async fn pre_settle(st: &NodeState, req: proto::SettleRequest) -> Result<proto::Settlement> {
+    pre_settle_declared(st, req, None)
+        .await
+        .map(|w| w.settlement)
+}
+
+/// PreSettle of a bill whose total the caller declares (see [`check_declared`]).
+pub async fn pre_settle_declared(
+    st: &NodeState,
+    req: proto::SettleRequest,
+    declared: Option<Decimal>,
+) -> Result<WithVisit> {
     institution_given(&req.institution_code)?;
     // One trip to the read pool for the institution and the bill — and, for a patient
     // of this city, for the eligibility too: this node is their home node.
@@ -52,13 +96,14 @@ pub async fn pre_settle(st: &NodeState, req: proto::SettleRequest) -> Result<pro
         })
         .await?;
     let bill = bill_from(visit, lines, false)?;
+    check_declared(&bill, declared)?;
     let priced = match own {
         Some(elig) => price_from(st, &bill, req.use_account, elig?).await,
         None => price_with(st, &bill, req.use_account, true, today).await,
     }
     .map_err(fail_to_error)?;
     let split = priced.quote.to_proto_split();
-    Ok(proto::Settlement {
+    let settlement = proto::Settlement {
         visit_id: bill.visit.visit_id.clone(),
         institution_code: bill.visit.institution_code.clone(),
         id_number: bill.visit.id_number.clone(),
@@ -73,26 +118,45 @@ pub async fn pre_settle(st: &NodeState, req: proto::SettleRequest) -> Result<pro
             st.region.as_str(),
         ),
         ..Default::default()
+    };
+    Ok(WithVisit {
+        settlement,
+        visit: Some(bill.visit),
     })
 }
 
 /// HospitalService.Settle.
-pub async fn settle(st: &NodeState, mut req: proto::SettleRequest) -> Result<proto::Settlement> {
+pub async fn settle(st: &NodeState, req: proto::SettleRequest) -> Result<proto::Settlement> {
+    settle_declared(st, req, None).await.map(|w| w.settlement)
+}
+
+/// Settle of a bill whose total the caller declares (see [`check_declared`]). The
+/// declared total is part of the request: a repeat of the request id with another total
+/// is a different request.
+pub async fn settle_declared(
+    st: &NodeState,
+    mut req: proto::SettleRequest,
+    declared: Option<Decimal>,
+) -> Result<WithVisit> {
     let sc = scope(&req.institution_code);
-    let payload = payload_hash(&mut req, |r| &mut r.request_id);
+    let mut payload = payload_hash(&mut req, |r| &mut r.request_id);
+    if let Some(d) = declared {
+        payload =
+            yidi_common::digest::sha256_hex(format!("{payload}|{}", d.normalize()).as_bytes());
+    }
     let key = RequestKey::new(&sc, &req.request_id, "Settle", payload)?;
     institution_given(&req.institution_code)?;
     // One moment for the whole settlement: its claim's settled_at, and the day the home
     // node judges filings on, in every attempt.
     let now = st.clock.now();
     let (bill_out, bill_in) = tokio::sync::oneshot::channel();
-    let opening = open_settlement(st, &req, &key, now, bill_out);
+    let opening = open_settlement(st, &req, &key, now, declared, bill_out);
     // A cross-region bill is handed out as soon as the writer has read it and recorded
     // the intent, before the commit: pricing runs while the intent is made durable.
     // Everything else (a repeat's answer, a pending intent, a same-city settlement, an
     // error) comes with the job's outcome.
     let Ok(bill) = bill_in.await else {
-        return match opening.await? {
+        let answered = match opening.await? {
             Opened::Answered(answer) => Ok(answer),
             Opened::Pending(intent) => {
                 if intent.payload_hash != key.payload_hash {
@@ -136,12 +200,17 @@ pub async fn settle(st: &NodeState, mut req: proto::SettleRequest) -> Result<pro
                 "a settlement intent was recorded without its bill".into(),
             )),
         };
+        return answered.map(|settlement| WithVisit {
+            settlement,
+            visit: None,
+        });
     };
     let person = bill.visit.id_number.clone();
+    let visit = declared.is_some().then(|| bill.visit.clone());
     let out = settle_remote(st, bill, key, req.use_account, now, opening).await;
     // The person's accumulators changed (or may have): PreSettle asks afresh.
     st.eligibility_cache.forget(&person);
-    out
+    out.map(|settlement| WithVisit { settlement, visit })
 }
 
 /// What the opening of a Settle found, in the writer's transaction.
@@ -171,6 +240,7 @@ pub(super) fn open_settlement(
     req: &proto::SettleRequest,
     key: &RequestKey,
     now: DateTime<Utc>,
+    declared: Option<Decimal>,
     bill_out: tokio::sync::oneshot::Sender<Bill>,
 ) -> impl std::future::Future<Output = Result<Opened>> + Send + 'static {
     let (k, region, use_account) = (key.clone(), st.region, req.use_account);
@@ -197,6 +267,7 @@ pub(super) fn open_settlement(
         }
         let (visit, lines) = read_bill(conn, &inst, &vid)?;
         let bill = bill_from(visit, lines, true)?;
+        check_declared(&bill, declared)?;
         bill_not_future(&bill, &clock)?;
         if bill.visit.home_region == region.as_str() {
             return settle_local(conn, &cache, region, &bill, &k, use_account, now)

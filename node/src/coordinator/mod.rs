@@ -316,7 +316,8 @@ impl CoordinatorConfig {
         let directory = match &self.directory_file {
             None => "none".to_owned(),
             Some(path) => {
-                let file = crate::directory::DirectoryFile::read(path, Some(self.region))?;
+                let own = (!self.region.is_national()).then_some(self.region);
+                let file = crate::directory::DirectoryFile::read(path, own)?;
                 format!(
                     "{} ({} cities{})",
                     path.display(),
@@ -552,16 +553,19 @@ async fn start_directory(
     Arc<crate::directory::Publisher>,
     Arc<crate::directory::Follower>,
 )> {
+    // The national coordinator (000000) has no province of its own: its file lists the
+    // provinces, whose documents it fetches and relays (docs/national.md).
+    let own = (!config.region.is_national()).then_some(config.region);
     let follower = Arc::new(crate::directory::Follower::new(
         Vec::new(),
         Some(config.data_dir.join(crate::directory::CACHE_FILE)),
         tls.clone(),
         config.call_timeout,
         None,
-        Some(config.region.to_string()),
+        own.map(|r| r.to_string()),
     ));
     let publisher = Arc::new(crate::directory::Publisher::new(
-        Some(config.region),
+        own,
         path,
         &config.data_dir,
         tls,

@@ -173,6 +173,15 @@ impl NodeProcess {
     /// One node per region that know each other through a shared peer directory file
     /// (kept in `peers_dir`).
     pub fn federation(regions: &[&str], peers_dir: &Path) -> Vec<Self> {
+        Self::federation_with(regions, peers_dir, |_| Vec::new())
+    }
+
+    /// [`Self::federation`] with more arguments for some nodes (`extra(region)`).
+    pub fn federation_with(
+        regions: &[&str],
+        peers_dir: &Path,
+        extra: impl Fn(&str) -> Vec<String>,
+    ) -> Vec<Self> {
         let ports: Vec<u16> = regions.iter().map(|_| free_port()).collect();
         let peers = peers_dir.join("peers.toml");
         let addrs: Vec<(String, std::net::SocketAddr)> = regions
@@ -185,13 +194,14 @@ impl NodeProcess {
             .iter()
             .zip(ports)
             .map(|(r, port)| {
-                let extra = vec![
+                let mut args = vec![
                     "--peers-file".to_owned(),
                     peers.display().to_string(),
                     "--peer-timeout-ms".to_owned(),
                     "3000".to_owned(),
                 ];
-                Self::start_with(r, port, extra)
+                args.extend(extra(r));
+                Self::start_with(r, port, args)
             })
             .collect()
     }

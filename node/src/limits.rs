@@ -83,6 +83,8 @@ pub const IMPORT_ROWS: usize = 10_000;
 pub const FILING_INSTITUTIONS: usize = 100;
 /// Entries of one ReconcileDetail.
 pub const RECONCILE_ENTRIES: usize = 100_000;
+/// Claims in one CommitClaims: what a treatment node gathers for one home node.
+pub const COMMIT_BATCH: usize = 256;
 /// Provinces named in one directory request.
 pub const PROVINCES: usize = 64;
 /// Lists one node or the coordinator sends another (a claim's lines and trace, a
@@ -218,6 +220,7 @@ const COUNTS: &[(&str, usize)] = &[
     ("rows", IMPORT_ROWS),
     ("institutions", FILING_INSTITUTIONS),
     ("entries", RECONCILE_ENTRIES),
+    ("CommitClaimsRequest.claims", COMMIT_BATCH),
     ("lines", PEER_LIST),
     ("trace", PEER_LIST),
     ("funds", PEER_LIST),
@@ -236,7 +239,11 @@ const COUNTS: &[(&str, usize)] = &[
 /// Repeated fields whose elements the handler checks one by one, so that an element
 /// over a limit is reported as that element's error (an import row's) and the others
 /// still count: only their number is checked with the request.
-const ONE_BY_ONE: &[&str] = &["ImportPersonsRequest.rows", "ImportCatalogueRequest.rows"];
+const ONE_BY_ONE: &[&str] = &[
+    "ImportPersonsRequest.rows",
+    "ImportCatalogueRequest.rows",
+    "CommitClaimsRequest.claims",
+];
 
 /// A request message of the protocol (or an element checked one by one), by its full
 /// name in the descriptor set.
@@ -266,6 +273,7 @@ limited!(
     ClaimStatusRequest,
     CloseVisitRequest,
     CommitClaimRequest,
+    CommitClaimsRequest,
     ConfirmClearingRequest,
     CorrectTransferRequest,
     CreatePersonRequest,

@@ -157,11 +157,12 @@ pub struct PeerCalls {
 
 /// PeerService's methods, as the peer channel labels them (checked against
 /// proto/yidi/v1/peer.proto by a test).
-pub const PEER_METHODS: [&str; 8] = [
+pub const PEER_METHODS: [&str; 9] = [
     "GetPolicy",
     "LookupPerson",
     "CheckEligibility",
     "CommitClaim",
+    "CommitClaims",
     "ReverseClaim",
     "ClaimStatus",
     "PeriodDigest",

@@ -14,6 +14,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+mod claims;
+
+pub use claims::{MAX_BATCH, NOT_COMMITTED, SENDERS};
+
 use serde::Deserialize;
 use tonic::transport::{Channel, ClientTlsConfig};
 use yidi_common::{proto::peer_service_client::PeerServiceClient, region::RegionCode};
@@ -56,6 +60,8 @@ pub struct Peer {
     answered: Arc<AtomicU64>,
     /// The node's clock, sent on every call once the node has set it.
     clock: Arc<OnceLock<crate::clock::Clock>>,
+    /// The claims waiting to be sent to this node (see [`Peer::commit_claim`]).
+    claims: Arc<claims::Gatherer>,
 }
 
 impl Peer {
@@ -296,6 +302,7 @@ impl PeerDirectory {
                     observer: Arc::clone(&self.observer),
                     answered: Arc::default(),
                     clock: Arc::clone(&self.clock),
+                    claims: Arc::default(),
                 },
             };
             next.insert(region, peer);

@@ -28,13 +28,11 @@ use yidi_tests::{
         person, publish_policies, standard_items,
     },
     harness::TestNode,
-    process::NodeProcess,
+    process::{NodeProcess, free_port},
 };
 
 const HZ: &str = "330100";
 const NB: &str = "330200";
-const PERSONS: u16 = 12;
-const CLIENTS: usize = 6;
 
 /// An acknowledged settlement.
 #[derive(Debug, Clone)]
@@ -99,7 +97,7 @@ async fn desk(nb: &TestNode) -> Result<Desk, tonic::Status> {
 /// One hospital client: visits of its persons, opened, billed and settled one after
 /// another until `stop`.
 async fn client(
-    n: usize,
+    (n, clients): (usize, usize),
     nb: Arc<TestNode>,
     persons: Arc<Vec<String>>,
     stop: Arc<AtomicBool>,
@@ -108,7 +106,7 @@ async fn client(
     let mut i = 0usize;
     while !stop.load(Ordering::SeqCst) {
         i += 1;
-        let id = persons[(n + i * CLIENTS) % persons.len()].clone();
+        let id = persons[(n + i * clients) % persons.len()].clone();
         let rid = format!("c{n}-v{i}");
         let visit = until_definite("OpenVisit", || async {
             let mut desk = desk(&nb).await?;
@@ -167,13 +165,45 @@ async fn client(
 
 #[test]
 fn sigkill_of_either_node_mid_load_loses_and_duplicates_nothing() {
+    kill_mid_load(6, 12, 300, None);
+}
+
+/// The same with enough clients that Ningbo's claims travel to Hangzhou in batches
+/// (CommitClaims): each node is killed while batches are in flight, and Ningbo's
+/// metrics show that batches were sent.
+#[test]
+fn sigkill_mid_batch_loses_and_duplicates_nothing() {
+    kill_mid_load(16, 24, 400, Some(free_port()));
+}
+
+/// CommitClaims calls Ningbo made to Hangzhou since it (re)started.
+fn batches_sent(rt: &tokio::runtime::Runtime, metrics: std::net::SocketAddr) -> u64 {
+    let text = rt
+        .block_on(yidi_node::metrics::scrape(metrics))
+        .expect("scrape Ningbo's metrics");
+    let series =
+        format!("yidi_peer_calls_total{{region=\"{NB}\",peer=\"{HZ}\",method=\"CommitClaims\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series}in\n{text}"))
+}
+
+/// `clients` hospital clients settle for `people` persons (ID sequence numbers from
+/// `seq`) while Ningbo, Hangzhou and Ningbo again are killed; with `nb_metrics`, Ningbo
+/// serves metrics there and at least one batch must have been sent.
+fn kill_mid_load(clients: usize, people: u16, seq: u16, nb_metrics: Option<u16>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     let peers_dir = tempfile::tempdir().expect("temp dir");
-    let mut procs = NodeProcess::federation(&[HZ, NB], peers_dir.path());
+    let metrics = nb_metrics.map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)));
+    let mut procs = NodeProcess::federation_with(&[HZ, NB], peers_dir.path(), |r| match metrics {
+        Some(m) if r == NB => vec!["--metrics-listen".to_owned(), m.to_string()],
+        _ => Vec::new(),
+    });
     let hz = Arc::new(TestNode::remote(procs[0].addr(), HZ, procs[0].data_dir()));
     let nb = Arc::new(TestNode::remote(procs[1].addr(), NB, procs[1].data_dir()));
 
@@ -189,10 +219,10 @@ fn sigkill_of_either_node_mid_load_loses_and_duplicates_nothing() {
         .await;
         standard_items(&nb, "NB").await;
         let mut ids = Vec::new();
-        for seq in 0..PERSONS {
+        for n in 0..people {
             let id = person(
                 &hz,
-                &id_number(HZ, "1970-01-01", 300 + seq),
+                &id_number(HZ, "1970-01-01", seq + n),
                 It::Employee,
                 Pt::InService,
                 "0.00",
@@ -207,10 +237,10 @@ fn sigkill_of_either_node_mid_load_loses_and_duplicates_nothing() {
     let persons = Arc::new(persons);
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(Mutex::new(Vec::new()));
-    let clients: Vec<_> = (0..CLIENTS)
+    let tasks: Vec<_> = (0..clients)
         .map(|n| {
             rt.spawn(client(
-                n,
+                (n, clients),
                 Arc::clone(&nb),
                 Arc::clone(&persons),
                 Arc::clone(&stop),
@@ -219,7 +249,7 @@ fn sigkill_of_either_node_mid_load_loses_and_duplicates_nothing() {
         })
         .collect();
     let acked = || acks.lock().unwrap().len();
-    let mut clients = clients;
+    let mut clients = tasks;
     let mut wait_for = |more: usize| {
         let target = acked() + more;
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -245,8 +275,12 @@ fn sigkill_of_either_node_mid_load_loses_and_duplicates_nothing() {
     // Kill the treatment node mid-load, then the home node, then the treatment node
     // again; the load goes on throughout.
     let started = Instant::now();
+    let mut batches = 0;
     for victim in [1, 0, 1] {
         wait_for(15);
+        if let (Some(m), 1) = (metrics, victim) {
+            batches += batches_sent(&rt, m);
+        }
         eprintln!(
             "{:?}: {} acknowledged; SIGKILL {}",
             started.elapsed(),
@@ -258,6 +292,11 @@ fn sigkill_of_either_node_mid_load_loses_and_duplicates_nothing() {
         procs[victim].restart();
     }
     wait_for(15);
+    if let Some(m) = metrics {
+        batches += batches_sent(&rt, m);
+        eprintln!("{batches} batches of claims sent");
+        assert!(batches > 0, "no claims were sent in a batch");
+    }
     eprintln!("{:?}: {} acknowledged; stop", started.elapsed(), acked());
     stop.store(true, Ordering::SeqCst);
     rt.block_on(async {

@@ -13,6 +13,7 @@ mod cli_flags;
 mod cli_hospital;
 mod cli_quote;
 mod cli_security;
+mod commit_batch;
 mod console;
 mod console_login;
 mod demo;

@@ -12,6 +12,8 @@ use yidi_common::{
     types::InsuranceType,
 };
 
+mod batch;
+
 use crate::context::State;
 use crate::{
     Error, Result,
@@ -122,6 +124,59 @@ fn commit_failure(region: RegionCode, claim: &str, e: Error) -> Status {
         }
         other => Status::from(other),
     }
+}
+
+/// The checks of a claim before its write, shared by CommitClaim and CommitClaims: the
+/// treatment region, the claim id's issuer, the dates against this node's clock; gives
+/// the claim's request key.
+fn commit_key(state: &State, req: &mut proto::CommitClaimRequest) -> Result<RequestKey, Status> {
+    let treatment = caller(&req.treatment_region, "treatment_region")?;
+    if treatment == state.region {
+        return Err(Error::invalid(
+            "treatment_region",
+            "a node does not commit claims to itself over the network",
+        )
+        .into());
+    }
+    if req.claim_id.is_empty() || !req.claim_id.starts_with(treatment.as_str()) {
+        return Err(
+            Error::invalid("claim_id", format!("must be an id issued by {treatment}")).into(),
+        );
+    }
+    home::check_dates(req, &state.clock)?;
+    let payload = payload_hash(req, |r| &mut r.request_id);
+    Ok(RequestKey::new(
+        &format!("peer:{treatment}"),
+        &req.request_id,
+        "CommitClaim",
+        payload,
+    )?)
+}
+
+/// The test hook that fails a claim's write as a full disk would.
+fn store_full_hook(full: &std::sync::atomic::AtomicBool) -> Result<()> {
+    if full.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(Error::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full (test hook)".into()),
+        )));
+    }
+    Ok(())
+}
+
+/// One claim's write, in the caller's transaction: exactly once by its request key,
+/// with its audit entry (no claim without its entry).
+fn commit_one(
+    conn: &rusqlite::Connection,
+    cache: &crate::policy_cache::PolicyCache,
+    region: RegionCode,
+    key: &RequestKey,
+    req: &proto::CommitClaimRequest,
+    entry: &Entry,
+) -> Result<proto::CommitClaimResponse> {
+    let out = idempotency::once(conn, key, |conn| home::commit(conn, cache, region, req))?;
+    audit::record(conn, entry)?;
+    Ok(out)
 }
 
 fn caller(region: &str, field: &str) -> Result<RegionCode> {
@@ -262,6 +317,17 @@ impl PeerService for PeerSvc {
         answer.map(Response::new)
     }
 
+    async fn commit_claims(
+        &self,
+        req: Request<proto::CommitClaimsRequest>,
+    ) -> Result<Response<proto::CommitClaimsResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
+        let who = crate::auth::caller(&req)?;
+        self.commit_claims_checked(&who, req.into_inner().claims)
+            .await
+            .map(Response::new)
+    }
+
     async fn reverse_claim(
         &self,
         req: Request<proto::ReverseClaimRequest>,
@@ -386,20 +452,7 @@ impl PeerSvc {
         mut req: proto::CommitClaimRequest,
         entry: Entry,
     ) -> Result<proto::CommitClaimResponse, Status> {
-        let treatment = caller(&req.treatment_region, "treatment_region")?;
-        if treatment == self.state.region {
-            return Err(Error::invalid(
-                "treatment_region",
-                "a node does not commit claims to itself over the network",
-            )
-            .into());
-        }
-        if req.claim_id.is_empty() || !req.claim_id.starts_with(treatment.as_str()) {
-            return Err(
-                Error::invalid("claim_id", format!("must be an id issued by {treatment}")).into(),
-            );
-        }
-        home::check_dates(&req, &self.state.clock)?;
+        let key = commit_key(&self.state, &mut req)?;
         if self
             .state
             .hooks
@@ -408,13 +461,6 @@ impl PeerSvc {
         {
             return Err(Status::unavailable("the call was lost (test hook)"));
         }
-        let payload = payload_hash(&mut req, |r| &mut r.request_id);
-        let key = RequestKey::new(
-            &format!("peer:{treatment}"),
-            &req.request_id,
-            "CommitClaim",
-            payload,
-        )?;
         let cache = Arc::clone(&self.state.policies);
         let region = self.state.region;
         let claim = req.claim_id.clone();
@@ -423,21 +469,12 @@ impl PeerSvc {
             .state
             .store
             .write(move |conn| {
-                if full.load(std::sync::atomic::Ordering::SeqCst) {
-                    return Err(Error::from(rusqlite::Error::SqliteFailure(
-                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-                        Some("database or disk is full (test hook)".into()),
-                    )));
-                }
-                let out =
-                    idempotency::once(conn, &key, |conn| home::commit(conn, &cache, region, &req))?;
-                // In the claim's own transaction: no claim without its audit entry.
-                audit::record(conn, &entry)?;
-                Ok(out)
+                store_full_hook(&full)?;
+                commit_one(conn, &cache, region, &key, &req, &entry)
             })
             .await
             .map_err(|e| commit_failure(region, &claim, e))?;
-        tracing::debug!(peer = %treatment, claim = %claim, "claim committed for a treatment region");
+        tracing::debug!(claim = %claim, "claim committed for a treatment region");
         Ok(out)
     }
 

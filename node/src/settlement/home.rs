@@ -34,7 +34,7 @@ use crate::{
 /// Metadata on a CommitClaim refused because the home node's store could not write
 /// it: the claim was certainly not committed, so the treatment node need not hold it in
 /// doubt.
-pub const NOT_COMMITTED: &str = "yidi-not-committed";
+pub const NOT_COMMITTED: &str = crate::peers::NOT_COMMITTED;
 
 /// The home node's view of a person for one visit.
 pub struct HomeView {

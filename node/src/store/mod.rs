@@ -38,7 +38,9 @@ use tokio::sync::Semaphore;
 
 pub use integrity::CheckStore;
 pub use migrations::SCHEMA_VERSION;
-pub use writer::{DEFAULT_FULL_WAIT, DEFAULT_QUEUE_CAPACITY, WriteQueue, Writer, WriterTotals};
+pub use writer::{
+    DEFAULT_FULL_WAIT, DEFAULT_QUEUE_CAPACITY, WriteQueue, Writer, WriterTotals, in_part,
+};
 
 use crate::{Error, Result};
 

@@ -526,6 +526,25 @@ fn run_in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<
     out
 }
 
+/// Runs `f` in a savepoint of its own inside a job, for a job made of parts that must
+/// fail alone (the claims of one CommitClaims): a failed part rolls back only its own
+/// changes and the job goes on.
+pub fn in_part<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+    exec(conn, "SAVEPOINT part")?;
+    let out = f(conn);
+    if out.is_ok() {
+        if let Err(e) = exec(conn, "RELEASE part") {
+            let _ = exec(conn, "ROLLBACK TO part");
+            let _ = exec(conn, "RELEASE part");
+            return Err(e.into());
+        }
+    } else {
+        exec(conn, "ROLLBACK TO part")?;
+        exec(conn, "RELEASE part")?;
+    }
+    out
+}
+
 /// What the writer did over a window, logged at debug level: whether requests really
 /// share transactions (jobs per commit) and where the thread's time goes.
 #[derive(Default)]

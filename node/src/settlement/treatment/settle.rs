@@ -453,8 +453,8 @@ pub(super) async fn settle_remote(
                     .await?;
             }
             let peer = st.peers.get(&bill.visit.home_region)?;
+            // Travels with the other claims bound for the same home node at this moment.
             let call = peer
-                .client()
                 .commit_claim(commit_request(&rec, &bill, region, false, use_account))
                 .await;
             let failed = match call {
@@ -555,7 +555,7 @@ fn take_pricing(rec: &mut SettlementRec, priced: &Priced) -> Result<()> {
 async fn finish_remote(
     st: &NodeState,
     rec: SettlementRec,
-    resp: tonic::Response<proto::CommitClaimResponse>,
+    resp: proto::CommitClaimResponse,
     key: &RequestKey,
     person: &str,
 ) -> Result<proto::Settlement> {
@@ -568,7 +568,6 @@ async fn finish_remote(
             "injected crash after the home commit (test hook)".into(),
         ));
     }
-    let resp = resp.into_inner();
     if let Some(acc) = &resp.accumulators {
         st.eligibility_cache.settled(person, acc);
     }

@@ -488,6 +488,17 @@ fn national_demo_once_clears_both_levels_and_every_check_holds() {
         Some(0),
         "yidi demo --national failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    // No node has a peers file: every one found all four cities in the directory.
+    assert!(
+        stdout.contains("every node found all four cities in the federation directory"),
+        "{stdout}"
+    );
+    let national = dir.path().join("demo").join("national");
+    for city in ["330100", "330200", "320100", "320500"] {
+        assert!(!national.join(city).join("peers.toml").exists());
+        assert!(national.join(city).join("directory-cache.json").exists());
+    }
+    assert!(!national.join("peers.toml").exists());
     let checks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("CHECK ")).collect();
     // 2 per provincial round, 2 for the national round, per province 1 + 2 per city.
     assert_eq!(checks.len(), 4 + 2 + 2 * 5, "{stdout}");

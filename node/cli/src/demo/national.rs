@@ -1,7 +1,8 @@
 //! `yidi demo --national`: two provinces and the national level on loopback, in this
 //! process — Zhejiang (330000: Hangzhou 330100, Ningbo 330200) and Jiangsu (320000:
 //! Nanjing 320100, Suzhou 320500), a coordinator per province and the national
-//! coordinator (000000), every party over mutual TLS with the demo's certificates.
+//! coordinator (000000), every party over mutual TLS with the demo's certificates; the
+//! nodes find each other through the federation directory, with no peers file.
 //! Loads a policy, a hospital, a catalogue and a few filed persons per city through the
 //! real AdminService; drives visits of every city's people in every other city through
 //! the real HospitalService (across the province boundary and within it, with a
@@ -38,6 +39,7 @@ use yidi_common::{
 use yidi_node::{
     config::NodeConfig,
     coordinator::CoordinatorConfig,
+    directory,
     identity::{Identity, Role},
 };
 
@@ -98,6 +100,10 @@ const PROVINCES: [Province; 2] = [
     },
 ];
 
+/// How often every party refreshes the federation directory: the demo starts all of
+/// them at once, so the documents reach every node within a few refreshes.
+const DIRECTORY_REFRESH: Duration = Duration::from_secs(1);
+
 /// Persons per city; each is treated once in one of the other three cities.
 const PERSONS: u16 = 9;
 
@@ -138,8 +144,10 @@ impl Layout {
 
 /// The files the parties are configured with (see [`configure_federation`]).
 struct FederationFiles {
-    /// Every node's peers: every other node, across the province boundary.
-    peers: PathBuf,
+    /// Each province's directory file: its cities and where the national level is.
+    directories: [PathBuf; 2],
+    /// The national level's directory file: the provinces' coordinators.
+    national_directory: PathBuf,
     /// Each province's participants: its nodes.
     participants: [PathBuf; 2],
     /// The national coordinator's participants: the provinces' coordinators.
@@ -154,37 +162,101 @@ fn peer_entry(region: &str, name: &str, addr: SocketAddr) -> String {
 }
 
 /// The one place the federation's topology is configured: who each node can reach and
-/// who each coordinator clears with. Today these are the hand-kept peers and
-/// participants files (a Jiangsu node lists the Zhejiang nodes as peers and vice
-/// versa); with a federation directory this is the step that changes.
+/// who each coordinator clears with. Nodes keep no peers file: each follows its
+/// province's coordinator, which publishes its cities in the federation directory and
+/// relays the other province's through the national coordinator (docs/national.md).
+/// The participants files say who each coordinator clears with.
 fn configure_federation(layout: &Layout) -> anyhow::Result<FederationFiles> {
     let head = "# Written by `yidi demo --national` at every start.\n";
-    let mut peers = String::from(head);
-    for ((_, c), addr) in cities().zip(layout.nodes) {
-        peers.push_str(&peer_entry(c.region, c.name, addr));
-    }
     let files = FederationFiles {
-        peers: layout.dir.join("peers.toml"),
+        directories: [
+            layout.dir.join("directory-330000.toml"),
+            layout.dir.join("directory-320000.toml"),
+        ],
+        national_directory: layout.dir.join("directory-national.toml"),
         participants: [
             layout.dir.join("participants-330000.toml"),
             layout.dir.join("participants-320000.toml"),
         ],
         national: layout.dir.join("participants-national.toml"),
     };
-    std::fs::write(&files.peers, peers)?;
+    let national = url(layout.national);
     for (k, p) in PROVINCES.iter().enumerate() {
+        let addrs: Vec<String> = (0..p.cities.len())
+            .map(|j| url(layout.nodes[k * 2 + j]))
+            .collect();
+        let lines: Vec<(&str, &str, &str)> = p
+            .cities
+            .iter()
+            .zip(&addrs)
+            .map(|(c, a)| (c.region, c.name, a.as_str()))
+            .collect();
+        let text = directory::for_cities(Some(&url(layout.provinces[k])), Some(&national), &lines);
+        std::fs::write(&files.directories[k], format!("{head}{text}"))?;
         let mut text = String::from(head);
         for (j, c) in p.cities.iter().enumerate() {
             text.push_str(&peer_entry(c.region, c.name, layout.nodes[k * 2 + j]));
         }
         std::fs::write(&files.participants[k], text)?;
     }
+    let provinces = directory::DirectoryFile {
+        province: PROVINCES
+            .iter()
+            .zip(layout.provinces)
+            .map(|(p, addr)| directory::ProvinceLine {
+                province: p.code.to_owned(),
+                name: p.name.to_owned(),
+                coordinator: url(addr),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    std::fs::write(
+        &files.national_directory,
+        format!("{head}{}", provinces.to_toml()),
+    )?;
     let mut text = String::from(head);
     for (p, addr) in PROVINCES.iter().zip(layout.provinces) {
         text.push_str(&peer_entry(p.code, p.name, addr));
     }
     std::fs::write(&files.national, text)?;
     Ok(files)
+}
+
+/// Waits until every node holds both provinces' directory documents (its cache file,
+/// written when a refresh brought something new, lists the provinces it holds), so that
+/// the first cross-province visit finds its home node.
+async fn wait_for_directory(layout: &Layout) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(30);
+    for (_, c) in cities() {
+        let cache = layout.dir.join(c.region).join(directory::CACHE_FILE);
+        while !holds_every_province(&cache) {
+            if Instant::now() > until {
+                bail!(
+                    "node {} has not received the federation directory of both provinces within 30 s (see {})",
+                    c.region,
+                    cache.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a node's directory cache holds a document of every demo province.
+fn holds_every_province(cache: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(cache) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    let held: Vec<&str> = v["directories"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|e| e["province"].as_str()).collect())
+        .unwrap_or_default();
+    PROVINCES.iter().all(|p| held.contains(&p.code))
 }
 
 /// Prepares `dir` (wiped: a national run always starts from empty stores; only a
@@ -346,7 +418,8 @@ async fn start(
         let mut cfg = NodeConfig::new(region, c.name, layout.dir.join(c.region));
         cfg.security = clients.pki.server(&Identity::Node { region })?;
         cfg.listen = l.local_addr()?;
-        cfg.peers_file = Some(files.peers.clone());
+        cfg.directory = vec![url(layout.province_addr(p.code))];
+        cfg.directory_refresh = DIRECTORY_REFRESH;
         cfg.coordinator = Some(url(layout.province_addr(p.code)));
         cfg.drain = Duration::from_secs(5);
         tasks.push((
@@ -359,15 +432,22 @@ async fn start(
             PROVINCES[0].code,
             layout.provinces[0],
             &files.participants[0],
+            &files.directories[0],
         ),
         (
             PROVINCES[1].code,
             layout.provinces[1],
             &files.participants[1],
+            &files.directories[1],
         ),
-        (NATIONAL.as_str(), layout.national, &files.national),
+        (
+            NATIONAL.as_str(),
+            layout.national,
+            &files.national,
+            &files.national_directory,
+        ),
     ];
-    for (code, addr, participants) in coordinators {
+    for (code, addr, participants, directory_file) in coordinators {
         let l = bind(addr.port(), "a coordinator").await?;
         let region = RegionCode::parse(code, "region")?;
         let mut cc = CoordinatorConfig::new(region, layout.dir.join(code), participants.clone());
@@ -377,6 +457,8 @@ async fn start(
             .server(&Identity::Coordinator { province: region })?;
         cc.drain = Duration::from_secs(5);
         cc.run_interval = Duration::from_secs(1);
+        cc.directory_file = Some(directory_file.clone());
+        cc.directory_refresh = DIRECTORY_REFRESH;
         tasks.push((
             format!("coordinator {code}"),
             tokio::spawn(yidi_node::coordinator::serve(l, stopped(stop.clone()), cc)),
@@ -757,6 +839,10 @@ async fn drive(clients: &Clients) -> anyhow::Result<bool> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    wait_for_directory(&clients.layout).await?;
+    println!(
+        "every node found all four cities in the federation directory (each province's coordinator publishes its cities; the national coordinator relays them)"
+    );
     let mut people = Vec::new();
     for i in 0..4 {
         people.push(load_city(clients, i).await?);

@@ -391,3 +391,124 @@ pub fn yidi_command() -> Command {
         .stdin(Stdio::null());
     cmd
 }
+
+/// A `yidi coordinator` process (plain text on loopback) with its own data directory:
+/// a province's (`330000`) or the national one (`000000`, whose participants file lists
+/// the provinces' coordinators).
+pub struct CoordinatorProcess {
+    child: Child,
+    region: String,
+    port: u16,
+    participants: PathBuf,
+    /// `http://127.0.0.1:PORT`, for `--coordinator`.
+    pub url: String,
+    /// Holds the data directory and the coordinator's log until the guard is dropped.
+    pub dir: TempDir,
+}
+
+fn spawn_coordinator(region: &str, port: u16, dir: &Path, participants: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("coordinator.log"))
+        .expect("coordinator log");
+    Command::new(yidi_bin())
+        .args(["coordinator", "--insecure", "--region", region])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--participants-file")
+        .arg(participants)
+        // The background loop retries what waits on an unreachable participant.
+        .args(["--run-interval-seconds", "1", "--call-timeout-ms", "2000"])
+        .env_remove("YIDI_COORDINATOR_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn yidi coordinator")
+}
+
+impl CoordinatorProcess {
+    /// Starts `yidi coordinator --region REGION` on `port` over `participants` and waits
+    /// until it answers ListRounds.
+    pub fn start(region: &str, port: u16, participants: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let child = spawn_coordinator(region, port, dir.path(), participants);
+        let mut c = Self {
+            child,
+            region: region.to_owned(),
+            port,
+            participants: participants.to_path_buf(),
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+        };
+        c.wait_ready(Duration::from_secs(30));
+        c
+    }
+
+    /// Kills the coordinator with SIGKILL and starts it again on the same port and
+    /// store, waiting until it answers.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child =
+            spawn_coordinator(&self.region, self.port, self.dir.path(), &self.participants);
+        self.wait_ready(Duration::from_secs(30));
+    }
+
+    fn wait_ready(&mut self, within: Duration) {
+        use yidi_common::proto::{
+            ListRoundsRequest, coordinator_service_client::CoordinatorServiceClient,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "yidi coordinator exited before answering ({:?}):\n{}",
+                    status.code(),
+                    self.log()
+                );
+            }
+            let url = self.url.clone();
+            let answered = rt.block_on(async move {
+                let mut client = CoordinatorServiceClient::connect(url).await.ok()?;
+                client.list_rounds(ListRoundsRequest {}).await.ok()
+            });
+            if answered.is_some() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "yidi coordinator did not answer within {within:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// What the coordinator has logged so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("coordinator.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for CoordinatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- yidi coordinator {} log ----\n{}",
+                self.region,
+                self.log()
+            );
+        }
+    }
+}

@@ -25,6 +25,9 @@ impl RegionCode {
     /// (`PP0000`) or a city/district code.
     pub fn parse(s: &str, field: &str) -> Result<Self> {
         let bytes = s.as_bytes();
+        if s == NATIONAL.as_str() {
+            return Ok(NATIONAL);
+        }
         if bytes.len() != 6 || !bytes.iter().all(u8::is_ascii_digit) {
             return Err(Error::invalid(
                 field,
@@ -79,10 +82,17 @@ impl RegionCode {
         std::str::from_utf8(&self.0).unwrap_or("000000")
     }
 
-    /// True for `PP0000`.
+    /// True for `PP0000` (not for the national level, `000000`).
     #[must_use]
     pub fn is_province(&self) -> bool {
-        &self.0[2..] == b"0000"
+        &self.0[2..] == b"0000" && !self.is_national()
+    }
+
+    /// True for `000000`, the national clearing level: the national coordinator, whose
+    /// participants are the provinces (docs/national.md).
+    #[must_use]
+    pub fn is_national(&self) -> bool {
+        *self == NATIONAL
     }
 
     /// True for `PPCC00` with `CC != 00`.
@@ -100,6 +110,10 @@ impl RegionCode {
     }
 }
 
+/// The national clearing level's code: no province of GB/T 2260, so it never names a
+/// city or a province. Only a coordinator carries it (its participants are provinces).
+pub const NATIONAL: RegionCode = RegionCode(*b"000000");
+
 /// The province of a region code as a string: its first two digits and `0000`
 /// (`"330102"` → `"330000"`). The one helper for "which province is this region in",
 /// for claims, ledgers and the federation directory alike; it does not validate (a
@@ -109,6 +123,13 @@ impl RegionCode {
 pub fn province_of(region: &str) -> String {
     let head: String = region.chars().take(2).collect();
     format!("{head:0<2}0000")
+}
+
+/// Whether two region codes lie in different provinces (a cross-province claim, cleared
+/// at the national level). Codes that do not parse compare by their first two digits.
+#[must_use]
+pub fn cross_province(a: &str, b: &str) -> bool {
+    a.get(..2) != b.get(..2)
 }
 
 impl fmt::Display for RegionCode {
@@ -159,11 +180,22 @@ mod tests {
     }
 
     #[test]
-    fn province_of_a_region() {
+    fn provinces_and_the_national_level() {
         assert_eq!(province_of("330102"), "330000");
         assert_eq!(province_of("320500"), "320000");
         assert_eq!(province_of("330000"), "330000");
         let hz = RegionCode::parse_city("330100", "r").unwrap();
         assert_eq!(province_of(hz.as_str()), hz.province().as_str());
+        assert!(
+            RegionCode::parse("990100", "r")
+                .unwrap_err()
+                .to_string()
+                .contains("names no known province")
+        );
+        let n = RegionCode::parse("000000", "r").unwrap();
+        assert!(n.is_national() && !n.is_province() && !n.is_city());
+        assert!(RegionCode::parse_city("000000", "r").is_err());
+        assert!(cross_province("330100", "320500"));
+        assert!(!cross_province("330100", "330200"));
     }
 }

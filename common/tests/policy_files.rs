@@ -25,8 +25,8 @@ fn all_files() -> Vec<(PathBuf, String)> {
     paths.sort();
     assert_eq!(
         paths.len(),
-        6,
-        "one policy per demo city and insurance type"
+        10,
+        "one policy per demo city (Zhejiang's three, Jiangsu's two) and insurance type"
     );
     for p in paths {
         let text = std::fs::read_to_string(&p).unwrap();
@@ -60,7 +60,7 @@ fn every_shipped_policy_loads_validates_and_round_trips() {
         assert_eq!(via_serde, p);
         digests.insert(p.digest());
     }
-    assert_eq!(digests.len(), 7, "every policy is distinct");
+    assert_eq!(digests.len(), 11, "every policy is distinct");
 }
 
 #[test]

@@ -260,6 +260,15 @@ pub fn authorize(
             (COORDINATOR, other) => Err(deny(format!(
                 "CoordinatorService of {province} is for its operators and registered nodes; the caller is {other}"
             ))),
+            // A provincial coordinator is the national coordinator's participant.
+            (CLEARING_PARTICIPANT, Identity::Coordinator { province: caller })
+                if caller.is_national() && !province.is_national() =>
+            {
+                Ok(())
+            }
+            (CLEARING_PARTICIPANT, other) => Err(deny(format!(
+                "ClearingParticipant of the coordinator of {province} is for the national coordinator (000000); the caller is {other}"
+            ))),
             // The federation directory (addresses and identities, nothing personal) is
             // read by nodes of any province, other coordinators and the national
             // level, and operators; hospitals never dial a node but their own.
@@ -505,6 +514,71 @@ mod tests {
             "health is open to every verified party"
         );
         assert!(!ok(op("330100", Role::Admin), "other.Service", "X"));
+    }
+
+    /// A provincial coordinator's ClearingParticipant is for the national coordinator
+    /// alone; the national coordinator serves none, and never reaches a node's.
+    #[test]
+    fn only_the_national_coordinator_calls_a_province_as_participant() {
+        use services::*;
+        let dir = |own: &str| {
+            Arc::new(
+                PeerDirectory::load(r(own), None, std::time::Duration::from_secs(1))
+                    .expect("empty directory"),
+            )
+        };
+        let province = Server::Coordinator {
+            province: r("330000"),
+            participants: dir("330000"),
+        };
+        let national = Identity::Coordinator {
+            province: r("000000"),
+        };
+        assert!(
+            authorize(
+                &province,
+                &national,
+                CLEARING_PARTICIPANT,
+                "ReportPositions"
+            )
+            .is_ok()
+        );
+        for other in [
+            Identity::Coordinator {
+                province: r("320000"),
+            },
+            Identity::Node {
+                region: r("330100"),
+            },
+        ] {
+            let e =
+                authorize(&province, &other, CLEARING_PARTICIPANT, "ReportPositions").unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied);
+            assert!(
+                e.message().starts_with(
+                    "ClearingParticipant of the coordinator of 330000 is for the national coordinator (000000)"
+                ),
+                "{}",
+                e.message()
+            );
+        }
+        let at_national = Server::Coordinator {
+            province: r("000000"),
+            participants: dir("000000"),
+        };
+        assert!(
+            authorize(
+                &at_national,
+                &national,
+                CLEARING_PARTICIPANT,
+                "ReportPositions"
+            )
+            .is_err()
+        );
+        let node = Server::Node {
+            region: r("330100"),
+        };
+        assert!(authorize(&node, &national, CLEARING_PARTICIPANT, "ReportPositions").is_err());
     }
 
     #[test]

@@ -122,7 +122,8 @@ impl Identity {
             ["coordinator", province] => {
                 let province = RegionCode::parse(province, "identity province")
                     .map_err(|e| format!("{s:?}: {e}"))?;
-                if !province.is_province() {
+                // 000000: the national coordinator (docs/national.md).
+                if !province.is_province() && !province.is_national() {
                     return Err(format!("{s:?}: {province} is not a province code"));
                 }
                 Ok(Identity::Coordinator { province })

@@ -190,6 +190,8 @@ const STRINGS: &[(&str, usize)] = &[
     ("person_type", WORD),
     ("civil_servant", WORD),
     ("status", WORD),
+    // ReportPositions: which side of the province boundary a round clears.
+    ("scope", WORD),
     ("free_of_charge", WORD),
     ("fund", WORD),
     ("name", PERSON_NAME),

@@ -169,8 +169,22 @@ impl PeerDirectory {
             .map_err(|e| Error::invalid("peers_file", format!("{}: {e}", path.display())))?;
         let mut out = Vec::new();
         for (i, p) in file.peer.into_iter().enumerate() {
-            let region =
-                RegionCode::parse_city(&p.region, &format!("peers_file peer[{i}].region"))?;
+            let field = format!("peers_file peer[{i}].region");
+            // The national coordinator's participants are the provinces' coordinators.
+            let region = if self.own.is_national() {
+                let r = RegionCode::parse(&p.region, &field)?;
+                if !r.is_province() {
+                    return Err(Error::invalid(
+                        field,
+                        format!(
+                            "{r} is not a province code like 330000: the national coordinator's participants are provinces"
+                        ),
+                    ));
+                }
+                r
+            } else {
+                RegionCode::parse_city(&p.region, &field)?
+            };
             if out.iter().any(|(r, _)| *r == region) {
                 return Err(Error::invalid(
                     format!("peers_file peer[{i}].region"),
@@ -318,7 +332,11 @@ impl PeerDirectory {
 
     /// The peer for a home region; UNAVAILABLE when it is not in the directory.
     pub fn get(&self, region: &str) -> Result<Peer> {
-        let code = RegionCode::parse_city(region, "home_region")?;
+        let code = if self.own.is_national() {
+            RegionCode::parse(region, "region")?
+        } else {
+            RegionCode::parse_city(region, "home_region")?
+        };
         self.snapshot().get(&code).cloned().ok_or_else(|| {
             Error::Unavailable(format!(
                 "region {region} is not in this node's peer directory; ask the operator to add it"
@@ -366,8 +384,16 @@ impl PeerDirectory {
     /// The client TLS for calling the node of `region`, from the material in force.
     fn client_tls(&self, region: RegionCode) -> Option<ClientTlsConfig> {
         self.tls.as_ref().map(|t| {
-            t.current()
-                .client_config(&crate::identity::node_server_name(region))
+            // A province (the national coordinator's participant) is served by its
+            // coordinator, whose certificate names it as one.
+            let name = if region.is_province() {
+                crate::identity::Identity::Coordinator { province: region }
+                    .server_name()
+                    .unwrap_or_default()
+            } else {
+                crate::identity::node_server_name(region)
+            };
+            t.current().client_config(&name)
         })
     }
 

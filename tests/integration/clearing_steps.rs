@@ -50,6 +50,7 @@ async fn report_r1(
     cp.report_positions(proto::ReportPositionsRequest {
         round_id: "R1".into(),
         period: "2026-03".into(),
+        scope: String::new(),
     })
     .await
     .expect("report")

@@ -463,3 +463,65 @@ async fn metrics_count_settlements_latency_and_peer_calls() {
         "{body}"
     );
 }
+
+/// `yidi demo --national --once`: two provinces and the national level; exits 0 with
+/// every CHECK line ok — Σ net = 0 at both levels, each province's cities summing to its
+/// national net, every node's ledger equal to its rows of both statements.
+#[test]
+fn national_demo_once_clears_both_levels_and_every_check_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_block(7, &[]);
+    let args: Vec<String> = [
+        "--national",
+        "--once",
+        "--data-dir",
+        dir.path().join("demo").to_str().unwrap(),
+        "--base-port",
+        &base.to_string(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let (code, stdout, stderr) = run_demo(&args, Duration::from_secs(240));
+    assert_eq!(
+        code,
+        Some(0),
+        "yidi demo --national failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    // No node has a peers file: every one found all four cities in the directory.
+    assert!(
+        stdout.contains("every node found all four cities in the federation directory"),
+        "{stdout}"
+    );
+    let national = dir.path().join("demo").join("national");
+    for city in ["330100", "330200", "320100", "320500"] {
+        assert!(!national.join(city).join("peers.toml").exists());
+        assert!(national.join(city).join("directory-cache.json").exists());
+    }
+    assert!(!national.join("peers.toml").exists());
+    let checks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("CHECK ")).collect();
+    // 2 per provincial round, 2 for the national round, per province 1 + 2 per city.
+    assert_eq!(checks.len(), 4 + 2 + 2 * 5, "{stdout}");
+    assert!(checks.iter().all(|l| l.ends_with(" ok")), "{stdout}");
+    for expected in [
+        "CHECK national round ",
+        "CHECK 330000 cities' cross-province nets sum to its national net ",
+        "CHECK 320000 cities' cross-province nets sum to its national net ",
+        "CHECK ledger 320500 cross-province net=",
+    ] {
+        assert!(
+            checks.iter().any(|l| l.starts_with(expected)),
+            "{expected}\n{stdout}"
+        );
+    }
+    // The two provinces' national nets cancel out to the fen.
+    let net = |province: &str| {
+        let line = checks
+            .iter()
+            .find(|l| l.starts_with(&format!("CHECK {province} cities'")))
+            .unwrap();
+        let at = line.find("national net ").unwrap() + "national net ".len();
+        m(line[at..].split_whitespace().next().unwrap())
+    };
+    assert_eq!(net("330000") + net("320000"), Decimal::ZERO, "{stdout}");
+}

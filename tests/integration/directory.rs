@@ -39,10 +39,9 @@ const NB: &str = "330200";
 const NJ: &str = "320100";
 /// Nanjing's level-3 hospital.
 const NJ_H3: &str = "H32010001";
-/// The national relay's TLS name: until the national coordinator has its own identity
-/// (the two-level clearing's), the test's relay presents a coordinator certificate of a
-/// third province, named explicitly in the provinces' `[national]` lines.
-const NATIONAL: &str = "110000";
+/// The national coordinator's code: the provinces' `[national]` lines name no TLS name,
+/// so they verify the relay under the default, `coordinator-000000.yidi`.
+const NATIONAL: &str = "000000";
 
 fn url(addr: std::net::SocketAddr) -> String {
     format!("https://{addr}")
@@ -69,7 +68,7 @@ fn province_file(coordinator: &str, national: &str, cities: Vec<CityLine>) -> St
         coordinator: Some(coordinator.into()),
         national: Some(NationalLine {
             address: national.into(),
-            server_name: Some(format!("coordinator-{NATIONAL}.yidi")),
+            server_name: None,
         }),
         city: cities,
         province: Vec::new(),

@@ -25,6 +25,7 @@ mod kill;
 mod load_persons;
 mod local_run;
 mod money_guards;
+mod national;
 mod nhsa;
 mod nhsa_ops;
 mod observability;

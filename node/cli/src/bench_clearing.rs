@@ -49,6 +49,8 @@ use yidi_node::{
     store::ledger::record_bytes,
 };
 
+mod national;
+
 /// Flags of `yidi bench-clearing`.
 #[derive(Debug, Clone, Args)]
 pub struct ClearingBenchArgs {
@@ -74,6 +76,11 @@ pub struct ClearingBenchArgs {
     /// Keep the coordinator's data directory (its SQLite store) and print its path.
     #[arg(long)]
     pub keep: bool,
+    /// Two-level clearing instead (docs/national.md): the participants are cities of 31
+    /// provinces, each province's coordinator runs its round (in parallel), then the
+    /// national coordinator runs the national round over the provinces.
+    #[arg(long)]
+    pub national: bool,
 }
 
 /// The coordinator's region: the provincial clearing account.
@@ -484,6 +491,9 @@ fn stored_sizes(db: &Path) -> anyhow::Result<(u64, u64, u64)> {
 
 /// Runs `yidi bench-clearing`.
 pub fn run(args: &ClearingBenchArgs) -> anyhow::Result<()> {
+    if args.national {
+        return national::run(args);
+    }
     let n = usize::try_from(args.participants)?;
     let k = match args.counterparties {
         Some(k) if k == 0 || k >= args.participants => {

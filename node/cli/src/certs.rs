@@ -101,7 +101,7 @@ pub enum CertsCommand {
     /// urn:yidi:coordinator:<province>, DNS localhost and coordinator-<province>.yidi,
     /// IP 127.0.0.1, plus every --san.
     Coordinator {
-        /// The province code, e.g. 330000.
+        /// The province code, e.g. 330000 (000000: the national coordinator).
         #[arg(long)]
         region: String,
         #[command(flatten)]
@@ -590,8 +590,10 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
             sans,
         } => {
             let province = RegionCode::parse(&region, "--region")?;
-            if !province.is_province() {
-                bail!("--region {province} is not a province code like 330000");
+            if !province.is_province() && !province.is_national() {
+                bail!(
+                    "--region {province} is not a province code like 330000 (or 000000, the national coordinator)"
+                );
             }
             leaf(Identity::Coordinator { province }, &issue, &sans)?;
         }

@@ -19,6 +19,7 @@
 mod console;
 mod data;
 mod drive;
+mod national;
 mod pki;
 mod report;
 
@@ -108,6 +109,14 @@ pub struct DemoArgs {
     /// Seed of the generated persons and visits: the same seed generates the same data.
     #[arg(long, default_value_t = 2026)]
     pub seed: u64,
+    /// Two provinces and the national level instead (docs/national.md): Zhejiang
+    /// (Hangzhou, Ningbo) and Jiangsu (Nanjing, Suzhou), a coordinator each and the
+    /// national coordinator on the base port (the provinces' on the next two, the nodes
+    /// after them); cross-province visits, the provincial rounds, then the national round,
+    /// each statement and its CHECK lines. Stores under <data-dir>/national, wiped at
+    /// every run.
+    #[arg(long)]
+    pub national: bool,
 }
 
 /// `yidi demo`: builds its runtime and runs.
@@ -122,6 +131,9 @@ pub fn main(args: &DemoArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if args.national {
+        return rt.block_on(national::run(args.clone()));
+    }
     rt.block_on(run(args.clone()))
 }
 

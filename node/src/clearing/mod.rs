@@ -23,7 +23,7 @@ use crate::{
     idempotency::{self, RequestKey},
     store::{
         Store,
-        clearing::{self, FreezeStep, RoundRec},
+        clearing::{self, FreezeStep, RoundRec, Scope},
         funds,
         ledger::{self, Side},
     },
@@ -143,18 +143,29 @@ impl Participant {
     /// Freezes the round's records (on its first report) and reports their positions.
     /// Frozen in steps of bounded writer jobs (see `clearing::freeze_step`), then
     /// reported from a read: a large node's round must not hold the writer.
+    /// `scope` says which side of the province boundary the round clears (a round's
+    /// scope is fixed by its first report).
     pub async fn report_positions(
         &self,
         id: String,
         period: String,
+        scope: Scope,
     ) -> Result<proto::ReportPositionsResponse> {
         let mut cursor = None;
+        let own = self.region;
         loop {
             let (id, period) = (id.clone(), period.clone());
             let step = self
                 .store
                 .write(move |conn| {
-                    clearing::freeze_step(conn, &id, &period, &period::now_rfc3339(), cursor)
+                    clearing::freeze_scoped_step(
+                        conn,
+                        &id,
+                        &period,
+                        &period::now_rfc3339(),
+                        cursor,
+                        Some((scope, own.as_str())),
+                    )
                 })
                 .await?;
             match step {
@@ -503,7 +514,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = participant(dir.path(), true).await;
         let r = p
-            .report_positions("R1".into(), "2026-03".into())
+            .report_positions("R1".into(), "2026-03".into(), Scope::Province)
             .await
             .unwrap();
         let pos = &r.positions[0];
@@ -539,7 +550,7 @@ mod tests {
     async fn a_released_round_is_not_confirmed() {
         let dir = tempfile::tempdir().unwrap();
         let p = participant(dir.path(), true).await;
-        p.report_positions("R1".into(), "2026-03".into())
+        p.report_positions("R1".into(), "2026-03".into(), Scope::Province)
             .await
             .unwrap();
         assert_eq!(p.release("R1".into()).await.unwrap(), 3);

@@ -7,6 +7,8 @@
 pub mod desk;
 mod fanout;
 pub mod metrics;
+pub mod national;
+mod national_statement;
 mod reconcile;
 mod round;
 mod service;
@@ -25,6 +27,7 @@ use tokio::{
 use tonic::transport::Server;
 use yidi_common::{
     proto::{
+        clearing_participant_server::ClearingParticipantServer,
         coordinator_service_server::CoordinatorServiceServer,
         directory_service_server::DirectoryServiceServer,
     },
@@ -44,6 +47,8 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "YIDI_COORDINATOR_CONFIG")]
     pub config: Option<PathBuf>,
     /// The province's 6-digit code, e.g. 330000; also the clearing account's name.
+    /// 000000 makes this the national coordinator, whose participants file lists the
+    /// provinces' coordinators (docs/national.md).
     #[arg(long, env = "YIDI_COORDINATOR_REGION")]
     pub region: Option<String>,
     /// Address to serve CoordinatorService on, e.g. 127.0.0.1:7100.
@@ -213,10 +218,12 @@ impl CoordinatorConfig {
                 Error::invalid("region", "missing: the province code, e.g. 330000")
             })?;
         let region = RegionCode::parse(&region, "region")?;
-        if !region.is_province() {
+        if !region.is_province() && !region.is_national() {
             return Err(Error::invalid(
                 "region",
-                format!("{region} is not a province code like 330000"),
+                format!(
+                    "{region} is not a province code like 330000 (or 000000, the national coordinator)"
+                ),
             ));
         }
         let log_format = args
@@ -309,7 +316,8 @@ impl CoordinatorConfig {
         let directory = match &self.directory_file {
             None => "none".to_owned(),
             Some(path) => {
-                let file = crate::directory::DirectoryFile::read(path, Some(self.region))?;
+                let own = (!self.region.is_national()).then_some(self.region);
+                let file = crate::directory::DirectoryFile::read(path, own)?;
                 format!(
                     "{} ({} cities{})",
                     path.display(),
@@ -512,6 +520,12 @@ pub async fn serve(
         .add_service(CoordinatorServiceServer::new(service::CoordinatorSvc::new(
             Arc::clone(&state),
         )))
+        // A province is the national coordinator's participant (national.rs); the
+        // national coordinator itself is nobody's.
+        .add_optional_service((!config.region.is_national()).then(|| {
+            ClearingParticipantServer::new(national::ProvinceParticipant::new(Arc::clone(&state)))
+                .max_decoding_message_size(crate::serving::MAX_MESSAGE_BYTES)
+        }))
         .add_optional_service(directory_svc);
     let server = crate::tls::serve_router(router, listener, tls.clone(), async {
         let _ = stop_rx.await;
@@ -539,16 +553,19 @@ async fn start_directory(
     Arc<crate::directory::Publisher>,
     Arc<crate::directory::Follower>,
 )> {
+    // The national coordinator (000000) has no province of its own: its file lists the
+    // provinces, whose documents it fetches and relays (docs/national.md).
+    let own = (!config.region.is_national()).then_some(config.region);
     let follower = Arc::new(crate::directory::Follower::new(
         Vec::new(),
         Some(config.data_dir.join(crate::directory::CACHE_FILE)),
         tls.clone(),
         config.call_timeout,
         None,
-        Some(config.region.to_string()),
+        own.map(|r| r.to_string()),
     ));
     let publisher = Arc::new(crate::directory::Publisher::new(
-        Some(config.region),
+        own,
         path,
         &config.data_dir,
         tls,

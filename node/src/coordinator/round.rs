@@ -112,9 +112,9 @@ pub async fn advance(st: &CoordState, id: &str) -> Result<proto::Round> {
     view(st, id).await
 }
 
-type Client = ClearingParticipantClient<tonic::transport::Channel>;
+pub(super) type Client = ClearingParticipantClient<tonic::transport::Channel>;
 
-fn client(st: &CoordState, region: &str) -> Result<Client> {
+pub(super) fn client(st: &CoordState, region: &str) -> Result<Client> {
     Ok(
         ClearingParticipantClient::new(st.participants.get(region)?.channel())
             .max_decoding_message_size(crate::serving::MAX_MESSAGE_BYTES),
@@ -133,7 +133,7 @@ async fn set_state(st: &CoordState, id: &str, s: RoundState, note: String) -> Re
 }
 
 /// The participants not in `done`, in region order.
-fn all_but(st: &CoordState, done: &[String]) -> Vec<String> {
+pub(super) fn all_but(st: &CoordState, done: &[String]) -> Vec<String> {
     let done: BTreeSet<&String> = done.iter().collect();
     st.participant_regions()
         .into_iter()
@@ -143,7 +143,7 @@ fn all_but(st: &CoordState, done: &[String]) -> Vec<String> {
 
 /// Asks every participant in `regions` through its client: `ask` makes the call (its
 /// gRPC error becomes the reason), `keep` records the answer (see `fanout::ask_every`).
-async fn ask<'a, A, Ask, AskFut, Keep, KeepFut>(
+pub(super) async fn ask<'a, A, Ask, AskFut, Keep, KeepFut>(
     st: &'a CoordState,
     regions: Vec<String>,
     ask: Ask,
@@ -182,9 +182,17 @@ async fn collect(st: &CoordState, row: &store::RoundRow) -> Result<bool> {
             .read(move |conn| store::reported(conn, &id))
             .await?
     };
+    // Nodes clear their own province's pairs in the provincial round; the national
+    // coordinator's participants are provinces, who gather the rest (national.rs).
     let request = proto::ReportPositionsRequest {
         round_id: row.round_id.clone(),
         period: row.period.clone(),
+        scope: if st.region.is_national() {
+            "national"
+        } else {
+            "province"
+        }
+        .to_owned(),
     };
     let missing = ask(
         st,

@@ -129,7 +129,13 @@ impl CoordinatorService for CoordinatorSvc {
                 .into());
         }
         let n = views.iter().filter(|r| r.period == p.to_string()).count() + 1;
-        let id = format!("{p}-r{n}");
+        // A national round's id differs from every provincial one ("2026-12-n1"): the
+        // provinces forward it to their nodes, where both rounds may be live at once.
+        let id = if self.state.region.is_national() {
+            format!("{p}-n{n}")
+        } else {
+            format!("{p}-r{n}")
+        };
         let id2 = id.clone();
         let allow_empty = req.allow_empty;
         let note = if allow_empty {
@@ -228,12 +234,29 @@ impl CoordinatorService for CoordinatorSvc {
     ) -> Result<Response<proto::Statement>, Status> {
         crate::limits::check(req.get_ref())?;
         let id = req.into_inner().round_id;
+        let national_id = id.clone();
         let row = self
             .state
             .store
             .read(move |conn| store::round(conn, &id))
-            .await?
-            .ok_or_else(|| Error::NotFound("no such round".into()))?;
+            .await?;
+        // A national round at a province: its provincial statement (what each city
+        // pays or receives for its cross-province records), once issued.
+        let Some(row) = row else {
+            let nat = self
+                .state
+                .store
+                .read(move |conn| super::national::national_round(conn, &national_id))
+                .await?
+                .ok_or_else(|| Error::NotFound("no such round".into()))?;
+            return Ok(Response::new(nat.statement.ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "national round {} is {} at this province; its provincial statement is made when the national statement arrives",
+                    nat.round_id,
+                    nat.state.as_str()
+                ))
+            })?));
+        };
         Ok(Response::new(row.statement.ok_or_else(|| {
             Error::FailedPrecondition(format!(
                 "round {} is {}; no statement has been issued",

@@ -26,7 +26,7 @@ use super::{Document, Entry, Held, follow::write_atomic};
 use crate::{Error, Result, identity::Identity, tls::TlsState};
 
 /// The TLS name the national level's certificate carries unless the file says otherwise.
-pub const NATIONAL_SERVER_NAME: &str = "national.yidi";
+pub const NATIONAL_SERVER_NAME: &str = "coordinator-000000.yidi";
 
 /// A city in the directory file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -64,7 +64,7 @@ pub struct ProvinceLine {
 #[serde(deny_unknown_fields)]
 pub struct NationalLine {
     pub address: String,
-    /// The TLS name of the national level's certificate (default `national.yidi`).
+    /// The TLS name of the national level's certificate (default `coordinator-000000.yidi`, the national coordinator's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
 }

@@ -85,8 +85,9 @@ impl ClearingParticipant for ClearingSvc {
         let period = Period::parse(&req.period, "period")
             .map_err(Error::from)?
             .to_string();
+        let scope = crate::store::clearing::Scope::parse(&req.scope)?;
         Ok(Response::new(
-            self.participant.report_positions(id, period).await?,
+            self.participant.report_positions(id, period, scope).await?,
         ))
     }
 

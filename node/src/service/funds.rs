@@ -289,6 +289,7 @@ pub async fn get_ledger(
     req: proto::GetLedgerRequest,
 ) -> Result<proto::GetLedgerResponse> {
     let period = Period::parse(&req.period, "period")?.to_string();
+    let own = st.region;
     st.store
         .read(move |conn| {
             let f = |fen: i64| money::format(money::from_fen(fen));
@@ -305,6 +306,7 @@ pub async fn get_ledger(
                     payable_sum: f(p.sum_fen),
                     net: f(r.sum_fen - p.sum_fen),
                     cleared: ledger::cleared_count(conn, &cp, &period)?,
+                    cross_province: yidi_common::region::cross_province(&cp, own.as_str()),
                     counterparty: cp,
                 });
             }

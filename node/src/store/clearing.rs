@@ -15,13 +15,46 @@ pub struct RoundRec {
     pub statement_digest: String,
     pub confirmed_by: String,
     pub operator_digest: String,
+    pub scope: Scope,
+}
+
+/// Which of a node's records a round clears (docs/national.md): those toward cities of
+/// its own province (the provincial coordinator's round) or those toward other
+/// provinces (the national round). Stored with the round (CHECK constraint, V16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Province,
+    National,
+}
+
+impl Scope {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Province => "province",
+            Scope::National => "national",
+        }
+    }
+
+    /// The request's scope: empty is the provincial round (what every coordinator
+    /// before two-level clearing asks for).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "" | "province" => Ok(Scope::Province),
+            "national" => Ok(Scope::National),
+            other => Err(Error::invalid(
+                "scope",
+                format!("expected province or national, got {other:?}"),
+            )),
+        }
+    }
 }
 
 /// The round, if this node has seen it.
 pub fn get(conn: &Connection, round_id: &str) -> Result<Option<RoundRec>> {
     Ok(conn
         .prepare_cached(
-            "SELECT round_id, period, state, statement_digest, confirmed_by, operator_digest FROM clearing_rounds WHERE round_id = ?1",
+            "SELECT round_id, period, state, statement_digest, confirmed_by, operator_digest, scope FROM clearing_rounds WHERE round_id = ?1",
         )?
         .query_row([round_id], |r| {
             Ok(RoundRec {
@@ -41,6 +74,16 @@ pub fn get(conn: &Connection, round_id: &str) -> Result<Option<RoundRec>> {
                 statement_digest: r.get(3)?,
                 confirmed_by: r.get(4)?,
                 operator_digest: r.get(5)?,
+                scope: {
+                    let s: String = r.get(6)?;
+                    Scope::parse(&s).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            6,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?
+                },
             })
         })
         .optional()?)
@@ -117,17 +160,37 @@ pub fn freeze_step(
     now: &str,
     cursor: Option<FreezeCursor>,
 ) -> Result<FreezeStep> {
+    freeze_scoped_step(conn, round_id, period, now, cursor, None)
+}
+
+/// [`freeze_step`] of a round of `scope`, with the node's own region `own`: only the
+/// entries toward cities of its own province (`Scope::Province`) or of other provinces
+/// (`Scope::National`) are frozen, and a live round left over is released only if it is
+/// of the same scope (a provincial and a national round may be live together). `None`:
+/// a provincial round that freezes every entry (a node alone in its province).
+pub fn freeze_scoped_step(
+    conn: &Connection,
+    round_id: &str,
+    period: &str,
+    now: &str,
+    cursor: Option<FreezeCursor>,
+    scoped: Option<(Scope, &str)>,
+) -> Result<FreezeStep> {
+    let scope = scoped.map_or(Scope::Province, |(s, _)| s);
     let round = match get(conn, round_id)? {
         Some(r) if r.state != ParticipantState::Freezing => return Ok(FreezeStep::Done),
         Some(r) => r,
         None => {
             let stale: Vec<String> = conn
-                .prepare_cached("SELECT round_id FROM clearing_rounds WHERE state IN (?1, ?2, ?3)")?
+                .prepare_cached(
+                    "SELECT round_id FROM clearing_rounds WHERE state IN (?1, ?2, ?3) AND scope = ?4",
+                )?
                 .query_map(
                     params![
                         ParticipantState::Freezing.as_str(),
                         ParticipantState::Frozen.as_str(),
-                        ParticipantState::Confirmed.as_str()
+                        ParticipantState::Confirmed.as_str(),
+                        scope.as_str()
                     ],
                     |r| r.get(0),
                 )?
@@ -152,8 +215,8 @@ pub fn freeze_step(
                 tidy_step(conn, &r)?;
                 return Ok(FreezeStep::Continue(None));
             }
-            conn.prepare_cached("INSERT INTO clearing_rounds (round_id, period, state, frozen_at) VALUES (?1, ?2, ?4, ?3)")?
-                .execute(params![round_id, period, now, ParticipantState::Freezing.as_str()])?;
+            conn.prepare_cached("INSERT INTO clearing_rounds (round_id, period, state, frozen_at, scope) VALUES (?1, ?2, ?4, ?3, ?5)")?
+                .execute(params![round_id, period, now, ParticipantState::Freezing.as_str(), scope.as_str()])?;
             return Ok(FreezeStep::Continue(None));
         }
     };
@@ -161,14 +224,26 @@ pub fn freeze_step(
         || (String::new(), String::new(), String::new()),
         |c| (c.period, c.entry_id, c.side),
     );
+    // The province boundary: the counterparty's first two digits against this node's.
+    // With no scope given every entry is the round's (-1 matches no comparison).
+    let (own_province, want_same) = match scoped {
+        None => (String::new(), -1),
+        Some((s, own)) => (
+            own.get(..2).unwrap_or_default().to_owned(),
+            i64::from(s == Scope::Province),
+        ),
+    };
     let keys: Vec<(String, String, String)> = conn
         .prepare_cached(
             "SELECT period, entry_id, side FROM ledger WHERE cleared_round IS NULL AND period <= ?1 \
-             AND (period, entry_id, side) > (?2, ?3, ?4) ORDER BY period, entry_id, side LIMIT ?5",
+             AND (period, entry_id, side) > (?2, ?3, ?4) \
+             AND (?7 = -1 OR (substr(counterparty, 1, 2) = ?6) = ?7) \
+             ORDER BY period, entry_id, side LIMIT ?5",
         )?
-        .query_map(params![round.period, p, e, s, STEP_ENTRIES], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?
+        .query_map(
+            params![round.period, p, e, s, STEP_ENTRIES, own_province, want_same],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?
         .collect::<rusqlite::Result<_>>()?;
     let mut freeze = conn.prepare_cached(
         "UPDATE ledger SET round_id = ?1 WHERE entry_id = ?2 AND side = ?3 AND round_id IS NULL \
@@ -434,6 +509,77 @@ mod tests {
                 FreezeStep::Done => return steps,
             }
         }
+    }
+
+    /// Two-level clearing: a provincial round freezes only the entries toward cities of
+    /// the node's province, a national round only those toward other provinces, and
+    /// the two are live side by side (neither releases the other as stale).
+    #[test]
+    fn provincial_and_national_rounds_split_the_ledger_at_the_province_boundary() {
+        let conn = ledger_of(6);
+        for (i, cp) in ["320500", "320100"].iter().enumerate() {
+            let id = format!("x{i:06}");
+            ledger::record(
+                &conn,
+                &Entry {
+                    entry_id: &id,
+                    side: Side::Receivable,
+                    counterparty: cp,
+                    period: "2026-02",
+                    kind: "claim",
+                    claim_id: &id,
+                    amount_fen: 250,
+                },
+                "2026-04-01T00:00:00Z",
+            )
+            .unwrap();
+        }
+        let run = |round: &str, scope: Scope| {
+            while let FreezeStep::Continue(_) = freeze_scoped_step(
+                &conn,
+                round,
+                "2026-03",
+                "now",
+                None,
+                Some((scope, "330100")),
+            )
+            .unwrap()
+            {}
+        };
+        run("2026-03-n1", Scope::National);
+        run("2026-03-r1", Scope::Province);
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM ledger WHERE round_id = '2026-03-n1' AND counterparty LIKE '32%'"
+            ),
+            2
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM ledger WHERE round_id = '2026-03-n1'"
+            ),
+            2
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM ledger WHERE round_id = '2026-03-r1'"
+            ),
+            6
+        );
+        let n = get(&conn, "2026-03-n1").unwrap().unwrap();
+        let r = get(&conn, "2026-03-r1").unwrap().unwrap();
+        assert_eq!(
+            (n.scope, n.state),
+            (Scope::National, ParticipantState::Frozen)
+        );
+        assert_eq!(
+            (r.scope, r.state),
+            (Scope::Province, ParticipantState::Frozen)
+        );
+        assert_eq!(totals(&conn, "2026-03-n1").unwrap(), (500, 0));
     }
 
     /// A freeze runs in steps of at most STEP_ENTRIES entries, leaves the round

@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 16;
+pub const SCHEMA_VERSION: u32 = 17;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -736,6 +736,48 @@ DROP TABLE rounds;
 ALTER TABLE rounds_v4 RENAME TO rounds;
 ";
 
+// Two-level clearing (docs/national.md): a node's round clears either its records
+// toward cities of its own province (the provincial coordinator's round) or those toward
+// other provinces (the national round, through the provincial coordinator). Rounds
+// recorded before are provincial.
+const V17_CLEARING_ROUND_SCOPE: &str = r"
+ALTER TABLE clearing_rounds ADD COLUMN scope TEXT NOT NULL DEFAULT 'province'
+    CHECK (scope IN ('province', 'national'));
+";
+
+// The national rounds a provincial coordinator takes part in as a participant of the
+// national coordinator (coordinator/national.rs): per round its state, its cities'
+// reports of their cross-province records, the provincial statement of the national
+// round (what each city pays or receives through the provincial clearing account), and
+// which cities have confirmed it and marked the round cleared. Only counts, sums,
+// digests and region codes, as for a provincial round.
+const COORDINATOR_V5_NATIONAL: &str = r"
+CREATE TABLE national_rounds (
+    round_id    TEXT PRIMARY KEY,
+    period      TEXT NOT NULL,
+    state       TEXT NOT NULL
+        CHECK (state IN ('collecting', 'reported', 'confirming', 'confirmed', 'cleared', 'released')),
+    statement   BLOB,              -- encoded yidi.v1.Statement: the provincial statement
+    national_digest TEXT NOT NULL DEFAULT '',
+    note        TEXT NOT NULL DEFAULT '',
+    updated_at  TEXT NOT NULL
+) STRICT;
+CREATE TABLE national_reports (
+    round_id TEXT NOT NULL REFERENCES national_rounds (round_id),
+    region   TEXT NOT NULL,
+    report   BLOB NOT NULL,        -- encoded yidi.v1.ReportPositionsResponse of the city
+    PRIMARY KEY (round_id, region)
+) STRICT;
+CREATE TABLE national_marks (
+    round_id TEXT NOT NULL REFERENCES national_rounds (round_id),
+    region   TEXT NOT NULL,
+    mark     TEXT NOT NULL CHECK (mark IN ('confirmed', 'cleared')),
+    detail   TEXT NOT NULL DEFAULT '',
+    at       TEXT NOT NULL,
+    PRIMARY KEY (round_id, region, mark)
+) STRICT;
+";
+
 /// Which database a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -765,12 +807,14 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             // Checked inside the migration's transaction: a broken reference rolls it back.
             M::up(V15_VISIT_CANCELLED).foreign_key_check(),
             M::up(V16_NHSA_FILES),
+            M::up(V17_CLEARING_ROUND_SCOPE),
         ]),
         Schema::Coordinator => Migrations::new(vec![
             M::up(COORDINATOR_V1),
             M::up(COORDINATOR_V2),
             M::up(COORDINATOR_V3),
             M::up(COORDINATOR_V4).foreign_key_check(),
+            M::up(COORDINATOR_V5_NATIONAL),
         ]),
     }
 }
@@ -815,7 +859,7 @@ pub fn migrate(conn: &mut Connection, schema: Schema) -> Result<()> {
 }
 
 /// Coordinator schema version after all migrations.
-pub const COORDINATOR_SCHEMA_VERSION: u32 = 4;
+pub const COORDINATOR_SCHEMA_VERSION: u32 = 5;
 
 #[cfg(test)]
 mod tests {

@@ -1133,6 +1133,7 @@ impl Record for proto::Settlement {
             ("policy_version", count(self.policy_version)),
             ("reverses", text(&self.reverses)),
             ("note", text(&self.note)),
+            ("cross_province", Field::Bool(self.cross_province)),
         ]
     }
 }

@@ -372,7 +372,7 @@ flat_record!(
     ["counterparty", "receivable_count", "receivable_sum", "payable_count", "payable_sum", "net", "cleared"],
     {
         text counterparty, int receivable_count, num receivable_sum, int payable_count,
-        num payable_sum, num net, int cleared,
+        num payable_sum, num net, int cleared, bool cross_province,
     }
 );
 

@@ -44,6 +44,7 @@ pub(super) fn settlement_to_proto(s: &SettlementRec, treatment: RegionCode) -> p
         policy_version: s.policy_version,
         reverses: s.reverses.clone().unwrap_or_default(),
         note: s.note.clone(),
+        cross_province: yidi_common::region::cross_province(&s.home_region, treatment.as_str()),
     }
 }
 

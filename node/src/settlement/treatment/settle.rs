@@ -113,6 +113,10 @@ pub async fn pre_settle_declared(
         split: Some(split),
         state: "presettled".into(),
         policy_version: priced.elig.policy_version,
+        cross_province: yidi_common::region::cross_province(
+            &bill.visit.home_region,
+            st.region.as_str(),
+        ),
         ..Default::default()
     };
     Ok(WithVisit {

@@ -28,17 +28,20 @@ use yidi_tests::{
 
 const REGIONS: [&str; 3] = ["330100", "330200", "330300"];
 
-/// A base port with `n` consecutive free ports on 127.0.0.1 (checked by binding them;
-/// the window in which another process could take one is tiny).
-fn free_block(n: u16, avoid: &[u16]) -> u16 {
+/// A base port with `n` consecutive free ports on 127.0.0.1 (checked by binding them),
+/// none within `avoid` (blocks as (base, length)). Blocks are drawn from 20000–32599,
+/// below Linux's ephemeral range (32768 up), so neither other tests' listeners on port
+/// 0 nor their outgoing connections can take a port between the check and the demo's
+/// own bind.
+fn free_block(n: u16, avoid: &[(u16, u16)]) -> u16 {
     let mut seed = u64::from(std::process::id()).wrapping_mul(7919)
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::from(d.subsec_nanos()));
     for _ in 0..500 {
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        let base = 20_000 + u16::try_from((seed >> 33) % 40_000).unwrap_or(0);
-        if avoid.iter().any(|a| a.abs_diff(base) < n + 1) {
+        let base = 20_000 + u16::try_from((seed >> 33) % u64::from(12_600 - n)).unwrap_or(0);
+        if avoid.iter().any(|&(a, len)| base < a + len && a < base + n) {
             continue;
         }
         let held: Vec<_> = (0..n)
@@ -50,6 +53,10 @@ fn free_block(n: u16, avoid: &[u16]) -> u16 {
     }
     panic!("no block of {n} free loopback ports");
 }
+
+/// The ports `yidi demo` takes from its base port: the nodes at +0…+3, the consoles
+/// at +80…+83 and the NHSA gateways at +91…+93.
+const DEMO_PORTS: u16 = 94;
 
 /// Runs the demo to completion (killing it after `limit`), returning exit code and
 /// stdout; stderr is appended to the panic message on failure.
@@ -122,8 +129,8 @@ fn ledger_checks(stdout: &str) -> BTreeMap<String, (Decimal, Decimal)> {
 #[test]
 fn demo_once_clears_a_confirmed_statement_matching_every_ledger_and_reruns() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_block(4, &[]);
-    let metrics = free_block(4, &[base]);
+    let base = free_block(DEMO_PORTS, &[]);
+    let metrics = free_block(4, &[(base, DEMO_PORTS)]);
     let args: Vec<String> = [
         "--once",
         "--reset",
@@ -325,7 +332,7 @@ fn demo_once_clears_a_confirmed_statement_matching_every_ledger_and_reruns() {
 fn demo_refuses_to_wipe_a_directory_it_did_not_create() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("precious.txt"), "keep me").unwrap();
-    let base = free_block(4, &[]);
+    let base = free_block(DEMO_PORTS, &[]);
     let (code, _, stderr) = run_demo(
         &[
             "--once".into(),

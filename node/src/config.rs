@@ -156,6 +156,10 @@ struct FileConfig {
     write_queue_capacity: Option<usize>,
     write_queue_wait_ms: Option<u64>,
     request_retention_days: Option<u32>,
+    admission_max_in_flight: Option<usize>,
+    admission_min_in_flight: Option<usize>,
+    admission_target_ms: Option<u64>,
+    admission_queue_ms: Option<u64>,
 }
 
 /// The x-tif-* keys from a paasid and the file holding its secret (both or neither).
@@ -236,6 +240,8 @@ pub struct NodeConfig {
     /// Days a request's stored answer is kept for a repeat of the request
     /// (`request_retention_days`; `store::retention`).
     pub request_retention_days: u32,
+    /// Admission of new Settle and PreSettle calls (`admission_*`; `crate::admission`).
+    pub admission: crate::admission::AdmissionConfig,
     /// Fault injection (tests only).
     pub hooks: crate::context::TestHooks,
 }
@@ -269,6 +275,8 @@ impl NodeConfig {
             write_queue_capacity: crate::store::DEFAULT_QUEUE_CAPACITY,
             write_queue_wait: crate::store::DEFAULT_FULL_WAIT,
             request_retention_days: crate::store::retention::DEFAULT_REQUEST_RETENTION_DAYS,
+            // Off for tests and embedded nodes; a daemon's default is on (`resolve`).
+            admission: crate::admission::AdmissionConfig::off(),
             hooks: crate::context::TestHooks::default(),
         }
     }
@@ -276,6 +284,7 @@ impl NodeConfig {
     /// Resolves flags, environment and the config file into a config.
     pub fn resolve(args: &NodeArgs) -> Result<Self> {
         let file: FileConfig = read_file(args.config.as_deref(), Daemon::Node)?;
+        let admission = admission(&file)?;
         let region = args.region.clone().or(file.region).ok_or_else(|| {
             Error::invalid(
                 "region",
@@ -392,6 +401,7 @@ impl NodeConfig {
                 .request_retention_days
                 .unwrap_or(crate::store::retention::DEFAULT_REQUEST_RETENTION_DAYS)
                 .clamp(1, crate::store::retention::MAX_REQUEST_RETENTION_DAYS),
+            admission,
             hooks: crate::context::TestHooks::default(),
             region,
         };
@@ -494,6 +504,39 @@ impl NodeConfig {
     }
 }
 
+/// The admission settings of a config file, defaults for what it leaves out.
+fn admission(file: &FileConfig) -> Result<crate::admission::AdmissionConfig> {
+    use crate::admission as a;
+    let max = file
+        .admission_max_in_flight
+        .unwrap_or(a::DEFAULT_MAX_IN_FLIGHT);
+    let min = file
+        .admission_min_in_flight
+        .unwrap_or(a::DEFAULT_MIN_IN_FLIGHT.min(max.max(1)));
+    if max > 100_000 {
+        return Err(Error::invalid(
+            "admission_max_in_flight",
+            format!("{max} is more than 100000; 0 turns admission off"),
+        ));
+    }
+    if max > 0 && !(1..=max).contains(&min) {
+        return Err(Error::invalid(
+            "admission_min_in_flight",
+            format!("{min} must be between 1 and admission_max_in_flight ({max})"),
+        ));
+    }
+    Ok(a::AdmissionConfig {
+        max_in_flight: max,
+        min_in_flight: min,
+        target: file.admission_target_ms.map_or(a::DEFAULT_TARGET, |ms| {
+            Duration::from_millis(ms.clamp(1, 10_000))
+        }),
+        queue_wait: file.admission_queue_ms.map_or(a::DEFAULT_QUEUE_WAIT, |ms| {
+            Duration::from_millis(ms.min(10_000))
+        }),
+    })
+}
+
 /// Which daemon a config file is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Daemon {
@@ -503,7 +546,7 @@ pub(crate) enum Daemon {
 
 /// Keys only a node's config has, and keys only a coordinator's has: a file that fails
 /// to parse for one daemon but carries the other's keys was given to the wrong command.
-const NODE_ONLY_KEYS: [&str; 13] = [
+const NODE_ONLY_KEYS: [&str; 17] = [
     "name",
     "directory",
     "directory_refresh_seconds",
@@ -517,6 +560,10 @@ const NODE_ONLY_KEYS: [&str; 13] = [
     "write_queue_capacity",
     "write_queue_wait_ms",
     "request_retention_days",
+    "admission_max_in_flight",
+    "admission_min_in_flight",
+    "admission_target_ms",
+    "admission_queue_ms",
 ];
 const COORDINATOR_ONLY_KEYS: [&str; 4] = [
     "participants_file",

@@ -64,6 +64,8 @@ pub struct NodeState {
     pub eligibility_cache: EligibilityCache,
     /// Settle calls still running, by intent (see [`InFlight`]).
     pub settling: Arc<InFlight>,
+    /// The door new Settle and PreSettle calls pass (see `crate::admission`).
+    pub admission: crate::admission::Admission,
 }
 
 /// Shared handle.

@@ -30,6 +30,14 @@ pub enum Error {
     /// and the same request may be repeated after a short pause.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Refused at the node's door (`crate::admission`): nothing was read or written for
+    /// it; a retry after `retry_after_ms` has a fair chance. RESOURCE_EXHAUSTED with the
+    /// hint in the `retry-after-ms` metadata.
+    #[error("{message}")]
+    AtCapacity {
+        message: String,
+        retry_after_ms: u64,
+    },
     /// The store's COMMIT failed after the request ran: what it wrote may or may not
     /// have been saved (the log may hold the whole commit, which recovery brings back).
     /// Unlike [`Error::Unavailable`], never "nothing was written"; a repeat with the
@@ -89,6 +97,14 @@ impl From<Error> for Status {
             Error::Aborted(_) => Status::aborted(msg),
             Error::Unavailable(_) | Error::CommitUnknown(_) => Status::unavailable(msg),
             Error::ResourceExhausted(_) => Status::resource_exhausted(msg),
+            Error::AtCapacity { retry_after_ms, .. } => {
+                let mut s = Status::resource_exhausted(msg);
+                s.metadata_mut().insert(
+                    crate::admission::RETRY_AFTER_MS,
+                    tonic::metadata::MetadataValue::from(retry_after_ms),
+                );
+                s
+            }
             Error::PermissionDenied(_) => Status::permission_denied(msg),
             Error::Internal(_) => internal_status(&msg),
         }

@@ -23,6 +23,7 @@
 //! [`funds`], [`peers`], [`auth`], [`limits`], [`clock`], [`idempotency`],
 //! [`policy_cache`].
 
+pub mod admission;
 pub mod auth;
 pub mod clearing;
 pub mod clock;

@@ -309,6 +309,98 @@ impl DirectoryCounters {
     }
 }
 
+/// Admission at the node's door (`crate::admission`), per operation (settle,
+/// pre_settle). Cheap to clone (the families are shared).
+#[derive(Clone)]
+pub struct AdmissionMetrics {
+    admitted: Family<OpLabels, Counter>,
+    shed: Family<OpLabels, Counter>,
+    queue_wait: HistogramFamily<OpLabels>,
+    in_flight: Family<OpLabels, Gauge>,
+    limit: Family<OpLabels, Gauge>,
+}
+
+impl Default for AdmissionMetrics {
+    fn default() -> Self {
+        Self {
+            admitted: Family::default(),
+            shed: Family::default(),
+            queue_wait: Family::new_with_constructor(latency_histogram),
+            in_flight: Family::default(),
+            limit: Family::default(),
+        }
+    }
+}
+
+impl AdmissionMetrics {
+    fn labels(op: Op) -> OpLabels {
+        OpLabels { op: op.as_str() }
+    }
+
+    /// A call let in after waiting `wait` at the door; `in_flight` now inside.
+    pub fn admitted(&self, op: Op, wait: Duration, in_flight: usize) {
+        self.admitted.get_or_create(&Self::labels(op)).inc();
+        self.queue_wait
+            .get_or_create(&Self::labels(op))
+            .observe(wait.as_secs_f64());
+        self.in_flight(op, in_flight);
+    }
+
+    /// A call refused at the door.
+    pub fn shed(&self, op: Op) {
+        self.shed.get_or_create(&Self::labels(op)).inc();
+    }
+
+    /// Calls inside now.
+    pub fn in_flight(&self, op: Op, n: usize) {
+        self.in_flight
+            .get_or_create(&Self::labels(op))
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The adaptive limit now.
+    pub fn limit(&self, op: Op, n: usize) {
+        self.limit
+            .get_or_create(&Self::labels(op))
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        for op in [Op::Settle, Op::PreSettle] {
+            let l = Self::labels(op);
+            let _ = self.admitted.get_or_create(&l);
+            let _ = self.shed.get_or_create(&l);
+            let _ = self.queue_wait.get_or_create(&l);
+            let _ = self.in_flight.get_or_create(&l);
+        }
+        registry.register(
+            "yidi_admission_admitted",
+            "Settle and PreSettle calls let in at the node's door (admission_* settings), by op",
+            self.admitted.clone(),
+        );
+        registry.register(
+            "yidi_admission_shed",
+            "Settle and PreSettle calls refused at the door with RESOURCE_EXHAUSTED (node at capacity; nothing was done), by op",
+            self.shed.clone(),
+        );
+        registry.register(
+            "yidi_admission_queue_wait_seconds",
+            "Time a call let in waited at the door for a slot (0 for most)",
+            self.queue_wait.clone(),
+        );
+        registry.register(
+            "yidi_admission_in_flight",
+            "Calls inside (let in and not yet answered), by op",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "yidi_admission_limit",
+            "The adaptive limit of calls inside at once, by op (between admission_min_in_flight and admission_max_in_flight; absent when admission is off)",
+            self.limit.clone(),
+        );
+    }
+}
+
 /// A node's metrics.
 pub struct NodeMetrics {
     registry: Registry,
@@ -323,6 +415,7 @@ pub struct NodeMetrics {
     scrape_errors: Counter,
     store: StoreCounters,
     requests_purged: Counter,
+    admission: AdmissionMetrics,
 }
 
 /// The store writer's totals as counters, brought up to date at each scrape.
@@ -471,6 +564,8 @@ impl NodeMetrics {
         );
         let directory = DirectoryCounters::default();
         directory.register(&mut registry);
+        let admission = AdmissionMetrics::default();
+        admission.register(&mut registry);
         register_process(&mut registry);
         // Every documented series from the start, at 0: the successful answers of each
         // visit kind (a failure's code is open-ended and appears when it happens).
@@ -505,7 +600,14 @@ impl NodeMetrics {
             scrape_errors,
             store,
             requests_purged,
+            admission,
         }
+    }
+
+    /// The admission counters, for the node's gates.
+    #[must_use]
+    pub fn admission(&self) -> AdmissionMetrics {
+        self.admission.clone()
     }
 
     /// Counts request records removed after the idempotency window.

@@ -118,6 +118,7 @@ pub async fn serve(
         (Some(addr), Some(_)) => Some(crate::console::bind(addr).await?),
         (Some(_), None) => return Err(crate::console::needs_tls()),
     };
+    let admission = crate::admission::Admission::new(&config.admission, &metrics.admission());
     let state = Arc::new(NodeState {
         region: config.region,
         name: config.name.clone(),
@@ -131,6 +132,7 @@ pub async fn serve(
         metrics,
         eligibility_cache: Default::default(),
         settling: Default::default(),
+        admission,
     });
 
     // Background work: peer directory reloads, outbox deliveries, in-doubt recovery.

@@ -50,9 +50,12 @@ fn m(s: &str) -> Decimal {
 
 /// Codes after which the call may or may not have taken effect: repeat it.
 fn in_doubt(code: Code) -> bool {
+    // RESOURCE_EXHAUSTED: refused at the node's door with nothing done (admission);
+    // repeated like the rest, as an integrator does.
     matches!(
         code,
-        Code::Unavailable
+        Code::ResourceExhausted
+            | Code::Unavailable
             | Code::Aborted
             | Code::DeadlineExceeded
             | Code::Unknown

@@ -21,6 +21,10 @@ pub struct NhsaError {
     pub field: Option<String>,
     pub zh: String,
     pub en: String,
+    /// A refusal at the node's door (`crate::admission`): when to retry, in
+    /// milliseconds; the gateway sends it as the `Retry-After` and `retry-after-ms`
+    /// headers too.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl NhsaError {
@@ -31,6 +35,7 @@ impl NhsaError {
             zh: format!("{}（{path}）{}", codes::field_zh(&path), zh.as_ref()),
             en: en.into(),
             field: Some(path),
+            retry_after_ms: None,
         }
     }
 
@@ -49,6 +54,7 @@ impl NhsaError {
             field: None,
             zh: zh.into(),
             en: en.into(),
+            retry_after_ms: None,
         }
     }
 

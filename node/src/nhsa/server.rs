@@ -325,8 +325,22 @@ async fn handle(
     if let Err(e) = &result {
         tracing::info!(err = %e.en, "NHSA transaction refused");
     }
+    let retry_after = result.as_ref().err().and_then(|e| e.retry_after_ms);
     let body = envelope::answer(&result, &refmsgid, &received, &super::stamp());
-    reply(StatusCode::OK, body)
+    let mut r = reply(StatusCode::OK, body);
+    if let Some(ms) = retry_after {
+        // HTTP's Retry-After counts whole seconds (rounded up); the milliseconds beside.
+        let h = r.headers_mut();
+        h.insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from(ms.div_ceil(1000).max(1)),
+        );
+        h.insert(
+            crate::admission::RETRY_AFTER_MS,
+            hyper::header::HeaderValue::from(ms),
+        );
+    }
+    r
 }
 
 impl Gateway {

@@ -157,7 +157,25 @@ pub fn status_refusal(s: &tonic::Status) -> NhsaError {
         Some(f) => format!("{kind}：{}（{f}）", codes::field_zh(f)),
         None => kind.to_owned(),
     };
-    NhsaError { field, zh, en }
+    // Refused at the node's door: busy, not this institution's rate.
+    let retry_after_ms = (s.code() == Code::ResourceExhausted)
+        .then(|| s.metadata().get(crate::admission::RETRY_AFTER_MS))
+        .flatten()
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(ms) = retry_after_ms {
+        return NhsaError {
+            field: None,
+            zh: format!("节点繁忙，未做任何处理，请于 {ms} 毫秒后以相同 msgid 重试"),
+            en,
+            retry_after_ms,
+        };
+    }
+    NhsaError {
+        field,
+        zh,
+        en,
+        retry_after_ms: None,
+    }
 }
 
 fn limited<M: limits::Limited>(req: &M) -> NResult<()> {
@@ -846,6 +864,7 @@ fn settle_refusal(e: &tonic::Status) -> NhsaError {
         return r;
     }
     NhsaError {
+        retry_after_ms: None,
         field: Some("input.data.medfee_sumamt".into()),
         zh: "医疗费总额（input.data.medfee_sumamt）与上传费用明细总额不一致，未做任何结算".into(),
         en: r

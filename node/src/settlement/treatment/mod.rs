@@ -24,6 +24,7 @@
 
 mod bill;
 mod cancel;
+mod door;
 mod home_calls;
 mod identify;
 mod offline;

@@ -78,6 +78,7 @@ pub async fn pre_settle_declared(
     declared: Option<Decimal>,
 ) -> Result<WithVisit> {
     institution_given(&req.institution_code)?;
+    let _permit = super::door::admit_pre_settle(st).await?;
     // One trip to the read pool for the institution and the bill — and, for a patient
     // of this city, for the eligibility too: this node is their home node.
     let (inst, vid) = (req.institution_code.clone(), req.visit_id.clone());
@@ -146,6 +147,8 @@ pub async fn settle_declared(
     }
     let key = RequestKey::new(&sc, &req.request_id, "Settle", payload)?;
     institution_given(&req.institution_code)?;
+    // Held to the answer: the slot's service time is the whole call's.
+    let _permit = super::door::admit_settle(st, &key).await?;
     // One moment for the whole settlement: its claim's settled_at, and the day the home
     // node judges filings on, in every attempt.
     let now = st.clock.now();

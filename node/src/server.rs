@@ -359,7 +359,9 @@ async fn purge_requests(st: &NodeState, days: u32) {
         let c = cut.clone();
         match st
             .store
-            .write(move |conn| purge_requests_step(conn, &c, PURGE_STEP))
+            .write_as(crate::store::JobKind::Purge, move |conn| {
+                purge_requests_step(conn, &c, PURGE_STEP)
+            })
             .await
         {
             Ok(n) => {

@@ -22,8 +22,8 @@ use crate::{
     Error, Result,
     idempotency::{self, RequestKey},
     store::{
-        Store,
-        clearing::{self, FreezeStep, RoundRec, Scope},
+        JobKind, Store,
+        clearing::{self, FreezeStep, RoundRec, Scope, StepLimit},
         funds,
         ledger::{self, Side},
     },
@@ -141,8 +141,10 @@ impl Participant {
     }
 
     /// Freezes the round's records (on its first report) and reports their positions.
-    /// Frozen in steps of bounded writer jobs (see `clearing::freeze_step`), then
-    /// reported from a read: a large node's round must not hold the writer.
+    /// Frozen in steps of bounded writer jobs (see `clearing::freeze_step`) in the
+    /// writer's background lane — each runs when no settlement waits, or after the
+    /// lane's longest wait — then reported from a read: a large node's round must not
+    /// hold the writer, nor compete with settlements for it.
     /// `scope` says which side of the province boundary the round clears (a round's
     /// scope is fixed by its first report).
     pub async fn report_positions(
@@ -157,14 +159,15 @@ impl Participant {
             let (id, period) = (id.clone(), period.clone());
             let step = self
                 .store
-                .write(move |conn| {
-                    clearing::freeze_scoped_step(
+                .write_background(JobKind::FreezeStep, move |conn| {
+                    clearing::freeze_limited_step(
                         conn,
                         &id,
                         &period,
                         &period::now_rfc3339(),
                         cursor,
                         Some((scope, own.as_str())),
+                        StepLimit::SERVING,
                     )
                 })
                 .await?;
@@ -227,7 +230,7 @@ impl Participant {
     ) -> Result<proto::ExcludeClaimsResponse> {
         let exclusions = Arc::clone(&self.exclusions);
         self.store
-            .write(move |conn| {
+            .write_as(JobKind::Clearing, move |conn| {
                 exclusions.fetch_add(1, Ordering::SeqCst);
                 idempotency::once(conn, &key, |conn| {
                     let round = known_round(conn, &id)?;
@@ -268,7 +271,7 @@ impl Participant {
         let verified = self.verified_from_read(s.clone()).await?;
         let exclusions = Arc::clone(&self.exclusions);
         self.store
-            .write(move |conn| {
+            .write_as(JobKind::Clearing, move |conn| {
                 let round = known_round(conn, &s.round_id)?;
                 match round.state {
                     ParticipantState::Confirmed | ParticipantState::Cleared => {
@@ -331,7 +334,9 @@ impl Participant {
     async fn changes_seen(&self) -> Result<(u64, u64)> {
         let exclusions = Arc::clone(&self.exclusions);
         self.store
-            .write(move |_| Ok((exclusions.load(Ordering::SeqCst), ledger::changes())))
+            .write_as(JobKind::Clearing, move |_| {
+                Ok((exclusions.load(Ordering::SeqCst), ledger::changes()))
+            })
             .await
     }
 
@@ -367,7 +372,7 @@ impl Participant {
         let marked = id.clone();
         let out = self
             .store
-            .write(move |conn| {
+            .write_as(JobKind::Clearing, move |conn| {
                 idempotency::once(conn, &key, |conn| {
                     let round = known_round(conn, &marked)?;
                     if round.state != ParticipantState::Confirmed {
@@ -393,7 +398,7 @@ impl Participant {
     pub async fn release(&self, id: String) -> Result<u64> {
         let released = id.clone();
         self.store
-            .write(move |conn| {
+            .write_as(JobKind::Clearing, move |conn| {
                 let id = released;
                 if let Some(r) = clearing::get(conn, &id)?
                     && r.state == ParticipantState::Cleared
@@ -416,7 +421,9 @@ impl Participant {
             let id = round_id.to_owned();
             let n = self
                 .store
-                .write(move |conn| clearing::tidy_step(conn, &id))
+                .write_background(JobKind::ClearStep, move |conn| {
+                    clearing::tidy_limited_step(conn, &id, StepLimit::SERVING)
+                })
                 .await?;
             if n == 0 {
                 return Ok(total);

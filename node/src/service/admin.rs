@@ -64,7 +64,9 @@ impl AdminSvc {
         let out = self
             .state
             .store
-            .write(move |conn| idempotency::once(conn, &key, effect))
+            .write_as(crate::store::JobKind::Admin, move |conn| {
+                idempotency::once(conn, &key, effect)
+            })
             .await?;
         Ok(Response::new(out))
     }
@@ -82,7 +84,7 @@ impl AdminSvc {
         let out = self
             .state
             .store
-            .write(move |conn| {
+            .write_as(crate::store::JobKind::Admin, move |conn| {
                 if let Some(mut earlier) = idempotency::replay::<proto::ImportResult>(conn, &key)? {
                     earlier.replayed = true;
                     return Ok(earlier);

@@ -57,7 +57,7 @@ pub async fn record_deduction(
     let region = st.region;
     let answer = st
         .store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Admin, move |conn| {
             idempotency::once(conn, &key, |conn| {
                 let s = settlements::get(conn, &req.settlement_id)?
                     .filter(|s| s.reverses.is_none())
@@ -181,7 +181,7 @@ pub async fn record_reserve(
     };
     let answer = st
         .store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Admin, move |conn| {
             idempotency::once(conn, &key, |conn| {
                 let seq = sequences::next(conn, "reserve")?;
                 let entry_id = format!("{region}-RS-{seq:08}");
@@ -345,7 +345,7 @@ pub async fn confirm_clearing(
         ));
     }
     st.store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Admin, move |conn| {
             idempotency::once(conn, &key, |conn| {
                 let r = clearing::get(conn, &req.round_id)?.ok_or_else(|| {
                     Error::NotFound(format!(

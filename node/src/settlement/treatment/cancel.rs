@@ -107,7 +107,7 @@ pub async fn cancel(
     };
     let answer = st
         .store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Settle, move |conn| {
             idempotency::once(conn, &key, |conn| {
                 let original = settlements::get(conn, &req.settlement_id)?
                     .ok_or_else(|| no_settlement(&req.settlement_id))?;
@@ -171,7 +171,7 @@ pub async fn reverse_request(
     let now = st.clock.now();
     let answer = st
         .store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Settle, move |conn| {
             idempotency::once(conn, &key, |conn| {
                 let original = settlements::by_request(conn, &key.scope, &req.original_request_id)?.filter(|s| s.reverses.is_none());
                 match original {

@@ -180,7 +180,9 @@ pub(crate) fn finish_committed(
 
 pub(super) async fn mark_failed(st: &NodeState, rec: SettlementRec) -> Result<()> {
     st.store
-        .write(move |conn| settlements::fail_pending(conn, &rec.settlement_id).map(drop))
+        .write_as(crate::store::JobKind::Settle, move |conn| {
+            settlements::fail_pending(conn, &rec.settlement_id).map(drop)
+        })
         .await
 }
 

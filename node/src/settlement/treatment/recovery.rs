@@ -162,7 +162,7 @@ pub(super) async fn mirror_reversed(
         (status.reversal_id.clone(), status.reversal_period.clone());
     tracing::warn!(claim = %rec.settlement_id, "in-doubt claim was committed late at home and reversed; mirrored, intent failed");
     st.store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Settle, move |conn| {
             // Only a pending intent is mirrored: one resolved meanwhile keeps its outcome.
             if settlements::get(conn, &rec.settlement_id)?
                 .is_none_or(|r| r.state != SettlementState::Pending)
@@ -254,7 +254,7 @@ async fn finish_from_home(
     )?;
     let answer = st
         .store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Settle, move |conn| {
             let current = settlements::get(conn, &rec.settlement_id)?
                 .ok_or_else(|| Error::Internal("intent vanished".into()))?;
             if current.state != SettlementState::Pending {

@@ -351,7 +351,8 @@ fn apply_directory(
 const STORE_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Removes the request records past the idempotency window (`store::retention`), one
-/// bounded writer job at a time, until a job finds fewer than a full chunk expired.
+/// bounded writer job at a time in the writer's background lane (settlements first),
+/// until a job finds fewer than a full chunk expired.
 async fn purge_requests(st: &NodeState, days: u32) {
     use crate::store::retention::{PURGE_STEP, cutoff, purge_requests_step};
     let cut = cutoff(st.clock.now(), days);
@@ -359,7 +360,7 @@ async fn purge_requests(st: &NodeState, days: u32) {
         let c = cut.clone();
         match st
             .store
-            .write_as(crate::store::JobKind::Purge, move |conn| {
+            .write_background(crate::store::JobKind::Purge, move |conn| {
                 purge_requests_step(conn, &c, PURGE_STEP)
             })
             .await

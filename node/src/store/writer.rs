@@ -1054,6 +1054,39 @@ mod tests {
         assert_eq!((t.transactions, t.jobs), (1, 4));
     }
 
+    /// A background job queued before requests runs after them, alone in its own
+    /// transaction; its kind's totals count it with the rows it wrote.
+    #[tokio::test]
+    async fn a_background_job_yields_to_queued_requests_and_runs_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, path) = table_db(dir.path());
+        let w = unhurried(conn);
+        let (first, hold) =
+            held_first(&w, |c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?)).await;
+        let background = w.submit_background(JobKind::FreezeStep, |c| {
+            let next: i64 = c.query_row("SELECT MAX(v) + 1 FROM t", [], |r| r.get(0))?;
+            c.execute("INSERT INTO t (v) VALUES (?1), (?1 + 100)", [next])?;
+            Ok(next)
+        });
+        let later: Vec<_> = (2..=3).map(|v| insert(&w, v)).collect();
+        hold.send(()).unwrap();
+        first.await.unwrap();
+        for l in later {
+            assert_eq!(l.await.unwrap(), 1);
+        }
+        assert_eq!(background.await.unwrap(), 4, "it ran after both requests");
+        assert_eq!(values(&path), [1, 2, 3, 4, 104]);
+        let t = w.totals();
+        assert_eq!(
+            (t.transactions, t.jobs),
+            (2, 4),
+            "the requests' group, then it"
+        );
+        let k = t.kind(JobKind::FreezeStep);
+        assert_eq!((k.jobs, k.most_rows), (1, 2));
+        assert_eq!(t.kind(JobKind::Other).jobs, 3);
+    }
+
     /// A group that has run for its budget takes no more requests: the ones queued
     /// meanwhile commit in the next transaction.
     #[tokio::test]

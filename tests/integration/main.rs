@@ -21,6 +21,7 @@ mod directory;
 mod doc_run;
 mod edge;
 mod edge_fuzz;
+mod footprint;
 mod kill;
 mod load_persons;
 mod local_run;

@@ -26,6 +26,7 @@ pub mod policies;
 pub mod retention;
 pub mod sequences;
 pub mod settlements;
+pub mod split_codec;
 pub mod states;
 pub mod visits;
 mod writer;

@@ -2,7 +2,6 @@
 //! asked, its outcome, and reversal records. A settled record is never edited except
 //! for its state; corrections are new records.
 
-use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
 use yidi_common::proto;
 
@@ -54,7 +53,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SettlementRec> {
         request_scope: r.get(8)?,
         request_id: r.get(9)?,
         payload_hash: r.get(10)?,
-        split: proto::Split::decode(split.as_slice()).map_err(|e| {
+        split: super::split_codec::decode(&split).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(11, rusqlite::types::Type::Blob, Box::new(e))
         })?,
         medfee_fen: r.get(12)?,
@@ -89,7 +88,7 @@ pub fn insert(conn: &Connection, seq: i64, s: &SettlementRec) -> Result<()> {
         s.request_scope,
         s.request_id,
         s.payload_hash,
-        s.split.encode_to_vec(),
+        super::split_codec::encode(&s.split),
         s.medfee_fen,
         s.fund_fen,
         s.acct_fen,
@@ -158,7 +157,7 @@ pub fn update_outcome(conn: &Connection, s: &SettlementRec) -> Result<()> {
     .execute(params![
         s.settlement_id,
         s.state,
-        s.split.encode_to_vec(),
+        super::split_codec::encode(&s.split),
         s.medfee_fen,
         s.fund_fen,
         s.acct_fen,

@@ -2,8 +2,6 @@
 //! columns and JSON keys) and the clerk-facing layouts of identity, fees, settlement,
 //! reversal and reconciliation.
 
-use std::fmt::Display;
-
 use crate::i18n::Lang;
 use comfy_table::{Cell, CellAlignment};
 use rust_i18n::t;
@@ -14,22 +12,9 @@ use yidi_common::{
     types::{CatalogueClass, FilingType, InsuranceType, PersonStatus, PersonType, VisitKind},
 };
 
-use crate::cli::output::{self, Field, Listing, Record};
+use crate::cli::output::{self, Field, Record, name as enum_name, num, print_rows, text};
 
 // ---------------------------------------------------------------- printing
-
-fn text(s: &str) -> Field {
-    Field::Text(s.to_owned())
-}
-
-fn num(s: &str) -> Field {
-    Field::Num(s.to_owned())
-}
-
-/// A proto enum as its stable name; UNSPECIFIED prints empty.
-fn enum_name<T: Display>(parsed: yidi_common::Result<T>) -> Field {
-    Field::Text(parsed.map(|v| v.to_string()).unwrap_or_default())
-}
 
 fn count(n: impl TryInto<u64>) -> Field {
     Field::Int(n.try_into().unwrap_or_default())
@@ -184,20 +169,8 @@ pub(super) fn print_fees(r: &proto::UploadFeesResponse, as_json: bool) {
             "total": r.total,
         }));
     }
-    print_rows(&r.lines);
+    print_rows(&r.lines, false);
     println!("total: {}", r.total);
-}
-
-/// A table of records with a count footer.
-pub(super) fn print_rows<R: Record + Clone>(items: &[R]) {
-    output::print_list(
-        &Listing {
-            items: items.to_vec(),
-            next_page_token: String::new(),
-            total: None,
-        },
-        false,
-    );
 }
 
 type SplitAmount = fn(&proto::Split) -> &str;
@@ -374,10 +347,10 @@ pub(super) fn print_settlement(s: &proto::Settlement, as_json: bool, lang: Lang)
     }
     println!("{t}");
     if !split.funds.is_empty() {
-        print_rows(&split.funds);
+        print_rows(&split.funds, false);
     }
     if !split.lines.is_empty() {
-        print_rows(&split.lines);
+        print_rows(&split.lines, false);
     }
     if !split.trace.is_empty() {
         println!("{}", lang.label("hospital.trace"));
@@ -544,7 +517,7 @@ pub(super) fn print_differences(diffs: &[proto::ReconcileDifference], as_json: b
     if diffs.is_empty() {
         println!("no differences: every settlement agrees");
     } else {
-        print_rows(diffs);
+        print_rows(diffs, false);
     }
 }
 

@@ -6,23 +6,13 @@ use serde_json::{Value, json};
 use yidi_tests::fixtures::inst;
 
 use super::nhsa::{
-    HZ, His, amt, cst_now_minus_hours, feedetail, list_all, refused, world, world_with,
+    HZ, His, amt, cst_now_minus_hours, feedetail, list_all, outpatient_visit, refused, world,
+    world_with,
 };
 
 /// 2201 and 2204 (the 68.00 bill) for `id`; the visit's mdtrt_id.
 async fn billed_visit(his: &mut His, id: &str, visit_no: &str) -> String {
-    let (_, out) = his
-        .ok(
-            "2201",
-            HZ,
-            json!({"data": {"psn_no": id, "insutype": "310", "begntime": cst_now_minus_hours(2),
-            "mdtrt_cert_type": "02", "mdtrt_cert_no": id, "ipt_otp_no": visit_no}}),
-        )
-        .await;
-    let visit = out["data"]["mdtrt_id"]
-        .as_str()
-        .expect("mdtrt_id")
-        .to_owned();
+    let visit = outpatient_visit(his, id, visit_no).await;
     his.ok("2204", HZ, json!({"feedetail": feedetail(&visit, id)}))
         .await;
     visit

@@ -29,11 +29,6 @@ pub(super) const HZ: &str = "330100";
 pub(super) const NB: &str = "330200";
 const WZ: &str = "330300";
 
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
 /// An HIS: HTTPS with its institution certificate, one connection per request (as
 /// the simplest HIS HTTP stacks do).
 pub(super) struct His {
@@ -270,12 +265,14 @@ pub(super) async fn world_with(
 ) -> World {
     use proto::{HospitalLevel as Hl, InstitutionKind as Ik};
     let pki = Pki::new(&root.join("pki"));
-    let gateway = free_addr();
-    let metrics = free_addr();
+    // Held from here until Ningbo serves on them: no other process can take them.
+    let prebound = yidi_node::prebound::Prebound::default();
+    let (gateway, metrics) = (prebound.loopback(), prebound.loopback());
     let fed = pki::federation(root, &pki, &[HZ, NB, WZ], |r, c| {
         if r == NB {
             c.nhsa_listen = Some(gateway);
             c.metrics_listen = Some(metrics);
+            c.prebound = prebound.clone();
             adjust(c);
         }
     })

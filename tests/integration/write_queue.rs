@@ -14,7 +14,6 @@ use yidi_tests::{
         settled_2000_at_hz_rates, three_cities,
     },
     harness::TestNode,
-    process::free_port,
 };
 
 /// The value of an unlabelled-but-region series in a node's metrics text.
@@ -60,13 +59,15 @@ async fn tiny_queue_at(
 ) {
     let hooks = TestHooks::default();
     let installed = hooks.clone();
-    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let prebound = yidi_node::prebound::Prebound::default();
+    let metrics = prebound.loopback();
     let fed = three_cities(root, move |r, c| {
         if r == region {
             c.hooks = installed.clone();
             c.write_queue_capacity = 1;
             c.write_queue_wait = Duration::from_millis(100);
             c.metrics_listen = Some(metrics);
+            c.prebound = prebound.clone();
         }
     })
     .await;

@@ -313,7 +313,7 @@ async fn a_cleared_period_is_exported_verified_purged_and_restored() {
     {
         let db = rusqlite::Connection::open(&bad_file).unwrap();
         db.execute(
-            "UPDATE ledger SET amount_fen = amount_fen + 100 WHERE rowid = (SELECT MIN(rowid) FROM ledger)",
+            "UPDATE ledger SET amount_fen = amount_fen + 100 WHERE entry_id = (SELECT MIN(entry_id) FROM ledger)",
             [],
         )
         .unwrap();

@@ -492,11 +492,14 @@ fn create_sql(conn: &Connection, table: &str) -> Result<String> {
         [table],
         |r| r.get(0),
     )?;
-    let head = format!("CREATE TABLE {table}");
+    // The name may be quoted (a table rebuilt and renamed by a migration): the column
+    // list starts at the first parenthesis either way.
     let rest = sql
-        .strip_prefix(&head)
+        .find('(')
+        .filter(|_| sql.starts_with("CREATE TABLE"))
+        .map(|i| &sql[i..])
         .ok_or_else(|| Error::Internal(format!("unexpected schema of {table}: {sql}")))?;
-    Ok(format!("CREATE TABLE a.{table}{rest}"))
+    Ok(format!("CREATE TABLE a.{table} {rest}"))
 }
 
 /// Counts and sums of every archived table in schema `db` (`main` or `a`).
@@ -536,11 +539,18 @@ pub fn build(
     now: &str,
 ) -> Result<(Manifest, Vec<IdRange>)> {
     let _ = std::fs::remove_file(out);
+    // CREATE: an attached database opens with the main one's flags, and the archive
+    // file is new. The live store itself is only read.
     let conn = Connection::open_with_flags(
         db,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    // The archive holds the period's rows without the tables they refer to (the
+    // institutions, the visits of other periods): its references are not enforced.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
     let schema_version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     conn.execute(
         "ATTACH DATABASE ?1 AS a",
@@ -579,7 +589,8 @@ pub fn build(
                  MIN(CAST(substr(id, instr(id, '-S-') + 3) AS INTEGER)), \
                  MAX(CAST(substr(id, instr(id, '-S-') + 3) AS INTEGER)) \
                  FROM (SELECT settlement_id AS id FROM a.settlements \
-                       UNION ALL SELECT claim_id FROM a.claims) \
+                       UNION ALL SELECT claim_id FROM a.claims \
+                       UNION ALL SELECT claim_id FROM a.ledger) \
                  WHERE instr(id, '-S-') > 0 GROUP BY r",
             )?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?

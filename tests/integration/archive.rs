@@ -186,7 +186,6 @@ async fn a_cleared_period_is_exported_verified_purged_and_restored() {
     let period = s.period.clone();
     let before_acc = accumulators(hz, &id, NB, inst::NB_H3).await;
     let before_get = desk.get(&s.settlement_id).await.unwrap();
-    let before_ledger = (ledger(nb, &period).await, ledger(hz, &period).await);
     let before_rows = (live(nb, &period), live(hz, &period));
     assert_eq!(
         before_rows.0[0], 3,
@@ -232,6 +231,9 @@ async fn a_cleared_period_is_exported_verified_purged_and_restored() {
     let hz_status = export_when_cleared(hz, &period).await;
     assert_eq!(hz_status.state, "exported");
     coord.stop().await;
+    // The ledgers as cleared: what a restore must bring back.
+    let before_ledger = (ledger(nb, &period).await, ledger(hz, &period).await);
+    assert_eq!(before_ledger.0.positions[0].cleared, 3, "{:?}", before_ledger.0);
 
     // From the export on, the period's records are frozen: a cancel is refused and
     // changes nothing.

@@ -233,7 +233,11 @@ async fn a_cleared_period_is_exported_verified_purged_and_restored() {
     coord.stop().await;
     // The ledgers as cleared: what a restore must bring back.
     let before_ledger = (ledger(nb, &period).await, ledger(hz, &period).await);
-    assert_eq!(before_ledger.0.positions[0].cleared, 3, "{:?}", before_ledger.0);
+    assert_eq!(
+        before_ledger.0.positions[0].cleared, 3,
+        "{:?}",
+        before_ledger.0
+    );
 
     // From the export on, the period's records are frozen: a cancel is refused and
     // changes nothing.

@@ -876,6 +876,7 @@ pub fn purge_step(
     keys: &[Vec<Value>],
     now: &str,
 ) -> Result<u64> {
+    expect_state(conn, period, ArchiveState::Purging)?;
     let t = &TABLES[table];
     let cond = t
         .key
@@ -908,6 +909,7 @@ pub fn restore_step(
     rows: &[Vec<Value>],
     now: &str,
 ) -> Result<u64> {
+    expect_state(conn, period, ArchiveState::Restoring)?;
     let t = &TABLES[table];
     let live: Vec<String> = conn
         .prepare_cached(&format!("SELECT name FROM pragma_table_info('{}')", t.name))?
@@ -939,6 +941,23 @@ pub fn restore_step(
     };
     advance(conn, period, &cursor, n, now)?;
     Ok(n)
+}
+
+/// A step of a purge or a restore runs only while the period is in that state: a
+/// restore begun meanwhile stops a purge, and the other way round.
+fn expect_state(conn: &Connection, period: &str, want: ArchiveState) -> Result<()> {
+    match get(conn, period)?.map(|a| a.state) {
+        Some(s) if s == want => Ok(()),
+        other => Err(Error::FailedPrecondition(format!(
+            "the archive of {period} is now {}; the {} stopped",
+            other.map_or("gone", ArchiveState::as_str),
+            if want == ArchiveState::Purging {
+                "purge"
+            } else {
+                "restore"
+            }
+        ))),
+    }
 }
 
 fn advance(conn: &Connection, period: &str, cursor: &Cursor, n: u64, now: &str) -> Result<()> {

@@ -420,6 +420,32 @@ async fn a_cleared_period_is_exported_verified_purged_and_restored() {
     );
     assert_eq!(live(hz, &period), [0, 0, 0]);
 
+    // At the home node, a reversal of an archived claim (here Ningbo giving up on it) is
+    // refused naming the archive: never taken for an unknown claim and tombstoned.
+    let mut peer = hz.peer().await;
+    refused(
+        peer.reverse_claim(proto::ReverseClaimRequest {
+            request_id: "abandon-archived".into(),
+            claim_id: s.settlement_id.clone(),
+            reversal_id: "abandon-archived".into(),
+            reason: "gave up".into(),
+            reversed_at: yidi_common::period::now_rfc3339(),
+            treatment_region: NB.into(),
+            abandon_only: true,
+        })
+        .await,
+        Code::FailedPrecondition,
+        &["claim", "archived", &period],
+    );
+    let st = peer
+        .claim_status(proto::ClaimStatusRequest {
+            claim_id: s.settlement_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(st.state, "abandoned", "{st:?}");
+
     // The person's year-to-date totals, and so the remaining cap, are exactly as before.
     let nb = fed.node(NB);
     assert_eq!(accumulators(hz, &id, NB, inst::NB_H3).await, before_acc);

@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 17;
+pub const SCHEMA_VERSION: u32 = 18;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -778,6 +778,32 @@ CREATE TABLE national_marks (
 ) STRICT;
 ";
 
+// Periods archived to a file (`yidi admin archive`, store/archive.rs): the state of
+// each period's export, purge and restore, the purge's or restore's cursor (so that a
+// killed one resumes where it stopped), the file's digest and manifest; and per
+// period and region the range of `<region>-S-<seq>` ids archived, so that a call about
+// a settlement or claim no longer in the live store is told which archive holds it.
+const V18_ARCHIVED_PERIODS: &str = r"
+CREATE TABLE archived_periods (
+    period      TEXT PRIMARY KEY,
+    state       TEXT NOT NULL
+        CHECK (state IN ('exporting', 'exported', 'purging', 'purged', 'restoring', 'restored')),
+    digest      TEXT NOT NULL DEFAULT '',   -- SHA-256 of the archive file, hex
+    manifest    TEXT NOT NULL DEFAULT '',   -- the manifest (JSON) of the archive file
+    step_table  TEXT NOT NULL DEFAULT '',   -- purge or restore: the table it is at
+    step_after  TEXT NOT NULL DEFAULT '',   -- and the last key done there (JSON array)
+    rows_done   INTEGER NOT NULL DEFAULT 0,
+    updated_at  TEXT NOT NULL
+) STRICT;
+CREATE TABLE archived_ranges (
+    period   TEXT NOT NULL REFERENCES archived_periods (period),
+    region   TEXT NOT NULL,
+    seq_min  INTEGER NOT NULL,
+    seq_max  INTEGER NOT NULL,
+    PRIMARY KEY (period, region)
+) STRICT, WITHOUT ROWID;
+";
+
 /// Which database a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -808,6 +834,7 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V15_VISIT_CANCELLED).foreign_key_check(),
             M::up(V16_NHSA_FILES),
             M::up(V17_CLEARING_ROUND_SCOPE),
+            M::up(V18_ARCHIVED_PERIODS),
         ]),
         Schema::Coordinator => Migrations::new(vec![
             M::up(COORDINATOR_V1),

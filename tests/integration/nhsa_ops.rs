@@ -197,7 +197,7 @@ async fn write_queue_depth(metrics: std::net::SocketAddr) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_shutdown_the_gateway_answers_what_is_in_flight_then_refuses_connections() {
-    use std::{sync::atomic::Ordering, time::Duration};
+    use std::time::Duration;
     let hooks = yidi_node::context::TestHooks::default();
     let installed = hooks.clone();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -211,7 +211,7 @@ async fn at_shutdown_the_gateway_answers_what_is_in_flight_then_refuses_connecti
 
     // Hold Ningbo's writer; two 2207s go out: one is taken by the writer and waits, the
     // other queues behind it. Both are in flight inside the node.
-    hooks.hold_store_writer.store(true, Ordering::SeqCst);
+    let held = yidi_tests::harness::HeldWriter::hold(&hooks);
     let his = std::sync::Arc::new(his);
     let in_flight: Vec<_> = visits
         .iter()
@@ -265,7 +265,7 @@ async fn at_shutdown_the_gateway_answers_what_is_in_flight_then_refuses_connecti
     );
 
     // Released: each gets its full answer before the node exits.
-    hooks.hold_store_writer.store(false, Ordering::SeqCst);
+    drop(held);
     for (t, (_, visit)) in in_flight.into_iter().zip(&visits) {
         let (status, v) = t.await.expect("in-flight request");
         assert_eq!(status, 200);

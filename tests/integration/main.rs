@@ -3,6 +3,7 @@
 //! One binary rather than one per file keeps the debug build small and links once.
 
 mod admin;
+mod archive;
 mod bench;
 mod clearing;
 mod clearing_steps;

@@ -442,6 +442,9 @@ fn claim_id_unused(conn: &Connection, claim_id: &str) -> Result<()> {
             existing.claim_id, existing.state
         )));
     }
+    if let Some(e) = crate::store::archive::missing(conn, claim_id, "claim", false)? {
+        return Err(e);
+    }
     if claims::is_tombstoned(conn, claim_id)? {
         return Err(Error::FailedPrecondition(format!(
             "claim {claim_id} was abandoned by its treatment region and cannot be committed"
@@ -506,6 +509,10 @@ pub fn reverse(
     req: &proto::ReverseClaimRequest,
 ) -> Result<proto::CommitClaimResponse> {
     let Some(claim) = claims::get(conn, &req.claim_id)? else {
+        // A claim of an archived period is not unknown: never tombstoned as abandoned.
+        if let Some(e) = crate::store::archive::missing(conn, &req.claim_id, "claim", false)? {
+            return Err(e);
+        }
         claims::tombstone(conn, &req.claim_id, &period::now_rfc3339())?;
         return Ok(proto::CommitClaimResponse {
             claim_id: req.claim_id.clone(),
@@ -518,6 +525,15 @@ pub fn reverse(
             "claim {} belongs to treatment region {}",
             claim.claim_id, claim.treatment_region
         )));
+    }
+    if !req.abandon_only
+        && let Some(e) = crate::store::archive::refusal(
+            conn,
+            &claim.period,
+            &format!("claim {}", claim.claim_id),
+        )?
+    {
+        return Err(e);
     }
     if req.abandon_only {
         // Committed after all (a late delivery): the caller finishes it from its status.

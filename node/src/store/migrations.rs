@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 18;
+pub const SCHEMA_VERSION: u32 = 19;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -752,7 +752,7 @@ ALTER TABLE clearing_rounds ADD COLUMN scope TEXT NOT NULL DEFAULT 'province'
 // refused ones (the console). Each is now a partial index of its state alone, which a
 // settled record leaves and never re-enters. The queries name the state literally, as
 // SQLite uses a partial index only then.
-const V18_SETTLEMENT_STATES_PARTIAL: &str = r"
+const V19_SETTLEMENT_STATES_PARTIAL: &str = r"
 DROP INDEX settlements_by_state;
 CREATE INDEX settlements_pending ON settlements (seq) WHERE state = 'pending';
 CREATE INDEX settlements_provisional ON settlements (home_region) WHERE state = 'provisional';
@@ -792,6 +792,32 @@ CREATE TABLE national_marks (
 ) STRICT;
 ";
 
+// Periods archived to a file (`yidi admin archive`, store/archive.rs): the state of
+// each period's export, purge and restore, the purge's or restore's cursor (so that a
+// killed one resumes where it stopped), the file's digest and manifest; and per
+// period and region the range of `<region>-S-<seq>` ids archived, so that a call about
+// a settlement or claim no longer in the live store is told which archive holds it.
+const V18_ARCHIVED_PERIODS: &str = r"
+CREATE TABLE archived_periods (
+    period      TEXT PRIMARY KEY,
+    state       TEXT NOT NULL
+        CHECK (state IN ('exporting', 'exported', 'purging', 'purged', 'restoring', 'restored')),
+    digest      TEXT NOT NULL DEFAULT '',   -- SHA-256 of the archive file, hex
+    manifest    TEXT NOT NULL DEFAULT '',   -- the manifest (JSON) of the archive file
+    step_table  TEXT NOT NULL DEFAULT '',   -- purge or restore: the table it is at
+    step_after  TEXT NOT NULL DEFAULT '',   -- and the last key done there (JSON array)
+    rows_done   INTEGER NOT NULL DEFAULT 0,
+    updated_at  TEXT NOT NULL
+) STRICT;
+CREATE TABLE archived_ranges (
+    period   TEXT NOT NULL REFERENCES archived_periods (period),
+    region   TEXT NOT NULL,
+    seq_min  INTEGER NOT NULL,
+    seq_max  INTEGER NOT NULL,
+    PRIMARY KEY (period, region)
+) STRICT, WITHOUT ROWID;
+";
+
 /// Which database a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -822,7 +848,8 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V15_VISIT_CANCELLED).foreign_key_check(),
             M::up(V16_NHSA_FILES),
             M::up(V17_CLEARING_ROUND_SCOPE),
-            M::up(V18_SETTLEMENT_STATES_PARTIAL),
+            M::up(V18_ARCHIVED_PERIODS),
+            M::up(V19_SETTLEMENT_STATES_PARTIAL),
         ]),
         Schema::Coordinator => Migrations::new(vec![
             M::up(COORDINATOR_V1),
@@ -1474,15 +1501,15 @@ mod tests {
         assert_eq!(rows(&conn)[..2], before[..]);
     }
 
-    /// V18: every settlement kept; the index by state gone, each partial index holds
+    /// V19: every settlement kept; the index by state gone, each partial index holds
     /// only the records of its state, and the queries that look for those states use
     /// them (EXPLAIN QUERY PLAN), while a settled record is in none of them.
     #[test]
-    fn v18_indexes_only_the_passing_and_rare_states() {
+    fn v19_indexes_only_the_passing_and_rare_states() {
         let mut conn = Connection::open_in_memory().expect("open");
         migrations(Schema::Node)
-            .to_version(&mut conn, 17)
-            .expect("to V17");
+            .to_version(&mut conn, 18)
+            .expect("to V18");
         let row = |id: &str, seq: u32, state: &str, note: &str| {
             format!(
                 "INSERT INTO settlements VALUES ('{id}', {seq}, 'V{seq}', 'H1', 'P1', '330200', 'outpatient', '{state}', NULL, \

@@ -5,6 +5,7 @@
 //! SQLite from an async runtime worker.
 
 pub mod accumulators;
+pub mod archive;
 pub mod audit;
 pub mod catalogue;
 pub mod claims;

@@ -192,7 +192,7 @@ pub fn fail_pending(conn: &Connection, id: &str) -> Result<bool> {
 }
 
 /// Every `pending` intent, in order (for recovery): through the partial index of that
-/// state (schema 18), which the query names literally to use it.
+/// state (schema 19), which the query names literally to use it.
 pub fn pending(conn: &Connection) -> Result<Vec<SettlementRec>> {
     Ok(conn
         .prepare_cached(&format!(

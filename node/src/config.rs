@@ -238,6 +238,9 @@ pub struct NodeConfig {
     pub request_retention_days: u32,
     /// Fault injection (tests only).
     pub hooks: crate::context::TestHooks,
+    /// Listeners bound by an in-process caller for `nhsa_listen`, `metrics_listen` or
+    /// `console_listen` (crate::prebound); empty from the config file.
+    pub prebound: crate::prebound::Prebound,
 }
 
 impl NodeConfig {
@@ -270,6 +273,7 @@ impl NodeConfig {
             write_queue_wait: crate::store::DEFAULT_FULL_WAIT,
             request_retention_days: crate::store::retention::DEFAULT_REQUEST_RETENTION_DAYS,
             hooks: crate::context::TestHooks::default(),
+            prebound: crate::prebound::Prebound::default(),
         }
     }
 
@@ -393,6 +397,7 @@ impl NodeConfig {
                 .unwrap_or(crate::store::retention::DEFAULT_REQUEST_RETENTION_DAYS)
                 .clamp(1, crate::store::retention::MAX_REQUEST_RETENTION_DAYS),
             hooks: crate::context::TestHooks::default(),
+            prebound: crate::prebound::Prebound::default(),
             region,
         };
         for (i, a) in config.directory.iter().enumerate() {

@@ -104,18 +104,27 @@ pub async fn serve(
     let directory = start_directory(&config, tls.clone(), &metrics, &peers).await?;
     // Bound before anything is served so that a taken port fails the start, not later.
     let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        Some(addr) => Some(config.prebound.take_or(addr, crate::metrics::bind).await?),
         None => None,
     };
     let nhsa_listener = match config.nhsa_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-            Error::Unavailable(format!("cannot listen for the NHSA gateway on {addr}: {e}"))
-        })?),
+        Some(addr) => Some(
+            config
+                .prebound
+                .take_or(addr, |addr| async move {
+                    TcpListener::bind(addr).await.map_err(|e| {
+                        Error::Unavailable(format!(
+                            "cannot listen for the NHSA gateway on {addr}: {e}"
+                        ))
+                    })
+                })
+                .await?,
+        ),
         None => None,
     };
     let console_listener = match (config.console_listen, &tls) {
         (None, _) => None,
-        (Some(addr), Some(_)) => Some(crate::console::bind(addr).await?),
+        (Some(addr), Some(_)) => Some(config.prebound.take_or(addr, crate::console::bind).await?),
         (Some(_), None) => return Err(crate::console::needs_tls()),
     };
     let state = Arc::new(NodeState {

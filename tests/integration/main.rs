@@ -3,6 +3,7 @@
 //! One binary rather than one per file keeps the debug build small and links once.
 
 mod admin;
+mod archive;
 mod bench;
 mod clearing;
 mod clearing_steps;
@@ -21,6 +22,7 @@ mod directory;
 mod doc_run;
 mod edge;
 mod edge_fuzz;
+mod footprint;
 mod kill;
 mod load_persons;
 mod local_run;

@@ -6,6 +6,8 @@
 //! gRPC service (service/clearing.rs) only decodes, checks and calls it. Only region
 //! codes, record ids, counts, sums and digests leave the node here.
 
+pub mod archive;
+pub mod input;
 pub mod verify;
 
 use std::{

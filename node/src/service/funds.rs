@@ -59,14 +59,29 @@ pub async fn record_deduction(
         .store
         .write_as(crate::store::JobKind::Admin, move |conn| {
             idempotency::once(conn, &key, |conn| {
-                let s = settlements::get(conn, &req.settlement_id)?
-                    .filter(|s| s.reverses.is_none())
-                    .ok_or_else(|| {
+                let Some(s) =
+                    settlements::get(conn, &req.settlement_id)?.filter(|s| s.reverses.is_none())
+                else {
+                    return Err(crate::store::archive::missing(
+                        conn,
+                        &req.settlement_id,
+                        "settlement",
+                        false,
+                    )?
+                    .unwrap_or_else(|| {
                         Error::NotFound(format!(
                             "no settlement {} was treated here",
                             yidi_common::error::quoted(&req.settlement_id)
                         ))
-                    })?;
+                    }));
+                };
+                if let Some(e) = crate::store::archive::refusal(
+                    conn,
+                    &s.period,
+                    &format!("settlement {}", s.settlement_id),
+                )? {
+                    return Err(e);
+                }
                 if s.state != crate::store::states::SettlementState::Settled {
                     return Err(Error::FailedPrecondition(format!(
                         "settlement {} is {}; only a settled claim can be audited",

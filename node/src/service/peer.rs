@@ -174,7 +174,7 @@ fn commit_one(
     req: &proto::CommitClaimRequest,
     entry: &Entry,
 ) -> Result<proto::CommitClaimResponse> {
-    let out = idempotency::once(conn, key, |conn| home::commit(conn, cache, region, req))?;
+    let out = home::commit_once(conn, cache, region, key, req)?;
     audit::record(conn, entry)?;
     Ok(out)
 }

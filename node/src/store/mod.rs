@@ -5,6 +5,7 @@
 //! SQLite from an async runtime worker.
 
 pub mod accumulators;
+pub mod archive;
 pub mod audit;
 pub mod catalogue;
 mod checkpointer;
@@ -27,6 +28,7 @@ pub mod policies;
 pub mod retention;
 pub mod sequences;
 pub mod settlements;
+pub mod split_codec;
 pub mod states;
 pub mod visits;
 mod writer;

@@ -25,6 +25,7 @@
 mod bill;
 mod cancel;
 mod home_calls;
+mod hospital_write;
 mod identify;
 mod offline;
 mod queries;

@@ -206,10 +206,7 @@ pub(super) async fn mirror_reversed(
 
 /// Resolves every pending intent older than `min_age` (all of them at start-up).
 pub async fn recover(st: &NodeState, min_age: Duration) -> Result<usize> {
-    let pending = st
-        .store
-        .read(|conn| settlements::in_state(conn, SettlementState::Pending))
-        .await?;
+    let pending = st.store.read(settlements::pending).await?;
     let cutoff = Utc::now() - chrono::Duration::from_std(min_age).unwrap_or_default();
     let mut resolved = 0;
     for rec in pending {

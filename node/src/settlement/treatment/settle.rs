@@ -12,7 +12,10 @@ use super::{
     bill::{Priced, price, price_from, price_with, reusable_eligibility},
     home_calls::{PeerFail, classify, eligibility_request, fail_to_error, never_sent},
     offline::settle_offline,
-    records::{Basis, finish_committed, full_self_pay, insert_record, mark_failed, new_record},
+    records::{
+        Basis, finish_committed, full_self_pay, insert_record, mark_failed, new_record,
+        replay_settle,
+    },
     recovery::{Resolved, pending_bill, resolve_claimed, settle_in_doubt},
     shared::{
         Bill, InFlightGuard, bill_from, bill_not_future, check_institution, institution_given,
@@ -24,7 +27,7 @@ use crate::store::states::SettlementState;
 use crate::{
     Error, Result,
     context::NodeState,
-    idempotency::{self, RequestKey, payload_hash},
+    idempotency::{RequestKey, payload_hash},
     policy_cache::PolicyCache,
     store::{
         settlements::{self, SettlementRec},
@@ -258,7 +261,7 @@ pub(super) fn open_settlement(
                 return Err(gone());
             }
             check_institution(conn, &inst, period::today())?;
-            if let Some(answer) = idempotency::replay::<proto::Settlement>(conn, &k)? {
+            if let Some(answer) = replay_settle(conn, &k)? {
                 return Ok(Opened::Answered(answer));
             }
             match settlements::by_request(conn, &k.scope, &k.request_id)? {
@@ -598,7 +601,7 @@ async fn finish_remote(
         .write_as(crate::store::JobKind::Settle, move |conn| {
             // A concurrent repeat of this request may have finished it from the home
             // node's claim status meanwhile: its answer stands.
-            if let Some(answer) = idempotency::replay(conn, &k)? {
+            if let Some(answer) = replay_settle(conn, &k)? {
                 return Ok(answer);
             }
             if settlements::get(conn, &rec.settlement_id)?

@@ -377,3 +377,23 @@ impl Drop for TestCoordinator {
         }
     }
 }
+
+/// A node's store writer held by its test hook, released when dropped: a test that
+/// fails while holding it then fails, instead of hanging in the node's shutdown (which
+/// waits for the held writer forever and so never prints the failed assertion).
+pub struct HeldWriter(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl HeldWriter {
+    /// Holds the writer of the node `hooks` were installed in.
+    pub fn hold(hooks: &yidi_node::context::TestHooks) -> Self {
+        let flag = std::sync::Arc::clone(&hooks.hold_store_writer);
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        Self(flag)
+    }
+}
+
+impl Drop for HeldWriter {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -103,6 +103,12 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// Whether a process's log says its listen address was taken (another process bound
+/// the port after [`free_port`] released it).
+fn address_taken(log: &str) -> bool {
+    log.to_ascii_lowercase().contains("address already in use")
+}
+
 /// A `yidi node` process with its own data directory.
 pub struct NodeProcess {
     child: Child,
@@ -149,25 +155,45 @@ fn spawn_node(region: &str, port: u16, dir: &Path, extra: &[String]) -> Child {
 impl NodeProcess {
     /// Starts `yidi node --region REGION` on a free port and waits until it answers
     /// GetNodeInfo.
+    ///
+    /// The port was free a moment before the process binds it; if another process took
+    /// it in between, the node is started again on another free port.
     pub fn start(region: &str) -> Self {
+        const ATTEMPTS: usize = 5;
+        for _ in 1..ATTEMPTS {
+            let mut node = Self::spawn(region, free_port(), Vec::new());
+            match node.wait_answering(Duration::from_secs(30)) {
+                Ok(()) => return node,
+                Err(_) if address_taken(&node.log()) => {}
+                Err(code) => panic!(
+                    "yidi node exited before answering ({code:?}):\n{}",
+                    node.log()
+                ),
+            }
+        }
         Self::start_with(region, free_port(), Vec::new())
     }
 
     /// Starts `yidi node --region REGION --listen 127.0.0.1:PORT EXTRA…` and waits until
     /// it answers.
     pub fn start_with(region: &str, port: u16, extra: Vec<String>) -> Self {
+        let mut node = Self::spawn(region, port, extra);
+        node.wait_ready(Duration::from_secs(30));
+        node
+    }
+
+    /// Starts the process without waiting for it.
+    fn spawn(region: &str, port: u16, extra: Vec<String>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let child = spawn_node(region, port, dir.path(), &extra);
-        let mut node = Self {
+        Self {
             child,
             region: region.to_owned(),
             port,
             extra,
             url: format!("http://127.0.0.1:{port}"),
             dir,
-        };
-        node.wait_ready(Duration::from_secs(30));
-        node
+        }
     }
 
     /// One node per region that know each other through a shared peer directory file

@@ -244,6 +244,9 @@ pub struct NodeConfig {
     pub admission: crate::admission::AdmissionConfig,
     /// Fault injection (tests only).
     pub hooks: crate::context::TestHooks,
+    /// Listeners bound by an in-process caller for `nhsa_listen`, `metrics_listen` or
+    /// `console_listen` (crate::prebound); empty from the config file.
+    pub prebound: crate::prebound::Prebound,
 }
 
 impl NodeConfig {
@@ -278,6 +281,7 @@ impl NodeConfig {
             // Off for tests and embedded nodes; a daemon's default is on (`resolve`).
             admission: crate::admission::AdmissionConfig::off(),
             hooks: crate::context::TestHooks::default(),
+            prebound: crate::prebound::Prebound::default(),
         }
     }
 
@@ -403,6 +407,7 @@ impl NodeConfig {
                 .clamp(1, crate::store::retention::MAX_REQUEST_RETENTION_DAYS),
             admission,
             hooks: crate::context::TestHooks::default(),
+            prebound: crate::prebound::Prebound::default(),
             region,
         };
         for (i, a) in config.directory.iter().enumerate() {

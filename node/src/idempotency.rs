@@ -2,7 +2,9 @@
 //! claimed in the same SQLite transaction as the request's effect, together with a hash
 //! of the payload and the encoded answer: the same id with the same payload replays the
 //! original answer, the same id with another payload is refused, and a request that
-//! failed leaves no claim behind (its savepoint rolled back).
+//! failed leaves no claim behind (its savepoint rolled back). Settle and CommitClaim
+//! store their answer without its split, which their settlement or claim record holds
+//! (`records::replay_settle`, `home::commit_once`): a split is stored once per node.
 
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};

@@ -44,6 +44,7 @@ mod module_graph;
 pub mod nhsa;
 pub mod peers;
 pub mod policy_cache;
+pub mod prebound;
 pub mod records;
 pub mod revoked;
 pub mod server;

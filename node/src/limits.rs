@@ -72,6 +72,10 @@ pub const DIGEST: usize = 64;
 pub const PAGE_TOKEN: usize = 128;
 /// A benefit policy document (JSON).
 pub const POLICY_JSON: usize = 256 * 1024;
+/// An archive's manifest (JSON, a few hundred bytes per table).
+pub const ARCHIVE_MANIFEST: usize = 64 * 1024;
+/// A piece of an archive file sent to the node (`clearing::archive::CHUNK_BYTES`).
+pub const ARCHIVE_CHUNK: usize = 1 << 20;
 
 // ------------------------------------------------------------------ counts
 
@@ -211,6 +215,9 @@ const STRINGS: &[(&str, usize)] = &[
     ("statement_digest", DIGEST),
     ("page_token", PAGE_TOKEN),
     ("policy_json", POLICY_JSON),
+    ("sha256", DIGEST),
+    ("manifest", ARCHIVE_MANIFEST),
+    ("ArchiveChunk.data", ARCHIVE_CHUNK),
 ];
 
 /// The most elements of each repeated field, by field name (`Message.field` overrides).
@@ -266,6 +273,10 @@ limited!(
     PersonRow,
     CatalogueRow,
     AdjustmentRequest,
+    ArchiveChunk,
+    ArchiveChunkRequest,
+    ArchivePeriodRequest,
+    RestoreArchiveRequest,
     ApplyFilingRequest,
     CancelSettlementRequest,
     CancelVisitRequest,

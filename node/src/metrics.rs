@@ -39,7 +39,7 @@ use yidi_common::{proto, region::RegionCode, types::VisitKind};
 
 use crate::{
     Error, Result,
-    store::{Store, WriterTotals, outbox},
+    store::{JobKind, Store, WriterTotals, outbox},
 };
 
 /// The content type of the exposition (OpenMetrics text; Prometheus asks for it).
@@ -109,6 +109,12 @@ struct PeerErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabels {
     target: String,
+}
+
+/// The kind of a store writer job (`store::JobKind`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    kind: &'static str,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -428,6 +434,12 @@ struct StoreCounters {
     queue_depth: Gauge,
     rejected: Counter,
     longest: Gauge<f64, AtomicU64>,
+    longest_commit: Gauge<f64, AtomicU64>,
+    jobs: Family<JobLabels, Counter>,
+    job_seconds: Family<JobLabels, Counter<f64, AtomicU64>>,
+    longest_job: Family<JobLabels, Gauge<f64, AtomicU64>>,
+    slow_jobs: Family<JobLabels, Counter>,
+    job_rows: Family<JobLabels, Gauge>,
     /// The totals at the last scrape (counters only go up by what happened since).
     seen: std::sync::Mutex<WriterTotals>,
 }
@@ -469,6 +481,36 @@ impl StoreCounters {
             "The longest transaction of the store's writer since the node started, from its first request to its commit: how long writes waited behind one (a clearing step or a purge included)",
             self.longest.clone(),
         );
+        registry.register(
+            "yidi_store_longest_commit_seconds",
+            "The longest COMMIT of the store's writer since the node started (the log written and synced; an automatic checkpoint included when one ran in it): a slow disk, not a slow job",
+            self.longest_commit.clone(),
+        );
+        registry.register(
+            "yidi_store_jobs",
+            "Writer jobs run, by kind (settle, claim_commit, outbox, freeze_step, clear_step, clearing, purge, audit, admin, other)",
+            self.jobs.clone(),
+        );
+        registry.register(
+            "yidi_store_job_seconds",
+            "Time the writer spent running jobs of each kind (their commits not included)",
+            self.job_seconds.clone(),
+        );
+        registry.register(
+            "yidi_store_longest_job_seconds",
+            "The longest run of one writer job of each kind since the node started: what that kind made every write behind it wait",
+            self.longest_job.clone(),
+        );
+        registry.register(
+            "yidi_store_slow_jobs",
+            "Writer jobs of each kind that ran longer than 50 ms (alarm when it grows)",
+            self.slow_jobs.clone(),
+        );
+        registry.register(
+            "yidi_store_largest_job_rows",
+            "The most rows one writer job of each kind inserted, updated or deleted since the node started",
+            self.job_rows.clone(),
+        );
     }
 
     fn update(&self, now: WriterTotals) {
@@ -487,6 +529,31 @@ impl StoreCounters {
         self.rejected
             .inc_by(now.rejected.saturating_sub(seen.rejected));
         self.longest.set(now.longest.as_secs_f64());
+        self.longest_commit.set(now.longest_commit.as_secs_f64());
+        for kind in JobKind::ALL {
+            let (k, was) = (now.kind(kind), seen.kind(kind));
+            if k.jobs == 0 {
+                continue;
+            }
+            let l = JobLabels {
+                kind: kind.as_str(),
+            };
+            self.jobs
+                .get_or_create(&l)
+                .inc_by(k.jobs.saturating_sub(was.jobs));
+            self.job_seconds
+                .get_or_create(&l)
+                .inc_by(k.run.saturating_sub(was.run).as_secs_f64());
+            self.longest_job
+                .get_or_create(&l)
+                .set(k.longest.as_secs_f64());
+            self.slow_jobs
+                .get_or_create(&l)
+                .inc_by(k.slow.saturating_sub(was.slow));
+            self.job_rows
+                .get_or_create(&l)
+                .set(i64::try_from(k.most_rows).unwrap_or(i64::MAX));
+        }
         *seen = now;
     }
 }
@@ -1220,6 +1287,7 @@ mod tests {
             queued: 7,
             rejected: 2,
             longest: ms(4),
+            ..WriterTotals::default()
         });
         m.store.update(WriterTotals {
             transactions: 5,
@@ -1229,6 +1297,18 @@ mod tests {
             queued: 4,
             rejected: 3,
             longest: ms(6),
+            longest_commit: ms(5),
+            kinds: {
+                let mut k = [crate::store::KindReading::default(); JobKind::ALL.len()];
+                k[1] = crate::store::KindReading {
+                    jobs: 4,
+                    run: ms(70),
+                    longest: ms(60),
+                    slow: 1,
+                    most_rows: 32,
+                };
+                k
+            },
         });
         let text = m.encode();
         for line in [
@@ -1239,6 +1319,12 @@ mod tests {
             r#"yidi_store_write_queue_depth{region="330200"} 4"#,
             r#"yidi_store_writes_rejected_total{region="330200"} 3"#,
             r#"yidi_store_longest_transaction_seconds{region="330200"} 0.006"#,
+            r#"yidi_store_longest_commit_seconds{region="330200"} 0.005"#,
+            r#"yidi_store_jobs_total{region="330200",kind="claim_commit"} 4"#,
+            r#"yidi_store_job_seconds_total{region="330200",kind="claim_commit"} 0.07"#,
+            r#"yidi_store_longest_job_seconds{region="330200",kind="claim_commit"} 0.06"#,
+            r#"yidi_store_slow_jobs_total{region="330200",kind="claim_commit"} 1"#,
+            r#"yidi_store_largest_job_rows{region="330200",kind="claim_commit"} 32"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -104,18 +104,27 @@ pub async fn serve(
     let directory = start_directory(&config, tls.clone(), &metrics, &peers).await?;
     // Bound before anything is served so that a taken port fails the start, not later.
     let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        Some(addr) => Some(config.prebound.take_or(addr, crate::metrics::bind).await?),
         None => None,
     };
     let nhsa_listener = match config.nhsa_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-            Error::Unavailable(format!("cannot listen for the NHSA gateway on {addr}: {e}"))
-        })?),
+        Some(addr) => Some(
+            config
+                .prebound
+                .take_or(addr, |addr| async move {
+                    TcpListener::bind(addr).await.map_err(|e| {
+                        Error::Unavailable(format!(
+                            "cannot listen for the NHSA gateway on {addr}: {e}"
+                        ))
+                    })
+                })
+                .await?,
+        ),
         None => None,
     };
     let console_listener = match (config.console_listen, &tls) {
         (None, _) => None,
-        (Some(addr), Some(_)) => Some(crate::console::bind(addr).await?),
+        (Some(addr), Some(_)) => Some(config.prebound.take_or(addr, crate::console::bind).await?),
         (Some(_), None) => return Err(crate::console::needs_tls()),
     };
     let admission = crate::admission::Admission::new(&config.admission, &metrics.admission());
@@ -353,7 +362,8 @@ fn apply_directory(
 const STORE_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Removes the request records past the idempotency window (`store::retention`), one
-/// bounded writer job at a time, until a job finds fewer than a full chunk expired.
+/// bounded writer job at a time in the writer's background lane (settlements first),
+/// until a job finds fewer than a full chunk expired.
 async fn purge_requests(st: &NodeState, days: u32) {
     use crate::store::retention::{PURGE_STEP, cutoff, purge_requests_step};
     let cut = cutoff(st.clock.now(), days);
@@ -361,7 +371,9 @@ async fn purge_requests(st: &NodeState, days: u32) {
         let c = cut.clone();
         match st
             .store
-            .write(move |conn| purge_requests_step(conn, &c, PURGE_STEP))
+            .write_background(crate::store::JobKind::Purge, move |conn| {
+                purge_requests_step(conn, &c, PURGE_STEP)
+            })
             .await
         {
             Ok(n) => {

@@ -25,10 +25,12 @@ const VISIT_DATE: &str = "2026-03-10";
 
 /// Three cities with a metrics listener at Hangzhou, the home node of these claims.
 async fn cities(root: &std::path::Path) -> (Federation, SocketAddr) {
-    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let prebound = yidi_node::prebound::Prebound::default();
+    let metrics = prebound.loopback();
     let fed = three_cities(root, move |r, c| {
         if r == HZ {
             c.metrics_listen = Some(metrics);
+            c.prebound = prebound.clone();
         }
     })
     .await;

@@ -203,10 +203,17 @@ async fn run_round(c: &Client) -> String {
 /// The demo-like federation: three cities with mutual TLS, each with its hospitals and
 /// catalogue; a Hangzhou and a Wenzhou employee treated in Ningbo, a Ningbo employee in
 /// Hangzhou.
-async fn federation(root: &Path, pki: &Pki, nb_console: u16) -> Federation {
+/// Ningbo's console serves on `nb_console`, a listener held in `prebound`.
+async fn federation(
+    root: &Path,
+    pki: &Pki,
+    nb_console: u16,
+    prebound: &yidi_node::prebound::Prebound,
+) -> Federation {
     let mut fed = pki::federation(root, pki, &[HZ, NB, WZ], |r, c| {
         if r == NB {
             c.console_listen = Some(([127, 0, 0, 1], nb_console).into());
+            c.prebound = prebound.clone();
         }
     })
     .await;
@@ -298,12 +305,14 @@ async fn clearing_desk_in_a_browser() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new(&dir.path().join("pki"));
-    let nb_console = free_port();
-    let fed = federation(dir.path(), &pki, nb_console).await;
+    // Both consoles' listeners are held from here until their daemons serve on them.
+    let prebound = yidi_node::prebound::Prebound::default();
+    let nb_console = prebound.loopback().port();
+    let fed = federation(dir.path(), &pki, nb_console, &prebound).await;
     let period = yidi_common::period::Period::of(chrono::Utc::now()).to_string();
     seed_dispute(&fed.node(NB).data_dir, &period);
 
-    let console_port = free_port();
+    let console_port = prebound.loopback().port();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -314,6 +323,7 @@ async fn clearing_desk_in_a_browser() {
         |c| {
             c.security = pki.server_security(&pki::coordinator("330000")).0;
             c.console_listen = Some(([127, 0, 0, 1], console_port).into());
+            c.prebound = prebound.clone();
         },
     )
     .await;

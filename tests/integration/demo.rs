@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeMap,
     io::Read,
-    net::{SocketAddr, TcpListener},
+    net::TcpListener,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -353,20 +353,17 @@ fn demo_refuses_to_wipe_a_directory_it_did_not_create() {
     assert!(dir.path().join("precious.txt").exists());
 }
 
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_settlements_latency_and_peer_calls() {
     const HZ: &str = "330100";
     const NB: &str = "330200";
     let dir = tempfile::tempdir().unwrap();
-    let metrics_addr = free_addr();
+    let prebound = yidi_node::prebound::Prebound::default();
+    let metrics_addr = prebound.loopback();
     let fed = Federation::start_with(dir.path(), &[HZ, NB], |r, c| {
         if r == NB {
             c.metrics_listen = Some(metrics_addr);
+            c.prebound = prebound.clone();
         }
     })
     .await;

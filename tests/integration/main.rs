@@ -4,6 +4,7 @@
 
 mod admin;
 mod admission;
+mod archive;
 mod bench;
 mod clearing;
 mod clearing_steps;
@@ -22,6 +23,7 @@ mod directory;
 mod doc_run;
 mod edge;
 mod edge_fuzz;
+mod footprint;
 mod kill;
 mod load_persons;
 mod local_run;

@@ -310,14 +310,18 @@ async fn a_node_whose_clock_is_off_is_refused_by_its_peers() {
     let dir = tempfile::tempdir().unwrap();
     let hooks = TestHooks::default();
     let offset = Arc::clone(&hooks.clock_offset_ms);
-    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], yidi_tests::process::free_port()));
-    let nb_metrics = std::net::SocketAddr::from(([127, 0, 0, 1], yidi_tests::process::free_port()));
+    let prebound = yidi_node::prebound::Prebound::default();
+    let (metrics, nb_metrics) = (prebound.loopback(), prebound.loopback());
     let fed = three_cities(dir.path(), move |r, c| match r {
         NB => {
             c.hooks = hooks.clone();
             c.metrics_listen = Some(nb_metrics);
+            c.prebound = prebound.clone();
         }
-        HZ => c.metrics_listen = Some(metrics),
+        HZ => {
+            c.metrics_listen = Some(metrics);
+            c.prebound = prebound.clone();
+        }
         _ => {}
     })
     .await;

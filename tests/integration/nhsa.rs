@@ -29,11 +29,6 @@ pub(super) const HZ: &str = "330100";
 pub(super) const NB: &str = "330200";
 const WZ: &str = "330300";
 
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
 /// An HIS: HTTPS with its institution certificate, one connection per request (as
 /// the simplest HIS HTTP stacks do).
 pub(super) struct His {
@@ -270,12 +265,14 @@ pub(super) async fn world_with(
 ) -> World {
     use proto::{HospitalLevel as Hl, InstitutionKind as Ik};
     let pki = Pki::new(&root.join("pki"));
-    let gateway = free_addr();
-    let metrics = free_addr();
+    // Held from here until Ningbo serves on them: no other process can take them.
+    let prebound = yidi_node::prebound::Prebound::default();
+    let (gateway, metrics) = (prebound.loopback(), prebound.loopback());
     let fed = pki::federation(root, &pki, &[HZ, NB, WZ], |r, c| {
         if r == NB {
             c.nhsa_listen = Some(gateway);
             c.metrics_listen = Some(metrics);
+            c.prebound = prebound.clone();
             adjust(c);
         }
     })
@@ -330,6 +327,43 @@ impl World {
             inst: code.to_owned(),
         }
     }
+}
+
+/// 2201: an outpatient registration of `psn` two hours ago, visit number `no`; the
+/// visit's mdtrt_id.
+pub(super) async fn outpatient_visit(his: &mut His, psn: &str, no: &str) -> String {
+    let (_, out) = his
+        .ok(
+            "2201",
+            HZ,
+            json!({"data": {"psn_no": psn, "insutype": "310", "begntime": cst_now_minus_hours(2),
+            "mdtrt_cert_type": "02", "mdtrt_cert_no": psn, "ipt_otp_no": no}}),
+        )
+        .await;
+    out["data"]["mdtrt_id"]
+        .as_str()
+        .expect("mdtrt_id")
+        .to_owned()
+}
+
+/// 2401: an admission of `psn` three hours ago for pneumonia, inpatient number
+/// `ipt_no`; the stay's mdtrt_id.
+pub(super) async fn admit(his: &mut His, psn: &str, ipt_no: &str) -> String {
+    let (_, out) = his
+        .ok("2401", HZ, json!({
+            "mdtrtinfo": {"psn_no": psn, "insutype": "310", "begntime": cst_now_minus_hours(3),
+                "mdtrt_cert_type": "02", "mdtrt_cert_no": psn, "med_type": "21", "ipt_no": ipt_no,
+                "atddr_no": "D1", "chfpdr_name": "李明", "adm_diag_dscr": "肺炎", "adm_dept_codg": "HX",
+                "adm_dept_name": "呼吸科", "adm_bed": "12", "dscg_maindiag_code": "J18.9", "dscg_maindiag_name": "肺炎"},
+            "diseinfo": [{"psn_no": psn, "diag_type": "1", "maindiag_flag": "1", "diag_srt_no": 1, "diag_code": "J18.9",
+                "diag_name": "肺炎", "diag_dept": "呼吸科", "dise_dor_no": "D1", "dise_dor_name": "李明",
+                "diag_time": cst_now_minus_hours(3)}]
+        }))
+        .await;
+    out["data"]["mdtrt_id"]
+        .as_str()
+        .expect("mdtrt_id")
+        .to_owned()
 }
 
 /// The three lines of the outpatient bill (68.00), amounts written as an HIS might.
@@ -634,15 +668,7 @@ async fn gateway_refusals_name_the_field_and_change_nothing() {
     let w = world(dir.path()).await;
     let (id, _) = w.ids.clone();
     let mut his = w.his(inst::NB_H3);
-    let (_, out) = his
-        .ok(
-            "2201",
-            HZ,
-            json!({"data": {"psn_no": id, "insutype": "310", "begntime": cst_now_minus_hours(2),
-            "mdtrt_cert_type": "02", "mdtrt_cert_no": id, "ipt_otp_no": "MZ0002"}}),
-        )
-        .await;
-    let visit = out["data"]["mdtrt_id"].as_str().expect("visit").to_owned();
+    let visit = outpatient_visit(&mut his, &id, "MZ0002").await;
 
     // fixmedins_code other than the certificate's institution.
     let msgid = his.msgid();
@@ -872,15 +898,7 @@ async fn inpatient_stay_reversal_reconciliation_and_queries() {
     assert_eq!(amt(&out["setlinfo"]["medfee_sumamt"]), "-4200.00");
 
     // 2601 of a 2207 whose answer was lost: the twin's outpatient visit.
-    let (_, out) = his
-        .ok(
-            "2201",
-            HZ,
-            json!({"data": {"psn_no": twin, "insutype": "310", "begntime": cst_now_minus_hours(2),
-            "mdtrt_cert_type": "02", "mdtrt_cert_no": twin, "ipt_otp_no": "MZ0009"}}),
-        )
-        .await;
-    let tvisit = out["data"]["mdtrt_id"].as_str().expect("visit").to_owned();
+    let tvisit = outpatient_visit(&mut his, &twin, "MZ0009").await;
     his.ok("2204", HZ, json!({"feedetail": feedetail(&tvisit, &twin)}))
         .await;
     let lost = his.msgid();
@@ -1072,15 +1090,7 @@ async fn the_sheets_example_messages_are_accepted_as_they_are() {
     // settled and reversed by 2601, each with the examples' messages.
     let mut visits = Vec::new();
     for no in ["MZ-A", "MZ-B"] {
-        let (_, out) = his
-            .ok(
-                "2201",
-                HZ,
-                json!({"data": {"psn_no": id, "insutype": "310", "begntime": cst_now_minus_hours(2),
-                "mdtrt_cert_type": "02", "mdtrt_cert_no": id, "ipt_otp_no": no}}),
-            )
-            .await;
-        visits.push(out["data"]["mdtrt_id"].as_str().expect("visit").to_owned());
+        visits.push(outpatient_visit(&mut his, &id, no).await);
     }
     let fee_time = cst_now_minus_hours(1);
     let subst = |visit: &str, prefix: &str| {
@@ -1175,15 +1185,7 @@ async fn visit_cancel_and_discharge_undo_through_the_gateway() {
     let mut desk = w.desk(inst::NB_H3).await;
 
     // An outpatient visit, billed and settled.
-    let (_, out) = his
-        .ok(
-            "2201",
-            HZ,
-            json!({"data": {"psn_no": id, "insutype": "310", "begntime": cst_now_minus_hours(2),
-            "mdtrt_cert_type": "02", "mdtrt_cert_no": id, "ipt_otp_no": "MZ0101"}}),
-        )
-        .await;
-    let visit = out["data"]["mdtrt_id"].as_str().expect("visit").to_owned();
+    let visit = outpatient_visit(&mut his, &id, "MZ0101").await;
     his.ok("2204", HZ, json!({"feedetail": feedetail(&visit, &id)}))
         .await;
     let (_, out) = his
@@ -1282,21 +1284,7 @@ async fn visit_cancel_and_discharge_undo_through_the_gateway() {
     assert_eq!(got.state, "cancelled");
 
     // An inpatient stay: admitted, billed, discharged, settled.
-    let (_, out) = his
-        .ok("2401", HZ, json!({
-            "mdtrtinfo": {"psn_no": twin, "insutype": "310", "begntime": cst_now_minus_hours(3),
-                "mdtrt_cert_type": "02", "mdtrt_cert_no": twin, "med_type": "21", "ipt_no": "ZY0101",
-                "atddr_no": "D1", "chfpdr_name": "李明", "adm_diag_dscr": "肺炎", "adm_dept_codg": "HX",
-                "adm_dept_name": "呼吸科", "adm_bed": "12", "dscg_maindiag_code": "J18.9", "dscg_maindiag_name": "肺炎"},
-            "diseinfo": [{"psn_no": twin, "diag_type": "1", "maindiag_flag": "1", "diag_srt_no": 1, "diag_code": "J18.9",
-                "diag_name": "肺炎", "diag_dept": "呼吸科", "dise_dor_no": "D1", "dise_dor_name": "李明",
-                "diag_time": cst_now_minus_hours(3)}]
-        }))
-        .await;
-    let stay = out["data"]["mdtrt_id"]
-        .as_str()
-        .expect("mdtrt_id")
-        .to_owned();
+    let stay = admit(&mut his, &twin, "ZY0101").await;
     let t = cst_now_minus_hours(2);
     his.ok("2301", HZ, json!({"feedetail": [
         {"feedetl_sn": "Z1", "mdtrt_id": stay, "psn_no": twin, "med_type": "21", "fee_ocur_time": t,
@@ -1447,15 +1435,7 @@ async fn visit_information_and_admission_change_through_the_gateway() {
         external_visit_no: ext.into(),
     };
 
-    let (_, out) = his
-        .ok(
-            "2201",
-            HZ,
-            json!({"data": {"psn_no": id, "insutype": "310", "begntime": cst_now_minus_hours(2),
-            "mdtrt_cert_type": "02", "mdtrt_cert_no": id, "ipt_otp_no": "MZ0201"}}),
-        )
-        .await;
-    let visit = out["data"]["mdtrt_id"].as_str().expect("visit").to_owned();
+    let visit = outpatient_visit(&mut his, &id, "MZ0201").await;
     let info = |psn: &str, diseinfo: Value| {
         json!({"mdtrtinfo": {"mdtrt_id": visit, "psn_no": psn, "med_type": "11",
             "begntime": cst_now_minus_hours(2), "main_cond_dscr": "头晕", "dise_codg": "", "dise_name": ""},
@@ -1553,21 +1533,7 @@ async fn visit_information_and_admission_change_through_the_gateway() {
     );
 
     // 2403: the admission's visit number and main diagnosis (maindiag_flag 1).
-    let (_, out) = his
-        .ok("2401", HZ, json!({
-            "mdtrtinfo": {"psn_no": twin, "insutype": "310", "begntime": cst_now_minus_hours(3),
-                "mdtrt_cert_type": "02", "mdtrt_cert_no": twin, "med_type": "21", "ipt_no": "ZY0201",
-                "atddr_no": "D1", "chfpdr_name": "李明", "adm_diag_dscr": "肺炎", "adm_dept_codg": "HX",
-                "adm_dept_name": "呼吸科", "adm_bed": "12", "dscg_maindiag_code": "J18.9", "dscg_maindiag_name": "肺炎"},
-            "diseinfo": [{"psn_no": twin, "diag_type": "1", "maindiag_flag": "1", "diag_srt_no": 1, "diag_code": "J18.9",
-                "diag_name": "肺炎", "diag_dept": "呼吸科", "dise_dor_no": "D1", "dise_dor_name": "李明",
-                "diag_time": cst_now_minus_hours(3)}]
-        }))
-        .await;
-    let stay = out["data"]["mdtrt_id"]
-        .as_str()
-        .expect("mdtrt_id")
-        .to_owned();
+    let stay = admit(&mut his, &twin, "ZY0201").await;
     his.ok("2403", HZ, json!({
         "adminfo": {"mdtrt_id": stay, "psn_no": twin, "med_type": "21", "begntime": cst_now_minus_hours(3),
             "ipt_otp_no": "ZY0201-X", "atddr_no": "D2", "chfpdr_name": "王强", "adm_dept_codg": "HX",

@@ -6,23 +6,13 @@ use serde_json::{Value, json};
 use yidi_tests::fixtures::inst;
 
 use super::nhsa::{
-    HZ, His, amt, cst_now_minus_hours, feedetail, list_all, refused, world, world_with,
+    HZ, His, amt, cst_now_minus_hours, feedetail, list_all, outpatient_visit, refused, world,
+    world_with,
 };
 
 /// 2201 and 2204 (the 68.00 bill) for `id`; the visit's mdtrt_id.
 async fn billed_visit(his: &mut His, id: &str, visit_no: &str) -> String {
-    let (_, out) = his
-        .ok(
-            "2201",
-            HZ,
-            json!({"data": {"psn_no": id, "insutype": "310", "begntime": cst_now_minus_hours(2),
-            "mdtrt_cert_type": "02", "mdtrt_cert_no": id, "ipt_otp_no": visit_no}}),
-        )
-        .await;
-    let visit = out["data"]["mdtrt_id"]
-        .as_str()
-        .expect("mdtrt_id")
-        .to_owned();
+    let visit = outpatient_visit(his, id, visit_no).await;
     his.ok("2204", HZ, json!({"feedetail": feedetail(&visit, id)}))
         .await;
     visit
@@ -207,7 +197,7 @@ async fn write_queue_depth(metrics: std::net::SocketAddr) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_shutdown_the_gateway_answers_what_is_in_flight_then_refuses_connections() {
-    use std::{sync::atomic::Ordering, time::Duration};
+    use std::time::Duration;
     let hooks = yidi_node::context::TestHooks::default();
     let installed = hooks.clone();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -221,7 +211,7 @@ async fn at_shutdown_the_gateway_answers_what_is_in_flight_then_refuses_connecti
 
     // Hold Ningbo's writer; two 2207s go out: one is taken by the writer and waits, the
     // other queues behind it. Both are in flight inside the node.
-    hooks.hold_store_writer.store(true, Ordering::SeqCst);
+    let held = yidi_tests::harness::HeldWriter::hold(&hooks);
     let his = std::sync::Arc::new(his);
     let in_flight: Vec<_> = visits
         .iter()
@@ -275,7 +265,7 @@ async fn at_shutdown_the_gateway_answers_what_is_in_flight_then_refuses_connecti
     );
 
     // Released: each gets its full answer before the node exits.
-    hooks.hold_store_writer.store(false, Ordering::SeqCst);
+    drop(held);
     for (t, (_, visit)) in in_flight.into_iter().zip(&visits) {
         let (status, v) = t.await.expect("in-flight request");
         assert_eq!(status, 200);

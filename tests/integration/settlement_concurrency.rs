@@ -388,10 +388,12 @@ async fn concurrent_provisional_settlements_stay_within_the_exposure_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settle_prices_with_an_answer_it_has_and_reprices_when_another_city_settled_since() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], yidi_tests::process::free_port()));
+    let prebound = yidi_node::prebound::Prebound::default();
+    let metrics = prebound.loopback();
     let fed = three_cities(dir.path(), |r, c| {
         if r == NB {
             c.metrics_listen = Some(metrics);
+            c.prebound = prebound.clone();
         }
     })
     .await;

@@ -1177,10 +1177,14 @@ async fn a_home_node_silent_after_refusing_a_stale_price_leaves_nothing_in_doubt
     let dir = tempfile::tempdir().unwrap();
     let hooks = TestHooks::default();
     let delay = Arc::clone(&hooks.eligibility_delay_ms);
-    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], yidi_tests::process::free_port()));
+    let prebound = yidi_node::prebound::Prebound::default();
+    let metrics = prebound.loopback();
     let fed = three_cities(dir.path(), move |r, c| match r {
         HZ => c.hooks = hooks.clone(),
-        NB => c.metrics_listen = Some(metrics),
+        NB => {
+            c.metrics_listen = Some(metrics);
+            c.prebound = prebound.clone();
+        }
         _ => {}
     })
     .await;

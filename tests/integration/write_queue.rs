@@ -3,7 +3,7 @@
 //! node, the node counts the refusal, and the same request settles once (and only once)
 //! when the writer has caught up.
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::time::Duration;
 
 use tonic::Code;
 use yidi_common::proto;
@@ -13,8 +13,7 @@ use yidi_tests::{
         Desk, acc_tuple, account_balance, accumulators, billed_visit, filed_employee, inst,
         settled_2000_at_hz_rates, three_cities,
     },
-    harness::TestNode,
-    process::free_port,
+    harness::{HeldWriter, TestNode},
 };
 
 /// The value of an unlabelled-but-region series in a node's metrics text.
@@ -60,13 +59,15 @@ async fn tiny_queue_at(
 ) {
     let hooks = TestHooks::default();
     let installed = hooks.clone();
-    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let prebound = yidi_node::prebound::Prebound::default();
+    let metrics = prebound.loopback();
     let fed = three_cities(root, move |r, c| {
         if r == region {
             c.hooks = installed.clone();
             c.write_queue_capacity = 1;
             c.write_queue_wait = Duration::from_millis(100);
             c.metrics_listen = Some(metrics);
+            c.prebound = prebound.clone();
         }
     })
     .await;
@@ -80,8 +81,11 @@ async fn hold_and_fill(
     region: &'static str,
     hooks: &TestHooks,
     metrics: std::net::SocketAddr,
-) -> [tokio::task::JoinHandle<Result<(), tonic::Status>>; 2] {
-    hooks.hold_store_writer.store(true, Ordering::SeqCst);
+) -> (
+    HeldWriter,
+    [tokio::task::JoinHandle<Result<(), tonic::Status>>; 2],
+) {
+    let held = HeldWriter::hold(hooks);
     let fills = [1, 2].map(|n| {
         let remote = TestNode::remote(node.addr, region, node.data_dir.clone());
         tokio::spawn(async move { filler(&remote, n).await })
@@ -98,7 +102,7 @@ async fn hold_and_fill(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    fills
+    (held, fills)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +116,7 @@ async fn a_settle_meeting_a_full_write_queue_is_refused_unchanged_then_settles_o
     let acc_before = accumulators(hz, &id, "330200", inst::NB_H3).await;
 
     // Hold the writer: the first filler is taken and waits, the second fills the queue.
-    let [fill_1, fill_2] = hold_and_fill(nb, "330200", &hooks, metrics).await;
+    let (held, [fill_1, fill_2]) = hold_and_fill(nb, "330200", &hooks, metrics).await;
 
     let refused = desk
         .settle("settle-q", &v.visit_id, true)
@@ -132,7 +136,7 @@ async fn a_settle_meeting_a_full_write_queue_is_refused_unchanged_then_settles_o
 
     // Nothing changed: no settlement here, the home node's accumulators and account as
     // they were.
-    hooks.hold_store_writer.store(false, Ordering::SeqCst);
+    drop(held);
     fill_1
         .await
         .expect("filler task")
@@ -180,7 +184,7 @@ async fn a_home_node_with_a_full_write_queue_makes_no_claim_provisional() {
     let acc_before = accumulators(hz, &id, "330200", inst::NB_H3).await;
 
     // Hold the home node's writer and fill its queue.
-    let [fill_1, fill_2] = hold_and_fill(hz, "330100", &hooks, metrics).await;
+    let (held, [fill_1, fill_2]) = hold_and_fill(hz, "330100", &hooks, metrics).await;
 
     let refused = desk
         .settle("settle-h", &v.visit_id, true)
@@ -199,7 +203,7 @@ async fn a_home_node_with_a_full_write_queue_makes_no_claim_provisional() {
         );
     }
 
-    hooks.hold_store_writer.store(false, Ordering::SeqCst);
+    drop(held);
     // The fillers only keep the queue full; either may itself have been refused (the
     // home node's own audit entries of the set-up's reads share its writer).
     let _ = fill_1.await.expect("filler task");

@@ -2041,7 +2041,6 @@ async fn verify(
 /// Σ hifp_pay and the number of a person's committed claims of `year` in a home store
 /// (read-only).
 fn store_claims(db: &Path, id_number: &str, year: i32) -> anyhow::Result<(i64, u64)> {
-    use prost::Message;
     let conn = rusqlite::Connection::open_with_flags(
         db,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -2053,7 +2052,7 @@ fn store_claims(db: &Path, id_number: &str, year: i32) -> anyhow::Result<(i64, u
     let (mut sum, mut n) = (0i64, 0u64);
     while let Some(r) = rows.next()? {
         let blob: Vec<u8> = r.get(0)?;
-        let split = proto::Split::decode(blob.as_slice())?;
+        let split = yidi_node::store::split_codec::decode(&blob)?;
         sum += fen(&split.hifp_pay, "hifp_pay")?;
         n += 1;
     }

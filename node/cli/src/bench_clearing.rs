@@ -262,18 +262,72 @@ struct SimParticipant {
 impl SimParticipant {
     /// The real node's checks (`clearing::verify`), against the aggregates.
     fn verify(&self, s: &proto::Statement) -> Vec<String> {
-        RegionCode::parse(&self.region, "region")
-            .map_err(yidi_node::Error::from)
-            .and_then(|own| {
-                yidi_node::clearing::verify::against_ledger(
-                    own,
-                    s,
-                    self.receivable_fen,
-                    self.payable_fen,
-                )
-            })
-            .unwrap_or_else(|e| vec![e.to_string()])
+        verify_totals(&self.region, s, self.receivable_fen, self.payable_fen)
     }
+}
+
+/// The real node's checks (`clearing::verify`) of `s` against a simulated ledger's
+/// totals: the differences, none when it agrees.
+fn verify_totals(
+    region: &str,
+    s: &proto::Statement,
+    receivable_fen: i64,
+    payable_fen: i64,
+) -> Vec<String> {
+    RegionCode::parse(region, "region")
+        .map_err(yidi_node::Error::from)
+        .and_then(|own| {
+            yidi_node::clearing::verify::against_ledger(own, s, receivable_fen, payable_fen)
+        })
+        .unwrap_or_else(|e| vec![e.to_string()])
+}
+
+/// A simulated participant's answer to VerifyStatement.
+fn verification(differences: Vec<String>) -> proto::VerifyStatementResponse {
+    proto::VerifyStatementResponse {
+        matches: differences.is_empty(),
+        differences,
+    }
+}
+
+/// A simulated participant's answer to ConfirmStatement: confirmed when nothing differs.
+fn confirmation(diffs: &[String]) -> proto::ConfirmStatementResponse {
+    proto::ConfirmStatementResponse {
+        confirmed: diffs.is_empty(),
+        confirmed_by: if diffs.is_empty() {
+            "auto".to_owned()
+        } else {
+            format!("does not match: {}", diffs.join("; "))
+        },
+    }
+}
+
+/// Participant `t`'s position against `o` from the pair aggregates, with what `t` is owed
+/// by `o` (t treated o's insured) and what it owes `o`; None when nothing is between them.
+fn position<'a>(
+    shape: &Shape,
+    agg: &'a [PairAgg],
+    zero: &'a PairAgg,
+    t: usize,
+    o: usize,
+) -> Option<(proto::Position, &'a PairAgg, &'a PairAgg)> {
+    let f = |fen: i64| money::format(money::from_fen(fen));
+    let r = shape.slot(t, o).map_or(zero, |j| &agg[t * shape.k + j]);
+    let p = shape.slot(o, t).map_or(zero, |j| &agg[o * shape.k + j]);
+    if r.count == 0 && p.count == 0 {
+        return None;
+    }
+    let position = proto::Position {
+        counterparty: shape.regions[o].clone(),
+        receivable_count: r.count,
+        receivable_sum: f(r.sum_fen),
+        receivable_digest: r.digest.to_hex(),
+        payable_count: p.count,
+        payable_sum: f(p.sum_fen),
+        payable_digest: p.digest.to_hex(),
+        ..Default::default()
+    };
+    Some((position, r, p))
 }
 
 fn simulated(what: &str) -> Status {
@@ -315,11 +369,7 @@ impl ClearingParticipant for SimParticipant {
         req: Request<proto::StatementRequest>,
     ) -> Result<Response<proto::VerifyStatementResponse>, Status> {
         let s = req.into_inner().statement.unwrap_or_default();
-        let differences = self.verify(&s);
-        Ok(Response::new(proto::VerifyStatementResponse {
-            matches: differences.is_empty(),
-            differences,
-        }))
+        Ok(Response::new(verification(self.verify(&s))))
     }
 
     async fn confirm_statement(
@@ -335,14 +385,7 @@ impl ClearingParticipant for SimParticipant {
             .last_confirm
             .fetch_max(self.marks.now(), Ordering::SeqCst);
         self.marks.confirms.fetch_add(1, Ordering::SeqCst);
-        Ok(Response::new(proto::ConfirmStatementResponse {
-            confirmed: diffs.is_empty(),
-            confirmed_by: if diffs.is_empty() {
-                "auto".to_owned()
-            } else {
-                format!("does not match: {}", diffs.join("; "))
-            },
-        }))
+        Ok(Response::new(confirmation(&diffs)))
     }
 
     async fn mark_cleared(
@@ -370,31 +413,18 @@ impl ClearingParticipant for SimParticipant {
 /// Builds participant `t`'s report from the pair aggregates.
 fn participant(shape: &Shape, agg: &[PairAgg], t: usize, marks: &Arc<Marks>) -> SimParticipant {
     let zero = PairAgg::default();
-    let f = |fen: i64| money::format(money::from_fen(fen));
     let mut positions = Vec::new();
     let (mut recv, mut pay, mut records) = (0i64, 0i64, 0u64);
     let mut others: Vec<usize> = (0..shape.n()).filter(|&o| o != t).collect();
     others.sort_by(|a, b| shape.regions[*a].cmp(&shape.regions[*b]));
     for o in others {
-        // `t` is owed by `o` (t treated o's insured) and owes `o` (o treated t's).
-        let r = shape.slot(t, o).map_or(&zero, |j| &agg[t * shape.k + j]);
-        let p = shape.slot(o, t).map_or(&zero, |j| &agg[o * shape.k + j]);
-        if r.count == 0 && p.count == 0 {
+        let Some((position, r, p)) = position(shape, agg, &zero, t, o) else {
             continue;
-        }
+        };
         recv += r.sum_fen;
         pay += p.sum_fen;
         records += r.count + p.count;
-        positions.push(proto::Position {
-            counterparty: shape.regions[o].clone(),
-            receivable_count: r.count,
-            receivable_sum: f(r.sum_fen),
-            receivable_digest: r.digest.to_hex(),
-            payable_count: p.count,
-            payable_sum: f(p.sum_fen),
-            payable_digest: p.digest.to_hex(),
-            ..Default::default()
-        });
+        positions.push(position);
     }
     SimParticipant {
         region: shape.regions[t].clone(),

@@ -6,6 +6,8 @@
 //! gRPC service (service/clearing.rs) only decodes, checks and calls it. Only region
 //! codes, record ids, counts, sums and digests leave the node here.
 
+pub mod archive;
+pub mod input;
 pub mod verify;
 
 use std::{
@@ -22,8 +24,8 @@ use crate::{
     Error, Result,
     idempotency::{self, RequestKey},
     store::{
-        Store,
-        clearing::{self, FreezeStep, RoundRec, Scope},
+        JobKind, Store,
+        clearing::{self, FreezeStep, RoundRec, Scope, StepLimit},
         funds,
         ledger::{self, Side},
     },
@@ -38,6 +40,8 @@ pub struct Participant {
     /// Counts exclusions, bumped inside their writer jobs: a confirmation verified from
     /// a read re-verifies in its writer job only if an exclusion ran in between.
     exclusions: Arc<AtomicU64>,
+    /// The bounds of each step of a freeze or a tidy.
+    step: StepLimit,
 }
 
 /// A page of a disputed pair's records.
@@ -137,12 +141,22 @@ impl Participant {
             region,
             auto_confirm,
             exclusions: Arc::default(),
+            step: StepLimit::SERVING,
         }
     }
 
+    /// The same participant with steps of at most `step` (tests).
+    #[must_use]
+    pub fn with_step_limit(mut self, step: StepLimit) -> Self {
+        self.step = step;
+        self
+    }
+
     /// Freezes the round's records (on its first report) and reports their positions.
-    /// Frozen in steps of bounded writer jobs (see `clearing::freeze_step`), then
-    /// reported from a read: a large node's round must not hold the writer.
+    /// Frozen in steps of bounded writer jobs (see `clearing::freeze_step`) in the
+    /// writer's background lane — each runs when no settlement waits, or after the
+    /// lane's longest wait — then reported from a read: a large node's round must not
+    /// hold the writer, nor compete with settlements for it.
     /// `scope` says which side of the province boundary the round clears (a round's
     /// scope is fixed by its first report).
     pub async fn report_positions(
@@ -152,19 +166,20 @@ impl Participant {
         scope: Scope,
     ) -> Result<proto::ReportPositionsResponse> {
         let mut cursor = None;
-        let own = self.region;
+        let (own, limit) = (self.region, self.step);
         loop {
             let (id, period) = (id.clone(), period.clone());
             let step = self
                 .store
-                .write(move |conn| {
-                    clearing::freeze_scoped_step(
+                .write_background(JobKind::FreezeStep, move |conn| {
+                    clearing::freeze_limited_step(
                         conn,
                         &id,
                         &period,
                         &period::now_rfc3339(),
                         cursor,
                         Some((scope, own.as_str())),
+                        limit,
                     )
                 })
                 .await?;
@@ -227,7 +242,7 @@ impl Participant {
     ) -> Result<proto::ExcludeClaimsResponse> {
         let exclusions = Arc::clone(&self.exclusions);
         self.store
-            .write(move |conn| {
+            .write_as(JobKind::Clearing, move |conn| {
                 exclusions.fetch_add(1, Ordering::SeqCst);
                 idempotency::once(conn, &key, |conn| {
                     let round = known_round(conn, &id)?;
@@ -268,7 +283,7 @@ impl Participant {
         let verified = self.verified_from_read(s.clone()).await?;
         let exclusions = Arc::clone(&self.exclusions);
         self.store
-            .write(move |conn| {
+            .write_as(JobKind::Clearing, move |conn| {
                 let round = known_round(conn, &s.round_id)?;
                 match round.state {
                     ParticipantState::Confirmed | ParticipantState::Cleared => {
@@ -331,7 +346,9 @@ impl Participant {
     async fn changes_seen(&self) -> Result<(u64, u64)> {
         let exclusions = Arc::clone(&self.exclusions);
         self.store
-            .write(move |_| Ok((exclusions.load(Ordering::SeqCst), ledger::changes())))
+            .write_as(JobKind::Clearing, move |_| {
+                Ok((exclusions.load(Ordering::SeqCst), ledger::changes()))
+            })
             .await
     }
 
@@ -367,7 +384,7 @@ impl Participant {
         let marked = id.clone();
         let out = self
             .store
-            .write(move |conn| {
+            .write_as(JobKind::Clearing, move |conn| {
                 idempotency::once(conn, &key, |conn| {
                     let round = known_round(conn, &marked)?;
                     if round.state != ParticipantState::Confirmed {
@@ -393,7 +410,7 @@ impl Participant {
     pub async fn release(&self, id: String) -> Result<u64> {
         let released = id.clone();
         self.store
-            .write(move |conn| {
+            .write_as(JobKind::Clearing, move |conn| {
                 let id = released;
                 if let Some(r) = clearing::get(conn, &id)?
                     && r.state == ParticipantState::Cleared
@@ -411,12 +428,14 @@ impl Participant {
     /// Lets go, in bounded writer jobs, the entries a released or cleared round still
     /// holds; returns how many.
     async fn tidy(&self, round_id: &str) -> Result<u64> {
-        let mut total = 0;
+        let (mut total, limit) = (0, self.step);
         loop {
             let id = round_id.to_owned();
             let n = self
                 .store
-                .write(move |conn| clearing::tidy_step(conn, &id))
+                .write_background(JobKind::ClearStep, move |conn| {
+                    clearing::tidy_limited_step(conn, &id, limit)
+                })
                 .await?;
             if n == 0 {
                 return Ok(total);
@@ -564,5 +583,139 @@ mod tests {
             (r.state, r.confirmed_by.as_str()),
             (ParticipantState::Released, "")
         );
+    }
+
+    /// A round of many steps' entries is frozen and then marked cleared in background
+    /// jobs that each wrote at most the step's entries, while a stream of settlement
+    /// jobs goes on: many of them run while the round is still being frozen, and
+    /// while its entries are still being marked cleared — they are not queued behind
+    /// the whole round. Exact counts and sums at the end.
+    #[tokio::test]
+    async fn a_large_round_runs_in_bounded_steps_that_settlements_interleave() {
+        const N: u64 = 6_000;
+        const STEP: u32 = 100;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1, "330100").unwrap();
+        store
+            .write(|conn| {
+                let mut st = conn.prepare(
+                    "INSERT INTO ledger (entry_id, side, counterparty, period, kind, claim_id, amount_fen, created_at) \
+                     VALUES (?1, 'receivable', '330200', '2026-03', 'claim', ?1, 250, '2026-03-31T00:00:00Z')",
+                )?;
+                for i in 0..N {
+                    st.execute([format!("e{i:06}")])?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let p = Participant::new(
+            store.clone(),
+            RegionCode::parse("330100", "region").unwrap(),
+            true,
+        )
+        .with_step_limit(StepLimit::entries(STEP));
+        let before = store.writer_totals();
+
+        // Settlement jobs one after another until told to stop; each notes the state
+        // of round R1 it ran beside.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (s2, stop2) = (store.clone(), Arc::clone(&stop));
+        let settling = tokio::spawn(async move {
+            let mut i = 0_u64;
+            while !stop2.load(Ordering::SeqCst) {
+                i += 1;
+                let state = s2
+                    .write_as(JobKind::Settle, move |conn| {
+                        crate::store::meta_set(conn, "bench-probe", &i.to_string())?;
+                        Ok(conn
+                            .query_row(
+                                "SELECT state || ':' || (SELECT COUNT(*) FROM ledger WHERE round_id = 'R1') \
+                                 FROM clearing_rounds WHERE round_id = 'R1'",
+                                [],
+                                |r| r.get::<_, String>(0),
+                            )
+                            .unwrap_or_else(|_| "none".into()))
+                    })
+                    .await
+                    .unwrap();
+                let _ = seen_tx.send(state);
+            }
+        });
+        // The stream runs before the round starts.
+        assert_eq!(seen_rx.recv().await.unwrap(), "none");
+
+        let report = p
+            .report_positions("R1".into(), "2026-03".into(), Scope::Province)
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                report.positions[0].receivable_count,
+                report.positions[0].receivable_sum.as_str()
+            ),
+            (N, "15000.00")
+        );
+        let mut during_freeze = 0;
+        while let Ok(s) = seen_rx.try_recv() {
+            if s.starts_with("freezing:") && s != format!("freezing:{N}") {
+                during_freeze += 1;
+            }
+        }
+        store
+            .write(|c| {
+                Ok(c.execute(
+                    "UPDATE clearing_rounds SET state = 'confirmed' WHERE round_id = 'R1'",
+                    [],
+                )?)
+            })
+            .await
+            .unwrap();
+        let key = RequestKey::new("coordinator", "R1-cleared", "MarkCleared", "h".into()).unwrap();
+        let cleared = p.mark_cleared(key, "R1".into()).await.unwrap();
+        assert_eq!((cleared.cleared, cleared.records), (true, N));
+        stop.store(true, Ordering::SeqCst);
+        settling.await.unwrap();
+        let mut during_clear = 0;
+        while let Ok(s) = seen_rx.try_recv() {
+            // Cleared, some of its entries still held by the round: being marked.
+            if s.starts_with("cleared:") && s != "cleared:0" && s != format!("cleared:{N}") {
+                during_clear += 1;
+            }
+        }
+        let steps = N / u64::from(STEP);
+        assert!(
+            during_freeze >= 3,
+            "settlements ran while the round was being frozen: {during_freeze}"
+        );
+        assert!(
+            during_clear >= 3,
+            "settlements ran while its entries were being marked cleared: {during_clear}"
+        );
+
+        let t = store.writer_totals();
+        let freeze = t.kind(JobKind::FreezeStep);
+        let clear = t.kind(JobKind::ClearStep);
+        assert!(
+            freeze.jobs - before.kind(JobKind::FreezeStep).jobs > steps,
+            "{freeze:?}"
+        );
+        assert!(freeze.most_rows <= u64::from(STEP), "{freeze:?}");
+        assert!(clear.jobs > steps, "{clear:?}");
+        assert!(clear.most_rows <= u64::from(STEP), "{clear:?}");
+        assert!(t.kind(JobKind::Settle).jobs >= during_freeze + during_clear);
+        let (held, done): (u64, u64) = store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FILTER (WHERE round_id IS NOT NULL), \
+                     COUNT(*) FILTER (WHERE cleared_round = 'R1') FROM ledger",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!((held, done), (0, N));
     }
 }

@@ -185,6 +185,9 @@ pub struct CoordinatorConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Where to serve the clearing desk's console (crate::console); None: not served.
     pub console_listen: Option<SocketAddr>,
+    /// Listeners bound by an in-process caller for `console_listen` or
+    /// `metrics_listen` (crate::prebound); empty from the config file.
+    pub prebound: crate::prebound::Prebound,
 }
 
 impl CoordinatorConfig {
@@ -206,6 +209,7 @@ impl CoordinatorConfig {
             clock: Clock::system(),
             metrics_listen: None,
             console_listen: None,
+            prebound: crate::prebound::Prebound::default(),
         }
     }
 
@@ -282,6 +286,7 @@ impl CoordinatorConfig {
             clock: Clock::system(),
             metrics_listen: file.metrics_listen,
             console_listen: args.console_listen.or(file.console_listen),
+            prebound: crate::prebound::Prebound::default(),
             region,
         };
         // Refuse plain text off loopback (and TLS without its files) before anything starts.
@@ -397,7 +402,7 @@ pub async fn serve(
     // Bound before anything is served so that a taken port fails the start.
     let console_listener = match (config.console_listen, &tls) {
         (None, _) => None,
-        (Some(addr), Some(_)) => Some(crate::console::bind(addr).await?),
+        (Some(addr), Some(_)) => Some(config.prebound.take_or(addr, crate::console::bind).await?),
         (Some(_), None) => return Err(crate::console::needs_tls()),
     };
     let (dir, region) = (config.data_dir.clone(), config.region.to_string());
@@ -599,7 +604,7 @@ pub async fn run_with_metrics(
     let Some(addr) = metrics_listen else {
         return run(config).await;
     };
-    let listener = crate::metrics::bind(addr).await?;
+    let listener = config.prebound.take_or(addr, crate::metrics::bind).await?;
     let metrics = Arc::new(metrics::CoordinatorMetrics::new(
         config.region.as_str(),
         &config.data_dir,

@@ -29,7 +29,11 @@ use yidi_common::{
 };
 
 use super::{CoordState, national_statement, round};
-use crate::{Error, Result, store::ledger::Side};
+use crate::{
+    Error, Result,
+    clearing::input::{round_id, side},
+    store::ledger::Side,
+};
 
 /// Where the province is in a national round (the `national_rounds.state` CHECK).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -719,32 +723,6 @@ impl ProvinceParticipant {
             .await?;
         round::release_all(&self.st, &id).await;
         Ok(0)
-    }
-}
-
-fn round_id(s: &str) -> Result<String> {
-    if s.is_empty()
-        || s.len() > 64
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
-    {
-        return Err(Error::invalid(
-            "round_id",
-            "must be 1–64 characters of A-Z a-z 0-9 . _ : -",
-        ));
-    }
-    Ok(s.to_owned())
-}
-
-fn side(s: &str) -> Result<Side> {
-    match s {
-        "receivable" => Ok(Side::Receivable),
-        "payable" => Ok(Side::Payable),
-        other => Err(Error::invalid(
-            "side",
-            format!("expected receivable or payable, got {other:?}"),
-        )),
     }
 }
 

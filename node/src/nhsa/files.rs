@@ -201,7 +201,7 @@ where
     let institution = institution.to_owned();
     let text = st
         .store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Admin, move |conn| {
             idempotency::once(conn, &key, |conn| {
                 treatment::check_institution(conn, &institution, today)?;
                 nhsa_files::purge_expired(conn, &stored_at)?;

@@ -64,7 +64,9 @@ impl AdminSvc {
         let out = self
             .state
             .store
-            .write(move |conn| idempotency::once(conn, &key, effect))
+            .write_as(crate::store::JobKind::Admin, move |conn| {
+                idempotency::once(conn, &key, effect)
+            })
             .await?;
         Ok(Response::new(out))
     }
@@ -82,7 +84,7 @@ impl AdminSvc {
         let out = self
             .state
             .store
-            .write(move |conn| {
+            .write_as(crate::store::JobKind::Admin, move |conn| {
                 if let Some(mut earlier) = idempotency::replay::<proto::ImportResult>(conn, &key)? {
                     earlier.replayed = true;
                     return Ok(earlier);
@@ -1085,6 +1087,66 @@ impl AdminService for AdminSvc {
         crate::limits::check(req.get_ref())?;
         Ok(Response::new(
             super::audit::list_audit(&self.state, req.into_inner()).await?,
+        ))
+    }
+
+    async fn export_archive(
+        &self,
+        req: Request<proto::ArchivePeriodRequest>,
+    ) -> Result<Response<proto::ArchiveStatus>, Status> {
+        crate::limits::check(req.get_ref())?;
+        Ok(Response::new(
+            super::archive::export(&self.state, req.into_inner()).await?,
+        ))
+    }
+
+    async fn read_archive(
+        &self,
+        req: Request<proto::ArchiveChunkRequest>,
+    ) -> Result<Response<proto::ArchiveChunk>, Status> {
+        crate::limits::check(req.get_ref())?;
+        Ok(Response::new(
+            super::archive::read(&self.state, req.into_inner()).await?,
+        ))
+    }
+
+    async fn purge_archive(
+        &self,
+        req: Request<proto::ArchivePeriodRequest>,
+    ) -> Result<Response<proto::ArchiveStatus>, Status> {
+        crate::limits::check(req.get_ref())?;
+        Ok(Response::new(
+            super::archive::purge(&self.state, req.into_inner()).await?,
+        ))
+    }
+
+    async fn write_archive(
+        &self,
+        req: Request<proto::ArchiveChunk>,
+    ) -> Result<Response<proto::ArchiveChunk>, Status> {
+        crate::limits::check(req.get_ref())?;
+        Ok(Response::new(
+            super::archive::write(&self.state, req.into_inner()).await?,
+        ))
+    }
+
+    async fn restore_archive(
+        &self,
+        req: Request<proto::RestoreArchiveRequest>,
+    ) -> Result<Response<proto::ArchiveStatus>, Status> {
+        crate::limits::check(req.get_ref())?;
+        Ok(Response::new(
+            super::archive::restore(&self.state, req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_archives(
+        &self,
+        req: Request<proto::ArchivePeriodRequest>,
+    ) -> Result<Response<proto::ListArchivesResponse>, Status> {
+        crate::limits::check(req.get_ref())?;
+        Ok(Response::new(
+            super::archive::list(&self.state, req.into_inner()).await?,
         ))
     }
 }

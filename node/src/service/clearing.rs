@@ -12,9 +12,11 @@ use yidi_common::{
 use crate::context::State;
 use crate::{
     Error, Result,
-    clearing::Participant,
+    clearing::{
+        Participant,
+        input::{round_id, side},
+    },
     idempotency::{RequestKey, payload_hash},
-    store::ledger::Side,
 };
 
 /// ListClaimIds records per page by default, and at most: a page of 10,000 is ~1 MB on
@@ -36,32 +38,6 @@ impl ClearingSvc {
         Self {
             participant: Participant::new(state.store.clone(), state.region, auto_confirm),
         }
-    }
-}
-
-fn round_id(s: &str) -> Result<String> {
-    if s.is_empty()
-        || s.len() > 64
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
-    {
-        return Err(Error::invalid(
-            "round_id",
-            "must be 1–64 characters of A-Z a-z 0-9 . _ : -",
-        ));
-    }
-    Ok(s.to_owned())
-}
-
-fn side(s: &str) -> Result<Side> {
-    match s {
-        "receivable" => Ok(Side::Receivable),
-        "payable" => Ok(Side::Payable),
-        other => Err(Error::invalid(
-            "side",
-            format!("expected receivable or payable, got {other:?}"),
-        )),
     }
 }
 

@@ -57,16 +57,31 @@ pub async fn record_deduction(
     let region = st.region;
     let answer = st
         .store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Admin, move |conn| {
             idempotency::once(conn, &key, |conn| {
-                let s = settlements::get(conn, &req.settlement_id)?
-                    .filter(|s| s.reverses.is_none())
-                    .ok_or_else(|| {
+                let Some(s) =
+                    settlements::get(conn, &req.settlement_id)?.filter(|s| s.reverses.is_none())
+                else {
+                    return Err(crate::store::archive::missing(
+                        conn,
+                        &req.settlement_id,
+                        "settlement",
+                        false,
+                    )?
+                    .unwrap_or_else(|| {
                         Error::NotFound(format!(
                             "no settlement {} was treated here",
                             yidi_common::error::quoted(&req.settlement_id)
                         ))
-                    })?;
+                    }));
+                };
+                if let Some(e) = crate::store::archive::refusal(
+                    conn,
+                    &s.period,
+                    &format!("settlement {}", s.settlement_id),
+                )? {
+                    return Err(e);
+                }
                 if s.state != crate::store::states::SettlementState::Settled {
                     return Err(Error::FailedPrecondition(format!(
                         "settlement {} is {}; only a settled claim can be audited",
@@ -181,7 +196,7 @@ pub async fn record_reserve(
     };
     let answer = st
         .store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Admin, move |conn| {
             idempotency::once(conn, &key, |conn| {
                 let seq = sequences::next(conn, "reserve")?;
                 let entry_id = format!("{region}-RS-{seq:08}");
@@ -345,7 +360,7 @@ pub async fn confirm_clearing(
         ));
     }
     st.store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Admin, move |conn| {
             idempotency::once(conn, &key, |conn| {
                 let r = clearing::get(conn, &req.round_id)?.ok_or_else(|| {
                     Error::NotFound(format!(

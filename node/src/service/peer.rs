@@ -174,7 +174,7 @@ fn commit_one(
     req: &proto::CommitClaimRequest,
     entry: &Entry,
 ) -> Result<proto::CommitClaimResponse> {
-    let out = idempotency::once(conn, key, |conn| home::commit(conn, cache, region, req))?;
+    let out = home::commit_once(conn, cache, region, key, req)?;
     audit::record(conn, entry)?;
     Ok(out)
 }
@@ -468,7 +468,7 @@ impl PeerSvc {
         let out = self
             .state
             .store
-            .write(move |conn| {
+            .write_as(crate::store::JobKind::ClaimCommit, move |conn| {
                 store_full_hook(&full)?;
                 commit_one(conn, &cache, region, &key, &req, &entry)
             })
@@ -506,7 +506,7 @@ impl PeerSvc {
         let out = self
             .state
             .store
-            .write(move |conn| {
+            .write_as(crate::store::JobKind::ClaimCommit, move |conn| {
                 let out = idempotency::once(conn, &key, |conn| {
                     home::reverse(conn, treatment.as_str(), &req)
                 })?;
@@ -604,7 +604,7 @@ impl PeerSvc {
         let out = self
             .state
             .store
-            .write(move |conn| {
+            .write_as(crate::store::JobKind::ClaimCommit, move |conn| {
                 idempotency::once(conn, &key, |conn| {
                     let period = crate::funds::apply(conn, region, &req)?;
                     Ok(proto::AdjustmentResponse {

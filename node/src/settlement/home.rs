@@ -297,6 +297,38 @@ pub fn check_dates(req: &proto::CommitClaimRequest, clock: &crate::clock::Clock)
     Ok(())
 }
 
+/// CommitClaim exactly once by its request key, in the caller's transaction: a repeat
+/// gets the first answer, with the split of its claim record when the answer was stored
+/// without it. The request record keeps the answer without its split — the claim
+/// record holds the same one for good (a reversal marks the claim, its split stays) —
+/// so that the claim's split is stored once at this node, not twice.
+pub fn commit_once(
+    conn: &Connection,
+    cache: &PolicyCache,
+    region: RegionCode,
+    key: &crate::idempotency::RequestKey,
+    req: &proto::CommitClaimRequest,
+) -> Result<proto::CommitClaimResponse> {
+    if let Some(mut answer) = crate::idempotency::replay::<proto::CommitClaimResponse>(conn, key)? {
+        if answer.split.is_none() {
+            let claim = claims::get(conn, &answer.claim_id)?.ok_or_else(|| {
+                Error::Internal(format!(
+                    "the stored answer of request {} names claim {}, which is missing",
+                    yidi_common::error::quoted(&key.request_id),
+                    answer.claim_id
+                ))
+            })?;
+            answer.split = Some(claim.split);
+        }
+        return Ok(answer);
+    }
+    let mut answer = commit(conn, cache, region, req)?;
+    let split = answer.split.take();
+    crate::idempotency::store(conn, key, &answer)?;
+    answer.split = split;
+    Ok(answer)
+}
+
 /// Commits a claim at the home node: re-runs the engine, checks the accumulator version
 /// (unless provisional: a provisional claim was settled while this node was unreachable
 /// and is applied on top of whatever happened since, the engine's answer being
@@ -410,6 +442,9 @@ fn claim_id_unused(conn: &Connection, claim_id: &str) -> Result<()> {
             existing.claim_id, existing.state
         )));
     }
+    if let Some(e) = crate::store::archive::missing(conn, claim_id, "claim", false)? {
+        return Err(e);
+    }
     if claims::is_tombstoned(conn, claim_id)? {
         return Err(Error::FailedPrecondition(format!(
             "claim {claim_id} was abandoned by its treatment region and cannot be committed"
@@ -474,6 +509,10 @@ pub fn reverse(
     req: &proto::ReverseClaimRequest,
 ) -> Result<proto::CommitClaimResponse> {
     let Some(claim) = claims::get(conn, &req.claim_id)? else {
+        // A claim of an archived period is not unknown: never tombstoned as abandoned.
+        if let Some(e) = crate::store::archive::missing(conn, &req.claim_id, "claim", false)? {
+            return Err(e);
+        }
         claims::tombstone(conn, &req.claim_id, &period::now_rfc3339())?;
         return Ok(proto::CommitClaimResponse {
             claim_id: req.claim_id.clone(),
@@ -486,6 +525,15 @@ pub fn reverse(
             "claim {} belongs to treatment region {}",
             claim.claim_id, claim.treatment_region
         )));
+    }
+    if !req.abandon_only
+        && let Some(e) = crate::store::archive::refusal(
+            conn,
+            &claim.period,
+            &format!("claim {}", claim.claim_id),
+        )?
+    {
+        return Err(e);
     }
     if req.abandon_only {
         // Committed after all (a late delivery): the caller finishes it from its status.

@@ -92,7 +92,9 @@ pub async fn deliver_due(st: &NodeState) -> Result<usize> {
                     now_ms() + i64::try_from(backoff(item.attempts).as_millis()).unwrap_or(60_000);
                 let id = item.id;
                 st.store
-                    .write(move |conn| outbox::retry_later(conn, id, next, &why))
+                    .write_as(crate::store::JobKind::Outbox, move |conn| {
+                        outbox::retry_later(conn, id, next, &why)
+                    })
                     .await?;
             }
             Err(e) => {
@@ -169,7 +171,7 @@ async fn deliver_commit(st: &NodeState, item: &Item) -> Result<Outcome> {
                 tracing::error!(claim = %req.claim_id, %note, "provisional claim refused by its home node");
                 let (id, claim) = (item.id, req.claim_id.clone());
                 st.store
-                    .write(move |conn| {
+                    .write_as(crate::store::JobKind::Outbox, move |conn| {
                         if let Some(mut rec) = settlements::get(conn, &claim)? {
                             debug_assert!(rec.state.can_become(SettlementState::Disputed));
                             rec.state = SettlementState::Disputed;
@@ -188,7 +190,7 @@ async fn deliver_commit(st: &NodeState, item: &Item) -> Result<Outcome> {
     };
     let (id, region, claim) = (item.id, st.region, req.claim_id.clone());
     st.store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Outbox, move |conn| {
             if let Some(rec) = settlements::get(conn, &claim)?
                 && (rec.state == SettlementState::Provisional
                     || rec.state == SettlementState::Cancelled)
@@ -226,7 +228,7 @@ async fn deliver_reverse(st: &NodeState, item: &Item) -> Result<Outcome> {
     };
     let (id, home) = (item.id, item.target_region.clone());
     st.store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Outbox, move |conn| {
             if resp.state == "abandoned" {
                 // The home node never had the claim (it refused it): nothing to
                 // reverse, and the reversal written at the cancellation is taken back.
@@ -286,6 +288,10 @@ async fn deliver_adjustment(st: &NodeState, item: &Item) -> Result<Outcome> {
         }
     }
     let id = item.id;
-    st.store.write(move |conn| outbox::remove(conn, id)).await?;
+    st.store
+        .write_as(crate::store::JobKind::Outbox, move |conn| {
+            outbox::remove(conn, id)
+        })
+        .await?;
     Ok(Outcome::Done)
 }

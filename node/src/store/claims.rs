@@ -1,7 +1,6 @@
 //! Claims at the home node: what treatment regions (and this region's own institutions)
 //! settled for this region's insured persons, with the accumulator change each made.
 
-use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
 use yidi_common::proto;
 
@@ -50,7 +49,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClaimRec> {
         period: r.get(6)?,
         policy_version: r.get(7)?,
         provisional: r.get(8)?,
-        split: proto::Split::decode(split.as_slice()).map_err(|e| conv(9, e.to_string()))?,
+        split: super::split_codec::decode(&split).map_err(|e| conv(9, e.to_string()))?,
         fund_fen: r.get(10)?,
         acct_fen: r.get(11)?,
         acc_year: r.get(12)?,
@@ -85,7 +84,7 @@ pub fn insert(conn: &Connection, c: &ClaimRec) -> Result<()> {
         c.period,
         c.policy_version,
         c.provisional,
-        c.split.encode_to_vec(),
+        super::split_codec::encode(&c.split),
         c.fund_fen,
         c.acct_fen,
         c.acc_year,

@@ -125,6 +125,44 @@ pub fn records_of(conn: &Connection, round_id: &str) -> Result<u64> {
 /// budget and the log is checkpointed between them.
 pub const STEP_ENTRIES: u32 = 1_000;
 
+/// How long one step of a node's round may run before it stops where it got to (the
+/// next step goes on from there): a step holds every settlement queued behind it, and
+/// on a slow or busy host [`STEP_ENTRIES`] entries can take much longer than usual.
+pub const STEP_TIME: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The bounds of one step: at most `entries` entries, and no more once it has run for
+/// `time` (it always does at least one, so that a round moves however slow the host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepLimit {
+    pub entries: u32,
+    pub time: Option<std::time::Duration>,
+}
+
+impl StepLimit {
+    /// What a node's participant uses: [`STEP_ENTRIES`] and [`STEP_TIME`].
+    pub const SERVING: StepLimit = StepLimit {
+        entries: STEP_ENTRIES,
+        time: Some(STEP_TIME),
+    };
+
+    /// At most `entries`, however long they take (tests, tools).
+    #[must_use]
+    pub fn entries(entries: u32) -> Self {
+        Self {
+            entries: entries.max(1),
+            time: None,
+        }
+    }
+
+    /// Whether a step that started at `started` and has done `done` entries stops.
+    fn spent(&self, started: std::time::Instant, done: usize) -> bool {
+        done >= self.entries as usize
+            || self
+                .time
+                .is_some_and(|t| done > 0 && started.elapsed() >= t)
+    }
+}
+
 /// Where a freeze has got to in the index of uncleared entries (period, then key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FreezeCursor {
@@ -176,6 +214,29 @@ pub fn freeze_scoped_step(
     cursor: Option<FreezeCursor>,
     scoped: Option<(Scope, &str)>,
 ) -> Result<FreezeStep> {
+    freeze_limited_step(
+        conn,
+        round_id,
+        period,
+        now,
+        cursor,
+        scoped,
+        StepLimit::entries(STEP_ENTRIES),
+    )
+}
+
+/// [`freeze_scoped_step`] within `limit` (a step also stops at its time bound, where
+/// it got to: the cursor it returns is the last entry it froze).
+pub fn freeze_limited_step(
+    conn: &Connection,
+    round_id: &str,
+    period: &str,
+    now: &str,
+    cursor: Option<FreezeCursor>,
+    scoped: Option<(Scope, &str)>,
+    limit: StepLimit,
+) -> Result<FreezeStep> {
+    let started = std::time::Instant::now();
     let scope = scoped.map_or(Scope::Province, |(s, _)| s);
     let round = match get(conn, round_id)? {
         Some(r) if r.state != ParticipantState::Freezing => return Ok(FreezeStep::Done),
@@ -212,7 +273,7 @@ pub fn freeze_scoped_step(
                 )
                 .optional()?;
             if let Some(r) = untidy {
-                tidy_step(conn, &r)?;
+                tidy_limited_step(conn, &r, limit)?;
                 return Ok(FreezeStep::Continue(None));
             }
             conn.prepare_cached("INSERT INTO clearing_rounds (round_id, period, state, frozen_at, scope) VALUES (?1, ?2, ?4, ?3, ?5)")?
@@ -241,7 +302,7 @@ pub fn freeze_scoped_step(
              ORDER BY period, entry_id, side LIMIT ?5",
         )?
         .query_map(
-            params![round.period, p, e, s, STEP_ENTRIES, own_province, want_same],
+            params![round.period, p, e, s, limit.entries, own_province, want_same],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?
         .collect::<rusqlite::Result<_>>()?;
@@ -249,10 +310,19 @@ pub fn freeze_scoped_step(
         "UPDATE ledger SET round_id = ?1 WHERE entry_id = ?2 AND side = ?3 AND round_id IS NULL \
          AND (excluded_round IS NULL OR excluded_round <> ?1)",
     )?;
+    let mut done = 0;
     for (_, entry_id, side) in &keys {
+        if limit.spent(started, done) {
+            break;
+        }
         freeze.execute(params![round_id, entry_id, side])?;
+        done += 1;
     }
-    if keys.len() < STEP_ENTRIES as usize {
+    let mut keys = keys;
+    if done < keys.len() {
+        // Stopped at its time bound: the next step goes on after the last one frozen.
+        keys.truncate(done);
+    } else if keys.len() < limit.entries as usize {
         conn.prepare_cached(
             "UPDATE clearing_rounds SET state = ?2 WHERE round_id = ?1 AND state = ?3",
         )?
@@ -295,20 +365,38 @@ pub fn release(conn: &Connection, round_id: &str) -> Result<()> {
 /// then an entry held by a finished round is in no live round and counted as its
 /// round's state says.
 pub fn tidy_step(conn: &Connection, round_id: &str) -> Result<u64> {
+    tidy_limited_step(conn, round_id, StepLimit::entries(STEP_ENTRIES))
+}
+
+/// [`tidy_step`] within `limit`.
+pub fn tidy_limited_step(conn: &Connection, round_id: &str, limit: StepLimit) -> Result<u64> {
+    let started = std::time::Instant::now();
     let sql = match get(conn, round_id)?.map(|r| r.state) {
         Some(ParticipantState::Cleared) => {
-            "UPDATE ledger SET cleared_round = ?1, round_id = NULL WHERE (entry_id, side) IN \
-             (SELECT entry_id, side FROM ledger WHERE round_id = ?1 LIMIT ?2)"
+            "UPDATE ledger SET cleared_round = ?1, round_id = NULL \
+             WHERE entry_id = ?2 AND side = ?3 AND round_id = ?1"
         }
         Some(ParticipantState::Released) => {
-            "UPDATE ledger SET round_id = NULL WHERE (entry_id, side) IN \
-             (SELECT entry_id, side FROM ledger WHERE round_id = ?1 LIMIT ?2)"
+            "UPDATE ledger SET round_id = NULL WHERE entry_id = ?2 AND side = ?3 AND round_id = ?1"
         }
         _ => return Ok(0),
     };
-    Ok(conn
-        .prepare_cached(sql)?
-        .execute(params![round_id, STEP_ENTRIES])? as u64)
+    let keys: Vec<(String, String)> = conn
+        .prepare_cached("SELECT entry_id, side FROM ledger WHERE round_id = ?1 LIMIT ?2")?
+        .query_map(params![round_id, limit.entries], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update = conn.prepare_cached(sql)?;
+    let mut done = 0;
+    for (entry_id, side) in &keys {
+        if limit.spent(started, done) {
+            break;
+        }
+        update.execute(params![round_id, entry_id, side])?;
+        done += 1;
+    }
+    Ok(done as u64)
 }
 
 /// Counterparties with frozen records in a round.

@@ -8,7 +8,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::{Error, Result};
 
 /// Schema version after all migrations.
-pub const SCHEMA_VERSION: u32 = 17;
+pub const SCHEMA_VERSION: u32 = 19;
 
 const V1_FOUNDATION: &str = r"
 CREATE TABLE meta (
@@ -745,6 +745,20 @@ ALTER TABLE clearing_rounds ADD COLUMN scope TEXT NOT NULL DEFAULT 'province'
     CHECK (scope IN ('province', 'national'));
 ";
 
+// The index of settlements by state held an entry for every settlement, moved at every
+// settlement from `pending` to `settled` (a second page in the outcome's commit), for
+// queries that only ever look for the few records in a passing or rare state: the
+// pending intents (recovery), the provisional ones (exposure per home region) and the
+// refused ones (the console). Each is now a partial index of its state alone, which a
+// settled record leaves and never re-enters. The queries name the state literally, as
+// SQLite uses a partial index only then.
+const V19_SETTLEMENT_STATES_PARTIAL: &str = r"
+DROP INDEX settlements_by_state;
+CREATE INDEX settlements_pending ON settlements (seq) WHERE state = 'pending';
+CREATE INDEX settlements_provisional ON settlements (home_region) WHERE state = 'provisional';
+CREATE INDEX settlements_refused ON settlements (note) WHERE state = 'refused';
+";
+
 // The national rounds a provincial coordinator takes part in as a participant of the
 // national coordinator (coordinator/national.rs): per round its state, its cities'
 // reports of their cross-province records, the provincial statement of the national
@@ -778,6 +792,32 @@ CREATE TABLE national_marks (
 ) STRICT;
 ";
 
+// Periods archived to a file (`yidi admin archive`, store/archive.rs): the state of
+// each period's export, purge and restore, the purge's or restore's cursor (so that a
+// killed one resumes where it stopped), the file's digest and manifest; and per
+// period and region the range of `<region>-S-<seq>` ids archived, so that a call about
+// a settlement or claim no longer in the live store is told which archive holds it.
+const V18_ARCHIVED_PERIODS: &str = r"
+CREATE TABLE archived_periods (
+    period      TEXT PRIMARY KEY,
+    state       TEXT NOT NULL
+        CHECK (state IN ('exporting', 'exported', 'purging', 'purged', 'restoring', 'restored')),
+    digest      TEXT NOT NULL DEFAULT '',   -- SHA-256 of the archive file, hex
+    manifest    TEXT NOT NULL DEFAULT '',   -- the manifest (JSON) of the archive file
+    step_table  TEXT NOT NULL DEFAULT '',   -- purge or restore: the table it is at
+    step_after  TEXT NOT NULL DEFAULT '',   -- and the last key done there (JSON array)
+    rows_done   INTEGER NOT NULL DEFAULT 0,
+    updated_at  TEXT NOT NULL
+) STRICT;
+CREATE TABLE archived_ranges (
+    period   TEXT NOT NULL REFERENCES archived_periods (period),
+    region   TEXT NOT NULL,
+    seq_min  INTEGER NOT NULL,
+    seq_max  INTEGER NOT NULL,
+    PRIMARY KEY (period, region)
+) STRICT, WITHOUT ROWID;
+";
+
 /// Which database a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -808,6 +848,8 @@ fn migrations(schema: Schema) -> Migrations<'static> {
             M::up(V15_VISIT_CANCELLED).foreign_key_check(),
             M::up(V16_NHSA_FILES),
             M::up(V17_CLEARING_ROUND_SCOPE),
+            M::up(V18_ARCHIVED_PERIODS),
+            M::up(V19_SETTLEMENT_STATES_PARTIAL),
         ]),
         Schema::Coordinator => Migrations::new(vec![
             M::up(COORDINATOR_V1),
@@ -1126,8 +1168,10 @@ mod tests {
                 "claims_by_person",
                 "settlements_by_institution",
                 "settlements_by_request",
-                "settlements_by_state",
                 "settlements_by_visit",
+                "settlements_pending",
+                "settlements_provisional",
+                "settlements_refused",
                 "visits_by_institution"
             ]
         );
@@ -1455,6 +1499,107 @@ mod tests {
         }
         assert_eq!(rows(&conn)[..2], before[..]);
         assert_eq!(rows(&conn)[..2], before[..]);
+    }
+
+    /// V19: every settlement kept; the index by state gone, each partial index holds
+    /// only the records of its state, and the queries that look for those states use
+    /// them (EXPLAIN QUERY PLAN), while a settled record is in none of them.
+    #[test]
+    fn v19_indexes_only_the_passing_and_rare_states() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrations(Schema::Node)
+            .to_version(&mut conn, 18)
+            .expect("to V18");
+        let row = |id: &str, seq: u32, state: &str, note: &str| {
+            format!(
+                "INSERT INTO settlements VALUES ('{id}', {seq}, 'V{seq}', 'H1', 'P1', '330200', 'outpatient', '{state}', NULL, \
+                 'inst:H1', 'r{seq}', 'h', x'', 2000, 1500, 0, 500, 3, 7, 't', '2026-11-02', '2026-11', '{note}');"
+            )
+        };
+        let mut sql = String::from(
+            "INSERT INTO institutions VALUES ('H1', '医院', 'hospital', 'level3', 'active', '2026-01-01', NULL);",
+        );
+        for (i, (state, note)) in [
+            ("settled", ""),
+            ("pending", ""),
+            ("provisional", ""),
+            ("refused", "home unreachable"),
+            ("cancelled", ""),
+            ("settled", ""),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let seq = u32::try_from(i).expect("small") + 1;
+            sql.push_str(&format!(
+                "INSERT INTO visits VALUES ('V{seq}', {seq}, 'H1', 'P1', '330200', 'outpatient', 'level3', 'E{seq}', '', 'settled', 't', '2026-11-02', NULL, x'');"
+            ));
+            sql.push_str(&row(&format!("S{seq}"), seq, state, note));
+        }
+        conn.execute_batch(&sql).expect("rows");
+        let before = rows(&conn, "settlements");
+
+        migrate(&mut conn, Schema::Node).expect("to the latest");
+
+        assert_eq!(rows(&conn, "settlements"), before);
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).expect(sql) };
+        assert_eq!(
+            count("SELECT COUNT(*) FROM sqlite_master WHERE name = 'settlements_by_state'"),
+            0
+        );
+        let plan = |sql: &str| -> String {
+            conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("plan")
+                .query_map([], |r| r.get::<_, String>(3))
+                .expect("rows")
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .expect("plan")
+                .join("; ")
+        };
+        for (sql, index) in [
+            (
+                "SELECT settlement_id FROM settlements WHERE state = 'pending' ORDER BY seq",
+                "settlements_pending",
+            ),
+            (
+                "SELECT SUM(fund_fen) FROM settlements WHERE home_region = '330200' AND state = 'provisional'",
+                "settlements_provisional",
+            ),
+            (
+                "SELECT home_region, SUM(fund_fen) FROM settlements WHERE state = 'provisional' GROUP BY home_region ORDER BY home_region",
+                "settlements_provisional",
+            ),
+            (
+                "SELECT note, COUNT(*) FROM settlements WHERE state = 'refused' GROUP BY note ORDER BY COUNT(*) DESC, note",
+                "settlements_refused",
+            ),
+        ] {
+            let p = plan(sql);
+            assert!(p.contains(index), "{sql}: {p}");
+        }
+        let pending = crate::store::settlements::pending(&conn).expect("pending");
+        assert_eq!(
+            pending
+                .iter()
+                .map(|r| r.settlement_id.as_str())
+                .collect::<Vec<_>>(),
+            ["S2"]
+        );
+        assert_eq!(
+            crate::store::settlements::provisional_exposure_by_region(&conn).expect("exposure"),
+            [("330200".to_owned(), 1500)]
+        );
+        // A pending record that settles leaves the index; a settled one never enters.
+        conn.execute(
+            "UPDATE settlements SET state = 'settled' WHERE settlement_id = 'S2'",
+            [],
+        )
+        .expect("settle");
+        assert!(
+            crate::store::settlements::pending(&conn)
+                .expect("pending")
+                .is_empty()
+        );
     }
 
     #[test]

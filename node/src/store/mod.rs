@@ -5,8 +5,10 @@
 //! SQLite from an async runtime worker.
 
 pub mod accumulators;
+pub mod archive;
 pub mod audit;
 pub mod catalogue;
+mod checkpointer;
 pub mod claims;
 pub mod clearing;
 pub mod filings;
@@ -26,6 +28,7 @@ pub mod policies;
 pub mod retention;
 pub mod sequences;
 pub mod settlements;
+pub mod split_codec;
 pub mod states;
 pub mod visits;
 mod writer;
@@ -41,7 +44,8 @@ use tokio::sync::Semaphore;
 pub use integrity::CheckStore;
 pub use migrations::SCHEMA_VERSION;
 pub use writer::{
-    DEFAULT_FULL_WAIT, DEFAULT_QUEUE_CAPACITY, WriteQueue, Writer, WriterTotals, in_part,
+    BACKGROUND_MAX_WAIT, DEFAULT_FULL_WAIT, DEFAULT_QUEUE_CAPACITY, JobKind, KindReading, SLOW_JOB,
+    WriteQueue, Writer, WriterTotals, in_part,
 };
 
 use crate::{Error, Result};
@@ -437,6 +441,38 @@ impl Store {
         R: Send + 'static,
     {
         self.writer.run(f).await
+    }
+
+    /// [`Self::write`] of a job of `kind` (the writer's metrics are kept per kind).
+    pub async fn write_as<R, F>(&self, kind: JobKind, f: F) -> Result<R>
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.writer.run_as(kind, f).await
+    }
+
+    /// [`Self::write`] in the writer's background lane (see [`Writer::submit_background`]):
+    /// one step of a long task, run alone in its transaction when no request is queued.
+    pub async fn write_background<R, F>(&self, kind: JobKind, f: F) -> Result<R>
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.writer.submit_background(kind, f).await
+    }
+
+    /// [`Self::submit`] of a job of `kind`.
+    pub fn submit_as<R, F>(
+        &self,
+        kind: JobKind,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<R>> + Send + 'static
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.writer.submit_as(kind, f)
     }
 
     /// Queues `f` for the writer at once and returns a future of its durable outcome

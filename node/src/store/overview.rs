@@ -2,7 +2,6 @@
 //! per day, refusals by reason, recent settlements and one settlement's trace through
 //! the node's tables. Amounts stay in fen; nothing here writes.
 
-use prost::Message;
 use rusqlite::{Connection, params};
 use yidi_common::proto;
 
@@ -166,7 +165,7 @@ pub fn trace(conn: &Connection, settlement_id: &str) -> Result<Option<Trace>> {
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(Some(Trace {
-        split: proto::Split::decode(split.as_slice()).ok(),
+        split: super::split_codec::decode(&split).ok(),
         row,
         reversals,
         outbox,

@@ -2,7 +2,6 @@
 //! asked, its outcome, and reversal records. A settled record is never edited except
 //! for its state; corrections are new records.
 
-use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
 use yidi_common::proto;
 
@@ -54,7 +53,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SettlementRec> {
         request_scope: r.get(8)?,
         request_id: r.get(9)?,
         payload_hash: r.get(10)?,
-        split: proto::Split::decode(split.as_slice()).map_err(|e| {
+        split: super::split_codec::decode(&split).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(11, rusqlite::types::Type::Blob, Box::new(e))
         })?,
         medfee_fen: r.get(12)?,
@@ -89,7 +88,7 @@ pub fn insert(conn: &Connection, seq: i64, s: &SettlementRec) -> Result<()> {
         s.request_scope,
         s.request_id,
         s.payload_hash,
-        s.split.encode_to_vec(),
+        super::split_codec::encode(&s.split),
         s.medfee_fen,
         s.fund_fen,
         s.acct_fen,
@@ -158,7 +157,7 @@ pub fn update_outcome(conn: &Connection, s: &SettlementRec) -> Result<()> {
     .execute(params![
         s.settlement_id,
         s.state,
-        s.split.encode_to_vec(),
+        super::split_codec::encode(&s.split),
         s.medfee_fen,
         s.fund_fen,
         s.acct_fen,
@@ -192,13 +191,14 @@ pub fn fail_pending(conn: &Connection, id: &str) -> Result<bool> {
         == 1)
 }
 
-/// Records in a state (e.g. every `pending` intent, for recovery).
-pub fn in_state(conn: &Connection, state: SettlementState) -> Result<Vec<SettlementRec>> {
+/// Every `pending` intent, in order (for recovery): through the partial index of that
+/// state (schema 19), which the query names literally to use it.
+pub fn pending(conn: &Connection) -> Result<Vec<SettlementRec>> {
     Ok(conn
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM settlements WHERE state = ?1 ORDER BY seq"
+            "SELECT {COLUMNS} FROM settlements WHERE state = 'pending' ORDER BY seq"
         ))?
-        .query_map([state], from_row)?
+        .query_map([], from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
@@ -238,17 +238,17 @@ pub fn for_institution(
 /// Sum of the fund share of provisional settlements toward a home region (exposure).
 pub fn provisional_exposure_fen(conn: &Connection, home_region: &str) -> Result<i64> {
     Ok(conn
-        .prepare_cached("SELECT COALESCE(SUM(fund_fen), 0) FROM settlements WHERE home_region = ?1 AND state = ?2")?
-        .query_row(params![home_region, SettlementState::Provisional], |r| r.get(0))?)
+        .prepare_cached("SELECT COALESCE(SUM(fund_fen), 0) FROM settlements WHERE home_region = ?1 AND state = 'provisional'")?
+        .query_row(params![home_region], |r| r.get(0))?)
 }
 
 /// Fund share of provisional settlements per home region.
 pub fn provisional_exposure_by_region(conn: &Connection) -> Result<Vec<(String, i64)>> {
     Ok(conn
         .prepare_cached(
-            "SELECT home_region, SUM(fund_fen) FROM settlements WHERE state = ?1 GROUP BY home_region ORDER BY home_region",
+            "SELECT home_region, SUM(fund_fen) FROM settlements WHERE state = 'provisional' GROUP BY home_region ORDER BY home_region",
         )?
-        .query_map([SettlementState::Provisional], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 

@@ -8,6 +8,14 @@
 //! The queue is bounded ([`WriteQueue`]): when the writer falls behind, a request waits
 //! a short while for room and is then refused (RESOURCE_EXHAUSTED, nothing written)
 //! instead of piling up in memory behind a disk that cannot keep up.
+//!
+//! Every job says what it is for ([`JobKind`]), and the writer keeps per kind how long
+//! its jobs ran and how many rows the largest wrote, so that an operator sees which
+//! kind holds the writer. Background jobs (the steps of a clearing round) wait in a
+//! lane of their own: the writer runs one, alone in its transaction, only when no
+//! request is queued or when it has waited [`BACKGROUND_MAX_WAIT`], so that the steps
+//! of a round over millions of entries yield to settlements instead of competing with
+//! them.
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
@@ -19,7 +27,7 @@ use std::{
     time::Duration,
 };
 
-use crossbeam_channel::{Receiver, RecvError, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
@@ -32,6 +40,78 @@ const MAX_GROUP: usize = 256;
 /// steady stream of arrivals cannot hold back the answers of its first requests for
 /// long (about what running 256 queued requests used to take).
 const GROUP_RUN_BUDGET: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Longest a background job waits while requests keep the queue busy: under a
+/// saturating load the steps of a round still move, at most one per this interval.
+pub const BACKGROUND_MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// A job that ran longer than this is counted as slow for its kind (what an operator
+/// alarms on: a writer job holding every settlement behind it).
+pub const SLOW_JOB: Duration = Duration::from_millis(50);
+
+/// What a writer job is for: the writer's time and the largest job are kept per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    /// A treatment node's settlement: intent, outcome, cancel (Settle, Cancel, 冲正).
+    Settle,
+    /// A home node's commit or reversal of claims from a treatment node (a part of
+    /// a CommitClaims batch: a bounded number of its claims).
+    ClaimCommit,
+    /// The outbox of provisional settlements: claims pushed later, retries.
+    Outbox,
+    /// One step of freezing a clearing round's ledger entries (background).
+    FreezeStep,
+    /// One step of marking a cleared round's entries cleared, or of letting go those
+    /// of a released round (background).
+    ClearStep,
+    /// The rest of clearing: confirmation, exclusions, the round marked cleared.
+    Clearing,
+    /// One step of the retention purge of expired request records.
+    Purge,
+    /// An audit entry of a peer's read.
+    Audit,
+    /// An operator's request (AdminService, funds, NHSA files).
+    Admin,
+    /// Anything else (visits, fee lines, the coordinator's and directory's stores).
+    Other,
+}
+
+impl JobKind {
+    /// Every kind, in the order of [`WriterTotals::kinds`].
+    pub const ALL: [JobKind; 10] = [
+        JobKind::Settle,
+        JobKind::ClaimCommit,
+        JobKind::Outbox,
+        JobKind::FreezeStep,
+        JobKind::ClearStep,
+        JobKind::Clearing,
+        JobKind::Purge,
+        JobKind::Audit,
+        JobKind::Admin,
+        JobKind::Other,
+    ];
+
+    /// The metrics' label.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Settle => "settle",
+            JobKind::ClaimCommit => "claim_commit",
+            JobKind::Outbox => "outbox",
+            JobKind::FreezeStep => "freeze_step",
+            JobKind::ClearStep => "clear_step",
+            JobKind::Clearing => "clearing",
+            JobKind::Purge => "purge",
+            JobKind::Audit => "audit",
+            JobKind::Admin => "admin",
+            JobKind::Other => "other",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// How many requests may wait for the writer, and how long a request waits for room
 /// when the queue is full before it is refused.
@@ -79,6 +159,17 @@ enum Ended<'a> {
 }
 type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
 
+/// Which queue a job goes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// The bounded queue of requests.
+    Bounded,
+    /// Past the bound (audit entries of answered reads).
+    Unbounded,
+    /// The background lane.
+    Background,
+}
+
 /// What the writer thread receives: a request, or the order to close the store.
 enum Msg {
     Job(Job),
@@ -116,6 +207,8 @@ pub type Upkeep = fn(&Connection) -> rusqlite::Result<()>;
 #[derive(Clone)]
 struct QueueTx {
     tx: Sender<Msg>,
+    /// The background lane (see the module's header): few jobs, unbounded.
+    bg: Sender<Msg>,
     queued: Arc<AtomicUsize>,
     capacity: usize,
 }
@@ -149,6 +242,7 @@ impl QueueTx {
 /// The writer's side of the queue: taking a message makes room for another.
 struct QueueRx {
     rx: Receiver<Msg>,
+    bg: Receiver<Msg>,
     queued: Arc<AtomicUsize>,
 }
 
@@ -158,10 +252,6 @@ impl QueueRx {
             self.queued.fetch_sub(1, Ordering::AcqRel);
         }
         m
-    }
-
-    fn recv(&self) -> std::result::Result<Msg, RecvError> {
-        self.taken(self.rx.recv())
     }
 
     fn try_recv(&self) -> std::result::Result<Msg, TryRecvError> {
@@ -194,6 +284,58 @@ struct Totals {
     longest_micros: AtomicU64,
     /// Requests refused because the queue stayed full.
     rejected: AtomicU64,
+    /// The longest COMMIT (the log written and synced, an automatic checkpoint
+    /// included when the commit triggered one).
+    longest_commit_micros: AtomicU64,
+    kinds: [KindTotals; JobKind::ALL.len()],
+}
+
+/// What the jobs of one kind did.
+#[derive(Default)]
+struct KindTotals {
+    jobs: AtomicU64,
+    micros: AtomicU64,
+    longest_micros: AtomicU64,
+    slow: AtomicU64,
+    most_rows: AtomicU64,
+}
+
+impl KindTotals {
+    fn record(&self, ran: Duration, rows: u64) {
+        let micros = u64::try_from(ran.as_micros()).unwrap_or(u64::MAX);
+        self.jobs.fetch_add(1, Ordering::Relaxed);
+        self.micros.fetch_add(micros, Ordering::Relaxed);
+        self.longest_micros.fetch_max(micros, Ordering::Relaxed);
+        if ran > SLOW_JOB {
+            self.slow.fetch_add(1, Ordering::Relaxed);
+        }
+        self.most_rows.fetch_max(rows, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> KindReading {
+        KindReading {
+            jobs: self.jobs.load(Ordering::Relaxed),
+            run: Duration::from_micros(self.micros.load(Ordering::Relaxed)),
+            longest: Duration::from_micros(self.longest_micros.load(Ordering::Relaxed)),
+            slow: self.slow.load(Ordering::Relaxed),
+            most_rows: self.most_rows.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A reading of the jobs of one kind (see [`WriterTotals::kinds`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KindReading {
+    /// Jobs run.
+    pub jobs: u64,
+    /// Time spent running them (their commits not included: a commit serves a group).
+    pub run: Duration,
+    /// The longest run of one job.
+    pub longest: Duration,
+    /// Jobs that ran longer than [`SLOW_JOB`].
+    pub slow: u64,
+    /// The most rows one job inserted, updated or deleted.
+    pub most_rows: u64,
 }
 
 /// A reading of the writer's totals (see [`Writer::totals`]).
@@ -213,6 +355,18 @@ pub struct WriterTotals {
     pub rejected: u64,
     /// The longest transaction since the start, from its first job to its commit.
     pub longest: std::time::Duration,
+    /// The longest COMMIT since the start.
+    pub longest_commit: std::time::Duration,
+    /// Per kind of job, in the order of [`JobKind::ALL`].
+    pub kinds: [KindReading; JobKind::ALL.len()],
+}
+
+impl WriterTotals {
+    /// The reading of the jobs of `kind`.
+    #[must_use]
+    pub fn kind(&self, kind: JobKind) -> KindReading {
+        self.kinds[kind.index()]
+    }
 }
 
 impl Writer {
@@ -237,24 +391,34 @@ impl Writer {
     ) -> Result<Self> {
         let capacity = queue.capacity.max(1);
         let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
+        let (bg_tx, bg_rx) = crossbeam_channel::unbounded::<Msg>();
         let queued = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = (
             QueueTx {
                 tx,
+                bg: bg_tx,
                 queued: Arc::clone(&queued),
                 capacity,
             },
-            QueueRx { rx, queued },
+            QueueRx {
+                rx,
+                bg: bg_rx,
+                queued,
+            },
         );
         let hold = queue.hold;
         let totals = Arc::new(Totals::default());
         let kept = Arc::clone(&totals);
         let damaged = Arc::new(OnceLock::new());
         let seen = Arc::clone(&damaged);
+        let checkpointer = super::checkpointer::Checkpointer::start(&conn);
         thread::Builder::new()
             .name("yidi-store-writer".into())
             .spawn(move || {
                 let closer = run_loop(&conn, &rx, upkeep, budget, &kept, &seen, &hold);
+                if let Some(c) = checkpointer {
+                    c.stop();
+                }
                 // Requests still queued are dropped unanswered (UNAVAILABLE, nothing
                 // written) rather than run after the close; the count goes with them,
                 // so that later requests are told the writer stopped, not to retry.
@@ -315,6 +479,10 @@ impl Writer {
             queued: self.tx.len() as u64,
             rejected: t.rejected.load(Ordering::Relaxed),
             longest: std::time::Duration::from_micros(t.longest_micros.load(Ordering::Relaxed)),
+            longest_commit: std::time::Duration::from_micros(
+                t.longest_commit_micros.load(Ordering::Relaxed),
+            ),
+            kinds: std::array::from_fn(|i| t.kinds[i].read()),
         }
     }
 
@@ -325,6 +493,15 @@ impl Writer {
         R: Send + 'static,
     {
         self.submit(f).await
+    }
+
+    /// [`Self::run`] of a job of `kind`.
+    pub async fn run_as<R, F>(&self, kind: JobKind, f: F) -> Result<R>
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.submit_to_queue(kind, f, Lane::Bounded).await
     }
 
     /// Queues `f` now (before returning) and gives a future of its outcome, for a
@@ -340,7 +517,20 @@ impl Writer {
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        self.submit_to_queue(f, true)
+        self.submit_to_queue(JobKind::Other, f, Lane::Bounded)
+    }
+
+    /// [`Self::submit`] of a job of `kind`.
+    pub fn submit_as<R, F>(
+        &self,
+        kind: JobKind,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<R>> + Send + 'static
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.submit_to_queue(kind, f, Lane::Bounded)
     }
 
     /// [`Self::submit`] past the queue's bound: for a job that records what was already
@@ -354,13 +544,30 @@ impl Writer {
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        self.submit_to_queue(f, false)
+        self.submit_to_queue(JobKind::Audit, f, Lane::Unbounded)
+    }
+
+    /// Queues `f` in the background lane: it runs alone in its transaction, when no
+    /// request waits or after [`BACKGROUND_MAX_WAIT`] (see the module's header). For
+    /// one step of a long task (a clearing round's freeze): the caller queues the next
+    /// step once this one answered, so the lane holds one job per running task.
+    pub fn submit_background<R, F>(
+        &self,
+        kind: JobKind,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<R>> + Send + 'static
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.submit_to_queue(kind, f, Lane::Background)
     }
 
     fn submit_to_queue<R, F>(
         &self,
+        kind: JobKind,
         f: F,
-        bounded: bool,
+        lane: Lane,
     ) -> impl std::future::Future<Output = Result<R>> + Send + 'static
     where
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
@@ -368,11 +575,15 @@ impl Writer {
     {
         let (reply, answer) = oneshot::channel::<Result<R>>();
         let damaged = Arc::clone(&self.damaged);
+        let totals = Arc::clone(&self.totals);
         let job: Job = Box::new(move |conn: &Connection| {
+            let (started, rows) = (std::time::Instant::now(), conn.total_changes());
             let outcome = match damaged.get() {
                 Some(what) => Err(refusal(what)),
                 None => run_in_savepoint(conn, f),
             };
+            totals.kinds[kind.index()]
+                .record(started.elapsed(), conn.total_changes().saturating_sub(rows));
             if let Err(e) = &outcome
                 && let Some(what) = corruption(e)
             {
@@ -393,10 +604,15 @@ impl Writer {
                 let _ = reply.send(result);
             })
         });
-        let refused = if bounded {
+        let refused = if lane == Lane::Bounded {
             self.enqueue(Msg::Job(job))
         } else {
-            self.tx.send_always(Msg::Job(job)).err().map(|msg| {
+            let sent = if lane == Lane::Background {
+                self.tx.bg.send(Msg::Job(job)).map_err(|e| e.0)
+            } else {
+                self.tx.send_always(Msg::Job(job))
+            };
+            sent.err().map(|msg| {
                 let (why, refused) = oneshot::channel();
                 let _ = why.send(Error::Unavailable("store writer has stopped".into()));
                 drop(msg);
@@ -562,6 +778,13 @@ struct Window {
     commit: std::time::Duration,
 }
 
+/// What the writer takes next.
+enum Taken {
+    Request(Msg),
+    /// The waiting background job.
+    Background,
+}
+
 /// How often the writer logs its window and runs its upkeep.
 const WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -579,16 +802,51 @@ fn run_loop(
     let mut window = Window::default();
     let mut since = std::time::Instant::now();
     let mut closer = None;
+    // A background job taken from its lane, waiting for the queue to be empty, and
+    // since when.
+    let mut background: Option<(Job, std::time::Instant)> = None;
     while closer.is_none() {
-        let first = rx.recv();
+        if background.is_none()
+            && let Ok(Msg::Job(job)) = rx.bg.try_recv()
+        {
+            background = Some((job, std::time::Instant::now()));
+        }
+        let first = match &background {
+            // Overdue: it runs now, whatever is queued.
+            Some((_, since)) if since.elapsed() >= BACKGROUND_MAX_WAIT => Taken::Background,
+            Some(_) => match rx.try_recv() {
+                Ok(m) => Taken::Request(m),
+                Err(TryRecvError::Empty) => Taken::Background,
+                Err(TryRecvError::Disconnected) => return None,
+            },
+            None => crossbeam_channel::select! {
+                recv(rx.rx) -> m => match rx.taken(m) {
+                    Ok(m) => Taken::Request(m),
+                    Err(_) => return None,
+                },
+                recv(rx.bg) -> m => match m {
+                    Ok(Msg::Job(job)) => {
+                        background = Some((job, std::time::Instant::now()));
+                        continue;
+                    }
+                    // Only requests close; the lane ends with the queue.
+                    Ok(Msg::Close(_)) | Err(_) => continue,
+                },
+            },
+        };
         // Held (tests): the request just taken waits, and the queue fills behind it.
         while hold.load(Ordering::Relaxed) {
             thread::sleep(QUEUE_POLL);
         }
-        let first = match first {
-            Ok(Msg::Job(job)) => job,
-            Ok(Msg::Close(reply)) => return Some(reply),
-            Err(_) => return None,
+        // A background job runs alone: requests queued meanwhile wait for its commit
+        // only, never for a group's budget spent on it.
+        let (first, alone) = match first {
+            Taken::Request(Msg::Job(job)) => (job, false),
+            Taken::Request(Msg::Close(reply)) => return Some(reply),
+            Taken::Background => match background.take() {
+                Some((job, _)) => (job, true),
+                None => continue,
+            },
         };
         if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
             // Never run without a transaction: dropping the requests answers them with
@@ -639,7 +897,7 @@ fn run_loop(
                 }
                 begun += 1;
             }
-            if jobs < MAX_GROUP && started.elapsed() < budget {
+            if !alone && jobs < MAX_GROUP && started.elapsed() < budget {
                 next = match rx.try_recv() {
                     Ok(Msg::Job(job)) => Some(job),
                     Ok(Msg::Close(reply)) => {
@@ -674,6 +932,9 @@ fn run_loop(
         totals
             .longest_micros
             .fetch_max(micros(ran + committing), Ordering::Relaxed);
+        totals
+            .longest_commit_micros
+            .fetch_max(micros(committing), Ordering::Relaxed);
         if let Err(m) = &commit {
             if corruption_message(m) {
                 note_damage(damaged, m);
@@ -791,6 +1052,39 @@ mod tests {
         }
         let t = w.totals();
         assert_eq!((t.transactions, t.jobs), (1, 4));
+    }
+
+    /// A background job queued before requests runs after them, alone in its own
+    /// transaction; its kind's totals count it with the rows it wrote.
+    #[tokio::test]
+    async fn a_background_job_yields_to_queued_requests_and_runs_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, path) = table_db(dir.path());
+        let w = unhurried(conn);
+        let (first, hold) =
+            held_first(&w, |c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?)).await;
+        let background = w.submit_background(JobKind::FreezeStep, |c| {
+            let next: i64 = c.query_row("SELECT MAX(v) + 1 FROM t", [], |r| r.get(0))?;
+            c.execute("INSERT INTO t (v) VALUES (?1), (?1 + 100)", [next])?;
+            Ok(next)
+        });
+        let later: Vec<_> = (2..=3).map(|v| insert(&w, v)).collect();
+        hold.send(()).unwrap();
+        first.await.unwrap();
+        for l in later {
+            assert_eq!(l.await.unwrap(), 1);
+        }
+        assert_eq!(background.await.unwrap(), 4, "it ran after both requests");
+        assert_eq!(values(&path), [1, 2, 3, 4, 104]);
+        let t = w.totals();
+        assert_eq!(
+            (t.transactions, t.jobs),
+            (2, 4),
+            "the requests' group, then it"
+        );
+        let k = t.kind(JobKind::FreezeStep);
+        assert_eq!((k.jobs, k.most_rows), (1, 2));
+        assert_eq!(t.kind(JobKind::Other).jobs, 3);
     }
 
     /// A group that has run for its budget takes no more requests: the ones queued

@@ -281,20 +281,55 @@ pub async fn run_round(
     Ok(t)
 }
 
-/// Each in-process node's longest writer transaction, from its metrics.
-pub fn longest_transactions(scraped: &[String]) -> Vec<(String, f64)> {
+/// One node's writer, from its metrics: its longest transaction and commit, and per
+/// kind of job the longest run and the most rows one job wrote.
+#[derive(Debug, Clone, Default)]
+pub struct NodeWriter {
+    pub region: String,
+    pub longest_transaction: f64,
+    pub longest_commit: f64,
+    /// (kind, longest run in seconds, most rows)
+    pub kinds: Vec<(String, f64, u64)>,
+}
+
+/// The value of a metric line, and its labels' text.
+fn sample<'a>(line: &'a str, name: &str) -> Option<(&'a str, f64)> {
+    let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+    let (labels, value) = rest.rsplit_once("} ")?;
+    Some((labels, value.trim().parse().ok()?))
+}
+
+fn label<'a>(labels: &'a str, name: &str) -> &'a str {
+    labels
+        .split_once(&format!("{name}=\""))
+        .and_then(|(_, r)| r.split_once('"'))
+        .map_or("?", |(v, _)| v)
+}
+
+/// Each in-process node's writer figures, from its metrics.
+pub fn longest_transactions(scraped: &[String]) -> Vec<NodeWriter> {
     let mut out = Vec::new();
     for text in scraped {
+        let mut node = NodeWriter::default();
         for l in text.lines() {
-            if let Some(rest) = l.strip_prefix("yidi_store_longest_transaction_seconds{") {
-                let region = rest
-                    .split_once("region=\"")
-                    .and_then(|(_, r)| r.split_once('"'))
-                    .map_or("?", |(r, _)| r);
-                if let Some(v) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
-                    out.push((region.to_owned(), v));
+            if let Some((labels, v)) = sample(l, "yidi_store_longest_transaction_seconds") {
+                node.region = label(labels, "region").to_owned();
+                node.longest_transaction = v;
+            } else if let Some((_, v)) = sample(l, "yidi_store_longest_commit_seconds") {
+                node.longest_commit = v;
+            } else if let Some((labels, v)) = sample(l, "yidi_store_longest_job_seconds") {
+                node.kinds.push((label(labels, "kind").to_owned(), v, 0));
+            } else if let Some((labels, v)) = sample(l, "yidi_store_largest_job_rows") {
+                let kind = label(labels, "kind");
+                if let Some(k) = node.kinds.iter_mut().find(|k| k.0 == kind) {
+                    k.2 = v as u64;
+                } else {
+                    node.kinds.push((kind.to_owned(), 0.0, v as u64));
                 }
             }
+        }
+        if !node.region.is_empty() {
+            out.push(node);
         }
     }
     out
@@ -307,7 +342,7 @@ pub fn report(
     t: &RoundTimes,
     end: Duration,
     entries: u64,
-    longest: &[(String, f64)],
+    longest: &[NodeWriter],
 ) -> Value {
     println!(
         "clearing round {} of {entries} entries at two nodes during the load: confirmed after {:.1} s, \
@@ -328,11 +363,20 @@ pub fn report(
         println!("{}", super::line(&format!("Settle, {name}"), &h));
         windows.insert(name.into(), super::summary(&h));
     }
-    for (region, s) in longest {
+    for n in longest {
         println!(
-            "  node {region}: longest writer transaction {:.1} ms",
-            s * 1e3
+            "  node {}: longest writer transaction {:.1} ms, longest commit {:.1} ms",
+            n.region,
+            n.longest_transaction * 1e3,
+            n.longest_commit * 1e3
         );
+        let mut kinds = n.kinds.clone();
+        kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let per_kind: Vec<String> = kinds
+            .iter()
+            .map(|(k, s, rows)| format!("{k} {:.1} ms ({rows} rows)", s * 1e3))
+            .collect();
+        println!("    longest job by kind: {}", per_kind.join(", "));
     }
     json!({
         "entries": entries,
@@ -343,6 +387,11 @@ pub fn report(
             "tidied": (t.tidied - t.opened).as_secs_f64(),
         },
         "settle": windows,
-        "longest_transaction_ms": longest.iter().map(|(r, s)| json!({"region": r, "ms": s * 1e3})).collect::<Vec<_>>(),
+        "longest_transaction_ms": longest.iter().map(|n| json!({
+            "region": n.region,
+            "ms": n.longest_transaction * 1e3,
+            "commit_ms": n.longest_commit * 1e3,
+            "jobs": n.kinds.iter().map(|(k, s, rows)| json!({"kind": k, "longest_ms": s * 1e3, "most_rows": rows})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
     })
 }

@@ -99,17 +99,7 @@ impl SimCity {
 
     fn verify(&self, s: &proto::Statement) -> Vec<String> {
         let sc = self.scoped(&s.round_id);
-        RegionCode::parse(&self.region, "region")
-            .map_err(yidi_node::Error::from)
-            .and_then(|own| {
-                yidi_node::clearing::verify::against_ledger(
-                    own,
-                    s,
-                    sc.receivable_fen,
-                    sc.payable_fen,
-                )
-            })
-            .unwrap_or_else(|e| vec![e.to_string()])
+        super::verify_totals(&self.region, s, sc.receivable_fen, sc.payable_fen)
     }
 }
 
@@ -148,11 +138,7 @@ impl ClearingParticipant for SimCity {
         req: Request<proto::StatementRequest>,
     ) -> Result<Response<proto::VerifyStatementResponse>, Status> {
         let s = req.into_inner().statement.unwrap_or_default();
-        let differences = self.verify(&s);
-        Ok(Response::new(proto::VerifyStatementResponse {
-            matches: differences.is_empty(),
-            differences,
-        }))
+        Ok(Response::new(super::verification(self.verify(&s))))
     }
 
     async fn confirm_statement(
@@ -162,14 +148,7 @@ impl ClearingParticipant for SimCity {
         let s = req.into_inner().statement.unwrap_or_default();
         let diffs = self.verify(&s);
         self.marks.confirms.fetch_add(1, Ordering::SeqCst);
-        Ok(Response::new(proto::ConfirmStatementResponse {
-            confirmed: diffs.is_empty(),
-            confirmed_by: if diffs.is_empty() {
-                "auto".to_owned()
-            } else {
-                format!("does not match: {}", diffs.join("; "))
-            },
-        }))
+        Ok(Response::new(super::confirmation(&diffs)))
     }
 
     async fn mark_cleared(
@@ -200,7 +179,6 @@ fn city(
     marks: &Arc<Marks>,
 ) -> SimCity {
     let zero = PairAgg::default();
-    let f = |fen: i64| money::format(money::from_fen(fen));
     let mut scoped = [
         (Vec::new(), 0i64, 0i64, 0u64),
         (Vec::new(), 0i64, 0i64, 0u64),
@@ -208,25 +186,14 @@ fn city(
     let mut others: Vec<usize> = (0..shape.n()).filter(|&o| o != t).collect();
     others.sort_by(|a, b| shape.regions[*a].cmp(&shape.regions[*b]));
     for o in others {
-        let r = shape.slot(t, o).map_or(&zero, |j| &agg[t * shape.k + j]);
-        let p = shape.slot(o, t).map_or(&zero, |j| &agg[o * shape.k + j]);
-        if r.count == 0 && p.count == 0 {
+        let Some((position, r, p)) = super::position(shape, agg, &zero, t, o) else {
             continue;
-        }
+        };
         let s = &mut scoped[usize::from(province[o] != province[t])];
         s.1 += r.sum_fen;
         s.2 += p.sum_fen;
         s.3 += r.count + p.count;
-        s.0.push(proto::Position {
-            counterparty: shape.regions[o].clone(),
-            receivable_count: r.count,
-            receivable_sum: f(r.sum_fen),
-            receivable_digest: r.digest.to_hex(),
-            payable_count: p.count,
-            payable_sum: f(p.sum_fen),
-            payable_digest: p.digest.to_hex(),
-            ..Default::default()
-        });
+        s.0.push(position);
     }
     let region = shape.regions[t].clone();
     let [within, across] = scoped;

@@ -75,6 +75,10 @@ pub enum AdminCommand {
     /// The audit log: every read of this node's person data by a peer node and every
     /// claim a peer committed or reversed here (newest first).
     Audit(super::audit::AuditArgs),
+    /// Archives of closed and cleared periods: export, verify, purge, restore, list
+    /// (docs/admin.md "Archives").
+    #[command(subcommand)]
+    Archive(super::archive::ArchiveCommand),
 }
 
 /// Builds a clap value parser from a yidi-common `parse(&str, field)` function, so that
@@ -1163,6 +1167,7 @@ async fn execute(args: AdminArgs) -> anyhow::Result<i32> {
         }
         AdminCommand::Funds(cmd) => funds(&mut client, &g, cmd).await,
         AdminCommand::Audit(args) => super::audit::run(&mut client, &g, args).await,
+        AdminCommand::Archive(cmd) => super::archive::run(&mut client, &g, cmd).await,
     }
 }
 
@@ -1183,6 +1188,14 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 eprintln!("error: {e:#}");
                 std::process::exit(1);
             }
+        }
+        return Ok(());
+    }
+    if let AdminCommand::Archive(cmd) = &args.command
+        && let Some(code) = super::archive::offline(cmd, args.client.json)
+    {
+        if code != 0 {
+            std::process::exit(code);
         }
         return Ok(());
     }

@@ -22,7 +22,7 @@ use yidi_common::{
 
 use super::{
     flags::{ClientFlags, LangFlag},
-    output::{self, Field, Listing, Record, emit},
+    output::{self, Field, Record, emit, num, print_rows, text},
 };
 use crate::i18n::Lang;
 
@@ -170,14 +170,6 @@ pub enum ClearingCommand {
 
 // ---------------------------------------------------------------- records
 
-fn text(s: &str) -> Field {
-    Field::Text(s.to_owned())
-}
-
-fn num(s: &str) -> Field {
-    Field::Num(s.to_owned())
-}
-
 fn int(n: impl TryInto<u64>) -> Field {
     Field::Int(n.try_into().unwrap_or(u64::MAX))
 }
@@ -290,23 +282,6 @@ impl Record for proto::GrossEntry {
             ("amount", num(&self.amount)),
         ]
     }
-}
-
-/// Prints records as a table with a count footer, or as `{"<plural>": [...]}`.
-fn print_rows<R: Record + Clone>(items: &[R], as_json: bool) {
-    if as_json {
-        return output::print_json(&json!({
-            R::PLURAL: items.iter().map(output::to_json).collect::<Vec<_>>(),
-        }));
-    }
-    output::print_list(
-        &Listing {
-            items: items.to_vec(),
-            next_page_token: String::new(),
-            total: None,
-        },
-        false,
-    );
 }
 
 use super::statement::*;

@@ -3,6 +3,7 @@
 //! store directly.
 
 pub mod admin;
+pub mod archive;
 pub mod audit;
 pub mod clearing;
 pub mod console_login;

@@ -108,13 +108,38 @@ pub trait Record {
     fn fields(&self) -> Vec<(&'static str, Field)>;
 }
 
-fn text(s: &str) -> Field {
+/// A text field.
+#[must_use]
+pub fn text(s: &str) -> Field {
     Field::Text(s.to_owned())
 }
 
+/// An amount or other number given as text, right-aligned in tables.
+#[must_use]
+pub fn num(s: &str) -> Field {
+    Field::Num(s.to_owned())
+}
+
 /// A proto enum as its stable name ("employee", "level3"); UNSPECIFIED prints empty.
-fn name<T: Display>(parsed: yidi_common::Result<T>) -> Field {
+pub fn name<T: Display>(parsed: yidi_common::Result<T>) -> Field {
     Field::Text(parsed.map(|v| v.to_string()).unwrap_or_default())
+}
+
+/// Prints records as a table with a count footer, or as `{"<plural>": [...]}`.
+pub fn print_rows<R: Record + Clone>(items: &[R], as_json: bool) {
+    if as_json {
+        return print_json(&serde_json::json!({
+            R::PLURAL: items.iter().map(to_json).collect::<Vec<_>>(),
+        }));
+    }
+    print_list(
+        &Listing {
+            items: items.to_vec(),
+            next_page_token: String::new(),
+            total: None,
+        },
+        false,
+    );
 }
 
 impl Record for proto::Person {

@@ -1,5 +1,6 @@
 //! CommitClaims at the home node: the claims a treatment node gathered for this node,
-//! applied in ONE writer job (one transaction, one fsync). Each claim is handled as
+//! applied in writer jobs of at most [`COMMIT_PART`] claims, all queued at once so that
+//! they mostly share one transaction and one fsync. Each claim is handled as
 //! CommitClaim handles it alone — its checks, exactly once by its request id, the
 //! compare-and-set on the accumulators, its audit entry — in a savepoint of its own, so
 //! a refused claim rolls back only itself and the others stay committed. Claims run in
@@ -20,6 +21,10 @@ use crate::{
         audit::{self, Action, Entry},
     },
 };
+
+/// Most claims of a batch in one writer job: a full batch in one job would hold the
+/// writer (and every settlement queued behind it) for the time of hundreds of claims.
+pub const COMMIT_PART: usize = 32;
 
 /// A claim's outcome from the answer CommitClaim would have given for it alone.
 fn outcome(answer: Result<proto::CommitClaimResponse, &Status>) -> proto::CommitClaimOutcome {
@@ -85,8 +90,14 @@ impl PeerSvc {
                 }
             }
         }
-        if !parts.is_empty() {
-            let heads: Vec<(usize, String, Entry)> = parts
+        // In parts of at most COMMIT_PART claims, each a writer job of its own, all
+        // queued at once: consecutive jobs mostly share a transaction and its fsync,
+        // but no one job holds the writer for a whole batch.
+        let mut pending = Vec::new();
+        let mut parts = parts.into_iter().peekable();
+        while parts.peek().is_some() {
+            let part: Vec<_> = parts.by_ref().take(COMMIT_PART).collect();
+            let heads: Vec<(usize, String, Entry)> = part
                 .iter()
                 .map(|(i, _, req, entry)| (*i, req.claim_id.clone(), entry.clone()))
                 .collect();
@@ -95,9 +106,9 @@ impl PeerSvc {
             let full = Arc::clone(&st.hooks.home_store_full);
             let written = st
                 .store
-                .write(move |conn| {
+                .submit_as(store::JobKind::ClaimCommit, move |conn| {
                     store_full_hook(&full)?;
-                    Ok(parts
+                    Ok(part
                         .iter()
                         .map(|(_, key, req, entry)| {
                             store::in_part(conn, |conn| {
@@ -105,9 +116,12 @@ impl PeerSvc {
                             })
                         })
                         .collect::<Vec<_>>())
-                })
-                .await;
-            match written {
+                });
+            pending.push((heads, written));
+        }
+        let region = st.region;
+        for (heads, written) in pending {
+            match written.await {
                 Ok(results) => {
                     for ((i, claim, entry), r) in heads.into_iter().zip(results) {
                         outcomes[i] = Some(match r {
@@ -120,7 +134,7 @@ impl PeerSvc {
                         });
                     }
                 }
-                // The job as a whole was not stored (or not known to be): every claim
+                // The part as a whole was not stored (or not known to be): every claim
                 // in it shares that answer.
                 Err(e) => {
                     let status = commit_failure(region, &format!("{} claims", heads.len()), e);

@@ -11,6 +11,7 @@ use yidi_common::{
 
 use super::{
     home_calls::{PeerFail, eligibility, eligibility_request, home_policy},
+    hospital_write::hospital_write,
     shared::{Bill, check_institution, institution_given, own_visit, person_from, scope},
 };
 use crate::eligibility_cache::{HOME_ANSWERED_WITHIN, PRESETTLE_REUSE, SETTLE_REUSE};
@@ -164,36 +165,28 @@ pub async fn upload_fees(
 /// HospitalService.UndoFees.
 pub async fn undo_fees(
     st: &NodeState,
-    mut req: proto::UndoFeesRequest,
+    req: proto::UndoFeesRequest,
 ) -> Result<proto::UploadFeesResponse> {
-    let sc = scope(&req.institution_code);
-    let payload = payload_hash(&mut req, |r| &mut r.request_id);
-    let key = RequestKey::new(&sc, &req.request_id, "UndoFees", payload)?;
-    institution_given(&req.institution_code)?;
-    st.store
-        .write(move |conn| {
-            check_institution(conn, &req.institution_code, period::today())?;
-            idempotency::once(conn, &key, |conn| {
-                let v = own_visit(conn, &req.institution_code, &req.visit_id)?;
-                editable(&v)?;
-                let lines = visits::lines(conn, &v.visit_id)?;
-                for (i, no) in req.line_nos.iter().enumerate() {
-                    if !lines.iter().any(|l| &l.line_no == no) {
-                        return Err(Error::invalid(
-                            format!("line_nos[{i}]"),
-                            format!(
-                                "visit {} has no line {}",
-                                v.visit_id,
-                                yidi_common::error::quoted(no)
-                            ),
-                        ));
-                    }
-                }
-                visits::delete_lines(conn, &v.visit_id, &req.line_nos)?;
-                Ok(fees_response(&visits::lines(conn, &v.visit_id)?))
-            })
-        })
-        .await
+    hospital_write(st, req, "UndoFees", |conn, req| {
+        let v = own_visit(conn, &req.institution_code, &req.visit_id)?;
+        editable(&v)?;
+        let lines = visits::lines(conn, &v.visit_id)?;
+        for (i, no) in req.line_nos.iter().enumerate() {
+            if !lines.iter().any(|l| &l.line_no == no) {
+                return Err(Error::invalid(
+                    format!("line_nos[{i}]"),
+                    format!(
+                        "visit {} has no line {}",
+                        v.visit_id,
+                        yidi_common::error::quoted(no)
+                    ),
+                ));
+            }
+        }
+        visits::delete_lines(conn, &v.visit_id, &req.line_nos)?;
+        Ok(fees_response(&visits::lines(conn, &v.visit_id)?))
+    })
+    .await
 }
 
 /// The home node's eligibility answer for PreSettle: from the cache when fresh.

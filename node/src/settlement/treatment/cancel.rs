@@ -17,6 +17,7 @@ use super::{
     shared::{institution, now_ms, scope},
 };
 use crate::settlement::home;
+use crate::store::archive;
 use crate::store::states::{OutboxKind, SettlementState, VisitState};
 use crate::{
     Error, Result,
@@ -107,10 +108,21 @@ pub async fn cancel(
     };
     let answer = st
         .store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Settle, move |conn| {
             idempotency::once(conn, &key, |conn| {
-                let original = settlements::get(conn, &req.settlement_id)?
-                    .ok_or_else(|| no_settlement(&req.settlement_id))?;
+                let Some(original) = settlements::get(conn, &req.settlement_id)? else {
+                    return Err(
+                        archive::missing(conn, &req.settlement_id, "settlement", false)?
+                            .unwrap_or_else(|| no_settlement(&req.settlement_id)),
+                    );
+                };
+                if let Some(e) = archive::refusal(
+                    conn,
+                    &original.period,
+                    &format!("settlement {}", original.settlement_id),
+                )? {
+                    return Err(e);
+                }
                 if original.institution_code != req.institution_code {
                     return Err(Error::PermissionDenied(format!(
                         "settlement {} belongs to another institution",
@@ -171,7 +183,7 @@ pub async fn reverse_request(
     let now = st.clock.now();
     let answer = st
         .store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Settle, move |conn| {
             idempotency::once(conn, &key, |conn| {
                 let original = settlements::by_request(conn, &key.scope, &req.original_request_id)?.filter(|s| s.reverses.is_none());
                 match original {
@@ -180,6 +192,9 @@ pub async fn reverse_request(
                         reversal: settlements::reversal_of(conn, &o.settlement_id)?.map(|r| settlement_to_proto(&r, region)),
                     }),
                     Some(o) if o.state != SettlementState::Failed => {
+                        if let Some(e) = archive::refusal(conn, &o.period, &format!("settlement {}", o.settlement_id))? {
+                            return Err(e);
+                        }
                         let rec = cancel_in_tx(conn, region, &o, &key, "冲正 (request reversal) by the institution", now)?;
                         Ok(proto::ReverseRequestResponse { outcome: "reversed".into(), reversal: Some(settlement_to_proto(&rec, region)) })
                     }

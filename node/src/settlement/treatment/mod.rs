@@ -26,6 +26,7 @@ mod bill;
 mod cancel;
 mod door;
 mod home_calls;
+mod hospital_write;
 mod identify;
 mod offline;
 mod queries;

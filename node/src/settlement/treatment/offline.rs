@@ -101,7 +101,7 @@ pub(super) async fn settle_offline(
     let answer = st
         .store
         .write(move |conn| {
-            if let Some(answer) = idempotency::replay(conn, &k)? {
+            if let Some(answer) = super::records::replay_settle(conn, &k)? {
                 return Ok(answer);
             }
             // The exposure is checked in the transaction that adds to it, so that

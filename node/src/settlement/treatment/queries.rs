@@ -26,8 +26,15 @@ pub async fn get_settlement(
     let region = st.region;
     st.store
         .read(move |conn| {
-            let s = settlements::get(conn, &req.settlement_id)?
-                .ok_or_else(|| no_settlement(&req.settlement_id))?;
+            let Some(s) = settlements::get(conn, &req.settlement_id)? else {
+                return Err(crate::store::archive::missing(
+                    conn,
+                    &req.settlement_id,
+                    "settlement",
+                    true,
+                )?
+                .unwrap_or_else(|| no_settlement(&req.settlement_id)));
+            };
             if s.institution_code != req.institution_code {
                 return Err(Error::PermissionDenied(format!(
                     "settlement {} belongs to another institution",

@@ -171,16 +171,46 @@ pub(crate) fn finish_committed(
     if next == SettlementState::Settled {
         visits::set_state(conn, &rec.visit_id, VisitState::Settled, None)?;
     }
-    let answer = settlement_to_proto(&rec, region);
+    let mut answer = settlement_to_proto(&rec, region);
     if let Some(key) = key {
+        // The split stays with the settlement record alone, which keeps it unchanged
+        // from here on: only a provisional settlement's split is replaced later, and
+        // its answer is stored whole (offline.rs).
+        let split = answer.split.take();
         idempotency::store(conn, key, &answer)?;
+        answer.split = split;
     }
     Ok(answer)
 }
 
+/// The answer of a Settle already answered, if `key` was: its stored answer, with the
+/// split of its settlement record when the answer was stored without it
+/// ([`finish_committed`]) — equal, field by field, to the first answer.
+pub(super) fn replay_settle(
+    conn: &Connection,
+    key: &RequestKey,
+) -> Result<Option<proto::Settlement>> {
+    let Some(mut answer) = idempotency::replay::<proto::Settlement>(conn, key)? else {
+        return Ok(None);
+    };
+    if answer.split.is_none() {
+        let rec = settlements::get(conn, &answer.settlement_id)?.ok_or_else(|| {
+            Error::Internal(format!(
+                "the stored answer of request {} names settlement {}, which is missing",
+                yidi_common::error::quoted(&key.request_id),
+                answer.settlement_id
+            ))
+        })?;
+        answer.split = Some(rec.split);
+    }
+    Ok(Some(answer))
+}
+
 pub(super) async fn mark_failed(st: &NodeState, rec: SettlementRec) -> Result<()> {
     st.store
-        .write(move |conn| settlements::fail_pending(conn, &rec.settlement_id).map(drop))
+        .write_as(crate::store::JobKind::Settle, move |conn| {
+            settlements::fail_pending(conn, &rec.settlement_id).map(drop)
+        })
         .await
 }
 

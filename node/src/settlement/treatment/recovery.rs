@@ -162,7 +162,7 @@ pub(super) async fn mirror_reversed(
         (status.reversal_id.clone(), status.reversal_period.clone());
     tracing::warn!(claim = %rec.settlement_id, "in-doubt claim was committed late at home and reversed; mirrored, intent failed");
     st.store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Settle, move |conn| {
             // Only a pending intent is mirrored: one resolved meanwhile keeps its outcome.
             if settlements::get(conn, &rec.settlement_id)?
                 .is_none_or(|r| r.state != SettlementState::Pending)
@@ -206,10 +206,7 @@ pub(super) async fn mirror_reversed(
 
 /// Resolves every pending intent older than `min_age` (all of them at start-up).
 pub async fn recover(st: &NodeState, min_age: Duration) -> Result<usize> {
-    let pending = st
-        .store
-        .read(|conn| settlements::in_state(conn, SettlementState::Pending))
-        .await?;
+    let pending = st.store.read(settlements::pending).await?;
     let cutoff = Utc::now() - chrono::Duration::from_std(min_age).unwrap_or_default();
     let mut resolved = 0;
     for rec in pending {
@@ -254,7 +251,7 @@ async fn finish_from_home(
     )?;
     let answer = st
         .store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Settle, move |conn| {
             let current = settlements::get(conn, &rec.settlement_id)?
                 .ok_or_else(|| Error::Internal("intent vanished".into()))?;
             if current.state != SettlementState::Pending {

@@ -12,7 +12,10 @@ use super::{
     bill::{Priced, price, price_from, price_with, reusable_eligibility},
     home_calls::{PeerFail, classify, eligibility_request, fail_to_error, never_sent},
     offline::settle_offline,
-    records::{Basis, finish_committed, full_self_pay, insert_record, mark_failed, new_record},
+    records::{
+        Basis, finish_committed, full_self_pay, insert_record, mark_failed, new_record,
+        replay_settle,
+    },
     recovery::{Resolved, pending_bill, resolve_claimed, settle_in_doubt},
     shared::{
         Bill, InFlightGuard, bill_from, bill_not_future, check_institution, institution_given,
@@ -24,7 +27,7 @@ use crate::store::states::SettlementState;
 use crate::{
     Error, Result,
     context::NodeState,
-    idempotency::{self, RequestKey, payload_hash},
+    idempotency::{RequestKey, payload_hash},
     policy_cache::PolicyCache,
     store::{
         settlements::{self, SettlementRec},
@@ -255,62 +258,63 @@ pub(super) fn open_settlement(
     // nothing is settled or recorded for it — a pending intent would block the visit
     // until recovery.
     let gone = || Error::Unavailable("the Settle call ended before it was processed".into());
-    st.store.submit(move |conn| {
-        if bill_out.is_closed() {
-            return Err(gone());
-        }
-        check_institution(conn, &inst, period::today())?;
-        if let Some(answer) = idempotency::replay::<proto::Settlement>(conn, &k)? {
-            return Ok(Opened::Answered(answer));
-        }
-        match settlements::by_request(conn, &k.scope, &k.request_id)? {
-            Some(intent) if intent.state == SettlementState::Pending => {
-                return Ok(Opened::Pending(intent));
+    st.store
+        .submit_as(crate::store::JobKind::Settle, move |conn| {
+            if bill_out.is_closed() {
+                return Err(gone());
             }
-            Some(done) if done.state != SettlementState::Failed => {
-                return Err(answer_expired(&k, &done));
+            check_institution(conn, &inst, period::today())?;
+            if let Some(answer) = replay_settle(conn, &k)? {
+                return Ok(Opened::Answered(answer));
             }
-            _ => {}
-        }
-        let (visit, lines) = read_bill(conn, &inst, &vid)?;
-        let bill = bill_from(visit, lines, true)?;
-        check_declared(&bill, declared)?;
-        bill_not_future(&bill, &clock)?;
-        if bill.visit.home_region == region.as_str() {
-            return settle_local(conn, &cache, region, &bill, &k, use_account, now)
-                .map(Opened::Answered);
-        }
-        // The intent's split is a placeholder until the home node has priced the claim
-        // — the patient paying everything, nothing from the fund — and the outcome's
-        // write (or a retry's) records the real one. Recovery needs only its claim id.
-        let placeholder = new_record(
-            &bill,
-            &k,
-            full_self_pay(&bill.lines, "awaiting the home node's eligibility"),
-            SettlementState::Pending,
-            Basis {
-                policy_version: 0,
-                acc_version: 0,
-            },
-            now,
-            String::new(),
-        )?;
-        if bill_out.is_closed() {
-            return Err(gone());
-        }
-        let rec = insert_record(conn, region, placeholder)?;
-        let guard = settling.try_enter(&rec.settlement_id).ok_or_else(|| {
-            Error::Internal(format!(
-                "new intent {} is already claimed",
-                rec.settlement_id
-            ))
-        })?;
-        // The caller may price meanwhile, but sends nothing to the home node before
-        // this job's durable outcome (the savepoint's release or the group's commit can
-        // still fail it).
-        let _ = bill_out.send(bill);
-        Ok(Opened::Intent(rec, guard))
-    })
+            match settlements::by_request(conn, &k.scope, &k.request_id)? {
+                Some(intent) if intent.state == SettlementState::Pending => {
+                    return Ok(Opened::Pending(intent));
+                }
+                Some(done) if done.state != SettlementState::Failed => {
+                    return Err(answer_expired(&k, &done));
+                }
+                _ => {}
+            }
+            let (visit, lines) = read_bill(conn, &inst, &vid)?;
+            let bill = bill_from(visit, lines, true)?;
+            check_declared(&bill, declared)?;
+            bill_not_future(&bill, &clock)?;
+            if bill.visit.home_region == region.as_str() {
+                return settle_local(conn, &cache, region, &bill, &k, use_account, now)
+                    .map(Opened::Answered);
+            }
+            // The intent's split is a placeholder until the home node has priced the claim
+            // — the patient paying everything, nothing from the fund — and the outcome's
+            // write (or a retry's) records the real one. Recovery needs only its claim id.
+            let placeholder = new_record(
+                &bill,
+                &k,
+                full_self_pay(&bill.lines, "awaiting the home node's eligibility"),
+                SettlementState::Pending,
+                Basis {
+                    policy_version: 0,
+                    acc_version: 0,
+                },
+                now,
+                String::new(),
+            )?;
+            if bill_out.is_closed() {
+                return Err(gone());
+            }
+            let rec = insert_record(conn, region, placeholder)?;
+            let guard = settling.try_enter(&rec.settlement_id).ok_or_else(|| {
+                Error::Internal(format!(
+                    "new intent {} is already claimed",
+                    rec.settlement_id
+                ))
+            })?;
+            // The caller may price meanwhile, but sends nothing to the home node before
+            // this job's durable outcome (the savepoint's release or the group's commit can
+            // still fail it).
+            let _ = bill_out.send(bill);
+            Ok(Opened::Intent(rec, guard))
+        })
 }
 
 /// A request id that took effect (its record is here) but whose stored answer is gone:
@@ -471,7 +475,9 @@ pub(super) async fn settle_remote(
                 // A retry after a concurrent change: the intent shows what is being tried.
                 let r = rec.clone();
                 st.store
-                    .write(move |conn| settlements::update_outcome(conn, &r))
+                    .write_as(crate::store::JobKind::Settle, move |conn| {
+                        settlements::update_outcome(conn, &r)
+                    })
                     .await?;
             }
             let peer = st.peers.get(&bill.visit.home_region)?;
@@ -595,10 +601,10 @@ async fn finish_remote(
     }
     let (k, region) = (key.clone(), st.region);
     st.store
-        .write(move |conn| {
+        .write_as(crate::store::JobKind::Settle, move |conn| {
             // A concurrent repeat of this request may have finished it from the home
             // node's claim status meanwhile: its answer stands.
-            if let Some(answer) = idempotency::replay(conn, &k)? {
+            if let Some(answer) = replay_settle(conn, &k)? {
                 return Ok(answer);
             }
             if settlements::get(conn, &rec.settlement_id)?

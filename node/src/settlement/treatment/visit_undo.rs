@@ -4,17 +4,13 @@
 //! that no claim stands on a visit that no longer exists or is still running.
 
 use rusqlite::Connection;
-use yidi_common::{period, proto};
+use yidi_common::proto;
 
-use super::{
-    shared::{check_institution, institution_given, own_visit, scope},
-    visit::visit_to_proto,
-};
+use super::{hospital_write::hospital_write, shared::own_visit, visit::visit_to_proto};
 use crate::store::states::{SettlementState, VisitState};
 use crate::{
     Error, Result,
     context::NodeState,
-    idempotency::{self, RequestKey, payload_hash},
     store::{
         settlements,
         visits::{self, VisitRec},
@@ -37,73 +33,51 @@ fn no_live_settlement(conn: &Connection, v: &VisitRec, what: &str) -> Result<()>
 
 /// HospitalService.CancelVisit: the visit becomes `cancelled`, for good. Its fee lines
 /// stay as a record but can no longer be changed, priced or settled.
-pub async fn cancel_visit(
-    st: &NodeState,
-    mut req: proto::CancelVisitRequest,
-) -> Result<proto::Visit> {
-    let sc = scope(&req.institution_code);
-    let payload = payload_hash(&mut req, |r| &mut r.request_id);
-    let key = RequestKey::new(&sc, &req.request_id, "CancelVisit", payload)?;
-    institution_given(&req.institution_code)?;
-    st.store
-        .write(move |conn| {
-            check_institution(conn, &req.institution_code, period::today())?;
-            idempotency::once(conn, &key, |conn| {
-                let v = own_visit(conn, &req.institution_code, &req.visit_id)?;
-                if v.state == VisitState::Cancelled {
-                    return Err(Error::FailedPrecondition(format!(
-                        "visit {} is already cancelled",
-                        v.visit_id
-                    )));
-                }
-                no_live_settlement(conn, &v, "cancelling the visit")?;
-                if !v.state.can_become(VisitState::Cancelled) {
-                    return Err(Error::FailedPrecondition(format!(
-                        "visit {} is {}; only an open or closed visit can be cancelled",
-                        v.visit_id, v.state
-                    )));
-                }
-                visits::set_state(conn, &v.visit_id, VisitState::Cancelled, None)?;
-                tracing::info!(visit = %v.visit_id, reason = %req.reason, "visit cancelled");
-                Ok(visit_to_proto(&own_visit(
-                    conn,
-                    &req.institution_code,
-                    &req.visit_id,
-                )?))
-            })
-        })
-        .await
+pub async fn cancel_visit(st: &NodeState, req: proto::CancelVisitRequest) -> Result<proto::Visit> {
+    hospital_write(st, req, "CancelVisit", |conn, req| {
+        let v = own_visit(conn, &req.institution_code, &req.visit_id)?;
+        if v.state == VisitState::Cancelled {
+            return Err(Error::FailedPrecondition(format!(
+                "visit {} is already cancelled",
+                v.visit_id
+            )));
+        }
+        no_live_settlement(conn, &v, "cancelling the visit")?;
+        if !v.state.can_become(VisitState::Cancelled) {
+            return Err(Error::FailedPrecondition(format!(
+                "visit {} is {}; only an open or closed visit can be cancelled",
+                v.visit_id, v.state
+            )));
+        }
+        visits::set_state(conn, &v.visit_id, VisitState::Cancelled, None)?;
+        tracing::info!(visit = %v.visit_id, reason = %req.reason, "visit cancelled");
+        Ok(visit_to_proto(&own_visit(
+            conn,
+            &req.institution_code,
+            &req.visit_id,
+        )?))
+    })
+    .await
 }
 
 /// HospitalService.ReopenVisit: a closed (discharged) visit is open again, its closing
 /// time cleared, so that fees may be added and it is discharged again before settlement.
-pub async fn reopen_visit(
-    st: &NodeState,
-    mut req: proto::ReopenVisitRequest,
-) -> Result<proto::Visit> {
-    let sc = scope(&req.institution_code);
-    let payload = payload_hash(&mut req, |r| &mut r.request_id);
-    let key = RequestKey::new(&sc, &req.request_id, "ReopenVisit", payload)?;
-    institution_given(&req.institution_code)?;
-    st.store
-        .write(move |conn| {
-            check_institution(conn, &req.institution_code, period::today())?;
-            idempotency::once(conn, &key, |conn| {
-                let v = own_visit(conn, &req.institution_code, &req.visit_id)?;
-                no_live_settlement(conn, &v, "undoing its discharge")?;
-                if v.state != VisitState::Closed {
-                    return Err(Error::FailedPrecondition(format!(
-                        "visit {} is {}; only a closed (discharged) visit can be reopened",
-                        v.visit_id, v.state
-                    )));
-                }
-                visits::reopen(conn, &v.visit_id)?;
-                Ok(visit_to_proto(&own_visit(
-                    conn,
-                    &req.institution_code,
-                    &req.visit_id,
-                )?))
-            })
-        })
-        .await
+pub async fn reopen_visit(st: &NodeState, req: proto::ReopenVisitRequest) -> Result<proto::Visit> {
+    hospital_write(st, req, "ReopenVisit", |conn, req| {
+        let v = own_visit(conn, &req.institution_code, &req.visit_id)?;
+        no_live_settlement(conn, &v, "undoing its discharge")?;
+        if v.state != VisitState::Closed {
+            return Err(Error::FailedPrecondition(format!(
+                "visit {} is {}; only a closed (discharged) visit can be reopened",
+                v.visit_id, v.state
+            )));
+        }
+        visits::reopen(conn, &v.visit_id)?;
+        Ok(visit_to_proto(&own_visit(
+            conn,
+            &req.institution_code,
+            &req.visit_id,
+        )?))
+    })
+    .await
 }

@@ -1,0 +1,1171 @@
+//! Archives of closed and cleared periods (`yidi admin archive`, docs/admin.md): the
+//! SQL half. An archive is one SQLite file per period holding every row of the period
+//! that leaves the live store, in the live tables' own schema, with its manifest (row
+//! counts and money sums per table) inside; a JSON copy of the manifest with the file's
+//! SHA-256 sits next to it. The domain half (what may be archived when, files on disk,
+//! the writer jobs) is `clearing/archive.rs`.
+//!
+//! What a period's archive holds: the ledger entries of the period; the claims committed
+//! here in it (home side); the settlements and reversal records of it (treatment side),
+//! with the audit deductions on them; the visits whose every remaining settlement is of
+//! the period, with their fee lines. The audit log stays (append-only by design), and
+//! so do accumulators (a person's year-to-date totals do not change), clearing rounds,
+//! persons, filings and request records (which have their own retention).
+
+use std::{
+    collections::BTreeMap,
+    io::Read as _,
+    path::{Path, PathBuf},
+};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params, types::Value};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::{Error, Result};
+
+/// The manifest's `format`: a reader of the file checks it first.
+pub const FORMAT: &str = "yidi-archive/1";
+
+/// Rows one writer job of a purge or a restore touches at most: each job stays well
+/// within the writer's budget, so settlements queued behind it do not wait.
+pub const STEP_ROWS: usize = 1_000;
+
+/// A table an archive holds: its key (the order of purge and restore, and their
+/// cursor) and its money columns (integer fen), summed in the manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct Table {
+    pub name: &'static str,
+    pub key: &'static [&'static str],
+    pub money: &'static [&'static str],
+}
+
+/// The tables in the order a restore inserts them (parents before the rows that refer
+/// to them); a purge deletes in the reverse order.
+pub const TABLES: &[Table] = &[
+    Table {
+        name: "visits",
+        key: &["visit_id"],
+        money: &[],
+    },
+    Table {
+        name: "fee_lines",
+        key: &["visit_id", "line_no"],
+        money: &["amount_fen"],
+    },
+    Table {
+        name: "settlements",
+        key: &["settlement_id"],
+        money: &["medfee_fen", "fund_fen", "acct_fen", "cash_fen"],
+    },
+    Table {
+        name: "deductions",
+        key: &["deduction_id"],
+        money: &["amount_fen"],
+    },
+    Table {
+        name: "claims",
+        key: &["claim_id"],
+        money: &["fund_fen", "acct_fen"],
+    },
+    Table {
+        name: "ledger",
+        key: &["entry_id", "side"],
+        money: &["amount_fen"],
+    },
+];
+
+/// The rows of one table in the period that leave the live store (`?1` is the period):
+/// the same selection at export and in the eligibility count.
+fn selection(table: &str) -> &'static str {
+    match table {
+        "ledger" => "SELECT * FROM main.ledger WHERE period = ?1",
+        "claims" => "SELECT * FROM main.claims WHERE period = ?1",
+        "settlements" => "SELECT * FROM main.settlements WHERE period = ?1",
+        "deductions" => {
+            "SELECT * FROM main.deductions WHERE settlement_id IN \
+             (SELECT settlement_id FROM main.settlements WHERE period = ?1)"
+        }
+        // A visit leaves with the last period of its settlements: one of it and none of
+        // another period still live (a visit cancelled in the next month stays until
+        // that month is archived). Open and closed visits may still be settled: they stay.
+        "visits" => {
+            "SELECT * FROM main.visits AS v WHERE v.state IN ('settled', 'cancelled') \
+             AND v.visit_id IN (SELECT visit_id FROM main.settlements WHERE period = ?1) \
+             AND NOT EXISTS (SELECT 1 FROM main.settlements AS s \
+                             WHERE s.visit_id = v.visit_id AND s.period <> ?1)"
+        }
+        "fee_lines" => {
+            "SELECT * FROM main.fee_lines WHERE visit_id IN \
+             (SELECT v.visit_id FROM main.visits AS v WHERE v.state IN ('settled', 'cancelled') \
+              AND v.visit_id IN (SELECT visit_id FROM main.settlements WHERE period = ?1) \
+              AND NOT EXISTS (SELECT 1 FROM main.settlements AS s \
+                              WHERE s.visit_id = v.visit_id AND s.period <> ?1))"
+        }
+        _ => unreachable!("not an archived table: {table}"),
+    }
+}
+
+/// The ids `<region>-S-<seq>` an archive holds of one region: region, lowest and
+/// highest seq.
+pub type IdRange = (String, i64, i64);
+
+/// A step's rows read from an archive: the table's index in [`TABLES`], the columns
+/// and the rows' values.
+pub type StepRows = (usize, Vec<String>, Vec<Vec<Value>>);
+
+/// One table's line of the manifest: its rows and the sums of its money columns (yuan).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSummary {
+    pub table: String,
+    pub rows: u64,
+    pub sums: BTreeMap<String, String>,
+}
+
+/// What an archive holds. Inside the file (`archive_manifest`) without `sha256`,
+/// `file` and `bytes`; next to it (`<region>-<period>.json`) with them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub region: String,
+    pub period: String,
+    pub schema_version: u32,
+    pub created_at: String,
+    pub tables: Vec<TableSummary>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub file: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Manifest {
+    /// Rows of all tables.
+    #[must_use]
+    pub fn rows(&self) -> u64 {
+        self.tables.iter().map(|t| t.rows).sum()
+    }
+
+    /// The manifest as stored inside the file (no digest of the file itself).
+    #[must_use]
+    pub fn inner(&self) -> Self {
+        Self {
+            file: String::new(),
+            bytes: 0,
+            sha256: String::new(),
+            ..self.clone()
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a manifest serializes")
+    }
+
+    pub fn from_json(s: &str, what: &str) -> Result<Self> {
+        let m: Self = serde_json::from_str(s)
+            .map_err(|e| Error::invalid(what, format!("not an archive manifest: {e}")))?;
+        if m.format != FORMAT {
+            return Err(Error::invalid(
+                what,
+                format!("format {:?}, expected {FORMAT:?}", m.format),
+            ));
+        }
+        Ok(m)
+    }
+}
+
+/// The archive file's name for a region's period, and its manifest's.
+#[must_use]
+pub fn file_names(region: &str, period: &str) -> (String, String) {
+    (
+        format!("{region}-{period}.sqlite"),
+        format!("{region}-{period}.json"),
+    )
+}
+
+/// The manifest next to an archive file: `X.sqlite` → `X.json`.
+#[must_use]
+pub fn manifest_path(file: &Path) -> PathBuf {
+    file.with_extension("json")
+}
+
+/// The SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| Error::invalid("file", format!("{}: {e}", path.display())))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0u64;
+    loop {
+        let k = f
+            .read(&mut buf)
+            .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+        if k == 0 {
+            break;
+        }
+        n += k as u64;
+        h.update(&buf[..k]);
+    }
+    Ok((hex::encode(h.finalize()), n))
+}
+
+/// The state of a period's archive (CHECK constraint of `archived_periods`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveState {
+    /// Being written: the period's rows are frozen (no cancel, 冲正 or deduction).
+    Exporting,
+    /// Written and verified at the node; every row still live.
+    Exported,
+    /// Rows being deleted from the live store, a bounded step at a time.
+    Purging,
+    /// Every archived row is gone from the live store.
+    Purged,
+    /// Rows being put back from a file.
+    Restoring,
+    /// Put back: the period is live again (and may be archived again).
+    Restored,
+}
+
+impl ArchiveState {
+    pub const ALL: [Self; 6] = [
+        Self::Exporting,
+        Self::Exported,
+        Self::Purging,
+        Self::Purged,
+        Self::Restoring,
+        Self::Restored,
+    ];
+
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exporting => "exporting",
+            Self::Exported => "exported",
+            Self::Purging => "purging",
+            Self::Purged => "purged",
+            Self::Restoring => "restoring",
+            Self::Restored => "restored",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| Error::Internal(format!("unknown archive state {s:?}")))
+    }
+}
+
+/// A period's archive record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedPeriod {
+    pub period: String,
+    pub state: ArchiveState,
+    pub digest: String,
+    pub manifest: String,
+    pub step_table: String,
+    pub step_after: String,
+    pub rows_done: u64,
+}
+
+pub fn get(conn: &Connection, period: &str) -> Result<Option<ArchivedPeriod>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT period, state, digest, manifest, step_table, step_after, rows_done \
+             FROM archived_periods WHERE period = ?1",
+        )?
+        .query_row([period], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })
+        .optional()?;
+    row.map(
+        |(period, state, digest, manifest, step_table, step_after, rows_done)| {
+            Ok(ArchivedPeriod {
+                period,
+                state: ArchiveState::parse(&state)?,
+                digest,
+                manifest,
+                step_table,
+                step_after,
+                rows_done,
+            })
+        },
+    )
+    .transpose()
+}
+
+/// Every archived period, oldest first.
+pub fn list(conn: &Connection) -> Result<Vec<ArchivedPeriod>> {
+    let periods: Vec<String> = conn
+        .prepare_cached("SELECT period FROM archived_periods ORDER BY period")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = Vec::with_capacity(periods.len());
+    for p in periods {
+        out.extend(get(conn, &p)?);
+    }
+    Ok(out)
+}
+
+/// Sets a period's state (and clears the step cursor when `reset_cursor`).
+pub fn set_state(
+    conn: &Connection,
+    period: &str,
+    state: ArchiveState,
+    now: &str,
+    reset_cursor: bool,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO archived_periods (period, state, updated_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (period) DO UPDATE SET state = ?2, updated_at = ?3, \
+         step_table = CASE WHEN ?4 THEN '' ELSE step_table END, \
+         step_after = CASE WHEN ?4 THEN '' ELSE step_after END, \
+         rows_done = CASE WHEN ?4 THEN 0 ELSE rows_done END",
+    )?
+    .execute(params![period, state.as_str(), now, reset_cursor])?;
+    Ok(())
+}
+
+/// Records a written archive: its digest, manifest and id ranges; state `exported`.
+pub fn record_exported(
+    conn: &Connection,
+    period: &str,
+    digest: &str,
+    manifest: &str,
+    ranges: &[IdRange],
+    now: &str,
+) -> Result<()> {
+    set_state(conn, period, ArchiveState::Exported, now, true)?;
+    conn.prepare_cached(
+        "UPDATE archived_periods SET digest = ?2, manifest = ?3 WHERE period = ?1",
+    )?
+    .execute(params![period, digest, manifest])?;
+    conn.prepare_cached("DELETE FROM archived_ranges WHERE period = ?1")?
+        .execute([period])?;
+    for (region, lo, hi) in ranges {
+        conn.prepare_cached(
+            "INSERT INTO archived_ranges (period, region, seq_min, seq_max) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![period, region, lo, hi])?;
+    }
+    Ok(())
+}
+
+/// The archive state of a period whose rows are frozen or gone (anything but
+/// `restored`), if any: a cancel, 冲正, reversal or deduction of a row of it is refused.
+pub fn frozen(conn: &Connection, period: &str) -> Result<Option<ArchiveState>> {
+    Ok(get(conn, period)?
+        .map(|a| a.state)
+        .filter(|s| *s != ArchiveState::Restored))
+}
+
+/// For an id `<region>-S-<seq>` (a settlement's, or the claim it committed) not in the
+/// live store: the archived period whose range holds it, if any.
+pub fn period_of_id(conn: &Connection, id: &str) -> Result<Option<String>> {
+    let Some((region, seq)) = id
+        .split_once("-S-")
+        .and_then(|(r, s)| s.parse::<i64>().ok().map(|s| (r, s)))
+    else {
+        return Ok(None);
+    };
+    Ok(conn
+        .prepare_cached(
+            "SELECT r.period FROM archived_ranges AS r JOIN archived_periods AS p USING (period) \
+             WHERE r.region = ?1 AND ?2 BETWEEN r.seq_min AND r.seq_max AND p.state <> 'restored' \
+             ORDER BY r.period LIMIT 1",
+        )?
+        .query_row(params![region, seq], |r| r.get(0))
+        .optional()?)
+}
+
+/// The refusal of a call about `what` (e.g. "settlement 330200-S-0000000007") of a
+/// period frozen or removed by an archive, naming the archive and how to bring it back;
+/// `None` when the period is not archived.
+pub fn refusal(conn: &Connection, period: &str, what: &str) -> Result<Option<Error>> {
+    Ok(frozen(conn, period)?.map(|state| {
+        Error::FailedPrecondition(format!(
+            "{what} belongs to period {period}, archived at this node (archive {}); \
+             a record of an archived period is no longer cancelled, reversed or deducted; \
+             to change it, restore the period first (yidi admin archive restore --file <region>-{period}.sqlite)",
+            state.as_str()
+        ))
+    }))
+}
+
+/// For `what` with id `id` not found in the live store: the refusal naming the archive
+/// that holds it (FAILED_PRECONDITION, or NOT_FOUND for a read when `read`), if any.
+pub fn missing(conn: &Connection, id: &str, what: &str, read: bool) -> Result<Option<Error>> {
+    Ok(period_of_id(conn, id)?.map(|period| {
+        let msg = format!(
+            "{what} {id} belongs to period {period}, archived and removed from this node's live store; \
+             restore it to read or change it (yidi admin archive restore --file <region>-{period}.sqlite)"
+        );
+        if read {
+            Error::NotFound(msg)
+        } else {
+            Error::FailedPrecondition(msg)
+        }
+    }))
+}
+
+/// Why a period cannot be archived yet, if it cannot: its ledger entries not all
+/// cleared (frozen in a live round, excluded as disputed, in no round), settlements
+/// still in doubt, queued or disputed, or audit deductions on its settlements booked in
+/// a period not yet cleared. Each lookup goes through an index.
+pub fn not_archivable(conn: &Connection, period: &str) -> Result<Option<String>> {
+    let mut why = Vec::new();
+    let uncleared: Vec<(Option<String>, Option<String>, u64)> = conn
+        .prepare_cached(
+            "SELECT round_id, excluded_round, COUNT(*) FROM ledger \
+             WHERE cleared_round IS NULL AND period = ?1 GROUP BY round_id, excluded_round",
+        )?
+        .query_map([period], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (round, excluded, n) in uncleared {
+        why.push(match (round, excluded) {
+            (Some(r), _) => {
+                let state: Option<String> = conn
+                    .prepare_cached("SELECT state FROM clearing_rounds WHERE round_id = ?1")?
+                    .query_row([&r], |x| x.get(0))
+                    .optional()?;
+                format!(
+                    "{n} ledger entries frozen in clearing round {r} (state {}), not yet cleared",
+                    state.unwrap_or_else(|| "unknown".into())
+                )
+            }
+            (None, Some(x)) => format!(
+                "{n} ledger entries excluded from clearing round {x} (disputed), not yet cleared"
+            ),
+            (None, None) => format!("{n} ledger entries in no clearing round yet"),
+        });
+    }
+    let open: Vec<(String, u64)> = conn
+        .prepare_cached(
+            "SELECT state, COUNT(*) FROM settlements \
+             WHERE state IN ('pending', 'provisional', 'disputed') AND period = ?1 GROUP BY state",
+        )?
+        .query_map([period], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (state, n) in open {
+        why.push(format!("{n} settlements still {state}"));
+    }
+    let later: Vec<String> = conn
+        .prepare_cached(
+            "SELECT DISTINCT d.period FROM deductions AS d JOIN settlements AS s \
+             USING (settlement_id) WHERE s.period = ?1 AND d.period > ?1",
+        )?
+        .query_map([period], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for q in later {
+        let n: u64 = conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM ledger WHERE cleared_round IS NULL AND period = ?1",
+            )?
+            .query_row([&q], |r| r.get(0))?;
+        if n > 0 {
+            why.push(format!(
+                "audit deductions on its settlements are booked in period {q}, not yet cleared"
+            ));
+        }
+    }
+    Ok((!why.is_empty()).then(|| why.join("; ")))
+}
+
+/// The live table's CREATE statement, for the same table in the archive.
+fn create_sql(conn: &Connection, table: &str) -> Result<String> {
+    let sql: String = conn.query_row(
+        "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+        [table],
+        |r| r.get(0),
+    )?;
+    // The name may be quoted (a table rebuilt and renamed by a migration): the column
+    // list starts at the first parenthesis either way.
+    let rest = sql
+        .find('(')
+        .filter(|_| sql.starts_with("CREATE TABLE"))
+        .map(|i| &sql[i..])
+        .ok_or_else(|| Error::Internal(format!("unexpected schema of {table}: {sql}")))?;
+    Ok(format!("CREATE TABLE a.{table} {rest}"))
+}
+
+/// Counts and sums of every archived table in schema `db` (`main` or `a`).
+fn summarize(conn: &Connection, db: &str) -> Result<Vec<TableSummary>> {
+    let mut out = Vec::with_capacity(TABLES.len());
+    for t in TABLES {
+        let mut cols = vec!["COUNT(*)".to_owned()];
+        cols.extend(t.money.iter().map(|c| format!("COALESCE(SUM({c}), 0)")));
+        let sql = format!("SELECT {} FROM {db}.{}", cols.join(", "), t.name);
+        let vals: Vec<i64> = conn.query_row(&sql, [], |r| {
+            (0..cols.len()).map(|i| r.get::<_, i64>(i)).collect()
+        })?;
+        let sums = t
+            .money
+            .iter()
+            .zip(&vals[1..])
+            .map(|(c, fen)| ((*c).to_owned(), Decimal::new(*fen, 2).to_string()))
+            .collect();
+        out.push(TableSummary {
+            table: t.name.to_owned(),
+            rows: u64::try_from(vals[0]).unwrap_or(0),
+            sums,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes the archive of `period` from the store at `db` into `out` (replaced if
+/// present): in one read transaction of the live store (no write to it, the writer is
+/// not held), the file fsynced. Returns its manifest (with the file's digest) and the
+/// ranges of `<region>-S-<seq>` ids it holds per region.
+pub fn build(
+    db: &Path,
+    out: &Path,
+    region: &str,
+    period: &str,
+    now: &str,
+) -> Result<(Manifest, Vec<IdRange>)> {
+    let _ = std::fs::remove_file(out);
+    // CREATE: an attached database opens with the main one's flags, and the archive
+    // file is new. The live store itself is only read.
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    // The archive holds the period's rows without the tables they refer to (the
+    // institutions, the visits of other periods): its references are not enforced.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let schema_version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS a",
+        [out.to_str()
+            .ok_or_else(|| Error::invalid("out", "not UTF-8"))?],
+    )?;
+    conn.execute_batch("PRAGMA a.journal_mode = DELETE; PRAGMA a.synchronous = FULL;")?;
+    conn.execute_batch("BEGIN")?;
+    let built = (|| -> Result<(Manifest, Vec<IdRange>)> {
+        conn.execute_batch("CREATE TABLE a.archive_manifest (json TEXT NOT NULL) STRICT;")?;
+        for t in TABLES {
+            conn.execute_batch(&create_sql(&conn, t.name)?)?;
+            conn.execute(
+                &format!("INSERT INTO a.{} {}", t.name, selection(t.name)),
+                [period],
+            )?;
+        }
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            region: region.into(),
+            period: period.into(),
+            schema_version,
+            created_at: now.into(),
+            tables: summarize(&conn, "a")?,
+            file: String::new(),
+            bytes: 0,
+            sha256: String::new(),
+        };
+        conn.execute(
+            "INSERT INTO a.archive_manifest (json) VALUES (?1)",
+            [manifest.to_json()],
+        )?;
+        let ranges = conn
+            .prepare(
+                "SELECT substr(id, 1, instr(id, '-S-') - 1) AS r, \
+                 MIN(CAST(substr(id, instr(id, '-S-') + 3) AS INTEGER)), \
+                 MAX(CAST(substr(id, instr(id, '-S-') + 3) AS INTEGER)) \
+                 FROM (SELECT settlement_id AS id FROM a.settlements \
+                       UNION ALL SELECT claim_id FROM a.claims \
+                       UNION ALL SELECT claim_id FROM a.ledger) \
+                 WHERE instr(id, '-S-') > 0 GROUP BY r",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok((manifest, ranges))
+    })();
+    match built {
+        Ok(b) => {
+            conn.execute_batch("COMMIT")?;
+            conn.execute_batch("DETACH DATABASE a")?;
+            drop(conn);
+            std::fs::File::open(out)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::Internal(format!("fsync {}: {e}", out.display())))?;
+            if let Some(dir) = out.parent() {
+                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            }
+            let (sha256, bytes) = sha256_file(out)?;
+            let (manifest, ranges) = b;
+            Ok((
+                Manifest {
+                    file: out
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    bytes,
+                    sha256,
+                    ..manifest
+                },
+                ranges,
+            ))
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            drop(conn);
+            let _ = std::fs::remove_file(out);
+            Err(e)
+        }
+    }
+}
+
+/// Opens an archive file read-only.
+pub fn open_file(path: &Path) -> Result<Connection> {
+    let uri = format!(
+        "file:{}?immutable=1",
+        path.to_str()
+            .ok_or_else(|| Error::invalid("file", "not UTF-8"))?
+    );
+    Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::invalid("file", format!("{}: not an archive: {e}", path.display())))
+}
+
+/// Checks an archive file: its SHA-256 (and size) against `expected` (the manifest next
+/// to it, or the one the node recorded), the manifest inside it against `expected`,
+/// and its rows against the counts and sums of the manifest. Refused (FAILED_PRECONDITION)
+/// naming every difference. Returns the manifest, with the file's digest.
+pub fn verify(path: &Path, expected: &Manifest) -> Result<Manifest> {
+    let (sha256, bytes) = sha256_file(path)?;
+    let mut diffs = Vec::new();
+    if sha256 != expected.sha256 {
+        diffs.push(format!(
+            "SHA-256 of the file is {sha256}, the manifest says {}",
+            expected.sha256
+        ));
+    }
+    if bytes != expected.bytes {
+        diffs.push(format!(
+            "the file has {bytes} bytes, the manifest says {}",
+            expected.bytes
+        ));
+    }
+    let inside = (|| -> Result<(Manifest, Vec<TableSummary>)> {
+        let conn = open_file(path)?;
+        let json: String = conn
+            .query_row("SELECT json FROM archive_manifest", [], |r| r.get(0))
+            .map_err(|e| Error::FailedPrecondition(format!("no manifest inside: {e}")))?;
+        let m = Manifest::from_json(&json, "archive_manifest")?;
+        let rows = summarize(&conn, "main")?;
+        Ok((m, rows))
+    })();
+    match inside {
+        Err(e) => diffs.push(format!("the file cannot be read as an archive: {e}")),
+        Ok((inner, rows)) => {
+            if inner != expected.inner() {
+                for (what, a, b) in [
+                    ("region", &inner.region, &expected.region),
+                    ("period", &inner.period, &expected.period),
+                    ("created_at", &inner.created_at, &expected.created_at),
+                ] {
+                    if a != b {
+                        diffs.push(format!(
+                            "{what} is {a} inside the file, {b} in the manifest"
+                        ));
+                    }
+                }
+                if inner.schema_version != expected.schema_version {
+                    diffs.push(format!(
+                        "schema_version is {} inside the file, {} in the manifest",
+                        inner.schema_version, expected.schema_version
+                    ));
+                }
+                if inner.tables != expected.tables {
+                    diffs.push("the manifest inside the file differs in its tables".into());
+                }
+            }
+            for (got, want) in rows.iter().zip(&expected.tables) {
+                if got.rows != want.rows {
+                    diffs.push(format!(
+                        "{} has {} rows, the manifest says {}",
+                        got.table, got.rows, want.rows
+                    ));
+                }
+                for (col, sum) in &got.sums {
+                    let said = want.sums.get(col).map_or("nothing", String::as_str);
+                    if sum != said {
+                        diffs.push(format!(
+                            "{}.{col} sums to {sum}, the manifest says {said}",
+                            got.table
+                        ));
+                    }
+                }
+            }
+            if expected.tables.len() != rows.len() {
+                diffs.push(format!(
+                    "the manifest lists {} tables, an archive has {}",
+                    expected.tables.len(),
+                    rows.len()
+                ));
+            }
+        }
+    }
+    if diffs.is_empty() {
+        Ok(Manifest {
+            sha256,
+            bytes,
+            ..expected.clone()
+        })
+    } else {
+        Err(Error::FailedPrecondition(format!(
+            "archive {} does not match its manifest: {}",
+            path.display(),
+            diffs.join("; ")
+        )))
+    }
+}
+
+/// Where a purge or a restore is: the table index in [`TABLES`] and the last key done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    pub table: usize,
+    pub after: Option<Vec<Value>>,
+}
+
+fn value_to_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Integer(i) => serde_json::Value::from(*i),
+        Value::Text(s) => serde_json::Value::from(s.clone()),
+        _ => serde_json::Value::Null,
+    }
+}
+
+fn json_to_value(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Number(n) => n.as_i64().map_or(Value::Null, Value::Integer),
+        serde_json::Value::String(s) => Value::Text(s.clone()),
+        _ => Value::Null,
+    }
+}
+
+/// The order a purge (`purge`: children first) or a restore (parents first) walks
+/// [`TABLES`] in, as indexes into it.
+#[must_use]
+pub fn walk(purge: bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..TABLES.len()).collect();
+    if purge {
+        order.reverse();
+    }
+    order
+}
+
+impl Cursor {
+    /// The cursor as recorded in `archived_periods` (`step_table`, `step_after`); the
+    /// walk's first table when none is.
+    #[must_use]
+    pub fn from_record(a: &ArchivedPeriod, purge: bool) -> Self {
+        let table = TABLES
+            .iter()
+            .position(|t| t.name == a.step_table)
+            .unwrap_or(walk(purge)[0]);
+        let after = serde_json::from_str::<Vec<serde_json::Value>>(&a.step_after)
+            .ok()
+            .map(|v| v.iter().map(json_to_value).collect());
+        Self { table, after }
+    }
+
+    fn record(&self) -> (String, String) {
+        let name = TABLES.get(self.table).map_or("", |t| t.name).to_owned();
+        let after = self.after.as_ref().map_or(String::new(), |k| {
+            serde_json::Value::from(k.iter().map(value_to_json).collect::<Vec<_>>()).to_string()
+        });
+        (name, after)
+    }
+}
+
+/// The next at most [`STEP_ROWS`] rows of the archive after the cursor, in key order,
+/// walking the tables as a purge (`key_only`: each row's key) or a restore (all
+/// columns) does: the table's index in [`TABLES`], the columns and the rows.
+/// `None` when every table is done.
+pub fn next_rows(
+    archive: &Connection,
+    cursor: &Cursor,
+    key_only: bool,
+) -> Result<Option<StepRows>> {
+    let order = walk(key_only);
+    let mut cursor = cursor.clone();
+    let mut pos = order.iter().position(|i| *i == cursor.table).unwrap_or(0);
+    while let Some(t) = order.get(pos).map(|i| &TABLES[*i]) {
+        let cols: Vec<String> = if key_only {
+            t.key.iter().map(|s| (*s).to_owned()).collect()
+        } else {
+            archive
+                .prepare(&format!("SELECT name FROM pragma_table_info('{}')", t.name))?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let key = t.key.join(", ");
+        let (cond, args): (String, Vec<Value>) = match &cursor.after {
+            None => (String::new(), Vec::new()),
+            Some(k) => {
+                let marks = (1..=k.len()).map(|i| format!("?{i}")).collect::<Vec<_>>();
+                (format!("WHERE ({key}) > ({})", marks.join(", ")), k.clone())
+            }
+        };
+        let sql = format!(
+            "SELECT {} FROM {} {cond} ORDER BY {key} LIMIT {STEP_ROWS}",
+            cols.join(", "),
+            t.name
+        );
+        let rows: Vec<Vec<Value>> = archive
+            .prepare(&sql)?
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                (0..cols.len()).map(|i| r.get::<_, Value>(i)).collect()
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        if !rows.is_empty() {
+            return Ok(Some((cursor.table, cols, rows)));
+        }
+        pos += 1;
+        cursor = Cursor {
+            table: order.get(pos).copied().unwrap_or(TABLES.len()),
+            after: None,
+        };
+    }
+    Ok(None)
+}
+
+/// The key of a row read by [`next_rows`] (its first `key.len()` values when read by
+/// key, else found by column name).
+pub fn key_of(table: &Table, cols: &[String], row: &[Value]) -> Vec<Value> {
+    table
+        .key
+        .iter()
+        .map(|k| {
+            cols.iter()
+                .position(|c| c == k)
+                .map_or(Value::Null, |i| row[i].clone())
+        })
+        .collect()
+}
+
+/// One writer job of a purge: deletes the rows (by key) of a table from the live store
+/// and moves the cursor past them, in the same transaction, so that a purge killed at
+/// any moment resumes at the first row not yet deleted. Returns the rows deleted.
+pub fn purge_step(
+    conn: &Connection,
+    period: &str,
+    table: usize,
+    keys: &[Vec<Value>],
+    now: &str,
+) -> Result<u64> {
+    expect_state(conn, period, ArchiveState::Purging)?;
+    let t = &TABLES[table];
+    let cond = t
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{k} = ?{}", i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let mut stmt = conn.prepare_cached(&format!("DELETE FROM {} WHERE {cond}", t.name))?;
+    let mut n = 0u64;
+    for k in keys {
+        n += stmt.execute(rusqlite::params_from_iter(k.iter()))? as u64;
+    }
+    let cursor = Cursor {
+        table,
+        after: keys.last().cloned(),
+    };
+    advance(conn, period, &cursor, n, now)?;
+    Ok(n)
+}
+
+/// One writer job of a restore: inserts the rows of a table the live store does not
+/// have (a row already there is left as it is: a restore repeated, or resumed, changes
+/// nothing twice), with the columns the archive and the live table share.
+pub fn restore_step(
+    conn: &Connection,
+    period: &str,
+    table: usize,
+    cols: &[String],
+    rows: &[Vec<Value>],
+    now: &str,
+) -> Result<u64> {
+    expect_state(conn, period, ArchiveState::Restoring)?;
+    let t = &TABLES[table];
+    let live: Vec<String> = conn
+        .prepare_cached(&format!("SELECT name FROM pragma_table_info('{}')", t.name))?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let shared: Vec<usize> = (0..cols.len())
+        .filter(|i| live.contains(&cols[*i]))
+        .collect();
+    let names = shared
+        .iter()
+        .map(|i| cols[*i].as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let marks = (1..=shared.len())
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut stmt = conn.prepare_cached(&format!(
+        "INSERT OR IGNORE INTO {} ({names}) VALUES ({marks})",
+        t.name
+    ))?;
+    let mut n = 0u64;
+    for row in rows {
+        n += stmt.execute(rusqlite::params_from_iter(shared.iter().map(|i| &row[*i])))? as u64;
+    }
+    let cursor = Cursor {
+        table,
+        after: rows.last().map(|r| key_of(t, cols, r)),
+    };
+    advance(conn, period, &cursor, n, now)?;
+    Ok(n)
+}
+
+/// A step of a purge or a restore runs only while the period is in that state: a
+/// restore begun meanwhile stops a purge, and the other way round.
+fn expect_state(conn: &Connection, period: &str, want: ArchiveState) -> Result<()> {
+    match get(conn, period)?.map(|a| a.state) {
+        Some(s) if s == want => Ok(()),
+        other => Err(Error::FailedPrecondition(format!(
+            "the archive of {period} is now {}; the {} stopped",
+            other.map_or("gone", ArchiveState::as_str),
+            if want == ArchiveState::Purging {
+                "purge"
+            } else {
+                "restore"
+            }
+        ))),
+    }
+}
+
+fn advance(conn: &Connection, period: &str, cursor: &Cursor, n: u64, now: &str) -> Result<()> {
+    let (table, after) = cursor.record();
+    conn.prepare_cached(
+        "UPDATE archived_periods SET step_table = ?2, step_after = ?3, \
+         rows_done = rows_done + ?4, updated_at = ?5 WHERE period = ?1",
+    )?
+    .execute(params![period, table, after, n, now])?;
+    Ok(())
+}
+
+/// Rows of the period still in the live store, per archived table.
+pub fn live_rows(conn: &Connection, period: &str) -> Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for t in TABLES {
+        let n: u64 = conn.query_row(
+            &format!("SELECT COUNT(*) FROM ({})", selection(t.name)),
+            [period],
+            |r| r.get(0),
+        )?;
+        out.push((t.name.to_owned(), n));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_match_the_check_constraint() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::store::migrations::migrate(&mut conn, crate::store::migrations::Schema::Node)
+            .unwrap();
+        for s in ArchiveState::ALL {
+            set_state(&conn, "2026-01", s, "now", true).unwrap();
+            assert_eq!(get(&conn, "2026-01").unwrap().unwrap().state, s);
+        }
+        let bad = conn.execute(
+            "UPDATE archived_periods SET state = 'gone' WHERE period = '2026-01'",
+            [],
+        );
+        assert!(bad.is_err(), "the CHECK refuses an unknown state");
+    }
+
+    /// A node store on disk (WAL, as a node's) with `n` cleared ledger entries of
+    /// `period` toward 330200, `n / 2` of them claims of ids 330200-S-….
+    fn fill(conn: &Connection, period: &str, n: usize, from: usize) {
+        conn.execute_batch("BEGIN").unwrap();
+        for i in from..from + n {
+            let id = format!("330200-S-{i:010}");
+            crate::store::ledger::record(
+                conn,
+                &crate::store::ledger::Entry {
+                    entry_id: &id,
+                    side: crate::store::ledger::Side::Receivable,
+                    counterparty: "330200",
+                    period,
+                    kind: "claim",
+                    claim_id: &id,
+                    amount_fen: 12_345,
+                },
+                "2026-01-15T00:00:00.000+08:00",
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "UPDATE ledger SET cleared_round = 'r-' || period WHERE period = ?1",
+            [period],
+        )
+        .unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+    }
+
+    fn pages(conn: &Connection) -> (u64, u64) {
+        (
+            conn.pragma_query_value(None, "page_count", |r| r.get(0))
+                .unwrap(),
+            conn.pragma_query_value(None, "freelist_count", |r| r.get(0))
+                .unwrap(),
+        )
+    }
+
+    /// Export, verify, a tampered copy refused, a purge in steps of at most
+    /// [`STEP_ROWS`] rows resumed from its recorded cursor, and the pages it frees
+    /// reused by the next period's rows: the file does not grow.
+    #[test]
+    fn a_period_is_archived_purged_in_steps_and_its_pages_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("node.db");
+        let mut conn = Connection::open(&db).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        crate::store::migrations::migrate(&mut conn, crate::store::migrations::Schema::Node)
+            .unwrap();
+        let n = 20_000;
+        fill(&conn, "2026-01", n, 0);
+        conn.execute(
+            "UPDATE ledger SET cleared_round = NULL WHERE entry_id = '330200-S-0000000007'",
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            not_archivable(&conn, "2026-01").unwrap().as_deref(),
+            Some("1 ledger entries in no clearing round yet")
+        );
+        conn.execute(
+            "UPDATE ledger SET cleared_round = 'r' WHERE cleared_round IS NULL",
+            [],
+        )
+        .unwrap();
+        assert_eq!(not_archivable(&conn, "2026-01").unwrap(), None);
+
+        let file = dir.path().join("330100-2026-01.sqlite");
+        let (m, ranges) = build(&db, &file, "330100", "2026-01", "now").unwrap();
+        assert_eq!(m.rows(), n as u64);
+        assert_eq!(m.tables[5].sums["amount_fen"], "2469000.00");
+        assert_eq!(ranges, [("330200".to_owned(), 0, n as i64 - 1)]);
+        assert_eq!(verify(&file, &m).unwrap(), m);
+
+        let bad = dir.path().join("bad.sqlite");
+        std::fs::copy(&file, &bad).unwrap();
+        Connection::open(&bad)
+            .unwrap()
+            .execute(
+                "DELETE FROM ledger WHERE entry_id = '330200-S-0000000001'",
+                [],
+            )
+            .unwrap();
+        let e = verify(&bad, &m).unwrap_err().to_string();
+        assert!(
+            e.contains("SHA-256 of the file is")
+                && e.contains("ledger has 19999 rows, the manifest says 20000")
+                && e.contains("ledger.amount_fen sums to 2468876.55, the manifest says 2469000.00"),
+            "{e}"
+        );
+
+        set_state(&conn, "2026-01", ArchiveState::Exporting, "now", true).unwrap();
+        record_exported(&conn, "2026-01", &m.sha256, &m.to_json(), &ranges, "now").unwrap();
+        set_state(&conn, "2026-01", ArchiveState::Purging, "now", false).unwrap();
+        let before = pages(&conn);
+        let archive = open_file(&file).unwrap();
+        let (mut steps, mut slowest) = (0, std::time::Duration::ZERO);
+        loop {
+            // Resumed from the store's record every step, as after a restart.
+            let cursor = Cursor::from_record(&get(&conn, "2026-01").unwrap().unwrap(), true);
+            let Some((table, _, keys)) = next_rows(&archive, &cursor, true).unwrap() else {
+                break;
+            };
+            assert!(keys.len() <= STEP_ROWS);
+            let t = std::time::Instant::now();
+            conn.execute_batch("BEGIN").unwrap();
+            purge_step(&conn, "2026-01", table, &keys, "now").unwrap();
+            conn.execute_batch("COMMIT").unwrap();
+            slowest = slowest.max(t.elapsed());
+            steps += 1;
+        }
+        assert_eq!(steps, n / STEP_ROWS);
+        assert_eq!(get(&conn, "2026-01").unwrap().unwrap().rows_done, n as u64);
+        assert_eq!(
+            live_rows(&conn, "2026-01").unwrap()[5],
+            ("ledger".to_owned(), 0)
+        );
+        assert_eq!(
+            period_of_id(&conn, "330200-S-0000000042")
+                .unwrap()
+                .as_deref(),
+            Some("2026-01")
+        );
+        let purged = pages(&conn);
+        fill(&conn, "2026-02", n, n);
+        let after = pages(&conn);
+        eprintln!(
+            "{n} entries: {} pages before the purge, {} free after it; \
+             {} pages after as many entries of the next period ({} free); slowest step {slowest:?}",
+            before.0, purged.1, after.0, after.1
+        );
+        assert!(purged.1 > 0, "the purge freed pages");
+        assert!(
+            after.0 <= before.0 + before.0 / 20,
+            "the next period reused the freed pages: {before:?} → {after:?}"
+        );
+    }
+
+    #[test]
+    fn ids_in_an_archived_range_name_their_period() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::store::migrations::migrate(&mut conn, crate::store::migrations::Schema::Node)
+            .unwrap();
+        set_state(&conn, "2026-01", ArchiveState::Exporting, "now", true).unwrap();
+        record_exported(
+            &conn,
+            "2026-01",
+            "d",
+            "{}",
+            &[("330200".into(), 5, 9)],
+            "now",
+        )
+        .unwrap();
+        assert_eq!(
+            period_of_id(&conn, "330200-S-0000000007")
+                .unwrap()
+                .as_deref(),
+            Some("2026-01")
+        );
+        assert_eq!(period_of_id(&conn, "330200-S-0000000010").unwrap(), None);
+        assert_eq!(period_of_id(&conn, "330100-S-0000000007").unwrap(), None);
+        set_state(&conn, "2026-01", ArchiveState::Restored, "now", true).unwrap();
+        assert_eq!(period_of_id(&conn, "330200-S-0000000007").unwrap(), None);
+    }
+}

@@ -144,8 +144,9 @@ struct Inner {
     in_flight: usize,
     limit: usize,
     /// Calls waiting for a slot, oldest first; a sender whose receiver is gone (its
-    /// call ended or gave up) is skipped.
-    waiting: VecDeque<oneshot::Sender<()>>,
+    /// call ended or gave up) is skipped. The slot travels as a [`Permit`], so a call
+    /// dropped after the hand-over (its client gone) still gives its slot back.
+    waiting: VecDeque<oneshot::Sender<Permit>>,
     /// Smoothed service time, microseconds (for the expected wait and the hint).
     service_us: u64,
     /// The service time with few calls inside (windows whose peak was at most the
@@ -254,16 +255,18 @@ impl Gate {
         // The expected wait was under `queue_wait`; one that runs to twice that is
         // given up (the calls inside are slower than they were measured).
         let waited = tokio::time::timeout(2 * self.config.queue_wait, &mut rx).await;
-        if matches!(waited, Ok(Ok(()))) {
+        if let Ok(Ok(permit)) = waited {
             let n = self.lock().in_flight;
-            return Ok(self.admitted(arrived, n));
+            self.metrics.admitted(self.op, arrived.elapsed(), n);
+            return Ok(permit);
         }
         // A slot may have been handed over just as the wait ran out: closing first
         // makes the hand-over and this check exclusive.
         rx.close();
-        if rx.try_recv().is_ok() {
+        if let Ok(permit) = rx.try_recv() {
             let n = self.lock().in_flight;
-            return Ok(self.admitted(arrived, n));
+            self.metrics.admitted(self.op, arrived.elapsed(), n);
+            return Ok(permit);
         }
         let mut g = self.lock();
         // This call's own place is closed now: not counted among those waiting.
@@ -308,7 +311,7 @@ impl Gate {
 
     /// A call let in has ended after `service`: its slot goes to the oldest waiting
     /// call, and the limit is reconsidered once per window.
-    fn leave(&self, service: Duration) {
+    fn leave(self: &Arc<Self>, service: Duration) {
         let mut g = self.lock();
         g.in_flight = g.in_flight.saturating_sub(1);
         let s = micros(service);
@@ -326,9 +329,18 @@ impl Gate {
             let Some(next) = g.waiting.pop_front() else {
                 break;
             };
-            if next.send(()).is_ok() {
-                g.in_flight += 1;
-                g.window_peak = g.window_peak.max(g.in_flight);
+            let permit = Permit {
+                gate: Some((Arc::clone(self), Instant::now())),
+            };
+            match next.send(permit) {
+                // Counted before the lock is let go: a receiver dropped at once gives
+                // the slot back through the permit's drop, which waits for this lock.
+                Ok(()) => {
+                    g.in_flight += 1;
+                    g.window_peak = g.window_peak.max(g.in_flight);
+                }
+                // Its caller gave up: the permit never counted, so it must not give back.
+                Err(mut unsent) => unsent.gate = None,
             }
         }
         self.metrics.in_flight(self.op, g.in_flight);
@@ -403,6 +415,27 @@ mod tests {
         assert_eq!(refused.retry_after, Duration::from_millis(5));
         drop(a);
         let _c = g.enter().await.expect("a freed slot admits");
+    }
+
+    /// A waiting call handed the slot but dropped before it ran (its client went away)
+    /// gives the slot back: cancels must not shrink the door for good.
+    #[tokio::test]
+    async fn a_slot_handed_to_a_call_that_is_gone_comes_back() {
+        let g = gate(1, 1, 50);
+        let a = g.enter().await.expect("first");
+        let mut waiting = Box::pin(g.enter());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), &mut waiting)
+                .await
+                .is_err(),
+            "the second call waits at the door"
+        );
+        assert_eq!(g.lock().waiting.len(), 1);
+        drop(a); // the slot is handed to the waiting call...
+        assert_eq!(g.lock().in_flight, 1);
+        drop(waiting); // ...which is dropped before it runs again
+        assert_eq!(g.lock().in_flight, 0, "the slot came back");
+        let _b = g.enter().await.expect("a new call gets in at once");
     }
 
     #[tokio::test]

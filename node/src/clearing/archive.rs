@@ -332,7 +332,9 @@ pub async fn purge(st: &NodeState, period: &str, digest: &str, max_rows: u64) ->
     {
         let (p, now) = (p.clone(), period::format_ts(st.clock.now()));
         st.store
-            .write(move |conn| sa::set_state(conn, &p, ArchiveState::Purged, &now, false))
+            .write(move |conn| {
+                sa::finish_state(conn, &p, ArchiveState::Purging, ArchiveState::Purged, &now)
+            })
             .await?;
     }
     tracing::info!(period = %p, "archive purged");
@@ -430,6 +432,22 @@ pub async fn restore(st: &NodeState, manifest: &str) -> Result<Status> {
         st.store
             .write(move |conn| {
                 let rec = sa::get(conn, &p)?;
+                // Rows out of the live store come back only from the archive they left
+                // for: another file of the period (an earlier export, say) could bring
+                // back a settlement as it was before a later cancel.
+                if let Some(a) = &rec
+                    && matches!(
+                        a.state,
+                        ArchiveState::Purging | ArchiveState::Purged | ArchiveState::Restoring
+                    )
+                    && a.digest != digest
+                {
+                    return Err(Error::FailedPrecondition(format!(
+                        "this file (sha256 {digest}) is not the archive of {p} this node purged \
+                         (sha256 {}); restore that file",
+                        a.digest
+                    )));
+                }
                 let resume = matches!(&rec, Some(a) if a.state == ArchiveState::Restoring && a.digest == digest);
                 if !resume {
                     sa::set_state(conn, &p, ArchiveState::Restoring, &now, true)?;
@@ -469,7 +487,13 @@ pub async fn restore(st: &NodeState, manifest: &str) -> Result<Status> {
         let (p, now) = (p.clone(), period::format_ts(st.clock.now()));
         st.store
             .write(move |conn| {
-                sa::set_state(conn, &p, ArchiveState::Restored, &now, false)?;
+                sa::finish_state(
+                    conn,
+                    &p,
+                    ArchiveState::Restoring,
+                    ArchiveState::Restored,
+                    &now,
+                )?;
                 conn.execute("DELETE FROM archived_ranges WHERE period = ?1", [&p])?;
                 Ok(())
             })

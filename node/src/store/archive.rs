@@ -340,6 +340,40 @@ pub fn set_state(
     Ok(())
 }
 
+/// Ends a purge or a restore: `from` → `to`, only if the period is still in `from` (a
+/// restore started after a purge's last step, or the other way round, must not be
+/// overwritten by the one that finishes first).
+pub fn finish_state(
+    conn: &Connection,
+    period: &str,
+    from: ArchiveState,
+    to: ArchiveState,
+    now: &str,
+) -> Result<()> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE archived_periods SET state = ?3, updated_at = ?4 \
+             WHERE period = ?1 AND state = ?2",
+        )?
+        .execute(params![period, from.as_str(), to.as_str(), now])?;
+    if changed == 1 {
+        return Ok(());
+    }
+    let now_in: Option<String> = conn
+        .query_row(
+            "SELECT state FROM archived_periods WHERE period = ?1",
+            [period],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Err(Error::FailedPrecondition(format!(
+        "the archive of {period} went from {} to {} meanwhile (another purge or restore); \
+         nothing more was changed — see `yidi admin archive list` and run the command again",
+        from.as_str(),
+        now_in.as_deref().unwrap_or("no record")
+    )))
+}
+
 /// Records a written archive: its digest, manifest and id ranges; state `exported`.
 pub fn record_exported(
     conn: &Connection,
@@ -987,6 +1021,46 @@ pub fn live_rows(conn: &Connection, period: &str) -> Result<Vec<(String, u64)>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_purge_finishing_after_a_restore_began_does_not_overwrite_it() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::store::migrations::migrate(&mut conn, crate::store::migrations::Schema::Node)
+            .unwrap();
+        let t = "2027-03-01T00:00:00Z";
+        set_state(&conn, "2026-10", ArchiveState::Purging, t, true).unwrap();
+        // A restore begins before the purge's last step has recorded its end.
+        set_state(&conn, "2026-10", ArchiveState::Restoring, t, true).unwrap();
+        let e = finish_state(
+            &conn,
+            "2026-10",
+            ArchiveState::Purging,
+            ArchiveState::Purged,
+            t,
+        )
+        .expect_err("the purge no longer owns the period");
+        assert!(
+            e.to_string()
+                .contains("went from purging to restoring meanwhile"),
+            "{e}"
+        );
+        let state: String = conn
+            .query_row(
+                "SELECT state FROM archived_periods WHERE period = '2026-10'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(state, "restoring");
+        finish_state(
+            &conn,
+            "2026-10",
+            ArchiveState::Restoring,
+            ArchiveState::Restored,
+            t,
+        )
+        .unwrap();
+    }
 
     #[test]
     fn states_match_the_check_constraint() {

@@ -311,13 +311,22 @@ pub fn commit_once(
 ) -> Result<proto::CommitClaimResponse> {
     if let Some(mut answer) = crate::idempotency::replay::<proto::CommitClaimResponse>(conn, key)? {
         if answer.split.is_none() {
-            let claim = claims::get(conn, &answer.claim_id)?.ok_or_else(|| {
-                Error::Internal(format!(
-                    "the stored answer of request {} names claim {}, which is missing",
-                    yidi_common::error::quoted(&key.request_id),
-                    answer.claim_id
-                ))
-            })?;
+            let Some(claim) = claims::get(conn, &answer.claim_id)? else {
+                // Archived and purged while its request record was kept.
+                return Err(crate::store::archive::missing(
+                    conn,
+                    &answer.claim_id,
+                    "claim",
+                    false,
+                )?
+                .unwrap_or_else(|| {
+                    Error::Internal(format!(
+                        "the stored answer of request {} names claim {}, which is missing",
+                        yidi_common::error::quoted(&key.request_id),
+                        answer.claim_id
+                    ))
+                }));
+            };
             answer.split = Some(claim.split);
         }
         return Ok(answer);

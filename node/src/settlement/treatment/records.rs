@@ -194,13 +194,23 @@ pub(super) fn replay_settle(
         return Ok(None);
     };
     if answer.split.is_none() {
-        let rec = settlements::get(conn, &answer.settlement_id)?.ok_or_else(|| {
-            Error::Internal(format!(
-                "the stored answer of request {} names settlement {}, which is missing",
-                yidi_common::error::quoted(&key.request_id),
-                answer.settlement_id
-            ))
-        })?;
+        let Some(rec) = settlements::get(conn, &answer.settlement_id)? else {
+            // Archived and purged while its request record was kept (a window longer
+            // than the archive's minimum age): say so, as a read of it would.
+            return Err(crate::store::archive::missing(
+                conn,
+                &answer.settlement_id,
+                "settlement",
+                false,
+            )?
+            .unwrap_or_else(|| {
+                Error::Internal(format!(
+                    "the stored answer of request {} names settlement {}, which is missing",
+                    yidi_common::error::quoted(&key.request_id),
+                    answer.settlement_id
+                ))
+            }));
+        };
         answer.split = Some(rec.split);
     }
     Ok(Some(answer))

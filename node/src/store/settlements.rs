@@ -113,6 +113,15 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<SettlementRec>> {
         .optional()?)
 }
 
+/// The state of the record with this id: a look-up that reads neither its split nor
+/// the rest of its row.
+pub fn state_of(conn: &Connection, id: &str) -> Result<Option<SettlementState>> {
+    Ok(conn
+        .prepare_cached("SELECT state FROM settlements WHERE settlement_id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
+}
+
 /// The record created by request `request_id` of `scope`, if any.
 pub fn by_request(
     conn: &Connection,

@@ -171,15 +171,17 @@ pub(crate) fn finish_committed(
     if next == SettlementState::Settled {
         visits::set_state(conn, &rec.visit_id, VisitState::Settled, None)?;
     }
+    // The split moves into the answer once the record is written (no copy of it).
+    let split = std::mem::take(&mut rec.split);
     let mut answer = settlement_to_proto(&rec, region);
+    answer.split = None;
     if let Some(key) = key {
         // The split stays with the settlement record alone, which keeps it unchanged
         // from here on: only a provisional settlement's split is replaced later, and
         // its answer is stored whole (offline.rs).
-        let split = answer.split.take();
         idempotency::store(conn, key, &answer)?;
-        answer.split = split;
     }
+    answer.split = Some(split);
     Ok(answer)
 }
 

@@ -607,8 +607,8 @@ async fn finish_remote(
             if let Some(answer) = replay_settle(conn, &k)? {
                 return Ok(answer);
             }
-            if settlements::get(conn, &rec.settlement_id)?
-                .is_none_or(|r| r.state != SettlementState::Pending)
+            if settlements::state_of(conn, &rec.settlement_id)?
+                .is_none_or(|state| state != SettlementState::Pending)
             {
                 return Err(Error::Aborted(
                     "this settlement was resolved concurrently; repeat the request to get its outcome".into(),

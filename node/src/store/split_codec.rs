@@ -80,9 +80,9 @@ thread_local! {
     });
 }
 
-/// Deflate's fastest level. On a split of a few hundred bytes against the dictionary
-/// the higher levels save a few percent of its size at two to three times the CPU,
-/// which the writer thread — the one thread every job of a node waits for — pays.
+/// Deflate's fastest level. On a split against the dictionary the higher levels save
+/// little of its size for much more CPU (docs/performance.md has the figures), which the
+/// writer thread — the one thread every job of a node waits for — pays.
 const LEVEL: Compression = Compression::fast();
 
 /// The stored form of `split`. The compressor and its buffers are reused by the thread

@@ -242,6 +242,7 @@ pub async fn serve(
     let clearing = ClearingParticipantServer::new(ClearingSvc::new(
         Arc::clone(&state),
         config.clearing_auto_confirm,
+        config.clearing_step,
     ));
     let peer = tonic::service::interceptor::InterceptedService::new(
         PeerServiceServer::new(PeerSvc::new(Arc::clone(&state)))

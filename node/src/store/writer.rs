@@ -133,6 +133,10 @@ pub struct WriteQueue {
     /// While set, the writer runs nothing: the next request it takes waits, and the
     /// queue fills behind it, as behind a writer stuck on a slow disk (tests).
     pub hold: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by the writer while it holds a request it took (tests): with the queue's
+    /// depth, a test knows the writer is occupied and what waits behind it, rather than
+    /// guessing from the depth alone (a request sent but not yet taken counts as queued).
+    pub holding: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Default of [`WriteQueue::capacity`]: many groups' worth, so that only a writer that
@@ -148,6 +152,7 @@ impl Default for WriteQueue {
             capacity: DEFAULT_QUEUE_CAPACITY,
             full_wait: DEFAULT_FULL_WAIT,
             hold: Arc::default(),
+            holding: Arc::default(),
         }
     }
 }
@@ -422,7 +427,7 @@ impl Writer {
                 queued,
             },
         );
-        let hold = queue.hold;
+        let hold = (queue.hold, queue.holding);
         let totals = Arc::new(Totals::default());
         let kept = Arc::clone(&totals);
         let damaged = Arc::new(OnceLock::new());
@@ -813,7 +818,10 @@ fn run_loop(
     budget: std::time::Duration,
     totals: &Totals,
     damaged: &OnceLock<String>,
-    hold: &std::sync::atomic::AtomicBool,
+    (hold, holding): &(
+        Arc<std::sync::atomic::AtomicBool>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ),
 ) -> Option<oneshot::Sender<bool>> {
     let mut window = Window::default();
     let mut since = std::time::Instant::now();
@@ -870,8 +878,12 @@ fn run_loop(
             },
         };
         // Held (tests): the request just taken waits, and the queue fills behind it.
-        while hold.load(Ordering::Relaxed) {
-            thread::sleep(QUEUE_POLL);
+        if hold.load(Ordering::SeqCst) {
+            holding.store(true, Ordering::SeqCst);
+            while hold.load(Ordering::SeqCst) {
+                thread::sleep(QUEUE_POLL);
+            }
+            holding.store(false, Ordering::SeqCst);
         }
         // A background job runs alone: requests queued meanwhile wait for its commit
         // only, never for a group's budget spent on it.
@@ -1204,6 +1216,7 @@ mod tests {
                 capacity: 2,
                 full_wait: Duration::from_millis(50),
                 hold: Arc::default(),
+                holding: Arc::default(),
             },
             Box::new(|_, _| true),
         )

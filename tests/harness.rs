@@ -381,19 +381,34 @@ impl Drop for TestCoordinator {
 /// A node's store writer held by its test hook, released when dropped: a test that
 /// fails while holding it then fails, instead of hanging in the node's shutdown (which
 /// waits for the held writer forever and so never prints the failed assertion).
-pub struct HeldWriter(std::sync::Arc<std::sync::atomic::AtomicBool>);
+pub struct HeldWriter {
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    holding: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl HeldWriter {
     /// Holds the writer of the node `hooks` were installed in.
     pub fn hold(hooks: &yidi_node::context::TestHooks) -> Self {
-        let flag = std::sync::Arc::clone(&hooks.hold_store_writer);
-        flag.store(true, std::sync::atomic::Ordering::SeqCst);
-        Self(flag)
+        let hold = std::sync::Arc::clone(&hooks.hold_store_writer);
+        hold.store(true, std::sync::atomic::Ordering::SeqCst);
+        Self {
+            hold,
+            holding: std::sync::Arc::clone(&hooks.store_writer_holding),
+        }
+    }
+
+    /// Whether the writer has taken a request and holds it. Until then a request sent
+    /// to it still counts in the queue's depth, so a test that waits for a full queue
+    /// must also wait for this, or a later request may take the place it meant to fill
+    /// (and wait for the held writer instead of being refused).
+    #[must_use]
+    pub fn holding(&self) -> bool {
+        self.holding.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
 impl Drop for HeldWriter {
     fn drop(&mut self) {
-        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.hold.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }

@@ -155,6 +155,8 @@ struct FileConfig {
     nhsa_tif_secret_file: Option<PathBuf>,
     write_queue_capacity: Option<usize>,
     write_queue_wait_ms: Option<u64>,
+    clearing_step_entries: Option<u32>,
+    clearing_step_millis: Option<u64>,
     request_retention_days: Option<u32>,
     admission_max_in_flight: Option<usize>,
     admission_min_in_flight: Option<usize>,
@@ -216,6 +218,9 @@ pub struct NodeConfig {
     pub peer_timeout: Duration,
     /// Confirm matching clearing statements without the operator.
     pub clearing_auto_confirm: bool,
+    /// The bounds of one writer job of a clearing round's freeze or clearing
+    /// (`clearing_step_entries`, `clearing_step_millis`).
+    pub clearing_step: crate::store::clearing::StepLimit,
     /// Transport: mutual TLS files, or insecure loopback.
     pub security: crate::tls::SecurityConfig,
     /// Per-institution HospitalService rate limit (TLS only: it keys on certificates).
@@ -267,6 +272,7 @@ impl NodeConfig {
             log_json: false,
             peer_timeout: Duration::from_secs(3),
             clearing_auto_confirm: true,
+            clearing_step: crate::store::clearing::StepLimit::SERVING,
             security: crate::tls::SecurityConfig::insecure_loopback(),
             hospital_rate: crate::auth::RateLimit::default(),
             metrics_listen: None,
@@ -355,6 +361,17 @@ impl NodeConfig {
                 .clearing_auto_confirm
                 .or(file.clearing_auto_confirm)
                 .unwrap_or(true),
+            clearing_step: {
+                use crate::store::clearing::{STEP_ENTRIES, STEP_MILLIS, StepLimit};
+                StepLimit::new(
+                    file.clearing_step_entries
+                        .unwrap_or(STEP_ENTRIES)
+                        .clamp(1, 100_000),
+                    file.clearing_step_millis
+                        .unwrap_or(STEP_MILLIS)
+                        .clamp(1, 1_000),
+                )
+            },
             security: crate::tls::SecurityConfig {
                 tls_cert: args.tls_cert.clone().or(file.tls_cert),
                 tls_key: args.tls_key.clone().or(file.tls_key),
@@ -551,7 +568,7 @@ pub(crate) enum Daemon {
 
 /// Keys only a node's config has, and keys only a coordinator's has: a file that fails
 /// to parse for one daemon but carries the other's keys was given to the wrong command.
-const NODE_ONLY_KEYS: [&str; 17] = [
+const NODE_ONLY_KEYS: [&str; 19] = [
     "name",
     "directory",
     "directory_refresh_seconds",
@@ -564,6 +581,8 @@ const NODE_ONLY_KEYS: [&str; 17] = [
     "hospital_burst",
     "write_queue_capacity",
     "write_queue_wait_ms",
+    "clearing_step_entries",
+    "clearing_step_millis",
     "request_retention_days",
     "admission_max_in_flight",
     "admission_min_in_flight",
@@ -644,5 +663,52 @@ pub(crate) fn check_transport(
                 m.revoked.len()
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::store::clearing::StepLimit;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    fn resolved(file: &str) -> NodeConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            format!("region = \"330100\"\ninsecure = true\n{file}"),
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from(["yidi", "--config", path.to_str().unwrap()]).unwrap();
+        NodeConfig::resolve(&cli.node).unwrap()
+    }
+
+    /// A clearing step's bounds come from the config file, within their ranges, and
+    /// default to the serving bounds.
+    #[test]
+    fn clearing_step_bounds_come_from_the_config_file() {
+        assert_eq!(resolved("").clearing_step, StepLimit::SERVING);
+        assert_eq!(
+            resolved("clearing_step_entries = 50\nclearing_step_millis = 5\n").clearing_step,
+            StepLimit::new(50, 5)
+        );
+        assert_eq!(
+            resolved("clearing_step_entries = 0\nclearing_step_millis = 0\n").clearing_step,
+            StepLimit::new(1, 1),
+            "at least one entry and a millisecond: never unbounded in time"
+        );
+        assert_eq!(
+            resolved("clearing_step_entries = 9000000\nclearing_step_millis = 60000\n")
+                .clearing_step,
+            StepLimit::new(100_000, 1_000)
+        );
     }
 }

@@ -40,6 +40,8 @@ pub struct TestHooks {
     /// ones queue up to `write_queue_capacity` and are then refused, as behind a
     /// writer stuck on a slow disk.
     pub hold_store_writer: Arc<AtomicBool>,
+    /// Set while the held writer holds a request it took (see `hold_store_writer`).
+    pub store_writer_holding: Arc<AtomicBool>,
 }
 
 /// What every service of a node needs.

@@ -46,10 +46,19 @@ pub enum Error {
     CommitUnknown(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// About a record of a period archived at this node (frozen, or removed from the
+    /// live store): FAILED_PRECONDITION with the period in the [`ARCHIVED`] metadata,
+    /// on which a treatment node's outbox parks the item instead of retrying it.
+    #[error("{message}")]
+    Archived { period: String, message: String },
     /// A bug or a broken store; logged with detail, reported without it.
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+/// Metadata on an answer refused because it concerns a record of an archived period:
+/// the period (`YYYY-MM`).
+pub const ARCHIVED: &str = "yidi-archived";
 
 impl Error {
     /// An invalid-field error.
@@ -106,6 +115,13 @@ impl From<Error> for Status {
                 s
             }
             Error::PermissionDenied(_) => Status::permission_denied(msg),
+            Error::Archived { period, .. } => {
+                let mut s = Status::failed_precondition(msg);
+                if let Ok(v) = tonic::metadata::MetadataValue::try_from(period.as_str()) {
+                    s.metadata_mut().insert(ARCHIVED, v);
+                }
+                s
+            }
             Error::Internal(_) => internal_status(&msg),
         }
     }

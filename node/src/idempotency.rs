@@ -123,6 +123,32 @@ pub fn method_of(conn: &Connection, scope: &str, request_id: &str) -> Result<Opt
         .optional()?)
 }
 
+/// The answer stored for a request id of `scope` used for `method`, if any (whatever
+/// its payload).
+pub fn stored<R: Message + Default>(
+    conn: &Connection,
+    scope: &str,
+    request_id: &str,
+    method: &str,
+) -> Result<Option<R>> {
+    let response: Option<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT response FROM requests WHERE scope = ?1 AND request_id = ?2 AND method = ?3",
+        )?
+        .query_row(params![scope, request_id, method], |r| r.get(0))
+        .optional()?;
+    response
+        .map(|b| {
+            R::decode(b.as_slice()).map_err(|e| {
+                Error::Internal(format!(
+                    "stored answer of request {} is unreadable: {e}",
+                    yidi_common::error::quoted(request_id)
+                ))
+            })
+        })
+        .transpose()
+}
+
 /// Runs `effect` exactly once for `key` inside the caller's transaction: replays the
 /// stored answer for a repeat, refuses a reused id with another payload, otherwise runs
 /// the effect and stores its answer.

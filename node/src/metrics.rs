@@ -417,6 +417,7 @@ pub struct NodeMetrics {
     peer_calls: PeerCalls,
     outbox_depth: Gauge,
     outbox_oldest_age: Gauge,
+    outbox_parked: Gauge,
     outbox_by_target: Family<TargetLabels, Gauge>,
     scrape_errors: Counter,
     store: StoreCounters,
@@ -609,6 +610,12 @@ impl NodeMetrics {
             "Age of the oldest outbox item; 0 when the outbox is empty",
             outbox_oldest_age.clone(),
         );
+        let outbox_parked = Gauge::default();
+        registry.register(
+            "yidi_outbox_parked",
+            "Outbox items parked because their home node refused them as about a record of a period it archived (restore that period at the home node; docs/admin.md)",
+            outbox_parked.clone(),
+        );
         let outbox_by_target = Family::<TargetLabels, Gauge>::default();
         registry.register(
             "yidi_outbox_target_depth",
@@ -663,6 +670,7 @@ impl NodeMetrics {
             peer_calls,
             outbox_depth,
             outbox_oldest_age,
+            outbox_parked,
             outbox_by_target,
             scrape_errors,
             store,
@@ -742,6 +750,8 @@ impl NodeMetrics {
                     .set(i64::try_from(stats.depth).unwrap_or(i64::MAX));
                 self.outbox_oldest_age
                     .set(stats.oldest.as_deref().map_or(0, age_seconds));
+                self.outbox_parked
+                    .set(i64::try_from(stats.parked).unwrap_or(i64::MAX));
                 self.outbox_by_target.clear();
                 for t in stats.targets {
                     self.outbox_by_target

@@ -75,6 +75,7 @@ pub async fn serve(
         capacity: config.write_queue_capacity,
         full_wait: config.write_queue_wait,
         hold: Arc::clone(&config.hooks.hold_store_writer),
+        holding: Arc::clone(&config.hooks.store_writer_holding),
     };
     let store =
         tokio::task::spawn_blocking(move || Store::open_node(&dir, readers, &region, check, queue))
@@ -242,6 +243,7 @@ pub async fn serve(
     let clearing = ClearingParticipantServer::new(ClearingSvc::new(
         Arc::clone(&state),
         config.clearing_auto_confirm,
+        config.clearing_step,
     ));
     let peer = tonic::service::interceptor::InterceptedService::new(
         PeerServiceServer::new(PeerSvc::new(Arc::clone(&state)))

@@ -102,43 +102,65 @@ async fn ledger(node: &TestNode, period: &str) -> proto::GetLedgerResponse {
 /// Clears `period` in one provincial round at a coordinator whose clock is `ahead`.
 async fn clear(fed: &Federation, root: &std::path::Path, period: &str) -> TestCoordinator {
     let now = chrono::Utc::now() + chrono::Duration::days(AHEAD_DAYS);
+    clear_rounds(fed, root, &[period], now).await
+}
+
+/// Clears each of `periods` in a provincial round of its own at a coordinator whose
+/// clock is at `now`.
+async fn clear_rounds(
+    fed: &Federation,
+    root: &std::path::Path,
+    periods: &[&str],
+    now: chrono::DateTime<chrono::Utc>,
+) -> TestCoordinator {
     let coord =
         TestCoordinator::start_at(root.join("coordinator"), fed.peers_file.clone(), now).await;
     let mut c: CoordinatorServiceClient<_> = coord.client().await;
-    let round = c
-        .open_round(proto::OpenRoundRequest {
-            request_id: "open-archive".into(),
-            period: period.into(),
-            early: false,
-            allow_empty: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let rr = || proto::RoundRequest {
-        request_id: String::new(),
-        round_id: round.round_id.clone(),
-    };
-    let r = c.run_round(rr()).await.unwrap().into_inner();
-    assert_eq!(r.state, "CONFIRMED", "{r:?}");
-    let st = c.get_statement(rr()).await.unwrap().into_inner();
-    let mut last = None;
-    for (i, ins) in st.instructions.iter().enumerate() {
-        last = Some(
-            c.record_transfer(proto::RecordTransferRequest {
-                request_id: format!("t{i}"),
-                round_id: round.round_id.clone(),
-                from_region: ins.from_region.clone(),
-                to_region: ins.to_region.clone(),
-                amount: ins.amount.clone(),
-                reference: format!("BANK-{i}"),
+    for (n, period) in periods.iter().enumerate() {
+        let round = c
+            .open_round(proto::OpenRoundRequest {
+                request_id: if n == 0 {
+                    "open-archive".into()
+                } else {
+                    format!("open-archive-{period}")
+                },
+                period: (*period).into(),
+                early: false,
+                allow_empty: false,
             })
             .await
             .unwrap()
-            .into_inner(),
-        );
+            .into_inner();
+        let rr = || proto::RoundRequest {
+            request_id: String::new(),
+            round_id: round.round_id.clone(),
+        };
+        let r = c.run_round(rr()).await.unwrap().into_inner();
+        if r.state == "SETTLED" && r.transfers_expected == 0 {
+            // Every net position zero (a cancellation and a settlement of the same
+            // amount): nothing to transfer.
+            continue;
+        }
+        assert_eq!(r.state, "CONFIRMED", "{r:?}");
+        let st = c.get_statement(rr()).await.unwrap().into_inner();
+        let mut last = None;
+        for (i, ins) in st.instructions.iter().enumerate() {
+            last = Some(
+                c.record_transfer(proto::RecordTransferRequest {
+                    request_id: format!("t{n}-{i}"),
+                    round_id: round.round_id.clone(),
+                    from_region: ins.from_region.clone(),
+                    to_region: ins.to_region.clone(),
+                    amount: ins.amount.clone(),
+                    reference: format!("BANK-{n}-{i}"),
+                })
+                .await
+                .unwrap()
+                .into_inner(),
+            );
+        }
+        assert_eq!(last.unwrap().state, "SETTLED");
     }
-    assert_eq!(last.unwrap().state, "SETTLED");
     coord
 }
 
@@ -165,7 +187,13 @@ async fn a_cleared_period_is_exported_verified_purged_and_restored() {
     let dir = tempfile::tempdir().unwrap();
     let hooks = TestHooks::default();
     let offset = Arc::clone(&hooks.clock_offset_ms);
-    let mut fed = three_cities(dir.path(), move |_, c| c.hooks = hooks.clone()).await;
+    // Request records are kept longer than the archive's minimum age: a 冲正 of a
+    // purged settlement finds its request.
+    let mut fed = three_cities(dir.path(), move |_, c| {
+        c.hooks = hooks.clone();
+        c.request_retention_days = 400;
+    })
+    .await;
     let (hz, nb) = (fed.node(HZ), fed.node(NB));
 
     // Two Hangzhou employees settle at Ningbo; the second settlement is cancelled.
@@ -284,9 +312,10 @@ async fn a_cleared_period_is_exported_verified_purged_and_restored() {
     assert_eq!(
         tables,
         [
-            // The cancelled visit is open for settling again: it stays live.
-            ("visits".to_owned(), 1),
-            ("fee_lines".to_owned(), 1),
+            // Both visits the settlements refer to; the cancelled one is open for
+            // settling again, so the purge leaves it live.
+            ("visits".to_owned(), 2),
+            ("fee_lines".to_owned(), 2),
             ("settlements".to_owned(), 3),
             ("deductions".to_owned(), 0),
             ("claims".to_owned(), 0),
@@ -421,10 +450,11 @@ async fn a_cleared_period_is_exported_verified_purged_and_restored() {
     assert_eq!(live(hz, &period), [0, 0, 0]);
 
     // At the home node, a reversal of an archived claim (here Ningbo giving up on it) is
-    // refused naming the archive: never taken for an unknown claim and tombstoned.
+    // refused naming the archive: never taken for an unknown claim and tombstoned. The
+    // period rides in the metadata, on which a treatment node's outbox parks the item.
     let mut peer = hz.peer().await;
-    refused(
-        peer.reverse_claim(proto::ReverseClaimRequest {
+    let e = peer
+        .reverse_claim(proto::ReverseClaimRequest {
             request_id: "abandon-archived".into(),
             claim_id: s.settlement_id.clone(),
             reversal_id: "abandon-archived".into(),
@@ -433,9 +463,22 @@ async fn a_cleared_period_is_exported_verified_purged_and_restored() {
             treatment_region: NB.into(),
             abandon_only: true,
         })
-        .await,
-        Code::FailedPrecondition,
-        &["claim", "archived", &period],
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(
+        e.message(),
+        format!(
+            "claim {} belongs to period {period}, archived and removed from this node's live store; \
+             restore it to read or change it (yidi admin archive restore --file {HZ}-{period}.sqlite)",
+            s.settlement_id
+        )
+    );
+    assert_eq!(
+        e.metadata()
+            .get("yidi-archived")
+            .and_then(|v| v.to_str().ok()),
+        Some(period.as_str())
     );
     let st = peer
         .claim_status(proto::ClaimStatusRequest {
@@ -462,6 +505,22 @@ async fn a_cleared_period_is_exported_verified_purged_and_restored() {
         Code::FailedPrecondition,
         &["archived", &period],
     );
+    // A 冲正 of the purged settlement by its request id names the archive as a repeat
+    // of the request would (not `not_found`), and bars nothing.
+    let e = desk
+        .reverse("rev-a1", "settle-a1")
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(
+        e.message(),
+        format!(
+            "settlement {} belongs to period {period}, archived and removed from this node's live store; \
+             restore it to read or change it (yidi admin archive restore --file {NB}-{period}.sqlite)",
+            s.settlement_id
+        )
+    );
+    assert_eq!(live(nb, &period), [0, 0, 0]);
 
     // Restore: another region's file and a tampered file are refused; the right file
     // brings every answer back, and a second restore changes nothing.
@@ -525,6 +584,66 @@ async fn a_cleared_period_is_exported_verified_purged_and_restored() {
         [0, 0, 0],
         "nothing restored from a tampered file"
     );
+    // The live store has one of the archive's ledger entries under its key with another
+    // amount (changed behind the node's back): a restore would keep it (INSERT OR
+    // IGNORE) and so not bring back the period archived. Refused, nothing restored.
+    let (entry, amount): (String, i64) = {
+        let db = rusqlite::Connection::open(nb.data_dir.join("node.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(5)).unwrap();
+        db.execute("ATTACH DATABASE ?1 AS a", [file.to_str().unwrap()])
+            .unwrap();
+        let (entry, amount): (String, i64) = db
+            .query_row(
+                "SELECT entry_id, amount_fen FROM a.ledger ORDER BY entry_id LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        db.execute(
+            "INSERT INTO main.ledger SELECT * FROM a.ledger WHERE entry_id = ?1",
+            [&entry],
+        )
+        .unwrap();
+        db.execute(
+            "UPDATE main.ledger SET amount_fen = amount_fen + 1 WHERE entry_id = ?1",
+            [&entry],
+        )
+        .unwrap();
+        (entry, amount)
+    };
+    let run = admin_cli(
+        nb,
+        &["archive", "restore", "--file", file.to_str().unwrap()],
+    )
+    .await
+    .expect_code(1);
+    let yuan = |fen: i64| rust_decimal::Decimal::new(fen, 2).to_string();
+    assert!(
+        run.stderr.starts_with("error: FAILED_PRECONDITION: ")
+            && run.stderr.contains(&format!(
+                "the live store holds records of the archive of {period} with other amounts: \
+                 ledger {entry} receivable: amount_fen is {} in the live store, {} in the archive; \
+                 nothing was restored",
+                yuan(amount + 1),
+                yuan(amount)
+            )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(live(nb, &period), [0, 0, 1], "nothing restored");
+    assert_eq!(
+        archives(nb)
+            .await
+            .iter()
+            .find(|a| a.period == period)
+            .unwrap()
+            .state,
+        "purged"
+    );
+    rusqlite::Connection::open(nb.data_dir.join("node.db"))
+        .unwrap()
+        .execute("DELETE FROM ledger WHERE entry_id = ?1", [&entry])
+        .unwrap();
     for _ in 0..2 {
         let run = admin_cli(
             nb,
@@ -570,4 +689,201 @@ async fn a_cleared_period_is_exported_verified_purged_and_restored() {
         .await
         .unwrap();
     assert_eq!(c.state, "reversal", "{c:?}");
+}
+
+/// Exports and purges `period` at `node` through the admin service; the manifest.
+async fn export_and_purge(node: &TestNode, period: &str) -> Value {
+    let status = export_when_cleared(node, period).await;
+    let manifest: Value = serde_json::from_str(&status.manifest).unwrap();
+    let done = node
+        .admin()
+        .await
+        .purge_archive(proto::ArchivePeriodRequest {
+            period: period.into(),
+            sha256: manifest["sha256"].as_str().unwrap().to_owned(),
+            max_rows: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.state, "purged", "{done:?}");
+    manifest
+}
+
+/// A visit settled in one month, cancelled and settled again the next: both months are
+/// archived and purged at the treatment node, and the first month is restored (its
+/// visit comes back from its own archive). At the home node, a reversal of a claim it
+/// never stored whose id falls inside an archived range of ids is taken as for any
+/// unknown claim; one of a claim it archived parks the treatment node's outbox item,
+/// naming the archive and the restore command, without holding up the items behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visit_of_two_archived_months_is_restored_and_late_ids_are_not_archived() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = TestHooks::default();
+    let offset = Arc::clone(&hooks.clock_offset_ms);
+    let fed = three_cities(dir.path(), move |_, c| c.hooks = hooks.clone()).await;
+    let (hz, nb, wz) = (fed.node(HZ), fed.node(NB), fed.node("330300"));
+    let set_clock = |at: chrono::DateTime<chrono::Utc>| {
+        offset.store(
+            (at - chrono::Utc::now()).num_milliseconds(),
+            Ordering::Relaxed,
+        );
+    };
+
+    // Month P: a Hangzhou patient (A), a Wenzhou one (W) and another from Hangzhou (B)
+    // settle at Ningbo, in that order: W's claim id lies between A's and B's, but only
+    // theirs reach Hangzhou.
+    let a = filed_employee(hz, "1980-01-01", 81, "0.00", NB).await;
+    let w = filed_employee(wz, "1982-01-01", 83, "0.00", NB).await;
+    let b = filed_employee(hz, "1981-01-01", 82, "0.00", NB).await;
+    let mut desk = Desk::at(nb, inst::NB_H3).await;
+    let mut settled = Vec::new();
+    for (tag, id, home) in [("a", &a, HZ), ("w", &w, "330300"), ("b", &b, HZ)] {
+        let v = billed_visit(&mut desk, tag, id, home, "2000.00").await;
+        desk.discharge(&format!("close-{tag}"), &v.visit_id)
+            .await
+            .unwrap();
+        let s = desk
+            .settle(&format!("settle-{tag}"), &v.visit_id, false)
+            .await
+            .unwrap();
+        assert_eq!(s.state, "settled", "{s:?}");
+        settled.push((v, s));
+    }
+    let (va, sa) = settled[0].clone();
+    let sw = settled[1].1.clone();
+    let sb = settled[2].1.clone();
+    let p = yidi_common::period::Period::parse(&sa.period, "period").unwrap();
+    let (p1, p2) = (p.next(), p.next().next());
+
+    // Month P+1: A's settlement is cancelled and the visit settled again.
+    set_clock(yidi_tests::harness::mid_period(&p1.to_string()));
+    desk.cancel("cancel-a", &sa.settlement_id, "wrong bill")
+        .await
+        .unwrap();
+    let sa2 = desk
+        .settle("settle-a-again", &va.visit_id, false)
+        .await
+        .unwrap();
+    assert_eq!(sa2.period, p1.to_string(), "{sa2:?}");
+    yidi_tests::fixtures::wait_outbox_drained(nb, Duration::from_secs(10)).await;
+
+    // 100 days after P+1: both months cleared, archived and purged at Ningbo (the
+    // visit leaves the live store with P+1), and P at Hangzhou.
+    let later = yidi_common::period::parse_ts(&format!("{p2}-01T00:00:00+08:00"), "t").unwrap()
+        + chrono::Duration::days(100);
+    set_clock(later);
+    let (ps, p1s) = (p.to_string(), p1.to_string());
+    let coord = clear_rounds(&fed, dir.path(), &[&ps, &p1s], later).await;
+    let nb_p = export_and_purge(nb, &ps).await;
+    export_and_purge(nb, &p1s).await;
+    export_and_purge(hz, &ps).await;
+    coord.stop().await;
+    assert_eq!(live(nb, &ps), [0, 0, 0]);
+    assert_eq!(live(nb, &p1s), [0, 0, 0]);
+
+    // W's claim id is inside the range of Hangzhou's archive of P but was never stored
+    // there: a reversal of it is an unknown claim's (tombstoned as abandoned), not an
+    // archived one's.
+    let mut peer = hz.peer().await;
+    let reverse = |claim: &str, rid: &str| proto::ReverseClaimRequest {
+        request_id: rid.into(),
+        claim_id: claim.into(),
+        reversal_id: rid.into(),
+        reason: "test".into(),
+        reversed_at: yidi_common::period::format_ts(later),
+        treatment_region: NB.into(),
+        abandon_only: false,
+    };
+    let r = peer
+        .reverse_claim(reverse(&sw.settlement_id, "rev-w"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.state, "abandoned", "{r:?}");
+
+    // Ningbo restores P: the visit of A's first settlement comes back with it, though
+    // it left the live store with P+1.
+    let mut admin = nb.admin().await;
+    // The node's own copy of the archive, as an operator's copy would be.
+    let file = nb
+        .data_dir
+        .join("archive")
+        .join(format!("{NB}-{ps}.sqlite"));
+    admin
+        .write_archive(proto::ArchiveChunk {
+            period: ps.clone(),
+            offset: 0,
+            data: std::fs::read(&file).unwrap(),
+            total: 0,
+        })
+        .await
+        .unwrap();
+    let restored = admin
+        .restore_archive(proto::RestoreArchiveRequest {
+            manifest: nb_p.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(restored.state, "restored", "{restored:?}");
+    assert_eq!(live(nb, &ps), [3, 0, 3]);
+    let back = desk.get(&sa.settlement_id).await.unwrap();
+    assert_eq!(back.state, "cancelled");
+    assert_eq!(back.split.as_ref().unwrap().medfee_sumamt, "2000.00");
+    assert_eq!(back.split.as_ref().unwrap().fund_pay_sumamt, "700.00");
+
+    // B's settlement is cancelled at Ningbo (its month restored there), but Hangzhou
+    // archived B's claim: the reversal is parked with the alarm, kept in the outbox.
+    desk.cancel("cancel-b", &sb.settlement_id, "late")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let parked = loop {
+        let o = yidi_tests::fixtures::outbox(nb).await;
+        if let Some(i) = o.items.first()
+            && i.attempts > 0
+        {
+            break i.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "never parked: {o:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(parked.kind, "reverse");
+    assert!(
+        parked.last_error.starts_with(&format!(
+            "home region {HZ} archived period {ps}, which holds the record this reverse item \
+             concerns; it is parked and looked at again every 24 h: restore period {ps} at {HZ} \
+             (yidi admin archive restore --file {HZ}-{ps}.sqlite) and it goes through. \
+             The home node said: claim {} belongs to period {ps}, archived",
+            sb.settlement_id
+        )),
+        "{}",
+        parked.last_error
+    );
+    // Not holding up the items behind it: a cancellation of this month reaches Hangzhou.
+    let v = billed_visit(&mut desk, "b2", &b, HZ, "100.00").await;
+    desk.discharge("close-b2", &v.visit_id).await.unwrap();
+    let s = desk.settle("settle-b2", &v.visit_id, false).await.unwrap();
+    desk.cancel("cancel-b2", &s.settlement_id, "wrong")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = peer
+            .claim_status(proto::ClaimStatusRequest {
+                claim_id: s.settlement_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if st.state == "reversed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let o = yidi_tests::fixtures::outbox(nb).await;
+    assert_eq!(o.depth, 1, "only the parked item is left: {o:?}");
+    assert_eq!(o.items[0].ref_id, parked.ref_id);
 }

@@ -120,8 +120,9 @@ async fn a_round_larger_than_a_step_is_frozen_and_cleared_exactly() {
 async fn an_unfinished_freeze_refuses_confirmation_and_a_report_finishes_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("hz");
-    let n = STEP_ENTRIES + 7;
-    // Half frozen, as a stop after the first steps leaves it.
+    // 500 frozen, as a stop after the first steps leaves it, and more than a step's
+    // worth not yet.
+    let n = 500 + STEP_ENTRIES + 7;
     seeded(
         &dir,
         n,

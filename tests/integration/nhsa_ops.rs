@@ -234,7 +234,8 @@ async fn at_shutdown_the_gateway_answers_what_is_in_flight_then_refuses_connecti
         })
         .collect();
     let until = std::time::Instant::now() + Duration::from_secs(10);
-    while write_queue_depth(w.metrics).await != Some(1) {
+    // Holding first, then the depth (see `write_queue::hold_and_fill`).
+    while !(held.holding() && write_queue_depth(w.metrics).await == Some(1)) {
         assert!(
             std::time::Instant::now() < until,
             "the settles never queued"

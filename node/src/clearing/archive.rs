@@ -425,6 +425,19 @@ pub async fn restore(st: &NodeState, manifest: &str) -> Result<Status> {
             return Err(e);
         }
     };
+    // A row the live store has under a key of the archive is left as it is (a restore
+    // repeated or resumed changes nothing twice): it must be the archive's row, or the
+    // restore would bring back a period that is not the one archived.
+    let conflicts = compare(st, &file, &checked, false).await?;
+    if !conflicts.is_empty() {
+        let _ = std::fs::remove_file(&file);
+        return Err(Error::FailedPrecondition(format!(
+            "the live store holds records of the archive of {p} with other amounts: {}; \
+             nothing was restored — find out how they changed since the archive was written \
+             (yidi admin ledger --period {p}) before restoring it",
+            conflicts.join("; ")
+        )));
+    }
     let now = period::format_ts(st.clock.now());
     let rec = {
         let (p, now) = (p.clone(), now.clone());
@@ -483,6 +496,18 @@ pub async fn restore(st: &NodeState, manifest: &str) -> Result<Status> {
             .write(move |conn| sa::restore_step(conn, &p, table, &cols, &rows, &now))
             .await?;
     }
+    // What the live store now holds of the archive: every row, its counts and money
+    // sums those of the manifest; else the period stays `restoring` (frozen).
+    let diffs = compare(st, &file, &checked, true).await?;
+    if !diffs.is_empty() {
+        tracing::error!(period = %p, diffs = %diffs.join("; "), "restore does not match its archive");
+        return Err(Error::FailedPrecondition(format!(
+            "after the restore of {p}, the live store does not match the archive's manifest: {}; \
+             the period stays restoring (its records frozen) — run the restore again; if this \
+             persists, the live store was changed meanwhile",
+            diffs.join("; ")
+        )));
+    }
     {
         let (p, now) = (p.clone(), period::format_ts(st.clock.now()));
         st.store
@@ -502,6 +527,23 @@ pub async fn restore(st: &NodeState, manifest: &str) -> Result<Status> {
     let _ = std::fs::remove_file(&file);
     tracing::info!(period = %p, "archive restored");
     status(st, &p).await
+}
+
+/// [`sa::compare`] of the live store with the archive `file`, off the runtime.
+async fn compare(
+    st: &NodeState,
+    file: &Path,
+    manifest: &Manifest,
+    complete: bool,
+) -> Result<Vec<String>> {
+    let (db, f, m) = (
+        st.store.path().to_owned(),
+        file.to_owned(),
+        manifest.clone(),
+    );
+    tokio::task::spawn_blocking(move || sa::compare(&db, &f, &m, complete))
+        .await
+        .map_err(|e| Error::Internal(format!("compare task: {e}")))?
 }
 
 #[cfg(test)]

@@ -42,6 +42,11 @@ pub struct Participant {
     exclusions: Arc<AtomicU64>,
     /// The bounds of each step of a freeze or a tidy.
     step: StepLimit,
+    /// Where each unfinished freeze got to, by round: a report cut short (the
+    /// coordinator's call timed out while a large period was being frozen) resumes
+    /// there on the next report instead of walking the frozen entries again. Every
+    /// entry up to a cursor kept here was seen by a step of that round.
+    resume: Arc<std::sync::Mutex<BTreeMap<String, clearing::FreezeCursor>>>,
 }
 
 /// A page of a disputed pair's records.
@@ -142,10 +147,11 @@ impl Participant {
             auto_confirm,
             exclusions: Arc::default(),
             step: StepLimit::SERVING,
+            resume: Arc::default(),
         }
     }
 
-    /// The same participant with steps of at most `step` (tests).
+    /// The same participant with steps of at most `step` (the node's config, tests).
     #[must_use]
     pub fn with_step_limit(mut self, step: StepLimit) -> Self {
         self.step = step;
@@ -156,7 +162,8 @@ impl Participant {
     /// Frozen in steps of bounded writer jobs (see `clearing::freeze_step`) in the
     /// writer's background lane — each runs when no settlement waits, or after the
     /// lane's longest wait — then reported from a read: a large node's round must not
-    /// hold the writer, nor compete with settlements for it.
+    /// hold the writer, nor compete with settlements for it. A report cut short
+    /// resumes where its last step got to.
     /// `scope` says which side of the province boundary the round clears (a round's
     /// scope is fixed by its first report).
     pub async fn report_positions(
@@ -165,16 +172,16 @@ impl Participant {
         period: String,
         scope: Scope,
     ) -> Result<proto::ReportPositionsResponse> {
-        let mut cursor = None;
+        let mut cursor = self.resumed(&id, None);
         let (own, limit) = (self.region, self.step);
         loop {
-            let (id, period) = (id.clone(), period.clone());
+            let (round, period) = (id.clone(), period.clone());
             let step = self
                 .store
                 .write_background(JobKind::FreezeStep, move |conn| {
                     clearing::freeze_limited_step(
                         conn,
-                        &id,
+                        &round,
                         &period,
                         &period::now_rfc3339(),
                         cursor,
@@ -184,14 +191,37 @@ impl Participant {
                 })
                 .await?;
             match step {
-                FreezeStep::Continue(next) => cursor = next,
-                FreezeStep::Done => break,
+                FreezeStep::Continue(next) => cursor = self.resumed(&id, next),
+                FreezeStep::Done => {
+                    if let Ok(mut r) = self.resume.lock() {
+                        r.remove(&id);
+                    }
+                    break;
+                }
             }
         }
         let region = self.region;
         self.store
             .read(move |conn| positions(conn, region, &id, period))
             .await
+    }
+
+    /// Notes `next` as where round `id`'s freeze got to, and returns where the next
+    /// step starts: `next`, or with none (a first report, or a step that only
+    /// prepared the round) the furthest point a step of this round reached.
+    fn resumed(
+        &self,
+        id: &str,
+        next: Option<clearing::FreezeCursor>,
+    ) -> Option<clearing::FreezeCursor> {
+        let mut r = self.resume.lock().ok()?;
+        match next {
+            Some(c) => {
+                r.insert(id.to_owned(), c.clone());
+                Some(c)
+            }
+            None => r.get(id).cloned(),
+        }
     }
 
     /// One page (at most `limit`) of a round's frozen records of one side toward one
@@ -408,6 +438,9 @@ impl Participant {
     /// Releases a round not cleared here (the coordinator aborted it); returns how many
     /// records it let go.
     pub async fn release(&self, id: String) -> Result<u64> {
+        if let Ok(mut r) = self.resume.lock() {
+            r.remove(&id);
+        }
         let released = id.clone();
         self.store
             .write_as(JobKind::Clearing, move |conn| {
@@ -717,5 +750,105 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((held, done), (0, N));
+    }
+
+    /// A report cut short while its round is being frozen (the coordinator's call
+    /// timed out and was dropped) is resumed by the next report where the first got
+    /// to: the second walks only the rest of the period, not the entries already
+    /// frozen. Exact count and sum at the end.
+    #[tokio::test]
+    async fn a_report_cut_short_resumes_where_its_freeze_got_to() {
+        const N: u64 = 10_000;
+        const STEP: u32 = 100;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1, "330100").unwrap();
+        store
+            .write(|conn| {
+                let mut st = conn.prepare(
+                    "INSERT INTO ledger (entry_id, side, counterparty, period, kind, claim_id, amount_fen, created_at) \
+                     VALUES (?1, 'receivable', '330200', '2026-03', 'claim', ?1, 250, '2026-03-31T00:00:00Z')",
+                )?;
+                for i in 0..N {
+                    st.execute([format!("e{i:06}")])?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let p = Arc::new(
+            Participant::new(
+                store.clone(),
+                RegionCode::parse("330100", "region").unwrap(),
+                true,
+            )
+            .with_step_limit(StepLimit::entries(STEP)),
+        );
+        let frozen = || {
+            store.read(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM ledger WHERE round_id = 'R1'",
+                    [],
+                    |r| r.get::<_, u64>(0),
+                )?)
+            })
+        };
+        let p1 = Arc::clone(&p);
+        let first = tokio::spawn(async move {
+            p1.report_positions("R1".into(), "2026-03".into(), Scope::Province)
+                .await
+        });
+        while frozen().await.unwrap() < 10 * u64::from(STEP) {
+            tokio::task::yield_now().await;
+        }
+        // The writer held by a job of our own, then the report dropped: its next step
+        // may still run once the writer is let go, but nothing more.
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let s2 = store.clone();
+        let held = tokio::spawn(async move {
+            s2.write(move |_| {
+                let _ = started_tx.send(());
+                let _ = wait.recv();
+                Ok(())
+            })
+            .await
+        });
+        started.await.unwrap();
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled(), "cut short");
+        let got_to = store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM ledger WHERE round_id = 'R1'",
+                    [],
+                    |r| r.get::<_, u64>(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert!(got_to < N, "{got_to}");
+        go.send(()).unwrap();
+        held.await.unwrap().unwrap();
+
+        let before = store.writer_totals().kind(JobKind::FreezeStep).jobs;
+        let report = p
+            .report_positions("R1".into(), "2026-03".into(), Scope::Province)
+            .await
+            .unwrap();
+        let steps = store.writer_totals().kind(JobKind::FreezeStep).jobs - before;
+        // From where the first got to: the rest in full steps and one last step (and
+        // the step the first left queued, walked again); from the start it would be
+        // N / STEP + 1.
+        let rest = (N - got_to).div_ceil(u64::from(STEP));
+        assert!(steps <= rest + 2, "{steps} steps for the {rest} steps left");
+        assert!(steps < N / u64::from(STEP), "{steps}");
+        assert_eq!(
+            (
+                report.positions[0].receivable_count,
+                report.positions[0].receivable_sum.as_str()
+            ),
+            (N, "25000.00")
+        );
+        assert_eq!(frozen().await.unwrap(), N);
     }
 }

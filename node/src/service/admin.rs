@@ -1162,6 +1162,7 @@ impl AdminSvc {
                     depth,
                     oldest,
                     targets: per,
+                    ..
                 } = outbox::stats(conn)?;
                 let items = if list > 0 {
                     outbox::due(conn, i64::MAX, list)?

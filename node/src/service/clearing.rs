@@ -17,6 +17,7 @@ use crate::{
         input::{round_id, side},
     },
     idempotency::{RequestKey, payload_hash},
+    store::clearing::StepLimit,
 };
 
 /// ListClaimIds records per page by default, and at most: a page of 10,000 is ~1 MB on
@@ -33,10 +34,12 @@ pub struct ClearingSvc {
 }
 
 impl ClearingSvc {
+    /// `step`: the bounds of each writer job of a round's freeze or clearing.
     #[must_use]
-    pub fn new(state: State, auto_confirm: bool) -> Self {
+    pub fn new(state: State, auto_confirm: bool, step: StepLimit) -> Self {
         Self {
-            participant: Participant::new(state.store.clone(), state.region, auto_confirm),
+            participant: Participant::new(state.store.clone(), state.region, auto_confirm)
+                .with_step_limit(step),
         }
     }
 }

@@ -75,11 +75,9 @@ pub async fn record_deduction(
                         ))
                     }));
                 };
-                if let Some(e) = crate::store::archive::refusal(
-                    conn,
-                    &s.period,
-                    &format!("settlement {}", s.settlement_id),
-                )? {
+                if let Some(e) =
+                    crate::store::archive::refusal(conn, &s.period, &s.settlement_id, "settlement")?
+                {
                     return Err(e);
                 }
                 if s.state != crate::store::states::SettlementState::Settled {

@@ -536,11 +536,8 @@ pub fn reverse(
         )));
     }
     if !req.abandon_only
-        && let Some(e) = crate::store::archive::refusal(
-            conn,
-            &claim.period,
-            &format!("claim {}", claim.claim_id),
-        )?
+        && let Some(e) =
+            crate::store::archive::refusal(conn, &claim.period, &claim.claim_id, "claim")?
     {
         return Err(e);
     }

@@ -29,6 +29,11 @@ use crate::{
 /// Longest wait between two attempts at one item.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// How long an item parked for a record its home node archived waits before it is
+/// looked at again: not retried every minute (the home node keeps refusing it until the
+/// period is restored there), but gone through by itself once it has been.
+pub const PARK_RECHECK: Duration = Duration::from_secs(24 * 3600);
+
 fn backoff(attempts: u32) -> Duration {
     Duration::from_millis(500u64.saturating_mul(1 << attempts.min(8))).min(MAX_BACKOFF)
 }
@@ -52,6 +57,8 @@ pub async fn run(st: std::sync::Arc<NodeState>, stop: impl Future<Output = ()>) 
 enum Outcome {
     Done,
     Retry(String),
+    /// Refused by the home node as about a record of a period it archived: the alarm.
+    Park(String),
 }
 
 /// Delivers every due item once; returns how many were delivered.
@@ -97,6 +104,24 @@ pub async fn deliver_due(st: &NodeState) -> Result<usize> {
                     })
                     .await?;
             }
+            Ok(Outcome::Park(why)) => {
+                // Final until the home node restores the period: kept, not dropped, and
+                // no longer holding up the region's other items.
+                tracing::error!(
+                    item = %item.ref_id,
+                    kind = %item.kind,
+                    home = %item.target_region,
+                    alarm = %why,
+                    "outbox item parked: its home node archived the record it concerns"
+                );
+                let next = now_ms() + i64::try_from(PARK_RECHECK.as_millis()).unwrap_or(i64::MAX);
+                let id = item.id;
+                st.store
+                    .write_as(crate::store::JobKind::Outbox, move |conn| {
+                        outbox::park(conn, id, next, &why)
+                    })
+                    .await?;
+            }
             Err(e) => {
                 blocked.insert(item.target_region.clone());
                 tracing::error!(item = item.ref_id, error = %e, "outbox item failed");
@@ -122,6 +147,23 @@ fn unreachable(code: Code) -> bool {
 /// clocks agree).
 fn retry_later(s: &tonic::Status) -> bool {
     unreachable(s.code()) || s.metadata().get(crate::clock::CLOCK_REFUSED).is_some()
+}
+
+/// The alarm of an item the home node refused because it concerns a record of a period
+/// the home node archived ([`crate::error::ARCHIVED`]), if it was.
+fn archived(item: &Item, s: &tonic::Status) -> Option<String> {
+    let period = s.metadata().get(crate::error::ARCHIVED)?.to_str().ok()?;
+    Some(format!(
+        "home region {} archived period {period}, which holds the record this {} item concerns; \
+         it is parked and looked at again every {} h: restore period {period} at {} \
+         (yidi admin archive restore --file {}-{period}.sqlite) and it goes through. The home node said: {}",
+        item.target_region,
+        item.kind,
+        PARK_RECHECK.as_secs() / 3600,
+        item.target_region,
+        item.target_region,
+        s.message()
+    ))
 }
 
 async fn deliver_commit(st: &NodeState, item: &Item) -> Result<Outcome> {
@@ -159,6 +201,11 @@ async fn deliver_commit(st: &NodeState, item: &Item) -> Result<Outcome> {
             // when the status was read) is found by the next attempt's status.
             Err(s) if retry_later(&s) || s.code() == Code::AlreadyExists => {
                 return Ok(Outcome::Retry(s.message().to_owned()));
+            }
+            // The home node has the claim, in an archive: not refused, not to be
+            // disputed; the settlement stays provisional until it is restored there.
+            Err(s) if archived(item, &s).is_some() => {
+                return Ok(Outcome::Park(archived(item, &s).unwrap_or_default()));
             }
             Err(s) => {
                 // The home node refuses the claim outright (e.g. the person is unknown):
@@ -218,6 +265,9 @@ async fn deliver_reverse(st: &NodeState, item: &Item) -> Result<Outcome> {
     let resp = match peer.client().reverse_claim(req.clone()).await {
         Ok(r) => r.into_inner(),
         Err(s) if retry_later(&s) => return Ok(Outcome::Retry(s.message().to_owned())),
+        Err(s) if archived(item, &s).is_some() => {
+            return Ok(Outcome::Park(archived(item, &s).unwrap_or_default()));
+        }
         Err(s) => {
             return Err(Error::Internal(format!(
                 "reversal {} refused: {}",
@@ -279,6 +329,9 @@ async fn deliver_adjustment(st: &NodeState, item: &Item) -> Result<Outcome> {
     match peer.client().push_adjustment(req.clone()).await {
         Ok(_) => {}
         Err(s) if retry_later(&s) => return Ok(Outcome::Retry(s.message().to_owned())),
+        Err(s) if archived(item, &s).is_some() => {
+            return Ok(Outcome::Park(archived(item, &s).unwrap_or_default()));
+        }
         Err(s) => {
             return Err(Error::Internal(format!(
                 "adjustment {} refused: {}",

@@ -121,14 +121,20 @@ pub fn records_of(conn: &Connection, round_id: &str) -> Result<u64> {
 /// Most ledger entries one writer job of a freeze, a clearing or a release touches: a
 /// round of a large node holds millions of entries, and rewriting them in one job would
 /// hold the writer (and every settlement behind it) for seconds and grow the log by
-/// hundreds of megabytes. In steps of this size each job stays within the writer's
-/// budget and the log is checkpointed between them.
-pub const STEP_ENTRIES: u32 = 1_000;
+/// hundreds of megabytes. A settlement that arrives just after a step began waits for
+/// the whole step and its commit, so a step is kept to a small fraction of a
+/// settlement's own time; its key SELECT reads no more keys than this either.
+/// A node's config may change it (`clearing_step_entries`).
+pub const STEP_ENTRIES: u32 = 200;
 
 /// How long one step of a node's round may run before it stops where it got to (the
 /// next step goes on from there): a step holds every settlement queued behind it, and
 /// on a slow or busy host [`STEP_ENTRIES`] entries can take much longer than usual.
-pub const STEP_TIME: std::time::Duration = std::time::Duration::from_millis(10);
+/// A node's config may change it (`clearing_step_millis`).
+pub const STEP_TIME: std::time::Duration = std::time::Duration::from_millis(STEP_MILLIS);
+
+/// [`STEP_TIME`] in milliseconds.
+pub const STEP_MILLIS: u64 = 2;
 
 /// The bounds of one step: at most `entries` entries, and no more once it has run for
 /// `time` (it always does at least one, so that a round moves however slow the host).
@@ -144,6 +150,16 @@ impl StepLimit {
         entries: STEP_ENTRIES,
         time: Some(STEP_TIME),
     };
+
+    /// At most `entries` entries and, when `millis` is not 0, no more once it has run
+    /// that many milliseconds (a node's `clearing_step_entries`, `clearing_step_millis`).
+    #[must_use]
+    pub fn new(entries: u32, millis: u64) -> Self {
+        Self {
+            entries: entries.max(1),
+            time: (millis > 0).then(|| std::time::Duration::from_millis(millis)),
+        }
+    }
 
     /// At most `entries`, however long they take (tests, tools).
     #[must_use]
@@ -670,12 +686,96 @@ mod tests {
         assert_eq!(totals(&conn, "2026-03-n1").unwrap(), (500, 0));
     }
 
+    /// A step stops at whichever of its bounds comes first: its entries (the key
+    /// SELECT reads no more), or its time, after at least one entry; the next step goes
+    /// on right after the last entry frozen or marked, and nothing is skipped. A
+    /// node's steps are small by default (200 entries, 2 ms).
+    #[test]
+    fn a_step_stops_at_its_entry_bound_or_its_time_bound() {
+        assert_eq!(StepLimit::SERVING, StepLimit::new(200, 2));
+        assert_eq!(
+            StepLimit::new(0, 0),
+            StepLimit {
+                entries: 1,
+                time: None
+            }
+        );
+        let n = 3 * STEP_ENTRIES as usize;
+        let conn = ledger_of(n);
+        let frozen = |c: &Connection| count(c, "SELECT COUNT(*) FROM ledger WHERE round_id = 'R1'");
+        let step = |c: &Connection, cursor, limit| {
+            freeze_limited_step(c, "R1", "2026-03", "now", cursor, None, limit).unwrap()
+        };
+        let no_time = StepLimit {
+            entries: STEP_ENTRIES,
+            time: Some(std::time::Duration::ZERO),
+        };
+        assert_eq!(
+            step(&conn, None, StepLimit::SERVING),
+            FreezeStep::Continue(None),
+            "the round is recorded first"
+        );
+        let FreezeStep::Continue(Some(c)) = step(&conn, None, StepLimit::entries(STEP_ENTRIES))
+        else {
+            panic!("a full step continues");
+        };
+        assert_eq!(frozen(&conn), u64::from(STEP_ENTRIES), "its entry bound");
+        let FreezeStep::Continue(Some(c)) = step(&conn, Some(c), no_time) else {
+            panic!("a step stopped by time continues");
+        };
+        assert_eq!(
+            frozen(&conn),
+            u64::from(STEP_ENTRIES) + 1,
+            "one entry, then its time"
+        );
+        // In key order: the whole of January (every third entry), then February's first.
+        assert_eq!(
+            (c.period.as_str(), c.entry_id.as_str()),
+            ("2026-02", "e000001"),
+            "the last one frozen"
+        );
+        let FreezeStep::Continue(Some(c)) = step(&conn, Some(c), StepLimit::new(7, 1_000)) else {
+            panic!("a full step continues");
+        };
+        assert_eq!(frozen(&conn), u64::from(STEP_ENTRIES) + 8);
+        let mut cursor = Some(c);
+        while let FreezeStep::Continue(next) = step(&conn, cursor, StepLimit::SERVING) {
+            cursor = next;
+        }
+        assert_eq!(frozen(&conn), n as u64, "nothing skipped");
+        assert_eq!(get(&conn, "R1").unwrap().unwrap().state, "frozen");
+
+        conn.execute("UPDATE clearing_rounds SET state = 'confirmed'", [])
+            .unwrap();
+        mark_cleared(&conn, "R1", "now").unwrap();
+        assert_eq!(tidy_limited_step(&conn, "R1", no_time).unwrap(), 1);
+        assert_eq!(
+            tidy_limited_step(&conn, "R1", StepLimit::new(9, 1_000)).unwrap(),
+            9
+        );
+        assert_eq!(
+            tidy_limited_step(&conn, "R1", StepLimit::entries(STEP_ENTRIES)).unwrap(),
+            u64::from(STEP_ENTRIES)
+        );
+        let mut marked = 10 + u64::from(STEP_ENTRIES);
+        loop {
+            let k = tidy_limited_step(&conn, "R1", StepLimit::SERVING).unwrap();
+            assert!(k <= u64::from(STEP_ENTRIES), "{k}");
+            if k == 0 {
+                break;
+            }
+            marked += k;
+        }
+        assert_eq!(marked, n as u64);
+        assert_eq!(frozen(&conn), 0);
+    }
+
     /// A freeze runs in steps of at most STEP_ENTRIES entries, leaves the round
     /// `freezing` (refused by exclusions and confirmations) until the last, and freezes
     /// exactly the uncleared, unexcluded entries of its period or earlier.
     #[test]
     fn a_freeze_runs_in_bounded_steps_and_freezes_exactly_its_entries() {
-        let n = 2 * STEP_ENTRIES as usize + 500;
+        let n = 2 * STEP_ENTRIES as usize + STEP_ENTRIES as usize / 2;
         let conn = ledger_of(n);
         // One entry excluded from this round by an earlier dispute.
         conn.execute(

@@ -15,7 +15,10 @@
 //! lane of their own: the writer runs one, alone in its transaction, only when no
 //! request is queued or when it has waited [`BACKGROUND_MAX_WAIT`], so that the steps
 //! of a round over millions of entries yield to settlements instead of competing with
-//! them.
+//! them. While requests are being served, the lane also rests after each job for
+//! [`BACKGROUND_REST`] times as long as the job took: a round then takes a bounded
+//! share of the writer's (and the host's) time instead of every idle moment of it,
+//! and on an idle node runs at full speed.
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
@@ -44,6 +47,12 @@ const GROUP_RUN_BUDGET: std::time::Duration = std::time::Duration::from_millis(2
 /// Longest a background job waits while requests keep the queue busy: under a
 /// saturating load the steps of a round still move, at most one per this interval.
 pub const BACKGROUND_MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// While requests are being served, the background lane rests after a job (and its
+/// commit) for this many times as long as the job took, so that the steps of a round
+/// take at most about a fifth of the writer's time under load: settlements are slowed
+/// by the share of the cores the round takes, not only by the step they wait for.
+pub const BACKGROUND_REST: u32 = 4;
 
 /// A job that ran longer than this is counted as slow for its kind (what an operator
 /// alarms on: a writer job holding every settlement behind it).
@@ -124,6 +133,10 @@ pub struct WriteQueue {
     /// While set, the writer runs nothing: the next request it takes waits, and the
     /// queue fills behind it, as behind a writer stuck on a slow disk (tests).
     pub hold: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by the writer while it holds a request it took (tests): with the queue's
+    /// depth, a test knows the writer is occupied and what waits behind it, rather than
+    /// guessing from the depth alone (a request sent but not yet taken counts as queued).
+    pub holding: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Default of [`WriteQueue::capacity`]: many groups' worth, so that only a writer that
@@ -139,6 +152,7 @@ impl Default for WriteQueue {
             capacity: DEFAULT_QUEUE_CAPACITY,
             full_wait: DEFAULT_FULL_WAIT,
             hold: Arc::default(),
+            holding: Arc::default(),
         }
     }
 }
@@ -256,6 +270,13 @@ impl QueueRx {
 
     fn try_recv(&self) -> std::result::Result<Msg, TryRecvError> {
         self.taken(self.rx.try_recv())
+    }
+
+    fn recv_timeout(
+        &self,
+        wait: Duration,
+    ) -> std::result::Result<Msg, crossbeam_channel::RecvTimeoutError> {
+        self.taken(self.rx.recv_timeout(wait))
     }
 }
 
@@ -406,7 +427,7 @@ impl Writer {
                 queued,
             },
         );
-        let hold = queue.hold;
+        let hold = (queue.hold, queue.holding);
         let totals = Arc::new(Totals::default());
         let kept = Arc::clone(&totals);
         let damaged = Arc::new(OnceLock::new());
@@ -797,14 +818,21 @@ fn run_loop(
     budget: std::time::Duration,
     totals: &Totals,
     damaged: &OnceLock<String>,
-    hold: &std::sync::atomic::AtomicBool,
+    (hold, holding): &(
+        Arc<std::sync::atomic::AtomicBool>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ),
 ) -> Option<oneshot::Sender<bool>> {
     let mut window = Window::default();
     let mut since = std::time::Instant::now();
     let mut closer = None;
     // A background job taken from its lane, waiting for the queue to be empty, and
-    // since when.
+    // since when it may run (taken, or the end of the lane's rest if later).
     let mut background: Option<(Job, std::time::Instant)> = None;
+    // The lane's rest: until when, after the last background job; and whether a
+    // request has run since that job (an idle writer does not make the lane rest).
+    let mut rest_until = std::time::Instant::now();
+    let mut served = false;
     while closer.is_none() {
         if background.is_none()
             && let Ok(Msg::Job(job)) = rx.bg.try_recv()
@@ -812,13 +840,28 @@ fn run_loop(
             background = Some((job, std::time::Instant::now()));
         }
         let first = match &background {
-            // Overdue: it runs now, whatever is queued.
-            Some((_, since)) if since.elapsed() >= BACKGROUND_MAX_WAIT => Taken::Background,
-            Some(_) => match rx.try_recv() {
-                Ok(m) => Taken::Request(m),
-                Err(TryRecvError::Empty) => Taken::Background,
-                Err(TryRecvError::Disconnected) => return None,
-            },
+            Some((_, taken)) => {
+                let since = (*taken).max(rest_until);
+                let now = std::time::Instant::now();
+                // Overdue: it runs now, whatever is queued.
+                if now >= since + BACKGROUND_MAX_WAIT {
+                    Taken::Background
+                } else {
+                    match rx.try_recv() {
+                        Ok(m) => Taken::Request(m),
+                        Err(TryRecvError::Empty) if !served || now >= since => Taken::Background,
+                        // Resting: the next request, or the end of the rest.
+                        Err(TryRecvError::Empty) => match rx.recv_timeout(since - now) {
+                            Ok(m) => Taken::Request(m),
+                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                                return None;
+                            }
+                        },
+                        Err(TryRecvError::Disconnected) => return None,
+                    }
+                }
+            }
             None => crossbeam_channel::select! {
                 recv(rx.rx) -> m => match rx.taken(m) {
                     Ok(m) => Taken::Request(m),
@@ -835,8 +878,12 @@ fn run_loop(
             },
         };
         // Held (tests): the request just taken waits, and the queue fills behind it.
-        while hold.load(Ordering::Relaxed) {
-            thread::sleep(QUEUE_POLL);
+        if hold.load(Ordering::SeqCst) {
+            holding.store(true, Ordering::SeqCst);
+            while hold.load(Ordering::SeqCst) {
+                thread::sleep(QUEUE_POLL);
+            }
+            holding.store(false, Ordering::SeqCst);
         }
         // A background job runs alone: requests queued meanwhile wait for its commit
         // only, never for a group's budget spent on it.
@@ -917,6 +964,12 @@ fn run_loop(
             exec(conn, "COMMIT").map_err(|e| e.to_string())
         };
         let committing = started.elapsed() - ran;
+        if alone {
+            rest_until = std::time::Instant::now() + (ran + committing) * BACKGROUND_REST;
+            served = false;
+        } else {
+            served = true;
+        }
         window.transactions += begun;
         window.jobs += jobs as u64;
         window.largest = window.largest.max(jobs);
@@ -1087,6 +1140,39 @@ mod tests {
         assert_eq!(t.kind(JobKind::Other).jobs, 3);
     }
 
+    /// While requests are being served the background lane rests after a job for
+    /// BACKGROUND_REST times as long as the job took, and requests submitted meanwhile
+    /// run at once; on an idle writer the next background job runs without a rest.
+    #[tokio::test]
+    async fn the_background_lane_rests_after_a_job_while_requests_are_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = unhurried(table_db(dir.path()).0);
+        let job = Duration::from_millis(100);
+        let rest = job * BACKGROUND_REST;
+        let step = || {
+            w.submit_background(JobKind::FreezeStep, move |_| {
+                std::thread::sleep(job);
+                Ok(std::time::Instant::now())
+            })
+        };
+        let at_once =
+            || w.submit_background(JobKind::FreezeStep, |_| Ok(std::time::Instant::now()));
+        // Idle: no request since the last job, so no rest.
+        let ended = step().await.unwrap();
+        let started = at_once().await.unwrap();
+        assert!(started - ended < rest, "{:?}", started - ended);
+        // A request ran since: the next job waits out the rest, requests do not.
+        let ended = step().await.unwrap();
+        insert(&w, 1).await.unwrap();
+        let next = at_once();
+        insert(&w, 2).await.unwrap();
+        let answered = std::time::Instant::now();
+        let started = next.await.unwrap();
+        assert!(answered < started, "the request ran first");
+        assert!(started - ended >= rest, "{:?}", started - ended);
+        assert!(answered - ended < rest, "{:?}", answered - ended);
+    }
+
     /// A group that has run for its budget takes no more requests: the ones queued
     /// meanwhile commit in the next transaction.
     #[tokio::test]
@@ -1130,6 +1216,7 @@ mod tests {
                 capacity: 2,
                 full_wait: Duration::from_millis(50),
                 hold: Arc::default(),
+                holding: Arc::default(),
             },
             Box::new(|_, _| true),
         )

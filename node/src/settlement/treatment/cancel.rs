@@ -119,7 +119,8 @@ pub async fn cancel(
                 if let Some(e) = archive::refusal(
                     conn,
                     &original.period,
-                    &format!("settlement {}", original.settlement_id),
+                    &original.settlement_id,
+                    "settlement",
                 )? {
                     return Err(e);
                 }
@@ -192,7 +193,7 @@ pub async fn reverse_request(
                         reversal: settlements::reversal_of(conn, &o.settlement_id)?.map(|r| settlement_to_proto(&r, region)),
                     }),
                     Some(o) if o.state != SettlementState::Failed => {
-                        if let Some(e) = archive::refusal(conn, &o.period, &format!("settlement {}", o.settlement_id))? {
+                        if let Some(e) = archive::refusal(conn, &o.period, &o.settlement_id, "settlement")? {
                             return Err(e);
                         }
                         let rec = cancel_in_tx(conn, region, &o, &key, "冲正 (request reversal) by the institution", now)?;
@@ -203,7 +204,17 @@ pub async fn reverse_request(
                             "request {} was a {m}; only settlements are reversed by 冲正 (use UndoFees or CancelSettlement)",
                             req.original_request_id
                         ))),
-                        Some(_) => Ok(proto::ReverseRequestResponse { outcome: "not_found".into(), reversal: None }),
+                        Some(m) => {
+                            // A settlement archived and purged while its request record
+                            // was kept: say so, as a repeat of the Settle would.
+                            if m == "Settle"
+                                && let Some(answer) = idempotency::stored::<proto::Settlement>(conn, &key.scope, &req.original_request_id, "Settle")?
+                                && let Some(e) = archive::missing(conn, &answer.settlement_id, "settlement", false)?
+                            {
+                                return Err(e);
+                            }
+                            Ok(proto::ReverseRequestResponse { outcome: "not_found".into(), reversal: None })
+                        }
                         None => {
                             // Bar the original from taking effect if it arrives late.
                             let bar = RequestKey { scope: key.scope.clone(), request_id: req.original_request_id.clone(), method: idempotency::REVERSED, payload_hash: String::new() };

@@ -618,6 +618,26 @@ mod tests {
         );
     }
 
+    /// Hangzhou's store in `dir` with `n` receivable entries of 2.50 toward Ningbo in
+    /// 2026-03 (ids e000000…).
+    async fn store_with_entries(dir: &std::path::Path, n: u64) -> Store {
+        let store = Store::open(dir, 1, "330100").unwrap();
+        store
+            .write(move |conn| {
+                let mut st = conn.prepare(
+                    "INSERT INTO ledger (entry_id, side, counterparty, period, kind, claim_id, amount_fen, created_at) \
+                     VALUES (?1, 'receivable', '330200', '2026-03', 'claim', ?1, 250, '2026-03-31T00:00:00Z')",
+                )?;
+                for i in 0..n {
+                    st.execute([format!("e{i:06}")])?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store
+    }
+
     /// A round of many steps' entries is frozen and then marked cleared in background
     /// jobs that each wrote at most the step's entries, while a stream of settlement
     /// jobs goes on: many of them run while the round is still being frozen, and
@@ -628,20 +648,7 @@ mod tests {
         const N: u64 = 6_000;
         const STEP: u32 = 100;
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1, "330100").unwrap();
-        store
-            .write(|conn| {
-                let mut st = conn.prepare(
-                    "INSERT INTO ledger (entry_id, side, counterparty, period, kind, claim_id, amount_fen, created_at) \
-                     VALUES (?1, 'receivable', '330200', '2026-03', 'claim', ?1, 250, '2026-03-31T00:00:00Z')",
-                )?;
-                for i in 0..N {
-                    st.execute([format!("e{i:06}")])?;
-                }
-                Ok(())
-            })
-            .await
-            .unwrap();
+        let store = store_with_entries(dir.path(), N).await;
         let p = Participant::new(
             store.clone(),
             RegionCode::parse("330100", "region").unwrap(),
@@ -761,20 +768,7 @@ mod tests {
         const N: u64 = 10_000;
         const STEP: u32 = 100;
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1, "330100").unwrap();
-        store
-            .write(|conn| {
-                let mut st = conn.prepare(
-                    "INSERT INTO ledger (entry_id, side, counterparty, period, kind, claim_id, amount_fen, created_at) \
-                     VALUES (?1, 'receivable', '330200', '2026-03', 'claim', ?1, 250, '2026-03-31T00:00:00Z')",
-                )?;
-                for i in 0..N {
-                    st.execute([format!("e{i:06}")])?;
-                }
-                Ok(())
-            })
-            .await
-            .unwrap();
+        let store = store_with_entries(dir.path(), N).await;
         let p = Arc::new(
             Participant::new(
                 store.clone(),
